@@ -1,0 +1,18 @@
+//! ttlora: parameter-efficient fine-tuning of pretrained transformers with TT-LoRA.
+//!
+//! The weight update ΔW of each adapted linear layer is a tensor train of small cores
+//! (Anjum et al., arXiv 2408.01008). Layers, from the bottom up:
+//! - [`tt`]: pure tensor-train math (shapes, factorization, contraction paths, TT-SVD);
+//! - [`ops`]: tensor ops with a hand-written backward (the frozen linear);
+//! - [`adapters`]: adapted linear layers and the adapter methods (LoRA, TT-LoRA).
+//!
+//! See ARCHITECTURE.md for the module map and which module may use which.
+#![warn(missing_docs)]
+
+pub mod adapters;
+pub mod bench;
+mod error;
+pub mod ops;
+pub mod tt;
+
+pub use error::{Error, Result};

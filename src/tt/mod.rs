@@ -1,0 +1,22 @@
+//! Pure tensor-train math: shapes and their factorization, parameter counting, the three
+//! computations of ΔW(x) (reconstruct, contract, factored), TT-SVD and rounding.
+//!
+//! Owns: [`TtShape`], [`TtPath`], the contraction functions, [`tt_svd`]. Must not know: models,
+//! adapters, files. Index conventions are DESIGN §3's: the flat input index is
+//! `i = Σ_k i_k Π_{j<k} m_j` (core 1 holds the least significant input digit); output cores run
+//! from the most significant output digit to the least.
+
+mod contract;
+mod factorize;
+mod shape;
+mod svd;
+
+pub use contract::{apply, contract, fold, reconstruct, Folded, TtPath};
+pub use factorize::{
+    best_per_core_count, factor_multisets, fit_budget, propose_shapes, MAX_CORES_PER_SIDE,
+};
+pub use shape::{lora_params, parse_core_order, parse_list, Ranks, TtLayout, TtShape};
+pub use svd::{decompose_matrix, round_cores, tt_svd, Decomposition, Truncation, TtTensor};
+
+#[cfg(test)]
+mod tests;
