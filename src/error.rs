@@ -116,7 +116,9 @@ pub enum Error {
         reason: String,
     },
     /// Merge produced non-finite weights; nothing was written.
-    #[error("merge of adapter `{name}`: the merged weight holds NaN or Inf; weights left unchanged")]
+    #[error(
+        "merge of adapter `{name}`: the merged weight holds NaN or Inf; weights left unchanged"
+    )]
     NonFiniteMerge {
         /// The adapter's name.
         name: String,

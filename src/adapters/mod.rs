@@ -1,1 +1,140 @@
-//! x
+//! Adapted linear layers and the adapter methods that can sit on them.
+//!
+//! Owns: [`Linear`] (frozen W0 and b plus zero or more adapters), the [`Adapter`] trait (one
+//! adapted layer's update), the [`Method`] trait (one kind of adapter: its name, key prefix,
+//! config and builder) and the method registry [`METHODS`]. Uses `tt/` for TT-LoRA's math and
+//! `ops/` for the frozen base matmul. Must not know: model architectures, files, training.
+//!
+//! # Adding a method
+//! 1. Make a folder `adapters/<m>/` with `config.rs` (serde + `Default` + `validate()`),
+//!    `layer.rs` (a type implementing [`Adapter`]), `mod.rs` (a unit struct implementing
+//!    [`Method`]) and `tests.rs`.
+//! 2. Add one line to [`METHODS`] in `registry.rs`. Names and prefixes must be unique; a unit
+//!    test checks it.
+//! 3. `Adapter::trainable` names every tensor under the method's prefix (`<prefix>…`), so
+//!    saving, counting and freezing never look inside the method.
+
+mod init;
+mod linear;
+pub mod lora;
+mod registry;
+pub mod ttlora;
+
+#[cfg(test)]
+mod tests;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+
+use crate::error::{Error, Result};
+
+pub use init::{kaiming_uniform, seeded_rng};
+pub use linear::Linear;
+pub use registry::{METHODS, method, method_names};
+
+/// What a method needs to know about the layer it builds an adapter for.
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    /// Input features of the frozen weight (columns of W0).
+    pub in_features: usize,
+    /// Output features (rows of W0).
+    pub out_features: usize,
+    /// Dtype of the trainable tensors.
+    pub dtype: DType,
+    /// Device of the trainable tensors.
+    pub device: Device,
+}
+
+/// One adapter on one linear layer: an update ΔW (already scaled) applied as `y += ΔW(x)`.
+///
+/// Required: [`forward_delta`](Adapter::forward_delta), [`delta_weight`](Adapter::delta_weight),
+/// [`trainable`](Adapter::trainable) and the sizes; provided: parameter counting and merging.
+pub trait Adapter: Send + Sync {
+    /// The method's registry name (`lora`, `ttlora`).
+    fn method(&self) -> &'static str;
+    /// Input features the adapter expects.
+    fn in_features(&self) -> usize;
+    /// Output features the adapter produces.
+    fn out_features(&self) -> usize;
+
+    /// The scaled update applied to a batch: `x: (n, in)` → `(n, out)`. `train` enables
+    /// dropout and similar training-only behaviour.
+    ///
+    /// # Errors
+    /// A shape, dtype or device mismatch.
+    fn forward_delta(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+
+    /// The scaled dense update ΔW, shape `(out, in)`, so that merging is `W0 + ΔW`.
+    ///
+    /// # Errors
+    /// As the underlying tensor ops.
+    fn delta_weight(&self) -> Result<Tensor>;
+
+    /// The trainable tensors, named under the method's prefix (e.g. `ttlora_cores.0`).
+    fn trainable(&self) -> Vec<(String, Var)>;
+
+    /// Number of trainable scalars.
+    fn num_params(&self) -> usize {
+        self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// `W0 + ΔW`, computed in f32 and returned in W0's dtype.
+    ///
+    /// # Errors
+    /// [`Error::NonFiniteMerge`] if the result holds NaN or Inf.
+    fn merged_weight(&self, name: &str, w0: &Tensor) -> Result<Tensor> {
+        combine(name, w0, &self.delta_weight()?, 1.0)
+    }
+
+    /// `W − ΔW`, the inverse of [`merged_weight`](Adapter::merged_weight).
+    ///
+    /// # Errors
+    /// [`Error::NonFiniteMerge`] if the result holds NaN or Inf.
+    fn unmerged_weight(&self, name: &str, w: &Tensor) -> Result<Tensor> {
+        combine(name, w, &self.delta_weight()?, -1.0)
+    }
+}
+
+/// `w + sign·delta` in f32, checked finite before it is returned.
+fn combine(name: &str, w: &Tensor, delta: &Tensor, sign: f64) -> Result<Tensor> {
+    let w32 = w.to_dtype(DType::F32)?;
+    let d32 = delta.to_dtype(DType::F32)?.to_device(w.device())?;
+    if w32.dims() != d32.dims() {
+        return Err(Error::TensorShape {
+            op: "merge",
+            expected: w32.dims().to_vec(),
+            got: d32.dims().to_vec(),
+        });
+    }
+    let out = (w32 + (d32 * sign)?)?;
+    // x - x is 0 for every finite x and NaN for NaN/Inf, so one sum detects both.
+    let check = (&out - &out)?.sum_all()?.to_scalar::<f32>()?;
+    if check != 0.0 {
+        return Err(Error::NonFiniteMerge { name: name.into() });
+    }
+    Ok(out.to_dtype(w.dtype())?)
+}
+
+/// One kind of adapter: how it is named, configured and built.
+pub trait Method: Sync {
+    /// Registry name, lowercase, used by `--method` (e.g. `ttlora`).
+    fn name(&self) -> &'static str;
+    /// `peft_type` written to adapter configs (e.g. `TTLORA`).
+    fn peft_type(&self) -> &'static str;
+    /// Prefix of every trainable tensor name (e.g. `ttlora_`).
+    fn prefix(&self) -> &'static str;
+    /// One-line description for `--help` and listings.
+    fn summary(&self) -> &'static str;
+    /// The method's default config as JSON.
+    fn default_config(&self) -> serde_json::Value;
+    /// Builds an adapter for one layer from a JSON config (unknown fields are an error).
+    ///
+    /// # Errors
+    /// A config that does not parse or validate; a config that does not fit the layer.
+    fn build(
+        &self,
+        config: &serde_json::Value,
+        layer: &LayerSpec,
+        rng: &mut StdRng,
+    ) -> Result<Box<dyn Adapter>>;
+}

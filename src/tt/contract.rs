@@ -52,7 +52,9 @@ impl std::str::FromStr for TtPath {
         TtPath::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown TT path `{s}`; expected factored, contract or reconstruct"))
+            .ok_or_else(|| {
+                format!("unknown TT path `{s}`; expected factored, contract or reconstruct")
+            })
     }
 }
 

@@ -11,12 +11,12 @@ mod factorize;
 mod shape;
 mod svd;
 
-pub use contract::{apply, contract, fold, reconstruct, Folded, TtPath};
+pub use contract::{Folded, TtPath, apply, contract, fold, reconstruct};
 pub use factorize::{
-    best_per_core_count, factor_multisets, fit_budget, propose_shapes, MAX_CORES_PER_SIDE,
+    MAX_CORES_PER_SIDE, best_per_core_count, factor_multisets, fit_budget, propose_shapes,
 };
-pub use shape::{lora_params, parse_core_order, parse_list, Ranks, TtLayout, TtShape};
-pub use svd::{decompose_matrix, round_cores, tt_svd, Decomposition, Truncation, TtTensor};
+pub use shape::{Ranks, TtLayout, TtShape, lora_params, parse_core_order, parse_list};
+pub use svd::{Decomposition, Truncation, TtTensor, decompose_matrix, round_cores, tt_svd};
 
 #[cfg(test)]
 mod tests;

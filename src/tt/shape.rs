@@ -153,7 +153,9 @@ impl TtShape {
         for (k, &s) in factors.iter().enumerate() {
             prefix *= s;
             if prefix == out_features && k + 1 < factors.len() {
-                split = Some(Split { cores_before: k + 1 });
+                split = Some(Split {
+                    cores_before: k + 1,
+                });
                 break;
             }
             if prefix > out_features {
@@ -238,7 +240,8 @@ impl TtShape {
 
     /// Parameters divided by those of LoRA of rank `lora_rank` on the same matrix.
     pub fn ratio_to_lora(&self, lora_rank: usize) -> f64 {
-        self.num_params() as f64 / lora_params(self.in_features, self.out_features, lora_rank) as f64
+        self.num_params() as f64
+            / lora_params(self.in_features, self.out_features, lora_rank) as f64
     }
 
     /// Checks that `shapes[k]` is core k's shape `(r_{k-1}, s_k, r_k)`.
@@ -460,11 +463,19 @@ mod tests {
 
     #[test]
     fn core_order_and_display() {
-        let s = TtShape::new(2048, 512, vec![16, 16, 4, 2], vec![16, 16, 2], Ranks::Uniform(5))
-            .unwrap();
+        let s = TtShape::new(
+            2048,
+            512,
+            vec![16, 16, 4, 2],
+            vec![16, 16, 2],
+            Ranks::Uniform(5),
+        )
+        .unwrap();
         assert_eq!(s.core_dims(), &[16, 16, 4, 2, 2, 16, 16]);
         assert_eq!(s.to_string(), "[16,16,4,2|2,16,16] r=5");
-        let s = s.with_ranks(Ranks::PerBond(vec![2, 3, 4, 5, 6, 7])).unwrap();
+        let s = s
+            .with_ranks(Ranks::PerBond(vec![2, 3, 4, 5, 6, 7]))
+            .unwrap();
         assert_eq!(s.ranks(), &[1, 2, 3, 4, 5, 6, 7, 1]);
         assert_eq!(s.split_rank(), Some(5));
         assert_eq!(s.to_string(), "[16,16,4,2|2,16,16] r=[2,3,4,5,6,7]");
@@ -518,9 +529,15 @@ mod tests {
 
     #[test]
     fn non_unit_boundary_rank_is_rejected() {
-        let err = TtShape::new(6, 6, vec![2, 3], vec![3, 2], Ranks::PerBond(vec![2, 2, 2, 2, 1]))
-            .unwrap_err()
-            .to_string();
+        let err = TtShape::new(
+            6,
+            6,
+            vec![2, 3],
+            vec![3, 2],
+            Ranks::PerBond(vec![2, 2, 2, 2, 1]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("boundary ranks must be 1"), "{err}");
         assert!(err.contains("got [2, 2, 2, 2, 1]"), "{err}");
     }

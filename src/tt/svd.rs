@@ -356,7 +356,11 @@ fn finish(template: &TtShape, tt: TtTensor, reference: &Tensor) -> Result<Decomp
     let approx = reconstruct(&shape, &cores64)?;
     let reference = reference.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
     let ref_norm = reference.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    let err = (approx - &reference)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let err = (approx - &reference)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()?
+        .sqrt();
     let rel_error = if ref_norm > 0.0 { err / ref_norm } else { err };
     Ok(Decomposition {
         shape,

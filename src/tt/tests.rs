@@ -2,7 +2,7 @@
 //! match central finite differences, TT-SVD and rounding are exact or within tolerance.
 
 use candle_core::{DType, Device, Tensor, Var};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::*;
 
@@ -49,10 +49,7 @@ fn forward_and_grads(
     g: &Tensor,
     path: TtPath,
 ) -> (Tensor, Vec<Tensor>) {
-    let vars: Vec<Var> = cores
-        .iter()
-        .map(|c| Var::from_tensor(c).unwrap())
-        .collect();
+    let vars: Vec<Var> = cores.iter().map(|c| Var::from_tensor(c).unwrap()).collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let y = apply(shape, &ts, x, path).unwrap();
     let grads = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
@@ -69,7 +66,10 @@ fn check_paths_agree(shape: &TtShape, tokens: usize, seed: u64) {
     let g = uniform(&[tokens, shape.out_features()], seed + 200, DType::F32);
     let (y_ref, g_ref) = forward_and_grads(shape, &cores, &x, &g, TtPath::Reconstruct);
     // The f64 reconstruct path is the ground truth for all f32 paths.
-    let cores64: Vec<Tensor> = cores.iter().map(|c| c.to_dtype(DType::F64).unwrap()).collect();
+    let cores64: Vec<Tensor> = cores
+        .iter()
+        .map(|c| c.to_dtype(DType::F64).unwrap())
+        .collect();
     let (y64, g64) = forward_and_grads(
         shape,
         &cores64,
@@ -83,32 +83,55 @@ fn check_paths_agree(shape: &TtShape, tokens: usize, seed: u64) {
         let e = rel_err(&y, &y64);
         assert!(e <= PATH_TOL_F32, "{shape} {path}: output rel err {e:e}");
         let e = rel_err(&y, &y_ref);
-        assert!(e <= PATH_TOL_F32, "{shape} {path} vs reconstruct: rel err {e:e}");
+        assert!(
+            e <= PATH_TOL_F32,
+            "{shape} {path} vs reconstruct: rel err {e:e}"
+        );
         for (k, (gk, gk64)) in gs.iter().zip(&g64).enumerate() {
             let e = rel_err(gk, gk64);
-            assert!(e <= PATH_TOL_F32, "{shape} {path}: core {k} grad rel err {e:e}");
+            assert!(
+                e <= PATH_TOL_F32,
+                "{shape} {path}: core {k} grad rel err {e:e}"
+            );
             let e = rel_err(gk, &g_ref[k]);
-            assert!(e <= PATH_TOL_F32, "{shape} {path}: core {k} grad vs reconstruct {e:e}");
+            assert!(
+                e <= PATH_TOL_F32,
+                "{shape} {path}: core {k} grad vs reconstruct {e:e}"
+            );
         }
     }
 }
 
 #[test]
 fn paths_agree_768_square() {
-    let s = TtShape::from_core_order(768, 768, &[64, 4, 3], &[3, 4, 64], Ranks::Uniform(5)).unwrap();
+    let s =
+        TtShape::from_core_order(768, 768, &[64, 4, 3], &[3, 4, 64], Ranks::Uniform(5)).unwrap();
     check_paths_agree(&s, 16, 1);
 }
 
 #[test]
 fn paths_agree_2048_to_512() {
-    let s = TtShape::new(2048, 512, vec![16, 16, 4, 2], vec![16, 16, 2], Ranks::Uniform(5)).unwrap();
+    let s = TtShape::new(
+        2048,
+        512,
+        vec![16, 16, 4, 2],
+        vec![16, 16, 2],
+        Ranks::Uniform(5),
+    )
+    .unwrap();
     check_paths_agree(&s, 8, 2);
 }
 
 #[test]
 fn paths_agree_with_per_bond_ranks() {
-    let s = TtShape::new(30, 14, vec![2, 3, 5], vec![7, 2], Ranks::PerBond(vec![3, 4, 6, 2]))
-        .unwrap();
+    let s = TtShape::new(
+        30,
+        14,
+        vec![2, 3, 5],
+        vec![7, 2],
+        Ranks::PerBond(vec![3, 4, 6, 2]),
+    )
+    .unwrap();
     check_paths_agree(&s, 5, 3);
 }
 
@@ -123,8 +146,14 @@ fn paths_agree_in_reshape_layout() {
 
 #[test]
 fn folded_factors_reproduce_reconstruct() {
-    let s = TtShape::new(30, 14, vec![2, 3, 5], vec![7, 2], Ranks::PerBond(vec![3, 4, 6, 2]))
-        .unwrap();
+    let s = TtShape::new(
+        30,
+        14,
+        vec![2, 3, 5],
+        vec![7, 2],
+        Ranks::PerBond(vec![3, 4, 6, 2]),
+    )
+    .unwrap();
     let cores = random_cores(&s, 9, DType::F64);
     let f = fold(&s, &cores).unwrap();
     assert_eq!(f.a.dims(), &[6, 30]);
@@ -156,7 +185,9 @@ fn input_digit_convention_matches_design() {
                     for a in 0..2 {
                         for b in 0..2 {
                             for e in 0..2 {
-                                want += at(0, 0, i1, a) * at(1, a, i2, b) * at(2, b, o2, e)
+                                want += at(0, 0, i1, a)
+                                    * at(1, a, i2, b)
+                                    * at(2, b, o2, e)
                                     * at(3, e, o1, 0);
                             }
                         }
@@ -218,8 +249,14 @@ fn gradients_match_finite_differences() {
 
 #[test]
 fn tt_svd_is_exact_when_ranks_suffice() {
-    let s = TtShape::new(24, 10, vec![4, 3, 2], vec![2, 5], Ranks::PerBond(vec![2, 3, 3, 2]))
-        .unwrap();
+    let s = TtShape::new(
+        24,
+        10,
+        vec![4, 3, 2],
+        vec![2, 5],
+        Ranks::PerBond(vec![2, 3, 3, 2]),
+    )
+    .unwrap();
     let cores = random_cores(&s, 31, DType::F64);
     let dense = reconstruct(&s, &cores).unwrap();
     let dec = decompose_matrix(&dense, &s, &Truncation::tolerance(1e-9)).unwrap();
@@ -252,14 +289,19 @@ fn tt_svd_truncation_respects_tolerance() {
 
 #[test]
 fn fold_then_tt_svd_reproduces_delta_w() {
-    let s = TtShape::from_core_order(768, 768, &[64, 4, 3], &[3, 4, 64], Ranks::Uniform(5)).unwrap();
+    let s =
+        TtShape::from_core_order(768, 768, &[64, 4, 3], &[3, 4, 64], Ranks::Uniform(5)).unwrap();
     let cores = random_cores(&s, 51, DType::F32);
     let f = fold(&s, &cores).unwrap();
     let ba = f.b.matmul(&f.a).unwrap();
     let dec = decompose_matrix(&ba, &s, &Truncation::rank(5)).unwrap();
     let dense = reconstruct(&s, &cores).unwrap();
     let again = reconstruct(&dec.shape, &dec.cores).unwrap();
-    assert!(rel_err(&again, &dense) <= EXACT_TOL, "{}", rel_err(&again, &dense));
+    assert!(
+        rel_err(&again, &dense) <= EXACT_TOL,
+        "{}",
+        rel_err(&again, &dense)
+    );
     assert!(dec.shape.num_params() <= s.num_params());
 }
 
@@ -274,13 +316,20 @@ fn rounding_removes_redundant_rank() {
             let (a, sk, b) = s.core_shape(k);
             let (ba, _, bb) = big.core_shape(k);
             let c = cores[k].pad_with_zeros(0, 0, ba - a).unwrap();
-            c.pad_with_zeros(2, 0, bb - b).unwrap().reshape((ba, sk, bb)).unwrap()
+            c.pad_with_zeros(2, 0, bb - b)
+                .unwrap()
+                .reshape((ba, sk, bb))
+                .unwrap()
         })
         .collect();
     let dense = reconstruct(&s, &cores).unwrap();
     assert!(rel_err(&reconstruct(&big, &padded).unwrap(), &dense) < 1e-12);
     let rounded = round_cores(&big, &padded, &Truncation::tolerance(1e-10)).unwrap();
-    assert!(rounded.shape.ranks().iter().all(|&r| r <= 2), "{:?}", rounded.shape.ranks());
+    assert!(
+        rounded.shape.ranks().iter().all(|&r| r <= 2),
+        "{:?}",
+        rounded.shape.ranks()
+    );
     assert!(rounded.rel_error < EXACT_TOL);
     let truncated = round_cores(&big, &padded, &Truncation::rank(1)).unwrap();
     assert!(truncated.shape.ranks().iter().all(|&r| r == 1));
@@ -296,19 +345,35 @@ fn bad_inputs_get_clear_errors() {
     assert_eq!(err, "tt core 1: shape [2, 4, 2], expected [2, 3, 2]");
     let cores = random_cores(&s, 71, DType::F32);
     let x = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
-    let err = apply(&s, &cores, &x, TtPath::Factored).unwrap_err().to_string();
-    assert_eq!(err, "tt apply: tensor shape [5], expected [6]");
-    let w = Tensor::zeros((6, 5), DType::F32, &Device::Cpu).unwrap();
-    let err = decompose_matrix(&w, &s, &Truncation::rank(2)).unwrap_err().to_string();
-    assert_eq!(err, "tt-svd of a matrix: tensor shape [6, 5], expected [6, 6]");
-    let err = decompose_matrix(&w.pad_with_zeros(1, 0, 1).unwrap(), &s, &Truncation::tolerance(-1.0))
+    let err = apply(&s, &cores, &x, TtPath::Factored)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("relative tolerance must be a finite number >= 0"), "{err}");
+    assert_eq!(err, "tt apply: tensor shape [5], expected [6]");
+    let w = Tensor::zeros((6, 5), DType::F32, &Device::Cpu).unwrap();
+    let err = decompose_matrix(&w, &s, &Truncation::rank(2))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "tt-svd of a matrix: tensor shape [6, 5], expected [6, 6]"
+    );
+    let err = decompose_matrix(
+        &w.pad_with_zeros(1, 0, 1).unwrap(),
+        &s,
+        &Truncation::tolerance(-1.0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("relative tolerance must be a finite number >= 0"),
+        "{err}"
+    );
     let no_split = TtShape::reshape(6, 4, vec![8, 3], Ranks::Uniform(2)).unwrap();
     let cores = random_cores(&no_split, 72, DType::F32);
     let x = Tensor::zeros((1, 6), DType::F32, &Device::Cpu).unwrap();
-    let err = apply(&no_split, &cores, &x, TtPath::Factored).unwrap_err().to_string();
+    let err = apply(&no_split, &cores, &x, TtPath::Factored)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("does not split into B·A"), "{err}");
     assert!(apply(&no_split, &cores, &x, TtPath::Reconstruct).is_ok());
 }

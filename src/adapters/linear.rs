@@ -1,0 +1,208 @@
+//! [`Linear`]: a frozen linear layer that carries adapters and can merge them.
+
+use candle_core::{Tensor, Var};
+
+use crate::adapters::Adapter;
+use crate::error::{Error, Result};
+use crate::ops::frozen_linear;
+
+/// A named adapter on a layer, and whether it is currently merged into the weight.
+struct Slot {
+    name: String,
+    adapter: Box<dyn Adapter>,
+    merged: bool,
+}
+
+/// `y = x·W0ᵀ + b + Σ_a ΔW_a(x)` with W0 and b frozen.
+///
+/// `weight: (out, in)`, `bias: (out)`. Adapters can be merged into W0 (`W0 ← W0 + ΔW`, in f32)
+/// and unmerged again; a merged adapter no longer adds its term in [`forward`](Self::forward).
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    adapters: Vec<Slot>,
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linear")
+            .field("weight", &self.weight.dims())
+            .field("bias", &self.bias.as_ref().map(|b| b.dims().to_vec()))
+            .field(
+                "adapters",
+                &self
+                    .adapters
+                    .iter()
+                    .map(|s| (s.name.as_str(), s.adapter.method(), s.merged))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Linear {
+    /// A frozen layer from `weight: (out, in)` and an optional `bias: (out)`.
+    ///
+    /// # Errors
+    /// A weight that is not 2-D or a bias that does not have `out` entries.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_f, _) = weight.dims2()?;
+        if let Some(b) = &bias
+            && b.dims() != [out_f]
+        {
+            return Err(Error::TensorShape {
+                op: "linear bias",
+                expected: vec![out_f],
+                got: b.dims().to_vec(),
+            });
+        }
+        Ok(Self {
+            weight: weight.detach(),
+            bias: bias.map(|b| b.detach()),
+            adapters: Vec::new(),
+        })
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+    /// The current weight (W0, or W0 + merged updates).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    /// The frozen bias.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Attaches an adapter under `name`.
+    ///
+    /// # Errors
+    /// [`Error::AdapterMismatch`] if its sizes differ from the layer's or the name is taken.
+    pub fn add_adapter(&mut self, name: &str, adapter: Box<dyn Adapter>) -> Result<()> {
+        let mismatch = |reason: String| Error::AdapterMismatch {
+            name: name.into(),
+            layer_out: self.out_features(),
+            layer_in: self.in_features(),
+            reason,
+        };
+        if adapter.in_features() != self.in_features()
+            || adapter.out_features() != self.out_features()
+        {
+            return Err(mismatch(format!(
+                "adapter is {}x{} (out x in)",
+                adapter.out_features(),
+                adapter.in_features()
+            )));
+        }
+        if self.adapters.iter().any(|s| s.name == name) {
+            return Err(mismatch(
+                "an adapter of that name is already attached".into(),
+            ));
+        }
+        self.adapters.push(Slot {
+            name: name.into(),
+            adapter,
+            merged: false,
+        });
+        Ok(())
+    }
+
+    /// The attached adapters by name.
+    pub fn adapters(&self) -> impl Iterator<Item = (&str, &dyn Adapter)> {
+        self.adapters
+            .iter()
+            .map(|s| (s.name.as_str(), s.adapter.as_ref()))
+    }
+
+    /// Trainable tensors of every unmerged adapter as `(adapter name, tensor name, var)`.
+    pub fn trainable(&self) -> Vec<(String, String, Var)> {
+        self.adapters
+            .iter()
+            .filter(|s| !s.merged)
+            .flat_map(|s| {
+                s.adapter
+                    .trainable()
+                    .into_iter()
+                    .map(|(n, v)| (s.name.clone(), n, v))
+            })
+            .collect()
+    }
+
+    /// `x: (…, in)` → `(…, out)`: the frozen path plus every unmerged adapter's update.
+    ///
+    /// # Errors
+    /// `x`'s last dim is not `in_features`; dtype or device mismatch.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = frozen_linear(x, &self.weight, self.bias.as_ref())?;
+        let active: Vec<&Slot> = self.adapters.iter().filter(|s| !s.merged).collect();
+        if active.is_empty() {
+            return Ok(y);
+        }
+        let dims = x.dims().to_vec();
+        let n: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((n, self.in_features()))?;
+        for slot in active {
+            let delta = slot.adapter.forward_delta(&x2, train)?;
+            let delta = delta.reshape(y.shape())?;
+            y = (y + delta)?;
+        }
+        Ok(y)
+    }
+
+    /// Merges every unmerged adapter into the weight (`W ← W + ΔW`, computed in f32).
+    ///
+    /// Nothing changes if any merge would produce a non-finite weight.
+    ///
+    /// # Errors
+    /// [`Error::NonFiniteMerge`]; [`Error::MergeState`] if nothing is left to merge.
+    pub fn merge(&mut self) -> Result<()> {
+        if self.adapters.iter().all(|s| s.merged) {
+            return Err(Error::MergeState {
+                op: "merge",
+                reason: "no unmerged adapter on this layer".into(),
+            });
+        }
+        let mut w = self.weight.clone();
+        for s in self.adapters.iter().filter(|s| !s.merged) {
+            w = s.adapter.merged_weight(&s.name, &w)?;
+        }
+        self.weight = w;
+        for s in &mut self.adapters {
+            s.merged = true;
+        }
+        Ok(())
+    }
+
+    /// Subtracts every merged adapter from the weight again (`W ← W − ΔW`, in f32).
+    ///
+    /// # Errors
+    /// [`Error::MergeState`] if no adapter is merged; [`Error::NonFiniteMerge`].
+    pub fn unmerge(&mut self) -> Result<()> {
+        if !self.adapters.iter().any(|s| s.merged) {
+            return Err(Error::MergeState {
+                op: "unmerge",
+                reason: "no merged adapter on this layer".into(),
+            });
+        }
+        let mut w = self.weight.clone();
+        for s in self.adapters.iter().filter(|s| s.merged).rev() {
+            w = s.adapter.unmerged_weight(&s.name, &w)?;
+        }
+        self.weight = w;
+        for s in &mut self.adapters {
+            s.merged = false;
+        }
+        Ok(())
+    }
+
+    /// Whether any adapter is merged into the weight.
+    pub fn is_merged(&self) -> bool {
+        self.adapters.iter().any(|s| s.merged)
+    }
+}

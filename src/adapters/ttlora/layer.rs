@@ -1,0 +1,217 @@
+//! The TT-LoRA update on one layer: `α·ΔW(x)` with ΔW a tensor train.
+
+use candle_core::{DType, Tensor, Var};
+use rand::rngs::StdRng;
+
+use crate::adapters::ttlora::{TtInit, TtLoraConfig};
+use crate::adapters::{Adapter, LayerSpec, kaiming_uniform};
+use crate::error::{Error, Result};
+use crate::tt::{self, Truncation, TtPath, TtShape, decompose_matrix};
+
+/// TT-LoRA on one layer: cores `(r_{k-1}, s_k, r_k)` as trainable `Var`s, `y += α·ΔW(x)`.
+pub struct TtLoraLayer {
+    shape: TtShape,
+    cores: Vec<Var>,
+    alpha: f64,
+    path: TtPath,
+}
+
+impl TtLoraLayer {
+    /// Builds a freshly initialised adapter for `layer` (see [`TtInit`] for the schemes).
+    ///
+    /// # Errors
+    /// An invalid config or one whose factors do not fit the layer; a path the shape does not
+    /// support (factored/contract need a splitting bond).
+    pub fn new(config: &TtLoraConfig, layer: &LayerSpec, rng: &mut StdRng) -> Result<Self> {
+        let shape = config.shape_for(layer.in_features, layer.out_features)?;
+        let cores = init_cores(&shape, config.init, layer, rng)?;
+        Self::from_cores(shape, cores, config.alpha, config.path)
+    }
+
+    /// An adapter from existing cores (e.g. loaded from a file or found by TT-SVD).
+    ///
+    /// # Errors
+    /// A core whose shape does not fit `shape`; a path the shape does not support.
+    pub fn from_cores(
+        shape: TtShape,
+        cores: Vec<Tensor>,
+        alpha: f64,
+        path: TtPath,
+    ) -> Result<Self> {
+        let dims: Vec<Vec<usize>> = cores.iter().map(|c| c.dims().to_vec()).collect();
+        shape.check_cores(&dims)?;
+        if path != TtPath::Reconstruct && shape.split_rank().is_none() {
+            return Err(Error::PathUnavailable {
+                path: path.name(),
+                reason: format!(
+                    "shape {shape} has no bond splitting it into output and input cores; use \
+                     the reconstruct path"
+                ),
+            });
+        }
+        let cores = cores
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            shape,
+            cores,
+            alpha,
+            path,
+        })
+    }
+
+    /// The TT shape.
+    pub fn shape(&self) -> &TtShape {
+        &self.shape
+    }
+    /// The cores as plain tensors (sharing storage with the `Var`s).
+    pub fn cores(&self) -> Vec<Tensor> {
+        self.cores.iter().map(|v| v.as_tensor().clone()).collect()
+    }
+    /// α.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+    /// The forward path in use.
+    pub fn path(&self) -> TtPath {
+        self.path
+    }
+    /// Switches the forward path (all paths compute the same ΔW(x)).
+    ///
+    /// # Errors
+    /// A path the shape does not support.
+    pub fn set_path(&mut self, path: TtPath) -> Result<()> {
+        if path != TtPath::Reconstruct && self.shape.split_rank().is_none() {
+            return Err(Error::PathUnavailable {
+                path: path.name(),
+                reason: format!("shape {} has no splitting bond", self.shape),
+            });
+        }
+        self.path = path;
+        Ok(())
+    }
+
+    /// The exact rank-r factors of the scaled update: `α·ΔW = (α·B)·A`, `A: (r, in)`,
+    /// `B: (out, r)` — a PEFT LoRA of rank r with scaling 1.
+    ///
+    /// # Errors
+    /// A shape without a splitting bond.
+    pub fn lora_factors(&self) -> Result<(Tensor, Tensor)> {
+        let f = tt::fold(&self.shape, &self.cores())?;
+        Ok((f.a, (f.b * self.alpha)?))
+    }
+}
+
+impl Adapter for TtLoraLayer {
+    fn method(&self) -> &'static str {
+        "ttlora"
+    }
+    fn in_features(&self) -> usize {
+        self.shape.in_features()
+    }
+    fn out_features(&self) -> usize {
+        self.shape.out_features()
+    }
+
+    fn forward_delta(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        Ok((tt::apply(&self.shape, &self.cores(), x, self.path)? * self.alpha)?)
+    }
+
+    fn delta_weight(&self) -> Result<Tensor> {
+        let cores = self.cores();
+        let dense = match self.shape.split_rank() {
+            Some(_) => {
+                let f = tt::fold(&self.shape, &cores)?;
+                f.b.matmul(&f.a)?
+            }
+            None => tt::reconstruct(&self.shape, &cores)?,
+        };
+        Ok((dense * self.alpha)?)
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        self.cores
+            .iter()
+            .enumerate()
+            .map(|(k, v)| (format!("ttlora_cores.{k}"), v.clone()))
+            .collect()
+    }
+}
+
+/// Kaiming-uniform core (fan-in = s_k·r_k, as PyTorch computes it for a 3-D tensor), scaled to
+/// unit Frobenius norm.
+fn unit_core(shape: (usize, usize, usize), layer: &LayerSpec, rng: &mut StdRng) -> Result<Tensor> {
+    let (a, s, b) = shape;
+    let c = kaiming_uniform(
+        &[a, s, b],
+        s * b,
+        rng,
+        DType::F64,
+        &candle_core::Device::Cpu,
+    )?;
+    let norm = c
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()?
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
+    Ok((c / norm)?
+        .to_dtype(layer.dtype)?
+        .to_device(&layer.device)?)
+}
+
+fn init_cores(
+    shape: &TtShape,
+    init: TtInit,
+    layer: &LayerSpec,
+    rng: &mut StdRng,
+) -> Result<Vec<Tensor>> {
+    let d = shape.num_cores();
+    match init {
+        TtInit::Paper => (0..d)
+            .map(|k| unit_core(shape.core_shape(k), layer, rng))
+            .collect(),
+        TtInit::Zero => (0..d)
+            .map(|k| {
+                if k + 1 == d {
+                    let (a, s, b) = shape.core_shape(k);
+                    Ok(Tensor::zeros((a, s, b), layer.dtype, &layer.device)?)
+                } else {
+                    unit_core(shape.core_shape(k), layer, rng)
+                }
+            })
+            .collect(),
+        TtInit::TtSvd => {
+            let (out_f, in_f) = (shape.out_features(), shape.in_features());
+            let w = kaiming_uniform(
+                &[out_f, in_f],
+                in_f,
+                rng,
+                DType::F64,
+                &candle_core::Device::Cpu,
+            )?;
+            let inner = shape.ranks()[1..d].to_vec();
+            let trunc = Truncation {
+                max_ranks: Some(inner),
+                rel_tol: None,
+            };
+            let dec = decompose_matrix(&w, shape, &trunc)?;
+            // A bond can hold at most min(Π left, Π right) independent directions; pad any
+            // bond TT-SVD found smaller with zeros so the configured shape is kept.
+            (0..d)
+                .map(|k| {
+                    let (a, s, b) = shape.core_shape(k);
+                    let (da, _, db) = dec.shape.core_shape(k);
+                    let c =
+                        dec.cores[k]
+                            .pad_with_zeros(0, 0, a - da)?
+                            .pad_with_zeros(2, 0, b - db)?;
+                    Ok(c.reshape((a, s, b))?
+                        .to_dtype(layer.dtype)?
+                        .to_device(&layer.device)?)
+                })
+                .collect()
+        }
+    }
+}

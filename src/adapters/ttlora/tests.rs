@@ -1,0 +1,201 @@
+//! TT-LoRA-specific checks: the init schemes' claims, the paths through the layer, exact rank-r
+//! LoRA factors, planned shapes and config errors.
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+
+use crate::adapters::ttlora::{TtInit, TtLoraConfig, TtLoraLayer};
+use crate::adapters::{Adapter, LayerSpec, seeded_rng};
+use crate::tt::{TtLayout, TtPath};
+
+fn spec(in_features: usize, out_features: usize) -> LayerSpec {
+    LayerSpec {
+        in_features,
+        out_features,
+        dtype: DType::F32,
+        device: Device::Cpu,
+    }
+}
+
+fn norm(t: &Tensor) -> f32 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt()
+}
+
+#[test]
+fn init_schemes_keep_their_promises() {
+    for init in TtInit::ALL {
+        let cfg = TtLoraConfig {
+            init,
+            in_factors: Some(vec![8, 4, 2]),
+            out_factors: Some(vec![4, 4, 2]),
+            ..Default::default()
+        };
+        let l = TtLoraLayer::new(&cfg, &spec(64, 32), &mut seeded_rng(1)).unwrap();
+        let dw = norm(&l.delta_weight().unwrap());
+        let cores = l.cores();
+        match init {
+            TtInit::Zero => {
+                assert_eq!(dw, 0.0, "zero init: ΔW = 0");
+                assert_eq!(norm(cores.last().unwrap()), 0.0);
+                for c in &cores[..cores.len() - 1] {
+                    assert!((norm(c) - 1.0).abs() < 1e-5);
+                }
+            }
+            TtInit::Paper => {
+                assert!(dw > 0.0, "paper init: ΔW != 0");
+                for c in &cores {
+                    assert!((norm(c) - 1.0).abs() < 1e-5, "unit Frobenius norm");
+                }
+            }
+            TtInit::TtSvd => {
+                assert!(dw > 0.0, "tt-svd init: ΔW != 0");
+                assert_eq!(
+                    l.shape().ranks(),
+                    &[1, 5, 5, 5, 5, 5, 1],
+                    "configured ranks kept"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn layer_paths_agree() {
+    let mut cfg = TtLoraConfig {
+        init: TtInit::Paper,
+        alpha: 4.0,
+        in_factors: Some(vec![8, 4, 2]),
+        out_factors: Some(vec![4, 4, 2]),
+        ..Default::default()
+    };
+    let x = Tensor::randn(0f32, 1., (5, 64), &Device::Cpu).unwrap();
+    let mut outs = Vec::new();
+    for path in TtPath::ALL {
+        cfg.path = path;
+        let l = TtLoraLayer::new(&cfg, &spec(64, 32), &mut seeded_rng(2)).unwrap();
+        outs.push(l.forward_delta(&x, false).unwrap());
+    }
+    for o in &outs[1..] {
+        let rel = norm(&(o - &outs[0]).unwrap()) / norm(&outs[0]);
+        assert!(rel < 1e-5, "{rel:e}");
+    }
+}
+
+#[test]
+fn lora_factors_are_exact_with_scaling_one() {
+    let cfg = TtLoraConfig {
+        init: TtInit::Paper,
+        alpha: 8.0,
+        rank: 4,
+        in_factors: Some(vec![4, 4]),
+        out_factors: Some(vec![3, 2, 2]),
+        ..Default::default()
+    };
+    let l = TtLoraLayer::new(&cfg, &spec(16, 12), &mut seeded_rng(3)).unwrap();
+    let (a, b) = l.lora_factors().unwrap();
+    assert_eq!(a.dims(), &[4, 16]);
+    assert_eq!(b.dims(), &[12, 4]);
+    let dw = l.delta_weight().unwrap();
+    let rel = norm(&(b.matmul(&a).unwrap() - &dw).unwrap()) / norm(&dw);
+    assert!(rel < 1e-6, "{rel:e}");
+}
+
+#[test]
+fn planned_shape_when_no_factors_given() {
+    let l = TtLoraLayer::new(
+        &TtLoraConfig::default(),
+        &spec(768, 768),
+        &mut seeded_rng(4),
+    )
+    .unwrap();
+    assert_eq!(l.shape().num_cores(), 6);
+    assert!(
+        l.num_params() <= 990,
+        "planner is at least as lean as the paper's shape"
+    );
+    let l = TtLoraLayer::new(
+        &TtLoraConfig::default(),
+        &spec(384, 1536),
+        &mut seeded_rng(4),
+    )
+    .unwrap();
+    assert_eq!(l.shape().in_factors().iter().product::<usize>(), 384);
+    assert_eq!(l.shape().out_factors().iter().product::<usize>(), 1536);
+}
+
+#[test]
+fn bad_configs_give_one_clear_error() {
+    let err = TtLoraLayer::new(
+        &TtLoraConfig {
+            in_factors: Some(vec![64, 4, 4]),
+            out_factors: Some(vec![64, 4, 3]),
+            ..Default::default()
+        },
+        &spec(768, 768),
+        &mut seeded_rng(5),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert_eq!(
+        err,
+        "input factors: factors [64, 4, 4] multiply to 1024, expected 768"
+    );
+    let err = TtLoraConfig {
+        in_factors: Some(vec![2]),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("must be given together"), "{err}");
+    let err = TtLoraConfig {
+        layout: TtLayout::Reshape,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "ttlora config: field `factors` is required with layout = reshape (got none)"
+    );
+    let err = TtLoraConfig {
+        rank: 0,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "ttlora config: field `rank` must be >= 1 (got 0)");
+    // Reshape factors without a prefix equal to out_features: factored path refused, reconstruct ok.
+    let cfg = TtLoraConfig {
+        layout: TtLayout::Reshape,
+        factors: Some(vec![8, 3]),
+        rank: 2,
+        ..Default::default()
+    };
+    let err = TtLoraLayer::new(&cfg, &spec(6, 4), &mut seeded_rng(6))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("tt path factored: shape [8,3] r=2 has no bond"),
+        "{err}"
+    );
+    let cfg = TtLoraConfig {
+        path: TtPath::Reconstruct,
+        ..cfg
+    };
+    assert!(TtLoraLayer::new(&cfg, &spec(6, 4), &mut seeded_rng(6)).is_ok());
+    let err = serde_json::from_value::<TtLoraConfig>(json!({"init": "xavier"}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown variant `xavier`"), "{err}");
+}
