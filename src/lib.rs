@@ -11,8 +11,10 @@
 
 pub mod adapters;
 pub mod bench;
+mod device;
 mod error;
 pub mod ops;
 pub mod tt;
 
+pub use device::parse_device;
 pub use error::{Error, Result};

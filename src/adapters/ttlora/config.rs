@@ -131,6 +131,29 @@ impl TtLoraConfig {
         Ok(())
     }
 
+    /// A default config (α, init, path) whose layout, factors and ranks are `shape`'s.
+    pub fn for_shape(shape: &TtShape) -> Self {
+        let ranks = shape.ranks();
+        let base = Self {
+            layout: shape.layout(),
+            rank: ranks.get(1).copied().unwrap_or(1),
+            ranks: Some(ranks[1..ranks.len() - 1].to_vec()),
+            cores: shape.num_cores().max(2),
+            ..Default::default()
+        };
+        match shape.layout() {
+            TtLayout::InputOutput => Self {
+                in_factors: Some(shape.in_factors().to_vec()),
+                out_factors: Some(shape.out_factors().to_vec()),
+                ..base
+            },
+            TtLayout::Reshape => Self {
+                factors: Some(shape.core_dims().to_vec()),
+                ..base
+            },
+        }
+    }
+
     fn ranks(&self) -> Ranks {
         match &self.ranks {
             Some(v) => Ranks::PerBond(v.clone()),

@@ -1,0 +1,78 @@
+//! Command-line glue: parse arguments, call one library function, print the result.
+//!
+//! Owns: `Cli`, the `Command` enum and one file per subcommand. Must not hold logic of its own.
+//! Results go to stdout (tables or `--json`); logs and errors go to stderr.
+
+mod bench;
+mod shapes;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Parameter-efficient fine-tuning with TT-LoRA (tensor-train LoRA).
+#[derive(Debug, Parser)]
+#[command(name = "ttlora", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Flags every subcommand shares.
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Plan TT shapes for a matrix, or count the parameters of a given shape.
+    Shapes(shapes::ShapesArgs),
+    /// Run a micro-benchmark and print its table.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Entry point: runs the command, prints errors as `ttlora: …` with their cause chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.common.verbose);
+    let result = match cli.command {
+        Command::Shapes(args) => shapes::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed pipe (e.g. `| head`) is not a failure.
+            if err
+                .chain()
+                .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(std::io::stderr(), "ttlora: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
