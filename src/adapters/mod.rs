@@ -107,8 +107,8 @@ fn combine(name: &str, w: &Tensor, delta: &Tensor, sign: f64) -> Result<Tensor> 
         });
     }
     let out = (w32 + (d32 * sign)?)?;
-    // x - x is 0 for every finite x and NaN for NaN/Inf, so one sum detects both.
-    let check = (&out - &out)?.sum_all()?.to_scalar::<f32>()?;
+    // 0·x is 0 for every finite x and NaN for NaN/Inf, so one sum detects both.
+    let check = out.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?;
     if check != 0.0 {
         return Err(Error::NonFiniteMerge { name: name.into() });
     }

@@ -36,6 +36,13 @@ pub struct TtBenchConfig {
     pub device: Device,
 }
 
+/// A variant to time: its label, its shape/rank text and the adapter (none: frozen only).
+struct Variant {
+    name: String,
+    detail: String,
+    adapter: Option<Box<dyn Adapter>>,
+}
+
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
 pub struct TtBenchRow {
@@ -81,8 +88,11 @@ pub fn run(cfg: &TtBenchConfig, mut progress: impl FnMut(&TtBenchRow)) -> Result
                 DType::F32,
                 &cfg.device,
             )?)?;
-            let mut variants: Vec<(String, String, Option<Box<dyn Adapter>>)> =
-                vec![("frozen".into(), "-".into(), None)];
+            let mut variants = vec![Variant {
+                name: "frozen".into(),
+                detail: "-".into(),
+                adapter: None,
+            }];
             let lora = LoraConfig {
                 r: cfg.lora_rank,
                 ..Default::default()
@@ -96,11 +106,11 @@ pub fn run(cfg: &TtBenchConfig, mut progress: impl FnMut(&TtBenchRow)) -> Result
                 DType::F32,
                 &cfg.device,
             )?)?;
-            variants.push((
-                format!("lora r={}", cfg.lora_rank),
-                format!("r={}", cfg.lora_rank),
-                Some(Box::new(lora_layer)),
-            ));
+            variants.push(Variant {
+                name: format!("lora r={}", cfg.lora_rank),
+                detail: format!("r={}", cfg.lora_rank),
+                adapter: Some(Box::new(lora_layer)),
+            });
             for path in TtPath::ALL {
                 let tt_cfg = TtLoraConfig {
                     init: TtInit::Paper,
@@ -108,15 +118,20 @@ pub fn run(cfg: &TtBenchConfig, mut progress: impl FnMut(&TtBenchRow)) -> Result
                     ..TtLoraConfig::for_shape(&case.shape)
                 };
                 let layer = TtLoraLayer::new(&tt_cfg, &spec, &mut seeded_rng(1))?;
-                variants.push((
-                    format!("ttlora {path}"),
-                    case.shape.to_string(),
-                    Some(Box::new(layer)),
-                ));
+                variants.push(Variant {
+                    name: format!("ttlora {path}"),
+                    detail: case.shape.to_string(),
+                    adapter: Some(Box::new(layer)),
+                });
             }
             let mut lora_ms = f64::NAN;
             let start = rows.len();
-            for (variant, detail, adapter) in variants {
+            for Variant {
+                name: variant,
+                detail,
+                adapter,
+            } in variants
+            {
                 let mut lin = Linear::new(w.clone(), Some(b.clone()))?;
                 let params = adapter.as_ref().map_or(0, |a| a.num_params());
                 if let Some(a) = adapter {

@@ -54,7 +54,7 @@ fn divisors(n: usize) -> Vec<usize> {
     let mut large = Vec::new();
     let mut d = 1;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             small.push(d);
             if d * d != n {
                 large.push(n / d);
@@ -88,7 +88,7 @@ fn prime_factor_count(mut n: usize) -> usize {
     let mut count = 0;
     let mut p = 2;
     while p * p <= n {
-        while n % p == 0 {
+        while n.is_multiple_of(p) {
             n /= p;
             count += 1;
         }
