@@ -18,3 +18,8 @@ pub mod tt;
 
 pub use device::parse_device;
 pub use error::{Error, Result};
+
+/// The README's code blocks, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
