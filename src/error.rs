@@ -140,6 +140,79 @@ pub enum Error {
         known: String,
     },
 
+    // ---- data: tasks, readers, tokenization ---------------------------------------------------
+    /// A row of a data file that cannot be used (bad label, missing column, …).
+    #[error("{}:{line}: {reason}", path.display())]
+    DataRow {
+        /// The file.
+        path: std::path::PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the row.
+        reason: String,
+    },
+    /// A data file (or split) that cannot be used as a whole (missing, empty, no such column).
+    #[error("{}: {reason}", path.display())]
+    DataFile {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A task name nobody registered.
+    #[error("unknown task `{got}`; known tasks: {known}")]
+    UnknownTask {
+        /// The name given.
+        got: String,
+        /// The registered names, comma separated.
+        known: String,
+    },
+    /// A tokenizer that cannot be loaded or used.
+    #[error("tokenizer {}: {reason}", path.display())]
+    Tokenizer {
+        /// The tokenizer.json file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    // ---- io / models: model folders, configs, weights ----------------------------------------
+    /// A model folder or file that cannot be used.
+    #[error("{}: {reason}", path.display())]
+    ModelFile {
+        /// The folder or file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A config.json field that is missing, unsupported or inconsistent.
+    #[error("model config {}: {reason}", path.display())]
+    ModelConfig {
+        /// The config.json file.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
+    /// A weight tensor that is missing or has the wrong shape or dtype.
+    #[error("{}: tensor `{name}` {reason}", path.display())]
+    WeightTensor {
+        /// The weights file.
+        path: std::path::PathBuf,
+        /// The tensor's full name.
+        name: String,
+        /// What is wrong (expected vs got).
+        reason: String,
+    },
+    /// An I/O error on a named file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
     // ---- wrapped errors from dependencies ----------------------------------------------------
     /// An error from the candle tensor library.
     #[error(transparent)]

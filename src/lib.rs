@@ -4,15 +4,19 @@
 //! (Anjum et al., arXiv 2408.01008). Layers, from the bottom up:
 //! - [`tt`]: pure tensor-train math (shapes, factorization, contraction paths, TT-SVD);
 //! - [`ops`]: tensor ops with a hand-written backward (the frozen linear);
-//! - [`adapters`]: adapted linear layers and the adapter methods (LoRA, TT-LoRA).
+//! - [`adapters`]: adapted linear layers and the adapter methods (LoRA, TT-LoRA);
+//! - [`models`]: transformer families (BERT/RoBERTa, DeBERTa-v2) with adapter-capable linears;
+//! - [`data`]: GLUE/SuperGLUE and custom task files, metrics, tokenization, batching.
 //!
 //! See ARCHITECTURE.md for the module map and which module may use which.
 #![warn(missing_docs)]
 
 pub mod adapters;
 pub mod bench;
+pub mod data;
 mod device;
 mod error;
+pub mod models;
 pub mod ops;
 pub mod tt;
 
