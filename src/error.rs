@@ -213,6 +213,22 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    // ---- train ---------------------------------------------------------------------------------
+    /// The loss became NaN or infinite; training stops instead of corrupting the adapter.
+    #[error(
+        "training step {step}: the loss is {value}; stopped (try a lower learning rate, \
+         gradient clipping, or check the labels)"
+    )]
+    NonFiniteLoss {
+        /// Optimizer step at which it happened.
+        step: usize,
+        /// The loss value.
+        value: f64,
+    },
+    /// A training setup that cannot run (no trainable tensors, no batches, …).
+    #[error("training: {0}")]
+    Training(String),
+
     // ---- wrapped errors from dependencies ----------------------------------------------------
     /// An error from the candle tensor library.
     #[error(transparent)]

@@ -16,8 +16,10 @@ pub mod bench;
 pub mod data;
 mod device;
 mod error;
+pub mod io;
 pub mod models;
 pub mod ops;
+pub mod train;
 pub mod tt;
 
 pub use device::parse_device;

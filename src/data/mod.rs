@@ -1,1 +1,51 @@
-//! Placeholder, filled by the data work.
+//! Task data: the task registry (GLUE, SuperGLUE, custom CSV/TSV/JSONL files), file readers,
+//! tokenization, batching and the evaluation metrics.
+//!
+//! Owns: [`TaskSpec`] and the [`TASKS`] registry, [`Example`] and [`Label`], the readers
+//! ([`read_task_split`], [`read_file`], [`read_custom`]), [`TextEncoder`] (a Hugging Face
+//! `tokenizer.json` with padding off and longest-first truncation), batch order and collation
+//! into a [`crate::models::EncoderInput`], and [`Metric`]s as GLUE/SuperGLUE define them.
+//!
+//! Must not know: models' internals (it only builds their [`crate::models::EncoderInput`]),
+//! training, adapters. Every error names the file and 1-based line, and says what was expected
+//! and what was found.
+//!
+//! The flow: `task("sst2")` → [`read_task_split`] → [`TextEncoder::encode_batch`] →
+//! [`batch_order`] → [`collate`] + [`label_tensor`] → model → [`compute`] on the predictions.
+//! File layouts are those of the offline copies described in `shared/data/README.md`; the
+//! bundled `data/glue/SST-2/` makes the quick start work without them.
+
+mod batch;
+mod example;
+mod metrics;
+mod readers;
+mod task;
+mod tokenize;
+
+#[cfg(test)]
+mod tests;
+
+pub use batch::{batch_order, collate, held_out_split, label_tensor, sequential_batches};
+pub use example::{Example, Label};
+pub use metrics::{Metric, compute};
+pub use readers::{
+    CustomColumns, CustomLabels, read_custom, read_file, read_task_split, read_texts,
+};
+pub use task::{
+    Column, Format, LabelKind, Split, SplitFiles, TASKS, TaskSpec, data_root, default_data_roots,
+    task, task_names,
+};
+pub use tokenize::{Encoded, TextEncoder};
+
+use crate::error::Error;
+
+/// An error of a data operation that has no file to name (metrics, batching).
+///
+/// Uses [`Error::DataFile`] with the operation's name in place of the path, so the message
+/// reads `"<op>: <reason>"`.
+pub(crate) fn op_error(op: &str, reason: impl Into<String>) -> Error {
+    Error::DataFile {
+        path: op.into(),
+        reason: reason.into(),
+    }
+}

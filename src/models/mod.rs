@@ -1,13 +1,112 @@
 //! Transformer families built from an HF `config.json` + safetensors, every linear layer an
 //! [`adapters::Linear`](crate::adapters::Linear) so it can carry adapters and merges.
 //!
-//! Owns: the [`Model`] trait (all the trainer sees), [`EncoderInput`], the model families and
-//! their heads. Uses `adapters/`, `ops/`, `io/`. Must not know: tasks, files of data, training.
+//! Owns: the [`Model`] trait (all the trainer sees), [`EncoderInput`], [`Pooling`], the model
+//! families and their heads: [`bert`] (BERT, RoBERTa, MiniLM); `deberta_v2/` is to come as a
+//! sibling folder. Strict weight loading (`weights.rs`) is shared by the families. Uses
+//! `adapters/`, `ops/`. Must not know: tasks, files of data, training.
 
-use candle_core::{Tensor, Var};
+pub mod adapted;
+pub mod bert;
+mod weights;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
 
 use crate::adapters::Linear;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+pub use bert::{Bert, BertConfig, BertFamily, BertForSequenceClassification, load_bert};
+
+/// How an encoder's hidden states `(b_sz, seq_len, hidden)` become one vector per example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The first token (`[CLS]` / `<s>`), through the architecture's own head (HF's
+    /// `…ForSequenceClassification`).
+    #[default]
+    Cls,
+    /// The mean over real (unmasked) tokens, as sentence-transformers models are trained.
+    Mean,
+}
+
+impl Pooling {
+    /// The names `--pooling` accepts.
+    pub const NAMES: &'static [&'static str] = &["cls", "mean"];
+
+    /// The pooling a sentence-transformers folder declares in `1_Pooling/config.json`
+    /// (`pooling_mode_mean_tokens` / `pooling_mode_cls_token`); `None` if the folder has no
+    /// such file or declares another mode.
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::ModelConfig`] if the file exists but cannot be read or parsed.
+    pub fn from_sentence_transformers(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("1_Pooling").join("config.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::ModelConfig {
+            path: path.clone(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        let on = |k: &str| v.get(k).and_then(|b| b.as_bool()).unwrap_or(false);
+        Ok(if on("pooling_mode_mean_tokens") {
+            Some(Self::Mean)
+        } else if on("pooling_mode_cls_token") {
+            Some(Self::Cls)
+        } else {
+            None
+        })
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cls => "cls",
+            Self::Mean => "mean",
+        })
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cls" => Ok(Self::Cls),
+            "mean" => Ok(Self::Mean),
+            _ => Err(format!(
+                "unknown pooling `{s}`; known: {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// Loads the sequence-classification model of any supported family from an HF folder
+/// (f32; `seed` initialises a head the checkpoint lacks), dispatching on `model_type`.
+///
+/// # Errors
+/// [`Error::ModelConfig`] naming `model_type` and the supported values; the family loader's
+/// errors otherwise.
+pub fn load_classifier(
+    dir: &Path,
+    num_labels: usize,
+    pooling: Pooling,
+    device: &Device,
+    seed: u64,
+) -> Result<Box<dyn Model>> {
+    // BertConfig::from_file names the field and the supported values for any other
+    // model_type; new families add their arm here.
+    BertConfig::from_file(&dir.join("config.json"))?;
+    Ok(Box::new(load_bert(dir, num_labels, pooling, device, seed)?))
+}
 
 /// One padded batch of token ids for an encoder.
 #[derive(Debug, Clone)]

@@ -1,10 +1,23 @@
 //! Tensor ops with a hand-written backward, for the training path.
 //!
-//! Owns: [`frozen_linear`]. Must not know: models, adapters, files. Every op here states its
-//! derivative next to its `bwd` and has a finite-difference test, because candle's own fused
-//! ops (`softmax_last_dim`, `layer_norm`, `rms_norm`) record no backward at all and silently
-//! stop gradients (DESIGN §2).
+//! Owns: [`frozen_linear`], [`layer_norm`], [`softmax_last_dim`], [`gelu`], seeded [`dropout`]. Must not know:
+//! models, adapters, files. Every op here states its derivative next to its `bwd` and has a
+//! finite-difference test, because candle's own fused ops (`softmax_last_dim`, `layer_norm`,
+//! `rms_norm`) record no backward at all and silently stop gradients (DESIGN §2).
+//!
+//! The fused kernels run on CPU in f32 and f64 (split over candle's thread count for large
+//! tensors). On other devices and dtypes the public functions fall back to composed,
+//! differentiable candle ops, so the API is the same everywhere.
 
+mod dropout;
 mod frozen_linear;
+mod gelu;
+mod layer_norm;
+mod rows;
+mod softmax;
 
+pub use dropout::{dropout, seed_dropout};
 pub use frozen_linear::frozen_linear;
+pub use gelu::gelu;
+pub use layer_norm::layer_norm;
+pub use softmax::softmax_last_dim;

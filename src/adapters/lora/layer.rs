@@ -14,6 +14,7 @@ pub struct LoraLayer {
     b: Var,
     scaling: f64,
     dropout: f32,
+    config: LoraConfig,
 }
 
 impl LoraLayer {
@@ -31,6 +32,7 @@ impl LoraLayer {
             b: Var::from_tensor(&b)?,
             scaling: config.scaling(),
             dropout: config.lora_dropout as f32,
+            config: config.clone(),
         })
     }
 
@@ -61,7 +63,7 @@ impl Adapter for LoraLayer {
 
     fn forward_delta(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = if train && self.dropout > 0.0 {
-            candle_nn::ops::dropout(x, self.dropout)?
+            crate::ops::dropout(x, f64::from(self.dropout))?
         } else {
             x.clone()
         };
@@ -78,5 +80,10 @@ impl Adapter for LoraLayer {
             ("lora_A.weight".into(), self.a.clone()),
             ("lora_B.weight".into(), self.b.clone()),
         ]
+    }
+
+    fn config(&self) -> serde_json::Value {
+        // A plain struct of numbers always serialises.
+        serde_json::to_value(&self.config).unwrap_or_default()
     }
 }

@@ -137,6 +137,16 @@ impl Adapter for TtLoraLayer {
             .map(|(k, v)| (format!("ttlora_cores.{k}"), v.clone()))
             .collect()
     }
+
+    fn config(&self) -> serde_json::Value {
+        let cfg = TtLoraConfig {
+            alpha: self.alpha,
+            path: self.path,
+            ..TtLoraConfig::for_shape(&self.shape)
+        };
+        // A plain struct of numbers and enums always serialises.
+        serde_json::to_value(cfg).unwrap_or_default()
+    }
 }
 
 /// Kaiming-uniform core (fan-in = s_k·r_k, as PyTorch computes it for a 3-D tensor), scaled to

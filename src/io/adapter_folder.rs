@@ -1,0 +1,209 @@
+//! Adapter folders on disk: `adapter_config.json` + `adapter_model.safetensors` (DESIGN §5).
+//!
+//! This module knows the files, not the models: it reads and writes a config document and a
+//! flat map of named tensors, atomically and strictly. Binding the tensors to a model's layers
+//! happens in `models::adapted`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// File name of the adapter config.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// File name of the adapter weights.
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// Version of the `ttlora` adapter folder format this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Prefix PEFT puts before every module path in adapter weight names.
+pub const KEY_PREFIX: &str = "base_model.model.";
+
+/// What the adapter was trained for, so `eval`/`predict` need no flags to reproduce it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// Registry name of the task, or `custom`.
+    pub name: String,
+    /// Class names in label-id order (empty for regression).
+    pub label_names: Vec<String>,
+    /// Output columns of the head (1 for regression).
+    pub num_labels: usize,
+    /// How hidden states were pooled (`cls` / `mean`).
+    pub pooling: String,
+    /// Maximum tokens per example used in training.
+    pub max_len: usize,
+}
+
+/// `adapter_config.json`, version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterConfig {
+    /// PEFT's method tag (`TTLORA`, `LORA`).
+    pub peft_type: String,
+    /// Version of this format.
+    pub format_version: u32,
+    /// The ttlora version that wrote the folder.
+    pub ttlora_version: String,
+    /// Registry name of the method (`ttlora`, `lora`).
+    pub method: String,
+    /// The `--model` the adapter was trained on (folder or hub id).
+    pub base_model_name_or_path: String,
+    /// SHA-256 of the base model's `config.json`, to catch a wrong base model.
+    pub base_model_config_sha256: String,
+    /// The method config the user asked for (before per-module planning).
+    pub config: serde_json::Value,
+    /// Targeting rule as given (list or regex).
+    pub target_modules: serde_json::Value,
+    /// Excluded modules as given, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_modules: Option<serde_json::Value>,
+    /// Per-module overrides as given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, serde_json::Value>,
+    /// Every adapted module path → the exact config that rebuilds its adapter.
+    pub modules: BTreeMap<String, serde_json::Value>,
+    /// Trained head tensors stored beside the adapter (full names), PEFT's `modules_to_save`.
+    #[serde(default)]
+    pub modules_to_save: Vec<String>,
+    /// The task the adapter was trained for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskInfo>,
+    /// Fields this version does not know, kept so a rewrite does not drop them.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
+/// An adapter folder in memory.
+#[derive(Debug, Clone)]
+pub struct AdapterFolder {
+    /// The config document.
+    pub config: AdapterConfig,
+    /// Tensors by full key (`base_model.model.<path>.<name>`).
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+/// SHA-256 of a file as lowercase hex.
+///
+/// # Errors
+/// [`Error::Io`] if the file cannot be read.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
+}
+
+impl AdapterFolder {
+    /// Writes the folder. Each file goes to a temporary name in the folder and is renamed into
+    /// place, weights first and config last, so a reader never sees a config without its
+    /// weights; a crash leaves at most a stray `*.tmp`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file; candle errors while serialising.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let weights = dir.join(WEIGHTS_FILE);
+        let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
+        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(
+            self.tensors.iter().map(|(k, t)| (k.as_str(), t)),
+            Some(metadata),
+            &tmp,
+        )
+        .map_err(|e| Error::ModelFile {
+            path: tmp.clone(),
+            reason: format!("cannot write safetensors: {e}"),
+        })?;
+        rename(&tmp, &weights)?;
+        // serde_json keeps struct field order; `unknown` (flattened) comes last.
+        let json = serde_json::to_string_pretty(&self.config)?;
+        let cfg = dir.join(CONFIG_FILE);
+        let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
+        std::fs::write(&tmp, json + "\n").map_err(|source| Error::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        rename(&tmp, &cfg)
+    }
+
+    /// Reads the folder in `dir`, tensors onto `device`. Unknown config fields are kept and
+    /// reported with a warning; a newer `format_version` is an error.
+    ///
+    /// # Errors
+    /// Missing files, invalid JSON or safetensors, a config without a required field.
+    pub fn read(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        if !cfg_path.is_file() {
+            return Err(Error::ModelFile {
+                path: dir.to_path_buf(),
+                reason: format!("no {CONFIG_FILE}; expected an adapter folder"),
+            });
+        }
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let config: AdapterConfig =
+            serde_json::from_str(&text).map_err(|e| Error::ModelConfig {
+                path: cfg_path.clone(),
+                reason: e.to_string(),
+            })?;
+        if config.format_version > FORMAT_VERSION {
+            return Err(Error::ModelConfig {
+                path: cfg_path,
+                reason: format!(
+                    "format_version {} is newer than this ttlora understands ({FORMAT_VERSION}); \
+                     upgrade ttlora",
+                    config.format_version
+                ),
+            });
+        }
+        for key in config.unknown.keys() {
+            tracing::warn!("{}: ignoring unknown field `{key}`", cfg_path.display());
+        }
+        let weights = dir.join(WEIGHTS_FILE);
+        let tensors = read_safetensors(&weights, device)?;
+        Ok(Self { config, tensors })
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|source| Error::Io {
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads every tensor of a safetensors file, validating the header before trusting it.
+///
+/// # Errors
+/// [`Error::ModelFile`] naming the file for anything malformed (truncated, lying offsets).
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // `SafeTensors::deserialize` checks the header, offsets and sizes against the buffer.
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::ModelFile {
+        path: path.to_path_buf(),
+        reason: format!("not a valid safetensors file: {e}"),
+    })?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let t = candle_core::safetensors::Load::load(&view, device).map_err(|e| {
+            Error::WeightTensor {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}

@@ -1,0 +1,210 @@
+//! Binding adapter folders to models: collect a model's adapters (and trained head) into an
+//! [`AdapterFolder`], and rebuild them onto a freshly loaded base model.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use candle_core::Tensor;
+
+use crate::adapters::{method, seeded_rng};
+use crate::error::{Error, Result};
+use crate::io::adapter_folder::{AdapterConfig, AdapterFolder, FORMAT_VERSION, KEY_PREFIX};
+use crate::models::Model;
+
+/// The parts of an adapter config that describe how it was made (the rest is read off the
+/// model).
+#[derive(Debug, Clone)]
+pub struct AdapterMeta {
+    /// Registry name of the method.
+    pub method: String,
+    /// `--model` as given.
+    pub base_model: String,
+    /// SHA-256 of the base model's config.json.
+    pub base_model_config_sha256: String,
+    /// The method config as given.
+    pub config: serde_json::Value,
+    /// Targets as given.
+    pub target_modules: serde_json::Value,
+    /// Exclusions as given.
+    pub exclude_modules: Option<serde_json::Value>,
+    /// Per-module overrides as given.
+    pub overrides: BTreeMap<String, serde_json::Value>,
+    /// Whether the head was trained (and so is saved).
+    pub save_head: bool,
+    /// Task description.
+    pub task: Option<crate::io::TaskInfo>,
+}
+
+/// Collects the adapter called `adapter_name` from every layer of `model` (and the head when
+/// `meta.save_head`) into a folder ready to write.
+///
+/// # Errors
+/// No layer carries that adapter; an unknown method.
+pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Result<AdapterFolder> {
+    let m = method(&meta.method)?;
+    let mut modules = BTreeMap::new();
+    let mut tensors = BTreeMap::new();
+    for (path, layer) in model.linears() {
+        for (name, adapter) in layer.adapters() {
+            if name != adapter_name {
+                continue;
+            }
+            modules.insert(path.clone(), adapter.config());
+            for (tname, var) in adapter.trainable() {
+                tensors.insert(
+                    format!("{KEY_PREFIX}{path}.{tname}"),
+                    var.as_tensor().copy()?,
+                );
+            }
+        }
+    }
+    if modules.is_empty() {
+        return Err(Error::Training(format!(
+            "no layer carries an adapter named `{adapter_name}`; nothing to save"
+        )));
+    }
+    let mut modules_to_save = Vec::new();
+    if meta.save_head {
+        for (name, var) in model.head_vars() {
+            tensors.insert(format!("{KEY_PREFIX}{name}"), var.as_tensor().copy()?);
+            modules_to_save.push(name);
+        }
+    }
+    let config = AdapterConfig {
+        peft_type: m.peft_type().into(),
+        format_version: FORMAT_VERSION,
+        ttlora_version: env!("CARGO_PKG_VERSION").into(),
+        method: m.name().into(),
+        base_model_name_or_path: meta.base_model.clone(),
+        base_model_config_sha256: meta.base_model_config_sha256.clone(),
+        config: meta.config.clone(),
+        target_modules: meta.target_modules.clone(),
+        exclude_modules: meta.exclude_modules.clone(),
+        overrides: meta.overrides.clone(),
+        modules,
+        modules_to_save,
+        task: meta.task.clone(),
+        unknown: BTreeMap::new(),
+    };
+    Ok(AdapterFolder { config, tensors })
+}
+
+/// Rebuilds the adapters of `folder` onto `model` under `adapter_name` and loads the saved
+/// head tensors. Every module the config names must exist in the model, every tensor must be
+/// used and have the shape the rebuilt adapter expects.
+///
+/// # Errors
+/// [`Error::WeightTensor`] / [`Error::ModelConfig`] naming the module or tensor that does not
+/// fit; nothing is attached if any module fails.
+pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &str) -> Result<()> {
+    let cfg = &folder.config;
+    let m = method(&cfg.method)?;
+    let file = std::path::PathBuf::from(crate::io::adapter_folder::WEIGHTS_FILE);
+    let bad = |name: &str, reason: String| Error::WeightTensor {
+        path: file.clone(),
+        name: name.to_string(),
+        reason,
+    };
+    let mut used: BTreeSet<&str> = BTreeSet::new();
+    // Build every adapter first, attach only when all fit.
+    let mut built = Vec::new();
+    let mut rng = seeded_rng(0);
+    let mut found = BTreeSet::new();
+    for (path, layer) in model.linears() {
+        let Some(module_cfg) = cfg.modules.get(&path) else {
+            continue;
+        };
+        found.insert(path.clone());
+        let spec = crate::adapters::LayerSpec {
+            in_features: layer.in_features(),
+            out_features: layer.out_features(),
+            dtype: layer.weight().dtype(),
+            device: layer.weight().device().clone(),
+        };
+        let adapter = m
+            .build(module_cfg, &spec, &mut rng)
+            .map_err(|e| Error::AdapterMismatch {
+                name: path.clone(),
+                layer_out: spec.out_features,
+                layer_in: spec.in_features,
+                reason: e.to_string(),
+            })?;
+        for (tname, var) in adapter.trainable() {
+            let key = format!("{KEY_PREFIX}{path}.{tname}");
+            let (k, t) = folder
+                .tensors
+                .get_key_value(&key)
+                .ok_or_else(|| bad(&key, format!("missing (expected shape {:?})", var.dims())))?;
+            if t.dims() != var.dims() {
+                return Err(bad(
+                    &key,
+                    format!("has shape {:?}, expected {:?}", t.dims(), var.dims()),
+                ));
+            }
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+            used.insert(k.as_str());
+        }
+        built.push((path, adapter));
+    }
+    if let Some(missing) = cfg.modules.keys().find(|p| !found.contains(*p)) {
+        let some: Vec<String> = model
+            .linears()
+            .into_iter()
+            .take(3)
+            .map(|(p, _)| p)
+            .collect();
+        return Err(Error::ModelConfig {
+            path: crate::io::adapter_folder::CONFIG_FILE.into(),
+            reason: format!(
+                "module `{missing}` is not a linear layer of this model (its layers look like {})",
+                some.join(", ")
+            ),
+        });
+    }
+    let head = model.head_vars();
+    let mut head_updates: Vec<(candle_core::Var, Tensor)> = Vec::new();
+    for name in &cfg.modules_to_save {
+        let key = format!("{KEY_PREFIX}{name}");
+        let t = folder
+            .tensors
+            .get(&key)
+            .ok_or_else(|| bad(&key, "listed in modules_to_save but missing".into()))?;
+        let var = head
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| bad(&key, "is not a head tensor of this model".into()))?;
+        if t.dims() != var.dims() {
+            return Err(bad(
+                &key,
+                format!(
+                    "has shape {:?}, expected {:?} (another num_labels?)",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        used.insert(
+            folder
+                .tensors
+                .get_key_value(&key)
+                .map_or("", |(k, _)| k.as_str()),
+        );
+        head_updates.push((var, t.clone()));
+    }
+    if let Some(extra) = folder.tensors.keys().find(|k| !used.contains(k.as_str())) {
+        return Err(bad(
+            extra,
+            "belongs to no adapted module or saved head tensor".into(),
+        ));
+    }
+    for (var, t) in head_updates {
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    let mut built: BTreeMap<String, _> = built.into_iter().collect();
+    for (path, layer) in model.linears_mut() {
+        if let Some(adapter) = built.remove(&path) {
+            layer.add_adapter(adapter_name, adapter)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! [`BertForSequenceClassification`]: the encoder plus HF's sequence-classification head,
+//! implementing [`Model`].
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::config::{BertConfig, BertFamily};
+use super::model::{Bert, detect_prefix};
+use crate::adapters::{Linear, kaiming_uniform, seeded_rng};
+use crate::error::{Error, Result};
+use crate::models::weights::{Checkpoint, Loader};
+use crate::models::{EncoderInput, Model, Pooling};
+
+/// A trainable dense layer of the head: `y = x·Wᵀ + b`, W `(out, in)`, b `(out)`.
+struct Dense {
+    name: &'static str,
+    weight: Var,
+    bias: Var,
+}
+
+impl Dense {
+    /// Loads `{name}.weight`/`.bias` if the checkpoint has them, else PyTorch's `nn.Linear`
+    /// init: W and b ~ U(±1/√in).
+    fn build(
+        ld: &mut Loader,
+        name: &'static str,
+        (out_f, in_f): (usize, usize),
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Self> {
+        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+        let w = ld.head_tensor(&wn, &[out_f, in_f])?;
+        let b = ld.head_tensor(&bn, &[out_f])?;
+        let (dtype, device) = (ld.dtype(), ld.device().clone());
+        let (w, b) = match (w, b) {
+            (Some(w), Some(b)) => (w, b),
+            (None, None) => (
+                kaiming_uniform(&[out_f, in_f], in_f, rng, dtype, &device)?,
+                kaiming_uniform(&[out_f], in_f, rng, dtype, &device)?,
+            ),
+            // Half a pair is an error naming the missing half.
+            (Some(w), None) => (w, ld.head_tensor_required(&bn, &[out_f])?),
+            (None, Some(b)) => (ld.head_tensor_required(&wn, &[out_f, in_f])?, b),
+        };
+        Ok(Self {
+            name,
+            weight: Var::from_tensor(&w)?,
+            bias: Var::from_tensor(&b)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?)
+    }
+
+    fn vars(&self, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{}.weight", self.name), self.weight.clone()));
+        out.push((format!("{}.bias", self.name), self.bias.clone()));
+    }
+}
+
+/// The family's classification head.
+enum Head {
+    /// `classifier` on the pooled vector.
+    Bert { classifier: Dense },
+    /// `classifier.out_proj(tanh(classifier.dense(x)))` on the pooled vector.
+    Roberta { dense: Dense, out_proj: Dense },
+}
+
+/// BERT/RoBERTa with HF's sequence-classification head: logits `(b_sz, num_labels)`;
+/// `num_labels = 1` is regression.
+///
+/// Pooling [`Pooling::Cls`] follows the architecture: BERT runs its pooler (dense + tanh on
+/// `[CLS]`) then `classifier`; RoBERTa runs `classifier.dense` + tanh + `classifier.out_proj`
+/// on `<s>`. [`Pooling::Mean`] (sentence-transformers checkpoints) feeds the masked mean of
+/// the last hidden states to the same head, skipping BERT's pooler. Dropout
+/// (`classifier_dropout`, else `hidden_dropout_prob`) precedes each head layer in training.
+///
+/// Head weights are loaded when the checkpoint has them (`classifier.weight`, …), otherwise
+/// initialised like PyTorch's `nn.Linear` from the seed. They are trainable [`Var`]s; the
+/// encoder is frozen apart from adapters attached to its linears.
+pub struct BertForSequenceClassification {
+    bert: Bert,
+    head: Head,
+    pooling: Pooling,
+    num_labels: usize,
+}
+
+impl std::fmt::Debug for BertForSequenceClassification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BertForSequenceClassification")
+            .field("bert", &self.bert)
+            .field("pooling", &self.pooling)
+            .field("num_labels", &self.num_labels)
+            .finish()
+    }
+}
+
+/// Loads a BERT/RoBERTa classifier from an HF folder (`config.json`, `model.safetensors` or a
+/// sharded index) in f32; `seed` initialises a head the checkpoint does not carry.
+///
+/// # Errors
+/// As [`BertForSequenceClassification::load`].
+pub fn load_bert(
+    dir: &Path,
+    num_labels: usize,
+    pooling: Pooling,
+    device: &Device,
+    seed: u64,
+) -> Result<BertForSequenceClassification> {
+    BertForSequenceClassification::load(dir, num_labels, pooling, DType::F32, device, seed)
+}
+
+impl BertForSequenceClassification {
+    /// Loads the model in `dir` in `dtype`. The encoder may sit bare (`BertModel`) or under
+    /// `bert.`/`roberta.` (`…ForSequenceClassification`); head tensors are looked up bare.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an unsupported config or `num_labels = 0`;
+    /// [`Error::WeightTensor`] naming file, tensor, expected and got shape for a missing or
+    /// misshapen tensor (including a checkpoint head with another `num_labels`);
+    /// [`Error::ModelFile`] / [`Error::Io`] for unreadable files.
+    pub fn load(
+        dir: &Path,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let cfg = BertConfig::from_file(&config_path)?;
+        check_labels(num_labels, &config_path)?;
+        let ckpt = Checkpoint::open(dir)?;
+        let prefix = detect_prefix(&ckpt, &cfg, dir)?;
+        let mut ld = Loader::checkpoint(&ckpt, &prefix, dtype, device);
+        let model = Self::build(&cfg, &mut ld, num_labels, pooling, seed)?;
+        let unused = ld.unused();
+        if !unused.is_empty() {
+            tracing::debug!(?unused, "checkpoint tensors not used by the model");
+        }
+        Ok(model)
+    }
+
+    /// A freshly initialised model (see [`Bert::random`]) with a fresh head; tiny configs
+    /// ([`BertConfig::tiny`]) make fast test models.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an invalid config or `num_labels = 0`.
+    pub fn random(
+        cfg: &BertConfig,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let path = Path::new("<in-memory config>");
+        cfg.validate(path)?;
+        check_labels(num_labels, path)?;
+        // The encoder draws from its own stream so the head matches a loaded model's head.
+        let rng = seeded_rng(seed ^ 0x9E37_79B9_7F4A_7C15);
+        let mut ld = Loader::random(rng, cfg.initializer_range, dtype, device);
+        Self::build(cfg, &mut ld, num_labels, pooling, seed)
+    }
+
+    fn build(
+        cfg: &BertConfig,
+        ld: &mut Loader,
+        num_labels: usize,
+        pooling: Pooling,
+        seed: u64,
+    ) -> Result<Self> {
+        let with_pooler = cfg.model_type == BertFamily::Bert && pooling == Pooling::Cls;
+        let bert = Bert::build(cfg, ld, with_pooler)?;
+        let h = cfg.hidden_size;
+        let mut rng = seeded_rng(seed);
+        let head = match cfg.model_type {
+            BertFamily::Bert => Head::Bert {
+                classifier: Dense::build(ld, "classifier", (num_labels, h), &mut rng)?,
+            },
+            BertFamily::Roberta => Head::Roberta {
+                dense: Dense::build(ld, "classifier.dense", (h, h), &mut rng)?,
+                out_proj: Dense::build(ld, "classifier.out_proj", (num_labels, h), &mut rng)?,
+            },
+        };
+        Ok(Self {
+            bert,
+            head,
+            pooling,
+            num_labels,
+        })
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &Bert {
+        &self.bert
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &BertConfig {
+        self.bert.config()
+    }
+
+    /// Outputs per example (1 = regression).
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    /// How the head pools the hidden states.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Sentence embeddings `(b_sz, hidden)` from the encoder alone (no head, no dropout).
+    ///
+    /// # Errors
+    /// As [`Bert::forward`].
+    pub fn embed(&self, input: &EncoderInput, pooling: Pooling) -> Result<Tensor> {
+        self.bert.embed(input, pooling)
+    }
+
+    /// Every tensor under the names of an HF `…ForSequenceClassification` checkpoint
+    /// (encoder under `bert.`/`roberta.`, head bare), adapters merged ones included: what a
+    /// merged export writes.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let prefix = self.config().model_type.prefix();
+        let mut out: Vec<(String, Tensor)> = self
+            .bert
+            .state_dict()
+            .into_iter()
+            .map(|(n, t)| (format!("{prefix}{n}"), t))
+            .collect();
+        out.extend(
+            self.head_vars()
+                .into_iter()
+                .map(|(n, v)| (n, v.as_tensor().clone())),
+        );
+        out
+    }
+
+    fn head_dropout(&self) -> f64 {
+        let cfg = self.config();
+        cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob)
+    }
+}
+
+fn check_labels(num_labels: usize, path: &Path) -> Result<()> {
+    if num_labels == 0 {
+        return Err(Error::ModelConfig {
+            path: path.to_path_buf(),
+            reason: "num_labels must be at least 1 (1 = regression)".into(),
+        });
+    }
+    Ok(())
+}
+
+fn head_dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        crate::ops::dropout(x, p)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+impl Model for BertForSequenceClassification {
+    fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+        let hidden = self.bert.forward(input, train)?;
+        let p = self.head_dropout();
+        let pooled = match (&self.head, self.pooling) {
+            (Head::Bert { .. }, Pooling::Cls) => self.bert.pooler_output(&hidden, train)?,
+            (_, pooling) => Bert::pool(&hidden, &input.attention_mask, pooling)?,
+        };
+        let x = head_dropout(&pooled, p, train)?;
+        match &self.head {
+            Head::Bert { classifier } => classifier.forward(&x),
+            Head::Roberta { dense, out_proj } => {
+                let x = dense.forward(&x)?.tanh()?;
+                out_proj.forward(&head_dropout(&x, p, train)?)
+            }
+        }
+    }
+
+    fn linears(&self) -> Vec<(String, &Linear)> {
+        self.bert.linears()
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        self.bert.linears_mut()
+    }
+
+    fn head_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        match &self.head {
+            Head::Bert { classifier } => classifier.vars(&mut out),
+            Head::Roberta { dense, out_proj } => {
+                dense.vars(&mut out);
+                out_proj.vars(&mut out);
+            }
+        }
+        out
+    }
+
+    fn default_targets(&self) -> &'static [&'static str] {
+        &["query", "value"]
+    }
+}

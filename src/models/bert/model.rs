@@ -1,0 +1,519 @@
+//! [`Bert`]: the encoder (embeddings, transformer layers, optional pooler), every linear an
+//! [`adapters::Linear`](crate::adapters::Linear), every norm/softmax our differentiable ops.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{BertConfig, BertFamily};
+use crate::adapters::Linear;
+use crate::error::{Error, Result};
+use crate::models::weights::{Checkpoint, Init, Loader};
+use crate::models::{EncoderInput, Pooling};
+use crate::ops::{gelu, layer_norm, softmax_last_dim};
+
+/// Added to the attention scores of padding keys: far below any real score, yet finite so a
+/// softmax row never meets −∞ − (−∞).
+const MASK_VALUE: f64 = -1e9;
+
+/// Dropout that is the identity unless training.
+fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        crate::ops::dropout(x, p)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// A frozen layer norm (`…LayerNorm.weight` / `.bias`).
+struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    fn load(ld: &mut Loader, name: &str, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            gamma: ld.tensor(&format!("{name}.weight"), &[h], Init::Ones)?,
+            beta: ld.tensor(&format!("{name}.bias"), &[h], Init::Zeros)?,
+            eps: cfg.layer_norm_eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.gamma, &self.beta, self.eps)
+    }
+
+    fn push_state(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{name}.weight"), self.gamma.clone()));
+        out.push((format!("{name}.bias"), self.beta.clone()));
+    }
+}
+
+/// A frozen `adapters::Linear` from `{name}.weight: (out, in)` and `{name}.bias: (out)`.
+fn load_linear(ld: &mut Loader, name: &str, out_f: usize, in_f: usize) -> Result<Linear> {
+    let w = ld.tensor(&format!("{name}.weight"), &[out_f, in_f], Init::Normal)?;
+    let b = ld.tensor(&format!("{name}.bias"), &[out_f], Init::Normal)?;
+    Linear::new(w, Some(b))
+}
+
+fn push_linear(name: &str, l: &Linear, out: &mut Vec<(String, Tensor)>) {
+    out.push((format!("{name}.weight"), l.weight().clone()));
+    if let Some(b) = l.bias() {
+        out.push((format!("{name}.bias"), b.clone()));
+    }
+}
+
+/// Word + position + token-type embeddings, then a layer norm; all frozen.
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: Norm,
+}
+
+impl Embeddings {
+    fn load(ld: &mut Loader, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            word: ld.tensor(
+                "embeddings.word_embeddings.weight",
+                &[cfg.vocab_size, h],
+                Init::Normal,
+            )?,
+            position: ld.tensor(
+                "embeddings.position_embeddings.weight",
+                &[cfg.max_position_embeddings, h],
+                Init::Normal,
+            )?,
+            token_type: ld.tensor(
+                "embeddings.token_type_embeddings.weight",
+                &[cfg.type_vocab_size, h],
+                Init::Normal,
+            )?,
+            norm: Norm::load(ld, "embeddings.LayerNorm", cfg)?,
+        })
+    }
+}
+
+/// One transformer layer: self-attention and feed-forward, each with residual + layer norm.
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: Norm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: Norm,
+}
+
+/// Sub-module names of a layer's linears, in [`Layer::linears`] order.
+const LAYER_LINEARS: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+impl Layer {
+    fn load(ld: &mut Loader, p: &str, cfg: &BertConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            query: load_linear(ld, &format!("{p}.attention.self.query"), h, h)?,
+            key: load_linear(ld, &format!("{p}.attention.self.key"), h, h)?,
+            value: load_linear(ld, &format!("{p}.attention.self.value"), h, h)?,
+            attn_out: load_linear(ld, &format!("{p}.attention.output.dense"), h, h)?,
+            attn_norm: Norm::load(ld, &format!("{p}.attention.output.LayerNorm"), cfg)?,
+            intermediate: load_linear(ld, &format!("{p}.intermediate.dense"), i, h)?,
+            output: load_linear(ld, &format!("{p}.output.dense"), h, i)?,
+            out_norm: Norm::load(ld, &format!("{p}.output.LayerNorm"), cfg)?,
+        })
+    }
+
+    fn linears(&self) -> [&Linear; 6] {
+        [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attn_out,
+            &self.intermediate,
+            &self.output,
+        ]
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 6] {
+        [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.attn_out,
+            &mut self.intermediate,
+            &mut self.output,
+        ]
+    }
+
+    /// `x: (b_sz, seq_len, hidden)`, `mask: (b_sz, 1, 1, seq_len)` additive → same shape as x.
+    fn forward(&self, x: &Tensor, mask: &Tensor, cfg: &BertConfig, train: bool) -> Result<Tensor> {
+        let (b_sz, seq_len, hidden) = x.dims3()?;
+        let (n_heads, head_dim) = (cfg.num_attention_heads, cfg.head_dim());
+        let heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b_sz, seq_len, n_heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        // Scaling q (seq_len·head_dim values) is cheaper than scaling the scores (seq_len²).
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let q = heads(self.query.forward(x, train)?.affine(scale, 0.0)?)?;
+        let k = heads(self.key.forward(x, train)?)?;
+        let v = heads(self.value.forward(x, train)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = softmax_last_dim(&scores)?;
+        let probs = dropout(&probs, cfg.attention_probs_dropout_prob, train)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b_sz, seq_len, hidden))?;
+        let attn = self.attn_out.forward(&ctx, train)?;
+        let attn = (dropout(&attn, cfg.hidden_dropout_prob, train)? + x)?;
+        let attn = self.attn_norm.forward(&attn)?;
+        let inner = gelu(&self.intermediate.forward(&attn, train)?)?;
+        let out = self.output.forward(&inner, train)?;
+        let out = (dropout(&out, cfg.hidden_dropout_prob, train)? + attn)?;
+        self.out_norm.forward(&out)
+    }
+}
+
+/// The BERT/RoBERTa encoder: token ids → hidden states `(b_sz, seq_len, hidden)`.
+///
+/// Embeddings, layer norms and linear weights are frozen tensors; adapters attached to the
+/// linears (through [`linears_mut`](Self::linears_mut)) are the only trainable part.
+pub struct Bert {
+    config: BertConfig,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+    dtype: DType,
+    device: Device,
+}
+
+impl std::fmt::Debug for Bert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bert")
+            .field("model_type", &self.config.model_type)
+            .field("layers", &self.layers.len())
+            .field("hidden", &self.config.hidden_size)
+            .field("pooler", &self.pooler.is_some())
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+/// Where the encoder sits in a checkpoint: bare (`embeddings.…`, a `BertModel`) or under the
+/// family prefix (`bert.embeddings.…`, a `BertFor…` model).
+pub(crate) fn detect_prefix(ckpt: &Checkpoint, cfg: &BertConfig, path: &Path) -> Result<String> {
+    let probe = "embeddings.word_embeddings.weight";
+    for prefix in ["", cfg.model_type.prefix()] {
+        if ckpt.contains(&format!("{prefix}{probe}")) {
+            return Ok(prefix.to_string());
+        }
+    }
+    Err(Error::WeightTensor {
+        path: path.to_path_buf(),
+        name: probe.into(),
+        reason: format!(
+            "missing (also looked for `{}{probe}`); not a {:?} checkpoint?",
+            cfg.model_type.prefix(),
+            cfg.model_type
+        ),
+    })
+}
+
+impl Bert {
+    /// Builds the encoder from `ld`; the pooler (`pooler.dense`) only if `with_pooler`.
+    pub(crate) fn build(cfg: &BertConfig, ld: &mut Loader, with_pooler: bool) -> Result<Self> {
+        let embeddings = Embeddings::load(ld, cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(ld, &format!("encoder.layer.{i}"), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let h = cfg.hidden_size;
+        let pooler = if with_pooler {
+            Some(load_linear(ld, "pooler.dense", h, h)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config: cfg.clone(),
+            embeddings,
+            layers,
+            pooler,
+            dtype: ld.dtype(),
+            device: ld.device().clone(),
+        })
+    }
+
+    /// Loads `dir/config.json` and `dir/model.safetensors` (or its sharded index), in `dtype`.
+    /// The pooler is loaded when the checkpoint has one.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an unsupported config; [`Error::WeightTensor`] for a missing
+    /// or misshapen tensor; [`Error::ModelFile`] / [`Error::Io`] for unreadable files.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = BertConfig::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        let prefix = detect_prefix(&ckpt, &cfg, dir)?;
+        let mut ld = Loader::checkpoint(&ckpt, &prefix, dtype, device);
+        let with_pooler = ld.has("pooler.dense.weight");
+        let bert = Self::build(&cfg, &mut ld, with_pooler)?;
+        let unused = ld.unused();
+        if !unused.is_empty() {
+            tracing::debug!(?unused, "checkpoint tensors not used by the encoder");
+        }
+        Ok(bert)
+    }
+
+    /// A freshly initialised encoder (with pooler): weights and biases N(0, initializer_range²),
+    /// layer norms γ = 1, β = 0, drawn from `seed`. For tests and experiments.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an invalid config.
+    pub fn random(cfg: &BertConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        cfg.validate(Path::new("<in-memory config>"))?;
+        let rng = crate::adapters::seeded_rng(seed);
+        let mut ld = Loader::random(rng, cfg.initializer_range, dtype, device);
+        Self::build(cfg, &mut ld, true)
+    }
+
+    /// The config the encoder was built from.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// Dtype of the hidden states.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether a pooler (`pooler.dense`) was loaded.
+    pub fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
+    /// Position ids `(b_sz, seq_len)` as RoBERTa computes them: pad tokens get
+    /// `pad_token_id`, every other token `pad_token_id + k` where `k` counts the non-pad tokens
+    /// up to and including it (HF's `create_position_ids_from_input_ids`).
+    ///
+    /// # Errors
+    /// `input_ids` is not `(b_sz, seq_len)` u32.
+    pub fn roberta_position_ids(input_ids: &Tensor, pad_token_id: u32) -> Result<Tensor> {
+        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let pos: Vec<Vec<u32>> = ids
+            .iter()
+            .map(|row| {
+                let mut count = 0;
+                row.iter()
+                    .map(|&t| {
+                        if t == pad_token_id {
+                            pad_token_id
+                        } else {
+                            count += 1;
+                            pad_token_id + count
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Tensor::new(pos, input_ids.device())?)
+    }
+
+    /// Checks the input's shape and dtype against the model.
+    fn check_input(&self, input: &EncoderInput) -> Result<(usize, usize)> {
+        let (b_sz, seq_len) = input.input_ids.dims2()?;
+        for (what, t) in [
+            ("input_ids", &input.input_ids),
+            ("token_type_ids", &input.token_type_ids),
+            ("attention_mask", &input.attention_mask),
+        ] {
+            if t.dims() != [b_sz, seq_len] {
+                return Err(Error::TensorShape {
+                    op: what,
+                    expected: vec![b_sz, seq_len],
+                    got: t.dims().to_vec(),
+                });
+            }
+        }
+        let max = self.config.max_seq_len();
+        if seq_len > max {
+            return Err(Error::TensorShape {
+                op: "input_ids (longer than the model's position table)",
+                expected: vec![b_sz, max],
+                got: vec![b_sz, seq_len],
+            });
+        }
+        Ok((b_sz, seq_len))
+    }
+
+    fn embed_tokens(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+        let (b_sz, seq_len) = self.check_input(input)?;
+        let cfg = &self.config;
+        let h = cfg.hidden_size;
+        let e = &self.embeddings;
+        let flat = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::U32)?.flatten_all()?) };
+        let words = e
+            .word
+            .embedding(&flat(&input.input_ids)?)?
+            .reshape((b_sz, seq_len, h))?;
+        let positions = match cfg.model_type {
+            BertFamily::Bert => e.position.narrow(0, 0, seq_len)?.unsqueeze(0)?,
+            BertFamily::Roberta => {
+                let ids = Self::roberta_position_ids(&input.input_ids, cfg.pad_token_id)?;
+                e.position
+                    .embedding(&ids.flatten_all()?)?
+                    .reshape((b_sz, seq_len, h))?
+            }
+        };
+        // With a single token type (RoBERTa) its one row is added everywhere, whatever the
+        // tokenizer put in token_type_ids.
+        let types = if cfg.type_vocab_size == 1 {
+            e.token_type.unsqueeze(0)?
+        } else {
+            e.token_type
+                .embedding(&flat(&input.token_type_ids)?)?
+                .reshape((b_sz, seq_len, h))?
+        };
+        let x = words.broadcast_add(&positions)?.broadcast_add(&types)?;
+        let x = e.norm.forward(&x)?;
+        dropout(&x, cfg.hidden_dropout_prob, train)
+    }
+
+    /// Hidden states of the last layer, `(b_sz, seq_len, hidden)`. `train` enables dropout.
+    ///
+    /// # Errors
+    /// [`Error::TensorShape`] if the three input tensors differ in shape or the sequence is
+    /// longer than the position table; token ids out of the vocabulary; device mismatch.
+    pub fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+        let mut x = self.embed_tokens(input, train)?;
+        let (b_sz, seq_len, _) = x.dims3()?;
+        let mask = input
+            .attention_mask
+            .to_dtype(self.dtype)?
+            .affine(-MASK_VALUE, MASK_VALUE)?
+            .reshape((b_sz, 1, 1, seq_len))?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask, &self.config, train)?;
+        }
+        Ok(x)
+    }
+
+    /// Pools hidden states `(b_sz, seq_len, hidden)` into `(b_sz, hidden)`: the first token
+    /// (`Cls`) or the mean over real tokens (`Mean`, as sentence-transformers).
+    ///
+    /// # Errors
+    /// Shape mismatch between `hidden` and `attention_mask`.
+    pub fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
+        match pooling {
+            Pooling::Cls => Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?),
+            Pooling::Mean => {
+                let mask = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
+                let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+                let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+                Ok(sum.broadcast_div(&count)?)
+            }
+        }
+    }
+
+    /// Sentence embeddings `(b_sz, hidden)`: [`forward`](Self::forward) (no dropout) then
+    /// [`pool`](Self::pool). Not normalised; sentence-transformers models add an L2 norm.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn embed(&self, input: &EncoderInput, pooling: Pooling) -> Result<Tensor> {
+        let hidden = self.forward(input, false)?;
+        Self::pool(&hidden, &input.attention_mask, pooling)
+    }
+
+    /// BERT's pooler on the first token: `tanh(pooler.dense(hidden[:, 0]))`, `(b_sz, hidden)`.
+    ///
+    /// # Errors
+    /// [`Error::WeightTensor`] if the encoder was built without a pooler.
+    pub fn pooler_output(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
+        let pooler = self.pooler.as_ref().ok_or_else(|| Error::WeightTensor {
+            path: "<loaded model>".into(),
+            name: "pooler.dense.weight".into(),
+            reason: "not loaded: the checkpoint has no pooler".into(),
+        })?;
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        Ok(pooler.forward(&first, train)?.tanh()?)
+    }
+
+    /// Every linear layer with its HF module path, layer by layer, then `pooler.dense`.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 6 + 1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, l) in LAYER_LINEARS.iter().zip(layer.linears()) {
+                out.push((format!("encoder.layer.{i}.{name}"), l));
+            }
+        }
+        if let Some(p) = &self.pooler {
+            out.push(("pooler.dense".into(), p));
+        }
+        out
+    }
+
+    /// The same layers, mutable.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 6 + 1);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, l) in LAYER_LINEARS.iter().zip(layer.linears_mut()) {
+                out.push((format!("encoder.layer.{i}.{name}"), l));
+            }
+        }
+        if let Some(p) = &mut self.pooler {
+            out.push(("pooler.dense".into(), p));
+        }
+        out
+    }
+
+    /// Every frozen tensor under its HF name (no `bert.` prefix), linears with merged adapters
+    /// included as merged: what a plain HF checkpoint of this encoder holds.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let e = &self.embeddings;
+        let mut out = vec![
+            ("embeddings.word_embeddings.weight".into(), e.word.clone()),
+            (
+                "embeddings.position_embeddings.weight".into(),
+                e.position.clone(),
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".into(),
+                e.token_type.clone(),
+            ),
+        ];
+        e.norm.push_state("embeddings.LayerNorm", &mut out);
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, l) in LAYER_LINEARS.iter().zip(layer.linears()) {
+                push_linear(&format!("encoder.layer.{i}.{name}"), l, &mut out);
+            }
+            let p = format!("encoder.layer.{i}");
+            layer
+                .attn_norm
+                .push_state(&format!("{p}.attention.output.LayerNorm"), &mut out);
+            layer
+                .out_norm
+                .push_state(&format!("{p}.output.LayerNorm"), &mut out);
+        }
+        if let Some(p) = &self.pooler {
+            push_linear("pooler.dense", p, &mut out);
+        }
+        out
+    }
+}

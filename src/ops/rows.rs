@@ -1,0 +1,112 @@
+//! Shared plumbing for the row-wise CPU kernels: contiguous slices, a float trait for f32/f64,
+//! and a scoped-thread split over whole rows (candle's own element-wise ops run on one thread).
+
+use std::ops::Range;
+
+use candle_core::{CpuStorage, DType, Layout, WithDType};
+
+/// Elements per thread below which spawning threads costs more than it saves.
+const MIN_PER_THREAD: usize = 1 << 15;
+
+/// The float types our kernels run on (f32, f64); `max` comes from candle's `VecOps`.
+pub(crate) trait Real: WithDType {
+    fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
+    const NEG_INFINITY: Self;
+}
+
+impl Real for f32 {
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+}
+
+impl Real for f64 {
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+}
+
+/// The contiguous data of one kernel input.
+pub(crate) fn slice<'a, T: WithDType>(
+    op: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    let data = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Fails for dtypes the kernels do not cover (the public wrappers never send them here).
+pub(crate) fn unsupported(op: &str, dtype: DType) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "{op}: CPU kernel supports f32 and f64, got {dtype:?}"
+    ))
+}
+
+/// Runs `f(rows, out_chunk)` over chunks of whole rows of `out` (rows of `row_len`), on up to
+/// candle's thread count when the tensor is large; returns each chunk's result in row order.
+pub(crate) fn par_rows<U: Send, R: Send>(
+    out: &mut [U],
+    row_len: usize,
+    f: impl Fn(Range<usize>, &mut [U]) -> R + Sync,
+) -> Vec<R> {
+    let n_rows = out.len().checked_div(row_len).unwrap_or(0);
+    let threads = candle_core::utils::get_num_threads()
+        .min(out.len() / MIN_PER_THREAD)
+        .min(n_rows)
+        .max(1);
+    if threads == 1 {
+        return vec![f(0..n_rows, out)];
+    }
+    let rows_per = n_rows.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = out
+            .chunks_mut(rows_per * row_len)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let start = i * rows_per;
+                let rows = start..start + chunk.len() / row_len;
+                scope.spawn(move || f(rows, chunk))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn par_rows_covers_every_row_once_in_order() {
+        let row_len = 7;
+        let n_rows = (3 * MIN_PER_THREAD) / row_len + 5;
+        let mut out = vec![0usize; n_rows * row_len];
+        let starts = par_rows(&mut out, row_len, |rows, chunk| {
+            for (r, row) in rows.clone().zip(chunk.chunks_mut(row_len)) {
+                row.iter_mut().for_each(|v| *v += r + 1);
+            }
+            rows.start
+        });
+        assert!(starts.windows(2).all(|w| w[0] < w[1]));
+        for (r, row) in out.chunks(row_len).enumerate() {
+            assert!(row.iter().all(|&v| v == r + 1), "row {r}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Resumable training checkpoints: trainable tensors, optimizer moments and the best
+//! evaluation so far, in one safetensors file plus a small JSON state, written atomically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::train::optim::Adam;
+
+const TENSORS: &str = "state.safetensors";
+const STATE: &str = "state.json";
+
+/// The best evaluation kept during training: step, primary metric, all metrics, weights.
+pub(crate) type Best = (usize, f64, BTreeMap<String, f64>, Vec<Tensor>);
+
+/// A loaded checkpoint.
+pub(crate) struct Checkpoint {
+    pub step: usize,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub best: Option<Best>,
+    pub evals_since_best: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    step: usize,
+    optimizer_steps: u64,
+    var_names: Vec<String>,
+    best_step: Option<usize>,
+    best_primary: Option<f64>,
+    best_metrics: BTreeMap<String, f64>,
+    evals_since_best: usize,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// crash leaves either the old file or the new one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Saves the state after `step`.
+pub(crate) fn save(
+    dir: &Path,
+    vars: &[(String, Var)],
+    opt: &Adam,
+    step: usize,
+    best: Option<&Best>,
+    evals_since_best: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let (opt_steps, m, v) = opt.state();
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (i, (name, var)) in vars.iter().enumerate() {
+        tensors.insert(format!("var.{name}"), var.as_tensor().clone());
+        tensors.insert(format!("m.{name}"), m[i].clone());
+        tensors.insert(format!("v.{name}"), v[i].clone());
+        if let Some((_, _, _, snapshot)) = best {
+            tensors.insert(format!("best.{name}"), snapshot[i].clone());
+        }
+    }
+    // safetensors has no atomic writer: serialise to a temp file, then rename.
+    let path = dir.join(TENSORS);
+    let tmp = tmp_path(&path);
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    let state = State {
+        step,
+        optimizer_steps: opt_steps,
+        var_names: vars.iter().map(|(n, _)| n.clone()).collect(),
+        best_step: best.map(|b| b.0),
+        best_primary: best.map(|b| b.1),
+        best_metrics: best.map(|b| b.2.clone()).unwrap_or_default(),
+        evals_since_best,
+    };
+    write_atomic(&dir.join(STATE), &serde_json::to_vec_pretty(&state)?)
+}
+
+/// Loads the checkpoint in `dir` into `vars` and returns the optimizer state; `None` when the
+/// folder holds no checkpoint.
+///
+/// # Errors
+/// A checkpoint that was written for other trainable tensors (names or shapes differ).
+pub(crate) fn load(dir: &Path, vars: &[(String, Var)]) -> Result<Option<Checkpoint>> {
+    let state_path = dir.join(STATE);
+    if !state_path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| Error::DataFile {
+        path: state_path.clone(),
+        reason: format!("not a ttlora checkpoint state: {e}"),
+    })?;
+    let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
+    if state.var_names != names {
+        return Err(Error::Training(format!(
+            "checkpoint {} was written for other trainable tensors ({} saved, {} now); \
+             use a fresh --out folder or the same adapter settings",
+            dir.display(),
+            state.var_names.len(),
+            names.len()
+        )));
+    }
+    let path = dir.join(TENSORS);
+    let device = vars
+        .first()
+        .map(|(_, v)| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    let mut tensors = candle_core::safetensors::load(&path, &device)?;
+    let mut take = |key: String, like: &Var| -> Result<Tensor> {
+        let t = tensors.remove(&key).ok_or_else(|| Error::WeightTensor {
+            path: path.clone(),
+            name: key.clone(),
+            reason: "is missing from the checkpoint".into(),
+        })?;
+        if t.dims() != like.dims() {
+            return Err(Error::WeightTensor {
+                path: path.clone(),
+                name: key,
+                reason: format!("has shape {:?}, expected {:?}", t.dims(), like.dims()),
+            });
+        }
+        Ok(t.to_dtype(like.dtype())?)
+    };
+    let (mut m, mut v, mut snapshot) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, var) in vars {
+        var.set(&take(format!("var.{name}"), var)?)?;
+        m.push(take(format!("m.{name}"), var)?);
+        v.push(take(format!("v.{name}"), var)?);
+        if state.best_step.is_some() {
+            snapshot.push(take(format!("best.{name}"), var)?);
+        }
+    }
+    let best = match (state.best_step, state.best_primary) {
+        (Some(s), Some(p)) => Some((s, p, state.best_metrics, snapshot)),
+        _ => None,
+    };
+    Ok(Some(Checkpoint {
+        step: state.step,
+        m,
+        v,
+        best,
+        evals_since_best: state.evals_since_best,
+    }))
+}

@@ -1,0 +1,462 @@
+//! The training loop: batches → loss → backward → clip → optimizer, with evaluation every N
+//! steps, best-checkpoint keeping, early stopping, NaN detection, resumable checkpoints and
+//! observers for progress bars and logs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::models::{EncoderInput, Model};
+use crate::train::optim::{Adam, AdamParams};
+use crate::train::schedule::Schedule;
+
+/// One training batch: model input plus labels (`u32` class ids or `f32` scores).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Token ids, segments, mask.
+    pub input: EncoderInput,
+    /// Labels, `(b_sz)`.
+    pub labels: Tensor,
+}
+
+/// What the loss is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Cross-entropy over logits `(b_sz, num_labels)` with `u32` labels.
+    Classification,
+    /// Mean squared error of logits `(b_sz, 1)` against `f32` scores.
+    Regression,
+}
+
+/// Training hyper-parameters (one source of defaults; the CLI fills `Option`s from here).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (overrides epochs when smaller).
+    pub max_steps: Option<usize>,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Optimizer and its hyper-parameters.
+    pub optimizer: AdamParams,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Fraction of steps spent warming up.
+    pub warmup_ratio: f64,
+    /// Clip the global gradient norm to this (None: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// Evaluate every N optimizer steps (None: at the end of every epoch).
+    pub eval_every: Option<usize>,
+    /// Stop after this many evaluations without improvement (None: never).
+    pub patience: Option<usize>,
+    /// Seed of the dropout masks (drawn per step and micro-batch, so resuming is exact).
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            max_steps: None,
+            grad_accum: 1,
+            lr: 1e-3,
+            optimizer: AdamParams::default(),
+            schedule: Schedule::Linear,
+            warmup_ratio: 0.06,
+            max_grad_norm: Some(1.0),
+            eval_every: None,
+            patience: None,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason: &str, got: String| Error::InvalidConfig {
+            method: "train",
+            field,
+            reason: reason.into(),
+            got,
+        };
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return Err(bad("epochs", "must be >= 1", "0".into()));
+        }
+        if self.grad_accum == 0 {
+            return Err(bad("grad_accum", "must be >= 1", "0".into()));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(bad("lr", "must be a positive number", self.lr.to_string()));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(bad(
+                "warmup_ratio",
+                "must be in [0, 1)",
+                self.warmup_ratio.to_string(),
+            ));
+        }
+        if self.max_grad_norm.is_some_and(|n| n.is_nan() || n <= 0.0) {
+            return Err(bad(
+                "max_grad_norm",
+                "must be > 0",
+                format!("{:?}", self.max_grad_norm),
+            ));
+        }
+        if self.eval_every == Some(0) {
+            return Err(bad("eval_every", "must be >= 1", "0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Whether training should go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Keep going.
+    Continue,
+    /// Stop after this step.
+    Stop,
+}
+
+/// One optimizer step, as observers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// 1-based optimizer step.
+    pub step: usize,
+    /// Steps planned in total.
+    pub total_steps: usize,
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens (non-padding) processed in this step.
+    pub tokens: usize,
+    /// Seconds since training started (this run).
+    pub elapsed_s: f64,
+}
+
+/// One evaluation on the held-out slice.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Optimizer step it followed.
+    pub step: usize,
+    /// Named metric values.
+    pub metrics: BTreeMap<String, f64>,
+    /// The value used for model selection (higher is better).
+    pub primary: f64,
+    /// Whether this is the best so far.
+    pub improved: bool,
+}
+
+/// Receives progress; returning [`Control::Stop`] ends training early.
+pub trait Observer {
+    /// Before the first step.
+    fn on_start(&mut self, _total_steps: usize, _start_step: usize) {}
+    /// After every optimizer step.
+    fn on_step(&mut self, _step: &StepReport) -> Control {
+        Control::Continue
+    }
+    /// After every evaluation.
+    fn on_eval(&mut self, _eval: &EvalReport) -> Control {
+        Control::Continue
+    }
+    /// After the last step.
+    fn on_end(&mut self, _summary: &TrainSummary) {}
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    /// Optimizer steps taken (including resumed ones).
+    pub steps: usize,
+    /// Step of the best evaluation (its weights are the ones left in the model).
+    pub best_step: usize,
+    /// Best primary metric on the held-out slice.
+    pub best_primary: f64,
+    /// All metrics of the best evaluation.
+    pub best_metrics: BTreeMap<String, f64>,
+    /// Whether early stopping or an observer ended the run.
+    pub stopped_early: bool,
+    /// Wall seconds of this run.
+    pub elapsed_s: f64,
+}
+
+/// Held-out evaluation: returns (primary metric, higher is better; all metrics by name).
+pub type EvaluateFn<'a> = dyn FnMut(&dyn Model) -> Result<(f64, BTreeMap<String, f64>)> + 'a;
+
+/// Everything the loop needs besides the config.
+pub struct TrainJob<'a> {
+    /// The model (adapters attached).
+    pub model: &'a dyn Model,
+    /// The tensors to train, by name.
+    pub vars: Vec<(String, Var)>,
+    /// Loss kind.
+    pub objective: Objective,
+    /// The training batches of an epoch (deterministic per epoch for resuming).
+    pub batches: &'a mut dyn FnMut(usize) -> Result<Vec<Batch>>,
+    /// Number of batches per epoch (to plan steps before building them).
+    pub batches_per_epoch: usize,
+    /// Held-out evaluation: (primary metric, all metrics).
+    pub evaluate: &'a mut EvaluateFn<'a>,
+    /// Folder for resumable checkpoints (None: no checkpoints).
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// Runs training. On return the model holds the best evaluation's weights.
+///
+/// # Errors
+/// An invalid config; no trainable tensors; a non-finite loss; tensor and I/O errors.
+pub fn train(
+    cfg: &TrainConfig,
+    job: TrainJob<'_>,
+    observers: &mut [&mut dyn Observer],
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    if job.vars.is_empty() {
+        return Err(Error::Training("no trainable tensors".into()));
+    }
+    if job.batches_per_epoch == 0 {
+        return Err(Error::Training(
+            "the training split produced no batches".into(),
+        ));
+    }
+    let steps_per_epoch = job.batches_per_epoch.div_ceil(cfg.grad_accum);
+    let mut total = steps_per_epoch * cfg.epochs.max(1);
+    if let Some(m) = cfg.max_steps {
+        total = total.min(m).max(1);
+        if cfg.epochs == 0 {
+            total = m;
+        }
+    }
+    let warmup = (cfg.warmup_ratio * total as f64).round() as usize;
+    let vars: Vec<Var> = job.vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = Adam::new(vars.clone(), cfg.optimizer)?;
+
+    let mut step = 0usize;
+    let mut best: Option<crate::train::checkpoint::Best> = None;
+    let mut evals_since_best = 0usize;
+    if let Some(dir) = &job.checkpoint_dir
+        && let Some(ck) = crate::train::checkpoint::load(dir, &job.vars)?
+    {
+        opt.restore(ck.step as u64, ck.m, ck.v)?;
+        step = ck.step;
+        best = ck.best;
+        evals_since_best = ck.evals_since_best;
+        tracing::info!(step, "resumed from checkpoint {}", dir.display());
+    }
+    for o in observers.iter_mut() {
+        o.on_start(total, step);
+    }
+    let start = Instant::now();
+    let mut stopped_early = false;
+    let skip_batches = step * cfg.grad_accum;
+    let mut seen_batches = 0usize;
+    'epochs: for epoch in 0.. {
+        if step >= total {
+            break;
+        }
+        let batches = (job.batches)(epoch)?;
+        for chunk in batches.chunks(cfg.grad_accum) {
+            if seen_batches + chunk.len() <= skip_batches {
+                seen_batches += chunk.len();
+                continue;
+            }
+            seen_batches += chunk.len();
+            let lr = cfg.schedule.lr(cfg.lr, step, total, warmup);
+            let (loss, grads, tokens) =
+                accumulate(job.model, job.objective, chunk, &vars, (cfg.seed, step))?;
+            step += 1;
+            if !loss.is_finite() {
+                return Err(Error::NonFiniteLoss { step, value: loss });
+            }
+            let (grads, grad_norm) = clip(grads, cfg.max_grad_norm)?;
+            opt.step(&grads, lr)?;
+            let report = StepReport {
+                step,
+                total_steps: total,
+                epoch,
+                loss,
+                lr,
+                grad_norm,
+                tokens,
+                elapsed_s: start.elapsed().as_secs_f64(),
+            };
+            let mut stop = false;
+            for o in observers.iter_mut() {
+                stop |= o.on_step(&report) == Control::Stop;
+            }
+            let end_of_epoch = seen_batches.is_multiple_of(job.batches_per_epoch);
+            let due = match cfg.eval_every {
+                Some(n) => step.is_multiple_of(n),
+                None => end_of_epoch,
+            };
+            if due || step >= total || stop {
+                let (primary, metrics) = (job.evaluate)(job.model)?;
+                let improved = best.as_ref().is_none_or(|(_, b, _, _)| primary > *b);
+                if improved {
+                    let snapshot = vars
+                        .iter()
+                        .map(|v| v.as_tensor().copy())
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    best = Some((step, primary, metrics.clone(), snapshot));
+                    evals_since_best = 0;
+                } else {
+                    evals_since_best += 1;
+                }
+                let report = EvalReport {
+                    step,
+                    metrics,
+                    primary,
+                    improved,
+                };
+                for o in observers.iter_mut() {
+                    stop |= o.on_eval(&report) == Control::Stop;
+                }
+                if cfg.patience.is_some_and(|p| evals_since_best >= p) {
+                    tracing::info!(
+                        step,
+                        "early stopping: no improvement in {evals_since_best} evaluations"
+                    );
+                    stop = true;
+                }
+                if let Some(dir) = &job.checkpoint_dir {
+                    crate::train::checkpoint::save(
+                        dir,
+                        &job.vars,
+                        &opt,
+                        step,
+                        best.as_ref(),
+                        evals_since_best,
+                    )?;
+                }
+            }
+            if stop {
+                stopped_early = step < total;
+                break 'epochs;
+            }
+            if step >= total {
+                break 'epochs;
+            }
+        }
+    }
+    let (best_step, best_primary, best_metrics) = match best {
+        Some((s, p, m, snapshot)) => {
+            for (v, t) in vars.iter().zip(snapshot) {
+                v.set(&t)?;
+            }
+            (s, p, m)
+        }
+        None => (step, f64::NAN, BTreeMap::new()),
+    };
+    let summary = TrainSummary {
+        steps: step,
+        best_step,
+        best_primary,
+        best_metrics,
+        stopped_early,
+        elapsed_s: start.elapsed().as_secs_f64(),
+    };
+    for o in observers.iter_mut() {
+        o.on_end(&summary);
+    }
+    Ok(summary)
+}
+
+/// The loss of one batch.
+///
+/// # Errors
+/// Shape or dtype mismatches between logits and labels.
+pub fn loss(model: &dyn Model, objective: Objective, batch: &Batch, train: bool) -> Result<Tensor> {
+    let logits = model.forward(&batch.input, train)?;
+    Ok(match objective {
+        Objective::Classification => {
+            candle_nn::loss::cross_entropy(&logits, &batch.labels.to_dtype(DType::U32)?)?
+        }
+        Objective::Regression => {
+            let pred = logits.squeeze(1)?;
+            candle_nn::loss::mse(&pred, &batch.labels.to_dtype(pred.dtype())?)?
+        }
+    })
+}
+
+/// Mean loss and summed gradients over the micro-batches of one step.
+fn accumulate(
+    model: &dyn Model,
+    objective: Objective,
+    chunk: &[Batch],
+    vars: &[Var],
+    (seed, step): (u64, usize),
+) -> Result<(f64, Vec<Option<Tensor>>, usize)> {
+    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut total_loss = 0.0;
+    let mut tokens = 0usize;
+    let scale = 1.0 / chunk.len() as f64;
+    for (micro, batch) in chunk.iter().enumerate() {
+        crate::ops::seed_dropout(
+            seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48),
+        );
+        let l = loss(model, objective, batch, true)?;
+        total_loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()? * scale;
+        tokens += batch
+            .input
+            .attention_mask
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize;
+        let store = (l * scale)?.backward()?;
+        for (slot, v) in grads.iter_mut().zip(vars) {
+            if let Some(g) = store.get(v.as_tensor()) {
+                *slot = Some(match slot.take() {
+                    Some(acc) => (acc + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+    }
+    Ok((total_loss, grads, tokens))
+}
+
+/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
+fn clip(grads: Vec<Option<Tensor>>, max_norm: Option<f64>) -> Result<(Vec<Option<Tensor>>, f64)> {
+    let mut sq = 0.0f64;
+    for g in grads.iter().flatten() {
+        sq += g
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    let norm = sq.sqrt();
+    match max_norm {
+        Some(max) if norm > max => {
+            let f = max / (norm + 1e-6);
+            let scaled = grads
+                .into_iter()
+                .map(|g| g.map(|g| g * f).transpose())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok((scaled, norm))
+        }
+        _ => Ok((grads, norm)),
+    }
+}
+
+/// Path of the checkpoint folder inside a run's output folder.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
