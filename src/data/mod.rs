@@ -39,13 +39,10 @@ pub use tokenize::{Encoded, TextEncoder};
 
 use crate::error::Error;
 
-/// An error of a data operation that has no file to name (metrics, batching).
-///
-/// Uses [`Error::DataFile`] with the operation's name in place of the path, so the message
-/// reads `"<op>: <reason>"`.
-pub(crate) fn op_error(op: &str, reason: impl Into<String>) -> Error {
-    Error::DataFile {
-        path: op.into(),
+/// An error of a data operation that has no file to name (metrics, batching): `"<op>: <reason>"`.
+pub(crate) fn op_error(op: &'static str, reason: impl Into<String>) -> Error {
+    Error::Data {
+        op,
         reason: reason.into(),
     }
 }

@@ -2,12 +2,14 @@
 //! [`adapters::Linear`](crate::adapters::Linear) so it can carry adapters and merges.
 //!
 //! Owns: the [`Model`] trait (all the trainer sees), [`EncoderInput`], [`Pooling`], the model
-//! families and their heads: [`bert`] (BERT, RoBERTa, MiniLM); `deberta_v2/` is to come as a
-//! sibling folder. Strict weight loading (`weights.rs`) is shared by the families. Uses
-//! `adapters/`, `ops/`. Must not know: tasks, files of data, training.
+//! families and their heads: [`bert`] (BERT, RoBERTa, MiniLM) and [`deberta_v2`] (DeBERTa-v2
+//! and -v3), and [`load_classifier`], which picks the family from `model_type`. Strict weight
+//! loading (`weights.rs`) is shared by the families. Uses `adapters/`, `ops/`. Must not know:
+//! tasks, files of data, training.
 
 pub mod adapted;
 pub mod bert;
+pub mod deberta_v2;
 mod weights;
 
 use std::path::Path;
@@ -19,6 +21,12 @@ use crate::adapters::Linear;
 use crate::error::{Error, Result};
 
 pub use bert::{Bert, BertConfig, BertFamily, BertForSequenceClassification, load_bert};
+pub use deberta_v2::{
+    DebertaV2, DebertaV2Config, DebertaV2ForSequenceClassification, load_deberta_v2,
+};
+
+/// The `model_type` values [`load_classifier`] accepts, as written in config.json.
+pub const MODEL_TYPES: &[&str] = &["bert", "roberta", "deberta-v2"];
 
 /// How an encoder's hidden states `(b_sz, seq_len, hidden)` become one vector per example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -90,11 +98,12 @@ impl std::str::FromStr for Pooling {
 }
 
 /// Loads the sequence-classification model of any supported family from an HF folder
-/// (f32; `seed` initialises a head the checkpoint lacks), dispatching on `model_type`.
+/// (f32; `seed` initialises a head the checkpoint lacks), dispatching on `model_type`
+/// (one of [`MODEL_TYPES`]).
 ///
 /// # Errors
-/// [`Error::ModelConfig`] naming `model_type` and the supported values; the family loader's
-/// errors otherwise.
+/// [`Error::ModelConfig`] naming `model_type` and the supported values; [`Error::Io`] for an
+/// unreadable config.json; the family loader's errors otherwise.
 pub fn load_classifier(
     dir: &Path,
     num_labels: usize,
@@ -102,10 +111,32 @@ pub fn load_classifier(
     device: &Device,
     seed: u64,
 ) -> Result<Box<dyn Model>> {
-    // BertConfig::from_file names the field and the supported values for any other
-    // model_type; new families add their arm here.
-    BertConfig::from_file(&dir.join("config.json"))?;
-    Ok(Box::new(load_bert(dir, num_labels, pooling, device, seed)?))
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let bad = |reason: String| Error::ModelConfig {
+        path: path.clone(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let supported = MODEL_TYPES.join(", ");
+    match value.get("model_type").and_then(|v| v.as_str()) {
+        Some("bert" | "roberta") => {
+            Ok(Box::new(load_bert(dir, num_labels, pooling, device, seed)?))
+        }
+        Some("deberta-v2") => Ok(Box::new(load_deberta_v2(
+            dir, num_labels, pooling, device, seed,
+        )?)),
+        Some(t) => Err(bad(format!(
+            "field `model_type`: unsupported value \"{t}\"; supported: {supported}"
+        ))),
+        None => Err(bad(format!(
+            "field `model_type` missing or not a string; supported: {supported}"
+        ))),
+    }
 }
 
 /// One padded batch of token ids for an encoder.

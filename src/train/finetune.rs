@@ -124,6 +124,14 @@ pub struct FineTuneReport {
     pub wall_s: f64,
     /// The adapter folder.
     pub adapter_dir: PathBuf,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Training settings used.
+    pub train_config: TrainConfig,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Training-set sample size, if sampled.
+    pub max_train: Option<usize>,
 }
 
 /// A task after reading: its examples and how to score them.
@@ -442,6 +450,10 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         examples: (fit.len(), held.len(), dev.len()),
         wall_s: started.elapsed().as_secs_f64(),
         adapter_dir: spec.out.clone(),
+        seed: spec.seed,
+        train_config: train_cfg.clone(),
+        batch_size: spec.batch_size,
+        max_train: spec.max_train,
     };
     crate::train::checkpoint::write_atomic(
         &spec.out.join("eval_results.json"),

@@ -9,6 +9,7 @@ pub mod finetune;
 mod log;
 mod optim;
 pub mod pipeline;
+pub mod results;
 mod schedule;
 mod trainer;
 

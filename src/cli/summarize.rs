@@ -1,0 +1,30 @@
+//! `ttlora summarize`: the results table of a folder of runs.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use ttlora::train::results;
+
+/// Print a markdown table (mean ± std over seeds) of the runs in a folder.
+///
+/// Reads every `<DIR>/*/eval_results.json` written by `ttlora train` and groups them by task
+/// and method; metrics are shown in percent.
+#[derive(Debug, Args)]
+pub struct SummarizeArgs {
+    /// Folder whose sub-folders are `ttlora train --out` folders.
+    dir: PathBuf,
+}
+
+/// Runs `ttlora summarize`.
+pub fn run(a: SummarizeArgs) -> Result<()> {
+    let runs = results::read_runs(&a.dir)?;
+    if runs.is_empty() {
+        bail!("{}: no */eval_results.json found", a.dir.display());
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(results::markdown_table(&runs).as_bytes())?;
+    Ok(())
+}

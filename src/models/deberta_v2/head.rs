@@ -1,0 +1,260 @@
+//! [`DebertaV2ForSequenceClassification`]: the encoder plus HF's context pooler and
+//! classifier, implementing [`Model`].
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::config::DebertaV2Config;
+use super::model::{DebertaV2, PREFIX, activation, detect_prefix, dropout};
+use crate::adapters::{Linear, kaiming_uniform, seeded_rng};
+use crate::error::{Error, Result};
+use crate::models::weights::{Checkpoint, Loader};
+use crate::models::{EncoderInput, Model, Pooling};
+
+/// A trainable dense layer of the head: `y = x·Wᵀ + b`, W `(out, in)`, b `(out)`.
+struct Dense {
+    name: &'static str,
+    weight: Var,
+    bias: Var,
+}
+
+impl Dense {
+    /// Loads `{name}.weight`/`.bias` if the checkpoint has them, else PyTorch's `nn.Linear`
+    /// init: W and b ~ U(±1/√in).
+    fn build(
+        ld: &mut Loader,
+        name: &'static str,
+        (out_f, in_f): (usize, usize),
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Self> {
+        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+        let w = ld.head_tensor(&wn, &[out_f, in_f])?;
+        let b = ld.head_tensor(&bn, &[out_f])?;
+        let (dtype, device) = (ld.dtype(), ld.device().clone());
+        let (w, b) = match (w, b) {
+            (Some(w), Some(b)) => (w, b),
+            (None, None) => (
+                kaiming_uniform(&[out_f, in_f], in_f, rng, dtype, &device)?,
+                kaiming_uniform(&[out_f], in_f, rng, dtype, &device)?,
+            ),
+            // Half a pair is an error naming the missing half.
+            (Some(w), None) => (w, ld.head_tensor_required(&bn, &[out_f])?),
+            (None, Some(b)) => (ld.head_tensor_required(&wn, &[out_f, in_f])?, b),
+        };
+        Ok(Self {
+            name,
+            weight: Var::from_tensor(&w)?,
+            bias: Var::from_tensor(&b)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?)
+    }
+
+    fn vars(&self, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{}.weight", self.name), self.weight.clone()));
+        out.push((format!("{}.bias", self.name), self.bias.clone()));
+    }
+}
+
+/// DeBERTa-v2/v3 with HF's sequence-classification head: logits `(b_sz, num_labels)`;
+/// `num_labels = 1` is regression.
+///
+/// The head is HF's `ContextPooler` then `classifier`:
+/// `classifier(dropout_c(act(pooler.dense(dropout_p(x)))))`, where x is the first token's
+/// hidden state ([`Pooling::Cls`], as HF) or the masked mean of the hidden states
+/// ([`Pooling::Mean`]); `act` is `pooler_hidden_act` (gelu), `dropout_p` is `pooler_dropout`
+/// and `dropout_c` is `cls_dropout`, else `hidden_dropout_prob` (training only).
+///
+/// Both `pooler.dense` and `classifier` are trainable [`Var`]s (head vars), loaded when the
+/// checkpoint has them, otherwise initialised like PyTorch's `nn.Linear` from the seed:
+/// pretrained DeBERTa checkpoints carry no pooler, so a frozen one would be a random
+/// projection in front of the classifier. The encoder is frozen apart from adapters attached
+/// to its linears.
+pub struct DebertaV2ForSequenceClassification {
+    deberta: DebertaV2,
+    pooler: Dense,
+    classifier: Dense,
+    pooling: Pooling,
+    num_labels: usize,
+}
+
+impl std::fmt::Debug for DebertaV2ForSequenceClassification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DebertaV2ForSequenceClassification")
+            .field("deberta", &self.deberta)
+            .field("pooling", &self.pooling)
+            .field("num_labels", &self.num_labels)
+            .finish()
+    }
+}
+
+/// Loads a DeBERTa-v2/v3 classifier from an HF folder (`config.json`, `model.safetensors` or
+/// a sharded index) in f32; `seed` initialises a head the checkpoint does not carry.
+///
+/// # Errors
+/// As [`DebertaV2ForSequenceClassification::load`].
+pub fn load_deberta_v2(
+    dir: &Path,
+    num_labels: usize,
+    pooling: Pooling,
+    device: &Device,
+    seed: u64,
+) -> Result<DebertaV2ForSequenceClassification> {
+    DebertaV2ForSequenceClassification::load(dir, num_labels, pooling, DType::F32, device, seed)
+}
+
+impl DebertaV2ForSequenceClassification {
+    /// Loads the model in `dir` in `dtype`. The encoder may sit bare (`DebertaV2Model`) or
+    /// under `deberta.` (`DebertaV2For…`); head tensors are looked up bare.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an unsupported config or `num_labels = 0`;
+    /// [`Error::WeightTensor`] naming file, tensor, expected and got shape for a missing or
+    /// misshapen tensor (including a checkpoint head with another `num_labels`);
+    /// [`Error::ModelFile`] / [`Error::Io`] for unreadable files.
+    pub fn load(
+        dir: &Path,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let cfg = DebertaV2Config::from_file(&config_path)?;
+        check_labels(num_labels, &config_path)?;
+        let ckpt = Checkpoint::open(dir)?;
+        let prefix = detect_prefix(&ckpt, dir)?;
+        let mut ld = Loader::checkpoint(&ckpt, &prefix, dtype, device);
+        let model = Self::build(&cfg, &mut ld, num_labels, pooling, seed)?;
+        let unused = ld.unused();
+        if !unused.is_empty() {
+            tracing::debug!(?unused, "checkpoint tensors not used by the model");
+        }
+        Ok(model)
+    }
+
+    /// A freshly initialised model (see [`DebertaV2::random`]) with a fresh head; tiny
+    /// configs ([`DebertaV2Config::tiny`]) make fast test models.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an invalid config or `num_labels = 0`.
+    pub fn random(
+        cfg: &DebertaV2Config,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let path = Path::new("<in-memory config>");
+        cfg.validate(path)?;
+        check_labels(num_labels, path)?;
+        // The encoder draws from its own stream so the head matches a loaded model's head.
+        let rng = seeded_rng(seed ^ 0x9E37_79B9_7F4A_7C15);
+        let mut ld = Loader::random(rng, cfg.initializer_range, dtype, device);
+        Self::build(cfg, &mut ld, num_labels, pooling, seed)
+    }
+
+    fn build(
+        cfg: &DebertaV2Config,
+        ld: &mut Loader,
+        num_labels: usize,
+        pooling: Pooling,
+        seed: u64,
+    ) -> Result<Self> {
+        let deberta = DebertaV2::build(cfg, ld)?;
+        let h = cfg.hidden_size;
+        let mut rng = seeded_rng(seed);
+        Ok(Self {
+            deberta,
+            pooler: Dense::build(ld, "pooler.dense", (h, h), &mut rng)?,
+            classifier: Dense::build(ld, "classifier", (num_labels, h), &mut rng)?,
+            pooling,
+            num_labels,
+        })
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &DebertaV2 {
+        &self.deberta
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &DebertaV2Config {
+        self.deberta.config()
+    }
+
+    /// Outputs per example (1 = regression).
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    /// How the head pools the hidden states.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Every tensor under the names of an HF `DebertaV2ForSequenceClassification` checkpoint
+    /// (encoder under `deberta.`, `pooler.dense` and `classifier` bare), merged adapters
+    /// included: what a merged export writes.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .deberta
+            .state_dict()
+            .into_iter()
+            .map(|(n, t)| (format!("{PREFIX}{n}"), t))
+            .collect();
+        out.extend(
+            self.head_vars()
+                .into_iter()
+                .map(|(n, v)| (n, v.as_tensor().clone())),
+        );
+        out
+    }
+}
+
+fn check_labels(num_labels: usize, path: &Path) -> Result<()> {
+    if num_labels == 0 {
+        return Err(Error::ModelConfig {
+            path: path.to_path_buf(),
+            reason: "num_labels must be at least 1 (1 = regression)".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Model for DebertaV2ForSequenceClassification {
+    fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+        let cfg = self.config();
+        let hidden = self.deberta.forward(input, train)?;
+        let context = DebertaV2::pool(&hidden, &input.attention_mask, self.pooling)?;
+        let context = dropout(&context, cfg.pooler_dropout, train)?;
+        let pooled = activation(&self.pooler.forward(&context)?, &cfg.pooler_hidden_act)?;
+        let p = cfg.cls_dropout.unwrap_or(cfg.hidden_dropout_prob);
+        self.classifier.forward(&dropout(&pooled, p, train)?)
+    }
+
+    fn linears(&self) -> Vec<(String, &Linear)> {
+        self.deberta.linears()
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        self.deberta.linears_mut()
+    }
+
+    fn head_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::with_capacity(4);
+        self.pooler.vars(&mut out);
+        self.classifier.vars(&mut out);
+        out
+    }
+
+    fn default_targets(&self) -> &'static [&'static str] {
+        &["query_proj", "value_proj"]
+    }
+}

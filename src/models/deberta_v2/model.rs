@@ -1,0 +1,799 @@
+//! [`DebertaV2`]: the encoder (embeddings, disentangled-attention layers, relative embeddings,
+//! optional convolution beside layer 0), every linear an
+//! [`adapters::Linear`](crate::adapters::Linear), every norm/softmax our differentiable ops.
+//!
+//! Attention of query i to key j, per head, with q = query_proj(x), k = key_proj(x),
+//! r = LayerNorm(rel_embeddings) and δ(i, j) = clamp(bucket(i − j) + span, 0, 2·span − 1):
+//!
+//! `score(i, j) = (q_i·k_j + q_i·K_r[δ(i, j)] + k_j·Q_r[δ(j, i)]) / √(head_dim · scale_factor)`
+//!
+//! where `K_r = key_proj(r)`, `Q_r = query_proj(r)` (or `pos_key_proj`/`pos_query_proj` without
+//! `share_att_key`); the second term is c2p, the third p2c, each present if `pos_att_type`
+//! names it, and `scale_factor` = 1 + their count.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::DebertaV2Config;
+use crate::adapters::Linear;
+use crate::error::{Error, Result};
+use crate::models::weights::{Checkpoint, Init, Loader};
+use crate::models::{EncoderInput, Pooling};
+use crate::ops::{frozen_linear, gelu, layer_norm, softmax_last_dim};
+
+/// The checkpoint prefix of the encoder in a `DebertaV2For…` model.
+pub(crate) const PREFIX: &str = "deberta.";
+
+/// Added to the attention scores of padding keys: far below any real score, yet finite so a
+/// softmax row never meets −∞ − (−∞).
+const MASK_VALUE: f64 = -1e9;
+
+/// Dropout that is the identity unless training.
+pub(super) fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        crate::ops::dropout(x, p)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// The activations the config may name (validated there).
+pub(super) fn activation(x: &Tensor, name: &str) -> Result<Tensor> {
+    match name {
+        "tanh" => Ok(x.tanh()?),
+        _ => gelu(x),
+    }
+}
+
+/// HF's `make_log_bucket_position` for one relative position: distances below
+/// `bucket_size / 2` keep their own bucket, larger ones share log-spaced buckets up to
+/// `max_position`:
+///
+/// `mid = ⌊bucket_size/2⌋`; if |rel| ≤ mid then rel, else
+/// `sign(rel) · (⌈ln(|rel|/mid) / ln((max_position−1)/mid) · (mid−1)⌉ + mid)`.
+///
+/// Computed in f32 like PyTorch's default dtype, so the buckets match HF's exactly.
+/// `bucket_size` ≥ 2 and `max_position − 1 > bucket_size / 2` (checked by the config).
+pub fn make_log_bucket_position(relative_pos: i64, bucket_size: i64, max_position: i64) -> i64 {
+    let mid = bucket_size / 2;
+    if relative_pos.abs() <= mid {
+        return relative_pos;
+    }
+    let abs = relative_pos.abs();
+    let ratio = ((max_position - 1) as f64 / mid as f64) as f32;
+    let log = ((abs as f32 / mid as f32).ln() / ratio.ln() * (mid - 1) as f32).ceil();
+    relative_pos.signum() * (log as i64 + mid)
+}
+
+/// HF's `build_relative_position`: `rel[i][j] = i − j` for query i and key j, log-bucketed
+/// (see [`make_log_bucket_position`]) when `bucket_size > 0` and `max_position > 0`.
+/// Row-major `(query_size, key_size)`.
+pub fn build_relative_position(
+    query_size: usize,
+    key_size: usize,
+    bucket_size: i64,
+    max_position: i64,
+) -> Vec<i64> {
+    let bucketed = bucket_size > 0 && max_position > 0;
+    (0..query_size as i64)
+        .flat_map(|i| {
+            (0..key_size as i64).map(move |j| {
+                if bucketed {
+                    make_log_bucket_position(i - j, bucket_size, max_position)
+                } else {
+                    i - j
+                }
+            })
+        })
+        .collect()
+}
+
+/// A frozen layer norm (`…LayerNorm.weight` / `.bias`).
+struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    fn load(ld: &mut Loader, name: &str, cfg: &DebertaV2Config) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            gamma: ld.tensor(&format!("{name}.weight"), &[h], Init::Ones)?,
+            beta: ld.tensor(&format!("{name}.bias"), &[h], Init::Zeros)?,
+            eps: cfg.layer_norm_eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.gamma, &self.beta, self.eps)
+    }
+
+    fn push_state(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{name}.weight"), self.gamma.clone()));
+        out.push((format!("{name}.bias"), self.beta.clone()));
+    }
+}
+
+/// A frozen `adapters::Linear` from `{name}.weight: (out, in)` and `{name}.bias: (out)`.
+fn load_linear(ld: &mut Loader, name: &str, out_f: usize, in_f: usize) -> Result<Linear> {
+    let w = ld.tensor(&format!("{name}.weight"), &[out_f, in_f], Init::Normal)?;
+    let b = ld.tensor(&format!("{name}.bias"), &[out_f], Init::Normal)?;
+    Linear::new(w, Some(b))
+}
+
+fn push_linear(name: &str, l: &Linear, out: &mut Vec<(String, Tensor)>) {
+    out.push((format!("{name}.weight"), l.weight().clone()));
+    if let Some(b) = l.bias() {
+        out.push((format!("{name}.bias"), b.clone()));
+    }
+}
+
+/// Word (+ absolute position) (+ token-type) embeddings, an optional `embed_proj` up to
+/// `hidden`, then a layer norm; padding rows are zeroed as HF does.
+struct Embeddings {
+    word: Tensor,
+    position: Option<Tensor>,
+    token_type: Option<Tensor>,
+    embed_proj: Option<Linear>,
+    norm: Norm,
+}
+
+impl Embeddings {
+    fn load(ld: &mut Loader, cfg: &DebertaV2Config) -> Result<Self> {
+        let (e, h) = (cfg.embedding_size(), cfg.hidden_size);
+        let word = ld.tensor(
+            "embeddings.word_embeddings.weight",
+            &[cfg.vocab_size, e],
+            Init::Normal,
+        )?;
+        let position = if cfg.position_biased_input {
+            Some(ld.tensor(
+                "embeddings.position_embeddings.weight",
+                &[cfg.max_position_embeddings, e],
+                Init::Normal,
+            )?)
+        } else {
+            None
+        };
+        let token_type = if cfg.type_vocab_size > 0 {
+            Some(ld.tensor(
+                "embeddings.token_type_embeddings.weight",
+                &[cfg.type_vocab_size, e],
+                Init::Normal,
+            )?)
+        } else {
+            None
+        };
+        let embed_proj = if e != h {
+            let w = ld.tensor("embeddings.embed_proj.weight", &[h, e], Init::Normal)?;
+            Some(Linear::new(w, None)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            word,
+            position,
+            token_type,
+            embed_proj,
+            norm: Norm::load(ld, "embeddings.LayerNorm", cfg)?,
+        })
+    }
+
+    fn push_state(&self, out: &mut Vec<(String, Tensor)>) {
+        out.push((
+            "embeddings.word_embeddings.weight".into(),
+            self.word.clone(),
+        ));
+        if let Some(p) = &self.position {
+            out.push(("embeddings.position_embeddings.weight".into(), p.clone()));
+        }
+        if let Some(t) = &self.token_type {
+            out.push(("embeddings.token_type_embeddings.weight".into(), t.clone()));
+        }
+        if let Some(p) = &self.embed_proj {
+            push_linear("embeddings.embed_proj", p, out);
+        }
+        self.norm.push_state("embeddings.LayerNorm", out);
+    }
+}
+
+/// What every layer's attention shares in one forward pass: the (normalised) relative
+/// embeddings and the flat gather indices of the c2p and p2c terms for this `seq_len`.
+struct Relative {
+    /// `(2·span, hidden)`.
+    embeddings: Tensor,
+    /// `idx[i·L + j] = i·2span + δ(i, j)`: picks c2p `(i, δ)` out of `(L, 2span)` rows.
+    c2p: Tensor,
+    /// `idx[i·L + j] = j·2span + δ(j, i)`: picks p2c `(j, δ)` out of `(L, 2span)` rows.
+    p2c: Tensor,
+    span: usize,
+}
+
+impl Relative {
+    fn new(embeddings: Tensor, seq_len: usize, cfg: &DebertaV2Config) -> Result<Self> {
+        let span = cfg.relative_span();
+        let rel = build_relative_position(
+            seq_len,
+            seq_len,
+            cfg.position_buckets,
+            cfg.max_relative_positions(),
+        );
+        let two = 2 * span as i64;
+        let delta = |r: i64| (r + span as i64).clamp(0, two - 1);
+        let n = seq_len;
+        let mut c2p = Vec::with_capacity(n * n);
+        let mut p2c = Vec::with_capacity(n * n);
+        for i in 0..n {
+            for j in 0..n {
+                c2p.push((i as i64 * two + delta(rel[i * n + j])) as u32);
+                p2c.push((j as i64 * two + delta(-rel[j * n + i])) as u32);
+            }
+        }
+        let device = embeddings.device().clone();
+        Ok(Self {
+            embeddings,
+            c2p: Tensor::from_vec(c2p, n * n, &device)?,
+            p2c: Tensor::from_vec(p2c, n * n, &device)?,
+            span,
+        })
+    }
+}
+
+/// One transformer layer: disentangled self-attention and feed-forward, each with residual +
+/// layer norm.
+struct Layer {
+    query_proj: Linear,
+    key_proj: Linear,
+    value_proj: Linear,
+    pos_key_proj: Option<Linear>,
+    pos_query_proj: Option<Linear>,
+    attn_out: Linear,
+    attn_norm: Norm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: Norm,
+}
+
+impl Layer {
+    fn load(ld: &mut Loader, p: &str, cfg: &DebertaV2Config) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let own_pos = cfg.relative_attention && !cfg.share_att_key;
+        let sa = format!("{p}.attention.self");
+        Ok(Self {
+            query_proj: load_linear(ld, &format!("{sa}.query_proj"), h, h)?,
+            key_proj: load_linear(ld, &format!("{sa}.key_proj"), h, h)?,
+            value_proj: load_linear(ld, &format!("{sa}.value_proj"), h, h)?,
+            pos_key_proj: if own_pos && cfg.has_c2p() {
+                Some(load_linear(ld, &format!("{sa}.pos_key_proj"), h, h)?)
+            } else {
+                None
+            },
+            pos_query_proj: if own_pos && cfg.has_p2c() {
+                Some(load_linear(ld, &format!("{sa}.pos_query_proj"), h, h)?)
+            } else {
+                None
+            },
+            attn_out: load_linear(ld, &format!("{p}.attention.output.dense"), h, h)?,
+            attn_norm: Norm::load(ld, &format!("{p}.attention.output.LayerNorm"), cfg)?,
+            intermediate: load_linear(ld, &format!("{p}.intermediate.dense"), i, h)?,
+            output: load_linear(ld, &format!("{p}.output.dense"), h, i)?,
+            out_norm: Norm::load(ld, &format!("{p}.output.LayerNorm"), cfg)?,
+        })
+    }
+
+    /// The layer's linears with their sub-module names, in HF's module order.
+    fn linears(&self) -> Vec<(&'static str, &Linear)> {
+        let mut out = vec![
+            ("attention.self.query_proj", &self.query_proj),
+            ("attention.self.key_proj", &self.key_proj),
+            ("attention.self.value_proj", &self.value_proj),
+        ];
+        if let Some(l) = &self.pos_key_proj {
+            out.push(("attention.self.pos_key_proj", l));
+        }
+        if let Some(l) = &self.pos_query_proj {
+            out.push(("attention.self.pos_query_proj", l));
+        }
+        out.extend([
+            ("attention.output.dense", &self.attn_out),
+            ("intermediate.dense", &self.intermediate),
+            ("output.dense", &self.output),
+        ]);
+        out
+    }
+
+    /// The same, mutable, in the same order.
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let mut out = vec![
+            ("attention.self.query_proj", &mut self.query_proj),
+            ("attention.self.key_proj", &mut self.key_proj),
+            ("attention.self.value_proj", &mut self.value_proj),
+        ];
+        if let Some(l) = &mut self.pos_key_proj {
+            out.push(("attention.self.pos_key_proj", l));
+        }
+        if let Some(l) = &mut self.pos_query_proj {
+            out.push(("attention.self.pos_query_proj", l));
+        }
+        out.extend([
+            ("attention.output.dense", &mut self.attn_out),
+            ("intermediate.dense", &mut self.intermediate),
+            ("output.dense", &mut self.output),
+        ]);
+        out
+    }
+
+    /// The attention context `(b_sz, seq_len, hidden)` before `attention.output.dense`.
+    ///
+    /// Computed head-major, `(heads, b_sz, seq_len, ·)`, so the relative terms of all
+    /// examples come out of one matmul per head against the `(2·span, head_dim)` position
+    /// keys/queries. `key_bias: (1, b_sz, 1, seq_len)` is 0 for real keys and
+    /// [`MASK_VALUE`] for padding.
+    fn self_attention(
+        &self,
+        x: &Tensor,
+        key_bias: &Tensor,
+        rel: Option<&Relative>,
+        cfg: &DebertaV2Config,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b_sz, seq_len, hidden) = x.dims3()?;
+        let (n_heads, head_dim) = (cfg.num_attention_heads, cfg.head_dim());
+        let heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b_sz, seq_len, n_heads, head_dim))?
+                .permute((2, 0, 1, 3))?
+                .contiguous()?)
+        };
+        // Every term shares the scale 1/√(head_dim · scale_factor), so it goes on q (and on
+        // the position queries of p2c) rather than on seq_len² scores.
+        let scale = 1.0 / ((head_dim * cfg.scale_factor()) as f64).sqrt();
+        let q = heads(self.query_proj.forward(x, train)?.affine(scale, 0.0)?)?;
+        let k = heads(self.key_proj.forward(x, train)?)?;
+        let v = heads(self.value_proj.forward(x, train)?)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(rel) = rel {
+            let two_span = 2 * rel.span;
+            let r = dropout(&rel.embeddings, cfg.hidden_dropout_prob, train)?;
+            // (2·span, hidden) → (heads, 2·span, head_dim)
+            let pos_heads = |t: Tensor| -> Result<Tensor> {
+                Ok(t.reshape((two_span, n_heads, head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()?)
+            };
+            // (heads, b_sz·L, head_dim) · (heads, head_dim, 2·span), then each (i, j) picks
+            // its bucket column: (heads·b_sz, L·2span) → (heads·b_sz, L·L).
+            let relative_term = |content: &Tensor, pos: &Tensor, idx: &Tensor| -> Result<Tensor> {
+                Ok(content
+                    .reshape((n_heads, b_sz * seq_len, head_dim))?
+                    .matmul(&pos.t()?)?
+                    .reshape((n_heads * b_sz, seq_len * two_span))?
+                    .index_select(idx, 1)?
+                    .reshape((n_heads, b_sz, seq_len, seq_len))?)
+            };
+            if cfg.has_c2p() {
+                let proj = self.pos_key_proj.as_ref().unwrap_or(&self.key_proj);
+                let pos_key = pos_heads(proj.forward(&r, train)?)?;
+                scores = (scores + relative_term(&q, &pos_key, &rel.c2p)?)?;
+            }
+            if cfg.has_p2c() {
+                let proj = self.pos_query_proj.as_ref().unwrap_or(&self.query_proj);
+                let pos_query = pos_heads(proj.forward(&r, train)?.affine(scale, 0.0)?)?;
+                scores = (scores + relative_term(&k, &pos_query, &rel.p2c)?)?;
+            }
+        }
+        let probs = softmax_last_dim(&scores.broadcast_add(key_bias)?)?;
+        let probs = dropout(&probs, cfg.attention_probs_dropout_prob, train)?;
+        Ok(probs
+            .matmul(&v)?
+            .permute((1, 2, 0, 3))?
+            .reshape((b_sz, seq_len, hidden))?)
+    }
+
+    /// `x: (b_sz, seq_len, hidden)` → same shape.
+    fn forward(
+        &self,
+        x: &Tensor,
+        key_bias: &Tensor,
+        rel: Option<&Relative>,
+        cfg: &DebertaV2Config,
+        train: bool,
+    ) -> Result<Tensor> {
+        let ctx = self.self_attention(x, key_bias, rel, cfg, train)?;
+        let attn = self.attn_out.forward(&ctx, train)?;
+        let attn = (dropout(&attn, cfg.hidden_dropout_prob, train)? + x)?;
+        let attn = self.attn_norm.forward(&attn)?;
+        let inner = gelu(&self.intermediate.forward(&attn, train)?)?;
+        let out = self.output.forward(&inner, train)?;
+        let out = (dropout(&out, cfg.hidden_dropout_prob, train)? + attn)?;
+        self.out_norm.forward(&out)
+    }
+}
+
+/// HF's `ConvLayer` beside layer 0 (`encoder.conv`): a same-length 1-D convolution over the
+/// embedding output, masked, activated, added to layer 0's output and layer-normed. Frozen;
+/// computed as `kernel` shifted frozen matmuls so gradients reach the input cheaply.
+struct Conv {
+    /// `(hidden, hidden, kernel)` as stored.
+    weight: Tensor,
+    /// `weight[:, :, t]`, `(hidden, hidden)` each.
+    taps: Vec<Tensor>,
+    bias: Tensor,
+    norm: Norm,
+}
+
+impl Conv {
+    fn load(ld: &mut Loader, cfg: &DebertaV2Config) -> Result<Self> {
+        let (h, k) = (cfg.hidden_size, cfg.conv_kernel_size);
+        let weight = ld.tensor("encoder.conv.conv.weight", &[h, h, k], Init::Normal)?;
+        let taps = (0..k)
+            .map(|t| Ok(weight.narrow(2, t, 1)?.squeeze(2)?.contiguous()?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            weight,
+            taps,
+            bias: ld.tensor("encoder.conv.conv.bias", &[h], Init::Normal)?,
+            norm: Norm::load(ld, "encoder.conv.LayerNorm", cfg)?,
+        })
+    }
+
+    /// `embedded`, `residual: (b_sz, L, hidden)`, `mask: (b_sz, L, 1)` (1 real, 0 pad):
+    /// `LN(residual + act(dropout(mask ∘ conv(embedded)))) ∘ mask`.
+    fn forward(
+        &self,
+        embedded: &Tensor,
+        residual: &Tensor,
+        mask: &Tensor,
+        cfg: &DebertaV2Config,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (_, seq_len, _) = embedded.dims3()?;
+        let k = self.taps.len();
+        let pad = (k - 1) / 2;
+        let padded = embedded.pad_with_zeros(1, pad, k - 1 - pad)?;
+        // out[t] = b + Σ_s W_s · x[t + s − pad]
+        let mut out = frozen_linear(
+            &padded.narrow(1, 0, seq_len)?,
+            &self.taps[0],
+            Some(&self.bias),
+        )?;
+        for (s, tap) in self.taps.iter().enumerate().skip(1) {
+            out = (out + frozen_linear(&padded.narrow(1, s, seq_len)?, tap, None)?)?;
+        }
+        let out = out.broadcast_mul(mask)?;
+        let out = activation(
+            &dropout(&out, cfg.hidden_dropout_prob, train)?,
+            &cfg.conv_act,
+        )?;
+        Ok(self.norm.forward(&(residual + out)?)?.broadcast_mul(mask)?)
+    }
+}
+
+/// The DeBERTa-v2/v3 encoder: token ids → hidden states `(b_sz, seq_len, hidden)`.
+///
+/// Embeddings, layer norms, relative embeddings and linear weights are frozen tensors;
+/// adapters attached to the linears (through [`linears_mut`](Self::linears_mut)) are the only
+/// trainable part.
+///
+/// Hidden states of real tokens match HF's; those of padding tokens do not (HF zeroes their
+/// attention rows, we let them attend like real tokens), which nothing downstream reads.
+pub struct DebertaV2 {
+    config: DebertaV2Config,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    /// `encoder.rel_embeddings.weight`, `(2·span, hidden)`, with `relative_attention`.
+    rel_embeddings: Option<Tensor>,
+    /// `encoder.LayerNorm`, with `norm_rel_ebd = layer_norm`.
+    rel_norm: Option<Norm>,
+    conv: Option<Conv>,
+    dtype: DType,
+    device: Device,
+}
+
+impl std::fmt::Debug for DebertaV2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DebertaV2")
+            .field("layers", &self.layers.len())
+            .field("hidden", &self.config.hidden_size)
+            .field("relative_attention", &self.config.relative_attention)
+            .field("pos_att_type", &self.config.pos_att_type)
+            .field("conv", &self.conv.is_some())
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+/// Where the encoder sits in a checkpoint: bare (`embeddings.…`, a `DebertaV2Model`) or under
+/// `deberta.` (a `DebertaV2For…` model).
+pub(super) fn detect_prefix(ckpt: &Checkpoint, path: &Path) -> Result<String> {
+    let probe = "embeddings.word_embeddings.weight";
+    for prefix in ["", PREFIX] {
+        if ckpt.contains(&format!("{prefix}{probe}")) {
+            return Ok(prefix.to_string());
+        }
+    }
+    Err(Error::WeightTensor {
+        path: path.to_path_buf(),
+        name: probe.into(),
+        reason: format!(
+            "missing (also looked for `{PREFIX}{probe}`); not a DeBERTa-v2 checkpoint?"
+        ),
+    })
+}
+
+impl DebertaV2 {
+    /// Builds the encoder from `ld`.
+    pub(super) fn build(cfg: &DebertaV2Config, ld: &mut Loader) -> Result<Self> {
+        let embeddings = Embeddings::load(ld, cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(ld, &format!("encoder.layer.{i}"), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let rel_embeddings = if cfg.relative_attention {
+            Some(ld.tensor(
+                "encoder.rel_embeddings.weight",
+                &[2 * cfg.relative_span(), cfg.hidden_size],
+                Init::Normal,
+            )?)
+        } else {
+            None
+        };
+        let rel_norm = if cfg.norm_rel_layer_norm() {
+            Some(Norm::load(ld, "encoder.LayerNorm", cfg)?)
+        } else {
+            None
+        };
+        let conv = if cfg.conv_kernel_size > 0 {
+            Some(Conv::load(ld, cfg)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config: cfg.clone(),
+            embeddings,
+            layers,
+            rel_embeddings,
+            rel_norm,
+            conv,
+            dtype: ld.dtype(),
+            device: ld.device().clone(),
+        })
+    }
+
+    /// Loads `dir/config.json` and `dir/model.safetensors` (or its sharded index), in `dtype`;
+    /// the encoder may sit bare or under `deberta.`.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an unsupported config; [`Error::WeightTensor`] for a missing
+    /// or misshapen tensor; [`Error::ModelFile`] / [`Error::Io`] for unreadable files.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = DebertaV2Config::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        let prefix = detect_prefix(&ckpt, dir)?;
+        let mut ld = Loader::checkpoint(&ckpt, &prefix, dtype, device);
+        let model = Self::build(&cfg, &mut ld)?;
+        let unused = ld.unused();
+        if !unused.is_empty() {
+            tracing::debug!(?unused, "checkpoint tensors not used by the encoder");
+        }
+        Ok(model)
+    }
+
+    /// A freshly initialised encoder: weights, biases and embeddings N(0, initializer_range²),
+    /// layer norms γ = 1, β = 0, drawn from `seed`. For tests and experiments.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an invalid config.
+    pub fn random(cfg: &DebertaV2Config, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        cfg.validate(Path::new("<in-memory config>"))?;
+        let rng = crate::adapters::seeded_rng(seed);
+        let mut ld = Loader::random(rng, cfg.initializer_range, dtype, device);
+        Self::build(cfg, &mut ld)
+    }
+
+    /// The config the encoder was built from.
+    pub fn config(&self) -> &DebertaV2Config {
+        &self.config
+    }
+
+    /// Dtype of the hidden states.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Checks the input's shape against the model.
+    fn check_input(&self, input: &EncoderInput) -> Result<(usize, usize)> {
+        let (b_sz, seq_len) = input.input_ids.dims2()?;
+        for (what, t) in [
+            ("input_ids", &input.input_ids),
+            ("token_type_ids", &input.token_type_ids),
+            ("attention_mask", &input.attention_mask),
+        ] {
+            if t.dims() != [b_sz, seq_len] {
+                return Err(Error::TensorShape {
+                    op: what,
+                    expected: vec![b_sz, seq_len],
+                    got: t.dims().to_vec(),
+                });
+            }
+        }
+        if let Some(max) = self.config.max_seq_len()
+            && seq_len > max
+        {
+            return Err(Error::TensorShape {
+                op: "input_ids (longer than the model's position table)",
+                expected: vec![b_sz, max],
+                got: vec![b_sz, seq_len],
+            });
+        }
+        Ok((b_sz, seq_len))
+    }
+
+    /// Embeddings `(b_sz, L, hidden)`, padding rows zeroed; `mask: (b_sz, L, 1)`.
+    fn embed_tokens(&self, input: &EncoderInput, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let (b_sz, seq_len) = self.check_input(input)?;
+        let cfg = &self.config;
+        let e = &self.embeddings;
+        let width = cfg.embedding_size();
+        let flat = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::U32)?.flatten_all()?) };
+        let mut x = e
+            .word
+            .embedding(&flat(&input.input_ids)?)?
+            .reshape((b_sz, seq_len, width))?;
+        if let Some(p) = &e.position {
+            x = x.broadcast_add(&p.narrow(0, 0, seq_len)?.unsqueeze(0)?)?;
+        }
+        if let Some(t) = &e.token_type {
+            let types = t
+                .embedding(&flat(&input.token_type_ids)?)?
+                .reshape((b_sz, seq_len, width))?;
+            x = (x + types)?;
+        }
+        if let Some(proj) = &e.embed_proj {
+            x = proj.forward(&x, train)?;
+        }
+        let x = e.norm.forward(&x)?.broadcast_mul(mask)?;
+        dropout(&x, cfg.hidden_dropout_prob, train)
+    }
+
+    /// The shared relative context for `seq_len`, with `relative_attention`.
+    fn relative(&self, seq_len: usize) -> Result<Option<Relative>> {
+        let Some(rel) = &self.rel_embeddings else {
+            return Ok(None);
+        };
+        let rel = match &self.rel_norm {
+            Some(norm) => norm.forward(rel)?,
+            None => rel.clone(),
+        };
+        Ok(Some(Relative::new(rel, seq_len, &self.config)?))
+    }
+
+    /// Hidden states of the last layer, `(b_sz, seq_len, hidden)`. `train` enables dropout.
+    ///
+    /// # Errors
+    /// [`Error::TensorShape`] if the three input tensors differ in shape or the sequence is
+    /// longer than the absolute position table; token ids out of the vocabulary; device
+    /// mismatch.
+    pub fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+        let (b_sz, seq_len) = input.input_ids.dims2()?;
+        let mask = input.attention_mask.to_dtype(self.dtype)?;
+        let token_mask = mask.reshape((b_sz, seq_len, 1))?;
+        let embedded = self.embed_tokens(input, &token_mask, train)?;
+        let key_bias = mask
+            .affine(-MASK_VALUE, MASK_VALUE)?
+            .reshape((1, b_sz, 1, seq_len))?;
+        let rel = self.relative(seq_len)?;
+        let mut x = embedded.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &key_bias, rel.as_ref(), &self.config, train)?;
+            if i == 0
+                && let Some(conv) = &self.conv
+            {
+                x = conv.forward(&embedded, &x, &token_mask, &self.config, train)?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// Pools hidden states `(b_sz, seq_len, hidden)` into `(b_sz, hidden)`: the first token
+    /// (`Cls`) or the mean over real tokens (`Mean`).
+    ///
+    /// # Errors
+    /// Shape mismatch between `hidden` and `attention_mask`.
+    pub fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
+        match pooling {
+            Pooling::Cls => Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?),
+            Pooling::Mean => {
+                let mask = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
+                let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+                let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+                Ok(sum.broadcast_div(&count)?)
+            }
+        }
+    }
+
+    /// Every linear layer with its HF module path: `embeddings.embed_proj` (if any), then
+    /// layer by layer `attention.self.{query,key,value}_proj`, `pos_key_proj` and
+    /// `pos_query_proj` (without `share_att_key`), `attention.output.dense`,
+    /// `intermediate.dense`, `output.dense`.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 8 + 1);
+        if let Some(p) = &self.embeddings.embed_proj {
+            out.push(("embeddings.embed_proj".into(), p));
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, l) in layer.linears() {
+                out.push((format!("encoder.layer.{i}.{name}"), l));
+            }
+        }
+        out
+    }
+
+    /// The same layers, mutable, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 8 + 1);
+        if let Some(p) = &mut self.embeddings.embed_proj {
+            out.push(("embeddings.embed_proj".into(), p));
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, l) in layer.linears_mut() {
+                out.push((format!("encoder.layer.{i}.{name}"), l));
+            }
+        }
+        out
+    }
+
+    /// Every frozen tensor under its HF name (no `deberta.` prefix), linears with merged
+    /// adapters included as merged: what a plain HF checkpoint of this encoder holds.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.embeddings.push_state(&mut out);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            for (name, l) in layer.linears() {
+                push_linear(&format!("{p}.{name}"), l, &mut out);
+            }
+            layer
+                .attn_norm
+                .push_state(&format!("{p}.attention.output.LayerNorm"), &mut out);
+            layer
+                .out_norm
+                .push_state(&format!("{p}.output.LayerNorm"), &mut out);
+        }
+        if let Some(r) = &self.rel_embeddings {
+            out.push(("encoder.rel_embeddings.weight".into(), r.clone()));
+        }
+        if let Some(n) = &self.rel_norm {
+            n.push_state("encoder.LayerNorm", &mut out);
+        }
+        if let Some(c) = &self.conv {
+            out.push(("encoder.conv.conv.weight".into(), c.weight.clone()));
+            out.push(("encoder.conv.conv.bias".into(), c.bias.clone()));
+            c.norm.push_state("encoder.conv.LayerNorm", &mut out);
+        }
+        out
+    }
+
+    /// Layer `i`'s attention context for `x` (no dropout), for tests that compare it with a
+    /// direct computation.
+    #[cfg(test)]
+    pub(super) fn attention_context(
+        &self,
+        i: usize,
+        x: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let (b_sz, seq_len, _) = x.dims3()?;
+        let key_bias = attention_mask
+            .to_dtype(self.dtype)?
+            .affine(-MASK_VALUE, MASK_VALUE)?
+            .reshape((1, b_sz, 1, seq_len))?;
+        let rel = self.relative(seq_len)?;
+        self.layers[i].self_attention(x, &key_bias, rel.as_ref(), &self.config, false)
+    }
+}

@@ -1,0 +1,196 @@
+//! Aggregating finished runs (`eval_results.json` files) into the mean ± std tables of
+//! RESULTS.md.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// One finished run, as read back from its `eval_results.json`.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Task name.
+    pub task: String,
+    /// Method name.
+    pub method: String,
+    /// Seed.
+    pub seed: u64,
+    /// The task's primary metric.
+    pub primary_metric: String,
+    /// Official dev metrics.
+    pub dev_metrics: BTreeMap<String, f64>,
+    /// Trainable adapter parameters.
+    pub adapter_params: usize,
+    /// Trainable head parameters.
+    pub head_params: usize,
+    /// Wall seconds of the job.
+    pub wall_s: f64,
+    /// Training examples used.
+    pub train_examples: usize,
+    /// Epochs.
+    pub epochs: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+}
+
+fn field<'a>(v: &'a serde_json::Value, path: &Path, key: &str) -> Result<&'a serde_json::Value> {
+    v.pointer(key).ok_or_else(|| Error::DataFile {
+        path: path.to_path_buf(),
+        reason: format!("no `{key}` field; not an eval_results.json written by ttlora train"),
+    })
+}
+
+/// Reads one `eval_results.json`.
+///
+/// # Errors
+/// An unreadable file or one without the expected fields.
+pub fn read_run(path: &Path) -> Result<RunRecord> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::DataFile {
+        path: path.to_path_buf(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    let s = |k: &str| -> Result<String> {
+        Ok(field(&v, path, k)?.as_str().unwrap_or_default().to_string())
+    };
+    let n = |k: &str| -> Result<f64> { Ok(field(&v, path, k)?.as_f64().unwrap_or(f64::NAN)) };
+    let dev_metrics = field(&v, path, "/dev_metrics")?
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(RunRecord {
+        path: path.to_path_buf(),
+        task: s("/task")?,
+        method: s("/method")?,
+        seed: n("/seed")? as u64,
+        primary_metric: s("/primary_metric")?,
+        dev_metrics,
+        adapter_params: n("/params/adapter")? as usize,
+        head_params: n("/params/head")? as usize,
+        wall_s: n("/wall_s")?,
+        train_examples: n("/examples/0")? as usize,
+        epochs: n("/train_config/epochs")? as usize,
+        lr: n("/train_config/lr")?,
+    })
+}
+
+/// Every `eval_results.json` directly inside the sub-folders of `root`, sorted by path.
+///
+/// # Errors
+/// An unreadable folder or result file.
+pub fn read_runs(root: &Path) -> Result<Vec<RunRecord>> {
+    let entries = std::fs::read_dir(root).map_err(|source| Error::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path().join("eval_results.json")))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| read_run(p)).collect()
+}
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// A markdown table: one row per (task, method) with every dev metric as mean ± std over the
+/// seeds found, parameters and mean wall time per run.
+pub fn markdown_table(runs: &[RunRecord]) -> String {
+    let mut groups: BTreeMap<(String, String), Vec<&RunRecord>> = BTreeMap::new();
+    for r in runs {
+        groups
+            .entry((r.task.clone(), r.method.clone()))
+            .or_default()
+            .push(r);
+    }
+    let mut out = String::from(
+        "| task | method | dev metrics (mean ± std) | seeds | train ex. × epochs | lr | adapter params | + head | wall s / run |\n\
+         |---|---|---|---|---|---|---:|---:|---:|\n",
+    );
+    for ((task, method), rs) in &groups {
+        let first = rs[0];
+        let mut metrics = Vec::new();
+        // Primary metric first, then the others in name order.
+        let mut names: Vec<&String> = first.dev_metrics.keys().collect();
+        names.sort_by_key(|n| (**n != first.primary_metric, (*n).clone()));
+        for name in names {
+            let xs: Vec<f64> = rs
+                .iter()
+                .filter_map(|r| r.dev_metrics.get(name).copied())
+                .map(|x| 100.0 * x)
+                .collect();
+            let (m, s) = mean_std(&xs);
+            metrics.push(format!("{name} {m:.2} ± {s:.2}"));
+        }
+        let seeds: Vec<String> = rs.iter().map(|r| r.seed.to_string()).collect();
+        let (wall, _) = mean_std(&rs.iter().map(|r| r.wall_s).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            "| {task} | {method} | {} | {} | {} × {} | {:.0e} | {} | {} | {wall:.0} |",
+            metrics.join(", "),
+            seeds.join(","),
+            first.train_examples,
+            first.epochs,
+            first.lr,
+            first.adapter_params,
+            first.adapter_params + first.head_params,
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12);
+        assert!((s - 1.0).abs() < 1e-12);
+        assert_eq!(mean_std(&[5.0]), (5.0, 0.0));
+    }
+
+    #[test]
+    fn table_groups_seeds_per_task_and_method() {
+        let run = |seed, acc| RunRecord {
+            path: PathBuf::new(),
+            task: "rte".into(),
+            method: "ttlora".into(),
+            seed,
+            primary_metric: "accuracy".into(),
+            dev_metrics: BTreeMap::from([("accuracy".to_string(), acc)]),
+            adapter_params: 7680,
+            head_params: 770,
+            wall_s: 100.0,
+            train_examples: 2365,
+            epochs: 3,
+            lr: 5e-3,
+        };
+        let t = markdown_table(&[run(1, 0.6), run(2, 0.7)]);
+        assert!(
+            t.contains("| rte | ttlora | accuracy 65.00 ± 7.07 | 1,2 | 2365 × 3 |"),
+            "{t}"
+        );
+        assert!(t.contains("| 7680 | 8450 | 100 |"), "{t}");
+    }
+}
