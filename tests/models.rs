@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use ttlora::adapters::{LayerSpec, method, seeded_rng};
 use ttlora::models::{
-    BertConfig, BertForSequenceClassification, EncoderInput, Model, Pooling, load_classifier,
+    BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
+    EncoderInput, Model, Pooling, load_classifier,
 };
 
 /// A fresh folder under the system temp dir for one test.
@@ -138,4 +139,75 @@ fn pooling_names_round_trip() {
         Some(Pooling::Mean)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn deberta_v2_loads_through_the_family_dispatch_and_learns_through_adapters() {
+    let dev = Device::Cpu;
+    let cfg = DebertaV2Config::tiny();
+    let model =
+        DebertaV2ForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, &dev, 3)
+            .unwrap();
+    let dir = temp_dir("deberta-v2");
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    let tensors: HashMap<String, Tensor> = model.state_dict().into_iter().collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    let mut loaded: Box<dyn Model> = load_classifier(&dir, 2, Pooling::Cls, &dev, 0).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let x = input(cfg.pad_token_id, &dev);
+    let diff = (model.forward(&x, false).unwrap() - loaded.forward(&x, false).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+
+    // Adapters on the default targets (query_proj, value_proj) of every layer learn.
+    assert_eq!(loaded.default_targets(), ["query_proj", "value_proj"]);
+    let ttlora = method("ttlora").unwrap();
+    let mut rng = seeded_rng(1);
+    let targets = loaded.default_targets();
+    for (path, lin) in loaded.linears_mut() {
+        if targets.iter().any(|t| path.ends_with(&format!(".{t}"))) {
+            let spec = LayerSpec {
+                in_features: lin.in_features(),
+                out_features: lin.out_features(),
+                dtype: DType::F32,
+                device: dev.clone(),
+            };
+            let adapter = ttlora
+                .build(&serde_json::json!({"rank": 2}), &spec, &mut rng)
+                .unwrap();
+            lin.add_adapter("default", adapter).unwrap();
+        }
+    }
+    let mut vars: Vec<candle_core::Var> = loaded
+        .linears()
+        .into_iter()
+        .flat_map(|(_, l)| l.trainable().into_iter().map(|(_, _, v)| v))
+        .collect();
+    assert!(vars.len() >= 2 * cfg.num_hidden_layers * 2);
+    vars.extend(loaded.head_vars().into_iter().map(|(_, v)| v));
+    let labels = Tensor::new(&[1u32, 0], &dev).unwrap();
+    let loss_of = |m: &dyn Model| {
+        candle_nn::loss::cross_entropy(&m.forward(&x, false).unwrap(), &labels).unwrap()
+    };
+    let before = loss_of(loaded.as_ref());
+    let grads = before.backward().unwrap();
+    for v in &vars {
+        let g = grads
+            .get(v.as_tensor())
+            .expect("every trainable tensor has a gradient");
+        v.set(&(v.as_tensor() - (g * 0.1).unwrap()).unwrap())
+            .unwrap();
+    }
+    let after = loss_of(loaded.as_ref()).to_scalar::<f32>().unwrap();
+    assert!(after < before.to_scalar::<f32>().unwrap());
 }

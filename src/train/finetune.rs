@@ -146,8 +146,10 @@ pub struct LoadedTask {
     pub regression: bool,
     /// Training examples.
     pub train: Vec<Example>,
-    /// Official dev examples.
+    /// Official dev examples (MNLI: matched).
     pub dev: Vec<Example>,
+    /// Further official evaluation splits, by name (MNLI: `dev_mismatched`).
+    pub extra_dev: Vec<(String, Vec<Example>)>,
 }
 
 /// Reads a task's train and dev examples.
@@ -157,13 +159,17 @@ pub struct LoadedTask {
 pub fn load_task(source: &TaskSource) -> Result<LoadedTask> {
     match source {
         TaskSource::Registry { spec, root } => {
-            let dev_split = if spec.split_file(root, Split::Dev).is_ok() {
-                Split::Dev
-            } else {
-                Split::DevMatched
+            // `dev`, or MNLI's matched split first and mismatched as an extra.
+            let eval_splits = spec.eval_splits();
+            let Some((&first, rest)) = eval_splits.split_first() else {
+                return Err(Error::Training(format!("task {} has no dev split", spec.name)));
             };
             let train = data::read_task_split(spec, root, Split::Train)?;
-            let dev = data::read_task_split(spec, root, dev_split)?;
+            let dev = data::read_task_split(spec, root, first)?;
+            let extra_dev = rest
+                .iter()
+                .map(|&s| Ok((s.name().to_string(), data::read_task_split(spec, root, s)?)))
+                .collect::<Result<Vec<_>>>()?;
             let metrics = spec.metrics.to_vec();
             Ok(LoadedTask {
                 name: spec.name.to_string(),
@@ -175,6 +181,7 @@ pub fn load_task(source: &TaskSource) -> Result<LoadedTask> {
                 regression: spec.is_regression(),
                 train,
                 dev,
+                extra_dev,
             })
         }
         TaskSource::Custom {
@@ -206,6 +213,7 @@ pub fn load_task(source: &TaskSource) -> Result<LoadedTask> {
                 regression: *regression,
                 train: train_ex,
                 dev: dev_ex,
+                extra_dev: Vec::new(),
             })
         }
     }
@@ -402,15 +410,14 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     )?;
 
     // Official dev score of the selected weights, then save.
-    let dev_metrics = evaluate(
-        model.as_ref(),
-        &dev,
-        &task.metrics,
-        regression,
-        64,
-        pad,
-        &spec.device,
-    )?;
+    let score = |split: &EncodedSplit| {
+        evaluate(model.as_ref(), split, &task.metrics, regression, 64, pad, &spec.device)
+    };
+    let mut dev_metrics = score(&dev)?;
+    for (name, examples) in &task.extra_dev {
+        let scores = score(&encode_split(&enc, examples, true)?)?;
+        dev_metrics.extend(scores.into_iter().map(|(k, v)| (format!("{name}/{k}"), v)));
+    }
     let meta = AdapterMeta {
         method: m.name().into(),
         base_model: spec.model.clone(),

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The small SST-2 probe of RESULTS.md: TT-LoRA's α, learning rate, init and rank against LoRA
+# r=8 on a seeded 2,000-sentence sample, one epoch, seed 42, official dev split (872).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+OUT=${OUT:-runs/sst2-probe}
+run() {
+  local name=$1; shift
+  [[ -f $OUT/$name/eval_results.json ]] && return
+  target/release/ttlora train --task sst2 --max-train 2000 --epochs 1 --seed 42 \
+    --out "$OUT/$name" --quiet "$@" | grep '^dev' | sed "s/^/$name: /"
+}
+run lora-lr5e-3 --method lora --lr 5e-3
+run lora-lr1e-3 --method lora --lr 1e-3
+run tt-lr5e-3 --lr 5e-3
+run tt-lr2e-2 --lr 2e-2
+run tt-alpha32 --lr 5e-3 --alpha 32
+run tt-alpha2-lr2e-2 --lr 2e-2 --alpha 2
+run tt-init-paper --lr 5e-3 --init paper
+run tt-rank8 --lr 5e-3 --rank 8
