@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use ttlora::models::{BertConfig, BertForSequenceClassification, Pooling, load_classifier};
+use ttlora::models::{
+    BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
+    Pooling, load_classifier,
+};
 use ttlora::train::finetune::{self, FineTuneSpec, TaskSource};
 use ttlora::train::pipeline;
 use ttlora::train::{Control, Observer, StepReport, TrainConfig};
@@ -23,35 +26,65 @@ pub fn bundled_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
 }
 
+/// The test tokenizer and its vocabulary size.
+fn tiny_tokenizer() -> (PathBuf, usize) {
+    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer-tiny.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tok).unwrap()).unwrap();
+    let vocab = json["model"]["vocab"].as_object().unwrap().len();
+    (tok, vocab)
+}
+
+/// Writes an HF folder: config.json, the tensors (minus the task head, which a base
+/// checkpoint lacks and training adds) and the test tokenizer.
+fn write_folder(dir: &Path, config: &impl serde::Serialize, state: Vec<(String, Tensor)>) {
+    let tensors: HashMap<String, Tensor> = state
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("classifier"))
+        .collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(config).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(tiny_tokenizer().0, dir.join("tokenizer.json")).unwrap();
+}
+
 /// Writes a tiny random BERT folder (config.json, model.safetensors, tokenizer.json) whose
 /// vocabulary is the test tokenizer's, and returns it.
 pub fn tiny_bert_folder(name: &str, cfg: BertConfig) -> PathBuf {
     let dir = temp_dir(name);
-    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer-tiny.json");
-    let tok_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&tok).unwrap()).unwrap();
-    let vocab = tok_json["model"]["vocab"].as_object().unwrap().len();
     let cfg = BertConfig {
-        vocab_size: vocab,
+        vocab_size: tiny_tokenizer().1,
         max_position_embeddings: 128,
         ..cfg
     };
     let model =
         BertForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, &Device::Cpu, 5)
             .unwrap();
-    let tensors: HashMap<String, Tensor> = model
-        .state_dict()
-        .into_iter()
-        // A base checkpoint has no task head; training adds one.
-        .filter(|(k, _)| !k.starts_with("classifier"))
-        .collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string(&cfg).unwrap(),
+    write_folder(&dir, &cfg, model.state_dict());
+    dir
+}
+
+/// The same for a tiny random DeBERTa-v2.
+fn tiny_deberta_folder(name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    let cfg = DebertaV2Config {
+        vocab_size: tiny_tokenizer().1,
+        max_position_embeddings: 128,
+        ..DebertaV2Config::tiny()
+    };
+    let model = DebertaV2ForSequenceClassification::random(
+        &cfg,
+        2,
+        Pooling::Cls,
+        DType::F32,
+        &Device::Cpu,
+        5,
     )
     .unwrap();
-    std::fs::copy(&tok, dir.join("tokenizer.json")).unwrap();
+    write_folder(&dir, &cfg, model.state_dict());
     dir
 }
 
@@ -107,8 +140,33 @@ fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 }
 
 #[test]
-fn ttlora_on_real_sst2_learns_saves_and_reloads_identically() {
-    let model_dir = tiny_bert_folder("e2e", BertConfig::tiny());
+fn ttlora_on_real_sst2_learns_saves_and_reloads_identically_bert() {
+    learns_saves_and_reloads(
+        &tiny_bert_folder("e2e", BertConfig::tiny()),
+        ".query",
+        ".value",
+    );
+}
+
+#[test]
+fn ttlora_on_real_sst2_learns_saves_and_reloads_identically_roberta() {
+    let dir = tiny_bert_folder("e2e-roberta", BertConfig::tiny_roberta());
+    learns_saves_and_reloads(&dir, ".query", ".value");
+}
+
+#[test]
+fn ttlora_on_real_sst2_learns_saves_and_reloads_identically_deberta_v2() {
+    learns_saves_and_reloads(
+        &tiny_deberta_folder("e2e-deberta"),
+        ".query_proj",
+        ".value_proj",
+    );
+}
+
+/// Trains TT-LoRA on the default targets of the model in `model_dir` (whose names end with
+/// `q` and `v`) and checks learning, frozen weights, saving and reloading.
+fn learns_saves_and_reloads(model_dir: &Path, q_name: &str, v_name: &str) {
+    let model_dir = model_dir.to_path_buf();
     let out = model_dir.join("run");
     let mut losses = Losses::default();
     // A small slice trained for many epochs: a tiny random model can fit it, so the loss
@@ -148,7 +206,7 @@ fn ttlora_on_real_sst2_learns_saves_and_reloads_identically() {
         report
             .adapted_modules
             .iter()
-            .all(|p| p.ends_with(".query") || p.ends_with(".value")),
+            .all(|p| p.ends_with(q_name) || p.ends_with(v_name)),
         "{:?}",
         report.adapted_modules
     );

@@ -162,7 +162,10 @@ pub fn load_task(source: &TaskSource) -> Result<LoadedTask> {
             // `dev`, or MNLI's matched split first and mismatched as an extra.
             let eval_splits = spec.eval_splits();
             let Some((&first, rest)) = eval_splits.split_first() else {
-                return Err(Error::Training(format!("task {} has no dev split", spec.name)));
+                return Err(Error::Training(format!(
+                    "task {} has no dev split",
+                    spec.name
+                )));
             };
             let train = data::read_task_split(spec, root, Split::Train)?;
             let dev = data::read_task_split(spec, root, first)?;
@@ -411,7 +414,15 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
 
     // Official dev score of the selected weights, then save.
     let score = |split: &EncodedSplit| {
-        evaluate(model.as_ref(), split, &task.metrics, regression, 64, pad, &spec.device)
+        evaluate(
+            model.as_ref(),
+            split,
+            &task.metrics,
+            regression,
+            64,
+            pad,
+            &spec.device,
+        )
     };
     let mut dev_metrics = score(&dev)?;
     for (name, examples) in &task.extra_dev {
