@@ -13,10 +13,13 @@ pub mod results;
 mod schedule;
 mod trainer;
 
+#[cfg(test)]
+mod tests;
+
 pub use log::JsonlLog;
 pub use optim::{Adam, AdamParams, OptimizerKind};
 pub use schedule::Schedule;
 pub use trainer::{
-    Batch, Control, EvalReport, Objective, Observer, StepReport, TrainConfig, TrainJob,
+    Batch, Control, EvalReport, EvaluateFn, Objective, Observer, StepReport, TrainConfig, TrainJob,
     TrainSummary, checkpoint_dir, loss, train,
 };

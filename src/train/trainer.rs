@@ -460,3 +460,22 @@ fn clip(grads: Vec<Option<Tensor>>, max_norm: Option<f64>) -> Result<(Vec<Option
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
 }
+
+/// [`accumulate`] for the module's tests (classification, seed 0, step 0).
+#[cfg(test)]
+pub(crate) fn accumulate_for_tests(
+    model: &dyn Model,
+    chunk: &[Batch],
+    vars: &[Var],
+) -> (f64, Vec<Option<Tensor>>, usize) {
+    accumulate(model, Objective::Classification, chunk, vars, (0, 0)).expect("accumulate")
+}
+
+/// [`clip`] for the module's tests.
+#[cfg(test)]
+pub(crate) fn clip_for_tests(
+    grads: Vec<Option<Tensor>>,
+    max_norm: Option<f64>,
+) -> (Vec<Option<Tensor>>, f64) {
+    clip(grads, max_norm).expect("clip")
+}

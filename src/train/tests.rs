@@ -1,0 +1,192 @@
+//! Trainer behaviour on a tiny random BERT: NaN stop, early stopping, gradient accumulation,
+//! clipping, held-out selection restoring the best weights.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::trainer::{accumulate_for_tests, clip_for_tests};
+use super::*;
+use crate::data::{Encoded, Label, collate, label_tensor};
+use crate::models::{BertConfig, BertForSequenceClassification, Model, Pooling};
+
+fn model() -> BertForSequenceClassification {
+    let cfg = BertConfig {
+        hidden_dropout_prob: 0.0,
+        attention_probs_dropout_prob: 0.0,
+        ..BertConfig::tiny()
+    };
+    BertForSequenceClassification::random(&cfg, 2, Pooling::Mean, DType::F32, &Device::Cpu, 1)
+        .unwrap()
+}
+
+/// Batch `k` of a fixed toy set: 4 sequences whose label is their first real token's parity.
+fn batch(k: usize) -> Batch {
+    let items: Vec<Encoded> = (0..4)
+        .map(|i| {
+            let t = (10 + 7 * k + 3 * i) as u32 % 90 + 5;
+            Encoded {
+                ids: vec![2, t, t + 1, 3],
+                type_ids: vec![0; 4],
+            }
+        })
+        .collect();
+    let labels: Vec<Label> = items.iter().map(|e| Label::Class(e.ids[1] % 2)).collect();
+    let refs: Vec<&Encoded> = items.iter().collect();
+    Batch {
+        input: collate(&refs, 0, &Device::Cpu).unwrap(),
+        labels: label_tensor(&labels, &Device::Cpu).unwrap(),
+    }
+}
+
+fn run(
+    m: &dyn Model,
+    cfg: &TrainConfig,
+    evaluate: &mut EvaluateFn<'_>,
+    observers: &mut [&mut dyn Observer],
+) -> crate::Result<TrainSummary> {
+    let mut batches = |_epoch: usize| Ok((0..6).map(batch).collect());
+    train(
+        cfg,
+        TrainJob {
+            model: m,
+            vars: m.head_vars(),
+            objective: Objective::Classification,
+            batches: &mut batches,
+            batches_per_epoch: 6,
+            evaluate,
+            checkpoint_dir: None,
+        },
+        observers,
+    )
+}
+
+#[test]
+fn a_diverging_loss_stops_with_a_clear_error() {
+    let m = model();
+    let cfg = TrainConfig {
+        lr: 1e30,
+        max_grad_norm: None,
+        epochs: 5,
+        ..TrainConfig::default()
+    };
+    let mut eval = |_: &dyn Model| Ok((0.0, BTreeMap::new()));
+    let err = run(&m, &cfg, &mut eval, &mut []).unwrap_err().to_string();
+    assert!(err.starts_with("training step "), "{err}");
+    assert!(err.contains("the loss is"), "{err}");
+}
+
+#[test]
+fn early_stopping_after_patience_evaluations_without_improvement() {
+    let m = model();
+    let cfg = TrainConfig {
+        epochs: 10,
+        eval_every: Some(1),
+        patience: Some(2),
+        ..TrainConfig::default()
+    };
+    // The held-out score never improves after the first evaluation.
+    let mut eval = |_: &dyn Model| Ok((0.5, BTreeMap::from([("accuracy".to_string(), 0.5)])));
+    let s = run(&m, &cfg, &mut eval, &mut []).unwrap();
+    assert!(s.stopped_early);
+    assert_eq!(s.steps, 3);
+    assert_eq!(s.best_step, 1);
+}
+
+#[test]
+fn the_best_evaluations_weights_are_restored() {
+    let m = model();
+    let cfg = TrainConfig {
+        epochs: 1,
+        eval_every: Some(2),
+        lr: 1e-2,
+        ..TrainConfig::default()
+    };
+    // Best at step 2; remember the head weights the evaluation saw then.
+    let mut seen: Vec<Vec<f32>> = Vec::new();
+    let mut calls = 0;
+    let mut eval = |m: &dyn Model| {
+        calls += 1;
+        let w = m.head_vars()[0]
+            .1
+            .as_tensor()
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        seen.push(w);
+        let score = if calls == 1 { 0.9 } else { 0.1 };
+        Ok((score, BTreeMap::new()))
+    };
+    let s = run(&m, &cfg, &mut eval, &mut []).unwrap();
+    assert_eq!(s.best_step, 2);
+    let now = m.head_vars()[0]
+        .1
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(now, seen[0]);
+    assert_ne!(now, seen[2]);
+}
+
+#[test]
+fn accumulated_micro_batches_give_the_mean_gradient() {
+    let m = model();
+    let vars: Vec<candle_core::Var> = m.head_vars().into_iter().map(|(_, v)| v).collect();
+    let (b0, b1) = (batch(0), batch(1));
+    let (l2, g2, _) = accumulate_for_tests(&m, &[b0.clone(), b1.clone()], &vars);
+    let (la, ga, _) = accumulate_for_tests(&m, &[b0], &vars);
+    let (lb, gb, _) = accumulate_for_tests(&m, &[b1], &vars);
+    assert!((l2 - (la + lb) / 2.0).abs() < 1e-6);
+    for i in 0..vars.len() {
+        let mean = ((ga[i].as_ref().unwrap() + gb[i].as_ref().unwrap()).unwrap() * 0.5).unwrap();
+        let d = (g2[i].as_ref().unwrap() - mean)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "var {i}: {d}");
+    }
+}
+
+#[test]
+fn clipping_scales_to_the_max_norm() {
+    let g = vec![
+        Some(Tensor::new(&[3.0f32, 0.0], &Device::Cpu).unwrap()),
+        None,
+        Some(Tensor::new(&[4.0f32], &Device::Cpu).unwrap()),
+    ];
+    let (clipped, norm) = clip_for_tests(g.clone(), Some(1.0));
+    assert!((norm - 5.0).abs() < 1e-9);
+    let a = clipped[0].as_ref().unwrap().to_vec1::<f32>().unwrap();
+    assert!((a[0] - 0.6).abs() < 1e-5, "{a:?}");
+    assert!(clipped[1].is_none());
+    let (same, _) = clip_for_tests(g, Some(10.0));
+    assert_eq!(
+        same[2].as_ref().unwrap().to_vec1::<f32>().unwrap(),
+        vec![4.0]
+    );
+}
+
+#[test]
+fn invalid_settings_name_the_field() {
+    let bad = TrainConfig {
+        grad_accum: 0,
+        ..TrainConfig::default()
+    };
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("`grad_accum`"), "{err}");
+    let bad = TrainConfig {
+        warmup_ratio: 1.5,
+        ..TrainConfig::default()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("`warmup_ratio`")
+    );
+}
