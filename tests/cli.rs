@@ -295,6 +295,34 @@ fn train_then_predict_and_eval_with_the_saved_adapter() {
     let p: f32 = fields[1].parse().unwrap();
     assert!((0.5..=1.0).contains(&p), "{line}");
 
+    // A file of texts in, one label line per text out.
+    let texts = model.join("texts.txt");
+    std::fs::write(
+        &texts,
+        "a great , moving film\nthe plot is dull and the acting worse\n",
+    )
+    .unwrap();
+    let labels = model.join("labels.tsv");
+    let o = ttlora(&[
+        "predict",
+        "--adapter",
+        s(&run),
+        "--file",
+        s(&texts),
+        "--output",
+        s(&labels),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let written = std::fs::read_to_string(&labels).unwrap();
+    assert_eq!(written.lines().count(), 2, "{written}");
+    assert!(
+        written
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("\ta great , moving film")
+    );
+
     let o = ttlora(&["eval", "--adapter", s(&run), "--data", s(&data)]);
     assert!(o.status.success(), "{}", stderr(&o));
     // The same adapter on the same dev split: eval agrees with what train reported.
