@@ -19,3 +19,5 @@ run tt-alpha32 --lr 5e-3 --alpha 32
 run tt-alpha2-lr2e-2 --lr 2e-2 --alpha 2
 run tt-init-paper --lr 5e-3 --init paper
 run tt-rank8 --lr 5e-3 --rank 8
+run tt-lr1e-2 --lr 1e-2
+run tt-all-linear --lr 5e-3 --targets all-linear

@@ -16,8 +16,8 @@ pub struct RunRecord {
     pub task: String,
     /// Method name.
     pub method: String,
-    /// Seed.
-    pub seed: u64,
+    /// Seed (None in files written before ttlora recorded it).
+    pub seed: Option<u64>,
     /// The task's primary metric.
     pub primary_metric: String,
     /// Official dev metrics.
@@ -30,10 +30,10 @@ pub struct RunRecord {
     pub wall_s: f64,
     /// Training examples used.
     pub train_examples: usize,
-    /// Epochs.
-    pub epochs: usize,
-    /// Peak learning rate.
-    pub lr: f64,
+    /// Epochs (None in files written before ttlora recorded it).
+    pub epochs: Option<usize>,
+    /// Peak learning rate (None in files written before ttlora recorded it).
+    pub lr: Option<f64>,
 }
 
 fn field<'a>(v: &'a serde_json::Value, path: &Path, key: &str) -> Result<&'a serde_json::Value> {
@@ -72,15 +72,18 @@ pub fn read_run(path: &Path) -> Result<RunRecord> {
         path: path.to_path_buf(),
         task: s("/task")?,
         method: s("/method")?,
-        seed: n("/seed")? as u64,
+        seed: v.pointer("/seed").and_then(serde_json::Value::as_u64),
         primary_metric: s("/primary_metric")?,
         dev_metrics,
         adapter_params: n("/params/adapter")? as usize,
         head_params: n("/params/head")? as usize,
         wall_s: n("/wall_s")?,
         train_examples: n("/examples/0")? as usize,
-        epochs: n("/train_config/epochs")? as usize,
-        lr: n("/train_config/lr")?,
+        epochs: v
+            .pointer("/train_config/epochs")
+            .and_then(serde_json::Value::as_u64)
+            .map(|e| e as usize),
+        lr: v.pointer("/train_config/lr").and_then(serde_json::Value::as_f64),
     })
 }
 
@@ -112,13 +115,26 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// A markdown table: one row per (task, method) with every dev metric as mean ± std over the
-/// seeds found, parameters and mean wall time per run.
+fn or_unknown<T: std::fmt::Display>(x: Option<T>) -> String {
+    x.map_or_else(|| "?".into(), |x| x.to_string())
+}
+
+/// A markdown table: one row per (task, method, lr, epochs, training examples) with every dev
+/// metric as mean ± std over the seeds found, parameters and mean wall time per run. Values a
+/// result file does not record show as `?`.
 pub fn markdown_table(runs: &[RunRecord]) -> String {
-    let mut groups: BTreeMap<(String, String), Vec<&RunRecord>> = BTreeMap::new();
+    type Key = (String, String, String, String, usize);
+    let mut groups: BTreeMap<Key, Vec<&RunRecord>> = BTreeMap::new();
     for r in runs {
+        let lr = r.lr.map_or_else(|| "?".into(), |lr| format!("{lr:.0e}"));
         groups
-            .entry((r.task.clone(), r.method.clone()))
+            .entry((
+                r.task.clone(),
+                r.method.clone(),
+                lr,
+                or_unknown(r.epochs),
+                r.train_examples,
+            ))
             .or_default()
             .push(r);
     }
@@ -126,7 +142,7 @@ pub fn markdown_table(runs: &[RunRecord]) -> String {
         "| task | method | dev metrics (mean ± std) | seeds | train ex. × epochs | lr | adapter params | + head | wall s / run |\n\
          |---|---|---|---|---|---|---:|---:|---:|\n",
     );
-    for ((task, method), rs) in &groups {
+    for ((task, method, lr, epochs, examples), rs) in &groups {
         let first = rs[0];
         let mut metrics = Vec::new();
         // Primary metric first, then the others in name order.
@@ -141,16 +157,13 @@ pub fn markdown_table(runs: &[RunRecord]) -> String {
             let (m, s) = mean_std(&xs);
             metrics.push(format!("{name} {m:.2} ± {s:.2}"));
         }
-        let seeds: Vec<String> = rs.iter().map(|r| r.seed.to_string()).collect();
+        let seeds: Vec<String> = rs.iter().map(|r| or_unknown(r.seed)).collect();
         let (wall, _) = mean_std(&rs.iter().map(|r| r.wall_s).collect::<Vec<_>>());
         let _ = writeln!(
             out,
-            "| {task} | {method} | {} | {} | {} × {} | {:.0e} | {} | {} | {wall:.0} |",
+            "| {task} | {method} | {} | {} | {examples} × {epochs} | {lr} | {} | {} | {wall:.0} |",
             metrics.join(", "),
             seeds.join(","),
-            first.train_examples,
-            first.epochs,
-            first.lr,
             first.adapter_params,
             first.adapter_params + first.head_params,
         );
@@ -176,21 +189,29 @@ mod tests {
             path: PathBuf::new(),
             task: "rte".into(),
             method: "ttlora".into(),
-            seed,
+            seed: Some(seed),
             primary_metric: "accuracy".into(),
             dev_metrics: BTreeMap::from([("accuracy".to_string(), acc)]),
             adapter_params: 7680,
             head_params: 770,
             wall_s: 100.0,
             train_examples: 2365,
-            epochs: 3,
-            lr: 5e-3,
+            epochs: Some(3),
+            lr: Some(5e-3),
         };
         let t = markdown_table(&[run(1, 0.6), run(2, 0.7)]);
         assert!(
             t.contains("| rte | ttlora | accuracy 65.00 ± 7.07 | 1,2 | 2365 × 3 |"),
             "{t}"
         );
-        assert!(t.contains("| 7680 | 8450 | 100 |"), "{t}");
+        assert!(t.contains("| 5e-3 | 7680 | 8450 | 100 |"), "{t}");
+        let old = RunRecord {
+            seed: None,
+            epochs: None,
+            lr: None,
+            ..run(1, 0.5)
+        };
+        let t = markdown_table(&[old]);
+        assert!(t.contains("accuracy 50.00 ± 0.00 | ? | 2365 × ? | ? |"), "{t}");
     }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# STS-B probe of RESULTS.md: why TT-LoRA regression lags. Seeded 2,000-pair sample, 2 epochs,
+# seed 42, official dev split (1,500 pairs). DATA: folder holding glue/ (default ../shared/data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+OUT=${OUT:-runs/stsb-probe}
+DATA=${DATA:-../shared/data}
+run() {
+  local name=$1; shift
+  [[ -f $OUT/$name/eval_results.json ]] && return
+  target/release/ttlora train --task stsb --data "$DATA" --max-train 2000 --epochs 2 --seed 42 \
+    --out "$OUT/$name" --quiet "$@" | grep '^dev' | sed "s/^/$name: /"
+}
+run tt-mean-lr5e-3 --lr 5e-3
+run lora-mean-lr5e-3 --method lora --lr 5e-3
+run tt-cls-lr5e-3 --lr 5e-3 --pooling cls
+run tt-mean-lr1e-3 --lr 1e-3
