@@ -21,3 +21,5 @@ run tt-init-paper --lr 5e-3 --init paper
 run tt-rank8 --lr 5e-3 --rank 8
 run tt-lr1e-2 --lr 1e-2
 run tt-all-linear --lr 5e-3 --targets all-linear
+run tt-alpha64 --lr 5e-3 --alpha 64
+run tt-alpha128 --lr 5e-3 --alpha 128

@@ -16,3 +16,6 @@ run tt-mean-lr5e-3 --lr 5e-3
 run lora-mean-lr5e-3 --method lora --lr 5e-3
 run tt-cls-lr5e-3 --lr 5e-3 --pooling cls
 run tt-mean-lr1e-3 --lr 1e-3
+run tt-mean-alpha64 --lr 5e-3 --alpha 64
+run tt-mean-lr2e-2 --lr 2e-2
+run tt-mean-init-paper --lr 5e-3 --init paper

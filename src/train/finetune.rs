@@ -106,6 +106,8 @@ pub struct FineTuneReport {
     pub task: String,
     /// Method name.
     pub method: String,
+    /// The method config as given (fields not given take the method's defaults).
+    pub method_config: serde_json::Value,
     /// Resolved model folder.
     pub model_dir: PathBuf,
     /// Training outcome (held-out selection).
@@ -455,6 +457,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     let report = FineTuneReport {
         task: task.name,
         method: m.name().into(),
+        method_config: spec.method_config.clone(),
         model_dir,
         summary,
         primary_metric: task.metrics[0].name().into(),

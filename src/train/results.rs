@@ -16,6 +16,8 @@ pub struct RunRecord {
     pub task: String,
     /// Method name.
     pub method: String,
+    /// The method config as given, compact JSON (`{}`: the method's defaults).
+    pub config: String,
     /// Seed (None in files written before ttlora recorded it).
     pub seed: Option<u64>,
     /// The task's primary metric.
@@ -72,6 +74,9 @@ pub fn read_run(path: &Path) -> Result<RunRecord> {
         path: path.to_path_buf(),
         task: s("/task")?,
         method: s("/method")?,
+        config: v
+            .pointer("/method_config")
+            .map_or_else(|| "{}".to_string(), |c| c.to_string()),
         seed: v.pointer("/seed").and_then(serde_json::Value::as_u64),
         primary_metric: s("/primary_metric")?,
         dev_metrics,
@@ -123,7 +128,7 @@ fn or_unknown<T: std::fmt::Display>(x: Option<T>) -> String {
 /// metric as mean ± std over the seeds found, parameters and mean wall time per run. Values a
 /// result file does not record show as `?`.
 pub fn markdown_table(runs: &[RunRecord]) -> String {
-    type Key = (String, String, String, String, usize);
+    type Key = (String, String, String, String, String, usize);
     let mut groups: BTreeMap<Key, Vec<&RunRecord>> = BTreeMap::new();
     for r in runs {
         let lr = r.lr.map_or_else(|| "?".into(), |lr| format!("{lr:.0e}"));
@@ -131,6 +136,7 @@ pub fn markdown_table(runs: &[RunRecord]) -> String {
             .entry((
                 r.task.clone(),
                 r.method.clone(),
+                r.config.clone(),
                 lr,
                 or_unknown(r.epochs),
                 r.train_examples,
@@ -139,10 +145,10 @@ pub fn markdown_table(runs: &[RunRecord]) -> String {
             .push(r);
     }
     let mut out = String::from(
-        "| task | method | dev metrics (mean ± std) | seeds | train ex. × epochs | lr | adapter params | + head | wall s / run |\n\
-         |---|---|---|---|---|---|---:|---:|---:|\n",
+        "| task | method | config | dev metrics (mean ± std) | seeds | train ex. × epochs | lr | adapter params | + head | wall s / run |\n\
+         |---|---|---|---|---|---|---|---:|---:|---:|\n",
     );
-    for ((task, method, lr, epochs, examples), rs) in &groups {
+    for ((task, method, config, lr, epochs, examples), rs) in &groups {
         let first = rs[0];
         let mut metrics = Vec::new();
         // Primary metric first, then the others in name order.
@@ -161,7 +167,7 @@ pub fn markdown_table(runs: &[RunRecord]) -> String {
         let (wall, _) = mean_std(&rs.iter().map(|r| r.wall_s).collect::<Vec<_>>());
         let _ = writeln!(
             out,
-            "| {task} | {method} | {} | {} | {examples} × {epochs} | {lr} | {} | {} | {wall:.0} |",
+            "| {task} | {method} | `{config}` | {} | {} | {examples} × {epochs} | {lr} | {} | {} | {wall:.0} |",
             metrics.join(", "),
             seeds.join(","),
             first.adapter_params,
@@ -189,6 +195,7 @@ mod tests {
             path: PathBuf::new(),
             task: "rte".into(),
             method: "ttlora".into(),
+            config: "{}".into(),
             seed: Some(seed),
             primary_metric: "accuracy".into(),
             dev_metrics: BTreeMap::from([("accuracy".to_string(), acc)]),
@@ -201,7 +208,7 @@ mod tests {
         };
         let t = markdown_table(&[run(1, 0.6), run(2, 0.7)]);
         assert!(
-            t.contains("| rte | ttlora | accuracy 65.00 ± 7.07 | 1,2 | 2365 × 3 |"),
+            t.contains("| rte | ttlora | `{}` | accuracy 65.00 ± 7.07 | 1,2 | 2365 × 3 |"),
             "{t}"
         );
         assert!(t.contains("| 5e-3 | 7680 | 8450 | 100 |"), "{t}");

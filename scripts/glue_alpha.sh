@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The α investigation of RESULTS.md: TT-LoRA with α = 64 (instead of the default 8) on the
+# same GLUE runs as scripts/glue_results.sh, seed 1 unless SEEDS says otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-runs/glue}
+SEEDS=${SEEDS:-1}
+TASKS=${TASKS:-stsb mrpc rte cola sst2}
+for seed in $SEEDS; do
+  for task in $TASKS; do
+    case $task in
+      sst2) extra=(--max-train 20000 --epochs 1) ;;
+      *) extra=(--epochs 3) ;;
+    esac
+    dir=$OUT/$task-ttlora-alpha64-s$seed
+    [[ -f $dir/eval_results.json ]] && continue
+    echo "== $task ttlora alpha 64 seed $seed" >&2
+    target/release/ttlora train --model all-MiniLM-L6-v2 --task "$task" --data "$DATA" \
+      --method ttlora --alpha 64 --lr 5e-3 --batch-size 32 --max-len 128 --seed "$seed" \
+      "${extra[@]}" --out "$dir" --quiet --resume
+  done
+done
