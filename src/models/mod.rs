@@ -3,13 +3,18 @@
 //!
 //! Owns: the [`Model`] trait (all the trainer sees), [`EncoderInput`], [`Pooling`], the model
 //! families and their heads: [`bert`] (BERT, RoBERTa, MiniLM) and [`deberta_v2`] (DeBERTa-v2
-//! and -v3), and [`load_classifier`], which picks the family from `model_type`. Strict weight
-//! loading (`weights.rs`) is shared by the families. Uses `adapters/`, `ops/`. Must not know:
-//! tasks, files of data, training.
+//! and -v3), and [`load_classifier`], which picks the family from `model_type`. Shared by the
+//! families: strict weight loading (`weights.rs`), config reading (`hf_config.rs`), the
+//! building blocks (`layers.rs`) and, for tests, `test_util.rs`. Uses `adapters/`, `ops/`.
+//! Must not know: tasks, files of data, training.
 
 pub mod adapted;
 pub mod bert;
 pub mod deberta_v2;
+mod hf_config;
+mod layers;
+#[cfg(test)]
+pub(crate) mod test_util;
 mod weights;
 
 use std::path::Path;
@@ -112,16 +117,11 @@ pub fn load_classifier(
     seed: u64,
 ) -> Result<Box<dyn Model>> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let value = hf_config::parse_value(&hf_config::read(&path)?, &path)?;
     let bad = |reason: String| Error::ModelConfig {
         path: path.clone(),
         reason,
     };
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let supported = MODEL_TYPES.join(", ");
     match value.get("model_type").and_then(|v| v.as_str()) {
         Some("bert" | "roberta") => {

@@ -7,58 +7,13 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{BertConfig, BertFamily};
 use super::model::{Bert, detect_prefix};
-use crate::adapters::{Linear, kaiming_uniform, seeded_rng};
-use crate::error::{Error, Result};
+use crate::adapters::{Linear, seeded_rng};
+#[cfg(doc)]
+use crate::error::Error; // for the `# Errors` links
+use crate::error::Result;
+use crate::models::layers::{Dense, check_labels, dropout};
 use crate::models::weights::{Checkpoint, Loader};
 use crate::models::{EncoderInput, Model, Pooling};
-
-/// A trainable dense layer of the head: `y = x·Wᵀ + b`, W `(out, in)`, b `(out)`.
-struct Dense {
-    name: &'static str,
-    weight: Var,
-    bias: Var,
-}
-
-impl Dense {
-    /// Loads `{name}.weight`/`.bias` if the checkpoint has them, else PyTorch's `nn.Linear`
-    /// init: W and b ~ U(±1/√in).
-    fn build(
-        ld: &mut Loader,
-        name: &'static str,
-        (out_f, in_f): (usize, usize),
-        rng: &mut rand::rngs::StdRng,
-    ) -> Result<Self> {
-        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-        let w = ld.head_tensor(&wn, &[out_f, in_f])?;
-        let b = ld.head_tensor(&bn, &[out_f])?;
-        let (dtype, device) = (ld.dtype(), ld.device().clone());
-        let (w, b) = match (w, b) {
-            (Some(w), Some(b)) => (w, b),
-            (None, None) => (
-                kaiming_uniform(&[out_f, in_f], in_f, rng, dtype, &device)?,
-                kaiming_uniform(&[out_f], in_f, rng, dtype, &device)?,
-            ),
-            // Half a pair is an error naming the missing half.
-            (Some(w), None) => (w, ld.head_tensor_required(&bn, &[out_f])?),
-            (None, Some(b)) => (ld.head_tensor_required(&wn, &[out_f, in_f])?, b),
-        };
-        Ok(Self {
-            name,
-            weight: Var::from_tensor(&w)?,
-            bias: Var::from_tensor(&b)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())?)
-    }
-
-    fn vars(&self, out: &mut Vec<(String, Var)>) {
-        out.push((format!("{}.weight", self.name), self.weight.clone()));
-        out.push((format!("{}.bias", self.name), self.bias.clone()));
-    }
-}
 
 /// The family's classification head.
 enum Head {
@@ -246,24 +201,6 @@ impl BertForSequenceClassification {
     }
 }
 
-fn check_labels(num_labels: usize, path: &Path) -> Result<()> {
-    if num_labels == 0 {
-        return Err(Error::ModelConfig {
-            path: path.to_path_buf(),
-            reason: "num_labels must be at least 1 (1 = regression)".into(),
-        });
-    }
-    Ok(())
-}
-
-fn head_dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        crate::ops::dropout(x, p)
-    } else {
-        Ok(x.clone())
-    }
-}
-
 impl Model for BertForSequenceClassification {
     fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
         let hidden = self.bert.forward(input, train)?;
@@ -272,12 +209,12 @@ impl Model for BertForSequenceClassification {
             (Head::Bert { .. }, Pooling::Cls) => self.bert.pooler_output(&hidden, train)?,
             (_, pooling) => Bert::pool(&hidden, &input.attention_mask, pooling)?,
         };
-        let x = head_dropout(&pooled, p, train)?;
+        let x = dropout(&pooled, p, train)?;
         match &self.head {
             Head::Bert { classifier } => classifier.forward(&x),
             Head::Roberta { dense, out_proj } => {
                 let x = dense.forward(&x)?.tanh()?;
-                out_proj.forward(&head_dropout(&x, p, train)?)
+                out_proj.forward(&dropout(&x, p, train)?)
             }
         }
     }

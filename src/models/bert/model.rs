@@ -8,62 +8,16 @@ use candle_core::{DType, Device, Tensor};
 use super::config::{BertConfig, BertFamily};
 use crate::adapters::Linear;
 use crate::error::{Error, Result};
+use crate::models::layers::{
+    self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear,
+};
 use crate::models::weights::{Checkpoint, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
-use crate::ops::{gelu, layer_norm, softmax_last_dim};
+use crate::ops::{gelu, softmax_last_dim};
 
-/// Added to the attention scores of padding keys: far below any real score, yet finite so a
-/// softmax row never meets −∞ − (−∞).
-const MASK_VALUE: f64 = -1e9;
-
-/// Dropout that is the identity unless training.
-fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        crate::ops::dropout(x, p)
-    } else {
-        Ok(x.clone())
-    }
-}
-
-/// A frozen layer norm (`…LayerNorm.weight` / `.bias`).
-struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
-    eps: f64,
-}
-
-impl Norm {
-    fn load(ld: &mut Loader, name: &str, cfg: &BertConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
-        Ok(Self {
-            gamma: ld.tensor(&format!("{name}.weight"), &[h], Init::Ones)?,
-            beta: ld.tensor(&format!("{name}.bias"), &[h], Init::Zeros)?,
-            eps: cfg.layer_norm_eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, &self.gamma, &self.beta, self.eps)
-    }
-
-    fn push_state(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
-        out.push((format!("{name}.weight"), self.gamma.clone()));
-        out.push((format!("{name}.bias"), self.beta.clone()));
-    }
-}
-
-/// A frozen `adapters::Linear` from `{name}.weight: (out, in)` and `{name}.bias: (out)`.
-fn load_linear(ld: &mut Loader, name: &str, out_f: usize, in_f: usize) -> Result<Linear> {
-    let w = ld.tensor(&format!("{name}.weight"), &[out_f, in_f], Init::Normal)?;
-    let b = ld.tensor(&format!("{name}.bias"), &[out_f], Init::Normal)?;
-    Linear::new(w, Some(b))
-}
-
-fn push_linear(name: &str, l: &Linear, out: &mut Vec<(String, Tensor)>) {
-    out.push((format!("{name}.weight"), l.weight().clone()));
-    if let Some(b) = l.bias() {
-        out.push((format!("{name}.bias"), b.clone()));
-    }
+/// The layer norm `name`, `(hidden)` wide with the config's epsilon.
+fn norm(ld: &mut Loader, name: &str, cfg: &BertConfig) -> Result<Norm> {
+    Norm::load(ld, name, cfg.hidden_size, cfg.layer_norm_eps)
 }
 
 /// Word + position + token-type embeddings, then a layer norm; all frozen.
@@ -93,7 +47,7 @@ impl Embeddings {
                 &[cfg.type_vocab_size, h],
                 Init::Normal,
             )?,
-            norm: Norm::load(ld, "embeddings.LayerNorm", cfg)?,
+            norm: norm(ld, "embeddings.LayerNorm", cfg)?,
         })
     }
 }
@@ -128,10 +82,10 @@ impl Layer {
             key: load_linear(ld, &format!("{p}.attention.self.key"), h, h)?,
             value: load_linear(ld, &format!("{p}.attention.self.value"), h, h)?,
             attn_out: load_linear(ld, &format!("{p}.attention.output.dense"), h, h)?,
-            attn_norm: Norm::load(ld, &format!("{p}.attention.output.LayerNorm"), cfg)?,
+            attn_norm: norm(ld, &format!("{p}.attention.output.LayerNorm"), cfg)?,
             intermediate: load_linear(ld, &format!("{p}.intermediate.dense"), i, h)?,
             output: load_linear(ld, &format!("{p}.output.dense"), h, i)?,
-            out_norm: Norm::load(ld, &format!("{p}.output.LayerNorm"), cfg)?,
+            out_norm: norm(ld, &format!("{p}.output.LayerNorm"), cfg)?,
         })
     }
 
@@ -335,35 +289,8 @@ impl Bert {
         Ok(Tensor::new(pos, input_ids.device())?)
     }
 
-    /// Checks the input's shape and dtype against the model.
-    fn check_input(&self, input: &EncoderInput) -> Result<(usize, usize)> {
-        let (b_sz, seq_len) = input.input_ids.dims2()?;
-        for (what, t) in [
-            ("input_ids", &input.input_ids),
-            ("token_type_ids", &input.token_type_ids),
-            ("attention_mask", &input.attention_mask),
-        ] {
-            if t.dims() != [b_sz, seq_len] {
-                return Err(Error::TensorShape {
-                    op: what,
-                    expected: vec![b_sz, seq_len],
-                    got: t.dims().to_vec(),
-                });
-            }
-        }
-        let max = self.config.max_seq_len();
-        if seq_len > max {
-            return Err(Error::TensorShape {
-                op: "input_ids (longer than the model's position table)",
-                expected: vec![b_sz, max],
-                got: vec![b_sz, seq_len],
-            });
-        }
-        Ok((b_sz, seq_len))
-    }
-
     fn embed_tokens(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
-        let (b_sz, seq_len) = self.check_input(input)?;
+        let (b_sz, seq_len) = check_input(input, Some(self.config.max_seq_len()))?;
         let cfg = &self.config;
         let h = cfg.hidden_size;
         let e = &self.embeddings;
@@ -420,15 +347,7 @@ impl Bert {
     /// # Errors
     /// Shape mismatch between `hidden` and `attention_mask`.
     pub fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
-        match pooling {
-            Pooling::Cls => Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?),
-            Pooling::Mean => {
-                let mask = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
-                let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
-                let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
-                Ok(sum.broadcast_div(&count)?)
-            }
-        }
+        layers::pool(hidden, attention_mask, pooling)
     }
 
     /// Sentence embeddings `(b_sz, hidden)`: [`forward`](Self::forward) (no dropout) then

@@ -1,13 +1,14 @@
 //! BERT family tests: real all-MiniLM-L6-v2 embeddings, gradient flow into every adapter
 //! (DESIGN §2), strict loading errors, RoBERTa positions, padding invariance, round trips.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
 use super::*;
-use crate::adapters::{LayerSpec, method, seeded_rng};
+use crate::models::test_util::{
+    attach_ttlora, max_diff, padded_batch, sq_norm, temp_dir, write_model,
+};
 use crate::models::{EncoderInput, Model, Pooling};
 
 /// Agreement of the same computation done two ways (padding, reload) in f32.
@@ -31,38 +32,9 @@ fn minilm_dir() -> PathBuf {
     })
 }
 
-/// A right-padded batch (pad id 0) from rows of token ids.
+/// A right-padded batch from rows of token ids, every token of type 0.
 fn batch(rows: &[Vec<u32>], pad: u32, dev: &Device) -> EncoderInput {
-    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::new();
-    let mut mask = Vec::new();
-    for r in rows {
-        ids.extend(
-            r.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, len - r.len())),
-        );
-        mask.extend((0..len).map(|i| u32::from(i < r.len())));
-    }
-    let shape = (rows.len(), len);
-    EncoderInput {
-        input_ids: Tensor::from_vec(ids, shape, dev).unwrap(),
-        token_type_ids: Tensor::zeros(shape, DType::U32, dev).unwrap(),
-        attention_mask: Tensor::from_vec(mask, shape, dev).unwrap(),
-    }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    padded_batch(rows, pad, dev, |_, _| 0)
 }
 
 #[test]
@@ -118,26 +90,9 @@ fn minilm_mean_pooled_embeddings_match_sentence_transformers() {
     assert!(max_diff(&alone, &in_batch) < SAME_F32);
 }
 
-/// Attaches a TT-LoRA adapter (rank 2, paper init) to every `query` and `value`.
-fn attach_ttlora(model: &mut dyn Model) -> usize {
-    let ttlora = method("ttlora").unwrap();
-    let mut rng = seeded_rng(11);
-    let mut attached = 0;
-    for (name, lin) in model.linears_mut() {
-        if name.ends_with(".query") || name.ends_with(".value") {
-            let spec = LayerSpec {
-                in_features: lin.in_features(),
-                out_features: lin.out_features(),
-                dtype: DType::F32,
-                device: Device::Cpu,
-            };
-            let cfg = serde_json::json!({"rank": 2, "init": "paper"});
-            let adapter = ttlora.build(&cfg, &spec, &mut rng).unwrap();
-            lin.add_adapter("default", adapter).unwrap();
-            attached += 1;
-        }
-    }
-    attached
+/// Whether a module path is a `query` or `value` linear (the BERT default targets).
+fn query_or_value(path: &str) -> bool {
+    path.ends_with(".query") || path.ends_with(".value")
 }
 
 /// Four sequences of tiny-vocab ids, two of them padded, with both token types.
@@ -166,7 +121,10 @@ fn gradients_reach_every_adapter_core_and_head_var() {
         let what = format!("{:?}/{pooling}", cfg.model_type);
         let mut model =
             BertForSequenceClassification::random(&cfg, 3, pooling, DType::F32, &dev, 5).unwrap();
-        assert_eq!(attach_ttlora(&mut model), 2 * cfg.num_hidden_layers);
+        assert_eq!(
+            attach_ttlora(&mut model, query_or_value),
+            2 * cfg.num_hidden_layers
+        );
         let input = tiny_batch(cfg.pad_token_id, &dev);
         let labels = Tensor::new(&[0u32, 2, 1, 2], &dev).unwrap();
         let logits = model.forward(&input, true).unwrap();
@@ -180,13 +138,7 @@ fn gradients_reach_every_adapter_core_and_head_var() {
                 let g = grads
                     .get(var.as_tensor())
                     .unwrap_or_else(|| panic!("{what}: no gradient for {path}.{adapter}.{tensor}"));
-                let norm = g
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let norm = sq_norm(g);
                 assert!(norm > 0.0, "{what}: zero gradient for {path}.{tensor}");
                 checked += 1;
             }
@@ -215,13 +167,7 @@ fn gradients_reach_every_adapter_core_and_head_var() {
             let g = grads
                 .get(var.as_tensor())
                 .unwrap_or_else(|| panic!("{what}: no gradient for head {name}"));
-            let norm = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let norm = sq_norm(g);
             assert!(norm > 0.0, "{what}: zero gradient for head {name}");
         }
     }
@@ -232,7 +178,7 @@ fn minilm_gradients_reach_every_adapter_core() {
     // The DESIGN §2 trap on the real checkpoint: all six layers, mean pooling, fresh head.
     let dev = Device::Cpu;
     let mut model = load_bert(&minilm_dir(), 2, Pooling::Mean, &dev, 0).unwrap();
-    assert_eq!(attach_ttlora(&mut model), 12);
+    assert_eq!(attach_ttlora(&mut model, query_or_value), 12);
     let rows = vec![
         vec![101u32, 1037, 2158, 2003, 2652, 102],
         vec![101, 2307, 3185, 102],
@@ -258,13 +204,7 @@ fn minilm_gradients_reach_every_adapter_core() {
         let g = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let norm = g
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let norm = sq_norm(g);
         assert!(norm > 0.0, "zero gradient for {name}");
     }
 }
@@ -275,7 +215,7 @@ fn frozen_weights_get_no_gradient_entry() {
     let cfg = BertConfig::tiny();
     let mut model =
         BertForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, &dev, 1).unwrap();
-    attach_ttlora(&mut model);
+    attach_ttlora(&mut model, query_or_value);
     let input = tiny_batch(0, &dev);
     let labels = Tensor::new(&[0u32, 1, 1, 0], &dev).unwrap();
     let logits = model.forward(&input, true).unwrap();
@@ -428,25 +368,6 @@ fn dropout_only_in_training() {
     assert!(max_diff(&a, &t) > 0.0);
 }
 
-/// A fresh folder under the system temp dir for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ttlora-bert-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes `config.json` and `model.safetensors` into `dir`.
-fn write_model(dir: &Path, cfg: &BertConfig, tensors: Vec<(String, Tensor)>) {
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(cfg).unwrap(),
-    )
-    .unwrap();
-    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-    candle_core::safetensors::save(&map, dir.join("model.safetensors")).unwrap();
-}
-
 #[test]
 fn checkpoint_round_trip_gives_identical_logits() {
     let dev = Device::Cpu;
@@ -458,7 +379,10 @@ fn checkpoint_round_trip_gives_identical_logits() {
     ] {
         let model =
             BertForSequenceClassification::random(&cfg, 3, pooling, DType::F32, &dev, 9).unwrap();
-        let dir = temp_dir(&format!("round-trip-{:?}-{pooling}", cfg.model_type));
+        let dir = temp_dir(
+            "bert",
+            &format!("round-trip-{:?}-{pooling}", cfg.model_type),
+        );
         // As a …ForSequenceClassification checkpoint (prefixed encoder, head included).
         write_model(&dir, &cfg, model.state_dict());
         let loaded =
@@ -494,7 +418,7 @@ fn strict_loading_names_file_tensor_and_shapes() {
     let cfg = BertConfig::tiny();
     let model =
         BertForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, &dev, 0).unwrap();
-    let dir = temp_dir("strict");
+    let dir = temp_dir("bert", "strict");
     let file = dir.join("model.safetensors");
     let load = |labels: usize| {
         BertForSequenceClassification::load(&dir, labels, Pooling::Cls, DType::F32, &dev, 0)

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
+use crate::models::hf_config;
 
 /// The `model_type` of the family, as written in config.json.
 pub const MODEL_TYPE: &str = "deberta-v2";
@@ -210,11 +211,7 @@ impl DebertaV2Config {
     /// # Errors
     /// [`Error::Io`] if unreadable; [`Error::ModelConfig`] naming the field for a bad value.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json(&text, path)
+        Self::from_json(&hf_config::read(path)?, path)
     }
 
     /// Parses and validates config JSON; `path` is only used in error messages.
@@ -222,26 +219,7 @@ impl DebertaV2Config {
     /// # Errors
     /// [`Error::ModelConfig`] naming the field for a missing, malformed or unsupported value.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::ModelConfig {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        match value.get("model_type").and_then(|v| v.as_str()) {
-            Some(MODEL_TYPE) => {}
-            Some(t) => {
-                return Err(bad(format!(
-                    "field `model_type`: unsupported value \"{t}\"; supported: {MODEL_TYPE}"
-                )));
-            }
-            None => {
-                return Err(bad(format!(
-                    "field `model_type` missing or not a string; supported: {MODEL_TYPE}"
-                )));
-            }
-        }
-        let cfg: Self = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        let cfg: Self = hf_config::parse(text, path, &[MODEL_TYPE])?;
         cfg.validate(path)?;
         Ok(cfg)
     }

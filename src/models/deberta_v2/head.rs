@@ -6,59 +6,14 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::DebertaV2Config;
-use super::model::{DebertaV2, PREFIX, activation, detect_prefix, dropout};
-use crate::adapters::{Linear, kaiming_uniform, seeded_rng};
-use crate::error::{Error, Result};
+use super::model::{DebertaV2, PREFIX, activation, detect_prefix};
+use crate::adapters::{Linear, seeded_rng};
+#[cfg(doc)]
+use crate::error::Error; // for the `# Errors` links
+use crate::error::Result;
+use crate::models::layers::{Dense, check_labels, dropout};
 use crate::models::weights::{Checkpoint, Loader};
 use crate::models::{EncoderInput, Model, Pooling};
-
-/// A trainable dense layer of the head: `y = x·Wᵀ + b`, W `(out, in)`, b `(out)`.
-struct Dense {
-    name: &'static str,
-    weight: Var,
-    bias: Var,
-}
-
-impl Dense {
-    /// Loads `{name}.weight`/`.bias` if the checkpoint has them, else PyTorch's `nn.Linear`
-    /// init: W and b ~ U(±1/√in).
-    fn build(
-        ld: &mut Loader,
-        name: &'static str,
-        (out_f, in_f): (usize, usize),
-        rng: &mut rand::rngs::StdRng,
-    ) -> Result<Self> {
-        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-        let w = ld.head_tensor(&wn, &[out_f, in_f])?;
-        let b = ld.head_tensor(&bn, &[out_f])?;
-        let (dtype, device) = (ld.dtype(), ld.device().clone());
-        let (w, b) = match (w, b) {
-            (Some(w), Some(b)) => (w, b),
-            (None, None) => (
-                kaiming_uniform(&[out_f, in_f], in_f, rng, dtype, &device)?,
-                kaiming_uniform(&[out_f], in_f, rng, dtype, &device)?,
-            ),
-            // Half a pair is an error naming the missing half.
-            (Some(w), None) => (w, ld.head_tensor_required(&bn, &[out_f])?),
-            (None, Some(b)) => (ld.head_tensor_required(&wn, &[out_f, in_f])?, b),
-        };
-        Ok(Self {
-            name,
-            weight: Var::from_tensor(&w)?,
-            bias: Var::from_tensor(&b)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())?)
-    }
-
-    fn vars(&self, out: &mut Vec<(String, Var)>) {
-        out.push((format!("{}.weight", self.name), self.weight.clone()));
-        out.push((format!("{}.bias", self.name), self.bias.clone()));
-    }
-}
 
 /// DeBERTa-v2/v3 with HF's sequence-classification head: logits `(b_sz, num_labels)`;
 /// `num_labels = 1` is regression.
@@ -216,16 +171,6 @@ impl DebertaV2ForSequenceClassification {
         );
         out
     }
-}
-
-fn check_labels(num_labels: usize, path: &Path) -> Result<()> {
-    if num_labels == 0 {
-        return Err(Error::ModelConfig {
-            path: path.to_path_buf(),
-            reason: "num_labels must be at least 1 (1 = regression)".into(),
-        });
-    }
-    Ok(())
 }
 
 impl Model for DebertaV2ForSequenceClassification {

@@ -18,25 +18,15 @@ use candle_core::{DType, Device, Tensor};
 use super::config::DebertaV2Config;
 use crate::adapters::Linear;
 use crate::error::{Error, Result};
+use crate::models::layers::{
+    self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear,
+};
 use crate::models::weights::{Checkpoint, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
-use crate::ops::{frozen_linear, gelu, layer_norm, softmax_last_dim};
+use crate::ops::{frozen_linear, gelu, softmax_last_dim};
 
 /// The checkpoint prefix of the encoder in a `DebertaV2For…` model.
 pub(crate) const PREFIX: &str = "deberta.";
-
-/// Added to the attention scores of padding keys: far below any real score, yet finite so a
-/// softmax row never meets −∞ − (−∞).
-const MASK_VALUE: f64 = -1e9;
-
-/// Dropout that is the identity unless training.
-pub(super) fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        crate::ops::dropout(x, p)
-    } else {
-        Ok(x.clone())
-    }
-}
 
 /// The activations the config may name (validated there).
 pub(super) fn activation(x: &Tensor, name: &str) -> Result<Tensor> {
@@ -89,45 +79,9 @@ pub fn build_relative_position(
         .collect()
 }
 
-/// A frozen layer norm (`…LayerNorm.weight` / `.bias`).
-struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
-    eps: f64,
-}
-
-impl Norm {
-    fn load(ld: &mut Loader, name: &str, cfg: &DebertaV2Config) -> Result<Self> {
-        let h = cfg.hidden_size;
-        Ok(Self {
-            gamma: ld.tensor(&format!("{name}.weight"), &[h], Init::Ones)?,
-            beta: ld.tensor(&format!("{name}.bias"), &[h], Init::Zeros)?,
-            eps: cfg.layer_norm_eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, &self.gamma, &self.beta, self.eps)
-    }
-
-    fn push_state(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
-        out.push((format!("{name}.weight"), self.gamma.clone()));
-        out.push((format!("{name}.bias"), self.beta.clone()));
-    }
-}
-
-/// A frozen `adapters::Linear` from `{name}.weight: (out, in)` and `{name}.bias: (out)`.
-fn load_linear(ld: &mut Loader, name: &str, out_f: usize, in_f: usize) -> Result<Linear> {
-    let w = ld.tensor(&format!("{name}.weight"), &[out_f, in_f], Init::Normal)?;
-    let b = ld.tensor(&format!("{name}.bias"), &[out_f], Init::Normal)?;
-    Linear::new(w, Some(b))
-}
-
-fn push_linear(name: &str, l: &Linear, out: &mut Vec<(String, Tensor)>) {
-    out.push((format!("{name}.weight"), l.weight().clone()));
-    if let Some(b) = l.bias() {
-        out.push((format!("{name}.bias"), b.clone()));
-    }
+/// The layer norm `name`, `(hidden)` wide with the config's epsilon.
+fn norm(ld: &mut Loader, name: &str, cfg: &DebertaV2Config) -> Result<Norm> {
+    Norm::load(ld, name, cfg.hidden_size, cfg.layer_norm_eps)
 }
 
 /// Word (+ absolute position) (+ token-type) embeddings, an optional `embed_proj` up to
@@ -177,7 +131,7 @@ impl Embeddings {
             position,
             token_type,
             embed_proj,
-            norm: Norm::load(ld, "embeddings.LayerNorm", cfg)?,
+            norm: norm(ld, "embeddings.LayerNorm", cfg)?,
         })
     }
 
@@ -276,10 +230,10 @@ impl Layer {
                 None
             },
             attn_out: load_linear(ld, &format!("{p}.attention.output.dense"), h, h)?,
-            attn_norm: Norm::load(ld, &format!("{p}.attention.output.LayerNorm"), cfg)?,
+            attn_norm: norm(ld, &format!("{p}.attention.output.LayerNorm"), cfg)?,
             intermediate: load_linear(ld, &format!("{p}.intermediate.dense"), i, h)?,
             output: load_linear(ld, &format!("{p}.output.dense"), h, i)?,
-            out_norm: Norm::load(ld, &format!("{p}.output.LayerNorm"), cfg)?,
+            out_norm: norm(ld, &format!("{p}.output.LayerNorm"), cfg)?,
         })
     }
 
@@ -434,7 +388,7 @@ impl Conv {
             weight,
             taps,
             bias: ld.tensor("encoder.conv.conv.bias", &[h], Init::Normal)?,
-            norm: Norm::load(ld, "encoder.conv.LayerNorm", cfg)?,
+            norm: norm(ld, "encoder.conv.LayerNorm", cfg)?,
         })
     }
 
@@ -539,7 +493,7 @@ impl DebertaV2 {
             None
         };
         let rel_norm = if cfg.norm_rel_layer_norm() {
-            Some(Norm::load(ld, "encoder.LayerNorm", cfg)?)
+            Some(norm(ld, "encoder.LayerNorm", cfg)?)
         } else {
             None
         };
@@ -606,37 +560,9 @@ impl DebertaV2 {
         &self.device
     }
 
-    /// Checks the input's shape against the model.
-    fn check_input(&self, input: &EncoderInput) -> Result<(usize, usize)> {
-        let (b_sz, seq_len) = input.input_ids.dims2()?;
-        for (what, t) in [
-            ("input_ids", &input.input_ids),
-            ("token_type_ids", &input.token_type_ids),
-            ("attention_mask", &input.attention_mask),
-        ] {
-            if t.dims() != [b_sz, seq_len] {
-                return Err(Error::TensorShape {
-                    op: what,
-                    expected: vec![b_sz, seq_len],
-                    got: t.dims().to_vec(),
-                });
-            }
-        }
-        if let Some(max) = self.config.max_seq_len()
-            && seq_len > max
-        {
-            return Err(Error::TensorShape {
-                op: "input_ids (longer than the model's position table)",
-                expected: vec![b_sz, max],
-                got: vec![b_sz, seq_len],
-            });
-        }
-        Ok((b_sz, seq_len))
-    }
-
     /// Embeddings `(b_sz, L, hidden)`, padding rows zeroed; `mask: (b_sz, L, 1)`.
     fn embed_tokens(&self, input: &EncoderInput, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let (b_sz, seq_len) = self.check_input(input)?;
+        let (b_sz, seq_len) = check_input(input, self.config.max_seq_len())?;
         let cfg = &self.config;
         let e = &self.embeddings;
         let width = cfg.embedding_size();
@@ -706,15 +632,7 @@ impl DebertaV2 {
     /// # Errors
     /// Shape mismatch between `hidden` and `attention_mask`.
     pub fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
-        match pooling {
-            Pooling::Cls => Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?),
-            Pooling::Mean => {
-                let mask = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
-                let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
-                let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
-                Ok(sum.broadcast_div(&count)?)
-            }
-        }
+        layers::pool(hidden, attention_mask, pooling)
     }
 
     /// Every linear layer with its HF module path: `embeddings.embed_proj` (if any), then

@@ -4,12 +4,15 @@
 //! direct loop computation, merge = unmerged, dropout only in training.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::*;
-use crate::adapters::{LayerSpec, Linear, method, seeded_rng};
+use crate::adapters::Linear;
+use crate::models::test_util::{
+    attach_ttlora, max_diff, padded_batch, sq_norm, temp_dir, write_model,
+};
 use crate::models::{EncoderInput, Model, Pooling, load_classifier};
 
 /// Agreement of the same computation done two ways (padding, reload, merge) in f32.
@@ -60,25 +63,7 @@ fn configs() -> Vec<(&'static str, DebertaV2Config)> {
 
 /// A right-padded batch from rows of token ids, token types 0 then 1 from the middle.
 fn batch(rows: &[Vec<u32>], pad: u32, dev: &Device) -> EncoderInput {
-    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::new();
-    let mut mask = Vec::new();
-    let mut types = Vec::new();
-    for r in rows {
-        ids.extend(
-            r.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, len - r.len())),
-        );
-        mask.extend((0..len).map(|i| u32::from(i < r.len())));
-        types.extend((0..len).map(|i| u32::from(i >= r.len() / 2 && i < r.len())));
-    }
-    let shape = (rows.len(), len);
-    EncoderInput {
-        input_ids: Tensor::from_vec(ids, shape, dev).unwrap(),
-        token_type_ids: Tensor::from_vec(types, shape, dev).unwrap(),
-        attention_mask: Tensor::from_vec(mask, shape, dev).unwrap(),
-    }
+    padded_batch(rows, pad, dev, |i, len| u32::from(i >= len / 2 && i < len))
 }
 
 /// Four sequences, three of them padded.
@@ -93,28 +78,6 @@ fn tiny_batch(dev: &Device) -> EncoderInput {
         0,
         dev,
     )
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn sq_norm(t: &Tensor) -> f32 {
-    t.sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn random_model(
@@ -134,28 +97,6 @@ fn random_model(
         )
         .unwrap(),
     )
-}
-
-/// Attaches a TT-LoRA adapter (rank 2, paper init) to every linear `pick` selects.
-fn attach_ttlora(model: &mut dyn Model, pick: impl Fn(&str) -> bool) -> usize {
-    let ttlora = method("ttlora").unwrap();
-    let mut rng = seeded_rng(11);
-    let mut attached = 0;
-    for (name, lin) in model.linears_mut() {
-        if pick(&name) {
-            let spec = LayerSpec {
-                in_features: lin.in_features(),
-                out_features: lin.out_features(),
-                dtype: DType::F32,
-                device: Device::Cpu,
-            };
-            let cfg = serde_json::json!({"rank": 2, "init": "paper"});
-            let adapter = ttlora.build(&cfg, &spec, &mut rng).unwrap();
-            lin.add_adapter("default", adapter).unwrap();
-            attached += 1;
-        }
-    }
-    attached
 }
 
 /// Whether a module path ends in one of the model's default targets.
@@ -703,25 +644,6 @@ fn without_relative_terms_attention_is_plain_scaled_dot_product() {
     }
 }
 
-/// A fresh folder under the system temp dir for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ttlora-deberta-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes `config.json` and `model.safetensors` into `dir`.
-fn write_model(dir: &Path, cfg: &DebertaV2Config, tensors: Vec<(String, Tensor)>) {
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(cfg).unwrap(),
-    )
-    .unwrap();
-    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-    candle_core::safetensors::save(&map, dir.join("model.safetensors")).unwrap();
-}
-
 #[test]
 fn checkpoint_round_trip_gives_identical_logits() {
     let dev = Device::Cpu;
@@ -730,7 +652,7 @@ fn checkpoint_round_trip_gives_identical_logits() {
         let model =
             DebertaV2ForSequenceClassification::random(&cfg, 3, Pooling::Cls, DType::F32, &dev, 9)
                 .unwrap();
-        let dir = temp_dir(&format!("round-trip-{what}"));
+        let dir = temp_dir("deberta", &format!("round-trip-{what}"));
         // As a DebertaV2ForSequenceClassification checkpoint (prefixed encoder, head bare),
         // with the buffer HF serialises and an MLM head we do not use.
         let mut tensors = model.state_dict();
@@ -778,7 +700,7 @@ fn strict_loading_names_file_tensor_and_shapes() {
     let model =
         DebertaV2ForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, &dev, 0)
             .unwrap();
-    let dir = temp_dir("strict");
+    let dir = temp_dir("deberta", "strict");
     let file = dir.join("model.safetensors");
     let load = |labels: usize| match load_classifier(&dir, labels, Pooling::Cls, &dev, 0) {
         Ok(_) => panic!("loading should fail"),

@@ -1,0 +1,67 @@
+//! Reading an HF `config.json`: the file, the JSON and the `model_type` check every family
+//! does before deserialising its own config type.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// The config error at `path` with `reason`.
+fn bad(path: &Path, reason: String) -> Error {
+    Error::ModelConfig {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads the config file at `path` as text.
+///
+/// # Errors
+/// [`Error::Io`] if unreadable.
+pub(crate) fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses config text as JSON; `path` is only used in error messages.
+///
+/// # Errors
+/// [`Error::ModelConfig`] if the text is not valid JSON.
+pub(crate) fn parse_value(text: &str, path: &Path) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| bad(path, format!("not valid JSON: {e}")))
+}
+
+/// Parses config JSON whose `model_type` must be one of `supported` into `T` (not
+/// validated); `path` is only used in error messages.
+///
+/// # Errors
+/// [`Error::ModelConfig`] for invalid JSON, a missing or unsupported `model_type`, or a
+/// field that does not deserialise.
+pub(crate) fn parse<T: DeserializeOwned>(text: &str, path: &Path, supported: &[&str]) -> Result<T> {
+    let value = parse_value(text, path)?;
+    match value.get("model_type").and_then(|v| v.as_str()) {
+        Some(t) if supported.contains(&t) => {}
+        Some(t) => {
+            return Err(bad(
+                path,
+                format!(
+                    "field `model_type`: unsupported value \"{t}\"; supported: {}",
+                    supported.join(", ")
+                ),
+            ));
+        }
+        None => {
+            return Err(bad(
+                path,
+                format!(
+                    "field `model_type` missing or not a string; supported: {}",
+                    supported.join(", ")
+                ),
+            ));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| bad(path, e.to_string()))
+}

@@ -1,0 +1,183 @@
+//! Building blocks both model families share: the frozen layer norm [`Norm`], frozen linears
+//! ([`load_linear`], [`push_linear`]), train-only [`dropout`], the trainable head layer
+//! [`Dense`], and the encoder/head checks and pooling that do not depend on the architecture.
+
+use std::path::Path;
+
+use candle_core::{Tensor, Var};
+
+use crate::adapters::{Linear, kaiming_uniform};
+use crate::error::{Error, Result};
+use crate::models::weights::{Init, Loader};
+use crate::models::{EncoderInput, Pooling};
+use crate::ops::layer_norm;
+
+/// Added to the attention scores of padding keys: far below any real score, yet finite so a
+/// softmax row never meets −∞ − (−∞).
+pub(crate) const MASK_VALUE: f64 = -1e9;
+
+/// Dropout that is the identity unless training.
+pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        crate::ops::dropout(x, p)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// A frozen layer norm (`…LayerNorm.weight` / `.bias`).
+pub(crate) struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    /// Loads `{name}.weight` (γ, init 1) and `{name}.bias` (β, init 0), both `(hidden)`.
+    pub(crate) fn load(ld: &mut Loader, name: &str, hidden: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            gamma: ld.tensor(&format!("{name}.weight"), &[hidden], Init::Ones)?,
+            beta: ld.tensor(&format!("{name}.bias"), &[hidden], Init::Zeros)?,
+            eps,
+        })
+    }
+
+    /// `γ · (x − mean) / √(var + eps) + β` over the last dimension.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.gamma, &self.beta, self.eps)
+    }
+
+    /// Appends `{name}.weight` and `{name}.bias` to a state dict.
+    pub(crate) fn push_state(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{name}.weight"), self.gamma.clone()));
+        out.push((format!("{name}.bias"), self.beta.clone()));
+    }
+}
+
+/// A frozen `adapters::Linear` from `{name}.weight: (out, in)` and `{name}.bias: (out)`.
+pub(crate) fn load_linear(
+    ld: &mut Loader,
+    name: &str,
+    out_f: usize,
+    in_f: usize,
+) -> Result<Linear> {
+    let w = ld.tensor(&format!("{name}.weight"), &[out_f, in_f], Init::Normal)?;
+    let b = ld.tensor(&format!("{name}.bias"), &[out_f], Init::Normal)?;
+    Linear::new(w, Some(b))
+}
+
+/// Appends a linear's `{name}.weight` (merged adapters included) and `{name}.bias`, if any,
+/// to a state dict.
+pub(crate) fn push_linear(name: &str, l: &Linear, out: &mut Vec<(String, Tensor)>) {
+    out.push((format!("{name}.weight"), l.weight().clone()));
+    if let Some(b) = l.bias() {
+        out.push((format!("{name}.bias"), b.clone()));
+    }
+}
+
+/// A trainable dense layer of a head: `y = x·Wᵀ + b`, W `(out, in)`, b `(out)`.
+pub(crate) struct Dense {
+    name: &'static str,
+    weight: Var,
+    bias: Var,
+}
+
+impl Dense {
+    /// Loads `{name}.weight`/`.bias` if the checkpoint has them, else PyTorch's `nn.Linear`
+    /// init: W and b ~ U(±1/√in).
+    pub(crate) fn build(
+        ld: &mut Loader,
+        name: &'static str,
+        (out_f, in_f): (usize, usize),
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Self> {
+        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+        let w = ld.head_tensor(&wn, &[out_f, in_f])?;
+        let b = ld.head_tensor(&bn, &[out_f])?;
+        let (dtype, device) = (ld.dtype(), ld.device().clone());
+        let (w, b) = match (w, b) {
+            (Some(w), Some(b)) => (w, b),
+            (None, None) => (
+                kaiming_uniform(&[out_f, in_f], in_f, rng, dtype, &device)?,
+                kaiming_uniform(&[out_f], in_f, rng, dtype, &device)?,
+            ),
+            // Half a pair is an error naming the missing half.
+            (Some(w), None) => (w, ld.head_tensor_required(&bn, &[out_f])?),
+            (None, Some(b)) => (ld.head_tensor_required(&wn, &[out_f, in_f])?, b),
+        };
+        Ok(Self {
+            name,
+            weight: Var::from_tensor(&w)?,
+            bias: Var::from_tensor(&b)?,
+        })
+    }
+
+    /// `x·Wᵀ + b`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?)
+    }
+
+    /// Appends `{name}.weight` and `{name}.bias` to `out`.
+    pub(crate) fn vars(&self, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{}.weight", self.name), self.weight.clone()));
+        out.push((format!("{}.bias", self.name), self.bias.clone()));
+    }
+}
+
+/// Rejects `num_labels = 0` as a config error at `path`.
+pub(crate) fn check_labels(num_labels: usize, path: &Path) -> Result<()> {
+    if num_labels == 0 {
+        return Err(Error::ModelConfig {
+            path: path.to_path_buf(),
+            reason: "num_labels must be at least 1 (1 = regression)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that the three input tensors share one `(b_sz, seq_len)` shape and that `seq_len`
+/// fits `max_seq_len` (if the model has a bound); returns `(b_sz, seq_len)`.
+pub(crate) fn check_input(
+    input: &EncoderInput,
+    max_seq_len: Option<usize>,
+) -> Result<(usize, usize)> {
+    let (b_sz, seq_len) = input.input_ids.dims2()?;
+    for (what, t) in [
+        ("input_ids", &input.input_ids),
+        ("token_type_ids", &input.token_type_ids),
+        ("attention_mask", &input.attention_mask),
+    ] {
+        if t.dims() != [b_sz, seq_len] {
+            return Err(Error::TensorShape {
+                op: what,
+                expected: vec![b_sz, seq_len],
+                got: t.dims().to_vec(),
+            });
+        }
+    }
+    if let Some(max) = max_seq_len
+        && seq_len > max
+    {
+        return Err(Error::TensorShape {
+            op: "input_ids (longer than the model's position table)",
+            expected: vec![b_sz, max],
+            got: vec![b_sz, seq_len],
+        });
+    }
+    Ok((b_sz, seq_len))
+}
+
+/// Pools hidden states `(b_sz, seq_len, hidden)` into `(b_sz, hidden)`: the first token
+/// (`Cls`) or the mean over real tokens (`Mean`).
+pub(crate) fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
+    match pooling {
+        Pooling::Cls => Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?),
+        Pooling::Mean => {
+            let mask = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
+            let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+            let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+            Ok(sum.broadcast_div(&count)?)
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Helpers the model families' tests share: padded batches, tensor comparisons, adapters on
+//! chosen linears, and HF folders written to a temp dir.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::adapters::{LayerSpec, method, seeded_rng};
+use crate::models::{EncoderInput, Model};
+
+/// A right-padded batch from rows of token ids: `pad` fills the ids, the mask is 1 on real
+/// tokens, and `type_of(i, row_len)` gives the token type at position `i` of a row.
+pub(crate) fn padded_batch(
+    rows: &[Vec<u32>],
+    pad: u32,
+    dev: &Device,
+    type_of: impl Fn(usize, usize) -> u32,
+) -> EncoderInput {
+    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    let mut types = Vec::new();
+    for r in rows {
+        ids.extend(
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, len - r.len())),
+        );
+        mask.extend((0..len).map(|i| u32::from(i < r.len())));
+        types.extend((0..len).map(|i| type_of(i, r.len())));
+    }
+    let shape = (rows.len(), len);
+    EncoderInput {
+        input_ids: Tensor::from_vec(ids, shape, dev).unwrap(),
+        token_type_ids: Tensor::from_vec(types, shape, dev).unwrap(),
+        attention_mask: Tensor::from_vec(mask, shape, dev).unwrap(),
+    }
+}
+
+/// The largest absolute elementwise difference of two f32 tensors.
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The squared L2 norm of an f32 tensor.
+pub(crate) fn sq_norm(t: &Tensor) -> f32 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Attaches a TT-LoRA adapter (rank 2, paper init, f32 on the CPU) to every linear whose
+/// module path `pick` selects; returns how many.
+pub(crate) fn attach_ttlora(model: &mut dyn Model, pick: impl Fn(&str) -> bool) -> usize {
+    let ttlora = method("ttlora").unwrap();
+    let mut rng = seeded_rng(11);
+    let mut attached = 0;
+    for (name, lin) in model.linears_mut() {
+        if pick(&name) {
+            let spec = LayerSpec {
+                in_features: lin.in_features(),
+                out_features: lin.out_features(),
+                dtype: candle_core::DType::F32,
+                device: Device::Cpu,
+            };
+            let cfg = serde_json::json!({"rank": 2, "init": "paper"});
+            let adapter = ttlora.build(&cfg, &spec, &mut rng).unwrap();
+            lin.add_adapter("default", adapter).unwrap();
+            attached += 1;
+        }
+    }
+    attached
+}
+
+/// A fresh folder `ttlora-{family}-{pid}-{name}` under the system temp dir for one test.
+pub(crate) fn temp_dir(family: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ttlora-{family}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `cfg` as `config.json` and `tensors` as `model.safetensors` into `dir`.
+pub(crate) fn write_model(dir: &Path, cfg: &impl Serialize, tensors: Vec<(String, Tensor)>) {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(cfg).unwrap(),
+    )
+    .unwrap();
+    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&map, dir.join("model.safetensors")).unwrap();
+}
