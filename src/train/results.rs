@@ -88,7 +88,9 @@ pub fn read_run(path: &Path) -> Result<RunRecord> {
             .pointer("/train_config/epochs")
             .and_then(serde_json::Value::as_u64)
             .map(|e| e as usize),
-        lr: v.pointer("/train_config/lr").and_then(serde_json::Value::as_f64),
+        lr: v
+            .pointer("/train_config/lr")
+            .and_then(serde_json::Value::as_f64),
     })
 }
 
@@ -219,6 +221,9 @@ mod tests {
             ..run(1, 0.5)
         };
         let t = markdown_table(&[old]);
-        assert!(t.contains("accuracy 50.00 ± 0.00 | ? | 2365 × ? | ? |"), "{t}");
+        assert!(
+            t.contains("accuracy 50.00 ± 0.00 | ? | 2365 × ? | ? |"),
+            "{t}"
+        );
     }
 }
