@@ -67,7 +67,8 @@ pub struct TrainArgs {
     /// TT rank (ttlora) or LoRA rank r (lora).
     #[arg(long)]
     rank: Option<usize>,
-    /// Scaling α (ttlora: ΔW·α; lora: α/r).
+    /// Scaling α (ttlora: ΔW·α, default 8; lora: α/r, default 8). For TT-LoRA on pair or
+    /// regression tasks a larger α (64) trained far better on MiniLM; see RESULTS.md.
     #[arg(long)]
     alpha: Option<f64>,
     /// TT-LoRA core shape in core order, e.g. "64,4,3|3,4,64" (default: planned per layer).
