@@ -21,3 +21,15 @@ pub use frozen_linear::frozen_linear;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
 pub use softmax::softmax_last_dim;
+
+/// Largest |a − b| over two tensors of the same shape, as f64 (shared by the ops' tests).
+#[cfg(test)]
+pub(crate) fn test_max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_dtype(candle_core::DType::F64))
+        .and_then(|d| d.to_scalar::<f64>())
+        .expect("tensors of the same shape")
+}

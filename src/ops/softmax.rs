@@ -146,22 +146,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-
-    /// Largest |a − b|.
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
+    use crate::ops::test_max_diff as max_diff;
 
     #[test]
     fn forward_matches_candle_reference() {
