@@ -23,3 +23,12 @@ run tt-lr1e-2 --lr 1e-2
 run tt-all-linear --lr 5e-3 --targets all-linear
 run tt-alpha64 --lr 5e-3 --alpha 64
 run tt-alpha128 --lr 5e-3 --alpha 128
+# lora-scale init: folded A at lora_A's scale, so α plays LoRA's lora_alpha/r (= 1 for r=8, α=8).
+run tt-lorascale-alpha1 --lr 5e-3 --init lora-scale --alpha 1
+run tt-lorascale-alpha2 --lr 5e-3 --init lora-scale --alpha 2
+run tt-lorascale-alpha4 --lr 5e-3 --init lora-scale --alpha 4
+# Fewer cores: with 2 cores ([384|384], rank 8) TT-LoRA *is* LoRA r=8 (A = core 1, B = core 2).
+run tt-2cores-r8-lorascale --lr 5e-3 --init lora-scale --alpha 1 --shape "384|384" --rank 8
+run tt-3cores-r8-lorascale --lr 5e-3 --init lora-scale --alpha 1 --shape "384|24,16" --rank 8
+run tt-4cores-r8-lorascale --lr 5e-3 --init lora-scale --alpha 1 --shape "16,24|24,16" --rank 8
+run tt-2cores-r8-zero --lr 5e-3 --alpha 8 --shape "384|384" --rank 8

@@ -19,3 +19,10 @@ run tt-mean-lr1e-3 --lr 1e-3
 run tt-mean-alpha64 --lr 5e-3 --alpha 64
 run tt-mean-lr2e-2 --lr 2e-2
 run tt-mean-init-paper --lr 5e-3 --init paper
+# lora-scale init: folded A at lora_A's scale, so α plays LoRA's lora_alpha/r (= 1 for r=8, α=8).
+run tt-lorascale-alpha1 --lr 5e-3 --init lora-scale --alpha 1
+run tt-lorascale-alpha2 --lr 5e-3 --init lora-scale --alpha 2
+run tt-lorascale-alpha4 --lr 5e-3 --init lora-scale --alpha 4
+run tt-mean-alpha32 --lr 5e-3 --alpha 32
+run tt-mean-alpha128 --lr 5e-3 --alpha 128
+run tt-lorascale-alpha0.5 --lr 5e-3 --init lora-scale --alpha 0.5

@@ -67,14 +67,14 @@ pub struct TrainArgs {
     /// TT rank (ttlora) or LoRA rank r (lora).
     #[arg(long)]
     rank: Option<usize>,
-    /// Scaling α (ttlora: ΔW·α, default 8; lora: α/r, default 8). For TT-LoRA on pair or
-    /// regression tasks a larger α (64) trained far better on MiniLM; see RESULTS.md.
+    /// Scaling α (ttlora: ΔW·α, default 64; lora: α/r, default 8). TT-LoRA's α is large
+    /// because unit-norm cores make the train's product small; see RESULTS.md.
     #[arg(long)]
     alpha: Option<f64>,
     /// TT-LoRA core shape in core order, e.g. "64,4,3|3,4,64" (default: planned per layer).
     #[arg(long, value_name = "IN|OUT")]
     shape: Option<String>,
-    /// TT-LoRA init: zero, paper or tt-svd.
+    /// TT-LoRA init: zero, paper, tt-svd or lora-scale.
     #[arg(long)]
     init: Option<String>,
     /// TT-LoRA forward path: factored, contract or reconstruct.

@@ -108,6 +108,9 @@ pub struct FineTuneReport {
     pub method: String,
     /// The method config as given (fields not given take the method's defaults).
     pub method_config: serde_json::Value,
+    /// The config the run used: the method's defaults of this version with the given fields
+    /// over them (so a later change of defaults cannot blur what was run).
+    pub resolved_config: serde_json::Value,
     /// Resolved model folder.
     pub model_dir: PathBuf,
     /// Training outcome (held-out selection).
@@ -458,6 +461,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         task: task.name,
         method: m.name().into(),
         method_config: spec.method_config.clone(),
+        resolved_config: base_cfg,
         model_dir,
         summary,
         primary_metric: task.metrics[0].name().into(),

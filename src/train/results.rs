@@ -16,7 +16,8 @@ pub struct RunRecord {
     pub task: String,
     /// Method name.
     pub method: String,
-    /// The method config as given, compact JSON (`{}`: the method's defaults).
+    /// The config the run used, compact JSON without null fields (files written before
+    /// ttlora recorded `resolved_config`: the config as given, `{}` meaning the defaults).
     pub config: String,
     /// Seed (None in files written before ttlora recorded it).
     pub seed: Option<u64>,
@@ -75,8 +76,9 @@ pub fn read_run(path: &Path) -> Result<RunRecord> {
         task: s("/task")?,
         method: s("/method")?,
         config: v
-            .pointer("/method_config")
-            .map_or_else(|| "{}".to_string(), |c| c.to_string()),
+            .pointer("/resolved_config")
+            .or_else(|| v.pointer("/method_config"))
+            .map_or_else(|| "{}".to_string(), compact_config),
         seed: v.pointer("/seed").and_then(serde_json::Value::as_u64),
         primary_metric: s("/primary_metric")?,
         dev_metrics,
@@ -92,6 +94,21 @@ pub fn read_run(path: &Path) -> Result<RunRecord> {
             .pointer("/train_config/lr")
             .and_then(serde_json::Value::as_f64),
     })
+}
+
+/// A config as one-line JSON, null fields (unset options) left out.
+fn compact_config(config: &serde_json::Value) -> String {
+    match config.as_object() {
+        Some(fields) => serde_json::Value::Object(
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+        .to_string(),
+        None => config.to_string(),
+    }
 }
 
 /// Every `eval_results.json` directly inside the sub-folders of `root`, sorted by path.
@@ -189,6 +206,22 @@ mod tests {
         assert!((m - 2.0).abs() < 1e-12);
         assert!((s - 1.0).abs() < 1e-12);
         assert_eq!(mean_std(&[5.0]), (5.0, 0.0));
+    }
+
+    #[test]
+    fn resolved_config_is_preferred_and_compacted() {
+        let dir = crate::models::test_util::temp_dir("results", "resolved");
+        let path = dir.join("eval_results.json");
+        let mut v = serde_json::json!({
+            "task": "rte", "method": "ttlora", "method_config": {},
+            "primary_metric": "accuracy", "dev_metrics": {"accuracy": 0.5},
+            "params": {"adapter": 10, "head": 2}, "wall_s": 1.0, "examples": [5, 1, 3]
+        });
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert_eq!(read_run(&path).unwrap().config, "{}");
+        v["resolved_config"] = serde_json::json!({"alpha": 8.0, "ranks": null, "rank": 5});
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert_eq!(read_run(&path).unwrap().config, r#"{"alpha":8.0,"rank":5}"#);
     }
 
     #[test]

@@ -22,11 +22,21 @@ pub enum TtInit {
     /// TT-SVD of a random Kaiming-uniform (out, in) matrix, truncated to the ranks (the 2024
     /// code): ΔW ≠ 0.
     TtSvd,
+    /// LoRA's scale: the input cores are scaled so the folded A (r, in) has the RMS of PEFT's
+    /// Kaiming-uniform `lora_A`, the output cores so that folding them preserves the scale of
+    /// the one core left at zero (the last; the first in the reshape layout). ΔW = 0 at step 0,
+    /// and α plays the role of LoRA's `lora_alpha / r`. Needs a splitting bond.
+    LoraScale,
 }
 
 impl TtInit {
     /// Every scheme, in a fixed order.
-    pub const ALL: [TtInit; 3] = [TtInit::Zero, TtInit::Paper, TtInit::TtSvd];
+    pub const ALL: [TtInit; 4] = [
+        TtInit::Zero,
+        TtInit::Paper,
+        TtInit::TtSvd,
+        TtInit::LoraScale,
+    ];
 }
 
 /// TT-LoRA hyper-parameters.
@@ -37,7 +47,9 @@ pub struct TtLoraConfig {
     pub rank: usize,
     /// Per-bond ranks (`d − 1` inner ranks); overrides `rank` when set.
     pub ranks: Option<Vec<usize>>,
-    /// α: the update is `α·ΔW` (the paper multiplies; no division by the rank). Default 8.
+    /// α: the update is `α·ΔW` (the paper multiplies; no division by the rank). Default 64:
+    /// unit-norm cores make the train's product small, and on MiniLM/GLUE α = 8 left STS-B
+    /// untrained (RESULTS.md).
     pub alpha: f64,
     /// Core layout: `input-output` (default) or `reshape`.
     pub layout: TtLayout,
@@ -50,7 +62,7 @@ pub struct TtLoraConfig {
     pub factors: Option<Vec<usize>>,
     /// Total cores the planner aims for when factors are absent. Default 6.
     pub cores: usize,
-    /// Initialisation: `zero` (default), `paper` or `tt-svd`.
+    /// Initialisation: `zero` (default), `paper`, `tt-svd` or `lora-scale`.
     pub init: TtInit,
     /// Forward path: `factored` (default), `contract` or `reconstruct`.
     pub path: TtPath,
@@ -61,7 +73,7 @@ impl Default for TtLoraConfig {
         Self {
             rank: 5,
             ranks: None,
-            alpha: 8.0,
+            alpha: 64.0,
             layout: TtLayout::InputOutput,
             in_factors: None,
             out_factors: None,

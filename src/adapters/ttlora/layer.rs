@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use crate::adapters::ttlora::{TtInit, TtLoraConfig};
 use crate::adapters::{Adapter, LayerSpec, kaiming_uniform};
 use crate::error::{Error, Result};
-use crate::tt::{self, Truncation, TtPath, TtShape, decompose_matrix};
+use crate::tt::{self, Truncation, TtLayout, TtPath, TtShape, decompose_matrix};
 
 /// TT-LoRA on one layer: cores `(r_{k-1}, s_k, r_k)` as trainable `Var`s, `y += α·ΔW(x)`.
 pub struct TtLoraLayer {
@@ -150,8 +150,8 @@ impl Adapter for TtLoraLayer {
 }
 
 /// Kaiming-uniform core (fan-in = s_k·r_k, as PyTorch computes it for a 3-D tensor), scaled to
-/// unit Frobenius norm.
-fn unit_core(shape: (usize, usize, usize), layer: &LayerSpec, rng: &mut StdRng) -> Result<Tensor> {
+/// unit Frobenius norm, in f64 on the CPU.
+fn unit_core_f64(shape: (usize, usize, usize), rng: &mut StdRng) -> Result<Tensor> {
     let (a, s, b) = shape;
     let c = kaiming_uniform(
         &[a, s, b],
@@ -160,15 +160,66 @@ fn unit_core(shape: (usize, usize, usize), layer: &LayerSpec, rng: &mut StdRng) 
         DType::F64,
         &candle_core::Device::Cpu,
     )?;
-    let norm = c
-        .sqr()?
-        .sum_all()?
-        .to_scalar::<f64>()?
-        .sqrt()
-        .max(f64::MIN_POSITIVE);
-    Ok((c / norm)?
+    let norm = (c.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt()).max(f64::MIN_POSITIVE);
+    Ok((c / norm)?)
+}
+
+/// [`unit_core_f64`] in the layer's dtype and device.
+fn unit_core(shape: (usize, usize, usize), layer: &LayerSpec, rng: &mut StdRng) -> Result<Tensor> {
+    Ok(unit_core_f64(shape, rng)?
         .to_dtype(layer.dtype)?
         .to_device(&layer.device)?)
+}
+
+/// Root mean square of a tensor's entries.
+fn rms(t: &Tensor) -> Result<f64> {
+    Ok(t.sqr()?.mean_all()?.to_scalar::<f64>()?.sqrt())
+}
+
+/// The [`TtInit::LoraScale`] cores (see there for the scheme).
+fn lora_scale_cores(shape: &TtShape, layer: &LayerSpec, rng: &mut StdRng) -> Result<Vec<Tensor>> {
+    let d = shape.num_cores();
+    let split = shape.split().ok_or_else(|| Error::InvalidConfig {
+        method: "ttlora",
+        field: "init",
+        reason: format!("lora-scale needs a bond splitting shape {shape} into A and B"),
+        got: "lora-scale".into(),
+    })?;
+    let k = split.cores_before;
+    // Which cores fold into A and which into B (DESIGN §3), and which B core starts at zero.
+    let (a_side, b_side, zeroed) = match shape.layout() {
+        TtLayout::InputOutput => (0..k, k..d, d - 1),
+        TtLayout::Reshape => (k..d, 0..k, 0),
+    };
+    let mut cores = (0..d)
+        .map(|i| unit_core_f64(shape.core_shape(i), rng))
+        .collect::<Result<Vec<_>>>()?;
+    let folded = tt::fold(shape, &cores)?;
+    // PEFT's lora_A is U(±1/√in): RMS 1/√(3·in). A is linear in each of its cores, so an
+    // equal share of the correction goes to each.
+    let target_a = 1.0 / (3.0 * shape.in_features() as f64).sqrt();
+    let gain_a = (target_a / rms(&folded.a)?).powf(1.0 / a_side.len() as f64);
+    // B's other cores map the zeroed core to B; scale them so that map keeps the RMS, so
+    // B's entries move as fast as that core's (as LoRA's B does under Adam).
+    let others = b_side.len() - 1;
+    let gain_b = if others == 0 {
+        1.0
+    } else {
+        (rms(&cores[zeroed])? / rms(&folded.b)?).powf(1.0 / others as f64)
+    };
+    for (i, core) in cores.iter_mut().enumerate() {
+        let gain = if i == zeroed {
+            0.0
+        } else if a_side.contains(&i) {
+            gain_a
+        } else {
+            gain_b
+        };
+        *core = (&*core * gain)?
+            .to_dtype(layer.dtype)?
+            .to_device(&layer.device)?;
+    }
+    Ok(cores)
 }
 
 fn init_cores(
@@ -192,6 +243,7 @@ fn init_cores(
                 }
             })
             .collect(),
+        TtInit::LoraScale => lora_scale_cores(shape, layer, rng),
         TtInit::TtSvd => {
             let (out_f, in_f) = (shape.out_features(), shape.in_features());
             let w = kaiming_uniform(

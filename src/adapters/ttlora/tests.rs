@@ -53,6 +53,17 @@ fn init_schemes_keep_their_promises() {
                     assert!((norm(c) - 1.0).abs() < 1e-5, "unit Frobenius norm");
                 }
             }
+            TtInit::LoraScale => {
+                assert_eq!(dw, 0.0, "lora-scale init: ΔW = 0");
+                assert_eq!(norm(cores.last().unwrap()), 0.0);
+                let (a, _) = l.lora_factors().unwrap();
+                let rms = norm(&a) / (a.elem_count() as f32).sqrt();
+                let lora_a = 1.0 / (3.0f32 * 64.0).sqrt();
+                assert!(
+                    (rms / lora_a - 1.0).abs() < 1e-4,
+                    "A has lora_A's RMS: {rms}"
+                );
+            }
             TtInit::TtSvd => {
                 assert!(dw > 0.0, "tt-svd init: ΔW != 0");
                 assert_eq!(
@@ -62,6 +73,34 @@ fn init_schemes_keep_their_promises() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn lora_scale_folding_b_keeps_the_zeroed_cores_scale() {
+    let rms = |t: &Tensor| norm(t) / (t.elem_count() as f32).sqrt();
+    for (layout, zeroed) in [(TtLayout::InputOutput, 5), (TtLayout::Reshape, 0)] {
+        let cfg = TtLoraConfig {
+            init: TtInit::LoraScale,
+            layout,
+            in_factors: (layout == TtLayout::InputOutput).then(|| vec![8, 4, 2]),
+            out_factors: (layout == TtLayout::InputOutput).then(|| vec![4, 4, 2]),
+            factors: (layout == TtLayout::Reshape).then(|| vec![4, 4, 2, 8, 4, 2]),
+            ..Default::default()
+        };
+        let l = TtLoraLayer::new(&cfg, &spec(64, 32), &mut seeded_rng(7)).unwrap();
+        let mut cores = l.cores();
+        assert_eq!(norm(&cores[zeroed]), 0.0, "{layout:?}");
+        // Give the zeroed core random values: B's RMS follows that core's, within sampling noise.
+        cores[zeroed] = Tensor::randn(0f32, 1., cores[zeroed].dims(), &Device::Cpu).unwrap();
+        let folded = crate::tt::fold(l.shape(), &cores).unwrap();
+        let gain = rms(&folded.b) / rms(&cores[zeroed]);
+        assert!((0.5..2.0).contains(&gain), "{layout:?}: B/core RMS {gain}");
+        let a_rms = rms(&folded.a) * (3.0f32 * 64.0).sqrt();
+        assert!(
+            (a_rms - 1.0).abs() < 1e-4,
+            "{layout:?}: A RMS off by {a_rms}"
+        );
     }
 }
 
