@@ -13,14 +13,14 @@ run() {
 }
 run lora-lr5e-3 --method lora --lr 5e-3
 run lora-lr1e-3 --method lora --lr 1e-3
-run tt-lr5e-3 --lr 5e-3
-run tt-lr2e-2 --lr 2e-2
+run tt-lr5e-3 --lr 5e-3 --alpha 8
+run tt-lr2e-2 --lr 2e-2 --alpha 8
 run tt-alpha32 --lr 5e-3 --alpha 32
 run tt-alpha2-lr2e-2 --lr 2e-2 --alpha 2
-run tt-init-paper --lr 5e-3 --init paper
-run tt-rank8 --lr 5e-3 --rank 8
-run tt-lr1e-2 --lr 1e-2
-run tt-all-linear --lr 5e-3 --targets all-linear
+run tt-init-paper --lr 5e-3 --init paper --alpha 8
+run tt-rank8 --lr 5e-3 --rank 8 --alpha 8
+run tt-lr1e-2 --lr 1e-2 --alpha 8
+run tt-all-linear --lr 5e-3 --targets all-linear --alpha 8
 run tt-alpha64 --lr 5e-3 --alpha 64
 run tt-alpha128 --lr 5e-3 --alpha 128
 # lora-scale init: folded A at lora_A's scale, so α plays LoRA's lora_alpha/r (= 1 for r=8, α=8).
