@@ -100,15 +100,19 @@ fn need_split(shape: &TtShape, path: &'static str) -> Result<usize> {
     shape
         .split()
         .map(|s| s.cores_before)
-        .ok_or_else(|| Error::PathUnavailable {
-            path,
-            reason: format!(
-                "reshape factors {:?} have no prefix multiplying to out_features = {}, so ΔW \
-                 does not split into B·A; use the reconstruct path",
-                shape.core_dims(),
-                shape.out_features()
-            ),
-        })
+        .ok_or_else(|| no_split(shape, path))
+}
+
+fn no_split(shape: &TtShape, path: &'static str) -> Error {
+    Error::PathUnavailable {
+        path,
+        reason: format!(
+            "reshape factors {:?} have no prefix multiplying to out_features = {}, so ΔW \
+             does not split into B·A; use the reconstruct path",
+            shape.core_dims(),
+            shape.out_features()
+        ),
+    }
 }
 
 /// Dense ΔW of shape (out, in) from the cores.
@@ -168,33 +172,39 @@ pub struct Folded {
 /// A core whose shape does not fit; a reshape layout without a splitting bond.
 pub fn fold(shape: &TtShape, cores: &[Tensor]) -> Result<Folded> {
     check(shape, cores)?;
-    let k = need_split(shape, "factored")?;
-    let d = shape.num_cores();
-    let r = shape.ranks()[k];
+    let r = shape.ranks()[need_split(shape, "factored")?];
     let (out_f, in_f) = (shape.out_features(), shape.in_features());
-    let natural = |index| Oriented {
-        index,
-        flipped: false,
-    };
+    let (a_side, b_side) = shape
+        .fold_sides()
+        .ok_or_else(|| no_split(shape, "factored"))?;
+    let b_order: Vec<Oriented> = b_side
+        .map(|index| Oriented {
+            index,
+            flipped: false,
+        })
+        .collect();
     let (a, b) = match shape.layout() {
         TtLayout::InputOutput => {
             // Input digits run least significant first in core order, so A reads them back
-            // from the bond: cores p..1, each flipped.
-            let a_order: Vec<Oriented> = (0..k)
+            // from the bond: cores p..1, each flipped. B's chain ends in the output index.
+            let a_order: Vec<Oriented> = a_side
                 .rev()
                 .map(|index| Oriented {
                     index,
                     flipped: true,
                 })
                 .collect();
-            let b_order: Vec<Oriented> = (k..d).map(natural).collect();
             let a = chain(cores, &a_order)?.reshape((r, in_f))?;
             let b = chain(cores, &b_order)?.reshape((r, out_f))?.t()?;
             (a, b)
         }
         TtLayout::Reshape => {
-            let b_order: Vec<Oriented> = (0..k).map(natural).collect();
-            let a_order: Vec<Oriented> = (k..d).map(natural).collect();
+            let a_order: Vec<Oriented> = a_side
+                .map(|index| Oriented {
+                    index,
+                    flipped: false,
+                })
+                .collect();
             let b = chain(cores, &b_order)?.reshape((out_f, r))?;
             let a = chain(cores, &a_order)?.reshape((r, in_f))?;
             (a, b)

@@ -1,6 +1,7 @@
 //! [`TtShape`]: how a weight update of shape (out, in) is laid out as a tensor train.
 
 use std::fmt;
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
@@ -226,6 +227,17 @@ impl TtShape {
     }
     pub(crate) fn split(&self) -> Option<Split> {
         self.split
+    }
+
+    /// The cores that fold into A (r, in) and those that fold into B (out, r), in core order,
+    /// if the shape has a splitting bond: input | output cores in the input-output layout,
+    /// the cores after | before the bond in the reshape layout.
+    pub fn fold_sides(&self) -> Option<(Range<usize>, Range<usize>)> {
+        let (k, d) = (self.split?.cores_before, self.num_cores());
+        Some(match self.layout {
+            TtLayout::InputOutput => (0..k, k..d),
+            TtLayout::Reshape => (k..d, 0..k),
+        })
     }
 
     /// Trainable parameters: Σ_k r_{k-1} s_k r_k.

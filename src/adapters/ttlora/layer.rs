@@ -179,17 +179,17 @@ fn rms(t: &Tensor) -> Result<f64> {
 /// The [`TtInit::LoraScale`] cores (see there for the scheme).
 fn lora_scale_cores(shape: &TtShape, layer: &LayerSpec, rng: &mut StdRng) -> Result<Vec<Tensor>> {
     let d = shape.num_cores();
-    let split = shape.split().ok_or_else(|| Error::InvalidConfig {
+    let (a_side, b_side) = shape.fold_sides().ok_or_else(|| Error::InvalidConfig {
         method: "ttlora",
         field: "init",
         reason: format!("lora-scale needs a bond splitting shape {shape} into A and B"),
         got: "lora-scale".into(),
     })?;
-    let k = split.cores_before;
-    // Which cores fold into A and which into B (DESIGN §3), and which B core starts at zero.
-    let (a_side, b_side, zeroed) = match shape.layout() {
-        TtLayout::InputOutput => (0..k, k..d, d - 1),
-        TtLayout::Reshape => (k..d, 0..k, 0),
+    // The B core at the far end from the bond starts at zero (the last core in the
+    // input-output layout, the first in the reshape layout).
+    let zeroed = match shape.layout() {
+        TtLayout::InputOutput => d - 1,
+        TtLayout::Reshape => 0,
     };
     let mut cores = (0..d)
         .map(|i| unit_core_f64(shape.core_shape(i), rng))
