@@ -80,6 +80,8 @@ pub(crate) struct Dense {
     name: &'static str,
     weight: Var,
     bias: Var,
+    /// `false` when the checkpoint supplied the weights.
+    fresh: bool,
 }
 
 impl Dense {
@@ -95,6 +97,7 @@ impl Dense {
         let w = ld.head_tensor(&wn, &[out_f, in_f])?;
         let b = ld.head_tensor(&bn, &[out_f])?;
         let (dtype, device) = (ld.dtype(), ld.device().clone());
+        let fresh = w.is_none() && b.is_none();
         let (w, b) = match (w, b) {
             (Some(w), Some(b)) => (w, b),
             (None, None) => (
@@ -109,7 +112,13 @@ impl Dense {
             name,
             weight: Var::from_tensor(&w)?,
             bias: Var::from_tensor(&b)?,
+            fresh,
         })
+    }
+
+    /// The bias, if the layer was initialised here rather than loaded from the checkpoint.
+    pub(crate) fn fresh_bias(&self) -> Option<Var> {
+        self.fresh.then(|| self.bias.clone())
     }
 
     /// `x·Wᵀ + b`.

@@ -158,8 +158,9 @@ pub trait Model: Send + Sync {
     /// Shape, dtype or device mismatches in the input.
     fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor>;
 
-    /// Every adapter-capable linear layer with its full HF module path
-    /// (e.g. `encoder.layer.0.attention.self.query`), in a fixed order.
+    /// Every adapter-capable linear layer with its module path in HF's
+    /// `…ForSequenceClassification` model (e.g. `bert.encoder.layer.0.attention.self.query`),
+    /// the names PEFT matches targets against and writes into adapter keys, in a fixed order.
     fn linears(&self) -> Vec<(String, &Linear)>;
 
     /// The same layers, mutable, so adapters can be attached, merged and unmerged.
@@ -167,6 +168,10 @@ pub trait Model: Send + Sync {
 
     /// Trainable tensors of the task head (e.g. `classifier.weight`), by full name.
     fn head_vars(&self) -> Vec<(String, Var)>;
+
+    /// The bias of the head's output layer when that layer was freshly initialised (not
+    /// loaded from the checkpoint), so a regression fine-tune can start it at the label mean.
+    fn fresh_output_bias(&self) -> Option<Var>;
 
     /// Module names PEFT targets by default for this architecture (e.g. `query`, `value`).
     fn default_targets(&self) -> &'static [&'static str];

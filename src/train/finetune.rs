@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::adapters::{ModuleSet, Targeting, inject, method, seeded_rng};
@@ -355,6 +355,9 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     } else {
         Vec::new()
     };
+    if regression_head_at_mean(model.as_ref(), task.regression && spec.train_head, &fit)? {
+        tracing::debug!("regression head bias set to the training labels' mean");
+    }
     let head_params = head_vars.iter().map(|(_, v)| v.elem_count()).sum();
     vars.extend(head_vars);
 
@@ -552,4 +555,37 @@ pub fn load_for_inference(
         task,
         model_dir,
     })
+}
+
+/// Starts a freshly initialised regression head's bias at the mean training label, so the
+/// first steps need not shift every prediction by that mean. Without it the early gradient
+/// is dominated by the offset (STS-B labels average ≈ 2.7 while the fresh head outputs ≈ 0),
+/// and with a large TT-LoRA α that spike can push the adapters into predicting the mean for
+/// every pair (measured in RESULTS.md). Returns whether the bias was set.
+///
+/// # Errors
+/// Tensor errors writing the bias.
+pub(crate) fn regression_head_at_mean(
+    model: &dyn Model,
+    enabled: bool,
+    fit: &EncodedSplit,
+) -> Result<bool> {
+    let Some(bias) = model.fresh_output_bias().filter(|_| enabled) else {
+        return Ok(false);
+    };
+    let scores: Vec<f64> = fit
+        .labels
+        .iter()
+        .filter_map(|l| match l {
+            data::Label::Score(s) => Some(f64::from(*s)),
+            data::Label::Class(_) => None,
+        })
+        .collect();
+    if scores.is_empty() {
+        return Ok(false);
+    }
+    let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+    let t = bias.as_tensor();
+    bias.set(&Tensor::full(mean, t.shape(), t.device())?.to_dtype(t.dtype())?)?;
+    Ok(true)
 }

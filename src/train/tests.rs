@@ -190,3 +190,58 @@ fn invalid_settings_name_the_field() {
             .contains("`warmup_ratio`")
     );
 }
+
+#[test]
+fn a_fresh_regression_head_starts_at_the_label_mean() {
+    let cfg = BertConfig::tiny();
+    let head = |labels: usize| {
+        BertForSequenceClassification::random(
+            &cfg,
+            labels,
+            Pooling::Mean,
+            DType::F32,
+            &Device::Cpu,
+            3,
+        )
+        .unwrap()
+    };
+    let split = |labels: Vec<Label>| crate::train::pipeline::EncodedSplit {
+        encoded: vec![
+            Encoded {
+                ids: vec![2, 3],
+                type_ids: vec![0, 0]
+            };
+            labels.len()
+        ],
+        labels,
+    };
+    let bias = |m: &dyn Model| {
+        m.fresh_output_bias()
+            .unwrap()
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let scores = split(vec![
+        Label::Score(1.0),
+        Label::Score(2.5),
+        Label::Score(4.0),
+    ]);
+
+    let m = head(1);
+    let before = bias(&m);
+    assert!(!finetune::regression_head_at_mean(&m, false, &scores).unwrap());
+    assert_eq!(
+        bias(&m),
+        before,
+        "disabled (head frozen or not regression): untouched"
+    );
+    assert!(finetune::regression_head_at_mean(&m, true, &scores).unwrap());
+    assert_eq!(bias(&m), vec![2.5]);
+
+    // Class labels carry no mean: the head keeps its init.
+    let m = head(2);
+    let before = bias(&m);
+    assert!(!finetune::regression_head_at_mean(&m, true, &split(vec![Label::Class(1)])).unwrap());
+    assert_eq!(bias(&m), before);
+}

@@ -220,11 +220,15 @@ impl Model for BertForSequenceClassification {
     }
 
     fn linears(&self) -> Vec<(String, &Linear)> {
-        self.bert.linears()
+        let prefix = self.config().model_type.prefix();
+        let layers = self.bert.linears().into_iter();
+        layers.map(|(p, l)| (format!("{prefix}{p}"), l)).collect()
     }
 
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        self.bert.linears_mut()
+        let prefix = self.config().model_type.prefix();
+        let layers = self.bert.linears_mut().into_iter();
+        layers.map(|(p, l)| (format!("{prefix}{p}"), l)).collect()
     }
 
     fn head_vars(&self) -> Vec<(String, Var)> {
@@ -237,6 +241,13 @@ impl Model for BertForSequenceClassification {
             }
         }
         out
+    }
+
+    fn fresh_output_bias(&self) -> Option<Var> {
+        match &self.head {
+            Head::Bert { classifier } => classifier.fresh_bias(),
+            Head::Roberta { out_proj, .. } => out_proj.fresh_bias(),
+        }
     }
 
     fn default_targets(&self) -> &'static [&'static str] {

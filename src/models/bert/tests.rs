@@ -151,7 +151,12 @@ fn gradients_reach_every_adapter_core_and_head_var() {
         let layer0 = model
             .linears()
             .into_iter()
-            .find(|(p, _)| p == "encoder.layer.0.attention.self.query")
+            .find(|(p, _)| {
+                *p == format!(
+                    "{}encoder.layer.0.attention.self.query",
+                    cfg.model_type.prefix()
+                )
+            })
             .unwrap();
         assert!(!layer0.1.trainable().is_empty());
         let head = model.head_vars();
@@ -250,11 +255,11 @@ fn linears_carry_full_hf_module_paths() {
     .unwrap();
     let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names.len(), 2 * 6 + 1);
-    assert_eq!(names[0], "encoder.layer.0.attention.self.query");
-    assert_eq!(names[3], "encoder.layer.0.attention.output.dense");
-    assert_eq!(names[5], "encoder.layer.0.output.dense");
-    assert_eq!(names[11], "encoder.layer.1.output.dense");
-    assert_eq!(names[12], "pooler.dense");
+    assert_eq!(names[0], "bert.encoder.layer.0.attention.self.query");
+    assert_eq!(names[3], "bert.encoder.layer.0.attention.output.dense");
+    assert_eq!(names[5], "bert.encoder.layer.0.output.dense");
+    assert_eq!(names[11], "bert.encoder.layer.1.output.dense");
+    assert_eq!(names[12], "bert.pooler.dense");
     assert_eq!(model.default_targets(), ["query", "value"]);
     let head: Vec<String> = model.head_vars().into_iter().map(|(n, _)| n).collect();
     assert_eq!(head, ["classifier.weight", "classifier.bias"]);
@@ -392,6 +397,10 @@ fn checkpoint_round_trip_gives_identical_logits() {
             loaded.forward(&input, false).unwrap(),
         );
         assert!(max_diff(&a, &b) < 1e-6, "{:?}/{pooling}", cfg.model_type);
+        assert!(
+            loaded.fresh_output_bias().is_none(),
+            "a loaded head is not fresh"
+        );
         // As a bare encoder (a …Model checkpoint): the head is fresh from the same seed.
         let prefix = cfg.model_type.prefix();
         let bare: Vec<(String, Tensor)> = model
@@ -403,6 +412,7 @@ fn checkpoint_round_trip_gives_identical_logits() {
         let fresh =
             BertForSequenceClassification::load(&dir, 3, pooling, DType::F32, &dev, 9).unwrap();
         let c = fresh.forward(&input, false).unwrap();
+        assert!(fresh.fresh_output_bias().is_some());
         assert!(
             max_diff(&a, &c) < 1e-6,
             "{:?}/{pooling} bare",

@@ -185,11 +185,13 @@ impl Model for DebertaV2ForSequenceClassification {
     }
 
     fn linears(&self) -> Vec<(String, &Linear)> {
-        self.deberta.linears()
+        let layers = self.deberta.linears().into_iter();
+        layers.map(|(p, l)| (format!("{PREFIX}{p}"), l)).collect()
     }
 
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        self.deberta.linears_mut()
+        let layers = self.deberta.linears_mut().into_iter();
+        layers.map(|(p, l)| (format!("{PREFIX}{p}"), l)).collect()
     }
 
     fn head_vars(&self) -> Vec<(String, Var)> {
@@ -197,6 +199,10 @@ impl Model for DebertaV2ForSequenceClassification {
         self.pooler.vars(&mut out);
         self.classifier.vars(&mut out);
         out
+    }
+
+    fn fresh_output_bias(&self) -> Option<Var> {
+        self.classifier.fresh_bias()
     }
 
     fn default_targets(&self) -> &'static [&'static str] {

@@ -154,11 +154,11 @@ fn gradients_reach_every_adapter_core_and_head_var() {
         assert_eq!(adapted.len(), attached, "{what}");
         // Layer 0 — the farthest from the loss — is covered; say so explicitly.
         for name in ["query_proj", "value_proj"] {
-            let path = format!("encoder.layer.0.attention.self.{name}");
+            let path = format!("deberta.encoder.layer.0.attention.self.{name}");
             assert!(adapted.contains(&path), "{what}: {path} not adapted");
         }
         if all && cfg.embedding_size.is_some() {
-            assert!(adapted.contains(&"embeddings.embed_proj".to_string()));
+            assert!(adapted.contains(&"deberta.embeddings.embed_proj".to_string()));
         }
         let head = model.head_vars();
         assert_eq!(head.len(), 4);
@@ -204,16 +204,16 @@ fn linears_carry_full_hf_module_paths() {
     assert_eq!(
         names[..6],
         [
-            "encoder.layer.0.attention.self.query_proj",
-            "encoder.layer.0.attention.self.key_proj",
-            "encoder.layer.0.attention.self.value_proj",
-            "encoder.layer.0.attention.output.dense",
-            "encoder.layer.0.intermediate.dense",
-            "encoder.layer.0.output.dense",
+            "deberta.encoder.layer.0.attention.self.query_proj",
+            "deberta.encoder.layer.0.attention.self.key_proj",
+            "deberta.encoder.layer.0.attention.self.value_proj",
+            "deberta.encoder.layer.0.attention.output.dense",
+            "deberta.encoder.layer.0.intermediate.dense",
+            "deberta.encoder.layer.0.output.dense",
         ]
     );
     assert_eq!(names.len(), 12);
-    assert_eq!(names[11], "encoder.layer.1.output.dense");
+    assert_eq!(names[11], "deberta.encoder.layer.1.output.dense");
     assert_eq!(model.default_targets(), ["query_proj", "value_proj"]);
     let head: Vec<String> = model.head_vars().into_iter().map(|(n, _)| n).collect();
     assert_eq!(
@@ -229,9 +229,15 @@ fn linears_carry_full_hf_module_paths() {
     let full = random_model(&v2_full(), 2, Pooling::Cls, 0);
     let names: Vec<String> = full.linears().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names.len(), 1 + 2 * 8);
-    assert_eq!(names[0], "embeddings.embed_proj");
-    assert_eq!(names[4], "encoder.layer.0.attention.self.pos_key_proj");
-    assert_eq!(names[5], "encoder.layer.0.attention.self.pos_query_proj");
+    assert_eq!(names[0], "deberta.embeddings.embed_proj");
+    assert_eq!(
+        names[4],
+        "deberta.encoder.layer.0.attention.self.pos_key_proj"
+    );
+    assert_eq!(
+        names[5],
+        "deberta.encoder.layer.0.attention.self.pos_query_proj"
+    );
     let c2p = random_model(&c2p_only(), 2, Pooling::Cls, 0);
     let names: Vec<String> = c2p.linears().into_iter().map(|(n, _)| n).collect();
     assert!(names.iter().any(|n| n.ends_with("pos_key_proj")));
@@ -440,7 +446,7 @@ fn reference_attention(
     let cfg = model.config();
     let (n_heads, d) = (cfg.num_attention_heads, cfg.head_dim());
     let linears: HashMap<String, &Linear> = model.linears().into_iter().collect();
-    let lin = |name: &str| linears[&format!("encoder.layer.{layer}.attention.self.{name}")];
+    let lin = |name: &str| linears[&format!("deberta.encoder.layer.{layer}.attention.self.{name}")];
     let (q, k, v) = (
         project(x, lin("query_proj")),
         project(x, lin("key_proj")),
@@ -604,7 +610,7 @@ fn without_relative_terms_attention_is_plain_scaled_dot_product() {
         // softmax(q·kᵀ/√d + mask)·v per head, with candle's own composed ops.
         let linears: HashMap<String, &Linear> = model.linears().into_iter().collect();
         let proj = |n: &str| {
-            let l = linears[&format!("encoder.layer.0.attention.self.{n}")];
+            let l = linears[&format!("deberta.encoder.layer.0.attention.self.{n}")];
             x.broadcast_matmul(&l.weight().t().unwrap())
                 .unwrap()
                 .broadcast_add(l.bias().unwrap())
