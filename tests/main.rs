@@ -2,10 +2,12 @@
 //! - `cli`: end-to-end runs of the `ttlora` binary on tiny inputs (exit codes, stdout, stderr);
 //! - `library`: the public library API used the way a downstream crate would;
 //! - `models`: model families through the public API (tiny random configs);
+//! - `peft`: HF PEFT LoRA folders against fixtures PEFT itself wrote;
 //! - `train`: fine-tuning end to end on the bundled real SST-2 files with a tiny model;
 //! - `regression`: one test per fixed bug, named `issue_<n>_<what>`.
 
 mod cli;
 mod library;
 mod models;
+mod peft;
 mod train;

@@ -80,6 +80,16 @@ pub trait Adapter: Send + Sync {
     /// and then overwrite the trainable tensors, so an init scheme it names is irrelevant.
     fn config(&self) -> serde_json::Value;
 
+    /// The update as an exact PEFT LoRA, for methods that are one in disguise (LoRA itself,
+    /// TT-LoRA through its splitting bond); `None` for methods that are not.
+    ///
+    /// # Errors
+    /// A method that is LoRA-shaped in general but not in this instance (a TT shape without a
+    /// splitting bond) says why.
+    fn as_lora(&self) -> Result<Option<LoraFactors>> {
+        Ok(None)
+    }
+
     /// Number of trainable scalars.
     fn num_params(&self) -> usize {
         self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
@@ -100,6 +110,20 @@ pub trait Adapter: Send + Sync {
     fn unmerged_weight(&self, name: &str, w: &Tensor) -> Result<Tensor> {
         combine(name, w, &self.delta_weight()?, -1.0)
     }
+}
+
+/// An update written as PEFT LoRA factors: `ΔW = s · B·A` with `s = lora_alpha / r`
+/// (`lora_alpha / √r` with rsLoRA), `A: (r, in)`, `B: (out, r)`.
+#[derive(Debug, Clone)]
+pub struct LoraFactors {
+    /// `lora_A.weight`, `(r, in)`.
+    pub a: Tensor,
+    /// `lora_B.weight`, `(out, r)`.
+    pub b: Tensor,
+    /// PEFT's `lora_alpha`.
+    pub lora_alpha: f64,
+    /// PEFT's `use_rslora`.
+    pub use_rslora: bool,
 }
 
 /// `w + sign·delta` in f32, checked finite before it is returned.

@@ -97,43 +97,24 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 impl AdapterFolder {
-    /// Writes the folder. Each file goes to a temporary name in the folder and is renamed into
-    /// place, weights first and config last, so a reader never sees a config without its
-    /// weights; a crash leaves at most a stray `*.tmp`.
+    /// Writes the folder atomically (see [`write_folder`]): weights first, config last, so a
+    /// reader never sees a config without its weights.
     ///
     /// # Errors
     /// [`Error::Io`] naming the file; candle errors while serialising.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let weights = dir.join(WEIGHTS_FILE);
-        let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
-        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(
-            self.tensors.iter().map(|(k, t)| (k.as_str(), t)),
-            Some(metadata),
-            &tmp,
-        )
-        .map_err(|e| Error::ModelFile {
-            path: tmp.clone(),
-            reason: format!("cannot write safetensors: {e}"),
-        })?;
-        rename(&tmp, &weights)?;
-        // serde_json keeps struct field order; `unknown` (flattened) comes last.
-        let json = serde_json::to_string_pretty(&self.config)?;
-        let cfg = dir.join(CONFIG_FILE);
-        let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
-        std::fs::write(&tmp, json + "\n").map_err(|source| Error::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        rename(&tmp, &cfg)
+        write_folder(dir, |dir| {
+            write_safetensors_atomic(&dir.join(WEIGHTS_FILE), &self.tensors)?;
+            // serde_json keeps struct field order; `unknown` (flattened) comes last.
+            let json = serde_json::to_string_pretty(&self.config)?;
+            write_atomic(&dir.join(CONFIG_FILE), json + "\n")
+        })
     }
 
-    /// Reads the folder in `dir`, tensors onto `device`. Unknown config fields are kept and
-    /// reported with a warning; a newer `format_version` is an error.
+    /// Reads the folder in `dir`, tensors onto `device`: ttlora's own format, or a PEFT LoRA
+    /// folder (`"peft_type": "LORA"` without `format_version`, see [`super::peft_lora`]).
+    /// Unknown config fields are kept and reported with a warning; a newer `format_version`
+    /// is an error.
     ///
     /// # Errors
     /// Missing files, invalid JSON or safetensors, a config without a required field.
@@ -149,11 +130,15 @@ impl AdapterFolder {
             path: cfg_path.clone(),
             source,
         })?;
-        let config: AdapterConfig =
-            serde_json::from_str(&text).map_err(|e| Error::ModelConfig {
-                path: cfg_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let bad = |e: serde_json::Error| Error::ModelConfig {
+            path: cfg_path.clone(),
+            reason: e.to_string(),
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+        if super::peft_lora::is_peft_lora(&value) {
+            return super::peft_lora::read(dir, &value, device);
+        }
+        let config: AdapterConfig = serde_json::from_value(value).map_err(bad)?;
         if config.format_version > FORMAT_VERSION {
             return Err(Error::ModelConfig {
                 path: cfg_path,
@@ -178,6 +163,78 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
         path: to.to_path_buf(),
         source,
     })
+}
+
+/// Fills the folder `dir` through `fill` without ever leaving a half-written folder: a new
+/// folder is filled under a temporary sibling name and renamed into place (removed again on
+/// error); an existing folder has each file replaced atomically by `fill`'s writes.
+///
+/// # Errors
+/// Whatever `fill` returns; [`Error::Io`] creating or renaming the folder.
+pub fn write_folder(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if dir.is_dir() {
+        return fill(dir);
+    }
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let name = dir
+        .file_name()
+        .map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    match fill(&tmp) {
+        Ok(()) => rename(&tmp, dir),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes `contents` to `path` through a temporary file in the same folder and a rename.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    let tmp = tmp_name(path);
+    std::fs::write(&tmp, contents).map_err(|source| Error::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    rename(&tmp, path)
+}
+
+/// Writes `tensors` as safetensors with PEFT's `{"format":"pt"}` metadata, atomically.
+///
+/// # Errors
+/// [`Error::ModelFile`] if serialising fails; [`Error::Io`] naming the file.
+pub fn write_safetensors_atomic(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let tmp = tmp_name(path);
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(k, t)| (k.as_str(), t)),
+        Some(metadata),
+        &tmp,
+    )
+    .map_err(|e| Error::ModelFile {
+        path: tmp.clone(),
+        reason: format!("cannot write safetensors: {e}"),
+    })?;
+    rename(&tmp, path)
+}
+
+fn tmp_name(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 /// Reads every tensor of a safetensors file, validating the header before trusting it.

@@ -208,3 +208,70 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
     }
     Ok(())
 }
+
+/// The adapter called `adapter_name` on `model` as an exact PEFT LoRA (DESIGN §3, path 3):
+/// LoRA adapters as they are, TT-LoRA folded into rank-r factors with `lora_B = α·B` and
+/// `lora_alpha = r`; the head too when `meta.save_head`.
+///
+/// # Errors
+/// No layer carries the adapter; a method that is not LoRA-shaped (or a TT shape without a
+/// splitting bond), naming the module; LoRA adapters that mix rsLoRA and plain scaling.
+pub fn to_peft_lora(
+    model: &dyn Model,
+    adapter_name: &str,
+    meta: &AdapterMeta,
+) -> Result<crate::io::peft_lora::PeftLora> {
+    use crate::io::peft_lora::{LoraModule, PeftLora};
+    let mut modules = BTreeMap::new();
+    let mut rslora = BTreeSet::new();
+    for (path, layer) in model.linears() {
+        for (name, adapter) in layer.adapters() {
+            if name != adapter_name {
+                continue;
+            }
+            let f = adapter
+                .as_lora()
+                .map_err(|e| Error::Training(format!("{path}: cannot be written as LoRA: {e}")))?
+                .ok_or_else(|| {
+                    Error::Training(format!(
+                        "{path}: a {} adapter is not a LoRA; export it as a merged model instead",
+                        adapter.method()
+                    ))
+                })?;
+            rslora.insert(f.use_rslora);
+            modules.insert(
+                path.clone(),
+                LoraModule {
+                    a: f.a,
+                    b: f.b,
+                    lora_alpha: f.lora_alpha,
+                },
+            );
+        }
+    }
+    if modules.is_empty() {
+        return Err(Error::Training(format!(
+            "no layer carries an adapter named `{adapter_name}`; nothing to export"
+        )));
+    }
+    if rslora.len() > 1 {
+        return Err(Error::Training(
+            "modules mix rsLoRA and plain LoRA scaling, which one PEFT config cannot say".into(),
+        ));
+    }
+    let mut head = BTreeMap::new();
+    if meta.save_head {
+        for (name, var) in model.head_vars() {
+            head.insert(name, var.as_tensor().copy()?);
+        }
+    }
+    Ok(PeftLora {
+        base_model: meta.base_model.clone(),
+        modules,
+        use_rslora: rslora.contains(&true),
+        head,
+        task_type: "SEQ_CLS".into(),
+        task: meta.task.clone(),
+        base_model_config_sha256: meta.base_model_config_sha256.clone(),
+    })
+}

@@ -13,6 +13,7 @@ pub mod bert;
 pub mod deberta_v2;
 mod hf_config;
 mod layers;
+pub mod merged;
 #[cfg(test)]
 pub(crate) mod test_util;
 mod weights;
@@ -175,4 +176,12 @@ pub trait Model: Send + Sync {
 
     /// Module names PEFT targets by default for this architecture (e.g. `query`, `value`).
     fn default_targets(&self) -> &'static [&'static str];
+
+    /// Every tensor under the names of HF's `…ForSequenceClassification` checkpoint, merged
+    /// adapters included (unmerged ones are not part of the weights).
+    fn state_dict(&self) -> Vec<(String, Tensor)>;
+
+    /// HF's class name for this model (e.g. `BertForSequenceClassification`), written to a
+    /// merged export's config.json `architectures`.
+    fn architecture(&self) -> &'static str;
 }

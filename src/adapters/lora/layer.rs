@@ -4,7 +4,7 @@ use candle_core::{Tensor, Var};
 use rand::rngs::StdRng;
 
 use crate::adapters::lora::LoraConfig;
-use crate::adapters::{Adapter, LayerSpec, kaiming_uniform};
+use crate::adapters::{Adapter, LayerSpec, LoraFactors, kaiming_uniform};
 use crate::error::Result;
 
 /// LoRA with PEFT's semantics: `A: (r, in)` Kaiming-uniform, `B: (out, r)` zero, so the
@@ -73,6 +73,15 @@ impl Adapter for LoraLayer {
 
     fn delta_weight(&self) -> Result<Tensor> {
         Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scaling)?)
+    }
+
+    fn as_lora(&self) -> Result<Option<LoraFactors>> {
+        Ok(Some(LoraFactors {
+            a: self.a.as_tensor().copy()?,
+            b: self.b.as_tensor().copy()?,
+            lora_alpha: self.config.lora_alpha,
+            use_rslora: self.config.use_rslora,
+        }))
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {

@@ -4,7 +4,7 @@ use candle_core::{DType, Tensor, Var};
 use rand::rngs::StdRng;
 
 use crate::adapters::ttlora::{TtInit, TtLoraConfig};
-use crate::adapters::{Adapter, LayerSpec, kaiming_uniform};
+use crate::adapters::{Adapter, LayerSpec, LoraFactors, kaiming_uniform};
 use crate::error::{Error, Result};
 use crate::tt::{self, Truncation, TtLayout, TtPath, TtShape, decompose_matrix};
 
@@ -116,6 +116,18 @@ impl Adapter for TtLoraLayer {
 
     fn forward_delta(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
         Ok((tt::apply(&self.shape, &self.cores(), x, self.path)? * self.alpha)?)
+    }
+
+    /// Rank r with `lora_alpha = r` (PEFT's scaling 1) and `lora_B = α·B`, exact.
+    fn as_lora(&self) -> Result<Option<LoraFactors>> {
+        let (a, b) = self.lora_factors()?;
+        let r = a.dims()[0];
+        Ok(Some(LoraFactors {
+            a,
+            b,
+            lora_alpha: r as f64,
+            use_rslora: false,
+        }))
     }
 
     fn delta_weight(&self) -> Result<Tensor> {

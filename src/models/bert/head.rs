@@ -253,4 +253,15 @@ impl Model for BertForSequenceClassification {
     fn default_targets(&self) -> &'static [&'static str] {
         &["query", "value"]
     }
+
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        BertForSequenceClassification::state_dict(self)
+    }
+
+    fn architecture(&self) -> &'static str {
+        match self.config().model_type {
+            BertFamily::Bert => "BertForSequenceClassification",
+            BertFamily::Roberta => "RobertaForSequenceClassification",
+        }
+    }
 }

@@ -208,4 +208,12 @@ impl Model for DebertaV2ForSequenceClassification {
     fn default_targets(&self) -> &'static [&'static str] {
         &["query_proj", "value_proj"]
     }
+
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        DebertaV2ForSequenceClassification::state_dict(self)
+    }
+
+    fn architecture(&self) -> &'static str {
+        "DebertaV2ForSequenceClassification"
+    }
 }

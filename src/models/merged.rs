@@ -1,0 +1,154 @@
+//! Merged export: a complete HF model folder with the adapters folded into the weights, which
+//! any runtime loads as a plain `…ForSequenceClassification` (DESIGN §5).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::io::TaskInfo;
+use crate::io::adapter_folder::{write_atomic, write_folder, write_safetensors_atomic};
+use crate::io::peft_lora::{TASK_FILE, TaskFile};
+use crate::models::Model;
+
+/// Files copied from the base model folder when present (tokenizer and its configs).
+const COPIED: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+];
+
+/// Merges every adapter called `adapter_name` into its layer's weight (`W ← W + ΔW`).
+/// Returns how many layers were merged.
+///
+/// # Errors
+/// [`Error::NonFiniteMerge`] naming the adapter whose merge would hold NaN/Inf (that layer is
+/// left as it was).
+pub fn merge_adapters(model: &mut dyn Model, adapter_name: &str) -> Result<usize> {
+    let mut merged = 0;
+    for (_, layer) in model.linears_mut() {
+        if layer.adapters().any(|(n, _)| n == adapter_name) && !layer.is_merged() {
+            layer.merge()?;
+            merged += 1;
+        }
+    }
+    Ok(merged)
+}
+
+/// The base model's config.json turned into the merged model's: HF's class name for this
+/// model in `architectures`, the task's labels as `id2label` / `label2id`, and the
+/// `problem_type` HF's sequence-classification loss reads.
+///
+/// # Errors
+/// [`Error::ModelConfig`] if the base config is not a JSON object.
+pub fn merged_config(base: &Value, model: &dyn Model, task: Option<&TaskInfo>) -> Result<Value> {
+    let mut cfg = base.clone();
+    let obj = cfg.as_object_mut().ok_or_else(|| Error::ModelConfig {
+        path: "config.json".into(),
+        reason: "is not a JSON object".into(),
+    })?;
+    obj.insert("architectures".into(), json!([model.architecture()]));
+    if let Some(task) = task {
+        let names: Vec<String> = if task.label_names.is_empty() {
+            (0..task.num_labels).map(|i| format!("LABEL_{i}")).collect()
+        } else {
+            task.label_names.clone()
+        };
+        let id2label: BTreeMap<String, &String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i.to_string(), n))
+            .collect();
+        let label2id: BTreeMap<&String, usize> =
+            names.iter().enumerate().map(|(i, n)| (n, i)).collect();
+        obj.insert("id2label".into(), json!(id2label));
+        obj.insert("label2id".into(), json!(label2id));
+        obj.insert("num_labels".into(), json!(task.num_labels));
+        let problem = if task.label_names.is_empty() {
+            "regression"
+        } else {
+            "single_label_classification"
+        };
+        obj.insert("problem_type".into(), json!(problem));
+    }
+    Ok(cfg)
+}
+
+/// Writes `model` (adapters already merged, see [`merge_adapters`]) as a complete HF folder
+/// at `out`: `model.safetensors` with every weight under HF's names, config.json from
+/// [`merged_config`], and the base folder's tokenizer files. Nothing is left at `out` if any
+/// step fails.
+///
+/// # Errors
+/// [`Error::MergeState`] if some layer still carries an unmerged adapter (its update would be
+/// lost); unreadable base files; [`Error::Io`] writing.
+pub fn write_merged(
+    model: &dyn Model,
+    base_dir: &Path,
+    task: Option<&TaskInfo>,
+    out: &Path,
+) -> Result<()> {
+    if let Some((path, _)) = model
+        .linears()
+        .into_iter()
+        .find(|(_, l)| l.adapters().next().is_some() && !l.is_merged())
+    {
+        return Err(Error::MergeState {
+            op: "export merged",
+            reason: format!("{path} carries an unmerged adapter; merge it first"),
+        });
+    }
+    let cfg_path = base_dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let base: Value = serde_json::from_str(&text).map_err(|e| Error::ModelConfig {
+        path: cfg_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let config = merged_config(&base, model, task)?;
+    if let Some(t) = task
+        && t.pooling == "mean"
+    {
+        tracing::warn!(
+            "the adapter was trained with mean pooling; HF's {} pools the first token \
+             instead, so other runtimes will not reproduce its outputs (ttlora will: it reads \
+             the pooling from {TASK_FILE})",
+            model.architecture()
+        );
+    }
+    let tensors: BTreeMap<String, Tensor> = model
+        .state_dict()
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.contiguous()?)))
+        .collect::<Result<_>>()?;
+    write_folder(out, |dir| {
+        write_safetensors_atomic(&dir.join("model.safetensors"), &tensors)?;
+        for name in COPIED {
+            let from = base_dir.join(name);
+            if from.is_file() {
+                let bytes = std::fs::read(&from).map_err(|source| Error::Io {
+                    path: from.clone(),
+                    source,
+                })?;
+                write_atomic(&dir.join(name), bytes)?;
+            }
+        }
+        if let Some(t) = task {
+            let side = TaskFile {
+                base_model_config_sha256: String::new(),
+                task: Some(t.clone()),
+            };
+            side.write(dir)?;
+        }
+        write_atomic(
+            &dir.join("config.json"),
+            serde_json::to_string_pretty(&config)? + "\n",
+        )
+    })
+}

@@ -1,0 +1,173 @@
+//! PEFT compatibility against PEFT itself: `tests/fixtures/peft` was written by HF PEFT 0.21.2
+//! and PyTorch (scripts/make_peft_golden.py): a tiny random BertForSequenceClassification, a
+//! LoRA adapter PEFT saved for it, and the logits PyTorch computed. ttlora must read the folder
+//! and reproduce those logits, and what ttlora writes must look like what PEFT wrote.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use ttlora::io::AdapterFolder;
+use ttlora::io::adapter_folder::{CONFIG_FILE, WEIGHTS_FILE};
+use ttlora::models::adapted::{AdapterMeta, load_into, to_peft_lora};
+use ttlora::models::{EncoderInput, Model, Pooling, load_classifier};
+
+/// Agreement with PyTorch's float32 logits.
+const SAME_AS_TORCH: f32 = 1e-5;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/peft")
+        .join(rel)
+}
+
+fn expected() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap()
+}
+
+fn rows<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Vec<Vec<T>> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn input(e: &serde_json::Value) -> EncoderInput {
+    let t = |key: &str| {
+        let r: Vec<Vec<u32>> = rows(&e[key]);
+        Tensor::new(r, &Device::Cpu).unwrap()
+    };
+    EncoderInput {
+        input_ids: t("input_ids"),
+        token_type_ids: t("token_type_ids"),
+        attention_mask: t("attention_mask"),
+    }
+}
+
+fn max_diff(got: &Tensor, want: &serde_json::Value) -> f32 {
+    let got: Vec<Vec<f32>> = got.to_vec2().unwrap();
+    let want: Vec<Vec<f32>> = rows(want);
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .flatten()
+        .zip(want.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+fn base() -> Box<dyn Model> {
+    load_classifier(&fixture("base"), 3, Pooling::Cls, &Device::Cpu, 0).unwrap()
+}
+
+fn logits(m: &dyn Model) -> Tensor {
+    m.forward(&input(&expected()), false).unwrap()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ttlora-peft-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn reads_a_peft_lora_folder_and_reproduces_pytorchs_logits() {
+    let e = expected();
+    let mut model = base();
+    let d = max_diff(&logits(model.as_ref()), &e["base_logits"]);
+    assert!(d < SAME_AS_TORCH, "base model differs from PyTorch by {d}");
+
+    let folder = AdapterFolder::read(&fixture("lora"), &Device::Cpu).unwrap();
+    assert_eq!(folder.config.method, "lora");
+    assert_eq!(folder.config.modules.len(), 4, "query+value in 2 layers");
+    assert_eq!(
+        folder.config.modules_to_save,
+        ["classifier.bias", "classifier.weight"]
+    );
+    load_into(model.as_mut(), &folder, "default").unwrap();
+    let d = max_diff(&logits(model.as_ref()), &e["adapted_logits"]);
+    assert!(d < SAME_AS_TORCH, "adapted model differs from PEFT by {d}");
+
+    for (_, layer) in model.linears_mut() {
+        if layer.adapters().next().is_some() {
+            layer.merge().unwrap();
+        }
+    }
+    let d = max_diff(&logits(model.as_ref()), &e["merged_logits"]);
+    assert!(
+        d < SAME_AS_TORCH,
+        "merged model differs from PEFT's merge by {d}"
+    );
+}
+
+#[test]
+fn a_written_peft_lora_has_pefts_keys_config_fields_and_metadata() {
+    let mut model = base();
+    let golden = AdapterFolder::read(&fixture("lora"), &Device::Cpu).unwrap();
+    load_into(model.as_mut(), &golden, "default").unwrap();
+    let meta = AdapterMeta {
+        method: "lora".into(),
+        base_model: "tiny-bert".into(),
+        base_model_config_sha256: String::new(),
+        config: serde_json::json!({}),
+        target_modules: serde_json::json!(["query", "value"]),
+        exclude_modules: None,
+        overrides: BTreeMap::new(),
+        save_head: true,
+        task: None,
+    };
+    let out = temp("written");
+    to_peft_lora(model.as_ref(), "default", &meta)
+        .unwrap()
+        .write(&out)
+        .unwrap();
+
+    // Same tensor names and shapes, PEFT's metadata.
+    let bytes = |dir: &Path| std::fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+    let (ours, theirs) = (bytes(&out), bytes(&fixture("lora")));
+    let (ours, theirs) = (
+        safetensors::SafeTensors::read_metadata(&ours).unwrap().1,
+        safetensors::SafeTensors::read_metadata(&theirs).unwrap().1,
+    );
+    assert_eq!(ours.metadata(), theirs.metadata());
+    let shapes = |m: &safetensors::tensor::Metadata| -> BTreeMap<String, Vec<usize>> {
+        m.tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.shape.clone()))
+            .collect()
+    };
+    assert_eq!(shapes(&ours), shapes(&theirs));
+
+    // Every field we write is one PEFT writes, with PEFT's value where the adapter is the same.
+    let json = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap()
+    };
+    let (ours, theirs) = (json(&out), json(&fixture("lora")));
+    let ours = ours.as_object().unwrap();
+    let keys: Vec<&String> = ours.keys().collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "keys sorted as PEFT writes them");
+    for (k, v) in ours {
+        assert!(theirs.get(k).is_some(), "PEFT has no field `{k}`");
+        if ![
+            "target_modules",
+            "base_model_name_or_path",
+            "init_lora_weights",
+            "modules_to_save",
+        ]
+        .contains(&k.as_str())
+        {
+            assert_eq!(v, &theirs[k], "field `{k}`");
+        }
+    }
+    assert_eq!(ours["modules_to_save"], serde_json::json!(["classifier"]));
+
+    // And it reads back to the same logits.
+    let mut again = base();
+    load_into(
+        again.as_mut(),
+        &AdapterFolder::read(&out, &Device::Cpu).unwrap(),
+        "default",
+    )
+    .unwrap();
+    let d = max_diff(&logits(again.as_ref()), &expected()["adapted_logits"]);
+    assert!(d < SAME_AS_TORCH, "{d}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
