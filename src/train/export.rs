@@ -1,0 +1,125 @@
+//! Adapter folders out to the ecosystem: an exact PEFT LoRA folder, or a merged HF model
+//! folder that needs no adapter code at all.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::models::adapted::{AdapterMeta, to_peft_lora};
+use crate::models::merged::{merge_adapters, write_merged};
+use crate::train::finetune::{ADAPTER_NAME, Adapted};
+
+/// What `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// A PEFT LoRA folder of the adapter's exact rank (TT-LoRA folded through its bond).
+    PeftLora,
+    /// A complete HF model folder with ΔW merged into the weights.
+    Merged,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "peft-lora" => Ok(Self::PeftLora),
+            "merged" => Ok(Self::Merged),
+            _ => Err(format!(
+                "unknown export format `{s}`; use peft-lora or merged"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ExportFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PeftLora => "peft-lora",
+            Self::Merged => "merged",
+        })
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    /// The format written.
+    pub format: ExportFormat,
+    /// The folder written.
+    pub out: PathBuf,
+    /// Adapted modules exported or merged.
+    pub modules: usize,
+    /// The distinct LoRA ranks written (empty for a merged export).
+    pub ranks: BTreeSet<usize>,
+    /// Each file written with its size in bytes.
+    pub files: Vec<(String, u64)>,
+}
+
+/// Exports the adapter loaded in `inf` (see [`crate::train::finetune::load_adapted`])
+/// to `out`. A merged export merges the model in place.
+///
+/// # Errors
+/// An adapter that cannot be written as LoRA (methods that are not LoRA-shaped, TT shapes
+/// without a splitting bond) for `peft-lora`; a merge that would hold NaN/Inf; write errors.
+/// Nothing is left at `out` on error.
+pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<ExportReport> {
+    let cfg = &inf.config;
+    let mut ranks = BTreeSet::new();
+    let modules = match format {
+        ExportFormat::PeftLora => {
+            let base_model = if cfg.base_model_name_or_path.is_empty() {
+                inf.model_dir.display().to_string()
+            } else {
+                cfg.base_model_name_or_path.clone()
+            };
+            let meta = AdapterMeta {
+                method: cfg.method.clone(),
+                base_model,
+                base_model_config_sha256: cfg.base_model_config_sha256.clone(),
+                config: cfg.config.clone(),
+                target_modules: cfg.target_modules.clone(),
+                exclude_modules: cfg.exclude_modules.clone(),
+                overrides: cfg.overrides.clone(),
+                save_head: !cfg.modules_to_save.is_empty(),
+                task: Some(inf.task.clone()),
+            };
+            let lora = to_peft_lora(inf.model.as_ref(), ADAPTER_NAME, &meta)?;
+            ranks.extend(lora.modules.values().map(|m| m.a.dims()[0]));
+            lora.write(out)?;
+            lora.modules.len()
+        }
+        ExportFormat::Merged => {
+            let n = merge_adapters(inf.model.as_mut(), ADAPTER_NAME)?;
+            write_merged(inf.model.as_ref(), &inf.model_dir, Some(&inf.task), out)?;
+            n
+        }
+    };
+    Ok(ExportReport {
+        format,
+        out: out.to_path_buf(),
+        modules,
+        ranks,
+        files: list_files(out)?,
+    })
+}
+
+/// The files in `dir` with their sizes, sorted by name.
+///
+/// # Errors
+/// [`Error::Io`] if the folder cannot be listed.
+pub fn list_files(dir: &Path) -> Result<Vec<(String, u64)>> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let meta = entry.metadata().map_err(io)?;
+        if meta.is_file() {
+            files.push((entry.file_name().to_string_lossy().into_owned(), meta.len()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
