@@ -283,3 +283,50 @@ fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+#[test]
+fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
+    use ttlora::train::compress::{CompressSpec, compress};
+    use ttlora::train::export::{ExportFormat, export};
+    use ttlora::train::finetune::load_adapted;
+    let cpu = Device::Cpu;
+    let base_dir = fixture("base").display().to_string();
+    let lora = load_adapted(&fixture("lora"), Some(&base_dir), &cpu, false).unwrap();
+    let deltas = |m: &dyn Model| -> BTreeMap<String, Tensor> {
+        m.linears()
+            .into_iter()
+            .filter_map(|(p, l)| {
+                let (_, a) = l.adapters().next()?;
+                Some((p, a.delta_weight().unwrap()))
+            })
+            .collect()
+    };
+    let want = deltas(lora.model.as_ref());
+    assert_eq!(want.len(), 4);
+
+    let tt_dir = temp("compressed");
+    let spec = CompressSpec {
+        shape_config: serde_json::json!({}),
+        alpha: 2.0,
+        truncation: ttlora::tt::Truncation::tolerance(1e-7),
+    };
+    let report = compress(&lora, &spec, &tt_dir).unwrap();
+    assert!(report.rel_error < 1e-6, "{}", report.rel_error);
+    let tt = load_adapted(&tt_dir, Some(&base_dir), &cpu, false);
+    let mut tt = tt.unwrap();
+    assert_eq!(tt.config.method, "ttlora");
+    let peft_dir = temp("compressed-peft");
+    export(&mut tt, ExportFormat::PeftLora, &peft_dir).unwrap();
+    let back = load_adapted(&peft_dir, Some(&base_dir), &cpu, false).unwrap();
+    let got = deltas(back.model.as_ref());
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (path, w) in &want {
+        let d = diff(w, &got[path]);
+        assert!(d <= 1e-5, "{path}: ΔW differs by {d}");
+    }
+    let d = diff(&logits(back.model.as_ref()), &logits(lora.model.as_ref()));
+    assert!(d <= 1e-5, "logits differ by {d}");
+    for dir in [tt_dir, peft_dir] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -90,6 +90,11 @@ pub trait Adapter: Send + Sync {
         Ok(None)
     }
 
+    /// A short human description of the structure (e.g. `TT [24,4,4|4,4,24] r=5 α=64`).
+    fn describe(&self) -> String {
+        self.method().to_string()
+    }
+
     /// Number of trainable scalars.
     fn num_params(&self) -> usize {
         self.trainable().iter().map(|(_, v)| v.elem_count()).sum()

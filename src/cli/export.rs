@@ -13,13 +13,13 @@ use ttlora::train::finetune;
 pub struct ExportSource {
     /// Adapter folder: ttlora's own (`ttlora train`) or a PEFT LoRA folder.
     #[arg(long, value_name = "DIR")]
-    adapter: PathBuf,
+    pub adapter: PathBuf,
     /// Base model, overriding the one recorded in the adapter config.
     #[arg(long)]
     model: Option<String>,
     /// Folder to write; it must not exist or be empty (see --force).
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Write into an existing non-empty --out folder, replacing files of the same name.
     #[arg(long)]
     force: bool,
@@ -55,21 +55,28 @@ pub fn run_merge(a: MergeArgs) -> Result<()> {
     write(&a.source, ExportFormat::Merged)
 }
 
-fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
-    let occupied = std::fs::read_dir(&s.out).is_ok_and(|mut d| d.next().is_some());
-    if occupied && !s.force {
-        bail!(
-            "{} exists and is not empty; choose another --out or pass --force",
-            s.out.display()
-        );
+impl ExportSource {
+    /// Refuses a non-empty --out without --force, then loads the adapter onto its base model.
+    pub fn load(&self) -> Result<finetune::Adapted> {
+        let occupied = std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some());
+        if occupied && !self.force {
+            bail!(
+                "{} exists and is not empty; choose another --out or pass --force",
+                self.out.display()
+            );
+        }
+        finetune::load_adapted(
+            &self.adapter,
+            self.model.as_deref(),
+            &ttlora::parse_device("cpu")?,
+            !self.offline,
+        )
+        .with_context(|| format!("loading adapter {}", self.adapter.display()))
     }
-    let mut inf = finetune::load_adapted(
-        &s.adapter,
-        s.model.as_deref(),
-        &ttlora::parse_device("cpu")?,
-        !s.offline,
-    )
-    .with_context(|| format!("loading adapter {}", s.adapter.display()))?;
+}
+
+fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
+    let mut inf = s.load()?;
     let report = export::export(&mut inf, format, &s.out)
         .with_context(|| format!("exporting {} as {format}", s.adapter.display()))?;
     print_report(&report)

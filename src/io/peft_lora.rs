@@ -254,6 +254,7 @@ pub fn read(dir: &Path, config: &Value, device: &Device) -> Result<AdapterFolder
     };
 
     let mut modules = BTreeMap::new();
+    let mut layer_shapes = BTreeMap::new();
     let mut head = Vec::new();
     for (key, t) in &tensors {
         let Some(rest) = key.strip_prefix(KEY_PREFIX) else {
@@ -283,6 +284,7 @@ pub fn read(dir: &Path, config: &Value, device: &Device) -> Result<AdapterFolder
                     ),
                 ));
             }
+            layer_shapes.insert(path.to_string(), [b_dims[0], a_dims[1]]);
             let alpha = pattern_value(&cfg.alpha_pattern, path)?.unwrap_or(cfg.lora_alpha);
             modules.insert(
                 path.to_string(),
@@ -336,6 +338,7 @@ pub fn read(dir: &Path, config: &Value, device: &Device) -> Result<AdapterFolder
         exclude_modules: None,
         overrides: BTreeMap::new(),
         modules,
+        layer_shapes,
         modules_to_save: head,
         task: side.and_then(|s| s.task),
         unknown: BTreeMap::new(),

@@ -42,6 +42,7 @@ pub struct AdapterMeta {
 pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Result<AdapterFolder> {
     let m = method(&meta.method)?;
     let mut modules = BTreeMap::new();
+    let mut layer_shapes = BTreeMap::new();
     let mut tensors = BTreeMap::new();
     for (path, layer) in model.linears() {
         for (name, adapter) in layer.adapters() {
@@ -49,6 +50,7 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
                 continue;
             }
             modules.insert(path.clone(), adapter.config());
+            layer_shapes.insert(path.clone(), [layer.out_features(), layer.in_features()]);
             for (tname, var) in adapter.trainable() {
                 tensors.insert(
                     format!("{KEY_PREFIX}{path}.{tname}"),
@@ -81,11 +83,58 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
         exclude_modules: meta.exclude_modules.clone(),
         overrides: meta.overrides.clone(),
         modules,
+        layer_shapes,
         modules_to_save,
         task: meta.task.clone(),
         unknown: BTreeMap::new(),
     };
     Ok(AdapterFolder { config, tensors })
+}
+
+/// Rebuilds the adapter of module `path` from its config in `folder` for a layer like `spec`
+/// and loads its tensors; returns it with the tensor keys it used.
+///
+/// # Errors
+/// [`Error::AdapterMismatch`] if the config does not fit the layer; [`Error::WeightTensor`]
+/// for a missing tensor or one of the wrong shape.
+pub fn restore_adapter(
+    folder: &AdapterFolder,
+    path: &str,
+    module_cfg: &serde_json::Value,
+    spec: &crate::adapters::LayerSpec,
+) -> Result<(Box<dyn crate::adapters::Adapter>, Vec<String>)> {
+    let m = method(&folder.config.method)?;
+    let file = std::path::PathBuf::from(crate::io::adapter_folder::WEIGHTS_FILE);
+    let bad = |name: &str, reason: String| Error::WeightTensor {
+        path: file.clone(),
+        name: name.to_string(),
+        reason,
+    };
+    let adapter =
+        m.build(module_cfg, spec, &mut seeded_rng(0))
+            .map_err(|e| Error::AdapterMismatch {
+                name: path.to_string(),
+                layer_out: spec.out_features,
+                layer_in: spec.in_features,
+                reason: e.to_string(),
+            })?;
+    let mut keys = Vec::new();
+    for (tname, var) in adapter.trainable() {
+        let key = format!("{KEY_PREFIX}{path}.{tname}");
+        let t = folder
+            .tensors
+            .get(&key)
+            .ok_or_else(|| bad(&key, format!("missing (expected shape {:?})", var.dims())))?;
+        if t.dims() != var.dims() {
+            return Err(bad(
+                &key,
+                format!("has shape {:?}, expected {:?}", t.dims(), var.dims()),
+            ));
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        keys.push(key);
+    }
+    Ok((adapter, keys))
 }
 
 /// Rebuilds the adapters of `folder` onto `model` under `adapter_name` and loads the saved
@@ -97,7 +146,8 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
 /// fit; nothing is attached if any module fails.
 pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &str) -> Result<()> {
     let cfg = &folder.config;
-    let m = method(&cfg.method)?;
+    // An unknown method fails here, before any module is looked at.
+    method(&cfg.method)?;
     let file = std::path::PathBuf::from(crate::io::adapter_folder::WEIGHTS_FILE);
     let bad = |name: &str, reason: String| Error::WeightTensor {
         path: file.clone(),
@@ -107,7 +157,6 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
     let mut used: BTreeSet<&str> = BTreeSet::new();
     // Build every adapter first, attach only when all fit.
     let mut built = Vec::new();
-    let mut rng = seeded_rng(0);
     let mut found = BTreeSet::new();
     for (path, layer) in model.linears() {
         let Some(module_cfg) = cfg.modules.get(&path) else {
@@ -120,28 +169,11 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
             dtype: layer.weight().dtype(),
             device: layer.weight().device().clone(),
         };
-        let adapter = m
-            .build(module_cfg, &spec, &mut rng)
-            .map_err(|e| Error::AdapterMismatch {
-                name: path.clone(),
-                layer_out: spec.out_features,
-                layer_in: spec.in_features,
-                reason: e.to_string(),
-            })?;
-        for (tname, var) in adapter.trainable() {
-            let key = format!("{KEY_PREFIX}{path}.{tname}");
-            let (k, t) = folder
-                .tensors
-                .get_key_value(&key)
-                .ok_or_else(|| bad(&key, format!("missing (expected shape {:?})", var.dims())))?;
-            if t.dims() != var.dims() {
-                return Err(bad(
-                    &key,
-                    format!("has shape {:?}, expected {:?}", t.dims(), var.dims()),
-                ));
+        let (adapter, keys) = restore_adapter(folder, &path, module_cfg, &spec)?;
+        for k in keys {
+            if let Some((k, _)) = folder.tensors.get_key_value(&k) {
+                used.insert(k.as_str());
             }
-            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-            used.insert(k.as_str());
         }
         built.push((path, adapter));
     }

@@ -16,7 +16,10 @@ pub use factorize::{
     MAX_CORES_PER_SIDE, best_per_core_count, factor_multisets, fit_budget, propose_shapes,
 };
 pub use shape::{Ranks, TtLayout, TtShape, lora_params, parse_core_order, parse_list};
-pub use svd::{Decomposition, Truncation, TtTensor, decompose_matrix, round_cores, tt_svd};
+pub use svd::{
+    Decomposition, Truncation, TtTensor, decompose_matrix, numerical_rank, round_cores,
+    singular_values, tt_svd,
+};
 
 #[cfg(test)]
 mod tests;

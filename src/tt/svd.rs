@@ -368,3 +368,33 @@ fn finish(template: &TtShape, tt: TtTensor, reference: &Tensor) -> Result<Decomp
         rel_error,
     })
 }
+
+/// Singular values of a matrix `w: (rows, cols)`, largest first, computed in f64.
+///
+/// # Errors
+/// `w` not 2-D; [`Error::SvdFailed`] if the SVD does not converge.
+pub fn singular_values(w: &Tensor) -> Result<Vec<f64>> {
+    let (rows, cols) = w.dims2()?;
+    let data = w
+        .to_dtype(DType::F64)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let svd = mat(&data, rows, cols)
+        .thin_svd()
+        .map_err(|_| Error::SvdFailed {
+            op: "singular values",
+            rows,
+            cols,
+        })?;
+    let s = svd.S().column_vector();
+    Ok((0..s.nrows()).map(|i| s[i]).collect())
+}
+
+/// The numerical rank of a `(rows, cols)` matrix stored in f32 from its singular values:
+/// how many exceed `σ_max · max(rows, cols) · ε_f32` (NumPy's `matrix_rank` rule).
+pub fn numerical_rank(singular_values: &[f64], rows: usize, cols: usize) -> usize {
+    let max = singular_values.iter().copied().fold(0.0, f64::max);
+    let tol = max * rows.max(cols) as f64 * f64::from(f32::EPSILON);
+    singular_values.iter().filter(|&&s| s > tol).count()
+}

@@ -75,6 +75,15 @@ impl Adapter for LoraLayer {
         Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scaling)?)
     }
 
+    fn describe(&self) -> String {
+        let rs = if self.config.use_rslora {
+            " rsLoRA"
+        } else {
+            ""
+        };
+        format!("LoRA r={} α={}{rs}", self.config.r, self.config.lora_alpha)
+    }
+
     fn as_lora(&self) -> Result<Option<LoraFactors>> {
         Ok(Some(LoraFactors {
             a: self.a.as_tensor().copy()?,

@@ -118,6 +118,10 @@ impl Adapter for TtLoraLayer {
         Ok((tt::apply(&self.shape, &self.cores(), x, self.path)? * self.alpha)?)
     }
 
+    fn describe(&self) -> String {
+        format!("TT {} α={}", self.shape, self.alpha)
+    }
+
     /// Rank r with `lora_alpha = r` (PEFT's scaling 1) and `lora_B = α·B`, exact.
     fn as_lora(&self) -> Result<Option<LoraFactors>> {
         let (a, b) = self.lora_factors()?;

@@ -1,0 +1,96 @@
+//! `ttlora inspect`: what an adapter folder holds.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ttlora::train::inspect::{InspectReport, inspect};
+
+/// Arguments of `ttlora inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Adapter folder: ttlora's own or a PEFT LoRA folder.
+    dir: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `ttlora inspect`.
+pub fn run(a: InspectArgs) -> Result<()> {
+    let r = inspect(&a.dir).with_context(|| format!("inspecting {}", a.dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+        return Ok(());
+    }
+    print_table(&mut out, &a.dir, &r)?;
+    Ok(())
+}
+
+fn print_table(out: &mut impl Write, dir: &std::path::Path, r: &InspectReport) -> Result<()> {
+    let task = r.task.as_ref().map_or("not recorded".into(), |t| {
+        format!(
+            "{} ({} labels, {} pooling)",
+            t.name, t.num_labels, t.pooling
+        )
+    });
+    writeln!(out, "{}", dir.display())?;
+    writeln!(
+        out,
+        "  peft_type {} | method {} | base model {}",
+        r.peft_type,
+        r.method,
+        or_unknown(&r.base_model)
+    )?;
+    writeln!(out, "  task {task}")?;
+    let width = r
+        .modules
+        .iter()
+        .map(|m| m.path.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let swidth = r
+        .modules
+        .iter()
+        .map(|m| m.structure.len())
+        .max()
+        .unwrap_or(9)
+        .max(9);
+    writeln!(
+        out,
+        "\n{:<width$}  {:<swidth$}  {:>9}  {:>8}  {:>8}  {:>4}  {:>9}",
+        "module", "structure", "out×in", "params", "LoRA r=8", "rank", "‖ΔW‖_F"
+    )?;
+    for m in &r.modules {
+        writeln!(
+            out,
+            "{:<width$}  {:<swidth$}  {:>9}  {:>8}  {:>8}  {:>4}  {:>9.4}",
+            m.path,
+            m.structure,
+            format!("{}×{}", m.out_features, m.in_features),
+            m.params,
+            m.lora_r8_params,
+            m.effective_rank,
+            m.delta_norm
+        )?;
+    }
+    let ratio = r.lora_r8_params as f64 / r.adapter_params.max(1) as f64;
+    writeln!(
+        out,
+        "\ntrainable parameters: {} adapter + {} head = {} ({} modules; LoRA r=8 on them: {}, {ratio:.1}x more)",
+        r.adapter_params,
+        r.head_params,
+        r.adapter_params + r.head_params,
+        r.modules.len(),
+        r.lora_r8_params
+    )?;
+    writeln!(out, "files: {} bytes", r.file_bytes)?;
+    Ok(())
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() { "(not recorded)" } else { s }
+}

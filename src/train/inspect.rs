@@ -1,0 +1,121 @@
+//! `inspect`: what an adapter folder holds, read without the base model.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+
+use crate::adapters::LayerSpec;
+use crate::error::{Error, Result};
+use crate::io::adapter_folder::{CONFIG_FILE, KEY_PREFIX};
+use crate::io::{AdapterFolder, TaskInfo};
+use crate::models::adapted::restore_adapter;
+use crate::tt::{lora_params, numerical_rank, singular_values};
+
+/// One adapted module.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleReport {
+    /// Module path.
+    pub path: String,
+    /// The adapter's structure (method, shape, ranks, scaling).
+    pub structure: String,
+    /// The layer's output features.
+    pub out_features: usize,
+    /// The layer's input features.
+    pub in_features: usize,
+    /// Trainable scalars of the adapter.
+    pub params: usize,
+    /// Scalars LoRA r = 8 would need on this layer.
+    pub lora_r8_params: usize,
+    /// Numerical rank of the scaled ΔW (NumPy's `matrix_rank` rule for f32).
+    pub effective_rank: usize,
+    /// Frobenius norm of the scaled ΔW.
+    pub delta_norm: f64,
+}
+
+/// An adapter folder, summarised.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InspectReport {
+    /// `peft_type` of the folder.
+    pub peft_type: String,
+    /// Registry name of the method.
+    pub method: String,
+    /// The base model the adapter was made for.
+    pub base_model: String,
+    /// The task it was trained for, if recorded.
+    pub task: Option<TaskInfo>,
+    /// Every adapted module, in path order.
+    pub modules: Vec<ModuleReport>,
+    /// Adapter scalars, all modules.
+    pub adapter_params: usize,
+    /// Saved head scalars.
+    pub head_params: usize,
+    /// LoRA r = 8 scalars on the same modules.
+    pub lora_r8_params: usize,
+    /// Size of every file in the folder, in bytes.
+    pub file_bytes: u64,
+}
+
+/// Reads and summarises the adapter folder in `dir` (ttlora's own or a PEFT LoRA).
+///
+/// # Errors
+/// An unreadable folder; a module whose layer shape the folder does not record (folders
+/// written before `layer_shapes` existed) and cannot be read off its tensors; tensors that do
+/// not fit their configs.
+pub fn inspect(dir: &Path) -> Result<InspectReport> {
+    let folder = AdapterFolder::read(dir, &Device::Cpu)?;
+    let cfg = &folder.config;
+    let mut modules = Vec::new();
+    for (path, module_cfg) in &cfg.modules {
+        let [out_features, in_features] =
+            cfg.layer_shapes
+                .get(path)
+                .copied()
+                .ok_or_else(|| Error::ModelConfig {
+                    path: dir.join(CONFIG_FILE),
+                    reason: format!(
+                        "module `{path}` has no entry in `layer_shapes` (written by an older \
+                         ttlora); load it with its base model instead"
+                    ),
+                })?;
+        let spec = LayerSpec {
+            in_features,
+            out_features,
+            dtype: DType::F32,
+            device: Device::Cpu,
+        };
+        let (adapter, _) = restore_adapter(&folder, path, module_cfg, &spec)?;
+        let delta = adapter.delta_weight()?;
+        let sv = singular_values(&delta)?;
+        modules.push(ModuleReport {
+            path: path.clone(),
+            structure: adapter.describe(),
+            out_features,
+            in_features,
+            params: adapter.num_params(),
+            lora_r8_params: lora_params(in_features, out_features, 8),
+            effective_rank: numerical_rank(&sv, out_features, in_features),
+            delta_norm: sv.iter().map(|s| s * s).sum::<f64>().sqrt(),
+        });
+    }
+    let head_params = cfg
+        .modules_to_save
+        .iter()
+        .filter_map(|n| folder.tensors.get(&format!("{KEY_PREFIX}{n}")))
+        .map(candle_core::Tensor::elem_count)
+        .sum();
+    let file_bytes = crate::train::export::list_files(dir)?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    Ok(InspectReport {
+        peft_type: cfg.peft_type.clone(),
+        method: cfg.method.clone(),
+        base_model: cfg.base_model_name_or_path.clone(),
+        task: cfg.task.clone(),
+        adapter_params: modules.iter().map(|m| m.params).sum(),
+        lora_r8_params: modules.iter().map(|m| m.lora_r8_params).sum(),
+        modules,
+        head_params,
+        file_bytes,
+    })
+}
