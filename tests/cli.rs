@@ -2,14 +2,14 @@
 
 use std::process::{Command, Output};
 
-fn ttlora(args: &[&str]) -> Output {
+pub(crate) fn ttlora(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ttlora"))
         .args(args)
         .output()
         .expect("the ttlora binary runs")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -229,7 +229,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// Asserts a failed run with one clear `ttlora: …` error line and no panic.
-fn assert_clear_error(o: &Output, needles: &[&str]) {
+pub(crate) fn assert_clear_error(o: &Output, needles: &[&str]) {
     let err = stderr(o);
     assert!(
         !o.status.success(),

@@ -1,4 +1,5 @@
 //! The one integration-test binary. Where new tests go:
+//! - `adapter_files`: hostile adapter folders through the CLI (clear error, nothing written);
 //! - `cli`: end-to-end runs of the `ttlora` binary on tiny inputs (exit codes, stdout, stderr);
 //! - `library`: the public library API used the way a downstream crate would;
 //! - `models`: model families through the public API (tiny random configs);
@@ -6,6 +7,7 @@
 //! - `train`: fine-tuning end to end on the bundled real SST-2 files with a tiny model;
 //! - `regression`: one test per fixed bug, named `issue_<n>_<what>`.
 
+mod adapter_files;
 mod cli;
 mod library;
 mod models;

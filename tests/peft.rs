@@ -319,7 +319,10 @@ fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
     export(&mut tt, ExportFormat::PeftLora, &peft_dir).unwrap();
     let back = load_adapted(&peft_dir, Some(&base_dir), &cpu, false).unwrap();
     let got = deltas(back.model.as_ref());
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
     for (path, w) in &want {
         let d = diff(w, &got[path]);
         assert!(d <= 1e-5, "{path}: ΔW differs by {d}");

@@ -142,7 +142,7 @@ pub fn compress(src: &Adapted, spec: &CompressSpec, out: &Path) -> Result<Compre
     }
     let meta = AdapterMeta {
         method: "ttlora".into(),
-        base_model: cfg.base_model_name_or_path.clone(),
+        base_model: src.base_model.clone(),
         base_model_config_sha256: cfg.base_model_config_sha256.clone(),
         config: method_config,
         target_modules: Value::Array(

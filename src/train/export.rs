@@ -67,14 +67,9 @@ pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<Exp
     let mut ranks = BTreeSet::new();
     let modules = match format {
         ExportFormat::PeftLora => {
-            let base_model = if cfg.base_model_name_or_path.is_empty() {
-                inf.model_dir.display().to_string()
-            } else {
-                cfg.base_model_name_or_path.clone()
-            };
             let meta = AdapterMeta {
                 method: cfg.method.clone(),
-                base_model,
+                base_model: inf.base_model.clone(),
                 base_model_config_sha256: cfg.base_model_config_sha256.clone(),
                 config: cfg.config.clone(),
                 target_modules: cfg.target_modules.clone(),

@@ -519,6 +519,9 @@ pub struct Adapted {
     pub task: TaskInfo,
     /// The resolved base model folder.
     pub model_dir: PathBuf,
+    /// The base model as named (the override, else the adapter config's), for files written
+    /// from this adapter.
+    pub base_model: String,
 }
 
 /// Loads the base model an adapter folder names (or `model_override`) and attaches the
@@ -534,14 +537,16 @@ pub fn load_adapted(
     allow_fetch: bool,
 ) -> Result<Adapted> {
     let folder = io::AdapterFolder::read(adapter_dir, device)?;
-    let spec = model_override.unwrap_or(&folder.config.base_model_name_or_path);
+    let spec = model_override
+        .unwrap_or(&folder.config.base_model_name_or_path)
+        .to_string();
     if spec.is_empty() {
         return Err(Error::ModelConfig {
             path: adapter_dir.join(io::adapter_folder::CONFIG_FILE),
             reason: "names no base model (`base_model_name_or_path`); pass --model".into(),
         });
     }
-    let model_dir = io::resolve_model(spec, allow_fetch)?;
+    let model_dir = io::resolve_model(&spec, allow_fetch)?;
     let task = match folder.config.task.clone() {
         Some(t) => t,
         None => task_from_head(&folder, &model_dir).ok_or_else(|| Error::ModelConfig {
@@ -571,6 +576,7 @@ pub fn load_adapted(
         config: folder.config,
         task,
         model_dir,
+        base_model: spec,
     })
 }
 

@@ -1,0 +1,205 @@
+//! Hostile adapter folders: each one a clear `ttlora: …` error line, no panic, and no output
+//! folder left behind. They start from the PEFT-written fixture and break one thing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::cli::{assert_clear_error, stdout, ttlora};
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/peft")
+        .join(rel)
+}
+
+/// A fresh copy of the fixture's LoRA folder under the temp dir.
+fn lora_copy(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ttlora-hostile-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture("lora").join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// `ttlora export` of `adapter` must fail with `needles` in its error line and write nothing.
+fn export_fails(adapter: &Path, needles: &[&str]) {
+    let out = adapter.with_extension("out");
+    let base = fixture("base");
+    let o = ttlora(&[
+        "export",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--model",
+        base.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--offline",
+    ]);
+    assert_clear_error(&o, needles);
+    assert!(!out.exists(), "a failed export left {}", out.display());
+    std::fs::remove_dir_all(adapter).unwrap();
+}
+
+fn weights(dir: &Path) -> PathBuf {
+    dir.join("adapter_model.safetensors")
+}
+
+/// Rewrites the safetensors JSON header of `dir`'s weights through `edit`, keeping its length
+/// field consistent, and writes the result back.
+fn edit_header(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let bytes = std::fs::read(weights(dir)).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(weights(dir), out).unwrap();
+}
+
+/// Rewrites `dir`'s weights as a valid file holding what `edit` makes of its tensors.
+fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let mut tensors = candle_core::safetensors::load(weights(dir), &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, weights(dir)).unwrap();
+}
+
+const A0: &str = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight";
+
+#[test]
+fn a_truncated_weights_file() {
+    let dir = lora_copy("truncated");
+    let bytes = std::fs::read(weights(&dir)).unwrap();
+    std::fs::write(weights(&dir), &bytes[..bytes.len() - 100]).unwrap();
+    export_fails(
+        &dir,
+        &["adapter_model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn a_header_that_lies_about_offsets() {
+    let dir = lora_copy("offsets");
+    edit_header(&dir, |h| {
+        h[A0]["data_offsets"] = serde_json::json!([0, 1_000_000]);
+    });
+    export_fails(
+        &dir,
+        &["adapter_model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn a_header_that_lies_about_a_shape() {
+    let dir = lora_copy("shape-size");
+    // 4×32 f32 values stored, 4×64 claimed.
+    edit_header(&dir, |h| h[A0]["shape"] = serde_json::json!([4, 64]));
+    export_fails(
+        &dir,
+        &["adapter_model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn a_tensor_whose_shape_does_not_fit_the_model() {
+    let dir = lora_copy("misfit");
+    // A valid file, but lora_A has 16 inputs where the layer has 32.
+    edit_tensors(&dir, |t| {
+        let narrow = t[A0].narrow(1, 0, 16).unwrap().contiguous().unwrap();
+        t.insert(A0.to_string(), narrow);
+    });
+    export_fails(&dir, &[A0, "[4, 16]", "expected [4, 32]"]);
+}
+
+#[test]
+fn a_config_that_names_a_module_the_model_lacks() {
+    // ttlora's own folder naming layer 9 of a 2-layer model.
+    let dir = lora_copy("missing-module");
+    let own = dir.with_extension("own");
+    let base = fixture("base");
+    let o = ttlora(&[
+        "compress",
+        "--adapter",
+        dir.to_str().unwrap(),
+        "--model",
+        base.to_str().unwrap(),
+        "--out",
+        own.to_str().unwrap(),
+        "--offline",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let cfg_path = own.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        text.replace(
+            "layer.1.attention.self.value",
+            "layer.9.attention.self.value",
+        ),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    export_fails(
+        &own,
+        &[
+            "layer.9.attention.self.value",
+            "not a linear layer of this model",
+        ],
+    );
+}
+
+#[test]
+fn a_ttlora_config_whose_factors_do_not_multiply_out() {
+    let dir = lora_copy("factors");
+    let own = dir.with_extension("own");
+    let base = fixture("base");
+    let o = ttlora(&[
+        "compress",
+        "--adapter",
+        dir.to_str().unwrap(),
+        "--model",
+        base.to_str().unwrap(),
+        "--out",
+        own.to_str().unwrap(),
+        "--offline",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let cfg_path = own.join("adapter_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let module = "bert.encoder.layer.0.attention.self.query";
+    cfg["modules"][module]["in_factors"] = serde_json::json!([8, 2, 3]);
+    std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    export_fails(&own, &[module, "32"]);
+}
+
+#[test]
+fn a_peft_option_ttlora_does_not_implement() {
+    let dir = lora_copy("dora");
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        text.replace("\"use_dora\": false", "\"use_dora\": true"),
+    )
+    .unwrap();
+    export_fails(&dir, &["use_dora", "DoRA"]);
+}
+
+#[test]
+fn an_a_without_its_b() {
+    let dir = lora_copy("no-b");
+    edit_tensors(&dir, |t| {
+        t.remove(&A0.replace("lora_A", "lora_B"));
+    });
+    export_fails(&dir, &[A0, "has no partner"]);
+}
