@@ -203,3 +203,29 @@ fn an_a_without_its_b() {
     });
     export_fails(&dir, &[A0, "has no partner"]);
 }
+
+#[test]
+fn inspect_reads_a_peft_folder_without_its_base_model() {
+    let o = ttlora(&["inspect", fixture("lora").to_str().unwrap()]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    // 4 modules × (4×32 + 32×4), the 3×32 classifier + 3 biases, LoRA r=8 on 32×32 = 512 each.
+    assert!(
+        out.contains(
+            "1024 adapter + 99 head = 1123 (4 modules; LoRA r=8 on them: 2048, 2.0x more)"
+        ),
+        "{out}"
+    );
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("bert.")).collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        // path, "LoRA", "r=4", "α=8", out×in, params, LoRA r=8, rank, norm
+        assert_eq!(cols[1..5], ["LoRA", "r=4", "α=8", "32×32"], "{row}");
+        assert_eq!(cols[7], "4", "a rank-4 LoRA has a rank-4 ΔW: {row}");
+    }
+    let o = ttlora(&["inspect", "--json", fixture("lora").to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["adapter_params"], 1024);
+    assert_eq!(v["peft_type"], "LORA");
+}

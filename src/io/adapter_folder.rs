@@ -268,3 +268,43 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<BTreeMap<String,
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ttlora-io-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_failed_fill_leaves_no_folder_and_no_partial_sibling() {
+        let dir = temp("failed");
+        let err = write_folder(&dir, |d| {
+            write_atomic(&d.join("a.json"), "{}")?;
+            Err(Error::Training("boom".into()))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("boom"));
+        assert!(!dir.exists());
+        let parent = dir.parent().unwrap();
+        let stray = std::fs::read_dir(parent).unwrap().flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.contains(&format!("ttlora-io-{}-failed.partial", std::process::id()))
+        });
+        assert!(!stray, "a .partial folder was left behind");
+    }
+
+    #[test]
+    fn a_successful_fill_appears_whole_and_can_be_rewritten() {
+        let dir = temp("ok");
+        write_folder(&dir, |d| write_atomic(&d.join("a.json"), "1")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a.json")).unwrap(), "1");
+        write_folder(&dir, |d| write_atomic(&d.join("a.json"), "2")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a.json")).unwrap(), "2");
+        assert!(!dir.join("a.json.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

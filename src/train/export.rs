@@ -78,6 +78,14 @@ pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<Exp
                 save_head: !cfg.modules_to_save.is_empty(),
                 task: Some(inf.task.clone()),
             };
+            if inf.task.pooling == "mean" {
+                tracing::warn!(
+                    "the adapter was trained with mean pooling; HF's {} pools the first token, \
+                     so PEFT will load the LoRA weights exactly but its head will see another \
+                     pooled vector",
+                    inf.model.architecture()
+                );
+            }
             let lora = to_peft_lora(inf.model.as_ref(), ADAPTER_NAME, &meta)?;
             ranks.extend(lora.modules.values().map(|m| m.a.dims()[0]));
             lora.write(out)?;
