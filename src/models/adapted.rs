@@ -159,17 +159,24 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
     let mut built = Vec::new();
     let mut found = BTreeSet::new();
     for (path, layer) in model.linears() {
-        let Some(module_cfg) = cfg.modules.get(&path) else {
+        // ttlora 0.1 folders named modules without the family prefix (`encoder.layer.0…` for
+        // `bert.encoder.layer.0…`); they still load.
+        let legacy = path.split_once('.').map(|(_, rest)| rest);
+        let Some((cfg_path, module_cfg)) = cfg
+            .modules
+            .get_key_value(&path)
+            .or_else(|| legacy.and_then(|p| cfg.modules.get_key_value(p)))
+        else {
             continue;
         };
-        found.insert(path.clone());
+        found.insert(cfg_path.clone());
         let spec = crate::adapters::LayerSpec {
             in_features: layer.in_features(),
             out_features: layer.out_features(),
             dtype: layer.weight().dtype(),
             device: layer.weight().device().clone(),
         };
-        let (adapter, keys) = restore_adapter(folder, &path, module_cfg, &spec)?;
+        let (adapter, keys) = restore_adapter(folder, cfg_path, module_cfg, &spec)?;
         for k in keys {
             if let Some((k, _)) = folder.tensors.get_key_value(&k) {
                 used.insert(k.as_str());

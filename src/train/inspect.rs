@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
+use serde_json::Value;
 
 use crate::adapters::LayerSpec;
 use crate::error::{Error, Result};
@@ -66,17 +67,18 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
     let cfg = &folder.config;
     let mut modules = Vec::new();
     for (path, module_cfg) in &cfg.modules {
-        let [out_features, in_features] =
-            cfg.layer_shapes
-                .get(path)
-                .copied()
-                .ok_or_else(|| Error::ModelConfig {
-                    path: dir.join(CONFIG_FILE),
-                    reason: format!(
-                        "module `{path}` has no entry in `layer_shapes` (written by an older \
-                         ttlora); load it with its base model instead"
-                    ),
-                })?;
+        let [out_features, in_features] = cfg
+            .layer_shapes
+            .get(path)
+            .copied()
+            .or_else(|| implied_shape(&folder, path, module_cfg))
+            .ok_or_else(|| Error::ModelConfig {
+                path: dir.join(CONFIG_FILE),
+                reason: format!(
+                    "module `{path}` has no entry in `layer_shapes` (written by an older \
+                     ttlora) and its config does not imply the layer's shape"
+                ),
+            })?;
         let spec = LayerSpec {
             in_features,
             out_features,
@@ -118,4 +120,25 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
         head_params,
         file_bytes,
     })
+}
+
+/// A layer's `[out, in]` read off a module's tensors (LoRA's A and B) or its TT factors
+/// (input-output layout), for folders that predate `layer_shapes`.
+fn implied_shape(folder: &AdapterFolder, path: &str, module_cfg: &Value) -> Option<[usize; 2]> {
+    let dim = |name: &str, i: usize| {
+        let t = folder.tensors.get(&format!("{KEY_PREFIX}{path}.{name}"))?;
+        t.dims().get(i).copied()
+    };
+    if let (Some(out_f), Some(in_f)) = (dim("lora_B.weight", 0), dim("lora_A.weight", 1)) {
+        return Some([out_f, in_f]);
+    }
+    let product = |key: &str| -> Option<usize> {
+        let factors = module_cfg.get(key)?.as_array()?;
+        factors
+            .iter()
+            .map(Value::as_u64)
+            .map(|f| f.and_then(|f| usize::try_from(f).ok()))
+            .product()
+    };
+    Some([product("out_factors")?, product("in_factors")?])
 }
