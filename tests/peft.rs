@@ -333,3 +333,38 @@ fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+#[test]
+fn folders_from_ttlora_0_1_without_the_family_prefix_still_load() {
+    use ttlora::train::finetune::load_adapted;
+    let model = base_with_ttlora();
+    let want = logits(model.as_ref());
+    let mut folder =
+        ttlora::models::adapted::collect(model.as_ref(), "default", &ttlora_meta()).unwrap();
+    // What 0.1 wrote: `encoder.layer…` paths and keys, no layer_shapes.
+    let strip = |s: &str| s.replacen("bert.encoder", "encoder", 1);
+    folder.config.modules = std::mem::take(&mut folder.config.modules)
+        .into_iter()
+        .map(|(k, v)| (strip(&k), v))
+        .collect();
+    folder.config.layer_shapes.clear();
+    folder.tensors = std::mem::take(&mut folder.tensors)
+        .into_iter()
+        .map(|(k, v)| (strip(&k), v))
+        .collect();
+    assert!(
+        folder
+            .config
+            .modules
+            .keys()
+            .all(|k| k.starts_with("encoder."))
+    );
+    let dir = temp("legacy");
+    folder.write(&dir).unwrap();
+    let loaded = load_adapted(&dir, None, &Device::Cpu, false).unwrap();
+    assert!(diff(&want, &logits(loaded.model.as_ref())) <= 1e-6);
+    let report = ttlora::train::inspect::inspect(&dir).unwrap();
+    assert_eq!(report.modules.len(), 4);
+    assert!(report.modules.iter().all(|m| m.effective_rank <= 3));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
