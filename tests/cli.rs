@@ -338,6 +338,28 @@ fn train_then_predict_and_eval_with_the_saved_adapter() {
         "train said {train_acc}; eval said {}",
         stdout(&o)
     );
+
+    // Exported as a PEFT LoRA and stripped of ttlora's side file, as a folder from PEFT would
+    // be: `--task` names the task, and the score is the same.
+    let peft = model.join("peft");
+    let o = ttlora(&["export", "--adapter", s(&run), "--out", s(&peft)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(peft.join("ttlora_task.json")).unwrap();
+    let o = ttlora(&[
+        "eval",
+        "--adapter",
+        s(&peft),
+        "--task",
+        "sst2",
+        "--data",
+        s(&data),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("sst2 (872 examples): accuracy {train_acc}")),
+        "train said {train_acc}; eval of the PEFT export said {}",
+        stdout(&o)
+    );
     let _ = std::fs::remove_dir_all(&model);
 }
 

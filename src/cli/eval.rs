@@ -50,6 +50,11 @@ pub struct EvalArgs {
     /// ../shared/data and the crate's own data/ holding the task).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Score on this registered task instead of the one the adapter records (for adapters
+    /// from elsewhere, e.g. a PEFT LoRA folder, which records none). Its label count must
+    /// match the adapter's head.
+    #[arg(long)]
+    task: Option<String>,
     /// Split of a registered task: dev, dev_matched, dev_mismatched or train.
     #[arg(long, default_value = "dev")]
     split: Split,
@@ -72,7 +77,19 @@ pub struct EvalArgs {
 
 /// Runs `ttlora eval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
-    let inf = a.common.load()?;
+    let mut inf = a.common.load()?;
+    if let Some(name) = &a.task {
+        let spec = data::task(name)?;
+        let want = spec.labels.num_labels();
+        if want != inf.task.num_labels {
+            bail!(
+                "--task {name} has {want} label(s), but the adapter's head has {} outputs",
+                inf.task.num_labels
+            );
+        }
+        inf.task.name = spec.name.to_string();
+        inf.task.label_names = spec.class_names().iter().map(ToString::to_string).collect();
+    }
     let task = &inf.task;
     let (examples, metrics, regression) = if task.name == "custom" {
         let Some(file) = &a.file else {
