@@ -297,6 +297,55 @@ mod tests {
         assert!(!stray, "a .partial folder was left behind");
     }
 
+    fn folder() -> AdapterFolder {
+        AdapterFolder {
+            config: AdapterConfig {
+                peft_type: "TTLORA".into(),
+                format_version: FORMAT_VERSION,
+                ttlora_version: "0.1.0".into(),
+                method: "ttlora".into(),
+                base_model_name_or_path: "m".into(),
+                base_model_config_sha256: String::new(),
+                config: serde_json::json!({}),
+                target_modules: serde_json::json!(["query"]),
+                exclude_modules: None,
+                overrides: BTreeMap::new(),
+                modules: BTreeMap::new(),
+                layer_shapes: BTreeMap::new(),
+                modules_to_save: Vec::new(),
+                task: None,
+                unknown: BTreeMap::new(),
+            },
+            tensors: BTreeMap::from([(
+                format!("{KEY_PREFIX}x.ttlora_cores.0"),
+                Tensor::zeros((1, 2, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            )]),
+        }
+    }
+
+    fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = dir.join(CONFIG_FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&path, v.to_string()).unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated_and_a_newer_version_is_refused() {
+        let dir = temp("versions");
+        folder().write(&dir).unwrap();
+        edit_config(&dir, |v| v["added_in_v2"] = serde_json::json!({"x": 1}));
+        let read = AdapterFolder::read(&dir, &Device::Cpu).unwrap();
+        assert_eq!(read.config.unknown["added_in_v2"], serde_json::json!({"x": 1}));
+        assert_eq!(read.tensors.len(), 1);
+
+        edit_config(&dir, |v| v["format_version"] = serde_json::json!(FORMAT_VERSION + 1));
+        let err = AdapterFolder::read(&dir, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("newer than this ttlora understands"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_successful_fill_appears_whole_and_can_be_rewritten() {
         let dir = temp("ok");
