@@ -25,6 +25,26 @@ fn lora_copy(name: &str) -> PathBuf {
     dir
 }
 
+/// A ttlora-format (TT-LoRA) folder made from the fixture by `ttlora compress`.
+fn own_copy(name: &str) -> PathBuf {
+    let dir = lora_copy(name);
+    let own = dir.with_extension("own");
+    let base = fixture("base");
+    let o = ttlora(&[
+        "compress",
+        "--adapter",
+        dir.to_str().unwrap(),
+        "--model",
+        base.to_str().unwrap(),
+        "--out",
+        own.to_str().unwrap(),
+        "--offline",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+    own
+}
+
 /// `ttlora export` of `adapter` must fail with `needles` in its error line and write nothing.
 fn export_fails(adapter: &Path, needles: &[&str]) {
     let out = adapter.with_extension("out");
@@ -122,20 +142,7 @@ fn a_tensor_whose_shape_does_not_fit_the_model() {
 #[test]
 fn a_config_that_names_a_module_the_model_lacks() {
     // ttlora's own folder naming layer 9 of a 2-layer model.
-    let dir = lora_copy("missing-module");
-    let own = dir.with_extension("own");
-    let base = fixture("base");
-    let o = ttlora(&[
-        "compress",
-        "--adapter",
-        dir.to_str().unwrap(),
-        "--model",
-        base.to_str().unwrap(),
-        "--out",
-        own.to_str().unwrap(),
-        "--offline",
-    ]);
-    assert!(o.status.success(), "{}", stdout(&o));
+    let own = own_copy("missing-module");
     let cfg_path = own.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     std::fs::write(
@@ -146,7 +153,6 @@ fn a_config_that_names_a_module_the_model_lacks() {
         ),
     )
     .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     export_fails(
         &own,
         &[
@@ -158,27 +164,13 @@ fn a_config_that_names_a_module_the_model_lacks() {
 
 #[test]
 fn a_ttlora_config_whose_factors_do_not_multiply_out() {
-    let dir = lora_copy("factors");
-    let own = dir.with_extension("own");
-    let base = fixture("base");
-    let o = ttlora(&[
-        "compress",
-        "--adapter",
-        dir.to_str().unwrap(),
-        "--model",
-        base.to_str().unwrap(),
-        "--out",
-        own.to_str().unwrap(),
-        "--offline",
-    ]);
-    assert!(o.status.success(), "{}", stdout(&o));
+    let own = own_copy("factors");
     let cfg_path = own.join("adapter_config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     let module = "bert.encoder.layer.0.attention.self.query";
     cfg["modules"][module]["in_factors"] = serde_json::json!([8, 2, 3]);
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     export_fails(&own, &[module, "32"]);
 }
 

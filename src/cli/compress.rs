@@ -57,13 +57,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
-    let width = r
-        .modules
-        .iter()
-        .map(|m| m.path.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let width = super::column_width("module", r.modules.iter().map(|m| m.path.as_str()));
     writeln!(
         out,
         "{:<width$}  {:<28}  {:>8}  {:>8}  {:>9}",

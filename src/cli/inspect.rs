@@ -45,20 +45,8 @@ fn print_table(out: &mut impl Write, dir: &std::path::Path, r: &InspectReport) -
         or_unknown(&r.base_model)
     )?;
     writeln!(out, "  task {task}")?;
-    let width = r
-        .modules
-        .iter()
-        .map(|m| m.path.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    let swidth = r
-        .modules
-        .iter()
-        .map(|m| m.structure.len())
-        .max()
-        .unwrap_or(9)
-        .max(9);
+    let width = super::column_width("module", r.modules.iter().map(|m| m.path.as_str()));
+    let swidth = super::column_width("structure", r.modules.iter().map(|m| m.structure.as_str()));
     writeln!(
         out,
         "\n{:<width$}  {:<swidth$}  {:>9}  {:>8}  {:>8}  {:>4}  {:>9}",
@@ -77,16 +65,13 @@ fn print_table(out: &mut impl Write, dir: &std::path::Path, r: &InspectReport) -
             m.delta_norm
         )?;
     }
-    let ratio = r.lora_r8_params as f64 / r.adapter_params.max(1) as f64;
-    writeln!(
-        out,
-        "\ntrainable parameters: {} adapter + {} head = {} ({} modules; LoRA r=8 on them: {}, {ratio:.1}x more)",
+    let params = super::params_line(
         r.adapter_params,
         r.head_params,
-        r.adapter_params + r.head_params,
         r.modules.len(),
-        r.lora_r8_params
-    )?;
+        r.lora_r8_params,
+    );
+    writeln!(out, "\n{params}")?;
     writeln!(out, "files: {} bytes", r.file_bytes)?;
     Ok(())
 }

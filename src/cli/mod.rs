@@ -118,6 +118,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The parameter line `train` and `inspect` both print.
+fn params_line(adapter: usize, head: usize, modules: usize, lora_r8: usize) -> String {
+    format!(
+        "trainable parameters: {adapter} adapter + {head} head = {} ({modules} modules; LoRA r=8 \
+         on them: {lora_r8}, {:.1}x more)",
+        adapter + head,
+        lora_r8 as f64 / adapter.max(1) as f64
+    )
+}
+
+/// Width of a table column holding `cells`, at least as wide as its `header`.
+fn column_width<'a>(header: &str, cells: impl Iterator<Item = &'a str>) -> usize {
+    let chars = |s: &str| s.chars().count();
+    cells.map(chars).max().unwrap_or(0).max(chars(header))
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",

@@ -362,15 +362,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         report.summary.best_step,
         report.wall_s
     )?;
+    let modules = report.adapted_modules.len();
     writeln!(
         out,
-        "trainable parameters: {} adapter + {} head = {} ({} modules; LoRA r=8 on them: {}, {:.1}x more)",
-        p.adapter,
-        p.head,
-        p.adapter + p.head,
-        report.adapted_modules.len(),
-        p.lora_r8,
-        p.lora_r8 as f64 / p.adapter.max(1) as f64
+        "{}",
+        super::params_line(p.adapter, p.head, modules, p.lora_r8)
     )?;
     let metrics: Vec<String> = report
         .dev_metrics

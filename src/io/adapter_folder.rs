@@ -337,11 +337,18 @@ mod tests {
         folder().write(&dir).unwrap();
         edit_config(&dir, |v| v["added_in_v2"] = serde_json::json!({"x": 1}));
         let read = AdapterFolder::read(&dir, &Device::Cpu).unwrap();
-        assert_eq!(read.config.unknown["added_in_v2"], serde_json::json!({"x": 1}));
+        assert_eq!(
+            read.config.unknown["added_in_v2"],
+            serde_json::json!({"x": 1})
+        );
         assert_eq!(read.tensors.len(), 1);
 
-        edit_config(&dir, |v| v["format_version"] = serde_json::json!(FORMAT_VERSION + 1));
-        let err = AdapterFolder::read(&dir, &Device::Cpu).unwrap_err().to_string();
+        edit_config(&dir, |v| {
+            v["format_version"] = serde_json::json!(FORMAT_VERSION + 1)
+        });
+        let err = AdapterFolder::read(&dir, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("newer than this ttlora understands"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -11,3 +11,25 @@ pub mod peft_lora;
 
 pub use adapter_folder::{AdapterConfig, AdapterFolder, TaskInfo};
 pub use hub::{DEFAULT_MODEL, PACKAGED_MODELS, cache_dir, resolve_model};
+
+/// Reads and parses the JSON file at `path`, `None` when there is no such file.
+///
+/// # Errors
+/// [`crate::Error::Io`] if it exists but cannot be read; [`crate::Error::ModelConfig`] naming
+/// the file if it is not valid JSON of the expected shape.
+pub fn read_json_if_present<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> crate::Result<Option<T>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value = serde_json::from_str(&text).map_err(|e| crate::Error::ModelConfig {
+        path: path.to_path_buf(),
+        reason: format!("not the expected JSON: {e}"),
+    })?;
+    Ok(Some(value))
+}

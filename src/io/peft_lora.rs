@@ -76,19 +76,7 @@ impl TaskFile {
     /// # Errors
     /// [`Error::Io`] / [`Error::ModelConfig`] for an unreadable or malformed file.
     pub fn read(dir: &Path) -> Result<Option<Self>> {
-        let path = dir.join(TASK_FILE);
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let side = serde_json::from_str(&text).map_err(|e| Error::ModelConfig {
-            path,
-            reason: e.to_string(),
-        })?;
-        Ok(Some(side))
+        super::read_json_if_present(&dir.join(TASK_FILE))
     }
 
     /// Writes `dir`/[`TASK_FILE`] atomically.

@@ -58,17 +58,9 @@ impl Pooling {
     /// [`Error::Io`] / [`Error::ModelConfig`] if the file exists but cannot be read or parsed.
     pub fn from_sentence_transformers(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join("1_Pooling").join("config.json");
-        if !path.is_file() {
+        let Some(v) = crate::io::read_json_if_present::<serde_json::Value>(&path)? else {
             return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::ModelConfig {
-            path: path.clone(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
+        };
         let on = |k: &str| v.get(k).and_then(|b| b.as_bool()).unwrap_or(false);
         Ok(if on("pooling_mode_mean_tokens") {
             Some(Self::Mean)
