@@ -286,7 +286,7 @@ fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
 
 #[test]
 fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
-    use ttlora::train::compress::{CompressSpec, compress};
+    use ttlora::train::compress::{CompressSpec, Source, compress};
     use ttlora::train::export::{ExportFormat, export};
     use ttlora::train::finetune::load_adapted;
     let cpu = Device::Cpu;
@@ -310,7 +310,7 @@ fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
         alpha: 2.0,
         truncation: ttlora::tt::Truncation::tolerance(1e-7),
     };
-    let report = compress(&lora, &spec, &tt_dir).unwrap();
+    let report = compress(&Source::from_adapter(&lora).unwrap(), &spec, &tt_dir).unwrap();
     assert!(report.rel_error < 1e-6, "{}", report.rel_error);
     let tt = load_adapted(&tt_dir, Some(&base_dir), &cpu, false);
     let mut tt = tt.unwrap();
@@ -367,4 +367,41 @@ fn folders_from_ttlora_0_1_without_the_family_prefix_still_load() {
     assert_eq!(report.modules.len(), 4);
     assert!(report.modules.iter().all(|m| m.effective_rank <= 3));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_full_fine_tunes_weight_change_compresses_into_the_same_model() {
+    use ttlora::train::compress::{CompressSpec, Source, compress};
+    use ttlora::train::export::{ExportFormat, export};
+    use ttlora::train::finetune::load_adapted;
+    let cpu = Device::Cpu;
+    let base_dir = fixture("base");
+    let base_name = base_dir.display().to_string();
+    // A "fully fine-tuned" model: PEFT's LoRA merged into the weights, head changed.
+    let mut lora = load_adapted(&fixture("lora"), Some(&base_name), &cpu, false).unwrap();
+    let want = logits(lora.model.as_ref());
+    let tuned = temp("finetuned");
+    export(&mut lora, ExportFormat::Merged, &tuned).unwrap();
+
+    let source = Source::from_finetuned(&base_dir, &base_name, &tuned, None, &cpu).unwrap();
+    assert_eq!(
+        source.updates.len(),
+        4,
+        "query and value of 2 layers by default"
+    );
+    assert!(source.updates.iter().all(|u| u.params == 32 * 32));
+    let tt_dir = temp("finetuned-tt");
+    let spec = CompressSpec {
+        shape_config: serde_json::json!({}),
+        alpha: 1.0,
+        truncation: ttlora::tt::Truncation::tolerance(1e-7),
+    };
+    let report = compress(&source, &spec, &tt_dir).unwrap();
+    assert!(report.rel_error < 1e-6, "{}", report.rel_error);
+    let tt = load_adapted(&tt_dir, None, &cpu, false).unwrap();
+    let d = diff(&want, &logits(tt.model.as_ref()));
+    assert!(d <= 1e-5, "the compressed fine-tune differs by {d}");
+    for dir in [tuned, tt_dir] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -1,19 +1,43 @@
-//! `ttlora compress`: a LoRA (or any adapter with a dense ΔW) into a TT-LoRA by TT-SVD.
+//! `ttlora compress`: a LoRA (or any adapter, or a full fine-tune's weight change) into a
+//! TT-LoRA by TT-SVD.
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
-use ttlora::train::compress::{CompressSpec, compress};
+use ttlora::train::compress::{CompressSpec, Source, compress};
+use ttlora::train::finetune;
 use ttlora::tt::Truncation;
 
-use super::export::ExportSource;
+use super::export::refuse_occupied;
 
 /// Arguments of `ttlora compress`.
 #[derive(Debug, Args)]
 pub struct CompressArgs {
-    #[command(flatten)]
-    source: ExportSource,
+    /// Adapter folder to compress: ttlora's own or a PEFT LoRA folder.
+    #[arg(long, value_name = "DIR", required_unless_present = "finetuned")]
+    adapter: Option<PathBuf>,
+    /// A fully fine-tuned HF model folder instead: its change to the targeted layers
+    /// (W_finetuned − W_base, with --model as the base) is compressed, its head kept.
+    #[arg(long, value_name = "DIR", conflicts_with = "adapter")]
+    finetuned: Option<PathBuf>,
+    /// Base model (required with --finetuned; with --adapter it overrides the recorded one).
+    #[arg(long)]
+    model: Option<String>,
+    /// With --finetuned: layers to take (as `train --targets`; default the architecture's
+    /// query,value; `all-linear` for every linear layer).
+    #[arg(long, value_delimiter = ',', requires = "finetuned")]
+    targets: Option<Vec<String>>,
+    /// Folder to write; it must not exist or be empty (see --force).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Write into an existing non-empty --out folder, replacing files of the same name.
+    #[arg(long)]
+    force: bool,
+    /// Never download: fail if a model is not available locally.
+    #[arg(long)]
+    offline: bool,
     /// Largest TT rank of every bond.
     #[arg(long, value_name = "R")]
     max_rank: Option<usize>,
@@ -25,7 +49,7 @@ pub struct CompressArgs {
     #[arg(long, default_value_t = 1.0)]
     alpha: f64,
     /// TT shape fields as JSON (layout, in_factors/out_factors, factors, cores), as for
-    /// `train --config`; default: the planner's 6-core input-output shape.
+    /// `train --adapter-config`; default: the planner's 6-core input-output shape.
     #[arg(long, value_name = "JSON", default_value = "{}")]
     config: String,
     /// Print the report as JSON.
@@ -49,9 +73,28 @@ pub fn run(a: CompressArgs) -> Result<()> {
             rel_tol: tolerance,
         },
     };
-    let src = a.source.load()?;
-    let r = compress(&src, &spec, &a.source.out)
-        .with_context(|| format!("compressing {}", a.source.adapter.display()))?;
+    refuse_occupied(&a.out, a.force)?;
+    let device = ttlora::parse_device("cpu")?;
+    let (source, from) = match (&a.adapter, &a.finetuned) {
+        (Some(dir), _) => {
+            let adapted = finetune::load_adapted(dir, a.model.as_deref(), &device, !a.offline)
+                .with_context(|| format!("loading adapter {}", dir.display()))?;
+            (Source::from_adapter(&adapted)?, dir)
+        }
+        (None, Some(dir)) => {
+            let Some(model) = &a.model else {
+                bail!("--finetuned needs --model, the base model it was fine-tuned from");
+            };
+            let base_dir = ttlora::io::resolve_model(model, !a.offline)?;
+            let targets = super::train::module_set(&a.targets, &None);
+            let source = Source::from_finetuned(&base_dir, model, dir, targets.as_ref(), &device)
+                .with_context(|| format!("reading fine-tuned model {}", dir.display()))?;
+            (source, dir)
+        }
+        (None, None) => bail!("give --adapter or --finetuned"),
+    };
+    let r = compress(&source, &spec, &a.out)
+        .with_context(|| format!("compressing {}", from.display()))?;
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
@@ -78,7 +121,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         r.params_after,
         r.params_before as f64 / r.params_after.max(1) as f64,
         r.rel_error,
-        a.source.out.display()
+        a.out.display()
     )?;
     Ok(())
 }

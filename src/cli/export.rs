@@ -13,13 +13,13 @@ use ttlora::train::finetune;
 pub struct ExportSource {
     /// Adapter folder: ttlora's own (`ttlora train`) or a PEFT LoRA folder.
     #[arg(long, value_name = "DIR")]
-    pub adapter: PathBuf,
+    adapter: PathBuf,
     /// Base model, overriding the one recorded in the adapter config.
     #[arg(long)]
     model: Option<String>,
     /// Folder to write; it must not exist or be empty (see --force).
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    out: PathBuf,
     /// Write into an existing non-empty --out folder, replacing files of the same name.
     #[arg(long)]
     force: bool,
@@ -55,16 +55,22 @@ pub fn run_merge(a: MergeArgs) -> Result<()> {
     write(&a.source, ExportFormat::Merged)
 }
 
+/// Refuses to write into a non-empty `out` unless `force`.
+pub fn refuse_occupied(out: &std::path::Path, force: bool) -> Result<()> {
+    let occupied = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+    if occupied && !force {
+        bail!(
+            "{} exists and is not empty; choose another --out or pass --force",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 impl ExportSource {
     /// Refuses a non-empty --out without --force, then loads the adapter onto its base model.
     pub fn load(&self) -> Result<finetune::Adapted> {
-        let occupied = std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some());
-        if occupied && !self.force {
-            bail!(
-                "{} exists and is not empty; choose another --out or pass --force",
-                self.out.display()
-            );
-        }
+        refuse_occupied(&self.out, self.force)?;
         finetune::load_adapted(
             &self.adapter,
             self.model.as_deref(),

@@ -62,9 +62,11 @@ enum Command {
     /// The same as `ttlora export --format merged`: W ← W + ΔW for every adapted layer
     /// (computed in f32), the trained head included, tokenizer files copied.
     Merge(export::MergeArgs),
-    /// Compress a LoRA (PEFT's or ttlora's) or any adapter into a TT-LoRA by TT-SVD.
+    /// Compress a LoRA (PEFT's or ttlora's), any adapter, or a full fine-tune into a TT-LoRA.
     ///
-    /// Each module's dense ΔW is decomposed into the TT shape of --config (default: the
+    /// --adapter DIR takes each adapted module's ΔW; --finetuned DIR --model BASE takes
+    /// W_finetuned − W_base on the targeted layers (other changed weights are not carried
+    /// over). Each dense ΔW is decomposed by TT-SVD into the TT shape of --config (default: the
     /// planner's 6-core shape) with ranks set by --max-rank and/or --tolerance; the achieved
     /// relative error and parameter ratio are printed. The trained head is kept. Measure the
     /// compressed adapter's accuracy with `ttlora eval --adapter OUT`.

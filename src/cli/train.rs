@@ -257,7 +257,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
-fn module_set(list: &Option<Vec<String>>, regex: &Option<String>) -> Option<ModuleSet> {
+pub(super) fn module_set(list: &Option<Vec<String>>, regex: &Option<String>) -> Option<ModuleSet> {
     match (list, regex) {
         (_, Some(r)) => Some(ModuleSet::Pattern(r.clone())),
         (Some(l), None) if l.len() == 1 && l[0] == ModuleSet::ALL_LINEAR => {

@@ -1,14 +1,19 @@
-//! `compress`: any dense update — a LoRA (PEFT's or ours), a TT-LoRA of higher rank — into a
-//! TT-LoRA by TT-SVD, with a rank cap and/or a relative-error tolerance.
+//! `compress`: any dense update — a LoRA (PEFT's or ours), a TT-LoRA of higher rank, the
+//! weight change of a full fine-tune — into a TT-LoRA by TT-SVD, with a rank cap and/or a
+//! relative-error tolerance.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 use crate::adapters::ttlora::{TtLoraConfig, TtLoraLayer};
+use crate::adapters::{ModuleSet, Targeting};
 use crate::error::{Error, Result};
+use crate::io::TaskInfo;
 use crate::models::adapted::{AdapterMeta, collect};
-use crate::models::{Pooling, load_classifier};
+use crate::models::{Model, Pooling, load_classifier};
 use crate::train::finetune::{ADAPTER_NAME, Adapted};
 use crate::tt::{Truncation, TtPath, decompose_matrix};
 
@@ -52,13 +57,100 @@ pub struct CompressReport {
     pub params_after: usize,
 }
 
-/// Compresses the adapter loaded in `src` into a TT-LoRA adapter folder at `out` (ttlora's
-/// own format; the source's trained head is kept as it is).
+/// One layer's dense update to compress.
+#[derive(Debug, Clone)]
+pub struct DenseUpdate {
+    /// Module path.
+    pub path: String,
+    /// The scaled update ΔW, `(out, in)`.
+    pub delta: Tensor,
+    /// Scalars the source spends on it (adapter parameters, or out·in for a dense ΔW).
+    pub params: usize,
+}
+
+/// Where the updates come from and what the written folder should say about it.
+pub struct Source {
+    /// The updates, one per layer.
+    pub updates: Vec<DenseUpdate>,
+    /// The head tensors to keep, by full name (empty: the head is not saved).
+    pub head: Vec<(String, Tensor)>,
+    /// The base model folder the result attaches to.
+    pub base_dir: PathBuf,
+    /// The base model as named, for the folder's config.
+    pub base_model: String,
+    /// SHA-256 of the base model's config.json (empty when unknown).
+    pub base_model_config_sha256: String,
+    /// The task the result is for.
+    pub task: TaskInfo,
+}
+
+/// The updates the adapter loaded in `src` applies.
+///
+/// # Errors
+/// As the adapters' `delta_weight`.
+pub fn adapter_updates(src: &Adapted) -> Result<Vec<DenseUpdate>> {
+    let mut out = Vec::new();
+    for (path, layer) in src.model.linears() {
+        if let Some((_, adapter)) = layer.adapters().find(|(n, _)| *n == ADAPTER_NAME) {
+            out.push(DenseUpdate {
+                path,
+                delta: adapter.delta_weight()?,
+                params: adapter.num_params(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The updates full fine-tuning made to the targeted layers: `W_finetuned − W_base`. Other
+/// weights the fine-tune changed (layer norms, embeddings, untargeted layers) are not
+/// carried over; target `all-linear` to keep every linear layer.
+///
+/// # Errors
+/// The two models' layers differ (another architecture or size).
+pub fn finetuned_updates(
+    base: &dyn Model,
+    finetuned: &dyn Model,
+    targeting: &Targeting,
+) -> Result<Vec<DenseUpdate>> {
+    let tuned: BTreeMap<String, &crate::adapters::Linear> =
+        finetuned.linears().into_iter().collect();
+    let mut out = Vec::new();
+    for (path, layer) in base.linears() {
+        if !targeting.matches(&path) {
+            continue;
+        }
+        let other = tuned.get(&path).ok_or_else(|| {
+            Error::Training(format!("{path}: the fine-tuned model has no such layer"))
+        })?;
+        if other.weight().dims() != layer.weight().dims() {
+            return Err(Error::TensorShape {
+                op: "fine-tuned minus base weight",
+                expected: layer.weight().dims().to_vec(),
+                got: other.weight().dims().to_vec(),
+            });
+        }
+        let delta =
+            (other.weight().to_dtype(DType::F32)? - layer.weight().to_dtype(DType::F32)?)?;
+        out.push(DenseUpdate {
+            params: delta.elem_count(),
+            path,
+            delta,
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::Training("the targets match no linear layer".into()));
+    }
+    Ok(out)
+}
+
+/// Compresses every update of `src` into a TT-LoRA adapter by TT-SVD and writes it as a
+/// ttlora adapter folder at `out`, with the source's head when it has one.
 ///
 /// # Errors
 /// A shape config that does not fit a layer; a truncation that is invalid; SVD failure; write
 /// errors (nothing is left at `out`).
-pub fn compress(src: &Adapted, spec: &CompressSpec, out: &Path) -> Result<CompressReport> {
+pub fn compress(src: &Source, spec: &CompressSpec, out: &Path) -> Result<CompressReport> {
     if !(spec.alpha.is_finite() && spec.alpha != 0.0) {
         return Err(Error::InvalidConfig {
             method: "ttlora",
@@ -67,40 +159,36 @@ pub fn compress(src: &Adapted, spec: &CompressSpec, out: &Path) -> Result<Compre
             got: spec.alpha.to_string(),
         });
     }
+    if src.updates.is_empty() {
+        return Err(Error::Training(
+            "the source carries no update to compress".into(),
+        ));
+    }
     let template: TtLoraConfig = serde_json::from_value(spec.shape_config.clone())?;
     let pooling: Pooling = src
         .task
         .pooling
         .parse()
         .map_err(|reason| Error::ModelConfig {
-            path: src.model_dir.join("config.json"),
+            path: src.base_dir.join("config.json"),
             reason,
         })?;
-    let device = src
-        .model
-        .linears()
-        .first()
-        .map_or(candle_core::Device::Cpu, |(_, l)| {
-            l.weight().device().clone()
-        });
-    let mut target = load_classifier(&src.model_dir, src.task.num_labels, pooling, &device, 0)?;
+    let device = src.updates[0].delta.device().clone();
+    let mut target = load_classifier(&src.base_dir, src.task.num_labels, pooling, &device, 0)?;
     let mut modules = Vec::new();
-    let mut built = Vec::new();
+    let mut built = BTreeMap::new();
     let (mut err_sq, mut norm_sq) = (0.0, 0.0);
-    for (path, layer) in src.model.linears() {
-        let Some((_, adapter)) = layer.adapters().find(|(n, _)| *n == ADAPTER_NAME) else {
-            continue;
-        };
-        let delta = adapter.delta_weight()?;
-        let shape = template.shape_for(layer.in_features(), layer.out_features())?;
-        let d = decompose_matrix(&(&delta / spec.alpha)?, &shape, &spec.truncation)?;
-        let norm = delta
-            .to_dtype(candle_core::DType::F64)?
+    for u in &src.updates {
+        let (out_f, in_f) = u.delta.dims2()?;
+        let shape = template.shape_for(in_f, out_f)?;
+        let d = decompose_matrix(&(&u.delta / spec.alpha)?, &shape, &spec.truncation)?;
+        let norm = u
+            .delta
+            .to_dtype(DType::F64)?
             .sqr()?
             .sum_all()?
             .to_scalar::<f64>()?
-            .sqrt()
-            / spec.alpha.abs();
+            .sqrt();
         err_sq += (d.rel_error * norm).powi(2);
         norm_sq += norm * norm;
         let tt_path = if d.shape.split_rank().is_some() {
@@ -110,50 +198,46 @@ pub fn compress(src: &Adapted, spec: &CompressSpec, out: &Path) -> Result<Compre
         };
         let tt = TtLoraLayer::from_cores(d.shape.clone(), d.cores, spec.alpha, tt_path)?;
         modules.push(CompressedModule {
-            path: path.clone(),
+            path: u.path.clone(),
             shape: d.shape.to_string(),
-            params_before: adapter.num_params(),
+            params_before: u.params,
             params_after: crate::adapters::Adapter::num_params(&tt),
             rel_error: d.rel_error,
         });
-        built.push((path, tt));
+        built.insert(u.path.clone(), tt);
     }
-    if built.is_empty() {
-        return Err(Error::Training(
-            "the source carries no adapter to compress".into(),
-        ));
-    }
-    let mut built: std::collections::BTreeMap<String, TtLoraLayer> = built.into_iter().collect();
     for (path, layer) in target.linears_mut() {
         if let Some(tt) = built.remove(&path) {
             layer.add_adapter(ADAPTER_NAME, Box::new(tt))?;
         }
     }
-    let src_head = src.model.head_vars();
+    if let Some(path) = built.keys().next() {
+        return Err(Error::Training(format!(
+            "{path}: the base model has no such layer"
+        )));
+    }
     for (name, var) in target.head_vars() {
-        if let Some((_, v)) = src_head.iter().find(|(n, _)| *n == name) {
-            var.set(v.as_tensor())?;
+        if let Some((_, t)) = src.head.iter().find(|(n, _)| *n == name) {
+            var.set(t)?;
         }
     }
-    let cfg = &src.config;
     let mut method_config = spec.shape_config.clone();
     if let Some(obj) = method_config.as_object_mut() {
         obj.insert("alpha".into(), spec.alpha.into());
     }
+    let paths = modules
+        .iter()
+        .map(|m| Value::String(m.path.clone()))
+        .collect();
     let meta = AdapterMeta {
         method: "ttlora".into(),
         base_model: src.base_model.clone(),
-        base_model_config_sha256: cfg.base_model_config_sha256.clone(),
+        base_model_config_sha256: src.base_model_config_sha256.clone(),
         config: method_config,
-        target_modules: Value::Array(
-            modules
-                .iter()
-                .map(|m| Value::String(m.path.clone()))
-                .collect(),
-        ),
+        target_modules: Value::Array(paths),
         exclude_modules: None,
-        overrides: Default::default(),
-        save_head: !cfg.modules_to_save.is_empty(),
+        overrides: BTreeMap::new(),
+        save_head: !src.head.is_empty(),
         task: Some(src.task.clone()),
     };
     collect(target.as_ref(), ADAPTER_NAME, &meta)?.write(out)?;
@@ -167,4 +251,106 @@ pub fn compress(src: &Adapted, spec: &CompressSpec, out: &Path) -> Result<Compre
         params_after: modules.iter().map(|m| m.params_after).sum(),
         modules,
     })
+}
+
+impl Source {
+    /// The adapter loaded in `src` as a compression source: its updates, head and task.
+    ///
+    /// # Errors
+    /// As [`adapter_updates`].
+    pub fn from_adapter(src: &Adapted) -> Result<Self> {
+        let head = if src.config.modules_to_save.is_empty() {
+            Vec::new()
+        } else {
+            head_tensors(src.model.as_ref())?
+        };
+        Ok(Self {
+            updates: adapter_updates(src)?,
+            head,
+            base_dir: src.model_dir.clone(),
+            base_model: src.base_model.clone(),
+            base_model_config_sha256: src.config.base_model_config_sha256.clone(),
+            task: src.task.clone(),
+        })
+    }
+
+    /// A fully fine-tuned model folder as a compression source: the targeted layers'
+    /// `W_finetuned − W_base` (see [`finetuned_updates`]) and its head. The label count
+    /// comes from the fine-tuned config's `id2label` (or `num_labels`), the pooling from the
+    /// fine-tuned folder as for training; `targets` default to the architecture's.
+    ///
+    /// # Errors
+    /// Unreadable folders; a config without labels; models that do not match.
+    pub fn from_finetuned(
+        base_dir: &Path,
+        base_model: &str,
+        finetuned_dir: &Path,
+        targets: Option<&ModuleSet>,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let cfg_path = finetuned_dir.join("config.json");
+        let cfg: Value =
+            crate::io::read_json_if_present(&cfg_path)?.ok_or_else(|| Error::ModelFile {
+                path: finetuned_dir.to_path_buf(),
+                reason: "no config.json; expected a fine-tuned HF model folder".into(),
+            })?;
+        let label_names: Vec<String> = match cfg.get("id2label").and_then(Value::as_object) {
+            Some(m) => {
+                let mut pairs: Vec<(usize, String)> = m
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+                    .collect();
+                pairs.sort();
+                pairs.into_iter().map(|(_, n)| n).collect()
+            }
+            None => Vec::new(),
+        };
+        let num_labels = cfg
+            .get("num_labels")
+            .and_then(Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(label_names.len());
+        if num_labels == 0 {
+            return Err(Error::ModelConfig {
+                path: cfg_path,
+                reason: "says nothing about the labels (no `id2label` or `num_labels`)".into(),
+            });
+        }
+        let regression = cfg.get("problem_type").and_then(Value::as_str) == Some("regression")
+            || num_labels == 1;
+        let pooling = crate::train::finetune::choose_pooling(None, finetuned_dir)?;
+        let tuned = load_classifier(finetuned_dir, num_labels, pooling, device, 0)?;
+        let base = load_classifier(base_dir, num_labels, pooling, device, 0)?;
+        let defaults = ModuleSet::List(
+            base.default_targets()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
+        let targeting = Targeting::new(targets.unwrap_or(&defaults), None, &BTreeMap::new())?;
+        Ok(Self {
+            updates: finetuned_updates(base.as_ref(), tuned.as_ref(), &targeting)?,
+            head: head_tensors(tuned.as_ref())?,
+            base_dir: base_dir.to_path_buf(),
+            base_model: base_model.to_string(),
+            base_model_config_sha256: crate::io::adapter_folder::sha256_file(
+                &base_dir.join("config.json"),
+            )?,
+            task: TaskInfo {
+                name: "custom".into(),
+                label_names: if regression { Vec::new() } else { label_names },
+                num_labels,
+                pooling: pooling.to_string(),
+                max_len: 128,
+            },
+        })
+    }
+}
+
+fn head_tensors(model: &dyn Model) -> Result<Vec<(String, Tensor)>> {
+    model
+        .head_vars()
+        .into_iter()
+        .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
+        .collect()
 }
