@@ -440,3 +440,103 @@ impl PeftLora {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_like_peft_exact_first_then_suffix_regex() {
+        let p: BTreeMap<String, usize> = BTreeMap::from([
+            ("query".to_string(), 4),
+            (r"layer\.1\..*value".to_string(), 16),
+            ("bert.encoder.layer.0.attention.self.query".to_string(), 2),
+        ]);
+        let get = |path: &str| pattern_value(&p, path).unwrap();
+        assert_eq!(get("bert.encoder.layer.0.attention.self.query"), Some(2));
+        assert_eq!(get("bert.encoder.layer.1.attention.self.query"), Some(4));
+        assert_eq!(get("bert.encoder.layer.1.attention.self.value"), Some(16));
+        assert_eq!(get("bert.encoder.layer.0.attention.self.value"), None);
+        // A suffix must start at a `.` boundary.
+        assert_eq!(get("bert.encoder.layer.1.attention.self.subquery"), None);
+        let bad = BTreeMap::from([("(".to_string(), 1usize)]);
+        assert!(pattern_value(&bad, "x").is_err());
+    }
+
+    #[test]
+    fn off_values_are_what_peft_writes_for_an_unused_option() {
+        for v in [
+            json!(null),
+            json!(false),
+            json!("none"),
+            json!([]),
+            json!({}),
+        ] {
+            assert!(is_off(&v), "{v}");
+        }
+        for v in [
+            json!(true),
+            json!("all"),
+            json!(0),
+            json!([1]),
+            json!({"a": 1}),
+        ] {
+            assert!(!is_off(&v), "{v}");
+        }
+    }
+
+    #[test]
+    fn the_most_common_rank_becomes_r_and_the_rest_rank_pattern() {
+        let t = |r: usize| Tensor::zeros((r, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let module = |r: usize, alpha: f64| LoraModule {
+            a: t(r),
+            b: Tensor::zeros((4, r), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            lora_alpha: alpha,
+        };
+        let lora = PeftLora {
+            base_model: String::new(),
+            modules: BTreeMap::from([
+                ("m.a".to_string(), module(8, 8.0)),
+                ("m.b".to_string(), module(8, 8.0)),
+                ("m.c".to_string(), module(4, 2.5)),
+            ]),
+            use_rslora: false,
+            head: BTreeMap::new(),
+            task_type: "SEQ_CLS".into(),
+            task: None,
+            base_model_config_sha256: String::new(),
+        };
+        let c = lora.config_json().unwrap();
+        assert_eq!(c["r"], 8);
+        assert_eq!(
+            c["lora_alpha"], 8,
+            "an integral alpha is written as an int, like PEFT"
+        );
+        assert_eq!(c["rank_pattern"], json!({"m.c": 4}));
+        assert_eq!(c["alpha_pattern"], json!({"m.c": 2.5}));
+        assert_eq!(c["base_model_name_or_path"], Value::Null);
+        assert_eq!(c["modules_to_save"], Value::Null);
+
+        // Read back, each module gets its own rank and α through the patterns.
+        let dir = std::env::temp_dir().join(format!("ttlora-peft-mixed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        lora.write(&dir).unwrap();
+        let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+        let folder = read(&dir, &serde_json::from_str(&text).unwrap(), &Device::Cpu).unwrap();
+        assert_eq!(folder.config.modules["m.a"]["r"], 8);
+        assert_eq!(folder.config.modules["m.c"]["r"], 4);
+        assert_eq!(folder.config.modules["m.c"]["lora_alpha"], 2.5);
+        assert_eq!(folder.config.layer_shapes["m.c"], [4, 4]);
+
+        // A config whose rank disagrees with the tensors is an error naming the tensor.
+        let lying = text.replace("\"m.c\": 4", "\"m.c\": 2");
+        let err = read(&dir, &serde_json::from_str(&lying).unwrap(), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.c.lora_A.weight") && err.contains("r = 2"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
