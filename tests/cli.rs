@@ -472,3 +472,54 @@ fn unknown_task_is_one_clear_error() {
     let o = ttlora(&["train", "--task", "squad", "--offline", "--quiet"]);
     assert_clear_error(&o, &["unknown task `squad`", "sst2"]);
 }
+
+#[test]
+fn bench_model_times_a_training_step_and_inference() {
+    let model = tiny_bert_folder("bench-model", BertConfig::tiny());
+    let run = |kind: &str, method: &str| {
+        let o = ttlora(&[
+            "bench",
+            "model",
+            "--model",
+            s(&model),
+            "--kind",
+            kind,
+            "--method",
+            method,
+            "--iters",
+            "1",
+            "--min-seconds",
+            "0",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "8",
+            "--offline",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let train = run("train", "ttlora");
+    assert_eq!(train.len(), 1);
+    assert_eq!(train[0]["kind"], "train");
+    assert!(train[0]["step_ms"].as_f64().unwrap() > 0.0);
+    assert!(train[0]["trainable"].as_u64().unwrap() > 0);
+    assert!(train[0]["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    let infer = run("infer", "lora");
+    let kinds: Vec<&str> = infer.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["infer-unmerged", "infer-merged"]);
+    let o = ttlora(&[
+        "bench",
+        "model",
+        "--model",
+        s(&model),
+        "--method",
+        "none",
+        "--offline",
+    ]);
+    assert_clear_error(&o, &["nothing to train"]);
+    let _ = std::fs::remove_dir_all(&model);
+}

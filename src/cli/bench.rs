@@ -13,6 +13,42 @@ use ttlora::tt::{Ranks, TtShape};
 pub enum BenchCommand {
     /// Forward+backward time of one linear layer: frozen, +LoRA, +TT-LoRA on each path.
     Tt(TtArgs),
+    /// One whole model: training step (forward, backward, AdamW) or inference, and the
+    /// process's peak memory. One configuration per process, so peak memory is its own;
+    /// scripts/bench_compare.sh runs the grid against PyTorch + PEFT.
+    Model(ModelArgs),
+}
+
+/// Options of `ttlora bench model`.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model folder or packaged name.
+    #[arg(long, default_value = "all-MiniLM-L6-v2")]
+    model: String,
+    /// `train` (forward + backward + AdamW step) or `infer` (unmerged, then merged).
+    #[arg(long, default_value = "train")]
+    kind: String,
+    /// `none` (base model; infer only), `lora` or `ttlora`.
+    #[arg(long, default_value = "lora")]
+    method: String,
+    /// Method config as JSON, e.g. '{"r": 8}' or '{"path": "contract"}'.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    config: String,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Minimum timed iterations (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Minimum seconds.
+    #[arg(long, default_value_t = 5.0)]
+    min_seconds: f64,
+    /// Never download the model.
+    #[arg(long)]
+    offline: bool,
 }
 
 /// Options of `ttlora bench tt`.
@@ -44,7 +80,35 @@ pub struct TtArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Tt(args) => run_tt(args),
+        BenchCommand::Model(args) => run_model(args),
     }
+}
+
+/// Prints one JSON line per measured row.
+fn run_model(a: ModelArgs) -> Result<()> {
+    use ttlora::bench::model_step::{ModelStepConfig, inference, train_step};
+    let dir = ttlora::io::resolve_model(&a.model, !a.offline)?;
+    let cfg = ModelStepConfig {
+        method: a.method,
+        method_config: serde_json::from_str(&a.config)
+            .map_err(|e| anyhow::anyhow!("--config is not valid JSON: {e}"))?,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        iters: a.iters,
+        min_time: Duration::from_secs_f64(a.min_seconds),
+        seed: 0,
+    };
+    let device = ttlora::parse_device("cpu")?;
+    let rows = match a.kind.as_str() {
+        "train" => vec![train_step(&dir, &cfg, &device)?],
+        "infer" => inference(&dir, &cfg, &device)?,
+        other => anyhow::bail!("unknown --kind `{other}`; use train or infer"),
+    };
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+    }
+    Ok(())
 }
 
 fn paper_shape(size: usize) -> Result<TtShape> {

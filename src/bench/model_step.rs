@@ -1,0 +1,210 @@
+//! Whole-model timings for the comparison with PyTorch + PEFT (issue 5): one training step
+//! (forward + backward + AdamW) and inference at a batch size, on a real model folder and a
+//! seeded random batch, with the process's peak resident memory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::adapters::{ModuleSet, Targeting, inject, method, seeded_rng};
+use crate::bench::time_median;
+use crate::error::{Error, Result};
+use crate::models::merged::merge_adapters;
+use crate::models::{EncoderInput, Model, Pooling, load_classifier};
+use crate::train::{Adam, AdamParams, Batch, Objective, loss};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct ModelStepConfig {
+    /// `none` (the base model, inference only), `lora` or `ttlora`.
+    pub method: String,
+    /// Method config (e.g. `{"r": 8}`, `{"path": "contract"}`).
+    pub method_config: serde_json::Value,
+    /// Sequences per batch.
+    pub batch_size: usize,
+    /// Tokens per sequence (no padding).
+    pub seq_len: usize,
+    /// Timed iterations at least (after one warm-up).
+    pub iters: usize,
+    /// Seconds at least.
+    pub min_time: Duration,
+    /// Seeds the batch and the adapters.
+    pub seed: u64,
+}
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStepRow {
+    /// `train`, `infer-unmerged` or `infer-merged`.
+    pub kind: &'static str,
+    /// The method (`none`, `lora`, `ttlora`).
+    pub method: String,
+    /// The method config given.
+    pub method_config: serde_json::Value,
+    /// Sequences per batch.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Median wall time per step, milliseconds.
+    pub step_ms: f64,
+    /// Tokens per second at that median.
+    pub tokens_per_s: f64,
+    /// Trainable scalars (adapters + head; 0 for inference rows).
+    pub trainable: usize,
+    /// Peak resident set size of the process so far, MiB (Linux `VmHWM`; 0 elsewhere).
+    pub peak_rss_mib: f64,
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM` from `/proc/self/status`).
+pub fn peak_rss_mib() -> f64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0.0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn random_batch(model_dir: &Path, cfg: &ModelStepConfig, device: &Device) -> Result<Batch> {
+    let vocab =
+        crate::io::read_json_if_present::<serde_json::Value>(&model_dir.join("config.json"))?
+            .and_then(|c| c.get("vocab_size").and_then(serde_json::Value::as_u64))
+            .ok_or_else(|| Error::ModelConfig {
+                path: model_dir.join("config.json"),
+                reason: "no `vocab_size`".into(),
+            })?;
+    use rand::Rng;
+    let mut rng = seeded_rng(cfg.seed);
+    let n = cfg.batch_size * cfg.seq_len;
+    // Ids 1000.. avoid special tokens in BERT-style vocabularies.
+    let ids: Vec<u32> = (0..n)
+        .map(|_| rng.random_range(1000.min(vocab - 1)..vocab) as u32)
+        .collect();
+    let shape = (cfg.batch_size, cfg.seq_len);
+    let labels: Vec<u32> = (0..cfg.batch_size).map(|i| (i % 2) as u32).collect();
+    Ok(Batch {
+        input: EncoderInput {
+            input_ids: Tensor::from_vec(ids, shape, device)?,
+            token_type_ids: Tensor::zeros(shape, DType::U32, device)?,
+            attention_mask: Tensor::ones(shape, DType::U32, device)?,
+        },
+        labels: Tensor::new(labels, device)?,
+    })
+}
+
+/// Loads `model_dir` as a 2-label classifier with the method attached to the architecture's
+/// default targets.
+fn adapted_model(
+    model_dir: &Path,
+    cfg: &ModelStepConfig,
+    device: &Device,
+) -> Result<Box<dyn Model>> {
+    let pooling = Pooling::from_sentence_transformers(model_dir)?.unwrap_or(Pooling::Cls);
+    let mut model = load_classifier(model_dir, 2, pooling, device, cfg.seed)?;
+    if cfg.method != "none" {
+        let m = method(&cfg.method)?;
+        let mut base = m.default_config();
+        if let (Some(dst), Some(src)) = (base.as_object_mut(), cfg.method_config.as_object()) {
+            for (k, v) in src {
+                dst.insert(k.clone(), v.clone());
+            }
+        }
+        let targets = ModuleSet::List(
+            model
+                .default_targets()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
+        let targeting = Targeting::new(&targets, None, &Default::default())?;
+        inject(
+            model.linears_mut(),
+            m,
+            &base,
+            &targeting,
+            "bench",
+            &mut seeded_rng(cfg.seed),
+        )?;
+    }
+    Ok(model)
+}
+
+/// Times a training step (adapters + head trainable, AdamW) of `model_dir` with `cfg.method`.
+///
+/// # Errors
+/// Model loading; a method config that does not fit; `none` (nothing to train).
+pub fn train_step(
+    model_dir: &Path,
+    cfg: &ModelStepConfig,
+    device: &Device,
+) -> Result<ModelStepRow> {
+    if cfg.method == "none" {
+        return Err(Error::Training(
+            "method `none` has nothing to train (full fine-tuning arrives with --method full)"
+                .into(),
+        ));
+    }
+    let model = adapted_model(model_dir, cfg, device)?;
+    let batch = random_batch(model_dir, cfg, device)?;
+    let mut vars = Vec::new();
+    for (_, layer) in model.linears() {
+        vars.extend(layer.trainable().into_iter().map(|(_, _, v)| v));
+    }
+    vars.extend(model.head_vars().into_iter().map(|(_, v)| v));
+    let trainable = vars.iter().map(|v| v.elem_count()).sum();
+    let mut opt = Adam::new(vars.clone(), AdamParams::default())?;
+    let t = time_median(cfg.iters, cfg.min_time, || -> Result<()> {
+        let l = loss(model.as_ref(), Objective::Classification, &batch, true)?;
+        let grads = l.backward()?;
+        let g: Vec<Option<Tensor>> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned())
+            .collect();
+        opt.step(&g, 1e-4)
+    })?;
+    Ok(row("train", cfg, t, trainable))
+}
+
+/// Times inference (no gradients) with the adapters unmerged and, for a method, merged.
+///
+/// # Errors
+/// Model loading; a method config that does not fit.
+pub fn inference(
+    model_dir: &Path,
+    cfg: &ModelStepConfig,
+    device: &Device,
+) -> Result<Vec<ModelStepRow>> {
+    let mut model = adapted_model(model_dir, cfg, device)?;
+    let batch = random_batch(model_dir, cfg, device)?;
+    let time = |model: &dyn Model| {
+        time_median(cfg.iters, cfg.min_time, || -> Result<()> {
+            model.forward(&batch.input, false)?;
+            Ok(())
+        })
+    };
+    let mut rows = vec![row("infer-unmerged", cfg, time(model.as_ref())?, 0)];
+    if cfg.method != "none" {
+        merge_adapters(model.as_mut(), "bench")?;
+        rows.push(row("infer-merged", cfg, time(model.as_ref())?, 0));
+    }
+    Ok(rows)
+}
+
+fn row(kind: &'static str, cfg: &ModelStepConfig, t: Duration, trainable: usize) -> ModelStepRow {
+    let secs = t.as_secs_f64();
+    ModelStepRow {
+        kind,
+        method: cfg.method.clone(),
+        method_config: cfg.method_config.clone(),
+        batch_size: cfg.batch_size,
+        seq_len: cfg.seq_len,
+        step_ms: secs * 1e3,
+        tokens_per_s: (cfg.batch_size * cfg.seq_len) as f64 / secs.max(1e-12),
+        trainable,
+        peak_rss_mib: peak_rss_mib(),
+    }
+}
