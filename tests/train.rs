@@ -163,6 +163,48 @@ fn ttlora_on_real_sst2_learns_saves_and_reloads_identically_deberta_v2() {
     );
 }
 
+#[test]
+fn lora_saves_a_peft_folder_that_reloads_identically() {
+    let model_dir = tiny_bert_folder("e2e-lora", BertConfig::tiny());
+    let out = model_dir.join("run");
+    let mut s = spec(&model_dir, &out, "lora");
+    s.max_train = Some(64);
+    s.train.epochs = 2;
+    s.method_config = serde_json::json!({"r": 4, "lora_alpha": 8.0, "lora_dropout": 0.1});
+    let trained = finetune::run(&s, &mut []).unwrap();
+
+    // PEFT's own adapter_config.json: its fields only, no ttlora format fields.
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_alpha"], 8);
+    assert_eq!(cfg["lora_dropout"], 0.1);
+    assert_eq!(cfg["task_type"], "SEQ_CLS");
+    assert_eq!(cfg["modules_to_save"], serde_json::json!(["classifier"]));
+    assert!(cfg.get("format_version").is_none());
+    assert!(
+        cfg["target_modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.as_str().unwrap().starts_with("bert.encoder.layer."))
+    );
+    // ttlora's task knowledge sits beside it, where PEFT does not look.
+    assert!(out.join("ttlora_task.json").is_file());
+
+    let inf = finetune::load_for_inference(&out, None, &Device::Cpu, false).unwrap();
+    assert_eq!(inf.task.name, "sst2");
+    let dev = &trained.dev;
+    let logits = |m: &dyn ttlora::models::Model| {
+        pipeline::logits(m, dev, 64, trained.pad_id, &Device::Cpu).unwrap()
+    };
+    let diff = max_abs_diff(&logits(trained.model.as_ref()), &logits(inf.model.as_ref()));
+    assert!(diff <= 1e-6, "reloaded logits differ by {diff}");
+    let _ = std::fs::remove_dir_all(&model_dir);
+}
+
 /// Trains TT-LoRA on the default targets of the model in `model_dir` (whose names end with
 /// `q` and `v`) and checks learning, frozen weights, saving and reloading.
 fn learns_saves_and_reloads(model_dir: &Path, q_name: &str, v_name: &str) {

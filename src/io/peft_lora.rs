@@ -48,6 +48,8 @@ pub struct PeftLora {
     pub modules: BTreeMap<String, LoraModule>,
     /// Rank-stabilised scaling `lora_alpha / √r` for every module.
     pub use_rslora: bool,
+    /// PEFT's `lora_dropout` (training only; recorded so training can resume alike).
+    pub lora_dropout: f64,
     /// Trained head tensors by full name (e.g. `classifier.weight`).
     pub head: BTreeMap<String, Tensor>,
     /// PEFT's `task_type` (`SEQ_CLS` for a classifier).
@@ -398,7 +400,7 @@ impl PeftLora {
             "inference_mode": true,
             "init_lora_weights": true,
             "lora_alpha": number(alpha),
-            "lora_dropout": 0.0,
+            "lora_dropout": self.lora_dropout,
             "modules_to_save": if head_modules.is_empty() { Value::Null } else { json!(head_modules) },
             "peft_type": "LORA",
             "r": r,
@@ -501,6 +503,7 @@ mod tests {
                 ("m.c".to_string(), module(4, 2.5)),
             ]),
             use_rslora: false,
+            lora_dropout: 0.0,
             head: BTreeMap::new(),
             task_type: "SEQ_CLS".into(),
             task: None,

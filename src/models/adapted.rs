@@ -308,6 +308,7 @@ pub fn to_peft_lora(
         base_model: meta.base_model.clone(),
         modules,
         use_rslora: rslora.contains(&true),
+        lora_dropout: 0.0,
         head,
         task_type: "SEQ_CLS".into(),
         task: meta.task.clone(),

@@ -13,7 +13,7 @@ use crate::adapters::{ModuleSet, Targeting, inject, method, seeded_rng};
 use crate::data::{self, CustomColumns, Example, LabelKind, Metric, Split, TaskSpec, TextEncoder};
 use crate::error::{Error, Result};
 use crate::io::{self, TaskInfo};
-use crate::models::adapted::{AdapterMeta, collect};
+use crate::models::adapted::{AdapterMeta, collect, to_peft_lora};
 use crate::models::{Model, Pooling, load_classifier};
 use crate::train::pipeline::{EncodedSplit, evaluate};
 use crate::train::{Objective, Observer, TrainConfig, TrainJob, TrainSummary, train};
@@ -458,7 +458,18 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
             max_len: spec.max_len,
         }),
     };
-    collect(model.as_ref(), ADAPTER_NAME, &meta)?.write(&spec.out)?;
+    // LoRA is saved in PEFT's own format, so PEFT loads the run folder as it is; TT-LoRA,
+    // which PEFT does not know, in ttlora's (docs/FORMAT.md).
+    if m.peft_type() == "LORA" {
+        let lora_dropout = base_cfg
+            .get("lora_dropout")
+            .and_then(serde_json::Value::as_f64);
+        let mut lora = to_peft_lora(model.as_ref(), ADAPTER_NAME, &meta)?;
+        lora.lora_dropout = lora_dropout.unwrap_or(0.0);
+        lora.write(&spec.out)?;
+    } else {
+        collect(model.as_ref(), ADAPTER_NAME, &meta)?.write(&spec.out)?;
+    }
     let _ = std::fs::remove_dir_all(&ck_dir);
     let report = FineTuneReport {
         task: task.name,
