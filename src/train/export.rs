@@ -86,7 +86,9 @@ pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<Exp
                     inf.model.architecture()
                 );
             }
-            let lora = to_peft_lora(inf.model.as_ref(), ADAPTER_NAME, &meta)?;
+            let mut lora = to_peft_lora(inf.model.as_ref(), ADAPTER_NAME, &meta)?;
+            let dropout = cfg.config.get("lora_dropout").and_then(serde_json::Value::as_f64);
+            lora.lora_dropout = dropout.unwrap_or(0.0);
             ranks.extend(lora.modules.values().map(|m| m.a.dims()[0]));
             lora.write(out)?;
             lora.modules.len()
