@@ -86,9 +86,7 @@ pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<Exp
                     inf.model.architecture()
                 );
             }
-            let mut lora = to_peft_lora(inf.model.as_ref(), ADAPTER_NAME, &meta)?;
-            let dropout = cfg.config.get("lora_dropout").and_then(serde_json::Value::as_f64);
-            lora.lora_dropout = dropout.unwrap_or(0.0);
+            let lora = to_peft_lora(inf.model.as_ref(), ADAPTER_NAME, &meta)?;
             ranks.extend(lora.modules.values().map(|m| m.a.dims()[0]));
             lora.write(out)?;
             lora.modules.len()
