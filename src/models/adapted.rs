@@ -308,7 +308,12 @@ pub fn to_peft_lora(
         base_model: meta.base_model.clone(),
         modules,
         use_rslora: rslora.contains(&true),
-        lora_dropout: 0.0,
+        // PEFT's default when the method config does not say (TT-LoRA has no dropout).
+        lora_dropout: meta
+            .config
+            .get("lora_dropout")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0),
         head,
         task_type: "SEQ_CLS".into(),
         task: meta.task.clone(),

@@ -461,12 +461,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     // LoRA is saved in PEFT's own format, so PEFT loads the run folder as it is; TT-LoRA,
     // which PEFT does not know, in ttlora's (docs/FORMAT.md).
     if m.peft_type() == "LORA" {
-        let lora_dropout = base_cfg
-            .get("lora_dropout")
-            .and_then(serde_json::Value::as_f64);
-        let mut lora = to_peft_lora(model.as_ref(), ADAPTER_NAME, &meta)?;
-        lora.lora_dropout = lora_dropout.unwrap_or(0.0);
-        lora.write(&spec.out)?;
+        to_peft_lora(model.as_ref(), ADAPTER_NAME, &meta)?.write(&spec.out)?;
     } else {
         collect(model.as_ref(), ADAPTER_NAME, &meta)?.write(&spec.out)?;
     }
