@@ -8,10 +8,7 @@
 #   MIN_SECONDS=10 SEQ=128 BATCH=32 scripts/bench_compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ -z ${BIN:-} ]]; then
-  cargo build --release --quiet
-  BIN=target/release/ttlora
-fi
+source scripts/lib.sh
 PY=${PY:-.venv-ref/bin/python}
 [[ -x $PY ]] || { echo "no Python reference at $PY; run scripts/python_ref.sh first" >&2; exit 1; }
 MODEL=${MODEL:-all-MiniLM-L6-v2}

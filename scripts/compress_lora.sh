@@ -6,10 +6,7 @@
 #   TASK=sst2 SEED=1 scripts/compress_lora.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ -z ${BIN:-} ]]; then
-  cargo build --release --quiet
-  BIN=target/release/ttlora
-fi
+source scripts/lib.sh
 DATA=${DATA:-../shared/data}
 TASK=${TASK:-sst2}
 SEED=${SEED:-1}

@@ -7,10 +7,7 @@
 #   target/release/ttlora summarize runs/lr-probe
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ -z ${BIN:-} ]]; then
-  cargo build --release --quiet
-  BIN=target/release/ttlora
-fi
+source scripts/lib.sh
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/lr-probe}
 TASKS=${TASKS:-cola rte}

@@ -2,7 +2,6 @@
 
 mod cli;
 
-
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     cli::main()

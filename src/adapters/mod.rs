@@ -151,6 +151,18 @@ fn combine(name: &str, w: &Tensor, delta: &Tensor, sign: f64) -> Result<Tensor> 
     Ok(out.to_dtype(w.dtype())?)
 }
 
+/// `method`'s default config with the fields of `given` (a JSON object) laid over it: the
+/// config a job actually uses.
+pub fn resolved_config(method: &dyn Method, given: &serde_json::Value) -> serde_json::Value {
+    let mut cfg = method.default_config();
+    if let (Some(dst), Some(src)) = (cfg.as_object_mut(), given.as_object()) {
+        for (k, v) in src {
+            dst.insert(k.clone(), v.clone());
+        }
+    }
+    cfg
+}
+
 /// One kind of adapter: how it is named, configured and built.
 pub trait Method: Sync {
     /// Registry name, lowercase, used by `--method` (e.g. `ttlora`).

@@ -25,6 +25,11 @@ pub enum ModuleSet {
 }
 
 impl ModuleSet {
+    /// A list of module names, e.g. a model's default targets.
+    pub fn names(names: &[&str]) -> Self {
+        Self::List(names.iter().map(ToString::to_string).collect())
+    }
+
     /// The PEFT shorthand for every linear layer.
     pub const ALL_LINEAR: &'static str = "all-linear";
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::adapters::{ModuleSet, Targeting, inject, method, seeded_rng};
+use crate::adapters::{ModuleSet, Targeting, inject, method, resolved_config, seeded_rng};
 use crate::bench::time_median;
 use crate::error::{Error, Result};
 use crate::models::merged::merge_adapters;
@@ -107,19 +107,8 @@ fn adapted_model(
     let mut model = load_classifier(model_dir, 2, pooling, device, cfg.seed)?;
     if cfg.method != "none" {
         let m = method(&cfg.method)?;
-        let mut base = m.default_config();
-        if let (Some(dst), Some(src)) = (base.as_object_mut(), cfg.method_config.as_object()) {
-            for (k, v) in src {
-                dst.insert(k.clone(), v.clone());
-            }
-        }
-        let targets = ModuleSet::List(
-            model
-                .default_targets()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        );
+        let base = resolved_config(m, &cfg.method_config);
+        let targets = ModuleSet::names(model.default_targets());
         let targeting = Targeting::new(&targets, None, &Default::default())?;
         inject(
             model.linears_mut(),

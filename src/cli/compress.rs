@@ -10,7 +10,7 @@ use ttlora::train::compress::{CompressSpec, Source, compress};
 use ttlora::train::finetune;
 use ttlora::tt::Truncation;
 
-use super::export::refuse_occupied;
+use super::export::OutputArgs;
 
 /// Arguments of `ttlora compress`.
 #[derive(Debug, Args)]
@@ -29,12 +29,8 @@ pub struct CompressArgs {
     /// query,value; `all-linear` for every linear layer).
     #[arg(long, value_delimiter = ',', requires = "finetuned")]
     targets: Option<Vec<String>>,
-    /// Folder to write; it must not exist or be empty (see --force).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    /// Write into an existing non-empty --out folder, replacing files of the same name.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Never download: fail if a model is not available locally.
     #[arg(long)]
     offline: bool,
@@ -73,7 +69,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
             rel_tol: tolerance,
         },
     };
-    refuse_occupied(&a.out, a.force)?;
+    a.output.check()?;
     let device = ttlora::parse_device("cpu")?;
     let (source, from) = match (&a.adapter, &a.finetuned) {
         (Some(dir), _) => {
@@ -93,7 +89,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         }
         (None, None) => bail!("give --adapter or --finetuned"),
     };
-    let r = compress(&source, &spec, &a.out)
+    let r = compress(&source, &spec, &a.output.out)
         .with_context(|| format!("compressing {}", from.display()))?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -121,7 +117,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         r.params_after,
         r.params_before as f64 / r.params_after.max(1) as f64,
         r.rel_error,
-        a.out.display()
+        a.output.out.display()
     )?;
     Ok(())
 }

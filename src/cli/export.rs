@@ -17,12 +17,8 @@ pub struct ExportSource {
     /// Base model, overriding the one recorded in the adapter config.
     #[arg(long)]
     model: Option<String>,
-    /// Folder to write; it must not exist or be empty (see --force).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    /// Write into an existing non-empty --out folder, replacing files of the same name.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Never download: fail if the base model is not available locally.
     #[arg(long)]
     offline: bool,
@@ -55,22 +51,35 @@ pub fn run_merge(a: MergeArgs) -> Result<()> {
     write(&a.source, ExportFormat::Merged)
 }
 
-/// Refuses to write into a non-empty `out` unless `force`.
-pub fn refuse_occupied(out: &std::path::Path, force: bool) -> Result<()> {
-    let occupied = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
-    if occupied && !force {
-        bail!(
-            "{} exists and is not empty; choose another --out or pass --force",
-            out.display()
-        );
+/// Where a command writes its folder.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Folder to write; it must not exist or be empty (see --force).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Write into an existing non-empty --out folder, replacing files of the same name.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl OutputArgs {
+    /// Refuses to write into a non-empty --out unless --force.
+    pub fn check(&self) -> Result<()> {
+        let occupied = std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some());
+        if occupied && !self.force {
+            bail!(
+                "{} exists and is not empty; choose another --out or pass --force",
+                self.out.display()
+            );
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 impl ExportSource {
     /// Refuses a non-empty --out without --force, then loads the adapter onto its base model.
     pub fn load(&self) -> Result<finetune::Adapted> {
-        refuse_occupied(&self.out, self.force)?;
+        self.output.check()?;
         finetune::load_adapted(
             &self.adapter,
             self.model.as_deref(),
@@ -83,7 +92,7 @@ impl ExportSource {
 
 fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
     let mut inf = s.load()?;
-    let report = export::export(&mut inf, format, &s.out)
+    let report = export::export(&mut inf, format, &s.output.out)
         .with_context(|| format!("exporting {} as {format}", s.adapter.display()))?;
     print_report(&report)
 }

@@ -321,12 +321,7 @@ impl Source {
         let pooling = crate::train::finetune::choose_pooling(None, finetuned_dir)?;
         let tuned = load_classifier(finetuned_dir, num_labels, pooling, device, 0)?;
         let base = load_classifier(base_dir, num_labels, pooling, device, 0)?;
-        let defaults = ModuleSet::List(
-            base.default_targets()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        );
+        let defaults = ModuleSet::names(base.default_targets());
         let targeting = Targeting::new(targets.unwrap_or(&defaults), None, &BTreeMap::new())?;
         Ok(Self {
             updates: finetuned_updates(base.as_ref(), tuned.as_ref(), &targeting)?,

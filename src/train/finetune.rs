@@ -9,7 +9,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::adapters::{ModuleSet, Targeting, inject, method, seeded_rng};
+use crate::adapters::{ModuleSet, Targeting, inject, method, resolved_config, seeded_rng};
 use crate::data::{self, CustomColumns, Example, LabelKind, Metric, Split, TaskSpec, TextEncoder};
 use crate::error::{Error, Result};
 use crate::io::{self, TaskInfo};
@@ -314,20 +314,9 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
 
     // Adapters.
     let m = method(&spec.method)?;
-    let mut base_cfg = m.default_config();
-    if let (Some(dst), Some(src)) = (base_cfg.as_object_mut(), spec.method_config.as_object()) {
-        for (k, v) in src {
-            dst.insert(k.clone(), v.clone());
-        }
-    }
-    let default_targets = ModuleSet::List(
-        model
-            .default_targets()
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    );
-    let targets = spec.targets.clone().unwrap_or(default_targets);
+    let base_cfg = resolved_config(m, &spec.method_config);
+    let targets =
+        (spec.targets.clone()).unwrap_or_else(|| ModuleSet::names(model.default_targets()));
     let targeting = Targeting::new(&targets, spec.exclude.as_ref(), &spec.overrides)?;
     let mut rng = seeded_rng(spec.seed);
     let report = inject(
