@@ -3,10 +3,7 @@
 # on the same GLUE runs as scripts/glue_results.sh, seed 1 unless SEEDS says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ -z ${BIN:-} ]]; then
-  cargo build --release --quiet
-  BIN=target/release/ttlora
-fi
+source scripts/lib.sh
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/glue}
 SEEDS=${SEEDS:-1}

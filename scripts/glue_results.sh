@@ -9,12 +9,7 @@
 # Then: target/release/ttlora summarize runs/glue > table.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# BIN: a prebuilt binary to use instead of building (e.g. a copy, so rebuilding the
-# project while this runs cannot change the binary under it).
-if [[ -z ${BIN:-} ]]; then
-  cargo build --release --quiet
-  BIN=target/release/ttlora
-fi
+source scripts/lib.sh
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/glue}
 SEEDS=${SEEDS:-1 2 3}
