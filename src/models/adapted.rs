@@ -34,6 +34,25 @@ pub struct AdapterMeta {
     pub task: Option<crate::io::TaskInfo>,
 }
 
+/// Every layer of `model` carrying the adapter called `adapter_name`: its path, the layer and
+/// that adapter, in the model's layer order.
+pub fn adapters_named<'m>(
+    model: &'m dyn Model,
+    adapter_name: &str,
+) -> Vec<(
+    String,
+    &'m crate::adapters::Linear,
+    &'m dyn crate::adapters::Adapter,
+)> {
+    let mut out = Vec::new();
+    for (path, layer) in model.linears() {
+        if let Some((_, a)) = layer.adapters().find(|(n, _)| *n == adapter_name) {
+            out.push((path, layer, a));
+        }
+    }
+    out
+}
+
 /// Collects the adapter called `adapter_name` from every layer of `model` (and the head when
 /// `meta.save_head`) into a folder ready to write.
 ///
@@ -44,19 +63,14 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
     let mut modules = BTreeMap::new();
     let mut layer_shapes = BTreeMap::new();
     let mut tensors = BTreeMap::new();
-    for (path, layer) in model.linears() {
-        for (name, adapter) in layer.adapters() {
-            if name != adapter_name {
-                continue;
-            }
-            modules.insert(path.clone(), adapter.config());
-            layer_shapes.insert(path.clone(), [layer.out_features(), layer.in_features()]);
-            for (tname, var) in adapter.trainable() {
-                tensors.insert(
-                    format!("{KEY_PREFIX}{path}.{tname}"),
-                    var.as_tensor().copy()?,
-                );
-            }
+    for (path, layer, adapter) in adapters_named(model, adapter_name) {
+        modules.insert(path.clone(), adapter.config());
+        layer_shapes.insert(path.clone(), [layer.out_features(), layer.in_features()]);
+        for (tname, var) in adapter.trainable() {
+            tensors.insert(
+                format!("{KEY_PREFIX}{path}.{tname}"),
+                var.as_tensor().copy()?,
+            );
         }
     }
     if modules.is_empty() {
@@ -263,30 +277,25 @@ pub fn to_peft_lora(
     use crate::io::peft_lora::{LoraModule, PeftLora};
     let mut modules = BTreeMap::new();
     let mut rslora = BTreeSet::new();
-    for (path, layer) in model.linears() {
-        for (name, adapter) in layer.adapters() {
-            if name != adapter_name {
-                continue;
-            }
-            let f = adapter
-                .as_lora()
-                .map_err(|e| Error::Training(format!("{path}: cannot be written as LoRA: {e}")))?
-                .ok_or_else(|| {
-                    Error::Training(format!(
-                        "{path}: a {} adapter is not a LoRA; export it as a merged model instead",
-                        adapter.method()
-                    ))
-                })?;
-            rslora.insert(f.use_rslora);
-            modules.insert(
-                path.clone(),
-                LoraModule {
-                    a: f.a,
-                    b: f.b,
-                    lora_alpha: f.lora_alpha,
-                },
-            );
-        }
+    for (path, _, adapter) in adapters_named(model, adapter_name) {
+        let f = adapter
+            .as_lora()
+            .map_err(|e| Error::Training(format!("{path}: cannot be written as LoRA: {e}")))?
+            .ok_or_else(|| {
+                Error::Training(format!(
+                    "{path}: a {} adapter is not a LoRA; export it as a merged model instead",
+                    adapter.method()
+                ))
+            })?;
+        rslora.insert(f.use_rslora);
+        modules.insert(
+            path,
+            LoraModule {
+                a: f.a,
+                b: f.b,
+                lora_alpha: f.lora_alpha,
+            },
+        );
     }
     if modules.is_empty() {
         return Err(Error::Training(format!(

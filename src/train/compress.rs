@@ -12,7 +12,7 @@ use crate::adapters::ttlora::{TtLoraConfig, TtLoraLayer};
 use crate::adapters::{ModuleSet, Targeting};
 use crate::error::{Error, Result};
 use crate::io::TaskInfo;
-use crate::models::adapted::{AdapterMeta, collect};
+use crate::models::adapted::{AdapterMeta, adapters_named, collect};
 use crate::models::{Model, Pooling, load_classifier};
 use crate::train::finetune::{ADAPTER_NAME, Adapted};
 use crate::tt::{Truncation, TtPath, decompose_matrix};
@@ -89,17 +89,16 @@ pub struct Source {
 /// # Errors
 /// As the adapters' `delta_weight`.
 pub fn adapter_updates(src: &Adapted) -> Result<Vec<DenseUpdate>> {
-    let mut out = Vec::new();
-    for (path, layer) in src.model.linears() {
-        if let Some((_, adapter)) = layer.adapters().find(|(n, _)| *n == ADAPTER_NAME) {
-            out.push(DenseUpdate {
+    adapters_named(src.model.as_ref(), ADAPTER_NAME)
+        .into_iter()
+        .map(|(path, _, adapter)| {
+            Ok(DenseUpdate {
                 path,
                 delta: adapter.delta_weight()?,
                 params: adapter.num_params(),
-            });
-        }
-    }
-    Ok(out)
+            })
+        })
+        .collect()
 }
 
 /// The updates full fine-tuning made to the targeted layers: `W_finetuned − W_base`. Other
