@@ -4,7 +4,7 @@ use candle_core::{Tensor, Var};
 
 use crate::adapters::Adapter;
 use crate::error::{Error, Result};
-use crate::ops::frozen_linear;
+use crate::ops::{frozen_linear, track};
 
 /// A named adapter on a layer, and whether it is currently merged into the weight.
 struct Slot {
@@ -148,7 +148,9 @@ impl Linear {
         let n: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((n, self.in_features()))?;
         for slot in active {
-            let delta = slot.adapter.forward_delta(&x2, train)?;
+            // Inside `no_grad` the delta is cut from the graph, so the network's activations
+            // are freed as the forward goes instead of being kept for a backward.
+            let delta = track(slot.adapter.forward_delta(&x2, train)?);
             let delta = delta.reshape(y.shape())?;
             y = (y + delta)?;
         }
@@ -172,7 +174,9 @@ impl Linear {
         for s in self.adapters.iter().filter(|s| !s.merged) {
             w = s.adapter.merged_weight(&s.name, &w)?;
         }
-        self.weight = w;
+        // ΔW was computed from the adapter's `Var`s; the merged weight is frozen like W0, so
+        // it must not carry their graph (which would make every forward record one).
+        self.weight = w.detach();
         for s in &mut self.adapters {
             s.merged = true;
         }
@@ -194,7 +198,7 @@ impl Linear {
         for s in self.adapters.iter().filter(|s| s.merged).rev() {
             w = s.adapter.unmerged_weight(&s.name, &w)?;
         }
-        self.weight = w;
+        self.weight = w.detach();
         for s in &mut self.adapters {
             s.merged = false;
         }

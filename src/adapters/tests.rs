@@ -173,6 +173,12 @@ fn merged_equals_unmerged_and_unmerge_restores_w0() {
             "{}: merge changed nothing",
             row.name
         );
+        // The merged weight is frozen: nothing about it records a graph.
+        assert!(
+            !lin.weight().track_op(),
+            "{}: merged weight tracked",
+            row.name
+        );
         let y_merged = lin.forward(&x, false).unwrap();
         let scale = y
             .abs()
@@ -189,6 +195,11 @@ fn merged_equals_unmerged_and_unmerge_restores_w0() {
             row.name
         );
         lin.unmerge().unwrap();
+        assert!(
+            !lin.weight().track_op(),
+            "{}: unmerged weight tracked",
+            row.name
+        );
         let diff = max_abs_diff(&w0, lin.weight());
         assert!(diff <= UNMERGE_TOL, "{}: unmerge left {diff:e}", row.name);
         assert!(

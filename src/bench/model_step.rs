@@ -171,7 +171,7 @@ pub fn inference(
     let batch = random_batch(model_dir, cfg, device)?;
     let time = |model: &dyn Model| {
         time_median(cfg.iters, cfg.min_time, || -> Result<()> {
-            model.forward(&batch.input, false)?;
+            crate::ops::no_grad(|| model.forward(&batch.input, false))?;
             Ok(())
         })
     };

@@ -121,10 +121,12 @@ impl Dense {
         self.fresh.then(|| self.bias.clone())
     }
 
-    /// `x·Wᵀ + b`.
+    /// `x·Wᵀ + b` (detached inside [`no_grad`](crate::ops::no_grad)).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())?)
+        let y = x
+            .matmul(&self.weight.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?;
+        Ok(crate::ops::track(y))
     }
 
     /// Appends `{name}.weight` and `{name}.bias` to `out`.

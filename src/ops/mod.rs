@@ -1,6 +1,7 @@
 //! Tensor ops with a hand-written backward, for the training path.
 //!
-//! Owns: [`frozen_linear`], [`layer_norm`], [`softmax_last_dim`], [`gelu`], seeded [`dropout`]. Must not know:
+//! Owns: the grad mode ([`no_grad`]), [`frozen_linear`], [`layer_norm`], [`softmax_last_dim`],
+//! [`gelu`], seeded [`dropout`]. Must not know:
 //! models, adapters, files. Every op here states its derivative next to its `bwd` and has a
 //! finite-difference test, because candle's own fused ops (`softmax_last_dim`, `layer_norm`,
 //! `rms_norm`) record no backward at all and silently stop gradients (DESIGN §2).
@@ -12,6 +13,7 @@
 mod dropout;
 mod frozen_linear;
 mod gelu;
+mod grad_mode;
 mod layer_norm;
 mod rows;
 mod softmax;
@@ -19,6 +21,8 @@ mod softmax;
 pub use dropout::{dropout, seed_dropout};
 pub use frozen_linear::frozen_linear;
 pub use gelu::gelu;
+pub(crate) use grad_mode::track;
+pub use grad_mode::{grad_enabled, no_grad};
 pub use layer_norm::layer_norm;
 pub use softmax::softmax_last_dim;
 

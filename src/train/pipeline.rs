@@ -74,7 +74,8 @@ impl EncodedSplit {
     }
 }
 
-/// Logits `(n, num_labels)` for every example of `split`, in the split's order.
+/// Logits `(n, num_labels)` for every example of `split`, in the split's order, computed
+/// without recording gradients.
 ///
 /// # Errors
 /// Tensor errors from the model.
@@ -89,8 +90,7 @@ pub fn logits(
     for idx in data::sequential_batches(&split.lengths(), batch_size.max(1)) {
         let items: Vec<&Encoded> = idx.iter().map(|&i| &split.encoded[i]).collect();
         let input = data::collate(&items, pad_id, device)?;
-        let rows = model
-            .forward(&input, false)?
+        let rows = crate::ops::no_grad(|| model.forward(&input, false))?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
         for (i, row) in idx.into_iter().zip(rows) {

@@ -179,6 +179,23 @@ fn gradients_reach_every_adapter_core_and_head_var() {
 }
 
 #[test]
+fn no_grad_forward_records_nothing_and_gives_the_same_logits() {
+    let dev = Device::Cpu;
+    let cfg = BertConfig::tiny();
+    let mut model =
+        BertForSequenceClassification::random(&cfg, 3, Pooling::Cls, DType::F32, &dev, 5).unwrap();
+    attach_ttlora(&mut model, query_or_value);
+    let input = tiny_batch(cfg.pad_token_id, &dev);
+    let tracked = model.forward(&input, false).unwrap();
+    // With adapter and head `Var`s in the model, a plain forward builds a graph …
+    assert!(tracked.track_op());
+    // … and inside `no_grad` none is kept, so activations are freed as the forward goes.
+    let free = crate::ops::no_grad(|| model.forward(&input, false)).unwrap();
+    assert!(!free.track_op());
+    assert_eq!(max_diff(&tracked, &free), 0.0);
+}
+
+#[test]
 fn minilm_gradients_reach_every_adapter_core() {
     // The DESIGN §2 trap on the real checkpoint: all six layers, mean pooling, fresh head.
     let dev = Device::Cpu;
