@@ -19,6 +19,12 @@ pub fn seed_dropout(seed: u64) {
     MASK_RNG.with(|r| *r.borrow_mut() = SmallRng::seed_from_u64(seed));
 }
 
+/// A seed drawn from this thread's dropout generator, for kernels that regenerate their mask
+/// (the fused attention draws one per call, so it follows the same seeding).
+pub(crate) fn next_seed() -> u64 {
+    MASK_RNG.with(|r| r.borrow_mut().random::<u64>())
+}
+
 /// Inverted dropout: zeroes each element with probability `p` and scales the rest by
 /// `1/(1-p)`. The mask is a constant, so the backward is the same masked scaling.
 ///

@@ -1,6 +1,6 @@
 //! Tensor ops with a hand-written backward, for the training path.
 //!
-//! Owns: the grad mode ([`no_grad`]), [`frozen_linear`], [`layer_norm`], [`softmax_last_dim`],
+//! Owns: the grad mode ([`no_grad`]), [`frozen_linear`], multi-head [`attention`], [`layer_norm`], [`softmax_last_dim`],
 //! [`gelu`], seeded [`dropout`]. Must not know:
 //! models, adapters, files. Every op here states its derivative next to its `bwd` and has a
 //! finite-difference test, because candle's own fused ops (`softmax_last_dim`, `layer_norm`,
@@ -10,6 +10,7 @@
 //! tensors). On other devices and dtypes the public functions fall back to composed,
 //! differentiable candle ops, so the API is the same everywhere.
 
+mod attention;
 mod dropout;
 mod frozen_linear;
 mod gelu;
@@ -18,6 +19,7 @@ mod layer_norm;
 mod rows;
 mod softmax;
 
+pub use attention::attention;
 pub use dropout::{dropout, seed_dropout};
 pub use frozen_linear::frozen_linear;
 pub use gelu::gelu;

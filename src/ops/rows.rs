@@ -55,6 +55,15 @@ pub(crate) fn unsupported(op: &str, dtype: DType) -> candle_core::Error {
     ))
 }
 
+/// Threads worth using for `work` element-operations over `items` independent pieces: candle's
+/// thread count, fewer when the pieces are few or the work small.
+pub(crate) fn threads_for(work: usize, items: usize) -> usize {
+    candle_core::utils::get_num_threads()
+        .min(work / MIN_PER_THREAD)
+        .min(items)
+        .max(1)
+}
+
 /// Runs `f(rows, out_chunk)` over chunks of whole rows of `out` (rows of `row_len`), on up to
 /// candle's thread count when the tensor is large; returns each chunk's result in row order.
 pub(crate) fn par_rows<U: Send, R: Send>(
@@ -63,10 +72,7 @@ pub(crate) fn par_rows<U: Send, R: Send>(
     f: impl Fn(Range<usize>, &mut [U]) -> R + Sync,
 ) -> Vec<R> {
     let n_rows = out.len().checked_div(row_len).unwrap_or(0);
-    let threads = candle_core::utils::get_num_threads()
-        .min(out.len() / MIN_PER_THREAD)
-        .min(n_rows)
-        .max(1);
+    let threads = threads_for(out.len(), n_rows);
     if threads == 1 {
         return vec![f(0..n_rows, out)];
     }

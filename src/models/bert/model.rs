@@ -13,7 +13,7 @@ use crate::models::layers::{
 };
 use crate::models::weights::{Checkpoint, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
-use crate::ops::{gelu, softmax_last_dim};
+use crate::ops::{attention, gelu};
 
 /// The layer norm `name`, `(hidden)` wide with the config's epsilon.
 fn norm(ld: &mut Loader, name: &str, cfg: &BertConfig) -> Result<Norm> {
@@ -111,27 +111,23 @@ impl Layer {
         ]
     }
 
-    /// `x: (b_sz, seq_len, hidden)`, `mask: (b_sz, 1, 1, seq_len)` additive → same shape as x.
-    fn forward(&self, x: &Tensor, mask: &Tensor, cfg: &BertConfig, train: bool) -> Result<Tensor> {
-        let (b_sz, seq_len, hidden) = x.dims3()?;
-        let (n_heads, head_dim) = (cfg.num_attention_heads, cfg.head_dim());
-        let heads = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b_sz, seq_len, n_heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+    /// `x: (b_sz, seq_len, hidden)`, `key_bias: (b_sz, seq_len)` additive → same shape as x.
+    fn forward(
+        &self,
+        x: &Tensor,
+        key_bias: &Tensor,
+        cfg: &BertConfig,
+        train: bool,
+    ) -> Result<Tensor> {
+        let q = self.query.forward(x, train)?;
+        let k = self.key.forward(x, train)?;
+        let v = self.value.forward(x, train)?;
+        let p = if train {
+            cfg.attention_probs_dropout_prob
+        } else {
+            0.0
         };
-        // Scaling q (seq_len·head_dim values) is cheaper than scaling the scores (seq_len²).
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let q = heads(self.query.forward(x, train)?.affine(scale, 0.0)?)?;
-        let k = heads(self.key.forward(x, train)?)?;
-        let v = heads(self.value.forward(x, train)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = softmax_last_dim(&scores)?;
-        let probs = dropout(&probs, cfg.attention_probs_dropout_prob, train)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b_sz, seq_len, hidden))?;
+        let ctx = attention(&q, &k, &v, key_bias, cfg.num_attention_heads, p)?;
         let attn = self.attn_out.forward(&ctx, train)?;
         let attn = (dropout(&attn, cfg.hidden_dropout_prob, train)? + x)?;
         let attn = self.attn_norm.forward(&attn)?;
@@ -329,14 +325,12 @@ impl Bert {
     /// longer than the position table; token ids out of the vocabulary; device mismatch.
     pub fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
         let mut x = self.embed_tokens(input, train)?;
-        let (b_sz, seq_len, _) = x.dims3()?;
-        let mask = input
+        let key_bias = input
             .attention_mask
             .to_dtype(self.dtype)?
-            .affine(-MASK_VALUE, MASK_VALUE)?
-            .reshape((b_sz, 1, 1, seq_len))?;
+            .affine(-MASK_VALUE, MASK_VALUE)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, &self.config, train)?;
+            x = layer.forward(&x, &key_bias, &self.config, train)?;
         }
         Ok(x)
     }
