@@ -67,8 +67,8 @@ pub struct TrainArgs {
     /// TT rank (ttlora) or LoRA rank r (lora).
     #[arg(long)]
     rank: Option<usize>,
-    /// Scaling α (ttlora: ΔW·α, default 64; lora: α/r, default 8). TT-LoRA's α is large
-    /// because unit-norm cores make the train's product small; see RESULTS.md.
+    /// Scaling α (ttlora: ΔW·α, default 8; lora: α/r, default 8). TT-LoRA's default was
+    /// chosen between 8 and 64 on five GLUE tasks; see RESULTS.md.
     #[arg(long)]
     alpha: Option<f64>,
     /// TT-LoRA core shape in core order, e.g. "64,4,3|3,4,64" (default: planned per layer).

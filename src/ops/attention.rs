@@ -16,86 +16,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::rows::{Real, slice, threads_for, unsupported};
+use super::strided::{View, matmul_into};
 use crate::error::{Error, Result};
 
 const NAME: &str = "attention";
-
-/// A strided matrix inside a slice: element (i, j) lives at `offset + i·rs + j·cs`.
-#[derive(Debug, Clone, Copy)]
-struct View {
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl View {
-    /// A contiguous row-major `rows × cols` matrix at `offset`.
-    fn dense(offset: usize, rows: usize, cols: usize) -> Self {
-        Self {
-            offset,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The transpose, as a view of the same elements.
-    fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    /// Whether every element of the view lies inside a slice of `len`.
-    fn fits(&self, len: usize) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < len
-    }
-}
-
-/// `dst ← beta · lhs·rhs` on one thread, for strided views (no copies of the operands).
-///
-/// # Panics
-/// If the shapes disagree or a view reaches outside its slice (callers size them; this check
-/// is what makes the raw-pointer call below sound).
-fn matmul_into<T: Real>(dst: &mut [T], d: View, lhs: &[T], l: View, rhs: &[T], r: View, beta: T) {
-    assert!(l.rows == d.rows && r.cols == d.cols && l.cols == r.rows);
-    assert!(d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()));
-    let signed = |n: usize| n as isize;
-    // SAFETY: the asserts above keep every index gemm touches inside the three slices; `dst`
-    // is borrowed mutably, so it cannot alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            d.rows,
-            d.cols,
-            l.cols,
-            dst.as_mut_ptr().add(d.offset),
-            signed(d.cs),
-            signed(d.rs),
-            false,
-            lhs.as_ptr().add(l.offset),
-            signed(l.cs),
-            signed(l.rs),
-            rhs.as_ptr().add(r.offset),
-            signed(r.cs),
-            signed(r.rs),
-            T::zero(),
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
 
 /// Sizes of one attention call: batch, sequence, heads, head width.
 #[derive(Debug, Clone, Copy)]

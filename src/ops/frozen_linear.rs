@@ -1,32 +1,89 @@
-//! `y = x·Wᵀ + b` for a frozen W: the backward returns only dL/dx.
+//! `y = x·Wᵀ + b` for a frozen W and b: the backward returns only dL/dx.
 //!
 //! candle's matmul backward always computes `xᵀ·dL/dy` for both operands, even for a plain
 //! (non-`Var`) weight, which doubles the backward FLOPs and allocates a weight-sized buffer per
-//! layer. As a `CustomOp2` whose `bwd` returns `(Some(dx), None)` the weight costs nothing.
+//! layer. As a custom op whose `bwd` returns `(Some(dx), None)` the weight costs nothing.
+//!
+//! The bias is added inside the op too (on CPU the output starts as the bias rows and gemm
+//! accumulates onto it). A separate `broadcast_add` would cost a pass forward and, in candle's
+//! backward, a zero-filled `(tokens, out)` gradient for the frozen bias that stays in the
+//! gradient store until the backward ends.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 
+use super::rows::{Real, slice, unsupported};
+use super::strided::{View, gemm_views};
 use crate::error::{Error, Result};
 
-struct FrozenMatmul;
+const NAME: &str = "frozen linear";
 
-impl FrozenMatmul {
-    /// (m, k) row-major input and (n, k) weight → the layouts of x and Wᵀ for `matmul`.
-    fn plan(
-        l1: &Layout,
-        l2: &Layout,
-    ) -> candle_core::Result<((usize, usize, usize, usize), Layout)> {
-        let (m, k) = l1.shape().dims2()?;
-        let (n, k2) = l2.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("frozen linear: input has {k} features, weight expects {k2}");
-        }
-        Ok(((1, m, n, k), l2.transpose(0, 1)?))
+/// The op on `(x, W)`; the frozen bias travels inside it.
+struct FrozenLinear {
+    bias: Option<Tensor>,
+}
+
+/// `(m, k)` of the input and `(n, k)` of the weight, checked to agree.
+fn dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    let (m, k) = l1.shape().dims2()?;
+    let (n, k2) = l2.shape().dims2()?;
+    if k != k2 {
+        candle_core::bail!("{NAME}: input has {k} features, weight expects {k2}");
+    }
+    Ok((m, n, k))
+}
+
+/// A 2-D layout as a strided view.
+fn view(l: &Layout) -> candle_core::Result<View> {
+    let (rows, cols) = l.shape().dims2()?;
+    let stride = l.stride();
+    Ok(View {
+        offset: l.start_offset(),
+        rows,
+        cols,
+        rs: stride[0],
+        cs: stride[1],
+    })
+}
+
+impl FrozenLinear {
+    fn run<T: Real>(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, n, _) = dims(l1, l2)?;
+        let x = T::cpu_storage_as_slice(s1)?;
+        let w = T::cpu_storage_as_slice(s2)?;
+        let mut y = match &self.bias {
+            Some(b) => {
+                let (storage, layout) = b.storage_and_layout();
+                let Storage::Cpu(cpu) = &*storage else {
+                    candle_core::bail!("{NAME}: the bias is not on the CPU");
+                };
+                let b = slice::<T>(NAME, cpu, layout)?;
+                if b.len() != n {
+                    candle_core::bail!("{NAME}: bias has {} entries, expected {n}", b.len());
+                }
+                b.repeat(m)
+            }
+            None => vec![T::zero(); m * n],
+        };
+        let threads = candle_core::utils::get_num_threads();
+        gemm_views(
+            &mut y,
+            View::dense(0, m, n),
+            (x, view(l1)?),
+            (w, view(l2)?.t()),
+            T::one(),
+            self.bias.is_some(),
+            threads,
+        );
+        Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))))
     }
 }
 
-impl CustomOp2 for FrozenMatmul {
+impl CustomOp2 for FrozenLinear {
     fn name(&self) -> &'static str {
         "frozen-linear"
     }
@@ -38,11 +95,14 @@ impl CustomOp2 for FrozenMatmul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (bmnk, wt) = Self::plan(l1, l2)?;
-        let out = s1.matmul(s2, bmnk, l1, &wt)?;
-        Ok((out, Shape::from((bmnk.1, bmnk.2))))
+        match s1.dtype() {
+            DType::F32 => self.run::<f32>((s1, l1), (s2, l2)),
+            DType::F64 => self.run::<f64>((s1, l1), (s2, l2)),
+            dt => Err(unsupported(NAME, dt)),
+        }
     }
 
+    /// Without a bias (the wrapper adds it with candle ops off the CPU): candle's matmul.
     fn cuda_fwd(
         &self,
         s1: &CudaStorage,
@@ -50,12 +110,12 @@ impl CustomOp2 for FrozenMatmul {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (bmnk, wt) = Self::plan(l1, l2)?;
-        let out = s1.matmul(s2, bmnk, l1, &wt)?;
-        Ok((out, Shape::from((bmnk.1, bmnk.2))))
+        let (m, n, k) = dims(l1, l2)?;
+        let out = s1.matmul(s2, (1, m, n, k), l1, &l2.transpose(0, 1)?)?;
+        Ok((out, Shape::from((m, n))))
     }
 
-    /// y = x·Wᵀ ⇒ dL/dx = dL/dy · W; W is frozen, so no dL/dW.
+    /// y = x·Wᵀ + b ⇒ dL/dx = dL/dy · W; W and b are frozen, so no dL/dW, no dL/db.
     fn bwd(
         &self,
         _x: &Tensor,
@@ -69,7 +129,8 @@ impl CustomOp2 for FrozenMatmul {
 
 /// `y = x·Wᵀ + b` where W and b are frozen: gradients flow to x only.
 ///
-/// `x: (…, in)`, `w: (out, in)`, `b: (out)` → `(…, out)`.
+/// `x: (…, in)`, `w: (out, in)`, `b: (out)` → `(…, out)`. On CPU in f32/f64 the bias is added
+/// inside the matmul; elsewhere by a broadcast add.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -87,24 +148,40 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
     let dims = x.dims().to_vec();
     let Some((&last, lead)) = dims.split_last() else {
         return Err(Error::TensorShape {
-            op: "frozen linear",
+            op: NAME,
             expected: vec![in_f],
             got: dims,
         });
     };
     if last != in_f {
         return Err(Error::TensorShape {
-            op: "frozen linear",
+            op: NAME,
             expected: vec![in_f],
             got: vec![last],
         });
     }
+    if let Some(b) = b
+        && b.dims() != [out_f]
+    {
+        return Err(Error::TensorShape {
+            op: "frozen linear bias",
+            expected: vec![out_f],
+            got: b.dims().to_vec(),
+        });
+    }
     let n: usize = lead.iter().product();
     let x2 = x.reshape((n, in_f))?.contiguous()?;
-    let mut y = x2.apply_op2(w, FrozenMatmul)?;
-    if let Some(b) = b {
-        y = y.broadcast_add(b)?;
-    }
+    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    let y = if fused {
+        let bias = b.map(|b| b.to_dtype(x.dtype())).transpose()?;
+        x2.apply_op2(w, FrozenLinear { bias })?
+    } else {
+        let y = x2.apply_op2(w, FrozenLinear { bias: None })?;
+        match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        }
+    };
     let mut out_dims = lead.to_vec();
     out_dims.push(out_f);
     Ok(y.reshape(out_dims)?)
@@ -145,6 +222,17 @@ mod tests {
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
         // The frozen weight receives no gradient at all.
         assert!(gx.get(&w).is_none());
+        // A weight stored transposed (a strided view) gives the same result.
+        let w_strided = w.t().unwrap().contiguous().unwrap().t().unwrap();
+        assert!(!w_strided.is_contiguous());
+        let y_strided = frozen_linear(x.as_tensor(), &w_strided, Some(&b)).unwrap();
+        let diff = (&y_strided - &y_ref)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
     }
 
     #[test]
@@ -196,5 +284,9 @@ mod tests {
         let w = Tensor::zeros((4, 5), DType::F32, &Device::Cpu).unwrap();
         let err = frozen_linear(&x, &w, None).unwrap_err().to_string();
         assert_eq!(err, "frozen linear: tensor shape [3], expected [5]");
+        let bias = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
+        let err = frozen_linear(&x, &w, Some(&bias)).unwrap_err().to_string();
+        assert_eq!(err, "frozen linear bias: tensor shape [3], expected [4]");
     }
 }

@@ -18,6 +18,7 @@ mod grad_mode;
 mod layer_norm;
 mod rows;
 mod softmax;
+mod strided;
 
 pub use attention::attention;
 pub use dropout::{dropout, seed_dropout};

@@ -47,9 +47,8 @@ pub struct TtLoraConfig {
     pub rank: usize,
     /// Per-bond ranks (`d − 1` inner ranks); overrides `rank` when set.
     pub ranks: Option<Vec<usize>>,
-    /// α: the update is `α·ΔW` (the paper multiplies; no division by the rank). Default 64:
-    /// unit-norm cores make the train's product small, and on MiniLM/GLUE α = 8 left STS-B
-    /// untrained (RESULTS.md).
+    /// α: the update is `α·ΔW` (the paper multiplies; no division by the rank). Default 8,
+    /// chosen over 64 on MiniLM/GLUE with 3 seeds per task (RESULTS.md, "The α default").
     pub alpha: f64,
     /// Core layout: `input-output` (default) or `reshape`.
     pub layout: TtLayout,
@@ -73,7 +72,7 @@ impl Default for TtLoraConfig {
         Self {
             rank: 5,
             ranks: None,
-            alpha: 64.0,
+            alpha: 8.0,
             layout: TtLayout::InputOutput,
             in_factors: None,
             out_factors: None,
