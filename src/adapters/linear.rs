@@ -4,7 +4,7 @@ use candle_core::{Tensor, Var};
 
 use crate::adapters::Adapter;
 use crate::error::{Error, Result};
-use crate::ops::{frozen_linear, track};
+use crate::ops::{frozen_linear, frozen_linear_onto, track};
 
 /// A named adapter on a layer, and whether it is currently merged into the weight.
 struct Slot {
@@ -139,22 +139,34 @@ impl Linear {
     /// # Errors
     /// `x`'s last dim is not `in_features`; dtype or device mismatch.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = frozen_linear(x, &self.weight, self.bias.as_ref())?;
-        let active: Vec<&Slot> = self.adapters.iter().filter(|s| !s.merged).collect();
-        if active.is_empty() {
-            return Ok(y);
-        }
         let dims = x.dims().to_vec();
-        let n: usize = dims[..dims.len() - 1].iter().product();
+        let n: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let x2 = x.reshape((n, self.in_features()))?;
-        for slot in active {
-            // Inside `no_grad` the delta is cut from the graph, so the network's activations
-            // are freed as the forward goes instead of being kept for a backward.
-            let delta = track(slot.adapter.forward_delta(&x2, train)?);
-            let delta = delta.reshape(y.shape())?;
-            y = (y + delta)?;
+        // Inside `no_grad` each update is cut from the graph, so the network's activations are
+        // freed as the forward goes instead of being kept for a backward.
+        let mut deltas = self
+            .adapters
+            .iter()
+            .filter(|s| !s.merged)
+            .map(|s| -> Result<Tensor> { Ok(track(s.adapter.forward_delta(&x2, train)?)) });
+        let Some(first) = deltas.next() else {
+            return frozen_linear(x, &self.weight, self.bias.as_ref());
+        };
+        let mut delta = first?;
+        for d in deltas {
+            delta = (delta + d?)?;
         }
-        Ok(y)
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.out_features();
+        }
+        // The frozen path accumulates onto the adapters' update: no separate add.
+        frozen_linear_onto(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            &delta.reshape(out_dims)?,
+        )
     }
 
     /// Merges every unmerged adapter into the weight (`W ← W + ΔW`, computed in f32).

@@ -10,7 +10,9 @@
 //! gradient store until the backward ends.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
+};
 
 use super::rows::{Real, slice, unsupported};
 use super::strided::{View, gemm_views};
@@ -47,28 +49,46 @@ fn view(l: &Layout) -> candle_core::Result<View> {
 }
 
 impl FrozenLinear {
+    /// `base + x·Wᵀ + bias`, with `base` (contiguous `(m, n)`) and the bias optional.
     fn run<T: Real>(
         &self,
         (s1, l1): (&CpuStorage, &Layout),
         (s2, l2): (&CpuStorage, &Layout),
+        base: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, n, _) = dims(l1, l2)?;
         let x = T::cpu_storage_as_slice(s1)?;
         let w = T::cpu_storage_as_slice(s2)?;
-        let mut y = match &self.bias {
-            Some(b) => {
-                let (storage, layout) = b.storage_and_layout();
-                let Storage::Cpu(cpu) = &*storage else {
-                    candle_core::bail!("{NAME}: the bias is not on the CPU");
-                };
-                let b = slice::<T>(NAME, cpu, layout)?;
-                if b.len() != n {
-                    candle_core::bail!("{NAME}: bias has {} entries, expected {n}", b.len());
+        let mut y = match base {
+            Some((s3, l3)) => {
+                if l3.dims() != [m, n] {
+                    candle_core::bail!("{NAME}: base {:?}, expected [{m}, {n}]", l3.dims());
                 }
-                b.repeat(m)
+                slice::<T>(NAME, s3, l3)?.to_vec()
             }
-            None => vec![T::zero(); m * n],
+            None => Vec::new(),
         };
+        let bias = self.bias.as_ref().map(Tensor::storage_and_layout);
+        if let Some((storage, layout)) = &bias {
+            let Storage::Cpu(cpu) = &**storage else {
+                candle_core::bail!("{NAME}: the bias is not on the CPU");
+            };
+            let b = slice::<T>(NAME, cpu, layout)?;
+            if b.len() != n {
+                candle_core::bail!("{NAME}: bias has {} entries, expected {n}", b.len());
+            }
+            if y.is_empty() {
+                y = b.repeat(m);
+            } else {
+                for row in y.chunks_exact_mut(n) {
+                    row.iter_mut().zip(b).for_each(|(v, &bv)| *v += bv);
+                }
+            }
+        }
+        let accumulate = !y.is_empty();
+        if !accumulate {
+            y = vec![T::zero(); m * n];
+        }
         let threads = candle_core::utils::get_num_threads();
         gemm_views(
             &mut y,
@@ -76,10 +96,48 @@ impl FrozenLinear {
             (x, view(l1)?),
             (w, view(l2)?.t()),
             T::one(),
-            self.bias.is_some(),
+            accumulate,
             threads,
         );
         Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))))
+    }
+}
+
+/// The fused op with a base to add onto, `(x, W, base)`: `base + x·Wᵀ + b`.
+struct FrozenLinearOnto(FrozenLinear);
+
+impl CustomOp3 for FrozenLinearOnto {
+    fn name(&self) -> &'static str {
+        "frozen-linear-onto"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let base = Some((s3, l3));
+        match s1.dtype() {
+            DType::F32 => self.0.run::<f32>((s1, l1), (s2, l2), base),
+            DType::F64 => self.0.run::<f64>((s1, l1), (s2, l2), base),
+            dt => Err(unsupported(NAME, dt)),
+        }
+    }
+
+    /// y = base + x·Wᵀ + b ⇒ dL/dx = dL/dy · W, dL/dbase = dL/dy; nothing for W and b.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _base: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad_y.matmul(w)?), None, Some(grad_y.clone())))
     }
 }
 
@@ -96,8 +154,8 @@ impl CustomOp2 for FrozenLinear {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         match s1.dtype() {
-            DType::F32 => self.run::<f32>((s1, l1), (s2, l2)),
-            DType::F64 => self.run::<f64>((s1, l1), (s2, l2)),
+            DType::F32 => self.run::<f32>((s1, l1), (s2, l2), None),
+            DType::F64 => self.run::<f64>((s1, l1), (s2, l2), None),
             dt => Err(unsupported(NAME, dt)),
         }
     }
@@ -144,6 +202,32 @@ impl CustomOp2 for FrozenLinear {
 /// # Errors
 /// `x`'s last dim differs from `w`'s second; dtype or device mismatch.
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_impl(x, w, b, None)
+}
+
+/// `base + x·Wᵀ + b` where W and b are frozen: gradients flow to x and to `base`.
+///
+/// `base` has the output's shape `(…, out)`. An adapted layer passes its adapters' update
+/// here, which saves the separate add (a pass over the activations forward, and in candle's
+/// backward a zero-filled gradient per operand).
+///
+/// # Errors
+/// As [`frozen_linear`]; `base` not of the output's shape.
+pub fn frozen_linear_onto(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    base: &Tensor,
+) -> Result<Tensor> {
+    linear_impl(x, w, b, Some(base))
+}
+
+fn linear_impl(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    base: Option<&Tensor>,
+) -> Result<Tensor> {
     let (out_f, in_f) = w.dims2()?;
     let dims = x.dims().to_vec();
     let Some((&last, lead)) = dims.split_last() else {
@@ -169,21 +253,41 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
             got: b.dims().to_vec(),
         });
     }
+    let mut out_dims = lead.to_vec();
+    out_dims.push(out_f);
+    if let Some(base) = base
+        && base.dims() != out_dims.as_slice()
+    {
+        return Err(Error::TensorShape {
+            op: "frozen linear base",
+            expected: out_dims,
+            got: base.dims().to_vec(),
+        });
+    }
     let n: usize = lead.iter().product();
     let x2 = x.reshape((n, in_f))?.contiguous()?;
     let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
     let y = if fused {
-        let bias = b.map(|b| b.to_dtype(x.dtype())).transpose()?;
-        x2.apply_op2(w, FrozenLinear { bias })?
-    } else {
-        let y = x2.apply_op2(w, FrozenLinear { bias: None })?;
-        match b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        let op = FrozenLinear {
+            bias: b.map(|b| b.to_dtype(x.dtype())).transpose()?,
+        };
+        match base {
+            Some(base) => {
+                let base = base.reshape((n, out_f))?.contiguous()?;
+                x2.apply_op3(w, &base, FrozenLinearOnto(op))?
+            }
+            None => x2.apply_op2(w, op)?,
         }
+    } else {
+        let mut y = x2.apply_op2(w, FrozenLinear { bias: None })?;
+        if let Some(b) = b {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(base) = base {
+            y = (y + base.reshape((n, out_f))?)?;
+        }
+        y
     };
-    let mut out_dims = lead.to_vec();
-    out_dims.push(out_f);
     Ok(y.reshape(out_dims)?)
 }
 
@@ -233,6 +337,40 @@ mod tests {
             .max_all()
             .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn onto_a_base_adds_it_and_passes_its_gradient_through() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5), &dev).unwrap()).unwrap();
+        let base = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 4), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1., (4, 5), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 4, &dev).unwrap();
+        let g = Tensor::randn(0f32, 1., (2, 3, 4), &dev).unwrap();
+        let y = frozen_linear_onto(x.as_tensor(), &w, Some(&b), base.as_tensor()).unwrap();
+        let y_ref =
+            (frozen_linear(x.as_tensor(), &w, Some(&b)).unwrap() + base.as_tensor()).unwrap();
+        let diff = (&y - &y_ref).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads_ref = (&y_ref * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &base] {
+            let a = grads.get(v.as_tensor()).unwrap();
+            let r = grads_ref.get(v.as_tensor()).unwrap();
+            let diff = (a - r).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        }
+        let wrong = Tensor::zeros((2, 3, 5), DType::F32, &dev).unwrap();
+        let err = frozen_linear_onto(x.as_tensor(), &w, None, &wrong).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "frozen linear base: tensor shape [2, 3, 5], expected [2, 3, 4]"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod strided;
 
 pub use attention::attention;
 pub use dropout::{dropout, seed_dropout};
-pub use frozen_linear::frozen_linear;
+pub use frozen_linear::{frozen_linear, frozen_linear_onto};
 pub use gelu::gelu;
 pub(crate) use grad_mode::track;
 pub use grad_mode::{grad_enabled, no_grad};

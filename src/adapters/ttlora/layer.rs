@@ -115,7 +115,13 @@ impl Adapter for TtLoraLayer {
     }
 
     fn forward_delta(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
-        Ok((tt::apply(&self.shape, &self.cores(), x, self.path)? * self.alpha)?)
+        // α scales the last core (a few hundred numbers) rather than the output (tokens × out):
+        // the product, and so ΔW, is linear in each core.
+        let mut cores = self.cores();
+        if let Some(last) = cores.last_mut() {
+            *last = (&*last * self.alpha)?;
+        }
+        tt::apply(&self.shape, &cores, x, self.path)
     }
 
     fn describe(&self) -> String {
