@@ -12,9 +12,8 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Storage, Tensor};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
+use super::dropout::SeededMask;
 use super::rows::{Real, slice, threads_for, unsupported};
 use super::strided::{View, matmul_into};
 use crate::error::{Error, Result};
@@ -54,33 +53,6 @@ impl Dims {
     }
 }
 
-/// Attention-probability dropout whose mask is a function of (seed, block), so the backward
-/// draws the same mask again instead of keeping it.
-#[derive(Debug, Clone, Copy)]
-struct ProbDropout {
-    p: f32,
-    seed: u64,
-}
-
-impl ProbDropout {
-    /// The mask of block `(b, h)`, one factor per probability: 0 or 1/(1−p).
-    fn block<T: Real>(&self, block: usize) -> impl Iterator<Item = T> {
-        let mut rng = SmallRng::seed_from_u64(
-            self.seed
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add(block as u64),
-        );
-        let (p, keep) = (self.p, T::from_f64(1.0 / (1.0 - f64::from(self.p))));
-        std::iter::repeat_with(move || {
-            if rng.random::<f32>() < p {
-                T::zero()
-            } else {
-                keep
-            }
-        })
-    }
-}
-
 /// The fused op on `(q, k, v)`; the key bias, dropout and (after the forward) the saved
 /// probabilities travel inside it.
 struct Attention {
@@ -88,7 +60,8 @@ struct Attention {
     scale: f64,
     /// Additive bias per key, `(batch, seq)`: 0 for real tokens, very negative for padding.
     key_bias: Vec<f64>,
-    dropout: Option<ProbDropout>,
+    /// Attention-probability dropout, one mask block per (batch item, head).
+    dropout: Option<SeededMask>,
     /// Keep the probabilities for a backward (false when no input needs a gradient).
     save: bool,
     saved: Mutex<Option<CpuStorage>>,
@@ -436,10 +409,7 @@ pub fn attention(
     if !fused {
         return composed(q, k, v, key_bias, heads, dropout_p);
     }
-    let dropout = (dropout_p > 0.0).then(|| ProbDropout {
-        p: dropout_p as f32,
-        seed: super::dropout::next_seed(),
-    });
+    let dropout = (dropout_p > 0.0).then(|| SeededMask::draw(dropout_p));
     let op = Attention {
         dims: Dims {
             batch,

@@ -8,6 +8,7 @@ use candle_core::Tensor;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::rows::Real;
 use crate::error::Result;
 
 thread_local! {
@@ -19,10 +20,41 @@ pub fn seed_dropout(seed: u64) {
     MASK_RNG.with(|r| *r.borrow_mut() = SmallRng::seed_from_u64(seed));
 }
 
-/// A seed drawn from this thread's dropout generator, for kernels that regenerate their mask
-/// (the fused attention draws one per call, so it follows the same seeding).
-pub(crate) fn next_seed() -> u64 {
-    MASK_RNG.with(|r| r.borrow_mut().random::<u64>())
+/// A dropout mask that is a pure function of (seed, block index), for fused kernels: the
+/// backward regenerates it instead of keeping it, and blocks can be drawn on any thread in any
+/// order, so results do not depend on the thread count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeededMask {
+    p: f32,
+    seed: u64,
+}
+
+impl SeededMask {
+    /// A mask dropping with probability `p`, its seed drawn from this thread's dropout
+    /// generator (so [`seed_dropout`] makes it reproducible like [`dropout`]).
+    pub(crate) fn draw(p: f64) -> Self {
+        Self {
+            p: p as f32,
+            seed: MASK_RNG.with(|r| r.borrow_mut().random::<u64>()),
+        }
+    }
+
+    /// Block `block`'s factors, one per element: 0 with probability p, else 1/(1−p).
+    pub(crate) fn block<T: Real>(&self, block: usize) -> impl Iterator<Item = T> + use<T> {
+        let mut rng = SmallRng::seed_from_u64(
+            self.seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(block as u64),
+        );
+        let (p, keep) = (self.p, T::from_f64(1.0 / (1.0 - f64::from(self.p))));
+        std::iter::repeat_with(move || {
+            if rng.random::<f32>() < p {
+                T::zero()
+            } else {
+                keep
+            }
+        })
+    }
 }
 
 /// Inverted dropout: zeroes each element with probability `p` and scales the rest by

@@ -13,7 +13,7 @@ use crate::models::layers::{
 };
 use crate::models::weights::{Checkpoint, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
-use crate::ops::{attention, gelu};
+use crate::ops::{attention, dropout_add, gelu};
 
 /// The layer norm `name`, `(hidden)` wide with the config's epsilon.
 fn norm(ld: &mut Loader, name: &str, cfg: &BertConfig) -> Result<Norm> {
@@ -122,19 +122,18 @@ impl Layer {
         let q = self.query.forward(x, train)?;
         let k = self.key.forward(x, train)?;
         let v = self.value.forward(x, train)?;
-        let p = if train {
+        let attn_p = if train {
             cfg.attention_probs_dropout_prob
         } else {
             0.0
         };
-        let ctx = attention(&q, &k, &v, key_bias, cfg.num_attention_heads, p)?;
+        let ctx = attention(&q, &k, &v, key_bias, cfg.num_attention_heads, attn_p)?;
+        let hidden_p = if train { cfg.hidden_dropout_prob } else { 0.0 };
         let attn = self.attn_out.forward(&ctx, train)?;
-        let attn = (dropout(&attn, cfg.hidden_dropout_prob, train)? + x)?;
-        let attn = self.attn_norm.forward(&attn)?;
+        let attn = self.attn_norm.forward(&dropout_add(&attn, x, hidden_p)?)?;
         let inner = gelu(&self.intermediate.forward(&attn, train)?)?;
         let out = self.output.forward(&inner, train)?;
-        let out = (dropout(&out, cfg.hidden_dropout_prob, train)? + attn)?;
-        self.out_norm.forward(&out)
+        self.out_norm.forward(&dropout_add(&out, &attn, hidden_p)?)
     }
 }
 

@@ -1,0 +1,223 @@
+//! `dropout(x) + residual` in one pass, with the mask regenerated in the backward.
+//!
+//! Composed from candle ops this is a mask built element by element on one thread, a multiply
+//! and an add, and in candle's backward each of the two ops zero-fills a gradient per operand
+//! before adding into it; the mask and the dropped `x` stay alive until the backward ends.
+//! Here the forward is one pass, the backward one pass for `x` (the residual's gradient is the
+//! incoming one, shared), and nothing but the output is kept.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+
+use super::dropout::SeededMask;
+use super::rows::{Real, par_rows, slice, unsupported};
+use crate::error::{Error, Result};
+
+const NAME: &str = "dropout add";
+
+/// Elements per mask block: fixed, so the mask does not depend on how rows are split.
+const BLOCK: usize = 1 << 14;
+
+/// `x ∘ mask + residual`; without a mask, `x + residual`.
+struct DropoutAdd {
+    mask: Option<SeededMask>,
+}
+
+impl DropoutAdd {
+    /// Runs `f(element, factor)` over `out`, `factor` the mask's value for that element (1
+    /// without a mask), split over threads in whole mask blocks.
+    fn map<T: Real>(&self, out: &mut [T], f: impl Fn(usize, &mut T, T) + Sync) {
+        par_rows(out, BLOCK, |blocks, chunk| {
+            for (b, part) in blocks.clone().zip(chunk.chunks_mut(BLOCK)) {
+                let at = b * BLOCK;
+                match &self.mask {
+                    Some(mask) => {
+                        for (i, (o, m)) in part.iter_mut().zip(mask.block::<T>(b)).enumerate() {
+                            f(at + i, o, m);
+                        }
+                    }
+                    None => {
+                        for (i, o) in part.iter_mut().enumerate() {
+                            f(at + i, o, T::one());
+                        }
+                    }
+                }
+            }
+            // A last, partial block: `par_rows` counts whole rows only.
+            let covered = blocks.len() * BLOCK;
+            if chunk.len() > covered {
+                let b = blocks.end;
+                let part = &mut chunk[covered..];
+                let at = b * BLOCK;
+                let factors: Box<dyn Iterator<Item = T>> = match &self.mask {
+                    Some(mask) => Box::new(mask.block::<T>(b)),
+                    None => Box::new(std::iter::repeat(T::one())),
+                };
+                for (i, (o, m)) in part.iter_mut().zip(factors).enumerate() {
+                    f(at + i, o, m);
+                }
+            }
+        });
+    }
+
+    fn run<T: Real>(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice::<T>(NAME, s1, l1)?;
+        let residual = slice::<T>(NAME, s2, l2)?;
+        let mut y = vec![T::zero(); x.len()];
+        self.map(&mut y, |i, o, m| *o = x[i] * m + residual[i]);
+        Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+    }
+
+    /// `g ∘ mask`, the gradient of `x`.
+    fn grad_x<T: Real>(&self, g: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+        let g = slice::<T>(NAME, g, l)?;
+        let mut dx = vec![T::zero(); g.len()];
+        self.map(&mut dx, |i, o, m| *o = g[i] * m);
+        Ok(T::to_cpu_storage_owned(dx))
+    }
+}
+
+impl CustomOp2 for DropoutAdd {
+    fn name(&self) -> &'static str {
+        "ttlora-dropout-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match s1.dtype() {
+            DType::F32 => self.run::<f32>((s1, l1), (s2, l2)),
+            DType::F64 => self.run::<f64>((s1, l1), (s2, l2)),
+            dt => Err(unsupported(NAME, dt)),
+        }
+    }
+
+    /// y = x ∘ M + r ⇒ dL/dx = dL/dy ∘ M, dL/dr = dL/dy.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        residual: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = match self.mask {
+            None => grad_y.clone(),
+            Some(_) => {
+                let g = grad_y.contiguous()?;
+                g.apply_op1_no_bwd(&DropoutGrad(self))?
+            }
+        };
+        Ok((Some(dx), residual.track_op().then(|| grad_y.clone())))
+    }
+}
+
+/// The backward kernel for `x`: the incoming gradient times the regenerated mask.
+struct DropoutGrad<'a>(&'a DropoutAdd);
+
+impl candle_core::CustomOp1 for DropoutGrad<'_> {
+    fn name(&self) -> &'static str {
+        "ttlora-dropout-add-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dx = match s.dtype() {
+            DType::F32 => self.0.grad_x::<f32>(s, l)?,
+            DType::F64 => self.0.grad_x::<f64>(s, l)?,
+            dt => return Err(unsupported(NAME, dt)),
+        };
+        Ok((dx, l.shape().clone()))
+    }
+}
+
+/// `dropout(x, p) + residual`: inverted dropout on `x` (seeded like [`dropout`](super::dropout))
+/// then the residual added, as BERT's `…Output` blocks do before their layer norm. `p = 0`
+/// is a plain add.
+///
+/// On CPU in f32/f64 one fused pass each way, with the mask regenerated rather than stored;
+/// elsewhere the composed candle ops.
+///
+/// # Errors
+/// `x` and `residual` of different shapes.
+pub fn dropout_add(x: &Tensor, residual: &Tensor, p: f64) -> Result<Tensor> {
+    if x.dims() != residual.dims() {
+        return Err(Error::TensorShape {
+            op: NAME,
+            expected: x.dims().to_vec(),
+            got: residual.dims().to_vec(),
+        });
+    }
+    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    if !fused {
+        return Ok((super::dropout(x, p)? + residual)?);
+    }
+    if p >= 1.0 {
+        return Ok(residual.clone());
+    }
+    let mask = (p > 0.0).then(|| SeededMask::draw(p));
+    let (x, residual) = (x.contiguous()?, residual.contiguous()?);
+    Ok(x.apply_op2(&residual, DropoutAdd { mask })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::ops::seed_dropout;
+    use crate::ops::test_max_diff as max_diff;
+
+    #[test]
+    fn without_dropout_it_is_an_add_with_both_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1., (3, 7), &dev).unwrap()).unwrap();
+        let r = Var::from_tensor(&Tensor::randn(0f64, 1., (3, 7), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f64, 1., (3, 7), &dev).unwrap();
+        let y = dropout_add(x.as_tensor(), r.as_tensor(), 0.0).unwrap();
+        let reference = (x.as_tensor() + r.as_tensor()).unwrap();
+        assert_eq!(max_diff(&y, &reference), 0.0);
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &r] {
+            assert_eq!(max_diff(grads.get(v.as_tensor()).unwrap(), &g), 0.0);
+        }
+    }
+
+    #[test]
+    fn mask_is_seeded_scaled_and_reused_by_the_backward() {
+        // Over several mask blocks and a partial one, on the thread split of a large tensor.
+        let dev = Device::Cpu;
+        let n = 3 * BLOCK + 123;
+        let x = Var::from_tensor(&Tensor::ones(n, DType::F32, &dev).unwrap()).unwrap();
+        let r = Tensor::zeros(n, DType::F32, &dev).unwrap();
+        seed_dropout(4);
+        let y = dropout_add(x.as_tensor(), &r, 0.25).unwrap();
+        seed_dropout(4);
+        let again = dropout_add(x.as_tensor(), &r, 0.25).unwrap();
+        assert_eq!(max_diff(&y, &again), 0.0);
+        let values = y.to_vec1::<f32>().unwrap();
+        let dropped = values.iter().filter(|v| **v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.25).abs() < 0.01, "{dropped}");
+        assert!(
+            values
+                .iter()
+                .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6)
+        );
+        // y = x ∘ M with x = 1, so dL/dx for L = Σ y is M itself, i.e. y.
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(max_diff(grads.get(x.as_tensor()).unwrap(), &y), 0.0);
+    }
+
+    #[test]
+    fn shapes_must_agree() {
+        let a = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(dropout_add(&a, &b, 0.1).is_err());
+    }
+}
