@@ -33,10 +33,10 @@ impl Dims {
     fn hidden(&self) -> usize {
         self.heads * self.head_dim
     }
-    /// Head `h` of batch item `b` of a `(b, s, hidden)` tensor, `offset` elements earlier.
-    fn head(&self, b: usize, h: usize, shift: usize) -> View {
+    /// Head `h` of batch item `b` of a `(b, s, hidden)` tensor.
+    fn head(&self, b: usize, h: usize) -> View {
         View {
-            offset: b * self.seq * self.hidden() + h * self.head_dim - shift,
+            offset: b * self.seq * self.hidden() + h * self.head_dim,
             rows: self.seq,
             cols: self.head_dim,
             rs: self.hidden(),
@@ -46,10 +46,6 @@ impl Dims {
     /// Elements of one batch item of a `(b, s, hidden)` tensor.
     fn item(&self) -> usize {
         self.seq * self.hidden()
-    }
-    /// Elements of one batch item's probabilities, `(heads, s, s)`.
-    fn item_probs(&self) -> usize {
-        self.heads * self.seq * self.seq
     }
 }
 
@@ -67,38 +63,43 @@ struct Attention {
     saved: Mutex<Option<CpuStorage>>,
 }
 
-/// Splits `bufs` (each holding `batch` items of its own length) into per-thread chunks of
-/// whole batch items and runs `f(items, chunks)` on each, on up to candle's thread count.
-fn par_items<T: Send>(
-    batch: usize,
-    work_per_item: usize,
-    bufs: Vec<&mut [T]>,
-    f: impl Fn(Range<usize>, Vec<&mut [T]>) + Sync,
-) {
-    let threads = threads_for(batch * work_per_item, batch);
-    let per = batch.div_ceil(threads).max(1);
-    let mut parts: Vec<Vec<&mut [T]>> = (0..threads).map(|_| Vec::new()).collect();
-    for buf in bufs {
-        let item = buf.len() / batch.max(1);
-        for (part, chunk) in parts.iter_mut().zip(buf.chunks_mut((per * item).max(1))) {
-            part.push(chunk);
-        }
-    }
-    let ranges = (0..threads).map(|t| t * per..((t + 1) * per).min(batch));
-    if threads == 1 {
-        if let Some(part) = parts.pop() {
-            f(0..batch, part);
-        }
-        return;
+/// Runs `f(blocks, probs_chunk)` over per-thread ranges of the `n` (batch item, head) blocks,
+/// on up to candle's thread count; `probs` (empty, or `block_len` values per block) is split
+/// alongside. Blocks, not batch items, are shared out so that batch 1 still uses every thread.
+/// Returns each thread's range and result, in block order.
+fn par_blocks<T: Send, R: Send>(
+    n: usize,
+    work_per_block: usize,
+    probs: &mut [T],
+    block_len: usize,
+    f: impl Fn(Range<usize>, &mut [T]) -> R + Sync,
+) -> Vec<(Range<usize>, R)> {
+    let threads = threads_for(n * work_per_block, n);
+    let per = n.div_ceil(threads).max(1);
+    let ranges: Vec<Range<usize>> = (0..n.div_ceil(per))
+        .map(|t| t * per..((t + 1) * per).min(n))
+        .collect();
+    let mut chunks: Vec<&mut [T]> = if probs.is_empty() {
+        ranges.iter().map(|_| <&mut [T]>::default()).collect()
+    } else {
+        probs.chunks_mut(per * block_len).collect()
+    };
+    if ranges.len() <= 1 {
+        let chunk = chunks.pop().unwrap_or_default();
+        return vec![(0..n, f(0..n, chunk))];
     }
     std::thread::scope(|scope| {
         let f = &f;
-        for (range, part) in ranges.zip(parts) {
-            if !range.is_empty() {
-                scope.spawn(move || f(range, part));
-            }
-        }
-    });
+        let handles: Vec<_> = ranges
+            .into_iter()
+            .zip(chunks)
+            .map(|(range, chunk)| scope.spawn(move || (range.clone(), f(range, chunk))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 /// `probs[row] ← softmax(probs[row] + bias)` for each row of a `s × s` block.
@@ -120,67 +121,70 @@ fn masked_softmax_rows<T: Real>(block: &mut [T], bias: &[f64]) {
     }
 }
 
+/// Copies stacked `(s, d)` head blocks (blocks `blocks`, in order) into their columns of a
+/// `(b, s, hidden)` tensor.
+fn scatter_heads<T: Copy>(out: &mut [T], dm: Dims, blocks: Range<usize>, stack: &[T]) {
+    let (s, d, hidden) = (dm.seq, dm.head_dim, dm.hidden());
+    for (local, blk) in blocks.enumerate() {
+        let (b, h) = (blk / dm.heads, blk % dm.heads);
+        let src = &stack[local * s * d..(local + 1) * s * d];
+        for (i, row) in src.chunks_exact(d).enumerate() {
+            let at = (b * s + i) * hidden + h * d;
+            out[at..at + d].copy_from_slice(row);
+        }
+    }
+}
+
 impl Attention {
     fn forward<T: Real>(
         &self,
         (q, k, v): (&[T], &[T], &[T]),
     ) -> candle_core::Result<(Vec<T>, Option<Vec<T>>)> {
         let dm = self.dims;
-        let (s, item) = (dm.seq, dm.item());
+        let (s, d) = (dm.seq, dm.head_dim);
         let block = s * s;
-        let mut out = vec![T::zero(); dm.batch * item];
+        let n_blocks = dm.batch * dm.heads;
         let mut probs = if self.save {
-            vec![T::zero(); dm.batch * dm.item_probs()]
+            vec![T::zero(); n_blocks * block]
         } else {
             Vec::new()
         };
         let scale = T::from_f64(self.scale);
-        let work = dm.heads * block * dm.head_dim;
-        let mut bufs: Vec<&mut [T]> = vec![&mut out];
-        if self.save {
-            bufs.push(&mut probs);
-        }
-        par_items(dm.batch, work, bufs, |items, mut chunks| {
+        let square = View::dense(0, s, s);
+        let parts = par_blocks(n_blocks, block * d, &mut probs, block, |blocks, saved| {
             let mut scratch = vec![T::zero(); block];
             let mut dropped = vec![T::zero(); if self.dropout.is_some() { block } else { 0 }];
-            let mut saved = (chunks.len() > 1).then(|| chunks.pop()).flatten();
-            let out = &mut chunks[0];
-            for b in items.clone() {
-                let bias = &self.key_bias[b * s..(b + 1) * s];
-                for h in 0..dm.heads {
-                    let p: &mut [T] = match saved.as_deref_mut() {
-                        Some(all) => {
-                            let at = ((b - items.start) * dm.heads + h) * block;
-                            &mut all[at..at + block]
+            // This thread's context blocks, `(s, d)` each, stacked in block order.
+            let mut ctx = vec![T::zero(); blocks.len() * s * d];
+            for (local, blk) in blocks.enumerate() {
+                let (b, h) = (blk / dm.heads, blk % dm.heads);
+                let p: &mut [T] = if saved.is_empty() {
+                    &mut scratch
+                } else {
+                    &mut saved[local * block..(local + 1) * block]
+                };
+                let head = dm.head(b, h);
+                matmul_into(p, square, q, head, k, head.t(), scale);
+                masked_softmax_rows(p, &self.key_bias[b * s..(b + 1) * s]);
+                let weights: &[T] = match self.dropout {
+                    Some(mask) => {
+                        let factors = mask.block::<T>(blk);
+                        for ((o, &pv), m) in dropped.iter_mut().zip(p.iter()).zip(factors) {
+                            *o = pv * m;
                         }
-                        None => &mut scratch,
-                    };
-                    let qh = dm.head(b, h, 0);
-                    matmul_into(
-                        p,
-                        View::dense(0, s, s),
-                        q,
-                        qh,
-                        k,
-                        dm.head(b, h, 0).t(),
-                        scale,
-                    );
-                    masked_softmax_rows(p, bias);
-                    let weights: &[T] = match self.dropout {
-                        Some(drop) => {
-                            let mask = drop.block::<T>(b * dm.heads + h);
-                            for ((o, &pv), m) in dropped.iter_mut().zip(p.iter()).zip(mask) {
-                                *o = pv * m;
-                            }
-                            &dropped
-                        }
-                        None => p,
-                    };
-                    let dst = dm.head(b, h, items.start * item);
-                    matmul_into(out, dst, weights, View::dense(0, s, s), v, qh, T::one());
-                }
+                        &dropped
+                    }
+                    None => p,
+                };
+                let dst = View::dense(local * s * d, s, d);
+                matmul_into(&mut ctx, dst, weights, square, v, head, T::one());
             }
+            ctx
         });
+        let mut out = vec![T::zero(); dm.batch * dm.item()];
+        for (blocks, ctx) in &parts {
+            scatter_heads(&mut out, dm, blocks.clone(), ctx);
+        }
         Ok((out, self.save.then_some(probs)))
     }
 
@@ -192,81 +196,73 @@ impl Attention {
         dout: &[T],
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let dm = self.dims;
-        let (s, item) = (dm.seq, dm.item());
+        let (s, d) = (dm.seq, dm.head_dim);
         let block = s * s;
-        let n = dm.batch * item;
-        let (mut dq, mut dk, mut dv) = (vec![T::zero(); n], vec![T::zero(); n], vec![T::zero(); n]);
+        let n_blocks = dm.batch * dm.heads;
         let scale = T::from_f64(self.scale);
-        let work = 2 * dm.heads * block * dm.head_dim;
-        par_items(
-            dm.batch,
-            work,
-            vec![&mut dq, &mut dk, &mut dv],
-            |items, mut chunks| {
+        let square = View::dense(0, s, s);
+        let parts = par_blocks(
+            n_blocks,
+            2 * block * d,
+            &mut [] as &mut [T],
+            block,
+            |blocks, _| {
                 let mut dp = vec![T::zero(); block];
                 let mut dropped = vec![T::zero(); if self.dropout.is_some() { block } else { 0 }];
-                let dv = chunks.pop().unwrap_or_default();
-                let dk = chunks.pop().unwrap_or_default();
-                let dq = chunks.pop().unwrap_or_default();
-                let shift = items.start * item;
-                for b in items {
-                    for h in 0..dm.heads {
-                        let head = dm.head(b, h, 0);
-                        let local = dm.head(b, h, shift);
-                        let pb = &p[(b * dm.heads + h) * block..][..block];
-                        // dL/d(dropped P) = dO·Vᵀ.
-                        matmul_into(
-                            &mut dp,
-                            View::dense(0, s, s),
-                            dout,
-                            head,
-                            v,
-                            head.t(),
-                            T::one(),
-                        );
-                        // Through the dropout: both dL/dP and the dropped P take the mask.
-                        let weights: &[T] = match self.dropout {
-                            Some(drop) => {
-                                let mask = drop.block::<T>(b * dm.heads + h);
-                                for (((g, o), &pv), m) in
-                                    dp.iter_mut().zip(dropped.iter_mut()).zip(pb).zip(mask)
-                                {
-                                    *g *= m;
-                                    *o = pv * m;
-                                }
-                                &dropped
+                let stack = blocks.len() * s * d;
+                let (mut dq, mut dk, mut dv) = (
+                    vec![T::zero(); stack],
+                    vec![T::zero(); stack],
+                    vec![T::zero(); stack],
+                );
+                for (local, blk) in blocks.enumerate() {
+                    let (b, h) = (blk / dm.heads, blk % dm.heads);
+                    let head = dm.head(b, h);
+                    let mine = View::dense(local * s * d, s, d);
+                    let pb = &p[blk * block..(blk + 1) * block];
+                    // dL/d(dropped P) = dO·Vᵀ.
+                    matmul_into(&mut dp, square, dout, head, v, head.t(), T::one());
+                    // Through the dropout: both dL/dP and the dropped P take the mask.
+                    let weights: &[T] = match self.dropout {
+                        Some(mask) => {
+                            let factors = mask.block::<T>(blk);
+                            for (((g, o), &pv), m) in
+                                dp.iter_mut().zip(dropped.iter_mut()).zip(pb).zip(factors)
+                            {
+                                *g *= m;
+                                *o = pv * m;
                             }
-                            None => pb,
-                        };
-                        // dL/dV = (dropped P)ᵀ·dO.
-                        matmul_into(
-                            dv,
-                            local,
-                            weights,
-                            View::dense(0, s, s).t(),
-                            dout,
-                            head,
-                            T::one(),
-                        );
-                        // Softmax: dL/dS = P ∘ (dL/dP − Σ_j dL/dP_j · P_j), row by row; the
-                        // key bias is a constant and takes no gradient.
-                        for (g, pr) in dp.chunks_exact_mut(s).zip(pb.chunks_exact(s)) {
-                            let mut dot = T::zero();
-                            for (&a, &b) in g.iter().zip(pr) {
-                                dot += a * b;
-                            }
-                            for (a, &b) in g.iter_mut().zip(pr) {
-                                *a = b * (*a - dot);
-                            }
+                            &dropped
                         }
-                        // S = scale·Q·Kᵀ ⇒ dL/dQ = scale·dS·K, dL/dK = scale·dSᵀ·Q.
-                        let ds = View::dense(0, s, s);
-                        matmul_into(dq, local, &dp, ds, k, head, scale);
-                        matmul_into(dk, local, &dp, ds.t(), q, head, scale);
+                        None => pb,
+                    };
+                    // dL/dV = (dropped P)ᵀ·dO.
+                    matmul_into(&mut dv, mine, weights, square.t(), dout, head, T::one());
+                    // Softmax: dL/dS = P ∘ (dL/dP − Σ_j dL/dP_j · P_j), row by row; the key bias
+                    // is a constant and takes no gradient.
+                    for (g, pr) in dp.chunks_exact_mut(s).zip(pb.chunks_exact(s)) {
+                        let mut dot = T::zero();
+                        for (&a, &b) in g.iter().zip(pr) {
+                            dot += a * b;
+                        }
+                        for (a, &b) in g.iter_mut().zip(pr) {
+                            *a = b * (*a - dot);
+                        }
                     }
+                    // S = scale·Q·Kᵀ ⇒ dL/dQ = scale·dS·K, dL/dK = scale·dSᵀ·Q.
+                    matmul_into(&mut dq, mine, &dp, square, k, head, scale);
+                    matmul_into(&mut dk, mine, &dp, square.t(), q, head, scale);
                 }
+                (dq, dk, dv)
             },
         );
+        let n = dm.batch * dm.item();
+        let (mut dq, mut dk, mut dv) = (vec![T::zero(); n], vec![T::zero(); n], vec![T::zero(); n]);
+        for (blocks, (q_part, k_part, v_part)) in &parts {
+            scatter_heads(&mut dq, dm, blocks.clone(), q_part);
+            scatter_heads(&mut dk, dm, blocks.clone(), k_part);
+            scatter_heads(&mut dv, dm, blocks.clone(), v_part);
+        }
         (dq, dk, dv)
     }
 
@@ -640,6 +636,24 @@ mod tests {
         let fused = attention(&q, &k, &v, &bias, 4, 0.0).unwrap();
         let reference = composed(&q, &k, &v, &bias, 4, 0.0).unwrap();
         assert!(max_diff(&fused, &reference) < 1e-5);
+        // Batch 1: the heads of one item are shared out, forward and backward.
+        let qkv = [0, 1, 2].map(|_| Var::randn(0f32, 1., (1, 128, 384), &dev).unwrap());
+        let bias = Tensor::zeros((1, 128), DType::F32, &dev).unwrap();
+        let g = Tensor::randn(0f32, 1., (1, 128, 384), &dev).unwrap();
+        let [q, k, v] = qkv.each_ref().map(|t| t.as_tensor());
+        let fused = attention(q, k, v, &bias, 12, 0.0).unwrap();
+        let reference = composed(q, k, v, &bias, 12, 0.0).unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        let grads = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads_ref = (reference * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for t in [q, k, v] {
+            assert!(max_diff(grads.get(t).unwrap(), grads_ref.get(t).unwrap()) < 1e-4);
+        }
     }
 
     #[test]
