@@ -508,6 +508,14 @@ fn bench_model_times_a_training_step_and_inference() {
     assert!(train[0]["step_ms"].as_f64().unwrap() > 0.0);
     assert!(train[0]["trainable"].as_u64().unwrap() > 0);
     assert!(train[0]["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    // The step's matmul work, counted from the folder's config.json (2 × 8 tokens).
+    let size = ttlora::bench::roofline::EncoderSize::from_config(
+        &serde_json::to_value(BertConfig::tiny()).unwrap(),
+    )
+    .unwrap();
+    let gflop = train[0]["gflop"].as_f64().unwrap();
+    assert!((gflop - size.step_flops(2, 8, true) / 1e9).abs() < 1e-12 && gflop > 0.0);
+    assert!(train[0]["gflops"].as_f64().unwrap() > 0.0);
     let infer = run("infer", "lora");
     let kinds: Vec<&str> = infer.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["infer-unmerged", "infer-merged"]);
@@ -522,4 +530,31 @@ fn bench_model_times_a_training_step_and_inference() {
     ]);
     assert_clear_error(&o, &["nothing to train"]);
     let _ = std::fs::remove_dir_all(&model);
+}
+
+#[test]
+fn bench_matmul_reports_a_rate_per_shape() {
+    let o = ttlora(&[
+        "bench",
+        "matmul",
+        "--shapes",
+        "64x32x16,8x8x8",
+        "--iters",
+        "1",
+        "--min-seconds",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["m"].as_u64(), rows[0]["k"].as_u64()),
+        (Some(64), Some(16))
+    );
+    assert!(rows.iter().all(|r| r["gflops"].as_f64().unwrap() > 0.0));
+    let o = ttlora(&["bench", "matmul", "--shapes", "64x32"]);
+    assert_clear_error(&o, &["`64x32` is not MxNxK"]);
 }

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::adapters::{ModuleSet, Targeting, inject, method, resolved_config, seeded_rng};
+use crate::bench::roofline::EncoderSize;
 use crate::bench::time_median;
 use crate::error::{Error, Result};
 use crate::models::merged::merge_adapters;
@@ -55,6 +56,11 @@ pub struct ModelStepRow {
     pub trainable: usize,
     /// Peak resident set size of the process so far, MiB (Linux `VmHWM`; 0 elsewhere).
     pub peak_rss_mib: f64,
+    /// The step's unavoidable matmul work, GFLOP ([`EncoderSize::step_flops`]; 0 if the
+    /// config does not give the sizes).
+    pub gflop: f64,
+    /// `gflop` per second of the median step.
+    pub gflops: f64,
 }
 
 /// Peak resident memory of this process in MiB (`VmHWM` from `/proc/self/status`).
@@ -155,7 +161,7 @@ pub fn train_step(
             .collect();
         opt.step(&g, 1e-4)
     })?;
-    Ok(row("train", cfg, t, trainable))
+    Ok(row("train", cfg, encoder_size(model_dir)?, t, trainable))
 }
 
 /// Times inference (no gradients) with the adapters unmerged and, for a method, merged.
@@ -175,16 +181,26 @@ pub fn inference(
             Ok(())
         })
     };
-    let mut rows = vec![row("infer-unmerged", cfg, time(model.as_ref())?, 0)];
+    let size = encoder_size(model_dir)?;
+    let mut rows = vec![row("infer-unmerged", cfg, size, time(model.as_ref())?, 0)];
     if cfg.method != "none" {
         merge_adapters(model.as_mut(), "bench")?;
-        rows.push(row("infer-merged", cfg, time(model.as_ref())?, 0));
+        rows.push(row("infer-merged", cfg, size, time(model.as_ref())?, 0));
     }
     Ok(rows)
 }
 
-fn row(kind: &'static str, cfg: &ModelStepConfig, t: Duration, trainable: usize) -> ModelStepRow {
+fn row(
+    kind: &'static str,
+    cfg: &ModelStepConfig,
+    size: Option<EncoderSize>,
+    t: Duration,
+    trainable: usize,
+) -> ModelStepRow {
     let secs = t.as_secs_f64();
+    let gflop = size.map_or(0.0, |s| {
+        s.step_flops(cfg.batch_size, cfg.seq_len, kind == "train") / 1e9
+    });
     ModelStepRow {
         kind,
         method: cfg.method.clone(),
@@ -195,5 +211,14 @@ fn row(kind: &'static str, cfg: &ModelStepConfig, t: Duration, trainable: usize)
         tokens_per_s: (cfg.batch_size * cfg.seq_len) as f64 / secs.max(1e-12),
         trainable,
         peak_rss_mib: peak_rss_mib(),
+        gflop,
+        gflops: gflop / secs.max(1e-12),
     }
+}
+
+/// The encoder sizes from `model_dir/config.json`, if it has them.
+fn encoder_size(model_dir: &Path) -> Result<Option<EncoderSize>> {
+    let cfg: Option<serde_json::Value> =
+        crate::io::read_json_if_present(&model_dir.join("config.json"))?;
+    Ok(cfg.as_ref().and_then(EncoderSize::from_config))
 }

@@ -17,6 +17,27 @@ pub enum BenchCommand {
     /// process's peak memory. One configuration per process, so peak memory is its own;
     /// scripts/bench_compare.sh runs the grid against PyTorch + PEFT.
     Model(ModelArgs),
+    /// The machine's f32 matmul rate (the roofline ceiling for `bench model`'s GFLOP/s), one
+    /// JSON line per shape.
+    Matmul(MatmulArgs),
+}
+
+/// Options of `ttlora bench matmul`.
+#[derive(Debug, Args)]
+pub struct MatmulArgs {
+    /// Shapes as MxNxK; the defaults are a large square and MiniLM's FFN at 32 × 128 tokens.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2048x2048x2048,4096x1536x384"
+    )]
+    shapes: Vec<String>,
+    /// Minimum timed iterations per shape (after one warm-up).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Minimum seconds per shape.
+    #[arg(long, default_value_t = 2.0)]
+    min_seconds: f64,
 }
 
 /// Options of `ttlora bench model`.
@@ -81,7 +102,32 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Tt(args) => run_tt(args),
         BenchCommand::Model(args) => run_model(args),
+        BenchCommand::Matmul(args) => run_matmul(args),
     }
+}
+
+/// Prints one JSON line per shape.
+fn run_matmul(a: MatmulArgs) -> Result<()> {
+    let device = ttlora::parse_device("cpu")?;
+    let mut out = std::io::stdout().lock();
+    for shape in &a.shapes {
+        let dims: Vec<usize> = shape
+            .split('x')
+            .map(str::parse)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("--shapes: `{shape}` is not MxNxK"))?;
+        let [m, n, k] = dims[..] else {
+            anyhow::bail!("--shapes: `{shape}` is not MxNxK");
+        };
+        let row = ttlora::bench::roofline::matmul_rate(
+            (m, n, k),
+            a.iters,
+            Duration::from_secs_f64(a.min_seconds),
+            &device,
+        )?;
+        writeln!(out, "{}", serde_json::to_string(&row)?)?;
+    }
+    Ok(())
 }
 
 /// Prints one JSON line per measured row.
