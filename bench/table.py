@@ -1,5 +1,6 @@
-"""Formats the JSON lines of scripts/bench_compare.sh as the BENCHMARKS.md table, with ratios
-against the matching PyTorch + PEFT row."""
+"""Formats the JSON lines of scripts/bench_compare.sh as the BENCHMARKS.md tables: every row with
+its ratio against the matching PyTorch + PEFT row, achieved GFLOP/s against the measured matmul
+rate (the roofline), and the sequence-length / batch-size sweep."""
 
 import json
 import sys
@@ -13,25 +14,40 @@ def label(r: dict) -> str:
 
 def main() -> None:
     rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    peaks = [r for r in rows if r["kind"] == "matmul"]
+    rows = [r for r in rows if r["kind"] != "matmul"]
+    peak = max((r["gflops"] for r in peaks), default=None)
+    for r in peaks:
+        print(f"- f32 matmul {r['m']}×{r['n']}×{r['k']}: {r['gflops']:.0f} GFLOP/s ({r['ms']:.1f} ms)")
+    if peaks:
+        print()
     ref = {}
     for r in rows:
         if r["impl"] == "pytorch":
-            ref[(r["kind"], r["method"], r["batch_size"])] = r
-    # What each ttlora row is compared with: the same kind, batch and method on PyTorch; TT-LoRA
+            ref[(r["kind"], r["method"], r["batch_size"], r["seq_len"])] = r
+    # What each ttlora row is compared with: the same kind, shape and method on PyTorch; TT-LoRA
     # against PyTorch's LoRA (PEFT has no TT-LoRA).
-    print("| work | batch × seq | impl | variant | ms / step | tokens/s | peak RSS MiB | trainable | vs PyTorch (time) | vs PyTorch (RSS) |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| work | batch × seq | impl | variant | ms / step | tokens/s | peak RSS MiB | trainable | GFLOP/s (% of matmul rate) | vs PyTorch (time) | vs PyTorch (RSS) |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         method = "lora" if r["method"] == "ttlora" else r["method"]
-        base = ref.get((r["kind"], method, r["batch_size"]))
-        vs_t = vs_m = ""
+        base = ref.get((r["kind"], method, r["batch_size"], r["seq_len"]))
+        vs_t = vs_m = rate = ""
         if r["impl"] == "ttlora" and base:
             vs_t = f"{r['step_ms'] / base['step_ms']:.2f}x"
             vs_m = f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x"
+        # The same work on both sides, counted by ttlora (PyTorch rows borrow it; full
+        # fine-tuning also computes weight gradients, which the count leaves out).
+        work = r.get("gflop") or (r["method"] != "full" and 
+            next((o["gflop"] for o in rows if o["impl"] == "ttlora" and o.get("gflop")
+                  and (o["kind"], o["batch_size"], o["seq_len"]) == (r["kind"], r["batch_size"], r["seq_len"])), None))
+        if work:
+            achieved = work / (r["step_ms"] / 1e3)
+            rate = f"{achieved:.0f}" + (f" ({100 * achieved / peak:.0f}%)" if peak else "")
         print(
             f"| {r['kind']} | {r['batch_size']} × {r['seq_len']} | {r['impl']} | {label(r)} | "
             f"{r['step_ms']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | "
-            f"{r['trainable']} | {vs_t} | {vs_m} |"
+            f"{r['trainable']} | {rate} | {vs_t} | {vs_m} |"
         )
 
 
