@@ -23,7 +23,7 @@ use crate::models::layers::{
 };
 use crate::models::weights::{Checkpoint, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
-use crate::ops::{frozen_linear, gelu, softmax_last_dim};
+use crate::ops::{dropout_add, frozen_linear, frozen_linear_onto, gelu, softmax_last_dim};
 
 /// The checkpoint prefix of the encoder in a `DebertaV2For…` model.
 pub(crate) const PREFIX: &str = "deberta.";
@@ -355,13 +355,12 @@ impl Layer {
         train: bool,
     ) -> Result<Tensor> {
         let ctx = self.self_attention(x, key_bias, rel, cfg, train)?;
+        let hidden_p = if train { cfg.hidden_dropout_prob } else { 0.0 };
         let attn = self.attn_out.forward(&ctx, train)?;
-        let attn = (dropout(&attn, cfg.hidden_dropout_prob, train)? + x)?;
-        let attn = self.attn_norm.forward(&attn)?;
+        let attn = self.attn_norm.forward(&dropout_add(&attn, x, hidden_p)?)?;
         let inner = gelu(&self.intermediate.forward(&attn, train)?)?;
         let out = self.output.forward(&inner, train)?;
-        let out = (dropout(&out, cfg.hidden_dropout_prob, train)? + attn)?;
-        self.out_norm.forward(&out)
+        self.out_norm.forward(&dropout_add(&out, &attn, hidden_p)?)
     }
 }
 
@@ -413,7 +412,7 @@ impl Conv {
             Some(&self.bias),
         )?;
         for (s, tap) in self.taps.iter().enumerate().skip(1) {
-            out = (out + frozen_linear(&padded.narrow(1, s, seq_len)?, tap, None)?)?;
+            out = frozen_linear_onto(&padded.narrow(1, s, seq_len)?, tap, None, &out)?;
         }
         let out = out.broadcast_mul(mask)?;
         let out = activation(
