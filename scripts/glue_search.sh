@@ -16,7 +16,7 @@ DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/glue-search}
 TASKS=${TASKS:-cola rte}
 METHODS=${METHODS:-lora ttlora}
-LRS=${LRS:-5e-4 1e-3 2e-3}
+LRS=${LRS:-5e-4 1e-3 2e-3 5e-3}
 EPOCHS=${EPOCHS:-6}
 JOBS=${JOBS:-2}
 export RAYON_NUM_THREADS=${THREADS:-1}
@@ -61,3 +61,22 @@ for task in $TASKS; do for method in $METHODS; do
   echo "chosen on held-out: $task $method lr $lr" >&2
   for seed in 2 3; do echo "$task $method $lr $seed"; done
 done; done | drain
+
+# The selection, for RESULTS.md: every seed-1 run's held-out score, and which lr was chosen.
+python3 - "$OUT" "$TASKS" "$METHODS" "$LRS" <<'PY'
+import json, sys
+out, tasks, methods, lrs = sys.argv[1], *(a.split() for a in sys.argv[2:])
+print("| task | method | lr | held-out (best epoch) | dev | chosen |")
+print("|---|---|---|---:|---:|---|")
+for task in tasks:
+    for method in methods:
+        scores = {}
+        for lr in lrs:
+            with open(f"{out}/{task}-{method}-lr{lr}-s1/eval_results.json") as f:
+                r = json.load(f)
+            scores[lr] = (r["summary"]["best_primary"], r["dev_metrics"][r["primary_metric"]])
+        best = max(lrs, key=lambda lr: scores[lr][0])
+        for lr in lrs:
+            held, dev = scores[lr]
+            print(f"| {task} | {method} | {lr} | {100 * held:.1f} | {100 * dev:.1f} | {'yes' if lr == best else ''} |")
+PY
