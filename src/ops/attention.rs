@@ -401,6 +401,10 @@ pub fn attention(
     }
     let head_dim = hidden / heads;
     let scale = 1.0 / (head_dim as f64).sqrt();
+    // No tokens or zero-width heads: nothing to attend over, and nothing to differentiate.
+    if q.elem_count() == 0 {
+        return Ok(q.zeros_like()?.detach());
+    }
     let fused = q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64);
     if !fused {
         return composed(q, k, v, key_bias, heads, dropout_p);
@@ -653,6 +657,17 @@ mod tests {
             .unwrap();
         for t in [q, k, v] {
             assert!(max_diff(grads.get(t).unwrap(), grads_ref.get(t).unwrap()) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn empty_inputs_give_empty_outputs() {
+        let dev = Device::Cpu;
+        for (b, n, h) in [(2, 0, 64), (2, 3, 0), (0, 3, 8)] {
+            let q = Tensor::zeros((b, n, h), DType::F32, &dev).unwrap();
+            let bias = Tensor::zeros((b, n), DType::F32, &dev).unwrap();
+            let out = attention(&q, &q, &q, &bias, 1, 0.0).unwrap();
+            assert_eq!(out.dims(), [b, n, h]);
         }
     }
 

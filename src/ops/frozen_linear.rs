@@ -131,14 +131,20 @@ impl CustomOp3 for FrozenLinearOnto {
     /// y = base + x·Wᵀ + b ⇒ dL/dx = dL/dy · W, dL/dbase = dL/dy; nothing for W and b.
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         w: &Tensor,
-        _base: &Tensor,
+        base: &Tensor,
         _y: &Tensor,
         grad_y: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad_y.matmul(w)?), None, Some(grad_y.clone())))
+        let d_base = base.track_op().then(|| grad_y.clone());
+        Ok((input_grad(x, w, grad_y)?, None, d_base))
     }
+}
+
+/// dL/dx = dL/dy · W, only if x takes part in the graph.
+fn input_grad(x: &Tensor, w: &Tensor, grad_y: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    x.track_op().then(|| grad_y.matmul(w)).transpose()
 }
 
 impl CustomOp2 for FrozenLinear {
@@ -173,15 +179,16 @@ impl CustomOp2 for FrozenLinear {
         Ok((out, Shape::from((m, n))))
     }
 
-    /// y = x·Wᵀ + b ⇒ dL/dx = dL/dy · W; W and b are frozen, so no dL/dW, no dL/db.
+    /// y = x·Wᵀ + b ⇒ dL/dx = dL/dy · W; W and b are frozen, so no dL/dW, no dL/db. An
+    /// untracked x (layer 0's input) gets nothing: candle would zero-fill and add it anyway.
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         w: &Tensor,
         _y: &Tensor,
         grad_y: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad_y.matmul(w)?), None))
+        Ok((input_grad(x, w, grad_y)?, None))
     }
 }
 
@@ -365,6 +372,11 @@ mod tests {
             let diff = (a - r).unwrap().abs().unwrap().max_all().unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
         }
+        // An input outside the graph (a frozen embedding's output) gets no gradient entry.
+        let frozen_x = x.as_tensor().detach();
+        let y = frozen_linear_onto(&frozen_x, &w, Some(&b), base.as_tensor()).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&frozen_x).is_none() && grads.get(base.as_tensor()).is_some());
         let wrong = Tensor::zeros((2, 3, 5), DType::F32, &dev).unwrap();
         let err = frozen_linear_onto(x.as_tensor(), &w, None, &wrong).unwrap_err();
         assert_eq!(

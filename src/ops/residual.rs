@@ -103,19 +103,17 @@ impl CustomOp2 for DropoutAdd {
     /// y = x ∘ M + r ⇒ dL/dx = dL/dy ∘ M, dL/dr = dL/dy.
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         residual: &Tensor,
         _y: &Tensor,
         grad_y: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = match self.mask {
-            None => grad_y.clone(),
-            Some(_) => {
-                let g = grad_y.contiguous()?;
-                g.apply_op1_no_bwd(&DropoutGrad(self))?
-            }
+            _ if !x.track_op() => None,
+            None => Some(grad_y.clone()),
+            Some(_) => Some(grad_y.contiguous()?.apply_op1_no_bwd(&DropoutGrad(self))?),
         };
-        Ok((Some(dx), residual.track_op().then(|| grad_y.clone())))
+        Ok((dx, residual.track_op().then(|| grad_y.clone())))
     }
 }
 
@@ -193,7 +191,8 @@ mod tests {
     fn mask_is_seeded_scaled_and_reused_by_the_backward() {
         // Over several mask blocks and a partial one, on the thread split of a large tensor.
         let dev = Device::Cpu;
-        let n = 3 * BLOCK + 123;
+        // Large enough for two threads (`rows::threads_for`), so the split path runs too.
+        let n = 5 * BLOCK + 123;
         let x = Var::from_tensor(&Tensor::ones(n, DType::F32, &dev).unwrap()).unwrap();
         let r = Tensor::zeros(n, DType::F32, &dev).unwrap();
         seed_dropout(4);

@@ -37,11 +37,30 @@ impl View {
         }
     }
 
-    /// Whether every element of the view lies inside a slice of `len`.
+    /// Whether the view holds no element.
+    fn is_empty(&self) -> bool {
+        self.rows == 0 || self.cols == 0
+    }
+
+    /// Whether every element of a non-empty view lies inside a slice of `len` (computed
+    /// without overflow) and its strides fit gemm's `isize`.
     fn fits(&self, len: usize) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < len
+        let last = (self.rows - 1)
+            .checked_mul(self.rs)
+            .and_then(|r| (self.cols - 1).checked_mul(self.cs)?.checked_add(r))
+            .and_then(|span| span.checked_add(self.offset));
+        let small = |n: usize| isize::try_from(n).is_ok();
+        matches!(last, Some(last) if last < len) && small(self.rs) && small(self.cs)
+    }
+
+    /// Whether no two elements share an address (a destination written from several
+    /// threads must not alias itself).
+    fn is_one_to_one(&self) -> bool {
+        let rows_apart = self.rows <= 1 || self.rs >= self.cols * self.cs.max(1);
+        let cols_apart = self.cols <= 1 || self.cs >= self.rows * self.rs.max(1);
+        (self.cs >= 1 || self.cols <= 1)
+            && (self.rs >= 1 || self.rows <= 1)
+            && (rows_apart || cols_apart)
     }
 }
 
@@ -76,15 +95,39 @@ pub(crate) fn gemm_views<T: Real>(
     threads: usize,
 ) {
     assert!(l.rows == d.rows && r.cols == d.cols && l.cols == r.rows);
-    assert!(d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()));
+    if d.is_empty() {
+        return;
+    }
+    assert!(
+        d.fits(dst.len()) && d.is_one_to_one(),
+        "gemm destination {d:?} in {}",
+        dst.len()
+    );
+    if l.is_empty() {
+        // k = 0: the product is zero.
+        if !accumulate {
+            for i in 0..d.rows {
+                for j in 0..d.cols {
+                    dst[d.offset + i * d.rs + j * d.cs] = T::zero();
+                }
+            }
+        }
+        return;
+    }
+    assert!(
+        l.fits(lhs.len()) && r.fits(rhs.len()),
+        "gemm operands {l:?}, {r:?}"
+    );
     let signed = |n: usize| n as isize;
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above keep every index gemm touches inside the three slices; `dst`
-    // is borrowed mutably, so it cannot alias `lhs` or `rhs`.
+    // SAFETY: the views are non-empty and the asserts above keep every index gemm touches
+    // inside the three slices (checked arithmetic, strides within `isize`); the destination
+    // view is one-to-one, so gemm's threads never write one address twice; `dst` is borrowed
+    // mutably, so it cannot alias `lhs` or `rhs`.
     unsafe {
         gemm::gemm(
             d.rows,
@@ -132,6 +175,79 @@ mod tests {
         assert_eq!(c, [24., 42., 42., 87.]);
         matmul_into(&mut c, View::dense(0, 2, 2), &a, va, &a, va.t(), 2.0);
         assert_eq!(c, [28., 64., 64., 154.]);
+    }
+
+    #[test]
+    fn empty_products() {
+        let a = [1.0f32; 4];
+        let mut c = [5.0f32; 4];
+        // k = 0 without accumulating: zeros; an empty destination: nothing touched.
+        gemm_views(
+            &mut c,
+            View::dense(0, 2, 2),
+            (&a, View::dense(9, 2, 0)),
+            (&a, View::dense(9, 0, 2)),
+            1.0,
+            false,
+            1,
+        );
+        assert_eq!(c, [0.0; 4]);
+        gemm_views(
+            &mut c,
+            View::dense(99, 0, 2),
+            (&a, View::dense(99, 0, 1)),
+            (&a, View::dense(0, 1, 2)),
+            1.0,
+            false,
+            1,
+        );
+        assert_eq!(c, [0.0; 4]);
+    }
+
+    #[test]
+    #[should_panic]
+    fn an_overflowing_stride_is_refused() {
+        let a = [1.0f32; 6];
+        let mut c = [0.0f32; 6];
+        let huge = View {
+            offset: 0,
+            rows: 3,
+            cols: 2,
+            rs: usize::MAX / 2 + 1,
+            cs: 1,
+        };
+        matmul_into(
+            &mut c,
+            huge,
+            &a,
+            View::dense(0, 3, 2),
+            &a,
+            View::dense(0, 2, 2),
+            1.0,
+        );
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_self_overlapping_destination_is_refused() {
+        let a = [1.0f32; 6];
+        let mut c = [0.0f32; 6];
+        let overlapping = View {
+            offset: 0,
+            rows: 2,
+            cols: 2,
+            rs: 0,
+            cs: 1,
+        };
+        matmul_into(
+            &mut c,
+            overlapping,
+            &a,
+            View::dense(0, 2, 3),
+            &a,
+            View::dense(0, 3, 2),
+            1.0,
+        );
     }
 
     #[test]
