@@ -69,6 +69,11 @@ pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     if p >= 1.0 {
         return Ok(x.zeros_like()?);
     }
+    // On CPU the mask is a function of a drawn seed, regenerated in the backward rather than
+    // kept (the kernel `dropout_add` uses); elsewhere an explicit mask tensor.
+    if let Some(y) = super::residual::seeded_dropout(x, p)? {
+        return Ok(y);
+    }
     let keep = (1.0 / (1.0 - p)) as f32;
     let p = p as f32;
     let mask: Vec<f32> = MASK_RNG.with(|r| {

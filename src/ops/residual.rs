@@ -72,12 +72,12 @@ impl DropoutAdd {
         Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
     }
 
-    /// `g ∘ mask`, the gradient of `x`.
-    fn grad_x<T: Real>(&self, g: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
-        let g = slice::<T>(NAME, g, l)?;
-        let mut dx = vec![T::zero(); g.len()];
-        self.map(&mut dx, |i, o, m| *o = g[i] * m);
-        Ok(T::to_cpu_storage_owned(dx))
+    /// `t ∘ mask`: dropout itself, and the gradient of its input.
+    fn scale<T: Real>(&self, t: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+        let t = slice::<T>(NAME, t, l)?;
+        let mut out = vec![T::zero(); t.len()];
+        self.map(&mut out, |i, o, m| *o = t[i] * m);
+        Ok(T::to_cpu_storage_owned(out))
     }
 }
 
@@ -111,28 +111,50 @@ impl CustomOp2 for DropoutAdd {
         let dx = match self.mask {
             _ if !x.track_op() => None,
             None => Some(grad_y.clone()),
-            Some(_) => Some(grad_y.contiguous()?.apply_op1_no_bwd(&DropoutGrad(self))?),
+            Some(mask) => Some(grad_y.contiguous()?.apply_op1_no_bwd(&ApplyMask(mask))?),
         };
         Ok((dx, residual.track_op().then(|| grad_y.clone())))
     }
 }
 
-/// The backward kernel for `x`: the incoming gradient times the regenerated mask.
-struct DropoutGrad<'a>(&'a DropoutAdd);
+/// `x ∘ mask` as an op: dropout on its own (the mask is its own derivative), and the
+/// backward of [`DropoutAdd`] for `x`.
+struct ApplyMask(SeededMask);
 
-impl candle_core::CustomOp1 for DropoutGrad<'_> {
+impl candle_core::CustomOp1 for ApplyMask {
     fn name(&self) -> &'static str {
-        "ttlora-dropout-add-backward"
+        "ttlora-seeded-dropout"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dx = match s.dtype() {
-            DType::F32 => self.0.grad_x::<f32>(s, l)?,
-            DType::F64 => self.0.grad_x::<f64>(s, l)?,
+        let op = DropoutAdd { mask: Some(self.0) };
+        let out = match s.dtype() {
+            DType::F32 => op.scale::<f32>(s, l)?,
+            DType::F64 => op.scale::<f64>(s, l)?,
             dt => return Err(unsupported(NAME, dt)),
         };
-        Ok((dx, l.shape().clone()))
+        Ok((out, l.shape().clone()))
     }
+
+    /// y = x ∘ M ⇒ dL/dx = dL/dy ∘ M, the same mask regenerated.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_y.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+/// Inverted dropout on CPU in f32/f64 (see [`dropout`](super::dropout)): one pass each way,
+/// nothing kept for the backward; `None` for other devices and dtypes.
+pub(super) fn seeded_dropout(x: &Tensor, p: f64) -> Result<Option<Tensor>> {
+    if !(x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)) {
+        return Ok(None);
+    }
+    let mask = SeededMask::draw(p);
+    Ok(Some(x.contiguous()?.apply_op1(ApplyMask(mask))?))
 }
 
 /// `dropout(x, p) + residual`: inverted dropout on `x` (seeded like [`dropout`](super::dropout))
