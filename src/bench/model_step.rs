@@ -75,14 +75,23 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn random_batch(model_dir: &Path, cfg: &ModelStepConfig, device: &Device) -> Result<Batch> {
-    let vocab =
-        crate::io::read_json_if_present::<serde_json::Value>(&model_dir.join("config.json"))?
-            .and_then(|c| c.get("vocab_size").and_then(serde_json::Value::as_u64))
-            .ok_or_else(|| Error::ModelConfig {
-                path: model_dir.join("config.json"),
-                reason: "no `vocab_size`".into(),
-            })?;
+/// A seeded random batch for `model_dir`, and the encoder sizes its config gives (both from
+/// one read of `config.json`).
+fn random_batch(
+    model_dir: &Path,
+    cfg: &ModelStepConfig,
+    device: &Device,
+) -> Result<(Batch, Option<EncoderSize>)> {
+    let config: Option<serde_json::Value> =
+        crate::io::read_json_if_present(&model_dir.join("config.json"))?;
+    let size = config.as_ref().and_then(EncoderSize::from_config);
+    let vocab = config
+        .as_ref()
+        .and_then(|c| c.get("vocab_size").and_then(serde_json::Value::as_u64))
+        .ok_or_else(|| Error::ModelConfig {
+            path: model_dir.join("config.json"),
+            reason: "no `vocab_size`".into(),
+        })?;
     use rand::Rng;
     let mut rng = seeded_rng(cfg.seed);
     let n = cfg.batch_size * cfg.seq_len;
@@ -92,14 +101,15 @@ fn random_batch(model_dir: &Path, cfg: &ModelStepConfig, device: &Device) -> Res
         .collect();
     let shape = (cfg.batch_size, cfg.seq_len);
     let labels: Vec<u32> = (0..cfg.batch_size).map(|i| (i % 2) as u32).collect();
-    Ok(Batch {
+    let batch = Batch {
         input: EncoderInput {
             input_ids: Tensor::from_vec(ids, shape, device)?,
             token_type_ids: Tensor::zeros(shape, DType::U32, device)?,
             attention_mask: Tensor::ones(shape, DType::U32, device)?,
         },
         labels: Tensor::new(labels, device)?,
-    })
+    };
+    Ok((batch, size))
 }
 
 /// Loads `model_dir` as a 2-label classifier with the method attached to the architecture's
@@ -144,7 +154,7 @@ pub fn train_step(
         ));
     }
     let model = adapted_model(model_dir, cfg, device)?;
-    let batch = random_batch(model_dir, cfg, device)?;
+    let (batch, size) = random_batch(model_dir, cfg, device)?;
     let mut vars = Vec::new();
     for (_, layer) in model.linears() {
         vars.extend(layer.trainable().into_iter().map(|(_, _, v)| v));
@@ -161,7 +171,7 @@ pub fn train_step(
             .collect();
         opt.step(&g, 1e-4)
     })?;
-    Ok(row("train", cfg, encoder_size(model_dir)?, t, trainable))
+    Ok(row("train", cfg, size, t, trainable))
 }
 
 /// Times inference (no gradients) with the adapters unmerged and, for a method, merged.
@@ -174,14 +184,13 @@ pub fn inference(
     device: &Device,
 ) -> Result<Vec<ModelStepRow>> {
     let mut model = adapted_model(model_dir, cfg, device)?;
-    let batch = random_batch(model_dir, cfg, device)?;
+    let (batch, size) = random_batch(model_dir, cfg, device)?;
     let time = |model: &dyn Model| {
         time_median(cfg.iters, cfg.min_time, || -> Result<()> {
             crate::ops::no_grad(|| model.forward(&batch.input, false))?;
             Ok(())
         })
     };
-    let size = encoder_size(model_dir)?;
     let mut rows = vec![row("infer-unmerged", cfg, size, time(model.as_ref())?, 0)];
     if cfg.method != "none" {
         merge_adapters(model.as_mut(), "bench")?;
@@ -214,11 +223,4 @@ fn row(
         gflop,
         gflops: gflop / secs.max(1e-12),
     }
-}
-
-/// The encoder sizes from `model_dir/config.json`, if it has them.
-fn encoder_size(model_dir: &Path) -> Result<Option<EncoderSize>> {
-    let cfg: Option<serde_json::Value> =
-        crate::io::read_json_if_present(&model_dir.join("config.json"))?;
-    Ok(cfg.as_ref().and_then(EncoderSize::from_config))
 }
