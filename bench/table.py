@@ -36,11 +36,13 @@ def main() -> None:
         if r["impl"] == "ttlora" and base:
             vs_t = f"{r['step_ms'] / base['step_ms']:.2f}x"
             vs_m = f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x"
-        # The same work on both sides, counted by ttlora (PyTorch rows borrow it; full
-        # fine-tuning also computes weight gradients, which the count leaves out).
-        work = r.get("gflop") or (r["method"] != "full" and 
-            next((o["gflop"] for o in rows if o["impl"] == "ttlora" and o.get("gflop")
-                  and (o["kind"], o["batch_size"], o["seq_len"]) == (r["kind"], r["batch_size"], r["seq_len"])), None))
+        # The same work on both sides, counted by ttlora (PyTorch rows borrow the count of
+        # the ttlora row of the same kind, shape and method family).
+        work = r.get("gflop") or next(
+            (o["gflop"] for o in rows if o["impl"] == "ttlora" and o.get("gflop")
+             and (o["method"] == "full") == (r["method"] == "full")
+             and (o["kind"], o["batch_size"], o["seq_len"]) == (r["kind"], r["batch_size"], r["seq_len"])),
+            None)
         if work:
             achieved = work / (r["step_ms"] / 1e3)
             rate = f"{achieved:.0f}" + (f" ({100 * achieved / peak:.0f}%)" if peak else "")

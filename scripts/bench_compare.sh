@@ -32,6 +32,7 @@ echo "matmul rate..." >&2
 echo "training steps (batch $BATCH x $SEQ)..." >&2
 theirs --kind train --method lora --batch-size "$BATCH" --seq-len "$SEQ"
 theirs --kind train --method full --batch-size "$BATCH" --seq-len "$SEQ"
+ours --kind train --method full --batch-size "$BATCH" --seq-len "$SEQ"
 ours --kind train --method lora --batch-size "$BATCH" --seq-len "$SEQ"
 for path in factored contract reconstruct; do
   ours --kind train --method ttlora --config "{\"path\":\"$path\"}" --batch-size "$BATCH" --seq-len "$SEQ"

@@ -123,6 +123,14 @@ pub enum Error {
         /// The adapter's name.
         name: String,
     },
+    /// A merge of an adapter whose update is not a weight matrix (a non-linear adapter).
+    #[error("a {method} adapter cannot be merged into the weights: {reason}")]
+    NotMergeable {
+        /// The adapter method.
+        method: &'static str,
+        /// Why not.
+        reason: &'static str,
+    },
     /// A merge/unmerge call that makes no sense in the layer's current state.
     #[error("{op}: {reason}")]
     MergeState {

@@ -80,6 +80,12 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    /// The weight and bias themselves, for full fine-tuning (which makes them `Var`s) and for
+    /// loading a fully fine-tuned model's saved tensors.
+    pub fn params_mut(&mut self) -> (&mut Tensor, Option<&mut Tensor>) {
+        (&mut self.weight, self.bias.as_mut())
+    }
+
     /// Attaches an adapter under `name`.
     ///
     /// # Errors
@@ -91,13 +97,19 @@ impl Linear {
             layer_in: self.in_features(),
             reason,
         };
-        if adapter.in_features() != self.in_features()
-            || adapter.out_features() != self.out_features()
+        // A serial adapter maps the layer's output to itself.
+        let expected_in = if adapter.serial() {
+            self.out_features()
+        } else {
+            self.in_features()
+        };
+        if adapter.in_features() != expected_in || adapter.out_features() != self.out_features()
         {
             return Err(mismatch(format!(
-                "adapter is {}x{} (out x in)",
+                "adapter is {}x{} (out x in){}",
                 adapter.out_features(),
-                adapter.in_features()
+                adapter.in_features(),
+                if adapter.serial() { ", serial" } else { "" }
             )));
         }
         if self.adapters.iter().any(|s| s.name == name) {
@@ -134,11 +146,24 @@ impl Linear {
             .collect()
     }
 
-    /// `x: (…, in)` → `(…, out)`: the frozen path plus every unmerged adapter's update.
+    /// `x: (…, in)` → `(…, out)`: the frozen path plus every unmerged parallel adapter's
+    /// update, then each serial adapter in attachment order (`y ← y + g(y)`).
     ///
     /// # Errors
     /// `x`'s last dim is not `in_features`; dtype or device mismatch.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = self.forward_parallel(x, train)?;
+        for s in self.adapters.iter().filter(|s| !s.merged && s.adapter.serial()) {
+            let dims = y.dims().to_vec();
+            let n: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+            let g = track(s.adapter.forward_delta(&y.reshape((n, self.out_features()))?, train)?);
+            y = (y + g.reshape(dims)?)?;
+        }
+        Ok(y)
+    }
+
+    /// The frozen path plus every unmerged parallel adapter's update.
+    fn forward_parallel(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let n: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let x2 = x.reshape((n, self.in_features()))?;
@@ -147,10 +172,11 @@ impl Linear {
         let mut deltas = self
             .adapters
             .iter()
-            .filter(|s| !s.merged)
+            .filter(|s| !s.merged && !s.adapter.serial())
             .map(|s| -> Result<Tensor> { Ok(track(s.adapter.forward_delta(&x2, train)?)) });
         let Some(first) = deltas.next() else {
-            return frozen_linear(x, &self.weight, self.bias.as_ref());
+            // W and b are `Var`s under full fine-tuning: cut the graph inside `no_grad`.
+            return Ok(track(frozen_linear(x, &self.weight, self.bias.as_ref())?));
         };
         let mut delta = first?;
         for d in deltas {
@@ -161,12 +187,12 @@ impl Linear {
             *last = self.out_features();
         }
         // The frozen path accumulates onto the adapters' update: no separate add.
-        frozen_linear_onto(
+        Ok(track(frozen_linear_onto(
             x,
             &self.weight,
             self.bias.as_ref(),
             &delta.reshape(out_dims)?,
-        )
+        )?))
     }
 
     /// Merges every unmerged adapter into the weight (`W ← W + ΔW`, computed in f32).

@@ -14,6 +14,7 @@
 //! 3. `Adapter::trainable` names every tensor under the method's prefix (`<prefix>…`), so
 //!    saving, counting and freezing never look inside the method.
 
+pub mod full;
 mod init;
 mod linear;
 pub mod lora;
@@ -47,20 +48,55 @@ pub struct LayerSpec {
     pub device: Device,
 }
 
-/// One adapter on one linear layer: an update ΔW (already scaled) applied as `y += ΔW(x)`.
+/// Where a method's trainable tensors sit in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On chosen linear layers, beside the frozen weight: `y = W0·x + b + ΔW(x)` (the LoRA
+    /// family). Mergeable.
+    Parallel,
+    /// On chosen linear layers, after them: `y ← y + g(y)` with `g` non-linear (bottleneck
+    /// adapters). Not mergeable.
+    Serial,
+    /// The base model's own weights (full fine-tuning); nothing is attached.
+    Base,
+}
+
+/// The modules of an architecture that methods target by default (declared by the model,
+/// so methods never know model names).
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultSites {
+    /// Where LoRA-style methods go: PEFT's default target names for the architecture
+    /// (e.g. `query`, `value`).
+    pub parallel: &'static [&'static str],
+    /// Full-match regex of every layer's attention output projection.
+    pub attention_output: &'static str,
+    /// Full-match regex of every layer's feed-forward output projection.
+    pub ffn_output: &'static str,
+}
+
+/// One adapter on one linear layer.
+///
+/// A [`Placement::Parallel`] adapter adds an update ΔW (already scaled) to the layer's input
+/// path, `y += ΔW(x)`; a [`Placement::Serial`] one maps the layer's output, `y ← y + g(y)`.
 ///
 /// Required: [`forward_delta`](Adapter::forward_delta), [`delta_weight`](Adapter::delta_weight),
 /// [`trainable`](Adapter::trainable) and the sizes; provided: parameter counting and merging.
 pub trait Adapter: Send + Sync {
     /// The method's registry name (`lora`, `ttlora`).
     fn method(&self) -> &'static str;
-    /// Input features the adapter expects.
+    /// Input features the adapter expects (the layer's output width when serial).
     fn in_features(&self) -> usize;
     /// Output features the adapter produces.
     fn out_features(&self) -> usize;
 
-    /// The scaled update applied to a batch: `x: (n, in)` → `(n, out)`. `train` enables
-    /// dropout and similar training-only behaviour.
+    /// Whether the adapter acts on the layer's output (`y ← y + g(y)`) instead of beside it.
+    fn serial(&self) -> bool {
+        false
+    }
+
+    /// The adapter's term for a batch, already scaled: `ΔW(x)` for `x: (n, in)` when parallel,
+    /// `g(y)` for the layer output `y: (n, out)` when serial; `(n, out)` either way. `train`
+    /// enables dropout and similar training-only behaviour.
     ///
     /// # Errors
     /// A shape, dtype or device mismatch.
@@ -69,7 +105,7 @@ pub trait Adapter: Send + Sync {
     /// The scaled dense update ΔW, shape `(out, in)`, so that merging is `W0 + ΔW`.
     ///
     /// # Errors
-    /// As the underlying tensor ops.
+    /// As the underlying tensor ops; [`Error::NotMergeable`] for a non-linear (serial) adapter.
     fn delta_weight(&self) -> Result<Tensor>;
 
     /// The trainable tensors, named under the method's prefix (e.g. `ttlora_cores.0`).
@@ -175,14 +211,70 @@ pub trait Method: Sync {
     fn summary(&self) -> &'static str;
     /// The method's default config as JSON.
     fn default_config(&self) -> serde_json::Value;
-    /// Builds an adapter for one layer from a JSON config (unknown fields are an error).
+
+    /// The config field the CLI's `--rank` sets (e.g. `r`), if the method has a rank.
+    fn rank_field(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The config field the CLI's `--alpha` sets (e.g. `lora_alpha`), if the method scales.
+    fn alpha_field(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Where the method's trainable tensors sit. Default: beside linear layers.
+    fn placement(&self) -> Placement {
+        Placement::Parallel
+    }
+
+    /// The modules the method targets when the user names none. Default: the architecture's
+    /// LoRA targets.
     ///
     /// # Errors
-    /// A config that does not parse or validate; a config that does not fit the layer.
+    /// A config that does not parse.
+    fn default_targets(
+        &self,
+        config: &serde_json::Value,
+        sites: &DefaultSites,
+    ) -> Result<ModuleSet> {
+        let _ = config;
+        Ok(ModuleSet::names(sites.parallel))
+    }
+
+    /// Checks a config without building anything.
+    ///
+    /// # Errors
+    /// A config that does not parse or validate.
+    fn validate_config(&self, config: &serde_json::Value) -> Result<()>;
+
+    /// Builds an adapter for one layer from a JSON config (unknown fields are an error).
+    /// Only [`Placement::Parallel`] and [`Placement::Serial`] methods build adapters.
+    ///
+    /// # Errors
+    /// A config that does not parse or validate; a config that does not fit the layer; a
+    /// method that attaches no adapters to layers.
     fn build(
         &self,
         config: &serde_json::Value,
         layer: &LayerSpec,
         rng: &mut StdRng,
-    ) -> Result<Box<dyn Adapter>>;
+    ) -> Result<Box<dyn Adapter>> {
+        let _ = (config, layer, rng);
+        Err(Error::InvalidConfig {
+            method: self.name(),
+            field: "method",
+            reason: "attaches no adapter to a linear layer".into(),
+            got: self.name().into(),
+        })
+    }
+
+    /// For a [`Placement::Base`] method: whether the base tensor `name` (a state-dict name,
+    /// e.g. `bert.embeddings.word_embeddings.weight`) trains under `config`.
+    ///
+    /// # Errors
+    /// A config that does not parse or validate.
+    fn trains_base_tensor(&self, config: &serde_json::Value, name: &str) -> Result<bool> {
+        let _ = (config, name);
+        Ok(false)
+    }
 }

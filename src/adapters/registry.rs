@@ -1,11 +1,11 @@
 //! The registry of adapter methods: one line per method.
 
-use crate::adapters::{Method, lora, ttlora};
+use crate::adapters::{Method, full, lora, ttlora};
 use crate::error::{Error, Result};
 
 /// Every adapter method ttlora knows. `--method`, config dispatch on `peft_type` and the test
 /// matrix all read this slice.
-pub static METHODS: &[&dyn Method] = &[&lora::Lora, &ttlora::TtLora];
+pub static METHODS: &[&dyn Method] = &[&full::Full, &lora::Lora, &ttlora::TtLora];
 
 /// The method registered under `name`.
 ///
@@ -66,7 +66,7 @@ mod tests {
         let err = method("dora").err().unwrap().to_string();
         assert_eq!(
             err,
-            "unknown adapter method `dora`; known methods: lora, ttlora"
+            "unknown adapter method `dora`; known methods: full, lora, ttlora"
         );
     }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::adapters::{ModuleSet, Targeting, inject, method, resolved_config, seeded_rng};
-use crate::bench::roofline::EncoderSize;
+use crate::adapters::{Placement, method, resolved_config, seeded_rng};
+use crate::models::attach::{attach, placing, trainable_vars};
+use crate::bench::roofline::{EncoderSize, StepWork};
 use crate::bench::time_median;
 use crate::error::{Error, Result};
 use crate::models::merged::merge_adapters;
@@ -124,13 +125,12 @@ fn adapted_model(
     if cfg.method != "none" {
         let m = method(&cfg.method)?;
         let base = resolved_config(m, &cfg.method_config);
-        let targets = ModuleSet::names(model.default_targets());
-        let targeting = Targeting::new(&targets, None, &Default::default())?;
-        inject(
-            model.linears_mut(),
+        let placing = placing(m, &base, model.as_ref(), None, None, &Default::default())?;
+        attach(
+            model.as_mut(),
             m,
             &base,
-            &targeting,
+            &placing,
             "bench",
             &mut seeded_rng(cfg.seed),
         )?;
@@ -149,16 +149,15 @@ pub fn train_step(
 ) -> Result<ModelStepRow> {
     if cfg.method == "none" {
         return Err(Error::Training(
-            "method `none` has nothing to train (full fine-tuning arrives with --method full)"
-                .into(),
+            "method `none` has nothing to train (`full` trains every weight)".into(),
         ));
     }
     let model = adapted_model(model_dir, cfg, device)?;
     let (batch, size) = random_batch(model_dir, cfg, device)?;
-    let mut vars = Vec::new();
-    for (_, layer) in model.linears() {
-        vars.extend(layer.trainable().into_iter().map(|(_, _, v)| v));
-    }
+    let mut vars: Vec<_> = trainable_vars(model.as_ref())
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     vars.extend(model.head_vars().into_iter().map(|(_, v)| v));
     let trainable = vars.iter().map(|v| v.elem_count()).sum();
     let mut opt = Adam::new(vars.clone(), AdamParams::default())?;
@@ -192,8 +191,8 @@ pub fn inference(
         })
     };
     let mut rows = vec![row("infer-unmerged", cfg, size, time(model.as_ref())?, 0)];
-    if cfg.method != "none" {
-        merge_adapters(model.as_mut(), "bench")?;
+    // Full fine-tuning leaves nothing to merge: its one row is already the merged model.
+    if cfg.method != "none" && merge_adapters(model.as_mut(), "bench")? > 0 {
         rows.push(row("infer-merged", cfg, size, time(model.as_ref())?, 0));
     }
     Ok(rows)
@@ -208,7 +207,13 @@ fn row(
 ) -> ModelStepRow {
     let secs = t.as_secs_f64();
     let gflop = size.map_or(0.0, |s| {
-        s.step_flops(cfg.batch_size, cfg.seq_len, kind == "train") / 1e9
+        let full = method(&cfg.method).is_ok_and(|m| m.placement() == Placement::Base);
+        let work = match (kind, full) {
+            ("train", true) => StepWork::FullTraining,
+            ("train", false) => StepWork::FrozenTraining,
+            _ => StepWork::Inference,
+        };
+        s.step_flops(cfg.batch_size, cfg.seq_len, work) / 1e9
     });
     ModelStepRow {
         kind,

@@ -76,21 +76,33 @@ impl EncoderSize {
 
     /// FLOPs of the encoder's matmuls for `batch × seq` tokens: the six linears per layer
     /// (2·tokens·(4h² + 2h·i)) and attention's scores and context (2 × 2·batch·seq²·h).
-    /// With `train`, the backward adds the linears' input gradients (the frozen weights get
-    /// none) and attention's four products. Adapters, the head and element-wise work are
-    /// not counted, so this is the work a perfect frozen-encoder step cannot avoid.
-    pub fn step_flops(&self, batch: usize, seq: usize, train: bool) -> f64 {
+    /// Training adds the linears' input gradients and attention's four products; full
+    /// fine-tuning also the linears' weight gradients (frozen weights get none). Adapters,
+    /// the head, embeddings and element-wise work are not counted, so this is the work a
+    /// perfect step cannot avoid.
+    pub fn step_flops(&self, batch: usize, seq: usize, work: StepWork) -> f64 {
         let (h, i) = (self.hidden as f64, self.intermediate as f64);
         let tokens = (batch * seq) as f64;
         let linears = 2.0 * tokens * (4.0 * h * h + 2.0 * h * i);
         let attention = 2.0 * 2.0 * batch as f64 * (seq * seq) as f64 * h;
-        let per_layer = if train {
-            2.0 * linears + 3.0 * attention
-        } else {
-            linears + attention
+        let per_layer = match work {
+            StepWork::Inference => linears + attention,
+            StepWork::FrozenTraining => 2.0 * linears + 3.0 * attention,
+            StepWork::FullTraining => 3.0 * linears + 3.0 * attention,
         };
         per_layer * self.layers as f64
     }
+}
+
+/// What a measured step does, for counting its matmul work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepWork {
+    /// A forward pass.
+    Inference,
+    /// Forward and backward with the encoder's weights frozen (adapters train).
+    FrozenTraining,
+    /// Forward and backward with every weight training.
+    FullTraining,
 }
 
 #[cfg(test)]
@@ -105,11 +117,13 @@ mod tests {
         .unwrap();
         // Per layer: linears 2·4096·(4·384² + 2·384·1536) = 14.50 GFLOP; attention
         // 4·32·128²·384 = 0.805 GFLOP. Training 6·(2·14.50 + 3·0.805) = 188.44 GFLOP, inference
-        // 6·(14.50 + 0.805) = 91.80 GFLOP.
-        let train = size.step_flops(32, 128, true) / 1e9;
+        // 6·(14.50 + 0.805) = 91.80 GFLOP; full fine-tuning 6·(3·14.50 + 3·0.805) = 275.5.
+        let train = size.step_flops(32, 128, StepWork::FrozenTraining) / 1e9;
         assert!((train - 188.44).abs() < 0.01, "{train}");
-        let infer = size.step_flops(32, 128, false) / 1e9;
+        let infer = size.step_flops(32, 128, StepWork::Inference) / 1e9;
         assert!((infer - 91.80).abs() < 0.01, "{infer}");
+        let full = size.step_flops(32, 128, StepWork::FullTraining) / 1e9;
+        assert!((full - 275.5).abs() < 0.1, "{full}");
         assert!(EncoderSize::from_config(&serde_json::json!({"hidden_size": 1})).is_none());
     }
 

@@ -49,7 +49,7 @@ pub struct ModelArgs {
     /// `train` (forward + backward + AdamW step) or `infer` (unmerged, then merged).
     #[arg(long, default_value = "train")]
     kind: String,
-    /// `none` (base model; infer only), `lora` or `ttlora`.
+    /// `none` (base model; infer only) or a method: `lora`, `ttlora`, `full`, ….
     #[arg(long, default_value = "lora")]
     method: String,
     /// Method config as JSON, e.g. '{"r": 8}' or '{"path": "contract"}'.

@@ -61,14 +61,14 @@ pub struct TrainArgs {
     #[arg(long)]
     regression: bool,
 
-    /// Adapter method (`ttlora` or `lora`).
+    /// Method: ttlora, lora or full (`ttlora methods` lists them with their configs).
     #[arg(long, default_value = "ttlora")]
     method: String,
-    /// TT rank (ttlora) or LoRA rank r (lora).
+    /// The method's rank: TT rank (ttlora), LoRA rank r (lora).
     #[arg(long)]
     rank: Option<usize>,
-    /// Scaling α (ttlora: ΔW·α, default 8; lora: α/r, default 8). TT-LoRA's default was
-    /// chosen between 8 and 64 on five GLUE tasks; see RESULTS.md.
+    /// The method's scaling α (ttlora: ΔW·α, default 8; lora: α/r, default 8). TT-LoRA's
+    /// default was chosen between 8 and 64 on five GLUE tasks; see RESULTS.md.
     #[arg(long)]
     alpha: Option<f64>,
     /// TT-LoRA core shape in core order, e.g. "64,4,3|3,4,64" (default: planned per layer).
@@ -190,23 +190,26 @@ fn method_config(a: &TrainArgs) -> Result<serde_json::Value> {
         None => serde_json::json!({}),
     };
     let obj = cfg.as_object_mut().context("adapter config is an object")?;
-    let is_lora = a.method.eq_ignore_ascii_case("lora");
-    if let Some(r) = a.rank {
-        obj.insert(if is_lora { "r" } else { "rank" }.into(), r.into());
-    }
-    if let Some(al) = a.alpha {
-        obj.insert(
-            if is_lora { "lora_alpha" } else { "alpha" }.into(),
-            al.into(),
-        );
+    let m = ttlora::adapters::method(&a.method.to_ascii_lowercase())?;
+    let shorthand = [
+        ("--rank", a.rank.map(serde_json::Value::from), m.rank_field()),
+        ("--alpha", a.alpha.map(serde_json::Value::from), m.alpha_field()),
+    ];
+    for (flag, value, field) in shorthand {
+        if let Some(value) = value {
+            let field =
+                field.with_context(|| format!("{flag} does not apply to --method {}", m.name()))?;
+            obj.insert(field.into(), value);
+        }
     }
     let tt_only = [
         ("--shape", a.shape.is_some()),
         ("--init", a.init.is_some()),
         ("--tt-path", a.tt_path.is_some()),
     ];
-    if is_lora && let Some((flag, _)) = tt_only.iter().find(|(_, set)| *set) {
-        bail!("{flag} applies to --method ttlora, not lora");
+    let is_ttlora = m.name() == "ttlora";
+    if !is_ttlora && let Some((flag, _)) = tt_only.iter().find(|(_, set)| *set) {
+        bail!("{flag} applies to --method ttlora, not {}", m.name());
     }
     if let Some(shape) = &a.shape {
         let (i, o) = ttlora::tt::parse_core_order(shape)?;
@@ -219,7 +222,7 @@ fn method_config(a: &TrainArgs) -> Result<serde_json::Value> {
     if let Some(p) = &a.tt_path {
         obj.insert("path".into(), p.clone().into());
     }
-    if a.preset == Some(Preset::Paper) && !is_lora && !obj.contains_key("init") {
+    if a.preset == Some(Preset::Paper) && is_ttlora && !obj.contains_key("init") {
         obj.insert("init".into(), "paper".into());
     }
     Ok(cfg)

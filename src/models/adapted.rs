@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::Tensor;
 
-use crate::adapters::{method, seeded_rng};
+use crate::adapters::{Placement, method, seeded_rng};
 use crate::error::{Error, Result};
 use crate::io::adapter_folder::{AdapterConfig, AdapterFolder, FORMAT_VERSION, KEY_PREFIX};
 use crate::models::Model;
@@ -73,7 +73,17 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
             );
         }
     }
-    if modules.is_empty() {
+    if m.placement() == Placement::Base {
+        // Full fine-tuning: the trained base tensors under their state-dict names.
+        for (name, var) in crate::models::attach::base_vars(model) {
+            tensors.insert(format!("{KEY_PREFIX}{name}"), var.as_tensor().copy()?);
+        }
+        if tensors.is_empty() {
+            return Err(Error::Training(
+                "no base tensor of the model trains; nothing to save".into(),
+            ));
+        }
+    } else if modules.is_empty() {
         return Err(Error::Training(format!(
             "no layer carries an adapter named `{adapter_name}`; nothing to save"
         )));
@@ -169,6 +179,8 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
         reason,
     };
     let mut used: BTreeSet<&str> = BTreeSet::new();
+    let base_updates = base_tensors_from(model, folder)?;
+    used.extend(base_updates.iter().map(|(key, _)| key.as_str()));
     // Build every adapter first, attach only when all fit.
     let mut built = Vec::new();
     let mut found = BTreeSet::new();
@@ -253,6 +265,12 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
     for (var, t) in head_updates {
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
+    let mut base_updates: BTreeMap<String, Tensor> = base_updates.into_iter().collect();
+    for (name, t) in model.base_tensors_mut() {
+        if let Some(saved) = base_updates.remove(&format!("{KEY_PREFIX}{name}")) {
+            *t = saved;
+        }
+    }
     let mut built: BTreeMap<String, _> = built.into_iter().collect();
     for (path, layer) in model.linears_mut() {
         if let Some(adapter) = built.remove(&path) {
@@ -260,6 +278,40 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
         }
     }
     Ok(())
+}
+
+/// The saved base tensors of a full fine-tune in `folder` (none for other methods), by key,
+/// checked against the model's own: the same shapes, converted to its dtype and device.
+///
+/// # Errors
+/// [`Error::WeightTensor`] for a tensor of the wrong shape; a full fine-tune that saved no
+/// base tensor.
+fn base_tensors_from(model: &mut dyn Model, folder: &AdapterFolder) -> Result<Vec<(String, Tensor)>> {
+    if method(&folder.config.method)?.placement() != Placement::Base {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (name, t) in model.base_tensors_mut() {
+        let key = format!("{KEY_PREFIX}{name}");
+        let Some(saved) = folder.tensors.get(&key) else {
+            continue;
+        };
+        if saved.dims() != t.dims() {
+            return Err(Error::WeightTensor {
+                path: crate::io::adapter_folder::WEIGHTS_FILE.into(),
+                name: key,
+                reason: format!("has shape {:?}, expected {:?}", saved.dims(), t.dims()),
+            });
+        }
+        out.push((key, saved.to_dtype(t.dtype())?.to_device(t.device())?));
+    }
+    if out.is_empty() {
+        return Err(Error::ModelConfig {
+            path: crate::io::adapter_folder::CONFIG_FILE.into(),
+            reason: "a full fine-tune whose weights hold no tensor of this model".into(),
+        });
+    }
+    Ok(out)
 }
 
 /// The adapter called `adapter_name` on `model` as an exact PEFT LoRA (DESIGN §3, path 3):

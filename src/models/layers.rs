@@ -44,7 +44,19 @@ impl Norm {
 
     /// `γ · (x − mean) / √(var + eps) + β` over the last dimension.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, &self.gamma, &self.beta, self.eps)
+        // γ and β are `Var`s under full fine-tuning: cut the graph inside `no_grad`.
+        Ok(crate::ops::track(layer_norm(
+            x,
+            &self.gamma,
+            &self.beta,
+            self.eps,
+        )?))
+    }
+
+    /// `{name}.weight` and `{name}.bias`, mutable, appended to `out`.
+    pub(crate) fn push_mut<'a>(&'a mut self, name: &str, out: &mut Vec<(String, &'a mut Tensor)>) {
+        out.push((format!("{name}.weight"), &mut self.gamma));
+        out.push((format!("{name}.bias"), &mut self.beta));
     }
 
     /// Appends `{name}.weight` and `{name}.bias` to a state dict.
@@ -72,6 +84,19 @@ pub(crate) fn push_linear(name: &str, l: &Linear, out: &mut Vec<(String, Tensor)
     out.push((format!("{name}.weight"), l.weight().clone()));
     if let Some(b) = l.bias() {
         out.push((format!("{name}.bias"), b.clone()));
+    }
+}
+
+/// A linear's `{name}.weight` and `{name}.bias`, if any, mutable, appended to `out`.
+pub(crate) fn push_linear_mut<'a>(
+    name: &str,
+    l: &'a mut Linear,
+    out: &mut Vec<(String, &'a mut Tensor)>,
+) {
+    let (w, b) = l.params_mut();
+    out.push((format!("{name}.weight"), w));
+    if let Some(b) = b {
+        out.push((format!("{name}.bias"), b));
     }
 }
 

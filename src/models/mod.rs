@@ -9,6 +9,7 @@
 //! Must not know: tasks, files of data, training.
 
 pub mod adapted;
+pub mod attach;
 pub mod bert;
 pub mod deberta_v2;
 mod hf_config;
@@ -23,7 +24,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::Linear;
+use crate::adapters::{DefaultSites, Linear};
 use crate::error::{Error, Result};
 
 pub use bert::{Bert, BertConfig, BertFamily, BertForSequenceClassification, load_bert};
@@ -169,9 +170,26 @@ pub trait Model: Send + Sync {
     /// Module names PEFT targets by default for this architecture (e.g. `query`, `value`).
     fn default_targets(&self) -> &'static [&'static str];
 
+    /// Every default site a method may target: [`default_targets`](Model::default_targets)
+    /// and the per-layer output projections bottleneck adapters follow (HF's
+    /// `…layer.N.attention.output.dense` and `…layer.N.output.dense`, shared by the BERT and
+    /// DeBERTa families).
+    fn default_sites(&self) -> DefaultSites {
+        DefaultSites {
+            parallel: self.default_targets(),
+            attention_output: r".*\.layer\.\d+\.attention\.output\.dense",
+            ffn_output: r".*\.layer\.\d+\.output\.dense",
+        }
+    }
+
     /// Every tensor under the names of HF's `…ForSequenceClassification` checkpoint, merged
     /// adapters included (unmerged ones are not part of the weights).
     fn state_dict(&self) -> Vec<(String, Tensor)>;
+
+    /// The base model's own tensors (the [`state_dict`](Model::state_dict) without the head),
+    /// under the same names, mutable: full fine-tuning makes them `Var`s, and loading a saved
+    /// full fine-tune replaces them.
+    fn base_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)>;
 
     /// HF's class name for this model (e.g. `BertForSequenceClassification`), written to a
     /// merged export's config.json `architectures`.

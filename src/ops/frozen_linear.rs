@@ -3,6 +3,8 @@
 //! candle's matmul backward always computes `xᵀ·dL/dy` for both operands, even for a plain
 //! (non-`Var`) weight, which doubles the backward FLOPs and allocates a weight-sized buffer per
 //! layer. As a custom op whose `bwd` returns `(Some(dx), None)` the weight costs nothing.
+//! Full fine-tuning makes W and b `Var`s; then, and only then, the op also returns dL/dW and
+//! the bias is added outside it so candle differentiates it.
 //!
 //! The bias is added inside the op too (on CPU the output starts as the bias rows and gemm
 //! accumulates onto it). A separate `broadcast_add` would cost a pass forward and, in candle's
@@ -128,7 +130,8 @@ impl CustomOp3 for FrozenLinearOnto {
         }
     }
 
-    /// y = base + x·Wᵀ + b ⇒ dL/dx = dL/dy · W, dL/dbase = dL/dy; nothing for W and b.
+    /// y = base + x·Wᵀ + b ⇒ dL/dx = dL/dy · W, dL/dbase = dL/dy, dL/dW = dL/dyᵀ · x (only
+    /// for a trainable W).
     fn bwd(
         &self,
         x: &Tensor,
@@ -138,13 +141,21 @@ impl CustomOp3 for FrozenLinearOnto {
         grad_y: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d_base = base.track_op().then(|| grad_y.clone());
-        Ok((input_grad(x, w, grad_y)?, None, d_base))
+        let (dx, dw) = input_and_weight_grads(x, w, grad_y)?;
+        Ok((dx, dw, d_base))
     }
 }
 
-/// dL/dx = dL/dy · W, only if x takes part in the graph.
-fn input_grad(x: &Tensor, w: &Tensor, grad_y: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    x.track_op().then(|| grad_y.matmul(w)).transpose()
+/// dL/dx = dL/dy · W if x takes part in the graph, and dL/dW = dL/dyᵀ · x if W does (full
+/// fine-tuning; a frozen W gets nothing).
+fn input_and_weight_grads(
+    x: &Tensor,
+    w: &Tensor,
+    grad_y: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let dx = x.track_op().then(|| grad_y.matmul(w)).transpose()?;
+    let dw = w.track_op().then(|| grad_y.t()?.matmul(x)).transpose()?;
+    Ok((dx, dw))
 }
 
 impl CustomOp2 for FrozenLinear {
@@ -179,8 +190,9 @@ impl CustomOp2 for FrozenLinear {
         Ok((out, Shape::from((m, n))))
     }
 
-    /// y = x·Wᵀ + b ⇒ dL/dx = dL/dy · W; W and b are frozen, so no dL/dW, no dL/db. An
-    /// untracked x (layer 0's input) gets nothing: candle would zero-fill and add it anyway.
+    /// y = x·Wᵀ + b ⇒ dL/dx = dL/dy · W; a frozen W gets no dL/dW (a trainable one gets
+    /// dL/dyᵀ · x). An untracked x (layer 0's input) gets nothing: candle would zero-fill and
+    /// add it anyway.
     fn bwd(
         &self,
         x: &Tensor,
@@ -188,11 +200,12 @@ impl CustomOp2 for FrozenLinear {
         _y: &Tensor,
         grad_y: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((input_grad(x, w, grad_y)?, None))
+        input_and_weight_grads(x, w, grad_y)
     }
 }
 
-/// `y = x·Wᵀ + b` where W and b are frozen: gradients flow to x only.
+/// `y = x·Wᵀ + b` where W and b are frozen: gradients flow to x only. (A W or b that is a
+/// `Var`, as in full fine-tuning, gets its gradient too.)
 ///
 /// `x: (…, in)`, `w: (out, in)`, `b: (out)` → `(…, out)`. On CPU in f32/f64 the bias is added
 /// inside the matmul; elsewhere by a broadcast add.
@@ -274,6 +287,11 @@ fn linear_impl(
     let n: usize = lead.iter().product();
     let x2 = x.reshape((n, in_f))?.contiguous()?;
     let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    // A trainable bias is added by candle, which differentiates it.
+    if let Some(bias) = b.filter(|b| b.track_op()) {
+        let y = linear_impl(x, w, None, base)?;
+        return Ok(y.broadcast_add(bias)?);
+    }
     let y = if fused {
         let op = FrozenLinear {
             bias: b.map(|b| b.to_dtype(x.dtype())).transpose()?,
@@ -383,6 +401,51 @@ mod tests {
             err.to_string(),
             "frozen linear base: tensor shape [2, 3, 5], expected [2, 3, 4]"
         );
+    }
+
+    #[test]
+    fn trainable_weight_and_bias_get_candles_gradients() {
+        // Full fine-tuning: y = x·Wᵀ + b with W, b Vars ⇒ dL/dW = gᵀ·x, dL/db = Σ_rows g.
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 5), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1., 4, &dev).unwrap()).unwrap();
+        let base = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 4), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1., (2, 3, 4), &dev).unwrap();
+        let (xt, wt, bt, base_t) = (
+            x.as_tensor(),
+            w.as_tensor(),
+            b.as_tensor(),
+            base.as_tensor(),
+        );
+        for with_base in [false, true] {
+            let y = if with_base {
+                frozen_linear_onto(xt, wt, Some(bt), base_t).unwrap()
+            } else {
+                frozen_linear(xt, wt, Some(bt)).unwrap()
+            };
+            let mut y_ref = xt
+                .broadcast_matmul(&wt.t().unwrap())
+                .unwrap()
+                .broadcast_add(bt)
+                .unwrap();
+            if with_base {
+                y_ref = (y_ref + base_t).unwrap();
+            }
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads_ref = (&y_ref * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [xt, wt, bt] {
+                let a = grads.get(v).expect("a gradient for every Var");
+                let r = grads_ref.get(v).unwrap();
+                let diff = (a - r).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "{with_base}");
+            }
+        }
     }
 
     #[test]

@@ -9,11 +9,12 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::adapters::{ModuleSet, Targeting, inject, method, resolved_config, seeded_rng};
+use crate::adapters::{ModuleSet, method, resolved_config, seeded_rng};
 use crate::data::{self, CustomColumns, Example, LabelKind, Metric, Split, TaskSpec, TextEncoder};
 use crate::error::{Error, Result};
 use crate::io::{self, TaskInfo};
 use crate::models::adapted::{AdapterMeta, collect, to_peft_lora};
+use crate::models::attach::{attach, placing, trainable_vars};
 use crate::models::{Model, Pooling, load_classifier};
 use crate::train::pipeline::{EncodedSplit, evaluate};
 use crate::train::{Objective, Observer, TrainConfig, TrainJob, TrainSummary, train};
@@ -312,18 +313,23 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     let held = all.subset(&held_idx);
     let dev = encode_split(&enc, &task.dev, true)?;
 
-    // Adapters.
+    // Adapters (or, for full fine-tuning, the base weights).
     let m = method(&spec.method)?;
     let base_cfg = resolved_config(m, &spec.method_config);
-    let targets =
-        (spec.targets.clone()).unwrap_or_else(|| ModuleSet::names(model.default_targets()));
-    let targeting = Targeting::new(&targets, spec.exclude.as_ref(), &spec.overrides)?;
-    let mut rng = seeded_rng(spec.seed);
-    let report = inject(
-        model.linears_mut(),
+    let placing = placing(
         m,
         &base_cfg,
-        &targeting,
+        model.as_ref(),
+        spec.targets.as_ref(),
+        spec.exclude.as_ref(),
+        &spec.overrides,
+    )?;
+    let mut rng = seeded_rng(spec.seed);
+    let report = attach(
+        model.as_mut(),
+        m,
+        &base_cfg,
+        &placing,
         ADAPTER_NAME,
         &mut rng,
     )?;
@@ -333,12 +339,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         .filter(|(p, _)| report.adapted.contains(p))
         .map(|(_, l)| lora_params(l.in_features(), l.out_features(), 8))
         .sum();
-    let mut vars = Vec::new();
-    for (path, layer) in model.linears() {
-        for (adapter, name, var) in layer.trainable() {
-            vars.push((format!("{path}.{adapter}.{name}"), var));
-        }
-    }
+    let mut vars = trainable_vars(model.as_ref());
     let head_vars = if spec.train_head {
         model.head_vars()
     } else {
@@ -431,7 +432,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         base_model: spec.model.clone(),
         base_model_config_sha256: io::adapter_folder::sha256_file(&model_dir.join("config.json"))?,
         config: spec.method_config.clone(),
-        target_modules: serde_json::to_value(&targets)?,
+        target_modules: serde_json::to_value(&placing.targets)?,
         exclude_modules: spec
             .exclude
             .as_ref()

@@ -36,6 +36,15 @@ impl Method for Lora {
     fn default_config(&self) -> serde_json::Value {
         serde_json::to_value(LoraConfig::default()).unwrap_or_default()
     }
+    fn rank_field(&self) -> Option<&'static str> {
+        Some("r")
+    }
+    fn alpha_field(&self) -> Option<&'static str> {
+        Some("lora_alpha")
+    }
+    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
+        serde_json::from_value::<LoraConfig>(config.clone())?.validate()
+    }
     fn build(
         &self,
         config: &serde_json::Value,

@@ -36,6 +36,15 @@ impl Method for TtLora {
     fn default_config(&self) -> serde_json::Value {
         serde_json::to_value(TtLoraConfig::default()).unwrap_or_default()
     }
+    fn rank_field(&self) -> Option<&'static str> {
+        Some("rank")
+    }
+    fn alpha_field(&self) -> Option<&'static str> {
+        Some("alpha")
+    }
+    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
+        serde_json::from_value::<TtLoraConfig>(config.clone())?.validate()
+    }
     fn build(
         &self,
         config: &serde_json::Value,

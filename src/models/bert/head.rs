@@ -231,6 +231,12 @@ impl Model for BertForSequenceClassification {
         layers.map(|(p, l)| (format!("{prefix}{p}"), l)).collect()
     }
 
+    fn base_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let prefix = self.config().model_type.prefix();
+        let tensors = self.bert.tensors_mut().into_iter();
+        tensors.map(|(n, t)| (format!("{prefix}{n}"), t)).collect()
+    }
+
     fn head_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
         match &self.head {

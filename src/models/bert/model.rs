@@ -9,7 +9,7 @@ use super::config::{BertConfig, BertFamily};
 use crate::adapters::Linear;
 use crate::error::{Error, Result};
 use crate::models::layers::{
-    self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear,
+    self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear, push_linear_mut,
 };
 use crate::models::weights::{Checkpoint, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
@@ -312,7 +312,8 @@ impl Bert {
                 .embedding(&flat(&input.token_type_ids)?)?
                 .reshape((b_sz, seq_len, h))?
         };
-        let x = words.broadcast_add(&positions)?.broadcast_add(&types)?;
+        // The tables are `Var`s under full fine-tuning: cut the graph inside `no_grad`.
+        let x = crate::ops::track(words.broadcast_add(&positions)?.broadcast_add(&types)?);
         let x = e.norm.forward(&x)?;
         dropout(&x, cfg.hidden_dropout_prob, train)
     }
@@ -425,6 +426,47 @@ impl Bert {
         }
         if let Some(p) = &self.pooler {
             push_linear("pooler.dense", p, &mut out);
+        }
+        out
+    }
+
+    /// The tensors of [`state_dict`](Self::state_dict), in its order and under its names,
+    /// mutable: full fine-tuning makes them `Var`s, and a saved full fine-tune replaces them.
+    pub(crate) fn tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let e = &mut self.embeddings;
+        let mut out: Vec<(String, &mut Tensor)> = vec![
+            ("embeddings.word_embeddings.weight".into(), &mut e.word),
+            (
+                "embeddings.position_embeddings.weight".into(),
+                &mut e.position,
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".into(),
+                &mut e.token_type,
+            ),
+        ];
+        e.norm.push_mut("embeddings.LayerNorm", &mut out);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            let Layer {
+                query,
+                key,
+                value,
+                attn_out,
+                attn_norm,
+                intermediate,
+                output,
+                out_norm,
+            } = layer;
+            let linears = [query, key, value, attn_out, intermediate, output];
+            for (name, l) in LAYER_LINEARS.iter().zip(linears) {
+                push_linear_mut(&format!("{p}.{name}"), l, &mut out);
+            }
+            attn_norm.push_mut(&format!("{p}.attention.output.LayerNorm"), &mut out);
+            out_norm.push_mut(&format!("{p}.output.LayerNorm"), &mut out);
+        }
+        if let Some(p) = &mut self.pooler {
+            push_linear_mut("pooler.dense", p, &mut out);
         }
         out
     }

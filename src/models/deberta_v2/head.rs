@@ -213,6 +213,11 @@ impl Model for DebertaV2ForSequenceClassification {
         DebertaV2ForSequenceClassification::state_dict(self)
     }
 
+    fn base_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let tensors = self.deberta.tensors_mut().into_iter();
+        tensors.map(|(n, t)| (format!("{PREFIX}{n}"), t)).collect()
+    }
+
     fn architecture(&self) -> &'static str {
         "DebertaV2ForSequenceClassification"
     }

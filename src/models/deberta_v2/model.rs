@@ -19,7 +19,7 @@ use super::config::DebertaV2Config;
 use crate::adapters::Linear;
 use crate::error::{Error, Result};
 use crate::models::layers::{
-    self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear,
+    self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear, push_linear_mut,
 };
 use crate::models::weights::{Checkpoint, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
@@ -151,6 +151,21 @@ impl Embeddings {
         }
         self.norm.push_state("embeddings.LayerNorm", out);
     }
+
+    /// [`push_state`](Self::push_state)'s tensors, mutable, in its order.
+    fn push_mut<'a>(&'a mut self, out: &mut Vec<(String, &'a mut Tensor)>) {
+        out.push(("embeddings.word_embeddings.weight".into(), &mut self.word));
+        if let Some(p) = &mut self.position {
+            out.push(("embeddings.position_embeddings.weight".into(), p));
+        }
+        if let Some(t) = &mut self.token_type {
+            out.push(("embeddings.token_type_embeddings.weight".into(), t));
+        }
+        if let Some(p) = &mut self.embed_proj {
+            push_linear_mut("embeddings.embed_proj", p, out);
+        }
+        self.norm.push_mut("embeddings.LayerNorm", out);
+    }
 }
 
 /// What every layer's attention shares in one forward pass: the (normalised) relative
@@ -256,6 +271,33 @@ impl Layer {
             ("output.dense", &self.output),
         ]);
         out
+    }
+
+    /// The layer's tensors under their sub-module names, mutable, in
+    /// [`DebertaV2::state_dict`]'s order (linears, then the two norms).
+    fn push_mut<'a>(&'a mut self, p: &str, out: &mut Vec<(String, &'a mut Tensor)>) {
+        let (attn_norm, out_norm) = (&mut self.attn_norm, &mut self.out_norm);
+        let mut linears = vec![
+            ("attention.self.query_proj", &mut self.query_proj),
+            ("attention.self.key_proj", &mut self.key_proj),
+            ("attention.self.value_proj", &mut self.value_proj),
+        ];
+        if let Some(l) = &mut self.pos_key_proj {
+            linears.push(("attention.self.pos_key_proj", l));
+        }
+        if let Some(l) = &mut self.pos_query_proj {
+            linears.push(("attention.self.pos_query_proj", l));
+        }
+        linears.extend([
+            ("attention.output.dense", &mut self.attn_out),
+            ("intermediate.dense", &mut self.intermediate),
+            ("output.dense", &mut self.output),
+        ]);
+        for (name, l) in linears {
+            push_linear_mut(&format!("{p}.{name}"), l, out);
+        }
+        attn_norm.push_mut(&format!("{p}.attention.output.LayerNorm"), out);
+        out_norm.push_mut(&format!("{p}.output.LayerNorm"), out);
     }
 
     /// The same, mutable, in the same order.
@@ -380,9 +422,7 @@ impl Conv {
     fn load(ld: &mut Loader, cfg: &DebertaV2Config) -> Result<Self> {
         let (h, k) = (cfg.hidden_size, cfg.conv_kernel_size);
         let weight = ld.tensor("encoder.conv.conv.weight", &[h, h, k], Init::Normal)?;
-        let taps = (0..k)
-            .map(|t| Ok(weight.narrow(2, t, 1)?.squeeze(2)?.contiguous()?))
-            .collect::<Result<Vec<_>>>()?;
+        let taps = conv_taps(&weight)?;
         Ok(Self {
             weight,
             taps,
@@ -402,16 +442,21 @@ impl Conv {
         train: bool,
     ) -> Result<Tensor> {
         let (_, seq_len, _) = embedded.dims3()?;
-        let k = self.taps.len();
+        // Under full fine-tuning the weight is a `Var` and its taps are taken from it each
+        // pass, so its gradient flows; frozen, the taps cut once at load are used.
+        let fresh_taps;
+        let taps = if self.weight.is_variable() {
+            fresh_taps = conv_taps(&self.weight)?;
+            &fresh_taps
+        } else {
+            &self.taps
+        };
+        let k = taps.len();
         let pad = (k - 1) / 2;
         let padded = embedded.pad_with_zeros(1, pad, k - 1 - pad)?;
         // out[t] = b + Σ_s W_s · x[t + s − pad]
-        let mut out = frozen_linear(
-            &padded.narrow(1, 0, seq_len)?,
-            &self.taps[0],
-            Some(&self.bias),
-        )?;
-        for (s, tap) in self.taps.iter().enumerate().skip(1) {
+        let mut out = frozen_linear(&padded.narrow(1, 0, seq_len)?, &taps[0], Some(&self.bias))?;
+        for (s, tap) in taps.iter().enumerate().skip(1) {
             out = frozen_linear_onto(&padded.narrow(1, s, seq_len)?, tap, None, &out)?;
         }
         let out = out.broadcast_mul(mask)?;
@@ -421,6 +466,14 @@ impl Conv {
         )?;
         Ok(self.norm.forward(&(residual + out)?)?.broadcast_mul(mask)?)
     }
+}
+
+/// `weight: (hidden, hidden, kernel)` cut into its `kernel` taps `weight[:, :, t]`.
+fn conv_taps(weight: &Tensor) -> Result<Vec<Tensor>> {
+    let (_, _, k) = weight.dims3()?;
+    (0..k)
+        .map(|t| Ok(weight.narrow(2, t, 1)?.squeeze(2)?.contiguous()?))
+        .collect()
 }
 
 /// The DeBERTa-v2/v3 encoder: token ids → hidden states `(b_sz, seq_len, hidden)`.
@@ -579,6 +632,8 @@ impl DebertaV2 {
                 .reshape((b_sz, seq_len, width))?;
             x = (x + types)?;
         }
+        // The tables are `Var`s under full fine-tuning: cut the graph inside `no_grad`.
+        let mut x = crate::ops::track(x);
         if let Some(proj) = &e.embed_proj {
             x = proj.forward(&x, train)?;
         }
@@ -593,7 +648,7 @@ impl DebertaV2 {
         };
         let rel = match &self.rel_norm {
             Some(norm) => norm.forward(rel)?,
-            None => rel.clone(),
+            None => crate::ops::track(rel.clone()),
         };
         Ok(Some(Relative::new(rel, seq_len, &self.config)?))
     }
@@ -692,6 +747,28 @@ impl DebertaV2 {
             out.push(("encoder.conv.conv.weight".into(), c.weight.clone()));
             out.push(("encoder.conv.conv.bias".into(), c.bias.clone()));
             c.norm.push_state("encoder.conv.LayerNorm", &mut out);
+        }
+        out
+    }
+
+    /// The tensors of [`state_dict`](Self::state_dict), in its order and under its names,
+    /// mutable: full fine-tuning makes them `Var`s, and a saved full fine-tune replaces them.
+    pub(crate) fn tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out = Vec::new();
+        self.embeddings.push_mut(&mut out);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.push_mut(&format!("encoder.layer.{i}"), &mut out);
+        }
+        if let Some(r) = &mut self.rel_embeddings {
+            out.push(("encoder.rel_embeddings.weight".into(), r));
+        }
+        if let Some(n) = &mut self.rel_norm {
+            n.push_mut("encoder.LayerNorm", &mut out);
+        }
+        if let Some(c) = &mut self.conv {
+            out.push(("encoder.conv.conv.weight".into(), &mut c.weight));
+            out.push(("encoder.conv.conv.bias".into(), &mut c.bias));
+            c.norm.push_mut("encoder.conv.LayerNorm", &mut out);
         }
         out
     }

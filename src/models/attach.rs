@@ -1,0 +1,148 @@
+//! Putting a method onto a model, whatever its [`Placement`]: adapters onto the targeted
+//! linear layers, or (full fine-tuning) the model's own tensors made trainable; and listing
+//! what then trains.
+
+use std::collections::BTreeMap;
+
+use candle_core::Var;
+use rand::rngs::StdRng;
+
+use crate::adapters::{InjectReport, Method, ModuleSet, Placement, Targeting, inject};
+use crate::error::{Error, Result};
+use crate::models::Model;
+
+/// Where a method goes on a model: the target modules used (for the record) and the
+/// compiled rules; both `None` for a method that attaches to no layer.
+#[derive(Debug, Clone)]
+pub struct Placing {
+    /// The targets as used: the given ones, else the method's default for the architecture.
+    pub targets: Option<ModuleSet>,
+    /// The compiled targeting rules.
+    pub targeting: Option<Targeting>,
+}
+
+/// The targeting rules for `method` on `model`: the given targets, else the method's default
+/// (LoRA-style methods: the architecture's default targets; serial methods: the projections
+/// they follow).
+///
+/// # Errors
+/// Targets, exclusions or overrides given to a method that attaches to no layer (full
+/// fine-tuning), which would otherwise be silently ignored; an invalid regex.
+pub fn placing(
+    method: &dyn Method,
+    config: &serde_json::Value,
+    model: &dyn Model,
+    targets: Option<&ModuleSet>,
+    exclude: Option<&ModuleSet>,
+    overrides: &BTreeMap<String, serde_json::Value>,
+) -> Result<Placing> {
+    if method.placement() == Placement::Base {
+        if targets.is_some() || exclude.is_some() || !overrides.is_empty() {
+            return Err(Error::InvalidConfig {
+                method: method.name(),
+                field: "target_modules",
+                reason: "trains the whole model; target modules, exclusions and overrides do \
+                         not apply"
+                    .into(),
+                got: format!("{targets:?} / {exclude:?} / {} overrides", overrides.len()),
+            });
+        }
+        return Ok(Placing {
+            targets: None,
+            targeting: None,
+        });
+    }
+    let targets = match targets {
+        Some(t) => t.clone(),
+        None => method.default_targets(config, &model.default_sites())?,
+    };
+    let targeting = Targeting::new(&targets, exclude, overrides)?;
+    Ok(Placing {
+        targets: Some(targets),
+        targeting: Some(targeting),
+    })
+}
+
+/// Attaches `method` (config `config`, already resolved) to `model` under `adapter_name`:
+/// adapters on every layer `placing` targets, or, for full fine-tuning, the base tensors the
+/// config trains turned into `Var`s (the report then lists tensor names, not modules).
+///
+/// # Errors
+/// As [`inject`]; a base method whose config trains no tensor.
+pub fn attach(
+    model: &mut dyn Model,
+    method: &dyn Method,
+    config: &serde_json::Value,
+    placing: &Placing,
+    adapter_name: &str,
+    rng: &mut StdRng,
+) -> Result<InjectReport> {
+    match (&placing.targeting, method.placement()) {
+        (None, Placement::Base) => unfreeze(model, method, config),
+        (Some(targeting), Placement::Parallel | Placement::Serial) => inject(
+            model.linears_mut(),
+            method,
+            config,
+            targeting,
+            adapter_name,
+            rng,
+        ),
+        _ => Err(Error::Training(format!(
+            "method {} was placed for another kind of method",
+            method.name()
+        ))),
+    }
+}
+
+/// Makes every base tensor the config trains a `Var` (shared with the model, so optimizer
+/// updates are what the forward reads).
+fn unfreeze(
+    model: &mut dyn Model,
+    method: &dyn Method,
+    config: &serde_json::Value,
+) -> Result<InjectReport> {
+    let mut report = InjectReport::default();
+    for (name, t) in model.base_tensors_mut() {
+        if !method.trains_base_tensor(config, &name)? {
+            continue;
+        }
+        let var = Var::from_tensor(t)?;
+        *t = var.as_tensor().clone();
+        report.params += t.elem_count();
+        report.adapted.push(name);
+    }
+    if report.adapted.is_empty() {
+        return Err(Error::InvalidConfig {
+            method: method.name(),
+            field: "config",
+            reason: "trains no tensor of this model".into(),
+            got: config.to_string(),
+        });
+    }
+    Ok(report)
+}
+
+/// The base tensors that train (full fine-tuning), by state-dict name.
+pub fn base_vars(model: &dyn Model) -> Vec<(String, Var)> {
+    let head: std::collections::BTreeSet<String> =
+        model.head_vars().into_iter().map(|(n, _)| n).collect();
+    model
+        .state_dict()
+        .into_iter()
+        .filter(|(n, t)| t.is_variable() && !head.contains(n))
+        .filter_map(|(n, t)| Var::from_tensor(&t).ok().map(|v| (n, v)))
+        .collect()
+}
+
+/// Everything that trains except the head: every unmerged adapter's tensors, named
+/// `{module path}.{adapter name}.{tensor}`, and the trainable base tensors by state-dict name.
+pub fn trainable_vars(model: &dyn Model) -> Vec<(String, Var)> {
+    let mut vars = Vec::new();
+    for (path, layer) in model.linears() {
+        for (adapter, name, var) in layer.trainable() {
+            vars.push((format!("{path}.{adapter}.{name}"), var));
+        }
+    }
+    vars.extend(base_vars(model));
+    vars
+}
