@@ -514,7 +514,17 @@ fn bench_model_times_a_training_step_and_inference() {
     )
     .unwrap();
     let gflop = train[0]["gflop"].as_f64().unwrap();
-    assert!((gflop - size.step_flops(2, 8, true) / 1e9).abs() < 1e-12 && gflop > 0.0);
+    let work = ttlora::bench::roofline::StepWork::FrozenTraining;
+    assert!((gflop - size.step_flops(2, 8, work) / 1e9).abs() < 1e-12 && gflop > 0.0);
+    // Full fine-tuning trains every weight and counts the weight gradients' work too.
+    let full = run("train", "full");
+    let lora_trainable = run("train", "lora")[0]["trainable"].as_u64().unwrap();
+    assert!(full[0]["trainable"].as_u64().unwrap() > 10 * lora_trainable);
+    let work = ttlora::bench::roofline::StepWork::FullTraining;
+    let gflop = full[0]["gflop"].as_f64().unwrap();
+    assert!((gflop - size.step_flops(2, 8, work) / 1e9).abs() < 1e-12);
+    // Nothing to merge: one inference row.
+    assert_eq!(run("infer", "full").len(), 1);
     assert!(train[0]["gflops"].as_f64().unwrap() > 0.0);
     let infer = run("infer", "lora");
     let kinds: Vec<&str> = infer.iter().map(|r| r["kind"].as_str().unwrap()).collect();

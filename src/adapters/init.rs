@@ -28,6 +28,29 @@ pub fn kaiming_uniform(
     Ok(Tensor::from_vec(data, dims, device)?.to_dtype(dtype)?)
 }
 
+/// One standard normal draw (Box–Muller).
+pub fn standard_normal(rng: &mut StdRng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// A tensor of N(0, std²) draws.
+///
+/// # Errors
+/// As `Tensor::from_vec`.
+pub fn normal(
+    dims: &[usize],
+    std: f64,
+    rng: &mut StdRng,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let n: usize = dims.iter().product();
+    let data: Vec<f64> = (0..n).map(|_| standard_normal(rng) * std).collect();
+    Ok(Tensor::from_vec(data, dims, device)?.to_dtype(dtype)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,8 +103,7 @@ impl Linear {
         } else {
             self.in_features()
         };
-        if adapter.in_features() != expected_in || adapter.out_features() != self.out_features()
-        {
+        if adapter.in_features() != expected_in || adapter.out_features() != self.out_features() {
             return Err(mismatch(format!(
                 "adapter is {}x{} (out x in){}",
                 adapter.out_features(),
@@ -153,10 +152,17 @@ impl Linear {
     /// `x`'s last dim is not `in_features`; dtype or device mismatch.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = self.forward_parallel(x, train)?;
-        for s in self.adapters.iter().filter(|s| !s.merged && s.adapter.serial()) {
+        for s in self
+            .adapters
+            .iter()
+            .filter(|s| !s.merged && s.adapter.serial())
+        {
             let dims = y.dims().to_vec();
             let n: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-            let g = track(s.adapter.forward_delta(&y.reshape((n, self.out_features()))?, train)?);
+            let g = track(
+                s.adapter
+                    .forward_delta(&y.reshape((n, self.out_features()))?, train)?,
+            );
             y = (y + g.reshape(dims)?)?;
         }
         Ok(y)

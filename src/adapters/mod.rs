@@ -14,10 +14,12 @@
 //! 3. `Adapter::trainable` names every tensor under the method's prefix (`<prefix>…`), so
 //!    saving, counting and freezing never look inside the method.
 
+pub mod bottleneck;
 pub mod full;
 mod init;
 mod linear;
 pub mod lora;
+pub mod loretta;
 mod registry;
 mod target;
 pub mod ttlora;
@@ -30,7 +32,7 @@ use rand::rngs::StdRng;
 
 use crate::error::{Error, Result};
 
-pub use init::{kaiming_uniform, seeded_rng};
+pub use init::{kaiming_uniform, normal, seeded_rng, standard_normal};
 pub use linear::Linear;
 pub use registry::{METHODS, method, method_names};
 pub use target::{InjectReport, ModuleSet, Targeting, inject};

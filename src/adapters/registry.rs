@@ -1,11 +1,18 @@
 //! The registry of adapter methods: one line per method.
 
-use crate::adapters::{Method, full, lora, ttlora};
+use crate::adapters::{Method, bottleneck, full, lora, loretta, ttlora};
 use crate::error::{Error, Result};
 
 /// Every adapter method ttlora knows. `--method`, config dispatch on `peft_type` and the test
 /// matrix all read this slice.
-pub static METHODS: &[&dyn Method] = &[&full::Full, &lora::Lora, &ttlora::TtLora];
+pub static METHODS: &[&dyn Method] = &[
+    &full::Full,
+    &lora::Lora,
+    &ttlora::TtLora,
+    &bottleneck::Bottleneck,
+    &loretta::LorettaRep,
+    &loretta::LorettaAdp,
+];
 
 /// The method registered under `name`.
 ///
@@ -51,7 +58,8 @@ mod tests {
                 m.prefix()
             );
             assert_eq!(m.name(), m.name().to_lowercase());
-            assert_eq!(m.prefix(), format!("{}_", m.name()));
+            // Tensor names take the method name with `-` written `_`.
+            assert_eq!(m.prefix(), format!("{}_", m.name().replace('-', "_")));
         }
         // No prefix may be a prefix of another, or key ownership would be ambiguous.
         for a in &prefixes {
@@ -66,7 +74,7 @@ mod tests {
         let err = method("dora").err().unwrap().to_string();
         assert_eq!(
             err,
-            "unknown adapter method `dora`; known methods: full, lora, ttlora"
+            "unknown adapter method `dora`; known methods: full, lora, ttlora, adapter, loretta-rep, loretta-adp"
         );
     }
 }

@@ -9,10 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::adapters::{Placement, method, resolved_config, seeded_rng};
-use crate::models::attach::{attach, placing, trainable_vars};
 use crate::bench::roofline::{EncoderSize, StepWork};
 use crate::bench::time_median;
 use crate::error::{Error, Result};
+use crate::models::attach::{attach, placing, trainable_vars};
 use crate::models::merged::merge_adapters;
 use crate::models::{EncoderInput, Model, Pooling, load_classifier};
 use crate::train::{Adam, AdamParams, Batch, Objective, loss};

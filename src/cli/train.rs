@@ -192,8 +192,16 @@ fn method_config(a: &TrainArgs) -> Result<serde_json::Value> {
     let obj = cfg.as_object_mut().context("adapter config is an object")?;
     let m = ttlora::adapters::method(&a.method.to_ascii_lowercase())?;
     let shorthand = [
-        ("--rank", a.rank.map(serde_json::Value::from), m.rank_field()),
-        ("--alpha", a.alpha.map(serde_json::Value::from), m.alpha_field()),
+        (
+            "--rank",
+            a.rank.map(serde_json::Value::from),
+            m.rank_field(),
+        ),
+        (
+            "--alpha",
+            a.alpha.map(serde_json::Value::from),
+            m.alpha_field(),
+        ),
     ];
     for (flag, value, field) in shorthand {
         if let Some(value) = value {

@@ -286,7 +286,10 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
 /// # Errors
 /// [`Error::WeightTensor`] for a tensor of the wrong shape; a full fine-tune that saved no
 /// base tensor.
-fn base_tensors_from(model: &mut dyn Model, folder: &AdapterFolder) -> Result<Vec<(String, Tensor)>> {
+fn base_tensors_from(
+    model: &mut dyn Model,
+    folder: &AdapterFolder,
+) -> Result<Vec<(String, Tensor)>> {
     if method(&folder.config.method)?.placement() != Placement::Base {
         return Ok(Vec::new());
     }

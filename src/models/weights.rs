@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::error::{Error, Result};
@@ -191,7 +190,9 @@ impl<'a> Loader<'a> {
             Source::Random { rng, std } => {
                 let n: usize = shape.iter().product();
                 let data: Vec<f64> = match init {
-                    Init::Normal => (0..n).map(|_| normal(rng) * *std).collect(),
+                    Init::Normal => (0..n)
+                        .map(|_| crate::adapters::standard_normal(rng) * *std)
+                        .collect(),
                     Init::Ones => vec![1.0; n],
                     Init::Zeros => vec![0.0; n],
                 };
@@ -266,11 +267,4 @@ impl<'a> Loader<'a> {
     pub(crate) fn device(&self) -> &Device {
         &self.device
     }
-}
-
-/// One standard normal draw (Box–Muller).
-fn normal(rng: &mut StdRng) -> f64 {
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }

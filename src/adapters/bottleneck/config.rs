@@ -1,0 +1,130 @@
+//! Bottleneck adapters' configuration (field names follow the `adapters` library's
+//! `BnConfig` where it has one).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Where in each transformer layer the adapters sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// Houlsby et al. 2019: after the attention output projection and after the feed-forward
+    /// output projection.
+    #[default]
+    Houlsby,
+    /// Pfeiffer et al. 2021: after the feed-forward output projection only.
+    Pfeiffer,
+}
+
+/// The non-linearity between the down and up projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonLinearity {
+    /// max(0, x).
+    #[default]
+    Relu,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// x·sigmoid(x) (SiLU).
+    Swish,
+    /// tanh.
+    Tanh,
+}
+
+/// Bottleneck adapter hyper-parameters: `g(y) = scaling · (up(f(down(y))))`, added to the
+/// output `y` of the projection it follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BottleneckConfig {
+    /// Houlsby (two per layer) or Pfeiffer (one per layer). Default houlsby.
+    pub variant: Variant,
+    /// Bottleneck width m = hidden / reduction_factor (rounded down, at least 1), unless
+    /// `bottleneck_size` is set. Default 16.
+    pub reduction_factor: f64,
+    /// Bottleneck width m, overriding `reduction_factor`.
+    pub bottleneck_size: Option<usize>,
+    /// f between the projections. Default relu.
+    pub non_linearity: NonLinearity,
+    /// Standard deviation of the normal init of both projection weights; biases start at 0.
+    /// Small, so g(y) ≈ 0 and the adapted model starts near the base model (Houlsby's
+    /// near-identity init). Default 0.01.
+    pub init_std: f64,
+    /// Factor on g(y). Default 1.
+    pub scaling: f64,
+}
+
+impl Default for BottleneckConfig {
+    fn default() -> Self {
+        Self {
+            variant: Variant::Houlsby,
+            reduction_factor: 16.0,
+            bottleneck_size: None,
+            non_linearity: NonLinearity::Relu,
+            init_std: 0.01,
+            scaling: 1.0,
+        }
+    }
+}
+
+impl BottleneckConfig {
+    /// Parses a JSON config (unknown fields are an error) and validates it.
+    ///
+    /// # Errors
+    /// [`Error::Json`] naming the bad field; [`Error::InvalidConfig`].
+    pub fn from_json(config: &serde_json::Value, method: &'static str) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(config.clone())?;
+        cfg.validate(method)?;
+        Ok(cfg)
+    }
+
+    /// The bottleneck width for a layer of width `hidden`.
+    pub fn width(&self, hidden: usize) -> usize {
+        self.bottleneck_size
+            .unwrap_or_else(|| (hidden as f64 / self.reduction_factor).floor() as usize)
+            .max(1)
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field.
+    pub fn validate(&self, method: &'static str) -> Result<()> {
+        let bad = |field, reason: &str, got: String| Error::InvalidConfig {
+            method,
+            field,
+            reason: reason.into(),
+            got,
+        };
+        if !(self.reduction_factor.is_finite() && self.reduction_factor > 0.0) {
+            return Err(bad(
+                "reduction_factor",
+                "must be a positive number",
+                self.reduction_factor.to_string(),
+            ));
+        }
+        if self.bottleneck_size == Some(0) {
+            return Err(bad("bottleneck_size", "must be >= 1", "0".into()));
+        }
+        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
+            return Err(bad(
+                "init_std",
+                "must be finite and >= 0",
+                self.init_std.to_string(),
+            ));
+        }
+        if !self.scaling.is_finite() {
+            return Err(bad("scaling", "must be finite", self.scaling.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The default targets for this variant: both output projections (Houlsby) or the
+    /// feed-forward one (Pfeiffer), given as full-match regexes.
+    pub fn targets(&self, sites: &crate::adapters::DefaultSites) -> crate::adapters::ModuleSet {
+        crate::adapters::ModuleSet::Pattern(match self.variant {
+            Variant::Houlsby => format!("{}|{}", sites.attention_output, sites.ffn_output),
+            Variant::Pfeiffer => sites.ffn_output.to_string(),
+        })
+    }
+}

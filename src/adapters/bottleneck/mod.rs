@@ -1,0 +1,85 @@
+//! Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021): a small two-layer MLP
+//! `y ← y + s·up(f(down(y)))` after the attention and/or feed-forward output projections.
+//! Non-linear, so never merged.
+//!
+//! Owns: [`BottleneckConfig`] (variant, width, non-linearity, init), [`BottleneckLayer`]
+//! (shared with LoRETTA-adp, whose projections are tensor trains) and the [`Bottleneck`]
+//! method, registered as `adapter`. Tensor names: `adapter_down.weight` `(m, h)`,
+//! `adapter_down.bias` `(m)`, `adapter_up.weight` `(h, m)`, `adapter_up.bias` `(h)`.
+
+mod config;
+mod layer;
+#[cfg(test)]
+mod tests;
+
+use rand::rngs::StdRng;
+
+pub use config::{BottleneckConfig, NonLinearity, Variant};
+pub use layer::{BottleneckLayer, BottleneckParts, Projection};
+
+use crate::adapters::{Adapter, DefaultSites, LayerSpec, Method, ModuleSet, Placement};
+use crate::error::Result;
+
+/// The bottleneck adapter method, as registered (`adapter`).
+pub struct Bottleneck;
+
+const NAME: &str = "adapter";
+
+impl Method for Bottleneck {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn peft_type(&self) -> &'static str {
+        "BOTTLENECK_ADAPTER"
+    }
+    fn prefix(&self) -> &'static str {
+        "adapter_"
+    }
+    fn summary(&self) -> &'static str {
+        "bottleneck adapters (Houlsby: after attention and FFN outputs; Pfeiffer: after FFN)"
+    }
+    fn default_config(&self) -> serde_json::Value {
+        serde_json::to_value(BottleneckConfig::default()).unwrap_or_default()
+    }
+    fn placement(&self) -> Placement {
+        Placement::Serial
+    }
+    fn default_targets(
+        &self,
+        config: &serde_json::Value,
+        sites: &DefaultSites,
+    ) -> Result<ModuleSet> {
+        Ok(BottleneckConfig::from_json(config, NAME)?.targets(sites))
+    }
+    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
+        BottleneckConfig::from_json(config, NAME).map(|_| ())
+    }
+    fn build(
+        &self,
+        config: &serde_json::Value,
+        layer: &LayerSpec,
+        rng: &mut StdRng,
+    ) -> Result<Box<dyn Adapter>> {
+        let cfg = BottleneckConfig::from_json(config, NAME)?;
+        let h = layer.out_features;
+        let m = cfg.width(h);
+        let down = Projection::normal(m, h, cfg.init_std, layer, rng)?;
+        let up = Projection::normal(h, m, cfg.init_std, layer, rng)?;
+        // The rebuilt config names the width, so a later change of hidden size or default
+        // reduction cannot change a saved adapter's structure.
+        let exact = BottleneckConfig {
+            bottleneck_size: Some(m),
+            ..cfg.clone()
+        };
+        let parts = BottleneckParts {
+            method: NAME,
+            prefix: self.prefix(),
+            down,
+            up,
+            non_linearity: cfg.non_linearity,
+            scaling: cfg.scaling,
+            config: serde_json::to_value(exact)?,
+        };
+        Ok(Box::new(BottleneckLayer::new(parts, layer)?))
+    }
+}

@@ -1,0 +1,170 @@
+//! LoRETTA's two configurations.
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::bottleneck::{BottleneckConfig, NonLinearity, Variant};
+use crate::adapters::ttlora::{TtInit, TtLoraConfig};
+use crate::error::{Error, Result};
+
+/// LoRETTA-rep: LoRA whose A `(r, in)` and B `(out, r)` are each a tensor train, scaled α/r.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LorettaRepConfig {
+    /// LoRA rank r. Default 8.
+    pub r: usize,
+    /// α: the update B·A is scaled by α/r. Default 8.
+    pub lora_alpha: f64,
+    /// Rank of the inner bonds of both trains. Default 5.
+    pub tensor_rank: usize,
+    /// A's train (TT-LoRA's config of an `(r, in)` matrix); planned when absent.
+    pub a: Option<TtLoraConfig>,
+    /// B's train (of an `(out, r)` matrix); planned when absent.
+    pub b: Option<TtLoraConfig>,
+}
+
+impl Default for LorettaRepConfig {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            lora_alpha: 8.0,
+            tensor_rank: 5,
+            a: None,
+            b: None,
+        }
+    }
+}
+
+impl LorettaRepConfig {
+    /// Parses a JSON config (unknown fields are an error) and validates it.
+    ///
+    /// # Errors
+    /// [`Error::Json`]; [`Error::InvalidConfig`] naming the field.
+    pub fn from_json(config: &serde_json::Value) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(config.clone())?;
+        let bad = |field, got: String| Error::InvalidConfig {
+            method: "loretta-rep",
+            field,
+            reason: "must be >= 1".into(),
+            got,
+        };
+        if cfg.r == 0 {
+            return Err(bad("r", "0".into()));
+        }
+        if cfg.tensor_rank == 0 {
+            return Err(bad("tensor_rank", "0".into()));
+        }
+        if !cfg.lora_alpha.is_finite() {
+            return Err(Error::InvalidConfig {
+                method: "loretta-rep",
+                field: "lora_alpha",
+                reason: "must be finite".into(),
+                got: cfg.lora_alpha.to_string(),
+            });
+        }
+        for t in [&cfg.a, &cfg.b].into_iter().flatten() {
+            t.validate()?;
+        }
+        Ok(cfg)
+    }
+
+    /// α/r.
+    pub fn scaling(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+}
+
+/// The train of one factor: the given config, else one of `tensor_rank` with `init`. Its α is
+/// 1: the method's own scaling applies once, to the product.
+pub(super) fn train_config(
+    given: Option<&TtLoraConfig>,
+    tensor_rank: usize,
+    init: TtInit,
+) -> TtLoraConfig {
+    match given {
+        Some(c) => TtLoraConfig {
+            alpha: 1.0,
+            init,
+            ..c.clone()
+        },
+        None => TtLoraConfig {
+            rank: tensor_rank,
+            alpha: 1.0,
+            init,
+            ..TtLoraConfig::default()
+        },
+    }
+}
+
+/// LoRETTA-adp: bottleneck adapters whose down and up projections are tensor trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LorettaAdpConfig {
+    /// Houlsby (after attention and FFN outputs) or Pfeiffer (after FFN). Default houlsby.
+    pub variant: Variant,
+    /// Bottleneck width m = hidden / reduction_factor, unless `bottleneck_size` is set.
+    /// Default 16.
+    pub reduction_factor: f64,
+    /// Bottleneck width m, overriding `reduction_factor`.
+    pub bottleneck_size: Option<usize>,
+    /// f between the projections. Default relu.
+    pub non_linearity: NonLinearity,
+    /// Factor on the adapter's output. Default 1.
+    pub scaling: f64,
+    /// Rank of the inner bonds of both trains. Default 5.
+    pub tensor_rank: usize,
+    /// The down projection's train (an `(m, h)` matrix); planned when absent.
+    pub down: Option<TtLoraConfig>,
+    /// The up projection's train (an `(h, m)` matrix); planned when absent.
+    pub up: Option<TtLoraConfig>,
+}
+
+impl Default for LorettaAdpConfig {
+    fn default() -> Self {
+        let b = BottleneckConfig::default();
+        Self {
+            variant: b.variant,
+            reduction_factor: b.reduction_factor,
+            bottleneck_size: b.bottleneck_size,
+            non_linearity: b.non_linearity,
+            scaling: b.scaling,
+            tensor_rank: 5,
+            down: None,
+            up: None,
+        }
+    }
+}
+
+impl LorettaAdpConfig {
+    /// Parses a JSON config (unknown fields are an error) and validates it.
+    ///
+    /// # Errors
+    /// [`Error::Json`]; [`Error::InvalidConfig`] naming the field.
+    pub fn from_json(config: &serde_json::Value) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(config.clone())?;
+        cfg.bottleneck().validate("loretta-adp")?;
+        if cfg.tensor_rank == 0 {
+            return Err(Error::InvalidConfig {
+                method: "loretta-adp",
+                field: "tensor_rank",
+                reason: "must be >= 1".into(),
+                got: "0".into(),
+            });
+        }
+        for t in [&cfg.down, &cfg.up].into_iter().flatten() {
+            t.validate()?;
+        }
+        Ok(cfg)
+    }
+
+    /// The bottleneck fields as a plain bottleneck config (width, targets, checks).
+    pub fn bottleneck(&self) -> BottleneckConfig {
+        BottleneckConfig {
+            variant: self.variant,
+            reduction_factor: self.reduction_factor,
+            bottleneck_size: self.bottleneck_size,
+            non_linearity: self.non_linearity,
+            init_std: 0.0,
+            scaling: self.scaling,
+        }
+    }
+}
