@@ -2,6 +2,7 @@
 //! - `adapter_files`: hostile adapter folders through the CLI (clear error, nothing written);
 //! - `cli`: end-to-end runs of the `ttlora` binary on tiny inputs (exit codes, stdout, stderr);
 //! - `library`: the public library API used the way a downstream crate would;
+//! - `methods`: the test matrix, every adapter method × the invariants each must keep;
 //! - `models`: model families through the public API (tiny random configs);
 //! - `peft`: HF PEFT LoRA folders against fixtures PEFT itself wrote;
 //! - `train`: fine-tuning end to end on the bundled real SST-2 files with a tiny model;
@@ -10,6 +11,7 @@
 mod adapter_files;
 mod cli;
 mod library;
+mod methods;
 mod models;
 mod peft;
 mod train;
