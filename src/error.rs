@@ -124,7 +124,7 @@ pub enum Error {
         name: String,
     },
     /// A merge of an adapter whose update is not a weight matrix (a non-linear adapter).
-    #[error("a {method} adapter cannot be merged into the weights: {reason}")]
+    #[error("`{method}` adapters cannot be merged into the weights: {reason}")]
     NotMergeable {
         /// The adapter method.
         method: &'static str,

@@ -194,7 +194,7 @@ fn check_merge(name: &str, config: serde_json::Value) {
             let d = max_diff(&unmerged, &logits(model.as_ref()));
             assert!(d <= MERGED, "{name}: merged differs by {d}");
         }
-        Placement::Serial => {
+        Placement::Serial | Placement::Prompt | Placement::Prefix => {
             let err = merge_adapters(model.as_mut(), ADAPTER)
                 .unwrap_err()
                 .to_string();
@@ -293,6 +293,13 @@ matrix! {
         params = LAYERS * (2 * H * 2 + 2 + H), identity = 1e-2;
     loretta_rep: "loretta-rep", serde_json::json!({}), params = loretta_rep_count(), identity = 0.0;
     loretta_adp: "loretta-adp", serde_json::json!({}), params = loretta_adp_count(), identity = 0.0;
+    // Prompt learning changes the input from the start: no identity (an infinite tolerance).
+    prompt: "prompt", serde_json::json!({"num_virtual_tokens": 5}), params = 5 * H,
+        identity = f32::INFINITY;
+    prompt_random: "prompt", serde_json::json!({"num_virtual_tokens": 3, "init": "random"}),
+        params = 3 * H, identity = f32::INFINITY;
+    prefix: "prefix", serde_json::json!({"num_virtual_tokens": 4}), params = 4 * LAYERS * 2 * H,
+        identity = f32::INFINITY;
 }
 
 #[test]

@@ -20,6 +20,7 @@ mod init;
 mod linear;
 pub mod lora;
 pub mod loretta;
+pub mod prompt;
 mod registry;
 mod target;
 pub mod ttlora;
@@ -61,6 +62,27 @@ pub enum Placement {
     Serial,
     /// The base model's own weights (full fine-tuning); nothing is attached.
     Base,
+    /// Soft tokens before the input embeddings (prompt tuning). Not mergeable.
+    Prompt,
+    /// Keys and values before every attention layer's own (prefix tuning). Not mergeable.
+    Prefix,
+}
+
+/// What a prompt-learning method needs to know about the model it builds tokens for.
+#[derive(Debug, Clone)]
+pub struct VirtualSpec {
+    /// Transformer layers.
+    pub layers: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Attention heads (recorded in PEFT's config).
+    pub heads: usize,
+    /// The word-embedding table `(vocab, hidden)` (prompt init from vocabulary rows).
+    pub word_embeddings: Tensor,
+    /// Dtype of the trainable tensor.
+    pub dtype: DType,
+    /// Device of the trainable tensor.
+    pub device: Device,
 }
 
 /// The modules of an architecture that methods target by default (declared by the model,
@@ -224,6 +246,12 @@ pub trait Method: Sync {
         None
     }
 
+    /// The peak learning rate a run uses unless told otherwise. Default 5e-3 (LoRA and
+    /// TT-LoRA on MiniLM/GLUE, RESULTS.md); methods that train more or differently say theirs.
+    fn default_lr(&self) -> f64 {
+        5e-3
+    }
+
     /// Where the method's trainable tensors sit. Default: beside linear layers.
     fn placement(&self) -> Placement {
         Placement::Parallel
@@ -266,6 +294,26 @@ pub trait Method: Sync {
             method: self.name(),
             field: "method",
             reason: "attaches no adapter to a linear layer".into(),
+            got: self.name().into(),
+        })
+    }
+
+    /// For a [`Placement::Prompt`] or [`Placement::Prefix`] method: its one trainable tensor
+    /// (PEFT's `prompt_embeddings`), freshly initialised for a model like `spec`.
+    ///
+    /// # Errors
+    /// A config that does not parse or validate; a method without virtual tokens.
+    fn build_virtual(
+        &self,
+        config: &serde_json::Value,
+        spec: &VirtualSpec,
+        rng: &mut StdRng,
+    ) -> Result<Tensor> {
+        let _ = (config, spec, rng);
+        Err(Error::InvalidConfig {
+            method: self.name(),
+            field: "method",
+            reason: "has no virtual tokens".into(),
             got: self.name().into(),
         })
     }

@@ -1,6 +1,6 @@
 //! The registry of adapter methods: one line per method.
 
-use crate::adapters::{Method, bottleneck, full, lora, loretta, ttlora};
+use crate::adapters::{Method, bottleneck, full, lora, loretta, prompt, ttlora};
 use crate::error::{Error, Result};
 
 /// Every adapter method ttlora knows. `--method`, config dispatch on `peft_type` and the test
@@ -12,6 +12,8 @@ pub static METHODS: &[&dyn Method] = &[
     &bottleneck::Bottleneck,
     &loretta::LorettaRep,
     &loretta::LorettaAdp,
+    &prompt::Prefix,
+    &prompt::Prompt,
 ];
 
 /// The method registered under `name`.
@@ -74,7 +76,7 @@ mod tests {
         let err = method("dora").err().unwrap().to_string();
         assert_eq!(
             err,
-            "unknown adapter method `dora`; known methods: full, lora, ttlora, adapter, loretta-rep, loretta-adp"
+            "unknown adapter method `dora`; known methods: full, lora, ttlora, adapter, loretta-rep, loretta-adp, prefix, prompt"
         );
     }
 }

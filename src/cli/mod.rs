@@ -9,6 +9,7 @@ mod eval;
 mod export;
 mod fetch;
 mod inspect;
+mod methods;
 mod progress;
 mod shapes;
 mod summarize;
@@ -41,8 +42,10 @@ struct CommonArgs {
 enum Command {
     /// Plan TT shapes for a matrix, or count the parameters of a given shape.
     Shapes(shapes::ShapesArgs),
-    /// Fine-tune a model with TT-LoRA or LoRA on a task and save the adapter.
+    /// Fine-tune a model on a task with a method (TT-LoRA, LoRA, ...) and save the result.
     Train(Box<train::TrainArgs>),
+    /// List the fine-tuning methods with their placement, learning rate and config fields.
+    Methods(methods::MethodsArgs),
     /// Score a saved adapter on a task's dev split (or any labelled file).
     Eval(eval::EvalArgs),
     /// Label texts with a saved adapter: --text, or a file in, labels out.
@@ -93,6 +96,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Shapes(args) => shapes::run(args),
         Command::Train(args) => train::run(*args),
+        Command::Methods(args) => methods::run(args),
         Command::Eval(args) => eval::run_eval(args),
         Command::Predict(args) => eval::run_predict(args),
         Command::Export(args) => export::run_export(args),

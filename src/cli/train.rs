@@ -118,9 +118,10 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 5e-3)]
-    lr: f64,
+    /// Peak learning rate. Default: the method's (5e-3 for ttlora, lora and loretta-rep,
+    /// 1e-3 for the bottleneck adapters, 5e-5 for full fine-tuning).
+    #[arg(long)]
+    lr: Option<f64>,
     /// adamw or adam.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
@@ -241,7 +242,10 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         epochs: a.epochs,
         max_steps: a.max_steps,
         grad_accum: a.grad_accum,
-        lr: a.lr,
+        lr: match a.lr {
+            Some(lr) => lr,
+            None => ttlora::adapters::method(&a.method.to_ascii_lowercase())?.default_lr(),
+        },
         warmup_ratio: a.warmup_ratio,
         max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
         eval_every: a.eval_every,

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::Tensor;
 
+use crate::adapters::prompt::TOKENS_KEY;
 use crate::adapters::{Placement, method, seeded_rng};
 use crate::error::{Error, Result};
 use crate::io::adapter_folder::{AdapterConfig, AdapterFolder, FORMAT_VERSION, KEY_PREFIX};
@@ -63,6 +64,7 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
     let mut modules = BTreeMap::new();
     let mut layer_shapes = BTreeMap::new();
     let mut tensors = BTreeMap::new();
+    let mut peft_fields = BTreeMap::new();
     for (path, layer, adapter) in adapters_named(model, adapter_name) {
         modules.insert(path.clone(), adapter.config());
         layer_shapes.insert(path.clone(), [layer.out_features(), layer.in_features()]);
@@ -83,6 +85,16 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
                 "no base tensor of the model trains; nothing to save".into(),
             ));
         }
+    } else if matches!(m.placement(), Placement::Prompt | Placement::Prefix) {
+        // PEFT's layout: the one table under PEFT's own key, and PEFT's config fields.
+        let Some((_, tokens)) = model.virtual_tokens() else {
+            return Err(Error::Training(format!(
+                "the model carries no {} tokens; nothing to save",
+                m.name()
+            )));
+        };
+        tensors.insert(TOKENS_KEY.to_string(), tokens.as_tensor().copy()?);
+        peft_fields = peft_prompt_fields(m.placement(), &model.virtual_spec(), tokens.dims());
     } else if modules.is_empty() {
         return Err(Error::Training(format!(
             "no layer carries an adapter named `{adapter_name}`; nothing to save"
@@ -110,9 +122,38 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
         layer_shapes,
         modules_to_save,
         task: meta.task.clone(),
-        unknown: BTreeMap::new(),
+        unknown: peft_fields,
     };
     Ok(AdapterFolder { config, tensors })
+}
+
+/// PEFT's `PromptTuningConfig` / `PrefixTuningConfig` fields for tokens of `dims` on a model
+/// like `spec`, so PEFT reads the folder ttlora writes (it ignores ttlora's own fields).
+fn peft_prompt_fields(
+    placement: Placement,
+    spec: &crate::adapters::VirtualSpec,
+    dims: &[usize],
+) -> BTreeMap<String, serde_json::Value> {
+    use serde_json::json;
+    let mut f = BTreeMap::from([
+        ("task_type".to_string(), json!("SEQ_CLS")),
+        ("inference_mode".to_string(), json!(true)),
+        (
+            "num_virtual_tokens".to_string(),
+            json!(dims.first().copied().unwrap_or(0)),
+        ),
+        ("token_dim".to_string(), json!(spec.hidden)),
+        ("num_transformer_submodules".to_string(), json!(1)),
+        ("num_attention_heads".to_string(), json!(spec.heads)),
+        ("num_layers".to_string(), json!(spec.layers)),
+    ]);
+    if placement == Placement::Prompt {
+        f.insert("prompt_tuning_init".into(), json!("RANDOM"));
+    } else {
+        f.insert("prefix_projection".into(), json!(false));
+        f.insert("encoder_hidden_size".into(), json!(spec.hidden));
+    }
+    f
 }
 
 /// Rebuilds the adapter of module `path` from its config in `folder` for a layer like `spec`
@@ -179,6 +220,18 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
         reason,
     };
     let mut used: BTreeSet<&str> = BTreeSet::new();
+    let placement = method(&cfg.method)?.placement();
+    let mut virtual_tokens = None;
+    if matches!(placement, Placement::Prompt | Placement::Prefix) {
+        let (key, t) = folder.tensors.get_key_value(TOKENS_KEY).ok_or_else(|| {
+            bad(
+                TOKENS_KEY,
+                "missing: a prompt-learning folder holds it".into(),
+            )
+        })?;
+        used.insert(key.as_str());
+        virtual_tokens = Some((placement, t.clone()));
+    }
     let base_updates = base_tensors_from(model, folder)?;
     used.extend(base_updates.iter().map(|(key, _)| key.as_str()));
     // Build every adapter first, attach only when all fit.
@@ -264,6 +317,11 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
     }
     for (var, t) in head_updates {
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    if let Some((placement, t)) = virtual_tokens {
+        let spec = model.virtual_spec();
+        let t = t.to_dtype(spec.dtype)?.to_device(&spec.device)?;
+        model.set_virtual_tokens(Some((placement, candle_core::Var::from_tensor(&t)?)))?;
     }
     let mut base_updates: BTreeMap<String, Tensor> = base_updates.into_iter().collect();
     for (name, t) in model.base_tensors_mut() {

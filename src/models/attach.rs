@@ -36,13 +36,13 @@ pub fn placing(
     exclude: Option<&ModuleSet>,
     overrides: &BTreeMap<String, serde_json::Value>,
 ) -> Result<Placing> {
-    if method.placement() == Placement::Base {
+    if !matches!(method.placement(), Placement::Parallel | Placement::Serial) {
         if targets.is_some() || exclude.is_some() || !overrides.is_empty() {
             return Err(Error::InvalidConfig {
                 method: method.name(),
                 field: "target_modules",
-                reason: "trains the whole model; target modules, exclusions and overrides do \
-                         not apply"
+                reason: "attaches to no chosen layer; target modules, exclusions and \
+                         overrides do not apply"
                     .into(),
                 got: format!("{targets:?} / {exclude:?} / {} overrides", overrides.len()),
             });
@@ -79,6 +79,15 @@ pub fn attach(
 ) -> Result<InjectReport> {
     match (&placing.targeting, method.placement()) {
         (None, Placement::Base) => unfreeze(model, method, config),
+        (None, placement @ (Placement::Prompt | Placement::Prefix)) => {
+            let tokens = method.build_virtual(config, &model.virtual_spec(), rng)?;
+            let var = Var::from_tensor(&tokens)?;
+            model.set_virtual_tokens(Some((placement, var)))?;
+            Ok(InjectReport {
+                adapted: vec![crate::adapters::prompt::TOKENS_KEY.into()],
+                params: tokens.elem_count(),
+            })
+        }
         (Some(targeting), Placement::Parallel | Placement::Serial) => inject(
             model.linears_mut(),
             method,
@@ -135,9 +144,13 @@ pub fn base_vars(model: &dyn Model) -> Vec<(String, Var)> {
 }
 
 /// Everything that trains except the head: every unmerged adapter's tensors, named
-/// `{module path}.{adapter name}.{tensor}`, and the trainable base tensors by state-dict name.
+/// `{module path}.{adapter name}.{tensor}`, the trainable base tensors by state-dict name, and
+/// prompt or prefix tokens as `prompt_embeddings`.
 pub fn trainable_vars(model: &dyn Model) -> Vec<(String, Var)> {
     let mut vars = Vec::new();
+    if let Some((_, tokens)) = model.virtual_tokens() {
+        vars.push((crate::adapters::prompt::TOKENS_KEY.to_string(), tokens));
+    }
     for (path, layer) in model.linears() {
         for (adapter, name, var) in layer.trainable() {
             vars.push((format!("{path}.{adapter}.{name}"), var));

@@ -27,8 +27,19 @@ const COPIED: [&str; 5] = [
 ///
 /// # Errors
 /// [`Error::NonFiniteMerge`] naming the adapter whose merge would hold NaN/Inf (that layer is
-/// left as it was).
+/// left as it was); [`Error::NotMergeable`] for a non-linear adapter or virtual tokens.
 pub fn merge_adapters(model: &mut dyn Model, adapter_name: &str) -> Result<usize> {
+    // Virtual tokens are inputs, not weights: a merged folder would silently drop them.
+    if let Some((placement, _)) = model.virtual_tokens() {
+        return Err(Error::NotMergeable {
+            method: match placement {
+                crate::adapters::Placement::Prefix => "prefix",
+                _ => "prompt",
+            },
+            reason: "its tokens are inputs to the model, not a change of its weights; keep \
+                     the adapter folder",
+        });
+    }
     let mut merged = 0;
     for (_, layer) in model.linears_mut() {
         if layer.adapters().any(|(n, _)| n == adapter_name) && !layer.is_merged() {

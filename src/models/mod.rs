@@ -24,7 +24,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::{DefaultSites, Linear};
+use crate::adapters::{DefaultSites, Linear, Placement, VirtualSpec};
 use crate::error::{Error, Result};
 
 pub use bert::{Bert, BertConfig, BertFamily, BertForSequenceClassification, load_bert};
@@ -185,6 +185,18 @@ pub trait Model: Send + Sync {
     /// Every tensor under the names of HF's `…ForSequenceClassification` checkpoint, merged
     /// adapters included (unmerged ones are not part of the weights).
     fn state_dict(&self) -> Vec<(String, Tensor)>;
+
+    /// What prompt-learning methods need to build tokens for this model.
+    fn virtual_spec(&self) -> VirtualSpec;
+
+    /// Attaches prompt-tuning or prefix-tuning tokens (`None` removes them).
+    ///
+    /// # Errors
+    /// A tensor of the wrong width; an architecture that does not take that placement.
+    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()>;
+
+    /// The attached prompt or prefix tokens.
+    fn virtual_tokens(&self) -> Option<(Placement, Var)>;
 
     /// The base model's own tensors (the [`state_dict`](Model::state_dict) without the head),
     /// under the same names, mutable: full fine-tuning makes them `Var`s, and loading a saved

@@ -128,6 +128,10 @@ pub struct FineTuneReport {
     pub examples: (usize, usize, usize),
     /// Wall-clock seconds for the whole job.
     pub wall_s: f64,
+    /// Peak resident memory of the process, MiB (Linux `VmHWM`; 0 elsewhere).
+    pub peak_rss_mib: f64,
+    /// Size of the saved weights file (`adapter_model.safetensors`), bytes.
+    pub adapter_file_bytes: u64,
     /// The adapter folder.
     pub adapter_dir: PathBuf,
     /// Seed of the run.
@@ -473,6 +477,9 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         adapted_modules: report.adapted,
         examples: (fit.len(), held.len(), dev.len()),
         wall_s: started.elapsed().as_secs_f64(),
+        peak_rss_mib: crate::bench::model_step::peak_rss_mib(),
+        adapter_file_bytes: std::fs::metadata(spec.out.join(io::adapter_folder::WEIGHTS_FILE))
+            .map_or(0, |m| m.len()),
         adapter_dir: spec.out.clone(),
         seed: spec.seed,
         train_config: train_cfg.clone(),

@@ -31,6 +31,10 @@ pub struct RunRecord {
     pub head_params: usize,
     /// Wall seconds of the job.
     pub wall_s: f64,
+    /// Peak resident memory, MiB (None in files written before ttlora recorded it).
+    pub peak_rss_mib: Option<f64>,
+    /// Size of the saved weights file, bytes (None before ttlora recorded it).
+    pub adapter_file_bytes: Option<u64>,
     /// Training examples used.
     pub train_examples: usize,
     /// Epochs (None in files written before ttlora recorded it).
@@ -85,6 +89,12 @@ pub fn read_run(path: &Path) -> Result<RunRecord> {
         adapter_params: n("/params/adapter")? as usize,
         head_params: n("/params/head")? as usize,
         wall_s: n("/wall_s")?,
+        peak_rss_mib: v
+            .pointer("/peak_rss_mib")
+            .and_then(serde_json::Value::as_f64),
+        adapter_file_bytes: v
+            .pointer("/adapter_file_bytes")
+            .and_then(serde_json::Value::as_u64),
         train_examples: n("/examples/0")? as usize,
         epochs: v
             .pointer("/train_config/epochs")
@@ -164,8 +174,8 @@ pub fn markdown_table(runs: &[RunRecord]) -> String {
             .push(r);
     }
     let mut out = String::from(
-        "| task | method | config | dev metrics (mean ± std) | seeds | train ex. × epochs | lr | adapter params | + head | wall s / run |\n\
-         |---|---|---|---|---|---|---|---:|---:|---:|\n",
+        "| task | method | config | dev metrics (mean ± std) | seeds | train ex. × epochs | lr | adapter params | + head | file KiB | wall s / run | peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---:|---:|---:|---:|---:|\n",
     );
     for ((task, method, config, lr, epochs, examples), rs) in &groups {
         let first = rs[0];
@@ -184,9 +194,18 @@ pub fn markdown_table(runs: &[RunRecord]) -> String {
         }
         let seeds: Vec<String> = rs.iter().map(|r| or_unknown(r.seed)).collect();
         let (wall, _) = mean_std(&rs.iter().map(|r| r.wall_s).collect::<Vec<_>>());
+        let file = first
+            .adapter_file_bytes
+            .map_or_else(|| "?".into(), |b| format!("{:.0}", b as f64 / 1024.0));
+        let rss: Vec<f64> = rs.iter().filter_map(|r| r.peak_rss_mib).collect();
+        let rss = if rss.is_empty() {
+            "?".into()
+        } else {
+            format!("{:.0}", mean_std(&rss).0)
+        };
         let _ = writeln!(
             out,
-            "| {task} | {method} | `{config}` | {} | {} | {examples} × {epochs} | {lr} | {} | {} | {wall:.0} |",
+            "| {task} | {method} | `{config}` | {} | {} | {examples} × {epochs} | {lr} | {} | {} | {file} | {wall:.0} | {rss} |",
             metrics.join(", "),
             seeds.join(","),
             first.adapter_params,
@@ -237,6 +256,8 @@ mod tests {
             adapter_params: 7680,
             head_params: 770,
             wall_s: 100.0,
+            peak_rss_mib: Some(500.0),
+            adapter_file_bytes: Some(33 * 1024),
             train_examples: 2365,
             epochs: Some(3),
             lr: Some(5e-3),
@@ -246,9 +267,11 @@ mod tests {
             t.contains("| rte | ttlora | `{}` | accuracy 65.00 ± 7.07 | 1,2 | 2365 × 3 |"),
             "{t}"
         );
-        assert!(t.contains("| 5e-3 | 7680 | 8450 | 100 |"), "{t}");
+        assert!(t.contains("| 5e-3 | 7680 | 8450 | 33 | 100 | 500 |"), "{t}");
         let old = RunRecord {
             seed: None,
+            peak_rss_mib: None,
+            adapter_file_bytes: None,
             epochs: None,
             lr: None,
             ..run(1, 0.5)

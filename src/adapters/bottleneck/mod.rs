@@ -41,6 +41,10 @@ impl Method for Bottleneck {
     fn default_config(&self) -> serde_json::Value {
         serde_json::to_value(BottleneckConfig::default()).unwrap_or_default()
     }
+    /// The rate Houlsby et al. 2019 and the adapters library use for BERT-sized models.
+    fn default_lr(&self) -> f64 {
+        1e-3
+    }
     fn placement(&self) -> Placement {
         Placement::Serial
     }

@@ -33,6 +33,10 @@ impl Method for Full {
     fn default_config(&self) -> serde_json::Value {
         serde_json::to_value(FullConfig::default()).unwrap_or_default()
     }
+    /// The usual BERT fine-tuning rate (Devlin et al. 2019 searched 2e-5 to 5e-5); adapter rates diverge.
+    fn default_lr(&self) -> f64 {
+        5e-5
+    }
     fn placement(&self) -> Placement {
         Placement::Base
     }

@@ -114,6 +114,10 @@ impl Method for LorettaAdp {
     fn default_config(&self) -> serde_json::Value {
         serde_json::to_value(LorettaAdpConfig::default()).unwrap_or_default()
     }
+    /// As for dense bottleneck adapters.
+    fn default_lr(&self) -> f64 {
+        1e-3
+    }
     fn placement(&self) -> Placement {
         Placement::Serial
     }

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{BertConfig, BertFamily};
 use super::model::{Bert, detect_prefix};
-use crate::adapters::{Linear, seeded_rng};
+use crate::adapters::{Linear, Placement, VirtualSpec, seeded_rng};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
@@ -207,7 +207,10 @@ impl Model for BertForSequenceClassification {
         let p = self.head_dropout();
         let pooled = match (&self.head, self.pooling) {
             (Head::Bert { .. }, Pooling::Cls) => self.bert.pooler_output(&hidden, train)?,
-            (_, pooling) => Bert::pool(&hidden, &input.attention_mask, pooling)?,
+            (_, pooling) => {
+                let mask = self.bert.effective_mask(&input.attention_mask)?;
+                Bert::pool(&hidden, &mask, pooling)?
+            }
         };
         let x = dropout(&pooled, p, train)?;
         match &self.head {
@@ -229,6 +232,18 @@ impl Model for BertForSequenceClassification {
         let prefix = self.config().model_type.prefix();
         let layers = self.bert.linears_mut().into_iter();
         layers.map(|(p, l)| (format!("{prefix}{p}"), l)).collect()
+    }
+
+    fn virtual_spec(&self) -> VirtualSpec {
+        self.bert.virtual_spec()
+    }
+
+    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
+        self.bert.set_virtual_tokens(tokens)
+    }
+
+    fn virtual_tokens(&self) -> Option<(Placement, Var)> {
+        self.bert.virtual_tokens()
     }
 
     fn base_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{BertConfig, BertFamily};
-use crate::adapters::Linear;
+use crate::adapters::{Linear, Placement, VirtualSpec};
 use crate::error::{Error, Result};
 use crate::models::layers::{
     self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear, push_linear_mut,
@@ -112,12 +112,15 @@ impl Layer {
     }
 
     /// `x: (b_sz, seq_len, hidden)`, `key_bias: (b_sz, seq_len)` additive → same shape as x.
+    /// With `prefix = (keys, values)`, each `(n, hidden)`, the attention also sees those n
+    /// keys and values before the sequence's own (prefix tuning, as HF's past key values).
     fn forward(
         &self,
         x: &Tensor,
         key_bias: &Tensor,
         cfg: &BertConfig,
         train: bool,
+        prefix: Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let q = self.query.forward(x, train)?;
         let k = self.key.forward(x, train)?;
@@ -127,7 +130,30 @@ impl Layer {
         } else {
             0.0
         };
-        let ctx = attention(&q, &k, &v, key_bias, cfg.num_attention_heads, attn_p)?;
+        let heads = cfg.num_attention_heads;
+        let ctx = match prefix {
+            None => attention(&q, &k, &v, key_bias, heads, attn_p)?,
+            Some((pk, pv)) => {
+                // The fused op attends equal-length q and k, so the prefix positions get
+                // zero queries whose outputs are dropped; their gradient is zero.
+                let (b_sz, seq_len, h) = x.dims3()?;
+                let n = pk.dims2()?.0;
+                let before = |t: &Tensor, p: &Tensor| -> Result<Tensor> {
+                    let p = p.unsqueeze(0)?.broadcast_as((b_sz, n, h))?;
+                    Ok(Tensor::cat(&[&p, t], 1)?)
+                };
+                let zeros = Tensor::zeros((n, h), q.dtype(), q.device())?;
+                let key_bias = Tensor::cat(
+                    &[
+                        &Tensor::zeros((b_sz, n), key_bias.dtype(), key_bias.device())?,
+                        key_bias,
+                    ],
+                    1,
+                )?;
+                let (q, k, v) = (before(&q, &zeros)?, before(&k, &pk)?, before(&v, &pv)?);
+                attention(&q, &k, &v, &key_bias, heads, attn_p)?.narrow(1, n, seq_len)?
+            }
+        };
         let hidden_p = if train { cfg.hidden_dropout_prob } else { 0.0 };
         let attn = self.attn_out.forward(&ctx, train)?;
         let attn = self.attn_norm.forward(&dropout_add(&attn, x, hidden_p)?)?;
@@ -146,6 +172,9 @@ pub struct Bert {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     pooler: Option<Linear>,
+    /// Prompt tuning's soft tokens `(n, hidden)` or prefix tuning's table
+    /// `(n, layers·2·hidden)`, when attached.
+    virtual_tokens: Option<(Placement, Var)>,
     dtype: DType,
     device: Device,
 }
@@ -200,6 +229,7 @@ impl Bert {
             embeddings,
             layers,
             pooler,
+            virtual_tokens: None,
             dtype: ld.dtype(),
             device: ld.device().clone(),
         })
@@ -284,23 +314,64 @@ impl Bert {
         Ok(Tensor::new(pos, input_ids.device())?)
     }
 
+    /// The soft prompt `(n, hidden)`, if prompt tuning is attached.
+    fn prompt(&self) -> Option<&Var> {
+        match &self.virtual_tokens {
+            Some((Placement::Prompt, t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Prefix length n, if prefix tuning is attached.
+    fn prefix_len(&self) -> usize {
+        match &self.virtual_tokens {
+            Some((Placement::Prefix, t)) => t.dims()[0],
+            _ => 0,
+        }
+    }
+
     fn embed_tokens(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
-        let (b_sz, seq_len) = check_input(input, Some(self.config.max_seq_len()))?;
         let cfg = &self.config;
+        let prompt_len = self.prompt().map_or(0, |p| p.dims()[0]);
+        // Prompt tokens take positions, and HF shifts positions past a prefix.
+        let reserved = prompt_len + self.prefix_len();
+        let max = cfg.max_seq_len().saturating_sub(reserved);
+        let (b_sz, seq_len) = check_input(input, Some(max))?;
         let h = cfg.hidden_size;
         let e = &self.embeddings;
         let flat = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::U32)?.flatten_all()?) };
-        let words = e
+        let mut words = e
             .word
             .embedding(&flat(&input.input_ids)?)?
             .reshape((b_sz, seq_len, h))?;
+        let mut input_ids = input.input_ids.to_dtype(DType::U32)?;
+        let mut token_type_ids = input.token_type_ids.to_dtype(DType::U32)?;
+        if let Some(prompt) = self.prompt() {
+            let p = prompt
+                .as_tensor()
+                .unsqueeze(0)?
+                .broadcast_as((b_sz, prompt_len, h))?;
+            words = Tensor::cat(&[&p.to_dtype(words.dtype())?, &words], 1)?;
+            // Virtual tokens are real tokens to the position count, of segment 0.
+            let not_pad = cfg.pad_token_id.wrapping_add(1);
+            let shape = (b_sz, prompt_len);
+            let virtual_ids = Tensor::full(not_pad, shape, input_ids.device())?;
+            input_ids = Tensor::cat(&[&virtual_ids, &input_ids], 1)?;
+            let zeros = Tensor::zeros(shape, DType::U32, input_ids.device())?;
+            token_type_ids = Tensor::cat(&[&zeros, &token_type_ids], 1)?;
+        }
+        let total = seq_len + prompt_len;
+        let shift = self.prefix_len();
         let positions = match cfg.model_type {
-            BertFamily::Bert => e.position.narrow(0, 0, seq_len)?.unsqueeze(0)?,
+            BertFamily::Bert => e.position.narrow(0, shift, total)?.unsqueeze(0)?,
             BertFamily::Roberta => {
-                let ids = Self::roberta_position_ids(&input.input_ids, cfg.pad_token_id)?;
+                let ids = Self::roberta_position_ids(&input_ids, cfg.pad_token_id)?;
+                // Real tokens move past the prefix; padding keeps the padding position.
+                let real = input_ids.ne(cfg.pad_token_id)?.to_dtype(DType::U32)?;
+                let ids = (ids + (real * shift as f64)?)?;
                 e.position
                     .embedding(&ids.flatten_all()?)?
-                    .reshape((b_sz, seq_len, h))?
+                    .reshape((b_sz, total, h))?
             }
         };
         // With a single token type (RoBERTa) its one row is added everywhere, whatever the
@@ -309,13 +380,90 @@ impl Bert {
             e.token_type.unsqueeze(0)?
         } else {
             e.token_type
-                .embedding(&flat(&input.token_type_ids)?)?
-                .reshape((b_sz, seq_len, h))?
+                .embedding(&token_type_ids.flatten_all()?)?
+                .reshape((b_sz, total, h))?
         };
         // The tables are `Var`s under full fine-tuning: cut the graph inside `no_grad`.
         let x = crate::ops::track(words.broadcast_add(&positions)?.broadcast_add(&types)?);
         let x = e.norm.forward(&x)?;
         dropout(&x, cfg.hidden_dropout_prob, train)
+    }
+
+    /// The attention mask the layers see, `(b_sz, n + seq_len)` with prompt tuning (the soft
+    /// tokens are real tokens), else `attention_mask` itself. Pool with this one.
+    ///
+    /// # Errors
+    /// A mask that is not `(b_sz, seq_len)`.
+    pub fn effective_mask(&self, attention_mask: &Tensor) -> Result<Tensor> {
+        let Some(prompt) = self.prompt() else {
+            return Ok(attention_mask.clone());
+        };
+        let (b_sz, _) = attention_mask.dims2()?;
+        let ones = Tensor::ones(
+            (b_sz, prompt.dims()[0]),
+            attention_mask.dtype(),
+            attention_mask.device(),
+        )?;
+        Ok(Tensor::cat(&[&ones, attention_mask], 1)?)
+    }
+
+    /// Layer `i`'s prefix keys and values `(n, hidden)` each, from PEFT's table.
+    fn layer_prefix(&self, i: usize) -> Result<Option<(Tensor, Tensor)>> {
+        let Some((Placement::Prefix, table)) = &self.virtual_tokens else {
+            return Ok(None);
+        };
+        let h = self.config.hidden_size;
+        let t = table.as_tensor();
+        Ok(Some((
+            t.narrow(1, 2 * i * h, h)?.to_dtype(self.dtype)?,
+            t.narrow(1, (2 * i + 1) * h, h)?.to_dtype(self.dtype)?,
+        )))
+    }
+
+    /// What prompt-learning methods need to build tokens for this encoder.
+    pub fn virtual_spec(&self) -> VirtualSpec {
+        VirtualSpec {
+            layers: self.layers.len(),
+            hidden: self.config.hidden_size,
+            heads: self.config.num_attention_heads,
+            word_embeddings: self.embeddings.word.clone(),
+            dtype: self.dtype,
+            device: self.device.clone(),
+        }
+    }
+
+    /// Attaches prompt or prefix tokens (`None` removes them).
+    ///
+    /// # Errors
+    /// A tensor of the wrong width for its placement; another placement.
+    pub fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
+        if let Some((placement, t)) = &tokens {
+            let h = self.config.hidden_size;
+            let width = match placement {
+                Placement::Prompt => h,
+                Placement::Prefix => self.layers.len() * 2 * h,
+                other => {
+                    return Err(Error::Training(format!(
+                        "{other:?} is not a placement of virtual tokens"
+                    )));
+                }
+            };
+            let (n, w) = t.dims2()?;
+            if w != width || n == 0 {
+                return Err(Error::TensorShape {
+                    op: "virtual tokens",
+                    expected: vec![n.max(1), width],
+                    got: vec![n, w],
+                });
+            }
+        }
+        self.virtual_tokens = tokens;
+        Ok(())
+    }
+
+    /// The attached prompt or prefix tokens.
+    pub fn virtual_tokens(&self) -> Option<(Placement, Var)> {
+        self.virtual_tokens.clone()
     }
 
     /// Hidden states of the last layer, `(b_sz, seq_len, hidden)`. `train` enables dropout.
@@ -325,12 +473,12 @@ impl Bert {
     /// longer than the position table; token ids out of the vocabulary; device mismatch.
     pub fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
         let mut x = self.embed_tokens(input, train)?;
-        let key_bias = input
-            .attention_mask
+        let key_bias = self
+            .effective_mask(&input.attention_mask)?
             .to_dtype(self.dtype)?
             .affine(-MASK_VALUE, MASK_VALUE)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &key_bias, &self.config, train)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &key_bias, &self.config, train, self.layer_prefix(i)?)?;
         }
         Ok(x)
     }
@@ -351,7 +499,11 @@ impl Bert {
     /// As [`forward`](Self::forward).
     pub fn embed(&self, input: &EncoderInput, pooling: Pooling) -> Result<Tensor> {
         let hidden = self.forward(input, false)?;
-        Self::pool(&hidden, &input.attention_mask, pooling)
+        Self::pool(
+            &hidden,
+            &self.effective_mask(&input.attention_mask)?,
+            pooling,
+        )
     }
 
     /// BERT's pooler on the first token: `tanh(pooler.dense(hidden[:, 0]))`, `(b_sz, hidden)`.

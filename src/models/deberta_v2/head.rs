@@ -7,9 +7,8 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::DebertaV2Config;
 use super::model::{DebertaV2, PREFIX, activation, detect_prefix};
-use crate::adapters::{Linear, seeded_rng};
-#[cfg(doc)]
-use crate::error::Error; // for the `# Errors` links
+use crate::adapters::{Linear, Placement, VirtualSpec, seeded_rng};
+use crate::error::Error;
 use crate::error::Result;
 use crate::models::layers::{Dense, check_labels, dropout};
 use crate::models::weights::{Checkpoint, Loader};
@@ -211,6 +210,26 @@ impl Model for DebertaV2ForSequenceClassification {
 
     fn state_dict(&self) -> Vec<(String, Tensor)> {
         DebertaV2ForSequenceClassification::state_dict(self)
+    }
+
+    fn virtual_spec(&self) -> VirtualSpec {
+        self.deberta.virtual_spec()
+    }
+
+    /// DeBERTa's attention adds relative-position terms for every key, and HF's DeBERTa-v2
+    /// takes no past keys or input prefixes that PEFT could use; neither is offered here.
+    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
+        match tokens {
+            None => Ok(()),
+            Some((placement, _)) => Err(Error::Training(format!(
+                "{placement:?} tuning is not available for deberta-v2 (its relative-position \
+                 attention has no place for virtual tokens, as in HF's DebertaV2Model)"
+            ))),
+        }
+    }
+
+    fn virtual_tokens(&self) -> Option<(Placement, Var)> {
+        None
     }
 
     fn base_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {

@@ -751,6 +751,18 @@ impl DebertaV2 {
         out
     }
 
+    /// What prompt-learning methods would need (they are refused for this family).
+    pub(crate) fn virtual_spec(&self) -> crate::adapters::VirtualSpec {
+        crate::adapters::VirtualSpec {
+            layers: self.layers.len(),
+            hidden: self.config.hidden_size,
+            heads: self.config.num_attention_heads,
+            word_embeddings: self.embeddings.word.clone(),
+            dtype: self.dtype,
+            device: self.device.clone(),
+        }
+    }
+
     /// The tensors of [`state_dict`](Self::state_dict), in its order and under its names,
     /// mutable: full fine-tuning makes them `Var`s, and a saved full fine-tune replaces them.
     pub(crate) fn tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The RESULTS.md method comparison (issue 6): all-MiniLM-L6-v2 with every method on the GLUE
+# dev sets, each method at its own default learning rate (`ttlora train --help`, `ttlora
+# methods`), batch 32, 128 tokens; the same epochs and training subsets as
+# scripts/glue_results.sh. Finished runs (eval_results.json present) are skipped, so rerunning
+# resumes. RUNS at a time (default 2), one thread each.
+#
+#   scripts/glue_methods.sh                       # everything, seeds 1 2 3
+#   SEEDS="1" TASKS="mrpc rte" METHODS="adapter-houlsby loretta-rep" scripts/glue_methods.sh
+#
+# Then: target/release/ttlora summarize runs/methods > table.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-runs/methods}
+SEEDS=${SEEDS:-1 2 3}
+TASKS=${TASKS:-mrpc stsb rte cola sst2}
+METHODS=${METHODS:-lora ttlora adapter-houlsby adapter-pfeiffer loretta-rep loretta-adp full}
+RUNS=${RUNS:-2}
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
+for seed in $SEEDS; do
+  for task in $TASKS; do
+    case $task in
+      sst2) extra=(--max-train 20000 --epochs 1) ;;
+      *) extra=(--epochs 3) ;;
+    esac
+    for variant in $METHODS; do
+      case $variant in
+        adapter-*) method=(--method adapter --adapter-config "{\"variant\":\"${variant#adapter-}\"}") ;;
+        *) method=(--method "$variant") ;;
+      esac
+      dir=$OUT/$task-$variant-s$seed
+      [[ -f $dir/eval_results.json ]] && continue
+      while (( $(jobs -rp | wc -l) >= RUNS )); do wait -n; done
+      echo "== $task $variant seed $seed" >&2
+      "$BIN" train --model all-MiniLM-L6-v2 --task "$task" --data "$DATA" "${method[@]}" \
+        --batch-size 32 --max-len 128 --seed "$seed" "${extra[@]}" \
+        --out "$dir" --quiet --resume &
+    done
+  done
+done
+wait

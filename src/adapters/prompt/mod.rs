@@ -1,0 +1,133 @@
+//! Prompt learning, with HF PEFT's semantics and file layout:
+//! - `prompt` (Lester et al. 2021): n soft tokens `(n, hidden)` prepended to the input
+//!   embeddings (position and token-type embeddings are added to them as to any token; the
+//!   first of them is what a CLS head pools, as in PEFT).
+//! - `prefix` (Li & Liang 2021): n keys and values per attention layer in front of the
+//!   layer's own, stored as PEFT's `(n, layers·2·hidden)` table (layer l's keys in columns
+//!   `2l·hidden..`, its values in the next `hidden`).
+//!
+//! Both are one tensor, PEFT's `prompt_embeddings`; neither can be merged. Owns: the configs
+//! and the two methods. The model applies the tokens (`models::Model::set_virtual_tokens`).
+
+mod config;
+#[cfg(test)]
+mod tests;
+
+use candle_core::Tensor;
+use rand::Rng;
+use rand::rngs::StdRng;
+
+pub use config::{PrefixConfig, PromptConfig, PromptInit};
+
+use crate::adapters::{Method, Placement, VirtualSpec, normal};
+use crate::error::{Error, Result};
+
+/// The key of the one tensor in the weights file, as PEFT names it.
+pub const TOKENS_KEY: &str = "prompt_embeddings";
+
+/// Prompt tuning, as registered.
+pub struct Prompt;
+
+impl Method for Prompt {
+    fn name(&self) -> &'static str {
+        "prompt"
+    }
+    fn peft_type(&self) -> &'static str {
+        "PROMPT_TUNING"
+    }
+    fn prefix(&self) -> &'static str {
+        "prompt_"
+    }
+    fn summary(&self) -> &'static str {
+        "prompt tuning: trainable soft tokens before the input embeddings"
+    }
+    fn default_config(&self) -> serde_json::Value {
+        serde_json::to_value(PromptConfig::default()).unwrap_or_default()
+    }
+    /// Soft prompts train at rates far above weight updates (Lester et al. used 0.3).
+    fn default_lr(&self) -> f64 {
+        1e-2
+    }
+    fn placement(&self) -> Placement {
+        Placement::Prompt
+    }
+    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
+        PromptConfig::from_json(config).map(|_| ())
+    }
+    fn build_virtual(
+        &self,
+        config: &serde_json::Value,
+        spec: &VirtualSpec,
+        rng: &mut StdRng,
+    ) -> Result<Tensor> {
+        let cfg = PromptConfig::from_json(config)?;
+        let n = cfg.num_virtual_tokens;
+        match cfg.init {
+            PromptInit::Random => normal(&[n, spec.hidden], 1.0, rng, spec.dtype, &spec.device),
+            PromptInit::Vocab => {
+                let (vocab, width) = spec.word_embeddings.dims2()?;
+                if width != spec.hidden || vocab == 0 {
+                    return Err(Error::TensorShape {
+                        op: "prompt init from the word embeddings",
+                        expected: vec![vocab.max(1), spec.hidden],
+                        got: vec![vocab, width],
+                    });
+                }
+                let rows: Vec<u32> = (0..n).map(|_| rng.random_range(0..vocab) as u32).collect();
+                let ids = Tensor::new(rows, spec.word_embeddings.device())?;
+                Ok(spec
+                    .word_embeddings
+                    .index_select(&ids, 0)?
+                    .to_dtype(spec.dtype)?
+                    .to_device(&spec.device)?)
+            }
+        }
+    }
+}
+
+/// Prefix tuning, as registered.
+pub struct Prefix;
+
+impl Method for Prefix {
+    fn name(&self) -> &'static str {
+        "prefix"
+    }
+    fn peft_type(&self) -> &'static str {
+        "PREFIX_TUNING"
+    }
+    fn prefix(&self) -> &'static str {
+        "prefix_"
+    }
+    fn summary(&self) -> &'static str {
+        "prefix tuning: trainable keys and values before every attention layer's own"
+    }
+    fn default_config(&self) -> serde_json::Value {
+        serde_json::to_value(PrefixConfig::default()).unwrap_or_default()
+    }
+    /// As for prompt tuning: a few thousand free vectors take large steps.
+    fn default_lr(&self) -> f64 {
+        1e-2
+    }
+    fn placement(&self) -> Placement {
+        Placement::Prefix
+    }
+    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
+        PrefixConfig::from_json(config).map(|_| ())
+    }
+    fn build_virtual(
+        &self,
+        config: &serde_json::Value,
+        spec: &VirtualSpec,
+        rng: &mut StdRng,
+    ) -> Result<Tensor> {
+        let cfg = PrefixConfig::from_json(config)?;
+        let width = spec.layers * 2 * spec.hidden;
+        normal(
+            &[cfg.num_virtual_tokens, width],
+            cfg.init_std,
+            rng,
+            spec.dtype,
+            &spec.device,
+        )
+    }
+}
