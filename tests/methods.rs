@@ -308,3 +308,30 @@ fn every_method_has_a_row() {
         assert!(ROWS.contains(&m.name()), "no matrix row for {}", m.name());
     }
 }
+
+#[test]
+fn prompt_learning_on_deberta_is_refused_with_the_reason() {
+    use ttlora::models::{DebertaV2Config, DebertaV2ForSequenceClassification};
+    for name in ["prompt", "prefix"] {
+        let mut model: Box<dyn Model> = Box::new(
+            DebertaV2ForSequenceClassification::random(
+                &DebertaV2Config::tiny(),
+                2,
+                Pooling::Cls,
+                DType::F32,
+                &Device::Cpu,
+                1,
+            )
+            .unwrap(),
+        );
+        let m = method(name).unwrap();
+        let cfg = m.default_config();
+        let p = placing(m, &cfg, model.as_ref(), None, None, &Default::default()).unwrap();
+        let err = attach(model.as_mut(), m, &cfg, &p, ADAPTER, &mut seeded_rng(1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not available for deberta-v2"), "{err}");
+        assert!(model.virtual_tokens().is_none());
+    }
+}

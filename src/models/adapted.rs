@@ -103,7 +103,7 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
     let mut modules_to_save = Vec::new();
     if meta.save_head {
         for (name, var) in model.head_vars() {
-            tensors.insert(format!("{KEY_PREFIX}{name}"), var.as_tensor().copy()?);
+            tensors.insert(head_key(m.placement(), &name), var.as_tensor().copy()?);
             modules_to_save.push(name);
         }
     }
@@ -125,6 +125,16 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
         unknown: peft_fields,
     };
     Ok(AdapterFolder { config, tensors })
+}
+
+/// The weights-file key of head tensor `name`: PEFT's own for the placement. A prompt-learning
+/// PeftModel holds the transformers model directly (`base_model.classifier…`); the tuner
+/// wrappers of every other method add a level (`base_model.model.classifier…`).
+fn head_key(placement: Placement, name: &str) -> String {
+    match placement {
+        Placement::Prompt | Placement::Prefix => format!("base_model.{name}"),
+        _ => format!("{KEY_PREFIX}{name}"),
+    }
 }
 
 /// PEFT's `PromptTuningConfig` / `PrefixTuningConfig` fields for tokens of `dims` on a model
@@ -281,7 +291,7 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
     let head = model.head_vars();
     let mut head_updates: Vec<(candle_core::Var, Tensor)> = Vec::new();
     for name in &cfg.modules_to_save {
-        let key = format!("{KEY_PREFIX}{name}");
+        let key = head_key(placement, name);
         let t = folder
             .tensors
             .get(&key)
