@@ -16,7 +16,7 @@ DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/methods}
 SEEDS=${SEEDS:-1 2 3}
 TASKS=${TASKS:-mrpc stsb rte cola sst2}
-METHODS=${METHODS:-lora ttlora adapter-houlsby adapter-pfeiffer loretta-rep loretta-adp full}
+METHODS=${METHODS:-lora ttlora adapter-houlsby adapter-pfeiffer loretta-rep loretta-adp prefix prompt full}
 RUNS=${RUNS:-2}
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 for seed in $SEEDS; do
@@ -32,6 +32,11 @@ for seed in $SEEDS; do
       esac
       dir=$OUT/$task-$variant-s$seed
       [[ -f $dir/eval_results.json ]] && continue
+      # LoRA and TT-LoRA (α 8) ran with these settings for scripts/glue_results.sh: reuse them.
+      case $variant in lora) prior=lora ;; ttlora) prior=ttlora-alpha8 ;; *) prior= ;; esac
+      if [[ -n $prior && -f runs/glue/$task-$prior-s$seed/eval_results.json ]]; then
+        mkdir -p "$OUT" && ln -sfn "../glue/$task-$prior-s$seed" "$dir" && continue
+      fi
       while (( $(jobs -rp | wc -l) >= RUNS )); do wait -n; done
       echo "== $task $variant seed $seed" >&2
       "$BIN" train --model all-MiniLM-L6-v2 --task "$task" --data "$DATA" "${method[@]}" \

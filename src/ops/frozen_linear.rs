@@ -153,8 +153,15 @@ fn input_and_weight_grads(
     w: &Tensor,
     grad_y: &Tensor,
 ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-    let dx = x.track_op().then(|| grad_y.matmul(w)).transpose()?;
-    let dw = w.track_op().then(|| grad_y.t()?.matmul(x)).transpose()?;
+    // Detached operands: a gradient must not carry the forward graph (or a weight's).
+    let dx = x
+        .track_op()
+        .then(|| grad_y.matmul(&w.detach()))
+        .transpose()?;
+    let dw = w
+        .track_op()
+        .then(|| grad_y.t()?.matmul(&x.detach()))
+        .transpose()?;
     Ok((dx, dw))
 }
 

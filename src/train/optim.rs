@@ -88,6 +88,10 @@ impl Adam {
             let Some(g) = grads.get(i).and_then(|g| g.as_ref()) else {
                 continue;
             };
+            // A gradient computed from forward activations can still carry their graph;
+            // moments built from it would keep every step's graph alive (measured: +1.9 GB
+            // per full fine-tuning step before this).
+            let g = &g.detach();
             let m = ((&self.m[i] * p.beta1)? + (g * (1.0 - p.beta1))?)?;
             let v = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let denom = ((&v / bc2)?.sqrt()? + p.eps)?;
@@ -191,5 +195,19 @@ mod tests {
         }
         let x = var.to_vec1::<f64>().unwrap();
         assert!(x.iter().all(|v| v.abs() < 1e-2), "{x:?}");
+    }
+
+    #[test]
+    fn moments_never_keep_a_gradients_graph() {
+        // A gradient built from tracked tensors (as a custom op's dL/dW = gᵀ·x is) must not
+        // make the moments hold that graph from step to step.
+        let var = Var::new(&[1.0f64, 2.0], &Device::Cpu).unwrap();
+        let activation = Var::new(&[3.0f64, 4.0], &Device::Cpu).unwrap();
+        let tracked = (activation.as_tensor() * 2.0).unwrap();
+        assert!(tracked.track_op());
+        let mut opt = Adam::new(vec![var.clone()], AdamParams::default()).unwrap();
+        opt.step(&[Some(tracked)], 0.1).unwrap();
+        let (_, m, v) = opt.state();
+        assert!(!m[0].track_op() && !v[0].track_op());
     }
 }
