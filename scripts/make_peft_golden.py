@@ -5,7 +5,9 @@
 Produces a tiny random BertForSequenceClassification (`base/`), a PEFT LoRA adapter for it
 saved by PEFT itself (`lora/`: r=4, lora_alpha=8, query+value, random non-zero B, a changed
 classifier in modules_to_save), and `expected.json`: a padded batch of token ids with the
-logits PyTorch computes for the base model, the adapted model and the merged model. ttlora's
+logits PyTorch computes for the base model, the adapted model and the merged model; then
+`prompt/` and `prefix/` (PEFT prompt and prefix tuning, 3 random virtual tokens, a changed
+head) with `expected_prompt.json`, their logits in PEFT. ttlora's
 tests read these files and must reproduce the logits; nothing here is produced by ttlora.
 """
 
@@ -98,5 +100,51 @@ def main() -> None:
     print("wrote", OUT)
 
 
+def prompt_learning() -> None:
+    """`prompt/` and `prefix/`: PEFT prompt tuning and prefix tuning of the same base, with
+    random tokens and a changed head, saved by PEFT, and `expected_prompt.json` with the logits
+    PEFT computes for the fixed batch."""
+    from peft import PrefixTuningConfig, PromptTuningConfig
+
+    torch.manual_seed(1)
+    expected = json.loads((OUT / "expected.json").read_text())
+    batch = {k: torch.tensor(expected[k]) for k in ("input_ids", "token_type_ids", "attention_mask")}
+    out = {"produced_with": expected["produced_with"]}
+    for name, config in [
+        ("prompt", PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=3)),
+        ("prefix", PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=3)),
+    ]:
+        base = BertForSequenceClassification.from_pretrained(OUT / "base").eval()
+        model = get_peft_model(base, config).eval()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "modules_to_save" in n:
+                    p.add_(0.1 * torch.randn_like(p))
+                if "prompt_encoder" in n:
+                    p.copy_(torch.randn_like(p))
+            if name == "prompt":
+                logits = model(**batch).logits
+            else:
+                # PEFT's own forward refuses prefix tuning here: transformers 5's
+                # BertForSequenceClassification.forward has no `past_key_values` parameter
+                # (its BertModel does). So run BertModel with PEFT's prefix as past keys and
+                # values, the mask prefixed with ones as PEFT does, then BERT's head.
+                b = batch["input_ids"].shape[0]
+                mask = torch.cat([torch.ones(b, 3, dtype=torch.long), batch["attention_mask"]], 1)
+                enc = base.bert(
+                    input_ids=batch["input_ids"],
+                    token_type_ids=batch["token_type_ids"],
+                    attention_mask=mask,
+                    past_key_values=model.get_prompt(batch_size=b),
+                )
+                logits = base.classifier(enc.pooler_output)
+            out[f"{name}_logits"] = logits.tolist()
+        model.save_pretrained(OUT / name)
+        (OUT / name / "README.md").unlink()
+    (OUT / "expected_prompt.json").write_text(json.dumps(out, indent=1) + "\n")
+    print("wrote prompt/ and prefix/")
+
+
 if __name__ == "__main__":
     main()
+    prompt_learning()

@@ -405,3 +405,32 @@ fn a_full_fine_tunes_weight_change_compresses_into_the_same_model() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+#[test]
+fn reads_peft_prompt_and_prefix_folders_and_reproduces_their_logits() {
+    // Folders PEFT itself saved (scripts/make_peft_golden.py); logits from PEFT's prompt
+    // tuning forward, and from HF's BertModel with PEFT's prefix as past keys and values.
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected_prompt.json")).unwrap())
+            .unwrap();
+    for (name, peft_type) in [("prompt", "PROMPT_TUNING"), ("prefix", "PREFIX_TUNING")] {
+        let folder = AdapterFolder::read(&fixture(name), &Device::Cpu).unwrap();
+        assert_eq!(folder.config.method, name);
+        assert_eq!(folder.config.peft_type, peft_type);
+        assert_eq!(
+            folder.config.modules_to_save,
+            ["classifier.bias", "classifier.weight"]
+        );
+        let mut model = base();
+        load_into(model.as_mut(), &folder, "default").unwrap();
+        let d = max_diff(&logits(model.as_ref()), &e[format!("{name}_logits")]);
+        assert!(d < SAME_AS_TORCH, "{name}: differs from PEFT by {d}");
+        // The tokens matter: without them the logits move by far more than the tolerance.
+        model.set_virtual_tokens(None).unwrap();
+        let d = max_diff(&logits(model.as_ref()), &e[format!("{name}_logits")]);
+        assert!(
+            d > 100.0 * SAME_AS_TORCH,
+            "{name}: tokens change the logits by only {d}"
+        );
+    }
+}

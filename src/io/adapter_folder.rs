@@ -100,6 +100,21 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }
 
+/// PEFT's prompt-learning config fields, which ttlora writes beside its own into prompt and
+/// prefix folders so PEFT reads them; not worth a warning.
+const PEFT_PROMPT_FIELDS: [&str; 10] = [
+    "task_type",
+    "inference_mode",
+    "num_virtual_tokens",
+    "token_dim",
+    "num_transformer_submodules",
+    "num_attention_heads",
+    "num_layers",
+    "prompt_tuning_init",
+    "prefix_projection",
+    "encoder_hidden_size",
+];
+
 impl AdapterFolder {
     /// Writes the folder atomically (see [`write_folder`]): weights first, config last, so a
     /// reader never sees a config without its weights.
@@ -142,6 +157,9 @@ impl AdapterFolder {
         if super::peft_lora::is_peft_lora(&value) {
             return super::peft_lora::read(dir, &value, device);
         }
+        if let Some(method) = super::peft_prompt::peft_prompt_method(&value) {
+            return super::peft_prompt::read(dir, &value, method, device);
+        }
         let config: AdapterConfig = serde_json::from_value(value).map_err(bad)?;
         if config.format_version > FORMAT_VERSION {
             return Err(Error::ModelConfig {
@@ -154,7 +172,9 @@ impl AdapterFolder {
             });
         }
         for key in config.unknown.keys() {
-            tracing::warn!("{}: ignoring unknown field `{key}`", cfg_path.display());
+            if !PEFT_PROMPT_FIELDS.contains(&key.as_str()) {
+                tracing::warn!("{}: ignoring unknown field `{key}`", cfg_path.display());
+            }
         }
         let weights = dir.join(WEIGHTS_FILE);
         let tensors = read_safetensors(&weights, device)?;

@@ -8,6 +8,7 @@ pub mod adapter_folder;
 pub mod hub;
 pub mod hub_download;
 pub mod peft_lora;
+pub mod peft_prompt;
 
 pub use adapter_folder::{AdapterConfig, AdapterFolder, TaskInfo};
 pub use hub::{DEFAULT_MODEL, PACKAGED_MODELS, cache_dir, resolve_model};

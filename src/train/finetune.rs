@@ -608,10 +608,12 @@ pub fn load_for_inference(
 /// the label count from the saved classifier's output rows, the base model's own pooling,
 /// generic label names. `None` without a saved classifier.
 fn task_from_head(folder: &io::AdapterFolder, model_dir: &Path) -> Option<TaskInfo> {
+    // Prompt-learning folders key the head one level up (`base_model.classifier…`).
+    let prefixes = [io::adapter_folder::KEY_PREFIX, "base_model."];
     let out_rows = ["classifier.out_proj.weight", "classifier.weight"]
         .iter()
-        .find_map(|n| {
-            let key = format!("{}{n}", io::adapter_folder::KEY_PREFIX);
+        .flat_map(|n| prefixes.iter().map(move |p| format!("{p}{n}")))
+        .find_map(|key| {
             folder
                 .tensors
                 .get(&key)
