@@ -568,3 +568,93 @@ fn bench_matmul_reports_a_rate_per_shape() {
     let o = ttlora(&["bench", "matmul", "--shapes", "64x32"]);
     assert_clear_error(&o, &["`64x32` is not MxNxK"]);
 }
+
+#[test]
+fn every_method_trains_saves_evaluates_and_inspects_from_the_cli() {
+    let model = tiny_bert_folder("cli-methods", BertConfig::tiny());
+    let data = bundled_data();
+    let o = ttlora(&["methods", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].to_string())
+        .collect();
+    assert_eq!(listed.len(), ttlora::adapters::METHODS.len());
+    for (method, config, peft_type, mergeable) in [
+        ("full", "{}", "FULL", true),
+        (
+            "adapter",
+            r#"{"variant":"pfeiffer"}"#,
+            "BOTTLENECK_ADAPTER",
+            false,
+        ),
+        ("loretta-rep", "{}", "LORETTA_REP", true),
+        ("loretta-adp", "{}", "LORETTA_ADP", false),
+        (
+            "prefix",
+            r#"{"num_virtual_tokens":4}"#,
+            "PREFIX_TUNING",
+            false,
+        ),
+        (
+            "prompt",
+            r#"{"num_virtual_tokens":4}"#,
+            "PROMPT_TUNING",
+            false,
+        ),
+    ] {
+        let run = model.join(format!("run-{method}"));
+        let o = ttlora(&[
+            "train",
+            "--model",
+            s(&model),
+            "--task",
+            "sst2",
+            "--data",
+            s(&data),
+            "--method",
+            method,
+            "--adapter-config",
+            config,
+            "--max-train",
+            "32",
+            "--epochs",
+            "1",
+            "--max-len",
+            "32",
+            "--out",
+            s(&run),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["peft_type"], peft_type);
+        // The saved folder scores what training reported.
+        let trained: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("eval_results.json")).unwrap())
+                .unwrap();
+        let o = ttlora(&["eval", "--adapter", s(&run), "--data", s(&data), "--json"]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let eval: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        let acc = |v: &serde_json::Value, p: &str| v.pointer(p).and_then(|x| x.as_f64());
+        assert_eq!(
+            acc(&trained, "/dev_metrics/accuracy"),
+            acc(&eval, "/accuracy"),
+            "{method}: {eval}"
+        );
+        let o = ttlora(&["inspect", s(&run)]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let merged = model.join(format!("merged-{method}"));
+        let o = ttlora(&["merge", "--adapter", s(&run), "--out", s(&merged)]);
+        if mergeable {
+            assert!(o.status.success(), "{method}: {}", stderr(&o));
+        } else {
+            assert_clear_error(&o, &["cannot be merged"]);
+            assert!(!merged.exists());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&model);
+}

@@ -53,16 +53,23 @@ fn print_table(out: &mut impl Write, dir: &std::path::Path, r: &InspectReport) -
         "module", "structure", "out×in", "params", "LoRA r=8", "rank", "‖ΔW‖_F"
     )?;
     for m in &r.modules {
+        // A bottleneck adapter, virtual tokens or saved weights have no ΔW to measure.
+        let rank = m
+            .effective_rank
+            .map_or_else(|| "—".into(), |r| r.to_string());
+        let norm = m
+            .delta_norm
+            .map_or_else(|| "—".into(), |n| format!("{n:.4}"));
         writeln!(
             out,
-            "{:<width$}  {:<swidth$}  {:>9}  {:>8}  {:>8}  {:>4}  {:>9.4}",
+            "{:<width$}  {:<swidth$}  {:>9}  {:>8}  {:>8}  {:>4}  {:>9}",
             m.path,
             m.structure,
             format!("{}×{}", m.out_features, m.in_features),
             m.params,
             m.lora_r8_params,
-            m.effective_rank,
-            m.delta_norm
+            rank,
+            norm
         )?;
     }
     let params = super::params_line(

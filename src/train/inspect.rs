@@ -1,5 +1,6 @@
 //! `inspect`: what an adapter folder holds, read without the base model.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -27,10 +28,12 @@ pub struct ModuleReport {
     pub params: usize,
     /// Scalars LoRA r = 8 would need on this layer.
     pub lora_r8_params: usize,
-    /// Numerical rank of the scaled ΔW (NumPy's `matrix_rank` rule for f32).
-    pub effective_rank: usize,
-    /// Frobenius norm of the scaled ΔW.
-    pub delta_norm: f64,
+    /// Numerical rank of the scaled ΔW (NumPy's `matrix_rank` rule for f32); `None` where
+    /// the method's update is no weight matrix (bottleneck adapters, virtual tokens, a full
+    /// fine-tune's saved weights).
+    pub effective_rank: Option<usize>,
+    /// Frobenius norm of the scaled ΔW; `None` as for the rank.
+    pub delta_norm: Option<f64>,
 }
 
 /// An adapter folder, summarised.
@@ -66,6 +69,7 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
     let folder = AdapterFolder::read(dir, &Device::Cpu)?;
     let cfg = &folder.config;
     let mut modules = Vec::new();
+    let mut used = BTreeSet::new();
     for (path, module_cfg) in &cfg.modules {
         let [out_features, in_features] = cfg
             .layer_shapes
@@ -85,9 +89,17 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
             dtype: DType::F32,
             device: Device::Cpu,
         };
-        let (adapter, _) = restore_adapter(&folder, path, module_cfg, &spec)?;
-        let delta = adapter.delta_weight()?;
-        let sv = singular_values(&delta)?;
+        let (adapter, keys) = restore_adapter(&folder, path, module_cfg, &spec)?;
+        used.extend(keys);
+        let (effective_rank, delta_norm) = if adapter.serial() {
+            (None, None)
+        } else {
+            let sv = singular_values(&adapter.delta_weight()?)?;
+            (
+                Some(numerical_rank(&sv, out_features, in_features)),
+                Some(sv.iter().map(|s| s * s).sum::<f64>().sqrt()),
+            )
+        };
         modules.push(ModuleReport {
             path: path.clone(),
             structure: adapter.describe(),
@@ -95,16 +107,49 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
             in_features,
             params: adapter.num_params(),
             lora_r8_params: lora_params(in_features, out_features, 8),
-            effective_rank: numerical_rank(&sv, out_features, in_features),
-            delta_norm: sv.iter().map(|s| s * s).sum::<f64>().sqrt(),
+            effective_rank,
+            delta_norm,
         });
     }
-    let head_params = cfg
+    // Head tensors sit under PEFT's key for the method: one level up for prompt learning.
+    let head_keys: BTreeSet<String> = cfg
         .modules_to_save
         .iter()
-        .filter_map(|n| folder.tensors.get(&format!("{KEY_PREFIX}{n}")))
+        .flat_map(|n| [format!("{KEY_PREFIX}{n}"), format!("base_model.{n}")])
+        .filter(|k| folder.tensors.contains_key(k))
+        .collect();
+    let head_params = head_keys
+        .iter()
+        .filter_map(|k| folder.tensors.get(k))
         .map(candle_core::Tensor::elem_count)
         .sum();
+    // What no module owns: virtual tokens, or a full fine-tune's base tensors.
+    let rest: Vec<(&String, &candle_core::Tensor)> = folder
+        .tensors
+        .iter()
+        .filter(|(k, _)| !used.contains(*k) && !head_keys.contains(*k))
+        .collect();
+    if !rest.is_empty() {
+        let params: usize = rest.iter().map(|(_, t)| t.elem_count()).sum();
+        let (path, structure, dims) = match rest.as_slice() {
+            [(key, t)] => ((*key).clone(), cfg.method.clone(), t.dims().to_vec()),
+            _ => (
+                "(base model)".to_string(),
+                format!("{}: {} tensors", cfg.method, rest.len()),
+                vec![0, 0],
+            ),
+        };
+        modules.push(ModuleReport {
+            path,
+            structure,
+            out_features: dims.first().copied().unwrap_or(0),
+            in_features: dims.get(1).copied().unwrap_or(0),
+            params,
+            lora_r8_params: 0,
+            effective_rank: None,
+            delta_norm: None,
+        });
+    }
     let file_bytes = crate::train::export::list_files(dir)?
         .iter()
         .map(|(_, n)| n)
