@@ -286,6 +286,10 @@ matrix! {
     lora: "lora", serde_json::json!({"r": 8}), params = LAYERS * 2 * (8 * H + H * 8), identity = 0.0;
     lora_dropout: "lora", serde_json::json!({"r": 4, "lora_dropout": 0.1}),
         params = LAYERS * 2 * (4 * H + H * 4), identity = 0.0;
+    // PEFT's rank_pattern/alpha_pattern: value layers at r = 2 (query keeps r = 8).
+    lora_rank_pattern: "lora",
+        serde_json::json!({"r": 8, "rank_pattern": {"value": 2}, "alpha_pattern": {"value": 4.0}}),
+        params = LAYERS * (8 * (H + H) + 2 * (H + H)), identity = 0.0;
     tt_lora: "ttlora", serde_json::json!({}), params = ttlora_count(), identity = 0.0;
     adapter_houlsby: "adapter", serde_json::json!({"variant": "houlsby"}),
         params = LAYERS * 2 * (2 * H * 2 + 2 + H), identity = 1e-2;

@@ -271,6 +271,19 @@ pub trait Method: Sync {
         Ok(ModuleSet::names(sites.parallel))
     }
 
+    /// Per-module overrides the config itself carries (PEFT's `rank_pattern` and
+    /// `alpha_pattern` for LoRA), applied like `--overrides`. Default: none.
+    ///
+    /// # Errors
+    /// A config that does not parse.
+    fn pattern_overrides(
+        &self,
+        config: &serde_json::Value,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+        let _ = config;
+        Ok(Default::default())
+    }
+
     /// Checks a config without building anything.
     ///
     /// # Errors

@@ -56,7 +56,20 @@ pub fn placing(
         Some(t) => t.clone(),
         None => method.default_targets(config, &model.default_sites())?,
     };
-    let targeting = Targeting::new(&targets, exclude, overrides)?;
+    // The method's own patterns first; an explicit override of the same key adds its fields
+    // over them.
+    let mut all = method.pattern_overrides(config)?;
+    for (key, fields) in overrides {
+        let entry = all
+            .entry(key.clone())
+            .or_insert_with(|| serde_json::json!({}));
+        if let (Some(dst), Some(src)) = (entry.as_object_mut(), fields.as_object()) {
+            dst.extend(src.iter().map(|(k, v)| (k.clone(), v.clone())));
+        } else {
+            *entry = fields.clone();
+        }
+    }
+    let targeting = Targeting::new(&targets, exclude, &all)?;
     Ok(Placing {
         targets: Some(targets),
         targeting: Some(targeting),

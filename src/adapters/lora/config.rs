@@ -1,5 +1,7 @@
 //! LoRA's configuration, with PEFT's field names and defaults.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -16,6 +18,13 @@ pub struct LoraConfig {
     pub lora_dropout: f64,
     /// Rank-stabilised scaling α/√r (Kalajdzievski 2023) instead of α/r. Default false.
     pub use_rslora: bool,
+    /// PEFT's `rank_pattern`: a module name or regex (matched as PEFT does: the path equals
+    /// it or ends with `.` + it) → the rank r of the layers it matches.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rank_pattern: BTreeMap<String, usize>,
+    /// PEFT's `alpha_pattern`: the same, → `lora_alpha`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub alpha_pattern: BTreeMap<String, f64>,
 }
 
 impl Default for LoraConfig {
@@ -25,6 +34,8 @@ impl Default for LoraConfig {
             lora_alpha: 8.0,
             lora_dropout: 0.0,
             use_rslora: false,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
         }
     }
 }
@@ -37,6 +48,27 @@ impl LoraConfig {
         } else {
             self.lora_alpha / self.r as f64
         }
+    }
+
+    /// `rank_pattern` and `alpha_pattern` as per-module overrides (`key → {"r": …,
+    /// "lora_alpha": …}`), the form the targeting rules apply.
+    pub fn pattern_overrides(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut out: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        let mut set = |key: &str, field: &str, value: serde_json::Value| {
+            let entry = out
+                .entry(key.to_string())
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(obj) = entry.as_object_mut() {
+                obj.insert(field.into(), value);
+            }
+        };
+        for (k, r) in &self.rank_pattern {
+            set(k, "r", (*r).into());
+        }
+        for (k, a) in &self.alpha_pattern {
+            set(k, "lora_alpha", (*a).into());
+        }
+        out
     }
 
     /// Checks every field.
@@ -52,6 +84,9 @@ impl LoraConfig {
         };
         if self.r == 0 {
             return Err(bad("r", "must be >= 1", self.r.to_string()));
+        }
+        if let Some((k, _)) = self.rank_pattern.iter().find(|(_, r)| **r == 0) {
+            return Err(bad("rank_pattern", "ranks must be >= 1", k.clone()));
         }
         if !self.lora_alpha.is_finite() {
             return Err(bad(

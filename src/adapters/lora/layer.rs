@@ -32,7 +32,12 @@ impl LoraLayer {
             b: Var::from_tensor(&b)?,
             scaling: config.scaling(),
             dropout: config.lora_dropout as f32,
-            config: config.clone(),
+            // The patterns chose this layer's r and α; its own config is plain.
+            config: LoraConfig {
+                rank_pattern: Default::default(),
+                alpha_pattern: Default::default(),
+                ..config.clone()
+            },
         })
     }
 

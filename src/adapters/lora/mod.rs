@@ -42,6 +42,12 @@ impl Method for Lora {
     fn alpha_field(&self) -> Option<&'static str> {
         Some("lora_alpha")
     }
+    fn pattern_overrides(
+        &self,
+        config: &serde_json::Value,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+        Ok(serde_json::from_value::<LoraConfig>(config.clone())?.pattern_overrides())
+    }
     fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
         serde_json::from_value::<LoraConfig>(config.clone())?.validate()
     }
