@@ -145,6 +145,41 @@ def prompt_learning() -> None:
     print("wrote prompt/ and prefix/")
 
 
+def dora() -> None:
+    """`dora/`: a PEFT LoRA with `use_dora=True` (r=4, lora_alpha=8, query+value, random B and
+    a perturbed magnitude, a changed head), and `expected_dora.json` with PEFT's adapted and
+    merged logits for the fixed batch."""
+    torch.manual_seed(2)
+    expected = json.loads((OUT / "expected.json").read_text())
+    batch = {k: torch.tensor(expected[k]) for k in ("input_ids", "token_type_ids", "attention_mask")}
+    base = BertForSequenceClassification.from_pretrained(OUT / "base").eval()
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=4,
+        lora_alpha=8,
+        target_modules=["query", "value"],
+        lora_dropout=0.0,
+        init_lora_weights=False,
+        use_dora=True,
+    )
+    model = get_peft_model(base, config).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "modules_to_save" in n:
+                p.add_(0.1 * torch.randn_like(p))
+            if "lora_magnitude_vector" in n:
+                p.mul_(1.0 + 0.2 * torch.randn_like(p))
+        adapted = model(**batch).logits.tolist()
+    model.save_pretrained(OUT / "dora")
+    (OUT / "dora" / "README.md").unlink()
+    with torch.no_grad():
+        merged = model.merge_and_unload()(**batch).logits.tolist()
+    out = {"produced_with": expected["produced_with"], "adapted_logits": adapted, "merged_logits": merged}
+    (OUT / "expected_dora.json").write_text(json.dumps(out, indent=1) + "\n")
+    print("wrote dora/")
+
+
 if __name__ == "__main__":
     main()
     prompt_learning()
+    dora()

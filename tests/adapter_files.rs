@@ -176,6 +176,19 @@ fn a_ttlora_config_whose_factors_do_not_multiply_out() {
 
 #[test]
 fn a_peft_option_ttlora_does_not_implement() {
+    let dir = lora_copy("fan-in-fan-out");
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        text.replace("\"fan_in_fan_out\": false", "\"fan_in_fan_out\": true"),
+    )
+    .unwrap();
+    export_fails(&dir, &["fan_in_fan_out", "Conv1D"]);
+}
+
+#[test]
+fn use_dora_without_its_magnitudes() {
     let dir = lora_copy("dora");
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
@@ -184,7 +197,7 @@ fn a_peft_option_ttlora_does_not_implement() {
         text.replace("\"use_dora\": false", "\"use_dora\": true"),
     )
     .unwrap();
-    export_fails(&dir, &["use_dora", "DoRA"]);
+    export_fails(&dir, &["lora_magnitude_vector", "use_dora = true"]);
 }
 
 #[test]

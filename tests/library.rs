@@ -26,6 +26,7 @@ fn ttlora_layer_trains_merges_and_exports() {
         out_features: 12,
         dtype: DType::F32,
         device: dev.clone(),
+        weight: None,
     };
     let cfg =
         serde_json::json!({"rank": 3, "alpha": 8.0, "in_factors": [4, 4], "out_factors": [3, 4]});
@@ -72,6 +73,7 @@ fn tt_svd_compresses_a_lora_update_exactly_when_rank_allows() {
         out_features: 12,
         dtype: DType::F32,
         device: dev,
+        weight: None,
     };
     let cfg = TtLoraConfig {
         init: TtInit::Paper,

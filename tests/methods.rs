@@ -290,6 +290,9 @@ matrix! {
     lora_rank_pattern: "lora",
         serde_json::json!({"r": 8, "rank_pattern": {"value": 2}, "alpha_pattern": {"value": 4.0}}),
         params = LAYERS * (8 * (H + H) + 2 * (H + H)), identity = 0.0;
+    // DoRA: LoRA's factors plus one magnitude per output.
+    lora_dora: "lora", serde_json::json!({"r": 4, "use_dora": true}),
+        params = LAYERS * 2 * (4 * (H + H) + H), identity = 0.0;
     tt_lora: "ttlora", serde_json::json!({}), params = ttlora_count(), identity = 0.0;
     adapter_houlsby: "adapter", serde_json::json!({"variant": "houlsby"}),
         params = LAYERS * 2 * (2 * H * 2 + 2 + H), identity = 1e-2;

@@ -80,6 +80,7 @@ fn one_sgd_step_through_dyn_model_lowers_the_loss() {
                 out_features: lin.out_features(),
                 dtype: DType::F32,
                 device: dev.clone(),
+                weight: None,
             };
             let cfg = serde_json::json!({"rank": 2, "init": "paper"});
             let adapter = ttlora.build(&cfg, &spec, &mut rng).unwrap();
@@ -181,6 +182,7 @@ fn deberta_v2_loads_through_the_family_dispatch_and_learns_through_adapters() {
                 out_features: lin.out_features(),
                 dtype: DType::F32,
                 device: dev.clone(),
+                weight: None,
             };
             let adapter = ttlora
                 .build(&serde_json::json!({"rank": 2}), &spec, &mut rng)

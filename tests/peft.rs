@@ -439,3 +439,63 @@ fn reads_peft_prompt_and_prefix_folders_and_reproduces_their_logits() {
         );
     }
 }
+
+#[test]
+fn reads_a_peft_dora_folder_and_reproduces_its_logits_merged_and_unmerged() {
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected_dora.json")).unwrap())
+            .unwrap();
+    let folder = AdapterFolder::read(&fixture("dora"), &Device::Cpu).unwrap();
+    assert!(
+        folder
+            .config
+            .modules
+            .values()
+            .all(|m| m["use_dora"] == true)
+    );
+    let mut model = base();
+    load_into(model.as_mut(), &folder, "default").unwrap();
+    let d = max_diff(&logits(model.as_ref()), &e["adapted_logits"]);
+    assert!(d < SAME_AS_TORCH, "DoRA differs from PEFT by {d}");
+    // Written back as PEFT LoRA with use_dora, it reads and computes the same.
+    let meta = AdapterMeta {
+        method: "lora".into(),
+        base_model: String::new(),
+        base_model_config_sha256: String::new(),
+        config: serde_json::json!({}),
+        target_modules: serde_json::Value::Null,
+        exclude_modules: None,
+        overrides: Default::default(),
+        save_head: true,
+        task: None,
+    };
+    let out = temp("dora-out");
+    to_peft_lora(model.as_ref(), "default", &meta)
+        .unwrap()
+        .write(&out)
+        .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["use_dora"], true);
+    let mut again = base();
+    load_into(
+        again.as_mut(),
+        &AdapterFolder::read(&out, &Device::Cpu).unwrap(),
+        "default",
+    )
+    .unwrap();
+    let d = max_diff(&logits(again.as_ref()), &e["adapted_logits"]);
+    assert!(d < SAME_AS_TORCH, "rewritten DoRA differs by {d}");
+    for (_, layer) in model.linears_mut() {
+        if layer.adapters().next().is_some() {
+            layer.merge().unwrap();
+        }
+    }
+    let d = max_diff(&logits(model.as_ref()), &e["merged_logits"]);
+    assert!(
+        d < SAME_AS_TORCH,
+        "merged DoRA differs from PEFT's merge by {d}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -49,6 +49,9 @@ pub struct LayerSpec {
     pub dtype: DType,
     /// Device of the trainable tensors.
     pub device: Device,
+    /// The layer's frozen weight W0 `(out, in)`, for methods whose update depends on it
+    /// (DoRA); `None` where it is not at hand (reading a folder without its base model).
+    pub weight: Option<Tensor>,
 }
 
 /// Where a method's trainable tensors sit in the model.
@@ -189,6 +192,8 @@ pub struct LoraFactors {
     pub lora_alpha: f64,
     /// PEFT's `use_rslora`.
     pub use_rslora: bool,
+    /// DoRA's magnitude `(out)` (PEFT's `lora_magnitude_vector`, with `use_dora`), if any.
+    pub magnitude: Option<Tensor>,
 }
 
 /// `w + sign·delta` in f32, checked finite before it is returned.

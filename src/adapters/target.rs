@@ -172,6 +172,7 @@ pub fn inject(
             out_features: layer.out_features(),
             dtype: layer.weight().dtype(),
             device: layer.weight().device().clone(),
+            weight: Some(layer.weight().clone()),
         };
         let cfg = targeting.config_for(&path, base_config);
         let adapter = method

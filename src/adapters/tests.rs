@@ -113,6 +113,7 @@ fn layer_for(row: &Row, seed: u64) -> (Linear, Tensor) {
         out_features: row.out_features,
         dtype: DType::F32,
         device: dev.clone(),
+        weight: None,
     };
     let adapter = method(row.method)
         .unwrap()
@@ -295,6 +296,7 @@ fn mismatched_adapter_is_rejected() {
         out_features: 4,
         dtype: DType::F32,
         device: dev,
+        weight: None,
     };
     let a = method("lora")
         .unwrap()

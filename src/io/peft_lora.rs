@@ -27,6 +27,8 @@ pub const TASK_FILE: &str = "ttlora_task.json";
 
 const A_SUFFIX: &str = ".lora_A.weight";
 const B_SUFFIX: &str = ".lora_B.weight";
+/// DoRA's magnitude, keyed without `.weight` as PEFT saves it.
+const MAGNITUDE_SUFFIX: &str = ".lora_magnitude_vector";
 
 /// One adapted module of a PEFT LoRA: the factors and PEFT's scaling fields.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct LoraModule {
     pub b: Tensor,
     /// PEFT's `lora_alpha` (the update is `lora_alpha / r · B·A`).
     pub lora_alpha: f64,
+    /// DoRA's `lora_magnitude_vector`, `(out)`, when the module uses DoRA.
+    pub magnitude: Option<Tensor>,
 }
 
 /// A PEFT LoRA adapter in memory, ready to write.
@@ -101,6 +105,8 @@ struct PeftLoraConfig {
     #[serde(default)]
     use_rslora: bool,
     #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
     rank_pattern: BTreeMap<String, usize>,
     #[serde(default)]
     alpha_pattern: BTreeMap<String, f64>,
@@ -116,8 +122,7 @@ struct PeftLoraConfig {
 
 /// Options that change the computation and that ttlora does not implement: set, they are an
 /// error rather than a silently different model. `(field, value PEFT uses when off)`.
-const UNSUPPORTED: [(&str, &str); 8] = [
-    ("use_dora", "false (DoRA)"),
+const UNSUPPORTED: [(&str, &str); 7] = [
     ("fan_in_fan_out", "false (GPT-2 style Conv1D weights)"),
     ("bias", "\"none\" (trained biases)"),
     ("lora_bias", "false (a bias on lora_B)"),
@@ -276,6 +281,17 @@ pub fn read(dir: &Path, config: &Value, device: &Device) -> Result<AdapterFolder
             }
             layer_shapes.insert(path.to_string(), [b_dims[0], a_dims[1]]);
             let alpha = pattern_value(&cfg.alpha_pattern, path)?.unwrap_or(cfg.lora_alpha);
+            let m_key = format!("{KEY_PREFIX}{path}{MAGNITUDE_SUFFIX}");
+            if cfg.use_dora != tensors.contains_key(&m_key) {
+                return Err(bad_t(
+                    &m_key,
+                    format!(
+                        "is {} while the config says use_dora = {}",
+                        if cfg.use_dora { "missing" } else { "present" },
+                        cfg.use_dora
+                    ),
+                ));
+            }
             modules.insert(
                 path.to_string(),
                 json!({
@@ -283,8 +299,14 @@ pub fn read(dir: &Path, config: &Value, device: &Device) -> Result<AdapterFolder
                     "lora_alpha": alpha,
                     "lora_dropout": cfg.lora_dropout,
                     "use_rslora": cfg.use_rslora,
+                    "use_dora": cfg.use_dora,
                 }),
             );
+        } else if let Some(path) = rest.strip_suffix(MAGNITUDE_SUFFIX) {
+            let a_key = format!("{KEY_PREFIX}{path}{A_SUFFIX}");
+            if !tensors.contains_key(&a_key) {
+                return Err(bad_t(key, format!("has no partner `{a_key}`")));
+            }
         } else if let Some(path) = rest.strip_suffix(B_SUFFIX) {
             let a_key = format!("{KEY_PREFIX}{path}{A_SUFFIX}");
             if !tensors.contains_key(&a_key) {
@@ -293,8 +315,8 @@ pub fn read(dir: &Path, config: &Value, device: &Device) -> Result<AdapterFolder
         } else if rest.contains(".lora_") {
             return Err(bad_t(
                 key,
-                "is a LoRA tensor of a kind ttlora does not support (only lora_A/lora_B of \
-                 linear layers)"
+                "is a LoRA tensor of a kind ttlora does not support (only lora_A/lora_B and \
+                 DoRA's lora_magnitude_vector of linear layers)"
                     .into(),
             ));
         } else {
@@ -407,7 +429,7 @@ impl PeftLora {
             "rank_pattern": rank_pattern,
             "target_modules": self.modules.keys().collect::<Vec<_>>(),
             "task_type": self.task_type,
-            "use_dora": false,
+            "use_dora": self.modules.values().any(|m| m.magnitude.is_some()),
             "use_rslora": self.use_rslora,
         }))
     }
@@ -422,6 +444,12 @@ impl PeftLora {
         for (path, m) in &self.modules {
             tensors.insert(format!("{KEY_PREFIX}{path}{A_SUFFIX}"), m.a.contiguous()?);
             tensors.insert(format!("{KEY_PREFIX}{path}{B_SUFFIX}"), m.b.contiguous()?);
+            if let Some(mag) = &m.magnitude {
+                tensors.insert(
+                    format!("{KEY_PREFIX}{path}{MAGNITUDE_SUFFIX}"),
+                    mag.contiguous()?,
+                );
+            }
         }
         for (name, t) in &self.head {
             tensors.insert(format!("{KEY_PREFIX}{name}"), t.contiguous()?);
@@ -494,6 +522,7 @@ mod tests {
             a: t(r),
             b: Tensor::zeros((4, r), candle_core::DType::F32, &Device::Cpu).unwrap(),
             lora_alpha: alpha,
+            magnitude: None,
         };
         let lora = PeftLora {
             base_model: String::new(),

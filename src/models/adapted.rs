@@ -264,6 +264,7 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
             out_features: layer.out_features(),
             dtype: layer.weight().dtype(),
             device: layer.weight().device().clone(),
+            weight: Some(layer.weight().clone()),
         };
         let (adapter, keys) = restore_adapter(folder, cfg_path, module_cfg, &spec)?;
         for k in keys {
@@ -417,6 +418,7 @@ pub fn to_peft_lora(
                 a: f.a,
                 b: f.b,
                 lora_alpha: f.lora_alpha,
+                magnitude: f.magnitude,
             },
         );
     }
@@ -428,6 +430,12 @@ pub fn to_peft_lora(
     if rslora.len() > 1 {
         return Err(Error::Training(
             "modules mix rsLoRA and plain LoRA scaling, which one PEFT config cannot say".into(),
+        ));
+    }
+    let dora: BTreeSet<bool> = modules.values().map(|m| m.magnitude.is_some()).collect();
+    if dora.len() > 1 {
+        return Err(Error::Training(
+            "modules mix DoRA and plain LoRA, which one PEFT config (use_dora) cannot say".into(),
         ));
     }
     let mut head = BTreeMap::new();

@@ -76,6 +76,7 @@ pub(crate) fn attach_ttlora(model: &mut dyn Model, pick: impl Fn(&str) -> bool) 
                 out_features: lin.out_features(),
                 dtype: candle_core::DType::F32,
                 device: Device::Cpu,
+                weight: None,
             };
             let cfg = serde_json::json!({"rank": 2, "init": "paper"});
             let adapter = ttlora.build(&cfg, &spec, &mut rng).unwrap();

@@ -88,6 +88,7 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
             out_features,
             dtype: DType::F32,
             device: Device::Cpu,
+            weight: None,
         };
         let (adapter, keys) = restore_adapter(&folder, path, module_cfg, &spec)?;
         used.extend(keys);

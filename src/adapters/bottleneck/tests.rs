@@ -9,6 +9,7 @@ fn spec(h: usize) -> LayerSpec {
         out_features: h,
         dtype: DType::F64,
         device: Device::Cpu,
+        weight: None,
     }
 }
 

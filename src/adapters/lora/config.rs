@@ -18,6 +18,10 @@ pub struct LoraConfig {
     pub lora_dropout: f64,
     /// Rank-stabilised scaling α/√r (Kalajdzievski 2023) instead of α/r. Default false.
     pub use_rslora: bool,
+    /// DoRA (weight-decomposed LoRA, PEFT's `use_dora`): a trainable magnitude per output
+    /// rescales `W0 + ΔW` row by row. Costs one more frozen matmul per adapted layer and
+    /// cannot be exported as a plain LoRA. Default false.
+    pub use_dora: bool,
     /// PEFT's `rank_pattern`: a module name or regex (matched as PEFT does: the path equals
     /// it or ends with `.` + it) → the rank r of the layers it matches.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -34,6 +38,7 @@ impl Default for LoraConfig {
             lora_alpha: 8.0,
             lora_dropout: 0.0,
             use_rslora: false,
+            use_dora: false,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
         }

@@ -5,16 +5,29 @@ use rand::rngs::StdRng;
 
 use crate::adapters::lora::LoraConfig;
 use crate::adapters::{Adapter, LayerSpec, LoraFactors, kaiming_uniform};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// LoRA with PEFT's semantics: `A: (r, in)` Kaiming-uniform, `B: (out, r)` zero, so the
 /// adapted layer equals the base at step 0; `ΔW(x) = scaling · dropout(x)·Aᵀ·Bᵀ`.
+///
+/// With `use_dora` (DoRA, Liu et al. 2024, as PEFT computes it) the adapted weight is
+/// `W' = m ⊙ (W0 + s·B·A) / ‖W0 + s·B·A‖` with row norms (one per output) taken without
+/// gradient and the magnitude `m: (out)` trainable, starting at `‖W0‖`.
 pub struct LoraLayer {
     a: Var,
     b: Var,
     scaling: f64,
     dropout: f32,
     config: LoraConfig,
+    dora: Option<Dora>,
+}
+
+/// DoRA's state on a layer: the trainable magnitude and the frozen weight it rescales.
+struct Dora {
+    /// `m`, `(out)`: PEFT's `lora_magnitude_vector`.
+    magnitude: Var,
+    /// W0, `(out, in)`.
+    w0: Tensor,
 }
 
 impl LoraLayer {
@@ -27,7 +40,23 @@ impl LoraLayer {
         let (r, in_f, out_f) = (config.r, layer.in_features, layer.out_features);
         let a = kaiming_uniform(&[r, in_f], in_f, rng, layer.dtype, &layer.device)?;
         let b = Tensor::zeros((out_f, r), layer.dtype, &layer.device)?;
+        let dora = if config.use_dora {
+            let w0 = layer.weight.as_ref().ok_or_else(|| Error::InvalidConfig {
+                method: "lora",
+                field: "use_dora",
+                reason: "DoRA needs the layer's frozen weight, which this caller did not give"
+                    .into(),
+                got: "true".into(),
+            })?;
+            let w0 = w0.to_dtype(layer.dtype)?.to_device(&layer.device)?.detach();
+            // B = 0, so ‖W0 + s·B·A‖ = ‖W0‖.
+            let magnitude = Var::from_tensor(&row_norms(&w0)?)?;
+            Some(Dora { magnitude, w0 })
+        } else {
+            None
+        };
         Ok(Self {
+            dora,
             a: Var::from_tensor(&a)?,
             b: Var::from_tensor(&b)?,
             scaling: config.scaling(),
@@ -55,6 +84,20 @@ impl LoraLayer {
     }
 }
 
+impl LoraLayer {
+    /// DoRA's per-output factor `m / ‖W0 + s·B·A‖`, `(1, out)`, the norm without gradient.
+    fn dora_scale(&self, dora: &Dora) -> Result<Tensor> {
+        let delta = (self.b.as_tensor().matmul(self.a.as_tensor())? * self.scaling)?;
+        let norm = row_norms(&(&dora.w0 + delta.detach())?)?;
+        Ok((dora.magnitude.as_tensor() / norm)?.unsqueeze(0)?)
+    }
+}
+
+/// The L2 norm of each row of `w: (out, in)`, `(out)`.
+fn row_norms(w: &Tensor) -> Result<Tensor> {
+    Ok(w.sqr()?.sum(1)?.sqrt()?)
+}
+
 impl Adapter for LoraLayer {
     fn method(&self) -> &'static str {
         "lora"
@@ -76,11 +119,27 @@ impl Adapter for LoraLayer {
         // Scaling B (out × r) instead of the output (tokens × out) saves a pass over the
         // activations forward and backward.
         let b = (self.b.as_tensor() * self.scaling)?;
-        Ok(h.matmul(&b.t()?)?)
+        let lora = h.matmul(&b.t()?)?;
+        let Some(dora) = &self.dora else {
+            return Ok(lora);
+        };
+        // PEFT's DoRA term: (m/‖W0 + s·B·A‖ − 1)·(x·W0ᵀ) + m/‖W0 + s·B·A‖ · s·x·Aᵀ·Bᵀ, the norm
+        // detached (DoRA §4.3); the layer adds x·W0ᵀ + b itself.
+        let scale = self.dora_scale(dora)?;
+        let base = crate::ops::frozen_linear(&x, &dora.w0, None)?;
+        let lora = lora.broadcast_mul(&scale)?;
+        Ok((base.broadcast_mul(&(scale - 1.0)?)? + lora)?)
     }
 
     fn delta_weight(&self) -> Result<Tensor> {
-        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scaling)?)
+        let delta = (self.b.as_tensor().matmul(self.a.as_tensor())? * self.scaling)?;
+        let Some(dora) = &self.dora else {
+            return Ok(delta);
+        };
+        // W' − W0 with W' = (m/‖W0 + ΔW‖) ⊙ (W0 + ΔW), rows scaled.
+        let scale = self.dora_scale(dora)?;
+        let adapted = (&dora.w0 + delta)?.broadcast_mul(&scale.t()?)?;
+        Ok((adapted - &dora.w0)?)
     }
 
     fn describe(&self) -> String {
@@ -89,7 +148,11 @@ impl Adapter for LoraLayer {
         } else {
             ""
         };
-        format!("LoRA r={} α={}{rs}", self.config.r, self.config.lora_alpha)
+        let dora = if self.dora.is_some() { " DoRA" } else { "" };
+        format!(
+            "LoRA r={} α={}{rs}{dora}",
+            self.config.r, self.config.lora_alpha
+        )
     }
 
     fn as_lora(&self) -> Result<Option<LoraFactors>> {
@@ -98,14 +161,23 @@ impl Adapter for LoraLayer {
             b: self.b.as_tensor().copy()?,
             lora_alpha: self.config.lora_alpha,
             use_rslora: self.config.use_rslora,
+            magnitude: self
+                .dora
+                .as_ref()
+                .map(|d| d.magnitude.as_tensor().copy())
+                .transpose()?,
         }))
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {
-        vec![
+        let mut out = vec![
             ("lora_A.weight".into(), self.a.clone()),
             ("lora_B.weight".into(), self.b.clone()),
-        ]
+        ];
+        if let Some(d) = &self.dora {
+            out.push(("lora_magnitude_vector".into(), d.magnitude.clone()));
+        }
+        out
     }
 
     fn config(&self) -> serde_json::Value {

@@ -11,6 +11,7 @@ fn spec(in_features: usize, out_features: usize) -> LayerSpec {
         out_features,
         dtype: DType::F32,
         device: Device::Cpu,
+        weight: None,
     }
 }
 

@@ -54,6 +54,7 @@ impl Adapter for LorettaRepLayer {
             b: self.b.delta_weight()?,
             lora_alpha: self.config.lora_alpha,
             use_rslora: false,
+            magnitude: None,
         }))
     }
 

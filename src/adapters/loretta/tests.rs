@@ -9,6 +9,7 @@ fn spec(in_f: usize, out_f: usize) -> LayerSpec {
         out_features: out_f,
         dtype: DType::F64,
         device: Device::Cpu,
+        weight: None,
     }
 }
 

@@ -137,6 +137,7 @@ impl Adapter for TtLoraLayer {
             b,
             lora_alpha: r as f64,
             use_rslora: false,
+            magnitude: None,
         }))
     }
 
