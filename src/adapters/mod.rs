@@ -54,6 +54,20 @@ pub struct LayerSpec {
     pub weight: Option<Tensor>,
 }
 
+impl LayerSpec {
+    /// The spec of an existing layer: its sizes, dtype, device and weight.
+    pub fn for_layer(layer: &Linear) -> Self {
+        let w = layer.weight();
+        Self {
+            in_features: layer.in_features(),
+            out_features: layer.out_features(),
+            dtype: w.dtype(),
+            device: w.device().clone(),
+            weight: Some(w.clone()),
+        }
+    }
+}
+
 /// Where a method's trainable tensors sit in the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {

@@ -120,14 +120,19 @@ impl Targeting {
         self.targets.matches(path) && !self.exclude.as_ref().is_some_and(|e| e.matches(path))
     }
 
-    /// `base` with the fields of the first override whose key matches `path` (in key order).
+    /// `base` with the fields of the overrides whose keys match `path`; a field two matching
+    /// overrides set comes from the first in key order (PEFT resolves `rank_pattern` and
+    /// `alpha_pattern` each by its first matching key, independently).
     pub fn config_for(&self, path: &str, base: &serde_json::Value) -> serde_json::Value {
         let mut cfg = base.clone();
-        if let Some((_, _, extra)) = self.overrides.iter().find(|(_, re, _)| re.is_match(path))
-            && let (Some(dst), Some(src)) = (cfg.as_object_mut(), extra.as_object())
-        {
-            for (k, v) in src {
-                dst.insert(k.clone(), v.clone());
+        let mut set = std::collections::BTreeSet::new();
+        for (_, _, extra) in self.overrides.iter().filter(|(_, re, _)| re.is_match(path)) {
+            if let (Some(dst), Some(src)) = (cfg.as_object_mut(), extra.as_object()) {
+                for (k, v) in src {
+                    if set.insert(k.clone()) {
+                        dst.insert(k.clone(), v.clone());
+                    }
+                }
             }
         }
         cfg
@@ -167,13 +172,7 @@ pub fn inject(
         if !targeting.matches(&path) {
             continue;
         }
-        let spec = LayerSpec {
-            in_features: layer.in_features(),
-            out_features: layer.out_features(),
-            dtype: layer.weight().dtype(),
-            device: layer.weight().device().clone(),
-            weight: Some(layer.weight().clone()),
-        };
+        let spec = LayerSpec::for_layer(layer);
         let cfg = targeting.config_for(&path, base_config);
         let adapter = method
             .build(&cfg, &spec, rng)
@@ -280,6 +279,27 @@ mod tests {
             json!({"rank": 2, "alpha": 8.0})
         );
         assert_eq!(t.config_for(PATHS[0], &base), base);
+    }
+
+    #[test]
+    fn every_matching_override_contributes_its_fields_first_key_first() {
+        // PEFT resolves rank_pattern and alpha_pattern independently: a rank from one key and
+        // an α from another both apply to a module both match.
+        let mut o = BTreeMap::new();
+        o.insert("value".to_string(), json!({"rank": 2}));
+        o.insert(
+            "layer.0.attention.self.value".to_string(),
+            json!({"alpha": 32.0}),
+        );
+        o.insert("v.*".to_string(), json!({"rank": 9}));
+        let t = Targeting::new(&ModuleSet::names(&["value"]), None, &o).unwrap();
+        let base = json!({"rank": 5, "alpha": 8.0});
+        // Key order: "layer.0…" (α 32), "v.*" (rank 9; matches the whole name `value` only as
+        // the last path segment), "value" (rank 2, shadowed for rank).
+        assert_eq!(
+            t.config_for(PATHS[2], &base),
+            json!({"rank": 9, "alpha": 32.0})
+        );
     }
 
     #[test]

@@ -259,13 +259,7 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
             continue;
         };
         found.insert(cfg_path.clone());
-        let spec = crate::adapters::LayerSpec {
-            in_features: layer.in_features(),
-            out_features: layer.out_features(),
-            dtype: layer.weight().dtype(),
-            device: layer.weight().device().clone(),
-            weight: Some(layer.weight().clone()),
-        };
+        let spec = crate::adapters::LayerSpec::for_layer(layer);
         let (adapter, keys) = restore_adapter(folder, cfg_path, module_cfg, &spec)?;
         for k in keys {
             if let Some((k, _)) = folder.tensors.get_key_value(&k) {
@@ -326,13 +320,15 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
             "belongs to no adapted module or saved head tensor".into(),
         ));
     }
-    for (var, t) in head_updates {
-        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-    }
+    // Virtual tokens first: attaching them checks the architecture and their width, and a
+    // refusal must leave the model as it was.
     if let Some((placement, t)) = virtual_tokens {
         let spec = model.virtual_spec();
         let t = t.to_dtype(spec.dtype)?.to_device(&spec.device)?;
         model.set_virtual_tokens(Some((placement, candle_core::Var::from_tensor(&t)?)))?;
+    }
+    for (var, t) in head_updates {
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     let mut base_updates: BTreeMap<String, Tensor> = base_updates.into_iter().collect();
     for (name, t) in model.base_tensors_mut() {

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use crate::adapters::LayerSpec;
@@ -83,16 +83,20 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
                      ttlora) and its config does not imply the layer's shape"
                 ),
             })?;
+        // DoRA's update depends on the base weight, which is not at hand: restore its tensors
+        // against a stand-in and report no ΔW.
+        let needs_base = module_cfg.get("use_dora").and_then(Value::as_bool) == Some(true);
+        let stand_in = Tensor::zeros((out_features, in_features), DType::F32, &Device::Cpu)?;
         let spec = LayerSpec {
             in_features,
             out_features,
             dtype: DType::F32,
             device: Device::Cpu,
-            weight: None,
+            weight: needs_base.then_some(stand_in),
         };
         let (adapter, keys) = restore_adapter(&folder, path, module_cfg, &spec)?;
         used.extend(keys);
-        let (effective_rank, delta_norm) = if adapter.serial() {
+        let (effective_rank, delta_norm) = if adapter.serial() || needs_base {
             (None, None)
         } else {
             let sv = singular_values(&adapter.delta_weight()?)?;
@@ -122,10 +126,10 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
     let head_params = head_keys
         .iter()
         .filter_map(|k| folder.tensors.get(k))
-        .map(candle_core::Tensor::elem_count)
+        .map(Tensor::elem_count)
         .sum();
     // What no module owns: virtual tokens, or a full fine-tune's base tensors.
-    let rest: Vec<(&String, &candle_core::Tensor)> = folder
+    let rest: Vec<(&String, &Tensor)> = folder
         .tensors
         .iter()
         .filter(|(k, _)| !used.contains(*k) && !head_keys.contains(*k))

@@ -1,7 +1,7 @@
 //! Adam and AdamW with inspectable state, so a run can be checkpointed and resumed exactly
 //! (candle-nn's optimizers keep their moments private).
 
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -64,7 +64,11 @@ impl Adam {
             .iter()
             .map(|v| v.zeros_like())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Separate storage: the moments are updated in place.
+        let v = vars
+            .iter()
+            .map(|v| v.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             params,
             vars,
@@ -92,14 +96,19 @@ impl Adam {
             // moments built from it would keep every step's graph alive (measured: +1.9 GB
             // per full fine-tuning step before this).
             let g = &g.detach();
+            let wd = if p.kind == OptimizerKind::AdamW {
+                1.0 - lr * p.weight_decay
+            } else {
+                1.0
+            };
+            if fused_step(var, &self.m[i], &self.v[i], g, p, (bc1, bc2, wd, lr))? {
+                continue;
+            }
             let m = ((&self.m[i] * p.beta1)? + (g * (1.0 - p.beta1))?)?;
             let v = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let denom = ((&v / bc2)?.sqrt()? + p.eps)?;
             let update = ((&m / bc1)? / denom)?;
-            let mut theta = var.as_tensor().clone();
-            if p.kind == OptimizerKind::AdamW && p.weight_decay > 0.0 {
-                theta = (theta * (1.0 - lr * p.weight_decay))?;
-            }
+            let theta = (var.as_tensor() * wd)?;
             var.set(&(theta - (update * lr)?)?)?;
             self.m[i] = m;
             self.v[i] = v;
@@ -136,6 +145,146 @@ impl Adam {
         self.step = step;
         self.m = m;
         self.v = v;
+        Ok(())
+    }
+}
+
+/// The whole update for one variable in three passes over memory and no allocation, in
+/// place, where every tensor is a contiguous f32/f64 CPU tensor of the same size; `false`
+/// (nothing done) otherwise, and the caller composes candle ops. Composed, AdamW is thirteen
+/// element-wise ops each allocating a variable-sized buffer: about a fifth of a full
+/// fine-tuning step of MiniLM (22.6 M parameters) in a `perf` profile.
+fn fused_step(
+    var: &Var,
+    m: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    p: AdamParams,
+    (bc1, bc2, wd, lr): (f64, f64, f64, f64),
+) -> Result<bool> {
+    let theta = var.as_tensor();
+    let fits = |t: &Tensor| {
+        t.device().is_cpu()
+            && t.is_contiguous()
+            && t.dtype() == theta.dtype()
+            && t.elem_count() == theta.elem_count()
+    };
+    if !matches!(theta.dtype(), DType::F32 | DType::F64) || ![theta, m, v, g].into_iter().all(fits)
+    {
+        return Ok(false);
+    }
+    m.inplace_op2(
+        g,
+        &Moment {
+            beta: p.beta1,
+            square: false,
+        },
+    )?;
+    v.inplace_op2(
+        g,
+        &Moment {
+            beta: p.beta2,
+            square: true,
+        },
+    )?;
+    theta.inplace_op3(
+        m,
+        v,
+        &Update {
+            bc1,
+            bc2,
+            eps: p.eps,
+            wd,
+            lr,
+        },
+    )?;
+    Ok(true)
+}
+
+/// `m ← β·m + (1 − β)·g` (or `g²` for the second moment), in place.
+struct Moment {
+    beta: f64,
+    square: bool,
+}
+
+/// `θ ← θ·wd − lr·(m/bc1)/(√(v/bc2) + ε)`, in place.
+struct Update {
+    bc1: f64,
+    bc2: f64,
+    eps: f64,
+    wd: f64,
+    lr: f64,
+}
+
+/// The contiguous elements a layout covers.
+fn span(l: &Layout) -> candle_core::Result<std::ops::Range<usize>> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(start..end),
+        None => candle_core::bail!("adam: a non-contiguous tensor"),
+    }
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adam-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        g: &CpuStorage,
+        g_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let (b, square) = (self.beta, self.square);
+        macro_rules! run {
+            ($m:expr, $g:expr, $t:ty) => {{
+                let (b, c) = (b as $t, (1.0 - b) as $t);
+                let m = &mut $m[span(dst_l)?];
+                for (m, &g) in m.iter_mut().zip(&$g[span(g_l)?]) {
+                    *m = b * *m + c * if square { g * g } else { g };
+                }
+            }};
+        }
+        match (dst, g) {
+            (CpuStorage::F32(m), CpuStorage::F32(g)) => run!(m, g, f32),
+            (CpuStorage::F64(m), CpuStorage::F64(g)) => run!(m, g, f64),
+            _ => candle_core::bail!("adam-moment: f32 or f64 of one dtype"),
+        }
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adam-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        m_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<()> {
+        macro_rules! run {
+            ($t:expr, $m:expr, $v:expr, $ty:ty) => {{
+                let (bc1, bc2) = (self.bc1 as $ty, self.bc2 as $ty);
+                let (eps, wd, lr) = (self.eps as $ty, self.wd as $ty, self.lr as $ty);
+                let t = &mut $t[span(dst_l)?];
+                let (m, v) = (&$m[span(m_l)?], &$v[span(v_l)?]);
+                for ((t, &m), &v) in t.iter_mut().zip(m).zip(v) {
+                    *t = *t * wd - lr * (m / bc1) / ((v / bc2).sqrt() + eps);
+                }
+            }};
+        }
+        match (dst, m, v) {
+            (CpuStorage::F32(t), CpuStorage::F32(m), CpuStorage::F32(v)) => run!(t, m, v, f32),
+            (CpuStorage::F64(t), CpuStorage::F64(m), CpuStorage::F64(v)) => run!(t, m, v, f64),
+            _ => candle_core::bail!("adam-update: f32 or f64 of one dtype"),
+        }
         Ok(())
     }
 }

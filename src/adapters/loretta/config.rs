@@ -16,9 +16,11 @@ pub struct LorettaRepConfig {
     pub lora_alpha: f64,
     /// Rank of the inner bonds of both trains. Default 5.
     pub tensor_rank: usize,
-    /// A's train (TT-LoRA's config of an `(r, in)` matrix); planned when absent.
+    /// A's train (TT-LoRA's config of an `(r, in)` matrix: factors, ranks, path); planned when
+    /// absent. Its `alpha` and `init` are always the method's (1; A a TT-SVD of a Kaiming-uniform
+    /// matrix, B zero): the fields are there because a train config has them, not as options.
     pub a: Option<TtLoraConfig>,
-    /// B's train (of an `(out, r)` matrix); planned when absent.
+    /// B's train (of an `(out, r)` matrix), as for `a`.
     pub b: Option<TtLoraConfig>,
 }
 
@@ -112,9 +114,10 @@ pub struct LorettaAdpConfig {
     pub scaling: f64,
     /// Rank of the inner bonds of both trains. Default 5.
     pub tensor_rank: usize,
-    /// The down projection's train (an `(m, h)` matrix); planned when absent.
+    /// The down projection's train (an `(m, h)` matrix); planned when absent. Its `alpha` and
+    /// `init` are the method's (1; down a TT-SVD of a Kaiming-uniform matrix, up zero).
     pub down: Option<TtLoraConfig>,
-    /// The up projection's train (an `(h, m)` matrix); planned when absent.
+    /// The up projection's train (an `(h, m)` matrix), as for `down`.
     pub up: Option<TtLoraConfig>,
 }
 

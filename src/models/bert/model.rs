@@ -336,7 +336,18 @@ impl Bert {
         // Prompt tokens take positions, and HF shifts positions past a prefix.
         let reserved = prompt_len + self.prefix_len();
         let max = cfg.max_seq_len().saturating_sub(reserved);
-        let (b_sz, seq_len) = check_input(input, Some(max))?;
+        let (b_sz, seq_len) = check_input(input, None)?;
+        if seq_len > max {
+            return Err(Error::TensorShape {
+                op: if reserved > 0 {
+                    "input_ids (longer than the position table less the virtual tokens)"
+                } else {
+                    "input_ids (longer than the model's position table)"
+                },
+                expected: vec![b_sz, max],
+                got: vec![b_sz, seq_len],
+            });
+        }
         let h = cfg.hidden_size;
         let e = &self.embeddings;
         let flat = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::U32)?.flatten_all()?) };

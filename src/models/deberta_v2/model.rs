@@ -412,8 +412,6 @@ impl Layer {
 struct Conv {
     /// `(hidden, hidden, kernel)` as stored.
     weight: Tensor,
-    /// `weight[:, :, t]`, `(hidden, hidden)` each.
-    taps: Vec<Tensor>,
     bias: Tensor,
     norm: Norm,
 }
@@ -422,10 +420,8 @@ impl Conv {
     fn load(ld: &mut Loader, cfg: &DebertaV2Config) -> Result<Self> {
         let (h, k) = (cfg.hidden_size, cfg.conv_kernel_size);
         let weight = ld.tensor("encoder.conv.conv.weight", &[h, h, k], Init::Normal)?;
-        let taps = conv_taps(&weight)?;
         Ok(Self {
             weight,
-            taps,
             bias: ld.tensor("encoder.conv.conv.bias", &[h], Init::Normal)?,
             norm: norm(ld, "encoder.conv.LayerNorm", cfg)?,
         })
@@ -442,15 +438,10 @@ impl Conv {
         train: bool,
     ) -> Result<Tensor> {
         let (_, seq_len, _) = embedded.dims3()?;
-        // Under full fine-tuning the weight is a `Var` and its taps are taken from it each
-        // pass, so its gradient flows; frozen, the taps cut once at load are used.
-        let fresh_taps;
-        let taps = if self.weight.is_variable() {
-            fresh_taps = conv_taps(&self.weight)?;
-            &fresh_taps
-        } else {
-            &self.taps
-        };
+        // The taps are cut from the weight each pass (k small copies), so they always follow
+        // it: trained in place as a `Var` under full fine-tuning, or replaced by a loaded
+        // full fine-tune.
+        let taps = conv_taps(&self.weight)?;
         let k = taps.len();
         let pad = (k - 1) / 2;
         let padded = embedded.pad_with_zeros(1, pad, k - 1 - pad)?;

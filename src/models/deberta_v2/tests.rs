@@ -952,3 +952,73 @@ fn one_sgd_step_on_adapters_lowers_the_loss() {
     let after = loss(model.as_ref()).to_scalar::<f32>().unwrap();
     assert!(after < before.to_scalar::<f32>().unwrap());
 }
+
+#[test]
+fn a_full_fine_tune_with_the_conv_reloads_to_the_same_outputs() {
+    // The conv's taps must follow a replaced weight (they are cut from it each pass).
+    use crate::adapters::{method, resolved_config};
+    use crate::models::Model;
+    use crate::models::adapted::{AdapterMeta, collect, load_into};
+    use crate::models::attach::{attach, placing, trainable_vars};
+    let cfg = v2_full();
+    let build = || {
+        DebertaV2ForSequenceClassification::random(
+            &cfg,
+            2,
+            Pooling::Cls,
+            DType::F32,
+            &Device::Cpu,
+            4,
+        )
+        .unwrap()
+    };
+    let mut model = build();
+    let m = method("full").unwrap();
+    let mcfg = resolved_config(m, &serde_json::json!({}));
+    let p = placing(m, &mcfg, &model, None, None, &Default::default()).unwrap();
+    attach(
+        &mut model,
+        m,
+        &mcfg,
+        &p,
+        "default",
+        &mut crate::adapters::seeded_rng(1),
+    )
+    .unwrap();
+    // Move every trained tensor, the conv weight included.
+    for (_, v) in trainable_vars(&model) {
+        let t = v.as_tensor();
+        v.set(&(t + Tensor::randn(0f32, 0.05, t.shape(), t.device()).unwrap()).unwrap())
+            .unwrap();
+    }
+    let input = tiny_batch(&Device::Cpu);
+    let trained = model.forward(&input, false).unwrap();
+    let meta = AdapterMeta {
+        method: "full".into(),
+        base_model: String::new(),
+        base_model_config_sha256: String::new(),
+        config: serde_json::json!({}),
+        target_modules: serde_json::Value::Null,
+        exclude_modules: None,
+        overrides: Default::default(),
+        save_head: true,
+        task: None,
+    };
+    let folder = collect(&model, "default", &meta).unwrap();
+    assert!(
+        folder
+            .tensors
+            .keys()
+            .any(|k| k.ends_with("encoder.conv.conv.weight"))
+    );
+    let mut fresh = build();
+    load_into(&mut fresh, &folder, "default").unwrap();
+    let reloaded = fresh.forward(&input, false).unwrap();
+    let d = (trained - reloaded)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+}
