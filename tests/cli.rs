@@ -656,5 +656,23 @@ fn every_method_trains_saves_evaluates_and_inspects_from_the_cli() {
             assert!(!merged.exists());
         }
     }
+    // The paper's table of those runs: one row per method, SST-2 filled, the rest empty.
+    let o = ttlora(&["summarize", "--by-method", s(&model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    for method in [
+        "full",
+        "adapter",
+        "loretta-rep",
+        "loretta-adp",
+        "prefix",
+        "prompt",
+    ] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {method} |")))
+            .unwrap_or_else(|| panic!("no row for {method} in {table}"));
+        assert!(row.contains(" (1) | — | — | — | — |"), "{row}");
+    }
     let _ = std::fs::remove_dir_all(&model);
 }

@@ -15,6 +15,10 @@ use ttlora::train::results;
 pub struct SummarizeArgs {
     /// Folder whose sub-folders are `ttlora train --out` folders.
     dir: PathBuf,
+    /// The paper's layout instead: methods in rows, the five GLUE tasks in columns (primary
+    /// metric), with trainable parameters, file size, time and peak memory.
+    #[arg(long)]
+    by_method: bool,
 }
 
 /// Runs `ttlora summarize`.
@@ -23,8 +27,11 @@ pub fn run(a: SummarizeArgs) -> Result<()> {
     if runs.is_empty() {
         bail!("{}: no */eval_results.json found", a.dir.display());
     }
-    std::io::stdout()
-        .lock()
-        .write_all(results::markdown_table(&runs).as_bytes())?;
+    let table = if a.by_method {
+        results::pivot_table(&runs)
+    } else {
+        results::markdown_table(&runs)
+    };
+    std::io::stdout().lock().write_all(table.as_bytes())?;
     Ok(())
 }

@@ -215,6 +215,81 @@ pub fn markdown_table(runs: &[RunRecord]) -> String {
     out
 }
 
+/// The tasks of the paper's GLUE table, in its column order.
+const PIVOT_TASKS: [&str; 5] = ["sst2", "mrpc", "cola", "rte", "stsb"];
+
+/// The paper's layout: one row per method (and configuration), one column per task holding
+/// the primary dev metric as mean ± std (n seeds), then the adapter's trainable parameters,
+/// its largest saved weights file, the mean wall time per run and the largest peak RSS over
+/// all its runs. A method run with several configurations gets a numbered row each, listed
+/// under the table. Tasks outside the paper's five are left out.
+pub fn pivot_table(runs: &[RunRecord]) -> String {
+    let mut groups: BTreeMap<(String, String), Vec<&RunRecord>> = BTreeMap::new();
+    for r in runs
+        .iter()
+        .filter(|r| PIVOT_TASKS.contains(&r.task.as_str()))
+    {
+        groups
+            .entry((r.method.clone(), r.config.clone()))
+            .or_default()
+            .push(r);
+    }
+    let mut per_method: BTreeMap<&str, usize> = BTreeMap::new();
+    for (method, _) in groups.keys() {
+        *per_method.entry(method.as_str()).or_default() += 1;
+    }
+    let mut out = String::from("| method |");
+    for t in PIVOT_TASKS {
+        let _ = write!(out, " {t} |");
+    }
+    out.push_str(" trainable params | file KiB | wall s / run | peak RSS MiB |\n|---|");
+    out.push_str(&"---:|".repeat(PIVOT_TASKS.len() + 4));
+    out.push('\n');
+    let mut legend = String::new();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for ((method, config), rs) in &groups {
+        let label = if per_method[method.as_str()] > 1 {
+            let k = seen.entry(method.as_str()).or_default();
+            *k += 1;
+            let _ = writeln!(legend, "- {method} ({k}): `{config}`");
+            format!("{method} ({k})")
+        } else {
+            let _ = writeln!(legend, "- {method}: `{config}`");
+            method.clone()
+        };
+        let _ = write!(out, "| {label} |");
+        for t in PIVOT_TASKS {
+            let xs: Vec<f64> = rs
+                .iter()
+                .filter(|r| r.task == t)
+                .filter_map(|r| r.dev_metrics.get(&r.primary_metric).map(|x| 100.0 * x))
+                .collect();
+            if xs.is_empty() {
+                out.push_str(" — |");
+            } else {
+                let (m, sd) = mean_std(&xs);
+                let _ = write!(out, " {m:.1} ± {sd:.1} ({}) |", xs.len());
+            }
+        }
+        let file = rs.iter().filter_map(|r| r.adapter_file_bytes).max();
+        let rss = rs
+            .iter()
+            .filter_map(|r| r.peak_rss_mib)
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let (wall, _) = mean_std(&rs.iter().map(|r| r.wall_s).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            " {} | {} | {wall:.0} | {} |",
+            rs[0].adapter_params,
+            file.map_or_else(|| "?".into(), |b| format!("{:.0}", b as f64 / 1024.0)),
+            rss.map_or_else(|| "?".into(), |m| format!("{m:.0}")),
+        );
+    }
+    out.push('\n');
+    out.push_str(&legend);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +356,46 @@ mod tests {
             t.contains("accuracy 50.00 ± 0.00 | ? | 2365 × ? | ? |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn pivot_puts_methods_in_rows_and_tasks_in_columns() {
+        let rec = |task: &str, method: &str, config: &str, seed: u64, x: f64| RunRecord {
+            path: PathBuf::new(),
+            task: task.into(),
+            method: method.into(),
+            config: config.into(),
+            seed: Some(seed),
+            primary_metric: "accuracy".into(),
+            dev_metrics: BTreeMap::from([("accuracy".to_string(), x)]),
+            adapter_params: 100,
+            head_params: 2,
+            wall_s: 10.0,
+            peak_rss_mib: Some(300.0 + seed as f64),
+            adapter_file_bytes: Some(2048),
+            train_examples: 10,
+            epochs: Some(1),
+            lr: Some(1e-3),
+        };
+        let t = pivot_table(&[
+            rec("rte", "lora", "{}", 1, 0.5),
+            rec("rte", "lora", "{}", 2, 0.7),
+            rec("sst2", "lora", "{}", 1, 0.9),
+            rec("rte", "adapter", "{\"variant\":\"a\"}", 1, 0.6),
+            rec("rte", "adapter", "{\"variant\":\"b\"}", 1, 0.4),
+            rec("qqp", "lora", "{}", 1, 0.1),
+        ]);
+        assert!(
+            t.contains(
+                "| lora | 90.0 ± 0.0 (1) | — | — | 60.0 ± 14.1 (2) | — | 100 | 2 | 10 | 302 |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("| adapter (1) |") && t.contains("| adapter (2) |"),
+            "{t}"
+        );
+        assert!(t.contains("- adapter (2): `{\"variant\":\"b\"}`"), "{t}");
+        assert!(!t.contains("qqp"), "{t}");
     }
 }
