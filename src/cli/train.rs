@@ -61,7 +61,8 @@ pub struct TrainArgs {
     #[arg(long)]
     regression: bool,
 
-    /// Method: ttlora, lora or full (`ttlora methods` lists them with their configs).
+    /// Method: ttlora, lora, loretta-rep, adapter, loretta-adp, prefix, prompt or full
+    /// (`ttlora methods` lists them with their config fields and defaults).
     #[arg(long, default_value = "ttlora")]
     method: String,
     /// The method's rank: TT rank (ttlora), LoRA rank r (lora).
@@ -119,7 +120,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
     /// Peak learning rate. Default: the method's (5e-3 for ttlora, lora and loretta-rep,
-    /// 1e-3 for the bottleneck adapters, 5e-5 for full fine-tuning).
+    /// 1e-3 for the bottleneck adapters, 1e-2 for prefix and prompt, 5e-5 for full).
     #[arg(long)]
     lr: Option<f64>,
     /// adamw or adam.
