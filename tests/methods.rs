@@ -155,15 +155,8 @@ fn check_save_load_round_trip(name: &str, config: serde_json::Value) {
     let (model, _) = adapted(name, &config);
     train_steps(model.as_ref());
     let meta = AdapterMeta {
-        method: name.into(),
-        base_model: "tiny".into(),
-        base_model_config_sha256: String::new(),
         config: config.clone(),
-        target_modules: serde_json::Value::Null,
-        exclude_modules: None,
-        overrides: Default::default(),
-        save_head: true,
-        task: None,
+        ..AdapterMeta::bare(name)
     };
     let dir = std::env::temp_dir().join(format!(
         "ttlora-matrix-{}-{}",

@@ -458,17 +458,7 @@ fn reads_a_peft_dora_folder_and_reproduces_its_logits_merged_and_unmerged() {
     let d = max_diff(&logits(model.as_ref()), &e["adapted_logits"]);
     assert!(d < SAME_AS_TORCH, "DoRA differs from PEFT by {d}");
     // Written back as PEFT LoRA with use_dora, it reads and computes the same.
-    let meta = AdapterMeta {
-        method: "lora".into(),
-        base_model: String::new(),
-        base_model_config_sha256: String::new(),
-        config: serde_json::json!({}),
-        target_modules: serde_json::Value::Null,
-        exclude_modules: None,
-        overrides: Default::default(),
-        save_head: true,
-        task: None,
-    };
+    let meta = AdapterMeta::bare("lora");
     let out = temp("dora-out");
     to_peft_lora(model.as_ref(), "default", &meta)
         .unwrap()

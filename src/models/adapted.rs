@@ -35,6 +35,24 @@ pub struct AdapterMeta {
     pub task: Option<crate::io::TaskInfo>,
 }
 
+impl AdapterMeta {
+    /// The record of an adapter of `method` made outside a training run: no base model
+    /// name or hash, the default config, no targeting record, the head saved, no task.
+    pub fn bare(method: &str) -> Self {
+        Self {
+            method: method.into(),
+            base_model: String::new(),
+            base_model_config_sha256: String::new(),
+            config: serde_json::json!({}),
+            target_modules: serde_json::Value::Null,
+            exclude_modules: None,
+            overrides: BTreeMap::new(),
+            save_head: true,
+            task: None,
+        }
+    }
+}
+
 /// Every layer of `model` carrying the adapter called `adapter_name`: its path, the layer and
 /// that adapter, in the model's layer order.
 pub fn adapters_named<'m>(

@@ -993,17 +993,7 @@ fn a_full_fine_tune_with_the_conv_reloads_to_the_same_outputs() {
     }
     let input = tiny_batch(&Device::Cpu);
     let trained = model.forward(&input, false).unwrap();
-    let meta = AdapterMeta {
-        method: "full".into(),
-        base_model: String::new(),
-        base_model_config_sha256: String::new(),
-        config: serde_json::json!({}),
-        target_modules: serde_json::Value::Null,
-        exclude_modules: None,
-        overrides: Default::default(),
-        save_head: true,
-        task: None,
-    };
+    let meta = AdapterMeta::bare("full");
     let folder = collect(&model, "default", &meta).unwrap();
     assert!(
         folder
