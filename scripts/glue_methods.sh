@@ -8,7 +8,7 @@
 #   scripts/glue_methods.sh                       # everything, seeds 1 2 3
 #   SEEDS="1" TASKS="mrpc rte" METHODS="adapter-houlsby loretta-rep" scripts/glue_methods.sh
 #
-# Then: target/release/ttlora summarize runs/methods > table.md
+# Then: target/release/ttlora summarize --by-method runs/methods > table.md   (the paper's layout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
