@@ -21,10 +21,7 @@ RUNS=${RUNS:-2}
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 for seed in $SEEDS; do
   for task in $TASKS; do
-    case $task in
-      sst2) extra=(--max-train 20000 --epochs 1) ;;
-      *) extra=(--epochs 3) ;;
-    esac
+    task_args "$task"
     for variant in $METHODS; do
       case $variant in
         adapter-*) method=(--method adapter --adapter-config "{\"variant\":\"${variant#adapter-}\"}") ;;

@@ -21,12 +21,7 @@ RUNS=${RUNS:-2}
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 for seed in $SEEDS; do
   for task in $TASKS; do
-    # SST-2 has 67k training sentences: one epoch over a seeded 20k sample keeps a run near
-    # 5 minutes on 2 cores. The small tasks train on their full split for 3 epochs.
-    case $task in
-      sst2) extra=(--max-train 20000 --epochs 1) ;;
-      *) extra=(--epochs 3) ;;
-    esac
+    task_args "$task"
     for variant in $METHODS; do
       case $variant in
         ttlora-alpha*) method=(--method ttlora --alpha "${variant#ttlora-alpha}") ;;
