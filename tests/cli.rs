@@ -655,6 +655,15 @@ fn every_method_trains_saves_evaluates_and_inspects_from_the_cli() {
             assert_clear_error(&o, &["cannot be merged"]);
             assert!(!merged.exists());
         }
+        // Only the LoRA family has a PEFT LoRA form; the others say what to do instead.
+        let exported = model.join(format!("peft-{method}"));
+        let o = ttlora(&["export", "--adapter", s(&run), "--out", s(&exported)]);
+        if method == "loretta-rep" {
+            assert!(o.status.success(), "{method}: {}", stderr(&o));
+        } else {
+            assert_clear_error(&o, &[&format!("a {method} "), "has no LoRA form"]);
+            assert!(!exported.exists());
+        }
     }
     // The paper's table of those runs: one row per method, SST-2 filled, the rest empty.
     let o = ttlora(&["summarize", "--by-method", s(&model)]);

@@ -211,34 +211,50 @@ const H: usize = 32;
 const I: usize = 64;
 const LAYERS: usize = 2;
 
+/// The tiny BERT's embeddings: words, positions, token types, their layer norm.
+const EMBEDDINGS: usize = 100 * H + 64 * H + 2 * H + 2 * H;
+
 /// Every base tensor of the tiny BERT (with pooler; without the head).
 fn full_count() -> usize {
-    let embeddings = 100 * H + 64 * H + 2 * H + 2 * H;
     let layer = 4 * (H * H + H) + (I * H + I) + (H * I + H) + 2 * 2 * H;
-    embeddings + LAYERS * layer + (H * H + H)
+    EMBEDDINGS + LAYERS * layer + (H * H + H)
 }
 
-/// The parameters of a planned TT-LoRA train of an `(out, in)` matrix under `cfg`.
-fn train_params(cfg: &serde_json::Value, in_f: usize, out_f: usize) -> usize {
-    let c: ttlora::adapters::ttlora::TtLoraConfig = serde_json::from_value(cfg.clone()).unwrap();
-    c.shape_for(in_f, out_f).unwrap().num_params()
+/// The parameters of a tensor train with cores of these sizes and every inner bond `rank`:
+/// Σ r_{k-1}·s_k·r_k with r_0 = r_d = 1.
+fn tt_params(sizes: &[usize], rank: usize) -> usize {
+    let bond = |k: usize| if k == 0 || k == sizes.len() { 1 } else { rank };
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(k, s)| bond(k) * s * bond(k + 1))
+        .sum()
 }
 
-fn ttlora_count() -> usize {
-    // query and value in both layers, each a planned (32, 32) train of rank 5.
-    LAYERS * 2 * train_params(&serde_json::json!({}), H, H)
+// The planner's 6-core shapes at rank 5, fixed here so a planner change shows (core order
+// `in | reversed out`, as `ttlora shapes --in N --out M` prints them).
+/// (32, 32): [8,2,2|2,2,8].
+const TT_32_32: usize = 280;
+/// (8, 32) and (32, 8): [4,2,2,2|2,4] and [4,2|2,2,2,4].
+const TT_8_32: usize = 240;
+/// (2, 32) and (32, 2): [2,2,2,2,2|2] and [2|2,2,2,2,2].
+const TT_2_32: usize = 220;
+
+/// The hand sums above agree with the cores they name.
+#[test]
+fn tt_shape_constants_are_their_cores() {
+    assert_eq!(tt_params(&[8, 2, 2, 2, 2, 8], 5), TT_32_32);
+    assert_eq!(tt_params(&[4, 2, 2, 2, 2, 4], 5), TT_8_32);
+    assert_eq!(tt_params(&[2, 2, 2, 2, 2, 2], 5), TT_2_32);
 }
 
-fn loretta_rep_count() -> usize {
-    let rank = serde_json::json!({"rank": 5});
-    LAYERS * 2 * (train_params(&rank, H, 8) + train_params(&rank, 8, H))
-}
-
-fn loretta_adp_count() -> usize {
-    // Houlsby sites: 2 per layer; m = 32 / 16 = 2; two trains plus the biases m and h.
-    let rank = serde_json::json!({"rank": 5});
-    LAYERS * 2 * (train_params(&rank, H, 2) + train_params(&rank, 2, H) + 2 + H)
-}
+/// Query and value in both layers, each a (32, 32) train.
+const TTLORA_COUNT: usize = LAYERS * 2 * TT_32_32;
+/// Query and value in both layers: A (8, 32) and B (32, 8), each a train.
+const LORETTA_REP_COUNT: usize = LAYERS * 2 * (TT_8_32 + TT_8_32);
+/// Houlsby sites, 2 per layer; m = 32 / 16 = 2: down (2, 32) and up (32, 2) trains, and the
+/// biases m and h.
+const LORETTA_ADP_COUNT: usize = LAYERS * 2 * (TT_2_32 + TT_2_32 + 2 + H);
 
 macro_rules! matrix {
     ($($row:ident: $name:expr, $config:expr, params = $params:expr, identity = $identity:expr;)*) => {
@@ -276,6 +292,9 @@ macro_rules! matrix {
 
 matrix! {
     full: "full", serde_json::json!({}), params = full_count(), identity = 0.0;
+    // Embeddings frozen: words, positions, token types and their layer norm stay as loaded.
+    full_frozen_embeddings: "full", serde_json::json!({"freeze_embeddings": true}),
+        params = full_count() - EMBEDDINGS, identity = 0.0;
     lora: "lora", serde_json::json!({"r": 8}), params = LAYERS * 2 * (8 * H + H * 8), identity = 0.0;
     lora_dropout: "lora", serde_json::json!({"r": 4, "lora_dropout": 0.1}),
         params = LAYERS * 2 * (4 * H + H * 4), identity = 0.0;
@@ -286,13 +305,13 @@ matrix! {
     // DoRA: LoRA's factors plus one magnitude per output.
     lora_dora: "lora", serde_json::json!({"r": 4, "use_dora": true}),
         params = LAYERS * 2 * (4 * (H + H) + H), identity = 0.0;
-    tt_lora: "ttlora", serde_json::json!({}), params = ttlora_count(), identity = 0.0;
+    tt_lora: "ttlora", serde_json::json!({}), params = TTLORA_COUNT, identity = 0.0;
     adapter_houlsby: "adapter", serde_json::json!({"variant": "houlsby"}),
         params = LAYERS * 2 * (2 * H * 2 + 2 + H), identity = 1e-2;
     adapter_pfeiffer: "adapter", serde_json::json!({"variant": "pfeiffer", "non_linearity": "gelu"}),
         params = LAYERS * (2 * H * 2 + 2 + H), identity = 1e-2;
-    loretta_rep: "loretta-rep", serde_json::json!({}), params = loretta_rep_count(), identity = 0.0;
-    loretta_adp: "loretta-adp", serde_json::json!({}), params = loretta_adp_count(), identity = 0.0;
+    loretta_rep: "loretta-rep", serde_json::json!({}), params = LORETTA_REP_COUNT, identity = 0.0;
+    loretta_adp: "loretta-adp", serde_json::json!({}), params = LORETTA_ADP_COUNT, identity = 0.0;
     // Prompt learning changes the input from the start: no identity (an infinite tolerance).
     prompt: "prompt", serde_json::json!({"num_virtual_tokens": 5}), params = 5 * H,
         identity = f32::INFINITY;
@@ -300,6 +319,25 @@ matrix! {
         params = 3 * H, identity = f32::INFINITY;
     prefix: "prefix", serde_json::json!({"num_virtual_tokens": 4}), params = 4 * LAYERS * 2 * H,
         identity = f32::INFINITY;
+}
+
+#[test]
+fn lora_patterns_reach_the_layers_they_match() {
+    let config =
+        serde_json::json!({"r": 8, "rank_pattern": {"value": 2}, "alpha_pattern": {"value": 4.0}});
+    let (model, _) = adapted("lora", &config);
+    let lora =
+        ttlora::models::adapted::to_peft_lora(model.as_ref(), ADAPTER, &AdapterMeta::bare("lora"))
+            .unwrap();
+    assert_eq!(lora.modules.len(), LAYERS * 2);
+    for (path, m) in &lora.modules {
+        let expected = if path.ends_with(".value") {
+            (2, 4.0)
+        } else {
+            (8, 8.0)
+        };
+        assert_eq!((m.a.dims()[0], m.lora_alpha), expected, "{path}");
+    }
 }
 
 #[test]

@@ -23,7 +23,8 @@ pub enum Preset {
 
 /// Fine-tune a model with TT-LoRA (or LoRA) on a GLUE/SuperGLUE task or your own files.
 ///
-/// Trains adapters on the attention query/value projections by default, selects the best
+/// Trains the method's adapters where it places them by default (LoRA, TT-LoRA and
+/// LoRETTA-rep: the attention query/value projections; see `ttlora methods`), selects the best
 /// checkpoint on a seeded held-out slice of the training split, reports the official dev
 /// metric, and saves a PEFT-style adapter folder (adapter_config.json +
 /// adapter_model.safetensors) plus train_log.jsonl and eval_results.json in --out.
@@ -65,11 +66,13 @@ pub struct TrainArgs {
     /// (`ttlora methods` lists them with their config fields and defaults).
     #[arg(long, default_value = "ttlora")]
     method: String,
-    /// The method's rank: TT rank (ttlora), LoRA rank r (lora).
+    /// The method's rank: TT rank (ttlora), LoRA rank r (lora, loretta-rep: LoRETTA's tensor
+    /// rank is `tensor_rank` in --adapter-config). Other methods refuse it.
     #[arg(long)]
     rank: Option<usize>,
-    /// The method's scaling α (ttlora: ΔW·α, default 8; lora: α/r, default 8). TT-LoRA's
-    /// default was chosen between 8 and 64 on five GLUE tasks; see RESULTS.md.
+    /// The method's scaling α (ttlora: ΔW·α, default 8; lora and loretta-rep: α/r, default 8).
+    /// TT-LoRA's default was chosen between 8 and 64 on five GLUE tasks; see RESULTS.md.
+    /// Other methods refuse it.
     #[arg(long)]
     alpha: Option<f64>,
     /// TT-LoRA core shape in core order, e.g. "64,4,3|3,4,64" (default: planned per layer).

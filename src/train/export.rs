@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::adapters::{Method, Placement};
 use crate::error::{Error, Result};
 use crate::models::adapted::{AdapterMeta, to_peft_lora};
 use crate::models::merged::{merge_adapters, write_merged};
@@ -67,6 +68,9 @@ pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<Exp
     let mut ranks = BTreeSet::new();
     let modules = match format {
         ExportFormat::PeftLora => {
+            if let Some(why) = no_lora_form(crate::adapters::method(&cfg.method)?) {
+                return Err(Error::Training(why));
+            }
             let meta = AdapterMeta {
                 method: cfg.method.clone(),
                 base_model: inf.base_model.clone(),
@@ -104,6 +108,29 @@ pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<Exp
         ranks,
         files: list_files(out)?,
     })
+}
+
+/// Why an adapter of method `m` has no PEFT LoRA form and what to do instead, or `None`
+/// for the LoRA family (whose every shape is still checked module by module).
+fn no_lora_form(m: &dyn Method) -> Option<String> {
+    let name = m.name();
+    match m.placement() {
+        Placement::Parallel => None,
+        Placement::Serial => Some(format!(
+            "a {name} adapter has no LoRA form and, being non-linear, cannot be merged either; \
+             its folder (peft_type {}) is what ttlora eval/predict load",
+            m.peft_type()
+        )),
+        Placement::Base => Some(format!(
+            "a {name} fine-tune has no LoRA form; --format merged (or ttlora merge) writes it \
+             as a complete HF model folder"
+        )),
+        Placement::Prompt | Placement::Prefix => Some(format!(
+            "a {name} adapter has no LoRA form and cannot be merged; its folder already uses \
+             PEFT's {} layout, which PeftModel.from_pretrained loads as it is",
+            m.peft_type()
+        )),
+    }
 }
 
 /// The files in `dir` with their sizes, sorted by name.

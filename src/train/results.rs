@@ -16,8 +16,10 @@ pub struct RunRecord {
     pub task: String,
     /// Method name.
     pub method: String,
-    /// The config the run used, compact JSON without null fields (files written before
-    /// ttlora recorded `resolved_config`: the config as given, `{}` meaning the defaults).
+    /// The config the run used over this version's defaults for its method, compact JSON
+    /// without null fields: a field added since the run was made shows its default, so runs
+    /// of the same settings group together (files written before ttlora recorded
+    /// `resolved_config`: the config as given over the defaults).
     pub config: String,
     /// Seed (None in files written before ttlora recorded it).
     pub seed: Option<u64>,
@@ -75,14 +77,12 @@ pub fn read_run(path: &Path) -> Result<RunRecord> {
                 .collect()
         })
         .unwrap_or_default();
+    let method = s("/method")?;
     Ok(RunRecord {
         path: path.to_path_buf(),
         task: s("/task")?,
-        method: s("/method")?,
-        config: v
-            .pointer("/resolved_config")
-            .or_else(|| v.pointer("/method_config"))
-            .map_or_else(|| "{}".to_string(), compact_config),
+        config: run_config(&v, &method),
+        method,
         seed: v.pointer("/seed").and_then(serde_json::Value::as_u64),
         primary_metric: s("/primary_metric")?,
         dev_metrics,
@@ -104,6 +104,20 @@ pub fn read_run(path: &Path) -> Result<RunRecord> {
             .pointer("/train_config/lr")
             .and_then(serde_json::Value::as_f64),
     })
+}
+
+/// The recorded config of a run of `method` laid over the method's current defaults (as
+/// recorded when the method is unknown to this version).
+fn run_config(v: &serde_json::Value, method: &str) -> String {
+    let recorded = v
+        .pointer("/resolved_config")
+        .or_else(|| v.pointer("/method_config"))
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    match crate::adapters::method(method) {
+        Ok(m) => compact_config(&crate::adapters::resolved_config(m, &recorded)),
+        Err(_) => compact_config(&recorded),
+    }
 }
 
 /// A config as one-line JSON, null fields (unset options) left out.
@@ -149,6 +163,11 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// A learning rate as the tables print it (`5e-3`; `?` where not recorded).
+fn lr_label(lr: Option<f64>) -> String {
+    lr.map_or_else(|| "?".into(), |lr| format!("{lr:.0e}"))
+}
+
 fn or_unknown<T: std::fmt::Display>(x: Option<T>) -> String {
     x.map_or_else(|| "?".into(), |x| x.to_string())
 }
@@ -160,7 +179,7 @@ pub fn markdown_table(runs: &[RunRecord]) -> String {
     type Key = (String, String, String, String, String, usize);
     let mut groups: BTreeMap<Key, Vec<&RunRecord>> = BTreeMap::new();
     for r in runs {
-        let lr = r.lr.map_or_else(|| "?".into(), |lr| format!("{lr:.0e}"));
+        let lr = lr_label(r.lr);
         groups
             .entry((
                 r.task.clone(),
@@ -221,21 +240,21 @@ const PIVOT_TASKS: [&str; 5] = ["sst2", "mrpc", "cola", "rte", "stsb"];
 /// The paper's layout: one row per method (and configuration), one column per task holding
 /// the primary dev metric as mean ± std (n seeds), then the adapter's trainable parameters,
 /// its largest saved weights file, the mean wall time per run and the largest peak RSS over
-/// all its runs. A method run with several configurations gets a numbered row each, listed
-/// under the table. Tasks outside the paper's five are left out.
+/// all its runs. A method run with several configurations or learning rates gets a numbered
+/// row each; every row's learning rate and config are listed under the table. Tasks outside the paper's five are left out.
 pub fn pivot_table(runs: &[RunRecord]) -> String {
-    let mut groups: BTreeMap<(String, String), Vec<&RunRecord>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String, String), Vec<&RunRecord>> = BTreeMap::new();
     for r in runs
         .iter()
         .filter(|r| PIVOT_TASKS.contains(&r.task.as_str()))
     {
         groups
-            .entry((r.method.clone(), r.config.clone()))
+            .entry((r.method.clone(), r.config.clone(), lr_label(r.lr)))
             .or_default()
             .push(r);
     }
     let mut per_method: BTreeMap<&str, usize> = BTreeMap::new();
-    for (method, _) in groups.keys() {
+    for (method, _, _) in groups.keys() {
         *per_method.entry(method.as_str()).or_default() += 1;
     }
     let mut out = String::from("| method |");
@@ -247,16 +266,15 @@ pub fn pivot_table(runs: &[RunRecord]) -> String {
     out.push('\n');
     let mut legend = String::new();
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for ((method, config), rs) in &groups {
+    for ((method, config, lr), rs) in &groups {
         let label = if per_method[method.as_str()] > 1 {
             let k = seen.entry(method.as_str()).or_default();
             *k += 1;
-            let _ = writeln!(legend, "- {method} ({k}): `{config}`");
             format!("{method} ({k})")
         } else {
-            let _ = writeln!(legend, "- {method}: `{config}`");
             method.clone()
         };
+        let _ = writeln!(legend, "- {label}: lr {lr}, `{config}`");
         let _ = write!(out, "| {label} |");
         for t in PIVOT_TASKS {
             let xs: Vec<f64> = rs
@@ -303,19 +321,32 @@ mod tests {
     }
 
     #[test]
-    fn resolved_config_is_preferred_and_compacted() {
+    fn recorded_config_is_laid_over_the_current_defaults() {
         let dir = crate::models::test_util::temp_dir("results", "resolved");
         let path = dir.join("eval_results.json");
+        let lora = crate::adapters::method("lora").unwrap();
+        let current = |given| compact_config(&crate::adapters::resolved_config(lora, &given));
         let mut v = serde_json::json!({
-            "task": "rte", "method": "ttlora", "method_config": {},
+            "task": "rte", "method": "lora", "method_config": {},
             "primary_metric": "accuracy", "dev_metrics": {"accuracy": 0.5},
             "params": {"adapter": 10, "head": 2}, "wall_s": 1.0, "examples": [5, 1, 3]
         });
         std::fs::write(&path, v.to_string()).unwrap();
-        assert_eq!(read_run(&path).unwrap().config, "{}");
-        v["resolved_config"] = serde_json::json!({"alpha": 8.0, "ranks": null, "rank": 5});
+        assert_eq!(
+            read_run(&path).unwrap().config,
+            current(serde_json::json!({}))
+        );
+        // A run made before `use_dora` existed groups with today's run of the same settings.
+        v["resolved_config"] = serde_json::json!({"lora_alpha": 16.0, "r": 8, "lora_dropout": 0.0, "use_rslora": false});
         std::fs::write(&path, v.to_string()).unwrap();
-        assert_eq!(read_run(&path).unwrap().config, r#"{"alpha":8.0,"rank":5}"#);
+        let config = read_run(&path).unwrap().config;
+        assert_eq!(config, current(serde_json::json!({"lora_alpha": 16.0})));
+        assert!(config.contains(r#""use_dora":false"#), "{config}");
+        // A method this version does not know: the record as it is, null fields left out.
+        v["method"] = "retired".into();
+        v["resolved_config"] = serde_json::json!({"alpha": 8.0, "ranks": null});
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert_eq!(read_run(&path).unwrap().config, r#"{"alpha":8.0}"#);
     }
 
     #[test]
@@ -384,6 +415,11 @@ mod tests {
             rec("rte", "adapter", "{\"variant\":\"a\"}", 1, 0.6),
             rec("rte", "adapter", "{\"variant\":\"b\"}", 1, 0.4),
             rec("qqp", "lora", "{}", 1, 0.1),
+            rec("rte", "prompt", "{}", 1, 0.5),
+            RunRecord {
+                lr: Some(1e-2),
+                ..rec("rte", "prompt", "{}", 1, 0.6)
+            },
         ]);
         assert!(
             t.contains(
@@ -395,7 +431,16 @@ mod tests {
             t.contains("| adapter (1) |") && t.contains("| adapter (2) |"),
             "{t}"
         );
-        assert!(t.contains("- adapter (2): `{\"variant\":\"b\"}`"), "{t}");
+        assert!(
+            t.contains("- adapter (2): lr 1e-3, `{\"variant\":\"b\"}`"),
+            "{t}"
+        );
+        // Another learning rate is another row, never averaged in.
+        assert!(t.contains("- prompt (1): lr 1e-2, `{}`"), "{t}");
+        assert!(
+            t.contains("| prompt (1) | — | — | — | 60.0 ± 0.0 (1) |"),
+            "{t}"
+        );
         assert!(!t.contains("qqp"), "{t}");
     }
 }

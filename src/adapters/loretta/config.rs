@@ -17,7 +17,8 @@ pub struct LorettaRepConfig {
     /// Rank of the inner bonds of both trains. Default 5.
     pub tensor_rank: usize,
     /// A's train (TT-LoRA's config of an `(r, in)` matrix: factors, ranks, path); planned when
-    /// absent. Its `alpha` and `init` are always the method's (1; A a TT-SVD of a Kaiming-uniform
+    /// absent. Its bonds are `tensor_rank` unless it gives `rank` or `ranks` itself. Its `alpha`
+    /// and `init` are always the method's (1; A a TT-SVD of a Kaiming-uniform
     /// matrix, B zero): the fields are there because a train config has them, not as options.
     pub a: Option<TtLoraConfig>,
     /// B's train (of an `(out, r)` matrix), as for `a`.
@@ -29,7 +30,7 @@ impl Default for LorettaRepConfig {
         Self {
             r: 8,
             lora_alpha: 8.0,
-            tensor_rank: 5,
+            tensor_rank: DEFAULT_TENSOR_RANK,
             a: None,
             b: None,
         }
@@ -42,7 +43,7 @@ impl LorettaRepConfig {
     /// # Errors
     /// [`Error::Json`]; [`Error::InvalidConfig`] naming the field.
     pub fn from_json(config: &serde_json::Value) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(config.clone())?;
+        let cfg: Self = serde_json::from_value(with_tensor_rank(config, &["a", "b"]))?;
         let bad = |field, got: String| Error::InvalidConfig {
             method: "loretta-rep",
             field,
@@ -74,6 +75,29 @@ impl LorettaRepConfig {
         self.lora_alpha / self.r as f64
     }
 }
+
+/// `config` with `tensor_rank` (default 5) written into each given train of `trains` that sets
+/// neither `rank` nor `ranks`: otherwise a train config's own default rank would silently win
+/// over the method's `tensor_rank`.
+fn with_tensor_rank(config: &serde_json::Value, trains: &[&str]) -> serde_json::Value {
+    let mut config = config.clone();
+    let tensor_rank = config
+        .get("tensor_rank")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_TENSOR_RANK.into());
+    for key in trains {
+        if let Some(train) = config.get_mut(*key).and_then(|t| t.as_object_mut())
+            && !train.contains_key("rank")
+            && !train.contains_key("ranks")
+        {
+            train.insert("rank".into(), tensor_rank.clone());
+        }
+    }
+    config
+}
+
+/// `tensor_rank` when a config does not set it.
+const DEFAULT_TENSOR_RANK: usize = 5;
 
 /// The train of one factor: the given config, else one of `tensor_rank` with `init`. Its α is
 /// 1: the method's own scaling applies once, to the product.
@@ -114,7 +138,8 @@ pub struct LorettaAdpConfig {
     pub scaling: f64,
     /// Rank of the inner bonds of both trains. Default 5.
     pub tensor_rank: usize,
-    /// The down projection's train (an `(m, h)` matrix); planned when absent. Its `alpha` and
+    /// The down projection's train (an `(m, h)` matrix); planned when absent. Its bonds are
+    /// `tensor_rank` unless it gives `rank` or `ranks` itself. Its `alpha` and
     /// `init` are the method's (1; down a TT-SVD of a Kaiming-uniform matrix, up zero).
     pub down: Option<TtLoraConfig>,
     /// The up projection's train (an `(h, m)` matrix), as for `down`.
@@ -130,7 +155,7 @@ impl Default for LorettaAdpConfig {
             bottleneck_size: b.bottleneck_size,
             non_linearity: b.non_linearity,
             scaling: b.scaling,
-            tensor_rank: 5,
+            tensor_rank: DEFAULT_TENSOR_RANK,
             down: None,
             up: None,
         }
@@ -143,7 +168,7 @@ impl LorettaAdpConfig {
     /// # Errors
     /// [`Error::Json`]; [`Error::InvalidConfig`] naming the field.
     pub fn from_json(config: &serde_json::Value) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(config.clone())?;
+        let cfg: Self = serde_json::from_value(with_tensor_rank(config, &["down", "up"]))?;
         cfg.bottleneck().validate("loretta-adp")?;
         if cfg.tensor_rank == 0 {
             return Err(Error::InvalidConfig {

@@ -122,3 +122,19 @@ fn bad_fields_are_named() {
         .to_string();
     assert!(err.contains("reduction_factor"), "{err}");
 }
+
+#[test]
+fn a_given_train_takes_tensor_rank_unless_it_sets_its_own() {
+    let rep = |cfg| LorettaRepConfig::from_json(&cfg).unwrap();
+    let a = serde_json::json!({"in_factors": [2, 4], "out_factors": [8]});
+    let c = rep(serde_json::json!({"tensor_rank": 3, "a": a}));
+    assert_eq!(c.a.map(|t| t.rank), Some(3));
+    let c = rep(serde_json::json!({"tensor_rank": 3, "a": {"rank": 2}}));
+    assert_eq!(c.a.map(|t| t.rank), Some(2));
+    let c = rep(serde_json::json!({"b": {}}));
+    assert_eq!(c.b.map(|t| t.rank), Some(5));
+    let adp =
+        LorettaAdpConfig::from_json(&serde_json::json!({"tensor_rank": 4, "up": {}})).unwrap();
+    assert_eq!(adp.up.map(|t| t.rank), Some(4));
+    assert_eq!(adp.down, None);
+}
