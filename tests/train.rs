@@ -313,6 +313,10 @@ fn interrupted_training_resumes_to_the_same_adapter() {
     // Only the steps after the checkpoint ran again.
     assert_eq!(steps.0.len(), full.report.summary.steps - 10);
     assert_eq!(resumed.report.summary.steps, full.report.summary.steps);
+    // The training time before the crash counts in the resumed run's wall time.
+    let summary = &resumed.report.summary;
+    assert!(summary.carried_s > 0.0, "no training time carried over");
+    assert!(resumed.report.wall_s >= summary.carried_s + summary.elapsed_s);
     let a = pipeline::logits(
         full.model.as_ref(),
         &full.dev,

@@ -165,7 +165,8 @@ pub struct TrainArgs {
     /// Output folder for the adapter, logs and checkpoints.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Continue from <out>/checkpoint if an earlier run was interrupted.
+    /// Continue from <out>/checkpoint if an earlier run was interrupted (the recorded wall
+    /// time then includes the training time up to that checkpoint).
     #[arg(long)]
     resume: bool,
     /// Never download: fail if the model is not available locally.

@@ -23,6 +23,8 @@ pub(crate) struct Checkpoint {
     pub v: Vec<Tensor>,
     pub best: Option<Best>,
     pub evals_since_best: usize,
+    /// Training seconds spent up to this checkpoint, over every earlier resumed run.
+    pub trained_s: f64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -34,6 +36,9 @@ struct State {
     best_primary: Option<f64>,
     best_metrics: BTreeMap<String, f64>,
     evals_since_best: usize,
+    /// Absent in checkpoints written before it was recorded.
+    #[serde(default)]
+    trained_s: f64,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -57,7 +62,7 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Saves the state after `step`.
+/// Saves the state after `step`, `trained_s` training seconds into the run.
 pub(crate) fn save(
     dir: &Path,
     vars: &[(String, Var)],
@@ -65,6 +70,7 @@ pub(crate) fn save(
     step: usize,
     best: Option<&Best>,
     evals_since_best: usize,
+    trained_s: f64,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let (opt_steps, m, v) = opt.state();
@@ -90,6 +96,7 @@ pub(crate) fn save(
         best_primary: best.map(|b| b.1),
         best_metrics: best.map(|b| b.2.clone()).unwrap_or_default(),
         evals_since_best,
+        trained_s,
     };
     write_atomic(&dir.join(STATE), &serde_json::to_vec_pretty(&state)?)
 }
@@ -159,5 +166,6 @@ pub(crate) fn load(dir: &Path, vars: &[(String, Var)]) -> Result<Option<Checkpoi
         v,
         best,
         evals_since_best: state.evals_since_best,
+        trained_s: state.trained_s,
     }))
 }

@@ -126,7 +126,8 @@ pub struct FineTuneReport {
     pub adapted_modules: Vec<String>,
     /// Training examples used / held out / dev examples.
     pub examples: (usize, usize, usize),
-    /// Wall-clock seconds for the whole job.
+    /// Wall-clock seconds for the whole job, plus the training seconds a resumed checkpoint
+    /// carried over from the interrupted runs.
     pub wall_s: f64,
     /// Peak resident memory of the process, MiB (Linux `VmHWM`; 0 elsewhere).
     pub peak_rss_mib: f64,
@@ -460,6 +461,8 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         collect(model.as_ref(), ADAPTER_NAME, &meta)?.write(&spec.out)?;
     }
     let _ = std::fs::remove_dir_all(&ck_dir);
+    // A resumed run counts the training time its checkpoint carried over.
+    let wall_s = started.elapsed().as_secs_f64() + summary.carried_s;
     let report = FineTuneReport {
         task: task.name,
         method: m.name().into(),
@@ -476,7 +479,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         },
         adapted_modules: report.adapted,
         examples: (fit.len(), held.len(), dev.len()),
-        wall_s: started.elapsed().as_secs_f64(),
+        wall_s,
         peak_rss_mib: crate::bench::model_step::peak_rss_mib(),
         adapter_file_bytes: std::fs::metadata(spec.out.join(io::adapter_folder::WEIGHTS_FILE))
             .map_or(0, |m| m.len()),

@@ -195,6 +195,8 @@ pub struct TrainSummary {
     pub stopped_early: bool,
     /// Wall seconds of this run.
     pub elapsed_s: f64,
+    /// Training seconds of the earlier runs this one resumed (0 for a fresh run).
+    pub carried_s: f64,
 }
 
 /// Held-out evaluation: returns (primary metric, higher is better; all metrics by name).
@@ -251,6 +253,7 @@ pub fn train(
     let mut step = 0usize;
     let mut best: Option<crate::train::checkpoint::Best> = None;
     let mut evals_since_best = 0usize;
+    let mut carried_s = 0.0;
     if let Some(dir) = &job.checkpoint_dir
         && let Some(ck) = crate::train::checkpoint::load(dir, &job.vars)?
     {
@@ -258,6 +261,7 @@ pub fn train(
         step = ck.step;
         best = ck.best;
         evals_since_best = ck.evals_since_best;
+        carried_s = ck.trained_s;
         tracing::info!(step, "resumed from checkpoint {}", dir.display());
     }
     for o in observers.iter_mut() {
@@ -343,6 +347,7 @@ pub fn train(
                         step,
                         best.as_ref(),
                         evals_since_best,
+                        carried_s + start.elapsed().as_secs_f64(),
                     )?;
                 }
             }
@@ -371,6 +376,7 @@ pub fn train(
         best_metrics,
         stopped_early,
         elapsed_s: start.elapsed().as_secs_f64(),
+        carried_s,
     };
     for o in observers.iter_mut() {
         o.on_end(&summary);
