@@ -241,7 +241,8 @@ const PIVOT_TASKS: [&str; 5] = ["sst2", "mrpc", "cola", "rte", "stsb"];
 /// the primary dev metric as mean ± std (n seeds), then the adapter's trainable parameters,
 /// its largest saved weights file, the mean wall time per run and the largest peak RSS over
 /// all its runs. A method run with several configurations or learning rates gets a numbered
-/// row each; every row's learning rate and config are listed under the table. Tasks outside the paper's five are left out.
+/// row each; every row's learning rate and config are listed under the table. Tasks outside
+/// the paper's five are left out.
 pub fn pivot_table(runs: &[RunRecord]) -> String {
     let mut groups: BTreeMap<(String, String, String), Vec<&RunRecord>> = BTreeMap::new();
     for r in runs
