@@ -1,6 +1,7 @@
 //! The one integration-test binary. Where new tests go:
 //! - `adapter_files`: hostile adapter folders through the CLI (clear error, nothing written);
 //! - `cli`: end-to-end runs of the `ttlora` binary on tiny inputs (exit codes, stdout, stderr);
+//! - `golden`: behaviour pinned across refactors (trained bytes and scores per method);
 //! - `library`: the public library API used the way a downstream crate would;
 //! - `methods`: the test matrix, every adapter method × the invariants each must keep;
 //! - `models`: model families through the public API (tiny random configs);
@@ -10,6 +11,7 @@
 
 mod adapter_files;
 mod cli;
+mod golden;
 mod library;
 mod methods;
 mod models;

@@ -68,7 +68,7 @@ pub fn tiny_bert_folder(name: &str, cfg: BertConfig) -> PathBuf {
 }
 
 /// The same for a tiny random DeBERTa-v2.
-fn tiny_deberta_folder(name: &str) -> PathBuf {
+pub fn tiny_deberta_folder(name: &str) -> PathBuf {
     let dir = temp_dir(name);
     let cfg = DebertaV2Config {
         vocab_size: tiny_tokenizer().1,

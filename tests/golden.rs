@@ -1,0 +1,266 @@
+//! Behaviour pinned across refactors: for a fixed seed, `ttlora train` of every registered
+//! method on the tiny BERT and the tiny DeBERTa (bundled SST-2, a 64-example sample, one epoch)
+//! must save the same `adapter_model.safetensors` and score the same dev metrics as the code
+//! that recorded `tests/fixtures/golden/behaviour.json` (commit 43e51d2, before the issue-16
+//! redesign). Runs go through the CLI, so the check survives changes of the library API.
+//!
+//! The bytes of a trained tensor depend on the CPU's matmul kernels (AVX-512, AVX2, …), so the
+//! sha256 is compared only on a CPU with the recorded kernel features (there, each tensor's sum
+//! and sum of squares and the metrics must also agree to 1e-12). On another CPU the test
+//! compares the sums (relative 1e-3) and the metrics (±0.02), which still catches any change
+//! of what is computed.
+//!
+//! PEFT's own golden folders (`tests/fixtures/peft`) are pinned by the `peft` tests, which
+//! compare our logits with the ones PEFT wrote, within 1e-5.
+//!
+//! To record again (only when a change of behaviour is intended and explained in the commit):
+//! `TTLORA_BLESS_GOLDEN=1 cargo test golden`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use ttlora::models::BertConfig;
+
+use crate::cli::ttlora;
+use crate::train::{bundled_data, tiny_bert_folder, tiny_deberta_folder};
+
+/// What one recorded run produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    /// The run saved an adapter.
+    Saved {
+        sha256: String,
+        dev_metrics: BTreeMap<String, f64>,
+        /// Per tensor: (sum, sum of squares).
+        tensors: BTreeMap<String, (f64, f64)>,
+    },
+    /// The run failed; the error line it printed.
+    Refused { error: String },
+}
+
+/// The recorded file.
+#[derive(Debug, Serialize, Deserialize)]
+struct Golden {
+    /// The CPU kernel features the bytes were recorded with.
+    cpu: String,
+    /// `<family>/<row>` → outcome.
+    runs: BTreeMap<String, Outcome>,
+}
+
+/// The rows: (row name, method, extra `--adapter-config`).
+const ROWS: &[(&str, &str, Option<&str>)] = &[
+    ("full", "full", None),
+    ("lora", "lora", None),
+    ("lora-dora", "lora", Some(r#"{"use_dora": true}"#)),
+    ("ttlora", "ttlora", None),
+    ("adapter", "adapter", None),
+    ("loretta-rep", "loretta-rep", None),
+    ("loretta-adp", "loretta-adp", None),
+    ("prefix", "prefix", None),
+    ("prompt", "prompt", None),
+];
+
+fn golden_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/behaviour.json")
+}
+
+/// The matmul kernel features that decide a float result's last bits.
+fn cpu_kind() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f = |on: bool, name: &str| {
+            if on {
+                name.to_string()
+            } else {
+                format!("-{name}")
+            }
+        };
+        format!(
+            "x86_64 {} {} {}",
+            f(std::arch::is_x86_feature_detected!("avx512f"), "avx512f"),
+            f(std::arch::is_x86_feature_detected!("avx2"), "avx2"),
+            f(std::arch::is_x86_feature_detected!("fma"), "fma"),
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
+fn run_row(model: &Path, out: &Path, method: &str, config: Option<&str>) -> Outcome {
+    let data = bundled_data();
+    let mut args = vec![
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--data",
+        data.to_str().unwrap(),
+        "--method",
+        method,
+        "--epochs",
+        "1",
+        "--max-train",
+        "64",
+        "--max-len",
+        "32",
+        "--batch-size",
+        "16",
+        "--seed",
+        "7",
+        "--offline",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    if let Some(c) = config {
+        args.extend(["--adapter-config", c]);
+    }
+    let o = ttlora(&args);
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let line = err.lines().last().unwrap_or_default().to_string();
+        return Outcome::Refused { error: line };
+    }
+    let weights = out.join("adapter_model.safetensors");
+    let sha256 = ttlora::io::adapter_folder::sha256_file(&weights).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval_results.json")).unwrap())
+            .unwrap();
+    let dev_metrics = serde_json::from_value(results["dev_metrics"].clone()).unwrap();
+    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let t = t
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap();
+            let sum = t.sum_all().unwrap().to_scalar::<f64>().unwrap();
+            let sq = t
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            (k, (sum, sq))
+        })
+        .collect();
+    Outcome::Saved {
+        sha256,
+        dev_metrics,
+        tensors,
+    }
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)
+}
+
+/// The saved file's hash, if the run saved one.
+fn sha256(o: &Outcome) -> Option<&str> {
+    match o {
+        Outcome::Saved { sha256, .. } => Some(sha256),
+        Outcome::Refused { .. } => None,
+    }
+}
+
+/// Why `got` differs from `want`, if it does: tightly on the recording CPU (the JSON keeps
+/// floats to the last digit or so), loosely on another kind.
+fn differs(want: &Outcome, got: &Outcome, same_cpu: bool) -> Option<String> {
+    let (rel, metric) = if same_cpu {
+        (1e-12, 1e-12)
+    } else {
+        (1e-3, 0.02)
+    };
+    match (want, got) {
+        (
+            Outcome::Saved {
+                dev_metrics: wm,
+                tensors: wt,
+                ..
+            },
+            Outcome::Saved {
+                dev_metrics: gm,
+                tensors: gt,
+                ..
+            },
+        ) => {
+            if wt.keys().ne(gt.keys()) {
+                return Some(format!("tensor names {:?} != {:?}", gt.keys(), wt.keys()));
+            }
+            for (k, (ws, wq)) in wt {
+                let (gs, gq) = gt[k];
+                if !close(*ws, gs, rel) || !close(*wq, gq, rel) {
+                    return Some(format!("{k}: (sum, sumsq) ({gs}, {gq}) != ({ws}, {wq})"));
+                }
+            }
+            if wm.keys().ne(gm.keys()) || wm.iter().any(|(k, v)| (gm[k] - v).abs() > metric) {
+                return Some(format!("dev metrics {gm:?} != {wm:?}"));
+            }
+            None
+        }
+        _ => (want != got).then(|| format!("{got:?} != {want:?}")),
+    }
+}
+
+#[test]
+fn every_method_trains_to_the_recorded_bytes_and_scores() {
+    let families = [
+        ("bert", tiny_bert_folder("golden-bert", BertConfig::tiny())),
+        ("deberta", tiny_deberta_folder("golden-deberta")),
+    ];
+    let mut runs = BTreeMap::new();
+    for (family, dir) in &families {
+        for (row, method, config) in ROWS {
+            let out = dir.join(format!("run-{row}"));
+            runs.insert(
+                format!("{family}/{row}"),
+                run_row(dir, &out, method, *config),
+            );
+        }
+    }
+    let now = Golden {
+        cpu: cpu_kind(),
+        runs,
+    };
+    if std::env::var_os("TTLORA_BLESS_GOLDEN").is_some() {
+        let path = golden_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_string_pretty(&now).unwrap() + "\n").unwrap();
+        return;
+    }
+    let want: Golden =
+        serde_json::from_str(&std::fs::read_to_string(golden_path()).unwrap()).unwrap();
+    assert_eq!(
+        want.runs.keys().collect::<Vec<_>>(),
+        now.runs.keys().collect::<Vec<_>>(),
+        "the recorded rows"
+    );
+    let same_cpu = want.cpu == now.cpu;
+    let mut wrong = Vec::new();
+    for (key, w) in &want.runs {
+        let g = &now.runs[key];
+        if same_cpu && sha256(w) != sha256(g) {
+            wrong.push(format!("{key}: got {g:?}\n   recorded {w:?}"));
+        } else if let Some(why) = differs(w, g, same_cpu) {
+            wrong.push(format!("{key}: {why}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "behaviour changed (recorded on `{}`, running on `{}`):\n{}",
+        want.cpu,
+        now.cpu,
+        wrong.join("\n")
+    );
+    for (_, dir) in families {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
