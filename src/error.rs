@@ -103,6 +103,15 @@ pub enum Error {
         /// The value given, printed.
         got: String,
     },
+    /// A method config that is not the method's JSON: an unknown field, a value of the wrong
+    /// type, not an object.
+    #[error("{method} config: {reason}")]
+    ConfigField {
+        /// The adapter method (lora, ttlora, ...).
+        method: &'static str,
+        /// What is wrong, as the JSON reader says it (names the field).
+        reason: String,
+    },
     /// An adapter does not fit the layer it is attached to.
     #[error("adapter `{name}` on a {layer_out}x{layer_in} layer: {reason}")]
     AdapterMismatch {
@@ -229,7 +238,105 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    // ---- train ---------------------------------------------------------------------------------
+    /// An adapter to write that holds no module.
+    #[error("{format}: the adapter holds no module; expected at least one")]
+    EmptyAdapter {
+        /// The format being written (e.g. "PEFT LoRA").
+        format: &'static str,
+    },
+
+    // ---- models: attaching methods and virtual tokens ------------------------------------------
+    /// A [`Placing`](crate::models::attach::Placing) built for another kind of method than the
+    /// one attached: layer targets for a method that attaches to no layer, or none for one that
+    /// does.
+    #[error(
+        "attach {method}: the placing was built for another kind of method; expected {expected}, \
+         got {got}"
+    )]
+    PlacementMismatch {
+        /// The method being attached.
+        method: &'static str,
+        /// What the method's placement needs.
+        expected: &'static str,
+        /// What the placing holds.
+        got: &'static str,
+    },
+    /// Virtual tokens offered with a placement that is not one of virtual tokens.
+    #[error("virtual tokens: placement {got}, expected Prompt or Prefix")]
+    NotVirtualPlacement {
+        /// The placement given (its `Debug` name: `error` sits below `adapters`).
+        got: String,
+    },
+    /// Prompt or prefix tuning on an architecture that has no place for virtual tokens.
+    #[error("{method} tuning is not available for {architecture}: {reason}")]
+    VirtualTokensUnsupported {
+        /// The prompt-learning method ("prompt" or "prefix").
+        method: &'static str,
+        /// The architecture (e.g. "deberta-v2").
+        architecture: &'static str,
+        /// Why it has no place for them.
+        reason: &'static str,
+    },
+
+    // ---- models::adapted: saving and exporting what is attached -------------------------------
+    /// Saving or exporting an adapter name that no layer of the model carries.
+    #[error("no layer carries an adapter named `{adapter}`; nothing to {op}")]
+    AdapterNotAttached {
+        /// What was asked: "save" or "export".
+        op: &'static str,
+        /// The adapter name looked for.
+        adapter: String,
+    },
+    /// Saving a prompt-learning adapter from a model that carries no virtual tokens.
+    #[error("the model carries no {method} tokens; nothing to save")]
+    NoVirtualTokens {
+        /// The prompt-learning method (prompt-tuning, prefix-tuning, ...).
+        method: &'static str,
+    },
+    /// Saving a full fine-tune from a model none of whose base tensors trains.
+    #[error("{method}: no base tensor of the model trains; nothing to save")]
+    NoTrainedBaseTensors {
+        /// The method (full fine-tuning).
+        method: &'static str,
+    },
+    /// Export as PEFT LoRA of a method that has no LoRA form; says what to do instead.
+    #[error("export as PEFT LoRA: a {method} {what} has no LoRA form; {instead}")]
+    NoLoraForm {
+        /// The adapter method.
+        method: &'static str,
+        /// "adapter" or "fine-tune".
+        what: &'static str,
+        /// What to do instead.
+        instead: String,
+    },
+    /// Export as PEFT LoRA of a module whose adapter is LoRA-shaped in general but not in this
+    /// instance (a TT shape without a splitting bond).
+    #[error("export as PEFT LoRA: module `{module}` cannot be written as LoRA: {source}")]
+    NotLoraShaped {
+        /// The module path.
+        module: String,
+        /// Why its adapter has no rank-r factors.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Export as PEFT LoRA of modules that mix a LoRA variant and plain LoRA, which one PEFT
+    /// config cannot say.
+    #[error(
+        "export as PEFT LoRA: modules mix {variant} ({with}) and plain LoRA ({without}), which \
+         one PEFT config (`{field}`) cannot say"
+    )]
+    MixedLoraVariants {
+        /// The variant (rsLoRA, DoRA).
+        variant: &'static str,
+        /// PEFT's config field for it.
+        field: &'static str,
+        /// Modules that use it.
+        with: usize,
+        /// Modules that do not.
+        without: usize,
+    },
+
+    // ---- train: the trainer, its checkpoints and the data going in ----------------------------
     /// The loss became NaN or infinite; training stops instead of corrupting the adapter.
     #[error(
         "training step {step}: the loss is {value}; stopped (try a lower learning rate, \
@@ -241,9 +348,88 @@ pub enum Error {
         /// The loss value.
         value: f64,
     },
-    /// A training setup that cannot run (no trainable tensors, no batches, …).
-    #[error("training: {0}")]
-    Training(String),
+    /// A training job with nothing to optimize.
+    #[error("training: no trainable tensors; the method attached nothing that trains")]
+    NoTrainableTensors,
+    /// A training job whose training split yields no batch.
+    #[error("training: the training split produced no batches")]
+    NoBatches,
+    /// A checkpoint folder written by a run with other trainable tensors (names or shapes).
+    #[error(
+        "checkpoint {}: written for other trainable tensors ({saved} saved, {current} now); use \
+         a fresh --out folder or the same adapter settings",
+        dir.display()
+    )]
+    CheckpointMismatch {
+        /// The checkpoint folder.
+        dir: std::path::PathBuf,
+        /// Trainable tensors the checkpoint holds.
+        saved: usize,
+        /// Trainable tensors of this run.
+        current: usize,
+    },
+    /// A registry task that names no split to evaluate on.
+    #[error("task {task}: no dev split to evaluate on")]
+    NoEvalSplit {
+        /// The task's name.
+        task: &'static str,
+    },
+    /// An example without a label where every example needs one.
+    #[error("{op}: example {index} has no label; expected a labelled split")]
+    UnlabelledExample {
+        /// The operation that needs labels.
+        op: &'static str,
+        /// 0-based index of the example in its split.
+        index: usize,
+    },
+    /// A split without a label for every example where labels are needed.
+    #[error(
+        "{op}: the split has {labels} labels for {examples} examples; expected one per example"
+    )]
+    UnlabelledSplit {
+        /// The operation that needs labels.
+        op: &'static str,
+        /// Examples in the split.
+        examples: usize,
+        /// Labels it carries.
+        labels: usize,
+    },
+    /// An empty split where examples are needed.
+    #[error("{op}: the split holds no example")]
+    EmptySplit {
+        /// The operation that needs examples.
+        op: &'static str,
+    },
+
+    // ---- train::compress: fine-tunes and adapters into TT-LoRA --------------------------------
+    /// A layer one side of a compression has and the other lacks.
+    #[error("compress: the {model} model has no layer `{path}` (another architecture or size?)")]
+    CompressLayerMissing {
+        /// Which model lacks it ("fine-tuned" or "base").
+        model: &'static str,
+        /// The layer's module path.
+        path: String,
+    },
+    /// Targets that match no linear layer of the model to compress.
+    #[error(
+        "compress: the targets match no linear layer; layer paths look like {}",
+        examples.join(", ")
+    )]
+    CompressNoTargets {
+        /// A few of the model's layer paths.
+        examples: Vec<String>,
+    },
+    /// A compression source that carries no layer update.
+    #[error("compress: the source carries no layer update to compress")]
+    NothingToCompress,
+
+    // ---- bench -------------------------------------------------------------------------------
+    /// A training-step benchmark of a method that trains nothing.
+    #[error("bench: method `{method}` has nothing to train (`full` trains every weight)")]
+    NothingToTrain {
+        /// The method asked for.
+        method: String,
+    },
 
     // ---- wrapped errors from dependencies ----------------------------------------------------
     /// An error from the candle tensor library.
@@ -252,4 +438,71 @@ pub enum Error {
     /// A JSON config that does not parse.
     #[error("config JSON: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_variants_print_their_fields() {
+        let cases = [
+            (
+                Error::CheckpointMismatch {
+                    dir: "run/checkpoint".into(),
+                    saved: 4,
+                    current: 6,
+                },
+                "checkpoint run/checkpoint: written for other trainable tensors (4 saved, 6 now); \
+                 use a fresh --out folder or the same adapter settings",
+            ),
+            (
+                Error::CompressNoTargets {
+                    examples: vec!["a.query".into(), "a.value".into()],
+                },
+                "compress: the targets match no linear layer; layer paths look like a.query, \
+                 a.value",
+            ),
+            (
+                Error::NotLoraShaped {
+                    module: "a.query".into(),
+                    source: Box::new(Error::PathUnavailable {
+                        path: "factored",
+                        reason: "no splitting bond".into(),
+                    }),
+                },
+                "export as PEFT LoRA: module `a.query` cannot be written as LoRA: tt path \
+                 factored: no splitting bond",
+            ),
+            (
+                Error::MixedLoraVariants {
+                    variant: "DoRA",
+                    field: "use_dora",
+                    with: 1,
+                    without: 3,
+                },
+                "export as PEFT LoRA: modules mix DoRA (1) and plain LoRA (3), which one PEFT \
+                 config (`use_dora`) cannot say",
+            ),
+            (
+                Error::VirtualTokensUnsupported {
+                    method: "prefix",
+                    architecture: "deberta-v2",
+                    reason: "no place for them",
+                },
+                "prefix tuning is not available for deberta-v2: no place for them",
+            ),
+            (
+                Error::UnlabelledSplit {
+                    op: "evaluate",
+                    examples: 5,
+                    labels: 0,
+                },
+                "evaluate: the split has 0 labels for 5 examples; expected one per example",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.to_string(), want);
+        }
+    }
 }

@@ -375,6 +375,96 @@ fn missing_model_folder_is_one_clear_error() {
     assert_clear_error(&o, &["/no/such/model-dir"]);
 }
 
+/// A bad method config fails at the door: before the model (a path that does not exist) or
+/// any data is looked at, so the error is the config's, at once.
+#[test]
+fn bad_method_config_fails_before_the_model_or_data_is_touched() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &[
+                "--method",
+                "lora",
+                "--adapter-config",
+                r#"{"lora_dropout": 1.5}"#,
+            ],
+            &["lora config", "lora_dropout", "[0, 1)", "1.5"],
+        ),
+        (
+            &["--method", "lora", "--rank", "0"],
+            &["lora config", "`r`", ">= 1"],
+        ),
+        (
+            &["--method", "ttlora", "--rank", "0"],
+            &["ttlora config", "`rank`"],
+        ),
+        (
+            &["--method", "ttlora", "--shape", "64,0,3|3,4,64"],
+            &["ttlora config", "in_factors", "[64, 0, 3]"],
+        ),
+        (
+            &[
+                "--method",
+                "ttlora",
+                "--adapter-config",
+                r#"{"in_factors": [4, 4]}"#,
+            ],
+            &["in_factors/out_factors", "together"],
+        ),
+        (
+            &[
+                "--method",
+                "ttlora",
+                "--adapter-config",
+                r#"{"in_factors": [8, 8], "out_factors": [8, 8], "ranks": [2]}"#,
+            ],
+            &["`ranks`", "3 inner ranks for 4 cores"],
+        ),
+        (
+            &[
+                "--method",
+                "lora",
+                "--adapter-config",
+                r#"{"lora_dropoutt": 0.1}"#,
+            ],
+            &["lora config", "unknown field `lora_dropoutt`"],
+        ),
+        (
+            &["--method", "dora"],
+            &["unknown adapter method `dora`", "ttlora"],
+        ),
+        (
+            &["--method", "lora", "--shape", "4,4|4,4"],
+            &["--shape does not apply to --method lora"],
+        ),
+        (
+            &["--method", "ttlora", "--init", "bogus"],
+            &["unknown variant `bogus`"],
+        ),
+        (
+            &["--method", "lora", "--overrides", r#"{"value": {"r": 0}}"#],
+            &["--overrides entry `value`", "`r`", ">= 1"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut all = vec![
+            "train",
+            "--model",
+            "/no/such/model-dir",
+            "--offline",
+            "--quiet",
+        ];
+        all.extend_from_slice(args);
+        let started = std::time::Instant::now();
+        let o = ttlora(&all);
+        let took = started.elapsed();
+        assert_clear_error(&o, needles);
+        assert!(!stderr(&o).contains("/no/such/model-dir"), "{}", stderr(&o));
+        // Nothing is loaded: the process is gone in about the time it takes to start. The
+        // bound is loose for slow CI machines; the model path above is the real check.
+        assert!(took.as_secs_f64() < 5.0, "{args:?} took {took:?}");
+    }
+}
+
 #[test]
 fn unsupported_architecture_is_one_clear_error() {
     let model = tiny_bert_folder("cli-arch", BertConfig::tiny());

@@ -127,7 +127,7 @@ fn run_row(model: &Path, out: &Path, method: &str, config: Option<&str>) -> Outc
         return Outcome::Refused { error: line };
     }
     let weights = out.join("adapter_model.safetensors");
-    let sha256 = ttlora::io::adapter_folder::sha256_file(&weights).unwrap();
+    let sha256 = ttlora::io::sha256_file(&weights).unwrap();
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval_results.json")).unwrap())
             .unwrap();

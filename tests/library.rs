@@ -34,7 +34,7 @@ fn ttlora_layer_trains_merges_and_exports() {
         "default",
         method("ttlora")
             .unwrap()
-            .build(&cfg, &spec, &mut rng)
+            .build_from_json(&cfg, &spec, &mut rng)
             .unwrap(),
     )
     .unwrap();

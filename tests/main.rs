@@ -1,4 +1,5 @@
 //! The one integration-test binary. Where new tests go:
+//! - `architecture`: ARCHITECTURE.md's dependency table holds, and no circle between files;
 //! - `adapter_files`: hostile adapter folders through the CLI (clear error, nothing written);
 //! - `cli`: end-to-end runs of the `ttlora` binary on tiny inputs (exit codes, stdout, stderr);
 //! - `golden`: behaviour pinned across refactors (trained bytes and scores per method);
@@ -10,6 +11,7 @@
 //! - `regression`: one test per fixed bug, named `issue_<n>_<what>`.
 
 mod adapter_files;
+mod architecture;
 mod cli;
 mod golden;
 mod library;

@@ -4,7 +4,7 @@
 //! _a_row` test fails until it does.
 
 use candle_core::{DType, Device, Tensor};
-use ttlora::adapters::{METHODS, Placement, method, resolved_config, seeded_rng};
+use ttlora::adapters::{METHODS, MethodSpec, Placement, method, seeded_rng};
 use ttlora::io::AdapterFolder;
 use ttlora::models::adapted::{AdapterMeta, collect, load_into};
 use ttlora::models::attach::{attach, placing, trainable_vars};
@@ -66,10 +66,9 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 /// The base with `name`'s method attached under `config`; returns the trainable count.
 fn adapted(name: &str, config: &serde_json::Value) -> (Box<dyn Model>, usize) {
     let mut model = base();
-    let m = method(name).unwrap();
-    let cfg = resolved_config(m, config);
-    let p = placing(m, &cfg, model.as_ref(), None, None, &Default::default()).unwrap();
-    let report = attach(model.as_mut(), m, &cfg, &p, ADAPTER, &mut seeded_rng(11)).unwrap();
+    let spec = MethodSpec::parse(name, config.clone()).unwrap();
+    let p = placing(&spec, model.as_ref(), None, None, &Default::default()).unwrap();
+    let report = attach(model.as_mut(), &spec, &p, ADAPTER, &mut seeded_rng(11)).unwrap();
     assert_eq!(report.params, count(model.as_ref()), "report vs vars");
     (model, report.params)
 }
@@ -362,10 +361,9 @@ fn prompt_learning_on_deberta_is_refused_with_the_reason() {
             )
             .unwrap(),
         );
-        let m = method(name).unwrap();
-        let cfg = m.default_config();
-        let p = placing(m, &cfg, model.as_ref(), None, None, &Default::default()).unwrap();
-        let err = attach(model.as_mut(), m, &cfg, &p, ADAPTER, &mut seeded_rng(1))
+        let spec = MethodSpec::parse(name, serde_json::json!({})).unwrap();
+        let p = placing(&spec, model.as_ref(), None, None, &Default::default()).unwrap();
+        let err = attach(model.as_mut(), &spec, &p, ADAPTER, &mut seeded_rng(1))
             .err()
             .unwrap()
             .to_string();

@@ -83,7 +83,7 @@ fn one_sgd_step_through_dyn_model_lowers_the_loss() {
                 weight: None,
             };
             let cfg = serde_json::json!({"rank": 2, "init": "paper"});
-            let adapter = ttlora.build(&cfg, &spec, &mut rng).unwrap();
+            let adapter = ttlora.build_from_json(&cfg, &spec, &mut rng).unwrap();
             lin.add_adapter("default", adapter).unwrap();
         }
     }
@@ -185,7 +185,7 @@ fn deberta_v2_loads_through_the_family_dispatch_and_learns_through_adapters() {
                 weight: None,
             };
             let adapter = ttlora
-                .build(&serde_json::json!({"rank": 2}), &spec, &mut rng)
+                .build_from_json(&serde_json::json!({"rank": 2}), &spec, &mut rng)
                 .unwrap();
             lin.add_adapter("default", adapter).unwrap();
         }

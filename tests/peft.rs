@@ -174,15 +174,14 @@ fn a_written_peft_lora_has_pefts_keys_config_fields_and_metadata() {
 
 /// The tiny base with TT-LoRA (non-zero `paper` init) on query and value.
 fn base_with_ttlora() -> Box<dyn Model> {
-    use ttlora::adapters::{ModuleSet, Targeting, inject, method, seeded_rng};
+    use ttlora::adapters::{MethodSpec, ModuleSet, Targeting, inject, seeded_rng};
     let mut model = base();
     let targets = ModuleSet::List(vec!["query".into(), "value".into()]);
     let targeting = Targeting::new(&targets, None, &BTreeMap::new()).unwrap();
     let cfg = serde_json::json!({"rank": 3, "alpha": 4.0, "init": "paper"});
     let report = inject(
         model.linears_mut(),
-        method("ttlora").unwrap(),
-        &cfg,
+        &MethodSpec::parse("ttlora", cfg).unwrap(),
         &targeting,
         "default",
         &mut seeded_rng(5),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use ttlora::adapters::MethodSpec;
 use ttlora::models::{
     BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
     Pooling, load_classifier,
@@ -106,8 +107,7 @@ fn spec(model: &Path, out: &Path, method: &str) -> FineTuneSpec {
             spec: ttlora::data::task("sst2").unwrap(),
             root: bundled_data(),
         },
-        method: method.into(),
-        method_config: serde_json::json!({}),
+        method: MethodSpec::parse(method, serde_json::json!({})).unwrap(),
         targets: None,
         exclude: None,
         overrides: Default::default(),
@@ -170,7 +170,11 @@ fn lora_saves_a_peft_folder_that_reloads_identically() {
     let mut s = spec(&model_dir, &out, "lora");
     s.max_train = Some(64);
     s.train.epochs = 2;
-    s.method_config = serde_json::json!({"r": 4, "lora_alpha": 8.0, "lora_dropout": 0.1});
+    s.method = MethodSpec::parse(
+        "lora",
+        serde_json::json!({"r": 4, "lora_alpha": 8.0, "lora_dropout": 0.1}),
+    )
+    .unwrap();
     let trained = finetune::run(&s, &mut []).unwrap();
 
     // PEFT's own adapter_config.json: its fields only, no ttlora format fields.

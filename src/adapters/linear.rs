@@ -2,7 +2,7 @@
 
 use candle_core::{Tensor, Var};
 
-use crate::adapters::Adapter;
+use crate::adapters::{Adapter, LayerSpec};
 use crate::error::{Error, Result};
 use crate::ops::{frozen_linear, frozen_linear_onto, track};
 
@@ -252,5 +252,19 @@ impl Linear {
     /// Whether any adapter is merged into the weight.
     pub fn is_merged(&self) -> bool {
         self.adapters.iter().any(|s| s.merged)
+    }
+}
+
+impl LayerSpec {
+    /// The spec of an existing layer: its sizes, dtype, device and weight.
+    pub fn for_layer(layer: &Linear) -> Self {
+        let w = layer.weight();
+        Self {
+            in_features: layer.in_features(),
+            out_features: layer.out_features(),
+            dtype: w.dtype(),
+            device: w.device().clone(),
+            weight: Some(w.clone()),
+        }
     }
 }

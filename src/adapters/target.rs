@@ -5,42 +5,13 @@
 //! the config of the layers whose path matches their key.
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use rand::rngs::StdRng;
 use regex::Regex;
-use serde::{Deserialize, Serialize};
 
-use crate::adapters::{LayerSpec, Linear, Method};
+use crate::adapters::{LayerSpec, Linear, MethodConfig, MethodSpec, ModuleSet};
 use crate::error::{Error, Result};
-
-/// Which modules a rule names: a list (exact path or `.name` suffix) or one full-match regex.
-/// The string `all-linear` means every linear layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ModuleSet {
-    /// Exact module paths or trailing names, e.g. `["query", "value"]`.
-    List(Vec<String>),
-    /// A regex matched against the whole module path, or `all-linear`.
-    Pattern(String),
-}
-
-impl ModuleSet {
-    /// A list of module names, e.g. a model's default targets.
-    pub fn names(names: &[&str]) -> Self {
-        Self::List(names.iter().map(ToString::to_string).collect())
-    }
-
-    /// The PEFT shorthand for every linear layer.
-    pub const ALL_LINEAR: &'static str = "all-linear";
-
-    fn compile(&self, field: &'static str) -> Result<Matcher> {
-        Ok(match self {
-            ModuleSet::Pattern(p) if p == Self::ALL_LINEAR => Matcher::All,
-            ModuleSet::Pattern(p) => Matcher::Regex(full_match(p, field)?),
-            ModuleSet::List(names) => Matcher::Names(names.clone()),
-        })
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Matcher {
@@ -50,6 +21,14 @@ enum Matcher {
 }
 
 impl Matcher {
+    fn new(set: &ModuleSet, field: &'static str) -> Result<Self> {
+        Ok(match set {
+            ModuleSet::Pattern(p) if p == ModuleSet::ALL_LINEAR => Matcher::All,
+            ModuleSet::Pattern(p) => Matcher::Regex(full_match(p, field)?),
+            ModuleSet::List(names) => Matcher::Names(names.clone()),
+        })
+    }
+
     fn matches(&self, path: &str) -> bool {
         match self {
             Matcher::All => true,
@@ -109,8 +88,10 @@ impl Targeting {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            targets: targets.compile("target_modules")?,
-            exclude: exclude.map(|e| e.compile("exclude_modules")).transpose()?,
+            targets: Matcher::new(targets, "target_modules")?,
+            exclude: exclude
+                .map(|e| Matcher::new(e, "exclude_modules"))
+                .transpose()?,
             overrides,
         })
     }
@@ -120,22 +101,19 @@ impl Targeting {
         self.targets.matches(path) && !self.exclude.as_ref().is_some_and(|e| e.matches(path))
     }
 
-    /// `base` with the fields of the overrides whose keys match `path`; a field two matching
-    /// overrides set comes from the first in key order (PEFT resolves `rank_pattern` and
-    /// `alpha_pattern` each by its first matching key, independently).
-    pub fn config_for(&self, path: &str, base: &serde_json::Value) -> serde_json::Value {
-        let mut cfg = base.clone();
-        let mut set = std::collections::BTreeSet::new();
+    /// The fields the overrides whose keys match `path` set, `None` if none matches; a field
+    /// two matching overrides set comes from the first in key order (PEFT resolves
+    /// `rank_pattern` and `alpha_pattern` each by its first matching key, independently).
+    pub fn patch_for(&self, path: &str) -> Option<serde_json::Value> {
+        let mut patch = serde_json::Map::new();
+        let mut any = false;
         for (_, _, extra) in self.overrides.iter().filter(|(_, re, _)| re.is_match(path)) {
-            if let (Some(dst), Some(src)) = (cfg.as_object_mut(), extra.as_object()) {
-                for (k, v) in src {
-                    if set.insert(k.clone()) {
-                        dst.insert(k.clone(), v.clone());
-                    }
-                }
+            any = true;
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                patch.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        cfg
+        any.then_some(serde_json::Value::Object(patch))
     }
 }
 
@@ -157,14 +135,15 @@ pub struct InjectReport {
 /// No layer matched (the message lists a few layer paths); a config that does not build.
 pub fn inject(
     layers: Vec<(String, &mut Linear)>,
-    method: &dyn Method,
-    base_config: &serde_json::Value,
+    spec: &MethodSpec,
     targeting: &Targeting,
     adapter_name: &str,
     rng: &mut StdRng,
 ) -> Result<InjectReport> {
     let mut report = InjectReport::default();
     let mut examples = Vec::new();
+    // Layers an override reaches get the config with its fields, parsed once per patch.
+    let mut patched: HashMap<String, Box<dyn MethodConfig>> = HashMap::new();
     for (path, layer) in layers {
         if examples.len() < 4 {
             examples.push(path.clone());
@@ -172,16 +151,23 @@ pub fn inject(
         if !targeting.matches(&path) {
             continue;
         }
-        let spec = LayerSpec::for_layer(layer);
-        let cfg = targeting.config_for(&path, base_config);
-        let adapter = method
-            .build(&cfg, &spec, rng)
-            .map_err(|e| Error::AdapterMismatch {
-                name: path.clone(),
-                layer_out: spec.out_features,
-                layer_in: spec.in_features,
-                reason: e.to_string(),
-            })?;
+        let layer_spec = LayerSpec::for_layer(layer);
+        let config = match targeting.patch_for(&path) {
+            None => spec.config(),
+            Some(patch) => match patched.entry(patch.to_string()) {
+                Entry::Occupied(e) => &**e.into_mut(),
+                Entry::Vacant(e) => &**e.insert(spec.with_fields(&patch)?),
+            },
+        };
+        let adapter =
+            spec.method()
+                .build(config, &layer_spec, rng)
+                .map_err(|e| Error::AdapterMismatch {
+                    name: path.clone(),
+                    layer_out: layer_spec.out_features,
+                    layer_in: layer_spec.in_features,
+                    reason: e.to_string(),
+                })?;
         report.params += adapter.num_params();
         layer.add_adapter(adapter_name, adapter)?;
         report.adapted.push(path);
@@ -206,7 +192,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::adapters::{method, seeded_rng};
+    use crate::adapters::seeded_rng;
 
     const PATHS: [&str; 5] = [
         "encoder.layer.0.attention.self.query",
@@ -273,12 +259,8 @@ mod tests {
             &o,
         )
         .unwrap();
-        let base = json!({"rank": 5, "alpha": 8.0});
-        assert_eq!(
-            t.config_for(PATHS[2], &base),
-            json!({"rank": 2, "alpha": 8.0})
-        );
-        assert_eq!(t.config_for(PATHS[0], &base), base);
+        assert_eq!(t.patch_for(PATHS[2]), Some(json!({"rank": 2})));
+        assert_eq!(t.patch_for(PATHS[0]), None);
     }
 
     #[test]
@@ -293,12 +275,11 @@ mod tests {
         );
         o.insert("v.*".to_string(), json!({"rank": 9}));
         let t = Targeting::new(&ModuleSet::names(&["value"]), None, &o).unwrap();
-        let base = json!({"rank": 5, "alpha": 8.0});
         // Key order: "layer.0…" (α 32), "v.*" (rank 9; matches the whole name `value` only as
         // the last path segment), "value" (rank 2, shadowed for rank).
         assert_eq!(
-            t.config_for(PATHS[2], &base),
-            json!({"rank": 9, "alpha": 32.0})
+            t.patch_for(PATHS[2]),
+            Some(json!({"rank": 9, "alpha": 32.0}))
         );
     }
 
@@ -324,8 +305,7 @@ mod tests {
         .unwrap();
         let err = inject(
             vec![("encoder.layer.0.output.dense".into(), &mut lin)],
-            method("lora").unwrap(),
-            &json!({"r": 2}),
+            &MethodSpec::parse("lora", json!({"r": 2})).unwrap(),
             &t,
             "default",
             &mut seeded_rng(0),
@@ -360,8 +340,7 @@ mod tests {
         .unwrap();
         let report = inject(
             vec![("l.query".into(), &mut a), ("l.value".into(), &mut b)],
-            method("lora").unwrap(),
-            &json!({"r": 2}),
+            &MethodSpec::parse("lora", json!({"r": 2})).unwrap(),
             &t,
             "default",
             &mut seeded_rng(0),

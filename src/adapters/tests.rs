@@ -117,7 +117,7 @@ fn layer_for(row: &Row, seed: u64) -> (Linear, Tensor) {
     };
     let adapter = method(row.method)
         .unwrap()
-        .build(&row.config, &spec, &mut rng)
+        .build_from_json(&row.config, &spec, &mut rng)
         .unwrap();
     lin.add_adapter("default", adapter).unwrap();
     let x = kaiming_uniform(&[2, 3, row.in_features], 1, &mut rng, DType::F32, &dev).unwrap();
@@ -300,7 +300,7 @@ fn mismatched_adapter_is_rejected() {
     };
     let a = method("lora")
         .unwrap()
-        .build(&json!({"r": 2}), &spec, &mut seeded_rng(0))
+        .build_from_json(&json!({"r": 2}), &spec, &mut seeded_rng(0))
         .unwrap();
     let err = lin.add_adapter("default", a).unwrap_err().to_string();
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::adapters::{Placement, method, resolved_config, seeded_rng};
+use crate::adapters::{MethodSpec, Placement, method, seeded_rng};
 use crate::bench::roofline::{EncoderSize, StepWork};
 use crate::bench::time_median;
 use crate::error::{Error, Result};
@@ -64,18 +64,6 @@ pub struct ModelStepRow {
     pub gflops: f64,
 }
 
-/// Peak resident memory of this process in MiB (`VmHWM` from `/proc/self/status`).
-pub fn peak_rss_mib() -> f64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0.0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// A seeded random batch for `model_dir`, and the encoder sizes its config gives (both from
 /// one read of `config.json`).
 fn random_batch(
@@ -123,13 +111,11 @@ fn adapted_model(
     let pooling = Pooling::from_sentence_transformers(model_dir)?.unwrap_or(Pooling::Cls);
     let mut model = load_classifier(model_dir, 2, pooling, device, cfg.seed)?;
     if cfg.method != "none" {
-        let m = method(&cfg.method)?;
-        let base = resolved_config(m, &cfg.method_config);
-        let placing = placing(m, &base, model.as_ref(), None, None, &Default::default())?;
+        let spec = MethodSpec::parse(&cfg.method, cfg.method_config.clone())?;
+        let placing = placing(&spec, model.as_ref(), None, None, &Default::default())?;
         attach(
             model.as_mut(),
-            m,
-            &base,
+            &spec,
             &placing,
             "bench",
             &mut seeded_rng(cfg.seed),
@@ -141,16 +127,16 @@ fn adapted_model(
 /// Times a training step (adapters + head trainable, AdamW) of `model_dir` with `cfg.method`.
 ///
 /// # Errors
-/// Model loading; a method config that does not fit; `none` (nothing to train).
+/// Model loading; a method config that does not fit; [`Error::NothingToTrain`] for `none`.
 pub fn train_step(
     model_dir: &Path,
     cfg: &ModelStepConfig,
     device: &Device,
 ) -> Result<ModelStepRow> {
     if cfg.method == "none" {
-        return Err(Error::Training(
-            "method `none` has nothing to train (`full` trains every weight)".into(),
-        ));
+        return Err(Error::NothingToTrain {
+            method: cfg.method.clone(),
+        });
     }
     let model = adapted_model(model_dir, cfg, device)?;
     let (batch, size) = random_batch(model_dir, cfg, device)?;
@@ -224,7 +210,7 @@ fn row(
         step_ms: secs * 1e3,
         tokens_per_s: (cfg.batch_size * cfg.seq_len) as f64 / secs.max(1e-12),
         trainable,
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: crate::io::peak_rss_mib(),
         gflop,
         gflops: gflop / secs.max(1e-12),
     }

@@ -96,7 +96,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
-    let width = super::column_width("module", r.modules.iter().map(|m| m.path.as_str()));
+    let width = super::format::column_width("module", r.modules.iter().map(|m| m.path.as_str()));
     writeln!(
         out,
         "{:<width$}  {:<28}  {:>8}  {:>8}  {:>9}",

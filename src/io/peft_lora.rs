@@ -15,11 +15,11 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::error::{Error, Result};
-use crate::io::adapter_folder::{
+use super::adapter_folder::{
     AdapterConfig, AdapterFolder, CONFIG_FILE, FORMAT_VERSION, KEY_PREFIX, TaskInfo, WEIGHTS_FILE,
-    read_safetensors, write_atomic, write_safetensors_atomic,
 };
+use super::fs::{read_json_if_present, read_safetensors, write_atomic, write_safetensors_atomic};
+use crate::error::{Error, Result};
 
 /// ttlora's side file in an exported PEFT folder: the task (labels, pooling, max length) and
 /// the base model's config hash, which PEFT's config has no fields for.
@@ -82,7 +82,7 @@ impl TaskFile {
     /// # Errors
     /// [`Error::Io`] / [`Error::ModelConfig`] for an unreadable or malformed file.
     pub fn read(dir: &Path) -> Result<Option<Self>> {
-        super::read_json_if_present(&dir.join(TASK_FILE))
+        read_json_if_present(&dir.join(TASK_FILE))
     }
 
     /// Writes `dir`/[`TASK_FILE`] atomically.
@@ -391,11 +391,12 @@ impl PeftLora {
     /// `modules_to_save`. Keys sorted, as PEFT writes them.
     ///
     /// # Errors
-    /// [`Error::Training`] when there is no module to write.
+    /// [`Error::EmptyAdapter`] when there is no module to write.
     pub fn config_json(&self) -> Result<Value> {
         let rank = |m: &LoraModule| m.a.dims()[0];
-        let r = most_common(self.modules.values().map(rank))
-            .ok_or_else(|| Error::Training("a PEFT LoRA needs at least one module".into()))?;
+        let r = most_common(self.modules.values().map(rank)).ok_or(Error::EmptyAdapter {
+            format: "PEFT LoRA",
+        })?;
         let alpha = most_common(self.modules.values().map(|m| m.lora_alpha)).unwrap_or(r as f64);
         let mut rank_pattern = serde_json::Map::new();
         let mut alpha_pattern = serde_json::Map::new();

@@ -11,13 +11,11 @@ use candle_core::Device;
 use serde_json::{Value, json};
 
 use super::adapter_folder::{
-    AdapterConfig, AdapterFolder, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, read_safetensors,
+    AdapterConfig, AdapterFolder, CONFIG_FILE, FORMAT_VERSION, TOKENS_KEY, WEIGHTS_FILE,
 };
+use super::fs::read_safetensors;
 use super::peft_lora::TaskFile;
 use crate::error::{Error, Result};
-
-/// The key of the token table, as PEFT names it.
-const TOKENS_KEY: &str = "prompt_embeddings";
 
 /// The ttlora method for a PEFT prompt-learning config written by PEFT (without
 /// `format_version`), or `None` for any other config.

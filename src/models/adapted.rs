@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::Tensor;
 
-use crate::adapters::prompt::TOKENS_KEY;
 use crate::adapters::{Placement, method, seeded_rng};
 use crate::error::{Error, Result};
+use crate::io::TOKENS_KEY;
 use crate::io::adapter_folder::{AdapterConfig, AdapterFolder, FORMAT_VERSION, KEY_PREFIX};
 use crate::models::Model;
 
@@ -76,7 +76,9 @@ pub fn adapters_named<'m>(
 /// `meta.save_head`) into a folder ready to write.
 ///
 /// # Errors
-/// No layer carries that adapter; an unknown method.
+/// [`Error::AdapterNotAttached`] when no layer carries that adapter,
+/// [`Error::NoVirtualTokens`] / [`Error::NoTrainedBaseTensors`] for a prompt-learning method or
+/// a full fine-tune with nothing to save; an unknown method.
 pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Result<AdapterFolder> {
     let m = method(&meta.method)?;
     let mut modules = BTreeMap::new();
@@ -99,24 +101,20 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
             tensors.insert(format!("{KEY_PREFIX}{name}"), var.as_tensor().copy()?);
         }
         if tensors.is_empty() {
-            return Err(Error::Training(
-                "no base tensor of the model trains; nothing to save".into(),
-            ));
+            return Err(Error::NoTrainedBaseTensors { method: m.name() });
         }
     } else if matches!(m.placement(), Placement::Prompt | Placement::Prefix) {
         // PEFT's layout: the one table under PEFT's own key, and PEFT's config fields.
         let Some((_, tokens)) = model.virtual_tokens() else {
-            return Err(Error::Training(format!(
-                "the model carries no {} tokens; nothing to save",
-                m.name()
-            )));
+            return Err(Error::NoVirtualTokens { method: m.name() });
         };
         tensors.insert(TOKENS_KEY.to_string(), tokens.as_tensor().copy()?);
         peft_fields = peft_prompt_fields(m.placement(), &model.virtual_spec(), tokens.dims());
     } else if modules.is_empty() {
-        return Err(Error::Training(format!(
-            "no layer carries an adapter named `{adapter_name}`; nothing to save"
-        )));
+        return Err(Error::AdapterNotAttached {
+            op: "save",
+            adapter: adapter_name.to_string(),
+        });
     }
     let mut modules_to_save = Vec::new();
     if meta.save_head {
@@ -203,14 +201,14 @@ pub fn restore_adapter(
         name: name.to_string(),
         reason,
     };
-    let adapter =
-        m.build(module_cfg, spec, &mut seeded_rng(0))
-            .map_err(|e| Error::AdapterMismatch {
-                name: path.to_string(),
-                layer_out: spec.out_features,
-                layer_in: spec.in_features,
-                reason: e.to_string(),
-            })?;
+    let adapter = m
+        .build_from_json(module_cfg, spec, &mut seeded_rng(0))
+        .map_err(|e| Error::AdapterMismatch {
+            name: path.to_string(),
+            layer_out: spec.out_features,
+            layer_in: spec.in_features,
+            reason: e.to_string(),
+        })?;
     let mut keys = Vec::new();
     for (tname, var) in adapter.trainable() {
         let key = format!("{KEY_PREFIX}{path}.{tname}");
@@ -405,8 +403,10 @@ fn base_tensors_from(
 /// `lora_alpha = r`; the head too when `meta.save_head`.
 ///
 /// # Errors
-/// No layer carries the adapter; a method that is not LoRA-shaped (or a TT shape without a
-/// splitting bond), naming the module; LoRA adapters that mix rsLoRA and plain scaling.
+/// [`Error::AdapterNotAttached`] when no layer carries the adapter; [`Error::NoLoraForm`] for a
+/// method that is not LoRA-shaped; [`Error::NotLoraShaped`] naming a module whose adapter cannot
+/// be folded (a TT shape without a splitting bond); [`Error::MixedLoraVariants`] for modules
+/// that mix rsLoRA or DoRA with plain LoRA.
 pub fn to_peft_lora(
     model: &dyn Model,
     adapter_name: &str,
@@ -414,18 +414,20 @@ pub fn to_peft_lora(
 ) -> Result<crate::io::peft_lora::PeftLora> {
     use crate::io::peft_lora::{LoraModule, PeftLora};
     let mut modules = BTreeMap::new();
-    let mut rslora = BTreeSet::new();
+    let mut with_rslora = 0;
     for (path, _, adapter) in adapters_named(model, adapter_name) {
         let f = adapter
             .as_lora()
-            .map_err(|e| Error::Training(format!("{path}: cannot be written as LoRA: {e}")))?
-            .ok_or_else(|| {
-                Error::Training(format!(
-                    "{path}: a {} adapter is not a LoRA; export it as a merged model instead",
-                    adapter.method()
-                ))
+            .map_err(|e| Error::NotLoraShaped {
+                module: path.clone(),
+                source: Box::new(e),
+            })?
+            .ok_or_else(|| Error::NoLoraForm {
+                method: adapter.method(),
+                what: "adapter",
+                instead: "export it as a merged model instead".into(),
             })?;
-        rslora.insert(f.use_rslora);
+        with_rslora += usize::from(f.use_rslora);
         modules.insert(
             path,
             LoraModule {
@@ -437,20 +439,27 @@ pub fn to_peft_lora(
         );
     }
     if modules.is_empty() {
-        return Err(Error::Training(format!(
-            "no layer carries an adapter named `{adapter_name}`; nothing to export"
-        )));
+        return Err(Error::AdapterNotAttached {
+            op: "export",
+            adapter: adapter_name.to_string(),
+        });
     }
-    if rslora.len() > 1 {
-        return Err(Error::Training(
-            "modules mix rsLoRA and plain LoRA scaling, which one PEFT config cannot say".into(),
-        ));
+    if with_rslora != 0 && with_rslora != modules.len() {
+        return Err(Error::MixedLoraVariants {
+            variant: "rsLoRA",
+            field: "use_rslora",
+            with: with_rslora,
+            without: modules.len() - with_rslora,
+        });
     }
-    let dora: BTreeSet<bool> = modules.values().map(|m| m.magnitude.is_some()).collect();
-    if dora.len() > 1 {
-        return Err(Error::Training(
-            "modules mix DoRA and plain LoRA, which one PEFT config (use_dora) cannot say".into(),
-        ));
+    let with_dora = modules.values().filter(|m| m.magnitude.is_some()).count();
+    if with_dora != 0 && with_dora != modules.len() {
+        return Err(Error::MixedLoraVariants {
+            variant: "DoRA",
+            field: "use_dora",
+            with: with_dora,
+            without: modules.len() - with_dora,
+        });
     }
     let mut head = BTreeMap::new();
     if meta.save_head {
@@ -461,7 +470,7 @@ pub fn to_peft_lora(
     Ok(PeftLora {
         base_model: meta.base_model.clone(),
         modules,
-        use_rslora: rslora.contains(&true),
+        use_rslora: with_rslora > 0,
         // PEFT's default when the method config does not say (TT-LoRA has no dropout).
         lora_dropout: meta
             .config

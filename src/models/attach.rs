@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use candle_core::Var;
 use rand::rngs::StdRng;
 
-use crate::adapters::{InjectReport, Method, ModuleSet, Placement, Targeting, inject};
+use crate::adapters::{InjectReport, MethodSpec, ModuleSet, Placement, Targeting, inject};
 use crate::error::{Error, Result};
 use crate::models::Model;
 
@@ -29,13 +29,13 @@ pub struct Placing {
 /// Targets, exclusions or overrides given to a method that attaches to no layer (full
 /// fine-tuning), which would otherwise be silently ignored; an invalid regex.
 pub fn placing(
-    method: &dyn Method,
-    config: &serde_json::Value,
+    spec: &MethodSpec,
     model: &dyn Model,
     targets: Option<&ModuleSet>,
     exclude: Option<&ModuleSet>,
     overrides: &BTreeMap<String, serde_json::Value>,
 ) -> Result<Placing> {
+    let method = spec.method();
     if !matches!(method.placement(), Placement::Parallel | Placement::Serial) {
         if targets.is_some() || exclude.is_some() || !overrides.is_empty() {
             return Err(Error::InvalidConfig {
@@ -54,11 +54,11 @@ pub fn placing(
     }
     let targets = match targets {
         Some(t) => t.clone(),
-        None => method.default_targets(config, &model.default_sites())?,
+        None => method.default_targets(spec.config(), &model.default_sites())?,
     };
     // The method's own patterns first; an explicit override of the same key adds its fields
     // over them.
-    let mut all = method.pattern_overrides(config)?;
+    let mut all = method.pattern_overrides(spec.config())?;
     for (key, fields) in overrides {
         let entry = all
             .entry(key.clone())
@@ -76,56 +76,57 @@ pub fn placing(
     })
 }
 
-/// Attaches `method` (config `config`, already resolved) to `model` under `adapter_name`:
+/// Attaches the method of `spec` to `model` under `adapter_name`:
 /// adapters on every layer `placing` targets, or, for full fine-tuning, the base tensors the
 /// config trains turned into `Var`s (the report then lists tensor names, not modules).
 ///
 /// # Errors
-/// As [`inject`]; a base method whose config trains no tensor.
+/// As [`inject`]; a base method whose config trains no tensor; [`Error::PlacementMismatch`]
+/// for a `placing` built for another kind of method; the model's refusal of virtual tokens
+/// ([`Error::VirtualTokensUnsupported`]).
 pub fn attach(
     model: &mut dyn Model,
-    method: &dyn Method,
-    config: &serde_json::Value,
+    spec: &MethodSpec,
     placing: &Placing,
     adapter_name: &str,
     rng: &mut StdRng,
 ) -> Result<InjectReport> {
+    let method = spec.method();
     match (&placing.targeting, method.placement()) {
-        (None, Placement::Base) => unfreeze(model, method, config),
+        (None, Placement::Base) => unfreeze(model, spec),
         (None, placement @ (Placement::Prompt | Placement::Prefix)) => {
-            let tokens = method.build_virtual(config, &model.virtual_spec(), rng)?;
+            let tokens = method.build_virtual(spec.config(), &model.virtual_spec(), rng)?;
             let var = Var::from_tensor(&tokens)?;
             model.set_virtual_tokens(Some((placement, var)))?;
             Ok(InjectReport {
-                adapted: vec![crate::adapters::prompt::TOKENS_KEY.into()],
+                adapted: vec![crate::io::TOKENS_KEY.into()],
                 params: tokens.elem_count(),
             })
         }
-        (Some(targeting), Placement::Parallel | Placement::Serial) => inject(
-            model.linears_mut(),
-            method,
-            config,
-            targeting,
-            adapter_name,
-            rng,
-        ),
-        _ => Err(Error::Training(format!(
-            "method {} was placed for another kind of method",
-            method.name()
-        ))),
+        (Some(targeting), Placement::Parallel | Placement::Serial) => {
+            inject(model.linears_mut(), spec, targeting, adapter_name, rng)
+        }
+        (targeting, _) => {
+            let (expected, got) = if targeting.is_some() {
+                ("no layer targets", "layer targets")
+            } else {
+                ("layer targets", "none")
+            };
+            Err(Error::PlacementMismatch {
+                method: method.name(),
+                expected,
+                got,
+            })
+        }
     }
 }
 
 /// Makes every base tensor the config trains a `Var` (shared with the model, so optimizer
 /// updates are what the forward reads).
-fn unfreeze(
-    model: &mut dyn Model,
-    method: &dyn Method,
-    config: &serde_json::Value,
-) -> Result<InjectReport> {
+fn unfreeze(model: &mut dyn Model, spec: &MethodSpec) -> Result<InjectReport> {
     let mut report = InjectReport::default();
     for (name, t) in model.base_tensors_mut() {
-        if !method.trains_base_tensor(config, &name)? {
+        if !spec.method().trains_base_tensor(spec.config(), &name)? {
             continue;
         }
         let var = Var::from_tensor(t)?;
@@ -135,10 +136,10 @@ fn unfreeze(
     }
     if report.adapted.is_empty() {
         return Err(Error::InvalidConfig {
-            method: method.name(),
+            method: spec.name(),
             field: "config",
             reason: "trains no tensor of this model".into(),
-            got: config.to_string(),
+            got: spec.given().to_string(),
         });
     }
     Ok(report)
@@ -162,7 +163,7 @@ pub fn base_vars(model: &dyn Model) -> Vec<(String, Var)> {
 pub fn trainable_vars(model: &dyn Model) -> Vec<(String, Var)> {
     let mut vars = Vec::new();
     if let Some((_, tokens)) = model.virtual_tokens() {
-        vars.push((crate::adapters::prompt::TOKENS_KEY.to_string(), tokens));
+        vars.push((crate::io::TOKENS_KEY.to_string(), tokens));
     }
     for (path, layer) in model.linears() {
         for (adapter, name, var) in layer.trainable() {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::io::TaskInfo;
-use crate::io::adapter_folder::{write_atomic, write_folder, write_safetensors_atomic};
+use crate::io::fs::{write_atomic, write_folder, write_safetensors_atomic};
 use crate::io::peft_lora::{TASK_FILE, TaskFile};
 use crate::models::Model;
 

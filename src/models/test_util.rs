@@ -79,7 +79,7 @@ pub(crate) fn attach_ttlora(model: &mut dyn Model, pick: impl Fn(&str) -> bool) 
                 weight: None,
             };
             let cfg = serde_json::json!({"rank": 2, "init": "paper"});
-            let adapter = ttlora.build(&cfg, &spec, &mut rng).unwrap();
+            let adapter = ttlora.build_from_json(&cfg, &spec, &mut rng).unwrap();
             lin.add_adapter("default", adapter).unwrap();
             attached += 1;
         }

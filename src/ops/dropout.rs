@@ -1,15 +1,25 @@
 //! Seeded dropout. candle's CPU random source cannot be seeded, so its dropout makes training
 //! irreproducible; here masks come from a per-thread generator the trainer seeds from
 //! (seed, step, micro-batch), which also makes a resumed run draw the same masks.
+//!
+//! `dropout_add` fuses the residual connection after it:
+//! `dropout(x) + residual` in one pass, with the mask regenerated in the backward.
+//!
+//! Composed from candle ops this is a mask built element by element on one thread, a multiply
+//! and an add, and in candle's backward each of the two ops zero-fills a gradient per operand
+//! before adding into it; the mask and the dropped `x` stay alive until the backward ends.
+//! Here the forward is one pass, the backward one pass for `x` (the residual's gradient is the
+//! incoming one, shared), and nothing but the output is kept.
 
 use std::cell::RefCell;
 
-use candle_core::Tensor;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::rows::Real;
-use crate::error::Result;
+use super::rows::{Real, par_rows, slice, unsupported};
+use crate::error::{Error, Result};
 
 thread_local! {
     static MASK_RNG: RefCell<SmallRng> = RefCell::new(SmallRng::seed_from_u64(0));
@@ -71,7 +81,7 @@ pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     }
     // On CPU the mask is a function of a drawn seed, regenerated in the backward rather than
     // kept (the kernel `dropout_add` uses); elsewhere an explicit mask tensor.
-    if let Some(y) = super::residual::seeded_dropout(x, p)? {
+    if let Some(y) = seeded_dropout(x, p)? {
         return Ok(y);
     }
     let keep = (1.0 / (1.0 - p)) as f32;
@@ -84,6 +94,238 @@ pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     });
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
+}
+
+// ---- dropout(x) + residual in one pass ----
+
+const NAME: &str = "dropout add";
+
+/// Elements per mask block: fixed, so the mask does not depend on how rows are split.
+const BLOCK: usize = 1 << 14;
+
+/// `x ∘ mask + residual`; without a mask, `x + residual`.
+struct DropoutAdd {
+    mask: Option<SeededMask>,
+}
+
+impl DropoutAdd {
+    /// Runs `f(element, factor)` over `out`, `factor` the mask's value for that element (1
+    /// without a mask), split over threads in whole mask blocks.
+    fn map<T: Real>(&self, out: &mut [T], f: impl Fn(usize, &mut T, T) + Sync) {
+        par_rows(out, BLOCK, |blocks, chunk| {
+            for (b, part) in blocks.clone().zip(chunk.chunks_mut(BLOCK)) {
+                let at = b * BLOCK;
+                match &self.mask {
+                    Some(mask) => {
+                        for (i, (o, m)) in part.iter_mut().zip(mask.block::<T>(b)).enumerate() {
+                            f(at + i, o, m);
+                        }
+                    }
+                    None => {
+                        for (i, o) in part.iter_mut().enumerate() {
+                            f(at + i, o, T::one());
+                        }
+                    }
+                }
+            }
+            // A last, partial block: `par_rows` counts whole rows only.
+            let covered = blocks.len() * BLOCK;
+            if chunk.len() > covered {
+                let b = blocks.end;
+                let part = &mut chunk[covered..];
+                let at = b * BLOCK;
+                let factors: Box<dyn Iterator<Item = T>> = match &self.mask {
+                    Some(mask) => Box::new(mask.block::<T>(b)),
+                    None => Box::new(std::iter::repeat(T::one())),
+                };
+                for (i, (o, m)) in part.iter_mut().zip(factors).enumerate() {
+                    f(at + i, o, m);
+                }
+            }
+        });
+    }
+
+    fn run<T: Real>(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice::<T>(NAME, s1, l1)?;
+        let residual = slice::<T>(NAME, s2, l2)?;
+        let mut y = vec![T::zero(); x.len()];
+        self.map(&mut y, |i, o, m| *o = x[i] * m + residual[i]);
+        Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+    }
+
+    /// `t ∘ mask`: dropout itself, and the gradient of its input.
+    fn scale<T: Real>(&self, t: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+        let t = slice::<T>(NAME, t, l)?;
+        let mut out = vec![T::zero(); t.len()];
+        self.map(&mut out, |i, o, m| *o = t[i] * m);
+        Ok(T::to_cpu_storage_owned(out))
+    }
+}
+
+impl CustomOp2 for DropoutAdd {
+    fn name(&self) -> &'static str {
+        "ttlora-dropout-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match s1.dtype() {
+            DType::F32 => self.run::<f32>((s1, l1), (s2, l2)),
+            DType::F64 => self.run::<f64>((s1, l1), (s2, l2)),
+            dt => Err(unsupported(NAME, dt)),
+        }
+    }
+
+    /// y = x ∘ M + r ⇒ dL/dx = dL/dy ∘ M, dL/dr = dL/dy.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = match self.mask {
+            _ if !x.track_op() => None,
+            None => Some(grad_y.clone()),
+            Some(mask) => Some(grad_y.contiguous()?.apply_op1_no_bwd(&ApplyMask(mask))?),
+        };
+        Ok((dx, residual.track_op().then(|| grad_y.clone())))
+    }
+}
+
+/// `x ∘ mask` as an op: dropout on its own (the mask is its own derivative), and the
+/// backward of [`DropoutAdd`] for `x`.
+struct ApplyMask(SeededMask);
+
+impl candle_core::CustomOp1 for ApplyMask {
+    fn name(&self) -> &'static str {
+        "ttlora-seeded-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = DropoutAdd { mask: Some(self.0) };
+        let out = match s.dtype() {
+            DType::F32 => op.scale::<f32>(s, l)?,
+            DType::F64 => op.scale::<f64>(s, l)?,
+            dt => return Err(unsupported(NAME, dt)),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    /// y = x ∘ M ⇒ dL/dx = dL/dy ∘ M, the same mask regenerated.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_y.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+/// Inverted dropout on CPU in f32/f64 (see [`dropout`]): one pass each way,
+/// nothing kept for the backward; `None` for other devices and dtypes.
+pub(super) fn seeded_dropout(x: &Tensor, p: f64) -> Result<Option<Tensor>> {
+    if !(x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)) {
+        return Ok(None);
+    }
+    let mask = SeededMask::draw(p);
+    Ok(Some(x.contiguous()?.apply_op1(ApplyMask(mask))?))
+}
+
+/// `dropout(x, p) + residual`: inverted dropout on `x` (seeded like [`dropout`])
+/// then the residual added, as BERT's `…Output` blocks do before their layer norm. `p = 0`
+/// is a plain add.
+///
+/// On CPU in f32/f64 one fused pass each way, with the mask regenerated rather than stored;
+/// elsewhere the composed candle ops.
+///
+/// # Errors
+/// `x` and `residual` of different shapes.
+pub fn dropout_add(x: &Tensor, residual: &Tensor, p: f64) -> Result<Tensor> {
+    if x.dims() != residual.dims() {
+        return Err(Error::TensorShape {
+            op: NAME,
+            expected: x.dims().to_vec(),
+            got: residual.dims().to_vec(),
+        });
+    }
+    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    if !fused {
+        return Ok((dropout(x, p)? + residual)?);
+    }
+    if p >= 1.0 {
+        return Ok(residual.clone());
+    }
+    let mask = (p > 0.0).then(|| SeededMask::draw(p));
+    let (x, residual) = (x.contiguous()?, residual.contiguous()?);
+    Ok(x.apply_op2(&residual, DropoutAdd { mask })?)
+}
+
+#[cfg(test)]
+mod dropout_add_tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::ops::seed_dropout;
+    use crate::ops::test_max_diff as max_diff;
+
+    #[test]
+    fn without_dropout_it_is_an_add_with_both_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1., (3, 7), &dev).unwrap()).unwrap();
+        let r = Var::from_tensor(&Tensor::randn(0f64, 1., (3, 7), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f64, 1., (3, 7), &dev).unwrap();
+        let y = dropout_add(x.as_tensor(), r.as_tensor(), 0.0).unwrap();
+        let reference = (x.as_tensor() + r.as_tensor()).unwrap();
+        assert_eq!(max_diff(&y, &reference), 0.0);
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &r] {
+            assert_eq!(max_diff(grads.get(v.as_tensor()).unwrap(), &g), 0.0);
+        }
+    }
+
+    #[test]
+    fn mask_is_seeded_scaled_and_reused_by_the_backward() {
+        // Over several mask blocks and a partial one, on the thread split of a large tensor.
+        let dev = Device::Cpu;
+        // Large enough for two threads (`rows::threads_for`), so the split path runs too.
+        let n = 5 * BLOCK + 123;
+        let x = Var::from_tensor(&Tensor::ones(n, DType::F32, &dev).unwrap()).unwrap();
+        let r = Tensor::zeros(n, DType::F32, &dev).unwrap();
+        seed_dropout(4);
+        let y = dropout_add(x.as_tensor(), &r, 0.25).unwrap();
+        seed_dropout(4);
+        let again = dropout_add(x.as_tensor(), &r, 0.25).unwrap();
+        assert_eq!(max_diff(&y, &again), 0.0);
+        let values = y.to_vec1::<f32>().unwrap();
+        let dropped = values.iter().filter(|v| **v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.25).abs() < 0.01, "{dropped}");
+        assert!(
+            values
+                .iter()
+                .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6)
+        );
+        // y = x ∘ M with x = 1, so dL/dx for L = Σ y is M itself, i.e. y.
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(max_diff(grads.get(x.as_tensor()).unwrap(), &y), 0.0);
+    }
+
+    #[test]
+    fn shapes_must_agree() {
+        let a = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(dropout_add(&a, &b, 0.1).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -16,19 +16,17 @@ mod frozen_linear;
 mod gelu;
 mod grad_mode;
 mod layer_norm;
-mod residual;
 mod rows;
 mod softmax;
 mod strided;
 
 pub use attention::attention;
-pub use dropout::{dropout, seed_dropout};
+pub use dropout::{dropout, dropout_add, seed_dropout};
 pub use frozen_linear::{frozen_linear, frozen_linear_onto};
 pub use gelu::gelu;
 pub(crate) use grad_mode::track;
 pub use grad_mode::{grad_enabled, no_grad};
 pub use layer_norm::layer_norm;
-pub use residual::dropout_add;
 pub use softmax::softmax_last_dim;
 
 /// Largest |a − b| over two tensors of the same shape, as f64 (shared by the ops' tests).

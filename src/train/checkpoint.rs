@@ -105,7 +105,8 @@ pub(crate) fn save(
 /// folder holds no checkpoint.
 ///
 /// # Errors
-/// A checkpoint that was written for other trainable tensors (names or shapes differ).
+/// [`Error::CheckpointMismatch`] for a checkpoint that was written for other trainable tensors
+/// (names differ); a tensor missing from it or of another shape.
 pub(crate) fn load(dir: &Path, vars: &[(String, Var)]) -> Result<Option<Checkpoint>> {
     let state_path = dir.join(STATE);
     if !state_path.is_file() {
@@ -118,13 +119,11 @@ pub(crate) fn load(dir: &Path, vars: &[(String, Var)]) -> Result<Option<Checkpoi
     })?;
     let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
     if state.var_names != names {
-        return Err(Error::Training(format!(
-            "checkpoint {} was written for other trainable tensors ({} saved, {} now); \
-             use a fresh --out folder or the same adapter settings",
-            dir.display(),
-            state.var_names.len(),
-            names.len()
-        )));
+        return Err(Error::CheckpointMismatch {
+            dir: dir.to_path_buf(),
+            saved: state.var_names.len(),
+            current: names.len(),
+        });
     }
     let path = dir.join(TENSORS);
     let device = vars

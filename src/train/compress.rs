@@ -106,7 +106,8 @@ pub fn adapter_updates(src: &Adapted) -> Result<Vec<DenseUpdate>> {
 /// carried over; target `all-linear` to keep every linear layer.
 ///
 /// # Errors
-/// The two models' layers differ (another architecture or size).
+/// [`Error::CompressLayerMissing`] when the two models' layers differ (another architecture or
+/// size); [`Error::CompressNoTargets`] when the targets match no layer.
 pub fn finetuned_updates(
     base: &dyn Model,
     finetuned: &dyn Model,
@@ -119,9 +120,12 @@ pub fn finetuned_updates(
         if !targeting.matches(&path) {
             continue;
         }
-        let other = tuned.get(&path).ok_or_else(|| {
-            Error::Training(format!("{path}: the fine-tuned model has no such layer"))
-        })?;
+        let other = tuned
+            .get(&path)
+            .ok_or_else(|| Error::CompressLayerMissing {
+                model: "fine-tuned",
+                path: path.clone(),
+            })?;
         if other.weight().dims() != layer.weight().dims() {
             return Err(Error::TensorShape {
                 op: "fine-tuned minus base weight",
@@ -138,7 +142,9 @@ pub fn finetuned_updates(
         });
     }
     if out.is_empty() {
-        return Err(Error::Training("the targets match no linear layer".into()));
+        return Err(Error::CompressNoTargets {
+            examples: base.linears().into_iter().take(4).map(|(p, _)| p).collect(),
+        });
     }
     Ok(out)
 }
@@ -147,8 +153,9 @@ pub fn finetuned_updates(
 /// ttlora adapter folder at `out`, with the source's head when it has one.
 ///
 /// # Errors
-/// A shape config that does not fit a layer; a truncation that is invalid; SVD failure; write
-/// errors (nothing is left at `out`).
+/// [`Error::NothingToCompress`]; [`Error::CompressLayerMissing`] for an update the base model
+/// has no layer for; a shape config that does not fit a layer; a truncation that is invalid;
+/// SVD failure; write errors (nothing is left at `out`).
 pub fn compress(src: &Source, spec: &CompressSpec, out: &Path) -> Result<CompressReport> {
     if !(spec.alpha.is_finite() && spec.alpha != 0.0) {
         return Err(Error::InvalidConfig {
@@ -159,9 +166,7 @@ pub fn compress(src: &Source, spec: &CompressSpec, out: &Path) -> Result<Compres
         });
     }
     if src.updates.is_empty() {
-        return Err(Error::Training(
-            "the source carries no update to compress".into(),
-        ));
+        return Err(Error::NothingToCompress);
     }
     let template: TtLoraConfig = serde_json::from_value(spec.shape_config.clone())?;
     let pooling: Pooling = src
@@ -211,9 +216,10 @@ pub fn compress(src: &Source, spec: &CompressSpec, out: &Path) -> Result<Compres
         }
     }
     if let Some(path) = built.keys().next() {
-        return Err(Error::Training(format!(
-            "{path}: the base model has no such layer"
-        )));
+        return Err(Error::CompressLayerMissing {
+            model: "base",
+            path: path.clone(),
+        });
     }
     for (name, var) in target.head_vars() {
         if let Some((_, t)) = src.head.iter().find(|(n, _)| *n == name) {

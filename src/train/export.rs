@@ -60,16 +60,17 @@ pub struct ExportReport {
 /// to `out`. A merged export merges the model in place.
 ///
 /// # Errors
-/// An adapter that cannot be written as LoRA (methods that are not LoRA-shaped, TT shapes
-/// without a splitting bond) for `peft-lora`; a merge that would hold NaN/Inf; write errors.
+/// For `peft-lora`, an adapter that cannot be written as LoRA: [`Error::NoLoraForm`] for
+/// methods that are not LoRA-shaped, or as [`to_peft_lora`] (TT shapes without a splitting
+/// bond, …); a merge that would hold NaN/Inf; write errors.
 /// Nothing is left at `out` on error.
 pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<ExportReport> {
     let cfg = &inf.config;
     let mut ranks = BTreeSet::new();
     let modules = match format {
         ExportFormat::PeftLora => {
-            if let Some(why) = no_lora_form(crate::adapters::method(&cfg.method)?) {
-                return Err(Error::Training(why));
+            if let Some(err) = no_lora_form(crate::adapters::method(&cfg.method)?) {
+                return Err(err);
             }
             let meta = AdapterMeta {
                 method: cfg.method.clone(),
@@ -110,27 +111,38 @@ pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<Exp
     })
 }
 
-/// Why an adapter of method `m` has no PEFT LoRA form and what to do instead, or `None`
-/// for the LoRA family (whose every shape is still checked module by module).
-fn no_lora_form(m: &dyn Method) -> Option<String> {
-    let name = m.name();
-    match m.placement() {
-        Placement::Parallel => None,
-        Placement::Serial => Some(format!(
-            "a {name} adapter has no LoRA form and, being non-linear, cannot be merged either; \
-             its folder (peft_type {}) is what ttlora eval/predict load",
-            m.peft_type()
-        )),
-        Placement::Base => Some(format!(
-            "a {name} fine-tune has no LoRA form; --format merged (or ttlora merge) writes it \
-             as a complete HF model folder"
-        )),
-        Placement::Prompt | Placement::Prefix => Some(format!(
-            "a {name} adapter has no LoRA form and cannot be merged; its folder already uses \
-             PEFT's {} layout, which PeftModel.from_pretrained loads as it is",
-            m.peft_type()
-        )),
-    }
+/// [`Error::NoLoraForm`] saying what to do instead when an adapter of method `m` has no PEFT
+/// LoRA form, or `None` for the LoRA family (whose every shape is still checked module by
+/// module).
+fn no_lora_form(m: &dyn Method) -> Option<Error> {
+    let (what, instead) = match m.placement() {
+        Placement::Parallel => return None,
+        Placement::Serial => (
+            "adapter",
+            format!(
+                "being non-linear, it cannot be merged either; its folder (peft_type {}) is what \
+                 ttlora eval/predict load",
+                m.peft_type()
+            ),
+        ),
+        Placement::Base => (
+            "fine-tune",
+            "--format merged (or ttlora merge) writes it as a complete HF model folder".into(),
+        ),
+        Placement::Prompt | Placement::Prefix => (
+            "adapter",
+            format!(
+                "it cannot be merged either; its folder already uses PEFT's {} layout, which \
+                 PeftModel.from_pretrained loads as it is",
+                m.peft_type()
+            ),
+        ),
+    };
+    Some(Error::NoLoraForm {
+        method: m.name(),
+        what,
+        instead,
+    })
 }
 
 /// The files in `dir` with their sizes, sorted by name.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::adapters::{ModuleSet, method, resolved_config, seeded_rng};
+use crate::adapters::{MethodSpec, ModuleSet, seeded_rng};
 use crate::data::{self, CustomColumns, Example, LabelKind, Metric, Split, TaskSpec, TextEncoder};
 use crate::error::{Error, Result};
 use crate::io::{self, TaskInfo};
@@ -53,10 +53,8 @@ pub struct FineTuneSpec {
     pub model: String,
     /// The task.
     pub task: TaskSource,
-    /// Adapter method (`ttlora`, `lora`).
-    pub method: String,
-    /// Method config (JSON object; missing fields take the method's defaults).
-    pub method_config: serde_json::Value,
+    /// The adapter method with its validated config.
+    pub method: MethodSpec,
     /// Target modules (None: the architecture's defaults).
     pub targets: Option<ModuleSet>,
     /// Excluded modules.
@@ -166,17 +164,15 @@ pub struct LoadedTask {
 /// Reads a task's train and dev examples.
 ///
 /// # Errors
-/// The readers' errors (missing file, bad label, empty split, absent column).
+/// The readers' errors (missing file, bad label, empty split, absent column);
+/// [`Error::NoEvalSplit`] for a task with no split to evaluate on.
 pub fn load_task(source: &TaskSource) -> Result<LoadedTask> {
     match source {
         TaskSource::Registry { spec, root } => {
             // `dev`, or MNLI's matched split first and mismatched as an extra.
             let eval_splits = spec.eval_splits();
             let Some((&first, rest)) = eval_splits.split_first() else {
-                return Err(Error::Training(format!(
-                    "task {} has no dev split",
-                    spec.name
-                )));
+                return Err(Error::NoEvalSplit { task: spec.name });
             };
             let train = data::read_task_split(spec, root, Split::Train)?;
             let dev = data::read_task_split(spec, root, first)?;
@@ -236,7 +232,7 @@ pub fn load_task(source: &TaskSource) -> Result<LoadedTask> {
 /// Tokenizes examples into an [`EncodedSplit`].
 ///
 /// # Errors
-/// Tokenizer errors; an example without a label when `need_labels`.
+/// Tokenizer errors; [`Error::UnlabelledExample`] when `need_labels`.
 pub fn encode_split(
     enc: &TextEncoder,
     examples: &[Example],
@@ -248,8 +244,10 @@ pub fn encode_split(
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                e.label
-                    .ok_or_else(|| Error::Training(format!("example {i} has no label")))
+                e.label.ok_or(Error::UnlabelledExample {
+                    op: "encode split",
+                    index: i,
+                })
             })
             .collect::<Result<Vec<_>>>()?
     } else {
@@ -319,11 +317,9 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     let dev = encode_split(&enc, &task.dev, true)?;
 
     // Adapters (or, for full fine-tuning, the base weights).
-    let m = method(&spec.method)?;
-    let base_cfg = resolved_config(m, &spec.method_config);
+    let m = spec.method.method();
     let placing = placing(
-        m,
-        &base_cfg,
+        &spec.method,
         model.as_ref(),
         spec.targets.as_ref(),
         spec.exclude.as_ref(),
@@ -332,8 +328,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     let mut rng = seeded_rng(spec.seed);
     let report = attach(
         model.as_mut(),
-        m,
-        &base_cfg,
+        &spec.method,
         &placing,
         ADAPTER_NAME,
         &mut rng,
@@ -436,7 +431,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         method: m.name().into(),
         base_model: spec.model.clone(),
         base_model_config_sha256: io::adapter_folder::sha256_file(&model_dir.join("config.json"))?,
-        config: spec.method_config.clone(),
+        config: spec.method.given().clone(),
         target_modules: serde_json::to_value(&placing.targets)?,
         exclude_modules: spec
             .exclude
@@ -466,8 +461,8 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     let report = FineTuneReport {
         task: task.name,
         method: m.name().into(),
-        method_config: spec.method_config.clone(),
-        resolved_config: base_cfg,
+        method_config: spec.method.given().clone(),
+        resolved_config: spec.method.resolved(),
         model_dir,
         summary,
         primary_metric: task.metrics[0].name().into(),
@@ -480,7 +475,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         adapted_modules: report.adapted,
         examples: (fit.len(), held.len(), dev.len()),
         wall_s,
-        peak_rss_mib: crate::bench::model_step::peak_rss_mib(),
+        peak_rss_mib: crate::io::peak_rss_mib(),
         adapter_file_bytes: std::fs::metadata(spec.out.join(io::adapter_folder::WEIGHTS_FILE))
             .map_or(0, |m| m.len()),
         adapter_dir: spec.out.clone(),

@@ -50,7 +50,7 @@ impl EncodedSplit {
     /// Training batches in the order `order` gives (lists of example indices).
     ///
     /// # Errors
-    /// An unlabelled split; tensor errors.
+    /// [`Error::UnlabelledSplit`]; tensor errors.
     pub fn batches(
         &self,
         order: &[Vec<usize>],
@@ -58,7 +58,11 @@ impl EncodedSplit {
         device: &Device,
     ) -> Result<Vec<Batch>> {
         if self.labels.len() != self.encoded.len() {
-            return Err(Error::Training("the training split has no labels".into()));
+            return Err(Error::UnlabelledSplit {
+                op: "training batches",
+                examples: self.encoded.len(),
+                labels: self.labels.len(),
+            });
         }
         order
             .iter()
@@ -126,7 +130,7 @@ pub fn softmax(row: &[f32]) -> Vec<f32> {
 /// The metrics of `model` on a labelled split.
 ///
 /// # Errors
-/// An unlabelled split; tensor errors.
+/// [`Error::EmptySplit`]; [`Error::UnlabelledSplit`]; tensor errors.
 pub fn evaluate(
     model: &dyn Model,
     split: &EncodedSplit,
@@ -136,10 +140,15 @@ pub fn evaluate(
     pad_id: u32,
     device: &Device,
 ) -> Result<BTreeMap<String, f64>> {
-    if split.labels.len() != split.len() || split.is_empty() {
-        return Err(Error::Training(
-            "evaluation needs a non-empty labelled split".into(),
-        ));
+    if split.is_empty() {
+        return Err(Error::EmptySplit { op: "evaluate" });
+    }
+    if split.labels.len() != split.len() {
+        return Err(Error::UnlabelledSplit {
+            op: "evaluate",
+            examples: split.len(),
+            labels: split.labels.len(),
+        });
     }
     let preds: Vec<Label> = logits(model, split, batch_size, pad_id, device)?
         .iter()

@@ -223,7 +223,8 @@ pub struct TrainJob<'a> {
 /// Runs training. On return the model holds the best evaluation's weights.
 ///
 /// # Errors
-/// An invalid config; no trainable tensors; a non-finite loss; tensor and I/O errors.
+/// An invalid config; [`Error::NoTrainableTensors`]; [`Error::NoBatches`]; a non-finite loss;
+/// a checkpoint of another run; tensor and I/O errors.
 pub fn train(
     cfg: &TrainConfig,
     job: TrainJob<'_>,
@@ -231,12 +232,10 @@ pub fn train(
 ) -> Result<TrainSummary> {
     cfg.validate()?;
     if job.vars.is_empty() {
-        return Err(Error::Training("no trainable tensors".into()));
+        return Err(Error::NoTrainableTensors);
     }
     if job.batches_per_epoch == 0 {
-        return Err(Error::Training(
-            "the training split produced no batches".into(),
-        ));
+        return Err(Error::NoBatches);
     }
     let steps_per_epoch = job.batches_per_epoch.div_ceil(cfg.grad_accum);
     let mut total = steps_per_epoch * cfg.epochs.max(1);

@@ -3,7 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::Config;
 use crate::error::{Error, Result};
+
+/// The method's registry name.
+pub(super) const NAME: &str = "adapter";
 
 /// Where in each transformer layer the adapters sit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -67,17 +71,13 @@ impl Default for BottleneckConfig {
     }
 }
 
-impl BottleneckConfig {
-    /// Parses a JSON config (unknown fields are an error) and validates it.
-    ///
-    /// # Errors
-    /// [`Error::Json`] naming the bad field; [`Error::InvalidConfig`].
-    pub fn from_json(config: &serde_json::Value, method: &'static str) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(config.clone())?;
-        cfg.validate(method)?;
-        Ok(cfg)
+impl Config for BottleneckConfig {
+    fn validate(&self) -> Result<()> {
+        self.check(NAME)
     }
+}
 
+impl BottleneckConfig {
     /// The bottleneck width for a layer of width `hidden`.
     pub fn width(&self, hidden: usize) -> usize {
         self.bottleneck_size
@@ -85,11 +85,11 @@ impl BottleneckConfig {
             .max(1)
     }
 
-    /// Checks every field.
+    /// Checks every field, naming `method` (the bottleneck fields serve LoRETTA-adp too).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the field.
-    pub fn validate(&self, method: &'static str) -> Result<()> {
+    pub fn check(&self, method: &'static str) -> Result<()> {
         let bad = |field, reason: &str, got: String| Error::InvalidConfig {
             method,
             field,

@@ -17,13 +17,15 @@ use rand::rngs::StdRng;
 pub use config::{BottleneckConfig, NonLinearity, Variant};
 pub use layer::{BottleneckLayer, BottleneckParts, Projection};
 
-use crate::adapters::{Adapter, DefaultSites, LayerSpec, Method, ModuleSet, Placement};
+use config::NAME;
+
+use crate::adapters::{
+    Adapter, DefaultSites, LayerSpec, Method, MethodConfig, ModuleSet, Placement, downcast, parse,
+};
 use crate::error::Result;
 
 /// The bottleneck adapter method, as registered (`adapter`).
 pub struct Bottleneck;
-
-const NAME: &str = "adapter";
 
 impl Method for Bottleneck {
     fn name(&self) -> &'static str {
@@ -38,8 +40,8 @@ impl Method for Bottleneck {
     fn summary(&self) -> &'static str {
         "bottleneck adapters (Houlsby: after attention and FFN outputs; Pfeiffer: after FFN)"
     }
-    fn default_config(&self) -> serde_json::Value {
-        serde_json::to_value(BottleneckConfig::default()).unwrap_or_default()
+    fn parse_config(&self, given: &serde_json::Value) -> Result<Box<dyn MethodConfig>> {
+        parse::<BottleneckConfig>(self.name(), given)
     }
     /// The rate Houlsby et al. 2019 and the adapters library use for BERT-sized models.
     fn default_lr(&self) -> f64 {
@@ -50,21 +52,18 @@ impl Method for Bottleneck {
     }
     fn default_targets(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
         sites: &DefaultSites,
     ) -> Result<ModuleSet> {
-        Ok(BottleneckConfig::from_json(config, NAME)?.targets(sites))
-    }
-    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
-        BottleneckConfig::from_json(config, NAME).map(|_| ())
+        Ok(downcast::<BottleneckConfig>(NAME, config)?.targets(sites))
     }
     fn build(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
         layer: &LayerSpec,
         rng: &mut StdRng,
     ) -> Result<Box<dyn Adapter>> {
-        let cfg = BottleneckConfig::from_json(config, NAME)?;
+        let cfg = downcast::<BottleneckConfig>(NAME, config)?;
         let h = layer.out_features;
         let m = cfg.width(h);
         let down = Projection::normal(m, h, cfg.init_std, layer, rng)?;

@@ -29,7 +29,7 @@ fn width_follows_reduction_factor_unless_given() {
 fn parameter_count_is_two_projections_and_two_biases() {
     // 2·h·m + m + h for h = 32, m = 32/16 = 2.
     let a = Bottleneck
-        .build(&Bottleneck.default_config(), &spec(32), &mut seeded_rng(1))
+        .build_from_json(&Bottleneck.default_config(), &spec(32), &mut seeded_rng(1))
         .unwrap();
     assert_eq!(a.num_params(), 2 * 32 * 2 + 2 + 32);
     assert!(a.serial());
@@ -53,7 +53,7 @@ fn serial_adapter_maps_the_layer_output_and_refuses_to_merge() {
     let x = Tensor::randn(0f64, 1., (5, 3 * h), &dev).unwrap();
     let cfg = serde_json::json!({"bottleneck_size": 2, "init_std": 0.5, "non_linearity": "tanh"});
     let a = Bottleneck
-        .build(&cfg, &spec(h), &mut seeded_rng(2))
+        .build_from_json(&cfg, &spec(h), &mut seeded_rng(2))
         .unwrap();
     let g_of = |y: &Tensor| a.forward_delta(y, false).unwrap();
     let mut layer = Linear::new(w.clone(), None).unwrap();
@@ -63,7 +63,7 @@ fn serial_adapter_maps_the_layer_output_and_refuses_to_merge() {
         .add_adapter(
             "default",
             Bottleneck
-                .build(&cfg, &spec(h), &mut seeded_rng(2))
+                .build_from_json(&cfg, &spec(h), &mut seeded_rng(2))
                 .unwrap(),
         )
         .unwrap();
@@ -84,7 +84,12 @@ fn pfeiffer_targets_only_the_feed_forward_output() {
     };
     let targets = |variant: &str| {
         let t = Bottleneck
-            .default_targets(&serde_json::json!({ "variant": variant }), &sites)
+            .default_targets(
+                &*Bottleneck
+                    .parse_config(&serde_json::json!({ "variant": variant }))
+                    .unwrap(),
+                &sites,
+            )
             .unwrap();
         let rules = crate::adapters::Targeting::new(&t, None, &Default::default()).unwrap();
         [
@@ -109,7 +114,7 @@ fn bad_fields_are_named() {
         (serde_json::json!({"init_std": -1.0}), "init_std"),
         (serde_json::json!({"variant": "lora"}), "variant"),
     ] {
-        let err = Bottleneck.validate_config(&cfg).unwrap_err().to_string();
+        let err = Bottleneck.parse_config(&cfg).unwrap_err().to_string();
         assert!(
             err.contains(field) || err.contains("unknown variant"),
             "{err}"

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::Config;
 use crate::error::Result;
 
 /// What full fine-tuning trains besides the encoder layers.
@@ -14,15 +15,13 @@ pub struct FullConfig {
     pub freeze_embeddings: bool,
 }
 
-impl FullConfig {
-    /// Parses a JSON config (unknown fields are an error).
-    ///
-    /// # Errors
-    /// [`crate::Error::Json`] naming the bad field.
-    pub fn from_json(config: &serde_json::Value) -> Result<Self> {
-        Ok(serde_json::from_value(config.clone())?)
+impl Config for FullConfig {
+    fn validate(&self) -> Result<()> {
+        Ok(())
     }
+}
 
+impl FullConfig {
     /// Whether the base tensor `name` (a state-dict name) trains.
     pub fn trains(&self, name: &str) -> bool {
         let embedding = name.starts_with("embeddings.") || name.contains(".embeddings.");

@@ -11,7 +11,7 @@ mod tests;
 
 pub use config::FullConfig;
 
-use crate::adapters::{Method, Placement};
+use crate::adapters::{Method, MethodConfig, Placement, downcast, parse};
 use crate::error::Result;
 
 /// The full fine-tuning method, as registered.
@@ -30,8 +30,8 @@ impl Method for Full {
     fn summary(&self) -> &'static str {
         "full fine-tuning: every base weight trains (optionally not the embeddings)"
     }
-    fn default_config(&self) -> serde_json::Value {
-        serde_json::to_value(FullConfig::default()).unwrap_or_default()
+    fn parse_config(&self, given: &serde_json::Value) -> Result<Box<dyn MethodConfig>> {
+        parse::<FullConfig>(self.name(), given)
     }
     /// The usual BERT fine-tuning rate (Devlin et al. 2019 searched 2e-5 to 5e-5); adapter rates diverge.
     fn default_lr(&self) -> f64 {
@@ -40,10 +40,7 @@ impl Method for Full {
     fn placement(&self) -> Placement {
         Placement::Base
     }
-    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
-        FullConfig::from_json(config).map(|_| ())
-    }
-    fn trains_base_tensor(&self, config: &serde_json::Value, name: &str) -> Result<bool> {
-        Ok(FullConfig::from_json(config)?.trains(name))
+    fn trains_base_tensor(&self, config: &dyn MethodConfig, name: &str) -> Result<bool> {
+        Ok(downcast::<FullConfig>(self.name(), config)?.trains(name))
     }
 }

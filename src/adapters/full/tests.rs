@@ -17,9 +17,9 @@ fn freezing_embeddings_keeps_only_the_embedding_module() {
 #[test]
 fn unknown_fields_are_refused() {
     let err = Full
-        .validate_config(&serde_json::json!({"freeze_embedding": true}))
+        .parse_config(&serde_json::json!({"freeze_embedding": true}))
         .unwrap_err()
         .to_string();
     assert!(err.contains("freeze_embedding"), "{err}");
-    assert!(Full.validate_config(&Full.default_config()).is_ok());
+    assert!(Full.parse_config(&Full.default_config()).is_ok());
 }

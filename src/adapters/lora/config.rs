@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::Config;
 use crate::error::{Error, Result};
 
 /// LoRA hyper-parameters (field names as in PEFT's `LoraConfig`).
@@ -75,12 +76,14 @@ impl LoraConfig {
         }
         out
     }
+}
 
+impl Config for LoraConfig {
     /// Checks every field.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the field.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let bad = |field, reason: &str, got: String| Error::InvalidConfig {
             method: "lora",
             field,

@@ -3,6 +3,7 @@
 use candle_core::{Tensor, Var};
 use rand::rngs::StdRng;
 
+use crate::adapters::Config;
 use crate::adapters::lora::LoraConfig;
 use crate::adapters::{Adapter, LayerSpec, LoraFactors, kaiming_uniform};
 use crate::error::{Error, Result};

@@ -14,11 +14,27 @@ use rand::rngs::StdRng;
 pub use config::LoraConfig;
 pub use layer::LoraLayer;
 
-use crate::adapters::{Adapter, LayerSpec, Method};
+use crate::adapters::{Adapter, LayerSpec, Method, MethodConfig, Shorthand, downcast, parse};
 use crate::error::Result;
 
 /// The LoRA method, as registered.
 pub struct Lora;
+
+/// `--rank` as `r` and `--alpha` as `lora_alpha`, PEFT's fields (LoRA and LoRETTA-rep).
+pub(crate) fn rank_or_alpha(
+    flag: Shorthand,
+    value: &serde_json::Value,
+) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+    let field = match flag {
+        Shorthand::Rank => "r",
+        Shorthand::Alpha => "lora_alpha",
+        _ => return None,
+    };
+    Some(Ok(serde_json::Map::from_iter([(
+        field.to_string(),
+        value.clone(),
+    )])))
+}
 
 impl Method for Lora {
     fn name(&self) -> &'static str {
@@ -33,31 +49,29 @@ impl Method for Lora {
     fn summary(&self) -> &'static str {
         "LoRA: dW = (alpha/r) B A, A (r x in) Kaiming-uniform, B (out x r) zero"
     }
-    fn default_config(&self) -> serde_json::Value {
-        serde_json::to_value(LoraConfig::default()).unwrap_or_default()
+    fn parse_config(&self, given: &serde_json::Value) -> Result<Box<dyn MethodConfig>> {
+        parse::<LoraConfig>(self.name(), given)
     }
-    fn rank_field(&self) -> Option<&'static str> {
-        Some("r")
-    }
-    fn alpha_field(&self) -> Option<&'static str> {
-        Some("lora_alpha")
+    fn shorthand(
+        &self,
+        flag: Shorthand,
+        value: &serde_json::Value,
+    ) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+        rank_or_alpha(flag, value)
     }
     fn pattern_overrides(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
     ) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
-        Ok(serde_json::from_value::<LoraConfig>(config.clone())?.pattern_overrides())
-    }
-    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
-        serde_json::from_value::<LoraConfig>(config.clone())?.validate()
+        Ok(downcast::<LoraConfig>(self.name(), config)?.pattern_overrides())
     }
     fn build(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
         layer: &LayerSpec,
         rng: &mut StdRng,
     ) -> Result<Box<dyn Adapter>> {
-        let config: LoraConfig = serde_json::from_value(config.clone())?;
-        Ok(Box::new(LoraLayer::new(&config, layer, rng)?))
+        let config = downcast::<LoraConfig>(self.name(), config)?;
+        Ok(Box::new(LoraLayer::new(config, layer, rng)?))
     }
 }

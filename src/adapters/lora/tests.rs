@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::adapters::lora::{LoraConfig, LoraLayer};
-use crate::adapters::{Adapter, LayerSpec, seeded_rng};
+use crate::adapters::{Adapter, Config, LayerSpec, seeded_rng};
 
 fn spec(in_features: usize, out_features: usize) -> LayerSpec {
     LayerSpec {

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::Config;
 use crate::adapters::bottleneck::{BottleneckConfig, NonLinearity, Variant};
 use crate::adapters::ttlora::{TtInit, TtLoraConfig};
 use crate::error::{Error, Result};
@@ -37,13 +38,22 @@ impl Default for LorettaRepConfig {
     }
 }
 
-impl LorettaRepConfig {
-    /// Parses a JSON config (unknown fields are an error) and validates it.
-    ///
-    /// # Errors
-    /// [`Error::Json`]; [`Error::InvalidConfig`] naming the field.
-    pub fn from_json(config: &serde_json::Value) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(with_tensor_rank(config, &["a", "b"]))?;
+impl Config for LorettaRepConfig {
+    /// Writes `tensor_rank` into the given trains first (so a train that sets no rank takes `tensor_rank`).
+    fn from_json(method: &'static str, given: &serde_json::Value) -> Result<Self> {
+        let cfg: Self =
+            serde_json::from_value(with_tensor_rank(given, &["a", "b"])).map_err(|e| {
+                Error::ConfigField {
+                    method,
+                    reason: e.to_string(),
+                }
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let cfg = self;
         let bad = |field, got: String| Error::InvalidConfig {
             method: "loretta-rep",
             field,
@@ -67,9 +77,11 @@ impl LorettaRepConfig {
         for t in [&cfg.a, &cfg.b].into_iter().flatten() {
             t.validate()?;
         }
-        Ok(cfg)
+        Ok(())
     }
+}
 
+impl LorettaRepConfig {
     /// α/r.
     pub fn scaling(&self) -> f64 {
         self.lora_alpha / self.r as f64
@@ -162,14 +174,23 @@ impl Default for LorettaAdpConfig {
     }
 }
 
-impl LorettaAdpConfig {
-    /// Parses a JSON config (unknown fields are an error) and validates it.
-    ///
-    /// # Errors
-    /// [`Error::Json`]; [`Error::InvalidConfig`] naming the field.
-    pub fn from_json(config: &serde_json::Value) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(with_tensor_rank(config, &["down", "up"]))?;
-        cfg.bottleneck().validate("loretta-adp")?;
+impl Config for LorettaAdpConfig {
+    /// Writes `tensor_rank` into the given trains first (so a train that sets no rank takes `tensor_rank`).
+    fn from_json(method: &'static str, given: &serde_json::Value) -> Result<Self> {
+        let cfg: Self =
+            serde_json::from_value(with_tensor_rank(given, &["down", "up"])).map_err(|e| {
+                Error::ConfigField {
+                    method,
+                    reason: e.to_string(),
+                }
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let cfg = self;
+        cfg.bottleneck().check("loretta-adp")?;
         if cfg.tensor_rank == 0 {
             return Err(Error::InvalidConfig {
                 method: "loretta-adp",
@@ -181,9 +202,11 @@ impl LorettaAdpConfig {
         for t in [&cfg.down, &cfg.up].into_iter().flatten() {
             t.validate()?;
         }
-        Ok(cfg)
+        Ok(())
     }
+}
 
+impl LorettaAdpConfig {
     /// The bottleneck fields as a plain bottleneck config (width, targets, checks).
     pub fn bottleneck(&self) -> BottleneckConfig {
         BottleneckConfig {

@@ -7,8 +7,8 @@
 //!   up train's last core starts at zero, so the adapter is the identity at step 0.
 //!
 //! Owns: both configs and methods, [`LorettaRepLayer`]. The trains are TT-LoRA's
-//! ([`TtLoraLayer`](crate::adapters::ttlora::TtLoraLayer), α = 1); the bottleneck is
-//! [`BottleneckLayer`](crate::adapters::bottleneck::BottleneckLayer).
+//! ([`TtLoraLayer`], α = 1); the bottleneck is
+//! [`BottleneckLayer`].
 
 mod config;
 mod rep;
@@ -21,8 +21,12 @@ pub use config::{LorettaAdpConfig, LorettaRepConfig};
 pub use rep::LorettaRepLayer;
 
 use crate::adapters::bottleneck::{BottleneckLayer, BottleneckParts, Projection};
+use crate::adapters::lora::rank_or_alpha;
 use crate::adapters::ttlora::{TtInit, TtLoraConfig, TtLoraLayer};
-use crate::adapters::{Adapter, DefaultSites, LayerSpec, Method, ModuleSet, Placement};
+use crate::adapters::{
+    Adapter, DefaultSites, LayerSpec, Method, MethodConfig, ModuleSet, Placement, Shorthand,
+    downcast, parse,
+};
 use crate::error::Result;
 
 /// A TT-LoRA train of an `(out, in)` matrix on `layer`'s dtype and device.
@@ -62,25 +66,23 @@ impl Method for LorettaRep {
     fn summary(&self) -> &'static str {
         "LoRETTA-rep: LoRA with A and B each a tensor train, scaled alpha/r"
     }
-    fn default_config(&self) -> serde_json::Value {
-        serde_json::to_value(LorettaRepConfig::default()).unwrap_or_default()
+    fn parse_config(&self, given: &serde_json::Value) -> Result<Box<dyn MethodConfig>> {
+        parse::<LorettaRepConfig>(self.name(), given)
     }
-    fn rank_field(&self) -> Option<&'static str> {
-        Some("r")
-    }
-    fn alpha_field(&self) -> Option<&'static str> {
-        Some("lora_alpha")
-    }
-    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
-        LorettaRepConfig::from_json(config).map(|_| ())
+    fn shorthand(
+        &self,
+        flag: Shorthand,
+        value: &serde_json::Value,
+    ) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+        rank_or_alpha(flag, value)
     }
     fn build(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
         layer: &LayerSpec,
         rng: &mut StdRng,
     ) -> Result<Box<dyn Adapter>> {
-        let cfg = LorettaRepConfig::from_json(config)?;
+        let cfg = downcast::<LorettaRepConfig>(self.name(), config)?.clone();
         // A starts as a TT-SVD of a Kaiming-uniform matrix (LoRA's A), B at zero.
         let a_cfg = config::train_config(cfg.a.as_ref(), cfg.tensor_rank, TtInit::TtSvd);
         let b_cfg = config::train_config(cfg.b.as_ref(), cfg.tensor_rank, TtInit::Zero);
@@ -111,8 +113,8 @@ impl Method for LorettaAdp {
     fn summary(&self) -> &'static str {
         "LoRETTA-adp: bottleneck adapters whose projections are tensor trains"
     }
-    fn default_config(&self) -> serde_json::Value {
-        serde_json::to_value(LorettaAdpConfig::default()).unwrap_or_default()
+    fn parse_config(&self, given: &serde_json::Value) -> Result<Box<dyn MethodConfig>> {
+        parse::<LorettaAdpConfig>(self.name(), given)
     }
     /// As for dense bottleneck adapters.
     fn default_lr(&self) -> f64 {
@@ -123,23 +125,20 @@ impl Method for LorettaAdp {
     }
     fn default_targets(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
         sites: &DefaultSites,
     ) -> Result<ModuleSet> {
-        Ok(LorettaAdpConfig::from_json(config)?
+        Ok(downcast::<LorettaAdpConfig>(self.name(), config)?
             .bottleneck()
             .targets(sites))
     }
-    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
-        LorettaAdpConfig::from_json(config).map(|_| ())
-    }
     fn build(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
         layer: &LayerSpec,
         rng: &mut StdRng,
     ) -> Result<Box<dyn Adapter>> {
-        let cfg = LorettaAdpConfig::from_json(config)?;
+        let cfg = downcast::<LorettaAdpConfig>(self.name(), config)?.clone();
         let h = layer.out_features;
         let m = cfg.bottleneck().width(h);
         let down_cfg = config::train_config(cfg.down.as_ref(), cfg.tensor_rank, TtInit::TtSvd);

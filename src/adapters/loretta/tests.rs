@@ -1,7 +1,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::*;
-use crate::adapters::seeded_rng;
+use crate::adapters::{Config, seeded_rng};
 
 fn spec(in_f: usize, out_f: usize) -> LayerSpec {
     LayerSpec {
@@ -25,7 +25,7 @@ fn max_abs(t: &Tensor) -> f64 {
 #[test]
 fn rep_starts_at_zero_and_is_exactly_a_lora() {
     let a = LorettaRep
-        .build(
+        .build_from_json(
             &LorettaRep.default_config(),
             &spec(48, 32),
             &mut seeded_rng(1),
@@ -53,7 +53,7 @@ fn rep_starts_at_zero_and_is_exactly_a_lora() {
 #[test]
 fn rep_counts_the_cores_of_both_trains_and_rebuilds_from_its_config() {
     let a = LorettaRep
-        .build(
+        .build_from_json(
             &serde_json::json!({"r": 4, "tensor_rank": 2}),
             &spec(48, 32),
             &mut seeded_rng(2),
@@ -72,7 +72,7 @@ fn rep_counts_the_cores_of_both_trains_and_rebuilds_from_its_config() {
     let expected = count(cfg.a.as_ref().unwrap(), 48, 4) + count(cfg.b.as_ref().unwrap(), 4, 32);
     assert_eq!(a.num_params(), expected);
     let rebuilt = LorettaRep
-        .build(&a.config(), &spec(48, 32), &mut seeded_rng(9))
+        .build_from_json(&a.config(), &spec(48, 32), &mut seeded_rng(9))
         .unwrap();
     let dims = |x: &dyn Adapter| -> Vec<Vec<usize>> {
         x.trainable()
@@ -87,7 +87,7 @@ fn rep_counts_the_cores_of_both_trains_and_rebuilds_from_its_config() {
 fn adp_is_the_identity_at_init_and_serial() {
     let h = 32;
     let a = LorettaAdp
-        .build(
+        .build_from_json(
             &serde_json::json!({"bottleneck_size": 4, "tensor_rank": 2}),
             &spec(3 * h, h),
             &mut seeded_rng(3),
@@ -112,12 +112,12 @@ fn adp_is_the_identity_at_init_and_serial() {
 #[test]
 fn bad_fields_are_named() {
     let err = LorettaRep
-        .validate_config(&serde_json::json!({"tensor_rank": 0}))
+        .parse_config(&serde_json::json!({"tensor_rank": 0}))
         .unwrap_err()
         .to_string();
     assert!(err.contains("tensor_rank"), "{err}");
     let err = LorettaAdp
-        .validate_config(&serde_json::json!({"reduction_factor": -2.0}))
+        .parse_config(&serde_json::json!({"reduction_factor": -2.0}))
         .unwrap_err()
         .to_string();
     assert!(err.contains("reduction_factor"), "{err}");
@@ -125,7 +125,7 @@ fn bad_fields_are_named() {
 
 #[test]
 fn a_given_train_takes_tensor_rank_unless_it_sets_its_own() {
-    let rep = |cfg| LorettaRepConfig::from_json(&cfg).unwrap();
+    let rep = |cfg| <LorettaRepConfig as Config>::from_json("loretta-rep", &cfg).unwrap();
     let a = serde_json::json!({"in_factors": [2, 4], "out_factors": [8]});
     let c = rep(serde_json::json!({"tensor_rank": 3, "a": a}));
     assert_eq!(c.a.map(|t| t.rank), Some(3));
@@ -133,8 +133,11 @@ fn a_given_train_takes_tensor_rank_unless_it_sets_its_own() {
     assert_eq!(c.a.map(|t| t.rank), Some(2));
     let c = rep(serde_json::json!({"b": {}}));
     assert_eq!(c.b.map(|t| t.rank), Some(5));
-    let adp =
-        LorettaAdpConfig::from_json(&serde_json::json!({"tensor_rank": 4, "up": {}})).unwrap();
+    let adp = <LorettaAdpConfig as Config>::from_json(
+        "loretta-adp",
+        &serde_json::json!({"tensor_rank": 4, "up": {}}),
+    )
+    .unwrap();
     assert_eq!(adp.up.map(|t| t.rank), Some(4));
     assert_eq!(adp.down, None);
 }

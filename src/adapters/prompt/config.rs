@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::Config;
 use crate::error::{Error, Result};
 
 /// How the soft prompt starts.
@@ -67,34 +68,23 @@ fn positive(method: &'static str, n: usize) -> Result<()> {
     Ok(())
 }
 
-impl PromptConfig {
-    /// Parses and validates a JSON config (unknown fields are an error).
-    ///
-    /// # Errors
-    /// [`Error::Json`]; [`Error::InvalidConfig`] naming the field.
-    pub fn from_json(config: &serde_json::Value) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(config.clone())?;
-        positive("prompt", cfg.num_virtual_tokens)?;
-        Ok(cfg)
+impl Config for PromptConfig {
+    fn validate(&self) -> Result<()> {
+        positive("prompt", self.num_virtual_tokens)
     }
 }
 
-impl PrefixConfig {
-    /// Parses and validates a JSON config (unknown fields are an error).
-    ///
-    /// # Errors
-    /// [`Error::Json`]; [`Error::InvalidConfig`] naming the field.
-    pub fn from_json(config: &serde_json::Value) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(config.clone())?;
-        positive("prefix", cfg.num_virtual_tokens)?;
-        if !(cfg.init_std.is_finite() && cfg.init_std >= 0.0) {
+impl Config for PrefixConfig {
+    fn validate(&self) -> Result<()> {
+        positive("prefix", self.num_virtual_tokens)?;
+        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
             return Err(Error::InvalidConfig {
                 method: "prefix",
                 field: "init_std",
                 reason: "must be finite and >= 0".into(),
-                got: cfg.init_std.to_string(),
+                got: self.init_std.to_string(),
             });
         }
-        Ok(cfg)
+        Ok(())
     }
 }

@@ -19,11 +19,8 @@ use rand::rngs::StdRng;
 
 pub use config::{PrefixConfig, PromptConfig, PromptInit};
 
-use crate::adapters::{Method, Placement, VirtualSpec, normal};
+use crate::adapters::{Method, MethodConfig, Placement, VirtualSpec, downcast, normal, parse};
 use crate::error::{Error, Result};
-
-/// The key of the one tensor in the weights file, as PEFT names it.
-pub const TOKENS_KEY: &str = "prompt_embeddings";
 
 /// Prompt tuning, as registered.
 pub struct Prompt;
@@ -41,8 +38,8 @@ impl Method for Prompt {
     fn summary(&self) -> &'static str {
         "prompt tuning: trainable soft tokens before the input embeddings"
     }
-    fn default_config(&self) -> serde_json::Value {
-        serde_json::to_value(PromptConfig::default()).unwrap_or_default()
+    fn parse_config(&self, given: &serde_json::Value) -> Result<Box<dyn MethodConfig>> {
+        parse::<PromptConfig>(self.name(), given)
     }
     /// Soft prompts train at rates far above weight updates (Lester et al. used 0.3).
     fn default_lr(&self) -> f64 {
@@ -51,16 +48,13 @@ impl Method for Prompt {
     fn placement(&self) -> Placement {
         Placement::Prompt
     }
-    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
-        PromptConfig::from_json(config).map(|_| ())
-    }
     fn build_virtual(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
         spec: &VirtualSpec,
         rng: &mut StdRng,
     ) -> Result<Tensor> {
-        let cfg = PromptConfig::from_json(config)?;
+        let cfg = downcast::<PromptConfig>(self.name(), config)?;
         let n = cfg.num_virtual_tokens;
         match cfg.init {
             PromptInit::Random => normal(&[n, spec.hidden], 1.0, rng, spec.dtype, &spec.device),
@@ -101,8 +95,8 @@ impl Method for Prefix {
     fn summary(&self) -> &'static str {
         "prefix tuning: trainable keys and values before every attention layer's own"
     }
-    fn default_config(&self) -> serde_json::Value {
-        serde_json::to_value(PrefixConfig::default()).unwrap_or_default()
+    fn parse_config(&self, given: &serde_json::Value) -> Result<Box<dyn MethodConfig>> {
+        parse::<PrefixConfig>(self.name(), given)
     }
     /// As for prompt tuning: a few thousand free vectors take large steps.
     fn default_lr(&self) -> f64 {
@@ -111,16 +105,13 @@ impl Method for Prefix {
     fn placement(&self) -> Placement {
         Placement::Prefix
     }
-    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
-        PrefixConfig::from_json(config).map(|_| ())
-    }
     fn build_virtual(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
         spec: &VirtualSpec,
         rng: &mut StdRng,
     ) -> Result<Tensor> {
-        let cfg = PrefixConfig::from_json(config)?;
+        let cfg = downcast::<PrefixConfig>(self.name(), config)?;
         let width = spec.layers * 2 * spec.hidden;
         normal(
             &[cfg.num_virtual_tokens, width],

@@ -21,7 +21,11 @@ fn spec() -> VirtualSpec {
 fn prompt_tokens_are_hidden_wide_and_start_as_vocabulary_rows() {
     let cfg = serde_json::json!({"num_virtual_tokens": 4});
     let t = Prompt
-        .build_virtual(&cfg, &spec(), &mut seeded_rng(1))
+        .build_virtual(
+            &*Prompt.parse_config(&cfg).unwrap(),
+            &spec(),
+            &mut seeded_rng(1),
+        )
         .unwrap();
     assert_eq!(t.dims(), [4, 8]);
     for row in t.to_vec2::<f32>().unwrap() {
@@ -31,7 +35,11 @@ fn prompt_tokens_are_hidden_wide_and_start_as_vocabulary_rows() {
     }
     let random = serde_json::json!({"num_virtual_tokens": 4, "init": "random"});
     let t = Prompt
-        .build_virtual(&random, &spec(), &mut seeded_rng(1))
+        .build_virtual(
+            &*Prompt.parse_config(&random).unwrap(),
+            &spec(),
+            &mut seeded_rng(1),
+        )
         .unwrap();
     assert_eq!(t.dims(), [4, 8]);
 }
@@ -39,7 +47,11 @@ fn prompt_tokens_are_hidden_wide_and_start_as_vocabulary_rows() {
 #[test]
 fn prefix_table_has_keys_and_values_for_every_layer() {
     let t = Prefix
-        .build_virtual(&Prefix.default_config(), &spec(), &mut seeded_rng(2))
+        .build_virtual(
+            &*Prefix.parse_config(&serde_json::json!({})).unwrap(),
+            &spec(),
+            &mut seeded_rng(2),
+        )
         .unwrap();
     assert_eq!(t.dims(), [20, 3 * 2 * 8]);
 }
@@ -48,13 +60,10 @@ fn prefix_table_has_keys_and_values_for_every_layer() {
 fn zero_tokens_and_unknown_fields_are_refused() {
     for m in [&Prompt as &dyn Method, &Prefix] {
         let err = m
-            .validate_config(&serde_json::json!({"num_virtual_tokens": 0}))
+            .parse_config(&serde_json::json!({"num_virtual_tokens": 0}))
             .unwrap_err()
             .to_string();
         assert!(err.contains("num_virtual_tokens"), "{err}");
-        assert!(
-            m.validate_config(&serde_json::json!({"tokens": 3}))
-                .is_err()
-        );
+        assert!(m.parse_config(&serde_json::json!({"tokens": 3})).is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::Config;
 use crate::error::{Error, Result};
 use crate::tt::{Ranks, TtLayout, TtPath, TtShape, propose_shapes};
 
@@ -84,12 +85,8 @@ impl Default for TtLoraConfig {
     }
 }
 
-impl TtLoraConfig {
-    /// Checks every field that can be checked without the layer's sizes.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming the field.
-    pub fn validate(&self) -> Result<()> {
+impl Config for TtLoraConfig {
+    fn validate(&self) -> Result<()> {
         let bad = |field, reason: &str, got: String| Error::InvalidConfig {
             method: "ttlora",
             field,
@@ -139,9 +136,41 @@ impl TtLoraConfig {
                 }
             }
         }
+        let lists = [
+            ("in_factors", &self.in_factors),
+            ("out_factors", &self.out_factors),
+            ("factors", &self.factors),
+        ];
+        for (field, list) in lists {
+            if let Some(f) = list
+                && (f.is_empty() || f.contains(&0))
+            {
+                let reason = "must be a non-empty list of factors >= 1 (their product is the \
+                              layer's size)";
+                return Err(bad(field, reason, format!("{f:?}")));
+            }
+        }
+        let given_cores = match (&self.in_factors, &self.out_factors, &self.factors) {
+            (Some(i), Some(o), _) => Some(i.len() + o.len()),
+            (_, _, Some(f)) => Some(f.len()),
+            _ => None,
+        };
+        if let Some(ranks) = &self.ranks {
+            if ranks.contains(&0) {
+                return Err(bad("ranks", "must all be >= 1", format!("{ranks:?}")));
+            }
+            if let Some(d) = given_cores
+                && ranks.len() + 1 != d
+            {
+                let reason = format!("needs {} inner ranks for {d} cores", d.saturating_sub(1));
+                return Err(bad("ranks", &reason, format!("{ranks:?}")));
+            }
+        }
         Ok(())
     }
+}
 
+impl TtLoraConfig {
     /// A default config (α, init, path) whose layout, factors and ranks are `shape`'s.
     pub fn for_shape(shape: &TtShape) -> Self {
         let ranks = shape.ranks();

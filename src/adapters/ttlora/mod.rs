@@ -14,8 +14,9 @@ use rand::rngs::StdRng;
 pub use config::{DEFAULT_CORES, TtInit, TtLoraConfig};
 pub use layer::TtLoraLayer;
 
-use crate::adapters::{Adapter, LayerSpec, Method};
+use crate::adapters::{Adapter, LayerSpec, Method, MethodConfig, Shorthand, downcast, parse};
 use crate::error::Result;
+use crate::tt::parse_core_order;
 
 /// The TT-LoRA method, as registered.
 pub struct TtLora;
@@ -33,25 +34,44 @@ impl Method for TtLora {
     fn summary(&self) -> &'static str {
         "TT-LoRA: dW = alpha * tensor train of small cores (default zero init, factored path)"
     }
-    fn default_config(&self) -> serde_json::Value {
-        serde_json::to_value(TtLoraConfig::default()).unwrap_or_default()
+    fn parse_config(&self, given: &serde_json::Value) -> Result<Box<dyn MethodConfig>> {
+        parse::<TtLoraConfig>(self.name(), given)
     }
-    fn rank_field(&self) -> Option<&'static str> {
-        Some("rank")
+    fn shorthand(
+        &self,
+        flag: Shorthand,
+        value: &serde_json::Value,
+    ) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+        let field = match flag {
+            Shorthand::Rank => "rank",
+            Shorthand::Alpha => "alpha",
+            Shorthand::Init => "init",
+            Shorthand::TtPath => "path",
+            Shorthand::Shape => {
+                let shape = value.as_str().unwrap_or_default();
+                return Some(parse_core_order(shape).map(|(i, o)| {
+                    serde_json::Map::from_iter([
+                        ("in_factors".to_string(), i.into()),
+                        ("out_factors".to_string(), o.into()),
+                    ])
+                }));
+            }
+        };
+        Some(Ok(serde_json::Map::from_iter([(
+            field.to_string(),
+            value.clone(),
+        )])))
     }
-    fn alpha_field(&self) -> Option<&'static str> {
-        Some("alpha")
-    }
-    fn validate_config(&self, config: &serde_json::Value) -> Result<()> {
-        serde_json::from_value::<TtLoraConfig>(config.clone())?.validate()
+    fn paper_preset(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::from_iter([("init".to_string(), "paper".into())])
     }
     fn build(
         &self,
-        config: &serde_json::Value,
+        config: &dyn MethodConfig,
         layer: &LayerSpec,
         rng: &mut StdRng,
     ) -> Result<Box<dyn Adapter>> {
-        let config: TtLoraConfig = serde_json::from_value(config.clone())?;
-        Ok(Box::new(TtLoraLayer::new(&config, layer, rng)?))
+        let config = downcast::<TtLoraConfig>(self.name(), config)?;
+        Ok(Box::new(TtLoraLayer::new(config, layer, rng)?))
     }
 }

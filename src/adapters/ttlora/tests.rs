@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
 use crate::adapters::ttlora::{TtInit, TtLoraConfig, TtLoraLayer};
-use crate::adapters::{Adapter, LayerSpec, seeded_rng};
+use crate::adapters::{Adapter, Config, LayerSpec, seeded_rng};
 use crate::tt::{TtLayout, TtPath};
 
 fn spec(in_features: usize, out_features: usize) -> LayerSpec {

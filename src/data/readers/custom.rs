@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::{LabelMode, RawRow, json_row, numbered_lines, read_text, resolve_labels};
+use super::rows::{LabelMode, RawRow, json_row, numbered_lines, read_text, resolve_labels};
 use crate::data::Example;
 use crate::error::{Error, Result};
 

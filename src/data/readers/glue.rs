@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{RawRow, numbered_lines};
+use super::rows::{RawRow, numbered_lines};
 use crate::data::Column;
 use crate::error::{Error, Result};
 

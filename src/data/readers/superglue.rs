@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{RawRow, json_row, numbered_lines};
+use super::rows::{RawRow, json_row, numbered_lines};
 use crate::error::Result;
 
 /// Reads a SuperGLUE JSONL file (see [`crate::data::Format::Jsonl`]).

@@ -446,7 +446,8 @@ impl Bert {
     /// Attaches prompt or prefix tokens (`None` removes them).
     ///
     /// # Errors
-    /// A tensor of the wrong width for its placement; another placement.
+    /// [`Error::TensorShape`] for a tensor of the wrong width for its placement;
+    /// [`Error::NotVirtualPlacement`] for another placement.
     pub fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
         if let Some((placement, t)) = &tokens {
             let h = self.config.hidden_size;
@@ -454,9 +455,9 @@ impl Bert {
                 Placement::Prompt => h,
                 Placement::Prefix => self.layers.len() * 2 * h,
                 other => {
-                    return Err(Error::Training(format!(
-                        "{other:?} is not a placement of virtual tokens"
-                    )));
+                    return Err(Error::NotVirtualPlacement {
+                        got: format!("{other:?}"),
+                    });
                 }
             };
             let (n, w) = t.dims2()?;

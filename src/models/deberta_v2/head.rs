@@ -219,13 +219,22 @@ impl Model for DebertaV2ForSequenceClassification {
     /// DeBERTa's attention adds relative-position terms for every key, and HF's DeBERTa-v2
     /// takes no past keys or input prefixes that PEFT could use; neither is offered here.
     fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
-        match tokens {
-            None => Ok(()),
-            Some((placement, _)) => Err(Error::Training(format!(
-                "{placement:?} tuning is not available for deberta-v2 (its relative-position \
-                 attention has no place for virtual tokens, as in HF's DebertaV2Model)"
-            ))),
-        }
+        let method = match tokens {
+            None => return Ok(()),
+            Some((Placement::Prompt, _)) => "prompt",
+            Some((Placement::Prefix, _)) => "prefix",
+            Some((other, _)) => {
+                return Err(Error::NotVirtualPlacement {
+                    got: format!("{other:?}"),
+                });
+            }
+        };
+        Err(Error::VirtualTokensUnsupported {
+            method,
+            architecture: "deberta-v2",
+            reason: "its relative-position attention has no place for virtual tokens, as in HF's \
+                     DebertaV2Model",
+        })
     }
 
     fn virtual_tokens(&self) -> Option<(Placement, Var)> {

@@ -956,7 +956,7 @@ fn one_sgd_step_on_adapters_lowers_the_loss() {
 #[test]
 fn a_full_fine_tune_with_the_conv_reloads_to_the_same_outputs() {
     // The conv's taps must follow a replaced weight (they are cut from it each pass).
-    use crate::adapters::{method, resolved_config};
+    use crate::adapters::MethodSpec;
     use crate::models::Model;
     use crate::models::adapted::{AdapterMeta, collect, load_into};
     use crate::models::attach::{attach, placing, trainable_vars};
@@ -973,13 +973,11 @@ fn a_full_fine_tune_with_the_conv_reloads_to_the_same_outputs() {
         .unwrap()
     };
     let mut model = build();
-    let m = method("full").unwrap();
-    let mcfg = resolved_config(m, &serde_json::json!({}));
-    let p = placing(m, &mcfg, &model, None, None, &Default::default()).unwrap();
+    let spec = MethodSpec::parse("full", serde_json::json!({})).unwrap();
+    let p = placing(&spec, &model, None, None, &Default::default()).unwrap();
     attach(
         &mut model,
-        m,
-        &mcfg,
+        &spec,
         &p,
         "default",
         &mut crate::adapters::seeded_rng(1),

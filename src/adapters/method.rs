@@ -1,0 +1,245 @@
+//! One kind of adapter: the [`Method`] trait (name, key prefix, config, builders), where its
+//! tensors sit ([`Placement`]) and what it is told about the model ([`DefaultSites`],
+//! [`VirtualSpec`]).
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+
+use crate::adapters::config::overlay;
+use crate::adapters::{Adapter, LayerSpec, MethodConfig, ModuleSet};
+use crate::error::{Error, Result};
+
+/// Where a method's trainable tensors sit in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On chosen linear layers, beside the frozen weight: `y = W0·x + b + ΔW(x)` (the LoRA
+    /// family). Mergeable.
+    Parallel,
+    /// On chosen linear layers, after them: `y ← y + g(y)` with `g` non-linear (bottleneck
+    /// adapters). Not mergeable.
+    Serial,
+    /// The base model's own weights (full fine-tuning); nothing is attached.
+    Base,
+    /// Soft tokens before the input embeddings (prompt tuning). Not mergeable.
+    Prompt,
+    /// Keys and values before every attention layer's own (prefix tuning). Not mergeable.
+    Prefix,
+}
+
+/// What a prompt-learning method needs to know about the model it builds tokens for.
+#[derive(Debug, Clone)]
+pub struct VirtualSpec {
+    /// Transformer layers.
+    pub layers: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Attention heads (recorded in PEFT's config).
+    pub heads: usize,
+    /// The word-embedding table `(vocab, hidden)` (prompt init from vocabulary rows).
+    pub word_embeddings: Tensor,
+    /// Dtype of the trainable tensor.
+    pub dtype: DType,
+    /// Device of the trainable tensor.
+    pub device: Device,
+}
+
+/// The modules of an architecture that methods target by default (declared by the model,
+/// so methods never know model names).
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultSites {
+    /// Where LoRA-style methods go: PEFT's default target names for the architecture
+    /// (e.g. `query`, `value`).
+    pub parallel: &'static [&'static str],
+    /// Full-match regex of every layer's attention output projection.
+    pub attention_output: &'static str,
+    /// Full-match regex of every layer's feed-forward output projection.
+    pub ffn_output: &'static str,
+}
+
+/// `method`'s default config with the fields of `given` (a JSON object) laid over it: the
+/// config a job actually uses.
+pub fn resolved_config(method: &dyn Method, given: &serde_json::Value) -> serde_json::Value {
+    overlay(&method.default_config(), given)
+}
+
+/// A CLI shorthand a method may take in place of a config field (`--rank 4` for
+/// `{"r": 4}`), so the CLI never asks which method it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shorthand {
+    /// `--rank`: the method's rank.
+    Rank,
+    /// `--alpha`: the method's scaling.
+    Alpha,
+    /// `--shape`: a TT core shape in core order, `IN|OUT` (e.g. `64,4,3|3,4,64`).
+    Shape,
+    /// `--init`: the initialisation scheme.
+    Init,
+    /// `--tt-path`: the TT forward path.
+    TtPath,
+}
+
+impl Shorthand {
+    /// The flag as typed.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Rank => "--rank",
+            Self::Alpha => "--alpha",
+            Self::Shape => "--shape",
+            Self::Init => "--init",
+            Self::TtPath => "--tt-path",
+        }
+    }
+}
+
+/// One kind of adapter: how it is named, configured and built.
+///
+/// Configs cross from JSON once, in [`parse_config`](Method::parse_config); every other call
+/// takes the parsed [`MethodConfig`], which the method turns back into its own type with
+/// [`downcast`](crate::adapters::downcast).
+pub trait Method: Sync {
+    /// Registry name, lowercase, used by `--method` (e.g. `ttlora`).
+    fn name(&self) -> &'static str;
+    /// `peft_type` written to adapter configs (e.g. `TTLORA`).
+    fn peft_type(&self) -> &'static str;
+    /// Prefix of every trainable tensor name (e.g. `ttlora_`).
+    fn prefix(&self) -> &'static str;
+    /// One-line description for `--help` and listings.
+    fn summary(&self) -> &'static str;
+
+    /// Parses and validates a config given as JSON (missing fields take the defaults, unknown
+    /// fields are refused): `config::parse::<OwnConfig>(self.name(), given)`.
+    ///
+    /// # Errors
+    /// [`Error::ConfigField`] / [`Error::InvalidConfig`] naming the field.
+    fn parse_config(&self, given: &serde_json::Value) -> Result<Box<dyn MethodConfig>>;
+
+    /// The method's default config as JSON.
+    fn default_config(&self) -> serde_json::Value {
+        self.parse_config(&serde_json::json!({}))
+            .map(|c| c.to_json())
+            .unwrap_or_default()
+    }
+
+    /// The config fields the CLI shorthand `flag` sets to `value`; `None` where the flag does
+    /// not apply to this method. Default: none applies.
+    ///
+    /// # Errors
+    /// A value the flag cannot take.
+    fn shorthand(
+        &self,
+        flag: Shorthand,
+        value: &serde_json::Value,
+    ) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+        let _ = (flag, value);
+        None
+    }
+
+    /// The config fields the paper's preset (`--preset paper`) sets. Default: none.
+    fn paper_preset(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+
+    /// The peak learning rate a run uses unless told otherwise. Default 5e-3 (LoRA and
+    /// TT-LoRA on MiniLM/GLUE, RESULTS.md); methods that train more or differently say theirs.
+    fn default_lr(&self) -> f64 {
+        5e-3
+    }
+
+    /// Where the method's trainable tensors sit. Default: beside linear layers.
+    fn placement(&self) -> Placement {
+        Placement::Parallel
+    }
+
+    /// The modules the method targets when the user names none. Default: the architecture's
+    /// LoRA targets.
+    ///
+    /// # Errors
+    /// A config of another method.
+    fn default_targets(
+        &self,
+        config: &dyn MethodConfig,
+        sites: &DefaultSites,
+    ) -> Result<ModuleSet> {
+        let _ = config;
+        Ok(ModuleSet::names(sites.parallel))
+    }
+
+    /// Per-module overrides the config itself carries (PEFT's `rank_pattern` and
+    /// `alpha_pattern` for LoRA), applied like `--overrides`. Default: none.
+    ///
+    /// # Errors
+    /// A config of another method.
+    fn pattern_overrides(
+        &self,
+        config: &dyn MethodConfig,
+    ) -> Result<BTreeMap<String, serde_json::Value>> {
+        let _ = config;
+        Ok(BTreeMap::new())
+    }
+
+    /// Builds an adapter for one layer. Only [`Placement::Parallel`] and
+    /// [`Placement::Serial`] methods build adapters.
+    ///
+    /// # Errors
+    /// A config that does not fit the layer; a method that attaches no adapters to layers.
+    fn build(
+        &self,
+        config: &dyn MethodConfig,
+        layer: &LayerSpec,
+        rng: &mut StdRng,
+    ) -> Result<Box<dyn Adapter>> {
+        let _ = (config, layer, rng);
+        Err(Error::InvalidConfig {
+            method: self.name(),
+            field: "method",
+            reason: "attaches no adapter to a linear layer".into(),
+            got: self.name().into(),
+        })
+    }
+
+    /// Builds an adapter from a config read from a file (an adapter folder's per-module
+    /// config): [`parse_config`](Method::parse_config), then [`build`](Method::build).
+    ///
+    /// # Errors
+    /// As the two.
+    fn build_from_json(
+        &self,
+        config: &serde_json::Value,
+        layer: &LayerSpec,
+        rng: &mut StdRng,
+    ) -> Result<Box<dyn Adapter>> {
+        self.build(self.parse_config(config)?.as_ref(), layer, rng)
+    }
+
+    /// For a [`Placement::Prompt`] or [`Placement::Prefix`] method: its one trainable tensor
+    /// (PEFT's `prompt_embeddings`), freshly initialised for a model like `spec`.
+    ///
+    /// # Errors
+    /// A config of another method; a method without virtual tokens.
+    fn build_virtual(
+        &self,
+        config: &dyn MethodConfig,
+        spec: &VirtualSpec,
+        rng: &mut StdRng,
+    ) -> Result<Tensor> {
+        let _ = (config, spec, rng);
+        Err(Error::InvalidConfig {
+            method: self.name(),
+            field: "method",
+            reason: "has no virtual tokens".into(),
+            got: self.name().into(),
+        })
+    }
+
+    /// For a [`Placement::Base`] method: whether the base tensor `name` (a state-dict name,
+    /// e.g. `bert.embeddings.word_embeddings.weight`) trains under `config`.
+    ///
+    /// # Errors
+    /// A config of another method.
+    fn trains_base_tensor(&self, config: &dyn MethodConfig, name: &str) -> Result<bool> {
+        let _ = (config, name);
+        Ok(false)
+    }
+}
