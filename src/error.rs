@@ -246,7 +246,7 @@ pub enum Error {
     },
 
     // ---- models: attaching methods and virtual tokens ------------------------------------------
-    /// A [`Placing`](crate::models::attach::Placing) built for another kind of method than the
+    /// A [`Placing`](crate::tuning::attach::Placing) built for another kind of method than the
     /// one attached: layer targets for a method that attaches to no layer, or none for one that
     /// does.
     #[error(
@@ -278,7 +278,7 @@ pub enum Error {
         reason: &'static str,
     },
 
-    // ---- models::adapted: saving and exporting what is attached -------------------------------
+    // ---- tuning::adapted: saving and exporting what is attached -------------------------------
     /// Saving or exporting an adapter name that no layer of the model carries.
     #[error("no layer carries an adapter named `{adapter}`; nothing to {op}")]
     AdapterNotAttached {
@@ -401,7 +401,7 @@ pub enum Error {
         op: &'static str,
     },
 
-    // ---- train::compress: fine-tunes and adapters into TT-LoRA --------------------------------
+    // ---- jobs::compress: fine-tunes and adapters into TT-LoRA --------------------------------
     /// A layer one side of a compression has and the other lacks.
     #[error("compress: the {model} model has no layer `{path}` (another architecture or size?)")]
     CompressLayerMissing {

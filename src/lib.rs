@@ -17,10 +17,12 @@ pub mod data;
 mod device;
 mod error;
 pub mod io;
+pub mod jobs;
 pub mod models;
 pub mod ops;
 pub mod train;
 pub mod tt;
+pub mod tuning;
 
 pub use device::parse_device;
 pub use error::{Error, Result};

@@ -6,11 +6,11 @@
 use candle_core::{DType, Device, Tensor};
 use ttlora::adapters::{METHODS, MethodSpec, Placement, method, seeded_rng};
 use ttlora::io::AdapterFolder;
-use ttlora::models::adapted::{AdapterMeta, collect, load_into};
-use ttlora::models::attach::{attach, placing, trainable_vars};
-use ttlora::models::merged::merge_adapters;
 use ttlora::models::{BertConfig, BertForSequenceClassification, EncoderInput, Model, Pooling};
 use ttlora::train::{Adam, AdamParams, Batch, Objective, loss};
+use ttlora::tuning::adapted::{AdapterMeta, collect, load_into};
+use ttlora::tuning::attach::{attach, placing, trainable_vars};
+use ttlora::tuning::merged::merge_adapters;
 
 /// Logits of an exact invariant (identity, round trip) agree to this.
 const EXACT: f32 = 1e-5;
@@ -326,7 +326,7 @@ fn lora_patterns_reach_the_layers_they_match() {
         serde_json::json!({"r": 8, "rank_pattern": {"value": 2}, "alpha_pattern": {"value": 4.0}});
     let (model, _) = adapted("lora", &config);
     let lora =
-        ttlora::models::adapted::to_peft_lora(model.as_ref(), ADAPTER, &AdapterMeta::bare("lora"))
+        ttlora::tuning::adapted::to_peft_lora(model.as_ref(), ADAPTER, &AdapterMeta::bare("lora"))
             .unwrap();
     assert_eq!(lora.modules.len(), LAYERS * 2);
     for (path, m) in &lora.modules {

@@ -213,3 +213,73 @@ fn deberta_v2_loads_through_the_family_dispatch_and_learns_through_adapters() {
     let after = loss_of(loaded.as_ref()).to_scalar::<f32>().unwrap();
     assert!(after < before.to_scalar::<f32>().unwrap());
 }
+
+#[test]
+fn a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs() {
+    // The conv's taps must follow a replaced weight (they are cut from it each pass).
+    use ttlora::adapters::MethodSpec;
+    use ttlora::tuning::adapted::{AdapterMeta, collect, load_into};
+    use ttlora::tuning::attach::{attach, placing, trainable_vars};
+    let cfg = DebertaV2Config {
+        share_att_key: false,
+        conv_kernel_size: 3,
+        conv_act: "gelu".into(),
+        position_biased_input: true,
+        type_vocab_size: 2,
+        embedding_size: Some(16),
+        position_buckets: -1,
+        max_relative_positions: 6,
+        norm_rel_ebd: "none".into(),
+        pooler_hidden_act: "tanh".into(),
+        ..DebertaV2Config::tiny()
+    };
+    let build = || {
+        DebertaV2ForSequenceClassification::random(
+            &cfg,
+            2,
+            Pooling::Cls,
+            DType::F32,
+            &Device::Cpu,
+            4,
+        )
+        .unwrap()
+    };
+    let mut model = build();
+    let spec = MethodSpec::parse("full", serde_json::json!({})).unwrap();
+    let p = placing(&spec, &model, None, None, &Default::default()).unwrap();
+    attach(&mut model, &spec, &p, "default", &mut seeded_rng(1)).unwrap();
+    // Move every trained tensor, the conv weight included.
+    for (_, v) in trainable_vars(&model) {
+        let t = v.as_tensor();
+        v.set(&(t + Tensor::randn(0f32, 0.05, t.shape(), t.device()).unwrap()).unwrap())
+            .unwrap();
+    }
+    let dev = Device::Cpu;
+    let ids: Vec<u32> = (0..24).map(|i| (i * 7 + 3) % 100).collect();
+    let mut mask = vec![1u32; 24];
+    mask[22] = 0;
+    mask[23] = 0;
+    let input = EncoderInput {
+        input_ids: Tensor::from_vec(ids, (3, 8), &dev).unwrap(),
+        token_type_ids: Tensor::zeros((3, 8), DType::U32, &dev).unwrap(),
+        attention_mask: Tensor::from_vec(mask, (3, 8), &dev).unwrap(),
+    };
+    let trained = model.forward(&input, false).unwrap();
+    let folder = collect(&model, "default", &AdapterMeta::bare("full")).unwrap();
+    assert!(
+        folder
+            .tensors
+            .keys()
+            .any(|k| k.ends_with("encoder.conv.conv.weight"))
+    );
+    let mut fresh = build();
+    load_into(&mut fresh, &folder, "default").unwrap();
+    let reloaded = fresh.forward(&input, false).unwrap();
+    let d = (trained - reloaded)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+}

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use ttlora::io::AdapterFolder;
 use ttlora::io::adapter_folder::{CONFIG_FILE, WEIGHTS_FILE};
-use ttlora::models::adapted::{AdapterMeta, load_into, to_peft_lora};
 use ttlora::models::{EncoderInput, Model, Pooling, load_classifier};
+use ttlora::tuning::adapted::{AdapterMeta, load_into, to_peft_lora};
 
 /// Agreement with PyTorch's float32 logits.
 const SAME_AS_TORCH: f32 = 1e-5;
@@ -228,8 +228,8 @@ fn diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
-    use ttlora::train::export::{ExportFormat, export};
-    use ttlora::train::finetune::load_adapted;
+    use ttlora::jobs::export::{ExportFormat, export};
+    use ttlora::jobs::finetune::load_adapted;
     let model = base_with_ttlora();
     let want = logits(model.as_ref());
     let d = diff(&want, &logits(base().as_ref()));
@@ -237,7 +237,7 @@ fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
 
     // Own folder → load → identical logits.
     let own = temp("own");
-    ttlora::models::adapted::collect(model.as_ref(), "default", &ttlora_meta())
+    ttlora::tuning::adapted::collect(model.as_ref(), "default", &ttlora_meta())
         .unwrap()
         .write(&own)
         .unwrap();
@@ -285,9 +285,9 @@ fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
 
 #[test]
 fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
-    use ttlora::train::compress::{CompressSpec, Source, compress};
-    use ttlora::train::export::{ExportFormat, export};
-    use ttlora::train::finetune::load_adapted;
+    use ttlora::jobs::compress::{CompressSpec, Source, compress};
+    use ttlora::jobs::export::{ExportFormat, export};
+    use ttlora::jobs::finetune::load_adapted;
     let cpu = Device::Cpu;
     let base_dir = fixture("base").display().to_string();
     let lora = load_adapted(&fixture("lora"), Some(&base_dir), &cpu, false).unwrap();
@@ -335,11 +335,11 @@ fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
 
 #[test]
 fn folders_from_ttlora_0_1_without_the_family_prefix_still_load() {
-    use ttlora::train::finetune::load_adapted;
+    use ttlora::jobs::finetune::load_adapted;
     let model = base_with_ttlora();
     let want = logits(model.as_ref());
     let mut folder =
-        ttlora::models::adapted::collect(model.as_ref(), "default", &ttlora_meta()).unwrap();
+        ttlora::tuning::adapted::collect(model.as_ref(), "default", &ttlora_meta()).unwrap();
     // What 0.1 wrote: `encoder.layer…` paths and keys, no layer_shapes.
     let strip = |s: &str| s.replacen("bert.encoder", "encoder", 1);
     folder.config.modules = std::mem::take(&mut folder.config.modules)
@@ -362,7 +362,7 @@ fn folders_from_ttlora_0_1_without_the_family_prefix_still_load() {
     folder.write(&dir).unwrap();
     let loaded = load_adapted(&dir, None, &Device::Cpu, false).unwrap();
     assert!(diff(&want, &logits(loaded.model.as_ref())) <= 1e-6);
-    let report = ttlora::train::inspect::inspect(&dir).unwrap();
+    let report = ttlora::jobs::inspect::inspect(&dir).unwrap();
     assert_eq!(report.modules.len(), 4);
     assert!(
         report
@@ -375,9 +375,9 @@ fn folders_from_ttlora_0_1_without_the_family_prefix_still_load() {
 
 #[test]
 fn a_full_fine_tunes_weight_change_compresses_into_the_same_model() {
-    use ttlora::train::compress::{CompressSpec, Source, compress};
-    use ttlora::train::export::{ExportFormat, export};
-    use ttlora::train::finetune::load_adapted;
+    use ttlora::jobs::compress::{CompressSpec, Source, compress};
+    use ttlora::jobs::export::{ExportFormat, export};
+    use ttlora::jobs::finetune::load_adapted;
     let cpu = Device::Cpu;
     let base_dir = fixture("base");
     let base_name = base_dir.display().to_string();

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use ttlora::adapters::MethodSpec;
+use ttlora::jobs::finetune::{self, FineTuneSpec, TaskSource};
+use ttlora::jobs::pipeline;
 use ttlora::models::{
     BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
     Pooling, load_classifier,
 };
-use ttlora::train::finetune::{self, FineTuneSpec, TaskSource};
-use ttlora::train::pipeline;
 use ttlora::train::{Control, Observer, StepReport, TrainConfig};
 
 /// A fresh folder under the system temp dir for one test.

@@ -12,10 +12,10 @@ use crate::adapters::{MethodSpec, Placement, method, seeded_rng};
 use crate::bench::roofline::{EncoderSize, StepWork};
 use crate::bench::time_median;
 use crate::error::{Error, Result};
-use crate::models::attach::{attach, placing, trainable_vars};
-use crate::models::merged::merge_adapters;
 use crate::models::{EncoderInput, Model, Pooling, load_classifier};
 use crate::train::{Adam, AdamParams, Batch, Objective, loss};
+use crate::tuning::attach::{attach, placing, trainable_vars};
+use crate::tuning::merged::merge_adapters;
 
 /// What to measure.
 #[derive(Debug, Clone)]

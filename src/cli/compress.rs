@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ttlora::train::compress::{CompressSpec, Source, compress};
-use ttlora::train::finetune;
+use ttlora::jobs::compress::{CompressSpec, Source, compress};
+use ttlora::jobs::finetune;
 use ttlora::tt::Truncation;
 
 use super::export::OutputArgs;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ttlora::data::{self, CustomColumns, Example, Split};
-use ttlora::train::finetune::{self, Inference, TaskSource};
-use ttlora::train::pipeline::{self, EncodedSplit};
+use ttlora::jobs::finetune::{self, Inference, TaskSource};
+use ttlora::jobs::pipeline::{self, EncodedSplit};
 
 /// Where the base model and adapter come from (shared by eval and predict).
 #[derive(Debug, Args)]

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ttlora::train::export::{self, ExportFormat, ExportReport};
-use ttlora::train::finetune;
+use ttlora::jobs::export::{self, ExportFormat, ExportReport};
+use ttlora::jobs::finetune;
 
 /// The adapter to export and where to.
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use ttlora::train::inspect::{InspectReport, inspect};
+use ttlora::jobs::inspect::{InspectReport, inspect};
 
 /// Arguments of `ttlora inspect`.
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use ttlora::train::results;
+use ttlora::jobs::results;
 
 /// Print a markdown table (mean ± std over seeds) of the runs in a folder.
 ///

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use ttlora::adapters::{MethodSpec, ModuleSet, Shorthand};
 use ttlora::data::{self, CustomColumns};
+use ttlora::jobs::finetune::{self, FineTuneSpec, TaskSource};
 use ttlora::models::Pooling;
-use ttlora::train::finetune::{self, FineTuneSpec, TaskSource};
 use ttlora::train::{OptimizerKind, Schedule, TrainConfig};
 
 use super::progress::ProgressBarObserver;

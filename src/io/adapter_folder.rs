@@ -3,7 +3,7 @@
 //! This module knows the files, not the models: it reads and writes a config document and a
 //! flat map of named tensors, atomically and strictly. It owns the types the three folder
 //! formats share; `adapter_format.rs` picks the format of a folder on disk. Binding the tensors
-//! to a model's layers happens in `models::adapted`.
+//! to a model's layers happens in `tuning::adapted`.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -8,13 +8,10 @@
 //! building blocks (`layers.rs`) and, for tests, `test_util.rs`. Uses `adapters/`, `ops/`.
 //! Must not know: tasks, files of data, training.
 
-pub mod adapted;
-pub mod attach;
 pub mod bert;
 pub mod deberta_v2;
 mod hf_config;
 mod layers;
-pub mod merged;
 #[cfg(test)]
 pub(crate) mod test_util;
 mod weights;

@@ -1,13 +1,14 @@
 //! Resumable training checkpoints: trainable tensors, optimizer moments and the best
 //! evaluation so far, in one safetensors file plus a small JSON state, written atomically.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::io::fs::{write_atomic, write_safetensors_atomic};
 use crate::train::optim::Adam;
 
 const TENSORS: &str = "state.safetensors";
@@ -48,20 +49,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// crash leaves either the old file or the new one.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
 /// Saves the state after `step`, `trained_s` training seconds into the run.
 pub(crate) fn save(
     dir: &Path,
@@ -74,7 +61,7 @@ pub(crate) fn save(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let (opt_steps, m, v) = opt.state();
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for (i, (name, var)) in vars.iter().enumerate() {
         tensors.insert(format!("var.{name}"), var.as_tensor().clone());
         tensors.insert(format!("m.{name}"), m[i].clone());
@@ -83,11 +70,7 @@ pub(crate) fn save(
             tensors.insert(format!("best.{name}"), snapshot[i].clone());
         }
     }
-    // safetensors has no atomic writer: serialise to a temp file, then rename.
-    let path = dir.join(TENSORS);
-    let tmp = tmp_path(&path);
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    write_safetensors_atomic(&dir.join(TENSORS), &tensors)?;
     let state = State {
         step,
         optimizer_steps: opt_steps,
@@ -98,7 +81,7 @@ pub(crate) fn save(
         evals_since_best,
         trained_s,
     };
-    write_atomic(&dir.join(STATE), &serde_json::to_vec_pretty(&state)?)
+    write_atomic(&dir.join(STATE), serde_json::to_vec_pretty(&state)?)
 }
 
 /// Loads the checkpoint in `dir` into `vars` and returns the optimizer state; `None` when the

@@ -5,14 +5,8 @@
 //! [`crate::models::Model`]; must not know: file formats of data, tokenization, adapters.
 
 mod checkpoint;
-pub mod compress;
-pub mod export;
-pub mod finetune;
-pub mod inspect;
 mod log;
 mod optim;
-pub mod pipeline;
-pub mod results;
 mod schedule;
 mod trainer;
 

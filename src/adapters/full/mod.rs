@@ -3,7 +3,7 @@
 //! become trainable.
 //!
 //! Owns: [`FullConfig`] and the [`Full`] method. Which tensors train is decided here, by name;
-//! making them trainable is the model's business (`models::attach`).
+//! making them trainable is the model's business (`tuning::attach`).
 
 mod config;
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::adapters::{Method, Placement};
 use crate::error::{Error, Result};
-use crate::models::adapted::{AdapterMeta, to_peft_lora};
-use crate::models::merged::{merge_adapters, write_merged};
-use crate::train::finetune::{ADAPTER_NAME, Adapted};
+use crate::jobs::finetune::{ADAPTER_NAME, Adapted};
+use crate::tuning::adapted::{AdapterMeta, to_peft_lora};
+use crate::tuning::merged::{merge_adapters, write_merged};
 
 /// What `export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub struct ExportReport {
     pub files: Vec<(String, u64)>,
 }
 
-/// Exports the adapter loaded in `inf` (see [`crate::train::finetune::load_adapted`])
+/// Exports the adapter loaded in `inf` (see [`crate::jobs::finetune::load_adapted`])
 /// to `out`. A merged export merges the model in place.
 ///
 /// # Errors

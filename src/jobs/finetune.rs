@@ -13,12 +13,12 @@ use crate::adapters::{MethodSpec, ModuleSet, seeded_rng};
 use crate::data::{self, CustomColumns, Example, LabelKind, Metric, Split, TaskSpec, TextEncoder};
 use crate::error::{Error, Result};
 use crate::io::{self, TaskInfo};
-use crate::models::adapted::{AdapterMeta, collect, to_peft_lora};
-use crate::models::attach::{attach, placing, trainable_vars};
+use crate::jobs::pipeline::{EncodedSplit, evaluate};
 use crate::models::{Model, Pooling, load_classifier};
-use crate::train::pipeline::{EncodedSplit, evaluate};
 use crate::train::{Objective, Observer, TrainConfig, TrainJob, TrainSummary, train};
 use crate::tt::lora_params;
+use crate::tuning::adapted::{AdapterMeta, collect, to_peft_lora};
+use crate::tuning::attach::{attach, placing, trainable_vars};
 
 /// Name under which `train` attaches its adapter (PEFT's default name).
 pub const ADAPTER_NAME: &str = "default";
@@ -484,9 +484,9 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         batch_size: spec.batch_size,
         max_train: spec.max_train,
     };
-    crate::train::checkpoint::write_atomic(
+    io::write_atomic(
         &spec.out.join("eval_results.json"),
-        &serde_json::to_vec_pretty(&report)?,
+        serde_json::to_vec_pretty(&report)?,
     )?;
     Ok(Trained {
         report,
@@ -571,7 +571,7 @@ pub fn load_adapted(
         reason,
     })?;
     let mut model = load_classifier(&model_dir, task.num_labels, pooling, device, 0)?;
-    crate::models::adapted::load_into(model.as_mut(), &folder, ADAPTER_NAME)?;
+    crate::tuning::adapted::load_into(model.as_mut(), &folder, ADAPTER_NAME)?;
     Ok(Adapted {
         model,
         config: folder.config,
@@ -671,4 +671,68 @@ pub(crate) fn regression_head_at_mean(
     let t = bias.as_tensor();
     bias.set(&Tensor::full(mean, t.shape(), t.device())?.to_dtype(t.dtype())?)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+    use crate::data::{Encoded, Label};
+    use crate::models::{BertConfig, BertForSequenceClassification};
+
+    #[test]
+    fn a_fresh_regression_head_starts_at_the_label_mean() {
+        let cfg = BertConfig::tiny();
+        let head = |labels: usize| {
+            BertForSequenceClassification::random(
+                &cfg,
+                labels,
+                Pooling::Mean,
+                DType::F32,
+                &Device::Cpu,
+                3,
+            )
+            .unwrap()
+        };
+        let split = |labels: Vec<Label>| EncodedSplit {
+            encoded: vec![
+                Encoded {
+                    ids: vec![2, 3],
+                    type_ids: vec![0, 0]
+                };
+                labels.len()
+            ],
+            labels,
+        };
+        let bias = |m: &dyn Model| {
+            m.fresh_output_bias()
+                .unwrap()
+                .as_tensor()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let scores = split(vec![
+            Label::Score(1.0),
+            Label::Score(2.5),
+            Label::Score(4.0),
+        ]);
+
+        let m = head(1);
+        let before = bias(&m);
+        assert!(!regression_head_at_mean(&m, false, &scores).unwrap());
+        assert_eq!(
+            bias(&m),
+            before,
+            "disabled (head frozen or not regression): untouched"
+        );
+        assert!(regression_head_at_mean(&m, true, &scores).unwrap());
+        assert_eq!(bias(&m), vec![2.5]);
+
+        // Class labels carry no mean: the head keeps its init.
+        let m = head(2);
+        let before = bias(&m);
+        assert!(!regression_head_at_mean(&m, true, &split(vec![Label::Class(1)])).unwrap());
+        assert_eq!(bias(&m), before);
+    }
 }

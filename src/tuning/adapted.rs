@@ -97,7 +97,7 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
     }
     if m.placement() == Placement::Base {
         // Full fine-tuning: the trained base tensors under their state-dict names.
-        for (name, var) in crate::models::attach::base_vars(model) {
+        for (name, var) in crate::tuning::attach::base_vars(model) {
             tensors.insert(format!("{KEY_PREFIX}{name}"), var.as_tensor().copy()?);
         }
         if tensors.is_empty() {

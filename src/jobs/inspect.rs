@@ -10,8 +10,8 @@ use crate::adapters::LayerSpec;
 use crate::error::{Error, Result};
 use crate::io::adapter_folder::{CONFIG_FILE, KEY_PREFIX};
 use crate::io::{AdapterFolder, TaskInfo};
-use crate::models::adapted::restore_adapter;
 use crate::tt::{lora_params, numerical_rank, singular_values};
+use crate::tuning::adapted::restore_adapter;
 
 /// One adapted module.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -155,7 +155,7 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
             delta_norm: None,
         });
     }
-    let file_bytes = crate::train::export::list_files(dir)?
+    let file_bytes = crate::jobs::export::list_files(dir)?
         .iter()
         .map(|(_, n)| n)
         .sum();

@@ -12,10 +12,10 @@ use crate::adapters::ttlora::{TtLoraConfig, TtLoraLayer};
 use crate::adapters::{ModuleSet, Targeting};
 use crate::error::{Error, Result};
 use crate::io::TaskInfo;
-use crate::models::adapted::{AdapterMeta, adapters_named, collect};
+use crate::jobs::finetune::{ADAPTER_NAME, Adapted};
 use crate::models::{Model, Pooling, load_classifier};
-use crate::train::finetune::{ADAPTER_NAME, Adapted};
 use crate::tt::{Truncation, TtPath, decompose_matrix};
+use crate::tuning::adapted::{AdapterMeta, adapters_named, collect};
 
 /// What to compress into.
 #[derive(Debug, Clone)]
@@ -323,7 +323,7 @@ impl Source {
         }
         let regression = cfg.get("problem_type").and_then(Value::as_str) == Some("regression")
             || num_labels == 1;
-        let pooling = crate::train::finetune::choose_pooling(None, finetuned_dir)?;
+        let pooling = crate::jobs::finetune::choose_pooling(None, finetuned_dir)?;
         let tuned = load_classifier(finetuned_dir, num_labels, pooling, device, 0)?;
         let base = load_classifier(base_dir, num_labels, pooling, device, 0)?;
         let defaults = ModuleSet::names(base.default_targets());

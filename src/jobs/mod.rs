@@ -1,0 +1,14 @@
+//! Jobs: what a command does end to end, built from the lower layers. Fine-tuning
+//! (`finetune`: read a task, load and adapt the model, train, score, save), tokenized splits
+//! and scoring (`pipeline`), export (`export`), compression of any update to TT-LoRA
+//! (`compress`), adapter folder summaries (`inspect`) and run tables (`results`).
+//!
+//! Owns: the job specs and reports. Uses everything below it; the CLI calls one job per
+//! command. Must not know: clap, printing, progress bars.
+
+pub mod compress;
+pub mod export;
+pub mod finetune;
+pub mod inspect;
+pub mod pipeline;
+pub mod results;
