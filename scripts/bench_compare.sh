@@ -25,7 +25,7 @@ SWEEP=${SWEEP:-1}
 : > "$OUT"
 common=(--iters 5 --min-seconds "$MIN_SECONDS")
 ours() { "$BIN" bench model --model "$MODEL_DIR" --offline "${common[@]}" "$@" | sed 's/^{/{"impl":"ttlora",/' >> "$OUT"; }
-theirs() { "$PY" bench/reference.py --model "$MODEL_DIR" "${common[@]}" "$@" 2>/dev/null | sed 's/^{/{"impl": "pytorch",/' >> "$OUT"; }
+theirs() { "$PY" scripts/bench_reference.py --model "$MODEL_DIR" "${common[@]}" "$@" 2>/dev/null | sed 's/^{/{"impl": "pytorch",/' >> "$OUT"; }
 
 echo "matmul rate..." >&2
 "$BIN" bench matmul | sed 's/^{/{"impl":"ttlora","kind":"matmul",/' >> "$OUT"
@@ -52,10 +52,10 @@ if [[ $SWEEP == 1 ]]; then
   sweep=(--iters 3 --min-seconds 0)
   for point in "32 64" "32 256" "32 512" "8 128" "16 128" "64 128"; do
     read -r b n <<< "$point"
-    "$PY" bench/reference.py --model "$MODEL_DIR" "${sweep[@]}" --kind train --method lora \
+    "$PY" scripts/bench_reference.py --model "$MODEL_DIR" "${sweep[@]}" --kind train --method lora \
       --batch-size "$b" --seq-len "$n" 2>/dev/null | sed 's/^{/{"impl": "pytorch",/' >> "$OUT"
     "$BIN" bench model --model "$MODEL_DIR" --offline "${sweep[@]}" --kind train --method lora \
       --batch-size "$b" --seq-len "$n" | sed 's/^{/{"impl":"ttlora",/' >> "$OUT"
   done
 fi
-"$PY" bench/table.py "$OUT"
+"$PY" scripts/bench_table.py "$OUT"

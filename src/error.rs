@@ -368,6 +368,19 @@ pub enum Error {
         /// Trainable tensors of this run.
         current: usize,
     },
+    /// A task whose label count differs from the adapter head's outputs.
+    #[error("task {task} has {labels} label(s), but the adapter's head has {outputs} outputs")]
+    TaskHeadMismatch {
+        /// The task's name.
+        task: String,
+        /// Labels the task has (1 for regression).
+        labels: usize,
+        /// Outputs of the adapter's head.
+        outputs: usize,
+    },
+    /// Scoring an adapter trained on the user's own files, without a file to score.
+    #[error("this adapter was trained on custom files; pass a file of labelled examples (--file)")]
+    CustomTaskNeedsFile,
     /// A registry task that names no split to evaluate on.
     #[error("task {task}: no dev split to evaluate on")]
     NoEvalSplit {

@@ -6,29 +6,23 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::cli::{assert_clear_error, stdout, ttlora};
+use crate::common::{TempDir, assert_clear_error, peft_fixture as fixture, stdout, ttlora};
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/peft")
-        .join(rel)
-}
-
-/// A fresh copy of the fixture's LoRA folder under the temp dir.
-fn lora_copy(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ttlora-hostile-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A copy of the fixture's LoRA folder: `lora` in `tmp`.
+fn lora_copy(tmp: &TempDir) -> PathBuf {
+    let dir = tmp.join("lora");
+    std::fs::create_dir(&dir).unwrap();
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         std::fs::copy(fixture("lora").join(f), dir.join(f)).unwrap();
     }
     dir
 }
 
-/// A ttlora-format (TT-LoRA) folder made from the fixture by `ttlora compress`.
-fn own_copy(name: &str) -> PathBuf {
-    let dir = lora_copy(name);
-    let own = dir.with_extension("own");
+/// A ttlora-format (TT-LoRA) folder made from the fixture by `ttlora compress`: `own` in
+/// `tmp`.
+fn own_copy(tmp: &TempDir) -> PathBuf {
+    let dir = lora_copy(tmp);
+    let own = tmp.join("own");
     let base = fixture("base");
     let o = ttlora(&[
         "compress",
@@ -41,11 +35,11 @@ fn own_copy(name: &str) -> PathBuf {
         "--offline",
     ]);
     assert!(o.status.success(), "{}", stdout(&o));
-    std::fs::remove_dir_all(&dir).unwrap();
     own
 }
 
-/// `ttlora export` of `adapter` must fail with `needles` in its error line and write nothing.
+/// `ttlora export` of `adapter` must fail with `needles` in its error line and write nothing
+/// (its would-be output is a sibling of `adapter`, inside the test's temp dir).
 fn export_fails(adapter: &Path, needles: &[&str]) {
     let out = adapter.with_extension("out");
     let base = fixture("base");
@@ -61,7 +55,6 @@ fn export_fails(adapter: &Path, needles: &[&str]) {
     ]);
     assert_clear_error(&o, needles);
     assert!(!out.exists(), "a failed export left {}", out.display());
-    std::fs::remove_dir_all(adapter).unwrap();
 }
 
 fn weights(dir: &Path) -> PathBuf {
@@ -96,7 +89,8 @@ const A0: &str = "base_model.model.bert.encoder.layer.0.attention.self.query.lor
 
 #[test]
 fn a_truncated_weights_file() {
-    let dir = lora_copy("truncated");
+    let tmp = TempDir::new("hostile-truncated");
+    let dir = lora_copy(&tmp);
     let bytes = std::fs::read(weights(&dir)).unwrap();
     std::fs::write(weights(&dir), &bytes[..bytes.len() - 100]).unwrap();
     export_fails(
@@ -107,7 +101,8 @@ fn a_truncated_weights_file() {
 
 #[test]
 fn a_header_that_lies_about_offsets() {
-    let dir = lora_copy("offsets");
+    let tmp = TempDir::new("hostile-offsets");
+    let dir = lora_copy(&tmp);
     edit_header(&dir, |h| {
         h[A0]["data_offsets"] = serde_json::json!([0, 1_000_000]);
     });
@@ -119,7 +114,8 @@ fn a_header_that_lies_about_offsets() {
 
 #[test]
 fn a_header_that_lies_about_a_shape() {
-    let dir = lora_copy("shape-size");
+    let tmp = TempDir::new("hostile-shape-size");
+    let dir = lora_copy(&tmp);
     // 4×32 f32 values stored, 4×64 claimed.
     edit_header(&dir, |h| h[A0]["shape"] = serde_json::json!([4, 64]));
     export_fails(
@@ -130,7 +126,8 @@ fn a_header_that_lies_about_a_shape() {
 
 #[test]
 fn a_tensor_whose_shape_does_not_fit_the_model() {
-    let dir = lora_copy("misfit");
+    let tmp = TempDir::new("hostile-misfit");
+    let dir = lora_copy(&tmp);
     // A valid file, but lora_A has 16 inputs where the layer has 32.
     edit_tensors(&dir, |t| {
         let narrow = t[A0].narrow(1, 0, 16).unwrap().contiguous().unwrap();
@@ -142,7 +139,8 @@ fn a_tensor_whose_shape_does_not_fit_the_model() {
 #[test]
 fn a_config_that_names_a_module_the_model_lacks() {
     // ttlora's own folder naming layer 9 of a 2-layer model.
-    let own = own_copy("missing-module");
+    let tmp = TempDir::new("hostile-missing-module");
+    let own = own_copy(&tmp);
     let cfg_path = own.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     std::fs::write(
@@ -164,7 +162,8 @@ fn a_config_that_names_a_module_the_model_lacks() {
 
 #[test]
 fn a_ttlora_config_whose_factors_do_not_multiply_out() {
-    let own = own_copy("factors");
+    let tmp = TempDir::new("hostile-factors");
+    let own = own_copy(&tmp);
     let cfg_path = own.join("adapter_config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
@@ -176,7 +175,8 @@ fn a_ttlora_config_whose_factors_do_not_multiply_out() {
 
 #[test]
 fn a_peft_option_ttlora_does_not_implement() {
-    let dir = lora_copy("fan-in-fan-out");
+    let tmp = TempDir::new("hostile-fan-in-fan-out");
+    let dir = lora_copy(&tmp);
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     std::fs::write(
@@ -189,7 +189,8 @@ fn a_peft_option_ttlora_does_not_implement() {
 
 #[test]
 fn use_dora_without_its_magnitudes() {
-    let dir = lora_copy("dora");
+    let tmp = TempDir::new("hostile-dora");
+    let dir = lora_copy(&tmp);
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     std::fs::write(
@@ -202,7 +203,8 @@ fn use_dora_without_its_magnitudes() {
 
 #[test]
 fn an_a_without_its_b() {
-    let dir = lora_copy("no-b");
+    let tmp = TempDir::new("hostile-no-b");
+    let dir = lora_copy(&tmp);
     edit_tensors(&dir, |t| {
         t.remove(&A0.replace("lora_A", "lora_B"));
     });

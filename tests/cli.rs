@@ -1,21 +1,11 @@
 //! End-to-end runs of the `ttlora` binary.
 
-use std::process::{Command, Output};
+use ttlora::models::BertConfig;
 
-pub(crate) fn ttlora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ttlora"))
-        .args(args)
-        .output()
-        .expect("the ttlora binary runs")
-}
-
-pub(crate) fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::common::{
+    TempDir, assert_clear_error, bundled_data, path_str as s, stderr, stdout, tiny_bert_folder,
+    ttlora,
+};
 
 #[test]
 fn shapes_counts_the_papers_768_shape() {
@@ -219,33 +209,6 @@ fn help_explains_the_shape_convention() {
 
 // ---- train / eval / predict on a tiny random model and the bundled real SST-2 ------------
 
-use std::path::Path;
-
-use crate::train::{bundled_data, temp_dir, tiny_bert_folder};
-use ttlora::models::BertConfig;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
-
-/// Asserts a failed run with one clear `ttlora: …` error line and no panic.
-pub(crate) fn assert_clear_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(
-        !o.status.success(),
-        "expected failure; stdout: {}",
-        stdout(o)
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("ttlora: "))
-        .unwrap_or_else(|| panic!("no `ttlora:` error line in {err}"));
-    for n in needles {
-        assert!(line.contains(n), "`{n}` not in: {line}");
-    }
-}
-
 #[test]
 fn train_then_predict_and_eval_with_the_saved_adapter() {
     let model = tiny_bert_folder("cli-e2e", BertConfig::tiny());
@@ -360,7 +323,6 @@ fn train_then_predict_and_eval_with_the_saved_adapter() {
         "train said {train_acc}; eval of the PEFT export said {}",
         stdout(&o)
     );
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 #[test]
@@ -429,22 +391,41 @@ fn bad_method_config_fails_before_the_model_or_data_is_touched() {
             &["lora config", "unknown field `lora_dropoutt`"],
         ),
         (
-            &["--method", "dora"],
-            &["unknown adapter method `dora`", "ttlora"],
-        ),
-        (
             &["--method", "lora", "--shape", "4,4|4,4"],
             &["--shape does not apply to --method lora"],
-        ),
-        (
-            &["--method", "ttlora", "--init", "bogus"],
-            &["unknown variant `bogus`"],
         ),
         (
             &["--method", "lora", "--overrides", r#"{"value": {"r": 0}}"#],
             &["--overrides entry `value`", "`r`", ">= 1"],
         ),
     ];
+    // Flags with fixed choices are refused by the parser, listing the choices (exit 2).
+    let usage: &[(&[&str], &[&str])] = &[
+        (
+            &["--method", "dora"],
+            &["invalid value 'dora'", "ttlora, adapter"],
+        ),
+        (
+            &["--method", "ttlora", "--init", "bogus"],
+            &["invalid value 'bogus'", "tt-svd"],
+        ),
+        (&["--optimizer", "sgd"], &["invalid value 'sgd'", "adamw"]),
+    ];
+    for (args, needles) in usage {
+        let mut all = vec![
+            "train",
+            "--model",
+            "/no/such/model-dir",
+            "--offline",
+            "--quiet",
+        ];
+        all.extend_from_slice(args);
+        let o = ttlora(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        for n in *needles {
+            assert!(stderr(&o).contains(n), "`{n}` not in {}", stderr(&o));
+        }
+    }
     for (args, needles) in cases {
         let mut all = vec![
             "train",
@@ -481,12 +462,11 @@ fn unsupported_architecture_is_one_clear_error() {
         "--quiet",
     ]);
     assert_clear_error(&o, &["model_type", "gpt2", "bert"]);
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 /// A data root whose SST-2 train file has the given body (after the header).
-fn sst2_root(name: &str, body: &str) -> std::path::PathBuf {
-    let root = temp_dir(name);
+fn sst2_root(name: &str, body: &str) -> TempDir {
+    let root = TempDir::new(name);
     let dir = root.join("glue/SST-2");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("train.tsv"), format!("sentence\tlabel\n{body}")).unwrap();
@@ -504,8 +484,6 @@ fn label_outside_the_tasks_set_is_one_clear_error() {
     let root = sst2_root("cli-label-data", "a fine film\t1\na dull film\t7\n");
     let o = ttlora(&["train", "--model", s(&model), "--data", s(&root), "--quiet"]);
     assert_clear_error(&o, &["train.tsv:3", "7"]);
-    let _ = std::fs::remove_dir_all(&model);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -514,13 +492,11 @@ fn empty_split_is_one_clear_error() {
     let root = sst2_root("cli-empty-data", "");
     let o = ttlora(&["train", "--model", s(&model), "--data", s(&root), "--quiet"]);
     assert_clear_error(&o, &["train.tsv", "no examples"]);
-    let _ = std::fs::remove_dir_all(&model);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn missing_task_file_is_one_clear_error() {
-    let root = temp_dir("cli-nofile");
+    let root = TempDir::new("cli-nofile");
     let o = ttlora(&[
         "train",
         "--task",
@@ -531,7 +507,6 @@ fn missing_task_file_is_one_clear_error() {
         "--quiet",
     ]);
     assert_clear_error(&o, &["CoLA"]);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -554,7 +529,6 @@ fn absent_text_column_is_one_clear_error() {
         "--quiet",
     ]);
     assert_clear_error(&o, &["sentence", "review"]);
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 #[test]
@@ -629,7 +603,6 @@ fn bench_model_times_a_training_step_and_inference() {
         "--offline",
     ]);
     assert_clear_error(&o, &["nothing to train"]);
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 #[test]
@@ -773,5 +746,4 @@ fn every_method_trains_saves_evaluates_and_inspects_from_the_cli() {
             .unwrap_or_else(|| panic!("no row for {method} in {table}"));
         assert!(row.contains(" (1) | — | — | — | — |"), "{row}");
     }
-    let _ = std::fs::remove_dir_all(&model);
 }

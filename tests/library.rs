@@ -1,33 +1,29 @@
 //! The library used as a downstream crate would: build a layer, attach TT-LoRA, train a step,
-//! merge, and export exact LoRA factors.
+//! merge, and export exact LoRA factors; on every device (`test_device!`).
 
 use candle_core::{DType, Device, Tensor};
 use ttlora::adapters::ttlora::{TtInit, TtLoraConfig, TtLoraLayer};
 use ttlora::adapters::{Adapter, LayerSpec, Linear, kaiming_uniform, method, seeded_rng};
 use ttlora::tt::{Truncation, decompose_matrix};
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use crate::common::{tensor_diff, test_device};
 
-#[test]
-fn ttlora_layer_trains_merges_and_exports() {
-    let dev = Device::Cpu;
-    let mut rng = seeded_rng(7);
-    let w0 = kaiming_uniform(&[12, 16], 16, &mut rng, DType::F32, &dev).unwrap();
-    let mut lin = Linear::new(w0.clone(), None).unwrap();
-    let spec = LayerSpec {
+/// The layer both tests adapt: 16 inputs, 12 outputs, f32 on `dev`.
+fn layer_spec(dev: &Device) -> LayerSpec {
+    LayerSpec {
         in_features: 16,
         out_features: 12,
         dtype: DType::F32,
         device: dev.clone(),
         weight: None,
-    };
+    }
+}
+
+fn ttlora_layer_trains_merges_and_exports(dev: &Device) {
+    let mut rng = seeded_rng(7);
+    let w0 = kaiming_uniform(&[12, 16], 16, &mut rng, DType::F32, dev).unwrap();
+    let mut lin = Linear::new(w0.clone(), None).unwrap();
+    let spec = layer_spec(dev);
     let cfg =
         serde_json::json!({"rank": 3, "alpha": 8.0, "in_factors": [4, 4], "out_factors": [3, 4]});
     lin.add_adapter(
@@ -38,8 +34,8 @@ fn ttlora_layer_trains_merges_and_exports() {
             .unwrap(),
     )
     .unwrap();
-    let x = kaiming_uniform(&[8, 16], 1, &mut rng, DType::F32, &dev).unwrap();
-    let target = Tensor::ones((8, 12), DType::F32, &dev).unwrap();
+    let x = kaiming_uniform(&[8, 16], 1, &mut rng, DType::F32, dev).unwrap();
+    let target = Tensor::ones((8, 12), DType::F32, dev).unwrap();
     let loss = |lin: &Linear| {
         (lin.forward(&x, true).unwrap() - &target)
             .unwrap()
@@ -59,22 +55,19 @@ fn ttlora_layer_trains_merges_and_exports() {
     }
     let last = loss(&lin).to_scalar::<f32>().unwrap();
     assert!(last < first, "loss went from {first} to {last}");
-    assert_eq!(max_abs(&(lin.weight() - &w0).unwrap()), 0.0, "W0 frozen");
+    assert_eq!(tensor_diff(lin.weight(), &w0), 0.0, "W0 frozen");
     let y = lin.forward(&x, false).unwrap();
     lin.merge().unwrap();
-    assert!(max_abs(&(lin.forward(&x, false).unwrap() - &y).unwrap()) < 1e-5);
+    assert!(tensor_diff(&lin.forward(&x, false).unwrap(), &y) < 1e-5);
 }
+test_device!(
+    ttlora_layer_trains_merges_and_exports,
+    ttlora_layer_trains_merges_and_exports_cpu,
+    ttlora_layer_trains_merges_and_exports_cuda
+);
 
-#[test]
-fn tt_svd_compresses_a_lora_update_exactly_when_rank_allows() {
-    let dev = Device::Cpu;
-    let spec = LayerSpec {
-        in_features: 16,
-        out_features: 12,
-        dtype: DType::F32,
-        device: dev,
-        weight: None,
-    };
+fn tt_svd_compresses_a_lora_update_exactly_when_rank_allows(dev: &Device) {
+    let spec = layer_spec(dev);
     let cfg = TtLoraConfig {
         init: TtInit::Paper,
         rank: 3,
@@ -88,6 +81,11 @@ fn tt_svd_compresses_a_lora_update_exactly_when_rank_allows() {
     let dec = decompose_matrix(&dense, tt.shape(), &Truncation::rank(3)).unwrap();
     assert!(dec.rel_error < 1e-5, "{}", dec.rel_error);
     let again = TtLoraLayer::from_cores(dec.shape, dec.cores, 1.0, Default::default()).unwrap();
-    let diff = max_abs(&(again.delta_weight().unwrap() - tt.delta_weight().unwrap()).unwrap());
+    let diff = tensor_diff(&again.delta_weight().unwrap(), &tt.delta_weight().unwrap());
     assert!(diff < 1e-4, "{diff}");
 }
+test_device!(
+    tt_svd_compresses_a_lora_update_exactly_when_rank_allows,
+    tt_svd_compresses_a_lora_update_exactly_when_rank_allows_cpu,
+    tt_svd_compresses_a_lora_update_exactly_when_rank_allows_cuda
+);

@@ -1,75 +1,24 @@
 //! Model families through the public API: build a tiny random model, save it as an HF folder,
-//! load it back through the family dispatch, and train one step through `dyn Model`.
+//! load it back through the family dispatch, and train one step through `dyn Model`. The
+//! model tests run per device (`test_device!`).
 //! (Tests that need the real all-MiniLM-L6-v2 weights live in `src/models/bert/tests.rs`.)
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use ttlora::adapters::{LayerSpec, method, seeded_rng};
 use ttlora::models::{
     BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
     EncoderInput, Model, Pooling, load_classifier,
 };
 
-/// A fresh folder under the system temp dir for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ttlora-models-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::common::{TempDir, save_model, tensor_diff, test_device, three_by_eight, two_sequences};
 
-/// Two sequences, the second padded with `pad`.
-fn input(pad: u32, dev: &Device) -> EncoderInput {
-    let ids = Tensor::new(&[[2u32, 11, 12, 13, 3], [2, 21, 3, pad, pad]], dev).unwrap();
-    EncoderInput {
-        input_ids: ids,
-        token_type_ids: Tensor::zeros((2, 5), DType::U32, dev).unwrap(),
-        attention_mask: Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dev).unwrap(),
-    }
-}
-
-#[test]
-fn saved_tiny_models_load_through_the_family_dispatch() {
-    let dev = Device::Cpu;
-    for cfg in [BertConfig::tiny(), BertConfig::tiny_roberta()] {
-        let model =
-            BertForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, &dev, 3)
-                .unwrap();
-        let dir = temp_dir(&format!("{:?}", cfg.model_type));
-        std::fs::write(
-            dir.join("config.json"),
-            serde_json::to_string(&cfg).unwrap(),
-        )
-        .unwrap();
-        let tensors: HashMap<String, Tensor> = model.state_dict().into_iter().collect();
-        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-
-        let loaded: Box<dyn Model> = load_classifier(&dir, 2, Pooling::Cls, &dev, 0).unwrap();
-        let x = input(cfg.pad_token_id, &dev);
-        let a = model.forward(&x, false).unwrap();
-        let b = loaded.forward(&x, false).unwrap();
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff < 1e-6, "{:?}: {diff}", cfg.model_type);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
-#[test]
-fn one_sgd_step_through_dyn_model_lowers_the_loss() {
-    let dev = Device::Cpu;
-    let cfg = BertConfig::tiny();
-    let mut model: Box<dyn Model> = Box::new(
-        BertForSequenceClassification::random(&cfg, 2, Pooling::Mean, DType::F32, &dev, 8).unwrap(),
-    );
+/// Attaches TT-LoRA under `config` to every linear the model names as a default target, on
+/// `dev`; returns the adapters' trainable tensors followed by the head's.
+fn ttlora_on_default_targets(
+    model: &mut dyn Model,
+    config: serde_json::Value,
+    dev: &Device,
+) -> (usize, Vec<Var>) {
     let targets = model.default_targets();
     let ttlora = method("ttlora").unwrap();
     let mut rng = seeded_rng(1);
@@ -82,41 +31,85 @@ fn one_sgd_step_through_dyn_model_lowers_the_loss() {
                 device: dev.clone(),
                 weight: None,
             };
-            let cfg = serde_json::json!({"rank": 2, "init": "paper"});
-            let adapter = ttlora.build_from_json(&cfg, &spec, &mut rng).unwrap();
+            let adapter = ttlora.build_from_json(&config, &spec, &mut rng).unwrap();
             lin.add_adapter("default", adapter).unwrap();
         }
     }
-    let mut vars: Vec<candle_core::Var> = model
+    let mut vars: Vec<Var> = model
         .linears()
         .into_iter()
         .flat_map(|(_, l)| l.trainable().into_iter().map(|(_, _, v)| v))
         .collect();
+    let adapter_vars = vars.len();
     vars.extend(model.head_vars().into_iter().map(|(_, v)| v));
-    // query + value in every layer, each with at least two cores, and the head's W and b.
-    assert!(vars.len() >= 2 * cfg.num_hidden_layers * 2 + 2);
+    (adapter_vars, vars)
+}
 
-    let x = input(0, &dev);
-    let labels = Tensor::new(&[1u32, 0], &dev).unwrap();
+/// One plain SGD step (lr 0.1) of every var on the cross-entropy of `x` against `labels`;
+/// returns the loss before and after.
+fn sgd_step(model: &dyn Model, vars: &[Var], x: &EncoderInput, labels: &Tensor) -> (f32, f32) {
     let loss_of = |m: &dyn Model| {
-        candle_nn::loss::cross_entropy(&m.forward(&x, false).unwrap(), &labels).unwrap()
+        candle_nn::loss::cross_entropy(&m.forward(x, false).unwrap(), labels).unwrap()
     };
-    let before = loss_of(model.as_ref());
+    let before = loss_of(model);
     let grads = before.backward().unwrap();
-    for v in &vars {
+    for v in vars {
         let g = grads
             .get(v.as_tensor())
             .expect("every trainable tensor has a gradient");
-        let step = (v.as_tensor() - (g * 0.1).unwrap()).unwrap();
-        v.set(&step).unwrap();
+        v.set(&(v.as_tensor() - (g * 0.1).unwrap()).unwrap())
+            .unwrap();
     }
-    let after = loss_of(model.as_ref());
-    let (b, a) = (
+    let after = loss_of(model);
+    (
         before.to_scalar::<f32>().unwrap(),
         after.to_scalar::<f32>().unwrap(),
+    )
+}
+
+fn saved_tiny_models_load_through_the_family_dispatch(dev: &Device) {
+    for cfg in [BertConfig::tiny(), BertConfig::tiny_roberta()] {
+        let model =
+            BertForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, dev, 3)
+                .unwrap();
+        let dir = TempDir::new(&format!("models-{:?}", cfg.model_type));
+        save_model(&dir, &cfg, model.state_dict());
+
+        let loaded: Box<dyn Model> = load_classifier(&dir, 2, Pooling::Cls, dev, 0).unwrap();
+        let x = two_sequences(cfg.pad_token_id, dev);
+        let diff = tensor_diff(
+            &model.forward(&x, false).unwrap(),
+            &loaded.forward(&x, false).unwrap(),
+        );
+        assert!(diff < 1e-6, "{:?}: {diff}", cfg.model_type);
+    }
+}
+test_device!(
+    saved_tiny_models_load_through_the_family_dispatch,
+    saved_tiny_models_load_through_the_family_dispatch_cpu,
+    saved_tiny_models_load_through_the_family_dispatch_cuda
+);
+
+fn one_sgd_step_through_dyn_model_lowers_the_loss(dev: &Device) {
+    let cfg = BertConfig::tiny();
+    let mut model: Box<dyn Model> = Box::new(
+        BertForSequenceClassification::random(&cfg, 2, Pooling::Mean, DType::F32, dev, 8).unwrap(),
     );
+    let config = serde_json::json!({"rank": 2, "init": "paper"});
+    let (adapter_vars, vars) = ttlora_on_default_targets(model.as_mut(), config, dev);
+    // query + value in every layer, each with at least two cores, and the head's W and b.
+    assert!(adapter_vars >= 2 * cfg.num_hidden_layers * 2);
+    assert!(vars.len() >= adapter_vars + 2);
+
+    let labels = Tensor::new(&[1u32, 0], dev).unwrap();
+    let (b, a) = sgd_step(model.as_ref(), &vars, &two_sequences(0, dev), &labels);
     assert!(a < b, "one SGD step should lower the loss: {b} -> {a}");
 }
+test_device!(
+    one_sgd_step_through_dyn_model_lowers_the_loss,
+    one_sgd_step_through_dyn_model_lowers_the_loss_cpu,
+    one_sgd_step_through_dyn_model_lowers_the_loss_cuda
+);
 
 #[test]
 fn pooling_names_round_trip() {
@@ -127,7 +120,7 @@ fn pooling_names_round_trip() {
         "max".parse::<Pooling>().unwrap_err(),
         "unknown pooling `max`; known: cls, mean"
     );
-    let dir = temp_dir("pooling");
+    let dir = TempDir::new("models-pooling");
     assert_eq!(Pooling::from_sentence_transformers(&dir).unwrap(), None);
     std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
     std::fs::write(
@@ -139,83 +132,40 @@ fn pooling_names_round_trip() {
         Pooling::from_sentence_transformers(&dir).unwrap(),
         Some(Pooling::Mean)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn deberta_v2_loads_through_the_family_dispatch_and_learns_through_adapters() {
-    let dev = Device::Cpu;
+fn deberta_v2_loads_through_the_family_dispatch_and_learns_through_adapters(dev: &Device) {
     let cfg = DebertaV2Config::tiny();
     let model =
-        DebertaV2ForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, &dev, 3)
+        DebertaV2ForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, dev, 3)
             .unwrap();
-    let dir = temp_dir("deberta-v2");
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string(&cfg).unwrap(),
-    )
-    .unwrap();
-    let tensors: HashMap<String, Tensor> = model.state_dict().into_iter().collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    let mut loaded: Box<dyn Model> = load_classifier(&dir, 2, Pooling::Cls, &dev, 0).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let x = input(cfg.pad_token_id, &dev);
-    let diff = (model.forward(&x, false).unwrap() - loaded.forward(&x, false).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let dir = TempDir::new("models-deberta-v2");
+    save_model(&dir, &cfg, model.state_dict());
+    let mut loaded: Box<dyn Model> = load_classifier(&dir, 2, Pooling::Cls, dev, 0).unwrap();
+    drop(dir);
+    let x = two_sequences(cfg.pad_token_id, dev);
+    let diff = tensor_diff(
+        &model.forward(&x, false).unwrap(),
+        &loaded.forward(&x, false).unwrap(),
+    );
     assert_eq!(diff, 0.0);
 
     // Adapters on the default targets (query_proj, value_proj) of every layer learn.
     assert_eq!(loaded.default_targets(), ["query_proj", "value_proj"]);
-    let ttlora = method("ttlora").unwrap();
-    let mut rng = seeded_rng(1);
-    let targets = loaded.default_targets();
-    for (path, lin) in loaded.linears_mut() {
-        if targets.iter().any(|t| path.ends_with(&format!(".{t}"))) {
-            let spec = LayerSpec {
-                in_features: lin.in_features(),
-                out_features: lin.out_features(),
-                dtype: DType::F32,
-                device: dev.clone(),
-                weight: None,
-            };
-            let adapter = ttlora
-                .build_from_json(&serde_json::json!({"rank": 2}), &spec, &mut rng)
-                .unwrap();
-            lin.add_adapter("default", adapter).unwrap();
-        }
-    }
-    let mut vars: Vec<candle_core::Var> = loaded
-        .linears()
-        .into_iter()
-        .flat_map(|(_, l)| l.trainable().into_iter().map(|(_, _, v)| v))
-        .collect();
-    assert!(vars.len() >= 2 * cfg.num_hidden_layers * 2);
-    vars.extend(loaded.head_vars().into_iter().map(|(_, v)| v));
-    let labels = Tensor::new(&[1u32, 0], &dev).unwrap();
-    let loss_of = |m: &dyn Model| {
-        candle_nn::loss::cross_entropy(&m.forward(&x, false).unwrap(), &labels).unwrap()
-    };
-    let before = loss_of(loaded.as_ref());
-    let grads = before.backward().unwrap();
-    for v in &vars {
-        let g = grads
-            .get(v.as_tensor())
-            .expect("every trainable tensor has a gradient");
-        v.set(&(v.as_tensor() - (g * 0.1).unwrap()).unwrap())
-            .unwrap();
-    }
-    let after = loss_of(loaded.as_ref()).to_scalar::<f32>().unwrap();
-    assert!(after < before.to_scalar::<f32>().unwrap());
+    let config = serde_json::json!({"rank": 2});
+    let (adapter_vars, vars) = ttlora_on_default_targets(loaded.as_mut(), config, dev);
+    assert!(adapter_vars >= 2 * cfg.num_hidden_layers * 2);
+    let labels = Tensor::new(&[1u32, 0], dev).unwrap();
+    let (before, after) = sgd_step(loaded.as_ref(), &vars, &x, &labels);
+    assert!(after < before, "{before} -> {after}");
 }
+test_device!(
+    deberta_v2_loads_through_the_family_dispatch_and_learns_through_adapters,
+    deberta_v2_loads_through_the_family_dispatch_and_learns_through_adapters_cpu,
+    deberta_v2_loads_through_the_family_dispatch_and_learns_through_adapters_cuda
+);
 
-#[test]
-fn a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs() {
+fn a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs(dev: &Device) {
     // The conv's taps must follow a replaced weight (they are cut from it each pass).
     use ttlora::adapters::MethodSpec;
     use ttlora::tuning::adapted::{AdapterMeta, collect, load_into};
@@ -234,15 +184,8 @@ fn a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs() {
         ..DebertaV2Config::tiny()
     };
     let build = || {
-        DebertaV2ForSequenceClassification::random(
-            &cfg,
-            2,
-            Pooling::Cls,
-            DType::F32,
-            &Device::Cpu,
-            4,
-        )
-        .unwrap()
+        DebertaV2ForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, dev, 4)
+            .unwrap()
     };
     let mut model = build();
     let spec = MethodSpec::parse("full", serde_json::json!({})).unwrap();
@@ -254,16 +197,7 @@ fn a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs() {
         v.set(&(t + Tensor::randn(0f32, 0.05, t.shape(), t.device()).unwrap()).unwrap())
             .unwrap();
     }
-    let dev = Device::Cpu;
-    let ids: Vec<u32> = (0..24).map(|i| (i * 7 + 3) % 100).collect();
-    let mut mask = vec![1u32; 24];
-    mask[22] = 0;
-    mask[23] = 0;
-    let input = EncoderInput {
-        input_ids: Tensor::from_vec(ids, (3, 8), &dev).unwrap(),
-        token_type_ids: Tensor::zeros((3, 8), DType::U32, &dev).unwrap(),
-        attention_mask: Tensor::from_vec(mask, (3, 8), &dev).unwrap(),
-    };
+    let input = three_by_eight(dev);
     let trained = model.forward(&input, false).unwrap();
     let folder = collect(&model, "default", &AdapterMeta::bare("full")).unwrap();
     assert!(
@@ -274,12 +208,11 @@ fn a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs() {
     );
     let mut fresh = build();
     load_into(&mut fresh, &folder, "default").unwrap();
-    let reloaded = fresh.forward(&input, false).unwrap();
-    let d = (trained - reloaded)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap();
-    assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+    let d = tensor_diff(&trained, &fresh.forward(&input, false).unwrap());
+    assert!(d < 1e-6, "{d}");
 }
+test_device!(
+    a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs,
+    a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs_cpu,
+    a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs_cuda
+);

@@ -4,7 +4,7 @@
 //! and reproduce those logits, and what ttlora writes must look like what PEFT wrote.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use ttlora::io::AdapterFolder;
@@ -12,14 +12,10 @@ use ttlora::io::adapter_folder::{CONFIG_FILE, WEIGHTS_FILE};
 use ttlora::models::{EncoderInput, Model, Pooling, load_classifier};
 use ttlora::tuning::adapted::{AdapterMeta, load_into, to_peft_lora};
 
+use crate::common::{TempDir, peft_fixture as fixture, tensor_diff as diff};
+
 /// Agreement with PyTorch's float32 logits.
 const SAME_AS_TORCH: f32 = 1e-5;
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/peft")
-        .join(rel)
-}
 
 fn expected() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap()
@@ -41,15 +37,9 @@ fn input(e: &serde_json::Value) -> EncoderInput {
     }
 }
 
+/// The largest difference of our logits from the ones PEFT/PyTorch recorded.
 fn max_diff(got: &Tensor, want: &serde_json::Value) -> f32 {
-    let got: Vec<Vec<f32>> = got.to_vec2().unwrap();
-    let want: Vec<Vec<f32>> = rows(want);
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .flatten()
-        .zip(want.iter().flatten())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+    crate::common::max_diff(&got.to_vec2().unwrap(), &rows(want))
 }
 
 fn base() -> Box<dyn Model> {
@@ -60,10 +50,19 @@ fn logits(m: &dyn Model) -> Tensor {
     m.forward(&input(&expected()), false).unwrap()
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ttlora-peft-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// Merges the adapter of every adapted layer into its weight, as PEFT's `merge_and_unload`,
+/// and asserts the merged model gives the logits PEFT's merge gave.
+fn merges_to(model: &mut dyn Model, merged_logits: &serde_json::Value, what: &str) {
+    for (_, layer) in model.linears_mut() {
+        if layer.adapters().next().is_some() {
+            layer.merge().unwrap();
+        }
+    }
+    let d = max_diff(&logits(model), merged_logits);
+    assert!(
+        d < SAME_AS_TORCH,
+        "merged {what} differs from PEFT's merge by {d}"
+    );
 }
 
 #[test]
@@ -84,20 +83,12 @@ fn reads_a_peft_lora_folder_and_reproduces_pytorchs_logits() {
     let d = max_diff(&logits(model.as_ref()), &e["adapted_logits"]);
     assert!(d < SAME_AS_TORCH, "adapted model differs from PEFT by {d}");
 
-    for (_, layer) in model.linears_mut() {
-        if layer.adapters().next().is_some() {
-            layer.merge().unwrap();
-        }
-    }
-    let d = max_diff(&logits(model.as_ref()), &e["merged_logits"]);
-    assert!(
-        d < SAME_AS_TORCH,
-        "merged model differs from PEFT's merge by {d}"
-    );
+    merges_to(model.as_mut(), &e["merged_logits"], "LoRA");
 }
 
 #[test]
 fn a_written_peft_lora_has_pefts_keys_config_fields_and_metadata() {
+    let tmp = TempDir::new("peft");
     let mut model = base();
     let golden = AdapterFolder::read(&fixture("lora"), &Device::Cpu).unwrap();
     load_into(model.as_mut(), &golden, "default").unwrap();
@@ -112,7 +103,7 @@ fn a_written_peft_lora_has_pefts_keys_config_fields_and_metadata() {
         save_head: true,
         task: None,
     };
-    let out = temp("written");
+    let out = tmp.join("written");
     to_peft_lora(model.as_ref(), "default", &meta)
         .unwrap()
         .write(&out)
@@ -169,7 +160,6 @@ fn a_written_peft_lora_has_pefts_keys_config_fields_and_metadata() {
     .unwrap();
     let d = max_diff(&logits(again.as_ref()), &expected()["adapted_logits"]);
     assert!(d < SAME_AS_TORCH, "{d}");
-    std::fs::remove_dir_all(&out).unwrap();
 }
 
 /// The tiny base with TT-LoRA (non-zero `paper` init) on query and value.
@@ -215,28 +205,18 @@ fn ttlora_meta() -> AdapterMeta {
     }
 }
 
-fn diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 #[test]
 fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
     use ttlora::jobs::export::{ExportFormat, export};
-    use ttlora::jobs::finetune::load_adapted;
+    use ttlora::jobs::inference::load as load_adapted;
+    let tmp = TempDir::new("peft");
     let model = base_with_ttlora();
     let want = logits(model.as_ref());
     let d = diff(&want, &logits(base().as_ref()));
     assert!(d > 1e-2, "the TT adapter must change the logits ({d})");
 
     // Own folder → load → identical logits.
-    let own = temp("own");
+    let own = tmp.join("own");
     ttlora::tuning::adapted::collect(model.as_ref(), "default", &ttlora_meta())
         .unwrap()
         .write(&own)
@@ -246,7 +226,7 @@ fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
     assert!(diff(&want, &logits(reloaded.model.as_ref())) <= 1e-6);
 
     // → PEFT LoRA of rank 3 → loaded as LoRA → the same logits.
-    let peft = temp("exported-peft");
+    let peft = tmp.join("exported-peft");
     let report = export(&mut reloaded, ExportFormat::PeftLora, &peft).unwrap();
     assert_eq!(report.ranks.into_iter().collect::<Vec<_>>(), [3]);
     let as_lora = load_adapted(&peft, None, &cpu, false).unwrap();
@@ -260,7 +240,7 @@ fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
     assert!(d <= 1e-5, "TT → PEFT LoRA changed the logits by {d}");
 
     // → merged HF folder → loaded as a plain model → the same logits.
-    let merged = temp("exported-merged");
+    let merged = tmp.join("exported-merged");
     let mut again = load_adapted(&own, None, &cpu, false).unwrap();
     let report = export(&mut again, ExportFormat::Merged, &merged).unwrap();
     assert_eq!(report.modules, 4);
@@ -278,16 +258,14 @@ fn ttlora_round_trips_through_its_own_folder_peft_lora_and_a_merged_model() {
             .unwrap();
     assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
     assert_eq!(cfg["id2label"]["2"], "c");
-    for dir in [own, peft, merged] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 #[test]
 fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
     use ttlora::jobs::compress::{CompressSpec, Source, compress};
     use ttlora::jobs::export::{ExportFormat, export};
-    use ttlora::jobs::finetune::load_adapted;
+    use ttlora::jobs::inference::load as load_adapted;
+    let tmp = TempDir::new("peft");
     let cpu = Device::Cpu;
     let base_dir = fixture("base").display().to_string();
     let lora = load_adapted(&fixture("lora"), Some(&base_dir), &cpu, false).unwrap();
@@ -303,7 +281,7 @@ fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
     let want = deltas(lora.model.as_ref());
     assert_eq!(want.len(), 4);
 
-    let tt_dir = temp("compressed");
+    let tt_dir = tmp.join("compressed");
     let spec = CompressSpec {
         shape_config: serde_json::json!({}),
         alpha: 2.0,
@@ -314,7 +292,7 @@ fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
     let tt = load_adapted(&tt_dir, Some(&base_dir), &cpu, false);
     let mut tt = tt.unwrap();
     assert_eq!(tt.config.method, "ttlora");
-    let peft_dir = temp("compressed-peft");
+    let peft_dir = tmp.join("compressed-peft");
     export(&mut tt, ExportFormat::PeftLora, &peft_dir).unwrap();
     let back = load_adapted(&peft_dir, Some(&base_dir), &cpu, false).unwrap();
     let got = deltas(back.model.as_ref());
@@ -328,14 +306,12 @@ fn a_peft_lora_compressed_exactly_exports_back_to_the_same_delta_w() {
     }
     let d = diff(&logits(back.model.as_ref()), &logits(lora.model.as_ref()));
     assert!(d <= 1e-5, "logits differ by {d}");
-    for dir in [tt_dir, peft_dir] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 #[test]
 fn folders_from_ttlora_0_1_without_the_family_prefix_still_load() {
-    use ttlora::jobs::finetune::load_adapted;
+    use ttlora::jobs::inference::load as load_adapted;
+    let tmp = TempDir::new("peft");
     let model = base_with_ttlora();
     let want = logits(model.as_ref());
     let mut folder =
@@ -358,7 +334,7 @@ fn folders_from_ttlora_0_1_without_the_family_prefix_still_load() {
             .keys()
             .all(|k| k.starts_with("encoder."))
     );
-    let dir = temp("legacy");
+    let dir = tmp.join("legacy");
     folder.write(&dir).unwrap();
     let loaded = load_adapted(&dir, None, &Device::Cpu, false).unwrap();
     assert!(diff(&want, &logits(loaded.model.as_ref())) <= 1e-6);
@@ -370,21 +346,21 @@ fn folders_from_ttlora_0_1_without_the_family_prefix_still_load() {
             .iter()
             .all(|m| m.effective_rank.is_some_and(|r| r <= 3))
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_full_fine_tunes_weight_change_compresses_into_the_same_model() {
     use ttlora::jobs::compress::{CompressSpec, Source, compress};
     use ttlora::jobs::export::{ExportFormat, export};
-    use ttlora::jobs::finetune::load_adapted;
+    use ttlora::jobs::inference::load as load_adapted;
+    let tmp = TempDir::new("peft");
     let cpu = Device::Cpu;
     let base_dir = fixture("base");
     let base_name = base_dir.display().to_string();
     // A "fully fine-tuned" model: PEFT's LoRA merged into the weights, head changed.
     let mut lora = load_adapted(&fixture("lora"), Some(&base_name), &cpu, false).unwrap();
     let want = logits(lora.model.as_ref());
-    let tuned = temp("finetuned");
+    let tuned = tmp.join("finetuned");
     export(&mut lora, ExportFormat::Merged, &tuned).unwrap();
 
     let source = Source::from_finetuned(&base_dir, &base_name, &tuned, None, &cpu).unwrap();
@@ -394,7 +370,7 @@ fn a_full_fine_tunes_weight_change_compresses_into_the_same_model() {
         "query and value of 2 layers by default"
     );
     assert!(source.updates.iter().all(|u| u.params == 32 * 32));
-    let tt_dir = temp("finetuned-tt");
+    let tt_dir = tmp.join("finetuned-tt");
     let spec = CompressSpec {
         shape_config: serde_json::json!({}),
         alpha: 1.0,
@@ -405,9 +381,6 @@ fn a_full_fine_tunes_weight_change_compresses_into_the_same_model() {
     let tt = load_adapted(&tt_dir, None, &cpu, false).unwrap();
     let d = diff(&want, &logits(tt.model.as_ref()));
     assert!(d <= 1e-5, "the compressed fine-tune differs by {d}");
-    for dir in [tuned, tt_dir] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 #[test]
@@ -441,6 +414,7 @@ fn reads_peft_prompt_and_prefix_folders_and_reproduces_their_logits() {
 
 #[test]
 fn reads_a_peft_dora_folder_and_reproduces_its_logits_merged_and_unmerged() {
+    let tmp = TempDir::new("peft");
     let e: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("expected_dora.json")).unwrap())
             .unwrap();
@@ -458,7 +432,7 @@ fn reads_a_peft_dora_folder_and_reproduces_its_logits_merged_and_unmerged() {
     assert!(d < SAME_AS_TORCH, "DoRA differs from PEFT by {d}");
     // Written back as PEFT LoRA with use_dora, it reads and computes the same.
     let meta = AdapterMeta::bare("lora");
-    let out = temp("dora-out");
+    let out = tmp.join("dora-out");
     to_peft_lora(model.as_ref(), "default", &meta)
         .unwrap()
         .write(&out)
@@ -476,15 +450,5 @@ fn reads_a_peft_dora_folder_and_reproduces_its_logits_merged_and_unmerged() {
     .unwrap();
     let d = max_diff(&logits(again.as_ref()), &e["adapted_logits"]);
     assert!(d < SAME_AS_TORCH, "rewritten DoRA differs by {d}");
-    for (_, layer) in model.linears_mut() {
-        if layer.adapters().next().is_some() {
-            layer.merge().unwrap();
-        }
-    }
-    let d = max_diff(&logits(model.as_ref()), &e["merged_logits"]);
-    assert!(
-        d < SAME_AS_TORCH,
-        "merged DoRA differs from PEFT's merge by {d}"
-    );
-    let _ = std::fs::remove_dir_all(&out);
+    merges_to(model.as_mut(), &e["merged_logits"], "DoRA");
 }

@@ -1,93 +1,20 @@
 //! Fine-tuning end to end through the library: a tiny random BERT (saved as an HF folder with
 //! a small real WordPiece tokenizer) trained with TT-LoRA on the bundled real SST-2 files.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use ttlora::adapters::MethodSpec;
-use ttlora::jobs::finetune::{self, FineTuneSpec, TaskSource};
+use ttlora::jobs::finetune::{self, FineTuneSpec};
+use ttlora::jobs::inference;
 use ttlora::jobs::pipeline;
-use ttlora::models::{
-    BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
-    Pooling, load_classifier,
-};
+use ttlora::jobs::study::StudySpec;
+use ttlora::jobs::task::TaskSource;
+use ttlora::jobs::trial::TrialSpec;
+use ttlora::models::{BertConfig, Pooling, load_classifier};
 use ttlora::train::{Control, Observer, StepReport, TrainConfig};
 
-/// A fresh folder under the system temp dir for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ttlora-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The repository's bundled data root (holds glue/SST-2).
-pub fn bundled_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
-}
-
-/// The test tokenizer and its vocabulary size.
-fn tiny_tokenizer() -> (PathBuf, usize) {
-    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer-tiny.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&tok).unwrap()).unwrap();
-    let vocab = json["model"]["vocab"].as_object().unwrap().len();
-    (tok, vocab)
-}
-
-/// Writes an HF folder: config.json, the tensors (minus the task head, which a base
-/// checkpoint lacks and training adds) and the test tokenizer.
-fn write_folder(dir: &Path, config: &impl serde::Serialize, state: Vec<(String, Tensor)>) {
-    let tensors: HashMap<String, Tensor> = state
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("classifier"))
-        .collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string(config).unwrap(),
-    )
-    .unwrap();
-    std::fs::copy(tiny_tokenizer().0, dir.join("tokenizer.json")).unwrap();
-}
-
-/// Writes a tiny random BERT folder (config.json, model.safetensors, tokenizer.json) whose
-/// vocabulary is the test tokenizer's, and returns it.
-pub fn tiny_bert_folder(name: &str, cfg: BertConfig) -> PathBuf {
-    let dir = temp_dir(name);
-    let cfg = BertConfig {
-        vocab_size: tiny_tokenizer().1,
-        max_position_embeddings: 128,
-        ..cfg
-    };
-    let model =
-        BertForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, &Device::Cpu, 5)
-            .unwrap();
-    write_folder(&dir, &cfg, model.state_dict());
-    dir
-}
-
-/// The same for a tiny random DeBERTa-v2.
-pub fn tiny_deberta_folder(name: &str) -> PathBuf {
-    let dir = temp_dir(name);
-    let cfg = DebertaV2Config {
-        vocab_size: tiny_tokenizer().1,
-        max_position_embeddings: 128,
-        ..DebertaV2Config::tiny()
-    };
-    let model = DebertaV2ForSequenceClassification::random(
-        &cfg,
-        2,
-        Pooling::Cls,
-        DType::F32,
-        &Device::Cpu,
-        5,
-    )
-    .unwrap();
-    write_folder(&dir, &cfg, model.state_dict());
-    dir
-}
+use crate::common::{bundled_data, max_diff, tiny_bert_folder, tiny_deberta_folder};
 
 /// Collects every step's loss.
 #[derive(Default)]
@@ -102,41 +29,38 @@ impl Observer for Losses {
 
 fn spec(model: &Path, out: &Path, method: &str) -> FineTuneSpec {
     FineTuneSpec {
-        model: model.to_string_lossy().into_owned(),
-        task: TaskSource::Registry {
-            spec: ttlora::data::task("sst2").unwrap(),
-            root: bundled_data(),
+        study: StudySpec {
+            model: model.to_string_lossy().into_owned(),
+            task: TaskSource::Registry {
+                spec: ttlora::data::task("sst2").unwrap(),
+                root: bundled_data(),
+            },
+            pooling: Some(Pooling::Mean),
+            max_len: 48,
+            held_out: 0.1,
+            max_train: Some(480),
+            seed: 7,
+            device: Device::Cpu,
+            allow_fetch: false,
         },
-        method: MethodSpec::parse(method, serde_json::json!({})).unwrap(),
-        targets: None,
-        exclude: None,
-        overrides: Default::default(),
-        train_head: true,
-        pooling: Some(Pooling::Mean),
-        max_len: 48,
-        batch_size: 16,
-        held_out: 0.1,
-        max_train: Some(480),
-        seed: 7,
-        train: TrainConfig {
-            epochs: 4,
-            lr: 1e-2,
-            warmup_ratio: 0.0,
-            ..TrainConfig::default()
+        trial: TrialSpec {
+            method: MethodSpec::parse(method, serde_json::json!({})).unwrap(),
+            targets: None,
+            exclude: None,
+            overrides: Default::default(),
+            train_head: true,
+            batch_size: 16,
+            train: TrainConfig {
+                epochs: 4,
+                lr: 1e-2,
+                warmup_ratio: 0.0,
+                seed: 7,
+                ..TrainConfig::default()
+            },
         },
         out: out.to_path_buf(),
         resume: false,
-        device: Device::Cpu,
-        allow_fetch: false,
     }
-}
-
-fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -168,9 +92,9 @@ fn lora_saves_a_peft_folder_that_reloads_identically() {
     let model_dir = tiny_bert_folder("e2e-lora", BertConfig::tiny());
     let out = model_dir.join("run");
     let mut s = spec(&model_dir, &out, "lora");
-    s.max_train = Some(64);
-    s.train.epochs = 2;
-    s.method = MethodSpec::parse(
+    s.study.max_train = Some(64);
+    s.trial.train.epochs = 2;
+    s.trial.method = MethodSpec::parse(
         "lora",
         serde_json::json!({"r": 4, "lora_alpha": 8.0, "lora_dropout": 0.1}),
     )
@@ -198,30 +122,28 @@ fn lora_saves_a_peft_folder_that_reloads_identically() {
     // ttlora's task knowledge sits beside it, where PEFT does not look.
     assert!(out.join("ttlora_task.json").is_file());
 
-    let inf = finetune::load_for_inference(&out, None, &Device::Cpu, false).unwrap();
+    let inf = inference::load(&out, None, &Device::Cpu, false).unwrap();
     assert_eq!(inf.task.name, "sst2");
     let dev = &trained.dev;
     let logits = |m: &dyn ttlora::models::Model| {
         pipeline::logits(m, dev, 64, trained.pad_id, &Device::Cpu).unwrap()
     };
-    let diff = max_abs_diff(&logits(trained.model.as_ref()), &logits(inf.model.as_ref()));
+    let diff = max_diff(&logits(trained.model.as_ref()), &logits(inf.model.as_ref()));
     assert!(diff <= 1e-6, "reloaded logits differ by {diff}");
-    let _ = std::fs::remove_dir_all(&model_dir);
 }
 
 /// Trains TT-LoRA on the default targets of the model in `model_dir` (whose names end with
 /// `q` and `v`) and checks learning, frozen weights, saving and reloading.
 fn learns_saves_and_reloads(model_dir: &Path, q_name: &str, v_name: &str) {
-    let model_dir = model_dir.to_path_buf();
     let out = model_dir.join("run");
     let mut losses = Losses::default();
     // A small slice trained for many epochs: a tiny random model can fit it, so the loss
     // must fall clearly. (With 64 examples × 30 epochs the tiny RoBERTa ended near chance,
     // 0.63–0.70 depending on the dropout stream; 32 × 40 takes all three to ≤ 0.26.)
-    let mut s = spec(&model_dir, &out, "ttlora");
-    s.max_train = Some(32);
-    s.train.epochs = 40;
-    s.train.lr = 5e-2;
+    let mut s = spec(model_dir, &out, "ttlora");
+    s.study.max_train = Some(32);
+    s.trial.train.epochs = 40;
+    s.trial.train.lr = 5e-2;
     // This high lr suits the tiny random model with the default α = 8.
     let trained = finetune::run(&s, &mut [&mut losses]).unwrap();
 
@@ -238,7 +160,7 @@ fn learns_saves_and_reloads(model_dir: &Path, q_name: &str, v_name: &str) {
     );
 
     // Frozen weights are bit-identical to a freshly loaded base model.
-    let base = load_classifier(&model_dir, 2, Pooling::Mean, &Device::Cpu, 0).unwrap();
+    let base = load_classifier(model_dir, 2, Pooling::Mean, &Device::Cpu, 0).unwrap();
     for ((pa, la), (pb, lb)) in trained.model.linears().iter().zip(base.linears().iter()) {
         assert_eq!(pa, pb);
         let wa = la.weight().flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -265,7 +187,7 @@ fn learns_saves_and_reloads(model_dir: &Path, q_name: &str, v_name: &str) {
     assert!(out.join("adapter_config.json").is_file());
     assert!(out.join("adapter_model.safetensors").is_file());
     assert!(out.join("train_log.jsonl").is_file());
-    let inf = finetune::load_for_inference(&out, None, &Device::Cpu, false).unwrap();
+    let inf = inference::load(&out, None, &Device::Cpu, false).unwrap();
     let dev = &trained.dev;
     let a = pipeline::logits(
         trained.model.as_ref(),
@@ -277,9 +199,8 @@ fn learns_saves_and_reloads(model_dir: &Path, q_name: &str, v_name: &str) {
     .unwrap();
     let b = pipeline::logits(inf.model.as_ref(), dev, 64, trained.pad_id, &Device::Cpu).unwrap();
     assert_eq!(a.len(), 872);
-    let diff = max_abs_diff(&a, &b);
+    let diff = max_diff(&a, &b);
     assert!(diff <= 1e-6, "reloaded logits differ by {diff}");
-    let _ = std::fs::remove_dir_all(&model_dir);
 }
 
 #[test]
@@ -288,9 +209,9 @@ fn interrupted_training_resumes_to_the_same_adapter() {
     // match the uninterrupted one exactly.
     let model_dir = tiny_bert_folder("resume", BertConfig::tiny());
     let mut s = spec(&model_dir, &model_dir.join("full"), "ttlora");
-    s.train.eval_every = Some(5);
-    s.train.epochs = 1;
-    s.max_train = Some(320);
+    s.trial.train.eval_every = Some(5);
+    s.trial.train.epochs = 1;
+    s.study.max_train = Some(320);
     let full = finetune::run(&s, &mut []).unwrap();
 
     // The same run, killed in step 12 (after the checkpoint of step 10), then resumed.
@@ -337,9 +258,8 @@ fn interrupted_training_resumes_to_the_same_adapter() {
         &Device::Cpu,
     )
     .unwrap();
-    let diff = max_abs_diff(&a, &b);
+    let diff = max_diff(&a, &b);
     assert!(diff <= 1e-6, "resumed run differs by {diff}");
-    let _ = std::fs::remove_dir_all(&model_dir);
 }
 
 /// The trainer rejects a config that would silently do nothing.
@@ -347,7 +267,7 @@ fn interrupted_training_resumes_to_the_same_adapter() {
 fn training_without_trainable_tensors_is_an_error() {
     let model_dir = tiny_bert_folder("nothing", BertConfig::tiny());
     let mut s = spec(&model_dir, &model_dir.join("out"), "ttlora");
-    s.targets = Some(ttlora::adapters::ModuleSet::List(vec![
+    s.trial.targets = Some(ttlora::adapters::ModuleSet::List(vec![
         "no_such_module".into(),
     ]));
     let err = finetune::run(&s, &mut []).err().unwrap().to_string();

@@ -13,7 +13,7 @@ use crate::bench::roofline::{EncoderSize, StepWork};
 use crate::bench::time_median;
 use crate::error::{Error, Result};
 use crate::models::{EncoderInput, Model, Pooling, load_classifier};
-use crate::train::{Adam, AdamParams, Batch, Objective, loss};
+use crate::train::{self, Adam, AdamParams, Batch, CrossEntropy, StepSettings};
 use crate::tuning::attach::{attach, placing, trainable_vars};
 use crate::tuning::merged::merge_adapters;
 
@@ -147,14 +147,18 @@ pub fn train_step(
     vars.extend(model.head_vars().into_iter().map(|(_, v)| v));
     let trainable = vars.iter().map(|v| v.elem_count()).sum();
     let mut opt = Adam::new(vars.clone(), AdamParams::default())?;
+    let batches = [batch];
+    let mut step = 0;
     let t = time_median(cfg.iters, cfg.min_time, || -> Result<()> {
-        let l = loss(model.as_ref(), Objective::Classification, &batch, true)?;
-        let grads = l.backward()?;
-        let g: Vec<Option<Tensor>> = vars
-            .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned())
-            .collect();
-        opt.step(&g, 1e-4)
+        // The loop's own step: forward, backward, clipping, AdamW.
+        let settings = StepSettings {
+            lr: 1e-4,
+            max_grad_norm: Some(1.0),
+            seed: cfg.seed,
+            step,
+        };
+        step += 1;
+        train::train_step(model.as_ref(), &CrossEntropy, &batches, &mut opt, settings).map(|_| ())
     })?;
     Ok(row("train", cfg, size, t, trainable))
 }

@@ -8,6 +8,8 @@ use clap::{Args, Subcommand};
 use ttlora::bench::tt::{LayerCase, TtBenchConfig, TtBenchRow};
 use ttlora::tt::{Ranks, TtShape};
 
+use super::common::{DeviceArgs, JsonArgs, OfflineArgs};
+
 /// Which benchmark to run.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -40,15 +42,24 @@ pub struct MatmulArgs {
     min_seconds: f64,
 }
 
+/// `bench model --kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepKind {
+    /// A training step: forward, backward, clipping and AdamW (the trainer's own step).
+    Train,
+    /// Inference with the adapters unmerged, then merged.
+    Infer,
+}
+
 /// Options of `ttlora bench model`.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// Model folder or packaged name.
     #[arg(long, default_value = "all-MiniLM-L6-v2")]
     model: String,
-    /// `train` (forward + backward + AdamW step) or `infer` (unmerged, then merged).
-    #[arg(long, default_value = "train")]
-    kind: String,
+    /// What to time.
+    #[arg(long, value_enum, default_value_t = StepKind::Train)]
+    kind: StepKind,
     /// `none` (base model; infer only) or a method: `lora`, `ttlora`, `full`, ….
     #[arg(long, default_value = "lora")]
     method: String,
@@ -67,9 +78,8 @@ pub struct ModelArgs {
     /// Minimum seconds.
     #[arg(long, default_value_t = 5.0)]
     min_seconds: f64,
-    /// Never download the model.
-    #[arg(long)]
-    offline: bool,
+    #[command(flatten)]
+    fetch: OfflineArgs,
 }
 
 /// Options of `ttlora bench tt`.
@@ -90,12 +100,10 @@ pub struct TtArgs {
     /// Minimum seconds per row.
     #[arg(long, default_value_t = 1.0)]
     min_seconds: f64,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Print JSON lines instead of a table.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    output: JsonArgs,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -133,7 +141,7 @@ fn run_matmul(a: MatmulArgs) -> Result<()> {
 /// Prints one JSON line per measured row.
 fn run_model(a: ModelArgs) -> Result<()> {
     use ttlora::bench::model_step::{ModelStepConfig, inference, train_step};
-    let dir = ttlora::io::resolve_model(&a.model, !a.offline)?;
+    let dir = ttlora::io::resolve_model(&a.model, !a.fetch.offline)?;
     let cfg = ModelStepConfig {
         method: a.method,
         method_config: serde_json::from_str(&a.config)
@@ -145,10 +153,9 @@ fn run_model(a: ModelArgs) -> Result<()> {
         seed: 0,
     };
     let device = ttlora::parse_device("cpu")?;
-    let rows = match a.kind.as_str() {
-        "train" => vec![train_step(&dir, &cfg, &device)?],
-        "infer" => inference(&dir, &cfg, &device)?,
-        other => anyhow::bail!("unknown --kind `{other}`; use train or infer"),
+    let rows = match a.kind {
+        StepKind::Train => vec![train_step(&dir, &cfg, &device)?],
+        StepKind::Infer => inference(&dir, &cfg, &device)?,
     };
     let mut out = std::io::stdout().lock();
     for r in rows {
@@ -191,16 +198,16 @@ fn run_tt(args: TtArgs) -> Result<()> {
         lora_rank: args.lora_rank,
         min_iters: args.iters,
         min_time: Duration::from_secs_f64(args.min_seconds),
-        device: ttlora::parse_device(&args.device)?,
+        device: args.device.device()?,
     };
     eprintln!(
         "ttlora bench tt: forward+backward of y = x W0^T + b + dW(x), x a Var (dx computed), f32, \
          device {}, {} threads",
-        args.device,
+        args.device.device,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let mut out = std::io::stdout().lock();
-    if !args.json {
+    if !args.output.json {
         writeln!(
             out,
             "| layer | T | variant | shape / rank | params | fwd+bwd ms | vs LoRA |"
@@ -211,7 +218,7 @@ fn run_tt(args: TtArgs) -> Result<()> {
         eprintln!("  {} T={} {}: {:.2} ms", r.layer, r.tokens, r.variant, r.ms);
     })?;
     for r in &rows {
-        if args.json {
+        if args.output.json {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         } else {
             writeln!(
@@ -221,7 +228,7 @@ fn run_tt(args: TtArgs) -> Result<()> {
             )?;
         }
     }
-    if !args.json {
+    if !args.output.json {
         for verdict in verdicts(&rows) {
             writeln!(out, "{verdict}")?;
         }

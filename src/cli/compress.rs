@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ttlora::jobs::compress::{CompressSpec, Source, compress};
-use ttlora::jobs::finetune;
+use ttlora::jobs::inference;
 use ttlora::tt::Truncation;
 
 use super::export::OutputArgs;
+
+use super::common::{JsonArgs, OfflineArgs};
 
 /// Arguments of `ttlora compress`.
 #[derive(Debug, Args)]
@@ -31,9 +33,8 @@ pub struct CompressArgs {
     targets: Option<Vec<String>>,
     #[command(flatten)]
     output: OutputArgs,
-    /// Never download: fail if a model is not available locally.
-    #[arg(long)]
-    offline: bool,
+    #[command(flatten)]
+    fetch: OfflineArgs,
     /// Largest TT rank of every bond.
     #[arg(long, value_name = "R")]
     max_rank: Option<usize>,
@@ -48,9 +49,8 @@ pub struct CompressArgs {
     /// `train --adapter-config`; default: the planner's 6-core input-output shape.
     #[arg(long, value_name = "JSON", default_value = "{}")]
     config: String,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: JsonArgs,
 }
 
 /// Runs `ttlora compress`.
@@ -73,7 +73,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let device = ttlora::parse_device("cpu")?;
     let (source, from) = match (&a.adapter, &a.finetuned) {
         (Some(dir), _) => {
-            let adapted = finetune::load_adapted(dir, a.model.as_deref(), &device, !a.offline)
+            let adapted = inference::load(dir, a.model.as_deref(), &device, !a.fetch.offline)
                 .with_context(|| format!("loading adapter {}", dir.display()))?;
             (Source::from_adapter(&adapted)?, dir)
         }
@@ -81,7 +81,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
             let Some(model) = &a.model else {
                 bail!("--finetuned needs --model, the base model it was fine-tuned from");
             };
-            let base_dir = ttlora::io::resolve_model(model, !a.offline)?;
+            let base_dir = ttlora::io::resolve_model(model, !a.fetch.offline)?;
             let targets = super::train::module_set(&a.targets, &None);
             let source = Source::from_finetuned(&base_dir, model, dir, targets.as_ref(), &device)
                 .with_context(|| format!("reading fine-tuned model {}", dir.display()))?;
@@ -92,7 +92,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let r = compress(&source, &spec, &a.output.out)
         .with_context(|| format!("compressing {}", from.display()))?;
     let mut out = std::io::stdout().lock();
-    if a.json {
+    if a.json.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ttlora::data::{self, CustomColumns, Example, Split};
-use ttlora::jobs::finetune::{self, Inference, TaskSource};
-use ttlora::jobs::pipeline::{self, EncodedSplit};
+use ttlora::jobs::eval::{self, Prediction, ScoreData};
+
+use super::common::{DeviceArgs, JsonArgs, OfflineArgs};
+use ttlora::jobs::inference::{self, Inference};
 
 /// Where the base model and adapter come from (shared by eval and predict).
 #[derive(Debug, Args)]
@@ -18,12 +20,10 @@ pub struct AdapterArgs {
     /// Base model, overriding the one recorded in the adapter config.
     #[arg(long)]
     model: Option<String>,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Never download: fail if the model is not available locally.
-    #[arg(long)]
-    offline: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    fetch: OfflineArgs,
     /// Examples per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -31,9 +31,14 @@ pub struct AdapterArgs {
 
 impl AdapterArgs {
     fn load(&self) -> Result<Inference> {
-        let device = ttlora::parse_device(&self.device)?;
-        finetune::load_for_inference(&self.adapter, self.model.as_deref(), &device, !self.offline)
-            .with_context(|| format!("loading adapter {}", self.adapter.display()))
+        let device = self.device.device()?;
+        inference::load(
+            &self.adapter,
+            self.model.as_deref(),
+            &device,
+            !self.fetch.offline,
+        )
+        .with_context(|| format!("loading adapter {}", self.adapter.display()))
     }
 }
 
@@ -70,81 +75,49 @@ pub struct EvalArgs {
     /// Custom files: label column.
     #[arg(long, default_value = "label")]
     label_column: String,
-    /// Print the metrics as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: JsonArgs,
 }
 
 /// Runs `ttlora eval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     let mut inf = a.common.load()?;
-    if let Some(name) = &a.task {
-        let spec = data::task(name)?;
-        let want = spec.labels.num_labels();
-        if want != inf.task.num_labels {
-            bail!(
-                "--task {name} has {want} label(s), but the adapter's head has {} outputs",
-                inf.task.num_labels
-            );
-        }
-        inf.task.name = spec.name.to_string();
-        inf.task.label_names = spec.class_names().iter().map(ToString::to_string).collect();
-    }
-    let task = &inf.task;
-    let (examples, metrics, regression) = if task.name == "custom" {
-        let Some(file) = &a.file else {
-            bail!("this adapter was trained on custom files; pass --file with labelled examples");
-        };
-        let cols = CustomColumns {
-            text: a.text_column.clone(),
-            text_pair: a.text_pair_column.clone(),
-            label: a.label_column.clone(),
-        };
-        let regression = task.label_names.is_empty();
-        let kind = if regression {
-            data::CustomLabels::Score
-        } else {
-            data::CustomLabels::Classes(task.label_names.clone())
-        };
-        let (ex, _) = data::read_custom(file, &cols, &kind)?;
-        let loaded = finetune::load_task(&TaskSource::Custom {
-            train: file.clone(),
-            dev: file.clone(),
-            columns: cols,
-            regression,
-        })?;
-        (ex, loaded.metrics, regression)
-    } else {
-        let spec = data::task(&task.name)?;
-        let ex = match &a.file {
-            Some(f) => data::read_file(spec, f)?,
-            None => {
-                data::read_task_split(spec, &data::data_root(a.data.as_deref(), spec)?, a.split)?
-            }
-        };
-        (ex, spec.metrics.to_vec(), spec.is_regression())
+    let data = match &a.file {
+        Some(path) => ScoreData::File {
+            path: path.clone(),
+            columns: CustomColumns {
+                text: a.text_column.clone(),
+                text_pair: a.text_pair_column.clone(),
+                label: a.label_column.clone(),
+            },
+        },
+        None => ScoreData::Split {
+            root: a.data.clone(),
+            split: a.split,
+        },
     };
-    let split = finetune::encode_split(&inf.encoder, &examples, true)?;
-    let device = ttlora::parse_device(&a.common.device)?;
-    let scores = pipeline::evaluate(
-        inf.model.as_ref(),
-        &split,
-        &metrics,
-        regression,
+    let device = a.common.device.device()?;
+    let scores = eval::score(
+        &mut inf,
+        a.task.as_deref(),
+        &data,
         a.common.batch_size,
-        inf.encoder.pad_id(),
         &device,
     )?;
     let mut out = std::io::stdout().lock();
-    if a.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&scores)?)?;
+    if a.output.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&scores.metrics)?)?;
     } else {
-        let line: Vec<String> = scores.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        let line: Vec<String> = scores
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
         writeln!(
             out,
             "{} ({} examples): {}",
-            task.name,
-            examples.len(),
+            scores.task,
+            scores.examples,
             line.join(", ")
         )?;
     }
@@ -192,39 +165,19 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
         (None, None) => bail!("give --text or --file"),
     };
     let inf = a.common.load()?;
-    let device = ttlora::parse_device(&a.common.device)?;
-    let split: EncodedSplit = finetune::encode_split(&inf.encoder, &examples, false)?;
-    let logits = pipeline::logits(
-        inf.model.as_ref(),
-        &split,
-        a.common.batch_size,
-        inf.encoder.pad_id(),
-        &device,
-    )?;
-    let regression = inf.task.label_names.is_empty();
+    let device = a.common.device.device()?;
+    let predictions = eval::predict(&inf, &examples, a.common.batch_size, &device)?;
     let mut lines = String::new();
-    for (ex, row) in examples.iter().zip(&logits) {
+    for (ex, p) in examples.iter().zip(&predictions) {
         let text = match &ex.text_b {
             Some(b) => format!("{}\t{}", ex.text_a, b),
             None => ex.text_a.clone(),
         };
-        if regression {
-            lines.push_str(&format!(
-                "{:.4}\t{text}\n",
-                row.first().copied().unwrap_or(f32::NAN)
-            ));
-        } else {
-            let probs = pipeline::softmax(row);
-            let data::Label::Class(c) = pipeline::predicted_label(row, false) else {
-                continue;
-            };
-            let name = inf
-                .task
-                .label_names
-                .get(c as usize)
-                .cloned()
-                .unwrap_or_else(|| c.to_string());
-            lines.push_str(&format!("{name}\t{:.4}\t{text}\n", probs[c as usize]));
+        match p {
+            Prediction::Score(s) => lines.push_str(&format!("{s:.4}\t{text}\n")),
+            Prediction::Class { label, probability } => {
+                lines.push_str(&format!("{label}\t{probability:.4}\t{text}\n"));
+            }
         }
     }
     match &a.output {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ttlora::jobs::export::{self, ExportFormat, ExportReport};
-use ttlora::jobs::finetune;
+use ttlora::jobs::inference::{self, Inference};
+
+use super::common::OfflineArgs;
 
 /// The adapter to export and where to.
 #[derive(Debug, Args)]
@@ -19,9 +21,8 @@ pub struct ExportSource {
     model: Option<String>,
     #[command(flatten)]
     output: OutputArgs,
-    /// Never download: fail if the base model is not available locally.
-    #[arg(long)]
-    offline: bool,
+    #[command(flatten)]
+    fetch: OfflineArgs,
 }
 
 /// `ttlora export` (its help text lives on the command in `cli/mod.rs`).
@@ -78,13 +79,13 @@ impl OutputArgs {
 
 impl ExportSource {
     /// Refuses a non-empty --out without --force, then loads the adapter onto its base model.
-    pub fn load(&self) -> Result<finetune::Adapted> {
+    pub fn load(&self) -> Result<Inference> {
         self.output.check()?;
-        finetune::load_adapted(
+        inference::load(
             &self.adapter,
             self.model.as_deref(),
             &ttlora::parse_device("cpu")?,
-            !self.offline,
+            !self.fetch.offline,
         )
         .with_context(|| format!("loading adapter {}", self.adapter.display()))
     }

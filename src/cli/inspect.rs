@@ -7,21 +7,22 @@ use anyhow::{Context, Result};
 use clap::Args;
 use ttlora::jobs::inspect::{InspectReport, inspect};
 
+use super::common::JsonArgs;
+
 /// Arguments of `ttlora inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// Adapter folder: ttlora's own or a PEFT LoRA folder.
     dir: PathBuf,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: JsonArgs,
 }
 
 /// Runs `ttlora inspect`.
 pub fn run(a: InspectArgs) -> Result<()> {
     let r = inspect(&a.dir).with_context(|| format!("inspecting {}", a.dir.display()))?;
     let mut out = std::io::stdout().lock();
-    if a.json {
+    if a.output.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }

@@ -6,15 +6,16 @@ use anyhow::Result;
 use clap::Args;
 use ttlora::adapters::{METHODS, Placement};
 
+use super::common::JsonArgs;
+
 /// List every fine-tuning method with its placement, default learning rate and config.
 ///
 /// The config is the method's defaults as JSON: every field it accepts in
 /// `--adapter-config`, with its default value.
 #[derive(Debug, Args)]
 pub struct MethodsArgs {
-    /// Print one JSON object per method instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: JsonArgs,
 }
 
 /// Runs `ttlora methods`.
@@ -28,7 +29,7 @@ pub fn run(a: MethodsArgs) -> Result<()> {
             Placement::Prompt => "soft tokens before the input (not mergeable)",
             Placement::Prefix => "keys and values before each attention's (not mergeable)",
         };
-        if a.json {
+        if a.output.json {
             let row = serde_json::json!({
                 "name": m.name(), "peft_type": m.peft_type(), "prefix": m.prefix(),
                 "placement": placement, "default_lr": m.default_lr(),

@@ -4,6 +4,7 @@
 //! Results go to stdout (tables or `--json`); logs and errors go to stderr.
 
 mod bench;
+mod common;
 mod compress;
 mod eval;
 mod export;

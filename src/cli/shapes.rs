@@ -7,6 +7,8 @@ use clap::Args;
 use serde::Serialize;
 use ttlora::tt::{self, Ranks, TtShape};
 
+use super::common::JsonArgs;
+
 /// Plan TT shapes for an (out x in) matrix, or count a given shape.
 ///
 /// Without a shape it lists, for each total core count, the cheapest input|output shape at the
@@ -66,9 +68,8 @@ pub struct ShapesArgs {
     /// How many alternatives to list with --cores.
     #[arg(long, default_value_t = 10)]
     top: usize,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: JsonArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -144,7 +145,7 @@ pub fn run(args: ShapesArgs) -> Result<()> {
     }
     let (title, shapes) = match (&explicit, args.budget, args.cores) {
         (Some(s), _, _) => {
-            return print_explicit(s, args.lora_rank, args.json);
+            return print_explicit(s, args.lora_rank, args.output.json);
         }
         (None, Some(budget), cores) => (
             format!("highest rank within {budget} parameters, per core count"),
@@ -168,7 +169,7 @@ pub fn run(args: ShapesArgs) -> Result<()> {
         .map(|s| ShapeRow::new(s, args.lora_rank))
         .collect();
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if args.output.json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
         writeln!(out)?;
         return Ok(());

@@ -5,14 +5,37 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
 use ttlora::adapters::{MethodSpec, ModuleSet, Shorthand};
 use ttlora::data::{self, CustomColumns};
-use ttlora::jobs::finetune::{self, FineTuneSpec, TaskSource};
+use ttlora::jobs::finetune::{self, FineTuneSpec};
+use ttlora::jobs::study::StudySpec;
+use ttlora::jobs::task::TaskSource;
+use ttlora::jobs::trial::TrialSpec;
 use ttlora::models::Pooling;
 use ttlora::train::{OptimizerKind, Schedule, TrainConfig};
 
+use super::common::{DeviceArgs, JsonArgs, OfflineArgs};
 use super::progress::ProgressBarObserver;
+
+/// `--optimizer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// Adam with decoupled weight decay (PyTorch's AdamW).
+    Adamw,
+    /// Adam without weight decay.
+    Adam,
+}
+
+/// `--schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// Decay linearly to 0.
+    Linear,
+    /// Keep the peak rate.
+    Constant,
+}
 
 /// Presets that set several flags at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,9 +85,9 @@ pub struct TrainArgs {
     #[arg(long)]
     regression: bool,
 
-    /// Method: ttlora, lora, loretta-rep, adapter, loretta-adp, prefix, prompt or full
-    /// (`ttlora methods` lists them with their config fields and defaults).
-    #[arg(long, default_value = "ttlora")]
+    /// Adapter method (`ttlora methods` lists them with their config fields and defaults).
+    #[arg(long, default_value = "ttlora", ignore_case = true,
+          value_parser = PossibleValuesParser::new(ttlora::adapters::method_names()))]
     method: String,
     /// The method's rank: TT rank (ttlora), LoRA rank r (lora, loretta-rep: LoRETTA's tensor
     /// rank is `tensor_rank` in --adapter-config). Other methods refuse it.
@@ -78,11 +101,11 @@ pub struct TrainArgs {
     /// TT-LoRA core shape in core order, e.g. "64,4,3|3,4,64" (default: planned per layer).
     #[arg(long, value_name = "IN|OUT")]
     shape: Option<String>,
-    /// TT-LoRA init: zero, paper, tt-svd or lora-scale.
-    #[arg(long)]
+    /// TT-LoRA init (`zero`: ΔW = 0 at step 0; see `ttlora methods`).
+    #[arg(long, value_parser = PossibleValuesParser::new(ttlora::adapters::ttlora::TtInit::NAMES))]
     init: Option<String>,
-    /// TT-LoRA forward path: factored, contract or reconstruct.
-    #[arg(long)]
+    /// TT-LoRA forward path (all three compute the same ΔW(x)).
+    #[arg(long, value_parser = PossibleValuesParser::new(ttlora::tt::TtPath::NAMES))]
     tt_path: Option<String>,
     /// Further method config as a JSON object, e.g. '{"lora_dropout": 0.1}'.
     #[arg(long, value_name = "JSON")]
@@ -126,15 +149,15 @@ pub struct TrainArgs {
     /// 1e-3 for the bottleneck adapters, 1e-2 for prefix and prompt, 5e-5 for full).
     #[arg(long)]
     lr: Option<f64>,
-    /// adamw or adam.
-    #[arg(long, default_value = "adamw")]
-    optimizer: String,
+    /// Optimizer: AdamW (decoupled weight decay) or Adam.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
+    optimizer: OptimizerArg,
     /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
-    /// linear (warm-up then decay to 0) or constant (after warm-up).
-    #[arg(long, default_value = "linear")]
-    schedule: String,
+    /// Learning-rate schedule after the warm-up.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Linear)]
+    schedule: ScheduleArg,
     /// Fraction of steps spent warming up.
     #[arg(long, default_value_t = 0.06)]
     warmup_ratio: f64,
@@ -159,9 +182,8 @@ pub struct TrainArgs {
     /// Seed for sampling, splitting, batching and initialisation.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Output folder for the adapter, logs and checkpoints.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -169,12 +191,10 @@ pub struct TrainArgs {
     /// time then includes the training time up to that checkpoint).
     #[arg(long)]
     resume: bool,
-    /// Never download: fail if the model is not available locally.
-    #[arg(long)]
-    offline: bool,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    fetch: OfflineArgs,
+    #[command(flatten)]
+    output: JsonArgs,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -244,16 +264,14 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         patience: a.patience,
         ..TrainConfig::default()
     };
-    cfg.optimizer.kind = match a.optimizer.as_str() {
-        "adamw" => OptimizerKind::AdamW,
-        "adam" => OptimizerKind::Adam,
-        o => bail!("--optimizer: unknown `{o}`; expected adamw or adam"),
+    cfg.optimizer.kind = match a.optimizer {
+        OptimizerArg::Adamw => OptimizerKind::AdamW,
+        OptimizerArg::Adam => OptimizerKind::Adam,
     };
     cfg.optimizer.weight_decay = a.weight_decay;
-    cfg.schedule = match a.schedule.as_str() {
-        "linear" => Schedule::Linear,
-        "constant" => Schedule::Constant,
-        s => bail!("--schedule: unknown `{s}`; expected linear or constant"),
+    cfg.schedule = match a.schedule {
+        ScheduleArg::Linear => Schedule::Linear,
+        ScheduleArg::Constant => Schedule::Constant,
     };
     if a.preset == Some(Preset::Paper) {
         cfg.optimizer.kind = OptimizerKind::Adam;
@@ -319,24 +337,31 @@ fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
         ))
     });
     Ok(FineTuneSpec {
-        model: a.model.clone(),
-        task,
-        method,
-        targets: module_set(&a.targets, &a.target_regex),
-        exclude: module_set(&a.exclude, &None),
-        overrides,
-        train_head: !(a.freeze_head || a.preset == Some(Preset::Paper)),
-        pooling: a.pooling,
-        max_len: a.max_len,
-        batch_size: a.batch_size,
-        held_out: a.held_out,
-        max_train: a.max_train,
-        seed: a.seed,
-        train: train_config(a)?,
+        study: StudySpec {
+            model: a.model.clone(),
+            task,
+            pooling: a.pooling,
+            max_len: a.max_len,
+            held_out: a.held_out,
+            max_train: a.max_train,
+            seed: a.seed,
+            device: a.device.device()?,
+            allow_fetch: !a.fetch.offline,
+        },
+        trial: TrialSpec {
+            method,
+            targets: module_set(&a.targets, &a.target_regex),
+            exclude: module_set(&a.exclude, &None),
+            overrides,
+            train_head: !(a.freeze_head || a.preset == Some(Preset::Paper)),
+            batch_size: a.batch_size,
+            train: TrainConfig {
+                seed: a.seed,
+                ..train_config(a)?
+            },
+        },
         out,
         resume: a.resume,
-        device: ttlora::parse_device(&a.device)?,
-        allow_fetch: !a.offline,
     })
 }
 
@@ -354,7 +379,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut bar = ProgressBarObserver::new(a.quiet);
     let report = finetune::run(&job, &mut [&mut bar])?.report;
     let mut out = std::io::stdout().lock();
-    if a.json {
+    if a.output.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }

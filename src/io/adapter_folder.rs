@@ -11,8 +11,6 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-// Kept until the jobs move to `io::sha256_file` (issue 16, in progress).
-pub use super::fs::sha256_file;
 use super::fs::{read_safetensors, write_atomic, write_folder, write_safetensors_atomic};
 use crate::error::{Error, Result};
 

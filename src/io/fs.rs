@@ -34,12 +34,17 @@ pub fn read_json_if_present<T: serde::de::DeserializeOwned>(path: &Path) -> Resu
 /// # Errors
 /// [`Error::Io`] if the file cannot be read.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest;
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
+    Ok(sha256_hex(&bytes))
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 fn rename(from: &Path, to: &Path) -> Result<()> {

@@ -12,7 +12,8 @@ use crate::adapters::ttlora::{TtLoraConfig, TtLoraLayer};
 use crate::adapters::{ModuleSet, Targeting};
 use crate::error::{Error, Result};
 use crate::io::TaskInfo;
-use crate::jobs::finetune::{ADAPTER_NAME, Adapted};
+use crate::jobs::inference::Inference;
+use crate::jobs::trial::ADAPTER_NAME;
 use crate::models::{Model, Pooling, load_classifier};
 use crate::tt::{Truncation, TtPath, decompose_matrix};
 use crate::tuning::adapted::{AdapterMeta, adapters_named, collect};
@@ -88,7 +89,7 @@ pub struct Source {
 ///
 /// # Errors
 /// As the adapters' `delta_weight`.
-pub fn adapter_updates(src: &Adapted) -> Result<Vec<DenseUpdate>> {
+pub fn adapter_updates(src: &Inference) -> Result<Vec<DenseUpdate>> {
     adapters_named(src.model.as_ref(), ADAPTER_NAME)
         .into_iter()
         .map(|(path, _, adapter)| {
@@ -263,7 +264,7 @@ impl Source {
     ///
     /// # Errors
     /// As [`adapter_updates`].
-    pub fn from_adapter(src: &Adapted) -> Result<Self> {
+    pub fn from_adapter(src: &Inference) -> Result<Self> {
         let head = if src.config.modules_to_save.is_empty() {
             Vec::new()
         } else {
@@ -323,7 +324,7 @@ impl Source {
         }
         let regression = cfg.get("problem_type").and_then(Value::as_str) == Some("regression")
             || num_labels == 1;
-        let pooling = crate::jobs::finetune::choose_pooling(None, finetuned_dir)?;
+        let pooling = crate::jobs::study::choose_pooling(None, finetuned_dir)?;
         let tuned = load_classifier(finetuned_dir, num_labels, pooling, device, 0)?;
         let base = load_classifier(base_dir, num_labels, pooling, device, 0)?;
         let defaults = ModuleSet::names(base.default_targets());
@@ -333,9 +334,7 @@ impl Source {
             head: head_tensors(tuned.as_ref())?,
             base_dir: base_dir.to_path_buf(),
             base_model: base_model.to_string(),
-            base_model_config_sha256: crate::io::adapter_folder::sha256_file(
-                &base_dir.join("config.json"),
-            )?,
+            base_model_config_sha256: crate::io::sha256_file(&base_dir.join("config.json"))?,
             task: TaskInfo {
                 name: "custom".into(),
                 label_names: if regression { Vec::new() } else { label_names },

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::adapters::{Method, Placement};
 use crate::error::{Error, Result};
-use crate::jobs::finetune::{ADAPTER_NAME, Adapted};
+use crate::jobs::inference::Inference;
+use crate::jobs::trial::ADAPTER_NAME;
 use crate::tuning::adapted::{AdapterMeta, to_peft_lora};
 use crate::tuning::merged::{merge_adapters, write_merged};
 
@@ -56,7 +57,7 @@ pub struct ExportReport {
     pub files: Vec<(String, u64)>,
 }
 
-/// Exports the adapter loaded in `inf` (see [`crate::jobs::finetune::load_adapted`])
+/// Exports the adapter loaded in `inf` (see [`crate::jobs::inference::load`])
 /// to `out`. A merged export merges the model in place.
 ///
 /// # Errors
@@ -64,7 +65,7 @@ pub struct ExportReport {
 /// methods that are not LoRA-shaped, or as [`to_peft_lora`] (TT shapes without a splitting
 /// bond, …); a merge that would hold NaN/Inf; write errors.
 /// Nothing is left at `out` on error.
-pub fn export(inf: &mut Adapted, format: ExportFormat, out: &Path) -> Result<ExportReport> {
+pub fn export(inf: &mut Inference, format: ExportFormat, out: &Path) -> Result<ExportReport> {
     let cfg = &inf.config;
     let mut ranks = BTreeSet::new();
     let modules = match format {

@@ -7,8 +7,14 @@
 //! command. Must not know: clap, printing, progress bars.
 
 pub mod compress;
+pub mod eval;
 pub mod export;
 pub mod finetune;
+pub mod inference;
 pub mod inspect;
 pub mod pipeline;
+pub mod record;
 pub mod results;
+pub mod study;
+pub mod task;
+pub mod trial;

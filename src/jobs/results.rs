@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::jobs::record::RunRecord as Record;
 
-/// One finished run, as read back from its `eval_results.json`.
+/// One finished run as a row of the tables, read from its `eval_results.json`.
 #[derive(Debug, Clone)]
 pub struct RunRecord {
     /// Where it was read from.
@@ -45,78 +46,40 @@ pub struct RunRecord {
     pub lr: Option<f64>,
 }
 
-fn field<'a>(v: &'a serde_json::Value, path: &Path, key: &str) -> Result<&'a serde_json::Value> {
-    v.pointer(key).ok_or_else(|| Error::DataFile {
-        path: path.to_path_buf(),
-        reason: format!("no `{key}` field; not an eval_results.json written by ttlora train"),
-    })
-}
-
-/// Reads one `eval_results.json`.
+/// Reads one `eval_results.json` into a table row.
 ///
 /// # Errors
-/// An unreadable file or one without the expected fields.
+/// An unreadable file or one that is not a run record.
 pub fn read_run(path: &Path) -> Result<RunRecord> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::DataFile {
-        path: path.to_path_buf(),
-        reason: format!("not valid JSON: {e}"),
-    })?;
-    let s = |k: &str| -> Result<String> {
-        Ok(field(&v, path, k)?.as_str().unwrap_or_default().to_string())
-    };
-    let n = |k: &str| -> Result<f64> { Ok(field(&v, path, k)?.as_f64().unwrap_or(f64::NAN)) };
-    let dev_metrics = field(&v, path, "/dev_metrics")?
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let method = s("/method")?;
+    let r = Record::read(path)?;
+    let train = r.train_config.as_ref();
     Ok(RunRecord {
         path: path.to_path_buf(),
-        task: s("/task")?,
-        config: run_config(&v, &method),
-        method,
-        seed: v.pointer("/seed").and_then(serde_json::Value::as_u64),
-        primary_metric: s("/primary_metric")?,
-        dev_metrics,
-        adapter_params: n("/params/adapter")? as usize,
-        head_params: n("/params/head")? as usize,
-        wall_s: n("/wall_s")?,
-        peak_rss_mib: v
-            .pointer("/peak_rss_mib")
-            .and_then(serde_json::Value::as_f64),
-        adapter_file_bytes: v
-            .pointer("/adapter_file_bytes")
-            .and_then(serde_json::Value::as_u64),
-        train_examples: n("/examples/0")? as usize,
-        epochs: v
-            .pointer("/train_config/epochs")
-            .and_then(serde_json::Value::as_u64)
-            .map(|e| e as usize),
-        lr: v
-            .pointer("/train_config/lr")
-            .and_then(serde_json::Value::as_f64),
+        config: run_config(r.recorded_config(), &r.method),
+        task: r.task,
+        method: r.method,
+        seed: r.seed,
+        primary_metric: r.primary_metric,
+        dev_metrics: r.dev_metrics,
+        adapter_params: r.params.adapter,
+        head_params: r.params.head,
+        wall_s: r.wall_s,
+        peak_rss_mib: r.peak_rss_mib,
+        adapter_file_bytes: r.adapter_file_bytes,
+        train_examples: r.examples.0,
+        epochs: train.map(|t| t.epochs),
+        lr: train.map(|t| t.lr),
     })
 }
 
 /// The recorded config of a run of `method` laid over the method's current defaults (as
 /// recorded when the method is unknown to this version).
-fn run_config(v: &serde_json::Value, method: &str) -> String {
-    let recorded = v
-        .pointer("/resolved_config")
-        .or_else(|| v.pointer("/method_config"))
-        .cloned()
-        .unwrap_or_else(|| serde_json::json!({}));
+fn run_config(recorded: &serde_json::Value, method: &str) -> String {
+    let empty = serde_json::json!({});
+    let recorded = if recorded.is_null() { &empty } else { recorded };
     match crate::adapters::method(method) {
-        Ok(m) => compact_config(&crate::adapters::resolved_config(m, &recorded)),
-        Err(_) => compact_config(&recorded),
+        Ok(m) => compact_config(&crate::adapters::resolved_config(m, recorded)),
+        Err(_) => compact_config(recorded),
     }
 }
 

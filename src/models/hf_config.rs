@@ -1,5 +1,6 @@
 //! Reading an HF `config.json`: the file, the JSON and the `model_type` check every family
-//! does before deserialising its own config type.
+//! does before deserialising its own config type (from text, or from the JSON an
+//! [`io::ResolvedModel`](crate::io::ResolvedModel) parsed once).
 
 use std::path::Path;
 
@@ -34,14 +35,17 @@ pub(crate) fn parse_value(text: &str, path: &Path) -> Result<serde_json::Value> 
     serde_json::from_str(text).map_err(|e| bad(path, format!("not valid JSON: {e}")))
 }
 
-/// Parses config JSON whose `model_type` must be one of `supported` into `T` (not
-/// validated); `path` is only used in error messages.
+/// Deserialises parsed config JSON whose `model_type` must be one of `supported` into `T`
+/// (not validated); `path` is only used in error messages.
 ///
 /// # Errors
-/// [`Error::ModelConfig`] for invalid JSON, a missing or unsupported `model_type`, or a
-/// field that does not deserialise.
-pub(crate) fn parse<T: DeserializeOwned>(text: &str, path: &Path, supported: &[&str]) -> Result<T> {
-    let value = parse_value(text, path)?;
+/// [`Error::ModelConfig`] for a missing or unsupported `model_type`, or a field that does not
+/// deserialise.
+pub(crate) fn from_value<T: DeserializeOwned>(
+    value: &serde_json::Value,
+    path: &Path,
+    supported: &[&str],
+) -> Result<T> {
     match value.get("model_type").and_then(|v| v.as_str()) {
         Some(t) if supported.contains(&t) => {}
         Some(t) => {
@@ -63,5 +67,5 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str, path: &Path, supported: &[&
             ));
         }
     }
-    serde_json::from_value(value).map_err(|e| bad(path, e.to_string()))
+    T::deserialize(value).map_err(|e| bad(path, e.to_string()))
 }

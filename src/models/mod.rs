@@ -1,15 +1,20 @@
-//! Transformer families built from an HF `config.json` + safetensors, every linear layer an
+//! Transformer families built from an HF `config.json` + weights, every linear layer an
 //! [`adapters::Linear`](crate::adapters::Linear) so it can carry adapters and merges.
 //!
 //! Owns: the [`Model`] trait (all the trainer sees), [`EncoderInput`], [`Pooling`], the model
 //! families and their heads: [`bert`] (BERT, RoBERTa, MiniLM) and [`deberta_v2`] (DeBERTa-v2
-//! and -v3), and [`load_classifier`], which picks the family from `model_type`. Shared by the
-//! families: strict weight loading (`weights.rs`), config reading (`hf_config.rs`), the
-//! building blocks (`layers.rs`) and, for tests, `test_util.rs`. Uses `adapters/`, `ops/`.
-//! Must not know: tasks, files of data, training.
+//! and -v3), and [`load_classifier_from`] (and its folder form [`load_classifier`]), which
+//! picks the family from `model_type` (`families.rs`). The files and tensors come from an
+//! [`io::ResolvedModel`](crate::io::ResolvedModel) (config parsed once, weights behind an
+//! [`io::TensorSource`](crate::io::TensorSource)). Shared by the families: what model building
+//! adds to a tensor source (`weights.rs`: the `bert.`/`roberta.`/`deberta.` prefix, dtype,
+//! buffers left out of the load report, seeded random weights), config deserialising
+//! (`hf_config.rs`), the building blocks (`layers.rs`) and, for tests, `test_util.rs`. Uses
+//! `adapters/`, `ops/`, `io/`. Must not know: tasks, files of data, training.
 
 pub mod bert;
 pub mod deberta_v2;
+mod families;
 mod hf_config;
 mod layers;
 #[cfg(test)]
@@ -18,19 +23,19 @@ mod weights;
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::{DefaultSites, Linear, Placement, VirtualSpec};
-use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::error::Error; // for the `# Errors` links
+use crate::error::Result;
 
 pub use bert::{Bert, BertConfig, BertFamily, BertForSequenceClassification, load_bert};
 pub use deberta_v2::{
     DebertaV2, DebertaV2Config, DebertaV2ForSequenceClassification, load_deberta_v2,
 };
-
-/// The `model_type` values [`load_classifier`] accepts, as written in config.json.
-pub const MODEL_TYPES: &[&str] = &["bert", "roberta", "deberta-v2"];
+pub use families::{MODEL_TYPES, load_classifier, load_classifier_from};
 
 /// How an encoder's hidden states `(b_sz, seq_len, hidden)` become one vector per example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -90,43 +95,6 @@ impl std::str::FromStr for Pooling {
                 Self::NAMES.join(", ")
             )),
         }
-    }
-}
-
-/// Loads the sequence-classification model of any supported family from an HF folder
-/// (f32; `seed` initialises a head the checkpoint lacks), dispatching on `model_type`
-/// (one of [`MODEL_TYPES`]).
-///
-/// # Errors
-/// [`Error::ModelConfig`] naming `model_type` and the supported values; [`Error::Io`] for an
-/// unreadable config.json; the family loader's errors otherwise.
-pub fn load_classifier(
-    dir: &Path,
-    num_labels: usize,
-    pooling: Pooling,
-    device: &Device,
-    seed: u64,
-) -> Result<Box<dyn Model>> {
-    let path = dir.join("config.json");
-    let value = hf_config::parse_value(&hf_config::read(&path)?, &path)?;
-    let bad = |reason: String| Error::ModelConfig {
-        path: path.clone(),
-        reason,
-    };
-    let supported = MODEL_TYPES.join(", ");
-    match value.get("model_type").and_then(|v| v.as_str()) {
-        Some("bert" | "roberta") => {
-            Ok(Box::new(load_bert(dir, num_labels, pooling, device, seed)?))
-        }
-        Some("deberta-v2") => Ok(Box::new(load_deberta_v2(
-            dir, num_labels, pooling, device, seed,
-        )?)),
-        Some(t) => Err(bad(format!(
-            "field `model_type`: unsupported value \"{t}\"; supported: {supported}"
-        ))),
-        None => Err(bad(format!(
-            "field `model_type` missing or not a string; supported: {supported}"
-        ))),
     }
 }
 

@@ -1,115 +1,49 @@
-//! Strict weight loading for the model families: every tensor a model asks for must exist with
-//! exactly the expected shape, or loading fails naming the file, the tensor, the expected and
-//! the given shape. A seeded random source builds the same models without a checkpoint.
+//! What model building adds to an [`io::TensorSource`](crate::io::TensorSource): the encoder's
+//! name prefix (`bert.`, `roberta.`, `deberta.`) found in the checkpoint and put before every
+//! encoder name, the conversion to the model's dtype, the non-parameter buffers a load report
+//! leaves out, and a seeded random source that builds the same models without a checkpoint.
+//! Strictness (missing tensor, wrong shape) is the source's: loading fails naming the file,
+//! the tensor, the expected and the given shape.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 
 use crate::error::{Error, Result};
+use crate::io::{LoadReport, TensorSource, TrackedSource};
 
-/// An HF checkpoint: `model.safetensors`, or the shards of `model.safetensors.index.json`.
-pub(crate) struct Checkpoint {
-    shards: Vec<(PathBuf, MmapedSafetensors)>,
-    /// Which shard holds each tensor.
-    route: HashMap<String, usize>,
-}
+/// Name endings of non-parameter buffers HF checkpoints carry (DESIGN §5); no model asks for
+/// them, so a load report does not call them unused.
+const BUFFERS: &[&str] = &["position_ids"];
 
-impl Checkpoint {
-    /// Opens the weights of the model folder `dir`.
-    ///
-    /// # Errors
-    /// [`Error::ModelFile`] if neither file exists, the index is malformed or a file is not
-    /// valid safetensors; [`Error::Io`] for an unreadable index.
-    pub(crate) fn open(dir: &Path) -> Result<Self> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let paths: Vec<PathBuf> = if single.is_file() {
-            vec![single]
-        } else if index.is_file() {
-            shard_paths(dir, &index)?
-        } else {
-            return Err(Error::ModelFile {
-                path: dir.to_path_buf(),
-                reason: "no model.safetensors or model.safetensors.index.json".into(),
-            });
-        };
-        let mut shards = Vec::with_capacity(paths.len());
-        let mut route = HashMap::new();
-        for path in paths {
-            // SAFETY: the file is mapped read-only and every tensor is copied out when loaded;
-            // as with any mmap, it must not be truncated or rewritten while the model loads.
-            let st = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| Error::ModelFile {
-                path: path.clone(),
-                reason: format!("not a valid safetensors file: {e}"),
-            })?;
-            for (name, _) in st.tensors() {
-                route.insert(name, shards.len());
-            }
-            shards.push((path, st));
+/// Where the encoder sits in `source`: bare, or under one of `prefixes` (e.g. `bert.` in a
+/// `BertFor…` checkpoint), found by looking for `probe`; `family` and `folder` only serve the
+/// error.
+///
+/// # Errors
+/// [`Error::WeightTensor`] naming `probe` if it is under none of them.
+pub(crate) fn detect_prefix(
+    source: &dyn TensorSource,
+    probe: &str,
+    prefixes: &[&str],
+    family: &str,
+    folder: &Path,
+) -> Result<String> {
+    let found = std::iter::once("")
+        .chain(prefixes.iter().copied())
+        .find(|p| source.contains(&format!("{p}{probe}")));
+    found.map(String::from).ok_or_else(|| {
+        let also: Vec<String> = prefixes.iter().map(|p| format!("`{p}{probe}`")).collect();
+        Error::WeightTensor {
+            path: folder.to_path_buf(),
+            name: probe.into(),
+            reason: format!(
+                "missing (also looked for {}); not a {family} checkpoint?",
+                also.join(", ")
+            ),
         }
-        Ok(Self { shards, route })
-    }
-
-    /// Whether the checkpoint holds a tensor of that exact name.
-    pub(crate) fn contains(&self, name: &str) -> bool {
-        self.route.contains_key(name)
-    }
-
-    /// Every tensor name, sorted.
-    pub(crate) fn names(&self) -> BTreeSet<&str> {
-        self.route.keys().map(String::as_str).collect()
-    }
-
-    /// Loads `name` with exactly `shape`, converted to `dtype` on `device`.
-    fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        let shard = self.route.get(name).copied();
-        let (path, st) = &self.shards[shard.unwrap_or(0)];
-        let err = |reason: String| Error::WeightTensor {
-            path: path.clone(),
-            name: name.into(),
-            reason,
-        };
-        if shard.is_none() {
-            return Err(err(format!("missing (expected shape {shape:?})")));
-        }
-        let view = st.get(name).map_err(|e| err(e.to_string()))?;
-        if view.shape() != shape {
-            return Err(err(format!(
-                "has shape {:?}, expected {shape:?}",
-                view.shape()
-            )));
-        }
-        let t = st.load(name, device).map_err(|e| err(e.to_string()))?;
-        Ok(t.to_dtype(dtype)?)
-    }
-}
-
-/// The distinct shard files named by a `model.safetensors.index.json`.
-fn shard_paths(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
-    }
-    let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
-        path: index.to_path_buf(),
-        source,
-    })?;
-    let parsed: Index = serde_json::from_str(&text).map_err(|e| Error::ModelFile {
-        path: index.to_path_buf(),
-        reason: format!("not a safetensors index: {e}"),
-    })?;
-    let files: BTreeSet<&String> = parsed.weight_map.values().collect();
-    if files.is_empty() {
-        return Err(Error::ModelFile {
-            path: index.to_path_buf(),
-            reason: "the weight_map is empty".into(),
-        });
-    }
-    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+    })
 }
 
 /// How a tensor of a freshly built (random) model starts.
@@ -125,7 +59,7 @@ pub(crate) enum Init {
 
 enum Source<'a> {
     Checkpoint {
-        ckpt: &'a Checkpoint,
+        tensors: TrackedSource<'a>,
         prefix: String,
     },
     Random {
@@ -134,31 +68,29 @@ enum Source<'a> {
     },
 }
 
-/// Hands tensors to a model under construction, from a checkpoint or a seeded RNG, and records
+/// Hands tensors to a model under construction, from a checkpoint or a seeded RNG, and reports
 /// which checkpoint tensors were used.
 pub(crate) struct Loader<'a> {
     source: Source<'a>,
     dtype: DType,
     device: Device,
-    used: BTreeSet<String>,
 }
 
 impl<'a> Loader<'a> {
-    /// Reads from `ckpt`, putting `prefix` (e.g. `bert.`) before every encoder name.
+    /// Reads from `source`, putting `prefix` (e.g. `bert.`) before every encoder name.
     pub(crate) fn checkpoint(
-        ckpt: &'a Checkpoint,
+        source: &'a dyn TensorSource,
         prefix: &str,
         dtype: DType,
         device: &Device,
     ) -> Self {
         Self {
             source: Source::Checkpoint {
-                ckpt,
+                tensors: TrackedSource::new(source),
                 prefix: prefix.into(),
             },
             dtype,
             device: device.clone(),
-            used: BTreeSet::new(),
         }
     }
 
@@ -171,8 +103,18 @@ impl<'a> Loader<'a> {
             },
             dtype,
             device: device.clone(),
-            used: BTreeSet::new(),
         }
+    }
+
+    /// Loads `name` from a checkpoint in the loader's dtype.
+    fn load(
+        tensors: &mut TrackedSource<'_>,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        Ok(tensors.load(name, shape, device)?.to_dtype(dtype)?)
     }
 
     /// The encoder tensor `name` (prefix added) with exactly `shape`.
@@ -181,11 +123,9 @@ impl<'a> Loader<'a> {
     /// [`Error::WeightTensor`] if it is missing or has another shape.
     pub(crate) fn tensor(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         match &mut self.source {
-            Source::Checkpoint { ckpt, prefix } => {
+            Source::Checkpoint { tensors, prefix } => {
                 let full = format!("{prefix}{name}");
-                let t = ckpt.load(&full, shape, self.dtype, &self.device)?;
-                self.used.insert(full);
-                Ok(t)
+                Self::load(tensors, &full, shape, self.dtype, &self.device)
             }
             Source::Random { rng, std } => {
                 let n: usize = shape.iter().product();
@@ -204,7 +144,9 @@ impl<'a> Loader<'a> {
     /// Whether the encoder tensor `name` (prefix added) exists; a random source has none.
     pub(crate) fn has(&self, name: &str) -> bool {
         match &self.source {
-            Source::Checkpoint { ckpt, prefix } => ckpt.contains(&format!("{prefix}{name}")),
+            Source::Checkpoint { tensors, prefix } => {
+                tensors.source().contains(&format!("{prefix}{name}"))
+            }
             Source::Random { .. } => false,
         }
     }
@@ -215,12 +157,10 @@ impl<'a> Loader<'a> {
     /// # Errors
     /// [`Error::WeightTensor`] if present with another shape.
     pub(crate) fn head_tensor(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        match &self.source {
-            Source::Checkpoint { ckpt, .. } if ckpt.contains(name) => {
-                let t = ckpt.load(name, shape, self.dtype, &self.device)?;
-                self.used.insert(name.into());
-                Ok(Some(t))
-            }
+        match &mut self.source {
+            Source::Checkpoint { tensors, .. } if tensors.source().contains(name) => Ok(Some(
+                Self::load(tensors, name, shape, self.dtype, &self.device)?,
+            )),
             _ => Ok(None),
         }
     }
@@ -230,11 +170,9 @@ impl<'a> Loader<'a> {
     /// # Errors
     /// [`Error::WeightTensor`] if it is missing or has another shape.
     pub(crate) fn head_tensor_required(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        match &self.source {
-            Source::Checkpoint { ckpt, .. } => {
-                let t = ckpt.load(name, shape, self.dtype, &self.device)?;
-                self.used.insert(name.into());
-                Ok(t)
+        match &mut self.source {
+            Source::Checkpoint { tensors, .. } => {
+                Self::load(tensors, name, shape, self.dtype, &self.device)
             }
             Source::Random { .. } => Err(Error::WeightTensor {
                 path: "<random weights>".into(),
@@ -244,17 +182,26 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// Checkpoint tensors no model part asked for, without non-parameter buffers
-    /// (`position_ids`); logged so a user can see what a checkpoint carried that we ignore.
-    pub(crate) fn unused(&self) -> Vec<String> {
+    /// What was loaded and what the checkpoint holds besides, without non-parameter buffers
+    /// (`position_ids`); empty for a random source.
+    pub(crate) fn report(&self) -> LoadReport {
         match &self.source {
-            Source::Checkpoint { ckpt, .. } => ckpt
-                .names()
-                .into_iter()
-                .filter(|n| !self.used.contains(*n) && !n.ends_with("position_ids"))
-                .map(String::from)
-                .collect(),
-            Source::Random { .. } => Vec::new(),
+            Source::Checkpoint { tensors, .. } => {
+                let mut report = tensors.report();
+                report
+                    .unused
+                    .retain(|n| !BUFFERS.iter().any(|b| n.ends_with(b)));
+                report
+            }
+            Source::Random { .. } => LoadReport::default(),
+        }
+    }
+
+    /// Logs the checkpoint tensors `what` did not use, if any.
+    pub(crate) fn log_unused(&self, what: &str) {
+        let unused = self.report().unused;
+        if !unused.is_empty() {
+            tracing::debug!(?unused, "checkpoint tensors not used by the {what}");
         }
     }
 
@@ -266,5 +213,53 @@ impl<'a> Loader<'a> {
     /// The device tensors are placed on.
     pub(crate) fn device(&self) -> &Device {
         &self.device
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::io::SafetensorsSource;
+    use crate::models::test_util::temp_dir;
+
+    #[test]
+    fn the_prefix_is_found_and_buffers_are_not_reported_unused() {
+        let dir = temp_dir("weights", "report");
+        let t = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+        let map = HashMap::from([
+            ("bert.embeddings.word_embeddings.weight".to_string(), t(4)),
+            ("bert.embeddings.position_ids".to_string(), t(2)),
+            ("classifier.bias".to_string(), t(2)),
+            ("cls.predictions.bias".to_string(), t(3)),
+        ]);
+        candle_core::safetensors::save(&map, dir.join("model.safetensors")).unwrap();
+        let src = SafetensorsSource::open(&dir).unwrap();
+        let probe = "embeddings.word_embeddings.weight";
+        let prefix = detect_prefix(&src, probe, &["roberta.", "bert."], "Bert", &dir).unwrap();
+        assert_eq!(prefix, "bert.");
+        let err = detect_prefix(&src, "nope", &["bert."], "Bert", &dir).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: tensor `nope` missing (also looked for `bert.nope`); not a Bert checkpoint?",
+                dir.display()
+            )
+        );
+
+        let mut ld = Loader::checkpoint(&src, &prefix, DType::F64, &Device::Cpu);
+        assert!(ld.has(probe) && !ld.has("position_ids"));
+        let w = ld.tensor(probe, &[4], Init::Normal).unwrap();
+        assert_eq!(w.dtype(), DType::F64);
+        assert!(ld.head_tensor("classifier.weight", &[2]).unwrap().is_none());
+        assert!(ld.head_tensor("classifier.bias", &[2]).unwrap().is_some());
+        let report = ld.report();
+        assert_eq!(
+            report.loaded,
+            ["bert.embeddings.word_embeddings.weight", "classifier.bias"]
+        );
+        assert_eq!(report.unused, ["cls.predictions.bias"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

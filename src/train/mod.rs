@@ -4,19 +4,24 @@
 //! [`TrainConfig`], [`Observer`] hooks and resumable checkpoints. Sees models only through
 //! [`crate::models::Model`]; must not know: file formats of data, tokenization, adapters.
 
+mod batch;
 mod checkpoint;
 mod log;
+mod objective;
+mod observer;
 mod optim;
 mod schedule;
+mod step;
 mod trainer;
 
 #[cfg(test)]
 mod tests;
 
+pub use batch::Batch;
 pub use log::JsonlLog;
+pub use objective::{CrossEntropy, MeanSquaredError, Objective, for_labels};
+pub use observer::{Control, EarlyStopping, EvalReport, Observer, StepReport, TrainSummary};
 pub use optim::{Adam, AdamParams, OptimizerKind};
 pub use schedule::Schedule;
-pub use trainer::{
-    Batch, Control, EvalReport, EvaluateFn, Objective, Observer, StepReport, TrainConfig, TrainJob,
-    TrainSummary, checkpoint_dir, loss, train,
-};
+pub use step::{StepOutcome, StepSettings, train_step};
+pub use trainer::{EvaluateFn, TrainConfig, TrainJob, checkpoint_dir, train};

@@ -116,6 +116,11 @@ impl Adam {
         Ok(())
     }
 
+    /// The variables it updates, in order.
+    pub fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step

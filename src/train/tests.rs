@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::trainer::{accumulate_for_tests, clip_for_tests};
+use super::step::{accumulate_for_tests, clip_for_tests};
 use super::*;
 use crate::data::{Encoded, Label, collate, label_tensor};
 use crate::models::{BertConfig, BertForSequenceClassification, Model, Pooling};
@@ -51,7 +51,7 @@ fn run(
         TrainJob {
             model: m,
             vars: m.head_vars(),
-            objective: Objective::Classification,
+            objective: &CrossEntropy,
             batches: &mut batches,
             batches_per_epoch: 6,
             evaluate,

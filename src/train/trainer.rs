@@ -6,32 +6,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::models::{EncoderInput, Model};
+use crate::models::Model;
+use crate::train::Batch;
+use crate::train::objective::Objective;
+use crate::train::observer::{
+    Control, EarlyStopping, EvalReport, Observer, StepReport, TrainSummary,
+};
 use crate::train::optim::{Adam, AdamParams};
 use crate::train::schedule::Schedule;
-
-/// One training batch: model input plus labels (`u32` class ids or `f32` scores).
-#[derive(Debug, Clone)]
-pub struct Batch {
-    /// Token ids, segments, mask.
-    pub input: EncoderInput,
-    /// Labels, `(b_sz)`.
-    pub labels: Tensor,
-}
-
-/// What the loss is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Objective {
-    /// Cross-entropy over logits `(b_sz, num_labels)` with `u32` labels.
-    Classification,
-    /// Mean squared error of logits `(b_sz, 1)` against `f32` scores.
-    Regression,
-}
+use crate::train::step::{StepSettings, train_step};
 
 /// Training hyper-parameters (one source of defaults; the CLI fills `Option`s from here).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,84 +108,6 @@ impl TrainConfig {
     }
 }
 
-/// Whether training should go on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// Keep going.
-    Continue,
-    /// Stop after this step.
-    Stop,
-}
-
-/// One optimizer step, as observers see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepReport {
-    /// 1-based optimizer step.
-    pub step: usize,
-    /// Steps planned in total.
-    pub total_steps: usize,
-    /// 0-based epoch.
-    pub epoch: usize,
-    /// Mean loss over the step's micro-batches.
-    pub loss: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Tokens (non-padding) processed in this step.
-    pub tokens: usize,
-    /// Seconds since training started (this run).
-    pub elapsed_s: f64,
-}
-
-/// One evaluation on the held-out slice.
-#[derive(Debug, Clone, Serialize)]
-pub struct EvalReport {
-    /// Optimizer step it followed.
-    pub step: usize,
-    /// Named metric values.
-    pub metrics: BTreeMap<String, f64>,
-    /// The value used for model selection (higher is better).
-    pub primary: f64,
-    /// Whether this is the best so far.
-    pub improved: bool,
-}
-
-/// Receives progress; returning [`Control::Stop`] ends training early.
-pub trait Observer {
-    /// Before the first step.
-    fn on_start(&mut self, _total_steps: usize, _start_step: usize) {}
-    /// After every optimizer step.
-    fn on_step(&mut self, _step: &StepReport) -> Control {
-        Control::Continue
-    }
-    /// After every evaluation.
-    fn on_eval(&mut self, _eval: &EvalReport) -> Control {
-        Control::Continue
-    }
-    /// After the last step.
-    fn on_end(&mut self, _summary: &TrainSummary) {}
-}
-
-/// The outcome of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct TrainSummary {
-    /// Optimizer steps taken (including resumed ones).
-    pub steps: usize,
-    /// Step of the best evaluation (its weights are the ones left in the model).
-    pub best_step: usize,
-    /// Best primary metric on the held-out slice.
-    pub best_primary: f64,
-    /// All metrics of the best evaluation.
-    pub best_metrics: BTreeMap<String, f64>,
-    /// Whether early stopping or an observer ended the run.
-    pub stopped_early: bool,
-    /// Wall seconds of this run.
-    pub elapsed_s: f64,
-    /// Training seconds of the earlier runs this one resumed (0 for a fresh run).
-    pub carried_s: f64,
-}
-
 /// Held-out evaluation: returns (primary metric, higher is better; all metrics by name).
 pub type EvaluateFn<'a> = dyn FnMut(&dyn Model) -> Result<(f64, BTreeMap<String, f64>)> + 'a;
 
@@ -208,8 +117,8 @@ pub struct TrainJob<'a> {
     pub model: &'a dyn Model,
     /// The tensors to train, by name.
     pub vars: Vec<(String, Var)>,
-    /// Loss kind.
-    pub objective: Objective,
+    /// What the loss is.
+    pub objective: &'a dyn Objective,
     /// The training batches of an epoch (deterministic per epoch for resuming).
     pub batches: &'a mut dyn FnMut(usize) -> Result<Vec<Batch>>,
     /// Number of batches per epoch (to plan steps before building them).
@@ -266,6 +175,8 @@ pub fn train(
     for o in observers.iter_mut() {
         o.on_start(total, step);
     }
+    // Early stopping is an observer like any other (a search's pruner is another).
+    let mut early_stop = cfg.patience.map(EarlyStopping::new);
     let start = Instant::now();
     let mut stopped_early = false;
     let skip_batches = step * cfg.grad_accum;
@@ -282,22 +193,27 @@ pub fn train(
             }
             seen_batches += chunk.len();
             let lr = cfg.schedule.lr(cfg.lr, step, total, warmup);
-            let (loss, grads, tokens) =
-                accumulate(job.model, job.objective, chunk, &vars, (cfg.seed, step))?;
+            let done = train_step(
+                job.model,
+                job.objective,
+                chunk,
+                &mut opt,
+                StepSettings {
+                    lr,
+                    max_grad_norm: cfg.max_grad_norm,
+                    seed: cfg.seed,
+                    step,
+                },
+            )?;
             step += 1;
-            if !loss.is_finite() {
-                return Err(Error::NonFiniteLoss { step, value: loss });
-            }
-            let (grads, grad_norm) = clip(grads, cfg.max_grad_norm)?;
-            opt.step(&grads, lr)?;
             let report = StepReport {
                 step,
                 total_steps: total,
                 epoch,
-                loss,
+                loss: done.loss,
                 lr,
-                grad_norm,
-                tokens,
+                grad_norm: done.grad_norm,
+                tokens: done.tokens,
                 elapsed_s: start.elapsed().as_secs_f64(),
             };
             let mut stop = false;
@@ -327,16 +243,13 @@ pub fn train(
                     metrics,
                     primary,
                     improved,
+                    evals_since_best,
                 };
                 for o in observers.iter_mut() {
                     stop |= o.on_eval(&report) == Control::Stop;
                 }
-                if cfg.patience.is_some_and(|p| evals_since_best >= p) {
-                    tracing::info!(
-                        step,
-                        "early stopping: no improvement in {evals_since_best} evaluations"
-                    );
-                    stop = true;
+                if let Some(early) = early_stop.as_mut() {
+                    stop |= early.on_eval(&report) == Control::Stop;
                 }
                 if let Some(dir) = &job.checkpoint_dir {
                     crate::train::checkpoint::save(
@@ -383,104 +296,7 @@ pub fn train(
     Ok(summary)
 }
 
-/// The loss of one batch.
-///
-/// # Errors
-/// Shape or dtype mismatches between logits and labels.
-pub fn loss(model: &dyn Model, objective: Objective, batch: &Batch, train: bool) -> Result<Tensor> {
-    let logits = model.forward(&batch.input, train)?;
-    Ok(match objective {
-        Objective::Classification => {
-            candle_nn::loss::cross_entropy(&logits, &batch.labels.to_dtype(DType::U32)?)?
-        }
-        Objective::Regression => {
-            let pred = logits.squeeze(1)?;
-            candle_nn::loss::mse(&pred, &batch.labels.to_dtype(pred.dtype())?)?
-        }
-    })
-}
-
-/// Mean loss and summed gradients over the micro-batches of one step.
-fn accumulate(
-    model: &dyn Model,
-    objective: Objective,
-    chunk: &[Batch],
-    vars: &[Var],
-    (seed, step): (u64, usize),
-) -> Result<(f64, Vec<Option<Tensor>>, usize)> {
-    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-    let mut total_loss = 0.0;
-    let mut tokens = 0usize;
-    let scale = 1.0 / chunk.len() as f64;
-    for (micro, batch) in chunk.iter().enumerate() {
-        crate::ops::seed_dropout(
-            seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48),
-        );
-        let l = loss(model, objective, batch, true)?;
-        total_loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()? * scale;
-        tokens += batch
-            .input
-            .attention_mask
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as usize;
-        let store = (l * scale)?.backward()?;
-        for (slot, v) in grads.iter_mut().zip(vars) {
-            if let Some(g) = store.get(v.as_tensor()) {
-                *slot = Some(match slot.take() {
-                    Some(acc) => (acc + g)?,
-                    None => g.clone(),
-                });
-            }
-        }
-    }
-    Ok((total_loss, grads, tokens))
-}
-
-/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-fn clip(grads: Vec<Option<Tensor>>, max_norm: Option<f64>) -> Result<(Vec<Option<Tensor>>, f64)> {
-    let mut sq = 0.0f64;
-    for g in grads.iter().flatten() {
-        sq += g
-            .to_dtype(DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f64>()?;
-    }
-    let norm = sq.sqrt();
-    match max_norm {
-        Some(max) if norm > max => {
-            let f = max / (norm + 1e-6);
-            let scaled = grads
-                .into_iter()
-                .map(|g| g.map(|g| g * f).transpose())
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Ok((scaled, norm))
-        }
-        _ => Ok((grads, norm)),
-    }
-}
-
 /// Path of the checkpoint folder inside a run's output folder.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
-}
-
-/// [`accumulate`] for the module's tests (classification, seed 0, step 0).
-#[cfg(test)]
-pub(crate) fn accumulate_for_tests(
-    model: &dyn Model,
-    chunk: &[Batch],
-    vars: &[Var],
-) -> (f64, Vec<Option<Tensor>>, usize) {
-    accumulate(model, Objective::Classification, chunk, vars, (0, 0)).expect("accumulate")
-}
-
-/// [`clip`] for the module's tests.
-#[cfg(test)]
-pub(crate) fn clip_for_tests(
-    grads: Vec<Option<Tensor>>,
-    max_norm: Option<f64>,
-) -> (Vec<Option<Tensor>>, f64) {
-    clip(grads, max_norm).expect("clip")
 }

@@ -27,6 +27,9 @@ pub enum TtPath {
 }
 
 impl TtPath {
+    /// The names configs and `--tt-path` use, in [`TtPath::ALL`]'s order.
+    pub const NAMES: [&'static str; 3] = ["factored", "contract", "reconstruct"];
+
     /// Every path, in a fixed order.
     pub const ALL: [TtPath; 3] = [TtPath::Factored, TtPath::Contract, TtPath::Reconstruct];
 

@@ -377,3 +377,10 @@ fn bad_inputs_get_clear_errors() {
     assert!(err.contains("does not split into B·A"), "{err}");
     assert!(apply(&no_split, &cores, &x, TtPath::Reconstruct).is_ok());
 }
+
+#[test]
+fn path_names_are_the_serde_names() {
+    for (path, name) in TtPath::ALL.iter().zip(TtPath::NAMES) {
+        assert_eq!(serde_json::to_value(path).unwrap(), serde_json::json!(name));
+    }
+}

@@ -31,6 +31,9 @@ pub enum TtInit {
 }
 
 impl TtInit {
+    /// The names configs and `--init` use, in [`TtInit::ALL`]'s order.
+    pub const NAMES: [&'static str; 4] = ["zero", "paper", "tt-svd", "lora-scale"];
+
     /// Every scheme, in a fixed order.
     pub const ALL: [TtInit; 4] = [
         TtInit::Zero,

@@ -243,3 +243,10 @@ fn bad_configs_give_one_clear_error() {
         .to_string();
     assert!(err.contains("unknown variant `xavier`"), "{err}");
 }
+
+#[test]
+fn init_names_are_the_serde_names() {
+    for (init, name) in TtInit::ALL.iter().zip(TtInit::NAMES) {
+        assert_eq!(serde_json::to_value(init).unwrap(), json!(name));
+    }
+}

@@ -11,8 +11,9 @@ use crate::adapters::{Linear, Placement, VirtualSpec, seeded_rng};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
+use crate::io::ResolvedModel;
 use crate::models::layers::{Dense, check_labels, dropout};
-use crate::models::weights::{Checkpoint, Loader};
+use crate::models::weights::Loader;
 use crate::models::{EncoderInput, Model, Pooling};
 
 /// The family's classification head.
@@ -84,18 +85,36 @@ impl BertForSequenceClassification {
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let cfg = BertConfig::from_file(&config_path)?;
+        Self::load_from(
+            &ResolvedModel::from_dir(dir)?,
+            num_labels,
+            pooling,
+            dtype,
+            device,
+            seed,
+        )
+    }
+
+    /// As [`load`](Self::load), from an opened model: its parsed config and its tensors.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load), but for the files, which were read when `model` was opened.
+    pub fn load_from(
+        model: &ResolvedModel,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let config_path = model.config_path();
+        let cfg = BertConfig::from_value(model.config(), &config_path)?;
         check_labels(num_labels, &config_path)?;
-        let ckpt = Checkpoint::open(dir)?;
-        let prefix = detect_prefix(&ckpt, &cfg, dir)?;
-        let mut ld = Loader::checkpoint(&ckpt, &prefix, dtype, device);
-        let model = Self::build(&cfg, &mut ld, num_labels, pooling, seed)?;
-        let unused = ld.unused();
-        if !unused.is_empty() {
-            tracing::debug!(?unused, "checkpoint tensors not used by the model");
-        }
-        Ok(model)
+        let prefix = detect_prefix(model.tensors(), &cfg, model.dir())?;
+        let mut ld = Loader::checkpoint(model.tensors(), &prefix, dtype, device);
+        let built = Self::build(&cfg, &mut ld, num_labels, pooling, seed)?;
+        ld.log_unused("model");
+        Ok(built)
     }
 
     /// A freshly initialised model (see [`Bert::random`]) with a fresh head; tiny configs

@@ -8,10 +8,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::config::{BertConfig, BertFamily};
 use crate::adapters::{Linear, Placement, VirtualSpec};
 use crate::error::{Error, Result};
+use crate::io::{ResolvedModel, TensorSource};
 use crate::models::layers::{
     self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear, push_linear_mut,
 };
-use crate::models::weights::{Checkpoint, Init, Loader};
+use crate::models::weights::{self, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
 use crate::ops::{attention, dropout_add, gelu};
 
@@ -192,23 +193,19 @@ impl std::fmt::Debug for Bert {
 }
 
 /// Where the encoder sits in a checkpoint: bare (`embeddings.…`, a `BertModel`) or under the
-/// family prefix (`bert.embeddings.…`, a `BertFor…` model).
-pub(crate) fn detect_prefix(ckpt: &Checkpoint, cfg: &BertConfig, path: &Path) -> Result<String> {
-    let probe = "embeddings.word_embeddings.weight";
-    for prefix in ["", cfg.model_type.prefix()] {
-        if ckpt.contains(&format!("{prefix}{probe}")) {
-            return Ok(prefix.to_string());
-        }
-    }
-    Err(Error::WeightTensor {
-        path: path.to_path_buf(),
-        name: probe.into(),
-        reason: format!(
-            "missing (also looked for `{}{probe}`); not a {:?} checkpoint?",
-            cfg.model_type.prefix(),
-            cfg.model_type
-        ),
-    })
+/// family prefix (`bert.embeddings.…`, a `BertFor…` model); `folder` is named in the error.
+pub(crate) fn detect_prefix(
+    source: &dyn TensorSource,
+    cfg: &BertConfig,
+    folder: &Path,
+) -> Result<String> {
+    weights::detect_prefix(
+        source,
+        "embeddings.word_embeddings.weight",
+        &[cfg.model_type.prefix()],
+        &format!("{:?}", cfg.model_type),
+        folder,
+    )
 }
 
 impl Bert {
@@ -239,19 +236,24 @@ impl Bert {
     /// The pooler is loaded when the checkpoint has one.
     ///
     /// # Errors
-    /// [`Error::ModelConfig`] for an unsupported config; [`Error::WeightTensor`] for a missing
-    /// or misshapen tensor; [`Error::ModelFile`] / [`Error::Io`] for unreadable files.
+    /// As [`ResolvedModel::from_dir`] and [`Bert::load_from`].
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = BertConfig::from_file(&dir.join("config.json"))?;
-        let ckpt = Checkpoint::open(dir)?;
-        let prefix = detect_prefix(&ckpt, &cfg, dir)?;
-        let mut ld = Loader::checkpoint(&ckpt, &prefix, dtype, device);
+        Self::load_from(&ResolvedModel::from_dir(dir)?, dtype, device)
+    }
+
+    /// Loads the encoder of an opened model in `dtype`; the pooler when the checkpoint has
+    /// one.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an unsupported config; [`Error::WeightTensor`] for a missing
+    /// or misshapen tensor.
+    pub fn load_from(model: &ResolvedModel, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = BertConfig::from_value(model.config(), &model.config_path())?;
+        let prefix = detect_prefix(model.tensors(), &cfg, model.dir())?;
+        let mut ld = Loader::checkpoint(model.tensors(), &prefix, dtype, device);
         let with_pooler = ld.has("pooler.dense.weight");
         let bert = Self::build(&cfg, &mut ld, with_pooler)?;
-        let unused = ld.unused();
-        if !unused.is_empty() {
-            tracing::debug!(?unused, "checkpoint tensors not used by the encoder");
-        }
+        ld.log_unused("encoder");
         Ok(bert)
     }
 

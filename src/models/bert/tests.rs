@@ -440,6 +440,46 @@ fn checkpoint_round_trip_gives_identical_logits() {
 }
 
 #[test]
+fn a_sharded_checkpoint_loads_through_a_resolved_model_like_a_single_file() {
+    let dev = Device::Cpu;
+    let input = tiny_batch(0, &dev);
+    let cfg = BertConfig::tiny();
+    let model =
+        BertForSequenceClassification::random(&cfg, 2, Pooling::Cls, DType::F32, &dev, 3).unwrap();
+    let dir = temp_dir("bert", "sharded");
+    write_model(&dir, &cfg, model.state_dict());
+    let single = crate::models::load_classifier(&dir, 2, Pooling::Cls, &dev, 0).unwrap();
+    // The same tensors in two shards behind an index.
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let (mut a, mut b) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    let mut weight_map = serde_json::Map::new();
+    for (i, (name, t)) in model.state_dict().into_iter().enumerate() {
+        let (file, shard) = if i % 2 == 0 {
+            ("model-00001-of-00002.safetensors", &mut a)
+        } else {
+            ("model-00002-of-00002.safetensors", &mut b)
+        };
+        weight_map.insert(name.clone(), file.into());
+        shard.insert(name, t);
+    }
+    candle_core::safetensors::save(&a, dir.join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&b, dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let index = serde_json::json!({ "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let resolved = crate::io::ResolvedModel::from_dir(&dir).unwrap();
+    let sharded = crate::models::load_classifier_from(&resolved, 2, Pooling::Cls, &dev, 0).unwrap();
+    let (x, y) = (
+        single.forward(&input, false).unwrap(),
+        sharded.forward(&input, false).unwrap(),
+    );
+    assert_eq!(max_diff(&x, &y), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn strict_loading_names_file_tensor_and_shapes() {
     let dev = Device::Cpu;
     let cfg = BertConfig::tiny();

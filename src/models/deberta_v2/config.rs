@@ -219,7 +219,17 @@ impl DebertaV2Config {
     /// # Errors
     /// [`Error::ModelConfig`] naming the field for a missing, malformed or unsupported value.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let cfg: Self = hf_config::parse(text, path, &[MODEL_TYPE])?;
+        Self::from_value(&hf_config::parse_value(text, path)?, path)
+    }
+
+    /// Deserialises and validates parsed config JSON (e.g.
+    /// [`ResolvedModel::config`](crate::io::ResolvedModel::config)); `path` is only used in
+    /// error messages.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] naming the field for a missing, malformed or unsupported value.
+    pub fn from_value(value: &serde_json::Value, path: &Path) -> Result<Self> {
+        let cfg: Self = hf_config::from_value(value, path, &[MODEL_TYPE])?;
         cfg.validate(path)?;
         Ok(cfg)
     }

@@ -10,8 +10,9 @@ use super::model::{DebertaV2, PREFIX, activation, detect_prefix};
 use crate::adapters::{Linear, Placement, VirtualSpec, seeded_rng};
 use crate::error::Error;
 use crate::error::Result;
+use crate::io::ResolvedModel;
 use crate::models::layers::{Dense, check_labels, dropout};
-use crate::models::weights::{Checkpoint, Loader};
+use crate::models::weights::Loader;
 use crate::models::{EncoderInput, Model, Pooling};
 
 /// DeBERTa-v2/v3 with HF's sequence-classification head: logits `(b_sz, num_labels)`;
@@ -78,18 +79,36 @@ impl DebertaV2ForSequenceClassification {
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let cfg = DebertaV2Config::from_file(&config_path)?;
+        Self::load_from(
+            &ResolvedModel::from_dir(dir)?,
+            num_labels,
+            pooling,
+            dtype,
+            device,
+            seed,
+        )
+    }
+
+    /// As [`load`](Self::load), from an opened model: its parsed config and its tensors.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load), but for the files, which were read when `model` was opened.
+    pub fn load_from(
+        model: &ResolvedModel,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let config_path = model.config_path();
+        let cfg = DebertaV2Config::from_value(model.config(), &config_path)?;
         check_labels(num_labels, &config_path)?;
-        let ckpt = Checkpoint::open(dir)?;
-        let prefix = detect_prefix(&ckpt, dir)?;
-        let mut ld = Loader::checkpoint(&ckpt, &prefix, dtype, device);
-        let model = Self::build(&cfg, &mut ld, num_labels, pooling, seed)?;
-        let unused = ld.unused();
-        if !unused.is_empty() {
-            tracing::debug!(?unused, "checkpoint tensors not used by the model");
-        }
-        Ok(model)
+        let prefix = detect_prefix(model.tensors(), model.dir())?;
+        let mut ld = Loader::checkpoint(model.tensors(), &prefix, dtype, device);
+        let built = Self::build(&cfg, &mut ld, num_labels, pooling, seed)?;
+        ld.log_unused("model");
+        Ok(built)
     }
 
     /// A freshly initialised model (see [`DebertaV2::random`]) with a fresh head; tiny

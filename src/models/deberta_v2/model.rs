@@ -17,11 +17,14 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::DebertaV2Config;
 use crate::adapters::Linear;
-use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::error::Error; // for the `# Errors` links
+use crate::error::Result;
+use crate::io::{ResolvedModel, TensorSource};
 use crate::models::layers::{
     self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear, push_linear_mut,
 };
-use crate::models::weights::{Checkpoint, Init, Loader};
+use crate::models::weights::{self, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
 use crate::ops::{dropout_add, frozen_linear, frozen_linear_onto, gelu, softmax_last_dim};
 
@@ -502,21 +505,15 @@ impl std::fmt::Debug for DebertaV2 {
 }
 
 /// Where the encoder sits in a checkpoint: bare (`embeddings.…`, a `DebertaV2Model`) or under
-/// `deberta.` (a `DebertaV2For…` model).
-pub(super) fn detect_prefix(ckpt: &Checkpoint, path: &Path) -> Result<String> {
-    let probe = "embeddings.word_embeddings.weight";
-    for prefix in ["", PREFIX] {
-        if ckpt.contains(&format!("{prefix}{probe}")) {
-            return Ok(prefix.to_string());
-        }
-    }
-    Err(Error::WeightTensor {
-        path: path.to_path_buf(),
-        name: probe.into(),
-        reason: format!(
-            "missing (also looked for `{PREFIX}{probe}`); not a DeBERTa-v2 checkpoint?"
-        ),
-    })
+/// `deberta.` (a `DebertaV2For…` model); `folder` is named in the error.
+pub(super) fn detect_prefix(source: &dyn TensorSource, folder: &Path) -> Result<String> {
+    weights::detect_prefix(
+        source,
+        "embeddings.word_embeddings.weight",
+        &[PREFIX],
+        "DeBERTa-v2",
+        folder,
+    )
 }
 
 impl DebertaV2 {
@@ -561,19 +558,23 @@ impl DebertaV2 {
     /// the encoder may sit bare or under `deberta.`.
     ///
     /// # Errors
-    /// [`Error::ModelConfig`] for an unsupported config; [`Error::WeightTensor`] for a missing
-    /// or misshapen tensor; [`Error::ModelFile`] / [`Error::Io`] for unreadable files.
+    /// As [`ResolvedModel::from_dir`] and [`DebertaV2::load_from`].
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = DebertaV2Config::from_file(&dir.join("config.json"))?;
-        let ckpt = Checkpoint::open(dir)?;
-        let prefix = detect_prefix(&ckpt, dir)?;
-        let mut ld = Loader::checkpoint(&ckpt, &prefix, dtype, device);
-        let model = Self::build(&cfg, &mut ld)?;
-        let unused = ld.unused();
-        if !unused.is_empty() {
-            tracing::debug!(?unused, "checkpoint tensors not used by the encoder");
-        }
-        Ok(model)
+        Self::load_from(&ResolvedModel::from_dir(dir)?, dtype, device)
+    }
+
+    /// Loads the encoder of an opened model in `dtype`; it may sit bare or under `deberta.`.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an unsupported config; [`Error::WeightTensor`] for a missing
+    /// or misshapen tensor.
+    pub fn load_from(model: &ResolvedModel, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = DebertaV2Config::from_value(model.config(), &model.config_path())?;
+        let prefix = detect_prefix(model.tensors(), model.dir())?;
+        let mut ld = Loader::checkpoint(model.tensors(), &prefix, dtype, device);
+        let encoder = Self::build(&cfg, &mut ld)?;
+        ld.log_unused("encoder");
+        Ok(encoder)
     }
 
     /// A freshly initialised encoder: weights, biases and embeddings N(0, initializer_range²),

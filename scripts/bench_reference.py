@@ -4,7 +4,7 @@ Prints one JSON line per measured row with the fields of `ttlora bench model`, f
 work: a seeded random batch of `--batch-size` × `--seq-len` token ids (no padding), a 2-label
 sequence-classification head, LoRA r=8 on query/value (PEFT) or full fine-tuning, AdamW.
 
-    .venv-ref/bin/python bench/reference.py --model ~/.cache/ttlora/models/all-MiniLM-L6-v2 \
+    .venv-ref/bin/python scripts/bench_reference.py --model ~/.cache/ttlora/models/all-MiniLM-L6-v2 \
         --kind train --method lora
 
 Run each configuration in its own process (scripts/bench_compare.sh does), so that the peak

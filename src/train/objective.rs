@@ -1,0 +1,64 @@
+//! What training minimises. An [`Objective`] turns a model's output on a batch into a scalar
+//! loss; classification and regression are the two encoders use, and a new kind (causal-LM
+//! loss, LM scoring) is one more implementation, not a new enum arm in the loop.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Result;
+use crate::models::Model;
+use crate::train::Batch;
+
+/// The loss a run minimises.
+pub trait Objective: Send + Sync {
+    /// A short name for logs (`cross-entropy`).
+    fn name(&self) -> &'static str;
+
+    /// The scalar loss of `model` on `batch`; `train` enables dropout.
+    ///
+    /// # Errors
+    /// Shape or dtype mismatches between the model's output and the labels.
+    fn loss(&self, model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor>;
+}
+
+/// Cross-entropy over logits `(b_sz, num_labels)` against `u32` class ids.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CrossEntropy;
+
+impl Objective for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+    fn loss(&self, model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor> {
+        let logits = model.forward(&batch.input, train)?;
+        Ok(candle_nn::loss::cross_entropy(
+            &logits,
+            &batch.labels.to_dtype(DType::U32)?,
+        )?)
+    }
+}
+
+/// Mean squared error of logits `(b_sz, 1)` against `f32` scores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeanSquaredError;
+
+impl Objective for MeanSquaredError {
+    fn name(&self) -> &'static str {
+        "mse"
+    }
+    fn loss(&self, model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor> {
+        let pred = model.forward(&batch.input, train)?.squeeze(1)?;
+        Ok(candle_nn::loss::mse(
+            &pred,
+            &batch.labels.to_dtype(pred.dtype())?,
+        )?)
+    }
+}
+
+/// The objective of a sequence-level task: regression or classification.
+pub fn for_labels(regression: bool) -> &'static dyn Objective {
+    if regression {
+        &MeanSquaredError
+    } else {
+        &CrossEntropy
+    }
+}
