@@ -186,7 +186,7 @@ fn task() -> ttlora::io::TaskInfo {
         name: "custom".into(),
         label_names: vec!["a".into(), "b".into(), "c".into()],
         num_labels: 3,
-        pooling: "cls".into(),
+        pooling: ttlora::models::Pooling::Cls,
         max_len: 64,
     }
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::Pooling;
 use super::fs::{read_safetensors, write_atomic, write_folder, write_safetensors_atomic};
 use crate::error::{Error, Result};
 
@@ -35,7 +36,7 @@ pub struct TaskInfo {
     /// Output columns of the head (1 for regression).
     pub num_labels: usize,
     /// How hidden states were pooled (`cls` / `mean`).
-    pub pooling: String,
+    pub pooling: Pooling,
     /// Maximum tokens per example used in training.
     pub max_len: usize,
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::io::TaskInfo;
 use crate::jobs::inference::Inference;
 use crate::jobs::trial::ADAPTER_NAME;
-use crate::models::{Model, Pooling, load_classifier};
+use crate::models::{Model, load_classifier};
 use crate::tt::{Truncation, TtPath, decompose_matrix};
 use crate::tuning::adapted::{AdapterMeta, adapters_named, collect};
 
@@ -170,14 +170,7 @@ pub fn compress(src: &Source, spec: &CompressSpec, out: &Path) -> Result<Compres
         return Err(Error::NothingToCompress);
     }
     let template: TtLoraConfig = serde_json::from_value(spec.shape_config.clone())?;
-    let pooling: Pooling = src
-        .task
-        .pooling
-        .parse()
-        .map_err(|reason| Error::ModelConfig {
-            path: src.base_dir.join("config.json"),
-            reason,
-        })?;
+    let pooling = src.task.pooling;
     let device = src.updates[0].delta.device().clone();
     let mut target = load_classifier(&src.base_dir, src.task.num_labels, pooling, &device, 0)?;
     let mut modules = Vec::new();
@@ -339,7 +332,7 @@ impl Source {
                 name: "custom".into(),
                 label_names: if regression { Vec::new() } else { label_names },
                 num_labels,
-                pooling: pooling.to_string(),
+                pooling,
                 max_len: 128,
             },
         })

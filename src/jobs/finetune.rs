@@ -72,7 +72,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
             name: study.task.name.clone(),
             label_names: study.task.label_names.clone(),
             num_labels: study.num_labels,
-            pooling: study.pooling.to_string(),
+            pooling: study.pooling,
             max_len: spec.study.max_len,
         }),
     };

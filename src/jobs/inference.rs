@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::io::{self, ResolvedModel, TaskInfo};
 use crate::jobs::study::choose_pooling;
 use crate::jobs::trial::ADAPTER_NAME;
-use crate::models::{Model, Pooling, load_classifier_from};
+use crate::models::{Model, load_classifier_from};
 
 /// A base model with a saved adapter attached: for scoring, prediction, export and merging.
 pub struct Inference {
@@ -68,11 +68,7 @@ pub fn load(
             folder.config.base_model_name_or_path
         );
     }
-    let pooling: Pooling = task.pooling.parse().map_err(|reason| Error::ModelConfig {
-        path: adapter_dir.join(io::adapter_folder::CONFIG_FILE),
-        reason,
-    })?;
-    let mut model = load_classifier_from(&base, task.num_labels, pooling, device, 0)?;
+    let mut model = load_classifier_from(&base, task.num_labels, task.pooling, device, 0)?;
     crate::tuning::adapted::load_into(model.as_mut(), &folder, ADAPTER_NAME)?;
     Ok(Inference {
         model,
@@ -118,7 +114,7 @@ fn task_from_head(folder: &io::AdapterFolder, base: &ResolvedModel) -> Option<Ta
         name: "custom".into(),
         label_names,
         num_labels: out_rows,
-        pooling: pooling.to_string(),
+        pooling,
         max_len: max_positions(base).unwrap_or(512).min(512),
     })
 }

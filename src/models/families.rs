@@ -1,5 +1,16 @@
-//! The supported model families and the dispatch on `config.json`'s `model_type`:
-//! [`load_classifier_from`] (an opened [`ResolvedModel`]) and [`load_classifier`] (a folder).
+//! The model families ttlora knows, as a registry like the adapters' `METHODS`: each
+//! [`Family`] names the `model_type` values of `config.json` it builds and loads its
+//! sequence-classification model from an opened [`ResolvedModel`]. [`load_classifier_from`]
+//! dispatches on `model_type` through [`FAMILIES`].
+//!
+//! # Adding a family
+//! 1. A folder `models/<family>/` with `config.rs` (serde from config.json, `from_value`),
+//!    `model.rs` (the backbone: every linear an [`adapters::Linear`](crate::adapters::Linear),
+//!    HF's module paths), `head.rs` (implementing [`Model`]) and `tests.rs`.
+//! 2. A unit struct implementing [`Family`] and one line in [`FAMILIES`]; the registry test
+//!    checks that no `model_type` is claimed twice.
+//! 3. A tiny random config (`Config::tiny()`) so the method matrix (`tests/methods.rs`) and
+//!    the golden test (`tests/golden.rs`) can run every method on it.
 
 use std::path::Path;
 
@@ -11,12 +22,93 @@ use crate::models::bert::BertForSequenceClassification;
 use crate::models::deberta_v2::DebertaV2ForSequenceClassification;
 use crate::models::{Model, Pooling};
 
-/// The `model_type` values [`load_classifier`] accepts, as written in config.json.
-pub const MODEL_TYPES: &[&str] = &["bert", "roberta", "deberta-v2"];
+/// One model family: the architectures it covers and how it loads them.
+pub trait Family: Sync {
+    /// Short name for listings (`bert`).
+    fn name(&self) -> &'static str;
+    /// The `model_type` values of config.json this family builds.
+    fn model_types(&self) -> &'static [&'static str];
+    /// The sequence-classification model of `model` in `dtype` (`seed` initialises a head
+    /// the checkpoint lacks).
+    ///
+    /// # Errors
+    /// The family's config and weight errors.
+    fn load_classifier(
+        &self,
+        model: &ResolvedModel,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Box<dyn Model>>;
+}
+
+/// BERT, RoBERTa and MiniLM.
+pub struct BertFamilies;
+
+impl Family for BertFamilies {
+    fn name(&self) -> &'static str {
+        "bert"
+    }
+    fn model_types(&self) -> &'static [&'static str] {
+        &["bert", "roberta"]
+    }
+    fn load_classifier(
+        &self,
+        model: &ResolvedModel,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Box<dyn Model>> {
+        Ok(Box::new(BertForSequenceClassification::load_from(
+            model, num_labels, pooling, dtype, device, seed,
+        )?))
+    }
+}
+
+/// DeBERTa-v2 and -v3.
+pub struct DebertaV2Family;
+
+impl Family for DebertaV2Family {
+    fn name(&self) -> &'static str {
+        "deberta-v2"
+    }
+    fn model_types(&self) -> &'static [&'static str] {
+        &["deberta-v2"]
+    }
+    fn load_classifier(
+        &self,
+        model: &ResolvedModel,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Box<dyn Model>> {
+        Ok(Box::new(DebertaV2ForSequenceClassification::load_from(
+            model, num_labels, pooling, dtype, device, seed,
+        )?))
+    }
+}
+
+/// Every model family ttlora knows; `model_type` dispatch and listings read this slice.
+pub static FAMILIES: &[&dyn Family] = &[&BertFamilies, &DebertaV2Family];
+
+/// Every `model_type` the registry accepts, in registry order.
+pub fn model_types() -> Vec<&'static str> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.model_types())
+        .copied()
+        .collect()
+}
 
 /// Loads the sequence-classification model of any supported family from an HF folder
-/// (f32; `seed` initialises a head the checkpoint lacks), dispatching on `model_type`
-/// (one of [`MODEL_TYPES`]): [`ResolvedModel::from_dir`] then [`load_classifier_from`].
+/// (f32; `seed` initialises a head the checkpoint lacks): [`ResolvedModel::from_dir`] then
+/// [`load_classifier_from`].
 ///
 /// # Errors
 /// As [`ResolvedModel::from_dir`] and [`load_classifier_from`].
@@ -31,10 +123,10 @@ pub fn load_classifier(
     load_classifier_from(&model, num_labels, pooling, device, seed)
 }
 
-/// Loads the sequence-classification model of any supported family from an opened model
+/// Loads the sequence-classification model of any registered family from an opened model
 /// (f32; `seed` initialises a head the checkpoint lacks), dispatching on its config's
-/// `model_type` (one of [`MODEL_TYPES`]). Opens no file: the config was parsed and the
-/// weight files mapped when `model` was opened; only the tensors the model needs are read.
+/// `model_type`. Opens no file: the config was parsed and the weight files mapped when
+/// `model` was opened; only the tensors the model needs are read.
 ///
 /// # Errors
 /// [`Error::ModelConfig`] naming `model_type` and the supported values; the family loader's
@@ -50,20 +142,39 @@ pub fn load_classifier_from(
         path: model.config_path(),
         reason,
     };
-    let supported = MODEL_TYPES.join(", ");
-    let f32 = DType::F32;
-    match model.model_type() {
-        Some("bert" | "roberta") => Ok(Box::new(BertForSequenceClassification::load_from(
-            model, num_labels, pooling, f32, device, seed,
-        )?)),
-        Some("deberta-v2") => Ok(Box::new(DebertaV2ForSequenceClassification::load_from(
-            model, num_labels, pooling, f32, device, seed,
-        )?)),
-        Some(t) => Err(bad(format!(
-            "field `model_type`: unsupported value \"{t}\"; supported: {supported}"
-        ))),
-        None => Err(bad(format!(
+    let supported = model_types().join(", ");
+    let Some(model_type) = model.model_type() else {
+        return Err(bad(format!(
             "field `model_type` missing or not a string; supported: {supported}"
-        ))),
+        )));
+    };
+    let family = FAMILIES
+        .iter()
+        .find(|f| f.model_types().contains(&model_type))
+        .ok_or_else(|| {
+            bad(format!(
+                "field `model_type`: unsupported value \"{model_type}\"; supported: {supported}"
+            ))
+        })?;
+    family.load_classifier(model, num_labels, pooling, DType::F32, device, seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn no_model_type_is_claimed_twice() {
+        let mut seen = HashSet::new();
+        let mut names = HashSet::new();
+        for f in FAMILIES {
+            assert!(names.insert(f.name()), "duplicate family {}", f.name());
+            for t in f.model_types() {
+                assert!(seen.insert(*t), "model_type {t} claimed twice");
+            }
+        }
+        assert_eq!(model_types(), ["bert", "roberta", "deberta-v2"]);
     }
 }

@@ -21,82 +21,21 @@ mod layers;
 pub(crate) mod test_util;
 mod weights;
 
-use std::path::Path;
-
 use candle_core::{Tensor, Var};
-use serde::{Deserialize, Serialize};
 
 use crate::adapters::{DefaultSites, Linear, Placement, VirtualSpec};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 
+/// How hidden states become one vector per example (declared in `io`, where adapter folders
+/// record it).
+pub use crate::io::Pooling;
 pub use bert::{Bert, BertConfig, BertFamily, BertForSequenceClassification, load_bert};
 pub use deberta_v2::{
     DebertaV2, DebertaV2Config, DebertaV2ForSequenceClassification, load_deberta_v2,
 };
-pub use families::{MODEL_TYPES, load_classifier, load_classifier_from};
-
-/// How an encoder's hidden states `(b_sz, seq_len, hidden)` become one vector per example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    /// The first token (`[CLS]` / `<s>`), through the architecture's own head (HF's
-    /// `…ForSequenceClassification`).
-    #[default]
-    Cls,
-    /// The mean over real (unmasked) tokens, as sentence-transformers models are trained.
-    Mean,
-}
-
-impl Pooling {
-    /// The names `--pooling` accepts.
-    pub const NAMES: &'static [&'static str] = &["cls", "mean"];
-
-    /// The pooling a sentence-transformers folder declares in `1_Pooling/config.json`
-    /// (`pooling_mode_mean_tokens` / `pooling_mode_cls_token`); `None` if the folder has no
-    /// such file or declares another mode.
-    ///
-    /// # Errors
-    /// [`Error::Io`] / [`Error::ModelConfig`] if the file exists but cannot be read or parsed.
-    pub fn from_sentence_transformers(dir: &Path) -> Result<Option<Self>> {
-        let path = dir.join("1_Pooling").join("config.json");
-        let Some(v) = crate::io::read_json_if_present::<serde_json::Value>(&path)? else {
-            return Ok(None);
-        };
-        let on = |k: &str| v.get(k).and_then(|b| b.as_bool()).unwrap_or(false);
-        Ok(if on("pooling_mode_mean_tokens") {
-            Some(Self::Mean)
-        } else if on("pooling_mode_cls_token") {
-            Some(Self::Cls)
-        } else {
-            None
-        })
-    }
-}
-
-impl std::fmt::Display for Pooling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Cls => "cls",
-            Self::Mean => "mean",
-        })
-    }
-}
-
-impl std::str::FromStr for Pooling {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "cls" => Ok(Self::Cls),
-            "mean" => Ok(Self::Mean),
-            _ => Err(format!(
-                "unknown pooling `{s}`; known: {}",
-                Self::NAMES.join(", ")
-            )),
-        }
-    }
-}
+pub use families::{FAMILIES, Family, load_classifier, load_classifier_from, model_types};
 
 /// One padded batch of token ids for an encoder.
 #[derive(Debug, Clone)]

@@ -124,7 +124,7 @@ pub fn write_merged(
     })?;
     let config = merged_config(&base, model, task)?;
     if let Some(t) = task
-        && t.pooling == "mean"
+        && t.pooling == crate::io::Pooling::Mean
     {
         tracing::warn!(
             "the adapter was trained with mean pooling; HF's {} pools the first token \
