@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{DType, Device, Tensor};
 use ttlora::models::{
     BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
-    EncoderInput, Pooling,
+    EncoderInput, Model, Pooling,
 };
 
 /// A folder of its own for one test: `ttlora-<pid>-<n>-<name>` under the system temp dir

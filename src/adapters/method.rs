@@ -45,6 +45,17 @@ pub struct VirtualSpec {
     pub device: Device,
 }
 
+/// A base-model tensor as a [`Placement::Base`] method is asked about it: what the model's
+/// walk tags it with, so methods never match model names.
+#[derive(Debug, Clone, Copy)]
+pub struct BaseTensorInfo<'a> {
+    /// Its state-dict name (e.g. `bert.embeddings.word_embeddings.weight`), for messages.
+    pub name: &'a str,
+    /// Whether it belongs to the embedding module: token, position and type tables, their
+    /// layer norm, an input projection.
+    pub embedding_module: bool,
+}
+
 /// The modules of an architecture that methods target by default (declared by the model,
 /// so methods never know model names).
 #[derive(Debug, Clone, Copy)]
@@ -233,13 +244,17 @@ pub trait Method: Sync {
         })
     }
 
-    /// For a [`Placement::Base`] method: whether the base tensor `name` (a state-dict name,
-    /// e.g. `bert.embeddings.word_embeddings.weight`) trains under `config`.
+    /// For a [`Placement::Base`] method: whether the base tensor `tensor` trains under
+    /// `config`.
     ///
     /// # Errors
     /// A config of another method.
-    fn trains_base_tensor(&self, config: &dyn MethodConfig, name: &str) -> Result<bool> {
-        let _ = (config, name);
+    fn trains_base_tensor(
+        &self,
+        config: &dyn MethodConfig,
+        tensor: &BaseTensorInfo,
+    ) -> Result<bool> {
+        let _ = (config, tensor);
         Ok(false)
     }
 }

@@ -37,7 +37,9 @@ pub use adapter::{Adapter, LayerSpec, LoraFactors};
 pub use config::{Config, MethodConfig, downcast, overlay, parse};
 pub use init::{kaiming_uniform, normal, seeded_rng, standard_normal};
 pub use linear::Linear;
-pub use method::{DefaultSites, Method, Placement, Shorthand, VirtualSpec, resolved_config};
+pub use method::{
+    BaseTensorInfo, DefaultSites, Method, Placement, Shorthand, VirtualSpec, resolved_config,
+};
 pub use module_set::ModuleSet;
 pub use registry::{METHODS, method, method_names};
 pub use spec::MethodSpec;

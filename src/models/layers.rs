@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
-use crate::adapters::{Linear, kaiming_uniform};
+use crate::adapters::{DefaultSites, Linear, kaiming_uniform};
 use crate::error::{Error, Result};
 use crate::models::weights::{Init, Loader};
 use crate::models::{EncoderInput, Pooling};
@@ -27,8 +27,10 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
 
 /// A frozen layer norm (`…LayerNorm.weight` / `.bias`).
 pub(crate) struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
+    /// γ, `…LayerNorm.weight`.
+    pub(crate) gamma: Tensor,
+    /// β, `…LayerNorm.bias`.
+    pub(crate) beta: Tensor,
     eps: f64,
 }
 
@@ -52,18 +54,6 @@ impl Norm {
             self.eps,
         )?))
     }
-
-    /// `{name}.weight` and `{name}.bias`, mutable, appended to `out`.
-    pub(crate) fn push_mut<'a>(&'a mut self, name: &str, out: &mut Vec<(String, &'a mut Tensor)>) {
-        out.push((format!("{name}.weight"), &mut self.gamma));
-        out.push((format!("{name}.bias"), &mut self.beta));
-    }
-
-    /// Appends `{name}.weight` and `{name}.bias` to a state dict.
-    pub(crate) fn push_state(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
-        out.push((format!("{name}.weight"), self.gamma.clone()));
-        out.push((format!("{name}.bias"), self.beta.clone()));
-    }
 }
 
 /// A frozen `adapters::Linear` from `{name}.weight: (out, in)` and `{name}.bias: (out)`.
@@ -76,28 +66,6 @@ pub(crate) fn load_linear(
     let w = ld.tensor(&format!("{name}.weight"), &[out_f, in_f], Init::Normal)?;
     let b = ld.tensor(&format!("{name}.bias"), &[out_f], Init::Normal)?;
     Linear::new(w, Some(b))
-}
-
-/// Appends a linear's `{name}.weight` (merged adapters included) and `{name}.bias`, if any,
-/// to a state dict.
-pub(crate) fn push_linear(name: &str, l: &Linear, out: &mut Vec<(String, Tensor)>) {
-    out.push((format!("{name}.weight"), l.weight().clone()));
-    if let Some(b) = l.bias() {
-        out.push((format!("{name}.bias"), b.clone()));
-    }
-}
-
-/// A linear's `{name}.weight` and `{name}.bias`, if any, mutable, appended to `out`.
-pub(crate) fn push_linear_mut<'a>(
-    name: &str,
-    l: &'a mut Linear,
-    out: &mut Vec<(String, &'a mut Tensor)>,
-) {
-    let (w, b) = l.params_mut();
-    out.push((format!("{name}.weight"), w));
-    if let Some(b) = b {
-        out.push((format!("{name}.bias"), b));
-    }
 }
 
 /// A trainable dense layer of a head: `y = x·Wᵀ + b`, W `(out, in)`, b `(out)`.
@@ -215,5 +183,16 @@ pub(crate) fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -
             let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
             Ok(sum.broadcast_div(&count)?)
         }
+    }
+}
+
+/// The default sites of an HF encoder whose layers sit at `…layer.N.` with BERT's
+/// `attention.output.dense` and `output.dense` projections (BERT, RoBERTa, DeBERTa-v2):
+/// `targets` for LoRA-style methods, those two projections for bottleneck adapters.
+pub(crate) fn encoder_sites(targets: &'static [&'static str]) -> DefaultSites {
+    DefaultSites {
+        parallel: targets,
+        attention_output: r".*\.layer\.\d+\.attention\.output\.dense",
+        ffn_output: r".*\.layer\.\d+\.output\.dense",
     }
 }

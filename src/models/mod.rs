@@ -19,6 +19,7 @@ mod hf_config;
 mod layers;
 #[cfg(test)]
 pub(crate) mod test_util;
+pub mod walk;
 mod weights;
 
 use candle_core::{Tensor, Var};
@@ -27,6 +28,7 @@ use crate::adapters::{DefaultSites, Linear, Placement, VirtualSpec};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
+use crate::models::walk::{BaseTensor, Entry, EntryMut, Kind, Tag};
 
 /// How hidden states become one vector per example (declared in `io`, where adapter folders
 /// record it).
@@ -56,13 +58,37 @@ pub trait Model: Send + Sync {
     /// Shape, dtype or device mismatches in the input.
     fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor>;
 
-    /// Every adapter-capable linear layer with its module path in HF's
-    /// `…ForSequenceClassification` model (e.g. `bert.encoder.layer.0.attention.self.query`),
-    /// the names PEFT matches targets against and writes into adapter keys, in a fixed order.
-    fn linears(&self) -> Vec<(String, &Linear)>;
+    /// Every tensor of the base model, once, in state-dict order, under its name in HF's
+    /// `…ForSequenceClassification` checkpoint (e.g. `bert.encoder.layer.0.attention.self.query`
+    /// for a linear, whose weight and bias are `<path>.weight` / `<path>.bias`): the names PEFT
+    /// matches targets against and writes into adapter keys. The head is not part of it.
+    fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>));
 
-    /// The same layers, mutable, so adapters can be attached, merged and unmerged.
-    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)>;
+    /// The same walk with mutable access: adapters are attached, merged and unmerged through
+    /// it, full fine-tuning makes tensors `Var`s, a saved full fine-tune replaces them.
+    fn walk_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, EntryMut<'a>));
+
+    /// Every adapter-capable linear layer with its module path, in walk order.
+    fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::new();
+        self.walk(&mut |name, e| {
+            if let Entry::Linear(_, l) = e {
+                out.push((name, l));
+            }
+        });
+        out
+    }
+
+    /// The same layers, mutable.
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        self.walk_mut(&mut |name, e| {
+            if let EntryMut::Linear(_, l) = e {
+                out.push((name, l));
+            }
+        });
+        out
+    }
 
     /// Trainable tensors of the task head (e.g. `classifier.weight`), by full name.
     fn head_vars(&self) -> Vec<(String, Var)>;
@@ -75,20 +101,30 @@ pub trait Model: Send + Sync {
     fn default_targets(&self) -> &'static [&'static str];
 
     /// Every default site a method may target: [`default_targets`](Model::default_targets)
-    /// and the per-layer output projections bottleneck adapters follow (HF's
-    /// `…layer.N.attention.output.dense` and `…layer.N.output.dense`, shared by the BERT and
-    /// DeBERTa families).
-    fn default_sites(&self) -> DefaultSites {
-        DefaultSites {
-            parallel: self.default_targets(),
-            attention_output: r".*\.layer\.\d+\.attention\.output\.dense",
-            ffn_output: r".*\.layer\.\d+\.output\.dense",
-        }
-    }
+    /// and the per-layer output projections bottleneck adapters follow, as the family names
+    /// them.
+    fn default_sites(&self) -> DefaultSites;
 
     /// Every tensor under the names of HF's `…ForSequenceClassification` checkpoint, merged
-    /// adapters included (unmerged ones are not part of the weights).
-    fn state_dict(&self) -> Vec<(String, Tensor)>;
+    /// adapters included (unmerged ones are not part of the weights): the walk, then the head.
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.walk(&mut |name, e| match e {
+            Entry::Linear(_, l) => {
+                out.push((format!("{name}.weight"), l.weight().clone()));
+                if let Some(b) = l.bias() {
+                    out.push((format!("{name}.bias"), b.clone()));
+                }
+            }
+            Entry::Tensor(_, t) => out.push((name, t.clone())),
+        });
+        out.extend(
+            self.head_vars()
+                .into_iter()
+                .map(|(n, v)| (n, v.as_tensor().clone())),
+        );
+        out
+    }
 
     /// What prompt-learning methods need to build tokens for this model.
     fn virtual_spec(&self) -> VirtualSpec;
@@ -103,9 +139,31 @@ pub trait Model: Send + Sync {
     fn virtual_tokens(&self) -> Option<(Placement, Var)>;
 
     /// The base model's own tensors (the [`state_dict`](Model::state_dict) without the head),
-    /// under the same names, mutable: full fine-tuning makes them `Var`s, and loading a saved
-    /// full fine-tune replaces them.
-    fn base_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)>;
+    /// under the same names, with their tags, mutable: full fine-tuning makes them `Var`s, and
+    /// loading a saved full fine-tune replaces them.
+    fn base_tensors_mut(&mut self) -> Vec<BaseTensor<'_>> {
+        let mut out = Vec::new();
+        self.walk_mut(&mut |name, e| match e {
+            EntryMut::Linear(module, l) => {
+                let tag = Tag::new(module, Kind::Other);
+                let (w, b) = l.params_mut();
+                out.push(BaseTensor {
+                    name: format!("{name}.weight"),
+                    tag,
+                    tensor: w,
+                });
+                if let Some(b) = b {
+                    out.push(BaseTensor {
+                        name: format!("{name}.bias"),
+                        tag,
+                        tensor: b,
+                    });
+                }
+            }
+            EntryMut::Tensor(tag, tensor) => out.push(BaseTensor { name, tag, tensor }),
+        });
+        out
+    }
 
     /// HF's class name for this model (e.g. `BertForSequenceClassification`), written to a
     /// merged export's config.json `architectures`.

@@ -347,9 +347,9 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     let mut base_updates: BTreeMap<String, Tensor> = base_updates.into_iter().collect();
-    for (name, t) in model.base_tensors_mut() {
-        if let Some(saved) = base_updates.remove(&format!("{KEY_PREFIX}{name}")) {
-            *t = saved;
+    for base in model.base_tensors_mut() {
+        if let Some(saved) = base_updates.remove(&format!("{KEY_PREFIX}{}", base.name)) {
+            *base.tensor = saved;
         }
     }
     let mut built: BTreeMap<String, _> = built.into_iter().collect();
@@ -375,8 +375,8 @@ fn base_tensors_from(
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for (name, t) in model.base_tensors_mut() {
-        let key = format!("{KEY_PREFIX}{name}");
+    for base in model.base_tensors_mut() {
+        let (key, t) = (format!("{KEY_PREFIX}{}", base.name), base.tensor);
         let Some(saved) = folder.tensors.get(&key) else {
             continue;
         };

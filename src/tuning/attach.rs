@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use candle_core::Var;
 use rand::rngs::StdRng;
 
-use crate::adapters::{InjectReport, MethodSpec, ModuleSet, Placement, Targeting, inject};
+use crate::adapters::{
+    BaseTensorInfo, InjectReport, MethodSpec, ModuleSet, Placement, Targeting, inject,
+};
 use crate::error::{Error, Result};
 use crate::models::Model;
+use crate::models::walk::Module;
 
 /// Where a method goes on a model: the target modules used (for the record) and the
 /// compiled rules; both `None` for a method that attaches to no layer.
@@ -125,14 +128,18 @@ pub fn attach(
 /// updates are what the forward reads).
 fn unfreeze(model: &mut dyn Model, spec: &MethodSpec) -> Result<InjectReport> {
     let mut report = InjectReport::default();
-    for (name, t) in model.base_tensors_mut() {
-        if !spec.method().trains_base_tensor(spec.config(), &name)? {
+    for base in model.base_tensors_mut() {
+        let info = BaseTensorInfo {
+            name: &base.name,
+            embedding_module: base.tag.module == Module::Embeddings,
+        };
+        if !spec.method().trains_base_tensor(spec.config(), &info)? {
             continue;
         }
-        let var = Var::from_tensor(t)?;
-        *t = var.as_tensor().clone();
-        report.params += t.elem_count();
-        report.adapted.push(name);
+        let var = Var::from_tensor(base.tensor)?;
+        *base.tensor = var.as_tensor().clone();
+        report.params += base.tensor.elem_count();
+        report.adapted.push(base.name);
     }
     if report.adapted.is_empty() {
         return Err(Error::InvalidConfig {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::Config;
+use crate::adapters::{BaseTensorInfo, Config};
 use crate::error::Result;
 
 /// What full fine-tuning trains besides the encoder layers.
@@ -22,9 +22,8 @@ impl Config for FullConfig {
 }
 
 impl FullConfig {
-    /// Whether the base tensor `name` (a state-dict name) trains.
-    pub fn trains(&self, name: &str) -> bool {
-        let embedding = name.starts_with("embeddings.") || name.contains(".embeddings.");
-        !(self.freeze_embeddings && embedding)
+    /// Whether the base tensor `tensor` trains.
+    pub fn trains(&self, tensor: &BaseTensorInfo) -> bool {
+        !(self.freeze_embeddings && tensor.embedding_module)
     }
 }

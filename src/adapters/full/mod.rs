@@ -11,7 +11,7 @@ mod tests;
 
 pub use config::FullConfig;
 
-use crate::adapters::{Method, MethodConfig, Placement, downcast, parse};
+use crate::adapters::{BaseTensorInfo, Method, MethodConfig, Placement, downcast, parse};
 use crate::error::Result;
 
 /// The full fine-tuning method, as registered.
@@ -40,7 +40,11 @@ impl Method for Full {
     fn placement(&self) -> Placement {
         Placement::Base
     }
-    fn trains_base_tensor(&self, config: &dyn MethodConfig, name: &str) -> Result<bool> {
-        Ok(downcast::<FullConfig>(self.name(), config)?.trains(name))
+    fn trains_base_tensor(
+        &self,
+        config: &dyn MethodConfig,
+        tensor: &BaseTensorInfo,
+    ) -> Result<bool> {
+        Ok(downcast::<FullConfig>(self.name(), config)?.trains(tensor))
     }
 }

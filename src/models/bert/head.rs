@@ -7,12 +7,13 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{BertConfig, BertFamily};
 use super::model::{Bert, detect_prefix};
-use crate::adapters::{Linear, Placement, VirtualSpec, seeded_rng};
+use crate::adapters::{DefaultSites, Placement, VirtualSpec, seeded_rng};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 use crate::io::ResolvedModel;
-use crate::models::layers::{Dense, check_labels, dropout};
+use crate::models::layers::{Dense, check_labels, dropout, encoder_sites};
+use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
 use crate::models::{EncoderInput, Model, Pooling};
 
@@ -195,25 +196,6 @@ impl BertForSequenceClassification {
         self.bert.embed(input, pooling)
     }
 
-    /// Every tensor under the names of an HF `…ForSequenceClassification` checkpoint
-    /// (encoder under `bert.`/`roberta.`, head bare), adapters merged ones included: what a
-    /// merged export writes.
-    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
-        let prefix = self.config().model_type.prefix();
-        let mut out: Vec<(String, Tensor)> = self
-            .bert
-            .state_dict()
-            .into_iter()
-            .map(|(n, t)| (format!("{prefix}{n}"), t))
-            .collect();
-        out.extend(
-            self.head_vars()
-                .into_iter()
-                .map(|(n, v)| (n, v.as_tensor().clone())),
-        );
-        out
-    }
-
     fn head_dropout(&self) -> f64 {
         let cfg = self.config();
         cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob)
@@ -241,16 +223,13 @@ impl Model for BertForSequenceClassification {
         }
     }
 
-    fn linears(&self) -> Vec<(String, &Linear)> {
-        let prefix = self.config().model_type.prefix();
-        let layers = self.bert.linears().into_iter();
-        layers.map(|(p, l)| (format!("{prefix}{p}"), l)).collect()
+    fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>)) {
+        self.bert.walk(self.config().model_type.prefix(), f);
     }
 
-    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+    fn walk_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, EntryMut<'a>)) {
         let prefix = self.config().model_type.prefix();
-        let layers = self.bert.linears_mut().into_iter();
-        layers.map(|(p, l)| (format!("{prefix}{p}"), l)).collect()
+        self.bert.walk_mut(prefix, f);
     }
 
     fn virtual_spec(&self) -> VirtualSpec {
@@ -263,12 +242,6 @@ impl Model for BertForSequenceClassification {
 
     fn virtual_tokens(&self) -> Option<(Placement, Var)> {
         self.bert.virtual_tokens()
-    }
-
-    fn base_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let prefix = self.config().model_type.prefix();
-        let tensors = self.bert.tensors_mut().into_iter();
-        tensors.map(|(n, t)| (format!("{prefix}{n}"), t)).collect()
     }
 
     fn head_vars(&self) -> Vec<(String, Var)> {
@@ -294,8 +267,8 @@ impl Model for BertForSequenceClassification {
         &["query", "value"]
     }
 
-    fn state_dict(&self) -> Vec<(String, Tensor)> {
-        BertForSequenceClassification::state_dict(self)
+    fn default_sites(&self) -> DefaultSites {
+        encoder_sites(self.default_targets())
     }
 
     fn architecture(&self) -> &'static str {

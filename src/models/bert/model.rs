@@ -9,9 +9,8 @@ use super::config::{BertConfig, BertFamily};
 use crate::adapters::{Linear, Placement, VirtualSpec};
 use crate::error::{Error, Result};
 use crate::io::{ResolvedModel, TensorSource};
-use crate::models::layers::{
-    self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear, push_linear_mut,
-};
+use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
+use crate::models::walk::{Entry, EntryMut, Kind, Module, Tag};
 use crate::models::weights::{self, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
 use crate::ops::{attention, dropout_add, gelu};
@@ -65,16 +64,6 @@ struct Layer {
     out_norm: Norm,
 }
 
-/// Sub-module names of a layer's linears, in [`Layer::linears`] order.
-const LAYER_LINEARS: [&str; 6] = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-];
-
 impl Layer {
     fn load(ld: &mut Loader, p: &str, cfg: &BertConfig) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
@@ -88,28 +77,6 @@ impl Layer {
             output: load_linear(ld, &format!("{p}.output.dense"), h, i)?,
             out_norm: norm(ld, &format!("{p}.output.LayerNorm"), cfg)?,
         })
-    }
-
-    fn linears(&self) -> [&Linear; 6] {
-        [
-            &self.query,
-            &self.key,
-            &self.value,
-            &self.attn_out,
-            &self.intermediate,
-            &self.output,
-        ]
-    }
-
-    fn linears_mut(&mut self) -> [&mut Linear; 6] {
-        [
-            &mut self.query,
-            &mut self.key,
-            &mut self.value,
-            &mut self.attn_out,
-            &mut self.intermediate,
-            &mut self.output,
-        ]
     }
 
     /// `x: (b_sz, seq_len, hidden)`, `key_bias: (b_sz, seq_len)` additive → same shape as x.
@@ -164,10 +131,49 @@ impl Layer {
     }
 }
 
+/// The one listing of a BERT encoder's tensors, for [`Bert::walk`] and [`Bert::walk_mut`]:
+/// embeddings, then per layer its six linears and two norms, then the pooler.
+macro_rules! walk_bert {
+    ($bert:expr, $prefix:expr, $f:expr, $Entry:ident $(, $mut:tt)?) => {{
+        let Bert {
+            embeddings: Embeddings { word, position, token_type, norm },
+            layers,
+            pooler,
+            ..
+        } = & $($mut)? *$bert;
+        let (p, f) = ($prefix, $f);
+        let emb = |kind| Tag::new(Module::Embeddings, kind);
+        f(format!("{p}embeddings.word_embeddings.weight"), $Entry::Tensor(emb(Kind::Embedding), word));
+        f(format!("{p}embeddings.position_embeddings.weight"), $Entry::Tensor(emb(Kind::Embedding), position));
+        f(format!("{p}embeddings.token_type_embeddings.weight"), $Entry::Tensor(emb(Kind::Embedding), token_type));
+        let Norm { gamma, beta, .. } = norm;
+        f(format!("{p}embeddings.LayerNorm.weight"), $Entry::Tensor(emb(Kind::Norm), gamma));
+        f(format!("{p}embeddings.LayerNorm.bias"), $Entry::Tensor(emb(Kind::Norm), beta));
+        let enc = Module::Encoder;
+        for (i, layer) in IntoIterator::into_iter(layers).enumerate() {
+            let Layer { query, key, value, attn_out, attn_norm, intermediate, output, out_norm } = layer;
+            let l = format!("{p}encoder.layer.{i}");
+            f(format!("{l}.attention.self.query"), $Entry::Linear(enc, query));
+            f(format!("{l}.attention.self.key"), $Entry::Linear(enc, key));
+            f(format!("{l}.attention.self.value"), $Entry::Linear(enc, value));
+            f(format!("{l}.attention.output.dense"), $Entry::Linear(enc, attn_out));
+            f(format!("{l}.intermediate.dense"), $Entry::Linear(enc, intermediate));
+            f(format!("{l}.output.dense"), $Entry::Linear(enc, output));
+            for (name, Norm { gamma, beta, .. }) in [("attention.output.LayerNorm", attn_norm), ("output.LayerNorm", out_norm)] {
+                f(format!("{l}.{name}.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
+                f(format!("{l}.{name}.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));
+            }
+        }
+        if let Some(pooler) = pooler {
+            f(format!("{p}pooler.dense"), $Entry::Linear(Module::Pooler, pooler));
+        }
+    }};
+}
+
 /// The BERT/RoBERTa encoder: token ids → hidden states `(b_sz, seq_len, hidden)`.
 ///
 /// Embeddings, layer norms and linear weights are frozen tensors; adapters attached to the
-/// linears (through [`linears_mut`](Self::linears_mut)) are the only trainable part.
+/// linears (reached through [`walk_mut`](Self::walk_mut)) are the only trainable part.
 pub struct Bert {
     config: BertConfig,
     embeddings: Embeddings,
@@ -534,106 +540,14 @@ impl Bert {
         Ok(pooler.forward(&first, train)?.tanh()?)
     }
 
-    /// Every linear layer with its HF module path, layer by layer, then `pooler.dense`.
-    pub fn linears(&self) -> Vec<(String, &Linear)> {
-        let mut out = Vec::with_capacity(self.layers.len() * 6 + 1);
-        for (i, layer) in self.layers.iter().enumerate() {
-            for (name, l) in LAYER_LINEARS.iter().zip(layer.linears()) {
-                out.push((format!("encoder.layer.{i}.{name}"), l));
-            }
-        }
-        if let Some(p) = &self.pooler {
-            out.push(("pooler.dense".into(), p));
-        }
-        out
+    /// Every tensor of the encoder, once, in HF's state-dict order, each name behind
+    /// `prefix` (`bert.`, `roberta.` or none): `f(name, entry)`.
+    pub fn walk<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, Entry<'a>)) {
+        walk_bert!(self, prefix, f, Entry);
     }
 
-    /// The same layers, mutable.
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::with_capacity(self.layers.len() * 6 + 1);
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            for (name, l) in LAYER_LINEARS.iter().zip(layer.linears_mut()) {
-                out.push((format!("encoder.layer.{i}.{name}"), l));
-            }
-        }
-        if let Some(p) = &mut self.pooler {
-            out.push(("pooler.dense".into(), p));
-        }
-        out
-    }
-
-    /// Every frozen tensor under its HF name (no `bert.` prefix), linears with merged adapters
-    /// included as merged: what a plain HF checkpoint of this encoder holds.
-    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
-        let e = &self.embeddings;
-        let mut out = vec![
-            ("embeddings.word_embeddings.weight".into(), e.word.clone()),
-            (
-                "embeddings.position_embeddings.weight".into(),
-                e.position.clone(),
-            ),
-            (
-                "embeddings.token_type_embeddings.weight".into(),
-                e.token_type.clone(),
-            ),
-        ];
-        e.norm.push_state("embeddings.LayerNorm", &mut out);
-        for (i, layer) in self.layers.iter().enumerate() {
-            for (name, l) in LAYER_LINEARS.iter().zip(layer.linears()) {
-                push_linear(&format!("encoder.layer.{i}.{name}"), l, &mut out);
-            }
-            let p = format!("encoder.layer.{i}");
-            layer
-                .attn_norm
-                .push_state(&format!("{p}.attention.output.LayerNorm"), &mut out);
-            layer
-                .out_norm
-                .push_state(&format!("{p}.output.LayerNorm"), &mut out);
-        }
-        if let Some(p) = &self.pooler {
-            push_linear("pooler.dense", p, &mut out);
-        }
-        out
-    }
-
-    /// The tensors of [`state_dict`](Self::state_dict), in its order and under its names,
-    /// mutable: full fine-tuning makes them `Var`s, and a saved full fine-tune replaces them.
-    pub(crate) fn tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let e = &mut self.embeddings;
-        let mut out: Vec<(String, &mut Tensor)> = vec![
-            ("embeddings.word_embeddings.weight".into(), &mut e.word),
-            (
-                "embeddings.position_embeddings.weight".into(),
-                &mut e.position,
-            ),
-            (
-                "embeddings.token_type_embeddings.weight".into(),
-                &mut e.token_type,
-            ),
-        ];
-        e.norm.push_mut("embeddings.LayerNorm", &mut out);
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("encoder.layer.{i}");
-            let Layer {
-                query,
-                key,
-                value,
-                attn_out,
-                attn_norm,
-                intermediate,
-                output,
-                out_norm,
-            } = layer;
-            let linears = [query, key, value, attn_out, intermediate, output];
-            for (name, l) in LAYER_LINEARS.iter().zip(linears) {
-                push_linear_mut(&format!("{p}.{name}"), l, &mut out);
-            }
-            attn_norm.push_mut(&format!("{p}.attention.output.LayerNorm"), &mut out);
-            out_norm.push_mut(&format!("{p}.output.LayerNorm"), &mut out);
-        }
-        if let Some(p) = &mut self.pooler {
-            push_linear_mut("pooler.dense", p, &mut out);
-        }
-        out
+    /// The same walk with mutable access.
+    pub fn walk_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(String, EntryMut<'a>)) {
+        walk_bert!(self, prefix, f, EntryMut, mut);
     }
 }

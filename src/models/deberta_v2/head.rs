@@ -7,11 +7,12 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::DebertaV2Config;
 use super::model::{DebertaV2, PREFIX, activation, detect_prefix};
-use crate::adapters::{Linear, Placement, VirtualSpec, seeded_rng};
+use crate::adapters::{DefaultSites, Placement, VirtualSpec, seeded_rng};
 use crate::error::Error;
 use crate::error::Result;
 use crate::io::ResolvedModel;
-use crate::models::layers::{Dense, check_labels, dropout};
+use crate::models::layers::{Dense, check_labels, dropout, encoder_sites};
+use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
 use crate::models::{EncoderInput, Model, Pooling};
 
@@ -171,24 +172,6 @@ impl DebertaV2ForSequenceClassification {
     pub fn pooling(&self) -> Pooling {
         self.pooling
     }
-
-    /// Every tensor under the names of an HF `DebertaV2ForSequenceClassification` checkpoint
-    /// (encoder under `deberta.`, `pooler.dense` and `classifier` bare), merged adapters
-    /// included: what a merged export writes.
-    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self
-            .deberta
-            .state_dict()
-            .into_iter()
-            .map(|(n, t)| (format!("{PREFIX}{n}"), t))
-            .collect();
-        out.extend(
-            self.head_vars()
-                .into_iter()
-                .map(|(n, v)| (n, v.as_tensor().clone())),
-        );
-        out
-    }
 }
 
 impl Model for DebertaV2ForSequenceClassification {
@@ -202,14 +185,12 @@ impl Model for DebertaV2ForSequenceClassification {
         self.classifier.forward(&dropout(&pooled, p, train)?)
     }
 
-    fn linears(&self) -> Vec<(String, &Linear)> {
-        let layers = self.deberta.linears().into_iter();
-        layers.map(|(p, l)| (format!("{PREFIX}{p}"), l)).collect()
+    fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>)) {
+        self.deberta.walk(PREFIX, f);
     }
 
-    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let layers = self.deberta.linears_mut().into_iter();
-        layers.map(|(p, l)| (format!("{PREFIX}{p}"), l)).collect()
+    fn walk_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, EntryMut<'a>)) {
+        self.deberta.walk_mut(PREFIX, f);
     }
 
     fn head_vars(&self) -> Vec<(String, Var)> {
@@ -227,8 +208,8 @@ impl Model for DebertaV2ForSequenceClassification {
         &["query_proj", "value_proj"]
     }
 
-    fn state_dict(&self) -> Vec<(String, Tensor)> {
-        DebertaV2ForSequenceClassification::state_dict(self)
+    fn default_sites(&self) -> DefaultSites {
+        encoder_sites(self.default_targets())
     }
 
     fn virtual_spec(&self) -> VirtualSpec {
@@ -258,11 +239,6 @@ impl Model for DebertaV2ForSequenceClassification {
 
     fn virtual_tokens(&self) -> Option<(Placement, Var)> {
         None
-    }
-
-    fn base_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let tensors = self.deberta.tensors_mut().into_iter();
-        tensors.map(|(n, t)| (format!("{PREFIX}{n}"), t)).collect()
     }
 
     fn architecture(&self) -> &'static str {

@@ -21,9 +21,8 @@ use crate::adapters::Linear;
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 use crate::io::{ResolvedModel, TensorSource};
-use crate::models::layers::{
-    self, MASK_VALUE, Norm, check_input, dropout, load_linear, push_linear, push_linear_mut,
-};
+use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
+use crate::models::walk::{Entry, EntryMut, Kind, Module, Tag};
 use crate::models::weights::{self, Init, Loader};
 use crate::models::{EncoderInput, Pooling};
 use crate::ops::{dropout_add, frozen_linear, frozen_linear_onto, gelu, softmax_last_dim};
@@ -137,38 +136,6 @@ impl Embeddings {
             norm: norm(ld, "embeddings.LayerNorm", cfg)?,
         })
     }
-
-    fn push_state(&self, out: &mut Vec<(String, Tensor)>) {
-        out.push((
-            "embeddings.word_embeddings.weight".into(),
-            self.word.clone(),
-        ));
-        if let Some(p) = &self.position {
-            out.push(("embeddings.position_embeddings.weight".into(), p.clone()));
-        }
-        if let Some(t) = &self.token_type {
-            out.push(("embeddings.token_type_embeddings.weight".into(), t.clone()));
-        }
-        if let Some(p) = &self.embed_proj {
-            push_linear("embeddings.embed_proj", p, out);
-        }
-        self.norm.push_state("embeddings.LayerNorm", out);
-    }
-
-    /// [`push_state`](Self::push_state)'s tensors, mutable, in its order.
-    fn push_mut<'a>(&'a mut self, out: &mut Vec<(String, &'a mut Tensor)>) {
-        out.push(("embeddings.word_embeddings.weight".into(), &mut self.word));
-        if let Some(p) = &mut self.position {
-            out.push(("embeddings.position_embeddings.weight".into(), p));
-        }
-        if let Some(t) = &mut self.token_type {
-            out.push(("embeddings.token_type_embeddings.weight".into(), t));
-        }
-        if let Some(p) = &mut self.embed_proj {
-            push_linear_mut("embeddings.embed_proj", p, out);
-        }
-        self.norm.push_mut("embeddings.LayerNorm", out);
-    }
 }
 
 /// What every layer's attention shares in one forward pass: the (normalised) relative
@@ -253,75 +220,6 @@ impl Layer {
             output: load_linear(ld, &format!("{p}.output.dense"), h, i)?,
             out_norm: norm(ld, &format!("{p}.output.LayerNorm"), cfg)?,
         })
-    }
-
-    /// The layer's linears with their sub-module names, in HF's module order.
-    fn linears(&self) -> Vec<(&'static str, &Linear)> {
-        let mut out = vec![
-            ("attention.self.query_proj", &self.query_proj),
-            ("attention.self.key_proj", &self.key_proj),
-            ("attention.self.value_proj", &self.value_proj),
-        ];
-        if let Some(l) = &self.pos_key_proj {
-            out.push(("attention.self.pos_key_proj", l));
-        }
-        if let Some(l) = &self.pos_query_proj {
-            out.push(("attention.self.pos_query_proj", l));
-        }
-        out.extend([
-            ("attention.output.dense", &self.attn_out),
-            ("intermediate.dense", &self.intermediate),
-            ("output.dense", &self.output),
-        ]);
-        out
-    }
-
-    /// The layer's tensors under their sub-module names, mutable, in
-    /// [`DebertaV2::state_dict`]'s order (linears, then the two norms).
-    fn push_mut<'a>(&'a mut self, p: &str, out: &mut Vec<(String, &'a mut Tensor)>) {
-        let (attn_norm, out_norm) = (&mut self.attn_norm, &mut self.out_norm);
-        let mut linears = vec![
-            ("attention.self.query_proj", &mut self.query_proj),
-            ("attention.self.key_proj", &mut self.key_proj),
-            ("attention.self.value_proj", &mut self.value_proj),
-        ];
-        if let Some(l) = &mut self.pos_key_proj {
-            linears.push(("attention.self.pos_key_proj", l));
-        }
-        if let Some(l) = &mut self.pos_query_proj {
-            linears.push(("attention.self.pos_query_proj", l));
-        }
-        linears.extend([
-            ("attention.output.dense", &mut self.attn_out),
-            ("intermediate.dense", &mut self.intermediate),
-            ("output.dense", &mut self.output),
-        ]);
-        for (name, l) in linears {
-            push_linear_mut(&format!("{p}.{name}"), l, out);
-        }
-        attn_norm.push_mut(&format!("{p}.attention.output.LayerNorm"), out);
-        out_norm.push_mut(&format!("{p}.output.LayerNorm"), out);
-    }
-
-    /// The same, mutable, in the same order.
-    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        let mut out = vec![
-            ("attention.self.query_proj", &mut self.query_proj),
-            ("attention.self.key_proj", &mut self.key_proj),
-            ("attention.self.value_proj", &mut self.value_proj),
-        ];
-        if let Some(l) = &mut self.pos_key_proj {
-            out.push(("attention.self.pos_key_proj", l));
-        }
-        if let Some(l) = &mut self.pos_query_proj {
-            out.push(("attention.self.pos_query_proj", l));
-        }
-        out.extend([
-            ("attention.output.dense", &mut self.attn_out),
-            ("intermediate.dense", &mut self.intermediate),
-            ("output.dense", &mut self.output),
-        ]);
-        out
     }
 
     /// The attention context `(b_sz, seq_len, hidden)` before `attention.output.dense`.
@@ -468,6 +366,74 @@ fn conv_taps(weight: &Tensor) -> Result<Vec<Tensor>> {
     (0..k)
         .map(|t| Ok(weight.narrow(2, t, 1)?.squeeze(2)?.contiguous()?))
         .collect()
+}
+
+/// The one listing of a DeBERTa-v2 encoder's tensors, for [`DebertaV2::walk`] and
+/// [`DebertaV2::walk_mut`]: embeddings (tables, `embed_proj`, norm), per layer its linears (the
+/// position projections where the config has them) and two norms, then the relative
+/// embeddings, their norm and the conv.
+macro_rules! walk_deberta {
+    ($model:expr, $prefix:expr, $f:expr, $Entry:ident $(, $mut:tt)?) => {{
+        let DebertaV2 {
+            embeddings: Embeddings { word, position, token_type, embed_proj, norm },
+            layers,
+            rel_embeddings,
+            rel_norm,
+            conv,
+            ..
+        } = & $($mut)? *$model;
+        let (p, f) = ($prefix, $f);
+        let (emb, enc) = (Module::Embeddings, Module::Encoder);
+        f(format!("{p}embeddings.word_embeddings.weight"), $Entry::Tensor(Tag::new(emb, Kind::Embedding), word));
+        if let Some(t) = position {
+            f(format!("{p}embeddings.position_embeddings.weight"), $Entry::Tensor(Tag::new(emb, Kind::Embedding), t));
+        }
+        if let Some(t) = token_type {
+            f(format!("{p}embeddings.token_type_embeddings.weight"), $Entry::Tensor(Tag::new(emb, Kind::Embedding), t));
+        }
+        if let Some(l) = embed_proj {
+            f(format!("{p}embeddings.embed_proj"), $Entry::Linear(emb, l));
+        }
+        let Norm { gamma, beta, .. } = norm;
+        f(format!("{p}embeddings.LayerNorm.weight"), $Entry::Tensor(Tag::new(emb, Kind::Norm), gamma));
+        f(format!("{p}embeddings.LayerNorm.bias"), $Entry::Tensor(Tag::new(emb, Kind::Norm), beta));
+        for (i, layer) in IntoIterator::into_iter(layers).enumerate() {
+            let Layer {
+                query_proj, key_proj, value_proj, pos_key_proj, pos_query_proj,
+                attn_out, attn_norm, intermediate, output, out_norm,
+            } = layer;
+            let l = format!("{p}encoder.layer.{i}");
+            f(format!("{l}.attention.self.query_proj"), $Entry::Linear(enc, query_proj));
+            f(format!("{l}.attention.self.key_proj"), $Entry::Linear(enc, key_proj));
+            f(format!("{l}.attention.self.value_proj"), $Entry::Linear(enc, value_proj));
+            if let Some(x) = pos_key_proj {
+                f(format!("{l}.attention.self.pos_key_proj"), $Entry::Linear(enc, x));
+            }
+            if let Some(x) = pos_query_proj {
+                f(format!("{l}.attention.self.pos_query_proj"), $Entry::Linear(enc, x));
+            }
+            f(format!("{l}.attention.output.dense"), $Entry::Linear(enc, attn_out));
+            f(format!("{l}.intermediate.dense"), $Entry::Linear(enc, intermediate));
+            f(format!("{l}.output.dense"), $Entry::Linear(enc, output));
+            for (name, Norm { gamma, beta, .. }) in [("attention.output.LayerNorm", attn_norm), ("output.LayerNorm", out_norm)] {
+                f(format!("{l}.{name}.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
+                f(format!("{l}.{name}.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));
+            }
+        }
+        if let Some(t) = rel_embeddings {
+            f(format!("{p}encoder.rel_embeddings.weight"), $Entry::Tensor(Tag::new(enc, Kind::Embedding), t));
+        }
+        if let Some(Norm { gamma, beta, .. }) = rel_norm {
+            f(format!("{p}encoder.LayerNorm.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
+            f(format!("{p}encoder.LayerNorm.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));
+        }
+        if let Some(Conv { weight, bias, norm: Norm { gamma, beta, .. } }) = conv {
+            f(format!("{p}encoder.conv.conv.weight"), $Entry::Tensor(Tag::new(enc, Kind::Other), weight));
+            f(format!("{p}encoder.conv.conv.bias"), $Entry::Tensor(Tag::new(enc, Kind::Other), bias));
+            f(format!("{p}encoder.conv.LayerNorm.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
+            f(format!("{p}encoder.conv.LayerNorm.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));
+        }
+    }};
 }
 
 /// The DeBERTa-v2/v3 encoder: token ids → hidden states `(b_sz, seq_len, hidden)`.
@@ -681,66 +647,15 @@ impl DebertaV2 {
         layers::pool(hidden, attention_mask, pooling)
     }
 
-    /// Every linear layer with its HF module path: `embeddings.embed_proj` (if any), then
-    /// layer by layer `attention.self.{query,key,value}_proj`, `pos_key_proj` and
-    /// `pos_query_proj` (without `share_att_key`), `attention.output.dense`,
-    /// `intermediate.dense`, `output.dense`.
-    pub fn linears(&self) -> Vec<(String, &Linear)> {
-        let mut out = Vec::with_capacity(self.layers.len() * 8 + 1);
-        if let Some(p) = &self.embeddings.embed_proj {
-            out.push(("embeddings.embed_proj".into(), p));
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            for (name, l) in layer.linears() {
-                out.push((format!("encoder.layer.{i}.{name}"), l));
-            }
-        }
-        out
+    /// Every tensor of the encoder, once, in HF's state-dict order, each name behind
+    /// `prefix` (`deberta.` or none): `f(name, entry)`.
+    pub fn walk<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, Entry<'a>)) {
+        walk_deberta!(self, prefix, f, Entry);
     }
 
-    /// The same layers, mutable, in the same order.
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::with_capacity(self.layers.len() * 8 + 1);
-        if let Some(p) = &mut self.embeddings.embed_proj {
-            out.push(("embeddings.embed_proj".into(), p));
-        }
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            for (name, l) in layer.linears_mut() {
-                out.push((format!("encoder.layer.{i}.{name}"), l));
-            }
-        }
-        out
-    }
-
-    /// Every frozen tensor under its HF name (no `deberta.` prefix), linears with merged
-    /// adapters included as merged: what a plain HF checkpoint of this encoder holds.
-    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        self.embeddings.push_state(&mut out);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("encoder.layer.{i}");
-            for (name, l) in layer.linears() {
-                push_linear(&format!("{p}.{name}"), l, &mut out);
-            }
-            layer
-                .attn_norm
-                .push_state(&format!("{p}.attention.output.LayerNorm"), &mut out);
-            layer
-                .out_norm
-                .push_state(&format!("{p}.output.LayerNorm"), &mut out);
-        }
-        if let Some(r) = &self.rel_embeddings {
-            out.push(("encoder.rel_embeddings.weight".into(), r.clone()));
-        }
-        if let Some(n) = &self.rel_norm {
-            n.push_state("encoder.LayerNorm", &mut out);
-        }
-        if let Some(c) = &self.conv {
-            out.push(("encoder.conv.conv.weight".into(), c.weight.clone()));
-            out.push(("encoder.conv.conv.bias".into(), c.bias.clone()));
-            c.norm.push_state("encoder.conv.LayerNorm", &mut out);
-        }
-        out
+    /// The same walk with mutable access.
+    pub fn walk_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(String, EntryMut<'a>)) {
+        walk_deberta!(self, prefix, f, EntryMut, mut);
     }
 
     /// What prompt-learning methods would need (they are refused for this family).
@@ -753,28 +668,6 @@ impl DebertaV2 {
             dtype: self.dtype,
             device: self.device.clone(),
         }
-    }
-
-    /// The tensors of [`state_dict`](Self::state_dict), in its order and under its names,
-    /// mutable: full fine-tuning makes them `Var`s, and a saved full fine-tune replaces them.
-    pub(crate) fn tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let mut out = Vec::new();
-        self.embeddings.push_mut(&mut out);
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            layer.push_mut(&format!("encoder.layer.{i}"), &mut out);
-        }
-        if let Some(r) = &mut self.rel_embeddings {
-            out.push(("encoder.rel_embeddings.weight".into(), r));
-        }
-        if let Some(n) = &mut self.rel_norm {
-            n.push_mut("encoder.LayerNorm", &mut out);
-        }
-        if let Some(c) = &mut self.conv {
-            out.push(("encoder.conv.conv.weight".into(), &mut c.weight));
-            out.push(("encoder.conv.conv.bias".into(), &mut c.bias));
-            c.norm.push_mut("encoder.conv.LayerNorm", &mut out);
-        }
-        out
     }
 
     /// Layer `i`'s attention context for `x` (no dropout), for tests that compare it with a

@@ -453,7 +453,11 @@ fn reference_attention(
         project(x, lin("value_proj")),
     );
     let seq_len = q.len();
-    let state: HashMap<String, Tensor> = model.encoder().state_dict().into_iter().collect();
+    let state: HashMap<String, Tensor> = model
+        .state_dict()
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix("deberta.").map(|n| (n.to_string(), t)))
+        .collect();
     // Relative embeddings, layer-normed by hand when the config asks for it.
     let mut rel = state["encoder.rel_embeddings.weight"].clone();
     if cfg.norm_rel_layer_norm() {
