@@ -246,6 +246,14 @@ pub enum Error {
     },
 
     // ---- models: attaching methods and virtual tokens ------------------------------------------
+    /// An input field the model cannot take in this setting.
+    #[error("model input `{field}`: {reason}")]
+    UnsupportedInput {
+        /// The input field.
+        field: &'static str,
+        /// Why it cannot be taken.
+        reason: &'static str,
+    },
     /// A [`Placing`](crate::tuning::attach::Placing) built for another kind of method than the
     /// one attached: layer targets for a method that attaches to no layer, or none for one that
     /// does.

@@ -523,7 +523,7 @@ fn read_table(md: &str) -> Option<Table> {
     let row = |l: &str| {
         let c = cells(l);
         let (mut allowed, mut last) = (BTreeMap::new(), None);
-        // outside and inside parentheses in turn: `models` (only `EncoderInput`), `error`
+        // outside and inside parentheses in turn: `models` (only `ModelInput`), `error`
         for (k, part) in c.get(1)?.split(['(', ')']).enumerate() {
             if k % 2 == 0 {
                 for m in ticked(part) {
@@ -896,21 +896,21 @@ mod parser_tests {
             ),
             (
                 "src/data/mod.rs",
-                "use crate::models::{EncoderInput, Bert};\nfn f() { crate::Error::X; }",
+                "use crate::models::{ModelInput, Bert};\nfn f() { crate::Error::X; }",
             ),
             ("src/models/mod.rs", "fn f() { crate::parse_device(); }"),
             ("src/io/mod.rs", ""),
             ("src/device.rs", "use crate::io::X;"),
             ("src/error.rs", ""),
         ]);
-        let md = "| module | may use |\n|---|---|\n| `data` | `models` (only `EncoderInput`) |\n| `models` | `tt` |\n";
+        let md = "| module | may use |\n|---|---|\n| `data` | `models` (only `ModelInput`) |\n| `models` | `tt` |\n";
         let table = read_table(md).unwrap();
         let problems = [table_problems(&t, &table), violations(&t, &table)].concat();
         let want = [
             "src/io/ has no row in ARCHITECTURE.md's table",
             "ARCHITECTURE.md's table names `tt` (row `models`), but src/ has no module `tt`",
             "src/data/mod.rs:1: uses more of `models` than the row's items (crate::models::Bert); \
-             the table allows data to use: models (only EncoderInput), error (always)",
+             the table allows data to use: models (only ModelInput), error (always)",
             "src/device.rs:1: uses `io` (crate::io::X); the table allows device to use: error (always)",
             "src/models/mod.rs:1: uses `device` (crate::parse_device); \
              the table allows models to use: tt, error (always)",
@@ -921,7 +921,7 @@ mod parser_tests {
     #[test]
     fn the_table_is_read_with_its_notes() {
         let md = "x\n| module | may use |\n|---|---|\n| `tt` | candle — nothing of ours but `error` |\n\
-                  | `data` | `models` (only `EncoderInput`), `error` |\n| `train` | `tt` (parameter counts) |\n\
+                  | `data` | `models` (only `ModelInput`), `error` |\n| `train` | `tt` (parameter counts) |\n\
                   | `cli` (binary) | the library's public API only |\n\nafter";
         let rows: Vec<_> = read_table(md)
             .unwrap()
@@ -930,7 +930,7 @@ mod parser_tests {
             .collect();
         let want = [
             "cli: {}",
-            r#"data: {"error": [], "models": ["EncoderInput"]}"#,
+            r#"data: {"error": [], "models": ["ModelInput"]}"#,
             r#"train: {"tt": []}"#,
             r#"tt: {"error": []}"#,
         ];

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{DType, Device, Tensor};
 use ttlora::models::{
     BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
-    EncoderInput, Model, Pooling,
+    Model, ModelInput, Pooling,
 };
 
 /// A folder of its own for one test: `ttlora-<pid>-<n>-<name>` under the system temp dir
@@ -214,26 +214,28 @@ pub fn assert_clear_error(o: &Output, needles: &[&str]) {
 // ---- inputs and differences ---------------------------------------------------------------------
 
 /// Two sequences of 5 positions on `dev`, the second 3 tokens long and padded with `pad`.
-pub fn two_sequences(pad: u32, dev: &Device) -> EncoderInput {
+pub fn two_sequences(pad: u32, dev: &Device) -> ModelInput {
     let ids = Tensor::new(&[[2u32, 11, 12, 13, 3], [2, 21, 3, pad, pad]], dev).unwrap();
-    EncoderInput {
+    ModelInput {
         input_ids: ids,
-        token_type_ids: Tensor::zeros((2, 5), DType::U32, dev).unwrap(),
+        token_type_ids: Some(Tensor::zeros((2, 5), DType::U32, dev).unwrap()),
         attention_mask: Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dev).unwrap(),
+        position_ids: None,
     }
 }
 
 /// Three sequences of 8 positions on `dev`: ids (7i + 3) mod 100 (within every tiny
 /// vocabulary), the last two positions of the last sequence masked as padding.
-pub fn three_by_eight(dev: &Device) -> EncoderInput {
+pub fn three_by_eight(dev: &Device) -> ModelInput {
     let ids: Vec<u32> = (0..24).map(|i| (i * 7 + 3) % 100).collect();
     let mut mask = vec![1u32; 24];
     mask[22] = 0;
     mask[23] = 0;
-    EncoderInput {
+    ModelInput {
         input_ids: Tensor::from_vec(ids, (3, 8), dev).unwrap(),
-        token_type_ids: Tensor::zeros((3, 8), DType::U32, dev).unwrap(),
+        token_type_ids: Some(Tensor::zeros((3, 8), DType::U32, dev).unwrap()),
         attention_mask: Tensor::from_vec(mask, (3, 8), dev).unwrap(),
+        position_ids: None,
     }
 }
 

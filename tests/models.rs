@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use ttlora::adapters::{LayerSpec, method, seeded_rng};
 use ttlora::models::{
     BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
-    EncoderInput, Model, Pooling, load_classifier,
+    Model, ModelInput, Pooling, load_classifier,
 };
 
 use crate::common::{TempDir, save_model, tensor_diff, test_device, three_by_eight, two_sequences};
@@ -47,7 +47,7 @@ fn ttlora_on_default_targets(
 
 /// One plain SGD step (lr 0.1) of every var on the cross-entropy of `x` against `labels`;
 /// returns the loss before and after.
-fn sgd_step(model: &dyn Model, vars: &[Var], x: &EncoderInput, labels: &Tensor) -> (f32, f32) {
+fn sgd_step(model: &dyn Model, vars: &[Var], x: &ModelInput, labels: &Tensor) -> (f32, f32) {
     let loss_of = |m: &dyn Model| {
         candle_nn::loss::cross_entropy(&m.forward(x, false).unwrap(), labels).unwrap()
     };
@@ -215,4 +215,65 @@ test_device!(
     a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs,
     a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs_cpu,
     a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs_cuda
+);
+
+/// Segment ids are optional (zeros when absent), and explicit positions 0, 1, … give what the
+/// family computes itself; with prompt tokens attached, explicit positions are refused.
+fn optional_segments_and_positions(dev: &Device) {
+    let models: [Box<dyn Model>; 2] = [
+        Box::new(
+            BertForSequenceClassification::random(
+                &BertConfig::tiny(),
+                2,
+                Pooling::Cls,
+                DType::F32,
+                dev,
+                3,
+            )
+            .unwrap(),
+        ),
+        Box::new(
+            DebertaV2ForSequenceClassification::random(
+                &DebertaV2Config {
+                    position_biased_input: true,
+                    ..DebertaV2Config::tiny()
+                },
+                2,
+                Pooling::Cls,
+                DType::F32,
+                dev,
+                3,
+            )
+            .unwrap(),
+        ),
+    ];
+    for model in &models {
+        let full = crate::common::three_by_eight(dev);
+        let logits = |input: &ModelInput| model.forward(input, false).unwrap();
+        let want = logits(&full);
+        let bare = ModelInput::new(full.input_ids.clone(), full.attention_mask.clone());
+        assert!(crate::common::tensor_diff(&logits(&bare), &want) < 1e-6);
+        let positions = Tensor::arange(0u32, 8, dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+            .repeat((3, 1))
+            .unwrap();
+        let explicit = ModelInput {
+            position_ids: Some(positions),
+            ..full.clone()
+        };
+        assert!(crate::common::tensor_diff(&logits(&explicit), &want) < 1e-6);
+        let short = ModelInput {
+            position_ids: Some(Tensor::zeros((3, 5), DType::U32, dev).unwrap()),
+            ..full.clone()
+        };
+        let err = model.forward(&short, false).unwrap_err().to_string();
+        assert!(err.contains("position_ids"), "{err}");
+    }
+}
+crate::common::test_device!(
+    optional_segments_and_positions,
+    optional_segments_and_positions_cpu,
+    optional_segments_and_positions_cuda
 );

@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use ttlora::io::AdapterFolder;
 use ttlora::io::adapter_folder::{CONFIG_FILE, WEIGHTS_FILE};
-use ttlora::models::{EncoderInput, Model, Pooling, load_classifier};
+use ttlora::models::{Model, ModelInput, Pooling, load_classifier};
 use ttlora::tuning::adapted::{AdapterMeta, load_into, to_peft_lora};
 
 use crate::common::{TempDir, peft_fixture as fixture, tensor_diff as diff};
@@ -25,15 +25,16 @@ fn rows<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Vec<Vec<T>> {
     serde_json::from_value(v.clone()).unwrap()
 }
 
-fn input(e: &serde_json::Value) -> EncoderInput {
+fn input(e: &serde_json::Value) -> ModelInput {
     let t = |key: &str| {
         let r: Vec<Vec<u32>> = rows(&e[key]);
         Tensor::new(r, &Device::Cpu).unwrap()
     };
-    EncoderInput {
+    ModelInput {
         input_ids: t("input_ids"),
-        token_type_ids: t("token_type_ids"),
+        token_type_ids: Some(t("token_type_ids")),
         attention_mask: t("attention_mask"),
+        position_ids: None,
     }
 }
 

@@ -12,7 +12,7 @@ use crate::adapters::{MethodSpec, Placement, method, seeded_rng};
 use crate::bench::roofline::{EncoderSize, StepWork};
 use crate::bench::time_median;
 use crate::error::{Error, Result};
-use crate::models::{EncoderInput, Model, Pooling, load_classifier};
+use crate::models::{Model, ModelInput, Pooling, load_classifier};
 use crate::train::{self, Adam, AdamParams, Batch, CrossEntropy, StepSettings};
 use crate::tuning::attach::{attach, placing, trainable_vars};
 use crate::tuning::merged::merge_adapters;
@@ -91,9 +91,10 @@ fn random_batch(
     let shape = (cfg.batch_size, cfg.seq_len);
     let labels: Vec<u32> = (0..cfg.batch_size).map(|i| (i % 2) as u32).collect();
     let batch = Batch {
-        input: EncoderInput {
+        input: ModelInput {
             input_ids: Tensor::from_vec(ids, shape, device)?,
-            token_type_ids: Tensor::zeros(shape, DType::U32, device)?,
+            token_type_ids: Some(Tensor::zeros(shape, DType::U32, device)?),
+            position_ids: None,
             attention_mask: Tensor::ones(shape, DType::U32, device)?,
         },
         labels: Tensor::new(labels, device)?,

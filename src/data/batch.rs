@@ -8,7 +8,6 @@ use candle_core::{Device, Tensor};
 
 use crate::data::{Encoded, Label, op_error};
 use crate::error::Result;
-use crate::models::EncoderInput;
 
 /// Batches per length-sorted chunk in [`batch_order`] with bucketing.
 const BUCKET_BATCHES: usize = 50;
@@ -108,13 +107,48 @@ pub fn sequential_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize
         .collect()
 }
 
+/// One padded batch of token ids, what every model family takes.
+#[derive(Debug, Clone)]
+pub struct ModelInput {
+    /// Token ids, `(b_sz, seq_len)`, u32.
+    pub input_ids: Tensor,
+    /// 1 for real tokens, 0 for padding, `(b_sz, seq_len)`, u32.
+    pub attention_mask: Tensor,
+    /// Segment ids (0 for the first text, 1 for the second), `(b_sz, seq_len)`, u32; `None`
+    /// reads as all zeros (and is what decoders, which have no segments, get).
+    pub token_type_ids: Option<Tensor>,
+    /// Positions, `(b_sz, seq_len)`, u32; `None`: the family's own (0, 1, … from the first
+    /// token; RoBERTa's from the padding id).
+    pub position_ids: Option<Tensor>,
+}
+
+impl ModelInput {
+    /// Ids and mask, no segments, the family's own positions.
+    pub fn new(input_ids: Tensor, attention_mask: Tensor) -> Self {
+        Self {
+            input_ids,
+            attention_mask,
+            token_type_ids: None,
+            position_ids: None,
+        }
+    }
+
+    /// With segment ids.
+    pub fn with_token_types(self, token_type_ids: Tensor) -> Self {
+        Self {
+            token_type_ids: Some(token_type_ids),
+            ..self
+        }
+    }
+}
+
 /// Pads `items` to the longest among them and builds the model input: `input_ids` and
 /// `token_type_ids` padded with `pad_id`/0, `attention_mask` 1 on tokens and 0 on padding, all
 /// `(b, seq)` u32 on `device`.
 ///
 /// # Errors
 /// An empty batch, an item with no tokens, or ids and type ids of different lengths.
-pub fn collate(items: &[&Encoded], pad_id: u32, device: &Device) -> Result<EncoderInput> {
+pub fn collate(items: &[&Encoded], pad_id: u32, device: &Device) -> Result<ModelInput> {
     if items.is_empty() {
         return Err(op_error(
             "collate",
@@ -144,11 +178,11 @@ pub fn collate(items: &[&Encoded], pad_id: u32, device: &Device) -> Result<Encod
         types[at..at + it.len()].copy_from_slice(&it.type_ids);
         mask[at..at + it.len()].fill(1);
     }
-    Ok(EncoderInput {
-        input_ids: Tensor::from_vec(ids, (b, seq), device)?,
-        token_type_ids: Tensor::from_vec(types, (b, seq), device)?,
-        attention_mask: Tensor::from_vec(mask, (b, seq), device)?,
-    })
+    Ok(ModelInput::new(
+        Tensor::from_vec(ids, (b, seq), device)?,
+        Tensor::from_vec(mask, (b, seq), device)?,
+    )
+    .with_token_types(Tensor::from_vec(types, (b, seq), device)?))
 }
 
 /// The labels of a batch as a tensor: `(b,)` u32 class ids, or `(b,)` f32 scores.
@@ -317,7 +351,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            x.token_type_ids.to_vec2::<u32>().unwrap(),
+            x.token_type_ids.as_ref().unwrap().to_vec2::<u32>().unwrap(),
             vec![
                 vec![0, 0, 0, 0, 0],
                 vec![0, 0, 0, 1, 1],

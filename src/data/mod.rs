@@ -4,9 +4,10 @@
 //! Owns: [`TaskSpec`] and the [`TASKS`] registry, [`Example`] and [`Label`], the readers
 //! ([`read_task_split`], [`read_file`], [`read_custom`]), [`TextEncoder`] (a Hugging Face
 //! `tokenizer.json` with padding off and longest-first truncation), batch order and collation
-//! into a [`crate::models::EncoderInput`], and [`Metric`]s as GLUE/SuperGLUE define them.
+//! into a [`ModelInput`] (the batch type every model family takes), and [`Metric`]s as
+//! GLUE/SuperGLUE define them.
 //!
-//! Must not know: models' internals (it only builds their [`crate::models::EncoderInput`]),
+//! Must not know: models (they take its [`ModelInput`]),
 //! training, adapters. Every error names the file and 1-based line, and says what was expected
 //! and what was found.
 //!
@@ -25,7 +26,9 @@ mod tokenize;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{batch_order, collate, held_out_split, label_tensor, sequential_batches};
+pub use batch::{
+    ModelInput, batch_order, collate, held_out_split, label_tensor, sequential_batches,
+};
 pub use example::{Example, Label};
 pub use metrics::{Metric, compute};
 pub use readers::{

@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::adapters::{DefaultSites, Linear, kaiming_uniform};
 use crate::error::{Error, Result};
 use crate::models::weights::{Init, Loader};
-use crate::models::{EncoderInput, Pooling};
+use crate::models::{ModelInput, Pooling};
 use crate::ops::layer_norm;
 
 /// Added to the attention scores of padding keys: far below any real score, yet finite so a
@@ -140,18 +140,35 @@ pub(crate) fn check_labels(num_labels: usize, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Checks that the three input tensors share one `(b_sz, seq_len)` shape and that `seq_len`
+/// The segment ids of `input`, u32: the given ones, else zeros `(b_sz, seq_len)`.
+pub(crate) fn token_types(input: &ModelInput) -> Result<Tensor> {
+    Ok(match &input.token_type_ids {
+        Some(t) => t.to_dtype(DType::U32)?,
+        None => input.input_ids.zeros_like()?.to_dtype(DType::U32)?,
+    })
+}
+
+/// Checks that the given input tensors share one `(b_sz, seq_len)` shape and that `seq_len`
 /// fits `max_seq_len` (if the model has a bound); returns `(b_sz, seq_len)`.
 pub(crate) fn check_input(
-    input: &EncoderInput,
+    input: &ModelInput,
     max_seq_len: Option<usize>,
 ) -> Result<(usize, usize)> {
     let (b_sz, seq_len) = input.input_ids.dims2()?;
+    let optional = [
+        ("token_type_ids", input.token_type_ids.as_ref()),
+        ("position_ids", input.position_ids.as_ref()),
+    ];
+    let given = optional
+        .into_iter()
+        .filter_map(|(what, t)| t.map(|t| (what, t)));
     for (what, t) in [
         ("input_ids", &input.input_ids),
-        ("token_type_ids", &input.token_type_ids),
         ("attention_mask", &input.attention_mask),
-    ] {
+    ]
+    .into_iter()
+    .chain(given)
+    {
         if t.dims() != [b_sz, seq_len] {
             return Err(Error::TensorShape {
                 op: what,

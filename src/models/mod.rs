@@ -1,7 +1,7 @@
 //! Transformer families built from an HF `config.json` + weights, every linear layer an
 //! [`adapters::Linear`](crate::adapters::Linear) so it can carry adapters and merges.
 //!
-//! Owns: the [`Model`] trait (all the trainer sees), [`EncoderInput`], [`Pooling`], the model
+//! Owns: the [`Model`] trait (all the trainer sees), [`ModelInput`], [`Pooling`], the model
 //! families and their heads: [`bert`] (BERT, RoBERTa, MiniLM) and [`deberta_v2`] (DeBERTa-v2
 //! and -v3), and [`load_classifier_from`] (and its folder form [`load_classifier`]), which
 //! picks the family from `model_type` (`families.rs`). The files and tensors come from an
@@ -30,6 +30,8 @@ use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 use crate::models::walk::{BaseTensor, Entry, EntryMut, Kind, Tag};
 
+/// The batch every family takes (declared in `data`, which builds it).
+pub use crate::data::ModelInput;
 /// How hidden states become one vector per example (declared in `io`, where adapter folders
 /// record it).
 pub use crate::io::Pooling;
@@ -39,24 +41,13 @@ pub use deberta_v2::{
 };
 pub use families::{FAMILIES, Family, load_classifier, load_classifier_from, model_types};
 
-/// One padded batch of token ids for an encoder.
-#[derive(Debug, Clone)]
-pub struct EncoderInput {
-    /// Token ids, `(b_sz, seq_len)`, u32.
-    pub input_ids: Tensor,
-    /// Segment ids (0 for the first text, 1 for the second), `(b_sz, seq_len)`, u32.
-    pub token_type_ids: Tensor,
-    /// 1 for real tokens, 0 for padding, `(b_sz, seq_len)`, u32.
-    pub attention_mask: Tensor,
-}
-
 /// What the trainer sees of a model.
 pub trait Model: Send + Sync {
     /// Logits `(b_sz, num_labels)` (one column for regression). `train` enables dropout.
     ///
     /// # Errors
     /// Shape, dtype or device mismatches in the input.
-    fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor>;
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor>;
 
     /// Every tensor of the base model, once, in state-dict order, under its name in HF's
     /// `…ForSequenceClassification` checkpoint (e.g. `bert.encoder.layer.0.attention.self.query`

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::adapters::{LayerSpec, method, seeded_rng};
-use crate::models::{EncoderInput, Model};
+use crate::models::{Model, ModelInput};
 
 /// A right-padded batch from rows of token ids: `pad` fills the ids, the mask is 1 on real
 /// tokens, and `type_of(i, row_len)` gives the token type at position `i` of a row.
@@ -17,7 +17,7 @@ pub(crate) fn padded_batch(
     pad: u32,
     dev: &Device,
     type_of: impl Fn(usize, usize) -> u32,
-) -> EncoderInput {
+) -> ModelInput {
     let len = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::new();
     let mut mask = Vec::new();
@@ -32,10 +32,11 @@ pub(crate) fn padded_batch(
         types.extend((0..len).map(|i| type_of(i, r.len())));
     }
     let shape = (rows.len(), len);
-    EncoderInput {
+    ModelInput {
         input_ids: Tensor::from_vec(ids, shape, dev).unwrap(),
-        token_type_ids: Tensor::from_vec(types, shape, dev).unwrap(),
+        token_type_ids: Some(Tensor::from_vec(types, shape, dev).unwrap()),
         attention_mask: Tensor::from_vec(mask, shape, dev).unwrap(),
+        position_ids: None,
     }
 }
 

@@ -2,13 +2,13 @@
 
 use candle_core::Tensor;
 
-use crate::models::EncoderInput;
+use crate::models::ModelInput;
 
 /// One training batch: model input plus labels (`u32` class ids or `f32` scores).
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// Token ids, segments, mask.
-    pub input: EncoderInput,
+    pub input: ModelInput,
     /// Labels, `(b_sz)`.
     pub labels: Tensor,
 }

@@ -15,7 +15,7 @@ use crate::io::ResolvedModel;
 use crate::models::layers::{Dense, check_labels, dropout, encoder_sites};
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
-use crate::models::{EncoderInput, Model, Pooling};
+use crate::models::{Model, ModelInput, Pooling};
 
 /// The family's classification head.
 enum Head {
@@ -192,7 +192,7 @@ impl BertForSequenceClassification {
     ///
     /// # Errors
     /// As [`Bert::forward`].
-    pub fn embed(&self, input: &EncoderInput, pooling: Pooling) -> Result<Tensor> {
+    pub fn embed(&self, input: &ModelInput, pooling: Pooling) -> Result<Tensor> {
         self.bert.embed(input, pooling)
     }
 
@@ -203,7 +203,7 @@ impl BertForSequenceClassification {
 }
 
 impl Model for BertForSequenceClassification {
-    fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let hidden = self.bert.forward(input, train)?;
         let p = self.head_dropout();
         let pooled = match (&self.head, self.pooling) {

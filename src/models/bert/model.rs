@@ -12,7 +12,7 @@ use crate::io::{ResolvedModel, TensorSource};
 use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
 use crate::models::walk::{Entry, EntryMut, Kind, Module, Tag};
 use crate::models::weights::{self, Init, Loader};
-use crate::models::{EncoderInput, Pooling};
+use crate::models::{ModelInput, Pooling};
 use crate::ops::{attention, dropout_add, gelu};
 
 /// The layer norm `name`, `(hidden)` wide with the config's epsilon.
@@ -338,7 +338,7 @@ impl Bert {
         }
     }
 
-    fn embed_tokens(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+    fn embed_tokens(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let cfg = &self.config;
         let prompt_len = self.prompt().map_or(0, |p| p.dims()[0]);
         // Prompt tokens take positions, and HF shifts positions past a prefix.
@@ -364,7 +364,7 @@ impl Bert {
             .embedding(&flat(&input.input_ids)?)?
             .reshape((b_sz, seq_len, h))?;
         let mut input_ids = input.input_ids.to_dtype(DType::U32)?;
-        let mut token_type_ids = input.token_type_ids.to_dtype(DType::U32)?;
+        let mut token_type_ids = layers::token_types(input)?;
         if let Some(prompt) = self.prompt() {
             let p = prompt
                 .as_tensor()
@@ -381,9 +381,20 @@ impl Bert {
         }
         let total = seq_len + prompt_len;
         let shift = self.prefix_len();
-        let positions = match cfg.model_type {
-            BertFamily::Bert => e.position.narrow(0, shift, total)?.unsqueeze(0)?,
-            BertFamily::Roberta => {
+        let positions = match (&input.position_ids, cfg.model_type) {
+            (Some(_), _) if total != seq_len || shift != 0 => {
+                return Err(Error::UnsupportedInput {
+                    field: "position_ids",
+                    reason: "not taken with prompt or prefix tokens attached, which shift the \
+                             positions themselves",
+                });
+            }
+            (Some(ids), _) => e
+                .position
+                .embedding(&ids.to_dtype(DType::U32)?.flatten_all()?)?
+                .reshape((b_sz, total, h))?,
+            (None, BertFamily::Bert) => e.position.narrow(0, shift, total)?.unsqueeze(0)?,
+            (None, BertFamily::Roberta) => {
                 let ids = Self::roberta_position_ids(&input_ids, cfg.pad_token_id)?;
                 // Real tokens move past the prefix; padding keeps the padding position.
                 let real = input_ids.ne(cfg.pad_token_id)?.to_dtype(DType::U32)?;
@@ -491,7 +502,7 @@ impl Bert {
     /// # Errors
     /// [`Error::TensorShape`] if the three input tensors differ in shape or the sequence is
     /// longer than the position table; token ids out of the vocabulary; device mismatch.
-    pub fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let mut x = self.embed_tokens(input, train)?;
         let key_bias = self
             .effective_mask(&input.attention_mask)?
@@ -517,7 +528,7 @@ impl Bert {
     ///
     /// # Errors
     /// As [`forward`](Self::forward).
-    pub fn embed(&self, input: &EncoderInput, pooling: Pooling) -> Result<Tensor> {
+    pub fn embed(&self, input: &ModelInput, pooling: Pooling) -> Result<Tensor> {
         let hidden = self.forward(input, false)?;
         Self::pool(
             &hidden,

@@ -9,7 +9,7 @@ use super::*;
 use crate::models::test_util::{
     attach_ttlora, max_diff, padded_batch, sq_norm, temp_dir, write_model,
 };
-use crate::models::{EncoderInput, Model, Pooling};
+use crate::models::{Model, ModelInput, Pooling};
 
 /// Agreement of the same computation done two ways (padding, reload) in f32.
 const SAME_F32: f32 = 1e-5;
@@ -33,7 +33,7 @@ fn minilm_dir() -> PathBuf {
 }
 
 /// A right-padded batch from rows of token ids, every token of type 0.
-fn batch(rows: &[Vec<u32>], pad: u32, dev: &Device) -> EncoderInput {
+fn batch(rows: &[Vec<u32>], pad: u32, dev: &Device) -> ModelInput {
     padded_batch(rows, pad, dev, |_, _| 0)
 }
 
@@ -96,7 +96,7 @@ fn query_or_value(path: &str) -> bool {
 }
 
 /// Four sequences of tiny-vocab ids, two of them padded, with both token types.
-fn tiny_batch(pad: u32, dev: &Device) -> EncoderInput {
+fn tiny_batch(pad: u32, dev: &Device) -> ModelInput {
     let rows = vec![
         vec![2, 17, 33, 48, 5, 3],
         vec![2, 9, 71, 3],
@@ -105,7 +105,7 @@ fn tiny_batch(pad: u32, dev: &Device) -> EncoderInput {
     ];
     let mut input = batch(&rows, pad, dev);
     let types: Vec<u32> = (0..4).flat_map(|_| [0, 0, 0, 1, 1, 1]).collect();
-    input.token_type_ids = Tensor::from_vec(types, (4, 6), dev).unwrap();
+    input.token_type_ids = Some(Tensor::from_vec(types, (4, 6), dev).unwrap());
     input
 }
 

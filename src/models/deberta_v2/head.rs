@@ -14,7 +14,7 @@ use crate::io::ResolvedModel;
 use crate::models::layers::{Dense, check_labels, dropout, encoder_sites};
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
-use crate::models::{EncoderInput, Model, Pooling};
+use crate::models::{Model, ModelInput, Pooling};
 
 /// DeBERTa-v2/v3 with HF's sequence-classification head: logits `(b_sz, num_labels)`;
 /// `num_labels = 1` is regression.
@@ -175,7 +175,7 @@ impl DebertaV2ForSequenceClassification {
 }
 
 impl Model for DebertaV2ForSequenceClassification {
-    fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let cfg = self.config();
         let hidden = self.deberta.forward(input, train)?;
         let context = DebertaV2::pool(&hidden, &input.attention_mask, self.pooling)?;

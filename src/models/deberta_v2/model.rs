@@ -24,7 +24,7 @@ use crate::io::{ResolvedModel, TensorSource};
 use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
 use crate::models::walk::{Entry, EntryMut, Kind, Module, Tag};
 use crate::models::weights::{self, Init, Loader};
-use crate::models::{EncoderInput, Pooling};
+use crate::models::{ModelInput, Pooling};
 use crate::ops::{dropout_add, frozen_linear, frozen_linear_onto, gelu, softmax_last_dim};
 
 /// The checkpoint prefix of the encoder in a `DebertaV2For…` model.
@@ -571,7 +571,7 @@ impl DebertaV2 {
     }
 
     /// Embeddings `(b_sz, L, hidden)`, padding rows zeroed; `mask: (b_sz, L, 1)`.
-    fn embed_tokens(&self, input: &EncoderInput, mask: &Tensor, train: bool) -> Result<Tensor> {
+    fn embed_tokens(&self, input: &ModelInput, mask: &Tensor, train: bool) -> Result<Tensor> {
         let (b_sz, seq_len) = check_input(input, self.config.max_seq_len())?;
         let cfg = &self.config;
         let e = &self.embeddings;
@@ -582,11 +582,15 @@ impl DebertaV2 {
             .embedding(&flat(&input.input_ids)?)?
             .reshape((b_sz, seq_len, width))?;
         if let Some(p) = &e.position {
-            x = x.broadcast_add(&p.narrow(0, 0, seq_len)?.unsqueeze(0)?)?;
+            let positions = match &input.position_ids {
+                Some(ids) => p.embedding(&flat(ids)?)?.reshape((b_sz, seq_len, width))?,
+                None => p.narrow(0, 0, seq_len)?.unsqueeze(0)?,
+            };
+            x = x.broadcast_add(&positions)?;
         }
         if let Some(t) = &e.token_type {
             let types = t
-                .embedding(&flat(&input.token_type_ids)?)?
+                .embedding(&layers::token_types(input)?.flatten_all()?)?
                 .reshape((b_sz, seq_len, width))?;
             x = (x + types)?;
         }
@@ -617,7 +621,7 @@ impl DebertaV2 {
     /// [`Error::TensorShape`] if the three input tensors differ in shape or the sequence is
     /// longer than the absolute position table; token ids out of the vocabulary; device
     /// mismatch.
-    pub fn forward(&self, input: &EncoderInput, train: bool) -> Result<Tensor> {
+    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let (b_sz, seq_len) = input.input_ids.dims2()?;
         let mask = input.attention_mask.to_dtype(self.dtype)?;
         let token_mask = mask.reshape((b_sz, seq_len, 1))?;

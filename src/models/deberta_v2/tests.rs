@@ -13,7 +13,7 @@ use crate::adapters::Linear;
 use crate::models::test_util::{
     attach_ttlora, max_diff, padded_batch, sq_norm, temp_dir, write_model,
 };
-use crate::models::{EncoderInput, Model, Pooling, load_classifier};
+use crate::models::{Model, ModelInput, Pooling, load_classifier};
 
 /// Agreement of the same computation done two ways (padding, reload, merge) in f32.
 const SAME_F32: f32 = 1e-5;
@@ -62,12 +62,12 @@ fn configs() -> Vec<(&'static str, DebertaV2Config)> {
 }
 
 /// A right-padded batch from rows of token ids, token types 0 then 1 from the middle.
-fn batch(rows: &[Vec<u32>], pad: u32, dev: &Device) -> EncoderInput {
+fn batch(rows: &[Vec<u32>], pad: u32, dev: &Device) -> ModelInput {
     padded_batch(rows, pad, dev, |i, len| u32::from(i >= len / 2 && i < len))
 }
 
 /// Four sequences, three of them padded.
-fn tiny_batch(dev: &Device) -> EncoderInput {
+fn tiny_batch(dev: &Device) -> ModelInput {
     batch(
         &[
             vec![1, 17, 33, 48, 5, 2, 60, 61, 2],
