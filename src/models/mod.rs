@@ -12,9 +12,11 @@
 //! (`hf_config.rs`), the building blocks (`layers.rs`) and, for tests, `test_util.rs`. Uses
 //! `adapters/`, `ops/`, `io/`. Must not know: tasks, files of data, training.
 
+mod backbone;
 pub mod bert;
 pub mod deberta_v2;
 mod families;
+pub mod heads;
 mod hf_config;
 mod layers;
 #[cfg(test)]
@@ -35,6 +37,7 @@ pub use crate::data::ModelInput;
 /// How hidden states become one vector per example (declared in `io`, where adapter folders
 /// record it).
 pub use crate::io::Pooling;
+pub use backbone::Backbone;
 pub use bert::{Bert, BertConfig, BertFamily, BertForSequenceClassification, load_bert};
 pub use deberta_v2::{
     DebertaV2, DebertaV2Config, DebertaV2ForSequenceClassification, load_deberta_v2,

@@ -1,5 +1,5 @@
-//! [`BertForSequenceClassification`]: the encoder plus HF's sequence-classification head,
-//! implementing [`Model`].
+//! [`BertForSequenceClassification`]: the BERT/RoBERTa encoder as a [`Backbone`] under the
+//! shared [`SequenceClassifier`], with HF's BERT or RoBERTa head layout.
 
 use std::path::Path;
 
@@ -12,18 +12,11 @@ use crate::adapters::{DefaultSites, Placement, VirtualSpec, seeded_rng};
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 use crate::io::ResolvedModel;
-use crate::models::layers::{Dense, check_labels, dropout, encoder_sites};
+use crate::models::heads::{HeadActivation, HeadLayout, HiddenLayer, SequenceClassifier};
+use crate::models::layers::{check_labels, encoder_sites};
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
-use crate::models::{Model, ModelInput, Pooling};
-
-/// The family's classification head.
-enum Head {
-    /// `classifier` on the pooled vector.
-    Bert { classifier: Dense },
-    /// `classifier.out_proj(tanh(classifier.dense(x)))` on the pooled vector.
-    Roberta { dense: Dense, out_proj: Dense },
-}
+use crate::models::{Backbone, ModelInput, Pooling};
 
 /// BERT/RoBERTa with HF's sequence-classification head: logits `(b_sz, num_labels)`;
 /// `num_labels = 1` is regression.
@@ -33,26 +26,7 @@ enum Head {
 /// on `<s>`. [`Pooling::Mean`] (sentence-transformers checkpoints) feeds the masked mean of
 /// the last hidden states to the same head, skipping BERT's pooler. Dropout
 /// (`classifier_dropout`, else `hidden_dropout_prob`) precedes each head layer in training.
-///
-/// Head weights are loaded when the checkpoint has them (`classifier.weight`, …), otherwise
-/// initialised like PyTorch's `nn.Linear` from the seed. They are trainable [`Var`]s; the
-/// encoder is frozen apart from adapters attached to its linears.
-pub struct BertForSequenceClassification {
-    bert: Bert,
-    head: Head,
-    pooling: Pooling,
-    num_labels: usize,
-}
-
-impl std::fmt::Debug for BertForSequenceClassification {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BertForSequenceClassification")
-            .field("bert", &self.bert)
-            .field("pooling", &self.pooling)
-            .field("num_labels", &self.num_labels)
-            .finish()
-    }
-}
+pub type BertForSequenceClassification = SequenceClassifier<Bert>;
 
 /// Loads a BERT/RoBERTa classifier from an HF folder (`config.json`, `model.safetensors` or a
 /// sharded index) in f32; `seed` initialises a head the checkpoint does not carry.
@@ -67,6 +41,31 @@ pub fn load_bert(
     seed: u64,
 ) -> Result<BertForSequenceClassification> {
     BertForSequenceClassification::load(dir, num_labels, pooling, DType::F32, device, seed)
+}
+
+/// HF's head of `cfg`'s architecture.
+fn head_layout(cfg: &BertConfig) -> HeadLayout {
+    let p = cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob);
+    match cfg.model_type {
+        BertFamily::Bert => HeadLayout {
+            cls_through_backbone_pooler: true,
+            hidden: None,
+            output: "classifier",
+            output_dropout: p,
+            architecture: "BertForSequenceClassification",
+        },
+        BertFamily::Roberta => HeadLayout {
+            cls_through_backbone_pooler: false,
+            hidden: Some(HiddenLayer {
+                name: "classifier.dense",
+                dropout: p,
+                activation: HeadActivation::Tanh,
+            }),
+            output: "classifier.out_proj",
+            output_dropout: p,
+            architecture: "RobertaForSequenceClassification",
+        },
+    }
 }
 
 impl BertForSequenceClassification {
@@ -149,43 +148,13 @@ impl BertForSequenceClassification {
     ) -> Result<Self> {
         let with_pooler = cfg.model_type == BertFamily::Bert && pooling == Pooling::Cls;
         let bert = Bert::build(cfg, ld, with_pooler)?;
-        let h = cfg.hidden_size;
-        let mut rng = seeded_rng(seed);
-        let head = match cfg.model_type {
-            BertFamily::Bert => Head::Bert {
-                classifier: Dense::build(ld, "classifier", (num_labels, h), &mut rng)?,
-            },
-            BertFamily::Roberta => Head::Roberta {
-                dense: Dense::build(ld, "classifier.dense", (h, h), &mut rng)?,
-                out_proj: Dense::build(ld, "classifier.out_proj", (num_labels, h), &mut rng)?,
-            },
-        };
-        Ok(Self {
-            bert,
-            head,
-            pooling,
-            num_labels,
-        })
-    }
-
-    /// The encoder.
-    pub fn encoder(&self) -> &Bert {
-        &self.bert
+        let layout = head_layout(cfg);
+        Self::assemble(bert, layout, ld, cfg.hidden_size, num_labels, pooling, seed)
     }
 
     /// The config the model was built from.
     pub fn config(&self) -> &BertConfig {
-        self.bert.config()
-    }
-
-    /// Outputs per example (1 = regression).
-    pub fn num_labels(&self) -> usize {
-        self.num_labels
-    }
-
-    /// How the head pools the hidden states.
-    pub fn pooling(&self) -> Pooling {
-        self.pooling
+        self.encoder().config()
     }
 
     /// Sentence embeddings `(b_sz, hidden)` from the encoder alone (no head, no dropout).
@@ -193,74 +162,30 @@ impl BertForSequenceClassification {
     /// # Errors
     /// As [`Bert::forward`].
     pub fn embed(&self, input: &ModelInput, pooling: Pooling) -> Result<Tensor> {
-        self.bert.embed(input, pooling)
-    }
-
-    fn head_dropout(&self) -> f64 {
-        let cfg = self.config();
-        cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob)
+        self.encoder().embed(input, pooling)
     }
 }
 
-impl Model for BertForSequenceClassification {
+impl Backbone for Bert {
     fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
-        let hidden = self.bert.forward(input, train)?;
-        let p = self.head_dropout();
-        let pooled = match (&self.head, self.pooling) {
-            (Head::Bert { .. }, Pooling::Cls) => self.bert.pooler_output(&hidden, train)?,
-            (_, pooling) => {
-                let mask = self.bert.effective_mask(&input.attention_mask)?;
-                Bert::pool(&hidden, &mask, pooling)?
-            }
-        };
-        let x = dropout(&pooled, p, train)?;
-        match &self.head {
-            Head::Bert { classifier } => classifier.forward(&x),
-            Head::Roberta { dense, out_proj } => {
-                let x = dense.forward(&x)?.tanh()?;
-                out_proj.forward(&dropout(&x, p, train)?)
-            }
-        }
+        Bert::forward(self, input, train)
+    }
+
+    fn pooling_mask(&self, attention_mask: &Tensor) -> Result<Tensor> {
+        self.effective_mask(attention_mask)
+    }
+
+    fn pooler_output(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
+        Bert::pooler_output(self, hidden, train)
     }
 
     fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>)) {
-        self.bert.walk(self.config().model_type.prefix(), f);
+        Bert::walk(self, self.config().model_type.prefix(), f);
     }
 
     fn walk_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, EntryMut<'a>)) {
         let prefix = self.config().model_type.prefix();
-        self.bert.walk_mut(prefix, f);
-    }
-
-    fn virtual_spec(&self) -> VirtualSpec {
-        self.bert.virtual_spec()
-    }
-
-    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
-        self.bert.set_virtual_tokens(tokens)
-    }
-
-    fn virtual_tokens(&self) -> Option<(Placement, Var)> {
-        self.bert.virtual_tokens()
-    }
-
-    fn head_vars(&self) -> Vec<(String, Var)> {
-        let mut out = Vec::new();
-        match &self.head {
-            Head::Bert { classifier } => classifier.vars(&mut out),
-            Head::Roberta { dense, out_proj } => {
-                dense.vars(&mut out);
-                out_proj.vars(&mut out);
-            }
-        }
-        out
-    }
-
-    fn fresh_output_bias(&self) -> Option<Var> {
-        match &self.head {
-            Head::Bert { classifier } => classifier.fresh_bias(),
-            Head::Roberta { out_proj, .. } => out_proj.fresh_bias(),
-        }
+        Bert::walk_mut(self, prefix, f);
     }
 
     fn default_targets(&self) -> &'static [&'static str] {
@@ -271,10 +196,15 @@ impl Model for BertForSequenceClassification {
         encoder_sites(self.default_targets())
     }
 
-    fn architecture(&self) -> &'static str {
-        match self.config().model_type {
-            BertFamily::Bert => "BertForSequenceClassification",
-            BertFamily::Roberta => "RobertaForSequenceClassification",
-        }
+    fn virtual_spec(&self) -> VirtualSpec {
+        Bert::virtual_spec(self)
+    }
+
+    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
+        Bert::set_virtual_tokens(self, tokens)
+    }
+
+    fn virtual_tokens(&self) -> Option<(Placement, Var)> {
+        Bert::virtual_tokens(self)
     }
 }

@@ -1,20 +1,21 @@
-//! [`DebertaV2ForSequenceClassification`]: the encoder plus HF's context pooler and
-//! classifier, implementing [`Model`].
+//! [`DebertaV2ForSequenceClassification`]: the DeBERTa-v2 encoder as a [`Backbone`] under the
+//! shared [`SequenceClassifier`], with HF's context pooler and classifier as its head layout.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::DebertaV2Config;
-use super::model::{DebertaV2, PREFIX, activation, detect_prefix};
+use super::model::{DebertaV2, PREFIX, detect_prefix};
 use crate::adapters::{DefaultSites, Placement, VirtualSpec, seeded_rng};
 use crate::error::Error;
 use crate::error::Result;
 use crate::io::ResolvedModel;
-use crate::models::layers::{Dense, check_labels, dropout, encoder_sites};
+use crate::models::heads::{HeadActivation, HeadLayout, HiddenLayer, SequenceClassifier};
+use crate::models::layers::{check_labels, encoder_sites};
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
-use crate::models::{Model, ModelInput, Pooling};
+use crate::models::{Backbone, ModelInput, Pooling};
 
 /// DeBERTa-v2/v3 with HF's sequence-classification head: logits `(b_sz, num_labels)`;
 /// `num_labels = 1` is regression.
@@ -25,28 +26,10 @@ use crate::models::{Model, ModelInput, Pooling};
 /// ([`Pooling::Mean`]); `act` is `pooler_hidden_act` (gelu), `dropout_p` is `pooler_dropout`
 /// and `dropout_c` is `cls_dropout`, else `hidden_dropout_prob` (training only).
 ///
-/// Both `pooler.dense` and `classifier` are trainable [`Var`]s (head vars), loaded when the
-/// checkpoint has them, otherwise initialised like PyTorch's `nn.Linear` from the seed:
-/// pretrained DeBERTa checkpoints carry no pooler, so a frozen one would be a random
-/// projection in front of the classifier. The encoder is frozen apart from adapters attached
-/// to its linears.
-pub struct DebertaV2ForSequenceClassification {
-    deberta: DebertaV2,
-    pooler: Dense,
-    classifier: Dense,
-    pooling: Pooling,
-    num_labels: usize,
-}
-
-impl std::fmt::Debug for DebertaV2ForSequenceClassification {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DebertaV2ForSequenceClassification")
-            .field("deberta", &self.deberta)
-            .field("pooling", &self.pooling)
-            .field("num_labels", &self.num_labels)
-            .finish()
-    }
-}
+/// Both `pooler.dense` and `classifier` are trainable (head vars): pretrained DeBERTa
+/// checkpoints carry no pooler, so a frozen one would be a random projection in front of the
+/// classifier.
+pub type DebertaV2ForSequenceClassification = SequenceClassifier<DebertaV2>;
 
 /// Loads a DeBERTa-v2/v3 classifier from an HF folder (`config.json`, `model.safetensors` or
 /// a sharded index) in f32; `seed` initialises a head the checkpoint does not carry.
@@ -61,6 +44,21 @@ pub fn load_deberta_v2(
     seed: u64,
 ) -> Result<DebertaV2ForSequenceClassification> {
     DebertaV2ForSequenceClassification::load(dir, num_labels, pooling, DType::F32, device, seed)
+}
+
+/// HF's `ContextPooler` + `classifier` for `cfg`.
+fn head_layout(cfg: &DebertaV2Config) -> HeadLayout {
+    HeadLayout {
+        cls_through_backbone_pooler: false,
+        hidden: Some(HiddenLayer {
+            name: "pooler.dense",
+            dropout: cfg.pooler_dropout,
+            activation: HeadActivation::from_hf(&cfg.pooler_hidden_act),
+        }),
+        output: "classifier",
+        output_dropout: cfg.cls_dropout.unwrap_or(cfg.hidden_dropout_prob),
+        architecture: "DebertaV2ForSequenceClassification",
+    }
 }
 
 impl DebertaV2ForSequenceClassification {
@@ -142,66 +140,42 @@ impl DebertaV2ForSequenceClassification {
         seed: u64,
     ) -> Result<Self> {
         let deberta = DebertaV2::build(cfg, ld)?;
-        let h = cfg.hidden_size;
-        let mut rng = seeded_rng(seed);
-        Ok(Self {
+        let layout = head_layout(cfg);
+        Self::assemble(
             deberta,
-            pooler: Dense::build(ld, "pooler.dense", (h, h), &mut rng)?,
-            classifier: Dense::build(ld, "classifier", (num_labels, h), &mut rng)?,
-            pooling,
+            layout,
+            ld,
+            cfg.hidden_size,
             num_labels,
-        })
-    }
-
-    /// The encoder.
-    pub fn encoder(&self) -> &DebertaV2 {
-        &self.deberta
+            pooling,
+            seed,
+        )
     }
 
     /// The config the model was built from.
     pub fn config(&self) -> &DebertaV2Config {
-        self.deberta.config()
-    }
-
-    /// Outputs per example (1 = regression).
-    pub fn num_labels(&self) -> usize {
-        self.num_labels
-    }
-
-    /// How the head pools the hidden states.
-    pub fn pooling(&self) -> Pooling {
-        self.pooling
+        self.encoder().config()
     }
 }
 
-impl Model for DebertaV2ForSequenceClassification {
+impl Backbone for DebertaV2 {
     fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
-        let cfg = self.config();
-        let hidden = self.deberta.forward(input, train)?;
-        let context = DebertaV2::pool(&hidden, &input.attention_mask, self.pooling)?;
-        let context = dropout(&context, cfg.pooler_dropout, train)?;
-        let pooled = activation(&self.pooler.forward(&context)?, &cfg.pooler_hidden_act)?;
-        let p = cfg.cls_dropout.unwrap_or(cfg.hidden_dropout_prob);
-        self.classifier.forward(&dropout(&pooled, p, train)?)
+        DebertaV2::forward(self, input, train)
+    }
+
+    fn pooler_output(&self, _hidden: &Tensor, _train: bool) -> Result<Tensor> {
+        Err(Error::UnsupportedInput {
+            field: "pooling",
+            reason: "DeBERTa-v2 has no backbone pooler; its head pools itself",
+        })
     }
 
     fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>)) {
-        self.deberta.walk(PREFIX, f);
+        DebertaV2::walk(self, PREFIX, f);
     }
 
     fn walk_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, EntryMut<'a>)) {
-        self.deberta.walk_mut(PREFIX, f);
-    }
-
-    fn head_vars(&self) -> Vec<(String, Var)> {
-        let mut out = Vec::with_capacity(4);
-        self.pooler.vars(&mut out);
-        self.classifier.vars(&mut out);
-        out
-    }
-
-    fn fresh_output_bias(&self) -> Option<Var> {
-        self.classifier.fresh_bias()
+        DebertaV2::walk_mut(self, PREFIX, f);
     }
 
     fn default_targets(&self) -> &'static [&'static str] {
@@ -213,7 +187,7 @@ impl Model for DebertaV2ForSequenceClassification {
     }
 
     fn virtual_spec(&self) -> VirtualSpec {
-        self.deberta.virtual_spec()
+        DebertaV2::virtual_spec(self)
     }
 
     /// DeBERTa's attention adds relative-position terms for every key, and HF's DeBERTa-v2
@@ -239,9 +213,5 @@ impl Model for DebertaV2ForSequenceClassification {
 
     fn virtual_tokens(&self) -> Option<(Placement, Var)> {
         None
-    }
-
-    fn architecture(&self) -> &'static str {
-        "DebertaV2ForSequenceClassification"
     }
 }

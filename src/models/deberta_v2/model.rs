@@ -21,6 +21,7 @@ use crate::adapters::Linear;
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 use crate::io::{ResolvedModel, TensorSource};
+use crate::models::heads::HeadActivation;
 use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
 use crate::models::walk::{Entry, EntryMut, Kind, Module, Tag};
 use crate::models::weights::{self, Init, Loader};
@@ -29,14 +30,6 @@ use crate::ops::{dropout_add, frozen_linear, frozen_linear_onto, gelu, softmax_l
 
 /// The checkpoint prefix of the encoder in a `DebertaV2For…` model.
 pub(crate) const PREFIX: &str = "deberta.";
-
-/// The activations the config may name (validated there).
-pub(super) fn activation(x: &Tensor, name: &str) -> Result<Tensor> {
-    match name {
-        "tanh" => Ok(x.tanh()?),
-        _ => gelu(x),
-    }
-}
 
 /// HF's `make_log_bucket_position` for one relative position: distances below
 /// `bucket_size / 2` keep their own bucket, larger ones share log-spaced buckets up to
@@ -352,10 +345,11 @@ impl Conv {
             out = frozen_linear_onto(&padded.narrow(1, s, seq_len)?, tap, None, &out)?;
         }
         let out = out.broadcast_mul(mask)?;
-        let out = activation(
-            &dropout(&out, cfg.hidden_dropout_prob, train)?,
-            &cfg.conv_act,
-        )?;
+        let out = HeadActivation::from_hf(&cfg.conv_act).apply(&dropout(
+            &out,
+            cfg.hidden_dropout_prob,
+            train,
+        )?)?;
         Ok(self.norm.forward(&(residual + out)?)?.broadcast_mul(mask)?)
     }
 }
