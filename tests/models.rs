@@ -113,12 +113,14 @@ test_device!(
 
 #[test]
 fn pooling_names_round_trip() {
-    for p in [Pooling::Cls, Pooling::Mean] {
+    for p in [Pooling::Cls, Pooling::Mean, Pooling::LastToken] {
         assert_eq!(p.to_string().parse::<Pooling>().unwrap(), p);
+        // The name a folder records is the name the flag takes.
+        assert_eq!(serde_json::to_value(p).unwrap(), p.to_string());
     }
     assert_eq!(
         "max".parse::<Pooling>().unwrap_err(),
-        "unknown pooling `max`; known: cls, mean"
+        "unknown pooling `max`; known: cls, mean, last-token"
     );
     let dir = TempDir::new("models-pooling");
     assert_eq!(Pooling::from_sentence_transformers(&dir).unwrap(), None);

@@ -21,6 +21,8 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     adapters: Vec<Slot>,
+    /// Entered for each [`forward`](Self::forward) (STYLE §5.10).
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for Linear {
@@ -60,6 +62,7 @@ impl Linear {
             weight: weight.detach(),
             bias: bias.map(|b| b.detach()),
             adapters: Vec::new(),
+            span: tracing::trace_span!("linear"),
         })
     }
 
@@ -151,6 +154,7 @@ impl Linear {
     /// # Errors
     /// `x`'s last dim is not `in_features`; dtype or device mismatch.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let _enter = self.span.enter();
         let mut y = self.forward_parallel(x, train)?;
         for s in self
             .adapters

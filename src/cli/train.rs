@@ -126,7 +126,8 @@ pub struct TrainArgs {
     /// Freeze the classification head (train adapters only).
     #[arg(long)]
     freeze_head: bool,
-    /// Pooling for the head: cls or mean. Default: what the model folder declares, else cls.
+    /// Pooling for the head: cls, mean or last-token (the last real token, as decoders
+    /// pool). Default: what the model folder declares, else cls.
     #[arg(long)]
     pooling: Option<Pooling>,
     /// Apply a preset (see the enum's help).

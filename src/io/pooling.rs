@@ -20,11 +20,15 @@ pub enum Pooling {
     Cls,
     /// The mean over real (unmasked) tokens, as sentence-transformers models are trained.
     Mean,
+    /// The last real token of each row (left or right padding), as HF's decoder
+    /// `…ForSequenceClassification` models pool.
+    #[serde(rename = "last-token")]
+    LastToken,
 }
 
 impl Pooling {
     /// The names `--pooling` accepts.
-    pub const NAMES: &'static [&'static str] = &["cls", "mean"];
+    pub const NAMES: &'static [&'static str] = &["cls", "mean", "last-token"];
 
     /// The pooling a sentence-transformers folder declares in `1_Pooling/config.json`
     /// (`pooling_mode_mean_tokens` / `pooling_mode_cls_token`); `None` if the folder has no
@@ -53,6 +57,7 @@ impl std::fmt::Display for Pooling {
         f.write_str(match self {
             Self::Cls => "cls",
             Self::Mean => "mean",
+            Self::LastToken => "last-token",
         })
     }
 }
@@ -63,6 +68,7 @@ impl std::str::FromStr for Pooling {
         match s.to_ascii_lowercase().as_str() {
             "cls" => Ok(Self::Cls),
             "mean" => Ok(Self::Mean),
+            "last-token" => Ok(Self::LastToken),
             _ => Err(format!(
                 "unknown pooling `{s}`; known: {}",
                 Self::NAMES.join(", ")

@@ -46,6 +46,7 @@ impl Norm {
 
     /// `γ · (x − mean) / √(var + eps) + β` over the last dimension.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("norm").entered();
         // γ and β are `Var`s under full fine-tuning: cut the graph inside `no_grad`.
         Ok(crate::ops::track(layer_norm(
             x,
@@ -116,6 +117,7 @@ impl Dense {
 
     /// `x·Wᵀ + b` (detached inside [`no_grad`](crate::ops::no_grad)).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("head-dense").entered();
         let y = x
             .matmul(&self.weight.as_tensor().t()?)?
             .broadcast_add(self.bias.as_tensor())?;
@@ -200,6 +202,21 @@ pub(crate) fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -
             let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
             Ok(sum.broadcast_div(&count)?)
         }
+        Pooling::LastToken => {
+            // The largest position whose mask is 1, for left or right padding alike.
+            let (b_sz, seq_len, hidden_size) = hidden.dims3()?;
+            let positions = Tensor::arange(0u32, seq_len as u32, hidden.device())?
+                .unsqueeze(0)?
+                .broadcast_as((b_sz, seq_len))?;
+            let last = positions
+                .mul(&attention_mask.to_dtype(DType::U32)?)?
+                .max_keepdim(1)?;
+            let idx = last
+                .unsqueeze(2)?
+                .broadcast_as((b_sz, 1, hidden_size))?
+                .contiguous()?;
+            Ok(hidden.gather(&idx, 1)?.squeeze(1)?)
+        }
     }
 }
 
@@ -211,5 +228,42 @@ pub(crate) fn encoder_sites(targets: &'static [&'static str]) -> DefaultSites {
         parallel: targets,
         attention_output: r".*\.layer\.\d+\.attention\.output\.dense",
         ffn_output: r".*\.layer\.\d+\.output\.dense",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    #[test]
+    fn pooling_takes_the_first_token_the_mean_or_the_last_real_token() {
+        let dev = Device::Cpu;
+        // Two rows of three positions, hidden 2: row 0 right-padded, row 1 left-padded.
+        let hidden = Tensor::new(
+            &[
+                [[1f32, 10.], [2., 20.], [3., 30.]],
+                [[4., 40.], [5., 50.], [6., 60.]],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 0], [0, 1, 1]], &dev).unwrap();
+        let rows = |p| pool(&hidden, &mask, p).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(rows(Pooling::Cls), [[1., 10.], [4., 40.]]);
+        assert_eq!(rows(Pooling::Mean), [[1.5, 15.], [5.5, 55.]]);
+        assert_eq!(rows(Pooling::LastToken), [[2., 20.], [6., 60.]]);
+    }
+
+    #[test]
+    fn last_token_pooling_passes_gradients_to_the_pooled_positions() {
+        let dev = Device::Cpu;
+        let hidden = Var::new(&[[[1f32], [2.], [3.]]], &dev).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 0]], &dev).unwrap();
+        let out = pool(hidden.as_tensor(), &mask, Pooling::LastToken).unwrap();
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(hidden.as_tensor()).unwrap();
+        assert_eq!(g.to_vec3::<f32>().unwrap(), [[[0.], [1.], [0.]]]);
     }
 }

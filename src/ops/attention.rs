@@ -378,6 +378,7 @@ pub fn attention(
     heads: usize,
     dropout_p: f64,
 ) -> Result<Tensor> {
+    let _span = tracing::trace_span!("attention").entered();
     let (batch, seq, hidden) = q.dims3()?;
     let shape_error = |got: &Tensor, expected: Vec<usize>| Error::TensorShape {
         op: NAME,

@@ -73,6 +73,7 @@ impl SeededMask {
 /// # Errors
 /// Tensor errors.
 pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    let _span = tracing::trace_span!("dropout").entered();
     if p <= 0.0 {
         return Ok(x.clone());
     }
@@ -252,6 +253,7 @@ pub(super) fn seeded_dropout(x: &Tensor, p: f64) -> Result<Option<Tensor>> {
 /// # Errors
 /// `x` and `residual` of different shapes.
 pub fn dropout_add(x: &Tensor, residual: &Tensor, p: f64) -> Result<Tensor> {
+    let _span = tracing::trace_span!("dropout_add").entered();
     if x.dims() != residual.dims() {
         return Err(Error::TensorShape {
             op: NAME,

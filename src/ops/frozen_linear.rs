@@ -229,6 +229,7 @@ impl CustomOp2 for FrozenLinear {
 /// # Errors
 /// `x`'s last dim differs from `w`'s second; dtype or device mismatch.
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let _span = tracing::trace_span!("frozen_linear").entered();
     linear_impl(x, w, b, None)
 }
 
@@ -246,6 +247,7 @@ pub fn frozen_linear_onto(
     b: Option<&Tensor>,
     base: &Tensor,
 ) -> Result<Tensor> {
+    let _span = tracing::trace_span!("frozen_linear_onto").entered();
     linear_impl(x, w, b, Some(base))
 }
 

@@ -157,6 +157,7 @@ impl CustomOp2 for GeluBackward {
 /// # Errors
 /// A non-float input.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    let _span = tracing::trace_span!("gelu").entered();
     let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
     if !fused {
         return Ok(x.gelu_erf()?);

@@ -245,6 +245,7 @@ pub(crate) fn layer_norm_composed(
 /// # Errors
 /// [`Error::TensorShape`] if `gamma` or `beta` is not `(d)`; dtype or device mismatch.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let _span = tracing::trace_span!("layer_norm").entered();
     let d = x.dim(D::Minus1)?;
     for p in [gamma, beta] {
         if p.dims() != [d] {

@@ -9,6 +9,14 @@
 //! The fused kernels run on CPU in f32 and f64 (split over candle's thread count for large
 //! tensors). On other devices and dtypes the public functions fall back to composed,
 //! differentiable candle ops, so the API is the same everywhere.
+//!
+//! Each public op opens a TRACE-level span (named after the function) for the length of its
+//! forward, so a span-timing subscriber shows where the time goes; the adapted layers keep one
+//! span each (STYLE §5.10). The backward runs later, inside candle's `backward`, outside these
+//! spans. A span per call costs little when tracing is off: `trace_span!` first compares TRACE
+//! with the compiled-in `STATIC_MAX_LEVEL` and with `LevelFilter::current()` (one relaxed atomic
+//! load; `OFF` when no subscriber is installed), then with the callsite's cached `Interest`;
+//! a disabled span holds no subscriber, so entering and leaving it does nothing.
 
 mod attention;
 mod dropout;

@@ -133,6 +133,7 @@ impl CustomOp2 for SoftmaxBackward {
 /// # Errors
 /// A rank-0 input; as the underlying tensor ops.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let _span = tracing::trace_span!("softmax_last_dim").entered();
     let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
     if !fused {
         return Ok(candle_nn::ops::softmax(x, D::Minus1)?);

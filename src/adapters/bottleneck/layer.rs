@@ -10,6 +10,8 @@ use crate::adapters::{Adapter, LayerSpec, normal};
 use crate::error::{Error, Result};
 
 /// One projection of a bottleneck: `x·Wᵀ + b` with W dense or a tensor train.
+// Two per adapted layer, built once: the train's inline size (its span included) costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Projection {
     /// A dense weight `(out, in)`.
     Dense(Var),
@@ -71,6 +73,8 @@ pub struct BottleneckLayer {
     non_linearity: NonLinearity,
     scaling: f64,
     config: serde_json::Value,
+    /// Entered for each [`Adapter::forward_delta`] (STYLE §5.10).
+    span: tracing::Span,
 }
 
 /// The parts of a [`BottleneckLayer`].
@@ -126,6 +130,8 @@ impl BottleneckLayer {
             non_linearity: parts.non_linearity,
             scaling: parts.scaling,
             config: parts.config,
+            // One name for every bottleneck method; `method` tells them apart.
+            span: tracing::trace_span!("bottleneck", method = parts.method),
         })
     }
 
@@ -154,6 +160,7 @@ impl Adapter for BottleneckLayer {
     }
 
     fn forward_delta(&self, y: &Tensor, _train: bool) -> Result<Tensor> {
+        let _enter = self.span.enter();
         let hidden = self
             .down
             .forward(y)?

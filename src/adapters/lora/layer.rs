@@ -21,6 +21,8 @@ pub struct LoraLayer {
     dropout: f32,
     config: LoraConfig,
     dora: Option<Dora>,
+    /// Entered for each [`Adapter::forward_delta`] (STYLE §5.10).
+    span: tracing::Span,
 }
 
 /// DoRA's state on a layer: the trainable magnitude and the frozen weight it rescales.
@@ -68,6 +70,7 @@ impl LoraLayer {
                 alpha_pattern: Default::default(),
                 ..config.clone()
             },
+            span: tracing::trace_span!("lora"),
         })
     }
 
@@ -111,6 +114,7 @@ impl Adapter for LoraLayer {
     }
 
     fn forward_delta(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let _enter = self.span.enter();
         let x = if train && self.dropout > 0.0 {
             crate::ops::dropout(x, f64::from(self.dropout))?
         } else {

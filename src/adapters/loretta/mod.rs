@@ -93,7 +93,7 @@ impl Method for LorettaRep {
             b: Some(exact(&b)?),
             ..cfg
         };
-        Ok(Box::new(LorettaRepLayer { a, b, config }))
+        Ok(Box::new(LorettaRepLayer::new(a, b, config)))
     }
 }
 

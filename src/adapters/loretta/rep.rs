@@ -15,6 +15,20 @@ pub struct LorettaRepLayer {
     pub(super) b: TtLoraLayer,
     /// The method config, for [`Adapter::config`] (shapes filled in).
     pub(super) config: LorettaRepConfig,
+    /// Entered for each [`Adapter::forward_delta`] (STYLE §5.10).
+    span: tracing::Span,
+}
+
+impl LorettaRepLayer {
+    /// The layer from its two trains and its config.
+    pub(super) fn new(a: TtLoraLayer, b: TtLoraLayer, config: LorettaRepConfig) -> Self {
+        Self {
+            a,
+            b,
+            config,
+            span: tracing::trace_span!("loretta-rep"),
+        }
+    }
 }
 
 /// A train's tensors under `{prefix}.cores.k`.
@@ -38,6 +52,7 @@ impl Adapter for LorettaRepLayer {
     }
 
     fn forward_delta(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let _enter = self.span.enter();
         let h = self.a.forward_delta(x, train)?;
         Ok((self.b.forward_delta(&h, train)? * self.config.scaling())?)
     }

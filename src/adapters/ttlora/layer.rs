@@ -14,6 +14,8 @@ pub struct TtLoraLayer {
     cores: Vec<Var>,
     alpha: f64,
     path: TtPath,
+    /// Entered for each [`Adapter::forward_delta`] (STYLE §5.10).
+    span: tracing::Span,
 }
 
 impl TtLoraLayer {
@@ -58,6 +60,7 @@ impl TtLoraLayer {
             cores,
             alpha,
             path,
+            span: tracing::trace_span!("ttlora"),
         })
     }
 
@@ -115,6 +118,7 @@ impl Adapter for TtLoraLayer {
     }
 
     fn forward_delta(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        let _enter = self.span.enter();
         // α scales the last core (a few hundred numbers) rather than the output (tokens × out):
         // the product, and so ΔW, is linear in each core.
         let mut cores = self.cores();

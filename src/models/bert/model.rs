@@ -90,6 +90,7 @@ impl Layer {
         train: bool,
         prefix: Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("bert-layer").entered();
         let q = self.query.forward(x, train)?;
         let k = self.key.forward(x, train)?;
         let v = self.value.forward(x, train)?;
@@ -503,6 +504,7 @@ impl Bert {
     /// [`Error::TensorShape`] if the three input tensors differ in shape or the sequence is
     /// longer than the position table; token ids out of the vocabulary; device mismatch.
     pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let _span = tracing::trace_span!("bert").entered();
         let mut x = self.embed_tokens(input, train)?;
         let key_bias = self
             .effective_mask(&input.attention_mask)?

@@ -290,6 +290,7 @@ impl Layer {
         cfg: &DebertaV2Config,
         train: bool,
     ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("deberta-layer").entered();
         let ctx = self.self_attention(x, key_bias, rel, cfg, train)?;
         let hidden_p = if train { cfg.hidden_dropout_prob } else { 0.0 };
         let attn = self.attn_out.forward(&ctx, train)?;
@@ -331,6 +332,7 @@ impl Conv {
         cfg: &DebertaV2Config,
         train: bool,
     ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("deberta-conv").entered();
         let (_, seq_len, _) = embedded.dims3()?;
         // The taps are cut from the weight each pass (k small copies), so they always follow
         // it: trained in place as a `Var` under full fine-tuning, or replaced by a loaded
@@ -616,6 +618,7 @@ impl DebertaV2 {
     /// longer than the absolute position table; token ids out of the vocabulary; device
     /// mismatch.
     pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let _span = tracing::trace_span!("deberta-v2").entered();
         let (b_sz, seq_len) = input.input_ids.dims2()?;
         let mask = input.attention_mask.to_dtype(self.dtype)?;
         let token_mask = mask.reshape((b_sz, seq_len, 1))?;

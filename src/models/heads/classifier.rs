@@ -148,6 +148,7 @@ impl<B: Backbone> SequenceClassifier<B> {
 
 impl<B: Backbone> Model for SequenceClassifier<B> {
     fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let _span = tracing::trace_span!("sequence-classifier").entered();
         let hidden = self.backbone.forward(input, train)?;
         let pooled = match self.pooling {
             Pooling::Cls if self.layout.cls_through_backbone_pooler => {
