@@ -2,12 +2,17 @@
 //! it once; heads (`heads/`) turn its hidden states into task outputs, so the
 //! `…ForSequenceClassification` wiring is written once for every family.
 
+use std::path::Path;
+
 use candle_core::{Tensor, Var};
 
 use crate::adapters::{DefaultSites, Placement, VirtualSpec};
 use crate::error::Result;
-use crate::models::ModelInput;
+use crate::io::TensorSource;
+use crate::models::heads::HeadLayout;
 use crate::models::walk::{Entry, EntryMut};
+use crate::models::weights::Loader;
+use crate::models::{ModelInput, Pooling};
 
 /// A transformer without its task head.
 pub trait Backbone: Send + Sync {
@@ -57,4 +62,50 @@ pub trait Backbone: Send + Sync {
 
     /// The attached prompt or prefix tokens.
     fn virtual_tokens(&self) -> Option<(Placement, Var)>;
+}
+
+/// How a family's backbone is built from an HF config and weights: what the shared loaders
+/// ([`SequenceClassifier::load_from`](crate::models::heads::SequenceClassifier::load_from),
+/// `random`) ask of each family.
+pub trait BuildBackbone: Backbone + Sized {
+    /// The family's `config.json`.
+    type Config;
+
+    /// The config from `config.json`'s parsed value (`path` names the file in errors),
+    /// validated.
+    ///
+    /// # Errors
+    /// A config this family cannot build.
+    fn config_from_value(value: &serde_json::Value, path: &Path) -> Result<Self::Config>;
+
+    /// Checks an in-memory config (`path` names it in errors).
+    ///
+    /// # Errors
+    /// A config this family cannot build.
+    fn validate_config(cfg: &Self::Config, path: &Path) -> Result<()>;
+
+    /// Where the backbone sits in a checkpoint: bare, or under the family's prefix (`bert.`).
+    ///
+    /// # Errors
+    /// A checkpoint with neither.
+    fn checkpoint_prefix(
+        source: &dyn TensorSource,
+        cfg: &Self::Config,
+        folder: &Path,
+    ) -> Result<String>;
+
+    /// Builds the backbone through `ld`; `pooling` says whether a head will use its pooler.
+    ///
+    /// # Errors
+    /// A missing or misshapen tensor.
+    fn build(cfg: &Self::Config, ld: &mut Loader<'_>, pooling: Pooling) -> Result<Self>;
+
+    /// HF's sequence-classification head of `cfg`'s architecture.
+    fn classifier_head(cfg: &Self::Config) -> HeadLayout;
+
+    /// Hidden width.
+    fn hidden_size(cfg: &Self::Config) -> usize;
+
+    /// Standard deviation of freshly initialised weights (`initializer_range`).
+    fn initializer_range(cfg: &Self::Config) -> f64;
 }

@@ -6,21 +6,25 @@
 //! # Adding a family
 //! 1. A folder `models/<family>/` with `config.rs` (serde from config.json, `from_value`),
 //!    `model.rs` (the backbone: every linear an [`adapters::Linear`](crate::adapters::Linear),
-//!    HF's module paths), `head.rs` (implementing [`Model`]) and `tests.rs`.
-//! 2. A unit struct implementing [`Family`] and one line in [`FAMILIES`]; the registry test
-//!    checks that no `model_type` is claimed twice.
+//!    HF's module paths, its tensors listed once in a walk macro) and `tests.rs`.
+//! 2. Implement [`Backbone`](crate::models::Backbone) and [`BuildBackbone`] for the
+//!    backbone (its config, checkpoint prefix, HF head layout), then one line in
+//!    [`FAMILIES`]: `&Classifiers::<YourBackbone>::new("name", &["model_type"])`. The
+//!    registry test checks that no `model_type` is claimed twice.
 //! 3. A tiny random config (`Config::tiny()`) so the method matrix (`tests/methods.rs`) and
 //!    the golden test (`tests/golden.rs`) can run every method on it.
 
+use std::marker::PhantomData;
 use std::path::Path;
 
 use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
 use crate::io::ResolvedModel;
-use crate::models::bert::BertForSequenceClassification;
-use crate::models::deberta_v2::DebertaV2ForSequenceClassification;
-use crate::models::{Model, Pooling};
+use crate::models::bert::Bert;
+use crate::models::deberta_v2::DebertaV2;
+use crate::models::heads::SequenceClassifier;
+use crate::models::{BuildBackbone, Model, Pooling};
 
 /// One model family: the architectures it covers and how it loads them.
 pub trait Family: Sync {
@@ -44,40 +48,30 @@ pub trait Family: Sync {
     ) -> Result<Box<dyn Model>>;
 }
 
-/// BERT, RoBERTa and MiniLM.
-pub struct BertFamilies;
+/// A family whose backbone [`BuildBackbone`] describes, under the shared sequence classifier.
+pub struct Classifiers<B> {
+    name: &'static str,
+    model_types: &'static [&'static str],
+    backbone: PhantomData<fn() -> B>,
+}
 
-impl Family for BertFamilies {
-    fn name(&self) -> &'static str {
-        "bert"
-    }
-    fn model_types(&self) -> &'static [&'static str] {
-        &["bert", "roberta"]
-    }
-    fn load_classifier(
-        &self,
-        model: &ResolvedModel,
-        num_labels: usize,
-        pooling: Pooling,
-        dtype: DType,
-        device: &Device,
-        seed: u64,
-    ) -> Result<Box<dyn Model>> {
-        Ok(Box::new(BertForSequenceClassification::load_from(
-            model, num_labels, pooling, dtype, device, seed,
-        )?))
+impl<B> Classifiers<B> {
+    /// The family `name`, building the `model_types` of config.json.
+    pub const fn new(name: &'static str, model_types: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            model_types,
+            backbone: PhantomData,
+        }
     }
 }
 
-/// DeBERTa-v2 and -v3.
-pub struct DebertaV2Family;
-
-impl Family for DebertaV2Family {
+impl<B: BuildBackbone + 'static> Family for Classifiers<B> {
     fn name(&self) -> &'static str {
-        "deberta-v2"
+        self.name
     }
     fn model_types(&self) -> &'static [&'static str] {
-        &["deberta-v2"]
+        self.model_types
     }
     fn load_classifier(
         &self,
@@ -88,14 +82,17 @@ impl Family for DebertaV2Family {
         device: &Device,
         seed: u64,
     ) -> Result<Box<dyn Model>> {
-        Ok(Box::new(DebertaV2ForSequenceClassification::load_from(
+        Ok(Box::new(SequenceClassifier::<B>::load_from(
             model, num_labels, pooling, dtype, device, seed,
         )?))
     }
 }
 
 /// Every model family ttlora knows; `model_type` dispatch and listings read this slice.
-pub static FAMILIES: &[&dyn Family] = &[&BertFamilies, &DebertaV2Family];
+pub static FAMILIES: &[&dyn Family] = &[
+    &Classifiers::<Bert>::new("bert", &["bert", "roberta"]),
+    &Classifiers::<DebertaV2>::new("deberta-v2", &["deberta-v2"]),
+];
 
 /// Every `model_type` the registry accepts, in registry order.
 pub fn model_types() -> Vec<&'static str> {

@@ -37,7 +37,7 @@ pub use crate::data::ModelInput;
 /// How hidden states become one vector per example (declared in `io`, where adapter folders
 /// record it).
 pub use crate::io::Pooling;
-pub use backbone::Backbone;
+pub use backbone::{Backbone, BuildBackbone};
 pub use bert::{Bert, BertConfig, BertFamily, BertForSequenceClassification, load_bert};
 pub use deberta_v2::{
     DebertaV2, DebertaV2Config, DebertaV2ForSequenceClassification, load_deberta_v2,

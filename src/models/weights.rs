@@ -70,7 +70,7 @@ enum Source<'a> {
 
 /// Hands tensors to a model under construction, from a checkpoint or a seeded RNG, and reports
 /// which checkpoint tensors were used.
-pub(crate) struct Loader<'a> {
+pub struct Loader<'a> {
     source: Source<'a>,
     dtype: DType,
     device: Device,

@@ -7,16 +7,16 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{BertConfig, BertFamily};
 use super::model::{Bert, detect_prefix};
-use crate::adapters::{DefaultSites, Placement, VirtualSpec, seeded_rng};
+use crate::adapters::{DefaultSites, Placement, VirtualSpec};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
-use crate::io::ResolvedModel;
+use crate::io::TensorSource;
 use crate::models::heads::{HeadActivation, HeadLayout, HiddenLayer, SequenceClassifier};
-use crate::models::layers::{check_labels, encoder_sites};
+use crate::models::layers::encoder_sites;
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
-use crate::models::{Backbone, ModelInput, Pooling};
+use crate::models::{Backbone, BuildBackbone, ModelInput, Pooling};
 
 /// BERT/RoBERTa with HF's sequence-classification head: logits `(b_sz, num_labels)`;
 /// `num_labels = 1` is regression.
@@ -69,89 +69,6 @@ fn head_layout(cfg: &BertConfig) -> HeadLayout {
 }
 
 impl BertForSequenceClassification {
-    /// Loads the model in `dir` in `dtype`. The encoder may sit bare (`BertModel`) or under
-    /// `bert.`/`roberta.` (`…ForSequenceClassification`); head tensors are looked up bare.
-    ///
-    /// # Errors
-    /// [`Error::ModelConfig`] for an unsupported config or `num_labels = 0`;
-    /// [`Error::WeightTensor`] naming file, tensor, expected and got shape for a missing or
-    /// misshapen tensor (including a checkpoint head with another `num_labels`);
-    /// [`Error::ModelFile`] / [`Error::Io`] for unreadable files.
-    pub fn load(
-        dir: &Path,
-        num_labels: usize,
-        pooling: Pooling,
-        dtype: DType,
-        device: &Device,
-        seed: u64,
-    ) -> Result<Self> {
-        Self::load_from(
-            &ResolvedModel::from_dir(dir)?,
-            num_labels,
-            pooling,
-            dtype,
-            device,
-            seed,
-        )
-    }
-
-    /// As [`load`](Self::load), from an opened model: its parsed config and its tensors.
-    ///
-    /// # Errors
-    /// As [`load`](Self::load), but for the files, which were read when `model` was opened.
-    pub fn load_from(
-        model: &ResolvedModel,
-        num_labels: usize,
-        pooling: Pooling,
-        dtype: DType,
-        device: &Device,
-        seed: u64,
-    ) -> Result<Self> {
-        let config_path = model.config_path();
-        let cfg = BertConfig::from_value(model.config(), &config_path)?;
-        check_labels(num_labels, &config_path)?;
-        let prefix = detect_prefix(model.tensors(), &cfg, model.dir())?;
-        let mut ld = Loader::checkpoint(model.tensors(), &prefix, dtype, device);
-        let built = Self::build(&cfg, &mut ld, num_labels, pooling, seed)?;
-        ld.log_unused("model");
-        Ok(built)
-    }
-
-    /// A freshly initialised model (see [`Bert::random`]) with a fresh head; tiny configs
-    /// ([`BertConfig::tiny`]) make fast test models.
-    ///
-    /// # Errors
-    /// [`Error::ModelConfig`] for an invalid config or `num_labels = 0`.
-    pub fn random(
-        cfg: &BertConfig,
-        num_labels: usize,
-        pooling: Pooling,
-        dtype: DType,
-        device: &Device,
-        seed: u64,
-    ) -> Result<Self> {
-        let path = Path::new("<in-memory config>");
-        cfg.validate(path)?;
-        check_labels(num_labels, path)?;
-        // The encoder draws from its own stream so the head matches a loaded model's head.
-        let rng = seeded_rng(seed ^ 0x9E37_79B9_7F4A_7C15);
-        let mut ld = Loader::random(rng, cfg.initializer_range, dtype, device);
-        Self::build(cfg, &mut ld, num_labels, pooling, seed)
-    }
-
-    fn build(
-        cfg: &BertConfig,
-        ld: &mut Loader,
-        num_labels: usize,
-        pooling: Pooling,
-        seed: u64,
-    ) -> Result<Self> {
-        let with_pooler = cfg.model_type == BertFamily::Bert && pooling == Pooling::Cls;
-        let bert = Bert::build(cfg, ld, with_pooler)?;
-        let layout = head_layout(cfg);
-        Self::assemble(bert, layout, ld, cfg.hidden_size, num_labels, pooling, seed)
-    }
-
     /// The config the model was built from.
     pub fn config(&self) -> &BertConfig {
         self.encoder().config()
@@ -163,6 +80,44 @@ impl BertForSequenceClassification {
     /// As [`Bert::forward`].
     pub fn embed(&self, input: &ModelInput, pooling: Pooling) -> Result<Tensor> {
         self.encoder().embed(input, pooling)
+    }
+}
+
+impl BuildBackbone for Bert {
+    type Config = BertConfig;
+
+    fn config_from_value(value: &serde_json::Value, path: &Path) -> Result<BertConfig> {
+        BertConfig::from_value(value, path)
+    }
+
+    fn validate_config(cfg: &BertConfig, path: &Path) -> Result<()> {
+        cfg.validate(path)
+    }
+
+    fn checkpoint_prefix(
+        source: &dyn TensorSource,
+        cfg: &BertConfig,
+        folder: &Path,
+    ) -> Result<String> {
+        detect_prefix(source, cfg, folder)
+    }
+
+    /// BERT's pooler is built only for a head that pools through it (CLS).
+    fn build(cfg: &BertConfig, ld: &mut Loader<'_>, pooling: Pooling) -> Result<Self> {
+        let with_pooler = cfg.model_type == BertFamily::Bert && pooling == Pooling::Cls;
+        Bert::build(cfg, ld, with_pooler)
+    }
+
+    fn classifier_head(cfg: &BertConfig) -> HeadLayout {
+        head_layout(cfg)
+    }
+
+    fn hidden_size(cfg: &BertConfig) -> usize {
+        cfg.hidden_size
+    }
+
+    fn initializer_range(cfg: &BertConfig) -> f64 {
+        cfg.initializer_range
     }
 }
 

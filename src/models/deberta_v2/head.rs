@@ -7,15 +7,15 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::DebertaV2Config;
 use super::model::{DebertaV2, PREFIX, detect_prefix};
-use crate::adapters::{DefaultSites, Placement, VirtualSpec, seeded_rng};
+use crate::adapters::{DefaultSites, Placement, VirtualSpec};
 use crate::error::Error;
 use crate::error::Result;
-use crate::io::ResolvedModel;
+use crate::io::TensorSource;
 use crate::models::heads::{HeadActivation, HeadLayout, HiddenLayer, SequenceClassifier};
-use crate::models::layers::{check_labels, encoder_sites};
+use crate::models::layers::encoder_sites;
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
-use crate::models::{Backbone, ModelInput, Pooling};
+use crate::models::{Backbone, BuildBackbone, ModelInput, Pooling};
 
 /// DeBERTa-v2/v3 with HF's sequence-classification head: logits `(b_sz, num_labels)`;
 /// `num_labels = 1` is regression.
@@ -62,99 +62,45 @@ fn head_layout(cfg: &DebertaV2Config) -> HeadLayout {
 }
 
 impl DebertaV2ForSequenceClassification {
-    /// Loads the model in `dir` in `dtype`. The encoder may sit bare (`DebertaV2Model`) or
-    /// under `deberta.` (`DebertaV2For…`); head tensors are looked up bare.
-    ///
-    /// # Errors
-    /// [`Error::ModelConfig`] for an unsupported config or `num_labels = 0`;
-    /// [`Error::WeightTensor`] naming file, tensor, expected and got shape for a missing or
-    /// misshapen tensor (including a checkpoint head with another `num_labels`);
-    /// [`Error::ModelFile`] / [`Error::Io`] for unreadable files.
-    pub fn load(
-        dir: &Path,
-        num_labels: usize,
-        pooling: Pooling,
-        dtype: DType,
-        device: &Device,
-        seed: u64,
-    ) -> Result<Self> {
-        Self::load_from(
-            &ResolvedModel::from_dir(dir)?,
-            num_labels,
-            pooling,
-            dtype,
-            device,
-            seed,
-        )
-    }
-
-    /// As [`load`](Self::load), from an opened model: its parsed config and its tensors.
-    ///
-    /// # Errors
-    /// As [`load`](Self::load), but for the files, which were read when `model` was opened.
-    pub fn load_from(
-        model: &ResolvedModel,
-        num_labels: usize,
-        pooling: Pooling,
-        dtype: DType,
-        device: &Device,
-        seed: u64,
-    ) -> Result<Self> {
-        let config_path = model.config_path();
-        let cfg = DebertaV2Config::from_value(model.config(), &config_path)?;
-        check_labels(num_labels, &config_path)?;
-        let prefix = detect_prefix(model.tensors(), model.dir())?;
-        let mut ld = Loader::checkpoint(model.tensors(), &prefix, dtype, device);
-        let built = Self::build(&cfg, &mut ld, num_labels, pooling, seed)?;
-        ld.log_unused("model");
-        Ok(built)
-    }
-
-    /// A freshly initialised model (see [`DebertaV2::random`]) with a fresh head; tiny
-    /// configs ([`DebertaV2Config::tiny`]) make fast test models.
-    ///
-    /// # Errors
-    /// [`Error::ModelConfig`] for an invalid config or `num_labels = 0`.
-    pub fn random(
-        cfg: &DebertaV2Config,
-        num_labels: usize,
-        pooling: Pooling,
-        dtype: DType,
-        device: &Device,
-        seed: u64,
-    ) -> Result<Self> {
-        let path = Path::new("<in-memory config>");
-        cfg.validate(path)?;
-        check_labels(num_labels, path)?;
-        // The encoder draws from its own stream so the head matches a loaded model's head.
-        let rng = seeded_rng(seed ^ 0x9E37_79B9_7F4A_7C15);
-        let mut ld = Loader::random(rng, cfg.initializer_range, dtype, device);
-        Self::build(cfg, &mut ld, num_labels, pooling, seed)
-    }
-
-    fn build(
-        cfg: &DebertaV2Config,
-        ld: &mut Loader,
-        num_labels: usize,
-        pooling: Pooling,
-        seed: u64,
-    ) -> Result<Self> {
-        let deberta = DebertaV2::build(cfg, ld)?;
-        let layout = head_layout(cfg);
-        Self::assemble(
-            deberta,
-            layout,
-            ld,
-            cfg.hidden_size,
-            num_labels,
-            pooling,
-            seed,
-        )
-    }
-
     /// The config the model was built from.
     pub fn config(&self) -> &DebertaV2Config {
         self.encoder().config()
+    }
+}
+
+impl BuildBackbone for DebertaV2 {
+    type Config = DebertaV2Config;
+
+    fn config_from_value(value: &serde_json::Value, path: &Path) -> Result<DebertaV2Config> {
+        DebertaV2Config::from_value(value, path)
+    }
+
+    fn validate_config(cfg: &DebertaV2Config, path: &Path) -> Result<()> {
+        cfg.validate(path)
+    }
+
+    fn checkpoint_prefix(
+        source: &dyn TensorSource,
+        _cfg: &DebertaV2Config,
+        folder: &Path,
+    ) -> Result<String> {
+        detect_prefix(source, folder)
+    }
+
+    fn build(cfg: &DebertaV2Config, ld: &mut Loader<'_>, _pooling: Pooling) -> Result<Self> {
+        DebertaV2::build(cfg, ld)
+    }
+
+    fn classifier_head(cfg: &DebertaV2Config) -> HeadLayout {
+        head_layout(cfg)
+    }
+
+    fn hidden_size(cfg: &DebertaV2Config) -> usize {
+        cfg.hidden_size
+    }
+
+    fn initializer_range(cfg: &DebertaV2Config) -> f64 {
+        cfg.initializer_range
     }
 }
 

@@ -435,7 +435,7 @@ macro_rules! walk_deberta {
 /// The DeBERTa-v2/v3 encoder: token ids → hidden states `(b_sz, seq_len, hidden)`.
 ///
 /// Embeddings, layer norms, relative embeddings and linear weights are frozen tensors;
-/// adapters attached to the linears (through [`linears_mut`](Self::linears_mut)) are the only
+/// adapters attached to the linears (reached through [`walk_mut`](Self::walk_mut)) are the only
 /// trainable part.
 ///
 /// Hidden states of real tokens match HF's; those of padding tokens do not (HF zeroes their

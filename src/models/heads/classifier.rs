@@ -2,73 +2,19 @@
 //! per architecture is data ([`HeadLayout`]), not code. Implements [`Model`] once for every
 //! family.
 
-use candle_core::{Tensor, Var};
+use std::path::Path;
 
-use crate::adapters::{DefaultSites, Placement, VirtualSpec};
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::adapters::{DefaultSites, Placement, VirtualSpec, seeded_rng};
 use crate::error::Result;
-use crate::models::layers::{Dense, dropout, pool};
+use crate::io::ResolvedModel;
+use crate::models::backbone::BuildBackbone;
+use crate::models::heads::layout::HeadLayout;
+use crate::models::layers::{Dense, check_labels, dropout, pool};
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
 use crate::models::{Backbone, Model, ModelInput, Pooling};
-
-/// An activation HF configs name (`pooler_hidden_act`, DeBERTa's `conv_act`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum HeadActivation {
-    /// tanh (BERT's pooler, RoBERTa's `classifier.dense`).
-    Tanh,
-    /// GELU (DeBERTa's `pooler_hidden_act`, HF's default).
-    Gelu,
-}
-
-impl HeadActivation {
-    /// From an HF config's activation name (`tanh`; anything else is GELU, as HF's DeBERTa
-    /// `ContextPooler` treats its default).
-    pub fn from_hf(name: &str) -> Self {
-        if name == "tanh" {
-            Self::Tanh
-        } else {
-            Self::Gelu
-        }
-    }
-
-    /// The activation of `x`.
-    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Tanh => Ok(x.tanh()?),
-            Self::Gelu => crate::ops::gelu(x),
-        }
-    }
-}
-
-/// A hidden layer between the pooled vector and the output layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HiddenLayer {
-    /// Its checkpoint name (`classifier.dense`, `pooler.dense`).
-    pub name: &'static str,
-    /// Dropout before it (training only).
-    pub dropout: f64,
-    /// Its activation.
-    pub activation: HeadActivation,
-}
-
-/// HF's sequence-classification head of one architecture, as data:
-/// `output(dropout(act(hidden(dropout(pooled)))))`, or `output(dropout(pooled))` without a
-/// hidden layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeadLayout {
-    /// With [`Pooling::Cls`], pool through the backbone's own pooler (BERT's `pooler.dense`
-    /// + tanh) instead of taking the first token's hidden state.
-    pub cls_through_backbone_pooler: bool,
-    /// The hidden layer, if any (RoBERTa's `classifier.dense`, DeBERTa's `pooler.dense`).
-    pub hidden: Option<HiddenLayer>,
-    /// The output layer's checkpoint name (`classifier`, `classifier.out_proj`).
-    pub output: &'static str,
-    /// Dropout before the output layer (training only).
-    pub output_dropout: f64,
-    /// HF's class name of the whole model (`BertForSequenceClassification`), for a merged
-    /// export's config.json.
-    pub architecture: &'static str,
-}
 
 /// A backbone with HF's sequence-classification head: logits `(b_sz, num_labels)`;
 /// `num_labels = 1` is regression. The head's layers are trainable [`Var`]s, loaded when the
@@ -99,7 +45,7 @@ impl<B: Backbone> SequenceClassifier<B> {
     ///
     /// # Errors
     /// A head tensor of the checkpoint with the wrong shape.
-    pub(crate) fn assemble(
+    fn assemble(
         backbone: B,
         layout: HeadLayout,
         ld: &mut Loader,
@@ -143,6 +89,94 @@ impl<B: Backbone> SequenceClassifier<B> {
     /// The head's layout.
     pub fn layout(&self) -> &HeadLayout {
         &self.layout
+    }
+}
+
+impl<B: BuildBackbone> SequenceClassifier<B> {
+    /// Loads the model in `dir` in `dtype`. The backbone may sit bare (a `…Model`
+    /// checkpoint) or under the family's prefix (`…For…`); head tensors are looked up bare,
+    /// and `seed` initialises the ones the checkpoint lacks.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`](crate::Error::ModelConfig) for an unsupported config or
+    /// `num_labels = 0`; [`Error::WeightTensor`](crate::Error::WeightTensor) naming file,
+    /// tensor, expected and got shape for a missing or misshapen tensor (including a
+    /// checkpoint head with another `num_labels`); file errors.
+    pub fn load(
+        dir: &Path,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let model = ResolvedModel::from_dir(dir)?;
+        Self::load_from(&model, num_labels, pooling, dtype, device, seed)
+    }
+
+    /// As [`load`](Self::load), from an opened model: its parsed config and its tensors.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load), but for the files, which were read when `model` was opened.
+    pub fn load_from(
+        model: &ResolvedModel,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let config_path = model.config_path();
+        let cfg = B::config_from_value(model.config(), &config_path)?;
+        check_labels(num_labels, &config_path)?;
+        let prefix = B::checkpoint_prefix(model.tensors(), &cfg, model.dir())?;
+        let mut ld = Loader::checkpoint(model.tensors(), &prefix, dtype, device);
+        let built = Self::build(&cfg, &mut ld, num_labels, pooling, seed)?;
+        ld.log_unused("model");
+        Ok(built)
+    }
+
+    /// A freshly initialised model with a fresh head; tiny configs (`…Config::tiny()`) make
+    /// fast test models.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`](crate::Error::ModelConfig) for an invalid config or
+    /// `num_labels = 0`.
+    pub fn random(
+        cfg: &B::Config,
+        num_labels: usize,
+        pooling: Pooling,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let path = Path::new("<in-memory config>");
+        B::validate_config(cfg, path)?;
+        check_labels(num_labels, path)?;
+        // The backbone draws from its own stream so the head matches a loaded model's head.
+        let rng = seeded_rng(seed ^ 0x9E37_79B9_7F4A_7C15);
+        let mut ld = Loader::random(rng, B::initializer_range(cfg), dtype, device);
+        Self::build(cfg, &mut ld, num_labels, pooling, seed)
+    }
+
+    fn build(
+        cfg: &B::Config,
+        ld: &mut Loader,
+        num_labels: usize,
+        pooling: Pooling,
+        seed: u64,
+    ) -> Result<Self> {
+        let backbone = B::build(cfg, ld, pooling)?;
+        let layout = B::classifier_head(cfg);
+        Self::assemble(
+            backbone,
+            layout,
+            ld,
+            B::hidden_size(cfg),
+            num_labels,
+            pooling,
+            seed,
+        )
     }
 }
 

@@ -3,5 +3,7 @@
 //! [`HeadLayout`]). A language-model head for decoders joins here.
 
 mod classifier;
+mod layout;
 
-pub use classifier::{HeadActivation, HeadLayout, HiddenLayer, SequenceClassifier};
+pub use classifier::SequenceClassifier;
+pub use layout::{HeadActivation, HeadLayout, HiddenLayer};
