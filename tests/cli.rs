@@ -398,6 +398,14 @@ fn bad_method_config_fails_before_the_model_or_data_is_touched() {
             &["--method", "lora", "--overrides", r#"{"value": {"r": 0}}"#],
             &["--overrides entry `value`", "`r`", ">= 1"],
         ),
+        (
+            &["--method", "lora", "--overrides", r#"{"value": 3}"#],
+            &["overrides", "must be an object"],
+        ),
+        (
+            &["--method", "lora", "--target-regex", "query("],
+            &["target_modules", "not a valid regex"],
+        ),
     ];
     // Flags with fixed choices are refused by the parser, listing the choices (exit 2).
     let usage: &[(&[&str], &[&str])] = &[

@@ -27,13 +27,25 @@ pub trait Config:
     /// # Errors
     /// [`Error::ConfigField`] for JSON that is not this config; [`Config::validate`]'s errors.
     fn from_json(method: &'static str, given: &serde_json::Value) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(given.clone()).map_err(|e| Error::ConfigField {
-            method,
-            reason: e.to_string(),
-        })?;
-        cfg.validate()?;
-        Ok(cfg)
+        deserialize_validated(method, given)
     }
+}
+
+/// `value` read as `C` (missing fields take defaults, unknown fields are refused) and
+/// validated: [`Config::from_json`]'s default, for overrides that rewrite the JSON first.
+///
+/// # Errors
+/// [`Error::ConfigField`] naming the method; [`Config::validate`]'s errors.
+pub fn deserialize_validated<C: Config>(
+    method: &'static str,
+    value: &serde_json::Value,
+) -> Result<C> {
+    let cfg: C = serde_json::from_value(value.clone()).map_err(|e| Error::ConfigField {
+        method,
+        reason: e.to_string(),
+    })?;
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// A validated config of some method, as jobs carry it.

@@ -156,7 +156,17 @@ pub fn inject(
             None => spec.config(),
             Some(patch) => match patched.entry(patch.to_string()) {
                 Entry::Occupied(e) => &**e.into_mut(),
-                Entry::Vacant(e) => &**e.insert(spec.with_fields(&patch)?),
+                Entry::Vacant(e) => {
+                    let config =
+                        spec.with_fields(&patch)
+                            .map_err(|err| Error::AdapterMismatch {
+                                name: path.clone(),
+                                layer_out: layer_spec.out_features,
+                                layer_in: layer_spec.in_features,
+                                reason: format!("with the overrides {patch}: {err}"),
+                            })?;
+                    &**e.insert(config)
+                }
             },
         };
         let adapter =

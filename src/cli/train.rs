@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
-use ttlora::adapters::{MethodSpec, ModuleSet, Shorthand};
+use ttlora::adapters::{MethodSpec, ModuleSet, Shorthand, Targeting};
 use ttlora::data::{self, CustomColumns};
 use ttlora::jobs::finetune::{self, FineTuneSpec};
 use ttlora::jobs::study::StudySpec;
@@ -303,6 +303,15 @@ fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
             .context("--overrides must map module names to objects of config fields")?,
         None => BTreeMap::new(),
     };
+    let targets = module_set(&a.targets, &a.target_regex);
+    let exclude = module_set(&a.exclude, &None);
+    // Regexes and override entries are checked here, before any file is read.
+    let no_targets = ModuleSet::names(&[]);
+    Targeting::new(
+        targets.as_ref().unwrap_or(&no_targets),
+        exclude.as_ref(),
+        &overrides,
+    )?;
     for (key, fields) in &overrides {
         method
             .with_fields(fields)
@@ -351,8 +360,8 @@ fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
         },
         trial: TrialSpec {
             method,
-            targets: module_set(&a.targets, &a.target_regex),
-            exclude: module_set(&a.exclude, &None),
+            targets,
+            exclude,
             overrides,
             train_head: !(a.freeze_head || a.preset == Some(Preset::Paper)),
             batch_size: a.batch_size,

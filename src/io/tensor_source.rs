@@ -35,7 +35,10 @@ pub trait TensorSource: Send + Sync {
         self.shape(name).is_some()
     }
 
-    /// Loads tensor `name`, which must have exactly `shape`, as f32 on `device`.
+    /// Loads tensor `name`, which must have exactly `shape`, as f32 on `device`. f32 is what
+    /// every model computes in on CPU; a model built in another dtype converts from it, so
+    /// an f64 checkpoint loses its extra precision (none is shipped as f64) and a half-precision
+    /// build passes through one f32 copy per tensor.
     ///
     /// # Errors
     /// [`Error::WeightTensor`] naming the file and the tensor: `missing (expected shape …)` if

@@ -84,11 +84,12 @@ pub fn export(inf: &mut Inference, format: ExportFormat, out: &Path) -> Result<E
                 save_head: !cfg.modules_to_save.is_empty(),
                 task: Some(inf.task.clone()),
             };
-            if inf.task.pooling == crate::io::Pooling::Mean {
+            if inf.task.pooling != crate::io::Pooling::Cls {
                 tracing::warn!(
-                    "the adapter was trained with mean pooling; HF's {} pools the first token, \
+                    "the adapter was trained with {} pooling; HF's {} pools the first token, \
                      so PEFT will load the LoRA weights exactly but its head will see another \
                      pooled vector",
+                    inf.task.pooling,
                     inf.model.architecture()
                 );
             }

@@ -106,6 +106,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         ),
         adapter_dir: spec.out.clone(),
         seed: Some(spec.trial.train.seed),
+        data_seed: (spec.study.seed != spec.trial.train.seed).then_some(spec.study.seed),
         train_config: Some(spec.trial.train.clone()),
         batch_size: spec.trial.batch_size,
         max_train: spec.study.max_train,

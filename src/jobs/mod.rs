@@ -1,7 +1,11 @@
-//! Jobs: what a command does end to end, built from the lower layers. Fine-tuning
-//! (`finetune`: read a task, load and adapt the model, train, score, save), tokenized splits
-//! and scoring (`pipeline`), export (`export`), compression of any update to TT-LoRA
-//! (`compress`), adapter folder summaries (`inspect`) and run tables (`results`).
+//! Jobs: what a command does end to end, built from the lower layers. A task's examples
+//! (`task`); a study prepared once (`study`: model, tokenizer, tokenized split) and trials run
+//! on it (`trial`: a method and its training, what a search repeats); fine-tuning as
+//! `ttlora train` runs it (`finetune`: one study, one trial, the adapter and the run record
+//! `record` saved); a saved adapter on its base model (`inference`) scored or used to predict
+//! (`eval`); tokenized splits and scoring (`pipeline`); export (`export`), compression of any
+//! update to TT-LoRA (`compress`), adapter folder summaries (`inspect`) and run tables
+//! (`results`).
 //!
 //! Owns: the job specs and reports. Uses everything below it; the CLI calls one job per
 //! command. Must not know: clap, printing, progress bars.

@@ -72,9 +72,14 @@ pub struct RunRecord {
     /// The adapter folder.
     #[serde(default)]
     pub adapter_dir: PathBuf,
-    /// Seed of the run (absent in the earliest records).
+    /// Seed of the run's initialisation, batch order and dropout (absent in the earliest
+    /// records).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Seed of the training sample and the held-out split, where it differs from `seed` (a
+    /// search's trials share one split); absent when it is `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_seed: Option<u64>,
     /// Training settings used (absent in the earliest records).
     #[serde(default)]
     pub train_config: Option<TrainConfig>,

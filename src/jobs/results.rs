@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::jobs::record::RunRecord as Record;
+use crate::jobs::record::RunRecord;
 
 /// One finished run as a row of the tables, read from its `eval_results.json`.
 #[derive(Debug, Clone)]
-pub struct RunRecord {
+pub struct RunRow {
     /// Where it was read from.
     pub path: PathBuf,
     /// Task name.
@@ -50,10 +50,10 @@ pub struct RunRecord {
 ///
 /// # Errors
 /// An unreadable file or one that is not a run record.
-pub fn read_run(path: &Path) -> Result<RunRecord> {
-    let r = Record::read(path)?;
+pub fn read_run(path: &Path) -> Result<RunRow> {
+    let r = RunRecord::read(path)?;
     let train = r.train_config.as_ref();
-    Ok(RunRecord {
+    Ok(RunRow {
         path: path.to_path_buf(),
         config: run_config(r.recorded_config(), &r.method),
         task: r.task,
@@ -102,7 +102,7 @@ fn compact_config(config: &serde_json::Value) -> String {
 ///
 /// # Errors
 /// An unreadable folder or result file.
-pub fn read_runs(root: &Path) -> Result<Vec<RunRecord>> {
+pub fn read_runs(root: &Path) -> Result<Vec<RunRow>> {
     let entries = std::fs::read_dir(root).map_err(|source| Error::Io {
         path: root.to_path_buf(),
         source,
@@ -138,9 +138,9 @@ fn or_unknown<T: std::fmt::Display>(x: Option<T>) -> String {
 /// A markdown table: one row per (task, method, lr, epochs, training examples) with every dev
 /// metric as mean ± std over the seeds found, parameters and mean wall time per run. Values a
 /// result file does not record show as `?`.
-pub fn markdown_table(runs: &[RunRecord]) -> String {
+pub fn markdown_table(runs: &[RunRow]) -> String {
     type Key = (String, String, String, String, String, usize);
-    let mut groups: BTreeMap<Key, Vec<&RunRecord>> = BTreeMap::new();
+    let mut groups: BTreeMap<Key, Vec<&RunRow>> = BTreeMap::new();
     for r in runs {
         let lr = lr_label(r.lr);
         groups
@@ -206,8 +206,8 @@ const PIVOT_TASKS: [&str; 5] = ["sst2", "mrpc", "cola", "rte", "stsb"];
 /// all its runs. A method run with several configurations or learning rates gets a numbered
 /// row each; every row's learning rate and config are listed under the table. Tasks outside
 /// the paper's five are left out.
-pub fn pivot_table(runs: &[RunRecord]) -> String {
-    let mut groups: BTreeMap<(String, String, String), Vec<&RunRecord>> = BTreeMap::new();
+pub fn pivot_table(runs: &[RunRow]) -> String {
+    let mut groups: BTreeMap<(String, String, String), Vec<&RunRow>> = BTreeMap::new();
     for r in runs
         .iter()
         .filter(|r| PIVOT_TASKS.contains(&r.task.as_str()))
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn table_groups_seeds_per_task_and_method() {
-        let run = |seed, acc| RunRecord {
+        let run = |seed, acc| RunRow {
             path: PathBuf::new(),
             task: "rte".into(),
             method: "ttlora".into(),
@@ -338,7 +338,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("| 5e-3 | 7680 | 8450 | 33 | 100 | 500 |"), "{t}");
-        let old = RunRecord {
+        let old = RunRow {
             seed: None,
             peak_rss_mib: None,
             adapter_file_bytes: None,
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn pivot_puts_methods_in_rows_and_tasks_in_columns() {
-        let rec = |task: &str, method: &str, config: &str, seed: u64, x: f64| RunRecord {
+        let rec = |task: &str, method: &str, config: &str, seed: u64, x: f64| RunRow {
             path: PathBuf::new(),
             task: task.into(),
             method: method.into(),
@@ -380,7 +380,7 @@ mod tests {
             rec("rte", "adapter", "{\"variant\":\"b\"}", 1, 0.4),
             rec("qqp", "lora", "{}", 1, 0.1),
             rec("rte", "prompt", "{}", 1, 0.5),
-            RunRecord {
+            RunRow {
                 lr: Some(1e-2),
                 ..rec("rte", "prompt", "{}", 1, 0.6)
             },

@@ -61,7 +61,8 @@ pub struct Study {
     pub extra_dev: Vec<(String, EncodedSplit)>,
 }
 
-/// Prepares a study: everything a trial needs that does not depend on the method.
+/// Prepares a study: everything a trial needs that does not depend on the method. The
+/// model is built once here to check it, before any text is tokenized.
 ///
 /// # Errors
 /// A model that cannot be resolved; the task readers' and tokenizer's errors.
@@ -74,6 +75,10 @@ pub fn prepare(spec: StudySpec) -> Result<Study> {
         task.label_names.len()
     };
     let pooling = choose_pooling(spec.pooling, model.dir())?;
+    // Build the classifier once before the data is tokenized, so an unsupported
+    // `model_type`, a bad config or a checkpoint head of another label count fails at once
+    // (each trial builds its own copy from the mapped weights).
+    load_classifier_from(&model, num_labels, pooling, &spec.device, spec.seed)?;
     let TokenizerSource::Json(tokenizer) = model.tokenizer();
     let encoder = TextEncoder::from_file(tokenizer, spec.max_len)?;
 

@@ -124,12 +124,13 @@ pub fn write_merged(
     })?;
     let config = merged_config(&base, model, task)?;
     if let Some(t) = task
-        && t.pooling == crate::io::Pooling::Mean
+        && t.pooling != crate::io::Pooling::Cls
     {
         tracing::warn!(
-            "the adapter was trained with mean pooling; HF's {} pools the first token \
+            "the adapter was trained with {} pooling; HF's {} pools the first token \
              instead, so other runtimes will not reproduce its outputs (ttlora will: it reads \
              the pooling from {TASK_FILE})",
+            t.pooling,
             model.architecture()
         );
     }

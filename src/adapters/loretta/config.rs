@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::Config;
 use crate::adapters::bottleneck::{BottleneckConfig, NonLinearity, Variant};
+use crate::adapters::config::deserialize_validated;
 use crate::adapters::ttlora::{TtInit, TtLoraConfig};
 use crate::error::{Error, Result};
 
@@ -39,17 +40,10 @@ impl Default for LorettaRepConfig {
 }
 
 impl Config for LorettaRepConfig {
-    /// Writes `tensor_rank` into the given trains first (so a train that sets no rank takes `tensor_rank`).
+    /// Writes `tensor_rank` into the given trains first, so a train that sets no rank takes
+    /// `tensor_rank`.
     fn from_json(method: &'static str, given: &serde_json::Value) -> Result<Self> {
-        let cfg: Self =
-            serde_json::from_value(with_tensor_rank(given, &["a", "b"])).map_err(|e| {
-                Error::ConfigField {
-                    method,
-                    reason: e.to_string(),
-                }
-            })?;
-        cfg.validate()?;
-        Ok(cfg)
+        deserialize_validated(method, &with_tensor_rank(given, &["a", "b"]))
     }
 
     fn validate(&self) -> Result<()> {
@@ -175,17 +169,10 @@ impl Default for LorettaAdpConfig {
 }
 
 impl Config for LorettaAdpConfig {
-    /// Writes `tensor_rank` into the given trains first (so a train that sets no rank takes `tensor_rank`).
+    /// Writes `tensor_rank` into the given trains first, so a train that sets no rank takes
+    /// `tensor_rank`.
     fn from_json(method: &'static str, given: &serde_json::Value) -> Result<Self> {
-        let cfg: Self =
-            serde_json::from_value(with_tensor_rank(given, &["down", "up"])).map_err(|e| {
-                Error::ConfigField {
-                    method,
-                    reason: e.to_string(),
-                }
-            })?;
-        cfg.validate()?;
-        Ok(cfg)
+        deserialize_validated(method, &with_tensor_rank(given, &["down", "up"]))
     }
 
     fn validate(&self) -> Result<()> {
