@@ -1,8 +1,12 @@
 //! Behaviour pinned across refactors: for a fixed seed, `ttlora train` of every registered
-//! method on the tiny BERT and the tiny DeBERTa (bundled SST-2, a 64-example sample, one epoch)
-//! must save the same `adapter_model.safetensors` and score the same dev metrics as the code
-//! that recorded `tests/fixtures/golden/behaviour.json` (commit 43e51d2, before the issue-16
-//! redesign). Runs go through the CLI, so the check survives changes of the library API.
+//! method on the tiny BERT and the tiny DeBERTa (bundled SST-2, a 64-example sample, one epoch),
+//! further rows on the tiny BERT (overrides and PEFT patterns, mean pooling with evaluation
+//! every step and early stopping, STS-B regression, MRPC pairs, frozen embeddings) and five
+//! methods on the tiny RoBERTa must save the same `adapter_model.safetensors` and score the
+//! same dev metrics as the code that recorded `tests/fixtures/golden/behaviour.json` (commit
+//! 43e51d2, before the issue-16 redesign, run from a worktree with this file's rows; only the
+//! two DeBERTa refusal messages were reworded since). Runs go through the CLI, so the check
+//! survives changes of the library API.
 //!
 //! The bytes of a trained tensor depend on the CPU's matmul kernels (AVX-512, AVX2, …), so the
 //! sha256 is compared only on a CPU with the recorded kernel features (there, each tensor's sum
@@ -61,6 +65,41 @@ const ROWS: &[(&str, &str, Option<&str>)] = &[
     ("prompt", "prompt", None),
 ];
 
+/// Further rows on one family: (row name, method, task, extra flags). They pin the paths
+/// the default rows leave out: per-module overrides and PEFT's patterns, mean pooling with
+/// evaluation every step and early stopping, regression, sentence pairs, frozen embeddings.
+/// STS-B and MRPC come from the test fixtures' small files.
+const VARIANTS: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "lora-patterns-overrides",
+        "lora",
+        "sst2",
+        &[
+            "--adapter-config",
+            r#"{"rank_pattern": {"query": 2}}"#,
+            "--overrides",
+            r#"{"value": {"lora_alpha": 16.0}}"#,
+        ],
+    ),
+    (
+        "ttlora-mean-eval-patience",
+        "ttlora",
+        "sst2",
+        &["--pooling", "mean", "--eval-every", "1", "--patience", "1"],
+    ),
+    ("ttlora-stsb-regression", "ttlora", "stsb", &[]),
+    ("lora-mrpc-pairs", "lora", "mrpc", &[]),
+    (
+        "full-frozen-embeddings",
+        "full",
+        "sst2",
+        &["--adapter-config", r#"{"freeze_embeddings": true}"#],
+    ),
+];
+
+/// The rows the tiny RoBERTa runs (its own position ids and head layout).
+const ROBERTA_ROWS: &[&str] = &["lora", "ttlora", "adapter", "prompt", "prefix"];
+
 fn golden_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/behaviour.json")
 }
@@ -89,14 +128,18 @@ fn cpu_kind() -> String {
     }
 }
 
-fn run_row(model: &Path, out: &Path, method: &str, config: Option<&str>) -> Outcome {
-    let data = bundled_data();
+fn run_row(model: &Path, out: &Path, method: &str, task: &str, extra: &[&str]) -> Outcome {
+    let data = if task == "sst2" {
+        bundled_data()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    };
     let mut args = vec![
         "train",
         "--model",
         model.to_str().unwrap(),
         "--task",
-        "sst2",
+        task,
         "--data",
         data.to_str().unwrap(),
         "--method",
@@ -116,9 +159,7 @@ fn run_row(model: &Path, out: &Path, method: &str, config: Option<&str>) -> Outc
         "--out",
         out.to_str().unwrap(),
     ];
-    if let Some(c) = config {
-        args.extend(["--adapter-config", c]);
-    }
+    args.extend_from_slice(extra);
     let o = ttlora(&args);
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr);
@@ -215,15 +256,27 @@ fn every_method_trains_to_the_recorded_bytes_and_scores() {
         ("bert", tiny_bert_folder("golden-bert", BertConfig::tiny())),
         ("deberta", tiny_deberta_folder("golden-deberta")),
     ];
+    let roberta = tiny_bert_folder("golden-roberta", BertConfig::tiny_roberta());
     let mut runs = BTreeMap::new();
+    let mut run = |family: &str, dir: &Path, row: &str, method, task, extra: &[&str]| {
+        let out = dir.join(format!("run-{row}"));
+        let outcome = run_row(dir, &out, method, task, extra);
+        runs.insert(format!("{family}/{row}"), outcome);
+    };
     for (family, dir) in &families {
         for (row, method, config) in ROWS {
-            let out = dir.join(format!("run-{row}"));
-            runs.insert(
-                format!("{family}/{row}"),
-                run_row(dir, &out, method, *config),
-            );
+            let extra: Vec<&str> = config
+                .iter()
+                .flat_map(|c| ["--adapter-config", c])
+                .collect();
+            run(family, dir, row, method, "sst2", &extra);
         }
+    }
+    for (row, method, task, extra) in VARIANTS {
+        run("bert", &families[0].1, row, method, task, extra);
+    }
+    for method in ROBERTA_ROWS {
+        run("roberta", &roberta, method, method, "sst2", &[]);
     }
     let now = Golden {
         cpu: cpu_kind(),
