@@ -60,8 +60,10 @@ pub struct ModelArgs {
     /// What to time.
     #[arg(long, value_enum, default_value_t = StepKind::Train)]
     kind: StepKind,
-    /// `none` (base model; infer only) or a method: `lora`, `ttlora`, `full`, ….
-    #[arg(long, default_value = "lora")]
+    /// `none` (the base model; infer only) or a method (`ttlora methods` lists them).
+    #[arg(long, default_value = "lora",
+          value_parser = clap::builder::PossibleValuesParser::new(
+              std::iter::once("none").chain(ttlora::adapters::method_names())))]
     method: String,
     /// Method config as JSON, e.g. '{"r": 8}' or '{"path": "contract"}'.
     #[arg(long, value_name = "JSON", default_value = "{}")]
@@ -141,11 +143,16 @@ fn run_matmul(a: MatmulArgs) -> Result<()> {
 /// Prints one JSON line per measured row.
 fn run_model(a: ModelArgs) -> Result<()> {
     use ttlora::bench::model_step::{ModelStepConfig, inference, train_step};
+    let method_config: serde_json::Value = serde_json::from_str(&a.config)
+        .map_err(|e| anyhow::anyhow!("--config is not valid JSON: {e}"))?;
+    // The method and its config are checked before the model is looked for.
+    if a.method != "none" {
+        ttlora::adapters::MethodSpec::parse(&a.method, method_config.clone())?;
+    }
     let dir = ttlora::io::resolve_model(&a.model, !a.fetch.offline)?;
     let cfg = ModelStepConfig {
         method: a.method,
-        method_config: serde_json::from_str(&a.config)
-            .map_err(|e| anyhow::anyhow!("--config is not valid JSON: {e}"))?,
+        method_config,
         batch_size: a.batch_size,
         seq_len: a.seq_len,
         iters: a.iters,

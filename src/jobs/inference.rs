@@ -7,7 +7,7 @@ use candle_core::Device;
 
 use crate::data::TextEncoder;
 use crate::error::{Error, Result};
-use crate::io::{self, ResolvedModel, TaskInfo};
+use crate::io::{self, ResolvedModel, TaskInfo, TokenizerSource};
 use crate::jobs::study::choose_pooling;
 use crate::jobs::trial::ADAPTER_NAME;
 use crate::models::{Model, load_classifier_from};
@@ -22,6 +22,8 @@ pub struct Inference {
     pub task: TaskInfo,
     /// The resolved base model folder.
     pub model_dir: PathBuf,
+    /// Where the base model's tokenizer is (as the resolved model found it).
+    pub tokenizer: TokenizerSource,
     /// The base model as named (the override, else the adapter config's), for files written
     /// from this adapter.
     pub base_model: String,
@@ -75,6 +77,7 @@ pub fn load(
         config: folder.config,
         task,
         model_dir,
+        tokenizer: base.tokenizer().clone(),
         base_model: spec,
     })
 }
@@ -85,7 +88,8 @@ impl Inference {
     /// # Errors
     /// A missing or invalid `tokenizer.json` in the base model folder.
     pub fn encoder(&self) -> Result<TextEncoder> {
-        TextEncoder::from_file(&self.model_dir.join("tokenizer.json"), self.task.max_len)
+        let TokenizerSource::Json(path) = &self.tokenizer;
+        TextEncoder::from_file(path, self.task.max_len)
     }
 }
 
