@@ -143,47 +143,29 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-
-    /// A fresh temp folder, removed when dropped, also when the test panics.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("ttlora-io-resolved-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::io::fs::TempDir;
 
     #[test]
     fn a_folder_opens_with_config_hash_tokenizer_and_tensors() {
         let tmp = TempDir::new("open");
         let config = r#"{"model_type": "bert", "hidden_size": 4}"#;
-        std::fs::write(tmp.0.join(MODEL_CONFIG_FILE), config).unwrap();
+        std::fs::write(tmp.join(MODEL_CONFIG_FILE), config).unwrap();
         let t = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
         let map = HashMap::from([("w".to_string(), t)]);
-        candle_core::safetensors::save(&map, tmp.0.join("model.safetensors")).unwrap();
+        candle_core::safetensors::save(&map, tmp.join("model.safetensors")).unwrap();
 
-        let model = ResolvedModel::open(tmp.0.to_str().unwrap(), false).unwrap();
-        assert_eq!(model.dir(), tmp.0);
-        assert_eq!(model.spec(), tmp.0.to_str().unwrap());
+        let model = ResolvedModel::open(tmp.to_str().unwrap(), false).unwrap();
+        assert_eq!(model.dir(), &*tmp);
+        assert_eq!(model.spec(), tmp.to_str().unwrap());
         assert_eq!(model.model_type(), Some("bert"));
         assert_eq!(model.config()["hidden_size"], 4);
         assert_eq!(
             model.config_sha256(),
-            crate::io::sha256_file(&tmp.0.join(MODEL_CONFIG_FILE)).unwrap()
+            crate::io::sha256_file(&tmp.join(MODEL_CONFIG_FILE)).unwrap()
         );
         assert_eq!(
             model.tokenizer(),
-            &TokenizerSource::Json(tmp.0.join(TOKENIZER_FILE))
+            &TokenizerSource::Json(tmp.join(TOKENIZER_FILE))
         );
         assert_eq!(model.tensors().names(), ["w"]);
         assert_eq!(model.tensors().shape("w"), Some(&[4][..]));
@@ -192,9 +174,9 @@ mod tests {
     #[test]
     fn bad_json_and_missing_weights_are_clear_errors() {
         let tmp = TempDir::new("bad");
-        let config = tmp.0.join(MODEL_CONFIG_FILE);
+        let config = tmp.join(MODEL_CONFIG_FILE);
         std::fs::write(&config, "{not json").unwrap();
-        let err = ResolvedModel::from_dir(&tmp.0).unwrap_err().to_string();
+        let err = ResolvedModel::from_dir(&tmp).unwrap_err().to_string();
         assert!(
             err.starts_with(&format!(
                 "model config {}: not valid JSON",
@@ -203,7 +185,7 @@ mod tests {
             "{err}"
         );
         std::fs::write(&config, "{}").unwrap();
-        let err = ResolvedModel::from_dir(&tmp.0).unwrap_err().to_string();
+        let err = ResolvedModel::from_dir(&tmp).unwrap_err().to_string();
         assert!(
             err.ends_with("no model.safetensors or model.safetensors.index.json"),
             "{err}"

@@ -170,25 +170,7 @@ mod tests {
 
     use super::*;
     use crate::io::TrackedSource;
-
-    /// A fresh temp folder, removed when dropped, also when the test panics.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("ttlora-io-source-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::io::fs::TempDir;
 
     /// `(name, shape)` tensors filled with 0, 1, 2, … as f32.
     fn tensors(specs: &[(&str, &[usize])]) -> HashMap<String, Tensor> {
@@ -212,13 +194,13 @@ mod tests {
     #[test]
     fn a_single_file_lists_names_and_shapes_and_loads_f32() {
         let tmp = TempDir::new("single");
-        let file = tmp.0.join(SAFETENSORS_FILE);
+        let file = tmp.join(SAFETENSORS_FILE);
         let half: HashMap<String, Tensor> = tensors(TWO)
             .into_iter()
             .map(|(n, t)| (n, t.to_dtype(DType::F16).unwrap()))
             .collect();
         candle_core::safetensors::save(&half, &file).unwrap();
-        let src = SafetensorsSource::open(&tmp.0).unwrap();
+        let src = SafetensorsSource::open(&tmp).unwrap();
         assert_eq!(src.location(), file);
         assert_eq!(src.names(), ["a.bias", "a.weight"]);
         assert_eq!(src.shape("a.weight"), Some(&[2, 3][..]));
@@ -235,9 +217,9 @@ mod tests {
     #[test]
     fn a_missing_tensor_and_a_wrong_shape_name_file_and_tensor() {
         let tmp = TempDir::new("strict");
-        let file = tmp.0.join(SAFETENSORS_FILE);
+        let file = tmp.join(SAFETENSORS_FILE);
         write(&file, TWO);
-        let src = SafetensorsSource::open(&tmp.0).unwrap();
+        let src = SafetensorsSource::open(&tmp).unwrap();
         let err = |name: &str, shape: &[usize]| {
             src.load(name, shape, &Device::Cpu).unwrap_err().to_string()
         };
@@ -260,13 +242,13 @@ mod tests {
     #[test]
     fn a_folder_without_weights_or_with_a_bad_file_is_a_clear_error() {
         let tmp = TempDir::new("none");
-        let err = SafetensorsSource::open(&tmp.0).unwrap_err().to_string();
+        let err = SafetensorsSource::open(&tmp).unwrap_err().to_string();
         assert!(
             err.ends_with("no model.safetensors or model.safetensors.index.json"),
             "{err}"
         );
-        std::fs::write(tmp.0.join(SAFETENSORS_FILE), b"not safetensors").unwrap();
-        let err = SafetensorsSource::open(&tmp.0).unwrap_err().to_string();
+        std::fs::write(tmp.join(SAFETENSORS_FILE), b"not safetensors").unwrap();
+        let err = SafetensorsSource::open(&tmp).unwrap_err().to_string();
         assert!(err.contains("not a valid safetensors file"), "{err}");
     }
 
@@ -277,15 +259,15 @@ mod tests {
             "model-00001-of-00002.safetensors",
             "model-00002-of-00002.safetensors",
         );
-        write(&tmp.0.join(one), TWO);
-        write(&tmp.0.join(two), &[("b.weight", &[4])]);
-        let index = tmp.0.join(SAFETENSORS_INDEX);
+        write(&tmp.join(one), TWO);
+        write(&tmp.join(two), &[("b.weight", &[4])]);
+        let index = tmp.join(SAFETENSORS_INDEX);
         let map = serde_json::json!({
             "metadata": {"total_size": 32},
             "weight_map": {"a.weight": one, "a.bias": one, "b.weight": two},
         });
         std::fs::write(&index, map.to_string()).unwrap();
-        let src = SafetensorsSource::open(&tmp.0).unwrap();
+        let src = SafetensorsSource::open(&tmp).unwrap();
         assert_eq!(src.location(), index);
         assert_eq!(src.files().count(), 2);
         assert_eq!(src.names(), ["a.bias", "a.weight", "b.weight"]);
@@ -304,7 +286,7 @@ mod tests {
             err.to_string(),
             format!(
                 "{}: tensor `b.weight` has shape [4], expected [5]",
-                tmp.0.join(two).display()
+                tmp.join(two).display()
             )
         );
         let err = src.load("c", &[1], &Device::Cpu).unwrap_err();
@@ -336,14 +318,14 @@ mod tests {
     fn tensors_left_unused_are_reported() {
         let tmp = TempDir::new("unused");
         write(
-            &tmp.0.join(SAFETENSORS_FILE),
+            &tmp.join(SAFETENSORS_FILE),
             &[
                 ("a.weight", &[2, 3]),
                 ("a.bias", &[2]),
                 ("lm_head.weight", &[1]),
             ],
         );
-        let src = SafetensorsSource::open(&tmp.0).unwrap();
+        let src = SafetensorsSource::open(&tmp).unwrap();
         let mut tracked = TrackedSource::new(&src);
         tracked.load("a.weight", &[2, 3], &Device::Cpu).unwrap();
         tracked.load("a.bias", &[2], &Device::Cpu).unwrap();
