@@ -269,12 +269,6 @@ pub enum Error {
         /// What the placing holds.
         got: &'static str,
     },
-    /// Virtual tokens offered with a placement that is not one of virtual tokens.
-    #[error("virtual tokens: placement {got}, expected Prompt or Prefix")]
-    NotVirtualPlacement {
-        /// The placement given (its `Debug` name: `error` sits below `adapters`).
-        got: String,
-    },
     /// Prompt or prefix tuning on an architecture that has no place for virtual tokens.
     #[error("{method} tuning is not available for {architecture}: {reason}")]
     VirtualTokensUnsupported {

@@ -10,7 +10,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use candle_core::{DType, Device, Tensor};
-use ttlora::adapters::{METHODS, MethodSpec, Placement, method, seeded_rng};
+use ttlora::adapters::{LayerPlacement, METHODS, MethodKind, MethodSpec, method, seeded_rng};
 use ttlora::io::AdapterFolder;
 use ttlora::models::{
     BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
@@ -456,13 +456,13 @@ fn check_merge(family: &Family, row: &Row, dev: &Device) {
     let (mut model, _) = adapted(family, row, dev);
     train_steps(model.as_ref(), dev);
     let unmerged = logits(model.as_ref(), dev);
-    match method(row.method).unwrap().placement() {
-        Placement::Parallel => {
+    match method(row.method).unwrap().kind() {
+        MethodKind::Layer(LayerPlacement::Parallel) => {
             assert!(merge_adapters(model.as_mut(), ADAPTER).unwrap() > 0);
             let d = max_diff(&unmerged, &logits(model.as_ref(), dev));
             assert!(d <= MERGED, "merged differs by {d}");
         }
-        Placement::Serial | Placement::Prompt | Placement::Prefix => {
+        MethodKind::Layer(LayerPlacement::Serial) | MethodKind::VirtualTokens(_) => {
             let err = merge_adapters(model.as_mut(), ADAPTER)
                 .unwrap_err()
                 .to_string();
@@ -474,7 +474,7 @@ fn check_merge(family: &Family, row: &Row, dev: &Device) {
             );
         }
         // The weights are the model: nothing to merge, nothing changes.
-        Placement::Base => {
+        MethodKind::BaseWeights => {
             assert_eq!(merge_adapters(model.as_mut(), ADAPTER).unwrap(), 0);
             assert_eq!(unmerged, logits(model.as_ref(), dev));
         }

@@ -23,8 +23,10 @@ pub struct LayerSpec {
 
 /// One adapter on one linear layer.
 ///
-/// A [`Placement::Parallel`](crate::adapters::Placement::Parallel) adapter adds an update ΔW (already scaled) to the layer's input
-/// path, `y += ΔW(x)`; a [`Placement::Serial`](crate::adapters::Placement::Serial) one maps the layer's output, `y ← y + g(y)`.
+/// A [`LayerPlacement::Parallel`](crate::adapters::LayerPlacement::Parallel) adapter adds an
+/// update ΔW (already scaled) to the layer's input path, `y += ΔW(x)`; a
+/// [`LayerPlacement::Serial`](crate::adapters::LayerPlacement::Serial) one maps the layer's
+/// output, `y ← y + g(y)`.
 ///
 /// Required: [`forward_delta`](Adapter::forward_delta), [`delta_weight`](Adapter::delta_weight),
 /// [`trainable`](Adapter::trainable) and the sizes; provided: parameter counting and merging.

@@ -1,5 +1,5 @@
 //! One kind of adapter: the [`Method`] trait (name, key prefix, config, builders), where its
-//! tensors sit ([`Placement`]) and what it is told about the model ([`DefaultSites`],
+//! tensors sit ([`MethodKind`]) and what it is told about the model ([`DefaultSites`],
 //! [`VirtualSpec`]).
 
 use std::collections::BTreeMap;
@@ -11,21 +11,45 @@ use crate::adapters::config::overlay;
 use crate::adapters::{Adapter, LayerSpec, MethodConfig, ModuleSet};
 use crate::error::{Error, Result};
 
-/// Where a method's trainable tensors sit in the model.
+/// What a method changes in a model; the binding layer (`tuning::attach`) has the one match
+/// that decides how each kind is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// On chosen linear layers, beside the frozen weight: `y = W0·x + b + ΔW(x)` (the LoRA
-    /// family). Mergeable.
-    Parallel,
-    /// On chosen linear layers, after them: `y ← y + g(y)` with `g` non-linear (bottleneck
-    /// adapters). Not mergeable.
-    Serial,
+pub enum MethodKind {
+    /// Adapters on chosen linear layers.
+    Layer(LayerPlacement),
+    /// Virtual tokens the model reads before the sequence. Not mergeable.
+    VirtualTokens(TokenPlacement),
     /// The base model's own weights (full fine-tuning); nothing is attached.
-    Base,
-    /// Soft tokens before the input embeddings (prompt tuning). Not mergeable.
+    BaseWeights,
+}
+
+/// Where a layer adapter sits on its linear layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerPlacement {
+    /// Beside the frozen weight: `y = W0·x + b + ΔW(x)` (the LoRA family). Mergeable.
+    Parallel,
+    /// After the layer: `y ← y + g(y)` with `g` non-linear (bottleneck adapters). Not
+    /// mergeable.
+    Serial,
+}
+
+/// Where virtual tokens go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPlacement {
+    /// Soft tokens before the input embeddings (prompt tuning).
     Prompt,
-    /// Keys and values before every attention layer's own (prefix tuning). Not mergeable.
+    /// Keys and values before every attention layer's own (prefix tuning).
     Prefix,
+}
+
+impl TokenPlacement {
+    /// The method's registry name (`prompt`, `prefix`).
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Prompt => "prompt",
+            Self::Prefix => "prefix",
+        }
+    }
 }
 
 /// What a prompt-learning method needs to know about the model it builds tokens for.
@@ -45,7 +69,7 @@ pub struct VirtualSpec {
     pub device: Device,
 }
 
-/// A base-model tensor as a [`Placement::Base`] method is asked about it: what the model's
+/// A base-model tensor as a [`MethodKind::BaseWeights`] method is asked about it: what the model's
 /// walk tags it with, so methods never match model names.
 #[derive(Debug, Clone, Copy)]
 pub struct BaseTensorInfo<'a> {
@@ -158,9 +182,9 @@ pub trait Method: Sync {
         5e-3
     }
 
-    /// Where the method's trainable tensors sit. Default: beside linear layers.
-    fn placement(&self) -> Placement {
-        Placement::Parallel
+    /// What the method changes. Default: adapters beside linear layers.
+    fn kind(&self) -> MethodKind {
+        MethodKind::Layer(LayerPlacement::Parallel)
     }
 
     /// The modules the method targets when the user names none. Default: the architecture's
@@ -190,8 +214,8 @@ pub trait Method: Sync {
         Ok(BTreeMap::new())
     }
 
-    /// Builds an adapter for one layer. Only [`Placement::Parallel`] and
-    /// [`Placement::Serial`] methods build adapters.
+    /// Builds an adapter for one layer. Only [`MethodKind::Layer`] methods build
+    /// adapters.
     ///
     /// # Errors
     /// A config that does not fit the layer; a method that attaches no adapters to layers.
@@ -224,7 +248,7 @@ pub trait Method: Sync {
         self.build(self.parse_config(config)?.as_ref(), layer, rng)
     }
 
-    /// For a [`Placement::Prompt`] or [`Placement::Prefix`] method: its one trainable tensor
+    /// For a [`MethodKind::VirtualTokens`] method: its one trainable tensor
     /// (PEFT's `prompt_embeddings`), freshly initialised for a model like `spec`.
     ///
     /// # Errors
@@ -244,7 +268,7 @@ pub trait Method: Sync {
         })
     }
 
-    /// For a [`Placement::Base`] method: whether the base tensor `tensor` trains under
+    /// For a [`MethodKind::BaseWeights`] method: whether the base tensor `tensor` trains under
     /// `config`.
     ///
     /// # Errors

@@ -8,7 +8,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::adapters::{MethodSpec, Placement, method, seeded_rng};
+use crate::adapters::{MethodKind, MethodSpec, method, seeded_rng};
 use crate::bench::roofline::{EncoderSize, StepWork};
 use crate::bench::time_median;
 use crate::error::{Error, Result};
@@ -198,7 +198,7 @@ fn row(
 ) -> ModelStepRow {
     let secs = t.as_secs_f64();
     let gflop = size.map_or(0.0, |s| {
-        let full = method(&cfg.method).is_ok_and(|m| m.placement() == Placement::Base);
+        let full = method(&cfg.method).is_ok_and(|m| m.kind() == MethodKind::BaseWeights);
         let work = match (kind, full) {
             ("train", true) => StepWork::FullTraining,
             ("train", false) => StepWork::FrozenTraining,

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use clap::Args;
-use ttlora::adapters::{METHODS, Placement};
+use ttlora::adapters::{LayerPlacement, METHODS, MethodKind, TokenPlacement};
 
 use super::common::JsonArgs;
 
@@ -22,12 +22,16 @@ pub struct MethodsArgs {
 pub fn run(a: MethodsArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for m in METHODS {
-        let placement = match m.placement() {
-            Placement::Parallel => "beside linear layers (mergeable)",
-            Placement::Serial => "after linear layers (not mergeable)",
-            Placement::Base => "the base weights",
-            Placement::Prompt => "soft tokens before the input (not mergeable)",
-            Placement::Prefix => "keys and values before each attention's (not mergeable)",
+        let placement = match m.kind() {
+            MethodKind::Layer(LayerPlacement::Parallel) => "beside linear layers (mergeable)",
+            MethodKind::Layer(LayerPlacement::Serial) => "after linear layers (not mergeable)",
+            MethodKind::BaseWeights => "the base weights",
+            MethodKind::VirtualTokens(TokenPlacement::Prompt) => {
+                "soft tokens before the input (not mergeable)"
+            }
+            MethodKind::VirtualTokens(TokenPlacement::Prefix) => {
+                "keys and values before each attention's (not mergeable)"
+            }
         };
         if a.output.json {
             let row = serde_json::json!({

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::adapters::{Method, Placement};
+use crate::adapters::{LayerPlacement, Method, MethodKind};
 use crate::error::{Error, Result};
 use crate::jobs::inference::Inference;
 use crate::jobs::trial::ADAPTER_NAME;
@@ -117,9 +117,9 @@ pub fn export(inf: &mut Inference, format: ExportFormat, out: &Path) -> Result<E
 /// LoRA form, or `None` for the LoRA family (whose every shape is still checked module by
 /// module).
 fn no_lora_form(m: &dyn Method) -> Option<Error> {
-    let (what, instead) = match m.placement() {
-        Placement::Parallel => return None,
-        Placement::Serial => (
+    let (what, instead) = match m.kind() {
+        MethodKind::Layer(LayerPlacement::Parallel) => return None,
+        MethodKind::Layer(LayerPlacement::Serial) => (
             "adapter",
             format!(
                 "being non-linear, it cannot be merged either; its folder (peft_type {}) is what \
@@ -127,11 +127,11 @@ fn no_lora_form(m: &dyn Method) -> Option<Error> {
                 m.peft_type()
             ),
         ),
-        Placement::Base => (
+        MethodKind::BaseWeights => (
             "fine-tune",
             "--format merged (or ttlora merge) writes it as a complete HF model folder".into(),
         ),
-        Placement::Prompt | Placement::Prefix => (
+        MethodKind::VirtualTokens(_) => (
             "adapter",
             format!(
                 "it cannot be merged either; its folder already uses PEFT's {} layout, which \

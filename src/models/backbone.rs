@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
-use crate::adapters::{DefaultSites, Placement, VirtualSpec};
+use crate::adapters::{DefaultSites, TokenPlacement, VirtualSpec};
 use crate::error::Result;
 use crate::io::TensorSource;
 use crate::models::heads::HeadLayout;
@@ -58,10 +58,10 @@ pub trait Backbone: Send + Sync {
     ///
     /// # Errors
     /// A tensor of the wrong width; a backbone that does not take that placement.
-    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()>;
+    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()>;
 
     /// The attached prompt or prefix tokens.
-    fn virtual_tokens(&self) -> Option<(Placement, Var)>;
+    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)>;
 }
 
 /// How a family's backbone is built from an HF config and weights: what the shared loaders

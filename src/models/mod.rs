@@ -26,7 +26,7 @@ mod weights;
 
 use candle_core::{Tensor, Var};
 
-use crate::adapters::{DefaultSites, Linear, Placement, VirtualSpec};
+use crate::adapters::{DefaultSites, Linear, TokenPlacement, VirtualSpec};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
@@ -127,10 +127,10 @@ pub trait Model: Send + Sync {
     ///
     /// # Errors
     /// A tensor of the wrong width; an architecture that does not take that placement.
-    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()>;
+    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()>;
 
     /// The attached prompt or prefix tokens.
-    fn virtual_tokens(&self) -> Option<(Placement, Var)>;
+    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)>;
 
     /// The base model's own tensors (the [`state_dict`](Model::state_dict) without the head),
     /// under the same names, with their tags, mutable: full fine-tuning makes them `Var`s, and

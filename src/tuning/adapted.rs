@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::Tensor;
 
-use crate::adapters::{Placement, method, seeded_rng};
+use crate::adapters::{MethodKind, TokenPlacement, method, seeded_rng};
 use crate::error::{Error, Result};
 use crate::io::TOKENS_KEY;
 use crate::io::adapter_folder::{AdapterConfig, AdapterFolder, FORMAT_VERSION, KEY_PREFIX};
@@ -95,7 +95,7 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
             );
         }
     }
-    if m.placement() == Placement::Base {
+    if m.kind() == MethodKind::BaseWeights {
         // Full fine-tuning: the trained base tensors under their state-dict names.
         for (name, var) in crate::tuning::attach::base_vars(model) {
             tensors.insert(format!("{KEY_PREFIX}{name}"), var.as_tensor().copy()?);
@@ -103,13 +103,13 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
         if tensors.is_empty() {
             return Err(Error::NoTrainedBaseTensors { method: m.name() });
         }
-    } else if matches!(m.placement(), Placement::Prompt | Placement::Prefix) {
+    } else if let MethodKind::VirtualTokens(placement) = m.kind() {
         // PEFT's layout: the one table under PEFT's own key, and PEFT's config fields.
         let Some((_, tokens)) = model.virtual_tokens() else {
             return Err(Error::NoVirtualTokens { method: m.name() });
         };
         tensors.insert(TOKENS_KEY.to_string(), tokens.as_tensor().copy()?);
-        peft_fields = peft_prompt_fields(m.placement(), &model.virtual_spec(), tokens.dims());
+        peft_fields = peft_prompt_fields(placement, &model.virtual_spec(), tokens.dims());
     } else if modules.is_empty() {
         return Err(Error::AdapterNotAttached {
             op: "save",
@@ -119,7 +119,7 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
     let mut modules_to_save = Vec::new();
     if meta.save_head {
         for (name, var) in model.head_vars() {
-            tensors.insert(head_key(m.placement(), &name), var.as_tensor().copy()?);
+            tensors.insert(head_key(m.kind(), &name), var.as_tensor().copy()?);
             modules_to_save.push(name);
         }
     }
@@ -146,9 +146,9 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
 /// The weights-file key of head tensor `name`: PEFT's own for the placement. A prompt-learning
 /// PeftModel holds the transformers model directly (`base_model.classifier…`); the tuner
 /// wrappers of every other method add a level (`base_model.model.classifier…`).
-fn head_key(placement: Placement, name: &str) -> String {
-    match placement {
-        Placement::Prompt | Placement::Prefix => format!("base_model.{name}"),
+fn head_key(kind: MethodKind, name: &str) -> String {
+    match kind {
+        MethodKind::VirtualTokens(_) => format!("base_model.{name}"),
         _ => format!("{KEY_PREFIX}{name}"),
     }
 }
@@ -156,7 +156,7 @@ fn head_key(placement: Placement, name: &str) -> String {
 /// PEFT's `PromptTuningConfig` / `PrefixTuningConfig` fields for tokens of `dims` on a model
 /// like `spec`, so PEFT reads the folder ttlora writes (it ignores ttlora's own fields).
 fn peft_prompt_fields(
-    placement: Placement,
+    placement: TokenPlacement,
     spec: &crate::adapters::VirtualSpec,
     dims: &[usize],
 ) -> BTreeMap<String, serde_json::Value> {
@@ -173,7 +173,7 @@ fn peft_prompt_fields(
         ("num_attention_heads".to_string(), json!(spec.heads)),
         ("num_layers".to_string(), json!(spec.layers)),
     ]);
-    if placement == Placement::Prompt {
+    if placement == TokenPlacement::Prompt {
         f.insert("prompt_tuning_init".into(), json!("RANDOM"));
     } else {
         f.insert("prefix_projection".into(), json!(false));
@@ -246,9 +246,9 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
         reason,
     };
     let mut used: BTreeSet<&str> = BTreeSet::new();
-    let placement = method(&cfg.method)?.placement();
+    let kind = method(&cfg.method)?.kind();
     let mut virtual_tokens = None;
-    if matches!(placement, Placement::Prompt | Placement::Prefix) {
+    if let MethodKind::VirtualTokens(placement) = kind {
         let (key, t) = folder.tensors.get_key_value(TOKENS_KEY).ok_or_else(|| {
             bad(
                 TOKENS_KEY,
@@ -302,7 +302,7 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
     let head = model.head_vars();
     let mut head_updates: Vec<(candle_core::Var, Tensor)> = Vec::new();
     for name in &cfg.modules_to_save {
-        let key = head_key(placement, name);
+        let key = head_key(kind, name);
         let t = folder
             .tensors
             .get(&key)
@@ -371,7 +371,7 @@ fn base_tensors_from(
     model: &mut dyn Model,
     folder: &AdapterFolder,
 ) -> Result<Vec<(String, Tensor)>> {
-    if method(&folder.config.method)?.placement() != Placement::Base {
+    if method(&folder.config.method)?.kind() != MethodKind::BaseWeights {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();

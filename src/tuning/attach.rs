@@ -1,4 +1,4 @@
-//! Putting a method onto a model, whatever its [`Placement`]: adapters onto the targeted
+//! Putting a method onto a model, whatever its [`MethodKind`]: adapters onto the targeted
 //! linear layers, or (full fine-tuning) the model's own tensors made trainable; and listing
 //! what then trains.
 
@@ -8,7 +8,7 @@ use candle_core::Var;
 use rand::rngs::StdRng;
 
 use crate::adapters::{
-    BaseTensorInfo, InjectReport, MethodSpec, ModuleSet, Placement, Targeting, inject,
+    BaseTensorInfo, InjectReport, MethodKind, MethodSpec, ModuleSet, Targeting, inject,
 };
 use crate::error::{Error, Result};
 use crate::models::Model;
@@ -39,7 +39,7 @@ pub fn placing(
     overrides: &BTreeMap<String, serde_json::Value>,
 ) -> Result<Placing> {
     let method = spec.method();
-    if !matches!(method.placement(), Placement::Parallel | Placement::Serial) {
+    if !matches!(method.kind(), MethodKind::Layer(_)) {
         if targets.is_some() || exclude.is_some() || !overrides.is_empty() {
             return Err(Error::InvalidConfig {
                 method: method.name(),
@@ -95,9 +95,9 @@ pub fn attach(
     rng: &mut StdRng,
 ) -> Result<InjectReport> {
     let method = spec.method();
-    match (&placing.targeting, method.placement()) {
-        (None, Placement::Base) => unfreeze(model, spec),
-        (None, placement @ (Placement::Prompt | Placement::Prefix)) => {
+    match (&placing.targeting, method.kind()) {
+        (None, MethodKind::BaseWeights) => unfreeze(model, spec),
+        (None, MethodKind::VirtualTokens(placement)) => {
             let tokens = method.build_virtual(spec.config(), &model.virtual_spec(), rng)?;
             let var = Var::from_tensor(&tokens)?;
             model.set_virtual_tokens(Some((placement, var)))?;
@@ -106,7 +106,7 @@ pub fn attach(
                 params: tokens.elem_count(),
             })
         }
-        (Some(targeting), Placement::Parallel | Placement::Serial) => {
+        (Some(targeting), MethodKind::Layer(_)) => {
             inject(model.linears_mut(), spec, targeting, adapter_name, rng)
         }
         (targeting, _) => {

@@ -32,10 +32,7 @@ pub fn merge_adapters(model: &mut dyn Model, adapter_name: &str) -> Result<usize
     // Virtual tokens are inputs, not weights: a merged folder would silently drop them.
     if let Some((placement, _)) = model.virtual_tokens() {
         return Err(Error::NotMergeable {
-            method: match placement {
-                crate::adapters::Placement::Prefix => "prefix",
-                _ => "prompt",
-            },
+            method: placement.method(),
             reason: "its tokens are inputs to the model, not a change of its weights; keep \
                      the adapter folder",
         });

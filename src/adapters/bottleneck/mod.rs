@@ -20,7 +20,8 @@ pub use layer::{BottleneckLayer, BottleneckParts, Projection};
 use config::NAME;
 
 use crate::adapters::{
-    Adapter, DefaultSites, LayerSpec, Method, MethodConfig, ModuleSet, Placement, downcast, parse,
+    Adapter, DefaultSites, LayerPlacement, LayerSpec, Method, MethodConfig, MethodKind, ModuleSet,
+    downcast, parse,
 };
 use crate::error::Result;
 
@@ -47,8 +48,8 @@ impl Method for Bottleneck {
     fn default_lr(&self) -> f64 {
         1e-3
     }
-    fn placement(&self) -> Placement {
-        Placement::Serial
+    fn kind(&self) -> MethodKind {
+        MethodKind::Layer(LayerPlacement::Serial)
     }
     fn default_targets(
         &self,

@@ -11,7 +11,7 @@ mod tests;
 
 pub use config::FullConfig;
 
-use crate::adapters::{BaseTensorInfo, Method, MethodConfig, Placement, downcast, parse};
+use crate::adapters::{BaseTensorInfo, Method, MethodConfig, MethodKind, downcast, parse};
 use crate::error::Result;
 
 /// The full fine-tuning method, as registered.
@@ -37,8 +37,8 @@ impl Method for Full {
     fn default_lr(&self) -> f64 {
         5e-5
     }
-    fn placement(&self) -> Placement {
-        Placement::Base
+    fn kind(&self) -> MethodKind {
+        MethodKind::BaseWeights
     }
     fn trains_base_tensor(
         &self,

@@ -24,8 +24,8 @@ use crate::adapters::bottleneck::{BottleneckLayer, BottleneckParts, Projection};
 use crate::adapters::lora::rank_or_alpha;
 use crate::adapters::ttlora::{TtInit, TtLoraConfig, TtLoraLayer};
 use crate::adapters::{
-    Adapter, DefaultSites, LayerSpec, Method, MethodConfig, ModuleSet, Placement, Shorthand,
-    downcast, parse,
+    Adapter, DefaultSites, LayerPlacement, LayerSpec, Method, MethodConfig, MethodKind, ModuleSet,
+    Shorthand, downcast, parse,
 };
 use crate::error::Result;
 
@@ -120,8 +120,8 @@ impl Method for LorettaAdp {
     fn default_lr(&self) -> f64 {
         1e-3
     }
-    fn placement(&self) -> Placement {
-        Placement::Serial
+    fn kind(&self) -> MethodKind {
+        MethodKind::Layer(LayerPlacement::Serial)
     }
     fn default_targets(
         &self,

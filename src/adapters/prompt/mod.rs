@@ -19,7 +19,9 @@ use rand::rngs::StdRng;
 
 pub use config::{PrefixConfig, PromptConfig, PromptInit};
 
-use crate::adapters::{Method, MethodConfig, Placement, VirtualSpec, downcast, normal, parse};
+use crate::adapters::{
+    Method, MethodConfig, MethodKind, TokenPlacement, VirtualSpec, downcast, normal, parse,
+};
 use crate::error::{Error, Result};
 
 /// Prompt tuning, as registered.
@@ -45,8 +47,8 @@ impl Method for Prompt {
     fn default_lr(&self) -> f64 {
         1e-2
     }
-    fn placement(&self) -> Placement {
-        Placement::Prompt
+    fn kind(&self) -> MethodKind {
+        MethodKind::VirtualTokens(TokenPlacement::Prompt)
     }
     fn build_virtual(
         &self,
@@ -102,8 +104,8 @@ impl Method for Prefix {
     fn default_lr(&self) -> f64 {
         1e-2
     }
-    fn placement(&self) -> Placement {
-        Placement::Prefix
+    fn kind(&self) -> MethodKind {
+        MethodKind::VirtualTokens(TokenPlacement::Prefix)
     }
     fn build_virtual(
         &self,

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{BertConfig, BertFamily};
 use super::model::{Bert, detect_prefix};
-use crate::adapters::{DefaultSites, Placement, VirtualSpec};
+use crate::adapters::{DefaultSites, TokenPlacement, VirtualSpec};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
@@ -155,11 +155,11 @@ impl Backbone for Bert {
         Bert::virtual_spec(self)
     }
 
-    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
+    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()> {
         Bert::set_virtual_tokens(self, tokens)
     }
 
-    fn virtual_tokens(&self) -> Option<(Placement, Var)> {
+    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)> {
         Bert::virtual_tokens(self)
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{BertConfig, BertFamily};
-use crate::adapters::{Linear, Placement, VirtualSpec};
+use crate::adapters::{Linear, TokenPlacement, VirtualSpec};
 use crate::error::{Error, Result};
 use crate::io::{ResolvedModel, TensorSource};
 use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
@@ -182,7 +182,7 @@ pub struct Bert {
     pooler: Option<Linear>,
     /// Prompt tuning's soft tokens `(n, hidden)` or prefix tuning's table
     /// `(n, layers·2·hidden)`, when attached.
-    virtual_tokens: Option<(Placement, Var)>,
+    virtual_tokens: Option<(TokenPlacement, Var)>,
     dtype: DType,
     device: Device,
 }
@@ -326,7 +326,7 @@ impl Bert {
     /// The soft prompt `(n, hidden)`, if prompt tuning is attached.
     fn prompt(&self) -> Option<&Var> {
         match &self.virtual_tokens {
-            Some((Placement::Prompt, t)) => Some(t),
+            Some((TokenPlacement::Prompt, t)) => Some(t),
             _ => None,
         }
     }
@@ -334,7 +334,7 @@ impl Bert {
     /// Prefix length n, if prefix tuning is attached.
     fn prefix_len(&self) -> usize {
         match &self.virtual_tokens {
-            Some((Placement::Prefix, t)) => t.dims()[0],
+            Some((TokenPlacement::Prefix, t)) => t.dims()[0],
             _ => 0,
         }
     }
@@ -440,7 +440,7 @@ impl Bert {
 
     /// Layer `i`'s prefix keys and values `(n, hidden)` each, from PEFT's table.
     fn layer_prefix(&self, i: usize) -> Result<Option<(Tensor, Tensor)>> {
-        let Some((Placement::Prefix, table)) = &self.virtual_tokens else {
+        let Some((TokenPlacement::Prefix, table)) = &self.virtual_tokens else {
             return Ok(None);
         };
         let h = self.config.hidden_size;
@@ -466,19 +466,13 @@ impl Bert {
     /// Attaches prompt or prefix tokens (`None` removes them).
     ///
     /// # Errors
-    /// [`Error::TensorShape`] for a tensor of the wrong width for its placement;
-    /// [`Error::NotVirtualPlacement`] for another placement.
-    pub fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
+    /// [`Error::TensorShape`] for a tensor of the wrong width for its placement.
+    pub fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()> {
         if let Some((placement, t)) = &tokens {
             let h = self.config.hidden_size;
             let width = match placement {
-                Placement::Prompt => h,
-                Placement::Prefix => self.layers.len() * 2 * h,
-                other => {
-                    return Err(Error::NotVirtualPlacement {
-                        got: format!("{other:?}"),
-                    });
-                }
+                TokenPlacement::Prompt => h,
+                TokenPlacement::Prefix => self.layers.len() * 2 * h,
             };
             let (n, w) = t.dims2()?;
             if w != width || n == 0 {
@@ -494,7 +488,7 @@ impl Bert {
     }
 
     /// The attached prompt or prefix tokens.
-    pub fn virtual_tokens(&self) -> Option<(Placement, Var)> {
+    pub fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)> {
         self.virtual_tokens.clone()
     }
 

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::DebertaV2Config;
 use super::model::{DebertaV2, PREFIX, detect_prefix};
-use crate::adapters::{DefaultSites, Placement, VirtualSpec};
+use crate::adapters::{DefaultSites, TokenPlacement, VirtualSpec};
 use crate::error::Error;
 use crate::error::Result;
 use crate::io::TensorSource;
@@ -138,17 +138,11 @@ impl Backbone for DebertaV2 {
 
     /// DeBERTa's attention adds relative-position terms for every key, and HF's DeBERTa-v2
     /// takes no past keys or input prefixes that PEFT could use; neither is offered here.
-    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
-        let method = match tokens {
-            None => return Ok(()),
-            Some((Placement::Prompt, _)) => "prompt",
-            Some((Placement::Prefix, _)) => "prefix",
-            Some((other, _)) => {
-                return Err(Error::NotVirtualPlacement {
-                    got: format!("{other:?}"),
-                });
-            }
+    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()> {
+        let Some((placement, _)) = tokens else {
+            return Ok(());
         };
+        let method = placement.method();
         Err(Error::VirtualTokensUnsupported {
             method,
             architecture: "deberta-v2",
@@ -157,7 +151,7 @@ impl Backbone for DebertaV2 {
         })
     }
 
-    fn virtual_tokens(&self) -> Option<(Placement, Var)> {
+    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)> {
         None
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::adapters::{DefaultSites, Placement, VirtualSpec, seeded_rng};
+use crate::adapters::{DefaultSites, TokenPlacement, VirtualSpec, seeded_rng};
 use crate::error::Result;
 use crate::io::ResolvedModel;
 use crate::models::backbone::BuildBackbone;
@@ -237,11 +237,11 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
         self.backbone.virtual_spec()
     }
 
-    fn set_virtual_tokens(&mut self, tokens: Option<(Placement, Var)>) -> Result<()> {
+    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()> {
         self.backbone.set_virtual_tokens(tokens)
     }
 
-    fn virtual_tokens(&self) -> Option<(Placement, Var)> {
+    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)> {
         self.backbone.virtual_tokens()
     }
 
