@@ -60,6 +60,8 @@ pub trait MethodConfig: Debug + Send + Sync + 'static {
 
 impl<C: Config> MethodConfig for C {
     fn to_json(&self) -> serde_json::Value {
+        // A config struct of named fields always serialises (serde_json fails only on maps
+        // with non-string keys, which no config has).
         serde_json::to_value(self).unwrap_or_default()
     }
     fn as_any(&self) -> &dyn Any {

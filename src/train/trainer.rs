@@ -155,6 +155,13 @@ pub fn train(
         }
     }
     let warmup = (cfg.warmup_ratio * total as f64).round() as usize;
+    tracing::debug!(
+        objective = job.objective.name(),
+        total,
+        warmup,
+        tensors = job.vars.len(),
+        "training"
+    );
     let vars: Vec<Var> = job.vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = Adam::new(vars.clone(), cfg.optimizer)?;
 
