@@ -279,3 +279,39 @@ crate::common::test_device!(
     optional_segments_and_positions_cpu,
     optional_segments_and_positions_cuda
 );
+
+/// Bottleneck adapters' default sites come from the walk's tags, by full module path.
+#[test]
+fn default_sites_are_the_tagged_output_projections() {
+    let dev = Device::Cpu;
+    let bert = BertForSequenceClassification::random(
+        &BertConfig::tiny(),
+        2,
+        Pooling::Cls,
+        DType::F32,
+        &dev,
+        1,
+    )
+    .unwrap();
+    let deberta = DebertaV2ForSequenceClassification::random(
+        &DebertaV2Config::tiny(),
+        2,
+        Pooling::Cls,
+        DType::F32,
+        &dev,
+        1,
+    )
+    .unwrap();
+    let models: [(&str, &dyn Model); 2] = [("bert", &bert), ("deberta", &deberta)];
+    for (prefix, model) in models {
+        let sites = model.default_sites();
+        let layers = |what: &str| -> Vec<String> {
+            (0..2)
+                .map(|i| format!("{prefix}.encoder.layer.{i}.{what}"))
+                .collect()
+        };
+        assert_eq!(sites.attention_output, layers("attention.output.dense"));
+        assert_eq!(sites.ffn_output, layers("output.dense"));
+        assert_eq!(sites.parallel, model.default_targets());
+    }
+}

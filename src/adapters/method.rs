@@ -80,17 +80,17 @@ pub struct BaseTensorInfo<'a> {
     pub embedding_module: bool,
 }
 
-/// The modules of an architecture that methods target by default (declared by the model,
-/// so methods never know model names).
-#[derive(Debug, Clone, Copy)]
+/// The modules of a model that methods target by default (found by the model from its tagged
+/// tensors, so methods never know model names).
+#[derive(Debug, Clone)]
 pub struct DefaultSites {
     /// Where LoRA-style methods go: PEFT's default target names for the architecture
     /// (e.g. `query`, `value`).
     pub parallel: &'static [&'static str],
-    /// Full-match regex of every layer's attention output projection.
-    pub attention_output: &'static str,
-    /// Full-match regex of every layer's feed-forward output projection.
-    pub ffn_output: &'static str,
+    /// The module path of every layer's attention output projection.
+    pub attention_output: Vec<String>,
+    /// The module path of every layer's feed-forward output projection.
+    pub ffn_output: Vec<String>,
 }
 
 /// `method`'s default config with the fields of `given` (a JSON object) laid over it: the

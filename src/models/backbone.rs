@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
-use crate::adapters::{DefaultSites, TokenPlacement, VirtualSpec};
+use crate::adapters::{TokenPlacement, VirtualSpec};
 use crate::error::Result;
 use crate::io::TensorSource;
 use crate::models::heads::HeadLayout;
@@ -47,9 +47,6 @@ pub trait Backbone: Send + Sync {
 
     /// Module names PEFT targets by default for this architecture (e.g. `query`, `value`).
     fn default_targets(&self) -> &'static [&'static str];
-
-    /// Every default site a method may target, as the family names them.
-    fn default_sites(&self) -> DefaultSites;
 
     /// What prompt-learning methods need to build tokens for this backbone.
     fn virtual_spec(&self) -> VirtualSpec;

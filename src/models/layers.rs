@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor, Var};
 
-use crate::adapters::{DefaultSites, Linear, kaiming_uniform};
+use crate::adapters::{Linear, kaiming_uniform};
 use crate::error::{Error, Result};
 use crate::models::weights::{Init, Loader};
 use crate::models::{ModelInput, Pooling};
@@ -217,17 +217,6 @@ pub(crate) fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -
                 .contiguous()?;
             Ok(hidden.gather(&idx, 1)?.squeeze(1)?)
         }
-    }
-}
-
-/// The default sites of an HF encoder whose layers sit at `…layer.N.` with BERT's
-/// `attention.output.dense` and `output.dense` projections (BERT, RoBERTa, DeBERTa-v2):
-/// `targets` for LoRA-style methods, those two projections for bottleneck adapters.
-pub(crate) fn encoder_sites(targets: &'static [&'static str]) -> DefaultSites {
-    DefaultSites {
-        parallel: targets,
-        attention_output: r".*\.layer\.\d+\.attention\.output\.dense",
-        ffn_output: r".*\.layer\.\d+\.output\.dense",
     }
 }
 

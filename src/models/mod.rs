@@ -30,7 +30,7 @@ use crate::adapters::{DefaultSites, Linear, TokenPlacement, VirtualSpec};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
-use crate::models::walk::{BaseTensor, Entry, EntryMut, Kind, Tag};
+use crate::models::walk::{BaseTensor, Entry, EntryMut, Kind, LinearRole};
 
 /// The batch every family takes (declared in `data`, which builds it).
 pub use crate::data::ModelInput;
@@ -95,9 +95,24 @@ pub trait Model: Send + Sync {
     fn default_targets(&self) -> &'static [&'static str];
 
     /// Every default site a method may target: [`default_targets`](Model::default_targets)
-    /// and the per-layer output projections bottleneck adapters follow, as the family names
-    /// them.
-    fn default_sites(&self) -> DefaultSites;
+    /// and, from the walk's tags, the per-layer output projections bottleneck adapters follow.
+    fn default_sites(&self) -> DefaultSites {
+        let mut sites = DefaultSites {
+            parallel: self.default_targets(),
+            attention_output: Vec::new(),
+            ffn_output: Vec::new(),
+        };
+        self.walk(&mut |name, e| {
+            if let Entry::Linear(tag, _) = e {
+                match tag.kind {
+                    Kind::Linear(LinearRole::AttentionOutput) => sites.attention_output.push(name),
+                    Kind::Linear(LinearRole::FfnOutput) => sites.ffn_output.push(name),
+                    _ => {}
+                }
+            }
+        });
+        sites
+    }
 
     /// Every tensor under the names of HF's `…ForSequenceClassification` checkpoint, merged
     /// adapters included (unmerged ones are not part of the weights): the walk, then the head.
@@ -138,8 +153,7 @@ pub trait Model: Send + Sync {
     fn base_tensors_mut(&mut self) -> Vec<BaseTensor<'_>> {
         let mut out = Vec::new();
         self.walk_mut(&mut |name, e| match e {
-            EntryMut::Linear(module, l) => {
-                let tag = Tag::new(module, Kind::Other);
+            EntryMut::Linear(tag, l) => {
                 let (w, b) = l.params_mut();
                 out.push(BaseTensor {
                     name: format!("{name}.weight"),

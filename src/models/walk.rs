@@ -26,7 +26,21 @@ pub enum Kind {
     Embedding,
     /// A layer norm's weight or bias.
     Norm,
+    /// A linear layer, with its role.
+    Linear(LinearRole),
     /// Anything else (a convolution's weight or bias).
+    Other,
+}
+
+/// What a linear layer does in its block, for methods that follow particular projections
+/// (bottleneck adapters sit after the attention and feed-forward outputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearRole {
+    /// The attention block's output projection (BERT's `attention.output.dense`).
+    AttentionOutput,
+    /// The feed-forward block's output projection (BERT's `output.dense`).
+    FfnOutput,
+    /// Any other projection (queries, keys, values, the feed-forward input, poolers).
     Other,
 }
 
@@ -44,27 +58,32 @@ impl Tag {
     pub const fn new(module: Module, kind: Kind) -> Self {
         Self { module, kind }
     }
+
+    /// A linear layer's tag.
+    pub const fn linear(module: Module, role: LinearRole) -> Self {
+        Self::new(module, Kind::Linear(role))
+    }
 }
 
 /// One named entry of a walk with shared access.
 pub enum Entry<'a> {
-    /// A linear layer (weight and bias under `<path>.weight` / `<path>.bias`), with where it
-    /// sits.
-    Linear(Module, &'a Linear),
+    /// A linear layer (weight and bias under `<path>.weight` / `<path>.bias`), with its tag
+    /// (`kind` is [`Kind::Linear`]).
+    Linear(Tag, &'a Linear),
     /// Any other tensor.
     Tensor(Tag, &'a Tensor),
 }
 
 /// One named entry of a walk with mutable access.
 pub enum EntryMut<'a> {
-    /// A linear layer, with where it sits.
-    Linear(Module, &'a mut Linear),
+    /// A linear layer, with its tag.
+    Linear(Tag, &'a mut Linear),
     /// Any other tensor.
     Tensor(Tag, &'a mut Tensor),
 }
 
 /// A base tensor as full fine-tuning sees it: its state-dict name, its tags (a linear's
-/// weight and bias carry [`Kind::Other`] and the linear's module), mutable.
+/// weight and bias carry the linear's tag), mutable.
 pub struct BaseTensor<'a> {
     /// The state-dict name.
     pub name: String,

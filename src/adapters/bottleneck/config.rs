@@ -119,12 +119,13 @@ impl BottleneckConfig {
         Ok(())
     }
 
-    /// The default targets for this variant: both output projections (Houlsby) or the
-    /// feed-forward one (Pfeiffer), given as full-match regexes.
+    /// The default targets for this variant: both output projections of every layer
+    /// (Houlsby) or the feed-forward one (Pfeiffer), by module path.
     pub fn targets(&self, sites: &crate::adapters::DefaultSites) -> crate::adapters::ModuleSet {
-        crate::adapters::ModuleSet::Pattern(match self.variant {
-            Variant::Houlsby => format!("{}|{}", sites.attention_output, sites.ffn_output),
-            Variant::Pfeiffer => sites.ffn_output.to_string(),
-        })
+        let mut paths = sites.ffn_output.clone();
+        if self.variant == Variant::Houlsby {
+            paths.extend(sites.attention_output.iter().cloned());
+        }
+        crate::adapters::ModuleSet::List(paths)
     }
 }

@@ -79,8 +79,8 @@ fn serial_adapter_maps_the_layer_output_and_refuses_to_merge() {
 fn pfeiffer_targets_only_the_feed_forward_output() {
     let sites = DefaultSites {
         parallel: &["query", "value"],
-        attention_output: r".*\.layer\.\d+\.attention\.output\.dense",
-        ffn_output: r".*\.layer\.\d+\.output\.dense",
+        attention_output: vec!["bert.encoder.layer.0.attention.output.dense".into()],
+        ffn_output: vec!["bert.encoder.layer.0.output.dense".into()],
     };
     let targets = |variant: &str| {
         let t = Bottleneck

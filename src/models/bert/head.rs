@@ -7,13 +7,12 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{BertConfig, BertFamily};
 use super::model::{Bert, detect_prefix};
-use crate::adapters::{DefaultSites, TokenPlacement, VirtualSpec};
+use crate::adapters::{TokenPlacement, VirtualSpec};
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 use crate::io::TensorSource;
 use crate::models::heads::{HeadActivation, HeadLayout, HiddenLayer, SequenceClassifier};
-use crate::models::layers::encoder_sites;
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
 use crate::models::{Backbone, BuildBackbone, ModelInput, Pooling};
@@ -145,10 +144,6 @@ impl Backbone for Bert {
 
     fn default_targets(&self) -> &'static [&'static str] {
         &["query", "value"]
-    }
-
-    fn default_sites(&self) -> DefaultSites {
-        encoder_sites(self.default_targets())
     }
 
     fn virtual_spec(&self) -> VirtualSpec {

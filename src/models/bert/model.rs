@@ -10,7 +10,7 @@ use crate::adapters::{Linear, TokenPlacement, VirtualSpec};
 use crate::error::{Error, Result};
 use crate::io::{ResolvedModel, TensorSource};
 use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
-use crate::models::walk::{Entry, EntryMut, Kind, Module, Tag};
+use crate::models::walk::{Entry, EntryMut, Kind, LinearRole, Module, Tag};
 use crate::models::weights::{self, Init, Loader};
 use crate::models::{ModelInput, Pooling};
 use crate::ops::{attention, dropout_add, gelu};
@@ -154,19 +154,19 @@ macro_rules! walk_bert {
         for (i, layer) in IntoIterator::into_iter(layers).enumerate() {
             let Layer { query, key, value, attn_out, attn_norm, intermediate, output, out_norm } = layer;
             let l = format!("{p}encoder.layer.{i}");
-            f(format!("{l}.attention.self.query"), $Entry::Linear(enc, query));
-            f(format!("{l}.attention.self.key"), $Entry::Linear(enc, key));
-            f(format!("{l}.attention.self.value"), $Entry::Linear(enc, value));
-            f(format!("{l}.attention.output.dense"), $Entry::Linear(enc, attn_out));
-            f(format!("{l}.intermediate.dense"), $Entry::Linear(enc, intermediate));
-            f(format!("{l}.output.dense"), $Entry::Linear(enc, output));
+            f(format!("{l}.attention.self.query"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), query));
+            f(format!("{l}.attention.self.key"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), key));
+            f(format!("{l}.attention.self.value"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), value));
+            f(format!("{l}.attention.output.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::AttentionOutput), attn_out));
+            f(format!("{l}.intermediate.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), intermediate));
+            f(format!("{l}.output.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::FfnOutput), output));
             for (name, Norm { gamma, beta, .. }) in [("attention.output.LayerNorm", attn_norm), ("output.LayerNorm", out_norm)] {
                 f(format!("{l}.{name}.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
                 f(format!("{l}.{name}.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));
             }
         }
         if let Some(pooler) = pooler {
-            f(format!("{p}pooler.dense"), $Entry::Linear(Module::Pooler, pooler));
+            f(format!("{p}pooler.dense"), $Entry::Linear(Tag::linear(Module::Pooler, LinearRole::Other), pooler));
         }
     }};
 }

@@ -7,12 +7,11 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::DebertaV2Config;
 use super::model::{DebertaV2, PREFIX, detect_prefix};
-use crate::adapters::{DefaultSites, TokenPlacement, VirtualSpec};
+use crate::adapters::{TokenPlacement, VirtualSpec};
 use crate::error::Error;
 use crate::error::Result;
 use crate::io::TensorSource;
 use crate::models::heads::{HeadActivation, HeadLayout, HiddenLayer, SequenceClassifier};
-use crate::models::layers::encoder_sites;
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
 use crate::models::{Backbone, BuildBackbone, ModelInput, Pooling};
@@ -126,10 +125,6 @@ impl Backbone for DebertaV2 {
 
     fn default_targets(&self) -> &'static [&'static str] {
         &["query_proj", "value_proj"]
-    }
-
-    fn default_sites(&self) -> DefaultSites {
-        encoder_sites(self.default_targets())
     }
 
     fn virtual_spec(&self) -> VirtualSpec {

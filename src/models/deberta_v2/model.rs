@@ -23,7 +23,7 @@ use crate::error::Result;
 use crate::io::{ResolvedModel, TensorSource};
 use crate::models::heads::HeadActivation;
 use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
-use crate::models::walk::{Entry, EntryMut, Kind, Module, Tag};
+use crate::models::walk::{Entry, EntryMut, Kind, LinearRole, Module, Tag};
 use crate::models::weights::{self, Init, Loader};
 use crate::models::{ModelInput, Pooling};
 use crate::ops::{dropout_add, frozen_linear, frozen_linear_onto, gelu, softmax_last_dim};
@@ -388,7 +388,7 @@ macro_rules! walk_deberta {
             f(format!("{p}embeddings.token_type_embeddings.weight"), $Entry::Tensor(Tag::new(emb, Kind::Embedding), t));
         }
         if let Some(l) = embed_proj {
-            f(format!("{p}embeddings.embed_proj"), $Entry::Linear(emb, l));
+            f(format!("{p}embeddings.embed_proj"), $Entry::Linear(Tag::linear(emb, LinearRole::Other), l));
         }
         let Norm { gamma, beta, .. } = norm;
         f(format!("{p}embeddings.LayerNorm.weight"), $Entry::Tensor(Tag::new(emb, Kind::Norm), gamma));
@@ -399,18 +399,18 @@ macro_rules! walk_deberta {
                 attn_out, attn_norm, intermediate, output, out_norm,
             } = layer;
             let l = format!("{p}encoder.layer.{i}");
-            f(format!("{l}.attention.self.query_proj"), $Entry::Linear(enc, query_proj));
-            f(format!("{l}.attention.self.key_proj"), $Entry::Linear(enc, key_proj));
-            f(format!("{l}.attention.self.value_proj"), $Entry::Linear(enc, value_proj));
+            f(format!("{l}.attention.self.query_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), query_proj));
+            f(format!("{l}.attention.self.key_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), key_proj));
+            f(format!("{l}.attention.self.value_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), value_proj));
             if let Some(x) = pos_key_proj {
-                f(format!("{l}.attention.self.pos_key_proj"), $Entry::Linear(enc, x));
+                f(format!("{l}.attention.self.pos_key_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), x));
             }
             if let Some(x) = pos_query_proj {
-                f(format!("{l}.attention.self.pos_query_proj"), $Entry::Linear(enc, x));
+                f(format!("{l}.attention.self.pos_query_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), x));
             }
-            f(format!("{l}.attention.output.dense"), $Entry::Linear(enc, attn_out));
-            f(format!("{l}.intermediate.dense"), $Entry::Linear(enc, intermediate));
-            f(format!("{l}.output.dense"), $Entry::Linear(enc, output));
+            f(format!("{l}.attention.output.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::AttentionOutput), attn_out));
+            f(format!("{l}.intermediate.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), intermediate));
+            f(format!("{l}.output.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::FfnOutput), output));
             for (name, Norm { gamma, beta, .. }) in [("attention.output.LayerNorm", attn_norm), ("output.LayerNorm", out_norm)] {
                 f(format!("{l}.{name}.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
                 f(format!("{l}.{name}.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::adapters::{DefaultSites, TokenPlacement, VirtualSpec, seeded_rng};
+use crate::adapters::{TokenPlacement, VirtualSpec, seeded_rng};
 use crate::error::Result;
 use crate::io::ResolvedModel;
 use crate::models::backbone::BuildBackbone;
@@ -227,10 +227,6 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
 
     fn default_targets(&self) -> &'static [&'static str] {
         self.backbone.default_targets()
-    }
-
-    fn default_sites(&self) -> DefaultSites {
-        self.backbone.default_sites()
     }
 
     fn virtual_spec(&self) -> VirtualSpec {
