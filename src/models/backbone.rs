@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 
 use crate::adapters::{TokenPlacement, VirtualSpec};
 use crate::error::Result;
@@ -14,22 +14,60 @@ use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
 use crate::models::{ModelInput, Pooling};
 
-/// A transformer without its task head.
-pub trait Backbone: Send + Sync {
-    /// Hidden states of the last layer, `(b_sz, n + seq_len, hidden)` (`n` prompt tokens
-    /// when prompt tuning is attached). `train` enables dropout.
-    ///
-    /// # Errors
-    /// Shape, dtype or device mismatches in the input.
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor>;
+/// What a forward pass is told besides its input.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardCtx<'a> {
+    /// Dropout on.
+    pub train: bool,
+    /// Prompt tokens already in front of the word embeddings (they count as real tokens for
+    /// positions and attention); 0 without prompt tuning.
+    pub prompt_len: usize,
+    /// Per layer, prefix keys and values `(n, hidden)` each, attended before the sequence's
+    /// own (prefix tuning, as HF's past key values; positions shift past them).
+    pub prefix: Option<&'a [(Tensor, Tensor)]>,
+}
 
-    /// The mask over [`forward`](Backbone::forward)'s positions, to pool with: prompt tokens
-    /// count as real tokens. Default: `attention_mask` itself.
+impl ForwardCtx<'_> {
+    /// No prompt, no prefix.
+    pub fn plain(train: bool) -> Self {
+        Self {
+            train,
+            prompt_len: 0,
+            prefix: None,
+        }
+    }
+}
+
+/// A transformer without its task head. Prompt and prefix tuning work through
+/// [`embed_tokens`](Backbone::embed_tokens) and
+/// [`forward_embeds`](Backbone::forward_embeds), so no family holds virtual tokens itself.
+pub trait Backbone: Send + Sync {
+    /// The word embeddings of `input_ids`, `(b_sz, seq_len, width)`: the table lookup only
+    /// (HF's `inputs_embeds`).
     ///
     /// # Errors
-    /// A mask of the wrong shape.
-    fn pooling_mask(&self, attention_mask: &Tensor) -> Result<Tensor> {
-        Ok(attention_mask.clone())
+    /// Ids out of the vocabulary or not `(b_sz, seq_len)`.
+    fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor>;
+
+    /// Hidden states of the last layer from word embeddings `(b_sz, n + seq_len, width)`
+    /// (`n = ctx.prompt_len` prompt rows in front), for `input`'s `seq_len` real positions.
+    ///
+    /// # Errors
+    /// Shape, dtype or device mismatches; virtual tokens the family refuses.
+    fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        input: &ModelInput,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor>;
+
+    /// Hidden states of `input` without virtual tokens. `train` enables dropout.
+    ///
+    /// # Errors
+    /// As [`forward_embeds`](Backbone::forward_embeds).
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let embeds = self.embed_tokens(&input.input_ids)?;
+        self.forward_embeds(&embeds, input, &ForwardCtx::plain(train))
     }
 
     /// The backbone's own pooler on the first token (BERT's `pooler.dense` + tanh).
@@ -51,14 +89,14 @@ pub trait Backbone: Send + Sync {
     /// What prompt-learning methods need to build tokens for this backbone.
     fn virtual_spec(&self) -> VirtualSpec;
 
-    /// Attaches prompt-tuning or prefix-tuning tokens (`None` removes them).
+    /// Whether the family takes virtual tokens of `placement`; its reason where it does not.
     ///
     /// # Errors
-    /// A tensor of the wrong width; a backbone that does not take that placement.
-    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()>;
-
-    /// The attached prompt or prefix tokens.
-    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)>;
+    /// [`Error::VirtualTokensUnsupported`](crate::Error::VirtualTokensUnsupported).
+    fn check_virtual_tokens(&self, placement: TokenPlacement) -> Result<()> {
+        let _ = placement;
+        Ok(())
+    }
 }
 
 /// How a family's backbone is built from an HF config and weights: what the shared loaders

@@ -220,6 +220,21 @@ pub(crate) fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -
     }
 }
 
+/// `attention_mask` with `prompt_len` real tokens in front: what the layers attend and the
+/// head pools over.
+pub(crate) fn with_prompt_mask(attention_mask: &Tensor, prompt_len: usize) -> Result<Tensor> {
+    if prompt_len == 0 {
+        return Ok(attention_mask.clone());
+    }
+    let (b_sz, _) = attention_mask.dims2()?;
+    let ones = Tensor::ones(
+        (b_sz, prompt_len),
+        attention_mask.dtype(),
+        attention_mask.device(),
+    )?;
+    Ok(Tensor::cat(&[&ones, attention_mask], 1)?)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;

@@ -3,15 +3,16 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::{BertConfig, BertFamily};
 use super::model::{Bert, detect_prefix};
-use crate::adapters::{TokenPlacement, VirtualSpec};
+use crate::adapters::VirtualSpec;
 #[cfg(doc)]
 use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 use crate::io::TensorSource;
+use crate::models::backbone::ForwardCtx;
 use crate::models::heads::{HeadActivation, HeadLayout, HiddenLayer, SequenceClassifier};
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
@@ -121,12 +122,17 @@ impl BuildBackbone for Bert {
 }
 
 impl Backbone for Bert {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
-        Bert::forward(self, input, train)
+    fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
+        self.word_embeddings(input_ids)
     }
 
-    fn pooling_mask(&self, attention_mask: &Tensor) -> Result<Tensor> {
-        self.effective_mask(attention_mask)
+    fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        input: &ModelInput,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        self.forward_words(embeds, input, ctx)
     }
 
     fn pooler_output(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
@@ -148,13 +154,5 @@ impl Backbone for Bert {
 
     fn virtual_spec(&self) -> VirtualSpec {
         Bert::virtual_spec(self)
-    }
-
-    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()> {
-        Bert::set_virtual_tokens(self, tokens)
-    }
-
-    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)> {
-        Bert::virtual_tokens(self)
     }
 }

@@ -3,12 +3,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::{BertConfig, BertFamily};
-use crate::adapters::{Linear, TokenPlacement, VirtualSpec};
+use crate::adapters::{Linear, VirtualSpec};
 use crate::error::{Error, Result};
 use crate::io::{ResolvedModel, TensorSource};
+use crate::models::backbone::ForwardCtx;
 use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
 use crate::models::walk::{Entry, EntryMut, Kind, LinearRole, Module, Tag};
 use crate::models::weights::{self, Init, Loader};
@@ -180,9 +181,6 @@ pub struct Bert {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     pooler: Option<Linear>,
-    /// Prompt tuning's soft tokens `(n, hidden)` or prefix tuning's table
-    /// `(n, layers·2·hidden)`, when attached.
-    virtual_tokens: Option<(TokenPlacement, Var)>,
     dtype: DType,
     device: Device,
 }
@@ -233,7 +231,6 @@ impl Bert {
             embeddings,
             layers,
             pooler,
-            virtual_tokens: None,
             dtype: ld.dtype(),
             device: ld.device().clone(),
         })
@@ -323,27 +320,32 @@ impl Bert {
         Ok(Tensor::new(pos, input_ids.device())?)
     }
 
-    /// The soft prompt `(n, hidden)`, if prompt tuning is attached.
-    fn prompt(&self) -> Option<&Var> {
-        match &self.virtual_tokens {
-            Some((TokenPlacement::Prompt, t)) => Some(t),
-            _ => None,
-        }
+    /// The word embeddings of `input_ids`, `(b_sz, seq_len, hidden)`: the table lookup only
+    /// (HF's `inputs_embeds`), what prompt tuning prepends its soft tokens to.
+    ///
+    /// # Errors
+    /// Ids that are not `(b_sz, seq_len)` or out of the vocabulary.
+    pub fn word_embeddings(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b_sz, seq_len) = input_ids.dims2()?;
+        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
+        Ok(self.embeddings.word.embedding(&ids)?.reshape((
+            b_sz,
+            seq_len,
+            self.config.hidden_size,
+        ))?)
     }
 
-    /// Prefix length n, if prefix tuning is attached.
-    fn prefix_len(&self) -> usize {
-        match &self.virtual_tokens {
-            Some((TokenPlacement::Prefix, t)) => t.dims()[0],
-            _ => 0,
-        }
-    }
-
-    fn embed_tokens(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+    /// Embeddings from word embeddings `words: (b_sz, n + seq_len, hidden)`, where the first
+    /// `ctx.prompt_len = n` rows are prompt tokens: positions, token types, norm, dropout.
+    fn embed_words(&self, words: &Tensor, input: &ModelInput, ctx: &ForwardCtx) -> Result<Tensor> {
         let cfg = &self.config;
-        let prompt_len = self.prompt().map_or(0, |p| p.dims()[0]);
+        let train = ctx.train;
+        let prompt_len = ctx.prompt_len;
         // Prompt tokens take positions, and HF shifts positions past a prefix.
-        let reserved = prompt_len + self.prefix_len();
+        let prefix_len = ctx
+            .prefix
+            .map_or(0, |p| p.first().map_or(0, |(k, _)| k.dims()[0]));
+        let reserved = prompt_len + prefix_len;
         let max = cfg.max_seq_len().saturating_sub(reserved);
         let (b_sz, seq_len) = check_input(input, None)?;
         if seq_len > max {
@@ -359,19 +361,9 @@ impl Bert {
         }
         let h = cfg.hidden_size;
         let e = &self.embeddings;
-        let flat = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::U32)?.flatten_all()?) };
-        let mut words = e
-            .word
-            .embedding(&flat(&input.input_ids)?)?
-            .reshape((b_sz, seq_len, h))?;
         let mut input_ids = input.input_ids.to_dtype(DType::U32)?;
         let mut token_type_ids = layers::token_types(input)?;
-        if let Some(prompt) = self.prompt() {
-            let p = prompt
-                .as_tensor()
-                .unsqueeze(0)?
-                .broadcast_as((b_sz, prompt_len, h))?;
-            words = Tensor::cat(&[&p.to_dtype(words.dtype())?, &words], 1)?;
+        if prompt_len > 0 {
             // Virtual tokens are real tokens to the position count, of segment 0.
             let not_pad = cfg.pad_token_id.wrapping_add(1);
             let shape = (b_sz, prompt_len);
@@ -381,7 +373,7 @@ impl Bert {
             token_type_ids = Tensor::cat(&[&zeros, &token_type_ids], 1)?;
         }
         let total = seq_len + prompt_len;
-        let shift = self.prefix_len();
+        let shift = prefix_len;
         let positions = match (&input.position_ids, cfg.model_type) {
             (Some(_), _) if total != seq_len || shift != 0 => {
                 return Err(Error::UnsupportedInput {
@@ -420,37 +412,6 @@ impl Bert {
         dropout(&x, cfg.hidden_dropout_prob, train)
     }
 
-    /// The attention mask the layers see, `(b_sz, n + seq_len)` with prompt tuning (the soft
-    /// tokens are real tokens), else `attention_mask` itself. Pool with this one.
-    ///
-    /// # Errors
-    /// A mask that is not `(b_sz, seq_len)`.
-    pub fn effective_mask(&self, attention_mask: &Tensor) -> Result<Tensor> {
-        let Some(prompt) = self.prompt() else {
-            return Ok(attention_mask.clone());
-        };
-        let (b_sz, _) = attention_mask.dims2()?;
-        let ones = Tensor::ones(
-            (b_sz, prompt.dims()[0]),
-            attention_mask.dtype(),
-            attention_mask.device(),
-        )?;
-        Ok(Tensor::cat(&[&ones, attention_mask], 1)?)
-    }
-
-    /// Layer `i`'s prefix keys and values `(n, hidden)` each, from PEFT's table.
-    fn layer_prefix(&self, i: usize) -> Result<Option<(Tensor, Tensor)>> {
-        let Some((TokenPlacement::Prefix, table)) = &self.virtual_tokens else {
-            return Ok(None);
-        };
-        let h = self.config.hidden_size;
-        let t = table.as_tensor();
-        Ok(Some((
-            t.narrow(1, 2 * i * h, h)?.to_dtype(self.dtype)?,
-            t.narrow(1, (2 * i + 1) * h, h)?.to_dtype(self.dtype)?,
-        )))
-    }
-
     /// What prompt-learning methods need to build tokens for this encoder.
     pub fn virtual_spec(&self) -> VirtualSpec {
         VirtualSpec {
@@ -463,49 +424,46 @@ impl Bert {
         }
     }
 
-    /// Attaches prompt or prefix tokens (`None` removes them).
-    ///
-    /// # Errors
-    /// [`Error::TensorShape`] for a tensor of the wrong width for its placement.
-    pub fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()> {
-        if let Some((placement, t)) = &tokens {
-            let h = self.config.hidden_size;
-            let width = match placement {
-                TokenPlacement::Prompt => h,
-                TokenPlacement::Prefix => self.layers.len() * 2 * h,
-            };
-            let (n, w) = t.dims2()?;
-            if w != width || n == 0 {
-                return Err(Error::TensorShape {
-                    op: "virtual tokens",
-                    expected: vec![n.max(1), width],
-                    got: vec![n, w],
-                });
-            }
-        }
-        self.virtual_tokens = tokens;
-        Ok(())
-    }
-
-    /// The attached prompt or prefix tokens.
-    pub fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)> {
-        self.virtual_tokens.clone()
-    }
-
     /// Hidden states of the last layer, `(b_sz, seq_len, hidden)`. `train` enables dropout.
     ///
     /// # Errors
     /// [`Error::TensorShape`] if the three input tensors differ in shape or the sequence is
     /// longer than the position table; token ids out of the vocabulary; device mismatch.
     pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let words = self.word_embeddings(&input.input_ids)?;
+        self.forward_words(&words, input, &ForwardCtx::plain(train))
+    }
+
+    /// [`forward`](Self::forward) from word embeddings (see
+    /// [`word_embeddings`](Self::word_embeddings)) with `ctx.prompt_len` prompt tokens in
+    /// front and, with `ctx.prefix`, each layer's prefix keys and values. Hidden states
+    /// `(b_sz, n + seq_len, hidden)`.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward); a prefix without one entry per layer.
+    pub fn forward_words(
+        &self,
+        words: &Tensor,
+        input: &ModelInput,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
         let _span = tracing::trace_span!("bert").entered();
-        let mut x = self.embed_tokens(input, train)?;
-        let key_bias = self
-            .effective_mask(&input.attention_mask)?
+        if let Some(p) = ctx.prefix
+            && p.len() != self.layers.len()
+        {
+            return Err(Error::TensorShape {
+                op: "prefix key/values (one pair per layer)",
+                expected: vec![self.layers.len()],
+                got: vec![p.len()],
+            });
+        }
+        let mut x = self.embed_words(words, input, ctx)?;
+        let key_bias = layers::with_prompt_mask(&input.attention_mask, ctx.prompt_len)?
             .to_dtype(self.dtype)?
             .affine(-MASK_VALUE, MASK_VALUE)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &key_bias, &self.config, train, self.layer_prefix(i)?)?;
+            let prefix = ctx.prefix.map(|p| p[i].clone());
+            x = layer.forward(&x, &key_bias, &self.config, ctx.train, prefix)?;
         }
         Ok(x)
     }
@@ -526,11 +484,7 @@ impl Bert {
     /// As [`forward`](Self::forward).
     pub fn embed(&self, input: &ModelInput, pooling: Pooling) -> Result<Tensor> {
         let hidden = self.forward(input, false)?;
-        Self::pool(
-            &hidden,
-            &self.effective_mask(&input.attention_mask)?,
-            pooling,
-        )
+        Self::pool(&hidden, &input.attention_mask, pooling)
     }
 
     /// BERT's pooler on the first token: `tanh(pooler.dense(hidden[:, 0]))`, `(b_sz, hidden)`.

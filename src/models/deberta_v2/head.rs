@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::DebertaV2Config;
 use super::model::{DebertaV2, PREFIX, detect_prefix};
@@ -11,6 +11,7 @@ use crate::adapters::{TokenPlacement, VirtualSpec};
 use crate::error::Error;
 use crate::error::Result;
 use crate::io::TensorSource;
+use crate::models::backbone::ForwardCtx;
 use crate::models::heads::{HeadActivation, HeadLayout, HiddenLayer, SequenceClassifier};
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
@@ -104,8 +105,23 @@ impl BuildBackbone for DebertaV2 {
 }
 
 impl Backbone for DebertaV2 {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
-        DebertaV2::forward(self, input, train)
+    fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
+        self.word_embeddings(input_ids)
+    }
+
+    fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        input: &ModelInput,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        if ctx.prompt_len > 0 {
+            self.check_virtual_tokens(TokenPlacement::Prompt)?;
+        }
+        if ctx.prefix.is_some() {
+            self.check_virtual_tokens(TokenPlacement::Prefix)?;
+        }
+        self.forward_words(embeds, input, ctx.train)
     }
 
     fn pooler_output(&self, _hidden: &Tensor, _train: bool) -> Result<Tensor> {
@@ -133,20 +149,12 @@ impl Backbone for DebertaV2 {
 
     /// DeBERTa's attention adds relative-position terms for every key, and HF's DeBERTa-v2
     /// takes no past keys or input prefixes that PEFT could use; neither is offered here.
-    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()> {
-        let Some((placement, _)) = tokens else {
-            return Ok(());
-        };
-        let method = placement.method();
+    fn check_virtual_tokens(&self, placement: TokenPlacement) -> Result<()> {
         Err(Error::VirtualTokensUnsupported {
-            method,
+            method: placement.method(),
             architecture: "deberta-v2",
             reason: "its relative-position attention has no place for virtual tokens, as in HF's \
                      DebertaV2Model",
         })
-    }
-
-    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)> {
-        None
     }
 }

@@ -566,17 +566,37 @@ impl DebertaV2 {
         &self.device
     }
 
-    /// Embeddings `(b_sz, L, hidden)`, padding rows zeroed; `mask: (b_sz, L, 1)`.
-    fn embed_tokens(&self, input: &ModelInput, mask: &Tensor, train: bool) -> Result<Tensor> {
+    /// The word embeddings of `input_ids`, `(b_sz, L, embedding_size)`: the table lookup
+    /// only (HF's `inputs_embeds`).
+    ///
+    /// # Errors
+    /// Ids that are not `(b_sz, L)` or out of the vocabulary.
+    pub fn word_embeddings(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b_sz, seq_len) = input_ids.dims2()?;
+        let width = self.config.embedding_size();
+        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
+        Ok(self
+            .embeddings
+            .word
+            .embedding(&ids)?
+            .reshape((b_sz, seq_len, width))?)
+    }
+
+    /// Embeddings `(b_sz, L, hidden)` from word embeddings, padding rows zeroed;
+    /// `mask: (b_sz, L, 1)`.
+    fn embed_words(
+        &self,
+        words: &Tensor,
+        input: &ModelInput,
+        mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b_sz, seq_len) = check_input(input, self.config.max_seq_len())?;
         let cfg = &self.config;
         let e = &self.embeddings;
         let width = cfg.embedding_size();
         let flat = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::U32)?.flatten_all()?) };
-        let mut x = e
-            .word
-            .embedding(&flat(&input.input_ids)?)?
-            .reshape((b_sz, seq_len, width))?;
+        let mut x = words.clone();
         if let Some(p) = &e.position {
             let positions = match &input.position_ids {
                 Some(ids) => p.embedding(&flat(ids)?)?.reshape((b_sz, seq_len, width))?,
@@ -618,11 +638,21 @@ impl DebertaV2 {
     /// longer than the absolute position table; token ids out of the vocabulary; device
     /// mismatch.
     pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let words = self.word_embeddings(&input.input_ids)?;
+        self.forward_words(&words, input, train)
+    }
+
+    /// [`forward`](Self::forward) from word embeddings (see
+    /// [`word_embeddings`](Self::word_embeddings)).
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_words(&self, words: &Tensor, input: &ModelInput, train: bool) -> Result<Tensor> {
         let _span = tracing::trace_span!("deberta-v2").entered();
         let (b_sz, seq_len) = input.input_ids.dims2()?;
         let mask = input.attention_mask.to_dtype(self.dtype)?;
         let token_mask = mask.reshape((b_sz, seq_len, 1))?;
-        let embedded = self.embed_tokens(input, &token_mask, train)?;
+        let embedded = self.embed_words(words, input, &token_mask, train)?;
         let key_bias = mask
             .affine(-MASK_VALUE, MASK_VALUE)?
             .reshape((1, b_sz, 1, seq_len))?;

@@ -7,11 +7,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::adapters::{TokenPlacement, VirtualSpec, seeded_rng};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::ResolvedModel;
-use crate::models::backbone::BuildBackbone;
+use crate::models::backbone::{BuildBackbone, ForwardCtx};
 use crate::models::heads::layout::HeadLayout;
-use crate::models::layers::{Dense, check_labels, dropout, pool};
+use crate::models::layers::{Dense, check_labels, dropout, pool, with_prompt_mask};
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
 use crate::models::{Backbone, Model, ModelInput, Pooling};
@@ -26,6 +26,9 @@ pub struct SequenceClassifier<B> {
     output: Dense,
     pooling: Pooling,
     num_labels: usize,
+    /// Prompt tuning's soft tokens `(n, hidden)` or prefix tuning's table
+    /// `(n, layers·2·hidden)` (PEFT's `prompt_embeddings`), when attached.
+    virtual_tokens: Option<(TokenPlacement, Var)>,
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for SequenceClassifier<B> {
@@ -68,6 +71,7 @@ impl<B: Backbone> SequenceClassifier<B> {
             output,
             pooling,
             num_labels,
+            virtual_tokens: None,
         })
     }
 
@@ -89,6 +93,54 @@ impl<B: Backbone> SequenceClassifier<B> {
     /// The head's layout.
     pub fn layout(&self) -> &HeadLayout {
         &self.layout
+    }
+
+    /// The backbone's hidden states with the virtual tokens attached: prompt tokens in front
+    /// of the word embeddings, or prefix keys and values for every layer; and the prompt
+    /// length (0 without prompt tuning).
+    fn backbone_forward(&self, input: &ModelInput, train: bool) -> Result<(Tensor, usize)> {
+        let words = self.backbone.embed_tokens(&input.input_ids)?;
+        match &self.virtual_tokens {
+            None => Ok((
+                self.backbone
+                    .forward_embeds(&words, input, &ForwardCtx::plain(train))?,
+                0,
+            )),
+            Some((TokenPlacement::Prompt, prompt)) => {
+                let (b_sz, _, width) = words.dims3()?;
+                let n = prompt.dims()[0];
+                let p = prompt
+                    .as_tensor()
+                    .unsqueeze(0)?
+                    .broadcast_as((b_sz, n, width))?
+                    .to_dtype(words.dtype())?;
+                let words = Tensor::cat(&[&p, &words], 1)?;
+                let ctx = ForwardCtx {
+                    prompt_len: n,
+                    ..ForwardCtx::plain(train)
+                };
+                Ok((self.backbone.forward_embeds(&words, input, &ctx)?, n))
+            }
+            Some((TokenPlacement::Prefix, table)) => {
+                // PEFT's table: per layer, the keys then the values, each `hidden` wide.
+                let h = self.backbone.virtual_spec().hidden;
+                let layers = table.dims()[1] / (2 * h);
+                let t = table.as_tensor();
+                let prefix = (0..layers)
+                    .map(|i| {
+                        Ok((
+                            t.narrow(1, 2 * i * h, h)?.to_dtype(words.dtype())?,
+                            t.narrow(1, (2 * i + 1) * h, h)?.to_dtype(words.dtype())?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let ctx = ForwardCtx {
+                    prefix: Some(&prefix),
+                    ..ForwardCtx::plain(train)
+                };
+                Ok((self.backbone.forward_embeds(&words, input, &ctx)?, 0))
+            }
+        }
     }
 }
 
@@ -183,13 +235,13 @@ impl<B: BuildBackbone> SequenceClassifier<B> {
 impl<B: Backbone> Model for SequenceClassifier<B> {
     fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let _span = tracing::trace_span!("sequence-classifier").entered();
-        let hidden = self.backbone.forward(input, train)?;
+        let (hidden, prompt_len) = self.backbone_forward(input, train)?;
         let pooled = match self.pooling {
             Pooling::Cls if self.layout.cls_through_backbone_pooler => {
                 self.backbone.pooler_output(&hidden, train)?
             }
             pooling => {
-                let mask = self.backbone.pooling_mask(&input.attention_mask)?;
+                let mask = with_prompt_mask(&input.attention_mask, prompt_len)?;
                 pool(&hidden, &mask, pooling)?
             }
         };
@@ -234,11 +286,28 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
     }
 
     fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()> {
-        self.backbone.set_virtual_tokens(tokens)
+        if let Some((placement, t)) = &tokens {
+            self.backbone.check_virtual_tokens(*placement)?;
+            let spec = self.backbone.virtual_spec();
+            let width = match placement {
+                TokenPlacement::Prompt => spec.hidden,
+                TokenPlacement::Prefix => spec.layers * 2 * spec.hidden,
+            };
+            let (n, w) = t.dims2()?;
+            if w != width || n == 0 {
+                return Err(Error::TensorShape {
+                    op: "virtual tokens",
+                    expected: vec![n.max(1), width],
+                    got: vec![n, w],
+                });
+            }
+        }
+        self.virtual_tokens = tokens;
+        Ok(())
     }
 
     fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)> {
-        self.backbone.virtual_tokens()
+        self.virtual_tokens.clone()
     }
 
     fn architecture(&self) -> &'static str {
