@@ -269,6 +269,12 @@ pub enum Error {
         /// What the placing holds.
         got: &'static str,
     },
+    /// A head for an adapter that has one already (or a model with a single head).
+    #[error("adapter `{adapter}` has a head already")]
+    HeadExists {
+        /// The adapter name.
+        adapter: String,
+    },
     /// Prompt or prefix tuning on an architecture that has no place for virtual tokens.
     #[error("{method} tuning is not available for {architecture}: {reason}")]
     VirtualTokensUnsupported {

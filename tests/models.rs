@@ -315,3 +315,57 @@ fn default_sites_are_the_tagged_output_projections() {
         assert_eq!(sites.parallel, model.default_targets());
     }
 }
+
+/// One loaded base holds several adapters, each with its own head (PEFT's
+/// `modules_to_save`); `set_active` switches which one the forward and training use.
+#[test]
+fn adapters_with_their_own_heads_switch_with_set_active() {
+    use ttlora::adapters::MethodSpec;
+    use ttlora::tuning::attach::{attach, placing, trainable_vars};
+    let dev = Device::Cpu;
+    let base = || {
+        BertForSequenceClassification::random(
+            &BertConfig::tiny(),
+            2,
+            Pooling::Cls,
+            DType::F32,
+            &dev,
+            4,
+        )
+        .unwrap()
+    };
+    // Non-zero at init, so each adapter changes the output.
+    let spec = MethodSpec::parse("ttlora", serde_json::json!({"init": "paper"})).unwrap();
+    let put = |m: &mut dyn Model, name: &str, seed: u64| {
+        let p = placing(&spec, m, None, None, &Default::default()).unwrap();
+        attach(m, &spec, &p, name, &mut seeded_rng(seed)).unwrap();
+    };
+    let input = three_by_eight(&dev);
+    let logits = |m: &dyn Model| m.forward(&input, false).unwrap();
+
+    let mut alone = base();
+    put(&mut alone, "a", 1);
+    let want_a = logits(&alone);
+
+    let mut both = base();
+    put(&mut both, "a", 1);
+    put(&mut both, "b", 2);
+    both.add_head("b", 3, 9).unwrap();
+    both.set_active(&["a"]).unwrap();
+    assert!(tensor_diff(&logits(&both), &want_a) < 1e-6);
+    assert!(trainable_vars(&both).iter().all(|(n, _)| n.contains(".a.")));
+
+    both.set_active(&["b"]).unwrap();
+    let b = logits(&both);
+    assert_eq!(b.dims(), [3, 3], "b's own head has 3 labels");
+    assert!(trainable_vars(&both).iter().all(|(n, _)| n.contains(".b.")));
+    assert_eq!(both.head_vars()[0].1.dims(), [3, 32]);
+
+    both.set_active(&["a"]).unwrap();
+    assert!(
+        tensor_diff(&logits(&both), &want_a) < 1e-6,
+        "switching back"
+    );
+    let err = both.add_head("b", 3, 9).unwrap_err().to_string();
+    assert!(err.contains("has a head already"), "{err}");
+}

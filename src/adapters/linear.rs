@@ -11,6 +11,15 @@ struct Slot {
     name: String,
     adapter: Box<dyn Adapter>,
     merged: bool,
+    /// Whether the forward applies it (see [`Linear::set_active`]).
+    active: bool,
+}
+
+impl Slot {
+    /// Whether the forward adds this adapter's own term.
+    fn applies(&self) -> bool {
+        self.active && !self.merged
+    }
 }
 
 /// `y = x·W0ᵀ + b + Σ_a ΔW_a(x)` with W0 and b frozen.
@@ -123,6 +132,7 @@ impl Linear {
             name: name.into(),
             adapter,
             merged: false,
+            active: true,
         });
         Ok(())
     }
@@ -134,11 +144,12 @@ impl Linear {
             .map(|s| (s.name.as_str(), s.adapter.as_ref()))
     }
 
-    /// Trainable tensors of every unmerged adapter as `(adapter name, tensor name, var)`.
+    /// Trainable tensors of every active unmerged adapter as `(adapter name, tensor name,
+    /// var)`.
     pub fn trainable(&self) -> Vec<(String, String, Var)> {
         self.adapters
             .iter()
-            .filter(|s| !s.merged)
+            .filter(|s| s.applies())
             .flat_map(|s| {
                 s.adapter
                     .trainable()
@@ -159,7 +170,7 @@ impl Linear {
         for s in self
             .adapters
             .iter()
-            .filter(|s| !s.merged && s.adapter.serial())
+            .filter(|s| s.applies() && s.adapter.serial())
         {
             let dims = y.dims().to_vec();
             let n: usize = dims[..dims.len().saturating_sub(1)].iter().product();
@@ -182,7 +193,7 @@ impl Linear {
         let mut deltas = self
             .adapters
             .iter()
-            .filter(|s| !s.merged && !s.adapter.serial())
+            .filter(|s| s.applies() && !s.adapter.serial())
             .map(|s| -> Result<Tensor> { Ok(track(s.adapter.forward_delta(&x2, train)?)) });
         let Some(first) = deltas.next() else {
             // W and b are `Var`s under full fine-tuning: cut the graph inside `no_grad`.
@@ -205,28 +216,28 @@ impl Linear {
         )?))
     }
 
-    /// Merges every unmerged adapter into the weight (`W ← W + ΔW`, computed in f32).
+    /// Merges every active unmerged adapter into the weight (`W ← W + ΔW`, computed in f32).
     ///
     /// Nothing changes if any merge would produce a non-finite weight.
     ///
     /// # Errors
     /// [`Error::NonFiniteMerge`]; [`Error::MergeState`] if nothing is left to merge.
     pub fn merge(&mut self) -> Result<()> {
-        if self.adapters.iter().all(|s| s.merged) {
+        if !self.adapters.iter().any(Slot::applies) {
             return Err(Error::MergeState {
                 op: "merge",
-                reason: "no unmerged adapter on this layer".into(),
+                reason: "no active unmerged adapter on this layer".into(),
             });
         }
         let mut w = self.weight.clone();
-        for s in self.adapters.iter().filter(|s| !s.merged) {
+        for s in self.adapters.iter().filter(|s| s.applies()) {
             w = s.adapter.merged_weight(&s.name, &w)?;
         }
         // ΔW was computed from the adapter's `Var`s; the merged weight is frozen like W0, so
         // it must not carry their graph (which would make every forward record one).
         self.weight = w.detach();
         for s in &mut self.adapters {
-            s.merged = true;
+            s.merged |= s.active;
         }
         Ok(())
     }
@@ -249,6 +260,33 @@ impl Linear {
         self.weight = w.detach();
         for s in &mut self.adapters {
             s.merged = false;
+        }
+        Ok(())
+    }
+
+    /// Makes the adapters named in `names` the ones the forward applies (and training
+    /// trains); the others stay attached, inactive. Layers without any of those names run
+    /// their frozen path alone.
+    ///
+    /// # Errors
+    /// [`Error::MergeState`] for deactivating a merged adapter (its update is in the
+    /// weight; unmerge first).
+    pub fn set_active(&mut self, names: &[&str]) -> Result<()> {
+        if let Some(s) = self
+            .adapters
+            .iter()
+            .find(|s| s.merged && !names.contains(&s.name.as_str()))
+        {
+            return Err(Error::MergeState {
+                op: "set_active",
+                reason: format!(
+                    "adapter `{}` is merged into the weight; unmerge it first",
+                    s.name
+                ),
+            });
+        }
+        for s in &mut self.adapters {
+            s.active = names.contains(&s.name.as_str());
         }
         Ok(())
     }

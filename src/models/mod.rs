@@ -27,9 +27,7 @@ mod weights;
 use candle_core::{Tensor, Var};
 
 use crate::adapters::{DefaultSites, Linear, TokenPlacement, VirtualSpec};
-#[cfg(doc)]
-use crate::error::Error; // for the `# Errors` links
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::walk::{BaseTensor, Entry, EntryMut, Kind, LinearRole};
 
 /// The batch every family takes (declared in `data`, which builds it).
@@ -171,6 +169,33 @@ pub trait Model: Send + Sync {
             EntryMut::Tensor(tag, tensor) => out.push(BaseTensor { name, tag, tensor }),
         });
         out
+    }
+
+    /// A fresh head for the adapter `adapter` (PEFT's `modules_to_save` per adapter), so one
+    /// loaded base holds several adapters with heads of their own; initialised from `seed`,
+    /// then usually overwritten from the adapter's folder. Inactive until
+    /// [`set_active`](Model::set_active) names the adapter. Default: the model has one head.
+    ///
+    /// # Errors
+    /// An adapter that has a head already; a model with a single head.
+    fn add_head(&mut self, adapter: &str, num_labels: usize, seed: u64) -> Result<()> {
+        let _ = (num_labels, seed);
+        Err(Error::HeadExists {
+            adapter: adapter.to_string(),
+        })
+    }
+
+    /// Makes the adapters named in `adapters` the ones the forward applies (and training
+    /// trains) on every linear layer, and the head of the first of them that has one the
+    /// active head (else the model's own). The others stay attached.
+    ///
+    /// # Errors
+    /// Deactivating an adapter that is merged into the weights.
+    fn set_active(&mut self, adapters: &[&str]) -> Result<()> {
+        for (_, layer) in self.linears_mut() {
+            layer.set_active(adapters)?;
+        }
+        Ok(())
     }
 
     /// HF's class name for this model (e.g. `BertForSequenceClassification`), written to a

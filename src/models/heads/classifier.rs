@@ -22,13 +22,28 @@ use crate::models::{Backbone, Model, ModelInput, Pooling};
 pub struct SequenceClassifier<B> {
     backbone: B,
     layout: HeadLayout,
-    hidden: Option<Dense>,
-    output: Dense,
+    hidden_size: usize,
+    /// One head per adapter (PEFT's `modules_to_save`); the first is the model's own,
+    /// named [`BASE_HEAD`].
+    heads: Vec<NamedHead>,
+    /// Index into `heads` of the head the forward uses.
+    active_head: usize,
     pooling: Pooling,
-    num_labels: usize,
     /// Prompt tuning's soft tokens `(n, hidden)` or prefix tuning's table
     /// `(n, layers·2·hidden)` (PEFT's `prompt_embeddings`), when attached.
     virtual_tokens: Option<(TokenPlacement, Var)>,
+}
+
+/// The name of the head a classifier is built with: the adapter name `ttlora train` uses
+/// (PEFT's default).
+pub const BASE_HEAD: &str = "default";
+
+/// A head and the adapter it belongs to.
+struct NamedHead {
+    adapter: String,
+    hidden: Option<Dense>,
+    output: Dense,
+    num_labels: usize,
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for SequenceClassifier<B> {
@@ -36,7 +51,15 @@ impl<B: std::fmt::Debug> std::fmt::Debug for SequenceClassifier<B> {
         f.debug_struct(self.layout.architecture)
             .field("backbone", &self.backbone)
             .field("pooling", &self.pooling)
-            .field("num_labels", &self.num_labels)
+            .field("num_labels", &self.heads[self.active_head].num_labels)
+            .field(
+                "heads",
+                &self
+                    .heads
+                    .iter()
+                    .map(|h| h.adapter.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -57,22 +80,20 @@ impl<B: Backbone> SequenceClassifier<B> {
         pooling: Pooling,
         seed: u64,
     ) -> Result<Self> {
-        let mut rng = crate::adapters::seeded_rng(seed);
-        let h = hidden_size;
-        let hidden = match &layout.hidden {
-            Some(l) => Some(Dense::build(ld, l.name, (h, h), &mut rng)?),
-            None => None,
-        };
-        let output = Dense::build(ld, layout.output, (num_labels, h), &mut rng)?;
+        let head = build_head(&layout, ld, hidden_size, num_labels, BASE_HEAD, seed)?;
         Ok(Self {
             backbone,
             layout,
-            hidden,
-            output,
+            hidden_size,
+            heads: vec![head],
+            active_head: 0,
             pooling,
-            num_labels,
             virtual_tokens: None,
         })
+    }
+
+    fn head(&self) -> &NamedHead {
+        &self.heads[self.active_head]
     }
 
     /// The backbone.
@@ -80,9 +101,9 @@ impl<B: Backbone> SequenceClassifier<B> {
         &self.backbone
     }
 
-    /// Outputs per example (1 = regression).
+    /// Outputs per example of the active head (1 = regression).
     pub fn num_labels(&self) -> usize {
-        self.num_labels
+        self.head().num_labels
     }
 
     /// How the head pools the hidden states.
@@ -245,14 +266,15 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
                 pool(&hidden, &mask, pooling)?
             }
         };
-        let x = match (&self.layout.hidden, &self.hidden) {
+        let head = self.head();
+        let x = match (&self.layout.hidden, &head.hidden) {
             (Some(l), Some(dense)) => {
                 let x = dense.forward(&dropout(&pooled, l.dropout, train)?)?;
                 l.activation.apply(&x)?
             }
             _ => pooled,
         };
-        self.output
+        head.output
             .forward(&dropout(&x, self.layout.output_dropout, train)?)
     }
 
@@ -266,15 +288,16 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
 
     fn head_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::with_capacity(4);
-        if let Some(h) = &self.hidden {
+        let head = self.head();
+        if let Some(h) = &head.hidden {
             h.vars(&mut out);
         }
-        self.output.vars(&mut out);
+        head.output.vars(&mut out);
         out
     }
 
     fn fresh_output_bias(&self) -> Option<Var> {
-        self.output.fresh_bias()
+        self.head().output.fresh_bias()
     }
 
     fn default_targets(&self) -> &'static [&'static str] {
@@ -313,4 +336,62 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
     fn architecture(&self) -> &'static str {
         self.layout.architecture
     }
+
+    fn add_head(&mut self, adapter: &str, num_labels: usize, seed: u64) -> Result<()> {
+        if self.heads.iter().any(|h| h.adapter == adapter) {
+            return Err(Error::HeadExists {
+                adapter: adapter.to_string(),
+            });
+        }
+        let spec = self.backbone.virtual_spec();
+        let mut ld = Loader::random(seeded_rng(seed), 0.0, spec.dtype, &spec.device);
+        let head = build_head(
+            &self.layout,
+            &mut ld,
+            self.hidden_size,
+            num_labels,
+            adapter,
+            seed,
+        )?;
+        self.heads.push(head);
+        Ok(())
+    }
+
+    fn set_active(&mut self, adapters: &[&str]) -> Result<()> {
+        for (_, layer) in self.linears_mut() {
+            layer.set_active(adapters)?;
+        }
+        // The first named adapter with a head of its own, else the model's own head.
+        self.active_head = adapters
+            .iter()
+            .find_map(|a| self.heads.iter().position(|h| h.adapter == *a))
+            .unwrap_or(0);
+        Ok(())
+    }
+}
+
+/// A head of `layout` for `adapter`, its layers loaded through `ld` where the checkpoint has
+/// them, else initialised from `seed`: the hidden layer `(hidden, hidden)`, the output
+/// `(num_labels, hidden)`.
+fn build_head(
+    layout: &HeadLayout,
+    ld: &mut Loader,
+    hidden_size: usize,
+    num_labels: usize,
+    adapter: &str,
+    seed: u64,
+) -> Result<NamedHead> {
+    let mut rng = seeded_rng(seed);
+    let h = hidden_size;
+    let hidden = match &layout.hidden {
+        Some(l) => Some(Dense::build(ld, l.name, (h, h), &mut rng)?),
+        None => None,
+    };
+    let output = Dense::build(ld, layout.output, (num_labels, h), &mut rng)?;
+    Ok(NamedHead {
+        adapter: adapter.to_string(),
+        hidden,
+        output,
+        num_labels,
+    })
 }
