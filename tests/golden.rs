@@ -313,3 +313,44 @@ fn every_method_trains_to_the_recorded_bytes_and_scores() {
         wrong.join("\n")
     );
 }
+
+/// Adapter folders the pre-redesign code wrote (commit 43e51d2, `tests/fixtures/old_folders`,
+/// each trained by the golden run above on the same tiny base) still load, and give the
+/// logits that code computed for them (`logits.json`, 8 SST-2 sentences).
+#[test]
+fn folders_written_before_the_redesign_load_to_the_same_logits() {
+    use ttlora::jobs::{inference, pipeline, task::encode_split};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/old_folders");
+    let want: BTreeMap<String, Vec<Vec<f32>>> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("logits.json")).unwrap()).unwrap();
+    let texts: Vec<ttlora::data::Example> = std::fs::read_to_string(root.join("texts.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| ttlora::data::Example {
+            text_a: l.to_string(),
+            text_b: None,
+            label: None,
+        })
+        .collect();
+    let bert = tiny_bert_folder("old-bert", BertConfig::tiny());
+    let deberta = tiny_deberta_folder("old-deberta");
+    let cpu = candle_core::Device::Cpu;
+    for (key, logits) in &want {
+        let (family, row) = key.split_once('/').unwrap();
+        let base = if family == "bert" { &bert } else { &deberta };
+        let folder = root.join(family).join(row);
+        let inf = inference::load(&folder, Some(base.to_str().unwrap()), &cpu, false)
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        let encoder = inf.encoder().unwrap();
+        let split = encode_split(&encoder, &texts, false).unwrap();
+        let got = pipeline::logits(inf.model.as_ref(), &split, 64, encoder.pad_id(), &cpu).unwrap();
+        let diff = got
+            .iter()
+            .flatten()
+            .zip(logits.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "{key}: logits differ by {diff}");
+    }
+    assert_eq!(want.len(), 11, "the recorded folders");
+}
