@@ -2,6 +2,8 @@
 //! tokenize it and split off the held-out slice. A single `ttlora train` prepares one study
 //! and runs one trial on it; a search prepares once and runs many trials.
 
+use std::sync::Mutex;
+
 use candle_core::Device;
 
 use crate::adapters::seeded_rng;
@@ -43,7 +45,8 @@ pub struct Study {
     /// The model, opened once: config, tensors (memory-mapped), tokenizer location. Each
     /// trial builds its model from it without reading the files again.
     pub model: ResolvedModel,
-    /// The task as read (examples and how to score them).
+    /// The task as read: its name, labels and metrics (the examples are dropped once
+    /// tokenized).
     pub task: LoadedTask,
     /// Outputs of the task head (1 for regression).
     pub num_labels: usize,
@@ -59,6 +62,8 @@ pub struct Study {
     pub dev: EncodedSplit,
     /// Further official evaluation splits, by name (MNLI: `dev_mismatched`).
     pub extra_dev: Vec<(String, EncodedSplit)>,
+    /// The model `prepare` built to check it, with its head's seed, until a trial takes it.
+    unused_model: Mutex<Option<(u64, Box<dyn Model>)>>,
 }
 
 /// Prepares a study: everything a trial needs that does not depend on the method. The
@@ -76,9 +81,10 @@ pub fn prepare(spec: StudySpec) -> Result<Study> {
     };
     let pooling = choose_pooling(spec.pooling, model.dir())?;
     // Build the classifier once before the data is tokenized, so an unsupported
-    // `model_type`, a bad config or a checkpoint head of another label count fails at once
-    // (each trial builds its own copy from the mapped weights).
-    load_classifier_from(&model, num_labels, pooling, &spec.device, spec.seed)?;
+    // `model_type`, a bad config or a checkpoint head of another label count fails at once.
+    // The first trial with the study's seed takes this model; later trials build their own
+    // from the mapped weights.
+    let built = load_classifier_from(&model, num_labels, pooling, &spec.device, spec.seed)?;
     let TokenizerSource::Json(tokenizer) = model.tokenizer();
     let encoder = TextEncoder::from_file(tokenizer, spec.max_len)?;
 
@@ -104,6 +110,12 @@ pub fn prepare(spec: StudySpec) -> Result<Study> {
         .iter()
         .map(|(name, examples)| Ok((name.clone(), encode_split(&encoder, examples, true)?)))
         .collect::<Result<Vec<_>>>()?;
+    // The texts are tokenized; keep only what scoring needs, not a second copy of the data.
+    let mut task = task;
+    task.train = Vec::new();
+    task.dev = Vec::new();
+    task.extra_dev = Vec::new();
+    let spec_seed = spec.seed;
     Ok(Study {
         spec,
         model,
@@ -115,6 +127,7 @@ pub fn prepare(spec: StudySpec) -> Result<Study> {
         held,
         dev,
         extra_dev,
+        unused_model: Mutex::new(Some((spec_seed, built))),
     })
 }
 
@@ -125,6 +138,14 @@ impl Study {
     /// # Errors
     /// The model loader's errors.
     pub fn base_model(&self, seed: u64) -> Result<Box<dyn Model>> {
+        // The model `prepare` built, once, if its head was initialised from this seed.
+        let mut unused = self.unused_model.lock().unwrap_or_else(|e| e.into_inner());
+        if unused.as_ref().is_some_and(|(s, _)| *s == seed)
+            && let Some((_, model)) = unused.take()
+        {
+            return Ok(model);
+        }
+        drop(unused);
         load_classifier_from(
             &self.model,
             self.num_labels,
