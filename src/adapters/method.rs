@@ -99,6 +99,9 @@ pub fn resolved_config(method: &dyn Method, given: &serde_json::Value) -> serde_
     overlay(&method.default_config(), given)
 }
 
+/// Config fields by name, as a shorthand or preset sets them.
+pub type ConfigFields = serde_json::Map<String, serde_json::Value>;
+
 /// A CLI shorthand a method may take in place of a config field (`--rank 4` for
 /// `{"r": 4}`), so the CLI never asks which method it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,14 +169,14 @@ pub trait Method: Sync {
         &self,
         flag: Shorthand,
         value: &serde_json::Value,
-    ) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+    ) -> Option<Result<ConfigFields>> {
         let _ = (flag, value);
         None
     }
 
     /// The config fields the paper's preset (`--preset paper`) sets. Default: none.
-    fn paper_preset(&self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::Map::new()
+    fn paper_preset(&self) -> ConfigFields {
+        ConfigFields::new()
     }
 
     /// The peak learning rate a run uses unless told otherwise. Default 5e-3 (LoRA and

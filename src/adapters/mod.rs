@@ -38,8 +38,8 @@ pub use config::{Config, MethodConfig, downcast, overlay, parse};
 pub use init::{kaiming_uniform, normal, seeded_rng, standard_normal};
 pub use linear::Linear;
 pub use method::{
-    BaseTensorInfo, DefaultSites, LayerPlacement, Method, MethodKind, Shorthand, TokenPlacement,
-    VirtualSpec, resolved_config,
+    BaseTensorInfo, ConfigFields, DefaultSites, LayerPlacement, Method, MethodKind, Shorthand,
+    TokenPlacement, VirtualSpec, resolved_config,
 };
 pub use module_set::ModuleSet;
 pub use registry::{METHODS, method, method_names};

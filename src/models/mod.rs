@@ -192,13 +192,22 @@ pub trait Model: Send + Sync {
     /// # Errors
     /// Deactivating an adapter that is merged into the weights.
     fn set_active(&mut self, adapters: &[&str]) -> Result<()> {
-        for (_, layer) in self.linears_mut() {
-            layer.set_active(adapters)?;
-        }
-        Ok(())
+        activate_linears(self, adapters)
     }
 
     /// HF's class name for this model (e.g. `BertForSequenceClassification`), written to a
     /// merged export's config.json `architectures`.
     fn architecture(&self) -> &'static str;
+}
+
+/// Makes `adapters` the active ones on every linear layer of `model` (the part of
+/// [`Model::set_active`] every model shares).
+///
+/// # Errors
+/// Deactivating an adapter that is merged into the weights.
+pub(crate) fn activate_linears<M: Model + ?Sized>(model: &mut M, adapters: &[&str]) -> Result<()> {
+    for (_, layer) in model.linears_mut() {
+        layer.set_active(adapters)?;
+    }
+    Ok(())
 }

@@ -14,7 +14,9 @@ use rand::rngs::StdRng;
 pub use config::LoraConfig;
 pub use layer::LoraLayer;
 
-use crate::adapters::{Adapter, LayerSpec, Method, MethodConfig, Shorthand, downcast, parse};
+use crate::adapters::{
+    Adapter, ConfigFields, LayerSpec, Method, MethodConfig, Shorthand, downcast, parse,
+};
 use crate::error::Result;
 
 /// The LoRA method, as registered.
@@ -24,13 +26,13 @@ pub struct Lora;
 pub(crate) fn rank_or_alpha(
     flag: Shorthand,
     value: &serde_json::Value,
-) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+) -> Option<Result<ConfigFields>> {
     let field = match flag {
         Shorthand::Rank => "r",
         Shorthand::Alpha => "lora_alpha",
         _ => return None,
     };
-    Some(Ok(serde_json::Map::from_iter([(
+    Some(Ok(ConfigFields::from_iter([(
         field.to_string(),
         value.clone(),
     )])))
@@ -56,7 +58,7 @@ impl Method for Lora {
         &self,
         flag: Shorthand,
         value: &serde_json::Value,
-    ) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+    ) -> Option<Result<ConfigFields>> {
         rank_or_alpha(flag, value)
     }
     fn pattern_overrides(

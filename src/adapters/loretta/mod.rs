@@ -24,8 +24,8 @@ use crate::adapters::bottleneck::{BottleneckLayer, BottleneckParts, Projection};
 use crate::adapters::lora::rank_or_alpha;
 use crate::adapters::ttlora::{TtInit, TtLoraConfig, TtLoraLayer};
 use crate::adapters::{
-    Adapter, DefaultSites, LayerPlacement, LayerSpec, Method, MethodConfig, MethodKind, ModuleSet,
-    Shorthand, downcast, parse,
+    Adapter, ConfigFields, DefaultSites, LayerPlacement, LayerSpec, Method, MethodConfig,
+    MethodKind, ModuleSet, Shorthand, downcast, parse,
 };
 use crate::error::Result;
 
@@ -73,7 +73,7 @@ impl Method for LorettaRep {
         &self,
         flag: Shorthand,
         value: &serde_json::Value,
-    ) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+    ) -> Option<Result<ConfigFields>> {
         rank_or_alpha(flag, value)
     }
     fn build(

@@ -14,7 +14,9 @@ use rand::rngs::StdRng;
 pub use config::{DEFAULT_CORES, TtInit, TtLoraConfig};
 pub use layer::TtLoraLayer;
 
-use crate::adapters::{Adapter, LayerSpec, Method, MethodConfig, Shorthand, downcast, parse};
+use crate::adapters::{
+    Adapter, ConfigFields, LayerSpec, Method, MethodConfig, Shorthand, downcast, parse,
+};
 use crate::error::Result;
 use crate::tt::parse_core_order;
 
@@ -41,7 +43,7 @@ impl Method for TtLora {
         &self,
         flag: Shorthand,
         value: &serde_json::Value,
-    ) -> Option<Result<serde_json::Map<String, serde_json::Value>>> {
+    ) -> Option<Result<ConfigFields>> {
         let field = match flag {
             Shorthand::Rank => "rank",
             Shorthand::Alpha => "alpha",
@@ -50,20 +52,20 @@ impl Method for TtLora {
             Shorthand::Shape => {
                 let shape = value.as_str().unwrap_or_default();
                 return Some(parse_core_order(shape).map(|(i, o)| {
-                    serde_json::Map::from_iter([
+                    ConfigFields::from_iter([
                         ("in_factors".to_string(), i.into()),
                         ("out_factors".to_string(), o.into()),
                     ])
                 }));
             }
         };
-        Some(Ok(serde_json::Map::from_iter([(
+        Some(Ok(ConfigFields::from_iter([(
             field.to_string(),
             value.clone(),
         )])))
     }
-    fn paper_preset(&self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::Map::from_iter([("init".to_string(), "paper".into())])
+    fn paper_preset(&self) -> ConfigFields {
+        ConfigFields::from_iter([("init".to_string(), "paper".into())])
     }
     fn build(
         &self,

@@ -14,7 +14,7 @@ use crate::models::heads::layout::HeadLayout;
 use crate::models::layers::{Dense, check_labels, dropout, pool, with_prompt_mask};
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::weights::Loader;
-use crate::models::{Backbone, Model, ModelInput, Pooling};
+use crate::models::{Backbone, Model, ModelInput, Pooling, activate_linears};
 
 /// A backbone with HF's sequence-classification head: logits `(b_sz, num_labels)`;
 /// `num_labels = 1` is regression. The head's layers are trainable [`Var`]s, loaded when the
@@ -358,9 +358,7 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
     }
 
     fn set_active(&mut self, adapters: &[&str]) -> Result<()> {
-        for (_, layer) in self.linears_mut() {
-            layer.set_active(adapters)?;
-        }
+        activate_linears(self, adapters)?;
         // The first named adapter with a head of its own, else the model's own head.
         self.active_head = adapters
             .iter()
