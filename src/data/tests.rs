@@ -2,7 +2,6 @@
 //! when it is there, the full offline copy in `../shared/data`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 
@@ -19,18 +18,26 @@ fn read(task_name: &str, split: Split) -> Vec<Example> {
     read_task_split(task(task_name).unwrap(), &fixtures(), split).unwrap()
 }
 
+/// A file in its own temporary folder, removed (folder and all) when dropped, also when the
+/// test panics.
+struct TempFile {
+    path: PathBuf,
+    _dir: crate::io::fs::TempDir,
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// A fresh file `name` holding `content` in a per-test temporary folder.
-fn temp_file(name: &str, content: &[u8]) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ttlora-data-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+fn temp_file(name: &str, content: &[u8]) -> TempFile {
+    let dir = crate::io::fs::TempDir::new("data");
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
-    path
+    TempFile { path, _dir: dir }
 }
 
 fn err_of<T: std::fmt::Debug>(r: crate::Result<T>) -> String {
