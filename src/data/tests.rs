@@ -202,7 +202,7 @@ fn unlabeled_test_files_read_with_read_file_only() {
     assert_eq!(rte.len(), 5);
     assert!(rte[0].text_b.is_some() && rte[0].label.is_none());
     // A "train" split without labels is refused by read_task_split.
-    let root = temp_file("x", b"").parent().unwrap().to_path_buf();
+    let root = crate::io::fs::TempDir::new("data-unlabelled-train");
     std::fs::create_dir_all(root.join("glue/SST-2")).unwrap();
     std::fs::copy(
         dir.join("SST-2/test.tsv"),

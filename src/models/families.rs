@@ -6,7 +6,7 @@
 //! # Adding a family
 //! 1. A folder `models/<family>/` with `config.rs` (serde from config.json, `from_value`),
 //!    `model.rs` (the backbone: every linear an [`adapters::Linear`](crate::adapters::Linear),
-//!    HF's module paths, its tensors listed once in a walk macro) and `tests.rs`.
+//!    HF's module paths, its tensors listed once with `walk::parts!`) and `tests.rs`.
 //! 2. Implement [`Backbone`](crate::models::Backbone) and [`BuildBackbone`] for the
 //!    backbone (its config, checkpoint prefix, HF head layout), then one line in
 //!    [`FAMILIES`]: `&Classifiers::<YourBackbone>::new("name", &["model_type"])`. The

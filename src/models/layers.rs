@@ -1,13 +1,14 @@
-//! Building blocks both model families share: the frozen layer norm [`Norm`], frozen linears
-//! ([`load_linear`], [`push_linear`]), train-only [`dropout`], the trainable head layer
+//! Building blocks both model families share: the frozen layer norm [`Norm`] (a
+//! [`Part`] of the walk), train-only [`dropout`], the trainable head layer
 //! [`Dense`], and the encoder/head checks and pooling that do not depend on the architecture.
 
 use std::path::Path;
 
 use candle_core::{DType, Tensor, Var};
 
-use crate::adapters::{Linear, kaiming_uniform};
+use crate::adapters::kaiming_uniform;
 use crate::error::{Error, Result};
+use crate::models::walk::{Entry, EntryMut, Part, Tag, join};
 use crate::models::weights::{Init, Loader};
 use crate::models::{ModelInput, Pooling};
 use crate::ops::layer_norm;
@@ -34,16 +35,32 @@ pub(crate) struct Norm {
     eps: f64,
 }
 
-impl Norm {
-    /// Loads `{name}.weight` (γ, init 1) and `{name}.bias` (β, init 0), both `(hidden)`.
-    pub(crate) fn load(ld: &mut Loader, name: &str, hidden: usize, eps: f64) -> Result<Self> {
+/// A layer norm: `<name>.weight` (γ, ones when random) and `<name>.bias` (β, zeros), both
+/// `(hidden)`, with the config's epsilon.
+impl Part for Norm {
+    type Spec<'s> = (usize, f64);
+    type Label = Tag;
+
+    fn load(ld: &mut Loader, name: &str, (hidden, eps): (usize, f64)) -> Result<Self> {
         Ok(Self {
-            gamma: ld.tensor(&format!("{name}.weight"), &[hidden], Init::Ones)?,
-            beta: ld.tensor(&format!("{name}.bias"), &[hidden], Init::Zeros)?,
+            gamma: ld.tensor(&join(name, "weight"), &[hidden], Init::Ones)?,
+            beta: ld.tensor(&join(name, "bias"), &[hidden], Init::Zeros)?,
             eps,
         })
     }
 
+    fn walk<'a>(&'a self, name: &str, tag: Tag, f: &mut dyn FnMut(String, Entry<'a>)) {
+        f(join(name, "weight"), Entry::Tensor(tag, &self.gamma));
+        f(join(name, "bias"), Entry::Tensor(tag, &self.beta));
+    }
+
+    fn walk_mut<'a>(&'a mut self, name: &str, tag: Tag, f: &mut dyn FnMut(String, EntryMut<'a>)) {
+        f(join(name, "weight"), EntryMut::Tensor(tag, &mut self.gamma));
+        f(join(name, "bias"), EntryMut::Tensor(tag, &mut self.beta));
+    }
+}
+
+impl Norm {
     /// `γ · (x − mean) / √(var + eps) + β` over the last dimension.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("norm").entered();
@@ -55,18 +72,6 @@ impl Norm {
             self.eps,
         )?))
     }
-}
-
-/// A frozen `adapters::Linear` from `{name}.weight: (out, in)` and `{name}.bias: (out)`.
-pub(crate) fn load_linear(
-    ld: &mut Loader,
-    name: &str,
-    out_f: usize,
-    in_f: usize,
-) -> Result<Linear> {
-    let w = ld.tensor(&format!("{name}.weight"), &[out_f, in_f], Init::Normal)?;
-    let b = ld.tensor(&format!("{name}.bias"), &[out_f], Init::Normal)?;
-    Linear::new(w, Some(b))
 }
 
 /// A trainable dense layer of a head: `y = x·Wᵀ + b`, W `(out, in)`, b `(out)`.

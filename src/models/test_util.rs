@@ -2,12 +2,13 @@
 //! chosen linears, and HF folders written to a temp dir.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::adapters::{LayerSpec, method, seeded_rng};
+use crate::io::fs::TempDir;
 use crate::models::{Model, ModelInput};
 
 /// A right-padded batch from rows of token ids: `pad` fills the ids, the mask is 1 on real
@@ -88,12 +89,9 @@ pub(crate) fn attach_ttlora(model: &mut dyn Model, pick: impl Fn(&str) -> bool) 
     attached
 }
 
-/// A fresh folder `ttlora-{family}-{pid}-{name}` under the system temp dir for one test.
-pub(crate) fn temp_dir(family: &str, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ttlora-{family}-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh folder for one test, named after `family` and `name`, removed when dropped.
+pub(crate) fn temp_dir(family: &str, name: &str) -> TempDir {
+    TempDir::new(&format!("{family}-{name}"))
 }
 
 /// Writes `cfg` as `config.json` and `tensors` as `model.safetensors` into `dir`.

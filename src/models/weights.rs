@@ -222,11 +222,11 @@ mod tests {
 
     use super::*;
     use crate::io::SafetensorsSource;
-    use crate::models::test_util::temp_dir;
+    use crate::io::fs::TempDir;
 
     #[test]
     fn the_prefix_is_found_and_buffers_are_not_reported_unused() {
-        let dir = temp_dir("weights", "report");
+        let dir = TempDir::new("weights-report");
         let t = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
         let map = HashMap::from([
             ("bert.embeddings.word_embeddings.weight".to_string(), t(4)),
@@ -260,6 +260,5 @@ mod tests {
             ["bert.embeddings.word_embeddings.weight", "classifier.bias"]
         );
         assert_eq!(report.unused, ["cls.predictions.bias"]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,76 +10,59 @@ use crate::adapters::{Linear, VirtualSpec};
 use crate::error::{Error, Result};
 use crate::io::{ResolvedModel, TensorSource};
 use crate::models::backbone::ForwardCtx;
-use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
-use crate::models::walk::{Entry, EntryMut, Kind, LinearRole, Module, Tag};
+use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout};
+use crate::models::walk::{Entry, EntryMut, LinearDims, Part, parts, tags};
 use crate::models::weights::{self, Init, Loader};
 use crate::models::{ModelInput, Pooling};
 use crate::ops::{attention, dropout_add, gelu};
 
-/// The layer norm `name`, `(hidden)` wide with the config's epsilon.
-fn norm(ld: &mut Loader, name: &str, cfg: &BertConfig) -> Result<Norm> {
-    Norm::load(ld, name, cfg.hidden_size, cfg.layer_norm_eps)
-}
-
-/// Word + position + token-type embeddings, then a layer norm; all frozen.
-struct Embeddings {
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
-    norm: Norm,
-}
-
-impl Embeddings {
-    fn load(ld: &mut Loader, cfg: &BertConfig) -> Result<Self> {
+parts! {
+    /// Word + position + token-type embeddings, then a layer norm; all frozen.
+    struct Embeddings for<'c> |cfg: &'c BertConfig| {
         let h = cfg.hidden_size;
-        Ok(Self {
-            word: ld.tensor(
-                "embeddings.word_embeddings.weight",
-                &[cfg.vocab_size, h],
-                Init::Normal,
-            )?,
-            position: ld.tensor(
-                "embeddings.position_embeddings.weight",
-                &[cfg.max_position_embeddings, h],
-                Init::Normal,
-            )?,
-            token_type: ld.tensor(
-                "embeddings.token_type_embeddings.weight",
-                &[cfg.type_vocab_size, h],
-                Init::Normal,
-            )?,
-            norm: norm(ld, "embeddings.LayerNorm", cfg)?,
-        })
+    } {
+        word: Tensor = "word_embeddings.weight", tags::EMBEDDING_TABLE,
+            (&[cfg.vocab_size, h], Init::Normal);
+        position: Tensor = "position_embeddings.weight", tags::EMBEDDING_TABLE,
+            (&[cfg.max_position_embeddings, h], Init::Normal);
+        token_type: Tensor = "token_type_embeddings.weight", tags::EMBEDDING_TABLE,
+            (&[cfg.type_vocab_size, h], Init::Normal);
+        norm: Norm = "LayerNorm", tags::EMBEDDING_NORM, (h, cfg.layer_norm_eps);
     }
 }
 
-/// One transformer layer: self-attention and feed-forward, each with residual + layer norm.
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
-    attn_norm: Norm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: Norm,
+parts! {
+    /// One transformer layer: self-attention and feed-forward, each with residual + layer norm.
+    struct Layer for<'c> |cfg: &'c BertConfig| {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let norm = (h, cfg.layer_norm_eps);
+    } {
+        query: Linear = "attention.self.query", tags::LINEAR, LinearDims::biased(h, h);
+        key: Linear = "attention.self.key", tags::LINEAR, LinearDims::biased(h, h);
+        value: Linear = "attention.self.value", tags::LINEAR, LinearDims::biased(h, h);
+        attn_out: Linear = "attention.output.dense", tags::ATTENTION_OUTPUT,
+            LinearDims::biased(h, h);
+        attn_norm: Norm = "attention.output.LayerNorm", tags::NORM, norm;
+        intermediate: Linear = "intermediate.dense", tags::LINEAR, LinearDims::biased(i, h);
+        output: Linear = "output.dense", tags::FFN_OUTPUT, LinearDims::biased(h, i);
+        out_norm: Norm = "output.LayerNorm", tags::NORM, norm;
+    }
+}
+
+parts! {
+    /// The one listing of a BERT encoder's tensors, in HF's names: embeddings, the layers,
+    /// the pooler when wanted.
+    struct Weights for<'c> |(cfg, with_pooler): (&'c BertConfig, bool)| {
+        let h = cfg.hidden_size;
+    } {
+        embeddings: Embeddings = "embeddings", (), cfg;
+        layers: Vec<Layer> = "encoder.layer", (), (cfg.num_hidden_layers, cfg);
+        pooler: Option<Linear> = "pooler.dense", tags::POOLER,
+            with_pooler.then_some(LinearDims::biased(h, h));
+    }
 }
 
 impl Layer {
-    fn load(ld: &mut Loader, p: &str, cfg: &BertConfig) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            query: load_linear(ld, &format!("{p}.attention.self.query"), h, h)?,
-            key: load_linear(ld, &format!("{p}.attention.self.key"), h, h)?,
-            value: load_linear(ld, &format!("{p}.attention.self.value"), h, h)?,
-            attn_out: load_linear(ld, &format!("{p}.attention.output.dense"), h, h)?,
-            attn_norm: norm(ld, &format!("{p}.attention.output.LayerNorm"), cfg)?,
-            intermediate: load_linear(ld, &format!("{p}.intermediate.dense"), i, h)?,
-            output: load_linear(ld, &format!("{p}.output.dense"), h, i)?,
-            out_norm: norm(ld, &format!("{p}.output.LayerNorm"), cfg)?,
-        })
-    }
-
     /// `x: (b_sz, seq_len, hidden)`, `key_bias: (b_sz, seq_len)` additive → same shape as x.
     /// With `prefix = (keys, values)`, each `(n, hidden)`, the attention also sees those n
     /// keys and values before the sequence's own (prefix tuning, as HF's past key values).
@@ -133,54 +116,13 @@ impl Layer {
     }
 }
 
-/// The one listing of a BERT encoder's tensors, for [`Bert::walk`] and [`Bert::walk_mut`]:
-/// embeddings, then per layer its six linears and two norms, then the pooler.
-macro_rules! walk_bert {
-    ($bert:expr, $prefix:expr, $f:expr, $Entry:ident $(, $mut:tt)?) => {{
-        let Bert {
-            embeddings: Embeddings { word, position, token_type, norm },
-            layers,
-            pooler,
-            ..
-        } = & $($mut)? *$bert;
-        let (p, f) = ($prefix, $f);
-        let emb = |kind| Tag::new(Module::Embeddings, kind);
-        f(format!("{p}embeddings.word_embeddings.weight"), $Entry::Tensor(emb(Kind::Embedding), word));
-        f(format!("{p}embeddings.position_embeddings.weight"), $Entry::Tensor(emb(Kind::Embedding), position));
-        f(format!("{p}embeddings.token_type_embeddings.weight"), $Entry::Tensor(emb(Kind::Embedding), token_type));
-        let Norm { gamma, beta, .. } = norm;
-        f(format!("{p}embeddings.LayerNorm.weight"), $Entry::Tensor(emb(Kind::Norm), gamma));
-        f(format!("{p}embeddings.LayerNorm.bias"), $Entry::Tensor(emb(Kind::Norm), beta));
-        let enc = Module::Encoder;
-        for (i, layer) in IntoIterator::into_iter(layers).enumerate() {
-            let Layer { query, key, value, attn_out, attn_norm, intermediate, output, out_norm } = layer;
-            let l = format!("{p}encoder.layer.{i}");
-            f(format!("{l}.attention.self.query"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), query));
-            f(format!("{l}.attention.self.key"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), key));
-            f(format!("{l}.attention.self.value"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), value));
-            f(format!("{l}.attention.output.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::AttentionOutput), attn_out));
-            f(format!("{l}.intermediate.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), intermediate));
-            f(format!("{l}.output.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::FfnOutput), output));
-            for (name, Norm { gamma, beta, .. }) in [("attention.output.LayerNorm", attn_norm), ("output.LayerNorm", out_norm)] {
-                f(format!("{l}.{name}.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
-                f(format!("{l}.{name}.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));
-            }
-        }
-        if let Some(pooler) = pooler {
-            f(format!("{p}pooler.dense"), $Entry::Linear(Tag::linear(Module::Pooler, LinearRole::Other), pooler));
-        }
-    }};
-}
-
 /// The BERT/RoBERTa encoder: token ids → hidden states `(b_sz, seq_len, hidden)`.
 ///
 /// Embeddings, layer norms and linear weights are frozen tensors; adapters attached to the
 /// linears (reached through [`walk_mut`](Self::walk_mut)) are the only trainable part.
 pub struct Bert {
     config: BertConfig,
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
-    pooler: Option<Linear>,
+    weights: Weights,
     dtype: DType,
     device: Device,
 }
@@ -189,9 +131,9 @@ impl std::fmt::Debug for Bert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bert")
             .field("model_type", &self.config.model_type)
-            .field("layers", &self.layers.len())
+            .field("layers", &self.weights.layers.len())
             .field("hidden", &self.config.hidden_size)
-            .field("pooler", &self.pooler.is_some())
+            .field("pooler", &self.weights.pooler.is_some())
             .field("dtype", &self.dtype)
             .finish()
     }
@@ -216,21 +158,9 @@ pub(crate) fn detect_prefix(
 impl Bert {
     /// Builds the encoder from `ld`; the pooler (`pooler.dense`) only if `with_pooler`.
     pub(crate) fn build(cfg: &BertConfig, ld: &mut Loader, with_pooler: bool) -> Result<Self> {
-        let embeddings = Embeddings::load(ld, cfg)?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(ld, &format!("encoder.layer.{i}"), cfg))
-            .collect::<Result<Vec<_>>>()?;
-        let h = cfg.hidden_size;
-        let pooler = if with_pooler {
-            Some(load_linear(ld, "pooler.dense", h, h)?)
-        } else {
-            None
-        };
         Ok(Self {
             config: cfg.clone(),
-            embeddings,
-            layers,
-            pooler,
+            weights: Weights::load(ld, "", (cfg, with_pooler))?,
             dtype: ld.dtype(),
             device: ld.device().clone(),
         })
@@ -290,7 +220,7 @@ impl Bert {
 
     /// Whether a pooler (`pooler.dense`) was loaded.
     pub fn has_pooler(&self) -> bool {
-        self.pooler.is_some()
+        self.weights.pooler.is_some()
     }
 
     /// Position ids `(b_sz, seq_len)` as RoBERTa computes them: pad tokens get
@@ -328,7 +258,7 @@ impl Bert {
     pub fn word_embeddings(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b_sz, seq_len) = input_ids.dims2()?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
-        Ok(self.embeddings.word.embedding(&ids)?.reshape((
+        Ok(self.weights.embeddings.word.embedding(&ids)?.reshape((
             b_sz,
             seq_len,
             self.config.hidden_size,
@@ -360,7 +290,7 @@ impl Bert {
             });
         }
         let h = cfg.hidden_size;
-        let e = &self.embeddings;
+        let e = &self.weights.embeddings;
         let mut input_ids = input.input_ids.to_dtype(DType::U32)?;
         let mut token_type_ids = layers::token_types(input)?;
         if prompt_len > 0 {
@@ -415,10 +345,10 @@ impl Bert {
     /// What prompt-learning methods need to build tokens for this encoder.
     pub fn virtual_spec(&self) -> VirtualSpec {
         VirtualSpec {
-            layers: self.layers.len(),
+            layers: self.weights.layers.len(),
             hidden: self.config.hidden_size,
             heads: self.config.num_attention_heads,
-            word_embeddings: self.embeddings.word.clone(),
+            word_embeddings: self.weights.embeddings.word.clone(),
             dtype: self.dtype,
             device: self.device.clone(),
         }
@@ -449,11 +379,11 @@ impl Bert {
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("bert").entered();
         if let Some(p) = ctx.prefix
-            && p.len() != self.layers.len()
+            && p.len() != self.weights.layers.len()
         {
             return Err(Error::TensorShape {
                 op: "prefix key/values (one pair per layer)",
-                expected: vec![self.layers.len()],
+                expected: vec![self.weights.layers.len()],
                 got: vec![p.len()],
             });
         }
@@ -461,7 +391,7 @@ impl Bert {
         let key_bias = layers::with_prompt_mask(&input.attention_mask, ctx.prompt_len)?
             .to_dtype(self.dtype)?
             .affine(-MASK_VALUE, MASK_VALUE)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.weights.layers.iter().enumerate() {
             let prefix = ctx.prefix.map(|p| p[i].clone());
             x = layer.forward(&x, &key_bias, &self.config, ctx.train, prefix)?;
         }
@@ -492,11 +422,15 @@ impl Bert {
     /// # Errors
     /// [`Error::WeightTensor`] if the encoder was built without a pooler.
     pub fn pooler_output(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
-        let pooler = self.pooler.as_ref().ok_or_else(|| Error::WeightTensor {
-            path: "<loaded model>".into(),
-            name: "pooler.dense.weight".into(),
-            reason: "not loaded: the checkpoint has no pooler".into(),
-        })?;
+        let pooler = self
+            .weights
+            .pooler
+            .as_ref()
+            .ok_or_else(|| Error::WeightTensor {
+                path: "<loaded model>".into(),
+                name: "pooler.dense.weight".into(),
+                reason: "not loaded: the checkpoint has no pooler".into(),
+            })?;
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         Ok(pooler.forward(&first, train)?.tanh()?)
     }
@@ -504,11 +438,11 @@ impl Bert {
     /// Every tensor of the encoder, once, in HF's state-dict order, each name behind
     /// `prefix` (`bert.`, `roberta.` or none): `f(name, entry)`.
     pub fn walk<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, Entry<'a>)) {
-        walk_bert!(self, prefix, f, Entry);
+        self.weights.walk(prefix, (), f);
     }
 
     /// The same walk with mutable access.
     pub fn walk_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(String, EntryMut<'a>)) {
-        walk_bert!(self, prefix, f, EntryMut, mut);
+        self.weights.walk_mut(prefix, (), f);
     }
 }

@@ -435,7 +435,6 @@ fn checkpoint_round_trip_gives_identical_logits() {
             "{:?}/{pooling} bare",
             cfg.model_type
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -476,7 +475,6 @@ fn a_sharded_checkpoint_loads_through_a_resolved_model_like_a_single_file() {
         sharded.forward(&input, false).unwrap(),
     );
     assert_eq!(max_diff(&x, &y), 0.0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -609,7 +607,6 @@ fn strict_loading_names_file_tensor_and_shapes() {
             dir.display()
         )
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -22,8 +22,8 @@ use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 use crate::io::{ResolvedModel, TensorSource};
 use crate::models::heads::HeadActivation;
-use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout, load_linear};
-use crate::models::walk::{Entry, EntryMut, Kind, LinearRole, Module, Tag};
+use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout};
+use crate::models::walk::{Entry, EntryMut, LinearDims, Part, parts, tags};
 use crate::models::weights::{self, Init, Loader};
 use crate::models::{ModelInput, Pooling};
 use crate::ops::{dropout_add, frozen_linear, frozen_linear_onto, gelu, softmax_last_dim};
@@ -74,60 +74,22 @@ pub fn build_relative_position(
         .collect()
 }
 
-/// The layer norm `name`, `(hidden)` wide with the config's epsilon.
-fn norm(ld: &mut Loader, name: &str, cfg: &DebertaV2Config) -> Result<Norm> {
-    Norm::load(ld, name, cfg.hidden_size, cfg.layer_norm_eps)
-}
-
-/// Word (+ absolute position) (+ token-type) embeddings, an optional `embed_proj` up to
-/// `hidden`, then a layer norm; padding rows are zeroed as HF does.
-struct Embeddings {
-    word: Tensor,
-    position: Option<Tensor>,
-    token_type: Option<Tensor>,
-    embed_proj: Option<Linear>,
-    norm: Norm,
-}
-
-impl Embeddings {
-    fn load(ld: &mut Loader, cfg: &DebertaV2Config) -> Result<Self> {
+parts! {
+    /// Word (+ absolute position) (+ token-type) embeddings, an optional `embed_proj` up to
+    /// `hidden`, then a layer norm; padding rows are zeroed as HF does.
+    struct Embeddings for<'c> |cfg: &'c DebertaV2Config| {
         let (e, h) = (cfg.embedding_size(), cfg.hidden_size);
-        let word = ld.tensor(
-            "embeddings.word_embeddings.weight",
-            &[cfg.vocab_size, e],
-            Init::Normal,
-        )?;
-        let position = if cfg.position_biased_input {
-            Some(ld.tensor(
-                "embeddings.position_embeddings.weight",
-                &[cfg.max_position_embeddings, e],
-                Init::Normal,
-            )?)
-        } else {
-            None
-        };
-        let token_type = if cfg.type_vocab_size > 0 {
-            Some(ld.tensor(
-                "embeddings.token_type_embeddings.weight",
-                &[cfg.type_vocab_size, e],
-                Init::Normal,
-            )?)
-        } else {
-            None
-        };
-        let embed_proj = if e != h {
-            let w = ld.tensor("embeddings.embed_proj.weight", &[h, e], Init::Normal)?;
-            Some(Linear::new(w, None)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            word,
-            position,
-            token_type,
-            embed_proj,
-            norm: norm(ld, "embeddings.LayerNorm", cfg)?,
-        })
+    } {
+        word: Tensor = "word_embeddings.weight", tags::EMBEDDING_TABLE,
+            (&[cfg.vocab_size, e], Init::Normal);
+        position: Option<Tensor> = "position_embeddings.weight", tags::EMBEDDING_TABLE,
+            cfg.position_biased_input
+                .then_some((&[cfg.max_position_embeddings, e][..], Init::Normal));
+        token_type: Option<Tensor> = "token_type_embeddings.weight", tags::EMBEDDING_TABLE,
+            (cfg.type_vocab_size > 0).then_some((&[cfg.type_vocab_size, e][..], Init::Normal));
+        embed_proj: Option<Linear> = "embed_proj", tags::EMBEDDING_LINEAR,
+            (e != h).then_some(LinearDims::unbiased(h, e));
+        norm: Norm = "LayerNorm", tags::EMBEDDING_NORM, (h, cfg.layer_norm_eps);
     }
 }
 
@@ -173,48 +135,31 @@ impl Relative {
     }
 }
 
-/// One transformer layer: disentangled self-attention and feed-forward, each with residual +
-/// layer norm.
-struct Layer {
-    query_proj: Linear,
-    key_proj: Linear,
-    value_proj: Linear,
-    pos_key_proj: Option<Linear>,
-    pos_query_proj: Option<Linear>,
-    attn_out: Linear,
-    attn_norm: Norm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: Norm,
+parts! {
+    /// One transformer layer: disentangled self-attention and feed-forward, each with
+    /// residual + layer norm.
+    struct Layer for<'c> |cfg: &'c DebertaV2Config| {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let norm = (h, cfg.layer_norm_eps);
+        let own_pos = cfg.relative_attention && !cfg.share_att_key;
+    } {
+        query_proj: Linear = "attention.self.query_proj", tags::LINEAR, LinearDims::biased(h, h);
+        key_proj: Linear = "attention.self.key_proj", tags::LINEAR, LinearDims::biased(h, h);
+        value_proj: Linear = "attention.self.value_proj", tags::LINEAR, LinearDims::biased(h, h);
+        pos_key_proj: Option<Linear> = "attention.self.pos_key_proj", tags::LINEAR,
+            (own_pos && cfg.has_c2p()).then_some(LinearDims::biased(h, h));
+        pos_query_proj: Option<Linear> = "attention.self.pos_query_proj", tags::LINEAR,
+            (own_pos && cfg.has_p2c()).then_some(LinearDims::biased(h, h));
+        attn_out: Linear = "attention.output.dense", tags::ATTENTION_OUTPUT,
+            LinearDims::biased(h, h);
+        attn_norm: Norm = "attention.output.LayerNorm", tags::NORM, norm;
+        intermediate: Linear = "intermediate.dense", tags::LINEAR, LinearDims::biased(i, h);
+        output: Linear = "output.dense", tags::FFN_OUTPUT, LinearDims::biased(h, i);
+        out_norm: Norm = "output.LayerNorm", tags::NORM, norm;
+    }
 }
 
 impl Layer {
-    fn load(ld: &mut Loader, p: &str, cfg: &DebertaV2Config) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let own_pos = cfg.relative_attention && !cfg.share_att_key;
-        let sa = format!("{p}.attention.self");
-        Ok(Self {
-            query_proj: load_linear(ld, &format!("{sa}.query_proj"), h, h)?,
-            key_proj: load_linear(ld, &format!("{sa}.key_proj"), h, h)?,
-            value_proj: load_linear(ld, &format!("{sa}.value_proj"), h, h)?,
-            pos_key_proj: if own_pos && cfg.has_c2p() {
-                Some(load_linear(ld, &format!("{sa}.pos_key_proj"), h, h)?)
-            } else {
-                None
-            },
-            pos_query_proj: if own_pos && cfg.has_p2c() {
-                Some(load_linear(ld, &format!("{sa}.pos_query_proj"), h, h)?)
-            } else {
-                None
-            },
-            attn_out: load_linear(ld, &format!("{p}.attention.output.dense"), h, h)?,
-            attn_norm: norm(ld, &format!("{p}.attention.output.LayerNorm"), cfg)?,
-            intermediate: load_linear(ld, &format!("{p}.intermediate.dense"), i, h)?,
-            output: load_linear(ld, &format!("{p}.output.dense"), h, i)?,
-            out_norm: norm(ld, &format!("{p}.output.LayerNorm"), cfg)?,
-        })
-    }
-
     /// The attention context `(b_sz, seq_len, hidden)` before `attention.output.dense`.
     ///
     /// Computed head-major, `(heads, b_sz, seq_len, ·)`, so the relative terms of all
@@ -301,27 +246,43 @@ impl Layer {
     }
 }
 
-/// HF's `ConvLayer` beside layer 0 (`encoder.conv`): a same-length 1-D convolution over the
-/// embedding output, masked, activated, added to layer 0's output and layer-normed. Frozen;
-/// computed as `kernel` shifted frozen matmuls so gradients reach the input cheaply.
-struct Conv {
-    /// `(hidden, hidden, kernel)` as stored.
-    weight: Tensor,
-    bias: Tensor,
-    norm: Norm,
+parts! {
+    /// HF's `ConvLayer` beside layer 0 (`encoder.conv`): a same-length 1-D convolution over
+    /// the embedding output, masked, activated, added to layer 0's output and layer-normed.
+    /// Frozen; computed as `kernel` shifted frozen matmuls so gradients reach the input
+    /// cheaply.
+    struct Conv for<'c> |cfg: &'c DebertaV2Config| {
+        let h = cfg.hidden_size;
+    } {
+        /// `(hidden, hidden, kernel)` as stored.
+        weight: Tensor = "conv.weight", tags::OTHER,
+            (&[h, h, cfg.conv_kernel_size], Init::Normal);
+        bias: Tensor = "conv.bias", tags::OTHER, (&[h], Init::Normal);
+        norm: Norm = "LayerNorm", tags::NORM, (h, cfg.layer_norm_eps);
+    }
+}
+
+parts! {
+    /// The one listing of a DeBERTa-v2 encoder's tensors, in HF's names: embeddings, the
+    /// layers, then the relative embeddings, their norm and the conv where the config has
+    /// them.
+    struct Weights for<'c> |cfg: &'c DebertaV2Config| {
+        let h = cfg.hidden_size;
+    } {
+        embeddings: Embeddings = "embeddings", (), cfg;
+        layers: Vec<Layer> = "encoder.layer", (), (cfg.num_hidden_layers, cfg);
+        /// `(2·span, hidden)`, with `relative_attention`.
+        rel_embeddings: Option<Tensor> = "encoder.rel_embeddings.weight", tags::ENCODER_TABLE,
+            cfg.relative_attention
+                .then_some((&[2 * cfg.relative_span(), h][..], Init::Normal));
+        /// With `norm_rel_ebd = layer_norm`.
+        rel_norm: Option<Norm> = "encoder.LayerNorm", tags::NORM,
+            cfg.norm_rel_layer_norm().then_some((h, cfg.layer_norm_eps));
+        conv: Option<Conv> = "encoder.conv", (), (cfg.conv_kernel_size > 0).then_some(cfg);
+    }
 }
 
 impl Conv {
-    fn load(ld: &mut Loader, cfg: &DebertaV2Config) -> Result<Self> {
-        let (h, k) = (cfg.hidden_size, cfg.conv_kernel_size);
-        let weight = ld.tensor("encoder.conv.conv.weight", &[h, h, k], Init::Normal)?;
-        Ok(Self {
-            weight,
-            bias: ld.tensor("encoder.conv.conv.bias", &[h], Init::Normal)?,
-            norm: norm(ld, "encoder.conv.LayerNorm", cfg)?,
-        })
-    }
-
     /// `embedded`, `residual: (b_sz, L, hidden)`, `mask: (b_sz, L, 1)` (1 real, 0 pad):
     /// `LN(residual + act(dropout(mask ∘ conv(embedded)))) ∘ mask`.
     fn forward(
@@ -364,74 +325,6 @@ fn conv_taps(weight: &Tensor) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// The one listing of a DeBERTa-v2 encoder's tensors, for [`DebertaV2::walk`] and
-/// [`DebertaV2::walk_mut`]: embeddings (tables, `embed_proj`, norm), per layer its linears (the
-/// position projections where the config has them) and two norms, then the relative
-/// embeddings, their norm and the conv.
-macro_rules! walk_deberta {
-    ($model:expr, $prefix:expr, $f:expr, $Entry:ident $(, $mut:tt)?) => {{
-        let DebertaV2 {
-            embeddings: Embeddings { word, position, token_type, embed_proj, norm },
-            layers,
-            rel_embeddings,
-            rel_norm,
-            conv,
-            ..
-        } = & $($mut)? *$model;
-        let (p, f) = ($prefix, $f);
-        let (emb, enc) = (Module::Embeddings, Module::Encoder);
-        f(format!("{p}embeddings.word_embeddings.weight"), $Entry::Tensor(Tag::new(emb, Kind::Embedding), word));
-        if let Some(t) = position {
-            f(format!("{p}embeddings.position_embeddings.weight"), $Entry::Tensor(Tag::new(emb, Kind::Embedding), t));
-        }
-        if let Some(t) = token_type {
-            f(format!("{p}embeddings.token_type_embeddings.weight"), $Entry::Tensor(Tag::new(emb, Kind::Embedding), t));
-        }
-        if let Some(l) = embed_proj {
-            f(format!("{p}embeddings.embed_proj"), $Entry::Linear(Tag::linear(emb, LinearRole::Other), l));
-        }
-        let Norm { gamma, beta, .. } = norm;
-        f(format!("{p}embeddings.LayerNorm.weight"), $Entry::Tensor(Tag::new(emb, Kind::Norm), gamma));
-        f(format!("{p}embeddings.LayerNorm.bias"), $Entry::Tensor(Tag::new(emb, Kind::Norm), beta));
-        for (i, layer) in IntoIterator::into_iter(layers).enumerate() {
-            let Layer {
-                query_proj, key_proj, value_proj, pos_key_proj, pos_query_proj,
-                attn_out, attn_norm, intermediate, output, out_norm,
-            } = layer;
-            let l = format!("{p}encoder.layer.{i}");
-            f(format!("{l}.attention.self.query_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), query_proj));
-            f(format!("{l}.attention.self.key_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), key_proj));
-            f(format!("{l}.attention.self.value_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), value_proj));
-            if let Some(x) = pos_key_proj {
-                f(format!("{l}.attention.self.pos_key_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), x));
-            }
-            if let Some(x) = pos_query_proj {
-                f(format!("{l}.attention.self.pos_query_proj"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), x));
-            }
-            f(format!("{l}.attention.output.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::AttentionOutput), attn_out));
-            f(format!("{l}.intermediate.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::Other), intermediate));
-            f(format!("{l}.output.dense"), $Entry::Linear(Tag::linear(enc, LinearRole::FfnOutput), output));
-            for (name, Norm { gamma, beta, .. }) in [("attention.output.LayerNorm", attn_norm), ("output.LayerNorm", out_norm)] {
-                f(format!("{l}.{name}.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
-                f(format!("{l}.{name}.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));
-            }
-        }
-        if let Some(t) = rel_embeddings {
-            f(format!("{p}encoder.rel_embeddings.weight"), $Entry::Tensor(Tag::new(enc, Kind::Embedding), t));
-        }
-        if let Some(Norm { gamma, beta, .. }) = rel_norm {
-            f(format!("{p}encoder.LayerNorm.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
-            f(format!("{p}encoder.LayerNorm.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));
-        }
-        if let Some(Conv { weight, bias, norm: Norm { gamma, beta, .. } }) = conv {
-            f(format!("{p}encoder.conv.conv.weight"), $Entry::Tensor(Tag::new(enc, Kind::Other), weight));
-            f(format!("{p}encoder.conv.conv.bias"), $Entry::Tensor(Tag::new(enc, Kind::Other), bias));
-            f(format!("{p}encoder.conv.LayerNorm.weight"), $Entry::Tensor(Tag::new(enc, Kind::Norm), gamma));
-            f(format!("{p}encoder.conv.LayerNorm.bias"), $Entry::Tensor(Tag::new(enc, Kind::Norm), beta));
-        }
-    }};
-}
-
 /// The DeBERTa-v2/v3 encoder: token ids → hidden states `(b_sz, seq_len, hidden)`.
 ///
 /// Embeddings, layer norms, relative embeddings and linear weights are frozen tensors;
@@ -442,13 +335,7 @@ macro_rules! walk_deberta {
 /// attention rows, we let them attend like real tokens), which nothing downstream reads.
 pub struct DebertaV2 {
     config: DebertaV2Config,
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
-    /// `encoder.rel_embeddings.weight`, `(2·span, hidden)`, with `relative_attention`.
-    rel_embeddings: Option<Tensor>,
-    /// `encoder.LayerNorm`, with `norm_rel_ebd = layer_norm`.
-    rel_norm: Option<Norm>,
-    conv: Option<Conv>,
+    weights: Weights,
     dtype: DType,
     device: Device,
 }
@@ -456,11 +343,11 @@ pub struct DebertaV2 {
 impl std::fmt::Debug for DebertaV2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DebertaV2")
-            .field("layers", &self.layers.len())
+            .field("layers", &self.weights.layers.len())
             .field("hidden", &self.config.hidden_size)
             .field("relative_attention", &self.config.relative_attention)
             .field("pos_att_type", &self.config.pos_att_type)
-            .field("conv", &self.conv.is_some())
+            .field("conv", &self.weights.conv.is_some())
             .field("dtype", &self.dtype)
             .finish()
     }
@@ -481,36 +368,9 @@ pub(super) fn detect_prefix(source: &dyn TensorSource, folder: &Path) -> Result<
 impl DebertaV2 {
     /// Builds the encoder from `ld`.
     pub(super) fn build(cfg: &DebertaV2Config, ld: &mut Loader) -> Result<Self> {
-        let embeddings = Embeddings::load(ld, cfg)?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(ld, &format!("encoder.layer.{i}"), cfg))
-            .collect::<Result<Vec<_>>>()?;
-        let rel_embeddings = if cfg.relative_attention {
-            Some(ld.tensor(
-                "encoder.rel_embeddings.weight",
-                &[2 * cfg.relative_span(), cfg.hidden_size],
-                Init::Normal,
-            )?)
-        } else {
-            None
-        };
-        let rel_norm = if cfg.norm_rel_layer_norm() {
-            Some(norm(ld, "encoder.LayerNorm", cfg)?)
-        } else {
-            None
-        };
-        let conv = if cfg.conv_kernel_size > 0 {
-            Some(Conv::load(ld, cfg)?)
-        } else {
-            None
-        };
         Ok(Self {
             config: cfg.clone(),
-            embeddings,
-            layers,
-            rel_embeddings,
-            rel_norm,
-            conv,
+            weights: Weights::load(ld, "", cfg)?,
             dtype: ld.dtype(),
             device: ld.device().clone(),
         })
@@ -576,6 +436,7 @@ impl DebertaV2 {
         let width = self.config.embedding_size();
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
         Ok(self
+            .weights
             .embeddings
             .word
             .embedding(&ids)?
@@ -593,7 +454,7 @@ impl DebertaV2 {
     ) -> Result<Tensor> {
         let (b_sz, seq_len) = check_input(input, self.config.max_seq_len())?;
         let cfg = &self.config;
-        let e = &self.embeddings;
+        let e = &self.weights.embeddings;
         let width = cfg.embedding_size();
         let flat = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::U32)?.flatten_all()?) };
         let mut x = words.clone();
@@ -621,10 +482,10 @@ impl DebertaV2 {
 
     /// The shared relative context for `seq_len`, with `relative_attention`.
     fn relative(&self, seq_len: usize) -> Result<Option<Relative>> {
-        let Some(rel) = &self.rel_embeddings else {
+        let Some(rel) = &self.weights.rel_embeddings else {
             return Ok(None);
         };
-        let rel = match &self.rel_norm {
+        let rel = match &self.weights.rel_norm {
             Some(norm) => norm.forward(rel)?,
             None => crate::ops::track(rel.clone()),
         };
@@ -658,10 +519,10 @@ impl DebertaV2 {
             .reshape((1, b_sz, 1, seq_len))?;
         let rel = self.relative(seq_len)?;
         let mut x = embedded.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.weights.layers.iter().enumerate() {
             x = layer.forward(&x, &key_bias, rel.as_ref(), &self.config, train)?;
             if i == 0
-                && let Some(conv) = &self.conv
+                && let Some(conv) = &self.weights.conv
             {
                 x = conv.forward(&embedded, &x, &token_mask, &self.config, train)?;
             }
@@ -681,21 +542,21 @@ impl DebertaV2 {
     /// Every tensor of the encoder, once, in HF's state-dict order, each name behind
     /// `prefix` (`deberta.` or none): `f(name, entry)`.
     pub fn walk<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, Entry<'a>)) {
-        walk_deberta!(self, prefix, f, Entry);
+        self.weights.walk(prefix, (), f);
     }
 
     /// The same walk with mutable access.
     pub fn walk_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(String, EntryMut<'a>)) {
-        walk_deberta!(self, prefix, f, EntryMut, mut);
+        self.weights.walk_mut(prefix, (), f);
     }
 
     /// What prompt-learning methods would need (they are refused for this family).
     pub(crate) fn virtual_spec(&self) -> crate::adapters::VirtualSpec {
         crate::adapters::VirtualSpec {
-            layers: self.layers.len(),
+            layers: self.weights.layers.len(),
             hidden: self.config.hidden_size,
             heads: self.config.num_attention_heads,
-            word_embeddings: self.embeddings.word.clone(),
+            word_embeddings: self.weights.embeddings.word.clone(),
             dtype: self.dtype,
             device: self.device.clone(),
         }
@@ -716,6 +577,6 @@ impl DebertaV2 {
             .affine(-MASK_VALUE, MASK_VALUE)?
             .reshape((1, b_sz, 1, seq_len))?;
         let rel = self.relative(seq_len)?;
-        self.layers[i].self_attention(x, &key_bias, rel.as_ref(), &self.config, false)
+        self.weights.layers[i].self_attention(x, &key_bias, rel.as_ref(), &self.config, false)
     }
 }

@@ -699,7 +699,6 @@ fn checkpoint_round_trip_gives_identical_logits() {
         let hidden = encoder.forward(&input, false).unwrap();
         let direct = model.encoder().forward(&input, false).unwrap();
         assert_eq!(max_diff(&hidden, &direct), 0.0, "{what} encoder");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -817,7 +816,6 @@ fn strict_loading_names_file_tensor_and_shapes() {
             config.display()
         )
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
