@@ -275,6 +275,16 @@ pub enum Error {
         /// The adapter name.
         adapter: String,
     },
+    /// Several adapters hold prompt or prefix tokens and none was made active; a forward can
+    /// put only one set in front of the input.
+    #[error(
+        "adapters {} each hold virtual tokens and none is active; choose one with set_active",
+        adapters.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousVirtualTokens {
+        /// The adapters holding tokens.
+        adapters: Vec<String>,
+    },
     /// Prompt or prefix tuning on an architecture that has no place for virtual tokens.
     #[error("{method} tuning is not available for {architecture}: {reason}")]
     VirtualTokensUnsupported {

@@ -317,7 +317,7 @@ fn check_refused(family: &Family, row: &Row, dev: &Device) {
         row.method, family.name
     );
     assert!(err.to_string().contains(&want), "`{want}` not in: {err}");
-    assert!(model.virtual_tokens().is_none());
+    assert!(model.virtual_tokens().unwrap().is_none());
 }
 
 /// Attaches `row`'s method to `model`; returns the trainable count the report gives.
@@ -351,6 +351,7 @@ fn logits(model: &dyn Model, dev: &Device) -> Vec<Vec<f32>> {
 
 fn count(model: &dyn Model) -> usize {
     trainable_vars(model)
+        .unwrap()
         .iter()
         .map(|(_, v)| v.elem_count())
         .sum()
@@ -358,7 +359,11 @@ fn count(model: &dyn Model) -> usize {
 
 /// A few AdamW steps on the fixed batch, head included.
 fn train_steps(model: &dyn Model, dev: &Device) {
-    let mut vars: Vec<_> = trainable_vars(model).into_iter().map(|(_, v)| v).collect();
+    let mut vars: Vec<_> = trainable_vars(model)
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     vars.extend(model.head_vars().into_iter().map(|(_, v)| v));
     let mut opt = Adam::new(vars, AdamParams::default()).unwrap();
     for step in 0..3 {
@@ -397,10 +402,12 @@ fn check_identity_at_init(family: &Family, row: &Row, dev: &Device) {
 fn check_only_its_params_change(family: &Family, row: &Row, dev: &Device) {
     let (model, _) = adapted(family, row, dev);
     let trainable: Vec<String> = trainable_vars(model.as_ref())
+        .unwrap()
         .into_iter()
         .map(|(n, _)| n)
         .collect();
     let before_vars: Vec<Vec<f32>> = trainable_vars(model.as_ref())
+        .unwrap()
         .iter()
         .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
         .collect();
@@ -414,6 +421,7 @@ fn check_only_its_params_change(family: &Family, row: &Row, dev: &Device) {
         }
     }
     let changed = trainable_vars(model.as_ref())
+        .unwrap()
         .iter()
         .zip(&before_vars)
         .filter(|((_, v), b)| {

@@ -194,7 +194,7 @@ fn a_full_fine_tune_of_deberta_with_the_conv_reloads_to_the_same_outputs(dev: &D
     let p = placing(&spec, &model, None, None, &Default::default()).unwrap();
     attach(&mut model, &spec, &p, "default", &mut seeded_rng(1)).unwrap();
     // Move every trained tensor, the conv weight included.
-    for (_, v) in trainable_vars(&model) {
+    for (_, v) in trainable_vars(&model).unwrap() {
         let t = v.as_tensor();
         v.set(&(t + Tensor::randn(0f32, 0.05, t.shape(), t.device()).unwrap()).unwrap())
             .unwrap();
@@ -353,12 +353,22 @@ fn adapters_with_their_own_heads_switch_with_set_active() {
     both.add_head("b", 3, 9).unwrap();
     both.set_active(&["a"]).unwrap();
     assert!(tensor_diff(&logits(&both), &want_a) < 1e-6);
-    assert!(trainable_vars(&both).iter().all(|(n, _)| n.contains(".a.")));
+    assert!(
+        trainable_vars(&both)
+            .unwrap()
+            .iter()
+            .all(|(n, _)| n.contains(".a."))
+    );
 
     both.set_active(&["b"]).unwrap();
     let b = logits(&both);
     assert_eq!(b.dims(), [3, 3], "b's own head has 3 labels");
-    assert!(trainable_vars(&both).iter().all(|(n, _)| n.contains(".b.")));
+    assert!(
+        trainable_vars(&both)
+            .unwrap()
+            .iter()
+            .all(|(n, _)| n.contains(".b."))
+    );
     assert_eq!(both.head_vars()[0].1.dims(), [3, 32]);
 
     both.set_active(&["a"]).unwrap();
@@ -368,4 +378,64 @@ fn adapters_with_their_own_heads_switch_with_set_active() {
     );
     let err = both.add_head("b", 3, 9).unwrap_err().to_string();
     assert!(err.contains("has a head already"), "{err}");
+}
+
+/// Prompt and prefix tokens are per adapter too: each adapter keeps its own, the forward uses
+/// the active one's, and with several and none chosen the forward refuses rather than guess.
+#[test]
+fn each_adapter_keeps_its_own_virtual_tokens() {
+    use ttlora::adapters::MethodSpec;
+    use ttlora::tuning::attach::{attach, placing, trainable_vars};
+    let dev = Device::Cpu;
+    let base = || {
+        BertForSequenceClassification::random(
+            &BertConfig::tiny(),
+            2,
+            Pooling::Cls,
+            DType::F32,
+            &dev,
+            4,
+        )
+        .unwrap()
+    };
+    let put = |m: &mut dyn Model, method: &str, name: &str, seed: u64| {
+        let spec = MethodSpec::parse(method, serde_json::json!({"num_virtual_tokens": 3})).unwrap();
+        let p = placing(&spec, m, None, None, &Default::default()).unwrap();
+        attach(m, &spec, &p, name, &mut seeded_rng(seed)).unwrap();
+    };
+    let input = three_by_eight(&dev);
+    let logits = |m: &dyn Model| m.forward(&input, false).unwrap();
+
+    let mut alone = base();
+    put(&mut alone, "prompt", "p", 1);
+    let want_p = logits(&alone);
+    let mut alone = base();
+    put(&mut alone, "prefix", "q", 2);
+    let want_q = logits(&alone);
+    assert!(
+        tensor_diff(&want_p, &want_q) > 1e-4,
+        "the two adapters differ"
+    );
+
+    let mut both = base();
+    put(&mut both, "prompt", "p", 1);
+    put(&mut both, "prefix", "q", 2);
+    let err = both.forward(&input, false).unwrap_err().to_string();
+    assert!(err.contains("`p`, `q` each hold virtual tokens"), "{err}");
+    assert!(trainable_vars(&both).is_err());
+
+    both.set_active(&["q"]).unwrap();
+    assert!(tensor_diff(&logits(&both), &want_q) < 1e-6);
+    both.set_active(&["p"]).unwrap();
+    assert!(tensor_diff(&logits(&both), &want_p) < 1e-6);
+    let (_, tokens) = both.virtual_tokens().unwrap().unwrap();
+    assert_eq!(tokens.dims(), [3, 32]);
+    assert_eq!(both.adapter_tokens("q").unwrap().1.dims()[1], 2 * 2 * 32);
+
+    // Removing the active adapter's tokens leaves the plain model; the other keeps its own.
+    both.set_virtual_tokens("p", None).unwrap();
+    assert!(both.adapter_tokens("p").is_none());
+    assert!(tensor_diff(&logits(&both), &logits(&base())) < 1e-6);
+    both.set_active(&["q"]).unwrap();
+    assert!(tensor_diff(&logits(&both), &want_q) < 1e-6);
 }

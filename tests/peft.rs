@@ -404,7 +404,7 @@ fn reads_peft_prompt_and_prefix_folders_and_reproduces_their_logits() {
         let d = max_diff(&logits(model.as_ref()), &e[format!("{name}_logits")]);
         assert!(d < SAME_AS_TORCH, "{name}: differs from PEFT by {d}");
         // The tokens matter: without them the logits move by far more than the tolerance.
-        model.set_virtual_tokens(None).unwrap();
+        model.set_virtual_tokens("default", None).unwrap();
         let d = max_diff(&logits(model.as_ref()), &e[format!("{name}_logits")]);
         assert!(
             d > 100.0 * SAME_AS_TORCH,

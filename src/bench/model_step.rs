@@ -141,7 +141,7 @@ pub fn train_step(
     }
     let model = adapted_model(model_dir, cfg, device)?;
     let (batch, size) = random_batch(model_dir, cfg, device)?;
-    let mut vars: Vec<_> = trainable_vars(model.as_ref())
+    let mut vars: Vec<_> = trainable_vars(model.as_ref())?
         .into_iter()
         .map(|(_, v)| v)
         .collect();

@@ -100,7 +100,7 @@ pub fn run_trial(
         .filter(|(p, _)| attached.adapted.contains(p))
         .map(|(_, l)| lora_params(l.in_features(), l.out_features(), 8))
         .sum();
-    let mut vars = trainable_vars(model.as_ref());
+    let mut vars = trainable_vars(model.as_ref())?;
     let head_vars = if spec.train_head {
         model.head_vars()
     } else {

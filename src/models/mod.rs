@@ -136,14 +136,27 @@ pub trait Model: Send + Sync {
     /// What prompt-learning methods need to build tokens for this model.
     fn virtual_spec(&self) -> VirtualSpec;
 
-    /// Attaches prompt-tuning or prefix-tuning tokens (`None` removes them).
+    /// Attaches `adapter`'s prompt-tuning or prefix-tuning tokens, replacing any it had
+    /// (`None` removes them). Each adapter holds its own; the forward uses the active one's.
     ///
     /// # Errors
     /// A tensor of the wrong width; an architecture that does not take that placement.
-    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()>;
+    fn set_virtual_tokens(
+        &mut self,
+        adapter: &str,
+        tokens: Option<(TokenPlacement, Var)>,
+    ) -> Result<()>;
 
-    /// The attached prompt or prefix tokens.
-    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)>;
+    /// The prompt or prefix tokens the forward uses: the first active adapter's that has
+    /// some ([`set_active`](Model::set_active)); before any choice, the one adapter's that has
+    /// some.
+    ///
+    /// # Errors
+    /// [`Error::AmbiguousVirtualTokens`] when several adapters hold tokens and none is chosen.
+    fn virtual_tokens(&self) -> Result<Option<(TokenPlacement, Var)>>;
+
+    /// The prompt or prefix tokens `adapter` holds, active or not.
+    fn adapter_tokens(&self, adapter: &str) -> Option<(TokenPlacement, Var)>;
 
     /// The base model's own tensors (the [`state_dict`](Model::state_dict) without the head),
     /// under the same names, with their tags, mutable: full fine-tuning makes them `Var`s, and

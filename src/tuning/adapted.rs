@@ -105,7 +105,7 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
         }
     } else if let MethodKind::VirtualTokens(placement) = m.kind() {
         // PEFT's layout: the one table under PEFT's own key, and PEFT's config fields.
-        let Some((_, tokens)) = model.virtual_tokens() else {
+        let Some((_, tokens)) = model.adapter_tokens(adapter_name) else {
             return Err(Error::NoVirtualTokens { method: m.name() });
         };
         tensors.insert(TOKENS_KEY.to_string(), tokens.as_tensor().copy()?);
@@ -341,7 +341,8 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
     if let Some((placement, t)) = virtual_tokens {
         let spec = model.virtual_spec();
         let t = t.to_dtype(spec.dtype)?.to_device(&spec.device)?;
-        model.set_virtual_tokens(Some((placement, candle_core::Var::from_tensor(&t)?)))?;
+        let var = candle_core::Var::from_tensor(&t)?;
+        model.set_virtual_tokens(adapter_name, Some((placement, var)))?;
     }
     for (var, t) in head_updates {
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;

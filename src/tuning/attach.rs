@@ -100,7 +100,7 @@ pub fn attach(
         (None, MethodKind::VirtualTokens(placement)) => {
             let tokens = method.build_virtual(spec.config(), &model.virtual_spec(), rng)?;
             let var = Var::from_tensor(&tokens)?;
-            model.set_virtual_tokens(Some((placement, var)))?;
+            model.set_virtual_tokens(adapter_name, Some((placement, var)))?;
             Ok(InjectReport {
                 adapted: vec![crate::io::TOKENS_KEY.into()],
                 params: tokens.elem_count(),
@@ -164,12 +164,16 @@ pub fn base_vars(model: &dyn Model) -> Vec<(String, Var)> {
         .collect()
 }
 
-/// Everything that trains except the head: every unmerged adapter's tensors, named
+/// Everything that trains except the head: every active, unmerged adapter's tensors, named
 /// `{module path}.{adapter name}.{tensor}`, the trainable base tensors by state-dict name, and
-/// prompt or prefix tokens as `prompt_embeddings`.
-pub fn trainable_vars(model: &dyn Model) -> Vec<(String, Var)> {
+/// the active prompt or prefix tokens as `prompt_embeddings`.
+///
+/// # Errors
+/// [`Error::AmbiguousVirtualTokens`](crate::Error::AmbiguousVirtualTokens) when several
+/// adapters hold tokens and none is active.
+pub fn trainable_vars(model: &dyn Model) -> Result<Vec<(String, Var)>> {
     let mut vars = Vec::new();
-    if let Some((_, tokens)) = model.virtual_tokens() {
+    if let Some((_, tokens)) = model.virtual_tokens()? {
         vars.push((crate::io::TOKENS_KEY.to_string(), tokens));
     }
     for (path, layer) in model.linears() {
@@ -178,5 +182,5 @@ pub fn trainable_vars(model: &dyn Model) -> Vec<(String, Var)> {
         }
     }
     vars.extend(base_vars(model));
-    vars
+    Ok(vars)
 }

@@ -30,7 +30,7 @@ const COPIED: [&str; 5] = [
 /// left as it was); [`Error::NotMergeable`] for a non-linear adapter or virtual tokens.
 pub fn merge_adapters(model: &mut dyn Model, adapter_name: &str) -> Result<usize> {
     // Virtual tokens are inputs, not weights: a merged folder would silently drop them.
-    if let Some((placement, _)) = model.virtual_tokens() {
+    if let Some((placement, _)) = model.adapter_tokens(adapter_name) {
         return Err(Error::NotMergeable {
             method: placement.method(),
             reason: "its tokens are inputs to the model, not a change of its weights; keep \

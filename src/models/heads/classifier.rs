@@ -29,9 +29,18 @@ pub struct SequenceClassifier<B> {
     /// Index into `heads` of the head the forward uses.
     active_head: usize,
     pooling: Pooling,
-    /// Prompt tuning's soft tokens `(n, hidden)` or prefix tuning's table
-    /// `(n, layers·2·hidden)` (PEFT's `prompt_embeddings`), when attached.
-    virtual_tokens: Option<(TokenPlacement, Var)>,
+    /// Each adapter's prompt-tuning soft tokens `(n, hidden)` or prefix-tuning table
+    /// `(n, layers·2·hidden)` (PEFT's `prompt_embeddings`).
+    virtual_tokens: Vec<AdapterTokens>,
+    /// The adapters [`Model::set_active`] last named; `None` until it is called (all active).
+    active: Option<Vec<String>>,
+}
+
+/// Virtual tokens and the adapter they belong to.
+struct AdapterTokens {
+    adapter: String,
+    placement: TokenPlacement,
+    tokens: Var,
 }
 
 /// The name of the head a classifier is built with: the adapter name `ttlora train` uses
@@ -88,8 +97,29 @@ impl<B: Backbone> SequenceClassifier<B> {
             heads: vec![head],
             active_head: 0,
             pooling,
-            virtual_tokens: None,
+            virtual_tokens: Vec::new(),
+            active: None,
         })
+    }
+
+    /// The virtual tokens the forward uses: those of the first active adapter that has some;
+    /// before any [`Model::set_active`], those of the one adapter that has some.
+    ///
+    /// # Errors
+    /// [`Error::AmbiguousVirtualTokens`] when several adapters hold tokens and none was chosen.
+    fn active_tokens(&self) -> Result<Option<&AdapterTokens>> {
+        match &self.active {
+            Some(names) => Ok(names
+                .iter()
+                .find_map(|n| self.virtual_tokens.iter().find(|t| t.adapter == *n))),
+            None => match self.virtual_tokens.as_slice() {
+                [] => Ok(None),
+                [one] => Ok(Some(one)),
+                many => Err(Error::AmbiguousVirtualTokens {
+                    adapters: many.iter().map(|t| t.adapter.clone()).collect(),
+                }),
+            },
+        }
     }
 
     fn head(&self) -> &NamedHead {
@@ -121,7 +151,8 @@ impl<B: Backbone> SequenceClassifier<B> {
     /// length (0 without prompt tuning).
     fn backbone_forward(&self, input: &ModelInput, train: bool) -> Result<(Tensor, usize)> {
         let words = self.backbone.embed_tokens(&input.input_ids)?;
-        match &self.virtual_tokens {
+        let active = self.active_tokens()?.map(|t| (t.placement, &t.tokens));
+        match active {
             None => Ok((
                 self.backbone
                     .forward_embeds(&words, input, &ForwardCtx::plain(train))?,
@@ -308,7 +339,11 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
         self.backbone.virtual_spec()
     }
 
-    fn set_virtual_tokens(&mut self, tokens: Option<(TokenPlacement, Var)>) -> Result<()> {
+    fn set_virtual_tokens(
+        &mut self,
+        adapter: &str,
+        tokens: Option<(TokenPlacement, Var)>,
+    ) -> Result<()> {
         if let Some((placement, t)) = &tokens {
             self.backbone.check_virtual_tokens(*placement)?;
             let spec = self.backbone.virtual_spec();
@@ -325,12 +360,28 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
                 });
             }
         }
-        self.virtual_tokens = tokens;
+        self.virtual_tokens.retain(|t| t.adapter != adapter);
+        if let Some((placement, tokens)) = tokens {
+            self.virtual_tokens.push(AdapterTokens {
+                adapter: adapter.to_string(),
+                placement,
+                tokens,
+            });
+        }
         Ok(())
     }
 
-    fn virtual_tokens(&self) -> Option<(TokenPlacement, Var)> {
-        self.virtual_tokens.clone()
+    fn virtual_tokens(&self) -> Result<Option<(TokenPlacement, Var)>> {
+        Ok(self
+            .active_tokens()?
+            .map(|t| (t.placement, t.tokens.clone())))
+    }
+
+    fn adapter_tokens(&self, adapter: &str) -> Option<(TokenPlacement, Var)> {
+        self.virtual_tokens
+            .iter()
+            .find(|t| t.adapter == adapter)
+            .map(|t| (t.placement, t.tokens.clone()))
     }
 
     fn architecture(&self) -> &'static str {
@@ -364,6 +415,7 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
             .iter()
             .find_map(|a| self.heads.iter().position(|h| h.adapter == *a))
             .unwrap_or(0);
+        self.active = Some(adapters.iter().map(|a| a.to_string()).collect());
         Ok(())
     }
 }
