@@ -323,17 +323,7 @@ fn adapters_with_their_own_heads_switch_with_set_active() {
     use ttlora::adapters::MethodSpec;
     use ttlora::tuning::attach::{attach, placing, trainable_vars};
     let dev = Device::Cpu;
-    let base = || {
-        BertForSequenceClassification::random(
-            &BertConfig::tiny(),
-            2,
-            Pooling::Cls,
-            DType::F32,
-            &dev,
-            4,
-        )
-        .unwrap()
-    };
+    let base = || tiny_bert_classifier(&dev);
     // Non-zero at init, so each adapter changes the output.
     let spec = MethodSpec::parse("ttlora", serde_json::json!({"init": "paper"})).unwrap();
     let put = |m: &mut dyn Model, name: &str, seed: u64| {
@@ -387,17 +377,7 @@ fn each_adapter_keeps_its_own_virtual_tokens() {
     use ttlora::adapters::MethodSpec;
     use ttlora::tuning::attach::{attach, placing, trainable_vars};
     let dev = Device::Cpu;
-    let base = || {
-        BertForSequenceClassification::random(
-            &BertConfig::tiny(),
-            2,
-            Pooling::Cls,
-            DType::F32,
-            &dev,
-            4,
-        )
-        .unwrap()
-    };
+    let base = || tiny_bert_classifier(&dev);
     let put = |m: &mut dyn Model, method: &str, name: &str, seed: u64| {
         let spec = MethodSpec::parse(method, serde_json::json!({"num_virtual_tokens": 3})).unwrap();
         let p = placing(&spec, m, None, None, &Default::default()).unwrap();
@@ -438,4 +418,10 @@ fn each_adapter_keeps_its_own_virtual_tokens() {
     assert!(tensor_diff(&logits(&both), &logits(&base())) < 1e-6);
     both.set_active(&["q"]).unwrap();
     assert!(tensor_diff(&logits(&both), &want_q) < 1e-6);
+}
+
+/// The tiny BERT with a two-label head, seed 4.
+fn tiny_bert_classifier(dev: &Device) -> BertForSequenceClassification {
+    BertForSequenceClassification::random(&BertConfig::tiny(), 2, Pooling::Cls, DType::F32, dev, 4)
+        .unwrap()
 }
