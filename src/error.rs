@@ -228,6 +228,31 @@ pub enum Error {
         /// What is wrong (expected vs got).
         reason: String,
     },
+    /// Another process is writing the same output folder.
+    #[error(
+        "{}: another ttlora process is writing this folder ({holder}); wait for it or choose \
+         another --out",
+        path.display()
+    )]
+    OutputLocked {
+        /// The output folder.
+        path: std::path::PathBuf,
+        /// What the lock file says of its holder (`pid N`).
+        holder: String,
+    },
+    /// An output folder holds files ttlora did not write; replacing it would delete them.
+    #[error(
+        "{}: holds files ttlora did not write ({}); a save replaces the whole folder, so name \
+         an empty or new folder",
+        path.display(),
+        foreign.iter().take(5).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    )]
+    OutputNotOwn {
+        /// The output folder.
+        path: std::path::PathBuf,
+        /// What it holds that ttlora does not write.
+        foreign: Vec<String>,
+    },
     /// An I/O error on a named file.
     #[error("{}: {source}", path.display())]
     Io {

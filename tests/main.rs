@@ -24,4 +24,5 @@ mod library;
 mod methods;
 mod models;
 mod peft;
+mod regression;
 mod train;

@@ -181,8 +181,8 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
         }
     }
     match &a.output {
-        Some(path) => std::fs::write(path, lines)
-            .with_context(|| format!("cannot write {}", path.display()))?,
+        // Through a temporary file and a rename: a full disk never truncates a previous file.
+        Some(path) => ttlora::io::write_atomic(path, lines)?,
         None => std::io::stdout().lock().write_all(lines.as_bytes())?,
     }
     Ok(())

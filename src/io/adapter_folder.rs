@@ -12,7 +12,8 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::Pooling;
-use super::fs::{read_safetensors, write_atomic, write_folder, write_safetensors_atomic};
+use super::fs::read_safetensors;
+use super::output::{OutputLock, write_safetensors, write_synced_json};
 use crate::error::{Error, Result};
 
 /// File name of the adapter config.
@@ -108,18 +109,25 @@ const PEFT_PROMPT_FIELDS: [&str; 10] = [
 ];
 
 impl AdapterFolder {
-    /// Writes the folder atomically (see [`write_folder`]): weights first, config last, so a
-    /// reader never sees a config without its weights.
+    /// Writes the folder `dir` as one atomic replacement of whatever it held, under its
+    /// [`OutputLock`] (see [`super::output`]).
     ///
     /// # Errors
-    /// [`Error::Io`] naming the file; candle errors while serialising.
+    /// [`Error::OutputLocked`]; [`Error::Io`] naming the file; candle errors while
+    /// serialising.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        write_folder(dir, |dir| {
-            write_safetensors_atomic(&dir.join(WEIGHTS_FILE), &self.tensors)?;
-            // serde_json keeps struct field order; `unknown` (flattened) comes last.
-            let json = serde_json::to_string_pretty(&self.config)?;
-            write_atomic(&dir.join(CONFIG_FILE), json + "\n")
-        })
+        OutputLock::acquire(dir)?.replace_folder(|d| self.write_files(d))
+    }
+
+    /// Writes the folder's files into the empty folder `dir` being built (see
+    /// [`OutputLock::replace_folder`]).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write), the lock aside.
+    pub fn write_files(&self, dir: &Path) -> Result<()> {
+        write_safetensors(&dir.join(WEIGHTS_FILE), &self.tensors)?;
+        // serde_json keeps struct field order; `unknown` (flattened) comes last.
+        write_synced_json(&dir.join(CONFIG_FILE), &self.config)
     }
 
     /// Reads a folder in ttlora's own format whose `adapter_config.json` (at `cfg_path`)

@@ -1,9 +1,10 @@
-//! Files written so a crash never leaves a half-written one: atomic file and folder writes,
-//! strict safetensors reads, JSON reads and file hashes shared by every format in `io/`, the
-//! checkpoints and the merged export.
+//! Reads shared by every format in `io/`: strict safetensors reads, JSON reads, file hashes;
+//! and, for tests, [`TempDir`]. Writes are `output.rs`'s.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
@@ -45,85 +46,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(bytes))
-}
-
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(|source| Error::Io {
-        path: to.to_path_buf(),
-        source,
-    })
-}
-
-/// Fills the folder `dir` through `fill` without ever leaving a half-written folder: a new
-/// folder is filled under a temporary sibling name and renamed into place (removed again on
-/// error); an existing folder has each file replaced atomically by `fill`'s writes.
-///
-/// # Errors
-/// Whatever `fill` returns; [`Error::Io`] creating or renaming the folder.
-pub fn write_folder(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if dir.is_dir() {
-        return fill(dir);
-    }
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    let name = dir
-        .file_name()
-        .map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    match fill(&tmp) {
-        Ok(()) => rename(&tmp, dir),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
-}
-
-/// Writes `contents` to `path` through a temporary file in the same folder and a rename.
-///
-/// # Errors
-/// [`Error::Io`] naming the file.
-pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
-    let tmp = tmp_name(path);
-    std::fs::write(&tmp, contents).map_err(|source| Error::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    rename(&tmp, path)
-}
-
-/// Writes `tensors` as safetensors with PEFT's `{"format":"pt"}` metadata, atomically.
-///
-/// # Errors
-/// [`Error::ModelFile`] if serialising fails; [`Error::Io`] naming the file.
-pub fn write_safetensors_atomic(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let tmp = tmp_name(path);
-    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(k, t)| (k.as_str(), t)),
-        Some(metadata),
-        &tmp,
-    )
-    .map_err(|e| Error::ModelFile {
-        path: tmp.clone(),
-        reason: format!("cannot write safetensors: {e}"),
-    })?;
-    rename(&tmp, path)
-}
-
-fn tmp_name(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 /// Reads every tensor of a safetensors file, validating the header before trusting it.
@@ -186,48 +108,5 @@ impl std::ops::Deref for TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ttlora-io-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
-    #[test]
-    fn a_failed_fill_leaves_no_folder_and_no_partial_sibling() {
-        let dir = temp("failed");
-        let err = write_folder(&dir, |d| {
-            write_atomic(&d.join("a.json"), "{}")?;
-            Err(Error::Io {
-                path: d.to_path_buf(),
-                source: std::io::Error::other("boom"),
-            })
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("boom"));
-        assert!(!dir.exists());
-        let parent = dir.parent().unwrap();
-        let stray = std::fs::read_dir(parent).unwrap().flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.contains(&format!("ttlora-io-{}-failed.partial", std::process::id()))
-        });
-        assert!(!stray, "a .partial folder was left behind");
-    }
-
-    #[test]
-    fn a_successful_fill_appears_whole_and_can_be_rewritten() {
-        let dir = temp("ok");
-        write_folder(&dir, |d| write_atomic(&d.join("a.json"), "1")).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.join("a.json")).unwrap(), "1");
-        write_folder(&dir, |d| write_atomic(&d.join("a.json"), "2")).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.join("a.json")).unwrap(), "2");
-        assert!(!dir.join("a.json.tmp").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,8 +5,9 @@
 //! (`tensor_source`: the trait, load tracking, the [`LoadReport`]; `safetensors_source`: a
 //! single file or an index of shards, memory-mapped, read strictly by name and shape), adapter
 //! folders in three formats (`adapter_folder`: ttlora's own and the types all three share;
-//! `peft_lora`; `peft_prompt`; `adapter_format` tells them apart), atomic writes and strict
-//! safetensors reads of small files (`fs`), and what the OS reports about the process
+//! `peft_lora`; `peft_prompt`; `adapter_format` tells them apart), strict safetensors reads of
+//! small files (`fs`), every write: whole-folder swaps, atomic files, output locks
+//! (`output`), and what the OS reports about the process
 //! (`process`).
 //!
 //! Must not know: model architectures (tensor names mean nothing here), adapters, training.
@@ -17,6 +18,7 @@ mod adapter_format;
 pub mod fs;
 pub mod hub;
 pub mod hub_download;
+pub mod output;
 pub mod peft_lora;
 pub mod peft_prompt;
 mod pooling;
@@ -26,8 +28,9 @@ mod safetensors_source;
 mod tensor_source;
 
 pub use adapter_folder::{AdapterConfig, AdapterFolder, TOKENS_KEY, TaskInfo};
-pub use fs::{read_json_if_present, sha256_file, write_atomic, write_folder};
+pub use fs::{read_json_if_present, sha256_file};
 pub use hub::{DEFAULT_MODEL, PACKAGED_MODELS, cache_dir, resolve_model};
+pub use output::{OutputLock, replace_folder, write_atomic};
 pub use pooling::Pooling;
 pub use process::peak_rss_mib;
 pub use resolved_model::{MODEL_CONFIG_FILE, ResolvedModel, TOKENIZER_FILE, TokenizerSource};

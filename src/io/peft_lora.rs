@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use super::adapter_folder::{
     AdapterConfig, AdapterFolder, CONFIG_FILE, FORMAT_VERSION, KEY_PREFIX, TaskInfo, WEIGHTS_FILE,
 };
-use super::fs::{read_json_if_present, read_safetensors, write_atomic, write_safetensors_atomic};
+use super::fs::{read_json_if_present, read_safetensors};
+use super::output::{OutputLock, write_safetensors, write_synced_json};
 use crate::error::{Error, Result};
 
 /// ttlora's side file in an exported PEFT folder: the task (labels, pooling, max length) and
@@ -85,15 +86,12 @@ impl TaskFile {
         read_json_if_present(&dir.join(TASK_FILE))
     }
 
-    /// Writes `dir`/[`TASK_FILE`] atomically.
+    /// Writes `dir`/[`TASK_FILE`] into a folder being built.
     ///
     /// # Errors
     /// [`Error::Io`] naming the file.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        write_atomic(
-            &dir.join(TASK_FILE),
-            serde_json::to_string_pretty(self)? + "\n",
-        )
+        write_synced_json(&dir.join(TASK_FILE), self)
     }
 }
 
@@ -435,11 +433,21 @@ impl PeftLora {
         }))
     }
 
-    /// Writes the folder atomically: weights, the side file, then the config last.
+    /// Writes the folder `dir` as one atomic replacement of whatever it held, under its
+    /// [`OutputLock`] (see [`super::output`]).
     ///
     /// # Errors
-    /// [`Error::Io`] naming the file; serialisation errors.
+    /// [`Error::OutputLocked`]; [`Error::Io`] naming the file; serialisation errors.
     pub fn write(&self, dir: &Path) -> Result<()> {
+        OutputLock::acquire(dir)?.replace_folder(|d| self.write_files(d))
+    }
+
+    /// Writes the folder's files into the empty folder `dir` being built (see
+    /// [`OutputLock::replace_folder`]).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write), the lock aside.
+    pub fn write_files(&self, dir: &Path) -> Result<()> {
         let config = self.config_json()?;
         let mut tensors = BTreeMap::new();
         for (path, m) in &self.modules {
@@ -455,20 +463,13 @@ impl PeftLora {
         for (name, t) in &self.head {
             tensors.insert(format!("{KEY_PREFIX}{name}"), t.contiguous()?);
         }
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        write_safetensors_atomic(&dir.join(WEIGHTS_FILE), &tensors)?;
+        write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
         TaskFile {
             base_model_config_sha256: self.base_model_config_sha256.clone(),
             task: self.task.clone(),
         }
         .write(dir)?;
-        write_atomic(
-            &dir.join(CONFIG_FILE),
-            serde_json::to_string_pretty(&config)? + "\n",
-        )
+        write_synced_json(&dir.join(CONFIG_FILE), &config)
     }
 }
 

@@ -1,7 +1,7 @@
 //! One fine-tuning job end to end, as `ttlora train` runs it: prepare the study (model, task,
 //! tokens, split), run one trial on it, save the adapter folder and the run record.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::Result;
@@ -9,7 +9,7 @@ use crate::io::{self, TaskInfo};
 use crate::jobs::pipeline::EncodedSplit;
 use crate::jobs::record::RunRecord;
 use crate::jobs::study::{StudySpec, prepare};
-use crate::jobs::trial::{ADAPTER_NAME, TrialOutput, TrialSpec, remove_checkpoint, run_trial};
+use crate::jobs::trial::{ADAPTER_NAME, LOG_FILE, TrialOutput, TrialSpec, run_trial};
 use crate::models::Model;
 use crate::train::Observer;
 use crate::tuning::adapted::{AdapterMeta, collect, to_peft_lora};
@@ -40,12 +40,31 @@ pub struct Trained {
     pub pad_id: u32,
 }
 
+/// The adapter folder a run saves, in the format its method is saved in.
+enum SavedAdapter {
+    /// PEFT's LoRA format.
+    Peft(io::peft_lora::PeftLora),
+    /// ttlora's own.
+    Own(Box<io::AdapterFolder>),
+}
+
+impl SavedAdapter {
+    fn write_files(&self, dir: &Path) -> Result<()> {
+        match self {
+            Self::Peft(lora) => lora.write_files(dir),
+            Self::Own(folder) => folder.write_files(dir),
+        }
+    }
+}
+
 /// Runs the job. Observers see every step and evaluation.
 ///
 /// # Errors
 /// Any step's error, with its context.
 pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<Trained> {
     let started = Instant::now();
+    // Taken before anything slow, so a second run into the same folder fails at once.
+    let lock = io::OutputLock::acquire(&spec.out)?;
     let study = prepare(spec.study.clone())?;
     let out = TrialOutput {
         dir: spec.out.clone(),
@@ -78,15 +97,18 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     };
     // LoRA is saved in PEFT's own format, so PEFT loads the run folder as it is; TT-LoRA,
     // which PEFT does not know, in ttlora's (docs/FORMAT.md).
-    if method.peft_type() == "LORA" {
-        to_peft_lora(trial.model.as_ref(), ADAPTER_NAME, &meta)?.write(&spec.out)?;
+    let adapter = if method.peft_type() == "LORA" {
+        SavedAdapter::Peft(to_peft_lora(trial.model.as_ref(), ADAPTER_NAME, &meta)?)
     } else {
-        collect(trial.model.as_ref(), ADAPTER_NAME, &meta)?.write(&spec.out)?;
-    }
-    remove_checkpoint(&spec.out);
+        SavedAdapter::Own(Box::new(collect(
+            trial.model.as_ref(),
+            ADAPTER_NAME,
+            &meta,
+        )?))
+    };
     // A resumed run counts the training time its checkpoint carried over.
     let wall_s = started.elapsed().as_secs_f64() + trial.summary.carried_s;
-    let record = RunRecord {
+    let mut record = RunRecord {
         task: study.task.name.clone(),
         method: method.name().into(),
         method_config: spec.trial.method.given().clone(),
@@ -100,10 +122,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         examples: (study.fit.len(), study.held.len(), study.dev.len()),
         wall_s,
         peak_rss_mib: Some(io::peak_rss_mib()),
-        adapter_file_bytes: Some(
-            std::fs::metadata(spec.out.join(io::adapter_folder::WEIGHTS_FILE))
-                .map_or(0, |m| m.len()),
-        ),
+        adapter_file_bytes: None,
         adapter_dir: spec.out.clone(),
         seed: Some(spec.trial.train.seed),
         data_seed: (spec.study.seed != spec.trial.train.seed).then_some(spec.study.seed),
@@ -111,7 +130,20 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         batch_size: spec.trial.batch_size,
         max_train: spec.study.max_train,
     };
-    record.write(&spec.out)?;
+    // The adapter, the record and the log replace the folder in one swap: a run stopped at
+    // any point leaves the previous folder or this one, never this adapter beside another's
+    // config or record. The checkpoint is not carried over.
+    lock.replace_folder(|dir| {
+        adapter.write_files(dir)?;
+        let weights = dir.join(io::adapter_folder::WEIGHTS_FILE);
+        record.adapter_file_bytes = Some(std::fs::metadata(&weights).map_or(0, |m| m.len()));
+        record.write(dir)?;
+        let log = spec.out.join(LOG_FILE);
+        if log.is_file() {
+            io::output::copy_synced(&log, &dir.join(LOG_FILE))?;
+        }
+        Ok(())
+    })?;
     let pad_id = study.encoder.pad_id();
     Ok(Trained {
         report: record,

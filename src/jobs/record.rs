@@ -92,12 +92,13 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// Writes the record into the run folder `dir`, atomically.
+    /// Writes `dir`/[`RECORD_FILE`] into a folder being built (see
+    /// [`OutputLock::replace_folder`](crate::io::OutputLock::replace_folder)).
     ///
     /// # Errors
     /// [`Error::Io`] naming the file.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        crate::io::write_atomic(&dir.join(RECORD_FILE), serde_json::to_vec_pretty(self)?)
+        crate::io::output::write_synced_json(&dir.join(RECORD_FILE), self)
     }
 
     /// Reads a record file.

@@ -3,7 +3,7 @@
 //! the data again; `ttlora train` runs one and saves it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::Tensor;
 
@@ -40,6 +40,9 @@ pub struct TrialSpec {
     /// order and the dropout masks.
     pub train: TrainConfig,
 }
+
+/// The training log a trial appends to in its folder.
+pub const LOG_FILE: &str = "train_log.jsonl";
 
 /// Where a trial writes: `train_log.jsonl` and, while it runs, `checkpoint/`.
 #[derive(Debug, Clone)]
@@ -147,7 +150,7 @@ pub fn run_trial(
         })?;
     }
     // The JSONL log is part of every trial's output, whoever drives it.
-    let mut log = crate::train::JsonlLog::append(&out.dir.join("train_log.jsonl"))?;
+    let mut log = crate::train::JsonlLog::append(&out.dir.join(LOG_FILE))?;
     let mut all_observers: Vec<&mut dyn Observer> = vec![&mut log];
     for o in observers.iter_mut() {
         all_observers.push(&mut **o);
@@ -187,11 +190,6 @@ pub fn run_trial(
         summary,
         dev_metrics,
     })
-}
-
-/// Removes a finished trial's checkpoint folder (its weights are saved elsewhere).
-pub fn remove_checkpoint(out: &Path) {
-    let _ = std::fs::remove_dir_all(crate::train::checkpoint_dir(out));
 }
 
 /// Starts a freshly initialised regression head's bias at the mean training label, so the

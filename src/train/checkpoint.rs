@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::io::fs::{write_atomic, write_safetensors_atomic};
+use crate::io::output::{replace_folder, write_safetensors, write_synced_json};
 use crate::train::optim::Adam;
 
 const TENSORS: &str = "state.safetensors";
@@ -59,7 +59,6 @@ pub(crate) fn save(
     evals_since_best: usize,
     trained_s: f64,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let (opt_steps, m, v) = opt.state();
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for (i, (name, var)) in vars.iter().enumerate() {
@@ -70,7 +69,6 @@ pub(crate) fn save(
             tensors.insert(format!("best.{name}"), snapshot[i].clone());
         }
     }
-    write_safetensors_atomic(&dir.join(TENSORS), &tensors)?;
     let state = State {
         step,
         optimizer_steps: opt_steps,
@@ -81,7 +79,11 @@ pub(crate) fn save(
         evals_since_best,
         trained_s,
     };
-    write_atomic(&dir.join(STATE), serde_json::to_vec_pretty(&state)?)
+    // One folder swap, so the tensors and the state always belong to the same step.
+    replace_folder(dir, |d| {
+        write_safetensors(&d.join(TENSORS), &tensors)?;
+        write_synced_json(&d.join(STATE), &state)
+    })
 }
 
 /// Loads the checkpoint in `dir` into `vars` and returns the optimizer state; `None` when the

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::io::TaskInfo;
-use crate::io::fs::{write_atomic, write_folder, write_safetensors_atomic};
+use crate::io::output::{OutputLock, copy_synced, write_safetensors, write_synced_json};
 use crate::io::peft_lora::{TASK_FILE, TaskFile};
 use crate::models::Model;
 
@@ -136,16 +136,12 @@ pub fn write_merged(
         .into_iter()
         .map(|(n, t)| Ok((n, t.contiguous()?)))
         .collect::<Result<_>>()?;
-    write_folder(out, |dir| {
-        write_safetensors_atomic(&dir.join("model.safetensors"), &tensors)?;
+    OutputLock::acquire(out)?.replace_folder(|dir| {
+        write_safetensors(&dir.join("model.safetensors"), &tensors)?;
         for name in COPIED {
             let from = base_dir.join(name);
             if from.is_file() {
-                let bytes = std::fs::read(&from).map_err(|source| Error::Io {
-                    path: from.clone(),
-                    source,
-                })?;
-                write_atomic(&dir.join(name), bytes)?;
+                copy_synced(&from, &dir.join(name))?;
             }
         }
         if let Some(t) = task {
@@ -155,9 +151,6 @@ pub fn write_merged(
             };
             side.write(dir)?;
         }
-        write_atomic(
-            &dir.join("config.json"),
-            serde_json::to_string_pretty(&config)? + "\n",
-        )
+        write_synced_json(&dir.join("config.json"), &config)
     })
 }
