@@ -228,6 +228,33 @@ pub enum Error {
         /// What is wrong (expected vs got).
         reason: String,
     },
+    /// An adapter tensor far larger than the layer it adapts: a mistaken config, refused
+    /// before it is allocated.
+    #[error(
+        "{method}: {what} would have shape {dims:?}, far larger than the {}x{} table or layer \
+         it belongs to; lower the rank, size or token count in the config",
+        layer[0], layer[1]
+    )]
+    AdapterTooLarge {
+        /// The method.
+        method: &'static str,
+        /// Which tensor.
+        what: String,
+        /// Its shape.
+        dims: Vec<usize>,
+        /// The layer's `(out, in)` (the word-embedding table's `(vocab, hidden)` for tokens).
+        layer: [usize; 2],
+    },
+    /// The model's output for an example is NaN or infinite: weights or a scale (α) out of
+    /// range, which a score or prediction computed from it would hide.
+    #[error(
+        "the model's output for example {example} (0-based, in file order) is NaN or \
+         infinite; the adapter's scale (alpha) or the weights are out of range"
+    )]
+    NonFiniteOutput {
+        /// Index of the example in its split.
+        example: usize,
+    },
     /// Another process is writing the same output folder.
     #[error(
         "{}: another ttlora process is writing this folder ({holder}); wait for it or choose \

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use crate::common::{TempDir, assert_clear_error, peft_fixture as fixture, stdout, ttlora};
 
 /// A copy of the fixture's LoRA folder: `lora` in `tmp`.
-fn lora_copy(tmp: &TempDir) -> PathBuf {
+pub(crate) fn lora_copy(tmp: &TempDir) -> PathBuf {
     let dir = tmp.join("lora");
     std::fs::create_dir(&dir).unwrap();
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
@@ -20,7 +20,7 @@ fn lora_copy(tmp: &TempDir) -> PathBuf {
 
 /// A ttlora-format (TT-LoRA) folder made from the fixture by `ttlora compress`: `own` in
 /// `tmp`.
-fn own_copy(tmp: &TempDir) -> PathBuf {
+pub(crate) fn own_copy(tmp: &TempDir) -> PathBuf {
     let dir = lora_copy(tmp);
     let own = tmp.join("own");
     let base = fixture("base");
@@ -40,7 +40,7 @@ fn own_copy(tmp: &TempDir) -> PathBuf {
 
 /// `ttlora export` of `adapter` must fail with `needles` in its error line and write nothing
 /// (its would-be output is a sibling of `adapter`, inside the test's temp dir).
-fn export_fails(adapter: &Path, needles: &[&str]) {
+pub(crate) fn export_fails(adapter: &Path, needles: &[&str]) {
     let out = adapter.with_extension("out");
     let base = fixture("base");
     let o = ttlora(&[
@@ -57,7 +57,7 @@ fn export_fails(adapter: &Path, needles: &[&str]) {
     assert!(!out.exists(), "a failed export left {}", out.display());
 }
 
-fn weights(dir: &Path) -> PathBuf {
+pub(crate) fn weights(dir: &Path) -> PathBuf {
     dir.join("adapter_model.safetensors")
 }
 
@@ -79,13 +79,14 @@ fn edit_header(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 }
 
 /// Rewrites `dir`'s weights as a valid file holding what `edit` makes of its tensors.
-fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+pub(crate) fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
     let mut tensors = candle_core::safetensors::load(weights(dir), &Device::Cpu).unwrap();
     edit(&mut tensors);
     candle_core::safetensors::save(&tensors, weights(dir)).unwrap();
 }
 
-const A0: &str = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight";
+pub(crate) const A0: &str =
+    "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight";
 
 #[test]
 fn a_truncated_weights_file() {

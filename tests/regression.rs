@@ -114,3 +114,185 @@ fn issue_17_an_output_folder_with_user_files_is_refused_untouched() {
     assert_clear_error(&o, &["holds files ttlora did not write (`notes.md`)"]);
     assert_eq!(names(&out), ["notes.md"]);
 }
+
+// ---- issue 17: values checked before use --------------------------------------------------------
+
+use crate::adapter_files::{A0, edit_tensors, export_fails, lora_copy, own_copy, weights};
+use crate::common::TempDir;
+
+/// Before: NaN in an adapter tensor was exported, evaluated and printed with exit 0.
+#[test]
+fn issue_17_a_nan_in_an_adapter_tensor_is_refused_naming_it() {
+    let tmp = TempDir::new("reg17-nan-adapter");
+    let dir = lora_copy(&tmp);
+    edit_tensors(&dir, |t| {
+        let a = &t[A0];
+        let mut v = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[5] = f32::NAN;
+        let bad = candle_core::Tensor::from_vec(v, a.dims(), a.device()).unwrap();
+        t.insert(A0.to_string(), bad);
+    });
+    export_fails(
+        &dir,
+        &[
+            A0,
+            "holds NaN or infinite values (the first at flat index 5)",
+        ],
+    );
+}
+
+/// Before: an infinite base weight gave NaN predictions with exit 0.
+#[test]
+fn issue_17_an_infinite_base_weight_is_refused_naming_it() {
+    let tmp = TempDir::new("reg17-inf-base");
+    let base = tmp.join("base");
+    std::fs::create_dir(&base).unwrap();
+    let fixture = crate::common::peft_fixture("base");
+    for e in std::fs::read_dir(&fixture).unwrap().flatten() {
+        std::fs::copy(e.path(), base.join(e.file_name())).unwrap();
+    }
+    let file = base.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    let name = "bert.encoder.layer.1.output.dense.weight";
+    let w = &tensors[name];
+    let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[0] = f32::INFINITY;
+    let bad = candle_core::Tensor::from_vec(v, w.dims(), w.device()).unwrap();
+    tensors.insert(name.to_string(), bad);
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let dir = lora_copy(&tmp);
+    let out = tmp.join("merged");
+    let o = ttlora(&[
+        "merge",
+        "--adapter",
+        s(&dir),
+        "--model",
+        s(&base),
+        "--out",
+        s(&out),
+        "--offline",
+    ]);
+    assert_clear_error(&o, &[name, "holds NaN or infinite values"]);
+    assert!(!out.exists());
+}
+
+/// Before: a FIFO as the weights file blocked forever, `/dev/zero` was read until memory ran
+/// out. Now anything but a regular file is refused.
+#[test]
+fn issue_17_weights_that_are_not_a_regular_file_are_refused() {
+    let tmp = TempDir::new("reg17-fifo");
+    let dir = lora_copy(&tmp);
+    std::fs::remove_file(weights(&dir)).unwrap();
+    let fifo = std::ffi::CString::new(weights(&dir).to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let started = Instant::now();
+    export_fails(&dir, &["adapter_model.safetensors", "not a regular file"]);
+    assert!(started.elapsed().as_secs_f64() < 10.0);
+    std::fs::remove_file(weights(&dir)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", weights(&dir)).unwrap();
+    export_fails(&dir, &["adapter_model.safetensors", "not a regular file"]);
+}
+
+/// Before: sizes from a config were allocated unchecked: `bottleneck_size = 2^63` panicked
+/// with "capacity overflow", TT ranks of 2^40 aborted the process. Now each is one error
+/// naming the field.
+#[test]
+fn issue_17_huge_sizes_in_an_adapter_config_are_refused_naming_the_field() {
+    let tmp = TempDir::new("reg17-huge");
+    let own = own_copy(&tmp);
+    let cfg_path = own.join("adapter_config.json");
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let module = cfg["modules"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    cfg["modules"][&module]["ranks"] = serde_json::json!([1, 1_099_511_627_776u64, 1]);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    export_fails(&own, &["ranks[1]", "1099511627776 is above the limit"]);
+    // α beyond f32: finite as f64, infinite in the model.
+    let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+    cfg["modules"][&module]["alpha"] = serde_json::json!(1e39);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    export_fails(&own, &["alpha", "is not a finite 32-bit float"]);
+}
+
+/// Before: `--rank 1000000` aborted with "memory allocation of … failed". Now the adapter's
+/// size is checked against the layer before anything is allocated.
+#[test]
+fn issue_17_a_rank_far_beyond_the_layer_is_refused_before_allocating() {
+    let model = tiny_bert_folder("reg17-rank", BertConfig::tiny());
+    let o = ttlora(&[
+        "train",
+        "--model",
+        s(&model),
+        "--task",
+        "sst2",
+        "--data",
+        s(&bundled_data()),
+        "--method",
+        "lora",
+        "--rank",
+        "1000000",
+        "--max-train",
+        "16",
+        "--out",
+        s(&model.join("run")),
+        "--quiet",
+    ]);
+    assert_clear_error(
+        &o,
+        &["lora: lora_A (r x in_features) would have shape [1000000, 32]"],
+    );
+}
+
+/// Before: `--max-grad-norm NaN` was accepted (and clipping silently off); a NaN for
+/// `--min-seconds` panicked. Float flags are now parsed as finite numbers.
+#[test]
+fn issue_17_non_finite_float_flags_are_refused_by_the_parser() {
+    let o = ttlora(&["train", "--max-grad-norm", "NaN", "--offline"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("NaN is not a finite number"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ttlora(&["bench", "matmul", "--min-seconds", "inf"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Before: `layer_norm_eps = -1` in config.json gave NaN outputs with exit 0.
+#[test]
+fn issue_17_a_negative_layer_norm_eps_is_refused_naming_the_field() {
+    let model = tiny_bert_folder("reg17-eps", BertConfig::tiny());
+    let path = model.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["layer_norm_eps"] = serde_json::json!(-1.0);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let o = ttlora(&[
+        "train",
+        "--model",
+        s(&model),
+        "--task",
+        "sst2",
+        "--data",
+        s(&bundled_data()),
+        "--max-train",
+        "16",
+        "--out",
+        s(&model.join("run")),
+        "--quiet",
+    ]);
+    assert_clear_error(
+        &o,
+        &[
+            "config.json",
+            "field `layer_norm_eps` must be a finite number > 0",
+        ],
+    );
+}

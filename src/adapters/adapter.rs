@@ -21,6 +21,36 @@ pub struct LayerSpec {
     pub weight: Option<Tensor>,
 }
 
+impl LayerSpec {
+    /// Refuses, before anything is allocated, a trainable tensor of `dims` for this layer
+    /// with more elements than four times the layer's own weight (at least 65,536): an
+    /// adapter that large is a mistaken config (`r = 1000000`), and building it would exhaust
+    /// memory and abort instead of failing.
+    ///
+    /// # Errors
+    /// [`Error::AdapterTooLarge`] naming the method and the tensor.
+    pub fn check_tensor(&self, method: &'static str, what: &str, dims: &[usize]) -> Result<()> {
+        let limit = self
+            .in_features
+            .saturating_mul(self.out_features)
+            .saturating_mul(4)
+            .max(1 << 16);
+        let elems = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        if elems > limit {
+            return Err(Error::AdapterTooLarge {
+                method,
+                what: what.to_string(),
+                dims: dims.to_vec(),
+                layer: [self.out_features, self.in_features],
+            });
+        }
+        Ok(())
+    }
+}
+
 /// One adapter on one linear layer.
 ///
 /// A [`LayerPlacement::Parallel`](crate::adapters::LayerPlacement::Parallel) adapter adds an

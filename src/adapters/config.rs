@@ -40,12 +40,71 @@ pub fn deserialize_validated<C: Config>(
     method: &'static str,
     value: &serde_json::Value,
 ) -> Result<C> {
-    let cfg: C = serde_json::from_value(value.clone()).map_err(|e| Error::ConfigField {
-        method,
-        reason: e.to_string(),
+    check_numbers(method, value, "")?;
+    let cfg: C = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("field `{path}`: {}", e.inner())
+        };
+        Error::ConfigField { method, reason }
     })?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The largest integer a method config may hold (ranks, sizes, factors, token counts): far
+/// above any real setting, far below what would exhaust memory before a layer-size check.
+pub const MAX_CONFIG_INT: u64 = 1 << 20;
+
+/// Refuses, naming the field, any number in `value` that no config field can mean: an
+/// integer above [`MAX_CONFIG_INT`] or a negative one beyond `i32`, or a float that is not
+/// finite as f32 (what the model computes in: `1e39` is finite as f64 but not as f32).
+fn check_numbers(method: &'static str, value: &serde_json::Value, path: &str) -> Result<()> {
+    use serde_json::Value;
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    let refuse = |reason: String| {
+        Err(Error::ConfigField {
+            method,
+            reason: format!(
+                "field `{}`: {reason}",
+                if path.is_empty() { "." } else { path }
+            ),
+        })
+    };
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .try_for_each(|(k, v)| check_numbers(method, v, &at(k))),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_numbers(method, v, &format!("{path}[{i}]"))),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                if u > MAX_CONFIG_INT {
+                    return refuse(format!("{u} is above the limit {MAX_CONFIG_INT}"));
+                }
+            } else if let Some(i) = n.as_i64() {
+                if i < i64::from(i32::MIN) {
+                    return refuse(format!("{i} is out of range"));
+                }
+            } else if let Some(f) = n.as_f64()
+                && !(f.is_finite() && f.abs() <= f64::from(f32::MAX))
+            {
+                return refuse(format!("{f} is not a finite 32-bit float"));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A validated config of some method, as jobs carry it.

@@ -69,6 +69,28 @@ pub struct VirtualSpec {
     pub device: Device,
 }
 
+impl VirtualSpec {
+    /// Refuses, before anything is allocated, `n` virtual tokens of `width` values each when
+    /// the table would outgrow the model's own word-embedding table (at least 65,536
+    /// values): a mistaken `num_virtual_tokens`.
+    ///
+    /// # Errors
+    /// [`Error::AdapterTooLarge`] naming the method.
+    pub fn check_tokens(&self, method: &'static str, n: usize, width: usize) -> Result<()> {
+        let (vocab, hidden) = self.word_embeddings.dims2().unwrap_or((0, 0));
+        let limit = vocab.saturating_mul(hidden).max(1 << 16);
+        if n.checked_mul(width).is_none_or(|e| e > limit) {
+            return Err(Error::AdapterTooLarge {
+                method,
+                what: "the virtual-token table (num_virtual_tokens x width)".into(),
+                dims: vec![n, width],
+                layer: [vocab, hidden],
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A base-model tensor as a [`MethodKind::BaseWeights`] method is asked about it: what the model's
 /// walk tags it with, so methods never match model names.
 #[derive(Debug, Clone, Copy)]

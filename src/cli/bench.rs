@@ -38,7 +38,7 @@ pub struct MatmulArgs {
     #[arg(long, default_value_t = 10)]
     iters: usize,
     /// Minimum seconds per shape.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = super::common::non_negative_f64)]
     min_seconds: f64,
 }
 
@@ -78,7 +78,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 5)]
     iters: usize,
     /// Minimum seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = super::common::non_negative_f64)]
     min_seconds: f64,
     #[command(flatten)]
     fetch: OfflineArgs,
@@ -100,7 +100,7 @@ pub struct TtArgs {
     #[arg(long, default_value_t = 5)]
     iters: usize,
     /// Minimum seconds per row.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::common::non_negative_f64)]
     min_seconds: f64,
     #[command(flatten)]
     device: DeviceArgs,
@@ -132,7 +132,7 @@ fn run_matmul(a: MatmulArgs) -> Result<()> {
         let row = ttlora::bench::roofline::matmul_rate(
             (m, n, k),
             a.iters,
-            Duration::from_secs_f64(a.min_seconds),
+            Duration::try_from_secs_f64(a.min_seconds).unwrap_or(Duration::MAX),
             &device,
         )?;
         writeln!(out, "{}", serde_json::to_string(&row)?)?;
@@ -156,7 +156,7 @@ fn run_model(a: ModelArgs) -> Result<()> {
         batch_size: a.batch_size,
         seq_len: a.seq_len,
         iters: a.iters,
-        min_time: Duration::from_secs_f64(a.min_seconds),
+        min_time: Duration::try_from_secs_f64(a.min_seconds).unwrap_or(Duration::MAX),
         seed: 0,
     };
     let device = ttlora::parse_device("cpu")?;
@@ -204,7 +204,7 @@ fn run_tt(args: TtArgs) -> Result<()> {
         layers,
         lora_rank: args.lora_rank,
         min_iters: args.iters,
-        min_time: Duration::from_secs_f64(args.min_seconds),
+        min_time: Duration::try_from_secs_f64(args.min_seconds).unwrap_or(Duration::MAX),
         device: args.device.device()?,
     };
     eprintln!(

@@ -34,3 +34,34 @@ pub struct JsonArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+/// A float flag: finite as f32 (NaN, infinities and values past f32's range are refused by
+/// the parser, naming the flag).
+pub fn finite_f64(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v.abs() <= f64::from(f32::MAX) {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not a finite number"))
+    }
+}
+
+/// A float flag that must be finite and at least 0.
+pub fn non_negative_f64(s: &str) -> std::result::Result<f64, String> {
+    let v = finite_f64(s)?;
+    if v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} is negative; give a number >= 0"))
+    }
+}
+
+/// A float flag that must be finite and above 0.
+pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
+    let v = finite_f64(s)?;
+    if v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not above 0"))
+    }
+}

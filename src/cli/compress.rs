@@ -40,10 +40,10 @@ pub struct CompressArgs {
     max_rank: Option<usize>,
     /// Largest relative Frobenius error ‖ΔW − ΔW_TT‖ / ‖ΔW‖ per module (default 1e-6 when
     /// --max-rank is not given: an exact conversion).
-    #[arg(long, value_name = "EPS")]
+    #[arg(long, value_name = "EPS", value_parser = super::common::non_negative_f64)]
     tolerance: Option<f64>,
     /// α of the TT-LoRA written (the cores hold ΔW / α).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::common::finite_f64)]
     alpha: f64,
     /// TT shape fields as JSON (layout, in_factors/out_factors, factors, cores), as for
     /// `train --adapter-config`; default: the planner's 6-core input-output shape.

@@ -96,7 +96,7 @@ pub struct TrainArgs {
     /// The method's scaling α (ttlora: ΔW·α, default 8; lora and loretta-rep: α/r, default 8).
     /// TT-LoRA's default was chosen between 8 and 64 on five GLUE tasks; see RESULTS.md.
     /// Other methods refuse it.
-    #[arg(long)]
+    #[arg(long, value_parser = super::common::finite_f64)]
     alpha: Option<f64>,
     /// TT-LoRA core shape in core order, e.g. "64,4,3|3,4,64" (default: planned per layer).
     #[arg(long, value_name = "IN|OUT")]
@@ -148,22 +148,22 @@ pub struct TrainArgs {
     grad_accum: usize,
     /// Peak learning rate. Default: the method's (5e-3 for ttlora, lora and loretta-rep,
     /// 1e-3 for the bottleneck adapters, 1e-2 for prefix and prompt, 5e-5 for full).
-    #[arg(long)]
+    #[arg(long, value_parser = super::common::positive_f64)]
     lr: Option<f64>,
     /// Optimizer: AdamW (decoupled weight decay) or Adam.
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
     optimizer: OptimizerArg,
     /// AdamW's decoupled weight decay.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = super::common::non_negative_f64)]
     weight_decay: f64,
     /// Learning-rate schedule after the warm-up.
     #[arg(long, value_enum, default_value_t = ScheduleArg::Linear)]
     schedule: ScheduleArg,
     /// Fraction of steps spent warming up.
-    #[arg(long, default_value_t = 0.06)]
+    #[arg(long, default_value_t = 0.06, value_parser = super::common::non_negative_f64)]
     warmup_ratio: f64,
     /// Clip the global gradient norm (0 disables).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::common::non_negative_f64)]
     max_grad_norm: f64,
     /// Evaluate on the held-out slice every N steps (default: every epoch).
     #[arg(long)]
@@ -172,7 +172,7 @@ pub struct TrainArgs {
     #[arg(long)]
     patience: Option<usize>,
     /// Fraction of the training split held out for checkpoint selection.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = super::common::non_negative_f64)]
     held_out: f64,
     /// Train on a seeded sample of at most N examples (quick runs).
     #[arg(long, value_name = "N")]

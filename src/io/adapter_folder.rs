@@ -42,6 +42,43 @@ pub struct TaskInfo {
     pub max_len: usize,
 }
 
+/// The most labels a task may have: far above any classification set in use, and a bound on
+/// the head a folder can make ttlora allocate.
+pub const MAX_LABELS: usize = 1 << 16;
+
+impl TaskInfo {
+    /// Checks what a file says before a head is sized from it: 1 to [`MAX_LABELS`] labels,
+    /// as many names as labels (none for regression), a positive `max_len`.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] naming `path` and the field.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |reason: String| {
+            Err(Error::ModelConfig {
+                path: path.to_path_buf(),
+                reason,
+            })
+        };
+        if self.num_labels == 0 || self.num_labels > MAX_LABELS {
+            return bad(format!(
+                "field `task.num_labels` must be 1 to {MAX_LABELS} (got {})",
+                self.num_labels
+            ));
+        }
+        if !self.label_names.is_empty() && self.label_names.len() != self.num_labels {
+            return bad(format!(
+                "field `task.label_names` has {} names for {} labels",
+                self.label_names.len(),
+                self.num_labels
+            ));
+        }
+        if self.max_len == 0 {
+            return bad("field `task.max_len` must be at least 1 (got 0)".into());
+        }
+        Ok(())
+    }
+}
+
 /// `adapter_config.json`, version 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterConfig {

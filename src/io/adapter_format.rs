@@ -33,12 +33,16 @@ impl AdapterFolder {
                 path: cfg_path.clone(),
                 reason: e.to_string(),
             })?;
-        if peft_lora::is_peft_lora(&value) {
-            return peft_lora::read(dir, &value, device);
+        let folder = if peft_lora::is_peft_lora(&value) {
+            peft_lora::read(dir, &value, device)?
+        } else if let Some(method) = peft_prompt::peft_prompt_method(&value) {
+            peft_prompt::read(dir, &value, method, device)?
+        } else {
+            Self::read_own(dir, &cfg_path, value, device)?
+        };
+        if let Some(task) = &folder.config.task {
+            task.validate(&cfg_path)?;
         }
-        if let Some(method) = peft_prompt::peft_prompt_method(&value) {
-            return peft_prompt::read(dir, &value, method, device);
-        }
-        Self::read_own(dir, &cfg_path, value, device)
+        Ok(folder)
     }
 }

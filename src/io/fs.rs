@@ -48,11 +48,82 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
+/// Refuses anything at `path` but a regular file (a FIFO would block a read forever, a device
+/// such as `/dev/zero` would be read until memory runs out).
+///
+/// # Errors
+/// [`Error::ModelFile`] naming the path; [`Error::Io`] when it cannot be examined.
+pub fn ensure_regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(Error::ModelFile {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        })
+    }
+}
+
+/// The index of the first NaN or infinite value of `t` in row-major order, `None` when every
+/// value is finite (integer tensors always are).
+///
+/// # Errors
+/// Copying a tensor off a device.
+pub fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
+    use candle_core::{CpuStorage, Storage};
+    if !t.dtype().is_float() {
+        return Ok(None);
+    }
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            // Scanned in place: no copy of the weights.
+            let found = match cpu {
+                CpuStorage::F32(v) => v[start..end].iter().position(|x| !x.is_finite()),
+                CpuStorage::F64(v) => v[start..end].iter().position(|x| !x.is_finite()),
+                CpuStorage::F16(v) => v[start..end].iter().position(|x| !x.is_finite()),
+                CpuStorage::BF16(v) => v[start..end].iter().position(|x| !x.is_finite()),
+                _ => None,
+            };
+            return Ok(found);
+        }
+    }
+    let v = t
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<f32>()?;
+    Ok(v.iter().position(|x| !x.is_finite()))
+}
+
+/// Refuses a tensor holding NaN or an infinity, naming it and the file it came from.
+///
+/// # Errors
+/// [`Error::WeightTensor`] naming `path`, `name` and the first bad position.
+pub fn ensure_finite(t: &Tensor, path: &Path, name: &str) -> Result<()> {
+    match first_non_finite(t)? {
+        None => Ok(()),
+        Some(i) => Err(Error::WeightTensor {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            reason: format!(
+                "holds NaN or infinite values (the first at flat index {i}); the file is \
+                 corrupt or a training run diverged"
+            ),
+        }),
+    }
+}
+
 /// Reads every tensor of a safetensors file, validating the header before trusting it.
 ///
 /// # Errors
 /// [`Error::ModelFile`] naming the file for anything malformed (truncated, lying offsets).
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    ensure_regular_file(path)?;
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -71,6 +142,7 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<BTreeMap<String,
                 reason: e.to_string(),
             }
         })?;
+        ensure_finite(&t, path, &name)?;
         out.insert(name, t);
     }
     Ok(out)

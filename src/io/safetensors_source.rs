@@ -81,6 +81,7 @@ impl SafetensorsSource {
         let mut shards = Vec::with_capacity(paths.len());
         let mut tensors = BTreeMap::new();
         for path in paths {
+            super::fs::ensure_regular_file(&path)?;
             // SAFETY: the file is mapped read-only and every tensor is copied out when loaded;
             // as with any mmap, it must not be truncated or rewritten while the model loads.
             let st = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| Error::ModelFile {
@@ -136,6 +137,7 @@ impl TensorSource for SafetensorsSource {
             return Err(err(format!("has shape {stored:?}, expected {shape:?}")));
         }
         let t = st.load(name, device).map_err(|e| err(e.to_string()))?;
+        super::fs::ensure_finite(&t, path, name)?;
         Ok(t.to_dtype(DType::F32)?)
     }
 }
@@ -304,7 +306,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("gone.safetensors") && err.contains("not a valid safetensors file"),
+            err.contains("gone.safetensors") && err.contains("No such file"),
             "{err}"
         );
         std::fs::write(&index, r#"{"weight_map": {}}"#).unwrap();

@@ -82,7 +82,8 @@ impl EncodedSplit {
 /// without recording gradients.
 ///
 /// # Errors
-/// Tensor errors from the model.
+/// Tensor errors from the model; [`Error::NonFiniteOutput`] when an output is NaN or
+/// infinite (a score printed from it would mean nothing).
 pub fn logits(
     model: &dyn Model,
     split: &EncodedSplit,
@@ -98,6 +99,9 @@ pub fn logits(
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
         for (i, row) in idx.into_iter().zip(rows) {
+            if row.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFiniteOutput { example: i });
+            }
             out[i] = row;
         }
     }

@@ -69,3 +69,27 @@ pub(crate) fn from_value<T: DeserializeOwned>(
     }
     T::deserialize(value).map_err(|e| bad(path, e.to_string()))
 }
+
+/// Checks the config's float fields a forward divides by or scales with: each finite and, as
+/// f32 (what the model computes in), neither overflowing nor (where `positive`) zero or
+/// negative. `fields` are `(name, value, positive)`.
+///
+/// # Errors
+/// [`Error::ModelConfig`] naming the file and the field.
+pub(crate) fn check_floats(path: &Path, fields: &[(&str, f64, bool)]) -> Result<()> {
+    for &(field, v, positive) in fields {
+        let finite = v.is_finite() && v.abs() <= f64::from(f32::MAX);
+        if !finite || (positive && v <= 0.0) || v < 0.0 {
+            let want = if positive {
+                "a finite number > 0"
+            } else {
+                "a finite number >= 0"
+            };
+            return Err(bad(
+                path,
+                format!("field `{field}` must be {want} (got {v})"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -67,6 +67,11 @@ impl Method for Bottleneck {
         let cfg = downcast::<BottleneckConfig>(NAME, config)?;
         let h = layer.out_features;
         let m = cfg.width(h);
+        layer.check_tensor(
+            NAME,
+            "the down projection (bottleneck_size x hidden)",
+            &[m, h],
+        )?;
         let down = Projection::normal(m, h, cfg.init_std, layer, rng)?;
         let up = Projection::normal(h, m, cfg.init_std, layer, rng)?;
         // The rebuilt config names the width, so a later change of hidden size or default

@@ -41,6 +41,8 @@ impl LoraLayer {
     pub fn new(config: &LoraConfig, layer: &LayerSpec, rng: &mut StdRng) -> Result<Self> {
         config.validate()?;
         let (r, in_f, out_f) = (config.r, layer.in_features, layer.out_features);
+        layer.check_tensor("lora", "lora_A (r x in_features)", &[r, in_f])?;
+        layer.check_tensor("lora", "lora_B (out_features x r)", &[out_f, r])?;
         let a = kaiming_uniform(&[r, in_f], in_f, rng, layer.dtype, &layer.device)?;
         let b = Tensor::zeros((out_f, r), layer.dtype, &layer.device)?;
         let dora = if config.use_dora {

@@ -83,6 +83,16 @@ impl Method for LorettaRep {
         rng: &mut StdRng,
     ) -> Result<Box<dyn Adapter>> {
         let cfg = downcast::<LorettaRepConfig>(self.name(), config)?.clone();
+        layer.check_tensor(
+            self.name(),
+            "A (r x in_features)",
+            &[cfg.r, layer.in_features],
+        )?;
+        layer.check_tensor(
+            self.name(),
+            "B (out_features x r)",
+            &[layer.out_features, cfg.r],
+        )?;
         // A starts as a TT-SVD of a Kaiming-uniform matrix (LoRA's A), B at zero.
         let a_cfg = config::train_config(cfg.a.as_ref(), cfg.tensor_rank, TtInit::TtSvd);
         let b_cfg = config::train_config(cfg.b.as_ref(), cfg.tensor_rank, TtInit::Zero);
@@ -141,6 +151,11 @@ impl Method for LorettaAdp {
         let cfg = downcast::<LorettaAdpConfig>(self.name(), config)?.clone();
         let h = layer.out_features;
         let m = cfg.bottleneck().width(h);
+        layer.check_tensor(
+            self.name(),
+            "the down projection (bottleneck_size x hidden)",
+            &[m, h],
+        )?;
         let down_cfg = config::train_config(cfg.down.as_ref(), cfg.tensor_rank, TtInit::TtSvd);
         let up_cfg = config::train_config(cfg.up.as_ref(), cfg.tensor_rank, TtInit::Zero);
         let down = train(&down_cfg, h, m, layer, rng)?;

@@ -58,6 +58,7 @@ impl Method for Prompt {
     ) -> Result<Tensor> {
         let cfg = downcast::<PromptConfig>(self.name(), config)?;
         let n = cfg.num_virtual_tokens;
+        spec.check_tokens(self.name(), n, spec.hidden)?;
         match cfg.init {
             PromptInit::Random => normal(&[n, spec.hidden], 1.0, rng, spec.dtype, &spec.device),
             PromptInit::Vocab => {
@@ -114,7 +115,8 @@ impl Method for Prefix {
         rng: &mut StdRng,
     ) -> Result<Tensor> {
         let cfg = downcast::<PrefixConfig>(self.name(), config)?;
-        let width = spec.layers * 2 * spec.hidden;
+        let width = spec.layers.saturating_mul(2).saturating_mul(spec.hidden);
+        spec.check_tokens(self.name(), cfg.num_virtual_tokens, width)?;
         normal(
             &[cfg.num_virtual_tokens, width],
             cfg.init_std,

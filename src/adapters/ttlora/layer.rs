@@ -26,6 +26,10 @@ impl TtLoraLayer {
     /// support (factored/contract need a splitting bond).
     pub fn new(config: &TtLoraConfig, layer: &LayerSpec, rng: &mut StdRng) -> Result<Self> {
         let shape = config.shape_for(layer.in_features, layer.out_features)?;
+        for k in 0..shape.num_cores() {
+            let (a, s, b) = shape.core_shape(k);
+            layer.check_tensor("ttlora", &format!("core {k}"), &[a, s, b])?;
+        }
         let cores = init_cores(&shape, config.init, layer, rng)?;
         Self::from_cores(shape, cores, config.alpha, config.path)
     }

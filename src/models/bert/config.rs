@@ -187,6 +187,13 @@ impl BertConfig {
                 reason,
             })
         };
+        crate::models::hf_config::check_floats(
+            path,
+            &[
+                ("layer_norm_eps", self.layer_norm_eps, true),
+                ("initializer_range", self.initializer_range, false),
+            ],
+        )?;
         if self.hidden_act != "gelu" {
             return bad(format!(
                 "field `hidden_act`: unsupported value \"{}\"; supported: gelu",

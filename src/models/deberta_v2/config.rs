@@ -245,6 +245,13 @@ impl DebertaV2Config {
                 reason,
             })
         };
+        crate::models::hf_config::check_floats(
+            path,
+            &[
+                ("layer_norm_eps", self.layer_norm_eps, true),
+                ("initializer_range", self.initializer_range, false),
+            ],
+        )?;
         if self.model_type != MODEL_TYPE {
             return bad(format!(
                 "field `model_type`: unsupported value \"{}\"; supported: {MODEL_TYPE}",
