@@ -4,6 +4,7 @@ mod cli;
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
+    ttlora::data::quiet_guarded_panics();
     cli::main()
 }
 

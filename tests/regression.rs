@@ -296,3 +296,68 @@ fn issue_17_a_negative_layer_norm_eps_is_refused_naming_the_field() {
         ],
     );
 }
+
+// ---- issue 17: third-party failures contained ------------------------------------------------------
+
+/// Edits the `tokenizer.json` in `dir` through `edit`.
+fn edit_tokenizer(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut t);
+    std::fs::write(&path, t.to_string()).unwrap();
+}
+
+/// `ttlora train` on the tiny model in `model`, a few examples.
+fn train_briefly(model: &std::path::Path) -> std::process::Output {
+    ttlora(&[
+        "train",
+        "--model",
+        s(model),
+        "--task",
+        "sst2",
+        "--data",
+        s(&bundled_data()),
+        "--max-train",
+        "16",
+        "--max-len",
+        "24",
+        "--out",
+        s(&model.join("run")),
+        "--quiet",
+    ])
+}
+
+/// Before: a post-processor whose template names a special token the file does not define
+/// panicked inside the tokenizers crate (exit 101). Now it is one error naming the file.
+#[test]
+fn issue_17_a_tokenizer_that_panics_inside_the_crate_is_one_error() {
+    let model = tiny_bert_folder("reg17-tok-panic", BertConfig::tiny());
+    edit_tokenizer(&model, |t| {
+        let map = t["post_processor"]["special_tokens"].as_object_mut().unwrap();
+        map.remove("[SEP]");
+    });
+    let o = train_briefly(&model);
+    assert_clear_error(&o, &["tokenizer.json"]);
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+}
+
+/// Before: a token id past the model's embedding table failed in the forward with candle's
+/// "index-select invalid index", naming no file. Now the tokenizer and the model are named.
+#[test]
+fn issue_17_a_tokenizer_of_another_model_is_named_with_the_model() {
+    let model = tiny_bert_folder("reg17-tok-vocab", BertConfig::tiny());
+    edit_tokenizer(&model, |t| {
+        t["post_processor"]["special_tokens"]["[CLS]"]["ids"] = serde_json::json!([5000]);
+    });
+    let o = train_briefly(&model);
+    assert_clear_error(
+        &o,
+        &[
+            "tokenizer.json",
+            "gives token id 5000",
+            "embedding rows",
+            "does not belong",
+        ],
+    );
+}

@@ -38,7 +38,7 @@ pub use task::{
     Column, Format, LabelKind, Split, SplitFiles, TASKS, TaskSpec, data_root, default_data_roots,
     task, task_names,
 };
-pub use tokenize::{Encoded, TextEncoder};
+pub use tokenize::{Encoded, TextEncoder, quiet_guarded_panics};
 
 use crate::error::Error;
 

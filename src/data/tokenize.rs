@@ -46,6 +46,22 @@ impl From<&Encoding> for Encoded {
     }
 }
 
+/// How many tokenizer calls are running inside [`TextEncoder`]'s panic guard; the hook
+/// [`quiet_guarded_panics`] installs stays silent while any is.
+static GUARDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Installs a panic hook that prints nothing for a panic inside the tokenizers crate that
+/// [`TextEncoder`] turns into an error (the error is reported instead), and defers to the
+/// previous hook otherwise. For binaries; call once at start.
+pub fn quiet_guarded_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if GUARDS.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            previous(info);
+        }
+    }));
+}
+
 /// A loaded tokenizer that turns [`Example`]s into [`Encoded`] token ids.
 #[derive(Clone)]
 pub struct TextEncoder {
@@ -53,6 +69,8 @@ pub struct TextEncoder {
     path: PathBuf,
     pad_id: u32,
     max_len: usize,
+    /// The model's embedding rows and its folder, once known: ids at or past it are refused.
+    id_limit: Option<(usize, PathBuf)>,
 }
 
 impl std::fmt::Debug for TextEncoder {
@@ -81,9 +99,10 @@ impl TextEncoder {
             path: path.into(),
             reason,
         };
-        if !path.is_file() {
+        if !path.exists() {
             return Err(err("no such file".into()));
         }
+        crate::io::fs::ensure_regular_file(path)?;
         let mut tokenizer = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
         let pad_id = tokenizer
             .get_padding()
@@ -110,12 +129,66 @@ impl TextEncoder {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| err(format!("setting truncation to {max_len}: {e}")))?;
-        Ok(TextEncoder {
+        let encoder = TextEncoder {
             tokenizer,
             path: path.into(),
             pad_id,
             max_len,
-        })
+            id_limit: None,
+        };
+        // A post-processor naming a special token the file does not define panics inside the
+        // tokenizers crate on the first pair: find out now, with the file named.
+        encoder.encode(&Example {
+            text_a: "a".into(),
+            text_b: Some("b".into()),
+            label: None,
+        })?;
+        Ok(encoder)
+    }
+
+    /// Makes every later encoding refuse token ids at or past `rows`, the embedding rows of
+    /// the model in `model_dir`: a tokenizer of another model would otherwise fail deep in
+    /// the forward with an index error naming neither.
+    pub fn limit_ids(&mut self, rows: usize, model_dir: &Path) {
+        self.id_limit = Some((rows, model_dir.to_path_buf()));
+    }
+
+    /// Runs the tokenizers crate on `what`, turning a panic inside it into an error naming the
+    /// file (a last guard at this boundary: its configuration checks are not complete).
+    fn guarded<T>(&self, what: &str, f: impl FnOnce() -> tokenizers::Result<T>) -> Result<T> {
+        use std::sync::atomic::Ordering;
+        GUARDS.fetch_add(1, Ordering::SeqCst);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        GUARDS.fetch_sub(1, Ordering::SeqCst);
+        match outcome {
+            Ok(r) => r.map_err(|e| self.error(format!("{what}: {e}"))),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                Err(self.error(format!(
+                    "{what}: the tokenizer failed inside the tokenizers crate ({msg}); its \
+                     configuration is inconsistent"
+                )))
+            }
+        }
+    }
+
+    /// Refuses ids past the model's embedding table (see [`limit_ids`](Self::limit_ids)).
+    fn check_ids(&self, encoded: &Encoded) -> Result<()> {
+        let Some((rows, model)) = &self.id_limit else {
+            return Ok(());
+        };
+        match encoded.ids.iter().find(|&&id| id as usize >= *rows) {
+            None => Ok(()),
+            Some(id) => Err(self.error(format!(
+                "gives token id {id}, but the model in {} has {rows} embedding rows: the \
+                 tokenizer does not belong to this model",
+                model.display()
+            ))),
+        }
     }
 
     /// Encodes one example: `[CLS] a [SEP]`, or `[CLS] a [SEP] b [SEP]` when `text_b` is
@@ -124,11 +197,11 @@ impl TextEncoder {
     /// # Errors
     /// [`Error::Tokenizer`] if the tokenizer fails on the text.
     pub fn encode(&self, ex: &Example) -> Result<Encoded> {
-        let enc = self
-            .tokenizer
-            .encode_fast(input(ex), true)
-            .map_err(|e| self.error(format!("encoding `{}`: {e}", preview(&ex.text_a))))?;
-        Ok(Encoded::from(&enc))
+        let what = format!("encoding `{}`", preview(&ex.text_a));
+        let enc = self.guarded(&what, || self.tokenizer.encode_fast(input(ex), true))?;
+        let encoded = Encoded::from(&enc);
+        self.check_ids(&encoded)?;
+        Ok(encoded)
     }
 
     /// Encodes many examples (in parallel), in order.
@@ -137,11 +210,12 @@ impl TextEncoder {
     /// [`Error::Tokenizer`] if the tokenizer fails on any text.
     pub fn encode_batch(&self, examples: &[Example]) -> Result<Vec<Encoded>> {
         let inputs: Vec<EncodeInput> = examples.iter().map(input).collect();
-        let encs = self
-            .tokenizer
-            .encode_batch_fast(inputs, true)
-            .map_err(|e| self.error(format!("encoding a batch: {e}")))?;
-        Ok(encs.iter().map(Encoded::from).collect())
+        let encs = self.guarded("encoding a batch", || {
+            self.tokenizer.encode_batch_fast(inputs, true)
+        })?;
+        let encoded: Vec<Encoded> = encs.iter().map(Encoded::from).collect();
+        encoded.iter().try_for_each(|e| self.check_ids(e))?;
+        Ok(encoded)
     }
 
     /// The id used for padding.

@@ -89,7 +89,10 @@ impl Inference {
     /// A missing or invalid `tokenizer.json` in the base model folder.
     pub fn encoder(&self) -> Result<TextEncoder> {
         let TokenizerSource::Json(path) = &self.tokenizer;
-        TextEncoder::from_file(path, self.task.max_len)
+        let mut encoder = TextEncoder::from_file(path, self.task.max_len)?;
+        let rows = self.model.virtual_spec().word_embeddings.dims()[0];
+        encoder.limit_ids(rows, &self.model_dir);
+        Ok(encoder)
     }
 }
 

@@ -86,7 +86,8 @@ pub fn prepare(spec: StudySpec) -> Result<Study> {
     // from the mapped weights.
     let built = load_classifier_from(&model, num_labels, pooling, &spec.device, spec.seed)?;
     let TokenizerSource::Json(tokenizer) = model.tokenizer();
-    let encoder = TextEncoder::from_file(tokenizer, spec.max_len)?;
+    let mut encoder = TextEncoder::from_file(tokenizer, spec.max_len)?;
+    encoder.limit_ids(built.virtual_spec().word_embeddings.dims()[0], model.dir());
 
     // Sample, then split off the held-out slice, both seeded.
     let mut train_examples = task.train.clone();
