@@ -6,6 +6,8 @@
 //!   it): `TempDir` (a fresh folder per test, removed on drop, also after a failure),
 //!   `test_device!` (a test body on the CPU and, with `--features cuda`, on CUDA), tiny model
 //!   folders, the CLI runner, fixed inputs;
+//! - `fuzz`: every reader fed mutated real inputs (a value or an error, never a panic, an
+//!   abort or an allocation past [`ALLOCATION_CAP`]), and the crashers it found;
 //! - `golden`: behaviour pinned across refactors (trained bytes and scores per method);
 //! - `library`: the public library API used the way a downstream crate would;
 //! - `methods`: the test matrix, every model family × adapter method × the invariants each
@@ -19,6 +21,7 @@ mod adapter_files;
 mod architecture;
 mod cli;
 mod common;
+mod fuzz;
 mod golden;
 mod library;
 mod methods;
@@ -26,3 +29,47 @@ mod models;
 mod peft;
 mod regression;
 mod train;
+
+/// The largest single allocation this test binary allows: far above what any test needs
+/// (tiny models), far below what a size read unchecked from a hostile file asks for. Past
+/// it the allocation fails and the process aborts, failing the run loudly.
+const ALLOCATION_CAP: usize = 1 << 30;
+
+/// The system allocator, refusing allocations past [`ALLOCATION_CAP`].
+struct Capped;
+
+// SAFETY: every call is forwarded to the system allocator unchanged, or refused with a null
+// pointer, which `GlobalAlloc` allows.
+unsafe impl std::alloc::GlobalAlloc for Capped {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > ALLOCATION_CAP {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > ALLOCATION_CAP {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if new_size > ALLOCATION_CAP {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Capped = Capped;

@@ -334,7 +334,9 @@ fn train_briefly(model: &std::path::Path) -> std::process::Output {
 fn issue_17_a_tokenizer_that_panics_inside_the_crate_is_one_error() {
     let model = tiny_bert_folder("reg17-tok-panic", BertConfig::tiny());
     edit_tokenizer(&model, |t| {
-        let map = t["post_processor"]["special_tokens"].as_object_mut().unwrap();
+        let map = t["post_processor"]["special_tokens"]
+            .as_object_mut()
+            .unwrap();
         map.remove("[SEP]");
     });
     let o = train_briefly(&model);

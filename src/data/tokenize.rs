@@ -62,6 +62,34 @@ pub fn quiet_guarded_panics() {
     }));
 }
 
+/// Runs the tokenizers crate on `what`, turning an error or a panic inside it into an error
+/// naming `path` (a last guard at this boundary: the crate's own checks of a file's
+/// configuration are not complete).
+fn guard<T>(path: &Path, what: &str, f: impl FnOnce() -> tokenizers::Result<T>) -> Result<T> {
+    use std::sync::atomic::Ordering;
+    let err = |reason: String| Error::Tokenizer {
+        path: path.to_path_buf(),
+        reason,
+    };
+    GUARDS.fetch_add(1, Ordering::SeqCst);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDS.fetch_sub(1, Ordering::SeqCst);
+    match outcome {
+        Ok(r) => r.map_err(|e| err(format!("{what}: {e}"))),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(err(format!(
+                "{what}: the tokenizer failed inside the tokenizers crate ({msg}); its \
+                 configuration is inconsistent"
+            )))
+        }
+    }
+}
+
 /// A loaded tokenizer that turns [`Example`]s into [`Encoded`] token ids.
 #[derive(Clone)]
 pub struct TextEncoder {
@@ -103,7 +131,7 @@ impl TextEncoder {
             return Err(err("no such file".into()));
         }
         crate::io::fs::ensure_regular_file(path)?;
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+        let mut tokenizer = guard(path, "reading", || Tokenizer::from_file(path))?;
         let pad_id = tokenizer
             .get_padding()
             .map(|p| p.pad_id)
@@ -153,27 +181,9 @@ impl TextEncoder {
         self.id_limit = Some((rows, model_dir.to_path_buf()));
     }
 
-    /// Runs the tokenizers crate on `what`, turning a panic inside it into an error naming the
-    /// file (a last guard at this boundary: its configuration checks are not complete).
+    /// [`guard`] naming this encoder's file.
     fn guarded<T>(&self, what: &str, f: impl FnOnce() -> tokenizers::Result<T>) -> Result<T> {
-        use std::sync::atomic::Ordering;
-        GUARDS.fetch_add(1, Ordering::SeqCst);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        GUARDS.fetch_sub(1, Ordering::SeqCst);
-        match outcome {
-            Ok(r) => r.map_err(|e| self.error(format!("{what}: {e}"))),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("no message");
-                Err(self.error(format!(
-                    "{what}: the tokenizer failed inside the tokenizers crate ({msg}); its \
-                     configuration is inconsistent"
-                )))
-            }
-        }
+        guard(&self.path, what, f)
     }
 
     /// Refuses ids past the model's embedding table (see [`limit_ids`](Self::limit_ids)).

@@ -180,9 +180,9 @@ impl AdapterFolder {
         device: &Device,
     ) -> Result<Self> {
         let config: AdapterConfig =
-            serde_json::from_value(value).map_err(|e| Error::ModelConfig {
+            super::fs::from_json(value).map_err(|reason| Error::ModelConfig {
                 path: cfg_path.to_path_buf(),
-                reason: e.to_string(),
+                reason,
             })?;
         if config.format_version > FORMAT_VERSION {
             return Err(Error::ModelConfig {

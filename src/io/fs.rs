@@ -23,11 +23,30 @@ pub fn read_json_if_present<T: serde::de::DeserializeOwned>(path: &Path) -> Resu
         path: path.to_path_buf(),
         source,
     })?;
-    let value = serde_json::from_str(&text).map_err(|e| Error::ModelConfig {
+    let bad = |reason: String| Error::ModelConfig {
         path: path.to_path_buf(),
-        reason: format!("not the expected JSON: {e}"),
-    })?;
-    Ok(Some(value))
+        reason: format!("not the expected JSON: {reason}"),
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    Ok(Some(from_json(json).map_err(bad)?))
+}
+
+/// `value` read as `T`; an error says which field (`modules.x.ranks[1]: invalid type: …`),
+/// which serde's own message does not.
+///
+/// # Errors
+/// The deserialiser's message, prefixed with the path of the field it failed at.
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> std::result::Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let at = e.path().to_string();
+        if at == "." {
+            e.inner().to_string()
+        } else {
+            format!("field `{at}`: {}", e.inner())
+        }
+    })
 }
 
 /// SHA-256 of a file as lowercase hex.

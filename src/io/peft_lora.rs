@@ -211,7 +211,7 @@ pub fn read(dir: &Path, config: &Value, device: &Device) -> Result<AdapterFolder
         reason,
     };
     let cfg: PeftLoraConfig =
-        serde_json::from_value(config.clone()).map_err(|e| bad_cfg(format!("PEFT LoRA: {e}")))?;
+        super::fs::from_json(config.clone()).map_err(|e| bad_cfg(format!("PEFT LoRA: {e}")))?;
     for (field, off) in UNSUPPORTED {
         if let Some(v) = cfg.rest.get(field)
             && !is_off(v)

@@ -67,7 +67,7 @@ pub(crate) fn from_value<T: DeserializeOwned>(
             ));
         }
     }
-    T::deserialize(value).map_err(|e| bad(path, e.to_string()))
+    crate::io::fs::from_json(value.clone()).map_err(|e| bad(path, e))
 }
 
 /// Checks the config's float fields a forward divides by or scales with: each finite and, as
@@ -88,6 +88,27 @@ pub(crate) fn check_floats(path: &Path, fields: &[(&str, f64, bool)]) -> Result<
             return Err(bad(
                 path,
                 format!("field `{field}` must be {want} (got {v})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The largest size any config field may give (vocabulary, widths, layers, positions):
+/// above every released model, and small enough that no product of two sizes overflows.
+pub(crate) const MAX_CONFIG_SIZE: usize = 1 << 24;
+
+/// Checks the config's size fields: each 1 to [`MAX_CONFIG_SIZE`]. `fields` are
+/// `(name, value)`.
+///
+/// # Errors
+/// [`Error::ModelConfig`] naming the file and the field.
+pub(crate) fn check_sizes(path: &Path, fields: &[(&str, usize)]) -> Result<()> {
+    for &(field, v) in fields {
+        if v == 0 || v > MAX_CONFIG_SIZE {
+            return Err(bad(
+                path,
+                format!("field `{field}` must be 1 to {MAX_CONFIG_SIZE} (got {v})"),
             ));
         }
     }

@@ -28,6 +28,10 @@ pub(crate) enum LabelMode {
 
 /// Reads a whole file as UTF-8, dropping a leading BOM.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
+    if path.exists() {
+        // A FIFO or a device would block or never end.
+        crate::io::fs::ensure_regular_file(path)?;
+    }
     let bytes = std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::DataFile {

@@ -194,6 +194,18 @@ impl BertConfig {
                 ("initializer_range", self.initializer_range, false),
             ],
         )?;
+        crate::models::hf_config::check_sizes(
+            path,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("intermediate_size", self.intermediate_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+            ],
+        )?;
+        crate::models::hf_config::check_sizes(path, &[("type_vocab_size", self.type_vocab_size)])?;
         if self.hidden_act != "gelu" {
             return bad(format!(
                 "field `hidden_act`: unsupported value \"{}\"; supported: gelu",

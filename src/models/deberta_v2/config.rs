@@ -252,6 +252,34 @@ impl DebertaV2Config {
                 ("initializer_range", self.initializer_range, false),
             ],
         )?;
+        crate::models::hf_config::check_sizes(
+            path,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("intermediate_size", self.intermediate_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+            ],
+        )?;
+        let limit = crate::models::hf_config::MAX_CONFIG_SIZE;
+        for (field, v) in [
+            ("max_relative_positions", self.max_relative_positions),
+            ("position_buckets", self.position_buckets),
+            (
+                "type_vocab_size",
+                i64::try_from(self.type_vocab_size).unwrap_or(i64::MAX),
+            ),
+            (
+                "conv_kernel_size",
+                i64::try_from(self.conv_kernel_size).unwrap_or(i64::MAX),
+            ),
+        ] {
+            if !(-1..=limit as i64).contains(&v) {
+                return bad(format!("field `{field}` must be -1 to {limit} (got {v})"));
+            }
+        }
         if self.model_type != MODEL_TYPE {
             return bad(format!(
                 "field `model_type`: unsupported value \"{}\"; supported: {MODEL_TYPE}",
@@ -346,12 +374,12 @@ impl DebertaV2Config {
         if self.relative_attention && self.position_buckets > 0 {
             let mid = self.position_buckets / 2;
             let max = self.max_relative_positions();
-            if mid < 1 || max - 1 <= mid {
+            if mid < 1 || max.saturating_sub(1) <= mid {
                 return bad(format!(
                     "field `position_buckets` ({}): log buckets need at least 2 buckets and \
                      `max_relative_positions` − 1 ({}) above half the bucket count ({mid})",
                     self.position_buckets,
-                    max - 1
+                    max.saturating_sub(1)
                 ));
             }
         }
