@@ -453,3 +453,49 @@ fn reads_a_peft_dora_folder_and_reproduces_its_logits_merged_and_unmerged() {
     assert!(d < SAME_AS_TORCH, "rewritten DoRA differs by {d}");
     merges_to(model.as_mut(), &e["merged_logits"], "DoRA");
 }
+
+/// Issue 17: a PEFT folder without ttlora's task record, on a base that declares
+/// sentence-transformers mean pooling (all-MiniLM-L6-v2 has `1_Pooling` *and* BERT's pooler),
+/// was mean-pooled — not what PEFT trained through `BertForSequenceClassification` — and
+/// scored silently wrong. It now runs with HF's head (the first token through the pooler)
+/// and reproduces PyTorch's logits; `--pooling` still overrides, and a merged export of a
+/// mean-pooled model keeps the pooler, which HF would otherwise initialise at random.
+#[test]
+fn issue_17_a_peft_folder_on_a_sentence_transformers_base_runs_as_peft_trained_it() {
+    use ttlora::jobs::export::{ExportFormat, export};
+    use ttlora::jobs::inference::{PoolingSource, load_with};
+    let tmp = TempDir::new("peft-st-base");
+    let base_dir = tmp.join("st-base");
+    std::fs::create_dir(&base_dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("base").join(f), base_dir.join(f)).unwrap();
+    }
+    std::fs::create_dir(base_dir.join("1_Pooling")).unwrap();
+    std::fs::write(
+        base_dir.join("1_Pooling/config.json"),
+        r#"{"word_embedding_dimension": 32, "pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true}"#,
+    )
+    .unwrap();
+    let e = expected();
+    let base = Some(base_dir.to_str().unwrap());
+    let cpu = Device::Cpu;
+
+    let inf = load_with(&fixture("lora"), base, None, &cpu, false).unwrap();
+    assert_eq!(inf.task.pooling, Pooling::Cls);
+    assert_eq!(inf.pooling_from, PoolingSource::HfHead);
+    let d = max_diff(&logits(inf.model.as_ref()), &e["adapted_logits"]);
+    assert!(d < SAME_AS_TORCH, "differs from PEFT by {d}");
+
+    let mut mean = load_with(&fixture("lora"), base, Some(Pooling::Mean), &cpu, false).unwrap();
+    assert_eq!(mean.pooling_from, PoolingSource::Given);
+    let d = max_diff(&logits(mean.model.as_ref()), &e["adapted_logits"]);
+    assert!(d > 1e-3, "mean pooling must give other logits ({d})");
+    let merged = tmp.join("merged");
+    export(&mut mean, ExportFormat::Merged, &merged).unwrap();
+    let names = candle_core::safetensors::load(merged.join("model.safetensors"), &cpu).unwrap();
+    assert!(
+        names.contains_key("bert.pooler.dense.weight"),
+        "{:?}",
+        names.keys()
+    );
+}

@@ -65,3 +65,21 @@ pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
         Err(format!("{s} is not above 0"))
     }
 }
+
+/// The head's pooling of a saved adapter, when it should not come from the folder.
+#[derive(Debug, Clone, Args)]
+pub struct PoolingArgs {
+    /// Pool the head's input as cls, mean or last-token instead of what the adapter folder
+    /// records. A folder from elsewhere (PEFT) without ttlora's task record is run as HF's
+    /// …ForSequenceClassification ran it in training: the first token (cls).
+    #[arg(long)]
+    pub pooling: Option<ttlora::io::Pooling>,
+}
+
+/// Tells the user which pooling a loaded adapter runs with, when it is not the recorded one.
+pub fn report_pooling(inf: &ttlora::jobs::inference::Inference) {
+    use ttlora::jobs::inference::PoolingSource;
+    if inf.pooling_from != PoolingSource::Recorded {
+        eprintln!("pooling: {} ({})", inf.task.pooling, inf.pooling_from);
+    }
+}

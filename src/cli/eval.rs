@@ -8,7 +8,7 @@ use clap::Args;
 use ttlora::data::{self, CustomColumns, Example, Split};
 use ttlora::jobs::eval::{self, Prediction, ScoreData};
 
-use super::common::{DeviceArgs, JsonArgs, OfflineArgs};
+use super::common::{DeviceArgs, JsonArgs, OfflineArgs, PoolingArgs, report_pooling};
 use ttlora::jobs::inference::{self, Inference};
 
 /// Where the base model and adapter come from (shared by eval and predict).
@@ -27,18 +27,23 @@ pub struct AdapterArgs {
     /// Examples per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    #[command(flatten)]
+    pooling: PoolingArgs,
 }
 
 impl AdapterArgs {
     fn load(&self) -> Result<Inference> {
         let device = self.device.device()?;
-        inference::load(
+        let inf = inference::load_with(
             &self.adapter,
             self.model.as_deref(),
+            self.pooling.pooling,
             &device,
             !self.fetch.offline,
         )
-        .with_context(|| format!("loading adapter {}", self.adapter.display()))
+        .with_context(|| format!("loading adapter {}", self.adapter.display()))?;
+        report_pooling(&inf);
+        Ok(inf)
     }
 }
 

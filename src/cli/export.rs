@@ -8,7 +8,7 @@ use clap::Args;
 use ttlora::jobs::export::{self, ExportFormat, ExportReport};
 use ttlora::jobs::inference::{self, Inference};
 
-use super::common::OfflineArgs;
+use super::common::{OfflineArgs, PoolingArgs, report_pooling};
 
 /// The adapter to export and where to.
 #[derive(Debug, Args)]
@@ -23,6 +23,8 @@ pub struct ExportSource {
     output: OutputArgs,
     #[command(flatten)]
     fetch: OfflineArgs,
+    #[command(flatten)]
+    pooling: PoolingArgs,
 }
 
 /// `ttlora export` (its help text lives on the command in `cli/mod.rs`).
@@ -58,7 +60,8 @@ pub struct OutputArgs {
     /// Folder to write; it must not exist or be empty (see --force).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Write into an existing non-empty --out folder, replacing files of the same name.
+    /// Replace an existing non-empty --out folder written by ttlora (the whole folder is
+    /// replaced in one step; a folder holding other files is refused).
     #[arg(long)]
     pub force: bool,
 }
@@ -81,13 +84,16 @@ impl ExportSource {
     /// Refuses a non-empty --out without --force, then loads the adapter onto its base model.
     pub fn load(&self) -> Result<Inference> {
         self.output.check()?;
-        inference::load(
+        let inf = inference::load_with(
             &self.adapter,
             self.model.as_deref(),
+            self.pooling.pooling,
             &ttlora::parse_device("cpu")?,
             !self.fetch.offline,
         )
-        .with_context(|| format!("loading adapter {}", self.adapter.display()))
+        .with_context(|| format!("loading adapter {}", self.adapter.display()))?;
+        report_pooling(&inf);
+        Ok(inf)
     }
 }
 

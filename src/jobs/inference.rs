@@ -7,8 +7,7 @@ use candle_core::Device;
 
 use crate::data::TextEncoder;
 use crate::error::{Error, Result};
-use crate::io::{self, ResolvedModel, TaskInfo, TokenizerSource};
-use crate::jobs::study::choose_pooling;
+use crate::io::{self, Pooling, ResolvedModel, TaskInfo, TokenizerSource};
 use crate::jobs::trial::ADAPTER_NAME;
 use crate::models::{Model, load_classifier_from};
 
@@ -27,6 +26,34 @@ pub struct Inference {
     /// The base model as named (the override, else the adapter config's), for files written
     /// from this adapter.
     pub base_model: String,
+    /// Where the pooling in [`task`](Self::task) came from, for the user to see.
+    pub pooling_from: PoolingSource,
+}
+
+/// Where an adapter's pooling came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolingSource {
+    /// The task ttlora recorded when it trained the adapter.
+    Recorded,
+    /// The caller's choice (`--pooling`).
+    Given,
+    /// The writer's semantics: a folder from elsewhere (PEFT) without ttlora's task record
+    /// was trained through HF's `…ForSequenceClassification`, which pools the first token
+    /// (through BERT's pooler).
+    HfHead,
+}
+
+impl std::fmt::Display for PoolingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Recorded => "as recorded when the adapter was trained",
+            Self::Given => "as given by --pooling",
+            Self::HfHead => {
+                "HF's sequence-classification head, as the folder (from elsewhere, without \
+                 ttlora's task record) was trained; --pooling overrides"
+            }
+        })
+    }
 }
 
 /// Loads the base model an adapter folder names (or `model_override`) and attaches the
@@ -38,6 +65,20 @@ pub struct Inference {
 pub fn load(
     adapter_dir: &Path,
     model_override: Option<&str>,
+    device: &Device,
+    allow_fetch: bool,
+) -> Result<Inference> {
+    load_with(adapter_dir, model_override, None, device, allow_fetch)
+}
+
+/// [`load`], with the head's pooling given (`pooling`) instead of read from the folder.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with(
+    adapter_dir: &Path,
+    model_override: Option<&str>,
+    pooling: Option<Pooling>,
     device: &Device,
     allow_fetch: bool,
 ) -> Result<Inference> {
@@ -53,15 +94,22 @@ pub fn load(
     }
     let base = ResolvedModel::open(&spec, allow_fetch)?;
     let model_dir = base.dir().to_path_buf();
-    let task = match folder.config.task.clone() {
-        Some(t) => t,
-        None => task_from_head(&folder, &base).ok_or_else(|| Error::ModelConfig {
-            path: adapter_dir.join(io::adapter_folder::CONFIG_FILE),
-            reason: "says nothing about the task (no `task` section, no ttlora_task.json, no \
+    let (mut task, mut pooling_from) = match folder.config.task.clone() {
+        Some(t) => (t, PoolingSource::Recorded),
+        None => (
+            task_from_head(&folder, &base).ok_or_else(|| Error::ModelConfig {
+                path: adapter_dir.join(io::adapter_folder::CONFIG_FILE),
+                reason: "says nothing about the task (no `task` section, no ttlora_task.json, no \
                      saved classifier to count the labels from)"
-                .into(),
-        })?,
+                    .into(),
+            })?,
+            PoolingSource::HfHead,
+        ),
     };
+    if let Some(p) = pooling {
+        task.pooling = p;
+        pooling_from = PoolingSource::Given;
+    }
     let known = !folder.config.base_model_config_sha256.is_empty();
     if known && base.config_sha256() != folder.config.base_model_config_sha256 {
         tracing::warn!(
@@ -79,6 +127,7 @@ pub fn load(
         model_dir,
         tokenizer: base.tokenizer().clone(),
         base_model: spec,
+        pooling_from,
     })
 }
 
@@ -97,8 +146,10 @@ impl Inference {
 }
 
 /// What a folder from elsewhere (e.g. PEFT, which has no task fields) implies about its task:
-/// the label count from the saved classifier's output rows, the base model's own pooling,
-/// generic label names. `None` without a saved classifier.
+/// the label count from the saved classifier's output rows, the pooling of HF's
+/// `…ForSequenceClassification` it was trained through (the first token; a
+/// sentence-transformers folder's own mean pooling is not what PEFT trained with), generic
+/// label names. `None` without a saved classifier.
 fn task_from_head(folder: &io::AdapterFolder, base: &ResolvedModel) -> Option<TaskInfo> {
     // Prompt-learning folders key the head one level up (`base_model.classifier…`).
     let prefixes = [io::adapter_folder::KEY_PREFIX, "base_model."];
@@ -111,7 +162,7 @@ fn task_from_head(folder: &io::AdapterFolder, base: &ResolvedModel) -> Option<Ta
                 .get(&key)
                 .and_then(|t| t.dims().first().copied())
         })?;
-    let pooling = choose_pooling(None, base.dir()).ok()?;
+    let pooling = Pooling::Cls;
     let label_names = if out_rows == 1 {
         Vec::new()
     } else {

@@ -102,9 +102,13 @@ impl BuildBackbone for Bert {
         detect_prefix(source, cfg, folder)
     }
 
-    /// BERT's pooler is built only for a head that pools through it (CLS).
+    /// BERT's pooler is built for a head that pools through it (CLS), and whenever a BERT
+    /// checkpoint has one: a merged export then keeps it (HF would otherwise initialise it
+    /// at random on every load) and PEFT's `all-linear` folders, which adapt it, find it.
     fn build(cfg: &BertConfig, ld: &mut Loader<'_>, pooling: Pooling) -> Result<Self> {
-        let with_pooler = cfg.model_type == BertFamily::Bert && pooling == Pooling::Cls;
+        // RoBERTa's classifier has no pooler (HF builds it without one).
+        let with_pooler = cfg.model_type == BertFamily::Bert
+            && (pooling == Pooling::Cls || ld.has("pooler.dense.weight"));
         Bert::build(cfg, ld, with_pooler)
     }
 
