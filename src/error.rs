@@ -255,6 +255,21 @@ pub enum Error {
         /// Index of the example in its split.
         example: usize,
     },
+    /// `--max-len` longer than the model's position table: every longer example would fail
+    /// mid-training.
+    #[error(
+        "--max-len {max_len} is longer than the {positions} positions the model takes ({}); \
+         use --max-len {positions} or less",
+        config.display()
+    )]
+    MaxLenTooLong {
+        /// The requested length.
+        max_len: usize,
+        /// The model's limit.
+        positions: usize,
+        /// Its config.json.
+        config: std::path::PathBuf,
+    },
     /// Another process is writing the same output folder.
     #[error(
         "{}: another ttlora process is writing this folder ({holder}); wait for it or choose \

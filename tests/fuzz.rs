@@ -324,9 +324,10 @@ fn safetensors_files() {
     });
 }
 
-/// Loads `adapter` onto `base` and, when that works, runs it on two sentences.
+/// Inspects `adapter`, loads it onto `base` and, when that works, runs it on two sentences.
 fn load_and_run(adapter: &Path, base: &Path) {
     use ttlora::jobs::{inference, pipeline, task::encode_split};
+    let _ = ttlora::jobs::inspect::inspect(adapter);
     let Ok(inf) = inference::load(adapter, Some(base.to_str().unwrap()), &Device::Cpu, false)
     else {
         return;

@@ -363,3 +363,31 @@ fn issue_17_a_tokenizer_of_another_model_is_named_with_the_model() {
         ],
     );
 }
+
+/// Before: a `--max-len` past the position table failed only once training met a long
+/// example. Now it is refused before any text is tokenized.
+#[test]
+fn issue_17_a_max_len_past_the_position_table_is_refused_up_front() {
+    let model = tiny_bert_folder("reg17-maxlen", BertConfig::tiny());
+    let o = ttlora(&[
+        "train",
+        "--model",
+        s(&model),
+        "--task",
+        "sst2",
+        "--data",
+        s(&bundled_data()),
+        "--max-len",
+        "4096",
+        "--out",
+        s(&model.join("run")),
+        "--quiet",
+    ]);
+    assert_clear_error(
+        &o,
+        &[
+            "--max-len 4096 is longer than the 128 positions",
+            "config.json",
+        ],
+    );
+}

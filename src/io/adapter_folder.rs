@@ -269,4 +269,69 @@ mod tests {
         assert!(err.contains("newer than this ttlora understands"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Every file of `dir` with its bytes.
+    fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    /// Issue 17: an adapter save stopped at any of its file operations, by ENOSPC or as by
+    /// a kill, into an empty or an occupied folder, leaves the previous adapter byte for byte
+    /// or the new one complete — never new weights beside an old config.
+    #[test]
+    fn an_interrupted_save_leaves_the_old_adapter_or_the_new_one() {
+        use crate::io::output::{Fault, inject, seen};
+        let mut new = folder();
+        new.config.target_modules = serde_json::json!(["value"]);
+        new.tensors
+            .values_mut()
+            .for_each(|t| *t = (t.clone() + 1.0).unwrap());
+        for occupied in [false, true] {
+            let tmp = crate::io::fs::TempDir::new("adapter-faults");
+            let dir = tmp.join("adapter");
+            let reset = || {
+                let _ = std::fs::remove_dir_all(&dir);
+                if occupied {
+                    folder().write(&dir).unwrap();
+                }
+            };
+            reset();
+            let old = dir.is_dir().then(|| files(&dir));
+            inject(None);
+            new.write(&dir).unwrap();
+            let want_new = files(&dir);
+            let operations = seen();
+            for at in 0..operations {
+                for fault in [Fault::NoSpace, Fault::Kill] {
+                    reset();
+                    inject(Some((at, fault)));
+                    let failed = new.write(&dir).is_err();
+                    inject(None);
+                    assert!(failed, "operation {at} of {operations}");
+                    // The next writer recovers what a kill left behind.
+                    drop(crate::io::OutputLock::acquire(&dir).unwrap());
+                    let got = dir.is_dir().then(|| files(&dir));
+                    assert!(
+                        got == old || got.as_ref() == Some(&want_new),
+                        "{fault:?} at operation {at}: a mix {:?}",
+                        got.map(|g| g.keys().cloned().collect::<Vec<_>>())
+                    );
+                    let stray: Vec<String> = std::fs::read_dir(&*tmp)
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n != "adapter" && !n.ends_with(".lock"))
+                        .collect();
+                    assert!(stray.is_empty(), "{fault:?} at {at} left {stray:?}");
+                }
+            }
+        }
+    }
 }

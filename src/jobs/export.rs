@@ -99,6 +99,7 @@ pub fn export(inf: &mut Inference, format: ExportFormat, out: &Path) -> Result<E
             lora.modules.len()
         }
         ExportFormat::Merged => {
+            check_tokenizer(&inf.model_dir)?;
             let n = merge_adapters(inf.model.as_mut(), ADAPTER_NAME)?;
             write_merged(inf.model.as_ref(), &inf.model_dir, Some(&inf.task), out)?;
             n
@@ -166,4 +167,22 @@ pub fn list_files(dir: &Path) -> Result<Vec<(String, u64)>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// A merged model folder is only usable with its tokenizer: refuses a base whose
+/// `tokenizer.json` is there but unusable, and warns about a base without one (the merged
+/// folder then needs the tokenizer from elsewhere).
+///
+/// # Errors
+/// [`Error::Tokenizer`] naming the file.
+fn check_tokenizer(model_dir: &Path) -> Result<()> {
+    let path = model_dir.join(crate::io::TOKENIZER_FILE);
+    if !path.exists() {
+        tracing::warn!(
+            "{}: the base model has no tokenizer.json; the merged folder will have none either",
+            model_dir.display()
+        );
+        return Ok(());
+    }
+    crate::data::TextEncoder::from_file(&path, 512).map(drop)
 }

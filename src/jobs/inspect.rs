@@ -59,6 +59,9 @@ pub struct InspectReport {
     pub file_bytes: u64,
 }
 
+/// The most weights a layer described in an adapter folder may have (a 16k × 16k matrix).
+const MAX_LAYER_ELEMS: usize = 1 << 28;
+
 /// Reads and summarises the adapter folder in `dir` (ttlora's own or a PEFT LoRA).
 ///
 /// # Errors
@@ -83,16 +86,35 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
                      ttlora) and its config does not imply the layer's shape"
                 ),
             })?;
+        // ΔW is computed at the layer's size: a size no model has is a lie, refused before
+        // anything that large is allocated.
+        if out_features.checked_mul(in_features).is_none_or(|n| n > MAX_LAYER_ELEMS) {
+            return Err(Error::ModelConfig {
+                path: dir.join(CONFIG_FILE),
+                reason: format!(
+                    "field `layer_shapes.{path}`: [{out_features}, {in_features}] is larger \
+                     than any model's layer (more than {MAX_LAYER_ELEMS} weights)"
+                ),
+            });
+        }
         // DoRA's update depends on the base weight, which is not at hand: restore its tensors
         // against a stand-in and report no ΔW.
         let needs_base = module_cfg.get("use_dora").and_then(Value::as_bool) == Some(true);
-        let stand_in = Tensor::zeros((out_features, in_features), DType::F32, &Device::Cpu)?;
+        let stand_in = if needs_base {
+            Some(Tensor::zeros(
+                (out_features, in_features),
+                DType::F32,
+                &Device::Cpu,
+            )?)
+        } else {
+            None
+        };
         let spec = LayerSpec {
             in_features,
             out_features,
             dtype: DType::F32,
             device: Device::Cpu,
-            weight: needs_base.then_some(stand_in),
+            weight: stand_in,
         };
         let (adapter, keys) = restore_adapter(&folder, path, module_cfg, &spec)?;
         used.extend(keys);

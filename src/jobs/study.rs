@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use crate::adapters::seeded_rng;
 use crate::data::{self, TextEncoder};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::{ResolvedModel, TokenizerSource};
 use crate::jobs::pipeline::EncodedSplit;
 use crate::jobs::task::{LoadedTask, TaskSource, encode_split, load_task};
@@ -85,6 +85,15 @@ pub fn prepare(spec: StudySpec) -> Result<Study> {
     // The first trial with the study's seed takes this model; later trials build their own
     // from the mapped weights.
     let built = load_classifier_from(&model, num_labels, pooling, &spec.device, spec.seed)?;
+    if let Some(positions) = built.max_seq_len()
+        && spec.max_len > positions
+    {
+        return Err(Error::MaxLenTooLong {
+            max_len: spec.max_len,
+            positions,
+            config: model.config_path(),
+        });
+    }
     let TokenizerSource::Json(tokenizer) = model.tokenizer();
     let mut encoder = TextEncoder::from_file(tokenizer, spec.max_len)?;
     encoder.limit_ids(built.virtual_spec().word_embeddings.dims()[0], model.dir());

@@ -89,6 +89,10 @@ pub trait Backbone: Send + Sync {
     /// What prompt-learning methods need to build tokens for this backbone.
     fn virtual_spec(&self) -> VirtualSpec;
 
+    /// The longest input in tokens its position table can index; `None` when positions are
+    /// not looked up in a table (relative or rotary positions).
+    fn max_seq_len(&self) -> Option<usize>;
+
     /// Whether the family takes virtual tokens of `placement`; its reason where it does not.
     ///
     /// # Errors

@@ -136,6 +136,9 @@ pub trait Model: Send + Sync {
     /// What prompt-learning methods need to build tokens for this model.
     fn virtual_spec(&self) -> VirtualSpec;
 
+    /// The longest input in tokens the model takes; `None` when it has no fixed limit.
+    fn max_seq_len(&self) -> Option<usize>;
+
     /// Attaches `adapter`'s prompt-tuning or prefix-tuning tokens, replacing any it had
     /// (`None` removes them). Each adapter holds its own; the forward uses the active one's.
     ///

@@ -159,4 +159,8 @@ impl Backbone for Bert {
     fn virtual_spec(&self) -> VirtualSpec {
         Bert::virtual_spec(self)
     }
+
+    fn max_seq_len(&self) -> Option<usize> {
+        Some(self.config().max_seq_len())
+    }
 }

@@ -147,6 +147,10 @@ impl Backbone for DebertaV2 {
         DebertaV2::virtual_spec(self)
     }
 
+    fn max_seq_len(&self) -> Option<usize> {
+        self.config().max_seq_len()
+    }
+
     /// DeBERTa's attention adds relative-position terms for every key, and HF's DeBERTa-v2
     /// takes no past keys or input prefixes that PEFT could use; neither is offered here.
     fn check_virtual_tokens(&self, placement: TokenPlacement) -> Result<()> {

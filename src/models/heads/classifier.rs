@@ -339,6 +339,10 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
         self.backbone.virtual_spec()
     }
 
+    fn max_seq_len(&self) -> Option<usize> {
+        self.backbone.max_seq_len()
+    }
+
     fn set_virtual_tokens(
         &mut self,
         adapter: &str,
