@@ -88,7 +88,10 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
             })?;
         // ΔW is computed at the layer's size: a size no model has is a lie, refused before
         // anything that large is allocated.
-        if out_features.checked_mul(in_features).is_none_or(|n| n > MAX_LAYER_ELEMS) {
+        if out_features
+            .checked_mul(in_features)
+            .is_none_or(|n| n > MAX_LAYER_ELEMS)
+        {
             return Err(Error::ModelConfig {
                 path: dir.join(CONFIG_FILE),
                 reason: format!(
