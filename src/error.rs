@@ -270,6 +270,20 @@ pub enum Error {
         /// Its config.json.
         config: std::path::PathBuf,
     },
+    /// A complete output folder could not be put in place; it is kept under another name.
+    #[error(
+        "{}: could not put the new folder in place ({reason}); it is complete and kept at {}",
+        path.display(),
+        kept.display()
+    )]
+    OutputKept {
+        /// The output folder.
+        path: std::path::PathBuf,
+        /// Where the new folder is.
+        kept: std::path::PathBuf,
+        /// Why the move failed.
+        reason: String,
+    },
     /// Another process is writing the same output folder.
     #[error(
         "{}: another ttlora process is writing this folder ({holder}); wait for it or choose \

@@ -23,18 +23,21 @@ pub struct LayerSpec {
 
 impl LayerSpec {
     /// Refuses, before anything is allocated, a trainable tensor of `dims` for this layer
-    /// with more elements than four times the layer's own weight (at least 65,536): an
+    /// with more elements than four times the layer's own weight (at least 65,536, at most
+    /// 2^28): an
     /// adapter that large is a mistaken config (`r = 1000000`), and building it would exhaust
     /// memory and abort instead of failing.
     ///
     /// # Errors
     /// [`Error::AdapterTooLarge`] naming the method and the tensor.
     pub fn check_tensor(&self, method: &'static str, what: &str, dims: &[usize]) -> Result<()> {
+        // Relative to the layer, and absolute (1 GiB of f32) for layers whose size itself came
+        // from a file with no model behind it.
         let limit = self
             .in_features
             .saturating_mul(self.out_features)
             .saturating_mul(4)
-            .max(1 << 16);
+            .clamp(1 << 16, 1 << 28);
         let elems = dims
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))

@@ -186,7 +186,12 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
         }
     }
     match &a.output {
-        // Through a temporary file and a rename: a full disk never truncates a previous file.
+        // A regular file (or a new one) through a temporary file and a rename: a full disk
+        // never truncates a previous file. A link, device or pipe is written as it is.
+        Some(path) if path.symlink_metadata().is_ok_and(|m| !m.is_file()) => {
+            std::fs::write(path, lines)
+                .with_context(|| format!("cannot write {}", path.display()))?
+        }
         Some(path) => ttlora::io::write_atomic(path, lines)?,
         None => std::io::stdout().lock().write_all(lines.as_bytes())?,
     }

@@ -345,7 +345,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("not a packaged model (all-MiniLM-L6-v2)"),
+            err.contains("not a packaged model (all-MiniLM-L6-v2, SmolLM2-135M-Instruct)"),
             "{err}"
         );
         assert!(err.contains("HuggingFace cache"), "{err}");

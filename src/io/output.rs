@@ -63,7 +63,15 @@ fn sync_dir(dir: &Path) -> Result<()> {
     // platform refuses (not on Linux), the rename itself is still atomic.
     match File::open(dir).and_then(|f| f.sync_all()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        // Some file systems (FUSE, CIFS, vboxsf) refuse fsync on a folder; the rename
+        // itself is still atomic there.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.kind() == std::io::ErrorKind::Unsupported
+                || e.raw_os_error() == Some(22) =>
+        {
+            Ok(())
+        }
         Err(e) if cfg!(not(unix)) => {
             tracing::debug!("cannot fsync folder {}: {e}", dir.display());
             Ok(())
@@ -198,8 +206,10 @@ fn exchange(a: &Path, b: &Path) -> Result<bool> {
 /// run folder).
 ///
 /// # Errors
-/// Whatever `fill` returns; [`Error::Io`] naming the path whose operation failed. On error
-/// `dir` is as it was and the staging folder is gone.
+/// Whatever `fill` returns; [`Error::Io`] naming the path whose operation failed: an error
+/// while building leaves `dir` as it was and removes the part built; an error making the
+/// swap durable comes after the new folder is in place. [`Error::OutputKept`] when the
+/// complete new folder could not be moved into place: it is kept where the error says.
 pub fn replace_folder(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let (parent, name) = split(dir)?;
     if dir.exists() && !dir.is_dir() {
@@ -214,39 +224,65 @@ pub fn replace_folder(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Res
     failpoint(&parent)?;
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
     let staging = sibling(&parent, &name, "partial");
-    let result = build_and_swap(dir, &parent, &staging, fill);
-    if !killed() {
-        // After a swap the staging name holds the old folder; after an error, the part built.
-        let _ = std::fs::remove_dir_all(&staging);
+    let built = failpoint(&staging)
+        .and_then(|()| std::fs::create_dir(&staging).map_err(io_err(&staging)))
+        .and_then(|()| fill(&staging))
+        .and_then(|()| sync_dir(&staging));
+    if let Err(e) = built {
+        if !killed() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        return Err(e);
     }
-    result
+    match swap(dir, &parent, &staging) {
+        Ok(()) => {
+            if !killed() {
+                // The staging name now holds the old folder, or nothing.
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            Ok(())
+        }
+        // The new folder is in place; only making that durable failed.
+        Err(Swap::After(e)) => {
+            if !killed() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            Err(e)
+        }
+        // The new folder is complete but could not be moved: never throw it away.
+        Err(Swap::Before(e)) if !killed() => Err(Error::OutputKept {
+            path: dir.to_path_buf(),
+            kept: staging,
+            reason: e.to_string(),
+        }),
+        Err(Swap::Before(e)) => Err(e),
+    }
 }
 
-fn build_and_swap(
-    dir: &Path,
-    parent: &Path,
-    staging: &Path,
-    fill: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
-    failpoint(staging)?;
-    std::fs::create_dir(staging).map_err(io_err(staging))?;
-    fill(staging)?;
-    sync_dir(staging)?;
+/// How a swap failed: before the new folder was in place (it is still at the staging name),
+/// or after.
+enum Swap {
+    Before(Error),
+    After(Error),
+}
+
+/// Puts the complete folder `staging` in place of `dir`.
+fn swap(dir: &Path, parent: &Path, staging: &Path) -> std::result::Result<(), Swap> {
     if !dir.is_dir() {
-        rename(staging, dir)?;
-    } else if !exchange(staging, dir)? {
-        let (_, name) = split(dir)?;
+        rename(staging, dir).map_err(Swap::Before)?;
+    } else if no_exchange() || !exchange(staging, dir).map_err(Swap::Before)? {
+        let (_, name) = split(dir).map_err(Swap::Before)?;
         let old = sibling(parent, &name, "old");
-        rename(dir, &old)?;
+        rename(dir, &old).map_err(Swap::Before)?;
         if let Err(e) = rename(staging, dir) {
             if !killed() {
                 let _ = std::fs::rename(&old, dir);
             }
-            return Err(e);
+            return Err(Swap::Before(e));
         }
-        rename(&old, staging)?;
+        rename(&old, staging).map_err(Swap::After)?;
     }
-    sync_dir(parent)
+    sync_dir(parent).map_err(Swap::After)
 }
 
 /// Every name ttlora writes into an output folder (adapter, run, merged model, export). A
@@ -259,7 +295,6 @@ pub const OWN_NAMES: &[&str] = &[
     "eval_results.json",
     "train_log.jsonl",
     "checkpoint",
-    "README.md",
     "config.json",
     "model.safetensors",
     "tokenizer.json",
@@ -289,8 +324,8 @@ impl OutputLock {
     /// naming the lock file or the folder.
     pub fn acquire(dir: &Path) -> Result<Self> {
         let (parent, name) = split(dir)?;
-        check_own(dir)?;
         std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        refuse_mount_point(dir, &parent)?;
         let path = parent.join(format!(".{name}.lock"));
         let mut file = OpenOptions::new()
             .read(true)
@@ -321,6 +356,12 @@ impl OutputLock {
         file.write_all(format!("pid {}\n", std::process::id()).as_bytes())
             .map_err(io_err(&path))?;
         recover(&parent, &name, dir)?;
+        // A checkpoint is swapped inside the locked folder; a kill mid-swap leaves its
+        // siblings there.
+        if dir.is_dir() {
+            recover(dir, "checkpoint", &dir.join("checkpoint"))?;
+        }
+        check_own(dir)?;
         Ok(Self {
             _file: file,
             dir: dir.to_path_buf(),
@@ -341,6 +382,42 @@ impl OutputLock {
     }
 }
 
+/// Whether `file` is a sibling a save of `name` makes: `.NAME.KIND-PID-N`.
+fn left_by_a_save(file: &str, name: &str) -> bool {
+    ["partial", "old", "tmp"].iter().any(|kind| {
+        file.strip_prefix(&format!(".{name}.{kind}-"))
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(pid, n)| {
+                [pid, n]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            })
+    })
+}
+
+/// Refuses a `dir` that is a mount point: a folder is replaced by renames in its parent,
+/// which cannot move a mount point, so the save would fail only at the end of a run.
+fn refuse_mount_point(dir: &Path, parent: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(d), Ok(p)) = (std::fs::metadata(dir), std::fs::metadata(parent))
+            && d.is_dir()
+            && d.dev() != p.dev()
+        {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "is a mount point, which a save cannot replace; name a folder inside it",
+                ),
+            });
+        }
+    }
+    let _ = (dir, parent);
+    Ok(())
+}
+
 /// Refuses an existing folder `dir` that holds anything but [`OWN_NAMES`].
 fn check_own(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
@@ -352,14 +429,41 @@ fn check_own(dir: &Path) -> Result<()> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !OWN_NAMES.contains(&n.as_str()))
         .collect();
-    if foreign.is_empty() {
+    if foreign.is_empty() && !is_model_without_marker(dir) {
         return Ok(());
+    }
+    if foreign.is_empty() {
+        foreign.push("(a model or adapter folder with no ttlora record)".into());
     }
     foreign.sort();
     Err(Error::OutputNotOwn {
         path: dir.to_path_buf(),
         foreign,
     })
+}
+
+/// Whether `dir` holds model or adapter files with nothing saying ttlora wrote them: a base
+/// model folder or an adapter from elsewhere, which a save must not replace.
+fn is_model_without_marker(dir: &Path) -> bool {
+    let has = |n: &str| dir.join(n).exists();
+    let holds_model = [
+        "model.safetensors",
+        "config.json",
+        "adapter_model.safetensors",
+    ]
+    .iter()
+    .any(|n| has(n));
+    let marked = [
+        "ttlora_task.json",
+        "eval_results.json",
+        "train_log.jsonl",
+        "checkpoint",
+    ]
+    .iter()
+    .any(|n| has(n))
+        || std::fs::read_to_string(dir.join("adapter_config.json"))
+            .is_ok_and(|t| t.contains("\"ttlora_version\""));
+    holds_model && !marked
 }
 
 /// Under `name`'s lock: puts back a folder a kill left renamed aside by the fallback swap, then
@@ -372,12 +476,8 @@ fn recover(parent: &Path, name: &str, dir: &Path) -> Result<()> {
     let mut stale: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                [".partial-", ".old-", ".tmp-"]
-                    .iter()
-                    .any(|kind| n.starts_with(&format!(".{name}{kind}")))
-            })
+            p.file_name()
+                .is_some_and(|n| left_by_a_save(&n.to_string_lossy(), name))
         })
         .collect();
     stale.sort();
@@ -415,8 +515,13 @@ fn killed() -> bool {
     false
 }
 
+#[cfg(not(test))]
+fn no_exchange() -> bool {
+    false
+}
+
 #[cfg(test)]
-pub(crate) use faults::{Fault, failpoint, inject, killed, seen};
+pub(crate) use faults::{Fault, failpoint, force_two_renames, inject, killed, no_exchange, seen};
 
 /// Fault injection for the tests: every file operation above first calls `failpoint`, which
 /// can fail the n-th one with ENOSPC (an error path, cleanup runs) or as if the process were
@@ -438,6 +543,7 @@ mod faults {
     }
 
     thread_local! {
+        static TWO_RENAMES: Cell<bool> = const { Cell::new(false) };
         static PLAN: Cell<Option<(usize, Fault)>> = const { Cell::new(None) };
         static SEEN: Cell<usize> = const { Cell::new(0) };
         static KILLED: Cell<bool> = const { Cell::new(false) };
@@ -479,6 +585,16 @@ mod faults {
 
     pub(crate) fn killed() -> bool {
         KILLED.get()
+    }
+
+    /// Makes this thread's swaps take the two-rename path platforms without an atomic
+    /// exchange take.
+    pub(crate) fn force_two_renames(on: bool) {
+        TWO_RENAMES.set(on);
+    }
+
+    pub(crate) fn no_exchange() -> bool {
+        TWO_RENAMES.get()
     }
 
     fn killed_error(path: &Path) -> Error {
@@ -535,63 +651,93 @@ mod tests {
 
     #[test]
     fn a_save_stopped_at_any_operation_leaves_the_old_folder_or_the_new_one() {
-        for occupied in [false, true] {
-            let root = TempDir::new("output-faults");
-            let out = root.join("run");
+        // With Linux's atomic exchange, and with the two renames other platforms take.
+        for two_renames in [false, true] {
+            for occupied in [false, true] {
+                stop_everywhere(two_renames, occupied);
+            }
+        }
+        force_two_renames(false);
+    }
+
+    /// Stops a save into an empty or occupied folder at each of its operations, by ENOSPC
+    /// and as by a kill; after the next writer's recovery the folder is the old one or the
+    /// new one, and nothing else is left.
+    fn stop_everywhere(two_renames: bool, occupied: bool) {
+        force_two_renames(two_renames);
+        let root = TempDir::new("output-faults");
+        let out = root.join("run");
+        let reset = || {
+            let _ = std::fs::remove_dir_all(&out);
             if occupied {
                 save(&OutputLock::acquire(&out).unwrap(), "old").unwrap();
             }
-            let before = out.is_dir().then(|| snapshot(&out));
-            inject(None);
-            save(&OutputLock::acquire(&out).unwrap(), "new").unwrap();
-            let new = snapshot(&out);
-            let operations = seen();
-            assert!(operations >= 5, "{operations} operations counted");
-            // Back to the old state for each fault.
-            let reset = || {
-                let _ = std::fs::remove_dir_all(&out);
-                if occupied {
-                    save(&OutputLock::acquire(&out).unwrap(), "old").unwrap();
+        };
+        reset();
+        let before = out.is_dir().then(|| snapshot(&out));
+        inject(None);
+        save(&OutputLock::acquire(&out).unwrap(), "new").unwrap();
+        let new = snapshot(&out);
+        let operations = seen();
+        assert!(operations >= 5, "{operations} operations counted");
+        for at in 0..operations {
+            for fault in [Fault::NoSpace, Fault::Kill] {
+                reset();
+                let lock = OutputLock::acquire(&out).unwrap();
+                inject(Some((at, fault)));
+                let err = save(&lock, "new").unwrap_err();
+                inject(None);
+                drop(lock);
+                let case = format!("{fault:?} at operation {at} (two renames: {two_renames})");
+                assert!(
+                    matches!(err, Error::Io { .. } | Error::OutputKept { .. }),
+                    "{case}: {err}"
+                );
+                if let Error::OutputKept { kept, .. } = &err {
+                    // The complete new folder, kept where the error says.
+                    assert_eq!(snapshot(kept), new, "{case}");
+                    std::fs::remove_dir_all(kept).unwrap();
                 }
-            };
-            for at in 0..operations {
-                for fault in [Fault::NoSpace, Fault::Kill] {
-                    reset();
-                    let lock = OutputLock::acquire(&out).unwrap();
-                    inject(Some((at, fault)));
-                    let err = save(&lock, "new").unwrap_err();
-                    inject(None);
-                    drop(lock);
-                    assert!(matches!(err, Error::Io { .. }), "{err}");
-                    let after = out.is_dir().then(|| snapshot(&out));
-                    if fault == Fault::NoSpace {
-                        // Only the last fsync comes after the swap: the new folder is whole
-                        // there, and the error says its durability is not confirmed.
-                        let last = at + 1 == operations;
-                        let want = if last {
-                            Some(new.clone())
-                        } else {
-                            before.clone()
-                        };
-                        assert_eq!(after, want, "ENOSPC at operation {at}");
-                        assert_eq!(leftovers(&root, &["run"]), Vec::<String>::new());
-                    } else {
-                        // A kill may land after the swap; the next writer recovers the rest.
-                        let _ = OutputLock::acquire(&out).unwrap();
-                        let after = out.is_dir().then(|| snapshot(&out));
-                        assert!(
-                            after == before || after.as_ref() == Some(&new),
-                            "a kill at operation {at} left a mix: {after:?}"
-                        );
-                        assert_eq!(
-                            leftovers(&root, &["run"]),
-                            Vec::<String>::new(),
-                            "after a kill at operation {at}"
-                        );
-                    }
+                if fault == Fault::NoSpace && before.is_some() && at + 2 < operations {
+                    // An error before the swap leaves the old folder untouched at once.
+                    assert_eq!(out.is_dir().then(|| snapshot(&out)), before, "{case}");
                 }
+                drop(OutputLock::acquire(&out).unwrap());
+                let after = out.is_dir().then(|| snapshot(&out));
+                assert!(
+                    after == before || after.as_ref() == Some(&new),
+                    "{case} left a mix: {after:?}"
+                );
+                assert_eq!(leftovers(&root, &["run"]), Vec::<String>::new(), "{case}");
             }
         }
+    }
+
+    #[test]
+    fn only_a_saves_own_sibling_names_count_as_left_behind() {
+        assert!(left_by_a_save(".run.partial-12-0", "run"));
+        assert!(left_by_a_save(".run.old-7-33", "run"));
+        assert!(!left_by_a_save(".run.old-v1.partial-12-0", "run"));
+        assert!(!left_by_a_save(".run.partial-12", "run"));
+        assert!(!left_by_a_save(".runs.partial-1-2", "run"));
+    }
+
+    #[test]
+    fn a_model_or_foreign_adapter_folder_is_not_replaced() {
+        let root = TempDir::new("output-model");
+        let model = root.join("bert");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("config.json"), "{}").unwrap();
+        std::fs::write(model.join("model.safetensors"), "x").unwrap();
+        let err = OutputLock::acquire(&model).unwrap_err().to_string();
+        assert!(err.contains("no ttlora record"), "{err}");
+        let peft = root.join("peft");
+        std::fs::create_dir(&peft).unwrap();
+        std::fs::write(peft.join("adapter_config.json"), r#"{"peft_type": "LORA"}"#).unwrap();
+        std::fs::write(peft.join("adapter_model.safetensors"), "x").unwrap();
+        assert!(OutputLock::acquire(&peft).is_err());
+        std::fs::write(peft.join("ttlora_task.json"), "{}").unwrap();
+        OutputLock::acquire(&peft).unwrap();
     }
 
     #[test]
@@ -655,6 +801,24 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(out.join("notes.txt")).unwrap(),
             "mine"
+        );
+    }
+
+    /// A kill during a checkpoint swap leaves `.checkpoint.*` siblings inside the run folder;
+    /// the next run's lock removes them instead of calling them the user's files.
+    #[test]
+    fn a_checkpoint_swap_left_by_a_kill_does_not_block_the_next_run() {
+        let root = TempDir::new("output-checkpoint-kill");
+        let out = root.join("run");
+        std::fs::create_dir_all(out.join("checkpoint")).unwrap();
+        std::fs::write(out.join("train_log.jsonl"), "").unwrap();
+        std::fs::create_dir_all(out.join(".checkpoint.partial-99-0")).unwrap();
+        std::fs::create_dir_all(out.join(".checkpoint.old-99-1")).unwrap();
+        OutputLock::acquire(&out).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            2,
+            "only checkpoint/ and the log remain"
         );
     }
 }

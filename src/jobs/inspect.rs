@@ -59,7 +59,7 @@ pub struct InspectReport {
     pub file_bytes: u64,
 }
 
-/// The most weights a layer described in an adapter folder may have (a 16k × 16k matrix).
+/// The largest layer whose ΔW `inspect` computes (a 16k × 16k matrix) for its rank and norm.
 const MAX_LAYER_ELEMS: usize = 1 << 28;
 
 /// Reads and summarises the adapter folder in `dir` (ttlora's own or a PEFT LoRA).
@@ -86,24 +86,23 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
                      ttlora) and its config does not imply the layer's shape"
                 ),
             })?;
-        // ΔW is computed at the layer's size: a size no model has is a lie, refused before
-        // anything that large is allocated.
-        if out_features
-            .checked_mul(in_features)
-            .is_none_or(|n| n > MAX_LAYER_ELEMS)
-        {
+        // ΔW is computed at the layer's size; past MAX_LAYER_ELEMS (a lie, or an lm_head of a
+        // very large vocabulary) its rank and norm are left out rather than allocated.
+        let weights = out_features.checked_mul(in_features);
+        if weights.is_none_or(|n| n > 1 << 36) {
             return Err(Error::ModelConfig {
                 path: dir.join(CONFIG_FILE),
                 reason: format!(
                     "field `layer_shapes.{path}`: [{out_features}, {in_features}] is larger \
-                     than any model's layer (more than {MAX_LAYER_ELEMS} weights)"
+                     than any model's layer"
                 ),
             });
         }
+        let small = weights.is_some_and(|n| n <= MAX_LAYER_ELEMS);
         // DoRA's update depends on the base weight, which is not at hand: restore its tensors
         // against a stand-in and report no ΔW.
         let needs_base = module_cfg.get("use_dora").and_then(Value::as_bool) == Some(true);
-        let stand_in = if needs_base {
+        let stand_in = if needs_base && small {
             Some(Tensor::zeros(
                 (out_features, in_features),
                 DType::F32,
@@ -121,7 +120,7 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
         };
         let (adapter, keys) = restore_adapter(&folder, path, module_cfg, &spec)?;
         used.extend(keys);
-        let (effective_rank, delta_norm) = if adapter.serial() || needs_base {
+        let (effective_rank, delta_norm) = if adapter.serial() || needs_base || !small {
             (None, None)
         } else {
             let sv = singular_values(&adapter.delta_weight()?)?;

@@ -108,7 +108,10 @@ pub fn read_runs(root: &Path) -> Result<Vec<RunRow>> {
         source,
     })?;
     let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path().join("eval_results.json")))
+        .filter_map(|e| e.ok())
+        // A hidden folder is a save in progress or one a kill left behind, not a run.
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path().join("eval_results.json"))
         .filter(|p| p.is_file())
         .collect();
     paths.sort();

@@ -115,7 +115,7 @@ pub(crate) fn load(dir: &Path, vars: &[(String, Var)]) -> Result<Option<Checkpoi
         .first()
         .map(|(_, v)| v.device().clone())
         .unwrap_or(Device::Cpu);
-    let mut tensors = candle_core::safetensors::load(&path, &device)?;
+    let mut tensors = crate::io::fs::read_safetensors(&path, &device)?;
     let mut take = |key: String, like: &Var| -> Result<Tensor> {
         let t = tensors.remove(&key).ok_or_else(|| Error::WeightTensor {
             path: path.clone(),
