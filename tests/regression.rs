@@ -391,3 +391,17 @@ fn issue_17_a_max_len_past_the_position_table_is_refused_up_front() {
         ],
     );
 }
+
+/// Before: an I/O error printed the OS message twice ("…: No such file or directory (os
+/// error 2): No such file or directory (os error 2)").
+#[test]
+fn issue_17_an_io_error_says_its_os_message_once() {
+    let tmp = TempDir::new("reg17-io-once");
+    let dir = lora_copy(&tmp);
+    std::fs::remove_file(weights(&dir)).unwrap();
+    let o = ttlora(&["inspect", s(&dir)]);
+    assert_clear_error(&o, &["adapter_model.safetensors"]);
+    let line = stderr(&o);
+    let os = "No such file or directory";
+    assert_eq!(line.matches(os).count(), 1, "{line}");
+}

@@ -840,4 +840,54 @@ mod tests {
             assert!((0.001..1.0).contains(&rms), "{name}: rms {rms}");
         }
     }
+
+    /// The fuzz target for GGUF (with the readers' others in tests/fuzz.rs): the sample file
+    /// with bytes overwritten, inserted or cut, opened and every tensor loaded, must give a
+    /// value or an error. `TTLORA_FUZZ_CASES` sets the case count.
+    #[test]
+    fn mutated_files_give_a_value_or_an_error() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let cases = std::env::var("TTLORA_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let tmp = TempDir::new("gguf-fuzz");
+        let (seed, _) = sample();
+        let edits = prop::collection::vec((any::<u16>(), any::<u8>(), 0u8..4, any::<u64>()), 1..6);
+        let config = Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let mut runner = TestRunner::new(config);
+        runner
+            .run(&edits, |edits| {
+                let mut bytes = seed.clone();
+                for (at, byte, kind, word) in edits {
+                    let at = (at as usize * bytes.len()) >> 16;
+                    match kind {
+                        0 => bytes[at] = byte,
+                        1 => bytes.truncate(at),
+                        // A lying 8-byte field: a count, length, dimension or offset.
+                        2 if at + 8 <= bytes.len() => {
+                            bytes[at..at + 8].copy_from_slice(&word.to_le_bytes())
+                        }
+                        _ => bytes.insert(at, byte),
+                    }
+                    if bytes.is_empty() {
+                        break;
+                    }
+                }
+                if let Ok(g) = open_bytes(&tmp, &bytes) {
+                    let names: Vec<String> = g.names().into_iter().map(String::from).collect();
+                    for name in names {
+                        let shape = g.shape(&name).map(<[usize]>::to_vec).unwrap_or_default();
+                        let _ = g.load(&name, &shape, &Device::Cpu);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }

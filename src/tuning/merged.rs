@@ -154,3 +154,87 @@ pub fn write_merged(
         write_synced_json(&dir.join("config.json"), &config)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use candle_core::{DType, Device};
+
+    use super::*;
+    use crate::io::Pooling;
+    use crate::io::output::{Fault, inject, seen};
+    use crate::models::test_util::{temp_dir, write_model};
+    use crate::models::{BertConfig, BertForSequenceClassification};
+
+    fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    /// Issue 17: a merged export stopped at any of its file operations, by ENOSPC or as by a
+    /// kill, into an empty or an occupied `--out`, leaves the previous model folder byte for
+    /// byte or the new one complete.
+    #[test]
+    fn an_interrupted_merged_export_leaves_the_old_folder_or_the_new_one() {
+        let tmp = temp_dir("merged", "faults");
+        let base = tmp.join("base");
+        std::fs::create_dir(&base).unwrap();
+        let model = |seed| {
+            BertForSequenceClassification::random(
+                &BertConfig::tiny(),
+                2,
+                Pooling::Cls,
+                DType::F32,
+                &Device::Cpu,
+                seed,
+            )
+            .unwrap()
+        };
+        write_model(&base, &BertConfig::tiny(), model(1).state_dict());
+        let task = TaskInfo {
+            name: "sst2".into(),
+            label_names: vec!["0".into(), "1".into()],
+            num_labels: 2,
+            pooling: Pooling::Cls,
+            max_len: 32,
+        };
+        let (old_model, new_model) = (model(2), model(3));
+        for occupied in [false, true] {
+            let out = tmp.join(format!("merged-{occupied}"));
+            let reset = || {
+                let _ = std::fs::remove_dir_all(&out);
+                if occupied {
+                    write_merged(&old_model, &base, Some(&task), &out).unwrap();
+                }
+            };
+            reset();
+            let old = out.is_dir().then(|| files(&out));
+            inject(None);
+            write_merged(&new_model, &base, Some(&task), &out).unwrap();
+            let new = files(&out);
+            let operations = seen();
+            for at in 0..operations {
+                for fault in [Fault::NoSpace, Fault::Kill] {
+                    reset();
+                    inject(Some((at, fault)));
+                    let failed = write_merged(&new_model, &base, Some(&task), &out).is_err();
+                    inject(None);
+                    assert!(failed, "{fault:?} at operation {at}");
+                    drop(crate::io::OutputLock::acquire(&out).unwrap());
+                    let got = out.is_dir().then(|| files(&out));
+                    assert!(
+                        got == old || got.as_ref() == Some(&new),
+                        "{fault:?} at operation {at} left a mix"
+                    );
+                }
+            }
+        }
+    }
+}
