@@ -1,6 +1,7 @@
 //! Tensor ops with a hand-written backward, for the training path.
 //!
-//! Owns: the grad mode ([`no_grad`]), [`frozen_linear`], multi-head [`attention`], [`layer_norm`], [`softmax_last_dim`],
+//! Owns: the grad mode ([`no_grad`]), [`frozen_linear`], multi-head [`attention`], [`layer_norm`],
+//! [`rms_norm`], rotary embeddings ([`rope`], [`rope_tables`]), [`softmax_last_dim`],
 //! [`gelu`], seeded [`dropout`] and [`dropout_add`]. Must not know:
 //! models, adapters, files. Every op here states its derivative next to its `bwd` and has a
 //! finite-difference test, because candle's own fused ops (`softmax_last_dim`, `layer_norm`,
@@ -24,6 +25,8 @@ mod frozen_linear;
 mod gelu;
 mod grad_mode;
 mod layer_norm;
+mod rms_norm;
+mod rope;
 mod rows;
 mod softmax;
 mod strided;
@@ -35,6 +38,8 @@ pub use gelu::gelu;
 pub(crate) use grad_mode::track;
 pub use grad_mode::{grad_enabled, no_grad};
 pub use layer_norm::layer_norm;
+pub use rms_norm::rms_norm;
+pub use rope::{rope, rope_tables};
 pub use softmax::softmax_last_dim;
 
 /// Largest |a − b| over two tensors of the same shape, as f64 (shared by the ops' tests).
