@@ -1,5 +1,5 @@
 //! Reads shared by every format in `io/`: strict safetensors reads, JSON reads, file hashes;
-//! and, for tests, [`TempDir`]. Writes are `output.rs`'s.
+//! and, for tests, `TempDir`. Writes are `output.rs`'s.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -169,7 +169,7 @@ pub fn base_vars(model: &dyn Model) -> Vec<(String, Var)> {
 /// the active prompt or prefix tokens as `prompt_embeddings`.
 ///
 /// # Errors
-/// [`Error::AmbiguousVirtualTokens`](crate::Error::AmbiguousVirtualTokens) when several
+/// [`crate::Error::AmbiguousVirtualTokens`] when several
 /// adapters hold tokens and none is active.
 pub fn trainable_vars(model: &dyn Model) -> Result<Vec<(String, Var)>> {
     let mut vars = Vec::new();
