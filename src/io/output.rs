@@ -702,7 +702,7 @@ mod tests {
                     // An error before the swap leaves the old folder untouched at once.
                     assert_eq!(out.is_dir().then(|| snapshot(&out)), before, "{case}");
                 }
-                drop(OutputLock::acquire(&out).unwrap());
+                drop(OutputLock::acquire(&out).unwrap_or_else(|e| panic!("{case}: recovery: {e}")));
                 let after = out.is_dir().then(|| snapshot(&out));
                 assert!(
                     after == before || after.as_ref() == Some(&new),

@@ -19,6 +19,7 @@ mod families;
 pub mod heads;
 mod hf_config;
 mod layers;
+pub mod llama;
 #[cfg(test)]
 pub(crate) mod test_util;
 pub mod walk;
