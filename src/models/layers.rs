@@ -35,6 +35,46 @@ pub(crate) struct Norm {
     eps: f64,
 }
 
+/// A frozen RMS norm (`…norm.weight`, no bias), as LLaMA-family decoders use.
+pub(crate) struct RmsNorm {
+    /// γ.
+    pub(crate) gamma: Tensor,
+    eps: f64,
+}
+
+/// An RMS norm: `<name>.weight` (γ, ones when random), `(hidden)`, with the config's epsilon.
+impl Part for RmsNorm {
+    type Spec<'s> = (usize, f64);
+    type Label = Tag;
+
+    fn load(ld: &mut Loader, name: &str, (hidden, eps): (usize, f64)) -> Result<Self> {
+        Ok(Self {
+            gamma: ld.tensor(&join(name, "weight"), &[hidden], Init::Ones)?,
+            eps,
+        })
+    }
+
+    fn walk<'a>(&'a self, name: &str, tag: Tag, f: &mut dyn FnMut(String, Entry<'a>)) {
+        f(join(name, "weight"), Entry::Tensor(tag, &self.gamma));
+    }
+
+    fn walk_mut<'a>(&'a mut self, name: &str, tag: Tag, f: &mut dyn FnMut(String, EntryMut<'a>)) {
+        f(join(name, "weight"), EntryMut::Tensor(tag, &mut self.gamma));
+    }
+}
+
+impl RmsNorm {
+    /// `x / √(mean(x²) + eps) ∘ γ` over the last dimension.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // γ is a `Var` under full fine-tuning: cut the graph inside `no_grad`.
+        Ok(crate::ops::track(crate::ops::rms_norm(
+            x,
+            &self.gamma,
+            self.eps,
+        )?))
+    }
+}
+
 /// A layer norm: `<name>.weight` (γ, ones when random) and `<name>.bias` (β, zeros), both
 /// `(hidden)`, with the config's epsilon.
 impl Part for Norm {

@@ -21,6 +21,8 @@ pub enum Module {
     Encoder,
     /// The backbone's pooler (BERT's `pooler.dense`), which some heads use.
     Pooler,
+    /// A decoder's LM head (`lm_head`), which PEFT's `all-linear` leaves out.
+    LmHead,
 }
 
 /// What a tensor is.
@@ -122,6 +124,8 @@ pub(crate) mod tags {
     pub(crate) const OTHER: Tag = Tag::new(Module::Encoder, Kind::Other);
     /// The backbone's pooler.
     pub(crate) const POOLER: Tag = Tag::linear(Module::Pooler, LinearRole::Other);
+    /// A decoder's LM head.
+    pub(crate) const LM_HEAD: Tag = Tag::linear(Module::LmHead, LinearRole::Other);
 }
 
 /// `parent.child`, or `child` alone at the top (an empty parent or one ending in `.`, as the

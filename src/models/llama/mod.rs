@@ -1,8 +1,12 @@
-//! The LLaMA family of decoders (LLaMA, Mistral, Qwen2): so far its config, read from an HF
-//! `config.json` or from a GGUF file's `llama.*`/`qwen2.*` metadata, and the undoing of
-//! llama.cpp's Q/K row permutation. The backbone, generation and the causal-LM head follow
-//! (issue 18).
+//! The LLaMA family of decoders (LLaMA, Mistral, Qwen2): its config, read from an HF
+//! `config.json` or from a GGUF file's `llama.*`/`qwen2.*` metadata, the undoing of llama.cpp's
+//! Q/K row permutation, and the decoder itself ([`Llama`]: forward, next-token logits, the
+//! tagged walk). Loading checkpoints, generation and the causal-LM objective follow (issue 18).
 
 mod config;
+mod model;
+#[cfg(test)]
+mod tests;
 
 pub use config::{LlamaConfig, LlamaFamily, unpermute_qk_rows};
+pub use model::{Llama, last_token_logits};

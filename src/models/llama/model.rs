@@ -1,0 +1,301 @@
+//! [`Llama`]: the LLaMA-family decoder (token embedding, pre-norm layers of grouped-query
+//! attention with rotary positions and a SwiGLU feed-forward, a final RMS norm, a tied or
+//! separate LM head), every linear an [`adapters::Linear`](crate::adapters::Linear) under HF's
+//! module paths (`model.layers.0.self_attn.q_proj`), every norm and softmax ours (with a
+//! backward).
+
+use candle_core::{D, DType, Device, Tensor};
+
+use super::config::LlamaConfig;
+use crate::adapters::Linear;
+use crate::error::{Error, Result};
+use crate::models::ModelInput;
+use crate::models::layers::{MASK_VALUE, RmsNorm, check_input};
+use crate::models::walk::{Entry, EntryMut, LinearDims, Part, parts, tags};
+use crate::models::weights::{Init, Loader};
+use crate::ops::{rope, rope_tables, softmax_last_dim};
+
+parts! {
+    /// One decoder layer: RMS norm, attention, residual; RMS norm, SwiGLU, residual.
+    struct Layer for<'c> |cfg: &'c LlamaConfig| {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let q = cfg.num_attention_heads * cfg.head_width();
+        let kv = cfg.kv_heads() * cfg.head_width();
+        let qkv = |out| if cfg.qkv_bias() {
+            LinearDims::biased(out, h)
+        } else {
+            LinearDims::unbiased(out, h)
+        };
+        let o = if cfg.attention_bias {
+            LinearDims::biased(h, q)
+        } else {
+            LinearDims::unbiased(h, q)
+        };
+        let norm = (h, cfg.rms_norm_eps);
+    } {
+        input_layernorm: RmsNorm = "input_layernorm", tags::NORM, norm;
+        q_proj: Linear = "self_attn.q_proj", tags::LINEAR, qkv(q);
+        k_proj: Linear = "self_attn.k_proj", tags::LINEAR, qkv(kv);
+        v_proj: Linear = "self_attn.v_proj", tags::LINEAR, qkv(kv);
+        o_proj: Linear = "self_attn.o_proj", tags::ATTENTION_OUTPUT, o;
+        post_attention_layernorm: RmsNorm = "post_attention_layernorm", tags::NORM, norm;
+        gate_proj: Linear = "mlp.gate_proj", tags::LINEAR, LinearDims::unbiased(i, h);
+        up_proj: Linear = "mlp.up_proj", tags::LINEAR, LinearDims::unbiased(i, h);
+        down_proj: Linear = "mlp.down_proj", tags::FFN_OUTPUT, LinearDims::unbiased(h, i);
+    }
+}
+
+parts! {
+    /// The one listing of a LLaMA-family decoder's tensors, in HF's names.
+    struct Weights for<'c> |cfg: &'c LlamaConfig| {
+        let h = cfg.hidden_size;
+    } {
+        embed_tokens: Tensor = "model.embed_tokens.weight", tags::EMBEDDING_TABLE,
+            (&[cfg.vocab_size, h], Init::Normal);
+        layers: Vec<Layer> = "model.layers", (), (cfg.num_hidden_layers, cfg);
+        norm: RmsNorm = "model.norm", tags::NORM, (h, cfg.rms_norm_eps);
+        lm_head: Option<Linear> = "lm_head", tags::LM_HEAD,
+            (!cfg.tie_word_embeddings).then_some(LinearDims::unbiased(cfg.vocab_size, h));
+    }
+}
+
+/// The LLaMA-family decoder: token ids → hidden states and next-token logits.
+pub struct Llama {
+    config: LlamaConfig,
+    weights: Weights,
+    dtype: DType,
+    device: Device,
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama")
+            .field("model_type", &self.config.model_type)
+            .field("layers", &self.weights.layers.len())
+            .field("hidden", &self.config.hidden_size)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+impl Layer {
+    /// `x: (b, t, hidden)`; `cos`/`sin`: `(b, 1, t, head_dim)`; `bias`: `(b, 1, t, t)`
+    /// additive (causal and padding) → `(b, t, hidden)`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: &Tensor,
+        cfg: &LlamaConfig,
+        train: bool,
+    ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("llama-layer").entered();
+        let (b, t, _) = x.dims3()?;
+        let (heads, kv_heads, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_width());
+        let normed = self.input_layernorm.forward(x)?;
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split(self.q_proj.forward(&normed, train)?, heads)?;
+        let k = split(self.k_proj.forward(&normed, train)?, kv_heads)?;
+        let v = split(self.v_proj.forward(&normed, train)?, kv_heads)?;
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
+        // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
+        let repeat = |x: Tensor| -> Result<Tensor> {
+            let group = heads / kv_heads;
+            if group == 1 {
+                return Ok(x);
+            }
+            Ok(x.unsqueeze(2)?
+                .broadcast_as((b, kv_heads, group, t, d))?
+                .reshape((b, heads, t, d))?)
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (d as f64).sqrt())?;
+        let probs = softmax_last_dim(&scores.broadcast_add(bias)?)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, heads * d))?;
+        let x = (x + self.o_proj.forward(&ctx, train)?)?;
+        let normed = self.post_attention_layernorm.forward(&x)?;
+        let gate = self.gate_proj.forward(&normed, train)?.silu()?;
+        let up = self.up_proj.forward(&normed, train)?;
+        Ok((&x + self.down_proj.forward(&(gate * up)?, train)?)?)
+    }
+}
+
+impl Llama {
+    /// Builds the decoder from `ld`.
+    pub(crate) fn build(cfg: &LlamaConfig, ld: &mut Loader) -> Result<Self> {
+        Ok(Self {
+            config: cfg.clone(),
+            weights: Weights::load(ld, "", cfg)?,
+            dtype: ld.dtype(),
+            device: ld.device().clone(),
+        })
+    }
+
+    /// A freshly initialised decoder: weights N(0, std²), norms γ = 1, drawn from `seed`.
+    /// For tests and experiments.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an invalid config.
+    pub fn random(
+        cfg: &LlamaConfig,
+        std: f64,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate(std::path::Path::new("<in-memory config>"))?;
+        let mut ld = Loader::random(crate::adapters::seeded_rng(seed), std, dtype, device);
+        Self::build(cfg, &mut ld)
+    }
+
+    /// The config the decoder was built from.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Dtype of the hidden states.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Position ids `(b, t)` for a right- or left-padded batch: each real token's index
+    /// among the real tokens of its row (HF's `cumsum(mask) − 1`), 0 for padding.
+    ///
+    /// # Errors
+    /// A mask that is not `(b, t)`.
+    pub fn positions(attention_mask: &Tensor) -> Result<Tensor> {
+        let mask = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let pos: Vec<Vec<u32>> = mask
+            .iter()
+            .map(|row| {
+                let mut seen = 0u32;
+                row.iter()
+                    .map(|&m| {
+                        seen += m.min(1);
+                        if m > 0 { seen - 1 } else { 0 }
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Tensor::new(pos, attention_mask.device())?)
+    }
+
+    /// Hidden states after the final norm, `(b, t, hidden)`. Each token attends to itself
+    /// and the real tokens before it; `input.position_ids` (else [`positions`](Self::positions)
+    /// from the mask) place it for the rotary embeddings. `train` is accepted for symmetry
+    /// with the encoders (LLaMA checkpoints use no dropout).
+    ///
+    /// # Errors
+    /// Input shapes that disagree; ids outside the vocabulary.
+    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let _span = tracing::trace_span!("llama").entered();
+        let cfg = &self.config;
+        let (b, t) = check_input(input, None)?;
+        let ids = input.input_ids.to_dtype(DType::U32)?;
+        let x = self
+            .weights
+            .embed_tokens
+            .embedding(&ids.flatten_all()?)?
+            .reshape((b, t, cfg.hidden_size))?;
+        let positions = match &input.position_ids {
+            Some(p) => p.clone(),
+            None => Self::positions(&input.attention_mask)?,
+        };
+        let (cos, sin) = rope_tables(&positions, cfg.head_width(), cfg.rope_theta, self.dtype)?;
+        let bias = causal_bias(&input.attention_mask, self.dtype)?;
+        let mut x = crate::ops::track(x);
+        for layer in &self.weights.layers {
+            x = layer.forward(&x, &cos, &sin, &bias, cfg, train)?;
+        }
+        self.weights.norm.forward(&x)
+    }
+
+    /// Next-token logits `(b, t, vocab)` from hidden states: the LM head, or the token
+    /// embedding when the two are tied.
+    ///
+    /// # Errors
+    /// Hidden states that are not `(b, t, hidden)`.
+    pub fn logits(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.weights.lm_head {
+            Some(head) => head.forward(hidden, train),
+            None => {
+                let (b, t, h) = hidden.dims3()?;
+                let flat = hidden.reshape((b * t, h))?;
+                let table = &self.weights.embed_tokens;
+                Ok(flat
+                    .matmul(&table.t()?)?
+                    .reshape((b, t, self.config.vocab_size))?)
+            }
+        }
+    }
+
+    /// Every tensor of the decoder, once, in HF's state-dict order: `f(name, entry)`.
+    pub fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>)) {
+        self.weights.walk("", (), f);
+    }
+
+    /// The same walk with mutable access.
+    pub fn walk_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, EntryMut<'a>)) {
+        self.weights.walk_mut("", (), f);
+    }
+}
+
+/// The additive attention bias `(b, 1, t, t)`: 0 where query i may see key j (j ≤ i and j a
+/// real token), [`MASK_VALUE`] elsewhere. A padding query sees at least itself, so its row
+/// never softmaxes over nothing.
+fn causal_bias(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let mask = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+    let t = mask.first().map_or(0, Vec::len);
+    let mut bias = Vec::with_capacity(mask.len() * t * t);
+    for row in &mask {
+        for i in 0..t {
+            for (j, &real) in row.iter().enumerate() {
+                let visible = j == i || (j < i && real > 0);
+                bias.push(if visible { 0.0 } else { MASK_VALUE });
+            }
+        }
+    }
+    let b = mask.len();
+    if b * t * t != bias.len() {
+        return Err(Error::TensorShape {
+            op: "attention mask (rows of one length)",
+            expected: vec![b, t],
+            got: vec![bias.len()],
+        });
+    }
+    Ok(
+        Tensor::from_vec(bias, (b, 1, t, t), attention_mask.device())?
+            .to_dtype(dtype)?
+            .contiguous()?,
+    )
+}
+
+/// The logits of the last real token of each row, `(b, vocab)`: what generation samples
+/// from (right padding).
+///
+/// # Errors
+/// Shapes that disagree.
+pub fn last_token_logits(logits: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let lengths: Vec<u32> = attention_mask
+        .to_dtype(DType::U32)?
+        .sum(D::Minus1)?
+        .to_vec1::<u32>()?;
+    let rows = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| logits.get(i)?.get(n.saturating_sub(1) as usize))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
+}

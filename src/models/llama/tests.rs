@@ -1,0 +1,185 @@
+//! LLaMA-family tests on tiny random decoders: causality, padding, grouped-query attention,
+//! gradients into every adapter, HF's names.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::*;
+use crate::adapters::{LayerSpec, method, seeded_rng};
+use crate::models::ModelInput;
+use crate::models::walk::{Entry, EntryMut};
+
+fn tiny(tied: bool, family: LlamaFamily) -> LlamaConfig {
+    LlamaConfig {
+        model_type: family,
+        vocab_size: 64,
+        hidden_size: 16,
+        intermediate_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        head_dim: None,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        max_position_embeddings: 128,
+        tie_word_embeddings: tied,
+        attention_bias: false,
+        hidden_act: "silu".into(),
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+        pad_token_id: None,
+    }
+}
+
+fn model(tied: bool, family: LlamaFamily) -> Llama {
+    Llama::random(&tiny(tied, family), 0.2, DType::F32, &Device::Cpu, 3).unwrap()
+}
+
+/// Rows of ids, right-padded with 0, as a batch.
+fn batch(rows: &[&[u32]]) -> ModelInput {
+    let t = rows.iter().map(|r| r.len()).max().unwrap();
+    let ids: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| {
+            let mut v = r.to_vec();
+            v.resize(t, 0);
+            v
+        })
+        .collect();
+    let mask: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| (0..t).map(|i| u32::from(i < r.len())).collect())
+        .collect();
+    let dev = Device::Cpu;
+    ModelInput {
+        input_ids: Tensor::new(ids, &dev).unwrap(),
+        attention_mask: Tensor::new(mask, &dev).unwrap(),
+        token_type_ids: None,
+        position_ids: None,
+    }
+}
+
+fn logits(m: &Llama, input: &ModelInput) -> Tensor {
+    let h = m.forward(input, false).unwrap();
+    m.logits(&h, false).unwrap()
+}
+
+fn diff(a: &Tensor, b: &Tensor) -> f32 {
+    crate::models::test_util::max_diff(a, b)
+}
+
+#[test]
+fn a_token_never_sees_the_tokens_after_it() {
+    let m = model(true, LlamaFamily::Llama);
+    let a = logits(&m, &batch(&[&[5, 9, 13, 17, 21]]));
+    let b = logits(&m, &batch(&[&[5, 9, 13, 40, 3]]));
+    let first3 = |t: &Tensor| t.narrow(1, 0, 3).unwrap();
+    assert!(diff(&first3(&a), &first3(&b)) < 1e-6);
+    assert!(diff(&a, &b) > 1e-3, "later tokens do change later logits");
+}
+
+#[test]
+fn padding_changes_nothing_for_real_tokens_right_or_left() {
+    let m = model(false, LlamaFamily::Qwen2);
+    let alone = logits(&m, &batch(&[&[5, 9, 13]]));
+    let padded = logits(&m, &batch(&[&[5, 9, 13], &[7, 8, 9, 10, 11]]));
+    let real = padded.get(0).unwrap().narrow(0, 0, 3).unwrap();
+    assert!(diff(&alone.squeeze(0).unwrap(), &real) < 1e-5);
+    // Left padding: positions count real tokens only.
+    let dev = Device::Cpu;
+    let left = ModelInput {
+        input_ids: Tensor::new(&[[0u32, 0, 5, 9, 13]], &dev).unwrap(),
+        attention_mask: Tensor::new(&[[0u32, 0, 1, 1, 1]], &dev).unwrap(),
+        token_type_ids: None,
+        position_ids: None,
+    };
+    let left = logits(&m, &left).get(0).unwrap().narrow(0, 2, 3).unwrap();
+    assert!(diff(&alone.squeeze(0).unwrap(), &left) < 1e-5);
+    let last = last_token_logits(
+        &padded,
+        &batch(&[&[5, 9, 13], &[7, 8, 9, 10, 11]]).attention_mask,
+    )
+    .unwrap();
+    assert!(diff(&last.get(0).unwrap(), &real.get(2).unwrap()) < 1e-6);
+}
+
+#[test]
+fn the_walk_lists_hf_names_and_a_tied_head_has_no_lm_head() {
+    let names = |m: &Llama| {
+        let mut v = Vec::new();
+        m.walk(&mut |n, _| v.push(n));
+        v
+    };
+    let tied = names(&model(true, LlamaFamily::Llama));
+    assert_eq!(tied[0], "model.embed_tokens.weight");
+    assert!(tied.contains(&"model.layers.1.self_attn.q_proj".to_string()));
+    assert!(tied.contains(&"model.layers.0.mlp.down_proj".to_string()));
+    assert!(tied.contains(&"model.norm.weight".to_string()));
+    assert!(!tied.iter().any(|n| n == "lm_head"));
+    assert_eq!(
+        names(&model(false, LlamaFamily::Llama)).last().unwrap(),
+        "lm_head"
+    );
+    // 1 embedding + 2 × (2 norms + 7 linears) + final norm.
+    assert_eq!(tied.len(), 1 + 2 * 9 + 1);
+    let m = model(true, LlamaFamily::Qwen2);
+    let mut q_bias = false;
+    m.walk(&mut |n, e| {
+        if let Entry::Linear(_, l) = e
+            && n.ends_with("q_proj")
+        {
+            q_bias = l.bias().is_some();
+        }
+    });
+    assert!(q_bias, "Qwen2 has q/k/v biases");
+}
+
+/// Every trainable tensor gets a non-zero gradient, layer 0 included: TT-LoRA on all seven
+/// projections of every layer, a loss on the logits.
+#[test]
+fn every_adapter_gets_a_gradient() {
+    let mut m = model(true, LlamaFamily::Llama);
+    let ttlora = method("ttlora").unwrap();
+    let cfg = ttlora
+        .parse_config(&serde_json::json!({"init": "paper"}))
+        .unwrap();
+    let mut rng = seeded_rng(5);
+    let mut attached = 0;
+    m.walk_mut(&mut |_, e| {
+        if let EntryMut::Linear(_, lin) = e {
+            let spec = LayerSpec {
+                in_features: lin.in_features(),
+                out_features: lin.out_features(),
+                dtype: DType::F32,
+                device: Device::Cpu,
+                weight: None,
+            };
+            let adapter = ttlora.build(cfg.as_ref(), &spec, &mut rng).unwrap();
+            lin.add_adapter("default", adapter).unwrap();
+            attached += 1;
+        }
+    });
+    assert_eq!(attached, 2 * 7);
+    let input = batch(&[&[5, 9, 13, 17], &[3, 4]]);
+    let loss = logits(&m, &input).sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let mut checked = 0;
+    m.walk(&mut |name, e| {
+        if let Entry::Linear(_, lin) = e {
+            for (_, tname, var) in lin.trainable() {
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{name}.{tname}: no gradient"));
+                let norm = g
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(norm > 0.0, "{name}.{tname}: zero gradient");
+                checked += 1;
+            }
+        }
+    });
+    assert!(checked >= 2 * 7);
+}
