@@ -18,6 +18,7 @@
 
 mod batch;
 mod example;
+mod gguf_tokenizer;
 mod metrics;
 mod readers;
 mod task;
@@ -30,6 +31,7 @@ pub use batch::{
     ModelInput, batch_order, collate, held_out_split, label_tensor, sequential_batches,
 };
 pub use example::{Example, Label};
+pub use gguf_tokenizer::tokenizer_from_gguf;
 pub use metrics::{Metric, compute};
 pub use readers::{
     CustomColumns, CustomLabels, read_custom, read_file, read_task_split, read_texts,

@@ -4,6 +4,7 @@
 //! tagged walk). Loading checkpoints, generation and the causal-LM objective follow (issue 18).
 
 mod config;
+mod gguf;
 mod model;
 #[cfg(test)]
 mod tests;
