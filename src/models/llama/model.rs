@@ -59,6 +59,33 @@ parts! {
     }
 }
 
+/// One layer's cached keys and values `(1, kv_heads, t, head_dim)`, rotated.
+type LayerCache = Option<(Tensor, Tensor)>;
+
+/// The keys and values of the tokens a sequence has seen, per layer, for generation.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// The LLaMA-family decoder: token ids → hidden states and next-token logits.
 pub struct Llama {
     config: LlamaConfig,
@@ -81,6 +108,7 @@ impl std::fmt::Debug for Llama {
 impl Layer {
     /// `x: (b, t, hidden)`; `cos`/`sin`: `(b, 1, t, head_dim)`; `bias`: `(b, 1, t, t)`
     /// additive (causal and padding) → `(b, t, hidden)`.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
@@ -89,6 +117,7 @@ impl Layer {
         bias: &Tensor,
         cfg: &LlamaConfig,
         train: bool,
+        cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("llama-layer").entered();
         let (b, t, _) = x.dims3()?;
@@ -102,6 +131,19 @@ impl Layer {
         let v = split(self.v_proj.forward(&normed, train)?, kv_heads)?;
         let q = rope(&q, cos, sin)?;
         let k = rope(&k, cos, sin)?;
+        // With a cache, the keys and values of earlier tokens come first.
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(c) => {
+                let (k, v) = match c.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *c = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
+        let keys = k.dim(2)?;
         // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
         let repeat = |x: Tensor| -> Result<Tensor> {
             let group = heads / kv_heads;
@@ -109,8 +151,8 @@ impl Layer {
                 return Ok(x);
             }
             Ok(x.unsqueeze(2)?
-                .broadcast_as((b, kv_heads, group, t, d))?
-                .reshape((b, heads, t, d))?)
+                .broadcast_as((b, kv_heads, group, keys, d))?
+                .reshape((b, heads, keys, d))?)
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
         let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (d as f64).sqrt())?;
@@ -217,8 +259,53 @@ impl Llama {
         let bias = causal_bias(&input.attention_mask, self.dtype)?;
         let mut x = crate::ops::track(x);
         for layer in &self.weights.layers {
-            x = layer.forward(&x, &cos, &sin, &bias, cfg, train)?;
+            x = layer.forward(&x, &cos, &sin, &bias, cfg, train, None)?;
         }
+        self.weights.norm.forward(&x)
+    }
+
+    /// Hidden states after the final norm for `ids: (1, t)`, the tokens that follow those
+    /// `cache` holds (none at first): they attend to the cached keys and values and to each
+    /// other causally, and their own are added to the cache. Generation runs the prompt once,
+    /// then one token at a time.
+    ///
+    /// # Errors
+    /// Ids that are not `(1, t)` or outside the vocabulary; a context past
+    /// `max_position_embeddings`.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let _span = tracing::trace_span!("llama-cached").entered();
+        let cfg = &self.config;
+        let (b, t) = ids.dims2()?;
+        let past = cache.len;
+        if b != 1 || past + t > cfg.max_position_embeddings {
+            return Err(Error::TensorShape {
+                op: "cached decoding (one sequence, within the context)",
+                expected: vec![1, cfg.max_position_embeddings.saturating_sub(past)],
+                got: vec![b, t],
+            });
+        }
+        if cache.layers.len() != self.weights.layers.len() {
+            cache.layers = vec![None; self.weights.layers.len()];
+        }
+        let x = self
+            .weights
+            .embed_tokens
+            .embedding(&ids.to_dtype(DType::U32)?.flatten_all()?)?
+            .reshape((1, t, cfg.hidden_size))?;
+        let positions =
+            Tensor::arange(past as u32, (past + t) as u32, ids.device())?.unsqueeze(0)?;
+        let (cos, sin) = rope_tables(&positions, cfg.head_width(), cfg.rope_theta, self.dtype)?;
+        // Query i (at past + i) sees keys 0..=past + i.
+        let bias: Vec<f64> = (0..t)
+            .flat_map(|i| (0..past + t).map(move |j| if j <= past + i { 0.0 } else { MASK_VALUE }))
+            .collect();
+        let bias =
+            Tensor::from_vec(bias, (1, 1, t, past + t), ids.device())?.to_dtype(self.dtype)?;
+        let mut x = x;
+        for (layer, c) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(&x, &cos, &sin, &bias, cfg, false, Some(c))?;
+        }
+        cache.len += t;
         self.weights.norm.forward(&x)
     }
 

@@ -221,3 +221,27 @@ fn smollm2_continues_prompts_greedily() {
     let count = greedy(&m, &tok, "One, two, three, four,", 4);
     assert!(count.starts_with(" five, six,"), "{count:?}");
 }
+
+/// Decoding with the KV cache gives the logits a full forward gives, token by token.
+#[test]
+fn cached_decoding_matches_the_full_forward() {
+    let m = model(false, LlamaFamily::Llama);
+    let ids: Vec<u32> = vec![5, 9, 13, 17, 21, 3];
+    let full = logits(&m, &batch(&[&ids]));
+    let mut cache = KvCache::new();
+    let dev = Device::Cpu;
+    let prompt = Tensor::new(&ids[..4], &dev).unwrap().unsqueeze(0).unwrap();
+    let h = m.forward_cached(&prompt, &mut cache).unwrap();
+    let first = m.logits(&h, false).unwrap();
+    assert!(diff(&first, &full.narrow(1, 0, 4).unwrap()) < 1e-5);
+    for (i, &id) in ids.iter().enumerate().skip(4) {
+        let one = Tensor::new(&[[id]], &dev).unwrap();
+        let h = m.forward_cached(&one, &mut cache).unwrap();
+        let step = m.logits(&h, false).unwrap();
+        assert!(
+            diff(&step, &full.narrow(1, i, 1).unwrap()) < 1e-5,
+            "token {i}"
+        );
+    }
+    assert_eq!(cache.len(), ids.len());
+}

