@@ -8,31 +8,41 @@ use crate::common::{
     assert_clear_error, bundled_data, path_str as s, stderr, tiny_bert_folder, ttlora,
 };
 
-/// `ttlora train` of LoRA with `alpha` into `out` on the tiny BERT in `model`.
-fn train_lora(model: &std::path::Path, out: &std::path::Path, alpha: &str) -> std::process::Output {
-    let config = format!(r#"{{"r": 4, "lora_alpha": {alpha}}}"#);
-    ttlora(&[
+/// `ttlora train` on the tiny model in `model` and the bundled SST-2, into `out`, 16 to 32
+/// examples of 24 tokens, with `extra` flags.
+fn train(model: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let data = bundled_data();
+    let mut args = vec![
         "train",
         "--model",
         s(model),
         "--task",
         "sst2",
         "--data",
-        s(&bundled_data()),
-        "--method",
-        "lora",
-        "--adapter-config",
-        &config,
+        s(&data),
         "--max-train",
         "32",
         "--epochs",
         "1",
-        "--max-len",
-        "24",
         "--out",
         s(out),
         "--quiet",
-    ])
+    ];
+    if !extra.contains(&"--max-len") {
+        args.extend_from_slice(&["--max-len", "24"]);
+    }
+    args.extend_from_slice(extra);
+    ttlora(&args)
+}
+
+/// `ttlora train` of LoRA with `alpha` into `out` on the tiny BERT in `model`.
+fn train_lora(model: &std::path::Path, out: &std::path::Path, alpha: &str) -> std::process::Output {
+    let config = format!(r#"{{"r": 4, "lora_alpha": {alpha}}}"#);
+    train(
+        model,
+        out,
+        &["--method", "lora", "--adapter-config", &config],
+    )
 }
 
 /// Names in `dir`, sorted.
@@ -226,24 +236,11 @@ fn issue_17_huge_sizes_in_an_adapter_config_are_refused_naming_the_field() {
 #[test]
 fn issue_17_a_rank_far_beyond_the_layer_is_refused_before_allocating() {
     let model = tiny_bert_folder("reg17-rank", BertConfig::tiny());
-    let o = ttlora(&[
-        "train",
-        "--model",
-        s(&model),
-        "--task",
-        "sst2",
-        "--data",
-        s(&bundled_data()),
-        "--method",
-        "lora",
-        "--rank",
-        "1000000",
-        "--max-train",
-        "16",
-        "--out",
-        s(&model.join("run")),
-        "--quiet",
-    ]);
+    let o = train(
+        &model,
+        &model.join("run"),
+        &["--method", "lora", "--rank", "1000000"],
+    );
     assert_clear_error(
         &o,
         &["lora: lora_A (r x in_features) would have shape [1000000, 32]"],
@@ -274,20 +271,7 @@ fn issue_17_a_negative_layer_norm_eps_is_refused_naming_the_field() {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     cfg["layer_norm_eps"] = serde_json::json!(-1.0);
     std::fs::write(&path, cfg.to_string()).unwrap();
-    let o = ttlora(&[
-        "train",
-        "--model",
-        s(&model),
-        "--task",
-        "sst2",
-        "--data",
-        s(&bundled_data()),
-        "--max-train",
-        "16",
-        "--out",
-        s(&model.join("run")),
-        "--quiet",
-    ]);
+    let o = train(&model, &model.join("run"), &[]);
     assert_clear_error(
         &o,
         &[
@@ -308,26 +292,6 @@ fn edit_tokenizer(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Valu
     std::fs::write(&path, t.to_string()).unwrap();
 }
 
-/// `ttlora train` on the tiny model in `model`, a few examples.
-fn train_briefly(model: &std::path::Path) -> std::process::Output {
-    ttlora(&[
-        "train",
-        "--model",
-        s(model),
-        "--task",
-        "sst2",
-        "--data",
-        s(&bundled_data()),
-        "--max-train",
-        "16",
-        "--max-len",
-        "24",
-        "--out",
-        s(&model.join("run")),
-        "--quiet",
-    ])
-}
-
 /// Before: a post-processor whose template names a special token the file does not define
 /// panicked inside the tokenizers crate (exit 101). Now it is one error naming the file.
 #[test]
@@ -339,7 +303,7 @@ fn issue_17_a_tokenizer_that_panics_inside_the_crate_is_one_error() {
             .unwrap();
         map.remove("[SEP]");
     });
-    let o = train_briefly(&model);
+    let o = train(&model, &model.join("run"), &[]);
     assert_clear_error(&o, &["tokenizer.json"]);
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 }
@@ -352,7 +316,7 @@ fn issue_17_a_tokenizer_of_another_model_is_named_with_the_model() {
     edit_tokenizer(&model, |t| {
         t["post_processor"]["special_tokens"]["[CLS]"]["ids"] = serde_json::json!([5000]);
     });
-    let o = train_briefly(&model);
+    let o = train(&model, &model.join("run"), &[]);
     assert_clear_error(
         &o,
         &[
@@ -369,20 +333,7 @@ fn issue_17_a_tokenizer_of_another_model_is_named_with_the_model() {
 #[test]
 fn issue_17_a_max_len_past_the_position_table_is_refused_up_front() {
     let model = tiny_bert_folder("reg17-maxlen", BertConfig::tiny());
-    let o = ttlora(&[
-        "train",
-        "--model",
-        s(&model),
-        "--task",
-        "sst2",
-        "--data",
-        s(&bundled_data()),
-        "--max-len",
-        "4096",
-        "--out",
-        s(&model.join("run")),
-        "--quiet",
-    ]);
+    let o = train(&model, &model.join("run"), &["--max-len", "4096"]);
     assert_clear_error(
         &o,
         &[
