@@ -40,7 +40,7 @@ pub use task::{
     Column, Format, LabelKind, Split, SplitFiles, TASKS, TaskSpec, data_root, default_data_roots,
     task, task_names,
 };
-pub use tokenize::{Encoded, TextEncoder, quiet_guarded_panics};
+pub use tokenize::{Encoded, TextEncoder, load_tokenizer, quiet_guarded_panics};
 
 use crate::error::Error;
 

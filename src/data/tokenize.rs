@@ -90,6 +90,32 @@ fn guard<T>(path: &Path, what: &str, f: impl FnOnce() -> tokenizers::Result<T>) 
     }
 }
 
+/// A HF `tokenizer.json` as the tokenizers crate loads it, with padding and truncation turned
+/// off (packaged tokenizers often pad every text to 128): for generation, which needs the raw
+/// tokenizer.
+///
+/// # Errors
+/// [`Error::Tokenizer`] naming the file for a missing, irregular or invalid one (a panic
+/// inside the crate included).
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if !path.exists() {
+        return Err(Error::Tokenizer {
+            path: path.into(),
+            reason: "no such file".into(),
+        });
+    }
+    crate::io::fs::ensure_regular_file(path)?;
+    let mut tokenizer = guard(path, "reading", || Tokenizer::from_file(path))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| Error::Tokenizer {
+            path: path.into(),
+            reason: format!("turning truncation off: {e}"),
+        })?;
+    Ok(tokenizer)
+}
+
 /// A loaded tokenizer that turns [`Example`]s into [`Encoded`] token ids.
 #[derive(Clone)]
 pub struct TextEncoder {

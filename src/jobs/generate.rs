@@ -69,12 +69,16 @@ impl std::fmt::Debug for Generator {
 }
 
 impl Generator {
-    /// Loads a GGUF decoder (`path` a `.gguf` file, or a folder holding exactly one) with the
-    /// tokenizer and chat template in its metadata.
+    /// Loads a decoder: an HF folder (`config.json`, safetensors, `tokenizer.json`), or a GGUF
+    /// file (`path` the file, or a folder holding exactly one) with the tokenizer and chat
+    /// template in its metadata.
     ///
     /// # Errors
     /// [`Error::ModelFile`] for a folder without one GGUF file; the loaders' errors.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if path.join(crate::io::MODEL_CONFIG_FILE).is_file() {
+            return Self::load_hf(path, device);
+        }
         let file = gguf_in(path)?;
         let (model, gguf) = Llama::load_gguf(&file, DType::F32, device)?;
         let tokenizer = crate::data::tokenizer_from_gguf(&gguf)?;
@@ -98,6 +102,43 @@ impl Generator {
                 .map(String::from),
             tokenizer,
             path: file,
+            eos,
+            bos_token,
+            eos_token,
+        })
+    }
+
+    /// An HF decoder folder: `config.json`, the safetensors, `tokenizer.json`, and the chat
+    /// template and special tokens of `tokenizer_config.json` when it has them.
+    ///
+    /// # Errors
+    /// The loaders' errors.
+    fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
+        let resolved = crate::io::ResolvedModel::from_dir(dir)?;
+        let model = Llama::load_from(&resolved, DType::F32, device)?;
+        let crate::io::TokenizerSource::Json(tok_path) = resolved.tokenizer();
+        let tokenizer = crate::data::load_tokenizer(tok_path)?;
+        let extra: serde_json::Value =
+            crate::io::read_json_if_present(&dir.join("tokenizer_config.json"))?
+                .unwrap_or_default();
+        // A special token is written as a string or as {"content": …}.
+        let special = |key: &str| -> String {
+            let v = &extra[key];
+            v.as_str()
+                .or_else(|| v["content"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (bos_token, eos_token) = (special("bos_token"), special("eos_token"));
+        let eos = model
+            .config()
+            .eos_token_id
+            .or_else(|| tokenizer.token_to_id(&eos_token));
+        Ok(Self {
+            chat_template: extra["chat_template"].as_str().map(String::from),
+            path: dir.to_path_buf(),
+            model,
+            tokenizer,
             eos,
             bos_token,
             eos_token,
@@ -368,5 +409,75 @@ mod tests {
             .generate("One, two, three, four,", &stopped, &mut |_| Ok(()))
             .unwrap();
         assert_eq!(text, " five");
+    }
+
+    /// An HF decoder folder (what `save_pretrained` writes) loads to the same logits as the
+    /// model that wrote it, and generates through its tokenizer and chat template.
+    #[test]
+    fn an_hf_decoder_folder_loads_and_generates() {
+        use crate::models::llama::{LlamaConfig, LlamaFamily};
+        let tmp = crate::io::fs::TempDir::new("generate-hf");
+        let tokenizer =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer-tiny.json");
+        let vocab = crate::data::load_tokenizer(&tokenizer)
+            .unwrap()
+            .get_vocab_size(true);
+        let cfg = LlamaConfig {
+            model_type: LlamaFamily::Qwen2,
+            vocab_size: vocab,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            head_dim: None,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            hidden_act: "silu".into(),
+            bos_token_id: None,
+            eos_token_id: Some(3),
+            pad_token_id: None,
+        };
+        let model = Llama::random(&cfg, 0.3, DType::F32, &Device::Cpu, 9).unwrap();
+        let tensors: std::collections::HashMap<String, Tensor> =
+            model.state_dict().into_iter().collect();
+        candle_core::safetensors::save(&tensors, tmp.join("model.safetensors")).unwrap();
+        std::fs::write(
+            tmp.join("config.json"),
+            serde_json::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
+        std::fs::copy(&tokenizer, tmp.join("tokenizer.json")).unwrap();
+        std::fs::write(
+            tmp.join("tokenizer_config.json"),
+            r#"{"eos_token": {"content": "[SEP]"}, "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"}"#,
+        )
+        .unwrap();
+        let g = Generator::load(&tmp, &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[5u32, 9, 13]], &Device::Cpu).unwrap();
+        let logits = |m: &Llama| {
+            let mut cache = KvCache::new();
+            let h = m.forward_cached(&ids, &mut cache).unwrap();
+            m.logits(&h, false).unwrap()
+        };
+        let d = (logits(&model) - logits(&g.model))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "reloaded logits differ by {d}");
+        assert_eq!(g.chat_prompt("hi").unwrap(), "user: hi assistant:");
+        let settings = Sampling {
+            max_tokens: 3,
+            ..Sampling::default()
+        };
+        g.generate("a fine film", &settings, &mut |_| Ok(()))
+            .unwrap();
     }
 }

@@ -197,6 +197,40 @@ impl Llama {
         Self::build(cfg, &mut ld)
     }
 
+    /// Loads an HF checkpoint (`LlamaForCausalLM`, `MistralForCausalLM`,
+    /// `Qwen2ForCausalLM`: `model.…` tensors and `lm_head` unless tied) in `dtype`.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] for an unsupported config; [`Error::WeightTensor`] for a
+    /// missing or misshapen tensor.
+    pub fn load_from(
+        model: &crate::io::ResolvedModel,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg = LlamaConfig::from_value(model.config(), &model.config_path())?;
+        let mut ld = Loader::checkpoint(model.tensors(), "", dtype, device);
+        let llama = Self::build(&cfg, &mut ld)?;
+        ld.log_unused("decoder");
+        Ok(llama)
+    }
+
+    /// Every tensor of the decoder under its HF checkpoint name (a linear's weight and bias
+    /// as `<path>.weight` / `<path>.bias`), as `save_pretrained` writes them.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.walk(&mut |name, e| match e {
+            Entry::Linear(_, l) => {
+                out.push((format!("{name}.weight"), l.weight().clone()));
+                if let Some(b) = l.bias() {
+                    out.push((format!("{name}.bias"), b.clone()));
+                }
+            }
+            Entry::Tensor(_, t) => out.push((name, t.clone())),
+        });
+        out
+    }
+
     /// The config the decoder was built from.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
