@@ -773,3 +773,55 @@ fn generate_streams_a_greedy_continuation_and_refuses_a_prompt_past_the_context(
     let o = ttlora(&["generate", "--prompt", &long, "--offline"]);
     assert_clear_error(&o, &["the prompt is", "the model's context holds 8192"]);
 }
+
+/// Bad decoder input, each one clear error line: an unsupported `general.architecture`, a
+/// tensor count that lies, a chat template that does not parse (copies of the packaged
+/// SmolLM2 GGUF with one thing changed in place).
+#[test]
+fn generate_names_what_is_wrong_with_a_gguf() {
+    let dir = ttlora::io::resolve_model("smollm2", true).expect("the packaged SmolLM2");
+    let original = std::fs::read(dir.join(ttlora::io::hub::SMOLLM2_GGUF)).unwrap();
+    let tmp = TempDir::new("cli-bad-gguf");
+    let path = tmp.join("model.gguf");
+    let run = |bytes: &[u8], extra: &[&str]| {
+        std::fs::write(&path, bytes).unwrap();
+        let mut args = vec![
+            "generate",
+            "--model",
+            path.to_str().unwrap(),
+            "--max-tokens",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        ttlora(&args)
+    };
+    let replace = |from: &[u8], to: &[u8]| {
+        let at = original
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("present");
+        let mut b = original.clone();
+        b[at..at + to.len()].copy_from_slice(to);
+        b
+    };
+    // The architecture string: "llama" becomes "gemma".
+    let o = run(
+        &replace(
+            b"\x05\x00\x00\x00\x00\x00\x00\x00llama",
+            b"\x05\x00\x00\x00\x00\x00\x00\x00gemma",
+        ),
+        &["--prompt", "Hi"],
+    );
+    assert_clear_error(&o, &["model.gguf", "`general.architecture` is \"gemma\""]);
+    // The tensor count (bytes 8..16) claims more tensors than the file can hold.
+    let mut lie = original.clone();
+    lie[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let o = run(&lie, &["--prompt", "Hi"]);
+    assert_clear_error(&o, &["model.gguf", "the tensor count says 1099511627776"]);
+    // A template that does not parse.
+    let o = run(
+        &replace(b"{% for message", b"{% fxr message"),
+        &["--chat", "Hi"],
+    );
+    assert_clear_error(&o, &["model.gguf", "chat template", "does not parse"]);
+}
