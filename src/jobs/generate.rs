@@ -208,7 +208,8 @@ impl Generator {
         let mut cache = KvCache::new();
         let mut next_input = ids;
         let mut generated: Vec<u32> = Vec::new();
-        let mut text = String::new();
+        // Bytes of the decoded text already handed to `on_text`.
+        let mut printed = 0;
         for _ in 0..sampling
             .max_tokens
             .min(context - cache.len() - next_input.len())
@@ -224,30 +225,53 @@ impl Generator {
             }
             generated.push(next);
             let decoded = self.tokenizer.decode(&generated, false).map_err(tok_err)?;
-            // Print only whole characters: a byte-level token may end inside one.
-            let fresh = decoded.get(text.len()..).unwrap_or_default();
-            if let Some(stop) = sampling.stop.iter().find(|s| decoded.ends_with(s.as_str())) {
-                let keep = decoded.len() - stop.len();
-                if keep > text.len() {
-                    on_text(&decoded[text.len()..keep])?;
+            if let Some(at) = sampling
+                .stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| decoded.find(s.as_str()))
+                .min()
+            {
+                if let Some(rest) = decoded.get(printed..at) {
+                    on_text(rest)?;
                 }
-                text = decoded[..keep.max(text.len().min(keep))].to_string();
-                return Ok(text);
+                return Ok(decoded[..at].to_string());
             }
-            if !fresh.is_empty() && !fresh.ends_with('\u{FFFD}') {
+            // Hold back what could still become a stop string, and a character a byte-level
+            // token may have cut in two.
+            let end = decoded.len() - stop_prefix_at_end(&decoded, &sampling.stop);
+            if end > printed
+                && let Some(fresh) = decoded.get(printed..end)
+                && !fresh.ends_with('\u{FFFD}')
+            {
                 on_text(fresh)?;
-                text = decoded;
+                printed = end;
             }
             next_input = vec![next];
         }
         let decoded = self.tokenizer.decode(&generated, false).map_err(tok_err)?;
-        if let Some(rest) = decoded.get(text.len()..)
+        if let Some(rest) = decoded.get(printed..)
             && !rest.is_empty()
         {
             on_text(rest)?;
         }
         Ok(decoded)
     }
+}
+
+/// The length of the longest end of `text` that begins one of `stops` (so may still grow
+/// into it).
+fn stop_prefix_at_end(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|s| {
+            (1..s.len())
+                .rev()
+                .filter(|&n| s.is_char_boundary(n) && text.ends_with(&s[..n]))
+                .take(1)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The GGUF file `path` names: itself, or the one `.gguf` file in the folder.
@@ -322,6 +346,14 @@ fn choose(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_possible_start_of_a_stop_string_is_held_back() {
+        let stops = vec!["</s>".to_string(), "\n\n".to_string()];
+        assert_eq!(stop_prefix_at_end("Paris</", &stops), 2);
+        assert_eq!(stop_prefix_at_end("Paris\n", &stops), 1);
+        assert_eq!(stop_prefix_at_end("Paris", &stops), 0);
+    }
 
     #[test]
     fn sampling_is_greedy_at_zero_and_seeded_otherwise() {
