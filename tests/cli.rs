@@ -825,3 +825,24 @@ fn generate_names_what_is_wrong_with_a_gguf() {
     );
     assert_clear_error(&o, &["model.gguf", "chat template", "does not parse"]);
 }
+
+/// `ttlora bench generate` times prefill and cached decoding of the packaged SmolLM2.
+#[test]
+fn bench_generate_reports_prefill_and_decode_rates() {
+    let o = ttlora(&[
+        "bench",
+        "generate",
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "2",
+        "--reps",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(row["kind"], "generate");
+    for key in ["prefill_tok_s", "decode_tok_s"] {
+        assert!(row[key].as_f64().unwrap() > 0.0, "{key}: {row}");
+    }
+}

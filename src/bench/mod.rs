@@ -3,6 +3,7 @@
 //! Owns: timing loops and their result rows. Uses `adapters/` and `tt/`. Must not print: the
 //! CLI formats the rows. Performance claims live here and in BENCHMARKS.md, never in tests.
 
+pub mod generate;
 pub mod model_step;
 pub mod roofline;
 pub mod tt;

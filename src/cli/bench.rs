@@ -22,6 +22,25 @@ pub enum BenchCommand {
     /// The machine's f32 matmul rate (the roofline ceiling for `bench model`'s GFLOP/s), one
     /// JSON line per shape.
     Matmul(MatmulArgs),
+    /// A decoder's prefill and decode speed at batch 1 (tokens/s, KV cache), one JSON line.
+    Generate(GenerateArgs),
+}
+
+/// Options of `ttlora bench generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A GGUF file, an HF decoder folder, or a packaged model.
+    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
+    model: String,
+    /// Prompt tokens run in one forward.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens decoded one at a time after the prompt.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Repetitions; the best time of each phase is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
 }
 
 /// Options of `ttlora bench matmul`.
@@ -113,7 +132,22 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Tt(args) => run_tt(args),
         BenchCommand::Model(args) => run_model(args),
         BenchCommand::Matmul(args) => run_matmul(args),
+        BenchCommand::Generate(args) => run_generate(args),
     }
+}
+
+/// Prints one JSON line.
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    let path = std::path::Path::new(&a.model);
+    let location = if path.exists() {
+        path.to_path_buf()
+    } else {
+        ttlora::io::resolve_model(&a.model, true)?
+    };
+    let g = ttlora::jobs::generate::Generator::load(&location, &candle_core::Device::Cpu)?;
+    let row = ttlora::bench::generate::decode_rate(&g, a.prompt_tokens, a.new_tokens, a.reps)?;
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&row)?)?;
+    Ok(())
 }
 
 /// Prints one JSON line per shape.
