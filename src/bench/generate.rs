@@ -46,6 +46,12 @@ pub fn decode_rate(
     reps: usize,
 ) -> Result<GenerateRow> {
     let cfg = g.model.config();
+    if prompt_tokens == 0 || prompt_tokens + new_tokens > cfg.max_position_embeddings {
+        return Err(crate::Error::PromptTooLong {
+            tokens: prompt_tokens + new_tokens,
+            context: cfg.max_position_embeddings,
+        });
+    }
     let vocab = cfg.vocab_size as u32;
     let ids: Vec<u32> = (0..prompt_tokens as u32)
         .map(|i| 1000u32.min(vocab - 1) + i % vocab.saturating_sub(1000).max(1))

@@ -138,6 +138,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 
 /// Prints one JSON line.
 fn run_generate(a: GenerateArgs) -> Result<()> {
+    if a.prompt_tokens == 0 {
+        anyhow::bail!("--prompt-tokens must be at least 1");
+    }
     let path = std::path::Path::new(&a.model);
     let location = if path.exists() {
         path.to_path_buf()

@@ -58,11 +58,6 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         ttlora::io::resolve_model(&a.model, !a.fetch.offline)?
     };
     let generator = Generator::load(&location, &candle_core::Device::Cpu)?;
-    let prompt = match (&a.prompt, &a.chat) {
-        (Some(p), _) => p.clone(),
-        (None, Some(message)) => generator.chat_prompt(message)?,
-        (None, None) => bail!("give --prompt or --chat"),
-    };
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -72,14 +67,19 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         stop: a.stop,
     };
     let mut out = std::io::stdout().lock();
-    generator.generate(&prompt, &sampling, &mut |text| {
+    let mut print = |text: &str| {
         out.write_all(text.as_bytes())
             .and_then(|()| out.flush())
             .map_err(|source| ttlora::Error::Io {
                 path: "<stdout>".into(),
                 source,
             })
-    })?;
+    };
+    match (&a.prompt, &a.chat) {
+        (Some(prompt), _) => generator.generate(prompt, &sampling, &mut print)?,
+        (None, Some(message)) => generator.chat(message, &sampling, &mut print)?,
+        (None, None) => bail!("give --prompt or --chat"),
+    };
     writeln!(out)?;
     Ok(())
 }

@@ -66,6 +66,12 @@ pub fn tokenizer_from_gguf(g: &GgufSource) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::new(bpe);
     let byte_level = ByteLevel::new(false, true, true);
     let pre = g.meta("tokenizer.ggml.pre").and_then(MetaValue::as_str);
+    if !matches!(pre, None | Some("gpt2" | "default" | "smollm")) {
+        return Err(bad(format!(
+            "`tokenizer.ggml.pre` is {pre:?}; ttlora splits text as gpt2, default and smollm do \
+             so far, and another split would give other token ids silently"
+        )));
+    }
     if pre == Some("smollm") {
         tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
             Digits::new(true).into(),

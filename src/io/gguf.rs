@@ -35,6 +35,10 @@ const MAX_NAME: u64 = 1 << 16;
 /// The deepest nesting of metadata arrays accepted.
 const MAX_DEPTH: usize = 4;
 
+/// The most metadata values (array elements included) a file may hold: each takes more
+/// memory than its bytes in the file, so their number is bounded, not only their bytes.
+const MAX_META_VALUES: usize = 1 << 24;
+
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
@@ -125,6 +129,8 @@ struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Metadata values read so far.
+    values: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -192,6 +198,12 @@ impl<'a> Reader<'a> {
     /// A value of GGUF type `ty`.
     fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<MetaValue> {
         let what = format!("metadata `{key}`");
+        self.values += 1;
+        if self.values > MAX_META_VALUES {
+            return Err(self.bad(format!(
+                "more than {MAX_META_VALUES} metadata values (at `{key}`)"
+            )));
+        }
         Ok(match ty {
             0 => MetaValue::U64(u64::from(self.array::<1>(&what)?[0])),
             1 => MetaValue::I64(i64::from(i8::from_le_bytes(self.array(&what)?))),
@@ -221,6 +233,11 @@ impl<'a> Reader<'a> {
                     t => return Err(self.bad(format!("{what}: unknown array element type {t}"))),
                 };
                 let n = self.count(min, &what)?;
+                if n > MAX_META_VALUES - self.values {
+                    return Err(self.bad(format!(
+                        "{what} holds {n} values, more than the {MAX_META_VALUES} a file may"
+                    )));
+                }
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(elem, key, depth + 1)?);
@@ -354,6 +371,7 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
         bytes,
         pos: 0,
         path,
+        values: 0,
     };
     let magic = r.u32("the magic number")?;
     if magic != MAGIC {

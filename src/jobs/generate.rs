@@ -54,7 +54,10 @@ pub struct Generator {
     pub chat_template: Option<String>,
     /// The file the model came from (for messages).
     pub path: PathBuf,
-    eos: Option<u32>,
+    /// Ids that end generation.
+    eos: Vec<u32>,
+    /// The id put in front of a plain prompt, when the model expects one.
+    add_bos: Option<u32>,
     bos_token: String,
     eos_token: String,
 }
@@ -93,7 +96,21 @@ impl Generator {
             (id, text)
         };
         let (eos, eos_token) = token_text("tokenizer.ggml.eos_token_id");
-        let (_, bos_token) = token_text("tokenizer.ggml.bos_token_id");
+        let (bos, bos_token) = token_text("tokenizer.ggml.bos_token_id");
+        // llama.cpp also stops at the end-of-turn and end-of-message tokens.
+        let eos: Vec<u32> = [
+            eos,
+            token_text("tokenizer.ggml.eot_token_id").0,
+            token_text("tokenizer.ggml.eom_token_id").0,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let add_bos = gguf
+            .meta("tokenizer.ggml.add_bos_token")
+            .is_some_and(|v| *v == MetaValue::Bool(true))
+            .then_some(bos)
+            .flatten();
         Ok(Self {
             model,
             chat_template: gguf
@@ -103,6 +120,7 @@ impl Generator {
             tokenizer,
             path: file,
             eos,
+            add_bos,
             bos_token,
             eos_token,
         })
@@ -130,16 +148,19 @@ impl Generator {
                 .to_string()
         };
         let (bos_token, eos_token) = (special("bos_token"), special("eos_token"));
-        let eos = model
-            .config()
-            .eos_token_id
-            .or_else(|| tokenizer.token_to_id(&eos_token));
+        let mut eos = model.config().eos_token_ids();
+        if eos.is_empty() {
+            eos.extend(tokenizer.token_to_id(&eos_token));
+        }
+        // An HF tokenizer adds BOS itself where its post-processor says so.
+        let add_bos = None;
         Ok(Self {
             chat_template: extra["chat_template"].as_str().map(String::from),
             path: dir.to_path_buf(),
             model,
             tokenizer,
             eos,
+            add_bos,
             bos_token,
             eos_token,
         })
@@ -160,6 +181,13 @@ impl Generator {
             .as_deref()
             .ok_or_else(|| bad("the model has no `tokenizer.chat_template`".into()))?;
         let mut env = minijinja::Environment::new();
+        // transformers and llama.cpp render chat templates with these two on.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        env.set_syntax(syntax);
         env.add_template("chat", source)
             .map_err(|e| bad(format!("does not parse: {e}")))?;
         let messages = vec![serde_json::json!({"role": "user", "content": message})];
@@ -175,7 +203,8 @@ impl Generator {
             .map_err(|e| bad(format!("does not render: {e}")))
     }
 
-    /// Continues `prompt`, calling `on_text` with each new piece of text as it is decoded;
+    /// Continues the plain text `prompt` (the tokenizer's special tokens added, and the BOS
+    /// the model expects), calling `on_text` with each new piece of text as it is decoded;
     /// returns the whole continuation.
     ///
     /// # Errors
@@ -186,16 +215,55 @@ impl Generator {
         sampling: &Sampling,
         on_text: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<String> {
+        let mut ids = self.encode(prompt, true)?;
+        if let Some(bos) = self.add_bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        self.continue_ids(ids, sampling, on_text)
+    }
+
+    /// Answers `message` as the user's turn of a chat: the model's chat template renders it
+    /// (with its own special tokens, so none are added), then [`generate`](Self::generate)'s
+    /// loop continues it.
+    ///
+    /// # Errors
+    /// As [`chat_prompt`](Self::chat_prompt) and [`generate`](Self::generate).
+    pub fn chat(
+        &self,
+        message: &str,
+        sampling: &Sampling,
+        on_text: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<String> {
+        let rendered = self.chat_prompt(message)?;
+        let ids = self.encode(&rendered, false)?;
+        self.continue_ids(ids, sampling, on_text)
+    }
+
+    /// The ids of `text`, with the tokenizer's special tokens when `specials`.
+    fn encode(&self, text: &str, specials: bool) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, specials)
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?
+            .get_ids()
+            .to_vec())
+    }
+
+    fn continue_ids(
+        &self,
+        ids: Vec<u32>,
+        sampling: &Sampling,
+        on_text: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<String> {
         let tok_err = |e: tokenizers::Error| Error::Tokenizer {
             path: self.path.clone(),
             reason: e.to_string(),
         };
-        let ids = self
-            .tokenizer
-            .encode(prompt, false)
-            .map_err(tok_err)?
-            .get_ids()
-            .to_vec();
         let context = self.model.config().max_position_embeddings;
         if ids.is_empty() || ids.len() >= context {
             return Err(Error::PromptTooLong {
@@ -220,7 +288,7 @@ impl Generator {
             let last = self.model.logits(&hidden.narrow(1, t - 1, 1)?, false)?;
             let logits: Vec<f32> = last.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             let next = choose(&logits, sampling, &mut rng);
-            if Some(next) == self.eos {
+            if self.eos.contains(&next) {
                 break;
             }
             generated.push(next);
@@ -322,6 +390,9 @@ fn choose(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
         .map(|&i| ((logits[i] as f64 - top) / s.temperature).exp())
         .collect();
     let total: f64 = probs.iter().sum();
+    if !total.is_finite() || total <= 0.0 {
+        return argmax();
+    }
     probs.iter_mut().for_each(|p| *p /= total);
     let mut mass = 0.0;
     let keep = probs
@@ -425,7 +496,7 @@ mod tests {
         };
         let mut streamed = String::new();
         let answer = g
-            .generate(&prompt, &settings, &mut |t| {
+            .chat("What is the capital of France?", &settings, &mut |t| {
                 streamed.push_str(t);
                 Ok(())
             })
@@ -470,8 +541,10 @@ mod tests {
             attention_bias: false,
             hidden_act: "silu".into(),
             bos_token_id: None,
-            eos_token_id: Some(3),
+            eos_token_id: Some(crate::models::llama::TokenIds::Many(vec![3, 4])),
             pad_token_id: None,
+            rope_scaling: None,
+            mlp_bias: false,
         };
         let model = Llama::random(&cfg, 0.3, DType::F32, &Device::Cpu, 9).unwrap();
         let tensors: std::collections::HashMap<String, Tensor> =

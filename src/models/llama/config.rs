@@ -22,6 +22,16 @@ pub enum LlamaFamily {
     Qwen2,
 }
 
+/// One token id or several, as HF configs write `eos_token_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    /// One id.
+    One(u32),
+    /// Several.
+    Many(Vec<u32>),
+}
+
 /// An HF LLaMA-family `config.json`, read tolerantly (unknown keys are ignored); defaults are
 /// `transformers`' where a key may be absent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,12 +75,20 @@ pub struct LlamaConfig {
     /// Begin-of-sequence token.
     #[serde(default)]
     pub bos_token_id: Option<u32>,
-    /// End-of-sequence token.
+    /// End-of-sequence token(s): one id, or a list (Llama 3 instruct models end turns with
+    /// several).
     #[serde(default)]
-    pub eos_token_id: Option<u32>,
+    pub eos_token_id: Option<TokenIds>,
     /// Padding token, if the checkpoint names one.
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    /// RoPE scaling (Llama 3.1's `llama3`, YaRN, …): not implemented, so refused rather than
+    /// run with the wrong frequencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Biases on the feed-forward projections: not implemented, so refused when set.
+    #[serde(default)]
+    pub mlp_bias: bool,
 }
 
 fn default_eps() -> f64 {
@@ -174,11 +192,34 @@ impl LlamaConfig {
             attention_bias: model_type == LlamaFamily::Qwen2,
             hidden_act: default_act(),
             bos_token_id: token("bos_token_id"),
-            eos_token_id: token("eos_token_id"),
+            eos_token_id: token("eos_token_id").map(TokenIds::One),
             pad_token_id: token("padding_token_id"),
+            rope_scaling: None,
+            mlp_bias: false,
         };
+        let scaling = g
+            .meta(&key("rope.scaling.type"))
+            .and_then(MetaValue::as_str);
+        if scaling.is_some_and(|t| t != "none")
+            || crate::io::TensorSource::contains(g, "rope_freqs.weight")
+        {
+            return Err(bad(
+                "scaled rotary embeddings (`rope.scaling.*` or `rope_freqs.weight`) are not \
+                 supported yet; running without them would give wrong outputs"
+                    .into(),
+            ));
+        }
         cfg.validate(&path)?;
         Ok(cfg)
+    }
+
+    /// The end-of-sequence ids, as a list.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            None => Vec::new(),
+            Some(TokenIds::One(id)) => vec![*id],
+            Some(TokenIds::Many(ids)) => ids.clone(),
+        }
     }
 
     /// Key/value heads.
@@ -240,6 +281,18 @@ impl LlamaConfig {
                 "the head width {} must be even for rotary embeddings",
                 self.head_width()
             ));
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return bad(
+                "field `rope_scaling`: scaled rotary embeddings are not supported yet; running \
+                 without them would give wrong outputs"
+                    .into(),
+            );
+        }
+        if self.mlp_bias {
+            return bad(
+                "field `mlp_bias`: biased feed-forward projections are not supported".into(),
+            );
         }
         if self.hidden_act != "silu" {
             return bad(format!(
@@ -311,6 +364,16 @@ mod tests {
             err.contains("`num_key_value_heads` (4) must divide"),
             "{err}"
         );
+        // Llama 3 instruct ends turns with several ids; scaled RoPE is refused, not ignored.
+        let mut llama3 = llama.clone();
+        llama3["eos_token_id"] = serde_json::json!([128001, 128008, 128009]);
+        let cfg = LlamaConfig::from_value(&llama3, path).unwrap();
+        assert_eq!(cfg.eos_token_ids(), [128001, 128008, 128009]);
+        llama3["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+        let err = LlamaConfig::from_value(&llama3, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`rope_scaling`"), "{err}");
         let mut bad = llama;
         bad["model_type"] = "gpt2".into();
         let err = LlamaConfig::from_value(&bad, path).unwrap_err().to_string();

@@ -9,5 +9,5 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-pub use config::{LlamaConfig, LlamaFamily, unpermute_qk_rows};
+pub use config::{LlamaConfig, LlamaFamily, TokenIds, unpermute_qk_rows};
 pub use model::{KvCache, Llama, last_token_logits};

@@ -25,8 +25,10 @@ fn tiny(tied: bool, family: LlamaFamily) -> LlamaConfig {
         attention_bias: false,
         hidden_act: "silu".into(),
         bos_token_id: Some(1),
-        eos_token_id: Some(2),
+        eos_token_id: Some(TokenIds::One(2)),
         pad_token_id: None,
+        rope_scaling: None,
+        mlp_bias: false,
     }
 }
 
