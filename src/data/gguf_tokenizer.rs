@@ -16,6 +16,9 @@ use crate::io::{GgufSource, MetaValue, TensorSource};
 /// llama.cpp's token type of a control token (`<|im_start|>`).
 const CONTROL: u64 = 3;
 
+/// llama.cpp's token type of a user-defined token, which it splits out of any text.
+const USER_DEFINED: u64 = 4;
+
 /// The tokenizer in `g`'s metadata.
 ///
 /// # Errors
@@ -84,14 +87,21 @@ pub fn tokenizer_from_gguf(g: &GgufSource) -> Result<Tokenizer> {
     let types = g
         .meta("tokenizer.ggml.token_type")
         .and_then(MetaValue::as_array);
-    let specials: Vec<AddedToken> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| types.and_then(|t| t.get(*i)).and_then(MetaValue::as_u64) == Some(CONTROL))
-        .map(|(_, t)| AddedToken::from(t.clone(), true))
-        .collect();
+    let of_type = |kind: u64, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                types.and_then(|t| t.get(*i)).and_then(MetaValue::as_u64) == Some(kind)
+            })
+            .map(|(_, t)| AddedToken::from(t.clone(), special))
+            .collect()
+    };
     tokenizer
-        .add_special_tokens(specials)
+        .add_special_tokens(of_type(CONTROL, true))
         .map_err(|e| bad(format!("adding the control tokens: {e}")))?;
+    tokenizer
+        .add_tokens(of_type(USER_DEFINED, false))
+        .map_err(|e| bad(format!("adding the user-defined tokens: {e}")))?;
     Ok(tokenizer)
 }
