@@ -270,18 +270,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Every file of `dir` with its bytes.
-    fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                (name, std::fs::read(e.path()).unwrap())
-            })
-            .collect()
-    }
-
     /// Issue 17: an adapter save stopped at any of its file operations, by ENOSPC or as by
     /// a kill, into an empty or an occupied folder, leaves the previous adapter byte for byte
     /// or the new one complete — never new weights beside an old config.
@@ -303,10 +291,10 @@ mod tests {
                 }
             };
             reset();
-            let old = dir.is_dir().then(|| files(&dir));
+            let old = dir.is_dir().then(|| crate::io::fs::files_in(&dir));
             inject(None);
             new.write(&dir).unwrap();
-            let want_new = files(&dir);
+            let want_new = crate::io::fs::files_in(&dir);
             let operations = seen();
             for at in 0..operations {
                 for fault in [Fault::NoSpace, Fault::Kill] {
@@ -317,7 +305,7 @@ mod tests {
                     assert!(failed, "operation {at} of {operations}");
                     // The next writer recovers what a kill left behind.
                     drop(crate::io::OutputLock::acquire(&dir).unwrap());
-                    let got = dir.is_dir().then(|| files(&dir));
+                    let got = dir.is_dir().then(|| crate::io::fs::files_in(&dir));
                     assert!(
                         got == old || got.as_ref() == Some(&want_new),
                         "{fault:?} at operation {at}: a mix {:?}",

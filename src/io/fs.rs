@@ -187,6 +187,27 @@ impl TempDir {
     }
 }
 
+/// Every file under `dir` (sub-folders included) with its bytes, by path relative to `dir`:
+/// what the tests of saves compare before and after a fault.
+#[cfg(test)]
+pub(crate) fn files_in(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("a readable folder").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).expect("under dir");
+                let bytes = std::fs::read(&p).expect("a readable file");
+                out.insert(rel.to_string_lossy().into_owned(), bytes);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 impl std::ops::Deref for TempDir {
     type Target = Path;

@@ -607,28 +607,9 @@ mod faults {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
-    use crate::io::fs::TempDir;
-
-    /// Every file under `dir` with its bytes, by relative path.
-    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        let mut out = BTreeMap::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                    out.insert(rel, std::fs::read(&p).unwrap());
-                }
-            }
-        }
-        out
-    }
+    use crate::io::fs::{TempDir, files_in};
 
     /// What sits in `parent` besides `keep` and the lock files.
     fn leftovers(parent: &Path, keep: &[&str]) -> Vec<String> {
@@ -674,10 +655,10 @@ mod tests {
             }
         };
         reset();
-        let before = out.is_dir().then(|| snapshot(&out));
+        let before = out.is_dir().then(|| files_in(&out));
         inject(None);
         save(&OutputLock::acquire(&out).unwrap(), "new").unwrap();
-        let new = snapshot(&out);
+        let new = files_in(&out);
         let operations = seen();
         assert!(operations >= 5, "{operations} operations counted");
         for at in 0..operations {
@@ -695,15 +676,15 @@ mod tests {
                 );
                 if let Error::OutputKept { kept, .. } = &err {
                     // The complete new folder, kept where the error says.
-                    assert_eq!(snapshot(kept), new, "{case}");
+                    assert_eq!(files_in(kept), new, "{case}");
                     std::fs::remove_dir_all(kept).unwrap();
                 }
                 if fault == Fault::NoSpace && before.is_some() && at + 2 < operations {
                     // An error before the swap leaves the old folder untouched at once.
-                    assert_eq!(out.is_dir().then(|| snapshot(&out)), before, "{case}");
+                    assert_eq!(out.is_dir().then(|| files_in(&out)), before, "{case}");
                 }
                 drop(OutputLock::acquire(&out).unwrap_or_else(|e| panic!("{case}: recovery: {e}")));
-                let after = out.is_dir().then(|| snapshot(&out));
+                let after = out.is_dir().then(|| files_in(&out));
                 assert!(
                     after == before || after.as_ref() == Some(&new),
                     "{case} left a mix: {after:?}"

@@ -114,3 +114,44 @@ pub(crate) fn check_sizes(path: &Path, fields: &[(&str, usize)]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The sizes every encoder config has, in HF's names, for [`check_encoder`].
+pub(crate) struct EncoderSizes {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+}
+
+/// Checks what BERT-like and DeBERTa configs share: the six sizes 1 to
+/// [`MAX_CONFIG_SIZE`], `layer_norm_eps` > 0 and `initializer_range` ≥ 0, both finite.
+///
+/// # Errors
+/// [`Error::ModelConfig`] naming the file and the field.
+pub(crate) fn check_encoder(
+    path: &Path,
+    sizes: &EncoderSizes,
+    layer_norm_eps: f64,
+    initializer_range: f64,
+) -> Result<()> {
+    check_floats(
+        path,
+        &[
+            ("layer_norm_eps", layer_norm_eps, true),
+            ("initializer_range", initializer_range, false),
+        ],
+    )?;
+    check_sizes(
+        path,
+        &[
+            ("vocab_size", sizes.vocab_size),
+            ("hidden_size", sizes.hidden_size),
+            ("num_hidden_layers", sizes.num_hidden_layers),
+            ("num_attention_heads", sizes.num_attention_heads),
+            ("intermediate_size", sizes.intermediate_size),
+            ("max_position_embeddings", sizes.max_position_embeddings),
+        ],
+    )
+}

@@ -157,7 +157,6 @@ pub fn write_merged(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use candle_core::{DType, Device};
 
@@ -166,17 +165,6 @@ mod tests {
     use crate::io::output::{Fault, inject, seen};
     use crate::models::test_util::{temp_dir, write_model};
     use crate::models::{BertConfig, BertForSequenceClassification};
-
-    fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                (name, std::fs::read(e.path()).unwrap())
-            })
-            .collect()
-    }
 
     /// Issue 17: a merged export stopped at any of its file operations, by ENOSPC or as by a
     /// kill, into an empty or an occupied `--out`, leaves the previous model folder byte for
@@ -215,10 +203,10 @@ mod tests {
                 }
             };
             reset();
-            let old = out.is_dir().then(|| files(&out));
+            let old = out.is_dir().then(|| crate::io::fs::files_in(&out));
             inject(None);
             write_merged(&new_model, &base, Some(&task), &out).unwrap();
-            let new = files(&out);
+            let new = crate::io::fs::files_in(&out);
             let operations = seen();
             for at in 0..operations {
                 for fault in [Fault::NoSpace, Fault::Kill] {
@@ -228,7 +216,7 @@ mod tests {
                     inject(None);
                     assert!(failed, "{fault:?} at operation {at}");
                     drop(crate::io::OutputLock::acquire(&out).unwrap());
-                    let got = out.is_dir().then(|| files(&out));
+                    let got = out.is_dir().then(|| crate::io::fs::files_in(&out));
                     assert!(
                         got == old || got.as_ref() == Some(&new),
                         "{fault:?} at operation {at} left a mix"

@@ -187,23 +187,18 @@ impl BertConfig {
                 reason,
             })
         };
-        crate::models::hf_config::check_floats(
+        crate::models::hf_config::check_encoder(
             path,
-            &[
-                ("layer_norm_eps", self.layer_norm_eps, true),
-                ("initializer_range", self.initializer_range, false),
-            ],
-        )?;
-        crate::models::hf_config::check_sizes(
-            path,
-            &[
-                ("vocab_size", self.vocab_size),
-                ("hidden_size", self.hidden_size),
-                ("num_hidden_layers", self.num_hidden_layers),
-                ("num_attention_heads", self.num_attention_heads),
-                ("intermediate_size", self.intermediate_size),
-                ("max_position_embeddings", self.max_position_embeddings),
-            ],
+            &crate::models::hf_config::EncoderSizes {
+                vocab_size: self.vocab_size,
+                hidden_size: self.hidden_size,
+                num_hidden_layers: self.num_hidden_layers,
+                num_attention_heads: self.num_attention_heads,
+                intermediate_size: self.intermediate_size,
+                max_position_embeddings: self.max_position_embeddings,
+            },
+            self.layer_norm_eps,
+            self.initializer_range,
         )?;
         crate::models::hf_config::check_sizes(path, &[("type_vocab_size", self.type_vocab_size)])?;
         if self.hidden_act != "gelu" {
@@ -224,19 +219,6 @@ impl BertConfig {
                 "field `architectures`: \"{a}\" is not a {prefix} architecture; supported: \
                  {prefix}Model, {prefix}For* (encoder models)"
             ));
-        }
-        for (field, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("intermediate_size", self.intermediate_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
-        ] {
-            if v == 0 {
-                return bad(format!("field `{field}` must be at least 1 (got 0)"));
-            }
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(

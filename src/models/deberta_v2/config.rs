@@ -245,23 +245,18 @@ impl DebertaV2Config {
                 reason,
             })
         };
-        crate::models::hf_config::check_floats(
+        crate::models::hf_config::check_encoder(
             path,
-            &[
-                ("layer_norm_eps", self.layer_norm_eps, true),
-                ("initializer_range", self.initializer_range, false),
-            ],
-        )?;
-        crate::models::hf_config::check_sizes(
-            path,
-            &[
-                ("vocab_size", self.vocab_size),
-                ("hidden_size", self.hidden_size),
-                ("num_hidden_layers", self.num_hidden_layers),
-                ("num_attention_heads", self.num_attention_heads),
-                ("intermediate_size", self.intermediate_size),
-                ("max_position_embeddings", self.max_position_embeddings),
-            ],
+            &crate::models::hf_config::EncoderSizes {
+                vocab_size: self.vocab_size,
+                hidden_size: self.hidden_size,
+                num_hidden_layers: self.num_hidden_layers,
+                num_attention_heads: self.num_attention_heads,
+                intermediate_size: self.intermediate_size,
+                max_position_embeddings: self.max_position_embeddings,
+            },
+            self.layer_norm_eps,
+            self.initializer_range,
         )?;
         let limit = crate::models::hf_config::MAX_CONFIG_SIZE;
         for (field, v) in [
@@ -295,18 +290,6 @@ impl DebertaV2Config {
                 "field `architectures`: \"{a}\" is not a DebertaV2 architecture; supported: \
                  DebertaV2Model, DebertaV2For* (encoder models)"
             ));
-        }
-        for (field, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("intermediate_size", self.intermediate_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if v == 0 {
-                return bad(format!("field `{field}` must be at least 1 (got 0)"));
-            }
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
