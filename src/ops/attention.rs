@@ -14,7 +14,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Storage, Tensor};
 
 use super::dropout::SeededMask;
-use super::rows::{Real, slice, threads_for, unsupported};
+use super::rows::{Real, for_real, slice, threads_for, unsupported};
 use super::strided::{View, matmul_into};
 use crate::error::{Error, Result};
 
@@ -329,11 +329,11 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => self.cpu_run::<f32>((s1, l1), (s2, l2), (s3, l3)),
-            DType::F64 => self.cpu_run::<f64>((s1, l1), (s2, l2), (s3, l3)),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s1.dtype(), NAME, |T| self.cpu_run::<T>(
+            (s1, l1),
+            (s2, l2),
+            (s3, l3)
+        ))
     }
 
     /// With S = scale·Q·Kᵀ + bias, P = softmax(S), P' = P ∘ M (dropout), O = P'·V:

@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::rows::{Real, par_rows, slice, unsupported};
+use super::rows::{Real, for_real, par_rows, slice, unsupported};
 use crate::error::{Error, Result};
 
 thread_local! {
@@ -179,11 +179,7 @@ impl CustomOp2 for DropoutAdd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => self.run::<f32>((s1, l1), (s2, l2)),
-            DType::F64 => self.run::<f64>((s1, l1), (s2, l2)),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s1.dtype(), NAME, |T| self.run::<T>((s1, l1), (s2, l2)))
     }
 
     /// y = x ∘ M + r ⇒ dL/dx = dL/dy ∘ M, dL/dr = dL/dy.

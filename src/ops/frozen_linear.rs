@@ -16,7 +16,7 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
 };
 
-use super::rows::{Real, slice, unsupported};
+use super::rows::{Real, for_real, slice};
 use super::strided::{View, gemm_views};
 use crate::error::{Error, Result};
 
@@ -123,11 +123,11 @@ impl CustomOp3 for FrozenLinearOnto {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let base = Some((s3, l3));
-        match s1.dtype() {
-            DType::F32 => self.0.run::<f32>((s1, l1), (s2, l2), base),
-            DType::F64 => self.0.run::<f64>((s1, l1), (s2, l2), base),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s1.dtype(), NAME, |T| self.0.run::<T>(
+            (s1, l1),
+            (s2, l2),
+            base
+        ))
     }
 
     /// y = base + x·Wᵀ + b ⇒ dL/dx = dL/dy · W, dL/dbase = dL/dy, dL/dW = dL/dyᵀ · x (only
@@ -177,11 +177,11 @@ impl CustomOp2 for FrozenLinear {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => self.run::<f32>((s1, l1), (s2, l2), None),
-            DType::F64 => self.run::<f64>((s1, l1), (s2, l2), None),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s1.dtype(), NAME, |T| self.run::<T>(
+            (s1, l1),
+            (s2, l2),
+            None
+        ))
     }
 
     /// Without a bias (the wrapper adds it with candle ops off the CPU): candle's matmul.

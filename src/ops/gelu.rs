@@ -13,7 +13,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::rows::{Real, par_rows, slice, unsupported};
+use super::rows::{Real, for_real, par_rows, slice};
 use crate::error::Result;
 
 const NAME: &str = "gelu";
@@ -78,11 +78,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s.dtype() {
-            DType::F32 => Self::run::<f32>(s, l),
-            DType::F64 => Self::run::<f64>(s, l),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s.dtype(), NAME, |T| Self::run::<T>(s, l))
     }
 
     /// y = x·Φ(x) ⇒ dy/dx = Φ(x) + x·φ(x), so dL/dx = dL/dy ∘ (Φ(x) + x·φ(x)).
@@ -134,11 +130,7 @@ impl CustomOp2 for GeluBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => Self::run::<f32>(s1, l1, s2, l2),
-            DType::F64 => Self::run::<f64>(s1, l1, s2, l2),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s1.dtype(), NAME, |T| Self::run::<T>(s1, l1, s2, l2))
     }
 }
 

@@ -6,7 +6,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Tensor};
 
-use super::rows::{Real, par_rows, slice, unsupported};
+use super::rows::{Real, for_real, par_rows, slice};
 use crate::error::{Error, Result};
 
 const NAME: &str = "layer norm";
@@ -71,11 +71,7 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => self.run::<f32>(s1, l1, s2, l2, s3, l3),
-            DType::F64 => self.run::<f64>(s1, l1, s2, l2, s3, l3),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s1.dtype(), NAME, |T| self.run::<T>(s1, l1, s2, l2, s3, l3))
     }
 
     /// With x̂ = (x − μ)·rstd and g = dL/dy ∘ γ, per row of d features:
@@ -203,11 +199,7 @@ impl CustomOp3 for LayerNormBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => self.run::<f32>(s1, l1, s2, l2, s3, l3),
-            DType::F64 => self.run::<f64>(s1, l1, s2, l2, s3, l3),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s1.dtype(), NAME, |T| self.run::<T>(s1, l1, s2, l2, s3, l3))
     }
 }
 

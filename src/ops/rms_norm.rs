@@ -7,7 +7,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Shape, Tensor};
 
-use super::rows::{Real, par_rows, slice, unsupported};
+use super::rows::{Real, for_real, par_rows, slice};
 use crate::error::{Error, Result};
 
 const NAME: &str = "rms norm";
@@ -62,11 +62,7 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => self.run::<f32>(s1, l1, s2, l2),
-            DType::F64 => self.run::<f64>(s1, l1, s2, l2),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s1.dtype(), NAME, |T| self.run::<T>(s1, l1, s2, l2))
     }
 
     /// With x̂ = x · rstd and g = dL/dy ∘ γ, per row of d features:
@@ -159,11 +155,7 @@ impl candle_core::CustomOp3 for RmsNormBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => self.run::<f32>(s1, l1, s2, l2, s3, l3),
-            DType::F64 => self.run::<f64>(s1, l1, s2, l2, s3, l3),
-            dt => Err(unsupported(NAME, dt)),
-        }
+        for_real!(s1.dtype(), NAME, |T| self.run::<T>(s1, l1, s2, l2, s3, l3))
     }
 }
 

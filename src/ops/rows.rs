@@ -48,6 +48,25 @@ pub(crate) fn slice<'a, T: WithDType>(
     }
 }
 
+/// Runs a kernel generic over [`Real`] for `dtype`: `T` is `f32` or `f64` in `body`; any other
+/// dtype is [`unsupported`] for the op `name`. The dispatch every CPU kernel's `cpu_fwd` makes.
+macro_rules! for_real {
+    ($dtype:expr, $name:expr, |$T:ident| $body:expr) => {
+        match $dtype {
+            candle_core::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            candle_core::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            dt => Err($crate::ops::rows::unsupported($name, dt)),
+        }
+    };
+}
+pub(crate) use for_real;
+
 /// Fails for dtypes the kernels do not cover (the public wrappers never send them here).
 pub(crate) fn unsupported(op: &str, dtype: DType) -> candle_core::Error {
     candle_core::Error::Msg(format!(
