@@ -384,6 +384,15 @@ pub enum Error {
         /// The adapters holding tokens.
         adapters: Vec<String>,
     },
+    /// A language-model objective on a model without an LM head.
+    #[error(
+        "{architecture} has no language-model head; causal-LM training and LM scoring need a \
+         decoder (llama, mistral, qwen2)"
+    )]
+    NotALanguageModel {
+        /// The model's architecture.
+        architecture: &'static str,
+    },
     /// Prompt or prefix tuning on an architecture that has no place for virtual tokens.
     #[error("{method} tuning is not available for {architecture}: {reason}")]
     VirtualTokensUnsupported {

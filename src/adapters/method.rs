@@ -61,6 +61,12 @@ pub struct VirtualSpec {
     pub hidden: usize,
     /// Attention heads (recorded in PEFT's config).
     pub heads: usize,
+    /// Key/value heads: `heads`, or fewer under grouped-query attention (PEFT then records
+    /// these as a prefix's `num_attention_heads`).
+    pub kv_heads: usize,
+    /// Width of one layer's keys (or values): `hidden`, or `kv_heads · head_dim` under
+    /// grouped-query attention. A prefix holds keys and values of this width per layer.
+    pub kv_width: usize,
     /// The word-embedding table `(vocab, hidden)` (prompt init from vocabulary rows).
     pub word_embeddings: Tensor,
     /// Dtype of the trainable tensor.
@@ -70,6 +76,13 @@ pub struct VirtualSpec {
 }
 
 impl VirtualSpec {
+    /// Values per prefix-tuning token: every layer's key and value (PEFT's table width).
+    pub fn prefix_width(&self) -> usize {
+        self.layers
+            .saturating_mul(2)
+            .saturating_mul(self.kv_width)
+    }
+
     /// Refuses, before anything is allocated, `n` virtual tokens of `width` values each when
     /// the table would outgrow the model's own word-embedding table (at least 65,536
     /// values): a mistaken `num_virtual_tokens`.

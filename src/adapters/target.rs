@@ -55,6 +55,8 @@ pub struct Targeting {
     targets: Matcher,
     exclude: Option<Matcher>,
     overrides: Vec<(String, Regex, serde_json::Value)>,
+    /// Output layers `all-linear` leaves out (a decoder's `lm_head`), as PEFT does.
+    outputs: Vec<String>,
 }
 
 impl Targeting {
@@ -93,12 +95,24 @@ impl Targeting {
                 .map(|e| Matcher::new(e, "exclude_modules"))
                 .transpose()?,
             overrides,
+            outputs: Vec::new(),
         })
+    }
+
+    /// The same rules with the model's output layers (a decoder's `lm_head`) left out of
+    /// `all-linear`; a list or regex naming them still targets them.
+    pub fn with_outputs(mut self, outputs: Vec<String>) -> Self {
+        self.outputs = outputs;
+        self
     }
 
     /// Whether an adapter goes on the module at `path`.
     pub fn matches(&self, path: &str) -> bool {
-        self.targets.matches(path) && !self.exclude.as_ref().is_some_and(|e| e.matches(path))
+        let output_under_all =
+            matches!(self.targets, Matcher::All) && self.outputs.iter().any(|o| o == path);
+        self.targets.matches(path)
+            && !output_under_all
+            && !self.exclude.as_ref().is_some_and(|e| e.matches(path))
     }
 
     /// The fields the overrides whose keys match `path` set, `None` if none matches; a field

@@ -98,6 +98,7 @@ fn random_batch(
             attention_mask: Tensor::ones(shape, DType::U32, device)?,
         },
         labels: Tensor::new(labels, device)?,
+        rows: None,
     };
     Ok((batch, size))
 }

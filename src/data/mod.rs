@@ -4,8 +4,9 @@
 //! Owns: [`TaskSpec`] and the [`TASKS`] registry, [`Example`] and [`Label`], the readers
 //! ([`read_task_split`], [`read_file`], [`read_custom`]), [`TextEncoder`] (a Hugging Face
 //! `tokenizer.json` with padding off and longest-first truncation), batch order and collation
-//! into a [`ModelInput`] (the batch type every model family takes), and [`Metric`]s as
-//! GLUE/SuperGLUE define them.
+//! into a [`ModelInput`] (the batch type every model family takes), [`Metric`]s as
+//! GLUE/SuperGLUE define them, and causal-LM rows (text, prompt/completion, chat) with the
+//! spans their loss is taken on (`lm.rs`).
 //!
 //! Must not know: models (they take its [`ModelInput`]),
 //! training, adapters. Every error names the file and 1-based line, and says what was expected
@@ -19,6 +20,7 @@
 mod batch;
 mod example;
 mod gguf_tokenizer;
+mod lm;
 mod metrics;
 mod readers;
 mod task;
@@ -32,6 +34,9 @@ pub use batch::{
 };
 pub use example::{Example, Label};
 pub use gguf_tokenizer::tokenizer_from_gguf;
+pub use lm::{
+    ChatMessage, LmEncoder, LmRecord, LmRow, LmTokens, RenderChat, Rendered, lm_batch, read_lm_rows,
+};
 pub use metrics::{Metric, compute};
 pub use readers::{
     CustomColumns, CustomLabels, read_custom, read_file, read_task_split, read_texts,

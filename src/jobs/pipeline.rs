@@ -69,10 +69,10 @@ impl EncodedSplit {
             .map(|idx| {
                 let items: Vec<&Encoded> = idx.iter().map(|&i| &self.encoded[i]).collect();
                 let labels: Vec<Label> = idx.iter().map(|&i| self.labels[i]).collect();
-                Ok(Batch {
-                    input: data::collate(&items, pad_id, device)?,
-                    labels: data::label_tensor(&labels, device)?,
-                })
+                Ok(Batch::new(
+                    data::collate(&items, pad_id, device)?,
+                    data::label_tensor(&labels, device)?,
+                    ))
             })
             .collect()
     }

@@ -212,6 +212,25 @@ pub trait Model: Send + Sync {
         activate_linears(self, adapters)
     }
 
+    /// PEFT's `task_type` for adapters of this model: `SEQ_CLS` for a classifier,
+    /// `CAUSAL_LM` for a decoder with its LM head.
+    fn peft_task_type(&self) -> &'static str {
+        "SEQ_CLS"
+    }
+
+    /// Next-token logits `(k, vocab)` at `rows`, flat indices `b·seq_len + t` into `input`'s
+    /// positions (virtual tokens not counted): what a causal-LM loss needs, without the
+    /// logits of positions it does not score.
+    ///
+    /// # Errors
+    /// [`Error::NotALanguageModel`] for a model without an LM head; shape errors.
+    fn token_logits(&self, input: &ModelInput, rows: &Tensor, train: bool) -> Result<Tensor> {
+        let _ = (input, rows, train);
+        Err(Error::NotALanguageModel {
+            architecture: self.architecture(),
+        })
+    }
+
     /// HF's class name for this model (e.g. `BertForSequenceClassification`), written to a
     /// merged export's config.json `architectures`.
     fn architecture(&self) -> &'static str;

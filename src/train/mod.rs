@@ -19,7 +19,7 @@ mod tests;
 
 pub use batch::Batch;
 pub use log::JsonlLog;
-pub use objective::{CrossEntropy, MeanSquaredError, Objective, for_labels};
+pub use objective::{CrossEntropy, MeanSquaredError, NextToken, Objective, for_labels};
 pub use observer::{Control, EarlyStopping, EvalReport, Observer, StepReport, TrainSummary};
 pub use optim::{Adam, AdamParams, OptimizerKind};
 pub use schedule::Schedule;

@@ -54,6 +54,29 @@ impl Objective for MeanSquaredError {
     }
 }
 
+/// A causal language model's loss: the mean cross-entropy of the next token at the batch's
+/// scored positions ([`Batch::rows`]), as HF's `…ForCausalLM` computes it over the labels that
+/// are not -100 (only completion or assistant tokens under TRL's SFT masking).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NextToken;
+
+impl Objective for NextToken {
+    fn name(&self) -> &'static str {
+        "next-token cross-entropy"
+    }
+    fn loss(&self, model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor> {
+        let rows = batch.rows.as_ref().ok_or(crate::error::Error::UnsupportedInput {
+            field: "rows",
+            reason: "a causal-LM batch names the positions it scores",
+        })?;
+        let logits = model.token_logits(&batch.input, rows, train)?;
+        Ok(candle_nn::loss::cross_entropy(
+            &logits.to_dtype(DType::F32)?,
+            &batch.labels.to_dtype(DType::U32)?,
+        )?)
+    }
+}
+
 /// The objective of a sequence-level task: regression or classification.
 pub fn for_labels(regression: bool) -> &'static dyn Objective {
     if regression {

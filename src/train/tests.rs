@@ -36,6 +36,7 @@ fn batch(k: usize) -> Batch {
     Batch {
         input: collate(&refs, 0, &Device::Cpu).unwrap(),
         labels: label_tensor(&labels, &Device::Cpu).unwrap(),
+        rows: None,
     }
 }
 

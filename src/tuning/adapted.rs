@@ -109,7 +109,12 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
             return Err(Error::NoVirtualTokens { method: m.name() });
         };
         tensors.insert(TOKENS_KEY.to_string(), tokens.as_tensor().copy()?);
-        peft_fields = peft_prompt_fields(placement, &model.virtual_spec(), tokens.dims());
+        peft_fields = peft_prompt_fields(
+            placement,
+            &model.virtual_spec(),
+            tokens.dims(),
+            model.peft_task_type(),
+        );
     } else if modules.is_empty() {
         return Err(Error::AdapterNotAttached {
             op: "save",
@@ -159,18 +164,25 @@ fn peft_prompt_fields(
     placement: TokenPlacement,
     spec: &crate::adapters::VirtualSpec,
     dims: &[usize],
+    task_type: &str,
 ) -> BTreeMap<String, serde_json::Value> {
     use serde_json::json;
+    // Under grouped-query attention PEFT sizes a prefix by the key/value heads (its
+    // `_prepare_prompt_learning_config`): `token_dim` and `num_attention_heads` say so.
+    let (token_dim, heads) = match placement {
+        TokenPlacement::Prompt => (spec.hidden, spec.heads),
+        TokenPlacement::Prefix => (spec.kv_width, spec.kv_heads),
+    };
     let mut f = BTreeMap::from([
-        ("task_type".to_string(), json!("SEQ_CLS")),
+        ("task_type".to_string(), json!(task_type)),
         ("inference_mode".to_string(), json!(true)),
         (
             "num_virtual_tokens".to_string(),
             json!(dims.first().copied().unwrap_or(0)),
         ),
-        ("token_dim".to_string(), json!(spec.hidden)),
+        ("token_dim".to_string(), json!(token_dim)),
         ("num_transformer_submodules".to_string(), json!(1)),
-        ("num_attention_heads".to_string(), json!(spec.heads)),
+        ("num_attention_heads".to_string(), json!(heads)),
         ("num_layers".to_string(), json!(spec.layers)),
     ]);
     if placement == TokenPlacement::Prompt {
@@ -479,7 +491,7 @@ pub fn to_peft_lora(
             .and_then(serde_json::Value::as_f64)
             .unwrap_or(0.0),
         head,
-        task_type: "SEQ_CLS".into(),
+        task_type: model.peft_task_type().into(),
         task: meta.task.clone(),
         base_model_config_sha256: meta.base_model_config_sha256.clone(),
     })

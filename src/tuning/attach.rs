@@ -12,7 +12,7 @@ use crate::adapters::{
 };
 use crate::error::{Error, Result};
 use crate::models::Model;
-use crate::models::walk::Module;
+use crate::models::walk::{Entry, Module};
 
 /// Where a method goes on a model: the target modules used (for the record) and the
 /// compiled rules; both `None` for a method that attaches to no layer.
@@ -72,7 +72,15 @@ pub fn placing(
             *entry = fields.clone();
         }
     }
-    let targeting = Targeting::new(&targets, exclude, &all)?;
+    let mut outputs = Vec::new();
+    model.walk(&mut |name, e| {
+        if let Entry::Linear(tag, _) = e
+            && tag.module == Module::LmHead
+        {
+            outputs.push(name);
+        }
+    });
+    let targeting = Targeting::new(&targets, exclude, &all)?.with_outputs(outputs);
     Ok(Placing {
         targets: Some(targets),
         targeting: Some(targeting),

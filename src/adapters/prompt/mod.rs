@@ -115,7 +115,7 @@ impl Method for Prefix {
         rng: &mut StdRng,
     ) -> Result<Tensor> {
         let cfg = downcast::<PrefixConfig>(self.name(), config)?;
-        let width = spec.layers.saturating_mul(2).saturating_mul(spec.hidden);
+        let width = spec.prefix_width();
         spec.check_tokens(self.name(), cfg.num_virtual_tokens, width)?;
         normal(
             &[cfg.num_virtual_tokens, width],

@@ -8,6 +8,8 @@ fn spec() -> VirtualSpec {
         layers: 3,
         hidden: 8,
         heads: 2,
+        kv_heads: 2,
+        kv_width: 8,
         word_embeddings: Tensor::arange(0f32, 80., &Device::Cpu)
             .unwrap()
             .reshape((10, 8))

@@ -12,12 +12,13 @@ mod superglue;
 
 use std::path::Path;
 
-use rows::{LabelMode, read_text, resolve_labels};
+use rows::{LabelMode, resolve_labels};
 
 use crate::data::{Example, Format, LabelKind, Split, TaskSpec};
 use crate::error::{Error, Result};
 
 pub use custom::{CustomColumns, CustomLabels, read_custom, read_texts};
+pub(crate) use rows::{numbered_lines, read_text};
 
 /// Reads `split` of `spec` from the data root `root` (the folder holding `glue/` and
 /// `superglue/`).

@@ -556,6 +556,8 @@ impl DebertaV2 {
             layers: self.weights.layers.len(),
             hidden: self.config.hidden_size,
             heads: self.config.num_attention_heads,
+            kv_heads: self.config.num_attention_heads,
+            kv_width: self.config.hidden_size,
             word_embeddings: self.weights.embeddings.word.clone(),
             dtype: self.dtype,
             device: self.device.clone(),

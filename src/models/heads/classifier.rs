@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::adapters::{TokenPlacement, VirtualSpec, seeded_rng};
 use crate::error::{Error, Result};
 use crate::io::ResolvedModel;
-use crate::models::backbone::{BuildBackbone, ForwardCtx};
+use crate::models::backbone::BuildBackbone;
+use crate::models::heads::virtual_tokens::VirtualTokens;
 use crate::models::heads::layout::HeadLayout;
 use crate::models::layers::{Dense, check_labels, dropout, pool, with_prompt_mask};
 use crate::models::walk::{Entry, EntryMut};
@@ -29,18 +30,8 @@ pub struct SequenceClassifier<B> {
     /// Index into `heads` of the head the forward uses.
     active_head: usize,
     pooling: Pooling,
-    /// Each adapter's prompt-tuning soft tokens `(n, hidden)` or prefix-tuning table
-    /// `(n, layers·2·hidden)` (PEFT's `prompt_embeddings`).
-    virtual_tokens: Vec<AdapterTokens>,
-    /// The adapters [`Model::set_active`] last named; `None` until it is called (all active).
-    active: Option<Vec<String>>,
-}
-
-/// Virtual tokens and the adapter they belong to.
-struct AdapterTokens {
-    adapter: String,
-    placement: TokenPlacement,
-    tokens: Var,
+    /// Each adapter's prompt-tuning or prefix-tuning tokens.
+    virtual_tokens: VirtualTokens,
 }
 
 /// The name of the head a classifier is built with: the adapter name `ttlora train` uses
@@ -97,29 +88,8 @@ impl<B: Backbone> SequenceClassifier<B> {
             heads: vec![head],
             active_head: 0,
             pooling,
-            virtual_tokens: Vec::new(),
-            active: None,
+            virtual_tokens: VirtualTokens::default(),
         })
-    }
-
-    /// The virtual tokens the forward uses: those of the first active adapter that has some;
-    /// before any [`Model::set_active`], those of the one adapter that has some.
-    ///
-    /// # Errors
-    /// [`Error::AmbiguousVirtualTokens`] when several adapters hold tokens and none was chosen.
-    fn active_tokens(&self) -> Result<Option<&AdapterTokens>> {
-        match &self.active {
-            Some(names) => Ok(names
-                .iter()
-                .find_map(|n| self.virtual_tokens.iter().find(|t| t.adapter == *n))),
-            None => match self.virtual_tokens.as_slice() {
-                [] => Ok(None),
-                [one] => Ok(Some(one)),
-                many => Err(Error::AmbiguousVirtualTokens {
-                    adapters: many.iter().map(|t| t.adapter.clone()).collect(),
-                }),
-            },
-        }
     }
 
     fn head(&self) -> &NamedHead {
@@ -144,55 +114,6 @@ impl<B: Backbone> SequenceClassifier<B> {
     /// The head's layout.
     pub fn layout(&self) -> &HeadLayout {
         &self.layout
-    }
-
-    /// The backbone's hidden states with the virtual tokens attached: prompt tokens in front
-    /// of the word embeddings, or prefix keys and values for every layer; and the prompt
-    /// length (0 without prompt tuning).
-    fn backbone_forward(&self, input: &ModelInput, train: bool) -> Result<(Tensor, usize)> {
-        let words = self.backbone.embed_tokens(&input.input_ids)?;
-        let active = self.active_tokens()?.map(|t| (t.placement, &t.tokens));
-        match active {
-            None => Ok((
-                self.backbone
-                    .forward_embeds(&words, input, &ForwardCtx::plain(train))?,
-                0,
-            )),
-            Some((TokenPlacement::Prompt, prompt)) => {
-                let (b_sz, _, width) = words.dims3()?;
-                let n = prompt.dims()[0];
-                let p = prompt
-                    .as_tensor()
-                    .unsqueeze(0)?
-                    .broadcast_as((b_sz, n, width))?
-                    .to_dtype(words.dtype())?;
-                let words = Tensor::cat(&[&p, &words], 1)?;
-                let ctx = ForwardCtx {
-                    prompt_len: n,
-                    ..ForwardCtx::plain(train)
-                };
-                Ok((self.backbone.forward_embeds(&words, input, &ctx)?, n))
-            }
-            Some((TokenPlacement::Prefix, table)) => {
-                // PEFT's table: per layer, the keys then the values, each `hidden` wide.
-                let h = self.backbone.virtual_spec().hidden;
-                let layers = table.dims()[1] / (2 * h);
-                let t = table.as_tensor();
-                let prefix = (0..layers)
-                    .map(|i| {
-                        Ok((
-                            t.narrow(1, 2 * i * h, h)?.to_dtype(words.dtype())?,
-                            t.narrow(1, (2 * i + 1) * h, h)?.to_dtype(words.dtype())?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let ctx = ForwardCtx {
-                    prefix: Some(&prefix),
-                    ..ForwardCtx::plain(train)
-                };
-                Ok((self.backbone.forward_embeds(&words, input, &ctx)?, 0))
-            }
-        }
     }
 }
 
@@ -287,7 +208,7 @@ impl<B: BuildBackbone> SequenceClassifier<B> {
 impl<B: Backbone> Model for SequenceClassifier<B> {
     fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let _span = tracing::trace_span!("sequence-classifier").entered();
-        let (hidden, prompt_len) = self.backbone_forward(input, train)?;
+        let (hidden, prompt_len) = self.virtual_tokens.forward(&self.backbone, input, train)?;
         let pooled = match self.pooling {
             Pooling::Cls if self.layout.cls_through_backbone_pooler => {
                 self.backbone.pooler_output(&hidden, train)?
@@ -348,44 +269,15 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
         adapter: &str,
         tokens: Option<(TokenPlacement, Var)>,
     ) -> Result<()> {
-        if let Some((placement, t)) = &tokens {
-            self.backbone.check_virtual_tokens(*placement)?;
-            let spec = self.backbone.virtual_spec();
-            let width = match placement {
-                TokenPlacement::Prompt => spec.hidden,
-                TokenPlacement::Prefix => spec.layers * 2 * spec.hidden,
-            };
-            let (n, w) = t.dims2()?;
-            if w != width || n == 0 {
-                return Err(Error::TensorShape {
-                    op: "virtual tokens",
-                    expected: vec![n.max(1), width],
-                    got: vec![n, w],
-                });
-            }
-        }
-        self.virtual_tokens.retain(|t| t.adapter != adapter);
-        if let Some((placement, tokens)) = tokens {
-            self.virtual_tokens.push(AdapterTokens {
-                adapter: adapter.to_string(),
-                placement,
-                tokens,
-            });
-        }
-        Ok(())
+        self.virtual_tokens.set(&self.backbone, adapter, tokens)
     }
 
     fn virtual_tokens(&self) -> Result<Option<(TokenPlacement, Var)>> {
-        Ok(self
-            .active_tokens()?
-            .map(|t| (t.placement, t.tokens.clone())))
+        self.virtual_tokens.active()
     }
 
     fn adapter_tokens(&self, adapter: &str) -> Option<(TokenPlacement, Var)> {
-        self.virtual_tokens
-            .iter()
-            .find(|t| t.adapter == adapter)
-            .map(|t| (t.placement, t.tokens.clone()))
+        self.virtual_tokens.of(adapter)
     }
 
     fn architecture(&self) -> &'static str {
@@ -419,7 +311,7 @@ impl<B: Backbone> Model for SequenceClassifier<B> {
             .iter()
             .find_map(|a| self.heads.iter().position(|h| h.adapter == *a))
             .unwrap_or(0);
-        self.active = Some(adapters.iter().map(|a| a.to_string()).collect());
+        self.virtual_tokens.set_active(adapters);
         Ok(())
     }
 }

@@ -1,9 +1,13 @@
 //! Task heads over a [`Backbone`](crate::models::Backbone): the sequence classifier
 //! ([`SequenceClassifier`], with HF's BERT, RoBERTa and DeBERTa head layouts as data in
-//! [`HeadLayout`]). A language-model head for decoders joins here.
+//! [`HeadLayout`]). and the causal language model ([`CausalLm`]: a [`Decoder`] with its LM head); both put
+//! prompt and prefix tokens in place the same way (`virtual_tokens.rs`).
 
+mod causal_lm;
 mod classifier;
 mod layout;
+mod virtual_tokens;
 
+pub use causal_lm::{CausalLm, Decoder, last_token_rows};
 pub use classifier::SequenceClassifier;
 pub use layout::{HeadActivation, HeadLayout, HiddenLayer};

@@ -22,6 +22,17 @@ pub enum LlamaFamily {
     Qwen2,
 }
 
+impl LlamaFamily {
+    /// HF's causal-LM class of the variant.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+}
+
 /// One token id or several, as HF configs write `eos_token_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -7,10 +7,12 @@
 use candle_core::{D, DType, Device, Tensor};
 
 use super::config::LlamaConfig;
-use crate::adapters::Linear;
+use crate::adapters::{Linear, VirtualSpec};
+use crate::models::Backbone;
 use crate::error::{Error, Result};
 use crate::models::ModelInput;
-use crate::models::layers::{MASK_VALUE, RmsNorm, check_input};
+use crate::models::backbone::ForwardCtx;
+use crate::models::layers::{MASK_VALUE, RmsNorm, check_input, with_prompt_mask};
 use crate::models::walk::{Entry, EntryMut, LinearDims, Part, parts, tags};
 use crate::models::weights::{Init, Loader};
 use crate::ops::{rope, rope_tables, softmax_last_dim};
@@ -276,24 +278,82 @@ impl Llama {
     /// # Errors
     /// Input shapes that disagree; ids outside the vocabulary.
     pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let embeds = self.embed(&input.input_ids)?;
+        self.decode(&embeds, input, &ForwardCtx::plain(train))
+    }
+
+    /// The token embeddings of `ids: (b, t)`.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        Ok(self
+            .weights
+            .embed_tokens
+            .embedding(&ids.to_dtype(DType::U32)?.flatten_all()?)?
+            .reshape((b, t, self.config.hidden_size))?)
+    }
+
+    /// The layers and the final norm over `embeds: (b, n + t, hidden)`, `n =
+    /// ctx.prompt_len` prompt rows in front of `input`'s t tokens. Prompt tokens count as
+    /// real tokens for attention and positions; prefix keys and values (one pair per layer,
+    /// `(m, kv_width)` each) are attended by every query before the sequence's own, as HF's
+    /// past key values, and shift the positions by m.
+    fn decode(&self, embeds: &Tensor, input: &ModelInput, ctx: &ForwardCtx) -> Result<Tensor> {
         let _span = tracing::trace_span!("llama").entered();
         let cfg = &self.config;
         let (b, t) = check_input(input, None)?;
-        let ids = input.input_ids.to_dtype(DType::U32)?;
-        let x = self
-            .weights
-            .embed_tokens
-            .embedding(&ids.flatten_all()?)?
-            .reshape((b, t, cfg.hidden_size))?;
+        let n_prompt = ctx.prompt_len;
+        let prefix = ctx.prefix.unwrap_or(&[]);
+        let n_prefix = prefix.first().map_or(0, |(k, _)| k.dims()[0]);
+        if !prefix.is_empty() && prefix.len() != self.weights.layers.len() {
+            return Err(Error::TensorShape {
+                op: "prefix keys and values (one pair per layer)",
+                expected: vec![self.weights.layers.len()],
+                got: vec![prefix.len()],
+            });
+        }
+        if embeds.dims() != [b, n_prompt + t, cfg.hidden_size] {
+            return Err(Error::TensorShape {
+                op: "decoder input embeddings",
+                expected: vec![b, n_prompt + t, cfg.hidden_size],
+                got: embeds.dims().to_vec(),
+            });
+        }
+        let virtual_n = n_prompt + n_prefix;
+        if virtual_n > 0 && input.position_ids.is_some() {
+            return Err(Error::UnsupportedInput {
+                field: "position_ids",
+                reason: "not taken with prompt or prefix tokens attached, which shift the \
+                         positions themselves",
+            });
+        }
+        let mask = with_prompt_mask(&input.attention_mask, virtual_n)?;
         let positions = match &input.position_ids {
             Some(p) => p.clone(),
-            None => Self::positions(&input.attention_mask)?,
+            None => Self::positions(&mask)?.narrow(1, n_prefix, n_prompt + t)?,
         };
         let (cos, sin) = rope_tables(&positions, cfg.head_width(), cfg.rope_theta, self.dtype)?;
-        let bias = causal_bias(&input.attention_mask, self.dtype)?;
-        let mut x = crate::ops::track(x);
-        for layer in &self.weights.layers {
-            x = layer.forward(&x, &cos, &sin, &bias, cfg, train, None)?;
+        // Queries are the prompt and real tokens; keys the prefix too.
+        let bias = causal_bias(&mask, self.dtype)?
+            .narrow(2, n_prefix, n_prompt + t)?
+            .contiguous()?;
+        let (kv_heads, d) = (cfg.kv_heads(), cfg.head_width());
+        let mut x = crate::ops::track(embeds.clone());
+        for (i, layer) in self.weights.layers.iter().enumerate() {
+            // A prefix enters a layer as keys and values already cached.
+            let mut cache = match prefix.get(i) {
+                Some((k, v)) => {
+                    let heads = |x: &Tensor| -> Result<Tensor> {
+                        Ok(x.reshape((1, n_prefix, kv_heads, d))?
+                            .transpose(1, 2)?
+                            .broadcast_as((b, kv_heads, n_prefix, d))?
+                            .contiguous()?)
+                    };
+                    Some((heads(k)?, heads(v)?))
+                }
+                None => None,
+            };
+            let cache = cache.is_some().then_some(&mut cache);
+            x = layer.forward(&x, &cos, &sin, &bias, cfg, ctx.train, cache)?;
         }
         self.weights.norm.forward(&x)
     }
@@ -321,11 +381,7 @@ impl Llama {
         if cache.layers.len() != self.weights.layers.len() {
             cache.layers = vec![None; self.weights.layers.len()];
         }
-        let x = self
-            .weights
-            .embed_tokens
-            .embedding(&ids.to_dtype(DType::U32)?.flatten_all()?)?
-            .reshape((1, t, cfg.hidden_size))?;
+        let x = self.embed(ids)?;
         let positions =
             Tensor::arange(past as u32, (past + t) as u32, ids.device())?.unsqueeze(0)?;
         let (cos, sin) = rope_tables(&positions, cfg.head_width(), cfg.rope_theta, self.dtype)?;
@@ -419,4 +475,68 @@ pub fn last_token_logits(logits: &Tensor, attention_mask: &Tensor) -> Result<Ten
         .map(|(i, &n)| logits.get(i)?.get(n.saturating_sub(1) as usize))
         .collect::<candle_core::Result<Vec<_>>>()?;
     Ok(Tensor::stack(&rows, 0)?)
+}
+
+impl Backbone for Llama {
+    fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
+        self.embed(input_ids)
+    }
+
+    fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        input: &ModelInput,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        self.decode(embeds, input, ctx)
+    }
+
+    fn pooler_output(&self, _hidden: &Tensor, _train: bool) -> Result<Tensor> {
+        Err(Error::UnsupportedInput {
+            field: "pooling",
+            reason: "a decoder has no pooler",
+        })
+    }
+
+    fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>)) {
+        Llama::walk(self, f);
+    }
+
+    fn walk_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, EntryMut<'a>)) {
+        Llama::walk_mut(self, f);
+    }
+
+    /// PEFT's defaults for LLaMA-family models.
+    fn default_targets(&self) -> &'static [&'static str] {
+        &["q_proj", "v_proj"]
+    }
+
+    fn virtual_spec(&self) -> VirtualSpec {
+        let cfg = &self.config;
+        VirtualSpec {
+            layers: self.weights.layers.len(),
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.kv_heads(),
+            kv_width: cfg.kv_heads() * cfg.head_width(),
+            word_embeddings: self.weights.embed_tokens.clone(),
+            dtype: self.dtype,
+            device: self.device.clone(),
+        }
+    }
+
+    /// Rotary positions index no table; the context the model was trained for is the limit.
+    fn max_seq_len(&self) -> Option<usize> {
+        Some(self.config.max_position_embeddings)
+    }
+}
+
+impl crate::models::heads::Decoder for Llama {
+    fn lm_logits(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
+        self.logits(hidden, train)
+    }
+
+    fn architecture(&self) -> &'static str {
+        self.config.model_type.architecture()
+    }
 }

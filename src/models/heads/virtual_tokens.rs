@@ -1,0 +1,162 @@
+//! Prompt-tuning and prefix-tuning tokens per adapter, and the backbone forward that puts
+//! them in place: what every head (classifier, LM head) shares, so no head or family holds
+//! virtual tokens in its own way.
+
+use candle_core::{Tensor, Var};
+
+use crate::adapters::TokenPlacement;
+use crate::error::{Error, Result};
+use crate::models::backbone::ForwardCtx;
+use crate::models::{Backbone, ModelInput};
+
+/// Virtual tokens and the adapter they belong to.
+struct AdapterTokens {
+    adapter: String,
+    placement: TokenPlacement,
+    tokens: Var,
+}
+
+/// Each adapter's prompt-tuning soft tokens `(n, hidden)` or prefix-tuning table
+/// `(n, layers·2·kv_width)` (PEFT's `prompt_embeddings`), and which adapters are active.
+#[derive(Default)]
+pub(crate) struct VirtualTokens {
+    tokens: Vec<AdapterTokens>,
+    /// The adapters [`set_active`](Self::set_active) last named; `None` until it is called.
+    active: Option<Vec<String>>,
+}
+
+impl VirtualTokens {
+    /// The tokens the forward uses: those of the first active adapter that has some; before
+    /// any [`set_active`](Self::set_active), those of the one adapter that has some.
+    ///
+    /// # Errors
+    /// [`Error::AmbiguousVirtualTokens`] when several adapters hold tokens and none was chosen.
+    fn in_use(&self) -> Result<Option<&AdapterTokens>> {
+        match &self.active {
+            Some(names) => Ok(names
+                .iter()
+                .find_map(|n| self.tokens.iter().find(|t| t.adapter == *n))),
+            None => match self.tokens.as_slice() {
+                [] => Ok(None),
+                [one] => Ok(Some(one)),
+                many => Err(Error::AmbiguousVirtualTokens {
+                    adapters: many.iter().map(|t| t.adapter.clone()).collect(),
+                }),
+            },
+        }
+    }
+
+    /// The placement and tokens the forward uses (see [`Model::virtual_tokens`](crate::models::Model::virtual_tokens)).
+    ///
+    /// # Errors
+    /// [`Error::AmbiguousVirtualTokens`].
+    pub(crate) fn active(&self) -> Result<Option<(TokenPlacement, Var)>> {
+        Ok(self.in_use()?.map(|t| (t.placement, t.tokens.clone())))
+    }
+
+    /// The tokens `adapter` holds, active or not.
+    pub(crate) fn of(&self, adapter: &str) -> Option<(TokenPlacement, Var)> {
+        self.tokens
+            .iter()
+            .find(|t| t.adapter == adapter)
+            .map(|t| (t.placement, t.tokens.clone()))
+    }
+
+    /// Gives `adapter` these tokens (replacing any it had; `None` removes them), after
+    /// checking that `backbone` takes the placement and the table's width.
+    ///
+    /// # Errors
+    /// A placement the backbone refuses; a table of the wrong width or with no rows.
+    pub(crate) fn set(
+        &mut self,
+        backbone: &dyn Backbone,
+        adapter: &str,
+        tokens: Option<(TokenPlacement, Var)>,
+    ) -> Result<()> {
+        if let Some((placement, t)) = &tokens {
+            backbone.check_virtual_tokens(*placement)?;
+            let spec = backbone.virtual_spec();
+            let width = match placement {
+                TokenPlacement::Prompt => spec.hidden,
+                TokenPlacement::Prefix => spec.prefix_width(),
+            };
+            let (n, w) = t.dims2()?;
+            if w != width || n == 0 {
+                return Err(Error::TensorShape {
+                    op: "virtual tokens",
+                    expected: vec![n.max(1), width],
+                    got: vec![n, w],
+                });
+            }
+        }
+        self.tokens.retain(|t| t.adapter != adapter);
+        if let Some((placement, tokens)) = tokens {
+            self.tokens.push(AdapterTokens {
+                adapter: adapter.to_string(),
+                placement,
+                tokens,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records the adapters the forward uses, in order of preference.
+    pub(crate) fn set_active(&mut self, adapters: &[&str]) {
+        self.active = Some(adapters.iter().map(|a| a.to_string()).collect());
+    }
+
+    /// The backbone's hidden states with the active tokens attached: prompt tokens in front
+    /// of the word embeddings, or prefix keys and values for every layer; and the prompt
+    /// length (0 without prompt tuning), the rows in front of `input`'s own.
+    ///
+    /// # Errors
+    /// [`Error::AmbiguousVirtualTokens`]; the backbone's errors.
+    pub(crate) fn forward<B: Backbone + ?Sized>(
+        &self,
+        backbone: &B,
+        input: &ModelInput,
+        train: bool,
+    ) -> Result<(Tensor, usize)> {
+        let words = backbone.embed_tokens(&input.input_ids)?;
+        match self.in_use()?.map(|t| (t.placement, &t.tokens)) {
+            None => Ok((
+                backbone.forward_embeds(&words, input, &ForwardCtx::plain(train))?,
+                0,
+            )),
+            Some((TokenPlacement::Prompt, prompt)) => {
+                let (b_sz, _, width) = words.dims3()?;
+                let n = prompt.dims()[0];
+                let p = prompt
+                    .as_tensor()
+                    .unsqueeze(0)?
+                    .broadcast_as((b_sz, n, width))?
+                    .to_dtype(words.dtype())?;
+                let words = Tensor::cat(&[&p, &words], 1)?;
+                let ctx = ForwardCtx {
+                    prompt_len: n,
+                    ..ForwardCtx::plain(train)
+                };
+                Ok((backbone.forward_embeds(&words, input, &ctx)?, n))
+            }
+            Some((TokenPlacement::Prefix, table)) => {
+                // PEFT's table: per layer, the keys then the values, each `kv_width` wide.
+                let w = backbone.virtual_spec().kv_width;
+                let t = table.as_tensor();
+                let layers = t.dims()[1] / (2 * w);
+                let prefix = (0..layers)
+                    .map(|i| {
+                        Ok((
+                            t.narrow(1, 2 * i * w, w)?.to_dtype(words.dtype())?,
+                            t.narrow(1, (2 * i + 1) * w, w)?.to_dtype(words.dtype())?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let ctx = ForwardCtx {
+                    prefix: Some(&prefix),
+                    ..ForwardCtx::plain(train)
+                };
+                Ok((backbone.forward_embeds(&words, input, &ctx)?, 0))
+            }
+        }
+    }
+}
