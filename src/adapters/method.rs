@@ -78,9 +78,7 @@ pub struct VirtualSpec {
 impl VirtualSpec {
     /// Values per prefix-tuning token: every layer's key and value (PEFT's table width).
     pub fn prefix_width(&self) -> usize {
-        self.layers
-            .saturating_mul(2)
-            .saturating_mul(self.kv_width)
+        self.layers.saturating_mul(2).saturating_mul(self.kv_width)
     }
 
     /// Refuses, before anything is allocated, `n` virtual tokens of `width` values each when

@@ -45,7 +45,7 @@ pub fn decode_rate(
     new_tokens: usize,
     reps: usize,
 ) -> Result<GenerateRow> {
-    let cfg = g.model.config();
+    let cfg = g.decoder().config();
     if prompt_tokens == 0 || prompt_tokens + new_tokens > cfg.max_position_embeddings {
         return Err(crate::Error::PromptTooLong {
             tokens: prompt_tokens + new_tokens,
@@ -56,16 +56,16 @@ pub fn decode_rate(
     let ids: Vec<u32> = (0..prompt_tokens as u32)
         .map(|i| 1000u32.min(vocab - 1) + i % vocab.saturating_sub(1000).max(1))
         .collect();
-    let device = g.model.device().clone();
+    let device = g.decoder().device().clone();
     let (mut best_prefill, mut best_decode) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..reps.max(1) {
         let mut cache = KvCache::new();
         let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
         let start = Instant::now();
-        let hidden = g.model.forward_cached(&input, &mut cache)?;
+        let hidden = g.decoder().forward_cached(&input, &mut cache)?;
         let t = hidden.dim(1)?;
         let mut next = g
-            .model
+            .decoder()
             .logits(&hidden.narrow(1, t - 1, 1)?, false)?
             .flatten_all()?
             .argmax(0)?
@@ -75,9 +75,9 @@ pub fn decode_rate(
         let start = Instant::now();
         for _ in 0..new_tokens {
             let input = Tensor::new(&[[next]], &device)?;
-            let hidden = g.model.forward_cached(&input, &mut cache)?;
+            let hidden = g.decoder().forward_cached(&input, &mut cache)?;
             next = g
-                .model
+                .decoder()
                 .logits(&hidden, false)?
                 .flatten_all()?
                 .argmax(0)?

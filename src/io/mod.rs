@@ -31,7 +31,7 @@ mod tensor_source;
 pub use adapter_folder::{AdapterConfig, AdapterFolder, TOKENS_KEY, TaskInfo};
 pub use fs::{read_json_if_present, sha256_file};
 pub use gguf::{GgufSource, MetaValue};
-pub use hub::{DEFAULT_MODEL, PACKAGED_MODELS, cache_dir, resolve_model};
+pub use hub::{DEFAULT_DECODER, DEFAULT_MODEL, PACKAGED_MODELS, cache_dir, resolve_model};
 pub use output::{OutputLock, replace_folder, write_atomic};
 pub use pooling::Pooling;
 pub use process::peak_rss_mib;

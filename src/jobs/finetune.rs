@@ -95,20 +95,9 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
             max_len: spec.study.max_len,
         }),
     };
-    // LoRA is saved in PEFT's own format, so PEFT loads the run folder as it is; TT-LoRA,
-    // which PEFT does not know, in ttlora's (docs/FORMAT.md).
-    let adapter = if method.peft_type() == "LORA" {
-        SavedAdapter::Peft(to_peft_lora(trial.model.as_ref(), ADAPTER_NAME, &meta)?)
-    } else {
-        SavedAdapter::Own(Box::new(collect(
-            trial.model.as_ref(),
-            ADAPTER_NAME,
-            &meta,
-        )?))
-    };
     // A resumed run counts the training time its checkpoint carried over.
     let wall_s = started.elapsed().as_secs_f64() + trial.summary.carried_s;
-    let mut record = RunRecord {
+    let record = RunRecord {
         task: study.task.name.clone(),
         method: method.name().into(),
         method_config: spec.trial.method.given().clone(),
@@ -130,20 +119,13 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         batch_size: spec.trial.batch_size,
         max_train: spec.study.max_train,
     };
-    // The adapter, the record and the log replace the folder in one swap: a run stopped at
-    // any point leaves the previous folder or this one, never this adapter beside another's
-    // config or record. The checkpoint is not carried over.
-    lock.replace_folder(|dir| {
-        adapter.write_files(dir)?;
-        let weights = dir.join(io::adapter_folder::WEIGHTS_FILE);
-        record.adapter_file_bytes = Some(std::fs::metadata(&weights).map_or(0, |m| m.len()));
-        record.write(dir)?;
-        let log = spec.out.join(LOG_FILE);
-        if log.is_file() {
-            io::output::copy_synced(&log, &dir.join(LOG_FILE))?;
-        }
-        Ok(())
-    })?;
+    let record = save_run(
+        lock,
+        trial.model.as_ref(),
+        &spec.trial.method,
+        &meta,
+        record,
+    )?;
     let pad_id = study.encoder.pad_id();
     Ok(Trained {
         report: record,
@@ -151,4 +133,40 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         dev: study.dev,
         pad_id,
     })
+}
+
+/// Saves a finished run into the folder `lock` holds: the adapter (LoRA in PEFT's own
+/// format, so PEFT loads the run folder as it is; other methods, which PEFT does not know,
+/// in ttlora's, docs/FORMAT.md), the run record with the adapter file's size, and the
+/// training log, all in one swap: a run stopped at any point leaves the previous folder or
+/// this one, never this adapter beside another's config or record. The checkpoint is not
+/// carried over. Returns the record as written.
+///
+/// # Errors
+/// Collecting the adapter; writing or swapping the folder.
+pub(crate) fn save_run(
+    lock: io::OutputLock,
+    model: &dyn Model,
+    method: &crate::adapters::MethodSpec,
+    meta: &AdapterMeta,
+    mut record: RunRecord,
+) -> Result<RunRecord> {
+    let adapter = if method.method().peft_type() == "LORA" {
+        SavedAdapter::Peft(to_peft_lora(model, ADAPTER_NAME, meta)?)
+    } else {
+        SavedAdapter::Own(Box::new(collect(model, ADAPTER_NAME, meta)?))
+    };
+    let out = record.adapter_dir.clone();
+    lock.replace_folder(|dir| {
+        adapter.write_files(dir)?;
+        let weights = dir.join(io::adapter_folder::WEIGHTS_FILE);
+        record.adapter_file_bytes = Some(std::fs::metadata(&weights).map_or(0, |m| m.len()));
+        record.write(dir)?;
+        let log = out.join(LOG_FILE);
+        if log.is_file() {
+            io::output::copy_synced(&log, &dir.join(LOG_FILE))?;
+        }
+        Ok(())
+    })?;
+    Ok(record)
 }

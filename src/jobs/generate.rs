@@ -9,8 +9,11 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use tokenizers::Tokenizer;
 
+use crate::data::{ChatMessage, LmEncoder};
 use crate::error::{Error, Result};
 use crate::io::MetaValue;
+use crate::models::Model;
+use crate::models::heads::CausalLm;
 use crate::models::llama::{KvCache, Llama};
 
 /// How tokens are chosen and when generation stops.
@@ -43,11 +46,11 @@ impl Default for Sampling {
     }
 }
 
-/// A decoder ready to generate: the model, its tokenizer, its chat template and special
-/// tokens.
+/// A decoder ready to generate or to be fine-tuned: the model with its LM head, its
+/// tokenizer, its chat template and special tokens.
 pub struct Generator {
-    /// The decoder.
-    pub model: Llama,
+    /// The decoder with its LM head (adapters attach to it as to any [`Model`](crate::models::Model)).
+    pub model: CausalLm<Llama>,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
     /// The Jinja chat template, if the model has one.
@@ -58,6 +61,8 @@ pub struct Generator {
     eos: Vec<u32>,
     /// The id put in front of a plain prompt, when the model expects one.
     add_bos: Option<u32>,
+    /// See [`config_sha256`](Self::config_sha256).
+    config_sha256: String,
     bos_token: String,
     eos_token: String,
 }
@@ -84,6 +89,9 @@ impl Generator {
         }
         let file = gguf_in(path)?;
         let (model, gguf) = Llama::load_gguf(&file, DType::F32, device)?;
+        let config_sha256 =
+            crate::io::fs::sha256_hex(&serde_json::to_vec(model.config()).unwrap_or_default());
+        let model = CausalLm::new(model);
         let tokenizer = crate::data::tokenizer_from_gguf(&gguf)?;
         let token_text = |key: &str| -> (Option<u32>, String) {
             let id = gguf
@@ -121,9 +129,44 @@ impl Generator {
             path: file,
             eos,
             add_bos,
+            config_sha256,
             bos_token,
             eos_token,
         })
+    }
+
+    /// The base model of the adapter folder `adapter_dir` (its `base_model_name_or_path`, or
+    /// `model` when given) with the adapter loaded on top, unmerged.
+    ///
+    /// # Errors
+    /// An unreadable adapter folder; one naming no base model when `model` is `None`; the
+    /// loaders' errors; an adapter that does not fit the model.
+    pub fn with_adapter(
+        adapter_dir: &Path,
+        model: Option<&str>,
+        device: &Device,
+        allow_fetch: bool,
+    ) -> Result<Self> {
+        let folder = crate::io::AdapterFolder::read(adapter_dir, device)?;
+        let spec = model.unwrap_or(&folder.config.base_model_name_or_path);
+        if spec.is_empty() {
+            return Err(Error::ModelConfig {
+                path: adapter_dir.join(crate::io::adapter_folder::CONFIG_FILE),
+                reason: "names no base model (`base_model_name_or_path`); pass --model".into(),
+            });
+        }
+        let location = crate::jobs::causal_lm::decoder_location(spec, allow_fetch)?;
+        let mut g = Self::load(&location, device)?;
+        let recorded = &folder.config.base_model_config_sha256;
+        if !recorded.is_empty() && *recorded != g.config_sha256 {
+            tracing::warn!(
+                "{}: the model's config differs from the base the adapter was trained on ({})",
+                g.path.display(),
+                folder.config.base_model_name_or_path
+            );
+        }
+        crate::tuning::adapted::load_into(&mut g.model, &folder, crate::jobs::trial::ADAPTER_NAME)?;
+        Ok(g)
     }
 
     /// An HF decoder folder: `config.json`, the safetensors, `tokenizer.json`, and the chat
@@ -133,7 +176,7 @@ impl Generator {
     /// The loaders' errors.
     fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
         let resolved = crate::io::ResolvedModel::from_dir(dir)?;
-        let model = Llama::load_from(&resolved, DType::F32, device)?;
+        let model = CausalLm::new(Llama::load_from(&resolved, DType::F32, device)?);
         let crate::io::TokenizerSource::Json(tok_path) = resolved.tokenizer();
         let tokenizer = crate::data::load_tokenizer(tok_path)?;
         let extra: serde_json::Value =
@@ -148,7 +191,7 @@ impl Generator {
                 .to_string()
         };
         let (bos_token, eos_token) = (special("bos_token"), special("eos_token"));
-        let mut eos = model.config().eos_token_ids();
+        let mut eos = model.decoder().config().eos_token_ids();
         if eos.is_empty() {
             eos.extend(tokenizer.token_to_id(&eos_token));
         }
@@ -161,9 +204,15 @@ impl Generator {
             tokenizer,
             eos,
             add_bos,
+            config_sha256: resolved.config_sha256().to_string(),
             bos_token,
             eos_token,
         })
+    }
+
+    /// The decoder.
+    pub fn decoder(&self) -> &Llama {
+        self.model.decoder()
     }
 
     /// `message` as the user's turn of a chat, rendered by the model's chat template with
@@ -172,6 +221,24 @@ impl Generator {
     /// # Errors
     /// [`Error::ChatTemplate`] when the model has no template or it fails to render.
     pub fn chat_prompt(&self, message: &str) -> Result<String> {
+        let user = ChatMessage {
+            role: "user".into(),
+            content: message.into(),
+        };
+        self.render_chat(&[user], true)
+    }
+
+    /// `messages` rendered by the model's chat template, as transformers'
+    /// `apply_chat_template` does; with `add_generation_prompt`, the assistant's turn opened
+    /// after them.
+    ///
+    /// # Errors
+    /// [`Error::ChatTemplate`] when the model has no template or it fails to render.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let bad = |reason: String| Error::ChatTemplate {
             path: self.path.clone(),
             reason,
@@ -190,17 +257,43 @@ impl Generator {
         env.set_syntax(syntax);
         env.add_template("chat", source)
             .map_err(|e| bad(format!("does not parse: {e}")))?;
-        let messages = vec![serde_json::json!({"role": "user", "content": message})];
         env.get_template("chat")
             .and_then(|t| {
                 t.render(minijinja::context! {
-                    messages => minijinja::Value::from(minijinja::value::Serde(&messages)),
-                    add_generation_prompt => true,
+                    messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                    add_generation_prompt => add_generation_prompt,
                     bos_token => &self.bos_token,
                     eos_token => &self.eos_token,
                 })
             })
             .map_err(|e| bad(format!("does not render: {e}")))
+    }
+
+    /// What turns causal-LM rows into tokens for this model: its tokenizer, the BOS it
+    /// expects and its first end-of-sequence id.
+    pub fn lm_encoder(&self) -> LmEncoder {
+        LmEncoder {
+            tokenizer: self.tokenizer.clone(),
+            path: self.path.clone(),
+            bos: self.add_bos,
+            eos: self.eos.first().copied(),
+        }
+    }
+
+    /// SHA-256 of the model's config, as adapter folders record their base: of
+    /// `config.json` for an HF folder, of the config read from the metadata for a GGUF file.
+    pub fn config_sha256(&self) -> String {
+        self.config_sha256.clone()
+    }
+
+    /// The id batches are padded with: the tokenizer's pad token, else end-of-sequence (as
+    /// TRL does), else 0. Padding is masked, so only its range matters.
+    pub fn pad_id(&self) -> u32 {
+        self.tokenizer
+            .get_padding()
+            .map(|p| p.pad_id)
+            .or_else(|| self.eos.first().copied())
+            .unwrap_or(0)
     }
 
     /// Continues the plain text `prompt` (the tokenizer's special tokens added, and the BOS
@@ -264,14 +357,22 @@ impl Generator {
             path: self.path.clone(),
             reason: e.to_string(),
         };
-        let context = self.model.config().max_position_embeddings;
+        if self.model.virtual_tokens()?.is_some() {
+            return Err(Error::UnsupportedInput {
+                field: "adapter",
+                reason: "prompt and prefix tuning are not supported by cached generation yet; \
+                         merge-free generation takes layer adapters (LoRA, TT-LoRA, …)",
+            });
+        }
+        let llama = self.model.decoder();
+        let context = llama.config().max_position_embeddings;
         if ids.is_empty() || ids.len() >= context {
             return Err(Error::PromptTooLong {
                 tokens: ids.len(),
                 context,
             });
         }
-        let device = self.model.device().clone();
+        let device = llama.device().clone();
         let mut rng = crate::adapters::seeded_rng(sampling.seed);
         let mut cache = KvCache::new();
         let mut next_input = ids;
@@ -283,9 +384,9 @@ impl Generator {
             .min(context - cache.len() - next_input.len())
         {
             let input = Tensor::new(next_input.as_slice(), &device)?.unsqueeze(0)?;
-            let hidden = self.model.forward_cached(&input, &mut cache)?;
+            let hidden = llama.forward_cached(&input, &mut cache)?;
             let t = hidden.dim(1)?;
-            let last = self.model.logits(&hidden.narrow(1, t - 1, 1)?, false)?;
+            let last = llama.logits(&hidden.narrow(1, t - 1, 1)?, false)?;
             let logits: Vec<f32> = last.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             let next = choose(&logits, sampling, &mut rng);
             if self.eos.contains(&next) {
@@ -568,7 +669,7 @@ mod tests {
             let h = m.forward_cached(&ids, &mut cache).unwrap();
             m.logits(&h, false).unwrap()
         };
-        let d = (logits(&model) - logits(&g.model))
+        let d = (logits(&model) - logits(g.decoder()))
             .unwrap()
             .abs()
             .unwrap()

@@ -11,6 +11,7 @@
 //! Owns: the job specs and reports. Uses everything below it; the CLI calls one job per
 //! command. Must not know: clap, printing, progress bars.
 
+pub mod causal_lm;
 pub mod compress;
 pub mod eval;
 pub mod export;

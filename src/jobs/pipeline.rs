@@ -72,7 +72,7 @@ impl EncodedSplit {
                 Ok(Batch::new(
                     data::collate(&items, pad_id, device)?,
                     data::label_tensor(&labels, device)?,
-                    ))
+                ))
             })
             .collect()
     }

@@ -81,29 +81,13 @@ pub fn run_trial(
 ) -> Result<Trial> {
     let seed = spec.train.seed;
     let mut model = study.base_model(seed)?;
-
-    // Adapters (or, for full fine-tuning, the base weights).
-    let placing = placing(
-        &spec.method,
-        model.as_ref(),
-        spec.targets.as_ref(),
-        spec.exclude.as_ref(),
-        &spec.overrides,
-    )?;
-    let attached = attach(
-        model.as_mut(),
-        &spec.method,
-        &placing,
-        ADAPTER_NAME,
-        &mut seeded_rng(seed),
-    )?;
-    let lora_r8: usize = model
-        .linears()
-        .iter()
-        .filter(|(p, _)| attached.adapted.contains(p))
-        .map(|(_, l)| lora_params(l.in_features(), l.out_features(), 8))
-        .sum();
-    let mut vars = trainable_vars(model.as_ref())?;
+    let Attached {
+        placing,
+        adapted,
+        params,
+        lora_r8,
+        mut vars,
+    } = attach_trial(model.as_mut(), spec)?;
     let head_vars = if spec.train_head {
         model.head_vars()
     } else {
@@ -138,25 +122,9 @@ pub fn run_trial(
         let primary = scores.get(&primary_name).copied().unwrap_or(f64::NAN);
         Ok((primary, scores))
     };
-    std::fs::create_dir_all(&out.dir).map_err(|source| Error::Io {
-        path: out.dir.clone(),
-        source,
-    })?;
-    let ck_dir = crate::train::checkpoint_dir(&out.dir);
-    if !out.resume && ck_dir.exists() {
-        std::fs::remove_dir_all(&ck_dir).map_err(|source| Error::Io {
-            path: ck_dir.clone(),
-            source,
-        })?;
-    }
-    // The JSONL log is part of every trial's output, whoever drives it.
-    let mut log = crate::train::JsonlLog::append(&out.dir.join(LOG_FILE))?;
-    let mut all_observers: Vec<&mut dyn Observer> = vec![&mut log];
-    for o in observers.iter_mut() {
-        all_observers.push(&mut **o);
-    }
-    let summary = train(
-        &spec.train,
+    let summary = train_trial(
+        spec,
+        out,
         TrainJob {
             model: model.as_ref(),
             vars,
@@ -164,9 +132,9 @@ pub fn run_trial(
             batches: &mut make_batches,
             batches_per_epoch,
             evaluate: &mut eval_fn,
-            checkpoint_dir: Some(ck_dir),
+            checkpoint_dir: None,
         },
-        &mut all_observers,
+        observers,
     )?;
 
     // Official dev score of the selected weights.
@@ -181,15 +149,97 @@ pub fn run_trial(
     Ok(Trial {
         model,
         placing,
-        adapted: attached.adapted,
+        adapted,
         params: ParamCounts {
-            adapter: attached.params,
+            adapter: params,
             head: head_params,
             lora_r8,
         },
         summary,
         dev_metrics,
     })
+}
+
+/// A method attached for training: where it went and what trains.
+pub(crate) struct Attached {
+    /// The targets as used.
+    pub placing: Placing,
+    /// Adapted module paths (or trained tensor names).
+    pub adapted: Vec<String>,
+    /// Trainable adapter scalars.
+    pub params: usize,
+    /// LoRA r=8 on the same modules, for comparison.
+    pub lora_r8: usize,
+    /// The adapter's trainable tensors (no head).
+    pub vars: Vec<(String, candle_core::Var)>,
+}
+
+/// Attaches `spec`'s method to `model` under [`ADAPTER_NAME`], initialised from the
+/// trial's seed.
+///
+/// # Errors
+/// Targets or a config that do not fit the model.
+pub(crate) fn attach_trial(model: &mut dyn Model, spec: &TrialSpec) -> Result<Attached> {
+    let placing = placing(
+        &spec.method,
+        &*model,
+        spec.targets.as_ref(),
+        spec.exclude.as_ref(),
+        &spec.overrides,
+    )?;
+    let attached = attach(
+        model,
+        &spec.method,
+        &placing,
+        ADAPTER_NAME,
+        &mut seeded_rng(spec.train.seed),
+    )?;
+    let lora_r8: usize = model
+        .linears()
+        .iter()
+        .filter(|(p, _)| attached.adapted.contains(p))
+        .map(|(_, l)| lora_params(l.in_features(), l.out_features(), 8))
+        .sum();
+    let vars = trainable_vars(&*model)?;
+    Ok(Attached {
+        placing,
+        adapted: attached.adapted,
+        params: attached.params,
+        lora_r8,
+        vars,
+    })
+}
+
+/// Runs the training loop of a trial in `out.dir`: its JSONL log appended, its checkpoint
+/// kept there (dropped first unless resuming), `job.checkpoint_dir` set accordingly.
+///
+/// # Errors
+/// The folder cannot be written; the loop's errors.
+pub(crate) fn train_trial(
+    spec: &TrialSpec,
+    out: &TrialOutput,
+    mut job: TrainJob<'_>,
+    observers: &mut [&mut dyn Observer],
+) -> Result<TrainSummary> {
+    std::fs::create_dir_all(&out.dir).map_err(|source| Error::Io {
+        path: out.dir.clone(),
+        source,
+    })?;
+    let ck_dir = crate::train::checkpoint_dir(&out.dir);
+    if !out.resume && ck_dir.exists() {
+        std::fs::remove_dir_all(&ck_dir).map_err(|source| Error::Io {
+            path: ck_dir.clone(),
+            source,
+        })?;
+    }
+    job.checkpoint_dir = Some(ck_dir);
+    // The JSONL log is part of every trial's output, whoever drives it.
+    let mut log = crate::train::JsonlLog::append(&out.dir.join(LOG_FILE))?;
+    let mut all_observers: Vec<&mut dyn Observer> = vec![&mut log];
+    for o in observers.iter_mut() {
+        all_observers.push(&mut **o);
+    }
+    train(&spec.train, job, &mut all_observers)
 }
 
 /// Starts a freshly initialised regression head's bias at the mean training label, so the

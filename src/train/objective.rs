@@ -65,10 +65,13 @@ impl Objective for NextToken {
         "next-token cross-entropy"
     }
     fn loss(&self, model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor> {
-        let rows = batch.rows.as_ref().ok_or(crate::error::Error::UnsupportedInput {
-            field: "rows",
-            reason: "a causal-LM batch names the positions it scores",
-        })?;
+        let rows = batch
+            .rows
+            .as_ref()
+            .ok_or(crate::error::Error::UnsupportedInput {
+                field: "rows",
+                reason: "a causal-LM batch names the positions it scores",
+            })?;
         let logits = model.token_logits(&batch.input, rows, train)?;
         Ok(candle_nn::loss::cross_entropy(
             &logits.to_dtype(DType::F32)?,

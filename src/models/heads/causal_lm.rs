@@ -106,7 +106,11 @@ impl<B: Decoder> Model for CausalLm<B> {
         let flat = self.flat_hidden(input, train)?;
         let n = flat.dim(0)?;
         // index_select would read past the rows unchecked on some backends: say which.
-        if let Some(m) = rows.to_dtype(DType::U32)?.to_vec1::<u32>()?.into_iter().max()
+        if let Some(m) = rows
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .max()
             && m as usize >= n
         {
             return Err(Error::TensorShape {

@@ -8,8 +8,8 @@ use candle_core::{D, DType, Device, Tensor};
 
 use super::config::LlamaConfig;
 use crate::adapters::{Linear, VirtualSpec};
-use crate::models::Backbone;
 use crate::error::{Error, Result};
+use crate::models::Backbone;
 use crate::models::ModelInput;
 use crate::models::backbone::ForwardCtx;
 use crate::models::layers::{MASK_VALUE, RmsNorm, check_input, with_prompt_mask};

