@@ -1,6 +1,7 @@
 //! The one integration-test binary. Where new tests go:
 //! - `architecture`: ARCHITECTURE.md's dependency table holds, and no circle between files;
 //! - `adapter_files`: hostile adapter folders through the CLI (clear error, nothing written);
+//! - `causal_lm`: causal-LM fine-tuning of the packaged SmolLM2 and its refusals;
 //! - `cli`: end-to-end runs of the `ttlora` binary on tiny inputs (exit codes, stdout, stderr);
 //! - `common`: the helpers the others share (a helper moves here once a second file needs
 //!   it): `TempDir` (a fresh folder per test, removed on drop, also after a failure),
@@ -19,6 +20,7 @@
 
 mod adapter_files;
 mod architecture;
+mod causal_lm;
 mod cli;
 mod common;
 mod fuzz;

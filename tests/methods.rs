@@ -12,6 +12,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use candle_core::{DType, Device, Tensor};
 use ttlora::adapters::{LayerPlacement, METHODS, MethodKind, MethodSpec, method, seeded_rng};
 use ttlora::io::AdapterFolder;
+use ttlora::models::heads::CausalLm;
+use ttlora::models::llama::{Llama, LlamaConfig};
 use ttlora::models::{
     BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
     Model, Pooling,
@@ -59,6 +61,8 @@ const LAYER: usize = 4 * (H * H + H) + (I * H + I) + (H * I + H) + 2 * 2 * H;
 
 /// The tiny BERT's embeddings: words, 64 positions, 2 token types, their layer norm.
 const BERT_EMBEDDINGS: usize = 100 * H + 64 * H + 2 * H + 2 * H;
+/// The tiny LLaMA's token embedding (tied to its LM head).
+const LLAMA_EMBEDDINGS: usize = 100 * H;
 /// The tiny DeBERTa's embeddings: words and their layer norm (no absolute positions, as
 /// `position_biased_input` is off, and no token types, as `type_vocab_size` is 0).
 const DEBERTA_EMBEDDINGS: usize = 100 * H + 2 * H;
@@ -100,6 +104,19 @@ const FAMILIES: &[Family] = &[
         embeddings: DEBERTA_EMBEDDINGS,
         // No place for virtual tokens in disentangled attention's relative positions.
         refuses: &["prompt", "prefix"],
+    },
+    Family {
+        name: "llama",
+        build: |dev| {
+            let cfg = LlamaConfig::tiny();
+            let m = Llama::random(&cfg, 0.2, DType::F32, dev, 5).unwrap();
+            Box::new(CausalLm::new(m))
+        },
+        // The tied embedding; per layer q, k, v, o (H×H), gate and up (I×H), down (H×I) and
+        // two RMS norms (H); the final norm.
+        full: LLAMA_EMBEDDINGS + LAYERS * (4 * H * H + 3 * I * H + 2 * H) + H,
+        embeddings: LLAMA_EMBEDDINGS,
+        refuses: &[],
     },
 ];
 
@@ -199,8 +216,8 @@ const ROWS: &[Row] = &[
     Row {
         name: "lora_rank_pattern",
         method: "lora",
-        config: r#"{"r": 8, "rank_pattern": {"value(_proj)?": 2},
-                    "alpha_pattern": {"value(_proj)?": 4.0}}"#,
+        config: r#"{"r": 8, "rank_pattern": {"(value|v)(_proj)?": 2},
+                    "alpha_pattern": {"(value|v)(_proj)?": 4.0}}"#,
         params: |_| LAYERS * (8 * (H + H) + 2 * (H + H)),
         identity: 0.0,
     },
@@ -549,7 +566,8 @@ fn lora_patterns_reach_the_layers_they_match(dev: &Device) {
         .unwrap();
         assert_eq!(lora.modules.len(), LAYERS * 2, "{}", family.name);
         for (path, m) in &lora.modules {
-            let expected = if path.ends_with(".value") || path.ends_with(".value_proj") {
+            let value = [".value", ".value_proj", ".v_proj"];
+            let expected = if value.iter().any(|v| path.ends_with(v)) {
                 (2, 4.0)
             } else {
                 (8, 8.0)

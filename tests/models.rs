@@ -4,11 +4,14 @@
 //! (Tests that need the real all-MiniLM-L6-v2 weights live in `src/models/bert/tests.rs`.)
 
 use candle_core::{DType, Device, Tensor, Var};
-use ttlora::adapters::{LayerSpec, method, seeded_rng};
+use ttlora::adapters::{LayerSpec, MethodSpec, ModuleSet, method, seeded_rng};
+use ttlora::models::heads::CausalLm;
+use ttlora::models::llama::{Llama, LlamaConfig};
 use ttlora::models::{
     BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
     Model, ModelInput, Pooling, load_classifier,
 };
+use ttlora::tuning::attach::{attach, placing};
 
 use crate::common::{TempDir, save_model, tensor_diff, test_device, three_by_eight, two_sequences};
 
@@ -424,4 +427,29 @@ fn each_adapter_keeps_its_own_virtual_tokens() {
 fn tiny_bert_classifier(dev: &Device) -> BertForSequenceClassification {
     BertForSequenceClassification::random(&BertConfig::tiny(), 2, Pooling::Cls, DType::F32, dev, 4)
         .unwrap()
+}
+
+/// `all-linear` adapts the seven projections of every layer but not the LM head (PEFT's
+/// rule); naming `lm_head` still adapts it.
+#[test]
+fn all_linear_leaves_the_lm_head_out_unless_named() {
+    let adapted = |targets: ModuleSet| {
+        let cfg = LlamaConfig {
+            tie_word_embeddings: false,
+            ..LlamaConfig::tiny()
+        };
+        let mut lm = CausalLm::new(Llama::random(&cfg, 0.2, DType::F32, &Device::Cpu, 3).unwrap());
+        let spec = MethodSpec::new(method("lora").unwrap(), serde_json::json!({"r": 2})).unwrap();
+        let p = placing(&spec, &lm, Some(&targets), None, &Default::default()).unwrap();
+        attach(&mut lm, &spec, &p, "a", &mut seeded_rng(1))
+            .unwrap()
+            .adapted
+    };
+    let all = adapted(ModuleSet::Pattern(ModuleSet::ALL_LINEAR.into()));
+    assert_eq!(all.len(), 2 * 7, "{all:?}");
+    assert!(
+        all.iter().all(|p| p.starts_with("model.layers.")),
+        "{all:?}"
+    );
+    assert_eq!(adapted(ModuleSet::names(&["lm_head"])), ["lm_head"]);
 }

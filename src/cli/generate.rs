@@ -5,8 +5,7 @@ use std::io::Write;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use ttlora::jobs::causal_lm::decoder_location;
-use ttlora::jobs::generate::{Generator, Sampling};
+use ttlora::jobs::generate::{Generator, Sampling, decoder_location};
 
 use super::common::{OfflineArgs, finite_f64, non_negative_f64};
 

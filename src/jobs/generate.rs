@@ -155,7 +155,7 @@ impl Generator {
                 reason: "names no base model (`base_model_name_or_path`); pass --model".into(),
             });
         }
-        let location = crate::jobs::causal_lm::decoder_location(spec, allow_fetch)?;
+        let location = decoder_location(spec, allow_fetch)?;
         let mut g = Self::load(&location, device)?;
         let recorded = &folder.config.base_model_config_sha256;
         if !recorded.is_empty() && *recorded != g.config_sha256 {
@@ -441,6 +441,21 @@ fn stop_prefix_at_end(text: &str, stops: &[String]) -> usize {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// Where `--model` names a decoder: an existing path as it is (a GGUF file, a folder
+/// holding one, an HF folder), else a packaged model or hub id, resolved and fetched when
+/// allowed.
+///
+/// # Errors
+/// As [`crate::io::resolve_model`].
+pub fn decoder_location(model: &str, allow_fetch: bool) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.exists() {
+        Ok(path.to_path_buf())
+    } else {
+        crate::io::resolve_model(model, allow_fetch)
+    }
 }
 
 /// The GGUF file `path` names: itself, or the one `.gguf` file in the folder.

@@ -109,12 +109,7 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
             return Err(Error::NoVirtualTokens { method: m.name() });
         };
         tensors.insert(TOKENS_KEY.to_string(), tokens.as_tensor().copy()?);
-        peft_fields = peft_prompt_fields(
-            placement,
-            &model.virtual_spec(),
-            tokens.dims(),
-            model.peft_task_type(),
-        );
+        peft_fields = peft_prompt_fields(placement, &model.virtual_spec(), tokens.dims());
     } else if modules.is_empty() {
         return Err(Error::AdapterNotAttached {
             op: "save",
@@ -128,6 +123,12 @@ pub fn collect(model: &dyn Model, adapter_name: &str, meta: &AdapterMeta) -> Res
             modules_to_save.push(name);
         }
     }
+    // PEFT's task type, so a reader knows the head the adapter expects (CAUSAL_LM: a
+    // decoder's LM head).
+    peft_fields.insert(
+        "task_type".into(),
+        serde_json::json!(model.peft_task_type()),
+    );
     let config = AdapterConfig {
         peft_type: m.peft_type().into(),
         format_version: FORMAT_VERSION,
@@ -164,7 +165,6 @@ fn peft_prompt_fields(
     placement: TokenPlacement,
     spec: &crate::adapters::VirtualSpec,
     dims: &[usize],
-    task_type: &str,
 ) -> BTreeMap<String, serde_json::Value> {
     use serde_json::json;
     // Under grouped-query attention PEFT sizes a prefix by the key/value heads (its
@@ -174,7 +174,6 @@ fn peft_prompt_fields(
         TokenPlacement::Prefix => (spec.kv_width, spec.kv_heads),
     };
     let mut f = BTreeMap::from([
-        ("task_type".to_string(), json!(task_type)),
         ("inference_mode".to_string(), json!(true)),
         (
             "num_virtual_tokens".to_string(),

@@ -116,6 +116,33 @@ fn default_act() -> String {
 }
 
 impl LlamaConfig {
+    /// A tiny LLaMA for tests: vocab 100, hidden 32, 2 layers of 4 heads (4 key/value heads),
+    /// intermediate 64, 64 positions, tied embeddings. Change fields with struct update
+    /// syntax (`num_key_value_heads: Some(2), ..tiny()`).
+    pub fn tiny() -> Self {
+        Self {
+            model_type: LlamaFamily::Llama,
+            vocab_size: 100,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(4),
+            head_dim: None,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            hidden_act: "silu".into(),
+            bos_token_id: Some(1),
+            eos_token_id: Some(TokenIds::One(2)),
+            pad_token_id: None,
+            rope_scaling: None,
+            mlp_bias: false,
+        }
+    }
+
     /// Reads and validates `config.json` at `path`.
     ///
     /// # Errors

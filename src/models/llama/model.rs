@@ -67,7 +67,7 @@ type LayerCache = Option<(Tensor, Tensor)>;
 /// The keys and values of the tokens a sequence has seen, per layer, for generation.
 #[derive(Debug, Default, Clone)]
 pub struct KvCache {
-    layers: Vec<LayerCache>,
+    pub(super) layers: Vec<LayerCache>,
     len: usize,
 }
 

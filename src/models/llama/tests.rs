@@ -209,3 +209,118 @@ fn cached_decoding_matches_the_full_forward() {
     }
     assert_eq!(cache.len(), ids.len());
 }
+
+/// The tiny decoder (with grouped-query attention) under its LM head.
+fn causal(family: LlamaFamily) -> crate::models::heads::CausalLm<Llama> {
+    crate::models::heads::CausalLm::new(model(false, family))
+}
+
+fn rows(r: &[u32]) -> Tensor {
+    Tensor::new(r, &Device::Cpu).unwrap()
+}
+
+/// `token_logits` picks the LM logits at flat positions; `forward` is each row's last real
+/// token's.
+#[test]
+fn token_logits_are_the_lm_logits_at_the_positions_asked() {
+    use crate::models::Model;
+    let lm = causal(LlamaFamily::Qwen2);
+    let input = batch(&[&[5, 9, 13, 17], &[21, 3]]);
+    let full = logits(lm.decoder(), &input);
+    let got = lm.token_logits(&input, &rows(&[1, 5]), false).unwrap();
+    let want = Tensor::cat(
+        &[
+            &full.get(0).unwrap().get(1).unwrap(),
+            &full.get(1).unwrap().get(1).unwrap(),
+        ],
+        0,
+    )
+    .unwrap()
+    .reshape((2, 64))
+    .unwrap();
+    assert!(diff(&got, &want) < 1e-6);
+    let last = lm.forward(&input, false).unwrap();
+    let want = Tensor::stack(
+        &[
+            &full.get(0).unwrap().get(3).unwrap(),
+            &full.get(1).unwrap().get(1).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
+    assert!(diff(&last, &want) < 1e-6);
+    let err = lm.token_logits(&input, &rows(&[8]), false).unwrap_err();
+    assert!(err.to_string().contains("token rows"), "{err}");
+}
+
+/// A prefix made of the keys and values a sequence leaves in the KV cache continues that
+/// sequence: the logits of what follows equal a full forward's, so the prefix path shifts
+/// positions and attends grouped-query keys as HF's past key values do.
+#[test]
+fn a_prefix_of_cached_keys_and_values_continues_their_sequence() {
+    use crate::models::Model;
+    let mut lm = causal(LlamaFamily::Llama);
+    let (head, tail): (&[u32], &[u32]) = (&[5, 9, 13], &[17, 21]);
+    let whole: Vec<u32> = head.iter().chain(tail).copied().collect();
+    let full = logits(lm.decoder(), &batch(&[&whole]));
+    let mut cache = KvCache::new();
+    let dev = Device::Cpu;
+    lm.decoder()
+        .forward_cached(
+            &Tensor::new(head, &dev).unwrap().unsqueeze(0).unwrap(),
+            &mut cache,
+        )
+        .unwrap();
+    // PEFT's table: per layer keys then values, each (n, kv_heads·head_dim).
+    let flat = |x: &Tensor| {
+        let (_, kvh, n, d) = x.dims4().unwrap();
+        x.squeeze(0)
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .reshape((n, kvh * d))
+            .unwrap()
+    };
+    let parts: Vec<Tensor> = cache
+        .layers
+        .iter()
+        .flat_map(|c| {
+            let (k, v) = c.as_ref().unwrap();
+            [flat(k), flat(v)]
+        })
+        .collect();
+    let table = Tensor::cat(&parts, 1).unwrap();
+    assert_eq!(table.dims(), [3, lm.virtual_spec().prefix_width()]);
+    let var = candle_core::Var::from_tensor(&table).unwrap();
+    lm.set_virtual_tokens("p", Some((crate::adapters::TokenPlacement::Prefix, var)))
+        .unwrap();
+    let got = lm
+        .token_logits(&batch(&[tail]), &rows(&[0, 1]), false)
+        .unwrap();
+    let want = full.get(0).unwrap().narrow(0, 3, 2).unwrap();
+    assert!(diff(&got, &want) < 1e-5, "{}", diff(&got, &want));
+}
+
+/// Prompt tokens equal to a sequence's own embeddings continue that sequence.
+#[test]
+fn prompt_tokens_of_a_sequences_embeddings_continue_it() {
+    use crate::models::{Backbone, Model};
+    let mut lm = causal(LlamaFamily::Mistral);
+    let (head, tail): (&[u32], &[u32]) = (&[5, 9, 13], &[17, 21]);
+    let whole: Vec<u32> = head.iter().chain(tail).copied().collect();
+    let full = logits(lm.decoder(), &batch(&[&whole]));
+    let prompt = lm
+        .decoder()
+        .embed_tokens(&rows(head).unsqueeze(0).unwrap())
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let var = candle_core::Var::from_tensor(&prompt).unwrap();
+    lm.set_virtual_tokens("p", Some((crate::adapters::TokenPlacement::Prompt, var)))
+        .unwrap();
+    let got = lm
+        .token_logits(&batch(&[tail]), &rows(&[0, 1]), false)
+        .unwrap();
+    let want = full.get(0).unwrap().narrow(0, 3, 2).unwrap();
+    assert!(diff(&got, &want) < 1e-5, "{}", diff(&got, &want));
+}
