@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ttlora::jobs::export::{self, ExportFormat, ExportReport};
+use ttlora::jobs::generate::Generator;
 use ttlora::jobs::inference::{self, Inference};
 
 use super::common::{OfflineArgs, PoolingArgs, report_pooling};
@@ -32,7 +33,7 @@ pub struct ExportSource {
 pub struct ExportArgs {
     #[command(flatten)]
     source: ExportSource,
-    /// Output format: peft-lora or merged.
+    /// Output format: peft-lora, merged, or gguf-lora (decoders: llama.cpp's `--lora` file).
     #[arg(long, default_value = "peft-lora")]
     format: ExportFormat,
 }
@@ -98,6 +99,20 @@ impl ExportSource {
 }
 
 fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
+    if export::is_decoder_adapter(&s.adapter)? {
+        s.output.check()?;
+        let device = ttlora::parse_device("cpu")?;
+        let g = Generator::with_adapter(&s.adapter, s.model.as_deref(), &device, !s.fetch.offline)
+            .with_context(|| format!("loading adapter {}", s.adapter.display()))?;
+        let folder = ttlora::io::AdapterFolder::read(&s.adapter, &device)?;
+        let base = s
+            .model
+            .clone()
+            .unwrap_or_else(|| folder.config.base_model_name_or_path.clone());
+        let report = export::export_decoder(&g, &folder.config, &base, format, &s.output.out)
+            .with_context(|| format!("exporting {} as {format}", s.adapter.display()))?;
+        return print_report(&report);
+    }
     let mut inf = s.load()?;
     let report = export::export(&mut inf, format, &s.output.out)
         .with_context(|| format!("exporting {} as {format}", s.adapter.display()))?;
@@ -115,6 +130,18 @@ fn print_report(r: &ExportReport) -> Result<()> {
                 r.modules,
                 ranks.join("/"),
                 r.out.display()
+            )?;
+        }
+        ExportFormat::GgufLora => {
+            let ranks: Vec<String> = r.ranks.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "wrote a llama.cpp LoRA adapter ({} modules, rank {}) to {} (llama-cli --lora {}/{})",
+                r.modules,
+                ranks.join("/"),
+                r.out.display(),
+                r.out.display(),
+                ttlora::io::gguf_lora::GGUF_LORA_FILE
             )?;
         }
         ExportFormat::Merged => writeln!(

@@ -17,6 +17,7 @@ pub mod adapter_folder;
 mod adapter_format;
 pub mod fs;
 pub mod gguf;
+pub mod gguf_lora;
 pub mod hub;
 pub mod hub_download;
 pub mod output;

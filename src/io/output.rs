@@ -84,7 +84,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes `bytes` to the new file `path` and fsyncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     failpoint(path)?;
     let mut f = File::create(path).map_err(io_err(path))?;
     f.write_all(bytes).map_err(io_err(path))?;

@@ -1,12 +1,17 @@
-//! Adapter folders out to the ecosystem: an exact PEFT LoRA folder, or a merged HF model
-//! folder that needs no adapter code at all.
+//! Adapter folders out to the ecosystem: an exact PEFT LoRA folder, a merged HF model
+//! folder that needs no adapter code at all, or (decoders) a GGUF LoRA adapter that
+//! llama.cpp loads with `--lora`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::adapters::{LayerPlacement, Method, MethodKind};
 use crate::error::{Error, Result};
+use crate::io::gguf_lora::{GGUF_LORA_FILE, GgufLoraPair, write_gguf_lora};
+use crate::io::peft_lora::PeftLora;
+use crate::jobs::generate::Generator;
 use crate::jobs::inference::Inference;
+use crate::models::llama::{LlamaConfig, gguf_tensor_name, permute_qk_rows};
 use crate::jobs::trial::ADAPTER_NAME;
 use crate::tuning::adapted::{AdapterMeta, to_peft_lora};
 use crate::tuning::merged::{merge_adapters, write_merged};
@@ -18,6 +23,8 @@ pub enum ExportFormat {
     PeftLora,
     /// A complete HF model folder with ΔW merged into the weights.
     Merged,
+    /// llama.cpp's GGUF LoRA adapter (decoders), in a folder as `adapter.gguf`.
+    GgufLora,
 }
 
 impl std::str::FromStr for ExportFormat {
@@ -26,8 +33,9 @@ impl std::str::FromStr for ExportFormat {
         match s {
             "peft-lora" => Ok(Self::PeftLora),
             "merged" => Ok(Self::Merged),
+            "gguf-lora" => Ok(Self::GgufLora),
             _ => Err(format!(
-                "unknown export format `{s}`; use peft-lora or merged"
+                "unknown export format `{s}`; use peft-lora, merged or gguf-lora"
             )),
         }
     }
@@ -38,6 +46,7 @@ impl std::fmt::Display for ExportFormat {
         f.write_str(match self {
             Self::PeftLora => "peft-lora",
             Self::Merged => "merged",
+            Self::GgufLora => "gguf-lora",
         })
     }
 }
@@ -73,17 +82,7 @@ pub fn export(inf: &mut Inference, format: ExportFormat, out: &Path) -> Result<E
             if let Some(err) = no_lora_form(crate::adapters::method(&cfg.method)?) {
                 return Err(err);
             }
-            let meta = AdapterMeta {
-                method: cfg.method.clone(),
-                base_model: inf.base_model.clone(),
-                base_model_config_sha256: cfg.base_model_config_sha256.clone(),
-                config: cfg.config.clone(),
-                target_modules: cfg.target_modules.clone(),
-                exclude_modules: cfg.exclude_modules.clone(),
-                overrides: cfg.overrides.clone(),
-                save_head: !cfg.modules_to_save.is_empty(),
-                task: Some(inf.task.clone()),
-            };
+            let meta = meta_of(cfg, &inf.base_model, Some(inf.task.clone()));
             if inf.task.pooling != crate::io::Pooling::Cls {
                 tracing::warn!(
                     "the adapter was trained with {} pooling; HF's {} pools the first token, \
@@ -104,6 +103,13 @@ pub fn export(inf: &mut Inference, format: ExportFormat, out: &Path) -> Result<E
             write_merged(inf.model.as_ref(), &inf.model_dir, Some(&inf.task), out)?;
             n
         }
+        ExportFormat::GgufLora => {
+            return Err(Error::UnsupportedInput {
+                field: "--format gguf-lora",
+                reason: "llama.cpp adapters are for decoders (llama, mistral, qwen2); this \
+                         adapter is for a sequence classifier",
+            });
+        }
     };
     Ok(ExportReport {
         format,
@@ -112,6 +118,134 @@ pub fn export(inf: &mut Inference, format: ExportFormat, out: &Path) -> Result<E
         ranks,
         files: list_files(out)?,
     })
+}
+
+/// The record of how the adapter in `cfg` was made, for writing it again.
+fn meta_of(
+    cfg: &crate::io::adapter_folder::AdapterConfig,
+    base_model: &str,
+    task: Option<crate::io::TaskInfo>,
+) -> AdapterMeta {
+    AdapterMeta {
+        method: cfg.method.clone(),
+        base_model: base_model.to_string(),
+        base_model_config_sha256: cfg.base_model_config_sha256.clone(),
+        config: cfg.config.clone(),
+        target_modules: cfg.target_modules.clone(),
+        exclude_modules: cfg.exclude_modules.clone(),
+        overrides: cfg.overrides.clone(),
+        save_head: !cfg.modules_to_save.is_empty(),
+        task,
+    }
+}
+
+/// Whether the adapter folder `dir` is for a decoder's LM head (PEFT's `task_type`
+/// `CAUSAL_LM` in its `adapter_config.json`).
+///
+/// # Errors
+/// An unreadable or invalid config file.
+pub fn is_decoder_adapter(dir: &Path) -> Result<bool> {
+    let path = dir.join(crate::io::adapter_folder::CONFIG_FILE);
+    let config: serde_json::Value = crate::io::read_json_if_present(&path)?.unwrap_or_default();
+    Ok(config["task_type"] == "CAUSAL_LM")
+}
+
+/// Exports the adapter loaded on the decoder `g` (see [`Generator::with_adapter`]; `cfg` is
+/// its folder's config, `base_model` what names the base) to `out`: a PEFT `CAUSAL_LM` LoRA
+/// folder, or llama.cpp's GGUF LoRA adapter.
+///
+/// # Errors
+/// As [`export`]; a merged decoder export, which is not available yet; for `gguf-lora`, a
+/// module llama.cpp has no tensor for, or DoRA (which llama.cpp adapters cannot hold).
+pub fn export_decoder(
+    g: &Generator,
+    cfg: &crate::io::adapter_folder::AdapterConfig,
+    base_model: &str,
+    format: ExportFormat,
+    out: &Path,
+) -> Result<ExportReport> {
+    if format == ExportFormat::Merged {
+        return Err(Error::UnsupportedInput {
+            field: "--format merged",
+            reason: "a merged decoder export is not available yet; export peft-lora or \
+                     gguf-lora and merge with PEFT or llama.cpp",
+        });
+    }
+    if let Some(err) = no_lora_form(crate::adapters::method(&cfg.method)?) {
+        return Err(err);
+    }
+    let lora = to_peft_lora(&g.model, ADAPTER_NAME, &meta_of(cfg, base_model, None))?;
+    let ranks: BTreeSet<usize> = lora.modules.values().map(|m| m.a.dims()[0]).collect();
+    if format == ExportFormat::PeftLora {
+        lora.write(out)?;
+    } else {
+        let llama = g.decoder().config();
+        let pairs = gguf_lora_pairs(&lora, llama)?;
+        // Each pair carries its own α/r in lora_b, so llama.cpp's α/r must be 1: α = r where
+        // the ranks agree, else 0 (which llama.cpp reads as "no scaling").
+        let alpha = match ranks.iter().collect::<Vec<_>>().as_slice() {
+            [r] => **r as f32,
+            _ => 0.0,
+        };
+        let arch = llama.model_type.gguf_architecture();
+        crate::io::OutputLock::acquire(out)?.replace_folder(|dir| {
+            write_gguf_lora(&dir.join(GGUF_LORA_FILE), arch, alpha, &pairs)
+        })?;
+    }
+    Ok(ExportReport {
+        format,
+        out: out.to_path_buf(),
+        modules: lora.modules.len(),
+        ranks,
+        files: list_files(out)?,
+    })
+}
+
+/// llama.cpp's tensor pairs for a LoRA on a LLaMA-family decoder: each module's `lora_b`
+/// scaled by its own α/r (or α/√r), its rows permuted as llama.cpp permutes q and k in
+/// `llama` files.
+///
+/// # Errors
+/// A module without a llama.cpp tensor; a DoRA module.
+fn gguf_lora_pairs(lora: &PeftLora, cfg: &LlamaConfig) -> Result<Vec<GgufLoraPair>> {
+    let permute = cfg.model_type.gguf_permutes_qk();
+    lora.modules
+        .iter()
+        .map(|(path, m)| {
+            let refuse = |reason: &'static str| Error::UnsupportedInput {
+                field: "--format gguf-lora",
+                reason,
+            };
+            if m.magnitude.is_some() {
+                return Err(refuse(
+                    "DoRA's magnitude vectors have no place in a llama.cpp LoRA adapter",
+                ));
+            }
+            let name = gguf_tensor_name(&format!("{path}.weight")).ok_or_else(|| {
+                Error::ModelConfig {
+                    path: PathBuf::from(path),
+                    reason: "this module has no tensor in llama.cpp's LLaMA layout".into(),
+                }
+            })?;
+            let r = m.a.dims()[0] as f64;
+            let scale = if lora.use_rslora {
+                m.lora_alpha / r.sqrt()
+            } else {
+                m.lora_alpha / r
+            };
+            let mut b = (&m.b * scale)?;
+            if permute && path.ends_with(".self_attn.q_proj") {
+                b = permute_qk_rows(&b, cfg.num_attention_heads)?;
+            } else if permute && path.ends_with(".self_attn.k_proj") {
+                b = permute_qk_rows(&b, cfg.kv_heads())?;
+            }
+            Ok(GgufLoraPair {
+                name,
+                a: m.a.clone(),
+                b,
+            })
+        })
+        .collect()
 }
 
 /// [`Error::NoLoraForm`] saying what to do instead when an adapter of method `m` has no PEFT

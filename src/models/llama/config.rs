@@ -23,6 +23,19 @@ pub enum LlamaFamily {
 }
 
 impl LlamaFamily {
+    /// llama.cpp's `general.architecture` for the variant (it converts Mistral as `llama`).
+    pub fn gguf_architecture(self) -> &'static str {
+        match self {
+            Self::Llama | Self::Mistral => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
+    /// Whether llama.cpp stores q/k rows permuted for interleaved RoPE (its `llama` arch).
+    pub fn gguf_permutes_qk(self) -> bool {
+        self.gguf_architecture() == "llama"
+    }
+
     /// HF's causal-LM class of the variant.
     pub fn architecture(self) -> &'static str {
         match self {
@@ -351,6 +364,20 @@ impl LlamaConfig {
 /// # Errors
 /// Rows that are not `heads` heads of an even width.
 pub fn unpermute_qk_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
+    swap_qk_halves(w, heads, true)
+}
+
+/// llama.cpp's q/k row order from HF's: what its converter does to `llama` weights (and to a
+/// LoRA's `lora_b`), the inverse of [`unpermute_qk_rows`].
+///
+/// # Errors
+/// Rows that are not `heads` heads of an even width.
+pub fn permute_qk_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
+    swap_qk_halves(w, heads, false)
+}
+
+/// Reads each head's rows as `(half, 2)` (`undo`) or `(2, half)` and swaps the two axes.
+fn swap_qk_halves(w: &Tensor, heads: usize, undo: bool) -> Result<Tensor> {
     let rows = w.dim(0)?;
     if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(Error::TensorShape {
@@ -363,7 +390,11 @@ pub fn unpermute_qk_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     let rest: Vec<usize> = w.dims()[1..].to_vec();
     // llama.cpp wrote, per head, row 2i from HF's row i and row 2i + 1 from HF's row
     // half + i: reading the rows as (heads, half, 2, …) and swapping the middle axes undoes it.
-    let mut shape = vec![heads, half, 2];
+    let mut shape = if undo {
+        vec![heads, half, 2]
+    } else {
+        vec![heads, 2, half]
+    };
     shape.extend(&rest);
     let unpermuted = w.reshape(shape)?.transpose(1, 2)?.contiguous()?;
     let mut back = vec![rows];
@@ -449,6 +480,11 @@ mod tests {
         let back = unpermute_qk_rows(&permuted, heads).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
         assert!(unpermute_qk_rows(&w, 5).is_err());
+        // Ours matches the reference permutation written out above.
+        assert_eq!(
+            permute_qk_rows(&w, heads).unwrap().to_vec2::<f32>().unwrap(),
+            permuted.to_vec2::<f32>().unwrap()
+        );
     }
 
     /// The packaged SmolLM2 GGUF's metadata gives SmolLM2-135M-Instruct's published config.

@@ -13,33 +13,49 @@ use crate::error::Result;
 use crate::io::{GgufSource, TensorSource};
 use crate::models::weights::Loader;
 
+/// llama.cpp's names of a layer's tensors and HF's, below `blk.N.` / `model.layers.N.`.
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// llama.cpp's names of the tensors outside the layers and HF's.
+const TOP_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
 /// HF's name for llama.cpp's `name`, if ttlora knows it.
 fn hf_name(name: &str) -> Option<String> {
-    let fixed = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.into());
+    if let Some((_, hf)) = TOP_NAMES.iter().find(|(g, _)| *g == name) {
+        return Some((*hf).into());
     }
     let rest = name.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
     let (module, kind) = part.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let (_, hf) = LAYER_NAMES.iter().find(|(g, _)| *g == module)?;
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// llama.cpp's name for HF's tensor `name` (`model.layers.0.self_attn.q_proj.weight` →
+/// `blk.0.attn_q.weight`), if ttlora knows it.
+pub fn gguf_tensor_name(name: &str) -> Option<String> {
+    if let Some((g, _)) = TOP_NAMES.iter().find(|(_, hf)| *hf == name) {
+        return Some((*g).into());
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let (g, _) = LAYER_NAMES.iter().find(|(_, hf)| *hf == module)?;
+    Some(format!("blk.{layer}.{g}.{kind}"))
 }
 
 /// A GGUF file seen under HF's tensor names.
@@ -102,5 +118,23 @@ impl Llama {
         ld.log_unused("decoder");
         drop(ld);
         Ok((model, gguf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_both_ways() {
+        for (g, hf) in [
+            ("blk.3.attn_q.weight", "model.layers.3.self_attn.q_proj.weight"),
+            ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight"),
+            ("output.weight", "lm_head.weight"),
+        ] {
+            assert_eq!(hf_name(g).as_deref(), Some(hf));
+            assert_eq!(gguf_tensor_name(hf).as_deref(), Some(g));
+        }
+        assert_eq!(gguf_tensor_name("model.layers.0.self_attn.rotary.weight"), None);
     }
 }

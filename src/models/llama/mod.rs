@@ -9,5 +9,6 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-pub use config::{LlamaConfig, LlamaFamily, TokenIds, unpermute_qk_rows};
+pub use config::{LlamaConfig, LlamaFamily, TokenIds, permute_qk_rows, unpermute_qk_rows};
+pub use gguf::gguf_tensor_name;
 pub use model::{KvCache, Llama, last_token_logits};
