@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use ttlora::data::{ChatMessage, LmRow};
 use ttlora::jobs::generate::Generator;
 
-use crate::common::{TempDir, assert_clear_error, path_str, stderr, stdout, ttlora};
+use ttlora::models::BertConfig;
+
+use crate::common::{
+    TempDir, assert_clear_error, bundled_data, path_str, stderr, stdout, tiny_bert_folder, ttlora,
+};
 
 /// The bundled rows (`scripts/make_instructions.py`).
 fn rows(name: &str) -> PathBuf {
@@ -98,6 +102,72 @@ fn a_short_fine_tune_lowers_perplexity_and_changes_what_the_model_says() {
     let tuned = generate(&["--adapter", path_str(&out)]);
     assert!(!base.trim_start().starts_with("Answer:"), "base: {base}");
     assert!(tuned.starts_with("Answer:"), "tuned: {tuned}");
+
+    exports_agree(&out);
+}
+
+/// The trained adapter exported for PEFT and for llama.cpp: the same ΔW in both, the GGUF's
+/// q rows in llama.cpp's permuted order, its metadata what `llama_adapter_lora_init` checks.
+fn exports_agree(adapter: &std::path::Path) {
+    let tmp = TempDir::new("causal-export");
+    let (peft, gguf) = (tmp.join("peft"), tmp.join("gguf"));
+    for (format, dir) in [("peft-lora", &peft), ("gguf-lora", &gguf)] {
+        let o = ttlora(&[
+            "export",
+            "--adapter",
+            path_str(adapter),
+            "--format",
+            format,
+            "--out",
+            path_str(dir),
+            "--offline",
+        ]);
+        assert!(o.status.success(), "{format}: {}", stderr(&o));
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+    let scale = config["lora_alpha"].as_f64().unwrap() / config["r"].as_f64().unwrap();
+    let dev = candle_core::Device::Cpu;
+    let p = candle_core::safetensors::load(peft.join("adapter_model.safetensors"), &dev).unwrap();
+    let key = |f: &str| format!("base_model.model.model.layers.0.self_attn.q_proj.{f}.weight");
+    let want = (p[&key("lora_B")].matmul(&p[&key("lora_A")]).unwrap() * scale).unwrap();
+
+    use ttlora::io::TensorSource;
+    let g = ttlora::io::GgufSource::open(&gguf.join("adapter.gguf")).unwrap();
+    let s = |k: &str| {
+        g.meta(k)
+            .and_then(ttlora::io::MetaValue::as_str)
+            .map(String::from)
+    };
+    assert_eq!(s("general.type").as_deref(), Some("adapter"));
+    assert_eq!(s("adapter.type").as_deref(), Some("lora"));
+    assert_eq!(s("general.architecture").as_deref(), Some("llama"));
+    assert_eq!(g.names().len(), 2 * 60);
+    let r = p[&key("lora_A")].dims()[0];
+    let a = g
+        .load("blk.0.attn_q.weight.lora_a", &[r, 576], &dev)
+        .unwrap();
+    let b = g
+        .load("blk.0.attn_q.weight.lora_b", &[576, r], &dev)
+        .unwrap();
+    // llama.cpp scales by adapter.lora.alpha / r = 1: the module's α/r is inside lora_b.
+    let alpha = g
+        .meta("adapter.lora.alpha")
+        .and_then(|v| v.as_f64())
+        .unwrap();
+    assert_eq!(alpha, r as f64);
+    let b = ttlora::models::llama::unpermute_qk_rows(&b, 9).unwrap();
+    let got = b.matmul(&a).unwrap();
+    let d = (got - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-6, "ΔW of q_proj differs by {d}");
 }
 
 /// With SmolLM2's chat template, only the assistant's turn (and its end-of-turn token) is
@@ -212,4 +282,97 @@ fn bad_causal_lm_input_is_one_clear_error() {
     ]);
     assert!(!o.status.success());
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+/// ttlora's tokenizer from the SmolLM2 GGUF gives transformers' ids (its tokenizer read from
+/// the same file; `scripts/make_tokenizer_fixture.py`) for strings that trip tokenizers up:
+/// leading and repeated spaces, digits, emoji, other scripts, newlines and tabs, the chat
+/// template's special tokens.
+#[test]
+fn the_gguf_tokenizer_gives_transformers_ids_on_tricky_strings() {
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_tokenizer.json");
+    let want: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    let dir = ttlora::io::resolve_model("smollm2", true).expect("the packaged SmolLM2");
+    let g = Generator::load(&dir, &candle_core::Device::Cpu).unwrap();
+    let rows = want["rows"].as_array().unwrap();
+    assert!(rows.len() >= 15);
+    for row in rows {
+        let text = row["text"].as_str().unwrap();
+        let ids: Vec<u32> = serde_json::from_value(row["ids"].clone()).unwrap();
+        let got = g.tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+        assert_eq!(got, ids, "{text:?}");
+    }
+}
+
+/// Exports a decoder adapter has no form for, and a llama.cpp export of a classifier's
+/// adapter, are each one clear error.
+#[test]
+fn exports_without_a_form_are_refused() {
+    let tmp = TempDir::new("causal-export-bad");
+    let run = tmp.join("run");
+    let o = ttlora(&[
+        "train",
+        "--task",
+        "causal-lm",
+        "--train-file",
+        path_str(&rows("chat.jsonl")),
+        "--method",
+        "lora",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-len",
+        "96",
+        "--held-out",
+        "0.2",
+        "--out",
+        path_str(&run),
+        "-q",
+        "--offline",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let export = |adapter: &std::path::Path, format: &str| {
+        let out = tmp.join(format);
+        ttlora(&[
+            "export",
+            "--adapter",
+            path_str(adapter),
+            "--format",
+            format,
+            "--out",
+            path_str(&out),
+            "--offline",
+        ])
+    };
+    assert_clear_error(
+        &export(&run, "merged"),
+        &["merged decoder export is not available"],
+    );
+    let model = tiny_bert_folder("causal-export-bert", BertConfig::tiny());
+    let classifier = model.join("run");
+    let o = ttlora(&[
+        "train",
+        "--model",
+        path_str(&model),
+        "--task",
+        "sst2",
+        "--data",
+        path_str(&bundled_data()),
+        "--max-train",
+        "16",
+        "--epochs",
+        "1",
+        "--max-len",
+        "16",
+        "--out",
+        path_str(&classifier),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_clear_error(
+        &export(&classifier, "gguf-lora"),
+        &["llama.cpp adapters are for decoders"],
+    );
 }

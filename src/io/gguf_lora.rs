@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
+use candle_core::Tensor;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
@@ -70,7 +70,8 @@ pub fn write_gguf_lora(
     let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut bytes = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut bytes, &meta, &refs).map_err(|e| bad(format!("cannot write GGUF: {e}")))?;
+    gguf_file::write(&mut bytes, &meta, &refs)
+        .map_err(|e| bad(format!("cannot write GGUF: {e}")))?;
     super::output::write_synced(path, bytes.get_ref())
 }
 
@@ -85,8 +86,14 @@ mod tests {
     fn the_file_reads_back_with_llama_cpps_keys_and_pytorch_shapes() {
         let tmp = crate::io::fs::TempDir::new("gguf-lora");
         let dev = Device::Cpu;
-        let a = Tensor::arange(0f32, 6., &dev).unwrap().reshape((2, 3)).unwrap();
-        let b = Tensor::arange(0f32, 8., &dev).unwrap().reshape((4, 2)).unwrap();
+        let a = Tensor::arange(0f32, 6., &dev)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let b = Tensor::arange(0f32, 8., &dev)
+            .unwrap()
+            .reshape((4, 2))
+            .unwrap();
         let pair = GgufLoraPair {
             name: "blk.0.attn_q.weight".into(),
             a: a.clone(),

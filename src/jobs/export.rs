@@ -11,8 +11,8 @@ use crate::io::gguf_lora::{GGUF_LORA_FILE, GgufLoraPair, write_gguf_lora};
 use crate::io::peft_lora::PeftLora;
 use crate::jobs::generate::Generator;
 use crate::jobs::inference::Inference;
-use crate::models::llama::{LlamaConfig, gguf_tensor_name, permute_qk_rows};
 use crate::jobs::trial::ADAPTER_NAME;
+use crate::models::llama::{LlamaConfig, gguf_tensor_name, permute_qk_rows};
 use crate::tuning::adapted::{AdapterMeta, to_peft_lora};
 use crate::tuning::merged::{merge_adapters, write_merged};
 
@@ -221,12 +221,11 @@ fn gguf_lora_pairs(lora: &PeftLora, cfg: &LlamaConfig) -> Result<Vec<GgufLoraPai
                     "DoRA's magnitude vectors have no place in a llama.cpp LoRA adapter",
                 ));
             }
-            let name = gguf_tensor_name(&format!("{path}.weight")).ok_or_else(|| {
-                Error::ModelConfig {
+            let name =
+                gguf_tensor_name(&format!("{path}.weight")).ok_or_else(|| Error::ModelConfig {
                     path: PathBuf::from(path),
                     reason: "this module has no tensor in llama.cpp's LLaMA layout".into(),
-                }
-            })?;
+                })?;
             let r = m.a.dims()[0] as f64;
             let scale = if lora.use_rslora {
                 m.lora_alpha / r.sqrt()

@@ -482,7 +482,10 @@ mod tests {
         assert!(unpermute_qk_rows(&w, 5).is_err());
         // Ours matches the reference permutation written out above.
         assert_eq!(
-            permute_qk_rows(&w, heads).unwrap().to_vec2::<f32>().unwrap(),
+            permute_qk_rows(&w, heads)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
             permuted.to_vec2::<f32>().unwrap()
         );
     }

@@ -128,13 +128,22 @@ mod tests {
     #[test]
     fn names_map_both_ways() {
         for (g, hf) in [
-            ("blk.3.attn_q.weight", "model.layers.3.self_attn.q_proj.weight"),
-            ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight"),
+            (
+                "blk.3.attn_q.weight",
+                "model.layers.3.self_attn.q_proj.weight",
+            ),
+            (
+                "blk.0.ffn_down.weight",
+                "model.layers.0.mlp.down_proj.weight",
+            ),
             ("output.weight", "lm_head.weight"),
         ] {
             assert_eq!(hf_name(g).as_deref(), Some(hf));
             assert_eq!(gguf_tensor_name(hf).as_deref(), Some(g));
         }
-        assert_eq!(gguf_tensor_name("model.layers.0.self_attn.rotary.weight"), None);
+        assert_eq!(
+            gguf_tensor_name("model.layers.0.self_attn.rotary.weight"),
+            None
+        );
     }
 }
