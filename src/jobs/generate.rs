@@ -661,6 +661,8 @@ mod tests {
             pad_token_id: None,
             rope_scaling: None,
             mlp_bias: false,
+            rope_parameters: None,
+            use_sliding_window: false,
         };
         let model = Llama::random(&cfg, 0.3, DType::F32, &Device::Cpu, 9).unwrap();
         let tensors: std::collections::HashMap<String, Tensor> =

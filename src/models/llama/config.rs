@@ -113,6 +113,13 @@ pub struct LlamaConfig {
     /// Biases on the feed-forward projections: not implemented, so refused when set.
     #[serde(default)]
     pub mlp_bias: bool,
+    /// transformers ≥ 5's home of θ and the RoPE type (`{"rope_theta", "rope_type"}`): its θ
+    /// wins over `rope_theta`; a type other than `default` is refused like `rope_scaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
+    /// Qwen2's sliding-window attention: not implemented, so refused when on.
+    #[serde(default)]
+    pub use_sliding_window: bool,
 }
 
 fn default_eps() -> f64 {
@@ -153,6 +160,8 @@ impl LlamaConfig {
             pad_token_id: None,
             rope_scaling: None,
             mlp_bias: false,
+            rope_parameters: None,
+            use_sliding_window: false,
         }
     }
 
@@ -170,7 +179,15 @@ impl LlamaConfig {
     /// # Errors
     /// [`Error::ModelConfig`] naming the file and the field.
     pub fn from_value(value: &serde_json::Value, path: &Path) -> Result<Self> {
-        let cfg: Self = hf_config::from_value(value, path, &["llama", "mistral", "qwen2"])?;
+        let mut cfg: Self = hf_config::from_value(value, path, &["llama", "mistral", "qwen2"])?;
+        if let Some(theta) = cfg
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
+        {
+            cfg.rope_theta = theta;
+        }
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -240,13 +257,16 @@ impl LlamaConfig {
             rope_theta: float("rope.freq_base", default_theta()),
             max_position_embeddings: int("context_length").unwrap_or(default_positions()),
             tie_word_embeddings: !crate::io::TensorSource::contains(g, "output.weight"),
-            attention_bias: model_type == LlamaFamily::Qwen2,
+            // Qwen2's q/k/v biases come with its family (`qkv_bias`); llama.cpp has no o bias.
+            attention_bias: false,
             hidden_act: default_act(),
             bos_token_id: token("bos_token_id"),
             eos_token_id: token("eos_token_id").map(TokenIds::One),
             pad_token_id: token("padding_token_id"),
             rope_scaling: None,
             mlp_bias: false,
+            rope_parameters: None,
+            use_sliding_window: false,
         };
         let scaling = g
             .meta(&key("rope.scaling.type"))
@@ -338,6 +358,23 @@ impl LlamaConfig {
                 "field `rope_scaling`: scaled rotary embeddings are not supported yet; running \
                  without them would give wrong outputs"
                     .into(),
+            );
+        }
+        let rope_type = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_type"))
+            .and_then(serde_json::Value::as_str);
+        if rope_type.is_some_and(|t| t != "default") {
+            return bad(format!(
+                "field `rope_parameters.rope_type`: \"{}\" (scaled rotary embeddings) is not \
+                 supported yet; running without it would give wrong outputs",
+                rope_type.unwrap_or_default()
+            ));
+        }
+        if self.use_sliding_window {
+            return bad(
+                "field `use_sliding_window`: sliding-window attention is not supported yet".into(),
             );
         }
         if self.mlp_bias {
@@ -443,6 +480,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`rope_scaling`"), "{err}");
+        // transformers 5 writes θ and the RoPE type under `rope_parameters`.
+        let mut v5 = llama.clone();
+        v5["rope_parameters"] = serde_json::json!({"rope_theta": 100000.0, "rope_type": "default"});
+        assert_eq!(
+            LlamaConfig::from_value(&v5, path).unwrap().rope_theta,
+            100000.0
+        );
+        v5["rope_parameters"]["rope_type"] = "yarn".into();
+        let err = LlamaConfig::from_value(&v5, path).unwrap_err().to_string();
+        assert!(
+            err.contains("`rope_parameters.rope_type`: \"yarn\""),
+            "{err}"
+        );
+        let mut sliding = llama.clone();
+        sliding["use_sliding_window"] = true.into();
+        let err = LlamaConfig::from_value(&sliding, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`use_sliding_window`"), "{err}");
         let mut bad = llama;
         bad["model_type"] = "gpt2".into();
         let err = LlamaConfig::from_value(&bad, path).unwrap_err().to_string();

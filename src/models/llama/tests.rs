@@ -29,6 +29,8 @@ fn tiny(tied: bool, family: LlamaFamily) -> LlamaConfig {
         pad_token_id: None,
         rope_scaling: None,
         mlp_bias: false,
+        rope_parameters: None,
+        use_sliding_window: false,
     }
 }
 
