@@ -20,7 +20,8 @@ fn main() {
     let g = if adapter == "-" {
         Generator::load(&decoder_location(model, true).expect("model"), &device)
     } else {
-        Generator::with_adapter(adapter.as_ref(), Some(model), &device, true)
+        let base = ttlora::jobs::generate::BaseDtype::F32;
+        Generator::with_adapter(adapter.as_ref(), Some(model), &device, true, base)
     }
     .expect("the decoder loads");
     let encode = |text: &str| -> Vec<u32> {

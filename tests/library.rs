@@ -55,7 +55,7 @@ fn ttlora_layer_trains_merges_and_exports(dev: &Device) {
     }
     let last = loss(&lin).to_scalar::<f32>().unwrap();
     assert!(last < first, "loss went from {first} to {last}");
-    assert_eq!(tensor_diff(lin.weight(), &w0), 0.0, "W0 frozen");
+    assert_eq!(tensor_diff(&lin.weight(), &w0), 0.0, "W0 frozen");
     let y = lin.forward(&x, false).unwrap();
     lin.merge().unwrap();
     assert!(tensor_diff(&lin.forward(&x, false).unwrap(), &y) < 1e-5);

@@ -500,5 +500,87 @@ fn tiny_llama_and_qwen2_reproduce_transformers_from_hf_and_gguf_files() {
         check(&f32_file, "logits", "F32 GGUF");
         let (q8, _) = Llama::load_gguf(&dir.join("model-q8_0.gguf"), DType::F32, &dev).unwrap();
         check(&q8, "logits_q8_0", "Q8_0 GGUF");
+        // Kept in its blocks (q/k rows unpermuted block-row by block-row), the same logits.
+        let q8_file = dir.join("model-q8_0.gguf");
+        let (kept, _) = Llama::load_gguf_with(&q8_file, DType::F32, &dev, true).unwrap();
+        let mut quantized = 0;
+        kept.walk(&mut |_, e| {
+            if let ttlora::models::walk::Entry::Linear(_, l) = e {
+                quantized += usize::from(l.is_quantized());
+            }
+        });
+        assert_eq!(
+            quantized,
+            2 * 7 + usize::from(family == "llama"),
+            "{family}"
+        );
+        check(&kept, "logits_q8_0", "Q8_0 GGUF kept quantized");
     }
+}
+
+/// Training on a base kept quantized: every adapter gets a gradient (layer 0 included), the
+/// loss falls, and the base's blocks are bit-identical afterwards.
+#[test]
+fn training_on_a_quantized_base_trains_adapters_and_leaves_the_blocks_alone() {
+    use ttlora::train::{Adam, AdamParams, Batch, NextToken, Objective, StepSettings, train_step};
+    use ttlora::tuning::attach::trainable_vars;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/llama_golden/llama/model-q8_0.gguf");
+    let dev = Device::Cpu;
+    let (llama, _) = Llama::load_gguf_with(&dir, DType::F32, &dev, true).unwrap();
+    let mut lm = CausalLm::new(llama);
+    let blocks = |lm: &CausalLm<Llama>| -> Vec<Vec<u8>> {
+        lm.linears()
+            .iter()
+            .filter_map(|(_, l)| l.quantized_weight().map(|q| q.data().unwrap().to_vec()))
+            .collect()
+    };
+    let before = blocks(&lm);
+    assert_eq!(before.len(), 2 * 7 + 1);
+    let spec = MethodSpec::new(method("lora").unwrap(), serde_json::json!({"r": 4})).unwrap();
+    let all = ModuleSet::Pattern(ModuleSet::ALL_LINEAR.into());
+    let p = placing(&spec, &lm, Some(&all), None, &Default::default()).unwrap();
+    attach(&mut lm, &spec, &p, "default", &mut seeded_rng(3)).unwrap();
+    let vars = trainable_vars(&lm).unwrap();
+    let ids = Tensor::new(&[[5u32, 9, 13, 17, 21, 3, 40, 8]], &dev).unwrap();
+    let input = ModelInput::new(ids, Tensor::ones((1, 8), DType::U32, &dev).unwrap());
+    let batch = Batch {
+        input,
+        labels: Tensor::new(&[9u32, 13, 17, 21, 3, 40, 8], &dev).unwrap(),
+        rows: Some(Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6], &dev).unwrap()),
+    };
+    // LoRA's B starts at zero, so A's first gradient is zero: check after one step.
+    let plain: Vec<candle_core::Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = Adam::new(plain, AdamParams::default()).unwrap();
+    let first = NextToken
+        .loss(&lm, &batch, false)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    for step in 0..5 {
+        let settings = StepSettings {
+            lr: 1e-2,
+            max_grad_norm: None,
+            seed: 0,
+            step,
+        };
+        train_step(&lm, &NextToken, &[batch.clone()], &mut opt, settings).unwrap();
+    }
+    let loss = NextToken.loss(&lm, &batch, true).unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, v) in &vars {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0, "zero gradient for {name}");
+    }
+    assert!(loss.to_scalar::<f32>().unwrap() < first, "the loss fell");
+    assert!(blocks(&lm) == before, "the quantized base changed");
 }

@@ -1,10 +1,14 @@
 //! [`Linear`]: a frozen linear layer that carries adapters and can merge them.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
 use candle_core::{Tensor, Var};
 
 use crate::adapters::{Adapter, LayerSpec};
 use crate::error::{Error, Result};
-use crate::ops::{frozen_linear, frozen_linear_onto, track};
+use crate::ops::{frozen_linear, frozen_linear_onto, quantized_linear, track};
 
 /// A named adapter on a layer, and whether it is currently merged into the weight.
 struct Slot {
@@ -27,17 +31,39 @@ impl Slot {
 /// `weight: (out, in)`, `bias: (out)`. Adapters can be merged into W0 (`W0 ← W0 + ΔW`, in f32)
 /// and unmerged again; a merged adapter no longer adds its term in [`forward`](Self::forward).
 pub struct Linear {
-    weight: Tensor,
+    weight: BaseWeight,
     bias: Option<Tensor>,
     adapters: Vec<Slot>,
     /// Entered for each [`forward`](Self::forward) (STYLE §5.10).
     span: tracing::Span,
 }
 
+/// The frozen weight W0: dense, or kept in its quantized blocks (a GGUF base).
+#[derive(Clone)]
+enum BaseWeight {
+    /// A tensor in the model's dtype.
+    Dense(Tensor),
+    /// GGUF blocks, dequantized per product (`ops::quantized_linear`).
+    Quantized(Arc<QTensor>),
+}
+
+impl BaseWeight {
+    fn dims(&self) -> &[usize] {
+        match self {
+            Self::Dense(t) => t.dims(),
+            Self::Quantized(q) => q.shape().dims(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Linear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Linear")
             .field("weight", &self.weight.dims())
+            .field(
+                "quantized",
+                &matches!(self.weight, BaseWeight::Quantized(_)),
+            )
             .field("bias", &self.bias.as_ref().map(|b| b.dims().to_vec()))
             .field(
                 "adapters",
@@ -68,11 +94,64 @@ impl Linear {
             });
         }
         Ok(Self {
-            weight: weight.detach(),
+            weight: BaseWeight::Dense(weight.detach()),
             bias: bias.map(|b| b.detach()),
             adapters: Vec::new(),
             span: tracing::trace_span!("linear"),
         })
+    }
+
+    /// A frozen layer whose weight `(out, in)` stays in its quantized blocks: the forward
+    /// and the input gradient dequantize it per product, so it costs the blocks' size.
+    ///
+    /// # Errors
+    /// A weight that is not 2-D or a bias that does not have `out` entries.
+    pub fn quantized(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_f, _) = weight.shape().dims2()?;
+        if let Some(b) = &bias
+            && b.dims() != [out_f]
+        {
+            return Err(Error::TensorShape {
+                op: "linear bias",
+                expected: vec![out_f],
+                got: b.dims().to_vec(),
+            });
+        }
+        Ok(Self {
+            weight: BaseWeight::Quantized(Arc::new(weight)),
+            bias: bias.map(|b| b.detach()),
+            adapters: Vec::new(),
+            span: tracing::trace_span!("linear"),
+        })
+    }
+
+    /// Whether the weight is kept quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, BaseWeight::Quantized(_))
+    }
+
+    /// The quantized blocks of the weight, if it is kept quantized.
+    pub fn quantized_weight(&self) -> Option<&QTensor> {
+        match &self.weight {
+            BaseWeight::Quantized(q) => Some(q),
+            BaseWeight::Dense(_) => None,
+        }
+    }
+
+    /// Replaces a quantized weight by its f32 values (a no-op for a dense one): what merging
+    /// and full fine-tuning need.
+    ///
+    /// # Errors
+    /// The blocks cannot be dequantized.
+    pub fn dequantize(&mut self) -> Result<()> {
+        if let BaseWeight::Quantized(q) = &self.weight {
+            let device = self
+                .bias
+                .as_ref()
+                .map_or(candle_core::Device::Cpu, |b| b.device().clone());
+            self.weight = BaseWeight::Dense(q.dequantize(&device)?);
+        }
+        Ok(())
     }
 
     /// Input features.
@@ -83,9 +162,19 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         self.weight.dims()[0]
     }
-    /// The current weight (W0, or W0 + merged updates).
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The current weight (W0, or W0 + merged updates); a quantized one dequantized into a
+    /// fresh f32 tensor.
+    pub fn weight(&self) -> Cow<'_, Tensor> {
+        match &self.weight {
+            BaseWeight::Dense(t) => Cow::Borrowed(t),
+            BaseWeight::Quantized(q) => Cow::Owned(
+                // candle's CPU dequantization of a block type it reads only allocates and
+                // converts; `GgufSource` admits no other type.
+                #[allow(clippy::expect_used)]
+                q.dequantize(&candle_core::Device::Cpu)
+                    .expect("CPU dequantization of GGUF blocks does not fail"),
+            ),
+        }
     }
     /// The frozen bias.
     pub fn bias(&self) -> Option<&Tensor> {
@@ -93,9 +182,13 @@ impl Linear {
     }
 
     /// The weight and bias themselves, for full fine-tuning (which makes them `Var`s) and for
-    /// loading a fully fine-tuned model's saved tensors.
-    pub fn params_mut(&mut self) -> (&mut Tensor, Option<&mut Tensor>) {
-        (&mut self.weight, self.bias.as_mut())
+    /// loading a fully fine-tuned model's saved tensors; `None` while the weight is kept
+    /// quantized ([`dequantize`](Self::dequantize) it first).
+    pub fn params_mut(&mut self) -> Option<(&mut Tensor, Option<&mut Tensor>)> {
+        match &mut self.weight {
+            BaseWeight::Dense(w) => Some((w, self.bias.as_mut())),
+            BaseWeight::Quantized(_) => None,
+        }
     }
 
     /// Attaches an adapter under `name`.
@@ -197,7 +290,10 @@ impl Linear {
             .map(|s| -> Result<Tensor> { Ok(track(s.adapter.forward_delta(&x2, train)?)) });
         let Some(first) = deltas.next() else {
             // W and b are `Var`s under full fine-tuning: cut the graph inside `no_grad`.
-            return Ok(track(frozen_linear(x, &self.weight, self.bias.as_ref())?));
+            return Ok(track(match &self.weight {
+                BaseWeight::Dense(w) => frozen_linear(x, w, self.bias.as_ref())?,
+                BaseWeight::Quantized(q) => quantized_linear(x, q, self.bias.as_ref(), None)?,
+            }));
         };
         let mut delta = first?;
         for d in deltas {
@@ -208,12 +304,11 @@ impl Linear {
             *last = self.out_features();
         }
         // The frozen path accumulates onto the adapters' update: no separate add.
-        Ok(track(frozen_linear_onto(
-            x,
-            &self.weight,
-            self.bias.as_ref(),
-            &delta.reshape(out_dims)?,
-        )?))
+        let delta = delta.reshape(out_dims)?;
+        Ok(track(match &self.weight {
+            BaseWeight::Dense(w) => frozen_linear_onto(x, w, self.bias.as_ref(), &delta)?,
+            BaseWeight::Quantized(q) => quantized_linear(x, q, self.bias.as_ref(), Some(&delta))?,
+        }))
     }
 
     /// Merges every active unmerged adapter into the weight (`W ← W + ΔW`, computed in f32).
@@ -229,13 +324,14 @@ impl Linear {
                 reason: "no active unmerged adapter on this layer".into(),
             });
         }
-        let mut w = self.weight.clone();
+        // A quantized W0 is dequantized: W0 + ΔW has no exact form in its blocks.
+        let mut w = self.weight().into_owned();
         for s in self.adapters.iter().filter(|s| s.applies()) {
             w = s.adapter.merged_weight(&s.name, &w)?;
         }
         // ΔW was computed from the adapter's `Var`s; the merged weight is frozen like W0, so
         // it must not carry their graph (which would make every forward record one).
-        self.weight = w.detach();
+        self.weight = BaseWeight::Dense(w.detach());
         for s in &mut self.adapters {
             s.merged |= s.active;
         }
@@ -253,11 +349,11 @@ impl Linear {
                 reason: "no merged adapter on this layer".into(),
             });
         }
-        let mut w = self.weight.clone();
+        let mut w = self.weight().into_owned();
         for s in self.adapters.iter().filter(|s| s.merged).rev() {
             w = s.adapter.unmerged_weight(&s.name, &w)?;
         }
-        self.weight = w.detach();
+        self.weight = BaseWeight::Dense(w.detach());
         for s in &mut self.adapters {
             s.merged = false;
         }
@@ -300,13 +396,17 @@ impl Linear {
 impl LayerSpec {
     /// The spec of an existing layer: its sizes, dtype, device and weight.
     pub fn for_layer(layer: &Linear) -> Self {
-        let w = layer.weight();
+        let (dtype, device) = match &layer.weight {
+            BaseWeight::Dense(w) => (w.dtype(), w.device().clone()),
+            // Quantized blocks compute in f32 on the CPU.
+            BaseWeight::Quantized(_) => (candle_core::DType::F32, candle_core::Device::Cpu),
+        };
         Self {
             in_features: layer.in_features(),
             out_features: layer.out_features(),
-            dtype: w.dtype(),
-            device: w.device().clone(),
-            weight: Some(w.clone()),
+            dtype,
+            device,
+            weight: Some(layer.weight().into_owned()),
         }
     }
 }

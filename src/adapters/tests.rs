@@ -148,7 +148,7 @@ fn perturb(lin: &Linear, seed: u64) {
 fn identity_at_init_where_the_method_claims_it() {
     for row in rows() {
         let (lin, x) = layer_for(&row, 1);
-        let base = Linear::new(lin.weight().clone(), lin.bias().cloned()).unwrap();
+        let base = Linear::new(lin.weight().into_owned(), lin.bias().cloned()).unwrap();
         let y = lin.forward(&x, false).unwrap();
         let y0 = base.forward(&x, false).unwrap();
         let diff = max_abs_diff(&y, &y0);
@@ -165,12 +165,12 @@ fn merged_equals_unmerged_and_unmerge_restores_w0() {
     for row in rows() {
         let (mut lin, x) = layer_for(&row, 2);
         perturb(&lin, 3);
-        let w0 = lin.weight().clone();
+        let w0 = lin.weight().into_owned();
         let y = lin.forward(&x, false).unwrap();
         lin.merge().unwrap();
         assert!(lin.is_merged());
         assert!(
-            max_abs_diff(&w0, lin.weight()) > 1e-3,
+            max_abs_diff(&w0, &lin.weight()) > 1e-3,
             "{}: merge changed nothing",
             row.name
         );
@@ -201,7 +201,7 @@ fn merged_equals_unmerged_and_unmerge_restores_w0() {
             "{}: unmerged weight tracked",
             row.name
         );
-        let diff = max_abs_diff(&w0, lin.weight());
+        let diff = max_abs_diff(&w0, &lin.weight());
         assert!(diff <= UNMERGE_TOL, "{}: unmerge left {diff:e}", row.name);
         assert!(
             lin.unmerge().is_err(),
@@ -236,7 +236,7 @@ fn only_adapter_parameters_change_and_all_of_them_do() {
                     .unwrap();
             }
             assert!(
-                grads.get(lin.weight()).is_none(),
+                grads.get(&lin.weight()).is_none(),
                 "{}: W0 got a gradient",
                 row.name
             );

@@ -102,8 +102,16 @@ fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
     if export::is_decoder_adapter(&s.adapter)? {
         s.output.check()?;
         let device = ttlora::parse_device("cpu")?;
-        let g = Generator::with_adapter(&s.adapter, s.model.as_deref(), &device, !s.fetch.offline)
-            .with_context(|| format!("loading adapter {}", s.adapter.display()))?;
+        let allow_fetch = !s.fetch.offline;
+        let f32_base = ttlora::jobs::generate::BaseDtype::F32;
+        let g = Generator::with_adapter(
+            &s.adapter,
+            s.model.as_deref(),
+            &device,
+            allow_fetch,
+            f32_base,
+        )
+        .with_context(|| format!("loading adapter {}", s.adapter.display()))?;
         let folder = ttlora::io::AdapterFolder::read(&s.adapter, &device)?;
         let base = s
             .model

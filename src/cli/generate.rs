@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use ttlora::jobs::generate::{Generator, Sampling, decoder_location};
+use ttlora::jobs::generate::{BaseDtype, Generator, Sampling, decoder_location};
 
 use super::common::{OfflineArgs, finite_f64, non_negative_f64};
 
@@ -24,6 +24,11 @@ pub struct GenerateArgs {
     /// top of the base model.
     #[arg(long, value_name = "DIR")]
     adapter: Option<std::path::PathBuf>,
+    /// How a GGUF base's linear weights are held: f32 (dequantized at load, fastest) or
+    /// quantized (the file's blocks, dequantized for every product: less memory, slower
+    /// decoding).
+    #[arg(long, default_value = "f32")]
+    base_dtype: BaseDtype,
     /// Text to continue as it is.
     #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
     prompt: Option<String>,
@@ -60,10 +65,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let device = candle_core::Device::Cpu;
     let allow_fetch = !a.fetch.offline;
     let generator = match &a.adapter {
-        Some(dir) => Generator::with_adapter(dir, a.model.as_deref(), &device, allow_fetch)?,
+        Some(dir) => {
+            Generator::with_adapter(dir, a.model.as_deref(), &device, allow_fetch, a.base_dtype)?
+        }
         None => {
             let model = a.model.as_deref().unwrap_or("SmolLM2-135M-Instruct");
-            Generator::load(&decoder_location(model, allow_fetch)?, &device)?
+            Generator::load_with(
+                &decoder_location(model, allow_fetch)?,
+                &device,
+                a.base_dtype,
+            )?
         }
     };
     let sampling = Sampling {

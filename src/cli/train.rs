@@ -11,6 +11,7 @@ use ttlora::adapters::{MethodSpec, ModuleSet, Shorthand, Targeting};
 use ttlora::data::{self, CustomColumns};
 use ttlora::jobs::causal_lm::{self, CausalLmSpec, LmDataSpec};
 use ttlora::jobs::finetune::{self, FineTuneSpec};
+use ttlora::jobs::generate::BaseDtype;
 use ttlora::jobs::study::StudySpec;
 use ttlora::jobs::task::TaskSource;
 use ttlora::jobs::trial::TrialSpec;
@@ -186,6 +187,11 @@ pub struct TrainArgs {
     /// Train on a seeded sample of at most N examples (quick runs).
     #[arg(long, value_name = "N")]
     max_train: Option<usize>,
+    /// causal-lm with a GGUF base: `quantized` (default) keeps its linear weights in the
+    /// file's blocks (QLoRA-style: about the file's size in memory; each product dequantizes
+    /// one layer's weight and drops it); `f32` dequantizes them at load (more memory).
+    #[arg(long)]
+    base_dtype: Option<BaseDtype>,
     /// Tokens per example (longer inputs are truncated).
     #[arg(long, default_value_t = 128)]
     max_len: usize,
@@ -396,11 +402,15 @@ fn causal_spec(a: &TrainArgs) -> Result<CausalLmSpec> {
         resume: a.resume,
         allow_fetch: !a.fetch.offline,
         device: a.device.device()?,
+        base_dtype: a.base_dtype.unwrap_or(BaseDtype::Quantized),
     })
 }
 
 /// Builds the job from the flags (public for tests of the flag mapping).
 fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
+    if a.base_dtype.is_some() {
+        bail!("--base-dtype applies to --task causal-lm with a GGUF base");
+    }
     let trial = trial_spec(a, !(a.freeze_head || a.preset == Some(Preset::Paper)))?;
     let task = if a.task.eq_ignore_ascii_case("custom") || a.train_file.is_some() {
         let (Some(train), Some(dev)) = (&a.train_file, &a.dev_file) else {

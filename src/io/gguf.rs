@@ -332,25 +332,61 @@ impl GgufSource {
             reason: "missing".into(),
         })?;
         let bytes = &self.mmap[info.start..info.start + info.len];
-        // Copied into 4-byte-aligned memory: candle reads the bytes as blocks (f32, f16
-        // fields) and the file's alignment is whatever the file says.
-        let mut aligned = vec![0u32; info.len.div_ceil(4)];
-        bytemuck_bytes(&mut aligned)[..info.len].copy_from_slice(bytes);
-        let raw = &bytemuck_bytes(&mut aligned)[..info.len];
-        // `raw` holds exactly the blocks of `info.shape` (checked at open), which candle
-        // reads without checking.
-        candle_core::quantized::ggml_file::qtensor_from_ggml(
-            info.dtype,
-            raw,
-            info.shape.clone(),
-            device,
-        )
-        .map_err(|e| Error::WeightTensor {
-            path: self.path.clone(),
-            name: name.into(),
-            reason: e.to_string(),
+        // `bytes` holds exactly the blocks of `info.shape` (checked at open).
+        qtensor_from_blocks(info.dtype, bytes, &info.shape, device).map_err(|e| {
+            Error::WeightTensor {
+                path: self.path.clone(),
+                name: name.into(),
+                reason: e.to_string(),
+            }
         })
     }
+}
+
+/// A tensor of `dtype` blocks from `bytes`, which must hold exactly the blocks of `shape`
+/// (candle reads them without checking).
+fn qtensor_from_blocks(
+    dtype: GgmlDType,
+    bytes: &[u8],
+    shape: &[usize],
+    device: &Device,
+) -> candle_core::Result<QTensor> {
+    // Copied into 4-byte-aligned memory: candle reads the bytes as blocks (f32, f16 fields)
+    // and a file's alignment is whatever the file says.
+    let mut aligned = vec![0u32; bytes.len().div_ceil(4)];
+    bytemuck_bytes(&mut aligned)[..bytes.len()].copy_from_slice(bytes);
+    let raw = &bytemuck_bytes(&mut aligned)[..bytes.len()];
+    candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, raw, shape.to_vec(), device)
+}
+
+/// `q` with its rows (whole runs of blocks, as a row never splits a block) reordered: row `i`
+/// of the result is row `order[i]` of `q`. How llama.cpp's q/k row permutation is undone on
+/// a weight kept quantized.
+///
+/// # Errors
+/// An order that is not a permutation of the rows; blocks candle cannot read back.
+pub fn permute_block_rows(q: &QTensor, order: &[usize]) -> Result<QTensor> {
+    let dims = q.shape().dims().to_vec();
+    let rows = dims.first().copied().unwrap_or(0);
+    let mut seen = vec![false; rows];
+    let valid = order.len() == rows
+        && order
+            .iter()
+            .all(|&r| r < rows && !std::mem::replace(&mut seen[r], true));
+    if !valid {
+        return Err(Error::TensorShape {
+            op: "row order of quantized blocks",
+            expected: vec![rows],
+            got: vec![order.len()],
+        });
+    }
+    let data = q.data()?;
+    let row_bytes = data.len() / rows.max(1);
+    let mut out = Vec::with_capacity(data.len());
+    for &r in order {
+        out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+    }
+    Ok(qtensor_from_blocks(q.dtype(), &out, &dims, &q.device())?)
 }
 
 /// The bytes of a `u32` buffer.
@@ -499,6 +535,26 @@ impl TensorSource for GgufSource {
             .reshape(shape)?;
         super::fs::ensure_finite(&t, &self.path, name)?;
         Ok(t.to_device(device)?)
+    }
+
+    /// The blocks of a tensor stored in a block type (Q4_0, Q8_0, the k-quants, …), after
+    /// the same checks as [`load`](TensorSource::load) (shape; every value finite, which
+    /// dequantizes it once); `None` for an F32/F16/BF16 tensor.
+    fn load_quantized(
+        &self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Option<QTensor>> {
+        let Some(dtype) = self.dtype(name) else {
+            return Ok(None);
+        };
+        if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            return Ok(None);
+        }
+        // Checks the shape and that every value is finite; the f32 copy is dropped here.
+        drop(self.load(name, shape, &Device::Cpu)?);
+        Ok(Some(self.quantized(name, device)?))
     }
 }
 

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
 #[cfg(doc)]
@@ -45,6 +46,22 @@ pub trait TensorSource: Send + Sync {
     /// the source lacks it, `has shape …, expected …` for another shape, or why it could not
     /// be read.
     fn load(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor>;
+
+    /// Tensor `name` of exactly `shape` in its quantized blocks, when the source stores it
+    /// quantized (a GGUF file's Q4_1, Q8_0, … tensors); `None` for a source or tensor held in
+    /// floating point, which [`load`](Self::load) reads.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    fn load_quantized(
+        &self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Option<QTensor>> {
+        let _ = (name, shape, device);
+        Ok(None)
+    }
 }
 
 /// What a loader took from a [`TensorSource`] and what it left there.
@@ -86,6 +103,23 @@ impl<'a> TrackedSource<'a> {
         let t = self.source.load(name, shape, device)?;
         self.loaded.insert(name.to_string());
         Ok(t)
+    }
+
+    /// [`TensorSource::load_quantized`], recording `name` as loaded when it gives blocks.
+    ///
+    /// # Errors
+    /// As [`TensorSource::load_quantized`].
+    pub fn load_quantized(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Option<QTensor>> {
+        let q = self.source.load_quantized(name, shape, device)?;
+        if q.is_some() {
+            self.loaded.insert(name.to_string());
+        }
+        Ok(q)
     }
 
     /// What was loaded so far and what the source holds besides.

@@ -14,7 +14,7 @@ use crate::data::{self, LmRecord, LmTokens};
 use crate::error::{Error, Result};
 use crate::io;
 use crate::jobs::finetune::save_run;
-use crate::jobs::generate::{Generator, decoder_location};
+use crate::jobs::generate::{BaseDtype, Generator, decoder_location};
 use crate::jobs::record::{ParamCounts, RunRecord};
 use crate::jobs::trial::{Attached, TrialOutput, TrialSpec, attach_trial, train_trial};
 use crate::models::Model;
@@ -59,6 +59,8 @@ pub struct CausalLmSpec {
     pub allow_fetch: bool,
     /// Compute device.
     pub device: Device,
+    /// How a GGUF base's linear weights are held while training.
+    pub base_dtype: BaseDtype,
 }
 
 /// Tokenized rows.
@@ -272,7 +274,7 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     let started = Instant::now();
     let lock = io::OutputLock::acquire(&spec.out)?;
     let location = decoder_location(&spec.model, spec.allow_fetch)?;
-    let mut g = Generator::load(&location, &spec.device)?;
+    let mut g = Generator::load_with(&location, &spec.device, spec.base_dtype)?;
     let data = prepare_data(&g, &spec.data)?;
     if data.truncated > 0 {
         tracing::warn!(

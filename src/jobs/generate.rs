@@ -16,6 +16,37 @@ use crate::models::Model;
 use crate::models::heads::CausalLm;
 use crate::models::llama::{KvCache, Llama};
 
+/// How a GGUF base's linear weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BaseDtype {
+    /// Dequantized to f32 at load: fastest, 4 bytes a weight.
+    #[default]
+    F32,
+    /// Kept in the file's blocks and dequantized per product: about the file's size
+    /// (QLoRA-style training on a CPU); each forward pays for the dequantization.
+    Quantized,
+}
+
+impl std::str::FromStr for BaseDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "quantized" => Ok(Self::Quantized),
+            _ => Err(format!("unknown base dtype `{s}`; use f32 or quantized")),
+        }
+    }
+}
+
+impl std::fmt::Display for BaseDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Quantized => "quantized",
+        })
+    }
+}
+
 /// How tokens are chosen and when generation stops.
 #[derive(Debug, Clone)]
 pub struct Sampling {
@@ -84,11 +115,21 @@ impl Generator {
     /// # Errors
     /// [`Error::ModelFile`] for a folder without one GGUF file; the loaders' errors.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with(path, device, BaseDtype::F32)
+    }
+
+    /// As [`load`](Self::load), a GGUF base's linear weights held as `base` says (an HF
+    /// folder's are always f32).
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn load_with(path: &Path, device: &Device, base: BaseDtype) -> Result<Self> {
         if path.join(crate::io::MODEL_CONFIG_FILE).is_file() {
             return Self::load_hf(path, device);
         }
         let file = gguf_in(path)?;
-        let (model, gguf) = Llama::load_gguf(&file, DType::F32, device)?;
+        let keep = base == BaseDtype::Quantized;
+        let (model, gguf) = Llama::load_gguf_with(&file, DType::F32, device, keep)?;
         let config_sha256 =
             crate::io::fs::sha256_hex(&serde_json::to_vec(model.config()).unwrap_or_default());
         let model = CausalLm::new(model);
@@ -146,6 +187,7 @@ impl Generator {
         model: Option<&str>,
         device: &Device,
         allow_fetch: bool,
+        base: BaseDtype,
     ) -> Result<Self> {
         let folder = crate::io::AdapterFolder::read(adapter_dir, device)?;
         let spec = model.unwrap_or(&folder.config.base_model_name_or_path);
@@ -156,7 +198,7 @@ impl Generator {
             });
         }
         let location = decoder_location(spec, allow_fetch)?;
-        let mut g = Self::load(&location, device)?;
+        let mut g = Self::load_with(&location, device, base)?;
         let recorded = &folder.config.base_model_config_sha256;
         if !recorded.is_empty() && *recorded != g.config_sha256 {
             tracing::warn!(

@@ -119,7 +119,7 @@ pub trait Model: Send + Sync {
         let mut out = Vec::new();
         self.walk(&mut |name, e| match e {
             Entry::Linear(_, l) => {
-                out.push((format!("{name}.weight"), l.weight().clone()));
+                out.push((format!("{name}.weight"), l.weight().into_owned()));
                 if let Some(b) = l.bias() {
                     out.push((format!("{name}.bias"), b.clone()));
                 }
@@ -164,12 +164,21 @@ pub trait Model: Send + Sync {
 
     /// The base model's own tensors (the [`state_dict`](Model::state_dict) without the head),
     /// under the same names, with their tags, mutable: full fine-tuning makes them `Var`s, and
-    /// loading a saved full fine-tune replaces them.
-    fn base_tensors_mut(&mut self) -> Vec<BaseTensor<'_>> {
+    /// loading a saved full fine-tune replaces them. Weights kept quantized are dequantized
+    /// first (a full fine-tune trains f32 weights).
+    ///
+    /// # Errors
+    /// Quantized blocks that cannot be dequantized.
+    fn base_tensors_mut(&mut self) -> Result<Vec<BaseTensor<'_>>> {
+        for (_, l) in self.linears_mut() {
+            l.dequantize()?;
+        }
         let mut out = Vec::new();
         self.walk_mut(&mut |name, e| match e {
             EntryMut::Linear(tag, l) => {
-                let (w, b) = l.params_mut();
+                let Some((w, b)) = l.params_mut() else {
+                    return;
+                };
                 out.push(BaseTensor {
                     name: format!("{name}.weight"),
                     tag,
@@ -185,7 +194,7 @@ pub trait Model: Send + Sync {
             }
             EntryMut::Tensor(tag, tensor) => out.push(BaseTensor { name, tag, tensor }),
         });
-        out
+        Ok(out)
     }
 
     /// A fresh head for the adapter `adapter` (PEFT's `modules_to_save` per adapter), so one

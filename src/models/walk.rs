@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use crate::adapters::Linear;
 use crate::error::Result;
-use crate::models::weights::{Init, Loader};
+use crate::models::weights::{Init, LinearWeight, Loader};
 
 /// Which part of the model a tensor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,13 +217,16 @@ impl Part for Linear {
     type Label = Tag;
 
     fn load(ld: &mut Loader, name: &str, dims: LinearDims) -> Result<Self> {
-        let w = ld.tensor(&join(name, "weight"), &[dims.out, dims.inp], Init::Normal)?;
+        let w = ld.linear_weight(&join(name, "weight"), &[dims.out, dims.inp])?;
         let b = if dims.bias {
             Some(ld.tensor(&join(name, "bias"), &[dims.out], Init::Normal)?)
         } else {
             None
         };
-        Linear::new(w, b)
+        match w {
+            LinearWeight::Dense(w) => Linear::new(w, b),
+            LinearWeight::Quantized(q) => Linear::quantized(q, b),
+        }
     }
 
     fn walk<'a>(&'a self, name: &str, tag: Tag, f: &mut dyn FnMut(String, Entry<'a>)) {
@@ -452,7 +455,7 @@ mod tests {
         let mut saved = HashMap::new();
         stack.walk("", (), &mut |name, e| match e {
             Entry::Linear(_, l) => {
-                saved.insert(join(&name, "weight"), l.weight().clone());
+                saved.insert(join(&name, "weight"), l.weight().into_owned());
                 if let Some(b) = l.bias() {
                     saved.insert(join(&name, "bias"), b.clone());
                 }

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 
@@ -74,6 +75,16 @@ pub struct Loader<'a> {
     source: Source<'a>,
     dtype: DType,
     device: Device,
+    /// Keep linear weights the checkpoint stores in blocks as blocks (f32 CPU models only).
+    keep_quantized: bool,
+}
+
+/// A linear layer's weight as the loader hands it over.
+pub(crate) enum LinearWeight {
+    /// A tensor in the loader's dtype.
+    Dense(Tensor),
+    /// The checkpoint's quantized blocks, kept.
+    Quantized(QTensor),
 }
 
 impl<'a> Loader<'a> {
@@ -91,7 +102,37 @@ impl<'a> Loader<'a> {
             },
             dtype,
             device: device.clone(),
+            keep_quantized: false,
         }
+    }
+
+    /// Keeps linear weights the checkpoint stores quantized in their blocks (when the model
+    /// computes in f32 on the CPU, which the quantized product needs).
+    pub(crate) fn keep_quantized(mut self, keep: bool) -> Self {
+        self.keep_quantized = keep && self.dtype == DType::F32 && self.device.is_cpu();
+        self
+    }
+
+    /// A linear layer's weight `name` (prefix added) of exactly `shape`: its quantized
+    /// blocks when [`keep_quantized`](Self::keep_quantized) is on and the checkpoint stores
+    /// it so, else a tensor as [`tensor`](Self::tensor) gives it.
+    ///
+    /// # Errors
+    /// As [`tensor`](Self::tensor).
+    pub(crate) fn linear_weight(&mut self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
+        if self.keep_quantized
+            && let Source::Checkpoint { tensors, prefix } = &mut self.source
+        {
+            let full = format!("{prefix}{name}");
+            if let Some(q) = tensors.load_quantized(&full, shape, &self.device)? {
+                return Ok(LinearWeight::Quantized(q));
+            }
+        }
+        Ok(LinearWeight::Dense(self.tensor(
+            name,
+            shape,
+            Init::Normal,
+        )?))
     }
 
     /// Draws every tensor from a seeded N(0, std²) (or ones/zeros, per [`Init`]).
@@ -103,6 +144,7 @@ impl<'a> Loader<'a> {
             },
             dtype,
             device: device.clone(),
+            keep_quantized: false,
         }
     }
 

@@ -11,7 +11,10 @@
 //! backward, a zero-filled `(tokens, out)` gradient for the frozen bias that stays in the
 //! gradient store until the backward ends.
 
+use std::sync::Arc;
+
 use candle_core::backend::BackendStorage;
+use candle_core::quantized::QTensor;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
 };
@@ -325,6 +328,146 @@ fn linear_impl(
     Ok(y.reshape(out_dims)?)
 }
 
+/// `base + x·Wᵀ + b` for a frozen W kept in its quantized blocks (a GGUF base): the forward
+/// dequantizes W for the product and drops it, the backward dequantizes it again for
+/// `dL/dx = dL/dy · W`; no f32 copy of W outlives either. CPU, f32 inputs.
+struct QuantizedLinear {
+    weight: Arc<QTensor>,
+    inner: FrozenLinear,
+}
+
+impl QuantizedLinear {
+    fn forward(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        base: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if s1.dtype() != DType::F32 {
+            candle_core::bail!(
+                "{NAME}: a quantized weight takes f32 inputs, got {:?}",
+                s1.dtype()
+            );
+        }
+        let w = self.weight.dequantize(&candle_core::Device::Cpu)?;
+        let (storage, layout) = w.storage_and_layout();
+        let Storage::Cpu(ws) = &*storage else {
+            candle_core::bail!("{NAME}: the dequantized weight is not on the CPU");
+        };
+        self.inner.run::<f32>((s1, l1), (ws, layout), base)
+    }
+
+    /// `dL/dx = dL/dy · W`, W dequantized for this product only.
+    fn input_grad(&self, x: &Tensor, grad_y: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !x.track_op() {
+            return Ok(None);
+        }
+        let w = self.weight.dequantize(grad_y.device())?;
+        Ok(Some(grad_y.matmul(&w)?))
+    }
+}
+
+impl candle_core::CustomOp1 for QuantizedLinear {
+    fn name(&self) -> &'static str {
+        "quantized-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward((s, l), None)
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        self.input_grad(x, grad_y)
+    }
+}
+
+impl CustomOp2 for QuantizedLinear {
+    fn name(&self) -> &'static str {
+        "quantized-linear-onto"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward((s1, l1), Some((s2, l2)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        base: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d_base = base.track_op().then(|| grad_y.clone());
+        Ok((self.input_grad(x, grad_y)?, d_base))
+    }
+}
+
+/// `[base +] x·Wᵀ + b` for a frozen W kept quantized (`w: (out, in)` in GGUF blocks), the
+/// bias frozen: gradients flow to x and `base` only, and W is dequantized per product, so a
+/// quantized base costs its blocks' size in memory, not 4 bytes a weight.
+///
+/// # Errors
+/// Shapes that disagree; an input that is not f32 on the CPU.
+pub fn quantized_linear(
+    x: &Tensor,
+    w: &Arc<QTensor>,
+    b: Option<&Tensor>,
+    base: Option<&Tensor>,
+) -> Result<Tensor> {
+    let _span = tracing::trace_span!("quantized_linear").entered();
+    let (out_f, in_f) = w.shape().dims2()?;
+    let dims = x.dims().to_vec();
+    let (lead, last) = match dims.split_last() {
+        Some((&last, lead)) => (lead.to_vec(), last),
+        None => (Vec::new(), 0),
+    };
+    if last != in_f || !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return Err(Error::TensorShape {
+            op: "quantized linear (f32 on the CPU)",
+            expected: vec![in_f],
+            got: dims,
+        });
+    }
+    let n: usize = lead.iter().product();
+    let mut out_dims = lead;
+    out_dims.push(out_f);
+    if let Some(b) = b
+        && b.dims() != [out_f]
+    {
+        return Err(Error::TensorShape {
+            op: "quantized linear bias",
+            expected: vec![out_f],
+            got: b.dims().to_vec(),
+        });
+    }
+    let op = QuantizedLinear {
+        weight: Arc::clone(w),
+        inner: FrozenLinear {
+            bias: b.map(|b| b.to_dtype(DType::F32)).transpose()?,
+        },
+    };
+    let x2 = x.reshape((n, in_f))?.contiguous()?;
+    let y = match base {
+        Some(base) => {
+            if base.dims() != out_dims.as_slice() {
+                return Err(Error::TensorShape {
+                    op: "quantized linear base",
+                    expected: out_dims,
+                    got: base.dims().to_vec(),
+                });
+            }
+            x2.apply_op2(&base.reshape((n, out_f))?.contiguous()?, op)?
+        }
+        None => x2.apply_op1(op)?,
+    };
+    Ok(y.reshape(out_dims)?)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Var};
@@ -510,5 +653,64 @@ mod tests {
         let x = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
         let err = frozen_linear(&x, &w, Some(&bias)).unwrap_err().to_string();
         assert_eq!(err, "frozen linear bias: tensor shape [3], expected [4]");
+    }
+
+    /// A weight kept in Q8_0 / Q4_1 blocks computes what its dequantized copy computes,
+    /// forward and input gradient, with a bias and a base added; nothing else gets a
+    /// gradient.
+    #[test]
+    fn a_quantized_weight_matches_its_dequantized_copy() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.5, (48, 64), &dev).unwrap();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+            let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
+            let dense = q.dequantize(&dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, 48, &dev).unwrap();
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 64), &dev).unwrap()).unwrap();
+            let base =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 48), &dev).unwrap()).unwrap();
+            let got = quantized_linear(&x, &q, Some(&b), Some(&base)).unwrap();
+            let want = frozen_linear_onto(&x, &dense, Some(&b), &base).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            assert!(diff(&got, &want) < 1e-5, "{dtype:?} forward");
+            let probe = Tensor::randn(0f32, 1.0, (2, 3, 48), &dev).unwrap();
+            let g = (got * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let h = (want * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(
+                diff(g.get(&x).unwrap(), h.get(&x).unwrap()) < 1e-5,
+                "{dtype:?} dx"
+            );
+            assert!(
+                diff(g.get(&base).unwrap(), &probe) < 1e-6,
+                "{dtype:?} d base"
+            );
+            // No base: the one-input form.
+            let plain = quantized_linear(&x, &q, None, None).unwrap();
+            let want = frozen_linear(&x, &dense, None).unwrap();
+            assert!(diff(&plain, &want) < 1e-5, "{dtype:?} plain");
+        }
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
+        let wrong = Tensor::zeros((2, 32), DType::F32, &dev).unwrap();
+        assert!(quantized_linear(&wrong, &q, None, None).is_err());
     }
 }

@@ -33,7 +33,7 @@ mod strided;
 
 pub use attention::attention;
 pub use dropout::{dropout, dropout_add, seed_dropout};
-pub use frozen_linear::{frozen_linear, frozen_linear_onto};
+pub use frozen_linear::{frozen_linear, frozen_linear_onto, quantized_linear};
 pub use gelu::gelu;
 pub(crate) use grad_mode::track;
 pub use grad_mode::{grad_enabled, no_grad};

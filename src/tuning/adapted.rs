@@ -359,7 +359,7 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     let mut base_updates: BTreeMap<String, Tensor> = base_updates.into_iter().collect();
-    for base in model.base_tensors_mut() {
+    for base in model.base_tensors_mut()? {
         if let Some(saved) = base_updates.remove(&format!("{KEY_PREFIX}{}", base.name)) {
             *base.tensor = saved;
         }
@@ -387,7 +387,7 @@ fn base_tensors_from(
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for base in model.base_tensors_mut() {
+    for base in model.base_tensors_mut()? {
         let (key, t) = (format!("{KEY_PREFIX}{}", base.name), base.tensor);
         let Some(saved) = folder.tensors.get(&key) else {
             continue;

@@ -136,7 +136,7 @@ pub fn attach(
 /// updates are what the forward reads).
 fn unfreeze(model: &mut dyn Model, spec: &MethodSpec) -> Result<InjectReport> {
     let mut report = InjectReport::default();
-    for base in model.base_tensors_mut() {
+    for base in model.base_tensors_mut()? {
         let info = BaseTensorInfo {
             name: &base.name,
             embedding_module: base.tag.module == Module::Embeddings,

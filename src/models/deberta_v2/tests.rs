@@ -322,7 +322,7 @@ fn merged_adapters_give_the_unmerged_outputs() {
         let w0: Vec<Tensor> = model
             .linears()
             .iter()
-            .map(|(_, l)| l.weight().clone())
+            .map(|(_, l)| l.weight().into_owned())
             .collect();
         for (_, lin) in model.linears_mut() {
             lin.merge().unwrap();
@@ -337,7 +337,7 @@ fn merged_adapters_give_the_unmerged_outputs() {
         assert!(max_diff(&unmerged, &again) < 1e-4, "{what}: unmerged again");
         for ((path, lin), w) in model.linears().iter().zip(&w0) {
             assert!(
-                max_diff(lin.weight(), w) < 1e-5,
+                max_diff(&lin.weight(), w) < 1e-5,
                 "{what}: {path} not restored"
             );
         }

@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{LlamaConfig, LlamaFamily, unpermute_qk_rows};
 use super::model::Llama;
 use crate::error::Result;
+use crate::io::gguf::permute_block_rows;
 use crate::io::{GgufSource, TensorSource};
 use crate::models::weights::Loader;
 
@@ -67,6 +69,18 @@ struct AsHf<'a> {
     permuted: Option<(usize, usize)>,
 }
 
+impl AsHf<'_> {
+    /// The heads whose rows llama.cpp permuted in HF tensor `name` (q or k of a `llama`
+    /// file), if any.
+    fn permuted_heads(&self, name: &str) -> Option<usize> {
+        match self.permuted {
+            Some((q, _)) if name.contains(".self_attn.q_proj.") => Some(q),
+            Some((_, k)) if name.contains(".self_attn.k_proj.") => Some(k),
+            _ => None,
+        }
+    }
+}
+
 impl TensorSource for AsHf<'_> {
     fn location(&self) -> &Path {
         self.gguf.location()
@@ -83,11 +97,34 @@ impl TensorSource for AsHf<'_> {
     fn load(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
         let file_name = self.names.get(name).map_or(name, String::as_str);
         let t = self.gguf.load(file_name, shape, device)?;
-        match self.permuted {
-            Some((q, _)) if name.contains(".self_attn.q_proj.") => unpermute_qk_rows(&t, q),
-            Some((_, k)) if name.contains(".self_attn.k_proj.") => unpermute_qk_rows(&t, k),
-            _ => Ok(t),
+        match self.permuted_heads(name) {
+            Some(heads) => unpermute_qk_rows(&t, heads),
+            None => Ok(t),
         }
+    }
+
+    fn load_quantized(
+        &self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Option<QTensor>> {
+        let file_name = self.names.get(name).map_or(name, String::as_str);
+        let Some(q) = self.gguf.load_quantized(file_name, shape, device)? else {
+            return Ok(None);
+        };
+        let Some(heads) = self.permuted_heads(name) else {
+            return Ok(Some(q));
+        };
+        // The row order `unpermute_qk_rows` gives, read off the row indices themselves.
+        let rows = Tensor::arange(0u32, shape[0] as u32, &Device::Cpu)?.reshape((shape[0], 1))?;
+        let order: Vec<usize> = unpermute_qk_rows(&rows, heads)?
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|r| r as usize)
+            .collect();
+        Ok(Some(permute_block_rows(&q, &order)?))
     }
 }
 
@@ -99,6 +136,22 @@ impl Llama {
     /// As [`GgufSource::open`] and [`LlamaConfig::from_gguf`]; a tensor missing or of another
     /// shape.
     pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(Self, GgufSource)> {
+        Self::load_gguf_with(path, dtype, device, false)
+    }
+
+    /// As [`load_gguf`](Self::load_gguf); with `keep_quantized` (and an f32 CPU model) the
+    /// layers' linear weights the file stores in blocks stay in them
+    /// ([`Linear::quantized`](crate::adapters::Linear::quantized)): the model then needs
+    /// about the file's size for them instead of 4 bytes a weight.
+    ///
+    /// # Errors
+    /// As [`load_gguf`](Self::load_gguf).
+    pub fn load_gguf_with(
+        path: &Path,
+        dtype: DType,
+        device: &Device,
+        keep_quantized: bool,
+    ) -> Result<(Self, GgufSource)> {
         let gguf = GgufSource::open(path)?;
         let cfg = LlamaConfig::from_gguf(&gguf)?;
         let names = gguf
@@ -113,7 +166,7 @@ impl Llama {
             names,
             permuted,
         };
-        let mut ld = Loader::checkpoint(&source, "", dtype, device);
+        let mut ld = Loader::checkpoint(&source, "", dtype, device).keep_quantized(keep_quantized);
         let model = Self::build(&cfg, &mut ld)?;
         ld.log_unused("decoder");
         drop(ld);

@@ -223,7 +223,7 @@ impl Llama {
         let mut out = Vec::new();
         self.walk(&mut |name, e| match e {
             Entry::Linear(_, l) => {
-                out.push((format!("{name}.weight"), l.weight().clone()));
+                out.push((format!("{name}.weight"), l.weight().into_owned()));
                 if let Some(b) = l.bias() {
                     out.push((format!("{name}.bias"), b.clone()));
                 }
