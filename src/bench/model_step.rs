@@ -165,6 +165,67 @@ pub fn train_step(
     Ok(row("train", cfg, size, t, trainable))
 }
 
+/// Times a causal-LM training step of the decoder at `location` (a GGUF file or folder, or
+/// an HF decoder folder) with `cfg.method` on its default targets, the base held as `base`
+/// says: a seeded random batch of `batch_size × seq_len` ids, every next token scored, the
+/// trainer's own step (forward, backward, clipping, AdamW).
+///
+/// # Errors
+/// Model loading; a method config that does not fit; [`Error::NothingToTrain`] for `none`.
+pub fn decoder_train_step(
+    location: &Path,
+    base: crate::jobs::generate::BaseDtype,
+    cfg: &ModelStepConfig,
+    device: &Device,
+) -> Result<ModelStepRow> {
+    if cfg.method == "none" {
+        return Err(Error::NothingToTrain {
+            method: cfg.method.clone(),
+        });
+    }
+    let mut g = crate::jobs::generate::Generator::load_with(location, device, base)?;
+    let spec = MethodSpec::parse(&cfg.method, cfg.method_config.clone())?;
+    let placing = placing(&spec, &g.model, None, None, &Default::default())?;
+    attach(&mut g.model, &spec, &placing, "bench", &mut seeded_rng(cfg.seed))?;
+    let vocab = g.decoder().config().vocab_size;
+    let (b, t) = (cfg.batch_size, cfg.seq_len.max(2));
+    let mut rng = seeded_rng(cfg.seed);
+    let rows: Vec<crate::data::LmTokens> = (0..b)
+        .map(|_| {
+            use rand::Rng;
+            crate::data::LmTokens {
+                ids: (0..t).map(|_| rng.random_range(0..vocab) as u32).collect(),
+                trained: vec![true; t],
+            }
+        })
+        .collect();
+    let refs: Vec<&crate::data::LmTokens> = rows.iter().collect();
+    let (input, rows, labels) = crate::data::lm_batch(&refs, 0, device)?;
+    let batches = [Batch {
+        input,
+        labels,
+        rows: Some(rows),
+    }];
+    let vars: Vec<_> = trainable_vars(&g.model)?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let trainable = vars.iter().map(|v| v.elem_count()).sum();
+    let mut opt = Adam::new(vars, AdamParams::default())?;
+    let mut step = 0;
+    let time = time_median(cfg.iters, cfg.min_time, || -> Result<()> {
+        let settings = StepSettings {
+            lr: 1e-4,
+            max_grad_norm: Some(1.0),
+            seed: cfg.seed,
+            step,
+        };
+        step += 1;
+        train::train_step(&g.model, &train::NextToken, &batches, &mut opt, settings).map(|_| ())
+    })?;
+    Ok(row("train", cfg, None, time, trainable))
+}
+
 /// Times inference (no gradients) with the adapters unmerged and, for a method, merged.
 ///
 /// # Errors

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use ttlora::bench::tt::{LayerCase, TtBenchConfig, TtBenchRow};
 use ttlora::tt::{Ranks, TtShape};
@@ -99,6 +99,11 @@ pub struct ModelArgs {
     /// Minimum seconds.
     #[arg(long, default_value_t = 5.0, value_parser = super::common::non_negative_f64)]
     min_seconds: f64,
+    /// A decoder (GGUF file or folder, smollm2, an HF llama/mistral/qwen2 folder): time a
+    /// causal-LM training step with its base held as given (f32 or quantized); `--kind train`
+    /// only.
+    #[arg(long)]
+    base_dtype: Option<ttlora::jobs::generate::BaseDtype>,
     #[command(flatten)]
     fetch: OfflineArgs,
 }
@@ -186,7 +191,11 @@ fn run_model(a: ModelArgs) -> Result<()> {
     if a.method != "none" {
         ttlora::adapters::MethodSpec::parse(&a.method, method_config.clone())?;
     }
-    let dir = ttlora::io::resolve_model(&a.model, !a.fetch.offline)?;
+    let allow_fetch = !a.fetch.offline;
+    let dir = match a.base_dtype {
+        Some(_) => ttlora::jobs::generate::decoder_location(&a.model, allow_fetch)?,
+        None => ttlora::io::resolve_model(&a.model, allow_fetch)?,
+    };
     let cfg = ModelStepConfig {
         method: a.method,
         method_config,
@@ -197,9 +206,13 @@ fn run_model(a: ModelArgs) -> Result<()> {
         seed: 0,
     };
     let device = ttlora::parse_device("cpu")?;
-    let rows = match a.kind {
-        StepKind::Train => vec![train_step(&dir, &cfg, &device)?],
-        StepKind::Infer => inference(&dir, &cfg, &device)?,
+    let rows = match (a.kind, a.base_dtype) {
+        (StepKind::Train, Some(base)) => {
+            vec![ttlora::bench::model_step::decoder_train_step(&dir, base, &cfg, &device)?]
+        }
+        (StepKind::Infer, Some(_)) => bail!("--base-dtype times decoder training (--kind train)"),
+        (StepKind::Train, None) => vec![train_step(&dir, &cfg, &device)?],
+        (StepKind::Infer, None) => inference(&dir, &cfg, &device)?,
     };
     let mut out = std::io::stdout().lock();
     for r in rows {

@@ -1,10 +1,11 @@
 //! Tensor ops with a hand-written backward, for the training path.
 //!
-//! Owns: the grad mode ([`no_grad`]), [`frozen_linear`], multi-head [`attention`], [`layer_norm`],
-//! [`rms_norm`], rotary embeddings ([`rope`], [`rope_tables`]), [`softmax_last_dim`],
-//! [`gelu`], seeded [`dropout`] and [`dropout_add`]. Must not know:
-//! models, adapters, files. Every op here states its derivative next to its `bwd` and has a
-//! finite-difference test, because candle's own fused ops (`softmax_last_dim`, `layer_norm`,
+//! Owns: the grad mode ([`no_grad`]), [`frozen_linear`] and [`quantized_linear`] (a frozen
+//! weight kept in GGUF blocks), multi-head [`attention`], [`layer_norm`], [`rms_norm`], rotary
+//! embeddings ([`rope`], [`rope_tables`]), [`softmax_last_dim`], [`cross_entropy`], [`gelu`],
+//! seeded [`dropout`] and [`dropout_add`]. Must not know: models, adapters, files. Every op
+//! here states its derivative next to its `bwd` and has a finite-difference test or one
+//! against candle's composed (differentiable) ops, because candle's own fused ops (`softmax_last_dim`, `layer_norm`,
 //! `rms_norm`) record no backward at all and silently stop gradients (DESIGN §2).
 //!
 //! The fused kernels run on CPU in f32 and f64 (split over candle's thread count for large
@@ -21,6 +22,7 @@
 
 mod attention;
 mod dropout;
+mod cross_entropy;
 mod frozen_linear;
 mod gelu;
 mod grad_mode;
@@ -33,6 +35,7 @@ mod strided;
 
 pub use attention::attention;
 pub use dropout::{dropout, dropout_add, seed_dropout};
+pub use cross_entropy::cross_entropy;
 pub use frozen_linear::{frozen_linear, frozen_linear_onto, quantized_linear};
 pub use gelu::gelu;
 pub(crate) use grad_mode::track;

@@ -73,10 +73,9 @@ impl Objective for NextToken {
                 reason: "a causal-LM batch names the positions it scores",
             })?;
         let logits = model.token_logits(&batch.input, rows, train)?;
-        Ok(candle_nn::loss::cross_entropy(
-            &logits.to_dtype(DType::F32)?,
-            &batch.labels.to_dtype(DType::U32)?,
-        )?)
+        // Fused: over a vocabulary the composed log-softmax keeps several (tokens, vocab)
+        // tensors for the backward.
+        crate::ops::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)
     }
 }
 

@@ -410,9 +410,10 @@ impl Llama {
             None => {
                 let (b, t, h) = hidden.dims3()?;
                 let flat = hidden.reshape((b * t, h))?;
+                // The frozen op: candle's matmul would also compute the table's gradient,
+                // (vocab × hidden) of work and memory per step, for a table that is not trained.
                 let table = &self.weights.embed_tokens;
-                Ok(flat
-                    .matmul(&table.t()?)?
+                Ok(crate::ops::frozen_linear(&flat, table, None)?
                     .reshape((b, t, self.config.vocab_size))?)
             }
         }
