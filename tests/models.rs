@@ -564,7 +564,14 @@ fn training_on_a_quantized_base_trains_adapters_and_leaves_the_blocks_alone() {
             seed: 0,
             step,
         };
-        train_step(&lm, &NextToken, std::slice::from_ref(&batch), &mut opt, settings).unwrap();
+        train_step(
+            &lm,
+            &NextToken,
+            std::slice::from_ref(&batch),
+            &mut opt,
+            settings,
+        )
+        .unwrap();
     }
     let loss = NextToken.loss(&lm, &batch, true).unwrap();
     let grads = loss.backward().unwrap();

@@ -83,22 +83,8 @@ impl Linear {
     /// # Errors
     /// A weight that is not 2-D or a bias that does not have `out` entries.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let (out_f, _) = weight.dims2()?;
-        if let Some(b) = &bias
-            && b.dims() != [out_f]
-        {
-            return Err(Error::TensorShape {
-                op: "linear bias",
-                expected: vec![out_f],
-                got: b.dims().to_vec(),
-            });
-        }
-        Ok(Self {
-            weight: BaseWeight::Dense(weight.detach()),
-            bias: bias.map(|b| b.detach()),
-            adapters: Vec::new(),
-            span: tracing::trace_span!("linear"),
-        })
+        weight.dims2()?;
+        Self::with_base(BaseWeight::Dense(weight.detach()), bias)
     }
 
     /// A frozen layer whose weight `(out, in)` stays in its quantized blocks: the forward
@@ -107,7 +93,13 @@ impl Linear {
     /// # Errors
     /// A weight that is not 2-D or a bias that does not have `out` entries.
     pub fn quantized(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
-        let (out_f, _) = weight.shape().dims2()?;
+        weight.shape().dims2()?;
+        Self::with_base(BaseWeight::Quantized(Arc::new(weight)), bias)
+    }
+
+    /// A layer of a 2-D `weight` and a bias checked to have `out` entries.
+    fn with_base(weight: BaseWeight, bias: Option<Tensor>) -> Result<Self> {
+        let out_f = weight.dims()[0];
         if let Some(b) = &bias
             && b.dims() != [out_f]
         {
@@ -118,7 +110,7 @@ impl Linear {
             });
         }
         Ok(Self {
-            weight: BaseWeight::Quantized(Arc::new(weight)),
+            weight,
             bias: bias.map(|b| b.detach()),
             adapters: Vec::new(),
             span: tracing::trace_span!("linear"),

@@ -148,11 +148,23 @@ pub fn train_step(
         .collect();
     vars.extend(model.head_vars().into_iter().map(|(_, v)| v));
     let trainable = vars.iter().map(|v| v.elem_count()).sum();
-    let mut opt = Adam::new(vars.clone(), AdamParams::default())?;
+    let t = time_steps(model.as_ref(), &CrossEntropy, batch, vars, cfg)?;
+    Ok(row("train", cfg, size, t, trainable))
+}
+
+/// The median time of the trainer's own step (forward, backward, clipping at 1.0, AdamW)
+/// of `vars` on `batch`.
+fn time_steps(
+    model: &dyn Model,
+    objective: &dyn train::Objective,
+    batch: Batch,
+    vars: Vec<candle_core::Var>,
+    cfg: &ModelStepConfig,
+) -> Result<Duration> {
+    let mut opt = Adam::new(vars, AdamParams::default())?;
     let batches = [batch];
     let mut step = 0;
-    let t = time_median(cfg.iters, cfg.min_time, || -> Result<()> {
-        // The loop's own step: forward, backward, clipping, AdamW.
+    time_median(cfg.iters, cfg.min_time, || -> Result<()> {
         let settings = StepSettings {
             lr: 1e-4,
             max_grad_norm: Some(1.0),
@@ -160,9 +172,8 @@ pub fn train_step(
             step,
         };
         step += 1;
-        train::train_step(model.as_ref(), &CrossEntropy, &batches, &mut opt, settings).map(|_| ())
-    })?;
-    Ok(row("train", cfg, size, t, trainable))
+        train::train_step(model, objective, &batches, &mut opt, settings).map(|_| ())
+    })
 }
 
 /// Times a causal-LM training step of the decoder at `location` (a GGUF file or folder, or
@@ -186,7 +197,13 @@ pub fn decoder_train_step(
     let mut g = crate::jobs::generate::Generator::load_with(location, device, base)?;
     let spec = MethodSpec::parse(&cfg.method, cfg.method_config.clone())?;
     let placing = placing(&spec, &g.model, None, None, &Default::default())?;
-    attach(&mut g.model, &spec, &placing, "bench", &mut seeded_rng(cfg.seed))?;
+    attach(
+        &mut g.model,
+        &spec,
+        &placing,
+        "bench",
+        &mut seeded_rng(cfg.seed),
+    )?;
     let vocab = g.decoder().config().vocab_size;
     let (b, t) = (cfg.batch_size, cfg.seq_len.max(2));
     let mut rng = seeded_rng(cfg.seed);
@@ -201,28 +218,17 @@ pub fn decoder_train_step(
         .collect();
     let refs: Vec<&crate::data::LmTokens> = rows.iter().collect();
     let (input, rows, labels) = crate::data::lm_batch(&refs, 0, device)?;
-    let batches = [Batch {
+    let batch = Batch {
         input,
         labels,
         rows: Some(rows),
-    }];
+    };
     let vars: Vec<_> = trainable_vars(&g.model)?
         .into_iter()
         .map(|(_, v)| v)
         .collect();
     let trainable = vars.iter().map(|v| v.elem_count()).sum();
-    let mut opt = Adam::new(vars, AdamParams::default())?;
-    let mut step = 0;
-    let time = time_median(cfg.iters, cfg.min_time, || -> Result<()> {
-        let settings = StepSettings {
-            lr: 1e-4,
-            max_grad_norm: Some(1.0),
-            seed: cfg.seed,
-            step,
-        };
-        step += 1;
-        train::train_step(&g.model, &train::NextToken, &batches, &mut opt, settings).map(|_| ())
-    })?;
+    let time = time_steps(&g.model, &train::NextToken, batch, vars, cfg)?;
     Ok(row("train", cfg, None, time, trainable))
 }
 

@@ -208,7 +208,9 @@ fn run_model(a: ModelArgs) -> Result<()> {
     let device = ttlora::parse_device("cpu")?;
     let rows = match (a.kind, a.base_dtype) {
         (StepKind::Train, Some(base)) => {
-            vec![ttlora::bench::model_step::decoder_train_step(&dir, base, &cfg, &device)?]
+            vec![ttlora::bench::model_step::decoder_train_step(
+                &dir, base, &cfg, &device,
+            )?]
         }
         (StepKind::Infer, Some(_)) => bail!("--base-dtype times decoder training (--kind train)"),
         (StepKind::Train, None) => vec![train_step(&dir, &cfg, &device)?],

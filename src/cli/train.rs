@@ -42,7 +42,8 @@ pub enum ScheduleArg {
 /// Presets that set several flags at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Preset {
-    /// The paper's setup: classification head frozen, plain Adam, constant learning rate.
+    /// The paper's setup: classification head frozen (classifiers), plain Adam, constant
+    /// learning rate, the method's paper init.
     Paper,
 }
 
@@ -373,6 +374,8 @@ fn causal_spec(a: &TrainArgs) -> Result<CausalLmSpec> {
         ("--regression", a.regression),
         ("--text-pair-column", a.text_pair_column.is_some()),
         ("--data", a.data.is_some()),
+        ("--text-column", a.text_column != "text"),
+        ("--label-column", a.label_column != "label"),
     ];
     if let Some((flag, _)) = only_classifier.iter().find(|(_, given)| *given) {
         bail!(

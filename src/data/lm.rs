@@ -157,8 +157,9 @@ pub struct Rendered {
     pub text: String,
     /// Byte ranges of `text` whose tokens the loss is taken on.
     pub trained: Vec<Range<usize>>,
-    /// Whether the tokenizer adds its special tokens (plain text and prompts: yes; a
-    /// rendered chat carries its own).
+    /// Whether the tokenizer adds its special tokens and the model's BOS is put in front
+    /// (plain text and prompts, as generation encodes a prompt: yes; a rendered chat carries
+    /// its own, as generation encodes a chat).
     pub add_special_tokens: bool,
     /// Whether an end-of-sequence token closes the row, trained, so the model learns to stop
     /// (a chat template closes each turn itself).
@@ -261,7 +262,8 @@ pub struct LmEncoder {
     pub tokenizer: Tokenizer,
     /// Where it came from, for messages.
     pub path: PathBuf,
-    /// Put in front of a row the tokenizer does not start with it (GGUF's `add_bos_token`).
+    /// Put in front of a plain row the tokenizer does not start with it (GGUF's
+    /// `add_bos_token`).
     pub bos: Option<u32>,
     /// Closes rows whose [`Rendered::append_eos`] says so.
     pub eos: Option<u32>,
@@ -300,7 +302,8 @@ impl LmEncoder {
             out.ids.push(id);
             out.trained.push(trained);
         }
-        if let Some(bos) = self.bos
+        if r.add_special_tokens
+            && let Some(bos) = self.bos
             && out.ids.first() != Some(&bos)
         {
             out.ids.insert(0, bos);

@@ -33,7 +33,7 @@ pub struct GgufLoraPair {
 /// # Errors
 /// [`Error::TensorShape`] for factors that do not chain (`a`'s rows ≠ `b`'s columns);
 /// [`Error::ModelFile`] if serialising fails; [`Error::Io`] naming the file.
-pub fn write_gguf_lora(
+pub(crate) fn write_gguf_lora(
     path: &Path,
     architecture: &str,
     alpha: f32,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{D, DType, Device};
+use candle_core::{DType, Device};
 
 use crate::adapters::seeded_rng;
 use crate::data::{self, LmRecord, LmTokens};
@@ -140,7 +140,11 @@ fn encode_file(
             line,
             reason,
         })?;
-        let mut tokens = encoder.encode(&rendered)?;
+        let mut tokens = encoder.encode(&rendered).map_err(|e| Error::DataRow {
+            path: path.to_path_buf(),
+            line,
+            reason: e.to_string(),
+        })?;
         if tokens.truncate(max_len) {
             data.truncated += 1;
         }
@@ -216,16 +220,19 @@ pub fn mean_nll(
         if rows.dim(0)? == 0 {
             continue;
         }
+        let n = rows.dim(0)?;
         let nll = crate::ops::no_grad(|| -> Result<f64> {
             let logits = model
                 .token_logits(&batch.input, rows, false)?
                 .to_dtype(DType::F32)?;
-            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            let picked = logp.gather(&batch.labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
-            Ok(-f64::from(picked.sum_all()?.to_scalar::<f32>()?))
+            let mean = crate::ops::cross_entropy(&logits, &batch.labels)?;
+            Ok(f64::from(mean.to_scalar::<f32>()?) * n as f64)
         })?;
         if !nll.is_finite() {
-            return Err(Error::NonFiniteOutput { example: i });
+            // The batch's first row, in the split's order.
+            return Err(Error::NonFiniteOutput {
+                example: order[i].first().copied().unwrap_or(0),
+            });
         }
         total += nll;
         count += rows.dim(0)?;
@@ -244,14 +251,19 @@ pub fn mean_nll(
 fn lm_metrics(
     model: &dyn Model,
     split: &LmSplit,
+    batch_size: usize,
     pad_id: u32,
     device: &Device,
 ) -> Result<BTreeMap<String, f64>> {
-    let (nll, tokens) = mean_nll(model, split, 8, pad_id, device)?;
+    let (nll, tokens) = mean_nll(model, split, batch_size, pad_id, device)?;
+    if tokens == 0 {
+        return Err(Error::EmptySplit {
+            op: "perplexity (no trained token)",
+        });
+    }
     Ok(BTreeMap::from([
         ("perplexity".to_string(), nll.exp()),
         ("loss".to_string(), nll),
-        ("tokens".to_string(), tokens as f64),
     ]))
 }
 
@@ -275,6 +287,20 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
     let lock = io::OutputLock::acquire(&spec.out)?;
     let location = decoder_location(&spec.model, spec.allow_fetch)?;
     let mut g = Generator::load_with(&location, &spec.device, spec.base_dtype)?;
+    let context = g.decoder().config().max_position_embeddings;
+    if spec.data.max_len > context {
+        return Err(Error::MaxLenTooLong {
+            max_len: spec.data.max_len,
+            positions: context,
+            config: g.path.clone(),
+        });
+    }
+    if spec.base_dtype == BaseDtype::Quantized && !g.decoder().is_quantized() {
+        tracing::info!(
+            "{}: no linear weight is stored in quantized blocks; the base is f32",
+            g.path.display()
+        );
+    }
     let data = prepare_data(&g, &spec.data)?;
     if data.truncated > 0 {
         tracing::warn!(
@@ -311,16 +337,16 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
                 .into(),
         });
     }
-    let before = lm_metrics(&g.model, select, pad, device)?;
-    let lengths = data.fit.lengths();
     let batch_size = spec.trial.batch_size;
+    let before = lm_metrics(&g.model, select, batch_size, pad, device)?;
+    let lengths = data.fit.lengths();
     let mut make_batches = |epoch: usize| -> Result<Vec<Batch>> {
         let order = data::batch_order(&lengths, batch_size, seed, epoch, true);
         data.fit.batches(&order, pad, device)
     };
     // Lower perplexity is better; the loop keeps the highest primary.
     let mut eval_fn = |model: &dyn Model| -> Result<(f64, BTreeMap<String, f64>)> {
-        let m = lm_metrics(model, select, pad, device)?;
+        let m = lm_metrics(model, select, batch_size, pad, device)?;
         Ok((-m["perplexity"], m))
     };
     let out = TrialOutput {
@@ -346,7 +372,7 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         if split.rows.is_empty() {
             continue;
         }
-        for (k, v) in lm_metrics(&g.model, split, pad, device)? {
+        for (k, v) in lm_metrics(&g.model, split, batch_size, pad, device)? {
             dev_metrics.insert(format!("{name}/{k}"), v);
         }
     }
@@ -359,8 +385,18 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         format!("{selection}/perplexity_before"),
         before["perplexity"],
     );
-    if !data.dev.rows.is_empty() {
-        dev_metrics.insert("perplexity".into(), dev_metrics["dev/perplexity"]);
+    // The primary metric: the dev file's perplexity, else the held-out slice's.
+    let primary = if data.dev.rows.is_empty() {
+        "held_out/perplexity"
+    } else {
+        "dev/perplexity"
+    };
+    dev_metrics.insert("perplexity".into(), dev_metrics[primary]);
+    if data.held.rows.is_empty() {
+        tracing::warn!(
+            "no held-out rows: the adapter was selected on the dev file, so its dev perplexity \
+             is optimistic (hold out rows with --held-out)"
+        );
     }
 
     let method = spec.trial.method.method();

@@ -127,11 +127,12 @@ pub fn finetuned_updates(
                 model: "fine-tuned",
                 path: path.clone(),
             })?;
-        if other.weight().dims() != layer.weight().dims() {
+        let dims = |l: &crate::adapters::Linear| vec![l.out_features(), l.in_features()];
+        if dims(other) != dims(layer) {
             return Err(Error::TensorShape {
                 op: "fine-tuned minus base weight",
-                expected: layer.weight().dims().to_vec(),
-                got: other.weight().dims().to_vec(),
+                expected: dims(layer),
+                got: dims(other),
             });
         }
         let delta =

@@ -80,7 +80,7 @@ impl Default for Sampling {
 /// A decoder ready to generate or to be fine-tuned: the model with its LM head, its
 /// tokenizer, its chat template and special tokens.
 pub struct Generator {
-    /// The decoder with its LM head (adapters attach to it as to any [`Model`](crate::models::Model)).
+    /// The decoder with its LM head (adapters attach to it as to any [`Model`]).
     pub model: CausalLm<Llama>,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
@@ -125,6 +125,12 @@ impl Generator {
     /// As [`load`](Self::load).
     pub fn load_with(path: &Path, device: &Device, base: BaseDtype) -> Result<Self> {
         if path.join(crate::io::MODEL_CONFIG_FILE).is_file() {
+            if base == BaseDtype::Quantized {
+                tracing::warn!(
+                    "{}: an HF folder's weights are not in quantized blocks; the base is f32",
+                    path.display()
+                );
+            }
             return Self::load_hf(path, device);
         }
         let file = gguf_in(path)?;

@@ -172,7 +172,7 @@ pub fn markdown_table(runs: &[RunRow]) -> String {
             let xs: Vec<f64> = rs
                 .iter()
                 .filter_map(|r| r.dev_metrics.get(name).copied())
-                .map(|x| 100.0 * x)
+                .map(|x| as_shown(name, x))
                 .collect();
             let (m, s) = mean_std(&xs);
             metrics.push(format!("{name} {m:.2} ± {s:.2}"));
@@ -273,6 +273,16 @@ pub fn pivot_table(runs: &[RunRow]) -> String {
     out.push('\n');
     out.push_str(&legend);
     out
+}
+
+/// A metric as the tables show it: fractions (accuracy, F1, correlations) in percent;
+/// perplexity and losses as they are.
+fn as_shown(name: &str, x: f64) -> f64 {
+    if name.ends_with("perplexity") || name.ends_with("loss") {
+        x
+    } else {
+        100.0 * x
+    }
 }
 
 #[cfg(test)]

@@ -54,7 +54,10 @@ impl CrossEntropyLoss {
             }
         });
         let mean = losses.iter().map(|l| l.to_f64()).sum::<f64>() / n.max(1) as f64;
-        Ok((T::to_cpu_storage_owned(vec![T::from_f64(mean)]), Shape::from(())))
+        Ok((
+            T::to_cpu_storage_owned(vec![T::from_f64(mean)]),
+            Shape::from(()),
+        ))
     }
 }
 

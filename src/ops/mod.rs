@@ -21,8 +21,8 @@
 //! a disabled span holds no subscriber, so entering and leaving it does nothing.
 
 mod attention;
-mod dropout;
 mod cross_entropy;
+mod dropout;
 mod frozen_linear;
 mod gelu;
 mod grad_mode;
@@ -34,8 +34,8 @@ mod softmax;
 mod strided;
 
 pub use attention::attention;
-pub use dropout::{dropout, dropout_add, seed_dropout};
 pub use cross_entropy::cross_entropy;
+pub use dropout::{dropout, dropout_add, seed_dropout};
 pub use frozen_linear::{frozen_linear, frozen_linear_onto, quantized_linear};
 pub use gelu::gelu;
 pub(crate) use grad_mode::track;

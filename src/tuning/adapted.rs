@@ -359,9 +359,13 @@ pub fn load_into(model: &mut dyn Model, folder: &AdapterFolder, adapter_name: &s
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     let mut base_updates: BTreeMap<String, Tensor> = base_updates.into_iter().collect();
-    for base in model.base_tensors_mut()? {
-        if let Some(saved) = base_updates.remove(&format!("{KEY_PREFIX}{}", base.name)) {
-            *base.tensor = saved;
+    // Only a saved full fine-tune replaces base tensors; walking them dequantizes a base
+    // kept quantized, which an adapter must leave as it is.
+    if !base_updates.is_empty() {
+        for base in model.base_tensors_mut()? {
+            if let Some(saved) = base_updates.remove(&format!("{KEY_PREFIX}{}", base.name)) {
+                *base.tensor = saved;
+            }
         }
     }
     let mut built: BTreeMap<String, _> = built.into_iter().collect();

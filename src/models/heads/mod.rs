@@ -1,7 +1,7 @@
 //! Task heads over a [`Backbone`](crate::models::Backbone): the sequence classifier
 //! ([`SequenceClassifier`], with HF's BERT, RoBERTa and DeBERTa head layouts as data in
-//! [`HeadLayout`]). and the causal language model ([`CausalLm`]: a [`Decoder`] with its LM head); both put
-//! prompt and prefix tokens in place the same way (`virtual_tokens.rs`).
+//! [`HeadLayout`]) and the causal language model ([`CausalLm`]: a [`Decoder`] with its LM
+//! head). Both put prompt and prefix tokens in place the same way (`virtual_tokens.rs`).
 
 mod causal_lm;
 mod classifier;

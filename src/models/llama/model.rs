@@ -233,6 +233,17 @@ impl Llama {
         out
     }
 
+    /// Whether any linear weight is kept in quantized blocks.
+    pub fn is_quantized(&self) -> bool {
+        let mut any = false;
+        self.walk(&mut |_, e| {
+            if let Entry::Linear(_, l) = e {
+                any |= l.is_quantized();
+            }
+        });
+        any
+    }
+
     /// The config the decoder was built from.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
@@ -413,8 +424,11 @@ impl Llama {
                 // The frozen op: candle's matmul would also compute the table's gradient,
                 // (vocab × hidden) of work and memory per step, for a table that is not trained.
                 let table = &self.weights.embed_tokens;
-                Ok(crate::ops::frozen_linear(&flat, table, None)?
-                    .reshape((b, t, self.config.vocab_size))?)
+                Ok(crate::ops::frozen_linear(&flat, table, None)?.reshape((
+                    b,
+                    t,
+                    self.config.vocab_size,
+                ))?)
             }
         }
     }

@@ -8,29 +8,18 @@ use crate::adapters::{LayerSpec, method, seeded_rng};
 use crate::models::ModelInput;
 use crate::models::walk::{Entry, EntryMut};
 
+/// Vocabulary 64, hidden 16 in 4 query heads over 2 key/value heads (grouped-query
+/// attention), intermediate 32.
 fn tiny(tied: bool, family: LlamaFamily) -> LlamaConfig {
     LlamaConfig {
         model_type: family,
         vocab_size: 64,
         hidden_size: 16,
         intermediate_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
         num_key_value_heads: Some(2),
-        head_dim: None,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
         max_position_embeddings: 128,
         tie_word_embeddings: tied,
-        attention_bias: false,
-        hidden_act: "silu".into(),
-        bos_token_id: Some(1),
-        eos_token_id: Some(TokenIds::One(2)),
-        pad_token_id: None,
-        rope_scaling: None,
-        mlp_bias: false,
-        rope_parameters: None,
-        use_sliding_window: false,
+        ..LlamaConfig::tiny()
     }
 }
 
