@@ -104,7 +104,7 @@ fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
         let device = ttlora::parse_device("cpu")?;
         let allow_fetch = !s.fetch.offline;
         let f32_base = ttlora::jobs::generate::BaseDtype::F32;
-        let g = Generator::with_adapter(
+        let mut g = Generator::with_adapter(
             &s.adapter,
             s.model.as_deref(),
             &device,
@@ -117,7 +117,7 @@ fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
             .model
             .clone()
             .unwrap_or_else(|| folder.config.base_model_name_or_path.clone());
-        let report = export::export_decoder(&g, &folder.config, &base, format, &s.output.out)
+        let report = export::export_decoder(&mut g, &folder.config, &base, format, &s.output.out)
             .with_context(|| format!("exporting {} as {format}", s.adapter.display()))?;
         return print_report(&report);
     }

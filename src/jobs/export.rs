@@ -14,7 +14,7 @@ use crate::jobs::inference::Inference;
 use crate::jobs::trial::ADAPTER_NAME;
 use crate::models::llama::{LlamaConfig, gguf_tensor_name, permute_qk_rows};
 use crate::tuning::adapted::{AdapterMeta, to_peft_lora};
-use crate::tuning::merged::{merge_adapters, write_merged};
+use crate::tuning::merged::{merge_adapters, write_merged, write_merged_folder};
 
 /// What `export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,23 +152,34 @@ pub fn is_decoder_adapter(dir: &Path) -> Result<bool> {
 
 /// Exports the adapter loaded on the decoder `g` (see [`Generator::with_adapter`]; `cfg` is
 /// its folder's config, `base_model` what names the base) to `out`: a PEFT `CAUSAL_LM` LoRA
-/// folder, or llama.cpp's GGUF LoRA adapter.
+/// folder, llama.cpp's GGUF LoRA adapter, or a merged HF folder.
+///
+/// A merged export writes an HF `…ForCausalLM` folder (for a GGUF base, the config and
+/// tokenizer read from its metadata as HF files).
 ///
 /// # Errors
-/// As [`export`]; a merged decoder export, which is not available yet; for `gguf-lora`, a
-/// module llama.cpp has no tensor for, or DoRA (which llama.cpp adapters cannot hold).
+/// As [`export`]; for `gguf-lora`, a module llama.cpp has no tensor for, or DoRA (which
+/// llama.cpp adapters cannot hold).
 pub fn export_decoder(
-    g: &Generator,
+    g: &mut Generator,
     cfg: &crate::io::adapter_folder::AdapterConfig,
     base_model: &str,
     format: ExportFormat,
     out: &Path,
 ) -> Result<ExportReport> {
     if format == ExportFormat::Merged {
-        return Err(Error::UnsupportedInput {
-            field: "--format merged",
-            reason: "a merged decoder export is not available yet; export peft-lora or \
-                     gguf-lora and merge with PEFT or llama.cpp",
+        // ΔW folded into the weights (a quantized base is dequantized), then a plain HF
+        // `…ForCausalLM` folder with the tokenizer.
+        let n = merge_adapters(&mut g.model, ADAPTER_NAME)?;
+        let config = g.hf_config()?;
+        let extra = g.hf_tokenizer_files()?;
+        write_merged_folder(&g.model, &config, g.hf_folder(), &extra, None, out)?;
+        return Ok(ExportReport {
+            format,
+            out: out.to_path_buf(),
+            modules: n,
+            ranks: BTreeSet::new(),
+            files: list_files(out)?,
         });
     }
     if let Some(err) = no_lora_form(crate::adapters::method(&cfg.method)?) {

@@ -328,6 +328,70 @@ impl Generator {
         }
     }
 
+    /// The HF folder the model came from (`None` for a GGUF file).
+    pub fn hf_folder(&self) -> Option<&Path> {
+        self.path
+            .join(crate::io::MODEL_CONFIG_FILE)
+            .is_file()
+            .then_some(self.path.as_path())
+    }
+
+    /// The model's HF `config.json`: the folder's own, or for a GGUF file the config read
+    /// from its metadata in HF's fields; `architectures` names the causal-LM class.
+    ///
+    /// # Errors
+    /// An unreadable or non-object config.json.
+    pub fn hf_config(&self) -> Result<serde_json::Value> {
+        let mut cfg = match self.hf_folder() {
+            Some(dir) => {
+                let path = dir.join(crate::io::MODEL_CONFIG_FILE);
+                crate::io::read_json_if_present(&path)?.unwrap_or_default()
+            }
+            None => serde_json::to_value(self.decoder().config())?,
+        };
+        let obj = cfg.as_object_mut().ok_or_else(|| Error::ModelConfig {
+            path: self.path.clone(),
+            reason: "the config is not a JSON object".into(),
+        })?;
+        obj.insert(
+            "architectures".into(),
+            serde_json::json!([self.model.architecture()]),
+        );
+        obj.insert("torch_dtype".into(), "float32".into());
+        Ok(cfg)
+    }
+
+    /// A GGUF model's tokenizer as HF files: `tokenizer.json` and a `tokenizer_config.json`
+    /// with the chat template and special tokens (empty for an HF folder, whose own files
+    /// are copied).
+    ///
+    /// # Errors
+    /// The tokenizer cannot be serialised.
+    pub fn hf_tokenizer_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        if self.hf_folder().is_some() {
+            return Ok(Vec::new());
+        }
+        let json = self
+            .tokenizer
+            .to_string(false)
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                reason: format!("cannot serialise: {e}"),
+            })?;
+        let config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "add_bos_token": self.add_bos.is_some(),
+            "chat_template": self.chat_template,
+            "model_max_length": self.decoder().config().max_position_embeddings,
+        });
+        Ok(vec![
+            ("tokenizer.json", json.into_bytes()),
+            ("tokenizer_config.json", serde_json::to_vec_pretty(&config)?),
+        ])
+    }
+
     /// SHA-256 of the model's config, as adapter folders record their base: of
     /// `config.json` for an HF folder, of the config read from the metadata for a GGUF file.
     pub fn config_sha256(&self) -> String {

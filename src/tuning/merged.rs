@@ -100,16 +100,6 @@ pub fn write_merged(
     task: Option<&TaskInfo>,
     out: &Path,
 ) -> Result<()> {
-    if let Some((path, _)) = model
-        .linears()
-        .into_iter()
-        .find(|(_, l)| l.adapters().next().is_some() && !l.is_merged())
-    {
-        return Err(Error::MergeState {
-            op: "export merged",
-            reason: format!("{path} carries an unmerged adapter; merge it first"),
-        });
-    }
     let cfg_path = base_dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
         path: cfg_path.clone(),
@@ -131,6 +121,35 @@ pub fn write_merged(
             model.architecture()
         );
     }
+    write_merged_folder(model, &config, Some(base_dir), &[], task, out)
+}
+
+/// Writes `model` (adapters merged) at `out` as an HF folder: `model.safetensors` under HF's
+/// names, `config` as config.json, the tokenizer files of `copy_from` (a base folder) and
+/// the `extra` files given by name, and for a classifier the task side file. Nothing is left
+/// at `out` if any step fails.
+///
+/// # Errors
+/// [`Error::MergeState`] if some layer still carries an unmerged adapter; [`Error::Io`]
+/// reading or writing.
+pub fn write_merged_folder(
+    model: &dyn Model,
+    config: &Value,
+    copy_from: Option<&Path>,
+    extra: &[(&str, Vec<u8>)],
+    task: Option<&TaskInfo>,
+    out: &Path,
+) -> Result<()> {
+    if let Some((path, _)) = model
+        .linears()
+        .into_iter()
+        .find(|(_, l)| l.adapters().next().is_some() && !l.is_merged())
+    {
+        return Err(Error::MergeState {
+            op: "export merged",
+            reason: format!("{path} carries an unmerged adapter; merge it first"),
+        });
+    }
     let tensors: BTreeMap<String, Tensor> = model
         .state_dict()
         .into_iter()
@@ -139,10 +158,15 @@ pub fn write_merged(
     OutputLock::acquire(out)?.replace_folder(|dir| {
         write_safetensors(&dir.join("model.safetensors"), &tensors)?;
         for name in COPIED {
-            let from = base_dir.join(name);
+            let Some(from) = copy_from.map(|d| d.join(name)) else {
+                continue;
+            };
             if from.is_file() {
                 copy_synced(&from, &dir.join(name))?;
             }
+        }
+        for (name, bytes) in extra {
+            crate::io::output::write_synced(&dir.join(name), bytes)?;
         }
         if let Some(t) = task {
             let side = TaskFile {
@@ -151,7 +175,7 @@ pub fn write_merged(
             };
             side.write(dir)?;
         }
-        write_synced_json(&dir.join("config.json"), &config)
+        write_synced_json(&dir.join("config.json"), config)
     })
 }
 
