@@ -11,7 +11,10 @@ with torch, transformers, gguf, peft and, for the llama.cpp part, llama-cpp-pyth
    logits as ttlora's adapter does (same greedy tokens; llama.cpp's quantized matmuls differ
    from the f32 reference by more than rounding).
 
-usage: check_decoder_consumers.py GGUF TTLORA_ADAPTER PEFT_EXPORT GGUF_LORA_FILE
+5. (with MERGED_EXPORT, from `ttlora export --format merged`) transformers loads the merged
+   folder, its tokenizer files included, and greedy-generates what ttlora's adapter does.
+
+usage: check_decoder_consumers.py GGUF TTLORA_ADAPTER PEFT_EXPORT GGUF_LORA_FILE [MERGED_EXPORT]
 Runs ttlora through `cargo run --release --example decoder_logits`. Prints one JSON object."""
 import json
 import subprocess
@@ -91,6 +94,14 @@ def main():
             "adapter_delta_correlation": float(np.corrcoef(cpp_tuned - cpp_base,
                                                            ours_tuned - ours_base)[0, 1]),
         }
+    if len(sys.argv) > 5:
+        merged = sys.argv[5]
+        mtok = AutoTokenizer.from_pretrained(merged)
+        mmodel = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+        enc = mtok(PROMPT, return_tensors="pt")
+        out = mmodel.generate(**enc, max_new_tokens=6, do_sample=False)
+        report["merged_transformers_ids_equal"] = enc["input_ids"][0].tolist() == base["ids"]
+        report["merged_transformers_greedy"] = mtok.decode(out[0][enc["input_ids"].shape[1]:])
     print(json.dumps(report, indent=2))
 
 
