@@ -81,8 +81,8 @@ fn accumulate(
     let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut total_loss = 0.0;
     let mut tokens = 0usize;
-    let scale = 1.0 / chunk.len() as f64;
-    for (micro, batch) in chunk.iter().enumerate() {
+    let weights = micro_weights(chunk)?;
+    for ((micro, batch), &scale) in chunk.iter().enumerate().zip(&weights) {
         crate::ops::seed_dropout(
             seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48),
         );
@@ -105,6 +105,26 @@ fn accumulate(
         }
     }
     Ok((total_loss, grads, tokens))
+}
+
+/// Each micro-batch's share of the step's loss. Causal-LM batches (which list their scored
+/// positions) weigh by those positions, so the step's loss is the mean over all its scored
+/// tokens however they fall into micro-batches (HF's `num_items_in_batch`); sequence-task
+/// batches weigh equally.
+fn micro_weights(chunk: &[Batch]) -> Result<Vec<f64>> {
+    let equal = vec![1.0 / chunk.len().max(1) as f64; chunk.len()];
+    let mut counts = Vec::with_capacity(chunk.len());
+    for batch in chunk {
+        match &batch.rows {
+            Some(rows) => counts.push(rows.dim(0)? as f64),
+            None => return Ok(equal),
+        }
+    }
+    let total: f64 = counts.iter().sum();
+    if total == 0.0 {
+        return Ok(equal);
+    }
+    Ok(counts.into_iter().map(|c| c / total).collect())
 }
 
 /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
@@ -138,8 +158,12 @@ pub(crate) fn accumulate_for_tests(
     chunk: &[Batch],
     vars: &[Var],
 ) -> (f64, Vec<Option<Tensor>>, usize) {
-    let objective = crate::train::CrossEntropy;
-    accumulate(model, &objective, chunk, vars, (0, 0)).expect("accumulate")
+    let objective: &dyn Objective = if chunk.iter().all(|b| b.rows.is_some()) {
+        &crate::train::NextToken
+    } else {
+        &crate::train::CrossEntropy
+    };
+    accumulate(model, objective, chunk, vars, (0, 0)).expect("accumulate")
 }
 
 /// [`clip`] for the module's tests.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 
 use super::step::{accumulate_for_tests, clip_for_tests};
 use super::*;
@@ -190,4 +190,51 @@ fn invalid_settings_name_the_field() {
             .to_string()
             .contains("`warmup_ratio`")
     );
+}
+
+/// Causal-LM micro-batches weigh by their scored tokens: a step over a batch of 3 targets and
+/// one of 1 has the loss and gradients of one batch holding all 4 (not the mean of the two
+/// batch means).
+#[test]
+fn causal_lm_accumulation_is_the_mean_over_all_scored_tokens() {
+    use crate::data::{LmTokens, lm_batch};
+    use crate::models::heads::CausalLm;
+    use crate::models::llama::{Llama, LlamaConfig};
+    let llama = Llama::random(&LlamaConfig::tiny(), 0.2, DType::F32, &Device::Cpu, 4).unwrap();
+    let mut lm = CausalLm::new(llama);
+    // Two base tensors made trainable, as full fine-tuning does.
+    let mut vars: Vec<Var> = Vec::new();
+    for base in lm.base_tensors_mut().unwrap() {
+        if base.name == "model.norm.weight" || base.name.ends_with("0.self_attn.q_proj.weight") {
+            let v = Var::from_tensor(base.tensor).unwrap();
+            *base.tensor = v.as_tensor().clone();
+            vars.push(v);
+        }
+    }
+    assert_eq!(vars.len(), 2);
+    let long = LmTokens {
+        ids: vec![5, 9, 13, 17],
+        trained: vec![false, true, true, true],
+    };
+    let short = LmTokens {
+        ids: vec![7, 8],
+        trained: vec![false, true],
+    };
+    let batch = |rows: &[&LmTokens]| {
+        let (input, rows, labels) = lm_batch(rows, 0, &Device::Cpu).unwrap();
+        Batch {
+            input,
+            labels,
+            rows: Some(rows),
+        }
+    };
+    let (split, gs, _) = accumulate_for_tests(&lm, &[batch(&[&long]), batch(&[&short])], &vars);
+    let (whole, gw, _) = accumulate_for_tests(&lm, &[batch(&[&long, &short])], &vars);
+    assert!((split - whole).abs() < 1e-5, "{split} vs {whole}");
+    for (a, b) in gs.iter().zip(&gw) {
+        if let (Some(a), Some(b)) = (a, b) {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+        }
+    }
 }
