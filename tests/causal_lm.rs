@@ -357,6 +357,17 @@ fn exports_without_a_form_are_refused() {
             "--offline",
         ])
     };
+    let o = ttlora(&[
+        "export",
+        "--adapter",
+        path_str(&run),
+        "--pooling",
+        "mean",
+        "--out",
+        path_str(&tmp.join("pooled")),
+        "--offline",
+    ]);
+    assert_clear_error(&o, &["--pooling does not apply to a decoder adapter"]);
     let model = tiny_bert_folder("causal-export-bert", BertConfig::tiny());
     let classifier = model.join("run");
     let o = ttlora(&[

@@ -100,6 +100,9 @@ impl ExportSource {
 
 fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
     if export::is_decoder_adapter(&s.adapter)? {
+        if s.pooling.pooling.is_some() {
+            bail!("--pooling does not apply to a decoder adapter (its LM head reads every token)");
+        }
         s.output.check()?;
         let device = ttlora::parse_device("cpu")?;
         let allow_fetch = !s.fetch.offline;
