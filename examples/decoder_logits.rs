@@ -24,19 +24,7 @@ fn main() {
         Generator::with_adapter(adapter.as_ref(), Some(model), &device, true, base)
     }
     .expect("the decoder loads");
-    let encode = |text: &str| -> Vec<u32> {
-        let enc = g.lm_encoder();
-        let ids = enc
-            .tokenizer
-            .encode(text, true)
-            .expect("tokenizes")
-            .get_ids()
-            .to_vec();
-        match enc.bos {
-            Some(bos) if ids.first() != Some(&bos) => std::iter::once(bos).chain(ids).collect(),
-            _ => ids,
-        }
-    };
+    let encode = |text: &str| g.lm_encoder().prompt_ids(text, true).expect("tokenizes");
     let ids = encode(prompt);
     let input = ModelInput::new(
         Tensor::new(ids.as_slice(), &device)

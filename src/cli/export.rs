@@ -107,7 +107,9 @@ fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
         let device = ttlora::parse_device("cpu")?;
         let allow_fetch = !s.fetch.offline;
         let f32_base = ttlora::jobs::generate::BaseDtype::F32;
-        let mut g = Generator::with_adapter(
+        let folder = ttlora::io::AdapterFolder::read(&s.adapter, &device)?;
+        let mut g = Generator::with_adapter_folder(
+            &folder,
             &s.adapter,
             s.model.as_deref(),
             &device,
@@ -115,7 +117,6 @@ fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
             f32_base,
         )
         .with_context(|| format!("loading adapter {}", s.adapter.display()))?;
-        let folder = ttlora::io::AdapterFolder::read(&s.adapter, &device)?;
         let base = s
             .model
             .clone()

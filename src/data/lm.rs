@@ -6,7 +6,7 @@
 //! scored positions are listed ([`lm_batch`]).
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -255,13 +255,14 @@ impl LmTokens {
     }
 }
 
-/// Turns [`Rendered`] rows into [`LmTokens`] with a model's tokenizer and special tokens.
-#[derive(Clone)]
-pub struct LmEncoder {
+/// Turns [`Rendered`] rows (and generation prompts) into tokens with a model's tokenizer and
+/// special tokens: the one place the BOS rule lives.
+#[derive(Clone, Copy)]
+pub struct LmEncoder<'a> {
     /// The tokenizer (padding and truncation off).
-    pub tokenizer: Tokenizer,
+    pub tokenizer: &'a Tokenizer,
     /// Where it came from, for messages.
-    pub path: PathBuf,
+    pub path: &'a Path,
     /// Put in front of a plain row the tokenizer does not start with it (GGUF's
     /// `add_bos_token`).
     pub bos: Option<u32>,
@@ -269,7 +270,7 @@ pub struct LmEncoder {
     pub eos: Option<u32>,
 }
 
-impl std::fmt::Debug for LmEncoder {
+impl std::fmt::Debug for LmEncoder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LmEncoder")
             .field("path", &self.path)
@@ -279,7 +280,22 @@ impl std::fmt::Debug for LmEncoder {
     }
 }
 
-impl LmEncoder {
+impl LmEncoder<'_> {
+    /// The ids of a prompt to continue: a plain one (`specials`) with the tokenizer's special
+    /// tokens and the model's BOS, a rendered chat as it is; as training encodes its rows.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`].
+    pub fn prompt_ids(&self, text: &str, specials: bool) -> Result<Vec<u32>> {
+        let rendered = Rendered {
+            text: text.to_string(),
+            trained: Vec::new(),
+            add_special_tokens: specials,
+            append_eos: false,
+        };
+        Ok(self.encode(&rendered)?.ids)
+    }
+
     /// The tokens of `r`: a token is trained when its text overlaps a
     /// trained span (so a token that straddles a prompt's end counts as the completion's,
     /// as the first thing the model must produce).
@@ -291,7 +307,7 @@ impl LmEncoder {
             .tokenizer
             .encode(r.text.as_str(), r.add_special_tokens)
             .map_err(|e| Error::Tokenizer {
-                path: self.path.clone(),
+                path: self.path.to_path_buf(),
                 reason: e.to_string(),
             })?;
         let specials = enc.get_special_tokens_mask();

@@ -321,6 +321,20 @@ impl GgufSource {
         self.tensors.get(name).map(|t| t.dtype)
     }
 
+    /// SHA-256 of the file's header: version, metadata and tensor table, everything before
+    /// the first tensor's data (a few MB at most, so cheap to hash). What identifies a GGUF
+    /// base the way `config.json`'s hash identifies an HF one.
+    pub fn header_sha256(&self) -> String {
+        let end = self
+            .tensors
+            .values()
+            .map(|t| t.start)
+            .min()
+            .unwrap_or(self.mmap.len())
+            .min(self.mmap.len());
+        super::fs::sha256_hex(&self.mmap[..end])
+    }
+
     /// Tensor `name` in its blocks, as stored (for a frozen base kept quantized).
     ///
     /// # Errors

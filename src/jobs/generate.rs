@@ -136,8 +136,7 @@ impl Generator {
         let file = gguf_in(path)?;
         let keep = base == BaseDtype::Quantized;
         let (model, gguf) = Llama::load_gguf_with(&file, DType::F32, device, keep)?;
-        let config_sha256 =
-            crate::io::fs::sha256_hex(&serde_json::to_vec(model.config()).unwrap_or_default());
+        let config_sha256 = gguf.header_sha256();
         let model = CausalLm::new(model);
         let tokenizer = crate::data::tokenizer_from_gguf(&gguf)?;
         let token_text = |key: &str| -> (Option<u32>, String) {
@@ -196,6 +195,21 @@ impl Generator {
         base: BaseDtype,
     ) -> Result<Self> {
         let folder = crate::io::AdapterFolder::read(adapter_dir, device)?;
+        Self::with_adapter_folder(&folder, adapter_dir, model, device, allow_fetch, base)
+    }
+
+    /// As [`with_adapter`](Self::with_adapter), for a folder already read from `adapter_dir`.
+    ///
+    /// # Errors
+    /// As [`with_adapter`](Self::with_adapter), the reading aside.
+    pub fn with_adapter_folder(
+        folder: &crate::io::AdapterFolder,
+        adapter_dir: &Path,
+        model: Option<&str>,
+        device: &Device,
+        allow_fetch: bool,
+        base: BaseDtype,
+    ) -> Result<Self> {
         let spec = model.unwrap_or(&folder.config.base_model_name_or_path);
         if spec.is_empty() {
             return Err(Error::ModelConfig {
@@ -213,7 +227,7 @@ impl Generator {
                 folder.config.base_model_name_or_path
             );
         }
-        crate::tuning::adapted::load_into(&mut g.model, &folder, crate::jobs::trial::ADAPTER_NAME)?;
+        crate::tuning::adapted::load_into(&mut g.model, folder, crate::jobs::trial::ADAPTER_NAME)?;
         Ok(g)
     }
 
@@ -319,10 +333,10 @@ impl Generator {
 
     /// What turns causal-LM rows into tokens for this model: its tokenizer, the BOS it
     /// expects and its first end-of-sequence id.
-    pub fn lm_encoder(&self) -> LmEncoder {
+    pub fn lm_encoder(&self) -> LmEncoder<'_> {
         LmEncoder {
-            tokenizer: self.tokenizer.clone(),
-            path: self.path.clone(),
+            tokenizer: &self.tokenizer,
+            path: &self.path,
             bos: self.add_bos,
             eos: self.eos.first().copied(),
         }
@@ -393,7 +407,8 @@ impl Generator {
     }
 
     /// SHA-256 of the model's config, as adapter folders record their base: of
-    /// `config.json` for an HF folder, of the config read from the metadata for a GGUF file.
+    /// `config.json` for an HF folder, of the header (metadata and tensor table) for a GGUF
+    /// file.
     pub fn config_sha256(&self) -> String {
         self.config_sha256.clone()
     }
@@ -420,12 +435,7 @@ impl Generator {
         sampling: &Sampling,
         on_text: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<String> {
-        let mut ids = self.encode(prompt, true)?;
-        if let Some(bos) = self.add_bos
-            && ids.first() != Some(&bos)
-        {
-            ids.insert(0, bos);
-        }
+        let ids = self.lm_encoder().prompt_ids(prompt, true)?;
         self.continue_ids(ids, sampling, on_text)
     }
 
@@ -442,21 +452,8 @@ impl Generator {
         on_text: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<String> {
         let rendered = self.chat_prompt(message)?;
-        let ids = self.encode(&rendered, false)?;
+        let ids = self.lm_encoder().prompt_ids(&rendered, false)?;
         self.continue_ids(ids, sampling, on_text)
-    }
-
-    /// The ids of `text`, with the tokenizer's special tokens when `specials`.
-    fn encode(&self, text: &str, specials: bool) -> Result<Vec<u32>> {
-        Ok(self
-            .tokenizer
-            .encode(text, specials)
-            .map_err(|e| Error::Tokenizer {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?
-            .get_ids()
-            .to_vec())
     }
 
     fn continue_ids(
@@ -776,9 +773,11 @@ mod tests {
             rope_parameters: None,
             use_sliding_window: false,
         };
-        let model = Llama::random(&cfg, 0.3, DType::F32, &Device::Cpu, 9).unwrap();
+        let lm = CausalLm::new(Llama::random(&cfg, 0.3, DType::F32, &Device::Cpu, 9).unwrap());
+        // The LM head's walk: HF's names, as `save_pretrained` writes them.
         let tensors: std::collections::HashMap<String, Tensor> =
-            model.state_dict().into_iter().collect();
+            lm.state_dict().into_iter().collect();
+        let model = lm.decoder();
         candle_core::safetensors::save(&tensors, tmp.join("model.safetensors")).unwrap();
         std::fs::write(
             tmp.join("config.json"),
@@ -798,7 +797,7 @@ mod tests {
             let h = m.forward_cached(&ids, &mut cache).unwrap();
             m.logits(&h, false).unwrap()
         };
-        let d = (logits(&model) - logits(g.decoder()))
+        let d = (logits(model) - logits(g.decoder()))
             .unwrap()
             .abs()
             .unwrap()

@@ -117,10 +117,8 @@ pub struct LlamaConfig {
     /// wins over `rope_theta`; a type other than `default` is refused like `rope_scaling`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_parameters: Option<serde_json::Value>,
-    /// Qwen2's sliding-window attention: not implemented, so refused when on. (Left out of
-    /// the serialised config when off, so a GGUF base's config hash is what it was before
-    /// the field existed.)
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Qwen2's sliding-window attention: not implemented, so refused when on.
+    #[serde(default)]
     pub use_sliding_window: bool,
 }
 

@@ -11,4 +11,4 @@ mod tests;
 
 pub use config::{LlamaConfig, LlamaFamily, TokenIds, permute_qk_rows, unpermute_qk_rows};
 pub use gguf::gguf_tensor_name;
-pub use model::{KvCache, Llama, last_token_logits};
+pub use model::{KvCache, Llama};

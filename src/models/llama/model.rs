@@ -4,7 +4,7 @@
 //! module paths (`model.layers.0.self_attn.q_proj`), every norm and softmax ours (with a
 //! backward).
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
 use crate::adapters::{Linear, VirtualSpec};
@@ -215,22 +215,6 @@ impl Llama {
         let llama = Self::build(&cfg, &mut ld)?;
         ld.log_unused("decoder");
         Ok(llama)
-    }
-
-    /// Every tensor of the decoder under its HF checkpoint name (a linear's weight and bias
-    /// as `<path>.weight` / `<path>.bias`), as `save_pretrained` writes them.
-    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        self.walk(&mut |name, e| match e {
-            Entry::Linear(_, l) => {
-                out.push((format!("{name}.weight"), l.weight().into_owned()));
-                if let Some(b) = l.bias() {
-                    out.push((format!("{name}.bias"), b.clone()));
-                }
-            }
-            Entry::Tensor(_, t) => out.push((name, t.clone())),
-        });
-        out
     }
 
     /// Whether any linear weight is kept in quantized blocks.
@@ -472,24 +456,6 @@ fn causal_bias(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
             .to_dtype(dtype)?
             .contiguous()?,
     )
-}
-
-/// The logits of the last real token of each row, `(b, vocab)`: what generation samples
-/// from (right padding).
-///
-/// # Errors
-/// Shapes that disagree.
-pub fn last_token_logits(logits: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-    let lengths: Vec<u32> = attention_mask
-        .to_dtype(DType::U32)?
-        .sum(D::Minus1)?
-        .to_vec1::<u32>()?;
-    let rows = lengths
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| logits.get(i)?.get(n.saturating_sub(1) as usize))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::stack(&rows, 0)?)
 }
 
 impl Backbone for Llama {

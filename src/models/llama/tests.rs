@@ -87,11 +87,17 @@ fn padding_changes_nothing_for_real_tokens_right_or_left() {
     };
     let left = logits(&m, &left).get(0).unwrap().narrow(0, 2, 3).unwrap();
     assert!(diff(&alone.squeeze(0).unwrap(), &left) < 1e-5);
-    let last = last_token_logits(
-        &padded,
+    // What the LM head's `forward` picks: each row's last real position.
+    let rows = crate::models::heads::last_token_rows(
         &batch(&[&[5, 9, 13], &[7, 8, 9, 10, 11]]).attention_mask,
     )
     .unwrap();
+    let (b, t, v) = padded.dims3().unwrap();
+    let last = padded
+        .reshape((b * t, v))
+        .unwrap()
+        .index_select(&rows, 0)
+        .unwrap();
     assert!(diff(&last.get(0).unwrap(), &real.get(2).unwrap()) < 1e-6);
 }
 
