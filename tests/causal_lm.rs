@@ -49,6 +49,8 @@ fn generate(extra: &[&str]) -> String {
 /// the trained style ("Answer: …") where the base model does not.
 #[test]
 fn a_short_fine_tune_lowers_perplexity_and_changes_what_the_model_says() {
+    // Fetched once for the whole test binary; the runs below are --offline.
+    crate::common::smollm2();
     let out = TempDir::new("causal-lm");
     let o = ttlora(&[
         "train",
@@ -185,8 +187,8 @@ fn exports_agree(adapter: &std::path::Path) {
 /// trained; a plain prompt/completion row trains the completion and the closing EOS.
 #[test]
 fn only_the_assistant_turn_and_the_completion_are_trained() {
-    let dir = ttlora::io::resolve_model("smollm2", true).expect("the packaged SmolLM2");
-    let g = Generator::load(&dir, &candle_core::Device::Cpu).unwrap();
+    let dir = crate::common::smollm2();
+    let g = Generator::load(dir, &candle_core::Device::Cpu).unwrap();
     let enc = g.lm_encoder();
     let render = |m: &[ChatMessage], open: bool| g.render_chat(m, open);
     let trained_text = |row: LmRow| {
@@ -220,6 +222,8 @@ fn only_the_assistant_turn_and_the_completion_are_trained() {
 /// Chat rows train through the model's template end to end (two steps).
 #[test]
 fn chat_rows_train_through_the_chat_template() {
+    // Fetched once for the whole test binary; the runs below are --offline.
+    crate::common::smollm2();
     let out = TempDir::new("causal-chat");
     let o = ttlora(&[
         "train",
@@ -304,8 +308,8 @@ fn the_gguf_tokenizer_gives_transformers_ids_on_tricky_strings() {
     let fixture =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_tokenizer.json");
     let want: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
-    let dir = ttlora::io::resolve_model("smollm2", true).expect("the packaged SmolLM2");
-    let g = Generator::load(&dir, &candle_core::Device::Cpu).unwrap();
+    let dir = crate::common::smollm2();
+    let g = Generator::load(dir, &candle_core::Device::Cpu).unwrap();
     let rows = want["rows"].as_array().unwrap();
     assert!(rows.len() >= 15);
     for row in rows {
@@ -320,6 +324,8 @@ fn the_gguf_tokenizer_gives_transformers_ids_on_tricky_strings() {
 /// that comes first trains from chat rows with one step).
 #[test]
 fn exports_without_a_form_are_refused() {
+    // Fetched once for the whole test binary; the runs below are --offline.
+    crate::common::smollm2();
     let tmp = TempDir::new("causal-export-bad");
     let run = tmp.join("run");
     let o = ttlora(&[

