@@ -13,9 +13,15 @@ use crate::models::weights::{Init, Loader};
 use crate::models::{ModelInput, Pooling};
 use crate::ops::layer_norm;
 
-/// Added to the attention scores of padding keys: far below any real score, yet finite so a
-/// softmax row never meets −∞ − (−∞).
-pub(crate) const MASK_VALUE: f64 = -1e9;
+pub(crate) use crate::ops::MASK_VALUE;
+
+/// The additive attention bias per key of a `(b, s)` 0/1 mask: 0 for real tokens,
+/// [`MASK_VALUE`] for padding, in `dtype`.
+pub(crate) fn key_bias(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    Ok(attention_mask
+        .to_dtype(dtype)?
+        .affine(-MASK_VALUE, MASK_VALUE)?)
+}
 
 /// Dropout that is the identity unless training.
 pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {

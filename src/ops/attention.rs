@@ -1,11 +1,15 @@
-//! Multi-head scaled dot-product attention, fused on CPU, with an analytic backward.
+//! Multi-head scaled dot-product attention, fused on CPU, with an analytic backward: the
+//! encoders' bidirectional attention with a key-padding bias, and the decoders' causal
+//! attention with grouped key/value heads (GQA), keys from a cache or a prefix included.
 //!
-//! Composed from candle ops, one BERT attention layer keeps for its backward: q scaled, three
-//! head-major copies of q/k/v, the raw scores, the masked scores, the probabilities, the
-//! dropout mask and the dropped probabilities (five `(b, heads, s, s)` tensors), and the
-//! context transposed back. Here q, k, v stay in the `(b, s, hidden)` layout the linears
-//! produce (each head is a strided view, read by `gemm` directly), the only saved tensor is the
-//! probabilities, and the dropout mask is regenerated from a seed in the backward.
+//! Composed from candle ops, one attention layer keeps for its backward: q scaled, head-major
+//! copies of q/k/v (for GQA, k and v repeated per query head), the raw scores, the masked
+//! scores, the probabilities, the dropout mask and the dropped probabilities (five
+//! `(b, heads, t, keys)` tensors), and the context transposed back. Here q, k, v stay in the
+//! layout they arrive in (each head is a strided view, read by `gemm` directly), a key/value
+//! head is read in place by every query head of its group, the only saved tensor is the
+//! probabilities, the dropout mask is regenerated from a seed in the backward, and causal
+//! attention computes only the score tiles a query can see.
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -15,37 +19,115 @@ use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Storage, Tenso
 
 use super::dropout::SeededMask;
 use super::rows::{Real, for_real, slice, threads_for, unsupported};
-use super::strided::{View, matmul_into};
+use super::strided::{View, gemm_views, matmul_into};
 use crate::error::{Error, Result};
 
 const NAME: &str = "attention";
 
-/// Sizes of one attention call: batch, sequence, heads, head width.
+/// Added to the attention scores of padding keys: far below any real score, yet finite so a
+/// softmax row never meets −∞ − (−∞).
+pub const MASK_VALUE: f64 = -1e9;
+
+/// Query rows per score tile in causal attention: a tile computes only the keys its last row
+/// sees, so about half the score work of a square block is skipped.
+const CAUSAL_TILE: usize = 32;
+
+/// Where a head's rows live in a q/k/v tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadLayout {
+    /// `(b, len, heads · d)`, as the linears produce it (BERT).
+    TokenMajor,
+    /// `(b, heads, len, d)`, as rotary embeddings and a KV cache keep it (LLaMA).
+    HeadMajor,
+}
+
+/// Sizes of one attention call.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     batch: usize,
-    seq: usize,
+    /// Queries per item.
+    q_len: usize,
+    /// Keys (and values) per item; for causal attention the last `q_len` are the queries'
+    /// own, any before them (a cache or a prefix) are seen by every query.
+    kv_len: usize,
     heads: usize,
+    kv_heads: usize,
     head_dim: usize,
+    layout: HeadLayout,
+    causal: bool,
 }
 
 impl Dims {
-    fn hidden(&self) -> usize {
-        self.heads * self.head_dim
+    /// Query heads served by one key/value head.
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
     }
-    /// Head `h` of batch item `b` of a `(b, s, hidden)` tensor.
-    fn head(&self, b: usize, h: usize) -> View {
+
+    /// Head `h` of item `b` of a tensor with `n` heads of `len` rows.
+    fn view(&self, b: usize, h: usize, n: usize, len: usize) -> View {
+        let d = self.head_dim;
+        match self.layout {
+            HeadLayout::TokenMajor => View {
+                offset: b * len * n * d + h * d,
+                rows: len,
+                cols: d,
+                rs: n * d,
+                cs: 1,
+            },
+            HeadLayout::HeadMajor => View::dense((b * n + h) * len * d, len, d),
+        }
+    }
+
+    fn q_head(&self, b: usize, h: usize) -> View {
+        self.view(b, h, self.heads, self.q_len)
+    }
+
+    fn kv_head(&self, b: usize, g: usize) -> View {
+        self.view(b, g, self.kv_heads, self.kv_len)
+    }
+
+    /// Head `h` of item `b` of the `(b, q_len, heads · d)` output (and its gradient).
+    fn out_head(&self, b: usize, h: usize) -> View {
+        let hidden = self.heads * self.head_dim;
         View {
-            offset: b * self.seq * self.hidden() + h * self.head_dim,
-            rows: self.seq,
+            offset: b * self.q_len * hidden + h * self.head_dim,
+            rows: self.q_len,
             cols: self.head_dim,
-            rs: self.hidden(),
+            rs: hidden,
             cs: 1,
         }
     }
-    /// Elements of one batch item of a `(b, s, hidden)` tensor.
-    fn item(&self) -> usize {
-        self.seq * self.hidden()
+
+    /// Scores of one (item, query head) block.
+    fn block(&self) -> usize {
+        self.q_len * self.kv_len
+    }
+
+    /// Keys query `i` sees: all of them, or (causal) those up to its own position.
+    fn visible(&self, i: usize) -> usize {
+        if self.causal {
+            i + 1 + self.kv_len - self.q_len
+        } else {
+            self.kv_len
+        }
+    }
+
+    /// Query-row tiles with the keys each tile's rows see at most.
+    fn tiles(&self) -> impl Iterator<Item = (Range<usize>, usize)> + use<> {
+        let (n, tile) = (
+            self.q_len,
+            if self.causal {
+                CAUSAL_TILE
+            } else {
+                self.q_len.max(1)
+            },
+        );
+        let dims = *self;
+        (0..n.div_ceil(tile)).map(move |t| {
+            let rows = t * tile..((t + 1) * tile).min(n);
+            let keys = dims.visible(rows.end - 1);
+            (rows, keys)
+        })
     }
 }
 
@@ -54,7 +136,7 @@ impl Dims {
 struct Attention {
     dims: Dims,
     scale: f64,
-    /// Additive bias per key, `(batch, seq)`: 0 for real tokens, very negative for padding.
+    /// Additive bias per key, `(batch, kv_len)`: 0 for real tokens, very negative for padding.
     key_bias: Vec<f64>,
     /// Attention-probability dropout, one mask block per (batch item, head).
     dropout: Option<SeededMask>,
@@ -63,10 +145,10 @@ struct Attention {
     saved: Mutex<Option<CpuStorage>>,
 }
 
-/// Runs `f(blocks, probs_chunk)` over per-thread ranges of the `n` (batch item, head) blocks,
-/// on up to candle's thread count; `probs` (empty, or `block_len` values per block) is split
-/// alongside. Blocks, not batch items, are shared out so that batch 1 still uses every thread.
-/// Returns each thread's range and result, in block order.
+/// Runs `f(blocks, probs_chunk)` over per-thread ranges of the `n` blocks, on up to candle's
+/// thread count; `probs` (empty, or `block_len` values per block) is split alongside. Blocks,
+/// not batch items, are shared out so that batch 1 still uses every thread. Returns each
+/// thread's range and result, in block order.
 fn par_blocks<T: Send, R: Send>(
     n: usize,
     work_per_block: usize,
@@ -102,14 +184,21 @@ fn par_blocks<T: Send, R: Send>(
     })
 }
 
-/// `probs[row] ← softmax(probs[row] + bias)` for each row of a `s × s` block.
-fn masked_softmax_rows<T: Real>(block: &mut [T], bias: &[f64]) {
-    let s = bias.len();
-    for row in block.chunks_exact_mut(s) {
+/// `p[i] ← softmax(p[i] + bias)` over the keys query `i` sees, 0 for the others. In causal
+/// attention a query always sees itself unbiased, so a padding query's row is never empty.
+fn masked_softmax_rows<T: Real>(block: &mut [T], dm: Dims, bias: &[f64]) {
+    for (i, row) in block.chunks_exact_mut(dm.kv_len).enumerate() {
+        let seen = dm.visible(i);
+        let (row, hidden) = row.split_at_mut(seen);
+        hidden.fill(T::zero());
+        // Causal: the query's own key (the row's last) takes no bias.
+        let biased = if dm.causal { seen - 1 } else { seen };
         let mut m = T::NEG_INFINITY;
-        for (v, &b) in row.iter_mut().zip(bias) {
+        for (v, &b) in row[..biased].iter_mut().zip(bias) {
             *v += T::from_f64(b);
-            m = m.max(*v);
+        }
+        for &v in row.iter() {
+            m = m.max(v);
         }
         let mut sum = T::zero();
         for v in row.iter_mut() {
@@ -121,74 +210,115 @@ fn masked_softmax_rows<T: Real>(block: &mut [T], bias: &[f64]) {
     }
 }
 
-/// Copies stacked `(s, d)` head blocks (blocks `blocks`, in order) into their columns of a
-/// `(b, s, hidden)` tensor.
-fn scatter_heads<T: Copy>(out: &mut [T], dm: Dims, blocks: Range<usize>, stack: &[T]) {
-    let (s, d, hidden) = (dm.seq, dm.head_dim, dm.hidden());
+/// Copies stacked `(len, d)` head blocks (blocks `blocks` of a tensor with `n` heads, in
+/// order) into their place in a tensor laid out as `layout`.
+fn scatter_heads<T: Copy>(
+    out: &mut [T],
+    dm: Dims,
+    layout: HeadLayout,
+    (n, len): (usize, usize),
+    blocks: Range<usize>,
+    stack: &[T],
+) {
+    let d = dm.head_dim;
+    if layout == HeadLayout::HeadMajor {
+        // Stacked blocks are already the tensor's own order.
+        out[blocks.start * len * d..blocks.end * len * d].copy_from_slice(stack);
+        return;
+    }
+    let dm = Dims { layout, ..dm };
     for (local, blk) in blocks.enumerate() {
-        let (b, h) = (blk / dm.heads, blk % dm.heads);
-        let src = &stack[local * s * d..(local + 1) * s * d];
+        let dst = dm.view(blk / n, blk % n, n, len);
+        let src = &stack[local * len * d..(local + 1) * len * d];
         for (i, row) in src.chunks_exact(d).enumerate() {
-            let at = (b * s + i) * hidden + h * d;
+            let at = dst.offset + i * dst.rs;
             out[at..at + d].copy_from_slice(row);
         }
     }
 }
 
 impl Attention {
+    /// The dropped probabilities of block `blk` (written to `dropped`), or `p` itself.
+    fn weights<'a, T: Real>(&self, blk: usize, p: &'a [T], dropped: &'a mut [T]) -> &'a [T] {
+        match self.dropout {
+            Some(mask) => {
+                for ((o, &pv), m) in dropped.iter_mut().zip(p).zip(mask.block::<T>(blk)) {
+                    *o = pv * m;
+                }
+                dropped
+            }
+            None => p,
+        }
+    }
+
     fn forward<T: Real>(
         &self,
         (q, k, v): (&[T], &[T], &[T]),
     ) -> candle_core::Result<(Vec<T>, Option<Vec<T>>)> {
         let dm = self.dims;
-        let (s, d) = (dm.seq, dm.head_dim);
-        let block = s * s;
-        let n_blocks = dm.batch * dm.heads;
+        let (t, s, d, group) = (dm.q_len, dm.kv_len, dm.head_dim, dm.group());
+        let block = dm.block();
         let mut probs = if self.save {
-            vec![T::zero(); n_blocks * block]
+            vec![T::zero(); dm.batch * dm.heads * block]
         } else {
             Vec::new()
         };
         let scale = T::from_f64(self.scale);
-        let square = View::dense(0, s, s);
-        let parts = par_blocks(n_blocks, block * d, &mut probs, block, |blocks, saved| {
-            let mut scratch = vec![T::zero(); block];
-            let mut dropped = vec![T::zero(); if self.dropout.is_some() { block } else { 0 }];
-            // This thread's context blocks, `(s, d)` each, stacked in block order.
-            let mut ctx = vec![T::zero(); blocks.len() * s * d];
-            for (local, blk) in blocks.enumerate() {
-                let (b, h) = (blk / dm.heads, blk % dm.heads);
-                let p: &mut [T] = if saved.is_empty() {
-                    &mut scratch
-                } else {
-                    &mut saved[local * block..(local + 1) * block]
-                };
-                let head = dm.head(b, h);
-                matmul_into(p, square, q, head, k, head.t(), scale);
-                masked_softmax_rows(p, &self.key_bias[b * s..(b + 1) * s]);
-                let weights: &[T] = match self.dropout {
-                    Some(mask) => {
-                        let factors = mask.block::<T>(blk);
-                        for ((o, &pv), m) in dropped.iter_mut().zip(p.iter()).zip(factors) {
-                            *o = pv * m;
+        let scores = View::dense(0, t, s);
+        // One piece of work per (item, key/value head): the query heads of a group share it.
+        let n_groups = dm.batch * dm.kv_heads;
+        let per_group = group * block * d;
+        let parts = par_blocks(
+            n_groups,
+            per_group,
+            &mut probs,
+            group * block,
+            |groups, saved| {
+                let mut scratch = vec![T::zero(); if saved.is_empty() { block } else { 0 }];
+                let mut dropped = vec![T::zero(); if self.dropout.is_some() { block } else { 0 }];
+                // This thread's context blocks, `(t, d)` each, stacked in query-head order.
+                let mut ctx = vec![T::zero(); groups.len() * group * t * d];
+                for (local_g, gi) in groups.enumerate() {
+                    let (b, g) = (gi / dm.kv_heads, gi % dm.kv_heads);
+                    let kv = dm.kv_head(b, g);
+                    for j in 0..group {
+                        let local = local_g * group + j;
+                        let (h, blk) = (g * group + j, gi * group + j);
+                        let p: &mut [T] = if saved.is_empty() {
+                            &mut scratch
+                        } else {
+                            &mut saved[local * block..(local + 1) * block]
+                        };
+                        let qh = dm.q_head(b, h);
+                        for (rows, keys) in dm.tiles() {
+                            let dst = scores.sub(rows.clone(), keys);
+                            let kt = kv.sub(0..keys, d).t();
+                            matmul_into(p, dst, q, qh.sub(rows, d), k, kt, scale);
                         }
-                        &dropped
+                        masked_softmax_rows(p, dm, &self.key_bias[b * s..(b + 1) * s]);
+                        let weights = self.weights(blk, p, &mut dropped);
+                        let mine = View::dense(local * t * d, t, d);
+                        for (rows, keys) in dm.tiles() {
+                            let w = scores.sub(rows.clone(), keys);
+                            let dst = mine.sub(rows, d);
+                            matmul_into(&mut ctx, dst, weights, w, v, kv.sub(0..keys, d), T::one());
+                        }
                     }
-                    None => p,
-                };
-                let dst = View::dense(local * s * d, s, d);
-                matmul_into(&mut ctx, dst, weights, square, v, head, T::one());
-            }
-            ctx
-        });
-        let mut out = vec![T::zero(); dm.batch * dm.item()];
-        for (blocks, ctx) in &parts {
-            scatter_heads(&mut out, dm, blocks.clone(), ctx);
+                }
+                ctx
+            },
+        );
+        let mut out = vec![T::zero(); dm.batch * t * dm.heads * d];
+        for (groups, ctx) in &parts {
+            let blocks = groups.start * group..groups.end * group;
+            let shape = (dm.heads, t);
+            scatter_heads(&mut out, dm, HeadLayout::TokenMajor, shape, blocks, ctx);
         }
         Ok((out, self.save.then_some(probs)))
     }
 
-    /// The gradients `(dq, dk, dv)` from the saved probabilities `p` and `dout`.
+    /// The gradients `(dq, dk, dv)`, each in its input's layout, from the saved
+    /// probabilities `p` and `dout` (`(b, q_len, heads · d)`).
     fn backward<T: Real>(
         &self,
         (q, k, v): (&[T], &[T], &[T]),
@@ -196,51 +326,63 @@ impl Attention {
         dout: &[T],
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let dm = self.dims;
-        let (s, d) = (dm.seq, dm.head_dim);
-        let block = s * s;
-        let n_blocks = dm.batch * dm.heads;
+        let (t, s, d, group) = (dm.q_len, dm.kv_len, dm.head_dim, dm.group());
+        let block = dm.block();
         let scale = T::from_f64(self.scale);
-        let square = View::dense(0, s, s);
-        let parts = par_blocks(
-            n_blocks,
-            2 * block * d,
-            &mut [] as &mut [T],
-            block,
-            |blocks, _| {
-                let mut dp = vec![T::zero(); block];
-                let mut dropped = vec![T::zero(); if self.dropout.is_some() { block } else { 0 }];
-                let stack = blocks.len() * s * d;
-                let (mut dq, mut dk, mut dv) = (
-                    vec![T::zero(); stack],
-                    vec![T::zero(); stack],
-                    vec![T::zero(); stack],
-                );
-                for (local, blk) in blocks.enumerate() {
-                    let (b, h) = (blk / dm.heads, blk % dm.heads);
-                    let head = dm.head(b, h);
-                    let mine = View::dense(local * s * d, s, d);
+        let scores = View::dense(0, t, s);
+        let n_groups = dm.batch * dm.kv_heads;
+        let per_group = 2 * group * block * d;
+        let parts = par_blocks(n_groups, per_group, &mut [] as &mut [T], 0, |groups, _| {
+            let mut dp = vec![T::zero(); block];
+            let mut dropped = vec![T::zero(); if self.dropout.is_some() { block } else { 0 }];
+            let (mut dq, mut dk, mut dv) = (
+                vec![T::zero(); groups.len() * group * t * d],
+                vec![T::zero(); groups.len() * s * d],
+                vec![T::zero(); groups.len() * s * d],
+            );
+            for (local_g, gi) in groups.enumerate() {
+                let (b, g) = (gi / dm.kv_heads, gi % dm.kv_heads);
+                let kv = dm.kv_head(b, g);
+                let kv_mine = View::dense(local_g * s * d, s, d);
+                for j in 0..group {
+                    let local = local_g * group + j;
+                    let (h, blk) = (g * group + j, gi * group + j);
+                    let (qh, oh) = (dm.q_head(b, h), dm.out_head(b, h));
+                    let q_mine = View::dense(local * t * d, t, d);
                     let pb = &p[blk * block..(blk + 1) * block];
                     // dL/d(dropped P) = dO·Vᵀ.
-                    matmul_into(&mut dp, square, dout, head, v, head.t(), T::one());
+                    for (rows, keys) in dm.tiles() {
+                        let dst = scores.sub(rows.clone(), keys);
+                        let vt = kv.sub(0..keys, d).t();
+                        matmul_into(&mut dp, dst, dout, oh.sub(rows, d), v, vt, T::one());
+                    }
                     // Through the dropout: both dL/dP and the dropped P take the mask.
-                    let weights: &[T] = match self.dropout {
-                        Some(mask) => {
-                            let factors = mask.block::<T>(blk);
-                            for (((g, o), &pv), m) in
-                                dp.iter_mut().zip(dropped.iter_mut()).zip(pb).zip(factors)
-                            {
-                                *g *= m;
-                                *o = pv * m;
-                            }
-                            &dropped
+                    if let Some(mask) = self.dropout {
+                        for (g, m) in dp.iter_mut().zip(mask.block::<T>(blk)) {
+                            *g *= m;
                         }
-                        None => pb,
-                    };
-                    // dL/dV = (dropped P)ᵀ·dO.
-                    matmul_into(&mut dv, mine, weights, square.t(), dout, head, T::one());
-                    // Softmax: dL/dS = P ∘ (dL/dP − Σ_j dL/dP_j · P_j), row by row; the key bias
-                    // is a constant and takes no gradient.
-                    for (g, pr) in dp.chunks_exact_mut(s).zip(pb.chunks_exact(s)) {
+                    }
+                    let weights = self.weights(blk, pb, &mut dropped);
+                    // dL/dV = (dropped P)ᵀ·dO, summed over the group's query heads.
+                    for (rows, keys) in dm.tiles() {
+                        let w = scores.sub(rows.clone(), keys).t();
+                        let src = (dout, oh.sub(rows, d));
+                        gemm_views(
+                            &mut dv,
+                            kv_mine.sub(0..keys, d),
+                            (weights, w),
+                            src,
+                            T::one(),
+                            true,
+                            1,
+                        );
+                    }
+                    // Softmax: dL/dS = P ∘ (dL/dP − Σ_j dL/dP_j · P_j) over the keys a query
+                    // sees (0 for the others); the key bias is a constant and takes no gradient.
+                    for (i, (g, pr)) in dp.chunks_exact_mut(s).zip(pb.chunks_exact(s)).enumerate() {
+                        let seen = dm.visible(i);
+                        let (g, rest) = g.split_at_mut(seen);
+                        rest.fill(T::zero());
                         let mut dot = T::zero();
                         for (&a, &b) in g.iter().zip(pr) {
                             dot += a * b;
@@ -249,19 +391,39 @@ impl Attention {
                             *a = b * (*a - dot);
                         }
                     }
-                    // S = scale·Q·Kᵀ ⇒ dL/dQ = scale·dS·K, dL/dK = scale·dSᵀ·Q.
-                    matmul_into(&mut dq, mine, &dp, square, k, head, scale);
-                    matmul_into(&mut dk, mine, &dp, square.t(), q, head, scale);
+                    // S = scale·Q·Kᵀ ⇒ dL/dQ = scale·dS·K, dL/dK = scale·dSᵀ·Q (summed over
+                    // the group).
+                    for (rows, keys) in dm.tiles() {
+                        let ds = scores.sub(rows.clone(), keys);
+                        let kk = kv.sub(0..keys, d);
+                        matmul_into(&mut dq, q_mine.sub(rows.clone(), d), &dp, ds, k, kk, scale);
+                        let src = (q, qh.sub(rows, d));
+                        gemm_views(
+                            &mut dk,
+                            kv_mine.sub(0..keys, d),
+                            (&dp, ds.t()),
+                            src,
+                            scale,
+                            true,
+                            1,
+                        );
+                    }
                 }
-                (dq, dk, dv)
-            },
+            }
+            (dq, dk, dv)
+        });
+        let (nq, nkv) = (dm.batch * dm.heads * t * d, dm.batch * dm.kv_heads * s * d);
+        let (mut dq, mut dk, mut dv) = (
+            vec![T::zero(); nq],
+            vec![T::zero(); nkv],
+            vec![T::zero(); nkv],
         );
-        let n = dm.batch * dm.item();
-        let (mut dq, mut dk, mut dv) = (vec![T::zero(); n], vec![T::zero(); n], vec![T::zero(); n]);
-        for (blocks, (q_part, k_part, v_part)) in &parts {
-            scatter_heads(&mut dq, dm, blocks.clone(), q_part);
-            scatter_heads(&mut dk, dm, blocks.clone(), k_part);
-            scatter_heads(&mut dv, dm, blocks.clone(), v_part);
+        for (groups, (q_part, k_part, v_part)) in &parts {
+            let q_blocks = groups.start * group..groups.end * group;
+            scatter_heads(&mut dq, dm, dm.layout, (dm.heads, t), q_blocks, q_part);
+            let kv_shape = (dm.kv_heads, s);
+            scatter_heads(&mut dk, dm, dm.layout, kv_shape, groups.clone(), k_part);
+            scatter_heads(&mut dv, dm, dm.layout, kv_shape, groups.clone(), v_part);
         }
         (dq, dk, dv)
     }
@@ -285,7 +447,9 @@ impl Attention {
                 .map_err(|_| candle_core::Error::Msg(format!("{NAME}: poisoned lock")))? =
                 Some(T::to_cpu_storage_owned(probs));
         }
-        Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        let dm = self.dims;
+        let shape = Shape::from((dm.batch, dm.q_len, dm.heads * dm.head_dim));
+        Ok((T::to_cpu_storage_owned(out), shape))
     }
 
     fn cpu_backward<T: Real>(
@@ -310,8 +474,8 @@ impl Attention {
             data.push(slice::<T>(NAME, cpu, layout)?);
         }
         let (dq, dk, dv) = self.backward((data[0], data[1], data[2]), p, data[3]);
-        let wrap = |g: Vec<T>| Tensor::from_vec(g, q.shape(), q.device());
-        Ok((wrap(dq)?, wrap(dk)?, wrap(dv)?))
+        let wrap = |g: Vec<T>, like: &Tensor| Tensor::from_vec(g, like.shape(), like.device());
+        Ok((wrap(dq, q)?, wrap(dk, k)?, wrap(dv, v)?))
     }
 }
 
@@ -336,9 +500,10 @@ impl CustomOp3 for Attention {
         ))
     }
 
-    /// With S = scale·Q·Kᵀ + bias, P = softmax(S), P' = P ∘ M (dropout), O = P'·V:
-    /// dV = P'ᵀ·dO; dP = (dO·Vᵀ) ∘ M; dS = P ∘ (dP − rowsum(dP ∘ P));
-    /// dQ = scale·dS·K; dK = scale·dSᵀ·Q.
+    /// With S = scale·Q·Kᵀ + bias (+ the causal mask), P = softmax(S), P' = P ∘ M (dropout),
+    /// O = P'·V: dV = P'ᵀ·dO; dP = (dO·Vᵀ) ∘ M; dS = P ∘ (dP − rowsum(dP ∘ P));
+    /// dQ = scale·dS·K; dK = scale·dSᵀ·Q; with grouped heads, dK and dV sum over the query
+    /// heads that share a key/value head.
     fn bwd(
         &self,
         q: &Tensor,
@@ -354,6 +519,46 @@ impl CustomOp3 for Attention {
             dt => return Err(unsupported(NAME, dt)),
         };
         Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// Runs the fused op, or (off CPU, or not f32/f64) `fallback`.
+fn run_fused(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    key_bias: &Tensor,
+    dims: Dims,
+    dropout_p: f64,
+    fallback: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
+    let out_shape = (dims.batch, dims.q_len, dims.heads * dims.head_dim);
+    // No tokens or zero-width heads: nothing to attend over, and nothing to differentiate.
+    if q.elem_count() == 0 || k.elem_count() == 0 {
+        return Ok(Tensor::zeros(out_shape, q.dtype(), q.device())?.detach());
+    }
+    let fused = q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64);
+    if !fused {
+        return fallback();
+    }
+    let op = Attention {
+        dims,
+        scale: 1.0 / (dims.head_dim as f64).sqrt(),
+        key_bias: key_bias
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?,
+        dropout: (dropout_p > 0.0).then(|| SeededMask::draw(dropout_p)),
+        save: q.track_op() || k.track_op() || v.track_op(),
+        saved: Mutex::new(None),
+    };
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    Ok(q.apply_op3(&k, &v, op)?)
+}
+
+fn shape_error(op: &'static str, got: &Tensor, expected: Vec<usize>) -> Error {
+    Error::TensorShape {
+        op,
+        expected,
+        got: got.dims().to_vec(),
     }
 }
 
@@ -380,18 +585,13 @@ pub fn attention(
 ) -> Result<Tensor> {
     let _span = tracing::trace_span!("attention").entered();
     let (batch, seq, hidden) = q.dims3()?;
-    let shape_error = |got: &Tensor, expected: Vec<usize>| Error::TensorShape {
-        op: NAME,
-        expected,
-        got: got.dims().to_vec(),
-    };
     for t in [k, v] {
         if t.dims() != q.dims() {
-            return Err(shape_error(t, q.dims().to_vec()));
+            return Err(shape_error(NAME, t, q.dims().to_vec()));
         }
     }
     if key_bias.dims() != [batch, seq] {
-        return Err(shape_error(key_bias, vec![batch, seq]));
+        return Err(shape_error(NAME, key_bias, vec![batch, seq]));
     }
     if heads == 0 || hidden % heads != 0 {
         return Err(Error::TensorShape {
@@ -400,35 +600,64 @@ pub fn attention(
             got: vec![hidden],
         });
     }
-    let head_dim = hidden / heads;
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    // No tokens or zero-width heads: nothing to attend over, and nothing to differentiate.
-    if q.elem_count() == 0 {
-        return Ok(q.zeros_like()?.detach());
-    }
-    let fused = q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64);
-    if !fused {
-        return composed(q, k, v, key_bias, heads, dropout_p);
-    }
-    let dropout = (dropout_p > 0.0).then(|| SeededMask::draw(dropout_p));
-    let op = Attention {
-        dims: Dims {
-            batch,
-            seq,
-            heads,
-            head_dim,
-        },
-        scale,
-        key_bias: key_bias
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?,
-        dropout,
-        save: q.track_op() || k.track_op() || v.track_op(),
-        saved: Mutex::new(None),
+    let dims = Dims {
+        batch,
+        q_len: seq,
+        kv_len: seq,
+        heads,
+        kv_heads: heads,
+        head_dim: hidden / heads,
+        layout: HeadLayout::TokenMajor,
+        causal: false,
     };
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    Ok(q.apply_op3(&k, &v, op)?)
+    run_fused((q, k, v), key_bias, dims, dropout_p, || {
+        composed(q, k, v, key_bias, heads, dropout_p)
+    })
+}
+
+/// Causal multi-head attention with grouped key/value heads, as LLaMA-family decoders run it.
+///
+/// `q: (b, heads, t, d)`; `k, v: (b, kv_heads, keys, d)` with `kv_heads` dividing `heads`
+/// (each key/value head serves `heads / kv_heads` query heads) and `keys ≥ t`: the last `t`
+/// keys are the queries' own, any before them (cached tokens, a prefix) are seen by every
+/// query. Query `i` sees keys up to its own; `key_bias: (b, keys)` is added to the score of
+/// every key but the query's own (0 for real tokens, a large negative number for padding), so
+/// a padding query attends to itself. Returns the context `(b, t, heads · d)`, ready for the
+/// output projection.
+///
+/// On CPU in f32/f64 one op with an analytic backward that keeps only the probabilities and
+/// computes only the score tiles a query sees; elsewhere composed from candle ops.
+///
+/// # Errors
+/// Shapes that disagree.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: &Tensor) -> Result<Tensor> {
+    let _span = tracing::trace_span!("causal_attention").entered();
+    let (batch, heads, t, d) = q.dims4()?;
+    let (_, kv_heads, keys, _) = k.dims4()?;
+    const OP: &str = "causal attention (k, v: (b, kv_heads | heads, keys ≥ t, d))";
+    if kv_heads == 0 || heads % kv_heads != 0 || keys < t || k.dims() != [batch, kv_heads, keys, d]
+    {
+        return Err(shape_error(OP, k, vec![batch, heads, t, d]));
+    }
+    if v.dims() != k.dims() {
+        return Err(shape_error(OP, v, k.dims().to_vec()));
+    }
+    if key_bias.dims() != [batch, keys] {
+        return Err(shape_error(OP, key_bias, vec![batch, keys]));
+    }
+    let dims = Dims {
+        batch,
+        q_len: t,
+        kv_len: keys,
+        heads,
+        kv_heads,
+        head_dim: d,
+        layout: HeadLayout::HeadMajor,
+        causal: true,
+    };
+    run_fused((q, k, v), key_bias, dims, 0.0, || {
+        composed_causal(q, k, v, key_bias)
+    })
 }
 
 /// The same attention from candle ops (other devices and dtypes).
@@ -457,6 +686,42 @@ fn composed(
         .matmul(&v)?
         .transpose(1, 2)?
         .reshape((batch, seq, hidden))?)
+}
+
+/// The same causal attention from candle ops (other devices and dtypes): the key bias and the
+/// causal rule become one `(b, 1, t, keys)` additive mask, the key/value heads are repeated.
+fn composed_causal(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: &Tensor) -> Result<Tensor> {
+    let (batch, heads, t, d) = q.dims4()?;
+    let (_, kv_heads, keys, _) = k.dims4()?;
+    let bias = key_bias.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    let past = keys - t;
+    let mut mask = Vec::with_capacity(batch * t * keys);
+    for row in &bias {
+        for i in 0..t {
+            mask.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(j, &b)| match j.cmp(&(past + i)) {
+                        std::cmp::Ordering::Less => b,
+                        std::cmp::Ordering::Equal => 0.0,
+                        std::cmp::Ordering::Greater => MASK_VALUE,
+                    }),
+            );
+        }
+    }
+    let mask = Tensor::from_vec(mask, (batch, 1, t, keys), q.device())?.to_dtype(q.dtype())?;
+    let repeat = |x: &Tensor| -> Result<Tensor> {
+        let group = heads / kv_heads;
+        Ok(x.unsqueeze(2)?
+            .broadcast_as((batch, kv_heads, group, keys, d))?
+            .reshape((batch, heads, keys, d))?)
+    };
+    let scores = (q.matmul(&repeat(k)?.t()?)? / (d as f64).sqrt())?.broadcast_add(&mask)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    Ok(probs
+        .matmul(&repeat(v)?)?
+        .transpose(1, 2)?
+        .reshape((batch, t, heads * d))?)
 }
 
 #[cfg(test)]
@@ -679,5 +944,154 @@ mod tests {
         assert!(attention(&q, &short, &k, &bias, 2, 0.0).is_err());
         assert!(attention(&q, &k, &k, &bias, 4, 0.0).is_err());
         assert!(attention(&q, &k, &k, &bias.narrow(1, 0, 4).unwrap(), 2, 0.0).is_err());
+    }
+
+    /// Batch 2, 3 queries after 2 cached keys (5 keys), 4 query heads over 2 key/value heads
+    /// of width 3; item 1's first cached key and its last query are padding.
+    fn causal_inputs(dtype: DType, t: usize, past: usize) -> [Tensor; 4] {
+        let dev = Device::Cpu;
+        let keys = t + past;
+        let make = |shape: (usize, usize, usize, usize), phase: f64| {
+            let n = shape.0 * shape.1 * shape.2 * shape.3;
+            let vals: Vec<f64> = (0..n)
+                .map(|i| (i as f64 * 0.37 + phase).sin() * 1.5)
+                .collect();
+            Tensor::from_vec(vals, shape, &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        let mut bias = vec![0.0; 2 * keys];
+        bias[keys] = MASK_VALUE;
+        bias[2 * keys - 1] = MASK_VALUE;
+        let bias = Tensor::from_vec(bias, (2, keys), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        [
+            make((2, 4, t, 3), 0.0),
+            make((2, 2, keys, 3), 1.0),
+            make((2, 2, keys, 3), 2.0),
+            bias,
+        ]
+    }
+
+    #[test]
+    fn causal_forward_matches_composed_ops() {
+        for dtype in [DType::F32, DType::F64] {
+            // Square (no cache), a cache, and more queries than one score tile.
+            for (t, past) in [(3, 0), (3, 2), (CAUSAL_TILE + 7, 4)] {
+                let [q, k, v, bias] = causal_inputs(dtype, t, past);
+                let fused = causal_attention(&q, &k, &v, &bias).unwrap();
+                let reference = composed_causal(&q, &k, &v, &bias).unwrap();
+                assert_eq!(fused.dims(), [2, t, 12]);
+                assert!(
+                    max_diff(&fused, &reference) < 1e-5,
+                    "{dtype:?} t {t} past {past}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn causal_queries_do_not_see_later_keys() {
+        // Changing the last key and value leaves every earlier query's output unchanged.
+        let [q, k, v, bias] = causal_inputs(DType::F64, 4, 0);
+        let before = causal_attention(&q, &k, &v, &bias).unwrap();
+        let bump = |x: &Tensor| {
+            let last = (x.narrow(2, 3, 1).unwrap() + 5.0).unwrap();
+            Tensor::cat(&[&x.narrow(2, 0, 3).unwrap(), &last], 2).unwrap()
+        };
+        let after = causal_attention(&q, &bump(&k), &bump(&v), &bias).unwrap();
+        let head = |x: &Tensor| x.narrow(1, 0, 3).unwrap();
+        assert_eq!(max_diff(&head(&before), &head(&after)), 0.0);
+        assert!(max_diff(&before, &after) > 1e-3);
+    }
+
+    #[test]
+    fn causal_gradients_match_finite_differences() {
+        let [q, k, v, bias] = causal_inputs(DType::F64, 3, 2);
+        let g = Tensor::new(
+            (0..2 * 3 * 12)
+                .map(|i| (i as f64 * 0.21).cos())
+                .collect::<Vec<_>>(),
+            &Device::Cpu,
+        )
+        .unwrap()
+        .reshape((2, 3, 12))
+        .unwrap();
+        let loss = |args: &[Tensor; 3]| -> f64 {
+            (causal_attention(&args[0], &args[1], &args[2], &bias).unwrap() * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let vars = [&q, &k, &v].map(|t| Var::from_tensor(t).unwrap());
+        let [qv, kv, vv] = vars.each_ref().map(|v| v.as_tensor());
+        let out = causal_attention(qv, kv, vv, &bias).unwrap();
+        let grads = (out * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for (which, var) in vars.iter().enumerate() {
+            let grad = grads.get(var.as_tensor()).unwrap();
+            assert_eq!(grad.dims(), var.as_tensor().dims());
+            let analytic = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for j in 0..base.len() {
+                let at = |delta: f64| {
+                    let mut x = base.clone();
+                    x[j] += delta;
+                    let x = Tensor::from_vec(x, var.as_tensor().shape(), &Device::Cpu).unwrap();
+                    let mut args = [q.clone(), k.clone(), v.clone()];
+                    args[which] = x;
+                    loss(&args)
+                };
+                let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+                assert!(
+                    (fd - analytic[j]).abs() < 1e-7,
+                    "input {which}, element {j}: fd {fd} vs {}",
+                    analytic[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn causal_gradients_over_tiles_and_threads_match_composed() {
+        let dev = Device::Cpu;
+        let (b, heads, kv_heads, t, past, d) = (3, 9, 3, 2 * CAUSAL_TILE + 5, 3, 64);
+        let q = Var::randn(0f32, 1., (b, heads, t, d), &dev).unwrap();
+        let k = Var::randn(0f32, 1., (b, kv_heads, past + t, d), &dev).unwrap();
+        let v = Var::randn(0f32, 1., (b, kv_heads, past + t, d), &dev).unwrap();
+        let mut bias = vec![0f32; b * (past + t)];
+        bias[(past + t) + 1] = MASK_VALUE as f32;
+        let bias = Tensor::from_vec(bias, (b, past + t), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1., (b, t, heads * d), &dev).unwrap();
+        let [q, k, v] = [&q, &k, &v].map(|x| x.as_tensor());
+        let fused = causal_attention(q, k, v, &bias).unwrap();
+        let reference = composed_causal(q, k, v, &bias).unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        let grads = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads_ref = (reference * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for x in [q, k, v] {
+            let diff = max_diff(grads.get(x).unwrap(), grads_ref.get(x).unwrap());
+            assert!(diff < 1e-4, "{diff}");
+        }
+    }
+
+    #[test]
+    fn causal_shapes_that_disagree_are_errors() {
+        let [q, k, v, bias] = causal_inputs(DType::F32, 3, 2);
+        // More queries than keys; 4 query heads over 3 key/value heads; a short bias.
+        assert!(causal_attention(&q, &k.narrow(2, 0, 2).unwrap(), &v, &bias).is_err());
+        let three = Tensor::zeros((2, 3, 5, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(causal_attention(&q, &three, &three, &bias).is_err());
+        assert!(causal_attention(&q, &k, &v, &bias.narrow(1, 0, 4).unwrap()).is_err());
+        assert!(causal_attention(&q, &k, &v.narrow(3, 0, 2).unwrap(), &bias).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Tensor ops with a hand-written backward, for the training path.
 //!
 //! Owns: the grad mode ([`no_grad`]), [`frozen_linear`] and [`quantized_linear`] (a frozen
-//! weight kept in GGUF blocks), multi-head [`attention`], [`layer_norm`], [`rms_norm`], rotary
+//! weight kept in GGUF blocks), multi-head [`attention`] and [`causal_attention`] (GQA), [`layer_norm`], [`rms_norm`], rotary
 //! embeddings ([`rope`], [`rope_tables`]), [`softmax_last_dim`], [`cross_entropy`], [`gelu`],
 //! seeded [`dropout`] and [`dropout_add`]. Must not know: models, adapters, files. Every op
 //! here states its derivative next to its `bwd` and has a finite-difference test or one
@@ -33,7 +33,7 @@ mod rows;
 mod softmax;
 mod strided;
 
-pub use attention::attention;
+pub use attention::{MASK_VALUE, attention, causal_attention};
 pub use cross_entropy::cross_entropy;
 pub use dropout::{dropout, dropout_add, seed_dropout};
 pub use frozen_linear::{frozen_linear, frozen_linear_onto, quantized_linear};

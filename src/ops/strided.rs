@@ -37,6 +37,16 @@ impl View {
         }
     }
 
+    /// Rows `rows` and the first `cols` columns, as a view of the same elements.
+    pub(crate) fn sub(self, rows: std::ops::Range<usize>, cols: usize) -> Self {
+        Self {
+            offset: self.offset + rows.start * self.rs,
+            rows: rows.len(),
+            cols,
+            ..self
+        }
+    }
+
     /// Whether the view holds no element.
     fn is_empty(&self) -> bool {
         self.rows == 0 || self.cols == 0

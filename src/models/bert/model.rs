@@ -10,7 +10,7 @@ use crate::adapters::{Linear, VirtualSpec};
 use crate::error::{Error, Result};
 use crate::io::{ResolvedModel, TensorSource};
 use crate::models::backbone::ForwardCtx;
-use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout};
+use crate::models::layers::{self, Norm, check_input, dropout};
 use crate::models::walk::{Entry, EntryMut, LinearDims, Part, parts, tags};
 use crate::models::weights::{self, Init, Loader};
 use crate::models::{ModelInput, Pooling};
@@ -390,9 +390,8 @@ impl Bert {
             });
         }
         let mut x = self.embed_words(words, input, ctx)?;
-        let key_bias = layers::with_prompt_mask(&input.attention_mask, ctx.prompt_len)?
-            .to_dtype(self.dtype)?
-            .affine(-MASK_VALUE, MASK_VALUE)?;
+        let mask = layers::with_prompt_mask(&input.attention_mask, ctx.prompt_len)?;
+        let key_bias = layers::key_bias(&mask, self.dtype)?;
         for (i, layer) in self.weights.layers.iter().enumerate() {
             let prefix = ctx.prefix.map(|p| p[i].clone());
             x = layer.forward(&x, &key_bias, &self.config, ctx.train, prefix)?;

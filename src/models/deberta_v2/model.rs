@@ -22,7 +22,7 @@ use crate::error::Error; // for the `# Errors` links
 use crate::error::Result;
 use crate::io::{ResolvedModel, TensorSource};
 use crate::models::heads::HeadActivation;
-use crate::models::layers::{self, MASK_VALUE, Norm, check_input, dropout};
+use crate::models::layers::{self, Norm, check_input, dropout};
 use crate::models::walk::{Entry, EntryMut, LinearDims, Part, parts, tags};
 use crate::models::weights::{self, Init, Loader};
 use crate::models::{ModelInput, Pooling};
@@ -514,9 +514,7 @@ impl DebertaV2 {
         let mask = input.attention_mask.to_dtype(self.dtype)?;
         let token_mask = mask.reshape((b_sz, seq_len, 1))?;
         let embedded = self.embed_words(words, input, &token_mask, train)?;
-        let key_bias = mask
-            .affine(-MASK_VALUE, MASK_VALUE)?
-            .reshape((1, b_sz, 1, seq_len))?;
+        let key_bias = layers::key_bias(&mask, self.dtype)?.reshape((1, b_sz, 1, seq_len))?;
         let rel = self.relative(seq_len)?;
         let mut x = embedded.clone();
         for (i, layer) in self.weights.layers.iter().enumerate() {
@@ -574,10 +572,8 @@ impl DebertaV2 {
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
         let (b_sz, seq_len, _) = x.dims3()?;
-        let key_bias = attention_mask
-            .to_dtype(self.dtype)?
-            .affine(-MASK_VALUE, MASK_VALUE)?
-            .reshape((1, b_sz, 1, seq_len))?;
+        let key_bias =
+            layers::key_bias(attention_mask, self.dtype)?.reshape((1, b_sz, 1, seq_len))?;
         let rel = self.relative(seq_len)?;
         self.weights.layers[i].self_attention(x, &key_bias, rel.as_ref(), &self.config, false)
     }

@@ -12,10 +12,10 @@ use crate::error::{Error, Result};
 use crate::models::Backbone;
 use crate::models::ModelInput;
 use crate::models::backbone::ForwardCtx;
-use crate::models::layers::{MASK_VALUE, RmsNorm, check_input, with_prompt_mask};
+use crate::models::layers::{RmsNorm, check_input, key_bias, with_prompt_mask};
 use crate::models::walk::{Entry, EntryMut, LinearDims, Part, parts, tags};
 use crate::models::weights::{Init, Loader};
-use crate::ops::{rope, rope_tables, softmax_last_dim};
+use crate::ops::{causal_attention, rope, rope_tables};
 
 parts! {
     /// One decoder layer: RMS norm, attention, residual; RMS norm, SwiGLU, residual.
@@ -108,15 +108,16 @@ impl std::fmt::Debug for Llama {
 }
 
 impl Layer {
-    /// `x: (b, t, hidden)`; `cos`/`sin`: `(b, 1, t, head_dim)`; `bias`: `(b, 1, t, t)`
-    /// additive (causal and padding) → `(b, t, hidden)`.
+    /// `x: (b, t, hidden)`; `cos`/`sin`: `(b, 1, t, head_dim)`; `key_bias`: `(b, keys)`
+    /// additive per key (padding), keys = cached ones and then the t tokens' own →
+    /// `(b, t, hidden)`.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        bias: &Tensor,
+        key_bias: &Tensor,
         cfg: &LlamaConfig,
         train: bool,
         cache: Option<&mut LayerCache>,
@@ -145,24 +146,7 @@ impl Layer {
                 (k, v)
             }
         };
-        let keys = k.dim(2)?;
-        // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
-        let repeat = |x: Tensor| -> Result<Tensor> {
-            let group = heads / kv_heads;
-            if group == 1 {
-                return Ok(x);
-            }
-            Ok(x.unsqueeze(2)?
-                .broadcast_as((b, kv_heads, group, keys, d))?
-                .reshape((b, heads, keys, d))?)
-        };
-        let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (d as f64).sqrt())?;
-        let probs = softmax_last_dim(&scores.broadcast_add(bias)?)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, heads * d))?;
+        let ctx = causal_attention(&q, &k, &v, key_bias)?;
         let x = (x + self.o_proj.forward(&ctx, train)?)?;
         let normed = self.post_attention_layernorm.forward(&x)?;
         let gate = self.gate_proj.forward(&normed, train)?.silu()?;
@@ -328,9 +312,7 @@ impl Llama {
         };
         let (cos, sin) = rope_tables(&positions, cfg.head_width(), cfg.rope_theta, self.dtype)?;
         // Queries are the prompt and real tokens; keys the prefix too.
-        let bias = causal_bias(&mask, self.dtype)?
-            .narrow(2, n_prefix, n_prompt + t)?
-            .contiguous()?;
+        let key_bias = key_bias(&mask, self.dtype)?;
         let (kv_heads, d) = (cfg.kv_heads(), cfg.head_width());
         let mut x = crate::ops::track(embeds.clone());
         for (i, layer) in self.weights.layers.iter().enumerate() {
@@ -348,7 +330,7 @@ impl Llama {
                 None => None,
             };
             let cache = cache.is_some().then_some(&mut cache);
-            x = layer.forward(&x, &cos, &sin, &bias, cfg, ctx.train, cache)?;
+            x = layer.forward(&x, &cos, &sin, &key_bias, cfg, ctx.train, cache)?;
         }
         self.weights.norm.forward(&x)
     }
@@ -380,15 +362,11 @@ impl Llama {
         let positions =
             Tensor::arange(past as u32, (past + t) as u32, ids.device())?.unsqueeze(0)?;
         let (cos, sin) = rope_tables(&positions, cfg.head_width(), cfg.rope_theta, self.dtype)?;
-        // Query i (at past + i) sees keys 0..=past + i.
-        let bias: Vec<f64> = (0..t)
-            .flat_map(|i| (0..past + t).map(move |j| if j <= past + i { 0.0 } else { MASK_VALUE }))
-            .collect();
-        let bias =
-            Tensor::from_vec(bias, (1, 1, t, past + t), ids.device())?.to_dtype(self.dtype)?;
+        // Every cached key is real; query i (at past + i) sees keys 0..=past + i.
+        let key_bias = Tensor::zeros((1, past + t), self.dtype, ids.device())?;
         let mut x = x;
         for (layer, c) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &cos, &sin, &bias, cfg, false, Some(c))?;
+            x = layer.forward(&x, &cos, &sin, &key_bias, cfg, false, Some(c))?;
         }
         cache.len += t;
         self.weights.norm.forward(&x)
@@ -426,36 +404,6 @@ impl Llama {
     pub fn walk_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, EntryMut<'a>)) {
         self.weights.walk_mut("", (), f);
     }
-}
-
-/// The additive attention bias `(b, 1, t, t)`: 0 where query i may see key j (j ≤ i and j a
-/// real token), [`MASK_VALUE`] elsewhere. A padding query sees at least itself, so its row
-/// never softmaxes over nothing.
-fn causal_bias(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    let mask = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-    let t = mask.first().map_or(0, Vec::len);
-    let mut bias = Vec::with_capacity(mask.len() * t * t);
-    for row in &mask {
-        for i in 0..t {
-            for (j, &real) in row.iter().enumerate() {
-                let visible = j == i || (j < i && real > 0);
-                bias.push(if visible { 0.0 } else { MASK_VALUE });
-            }
-        }
-    }
-    let b = mask.len();
-    if b * t * t != bias.len() {
-        return Err(Error::TensorShape {
-            op: "attention mask (rows of one length)",
-            expected: vec![b, t],
-            got: vec![bias.len()],
-        });
-    }
-    Ok(
-        Tensor::from_vec(bias, (b, 1, t, t), attention_mask.device())?
-            .to_dtype(dtype)?
-            .contiguous()?,
-    )
 }
 
 impl Backbone for Llama {
