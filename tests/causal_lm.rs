@@ -104,6 +104,9 @@ fn a_short_fine_tune_lowers_perplexity_and_changes_what_the_model_says() {
     let tuned = generate(&["--adapter", path_str(&out)]);
     assert!(!base.trim_start().starts_with("Answer:"), "base: {base}");
     assert!(tuned.starts_with("Answer:"), "tuned: {tuned}");
+    // The base kept in its Q4_1/Q8_0 blocks (decoded tokens read them in place) says the same.
+    let quantized = generate(&["--adapter", path_str(&out), "--base-dtype", "quantized"]);
+    assert_eq!(quantized, tuned);
 
     exports_agree(&out);
 }

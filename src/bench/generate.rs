@@ -29,6 +29,8 @@ pub struct GenerateRow {
     pub decode_ms_per_token: f64,
     /// Decoded tokens per second at that time.
     pub decode_tok_s: f64,
+    /// Whether the base's linear weights were kept in their quantized blocks.
+    pub quantized_base: bool,
     /// The machine's threads candle used.
     pub threads: usize,
 }
@@ -96,6 +98,7 @@ pub fn decode_rate(
         prefill_tok_s: prompt_tokens as f64 / best_prefill,
         decode_ms_per_token: per_token * 1e3,
         decode_tok_s: 1.0 / per_token,
+        quantized_base: g.decoder().is_quantized(),
         threads: candle_core::utils::get_num_threads(),
     })
 }

@@ -41,6 +41,10 @@ pub struct GenerateArgs {
     /// Repetitions; the best time of each phase is reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// How a GGUF base's linear weights are held: f32 (dequantized at load) or quantized
+    /// (the file's blocks, read in place by each decoded token).
+    #[arg(long, default_value = "f32")]
+    base_dtype: ttlora::jobs::generate::BaseDtype,
 }
 
 /// Options of `ttlora bench matmul`.
@@ -152,7 +156,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     } else {
         ttlora::io::resolve_model(&a.model, true)?
     };
-    let g = ttlora::jobs::generate::Generator::load(&location, &candle_core::Device::Cpu)?;
+    let device = candle_core::Device::Cpu;
+    let g = ttlora::jobs::generate::Generator::load_with(&location, &device, a.base_dtype)?;
     let row = ttlora::bench::generate::decode_rate(&g, a.prompt_tokens, a.new_tokens, a.reps)?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&row)?)?;
     Ok(())

@@ -24,9 +24,9 @@ pub struct GenerateArgs {
     /// top of the base model.
     #[arg(long, value_name = "DIR")]
     adapter: Option<std::path::PathBuf>,
-    /// How a GGUF base's linear weights are held: f32 (dequantized at load, fastest) or
-    /// quantized (the file's blocks, dequantized for every product: less memory, slower
-    /// decoding).
+    /// How a GGUF base's linear weights are held: f32 (dequantized at load) or quantized
+    /// (the file's blocks, a fraction of the memory: the prompt's products dequantize them
+    /// tile by tile, each decoded token reads them in place).
     #[arg(long, default_value = "f32")]
     base_dtype: BaseDtype,
     /// Text to continue as it is.

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
 };
@@ -407,9 +407,21 @@ impl CustomOp2 for QuantizedLinear {
     }
 }
 
+/// Rows up to which a product that needs no gradient reads the blocks in place
+/// ([`block_dot`](super::block_dot); candle's product for other types): decoding reads every
+/// weight once per token, so dequantizing W first would cost more than the product. Larger
+/// products (prefill, evaluation, training) dequantize and use the f32 gemm.
+const BLOCK_DOT_MAX_ROWS: usize = 4;
+
+/// Whether a GGUF tensor type is a block quantization (not a plain float type).
+fn is_block_quantized(dtype: GgmlDType) -> bool {
+    !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
 /// `[base +] x·Wᵀ + b` for a frozen W kept quantized (`w: (out, in)` in GGUF blocks), the
 /// bias frozen: gradients flow to x and `base` only, and W is dequantized per product, so a
-/// quantized base costs its blocks' size in memory, not 4 bytes a weight.
+/// quantized base costs its blocks' size in memory, not 4 bytes a weight. A product of at most
+/// four rows that needs no gradient (decoding) reads the blocks in place.
 ///
 /// # Errors
 /// Shapes that disagree; an input that is not f32 on the CPU.
@@ -445,24 +457,41 @@ pub fn quantized_linear(
             got: b.dims().to_vec(),
         });
     }
+    let x2 = x.reshape((n, in_f))?.contiguous()?;
+    if let Some(base) = base
+        && base.dims() != out_dims.as_slice()
+    {
+        return Err(Error::TensorShape {
+            op: "quantized linear base",
+            expected: out_dims,
+            got: base.dims().to_vec(),
+        });
+    }
+    let needs_grad = x.track_op() || base.is_some_and(Tensor::track_op);
+    if n <= BLOCK_DOT_MAX_ROWS && !needs_grad && is_block_quantized(w.dtype()) {
+        let mut y = if super::block_dot::supports(w.dtype()) {
+            let xs = x2.flatten_all()?.to_vec1::<f32>()?;
+            let y = super::block_dot::block_matmul(&xs, n, w)?;
+            Tensor::from_vec(y, (n, out_f), x.device())?
+        } else {
+            x2.apply_op1_no_bwd(w.as_ref())?
+        };
+        if let Some(b) = b {
+            y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
+        }
+        if let Some(base) = base {
+            y = (y + base.reshape((n, out_f))?)?;
+        }
+        return Ok(y.reshape(out_dims)?);
+    }
     let op = QuantizedLinear {
         weight: Arc::clone(w),
         inner: FrozenLinear {
             bias: b.map(|b| b.to_dtype(DType::F32)).transpose()?,
         },
     };
-    let x2 = x.reshape((n, in_f))?.contiguous()?;
     let y = match base {
-        Some(base) => {
-            if base.dims() != out_dims.as_slice() {
-                return Err(Error::TensorShape {
-                    op: "quantized linear base",
-                    expected: out_dims,
-                    got: base.dims().to_vec(),
-                });
-            }
-            x2.apply_op2(&base.reshape((n, out_f))?.contiguous()?, op)?
-        }
+        Some(base) => x2.apply_op2(&base.reshape((n, out_f))?.contiguous()?, op)?,
         None => x2.apply_op1(op)?,
     };
     Ok(y.reshape(out_dims)?)
@@ -712,5 +741,28 @@ mod tests {
         let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
         let wrong = Tensor::zeros((2, 32), DType::F32, &dev).unwrap();
         assert!(quantized_linear(&wrong, &q, None, None).is_err());
+    }
+
+    /// Decoding-sized products that need no gradient read the blocks in place: the
+    /// dequantized product up to f32 rounding, bias and base added, and untracked.
+    #[test]
+    fn few_untracked_rows_multiply_in_the_blocks() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.5, (48, 64), &dev).unwrap();
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
+        let dense = q.dequantize(&dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 48, &dev).unwrap();
+        for rows in [1, BLOCK_DOT_MAX_ROWS] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, 64), &dev).unwrap();
+            let base = Tensor::randn(0f32, 1.0, (1, rows, 48), &dev).unwrap();
+            let got = quantized_linear(&x, &q, Some(&b), Some(&base)).unwrap();
+            let want = frozen_linear_onto(&x, &dense, Some(&b), &base).unwrap();
+            assert!(!got.track_op());
+            let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap();
+            let rel = (err / scale).unwrap().to_scalar::<f32>().unwrap();
+            assert!(rel < 1e-5, "{rows} rows: {rel}");
+        }
     }
 }

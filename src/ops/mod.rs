@@ -21,6 +21,7 @@
 //! a disabled span holds no subscriber, so entering and leaving it does nothing.
 
 mod attention;
+mod block_dot;
 mod cross_entropy;
 mod dropout;
 mod frozen_linear;
