@@ -12,9 +12,12 @@ with torch, transformers, gguf, peft and, for the llama.cpp part, llama-cpp-pyth
    from the f32 reference by more than rounding).
 
 5. (with MERGED_EXPORT, from `ttlora export --format merged`) transformers loads the merged
-   folder, its tokenizer files included, and greedy-generates what ttlora's adapter does.
+   folder, its tokenizer files included, and greedy-generates what ttlora's adapter does;
+6. (with MERGED_GGUF, the `model.gguf` of `ttlora export --format merged-gguf`) llama.cpp
+   loads the merged file as a model and its logits move as with the `--lora` file.
 
-usage: check_decoder_consumers.py GGUF TTLORA_ADAPTER PEFT_EXPORT GGUF_LORA_FILE [MERGED_EXPORT]
+usage: check_decoder_consumers.py GGUF TTLORA_ADAPTER PEFT_EXPORT GGUF_LORA_FILE [MERGED_EXPORT
+       [MERGED_GGUF]]
 Runs ttlora through `cargo run --release --example decoder_logits`. Prints one JSON object."""
 import json
 import subprocess
@@ -78,9 +81,9 @@ def main():
     except ImportError as e:
         report["llama_cpp"] = f"not checked: {e}"
     else:
-        def last_logits(lora):
+        def last_logits(lora, model=gguf):
             kw = {"lora_path": lora} if lora else {}
-            llm = Llama(model_path=gguf, n_ctx=256, logits_all=True, verbose=False, seed=0, **kw)
+            llm = Llama(model_path=model, n_ctx=256, logits_all=True, verbose=False, seed=0, **kw)
             llm.eval(base["ids"])
             return np.array(llm.scores[llm.n_tokens - 1])
         cpp_base, cpp_tuned = last_logits(None), last_logits(gguf_lora)
@@ -94,6 +97,15 @@ def main():
             "adapter_delta_correlation": float(np.corrcoef(cpp_tuned - cpp_base,
                                                            ours_tuned - ours_base)[0, 1]),
         }
+        if len(sys.argv) > 6:
+            cpp_merged = last_logits(None, sys.argv[6])
+            report["llama_cpp_merged_gguf"] = {
+                "top1_agrees_with_ttlora_adapter": int(cpp_merged.argmax()) == int(ours_tuned.argmax()),
+                "logits_max_abs_diff_vs_lora_file": float(np.abs(cpp_merged - cpp_tuned).max()),
+                "logits_max_abs_diff_vs_ttlora_adapter": float(np.abs(cpp_merged - ours_tuned).max()),
+                "delta_correlation_vs_ttlora": float(np.corrcoef(cpp_merged - cpp_base,
+                                                                 ours_tuned - ours_base)[0, 1]),
+            }
     if len(sys.argv) > 5:
         merged = sys.argv[5]
         mtok = AutoTokenizer.from_pretrained(merged)

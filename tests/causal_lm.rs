@@ -113,14 +113,17 @@ fn a_short_fine_tune_lowers_perplexity_and_changes_what_the_model_says() {
 
 /// The trained adapter exported for PEFT, for llama.cpp and merged: the same ΔW in the first
 /// two, the GGUF's q rows in llama.cpp's permuted order, its metadata what
-/// `llama_adapter_lora_init` checks; the merged folder generates what the adapter does.
+/// `llama_adapter_lora_init` checks; the merged folder and the merged GGUF generate what the
+/// adapter does.
 fn exports_agree(adapter: &std::path::Path) {
     let tmp = TempDir::new("causal-export");
     let (peft, gguf, merged) = (tmp.join("peft"), tmp.join("gguf"), tmp.join("merged"));
+    let merged_gguf = tmp.join("merged-gguf");
     for (format, dir) in [
         ("peft-lora", &peft),
         ("gguf-lora", &gguf),
         ("merged", &merged),
+        ("merged-gguf", &merged_gguf),
     ] {
         let o = ttlora(&[
             "export",
@@ -139,6 +142,13 @@ fn exports_agree(adapter: &std::path::Path) {
     let merged_says = generate(&["--model", path_str(&merged)]);
     assert!(merged_says.starts_with("Answer:"), "merged: {merged_says}");
     assert_eq!(merged_says, generate(&["--adapter", path_str(adapter)]));
+    // The merged GGUF (tokenizer and template in its metadata, q/v in F32) says the same,
+    // with its untouched weights read from their blocks or dequantized.
+    let merged_file = merged_gguf.join("model.gguf");
+    for base in ["quantized", "f32"] {
+        let says = generate(&["--model", path_str(&merged_file), "--base-dtype", base]);
+        assert_eq!(says, merged_says, "merged GGUF, {base} base");
+    }
 
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();

@@ -591,3 +591,85 @@ fn training_on_a_quantized_base_trains_adapters_and_leaves_the_blocks_alone() {
     assert!(loss.to_scalar::<f32>().unwrap() < first, "the loss fell");
     assert!(blocks(&lm) == before, "the quantized base changed");
 }
+
+/// A merged GGUF (issue 18) loads back into the merged model: the LoRA-adapted q and v
+/// tensors rewritten in F32 (q re-permuted for `llama` files), every other tensor copied in its
+/// blocks byte for byte, the base's metadata kept; from a base kept in blocks and from one
+/// dequantized at load alike.
+#[test]
+fn a_merged_gguf_loads_back_as_the_merged_model() {
+    use ttlora::io::{GgufSource, TensorSource};
+    use ttlora::models::llama::merged_gguf;
+    use ttlora::tuning::attach::trainable_vars;
+    use ttlora::tuning::merged::merge_adapters;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_golden");
+    let dev = Device::Cpu;
+    let tmp = TempDir::new("merged-gguf");
+    for (family, keep) in [("llama", true), ("llama", false), ("qwen2", true)] {
+        let file = root.join(family).join("model-q8_0.gguf");
+        let (llama, _) = Llama::load_gguf_with(&file, DType::F32, &dev, keep).unwrap();
+        let mut lm = CausalLm::new(llama);
+        let spec = MethodSpec::new(method("lora").unwrap(), serde_json::json!({"r": 4})).unwrap();
+        let p = placing(&spec, &lm, None, None, &Default::default()).unwrap();
+        attach(&mut lm, &spec, &p, "default", &mut seeded_rng(5)).unwrap();
+        // B starts at zero; give the update something to merge.
+        for (name, v) in trainable_vars(&lm).unwrap() {
+            if name.contains("lora_B") {
+                v.set(&(Tensor::randn(0f32, 0.2, v.shape(), &dev).unwrap()))
+                    .unwrap();
+            }
+        }
+        let ids = Tensor::new(&[[5u32, 9, 13, 17, 21, 3, 40, 8]], &dev).unwrap();
+        let input = ModelInput::new(ids, Tensor::ones((1, 8), DType::U32, &dev).unwrap());
+        let logits = |l: &Llama| l.logits(&l.forward(&input, false).unwrap(), false).unwrap();
+        let unmerged = logits(lm.decoder());
+        assert_eq!(merge_adapters(&mut lm, "default").unwrap(), 4, "{family}");
+        let merged = merged_gguf(lm.decoder(), &file).unwrap();
+        let out = tmp.path().join(format!("{family}-{keep}.gguf"));
+        std::fs::write(&out, &merged.bytes).unwrap();
+
+        let mut rewritten = merged.rewritten.clone();
+        rewritten.sort();
+        let want = [
+            "blk.0.attn_q.weight",
+            "blk.0.attn_v.weight",
+            "blk.1.attn_q.weight",
+            "blk.1.attn_v.weight",
+        ];
+        assert_eq!(rewritten, want, "{family} keep {keep}");
+        let (base, back) = (
+            GgufSource::open(&file).unwrap(),
+            GgufSource::open(&out).unwrap(),
+        );
+        assert_eq!(merged.copied + 4, base.names().len());
+        for name in base.names() {
+            let (a, b) = (
+                base.quantized(name, &dev).unwrap(),
+                back.quantized(name, &dev).unwrap(),
+            );
+            if want.contains(&name) {
+                assert_eq!(b.dtype(), candle_core::quantized::GgmlDType::F32, "{name}");
+            } else {
+                assert_eq!(
+                    a.data().unwrap(),
+                    b.data().unwrap(),
+                    "{family}: {name} copied"
+                );
+            }
+        }
+        let arch = base
+            .meta("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap();
+        for key in [
+            "general.architecture".to_string(),
+            format!("{arch}.block_count"),
+        ] {
+            assert!(base.meta(&key).is_some());
+            assert_eq!(base.meta(&key), back.meta(&key), "{key}");
+        }
+        let (loaded, _) = Llama::load_gguf(&out, DType::F32, &dev).unwrap();
+        let diff = tensor_diff(&logits(&loaded), &unmerged);
+        assert!(diff < 1e-4, "{family} keep {keep}: {diff}");
+    }
+}

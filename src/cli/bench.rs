@@ -41,9 +41,9 @@ pub struct GenerateArgs {
     /// Repetitions; the best time of each phase is reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// How a GGUF base's linear weights are held: f32 (dequantized at load) or quantized
-    /// (the file's blocks, read in place by each decoded token).
-    #[arg(long, default_value = "f32")]
+    /// How a GGUF base's linear weights are held: quantized (the file's blocks, read in
+    /// place by each decoded token) or f32 (dequantized at load).
+    #[arg(long, default_value = "quantized")]
     base_dtype: ttlora::jobs::generate::BaseDtype,
 }
 

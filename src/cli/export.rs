@@ -33,7 +33,9 @@ pub struct ExportSource {
 pub struct ExportArgs {
     #[command(flatten)]
     source: ExportSource,
-    /// Output format: peft-lora, merged, or gguf-lora (decoders: llama.cpp's `--lora` file).
+    /// Output format: peft-lora, merged (an HF model folder), gguf-lora (decoders:
+    /// llama.cpp's `--lora` file) or merged-gguf (decoders with a GGUF base: the base file
+    /// with ΔW merged, changed tensors in F32, for `llama-cli -m`).
     #[arg(long, default_value = "peft-lora")]
     format: ExportFormat,
 }
@@ -161,6 +163,14 @@ fn print_report(r: &ExportReport) -> Result<()> {
             "wrote a merged model ({} layers merged) to {}",
             r.modules,
             r.out.display()
+        )?,
+        ExportFormat::MergedGguf => writeln!(
+            out,
+            "wrote a merged GGUF ({} layers merged) to {} (llama-cli -m {}/{})",
+            r.modules,
+            r.out.display(),
+            r.out.display(),
+            export::MERGED_GGUF_FILE
         )?,
     }
     for (name, size) in &r.files {

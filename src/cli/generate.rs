@@ -24,10 +24,11 @@ pub struct GenerateArgs {
     /// top of the base model.
     #[arg(long, value_name = "DIR")]
     adapter: Option<std::path::PathBuf>,
-    /// How a GGUF base's linear weights are held: f32 (dequantized at load) or quantized
-    /// (the file's blocks, a fraction of the memory: the prompt's products dequantize them
-    /// tile by tile, each decoded token reads them in place).
-    #[arg(long, default_value = "f32")]
+    /// How a GGUF base's linear weights are held: quantized (the file's blocks, about the
+    /// file's size in memory: the prompt's products dequantize a weight at a time, each
+    /// decoded token reads the blocks in place) or f32 (dequantized at load). An HF folder's
+    /// weights are f32 either way.
+    #[arg(long, default_value = "quantized")]
     base_dtype: BaseDtype,
     /// Text to continue as it is.
     #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]

@@ -25,7 +25,13 @@ pub enum ExportFormat {
     Merged,
     /// llama.cpp's GGUF LoRA adapter (decoders), in a folder as `adapter.gguf`.
     GgufLora,
+    /// A GGUF base with ΔW merged (decoders), in a folder as `model.gguf`: changed tensors
+    /// F32, the rest in the base's blocks.
+    MergedGguf,
 }
+
+/// The file name a merged GGUF export writes in its folder.
+pub const MERGED_GGUF_FILE: &str = "model.gguf";
 
 impl std::str::FromStr for ExportFormat {
     type Err = String;
@@ -34,8 +40,9 @@ impl std::str::FromStr for ExportFormat {
             "peft-lora" => Ok(Self::PeftLora),
             "merged" => Ok(Self::Merged),
             "gguf-lora" => Ok(Self::GgufLora),
+            "merged-gguf" => Ok(Self::MergedGguf),
             _ => Err(format!(
-                "unknown export format `{s}`; use peft-lora, merged or gguf-lora"
+                "unknown export format `{s}`; use peft-lora, merged, gguf-lora or merged-gguf"
             )),
         }
     }
@@ -47,6 +54,7 @@ impl std::fmt::Display for ExportFormat {
             Self::PeftLora => "peft-lora",
             Self::Merged => "merged",
             Self::GgufLora => "gguf-lora",
+            Self::MergedGguf => "merged-gguf",
         })
     }
 }
@@ -103,11 +111,11 @@ pub fn export(inf: &mut Inference, format: ExportFormat, out: &Path) -> Result<E
             write_merged(inf.model.as_ref(), &inf.model_dir, Some(&inf.task), out)?;
             n
         }
-        ExportFormat::GgufLora => {
+        ExportFormat::GgufLora | ExportFormat::MergedGguf => {
             return Err(Error::UnsupportedInput {
-                field: "--format gguf-lora",
-                reason: "llama.cpp adapters are for decoders (llama, mistral, qwen2); this \
-                         adapter is for a sequence classifier",
+                field: "--format",
+                reason: "llama.cpp's GGUF files (gguf-lora, merged-gguf) are for decoders \
+                         (llama, mistral, qwen2); this adapter is for a sequence classifier",
             });
         }
     };
@@ -174,6 +182,34 @@ pub fn export_decoder(
         let config = g.hf_config()?;
         let extra = g.hf_tokenizer_files()?;
         write_merged_folder(&g.model, &config, g.hf_folder(), &extra, None, out)?;
+        return Ok(ExportReport {
+            format,
+            out: out.to_path_buf(),
+            modules: n,
+            ranks: BTreeSet::new(),
+            files: list_files(out)?,
+        });
+    }
+    if format == ExportFormat::MergedGguf {
+        // ΔW folded in, then the base GGUF rewritten around the changed tensors.
+        if g.hf_folder().is_some() {
+            return Err(Error::UnsupportedInput {
+                field: "--format merged-gguf",
+                reason: "needs a GGUF base (its metadata, tokenizer and blocks are copied); \
+                         for an HF base write --format merged and convert that folder with \
+                         llama.cpp's convert_hf_to_gguf.py",
+            });
+        }
+        let n = merge_adapters(&mut g.model, ADAPTER_NAME)?;
+        let merged = crate::models::llama::merged_gguf(g.decoder(), &g.path)?;
+        tracing::info!(
+            "{} tensors copied in the base's blocks, {} rewritten as F32",
+            merged.copied,
+            merged.rewritten.len()
+        );
+        crate::io::OutputLock::acquire(out)?.replace_folder(|dir| {
+            crate::io::output::write_synced(&dir.join(MERGED_GGUF_FILE), &merged.bytes)
+        })?;
         return Ok(ExportReport {
             format,
             out: out.to_path_buf(),

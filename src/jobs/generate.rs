@@ -19,11 +19,13 @@ use crate::models::llama::{KvCache, Llama};
 /// How a GGUF base's linear weights are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BaseDtype {
-    /// Dequantized to f32 at load: fastest, 4 bytes a weight.
-    #[default]
+    /// Dequantized to f32 at load: 4 bytes a weight.
     F32,
-    /// Kept in the file's blocks and dequantized per product: about the file's size
-    /// (QLoRA-style training on a CPU); each forward pays for the dequantization.
+    /// Kept in the file's blocks where the file has them (a GGUF; an HF folder's float
+    /// weights load as f32): about the file's size in memory (QLoRA-style training on a
+    /// CPU). Large products dequantize a weight for the product and drop it; decoding reads
+    /// the blocks in place.
+    #[default]
     Quantized,
 }
 
@@ -125,12 +127,7 @@ impl Generator {
     /// As [`load`](Self::load).
     pub fn load_with(path: &Path, device: &Device, base: BaseDtype) -> Result<Self> {
         if path.join(crate::io::MODEL_CONFIG_FILE).is_file() {
-            if base == BaseDtype::Quantized {
-                tracing::warn!(
-                    "{}: an HF folder's weights are not in quantized blocks; the base is f32",
-                    path.display()
-                );
-            }
+            // An HF folder's weights are floats: there are no blocks to keep.
             return Self::load_hf(path, device);
         }
         let file = gguf_in(path)?;

@@ -779,57 +779,15 @@ mod tests {
         .unwrap()
         .reshape((3, 5, 6))
         .unwrap();
-        let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> f64 {
-            (attention(q, k, v, &bias, 2, 0.0).unwrap() * &g)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
-        let vars = [&q, &k, &v].map(|t| Var::from_tensor(t).unwrap());
-        let out = attention(
-            vars[0].as_tensor(),
-            vars[1].as_tensor(),
-            vars[2].as_tensor(),
-            &bias,
-            2,
-            0.0,
-        )
-        .unwrap();
-        let grads = (out * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        for (which, var) in vars.iter().enumerate() {
-            let analytic = grads
-                .get(var.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-            for j in (0..base.len()).step_by(7) {
-                let at = |delta: f64| {
-                    let mut x = base.clone();
-                    x[j] += delta;
-                    let x = Tensor::from_vec(x, (3, 5, 6), &Device::Cpu).unwrap();
-                    let mut args = [q.clone(), k.clone(), v.clone()];
-                    args[which] = x;
-                    loss(&args[0], &args[1], &args[2])
-                };
-                let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-                assert!(
-                    (fd - analytic[j]).abs() < 1e-7,
-                    "input {which}, element {j}: fd {fd} vs {}",
-                    analytic[j]
-                );
-            }
-        }
+        let grads = crate::ops::test_fd_gradients(
+            &[q, k, v],
+            |x| attention(&x[0], &x[1], &x[2], &bias, 2, 0.0).unwrap(),
+            &g,
+            7,
+            1e-7,
+        );
         // Padding keys take no part: their k and v rows get exactly zero gradient.
-        let dk = grads
-            .get(vars[1].as_tensor())
-            .unwrap()
-            .i((1, 3..5))
-            .unwrap();
+        let dk = grads[1].i((1, 3..5)).unwrap();
         assert_eq!(
             dk.abs()
                 .unwrap()
@@ -1020,40 +978,13 @@ mod tests {
         .unwrap()
         .reshape((2, 3, 12))
         .unwrap();
-        let loss = |args: &[Tensor; 3]| -> f64 {
-            (causal_attention(&args[0], &args[1], &args[2], &bias).unwrap() * &g)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
-        let vars = [&q, &k, &v].map(|t| Var::from_tensor(t).unwrap());
-        let [qv, kv, vv] = vars.each_ref().map(|v| v.as_tensor());
-        let out = causal_attention(qv, kv, vv, &bias).unwrap();
-        let grads = (out * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        for (which, var) in vars.iter().enumerate() {
-            let grad = grads.get(var.as_tensor()).unwrap();
-            assert_eq!(grad.dims(), var.as_tensor().dims());
-            let analytic = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-            for j in 0..base.len() {
-                let at = |delta: f64| {
-                    let mut x = base.clone();
-                    x[j] += delta;
-                    let x = Tensor::from_vec(x, var.as_tensor().shape(), &Device::Cpu).unwrap();
-                    let mut args = [q.clone(), k.clone(), v.clone()];
-                    args[which] = x;
-                    loss(&args)
-                };
-                let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-                assert!(
-                    (fd - analytic[j]).abs() < 1e-7,
-                    "input {which}, element {j}: fd {fd} vs {}",
-                    analytic[j]
-                );
-            }
-        }
+        crate::ops::test_fd_gradients(
+            &[q, k, v],
+            |x| causal_attention(&x[0], &x[1], &x[2], &bias).unwrap(),
+            &g,
+            1,
+            1e-7,
+        );
     }
 
     #[test]

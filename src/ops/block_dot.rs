@@ -71,7 +71,11 @@ fn dot_q4<const MIN: bool>(row: &[u8], x: &[f32], x_sums: &[f32]) -> f32 {
     let (size, start) = if MIN { (20, 4) } else { (18, 2) };
     let (mut lo, mut hi) = ([0f32; HALF], [0f32; HALF]);
     let mut offset = 0f32;
-    for ((blk, xb), &s) in row.chunks_exact(size).zip(x.chunks_exact(BLOCK)).zip(x_sums) {
+    for ((blk, xb), &s) in row
+        .chunks_exact(size)
+        .zip(x.chunks_exact(BLOCK))
+        .zip(x_sums)
+    {
         let d = f16_at(blk, 0);
         let m = if MIN { f16_at(blk, 2) } else { -8.0 * d };
         let qs: &[u8; HALF] = blk[start..].try_into().unwrap_or(&[0; HALF]);
@@ -199,14 +203,7 @@ mod tests {
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                 let got = block_matmul(&xs, n, &q).unwrap();
                 let got = Tensor::from_vec(got, (n, out_f), &dev).unwrap();
-                let diff = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = crate::ops::test_max_diff(&got, &want);
                 assert!(diff < 1e-4, "{dtype:?} {out_f}×{in_f}, {n} rows: {diff}");
             }
         }

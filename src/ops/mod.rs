@@ -57,3 +57,60 @@ pub(crate) fn test_max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) ->
         .and_then(|d| d.to_scalar::<f64>())
         .expect("tensors of the same shape")
 }
+
+/// Checks the analytic gradients of `L = Σ probe ∘ f(inputs)` (f64) against central finite
+/// differences, every `stride`-th element of every input, to `tol`; returns the analytic
+/// gradients for further checks (shared by the ops' tests).
+#[cfg(test)]
+pub(crate) fn test_fd_gradients(
+    inputs: &[candle_core::Tensor],
+    f: impl Fn(&[candle_core::Tensor]) -> candle_core::Tensor,
+    probe: &candle_core::Tensor,
+    stride: usize,
+    tol: f64,
+) -> Vec<candle_core::Tensor> {
+    use candle_core::{Tensor, Var};
+    let loss = |args: &[Tensor]| -> f64 {
+        (f(args) * probe)
+            .and_then(|l| l.sum_all())
+            .and_then(|l| l.to_scalar::<f64>())
+            .expect("an f64 loss")
+    };
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).expect("a var"))
+        .collect();
+    let tracked: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = (f(&tracked) * probe)
+        .and_then(|l| l.sum_all())
+        .and_then(|l| l.backward())
+        .expect("a backward");
+    let mut out = Vec::with_capacity(inputs.len());
+    for (which, var) in vars.iter().enumerate() {
+        let grad = grads.get(var.as_tensor()).expect("a gradient").clone();
+        assert_eq!(grad.dims(), var.as_tensor().dims());
+        let analytic: Vec<f64> = grad.flatten_all().and_then(|g| g.to_vec1()).expect("f64");
+        let base: Vec<f64> = inputs[which]
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("f64");
+        for j in (0..base.len()).step_by(stride) {
+            let at = |delta: f64| {
+                let mut x = base.clone();
+                x[j] += delta;
+                let mut args = inputs.to_vec();
+                args[which] = Tensor::from_vec(x, inputs[which].shape(), inputs[which].device())
+                    .expect("same shape");
+                loss(&args)
+            };
+            let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+            assert!(
+                (fd - analytic[j]).abs() < tol,
+                "input {which}, element {j}: fd {fd} vs {}",
+                analytic[j]
+            );
+        }
+        out.push(grad);
+    }
+    out
+}

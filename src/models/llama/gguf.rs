@@ -5,14 +5,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{LlamaConfig, LlamaFamily, unpermute_qk_rows};
+use super::config::{LlamaConfig, permute_qk_rows, unpermute_qk_rows};
 use super::model::Llama;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::gguf::permute_block_rows;
 use crate::io::{GgufSource, TensorSource};
+use crate::models::walk::Entry;
 use crate::models::weights::Loader;
 
 /// llama.cpp's names of a layer's tensors and HF's, below `blk.N.` / `model.layers.N.`.
@@ -69,7 +71,25 @@ struct AsHf<'a> {
     permuted: Option<(usize, usize)>,
 }
 
-impl AsHf<'_> {
+impl<'a> AsHf<'a> {
+    /// `gguf` under HF's names, for a decoder of config `cfg`.
+    fn new(gguf: &'a GgufSource, cfg: &LlamaConfig) -> Self {
+        let names = gguf
+            .names()
+            .into_iter()
+            .filter_map(|n| hf_name(n).map(|hf| (hf, n.to_string())))
+            .collect();
+        let permuted = cfg
+            .model_type
+            .gguf_permutes_qk()
+            .then(|| (cfg.num_attention_heads, cfg.kv_heads()));
+        Self {
+            gguf,
+            names,
+            permuted,
+        }
+    }
+
     /// The heads whose rows llama.cpp permuted in HF tensor `name` (q or k of a `llama`
     /// file), if any.
     fn permuted_heads(&self, name: &str) -> Option<usize> {
@@ -154,24 +174,120 @@ impl Llama {
     ) -> Result<(Self, GgufSource)> {
         let gguf = GgufSource::open(path)?;
         let cfg = LlamaConfig::from_gguf(&gguf)?;
-        let names = gguf
-            .names()
-            .into_iter()
-            .filter_map(|n| hf_name(n).map(|hf| (hf, n.to_string())))
-            .collect();
-        let permuted = (cfg.model_type == LlamaFamily::Llama)
-            .then(|| (cfg.num_attention_heads, cfg.kv_heads()));
-        let source = AsHf {
-            gguf: &gguf,
-            names,
-            permuted,
-        };
+        let source = AsHf::new(&gguf, &cfg);
         let mut ld = Loader::checkpoint(&source, "", dtype, device).keep_quantized(keep_quantized);
         let model = Self::build(&cfg, &mut ld)?;
         ld.log_unused("decoder");
         drop(ld);
         Ok((model, gguf))
     }
+}
+
+/// What [`merged_gguf`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedGguf {
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// Tensors copied from the base in their blocks.
+    pub copied: usize,
+    /// Tensors the model changed, written as F32.
+    pub rewritten: Vec<String>,
+}
+
+/// The decoder's weights as a GGUF file for llama.cpp, built over the base GGUF it was loaded
+/// from: the base's metadata (tokenizer and chat template included) as it is, every tensor the
+/// model holds unchanged (bit for bit what the base file dequantizes to, or still in its
+/// blocks) copied in its blocks, and every changed one (a merged adapter, a trained norm)
+/// written as F32 in llama.cpp's layout (q/k rows re-permuted for `llama` files). Keeping a
+/// changed weight in F32 rather than re-quantizing it keeps ΔW: re-rounding to 4-bit blocks
+/// would erase most of a low-rank update.
+///
+/// # Errors
+/// As [`GgufSource::open`]; a base whose tensors do not match the model's shapes;
+/// [`Error::ModelFile`] if the metadata cannot be read back or the file cannot be written.
+pub fn merged_gguf(llama: &Llama, base: &Path) -> Result<MergedGguf> {
+    let gguf = GgufSource::open(base)?;
+    let bad = |reason: String| Error::ModelFile {
+        path: base.to_path_buf(),
+        reason,
+    };
+    // Typed metadata (llama.cpp checks each key's type): candle's reader, on a file our
+    // reader has just checked.
+    let mut file = std::fs::File::open(base).map_err(|source| Error::Io {
+        path: base.to_path_buf(),
+        source,
+    })?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| bad(e.to_string()))?;
+    let view = AsHf::new(&gguf, llama.config());
+    // The model's tensors under HF names: `None` for a linear weight still in its blocks.
+    let mut held: BTreeMap<String, Option<Tensor>> = BTreeMap::new();
+    llama.walk(&mut |name, e| match e {
+        Entry::Linear(_, l) => {
+            let w = (!l.is_quantized()).then(|| l.weight().into_owned());
+            held.insert(format!("{name}.weight"), w);
+            if let Some(b) = l.bias() {
+                held.insert(format!("{name}.bias"), Some(b.clone()));
+            }
+        }
+        Entry::Tensor(_, t) => {
+            held.insert(name, Some(t.clone()));
+        }
+    });
+    let cpu = Device::Cpu;
+    let (mut tensors, mut copied, mut rewritten) = (Vec::new(), 0, Vec::new());
+    for name in gguf.names() {
+        let hf = hf_name(name);
+        let model_tensor = hf.as_ref().and_then(|h| held.get(h)).cloned().flatten();
+        let changed = match (&hf, &model_tensor) {
+            (Some(hf), Some(t)) => {
+                let shape = gguf.shape(name).unwrap_or_default().to_vec();
+                let was = view.load(hf, &shape, &cpu)?;
+                let differ = (t.to_dtype(DType::F32)? - &was)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                (differ != 0.0).then_some((hf, t))
+            }
+            _ => None,
+        };
+        let q = match changed {
+            None => {
+                copied += 1;
+                gguf.quantized(name, &cpu)?
+            }
+            Some((hf, t)) => {
+                let t = t.to_dtype(DType::F32)?.to_device(&cpu)?;
+                let t = match view.permuted_heads(hf) {
+                    Some(heads) => permute_qk_rows(&t, heads)?,
+                    None => t,
+                };
+                rewritten.push(name.to_string());
+                QTensor::quantize(&t.contiguous()?, GgmlDType::F32)
+                    .map_err(|e| bad(format!("tensor {name}: {e}")))?
+            }
+        };
+        tensors.push((name.to_string(), q));
+    }
+    // The writer lays tensors out at its own 32-byte alignment.
+    let mut keys: Vec<&String> = content
+        .metadata
+        .keys()
+        .filter(|k| k.as_str() != "general.alignment")
+        .collect();
+    keys.sort_by_key(|k| (k.as_str() != "general.architecture", k.as_str()));
+    let meta: Vec<(&str, &Value)> = keys
+        .iter()
+        .map(|k| (k.as_str(), &content.metadata[k.as_str()]))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut bytes, &meta, &refs)
+        .map_err(|e| bad(format!("cannot write GGUF: {e}")))?;
+    Ok(MergedGguf {
+        bytes: bytes.into_inner(),
+        copied,
+        rewritten,
+    })
 }
 
 #[cfg(test)]

@@ -10,5 +10,5 @@ mod model;
 mod tests;
 
 pub use config::{LlamaConfig, LlamaFamily, TokenIds, permute_qk_rows, unpermute_qk_rows};
-pub use gguf::gguf_tensor_name;
+pub use gguf::{MergedGguf, gguf_tensor_name, merged_gguf};
 pub use model::{KvCache, Llama};
