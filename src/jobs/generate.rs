@@ -9,12 +9,14 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use tokenizers::Tokenizer;
 
+use crate::adapters::TokenPlacement;
 use crate::data::{ChatMessage, LmEncoder};
 use crate::error::{Error, Result};
 use crate::io::MetaValue;
-use crate::models::Model;
 use crate::models::heads::CausalLm;
+use crate::models::heads::virtual_tokens::prefix_pairs;
 use crate::models::llama::{KvCache, Llama};
+use crate::models::{Backbone, Model};
 
 /// How a GGUF base's linear weights are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -463,34 +465,48 @@ impl Generator {
             path: self.path.clone(),
             reason: e.to_string(),
         };
-        if self.model.virtual_tokens()?.is_some() {
-            return Err(Error::UnsupportedInput {
-                field: "adapter",
-                reason: "prompt and prefix tuning are not supported by cached generation yet; \
-                         merge-free generation takes layer adapters (LoRA, TT-LoRA, …)",
-            });
-        }
         let llama = self.model.decoder();
+        let dtype = llama.dtype();
+        // Virtual tokens enter as at training: prefix keys and values as an already filled
+        // cache, prompt-tuning rows in front of the prompt's embeddings.
+        let (mut cache, mut prompt_rows) = match self.model.virtual_tokens()? {
+            None => (KvCache::new(), None),
+            Some((TokenPlacement::Prefix, table)) => {
+                let w = llama.virtual_spec().kv_width;
+                let pairs = prefix_pairs(table.as_tensor(), w, dtype)?;
+                (KvCache::from_prefix(llama, &pairs)?, None)
+            }
+            Some((TokenPlacement::Prompt, rows)) => (
+                KvCache::new(),
+                Some(rows.as_tensor().to_dtype(dtype)?.unsqueeze(0)?),
+            ),
+        };
+        let virtual_n = cache.len() + prompt_rows.as_ref().map_or(Ok(0), |r| r.dim(1))?;
         let context = llama.config().max_position_embeddings;
-        if ids.is_empty() || ids.len() >= context {
+        if ids.is_empty() || virtual_n + ids.len() >= context {
             return Err(Error::PromptTooLong {
-                tokens: ids.len(),
+                tokens: virtual_n + ids.len(),
                 context,
             });
         }
         let device = llama.device().clone();
         let mut rng = crate::adapters::seeded_rng(sampling.seed);
-        let mut cache = KvCache::new();
         let mut next_input = ids;
         let mut generated: Vec<u32> = Vec::new();
         // Bytes of the decoded text already handed to `on_text`.
         let mut printed = 0;
         for _ in 0..sampling
             .max_tokens
-            .min(context - cache.len() - next_input.len())
+            .min(context - virtual_n - next_input.len())
         {
             let input = Tensor::new(next_input.as_slice(), &device)?.unsqueeze(0)?;
-            let hidden = llama.forward_cached(&input, &mut cache)?;
+            let hidden = match prompt_rows.take() {
+                Some(rows) => {
+                    let words = llama.embed_tokens(&input)?;
+                    llama.forward_cached_embeds(&Tensor::cat(&[&rows, &words], 1)?, &mut cache)?
+                }
+                None => llama.forward_cached(&input, &mut cache)?,
+            };
             let t = hidden.dim(1)?;
             let last = llama.logits(&hidden.narrow(1, t - 1, 1)?, false)?;
             let logits: Vec<f32> = last.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
@@ -681,6 +697,61 @@ mod tests {
             panic!("this test needs the packaged SmolLM2 GGUF and fetching it failed: {e}")
         });
         Generator::load(&dir, &Device::Cpu).unwrap()
+    }
+
+    /// Prefix and prompt tuning generate through the cache as the uncached forward scores:
+    /// each greedy token is the arg-max of `Model::forward` over the prompt and the tokens so
+    /// far, the virtual tokens attached as in training.
+    #[test]
+    fn cached_generation_with_prefix_and_prompt_tokens_follows_the_full_forward() {
+        use crate::adapters::{MethodSpec, method, seeded_rng};
+        use crate::models::ModelInput;
+        use crate::tuning::attach::{attach, placing};
+        let prompt = "The capital of France is";
+        let base = smollm2();
+        for (name, config) in [
+            ("prefix", serde_json::json!({"num_virtual_tokens": 3})),
+            ("prompt", serde_json::json!({"num_virtual_tokens": 3})),
+        ] {
+            let mut g = smollm2();
+            let spec = MethodSpec::new(method(name).unwrap(), config).unwrap();
+            let p = placing(&spec, &g.model, None, None, &Default::default()).unwrap();
+            attach(&mut g.model, &spec, &p, "default", &mut seeded_rng(7)).unwrap();
+            let n = 4;
+            let s = Sampling {
+                max_tokens: n,
+                ..Sampling::default()
+            };
+            let cached = g.generate(prompt, &s, &mut |_| Ok(())).unwrap();
+            let mut ids = g.lm_encoder().prompt_ids(prompt, true).unwrap();
+            let start = ids.len();
+            let last_logits = |model: &dyn Model, ids: &[u32]| -> Vec<f32> {
+                let input = ModelInput::new(
+                    Tensor::new(ids, &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                    Tensor::ones((1, ids.len()), DType::U32, &Device::Cpu).unwrap(),
+                );
+                let logits = model.forward(&input, false).unwrap();
+                logits.flatten_all().unwrap().to_vec1().unwrap()
+            };
+            // The tokens are live: they move the base model's logits.
+            let with = last_logits(&g.model, &ids);
+            let without = last_logits(&base.model, &ids);
+            let moved = with
+                .iter()
+                .zip(&without)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(moved > 1e-2, "{name}: {moved}");
+            for _ in 0..n {
+                let logits = last_logits(&g.model, &ids);
+                ids.push(choose(&logits, &Sampling::default(), &mut seeded_rng(0)));
+            }
+            let full = g.tokenizer.decode(&ids[start..], false).unwrap();
+            assert_eq!(cached, full, "{name}");
+        }
     }
 
     /// The decoder issue's must-show on the real weights: loaded through llama.cpp's names

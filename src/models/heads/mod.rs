@@ -6,7 +6,7 @@
 mod causal_lm;
 mod classifier;
 mod layout;
-mod virtual_tokens;
+pub(crate) mod virtual_tokens;
 
 pub use causal_lm::{CausalLm, Decoder, last_token_rows};
 pub use classifier::SequenceClassifier;

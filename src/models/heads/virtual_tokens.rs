@@ -2,7 +2,7 @@
 //! them in place: what every head (classifier, LM head) shares, so no head or family holds
 //! virtual tokens in its own way.
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::adapters::TokenPlacement;
 use crate::error::{Error, Result};
@@ -139,18 +139,8 @@ impl VirtualTokens {
                 Ok((backbone.forward_embeds(&words, input, &ctx)?, n))
             }
             Some((TokenPlacement::Prefix, table)) => {
-                // PEFT's table: per layer, the keys then the values, each `kv_width` wide.
                 let w = backbone.virtual_spec().kv_width;
-                let t = table.as_tensor();
-                let layers = t.dims()[1] / (2 * w);
-                let prefix = (0..layers)
-                    .map(|i| {
-                        Ok((
-                            t.narrow(1, 2 * i * w, w)?.to_dtype(words.dtype())?,
-                            t.narrow(1, (2 * i + 1) * w, w)?.to_dtype(words.dtype())?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let prefix = prefix_pairs(table.as_tensor(), w, words.dtype())?;
                 let ctx = ForwardCtx {
                     prefix: Some(&prefix),
                     ..ForwardCtx::plain(train)
@@ -159,4 +149,29 @@ impl VirtualTokens {
             }
         }
     }
+}
+
+/// A prefix-tuning table `(n, layers·2·kv_width)` split into each layer's keys and values,
+/// `(n, kv_width)` each, in `dtype`: PEFT's layout, per layer the keys then the values.
+///
+/// # Errors
+/// Tensor errors.
+pub(crate) fn prefix_pairs(
+    table: &Tensor,
+    kv_width: usize,
+    dtype: DType,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let layers = table.dim(1)? / (2 * kv_width).max(1);
+    (0..layers)
+        .map(|i| {
+            Ok((
+                table
+                    .narrow(1, 2 * i * kv_width, kv_width)?
+                    .to_dtype(dtype)?,
+                table
+                    .narrow(1, (2 * i + 1) * kv_width, kv_width)?
+                    .to_dtype(dtype)?,
+            ))
+        })
+        .collect()
 }

@@ -86,6 +86,34 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// A cache holding prefix-tuning keys and values, `(m, kv_width)` per layer: what every
+    /// later token attends to first, as the training forward attends to them.
+    ///
+    /// # Errors
+    /// Not one pair per layer, or pairs not `(m, kv_heads · head_dim)`.
+    pub fn from_prefix(llama: &Llama, prefix: &[(Tensor, Tensor)]) -> Result<Self> {
+        let cfg = llama.config();
+        let (kv_heads, d) = (cfg.kv_heads(), cfg.head_width());
+        let m = prefix.first().map_or(0, |(k, _)| k.dims()[0]);
+        if prefix.len() != llama.weights.layers.len() {
+            return Err(Error::TensorShape {
+                op: "prefix keys and values (one pair per layer)",
+                expected: vec![llama.weights.layers.len()],
+                got: vec![prefix.len()],
+            });
+        }
+        let heads = |x: &Tensor| -> Result<Tensor> {
+            Ok(x.reshape((1, m, kv_heads, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let layers = prefix
+            .iter()
+            .map(|(k, v)| Ok(Some((heads(k)?, heads(v)?))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, len: m })
+    }
 }
 
 /// The LLaMA-family decoder: token ids → hidden states and next-token logits.
@@ -344,9 +372,18 @@ impl Llama {
     /// Ids that are not `(1, t)` or outside the vocabulary; a context past
     /// `max_position_embeddings`.
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_cached_embeds(&self.embed(ids)?, cache)
+    }
+
+    /// As [`forward_cached`](Self::forward_cached) from input embeddings `(1, t, hidden)`:
+    /// prompt-tuning rows in front of a prompt's token embeddings.
+    ///
+    /// # Errors
+    /// As [`forward_cached`](Self::forward_cached).
+    pub fn forward_cached_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let _span = tracing::trace_span!("llama-cached").entered();
         let cfg = &self.config;
-        let (b, t) = ids.dims2()?;
+        let (b, t, _) = embeds.dims3()?;
         let past = cache.len;
         if b != 1 || past + t > cfg.max_position_embeddings {
             return Err(Error::TensorShape {
@@ -358,13 +395,12 @@ impl Llama {
         if cache.layers.len() != self.weights.layers.len() {
             cache.layers = vec![None; self.weights.layers.len()];
         }
-        let x = self.embed(ids)?;
-        let positions =
-            Tensor::arange(past as u32, (past + t) as u32, ids.device())?.unsqueeze(0)?;
+        let device = embeds.device();
+        let positions = Tensor::arange(past as u32, (past + t) as u32, device)?.unsqueeze(0)?;
         let (cos, sin) = rope_tables(&positions, cfg.head_width(), cfg.rope_theta, self.dtype)?;
         // Every cached key is real; query i (at past + i) sees keys 0..=past + i.
-        let key_bias = Tensor::zeros((1, past + t), self.dtype, ids.device())?;
-        let mut x = x;
+        let key_bias = Tensor::zeros((1, past + t), self.dtype, device)?;
+        let mut x = embeds.to_dtype(self.dtype)?;
         for (layer, c) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &cos, &sin, &key_bias, cfg, false, Some(c))?;
         }
