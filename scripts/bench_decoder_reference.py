@@ -2,8 +2,10 @@
 """PyTorch + PEFT's side of the decoder training-step comparison (BENCHMARKS.md): SmolLM2
 loaded by transformers from the same GGUF (dequantized to f32), LoRA r=8 α=8 on q_proj and
 v_proj, a seeded random batch of BATCH × SEQ ids with every next token scored, AdamW; prints
-one JSON line with the median step time and the process's peak RSS.
-usage: bench_decoder_reference.py GGUF [BATCH SEQ ITERS]"""
+one JSON line with the median step time and the process's peak RSS. With
+--gradient-checkpointing, transformers' `gradient_checkpointing_enable()` (non-reentrant), the
+comparison for `ttlora bench model --gradient-checkpointing`.
+usage: bench_decoder_reference.py GGUF [BATCH SEQ ITERS] [--gradient-checkpointing]"""
 import json
 import resource
 import sys
@@ -16,11 +18,15 @@ from transformers import AutoModelForCausalLM
 
 
 def main():
-    gguf = Path(sys.argv[1])
-    batch, seq, iters = (int(a) for a in (sys.argv[2:5] + ["8", "256", "5"][len(sys.argv[2:5]):]))
+    checkpoint = "--gradient-checkpointing" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--gradient-checkpointing"]
+    gguf = Path(args[0])
+    batch, seq, iters = (int(a) for a in (args[1:4] + ["8", "256", "5"][len(args[1:4]):]))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                  dtype=torch.float32)
+    if checkpoint:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                              lora_dropout=0.0, task_type="CAUSAL_LM"))
     model.train()
@@ -38,7 +44,7 @@ def main():
             times.append(time.perf_counter() - start)
     times.sort()
     print(json.dumps({
-        "side": "pytorch+peft", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "side": "pytorch+peft", "gradient_checkpointing": checkpoint, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "batch_size": batch, "seq_len": seq, "step_ms": 1e3 * times[len(times) // 2],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))

@@ -673,3 +673,70 @@ fn a_merged_gguf_loads_back_as_the_merged_model() {
         assert!(diff < 1e-4, "{family} keep {keep}: {diff}");
     }
 }
+
+/// Gradient checkpointing changes memory, not results: the loss and every trainable
+/// gradient equal one backward through the whole graph, for LoRA with dropout (its masks
+/// replayed in the recomputation), prompt tuning and prefix tuning on a tiny LLaMA.
+#[test]
+fn gradient_checkpointing_gives_the_gradients_of_one_backward() {
+    use ttlora::ops::seed_dropout;
+    use ttlora::train::{Batch, NextToken, Objective};
+    use ttlora::tuning::attach::trainable_vars;
+    let dev = Device::Cpu;
+    for (name, config) in [
+        ("lora", serde_json::json!({"r": 4, "lora_dropout": 0.3})),
+        ("prompt", serde_json::json!({"num_virtual_tokens": 3})),
+        ("prefix", serde_json::json!({"num_virtual_tokens": 2})),
+        ("ttlora", serde_json::json!({})),
+    ] {
+        let llama = Llama::random(&LlamaConfig::tiny(), 0.2, DType::F32, &dev, 11).unwrap();
+        let mut lm = CausalLm::new(llama);
+        let spec = MethodSpec::new(method(name).unwrap(), config).unwrap();
+        let p = placing(&spec, &lm, None, None, &Default::default()).unwrap();
+        attach(&mut lm, &spec, &p, "default", &mut seeded_rng(3)).unwrap();
+        let vars: Vec<Var> = trainable_vars(&lm)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        // LoRA's B starts at zero (A's gradient would be zero): start from a trained state.
+        for v in &vars {
+            v.set(&Tensor::randn(0f32, 0.3, v.shape(), &dev).unwrap())
+                .unwrap();
+        }
+        let ids = Tensor::new(&[[5u32, 9, 13, 17, 21, 3], [7, 8, 2, 40, 0, 0]], &dev).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], &dev).unwrap();
+        let batch = Batch {
+            input: ModelInput::new(ids, mask),
+            labels: Tensor::new(&[9u32, 13, 17, 21, 3, 8, 2, 40], &dev).unwrap(),
+            rows: Some(Tensor::new(&[0u32, 1, 2, 3, 4, 6, 7, 8], &dev).unwrap()),
+        };
+        seed_dropout(42);
+        let (loss, grads) = NextToken.loss_and_grads(&lm, &batch, 0.5, &vars).unwrap();
+        lm.set_gradient_checkpointing(true).unwrap();
+        seed_dropout(42);
+        let (loss_ckpt, grads_ckpt) = NextToken.loss_and_grads(&lm, &batch, 0.5, &vars).unwrap();
+        assert!(
+            (loss - loss_ckpt).abs() < 1e-5,
+            "{name}: loss {loss} vs {loss_ckpt}"
+        );
+        for (i, (g, h)) in grads.iter().zip(&grads_ckpt).enumerate() {
+            let (g, h) = (g.as_ref().unwrap(), h.as_ref().unwrap());
+            let scale = g
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = tensor_diff(g, h);
+            assert!(
+                scale > 0.0 && diff <= 1e-4 * scale.max(1.0),
+                "{name} var {i}: {diff}"
+            );
+        }
+    }
+    // Encoders do not recompute layers: turning it on is refused.
+    let mut bert = tiny_bert_classifier(&dev);
+    assert!(bert.set_gradient_checkpointing(true).is_err());
+}

@@ -39,7 +39,8 @@ pub struct ModelStepConfig {
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelStepRow {
-    /// `train`, `infer-unmerged` or `infer-merged`.
+    /// `train`, `train-checkpointed` (layers recomputed in the backward), `infer-unmerged`
+    /// or `infer-merged`.
     pub kind: &'static str,
     /// The method (`none`, `lora`, `ttlora`).
     pub method: String,
@@ -186,6 +187,7 @@ fn time_steps(
 pub fn decoder_train_step(
     location: &Path,
     base: crate::jobs::generate::BaseDtype,
+    checkpoint_layers: bool,
     cfg: &ModelStepConfig,
     device: &Device,
 ) -> Result<ModelStepRow> {
@@ -228,8 +230,14 @@ pub fn decoder_train_step(
         .map(|(_, v)| v)
         .collect();
     let trainable = vars.iter().map(|v| v.elem_count()).sum();
+    g.model.set_gradient_checkpointing(checkpoint_layers)?;
     let time = time_steps(&g.model, &train::NextToken, batch, vars, cfg)?;
-    Ok(row("train", cfg, None, time, trainable))
+    let kind = if checkpoint_layers {
+        "train-checkpointed"
+    } else {
+        "train"
+    };
+    Ok(row(kind, cfg, None, time, trainable))
 }
 
 /// Times inference (no gradients) with the adapters unmerged and, for a method, merged.

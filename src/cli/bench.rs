@@ -108,6 +108,10 @@ pub struct ModelArgs {
     /// only.
     #[arg(long)]
     base_dtype: Option<ttlora::jobs::generate::BaseDtype>,
+    /// With --base-dtype: recompute each decoder layer in the backward instead of keeping its
+    /// activations (less memory, more compute), as `train --gradient-checkpointing`.
+    #[arg(long, requires = "base_dtype")]
+    gradient_checkpointing: bool,
     #[command(flatten)]
     fetch: OfflineArgs,
 }
@@ -214,7 +218,11 @@ fn run_model(a: ModelArgs) -> Result<()> {
     let rows = match (a.kind, a.base_dtype) {
         (StepKind::Train, Some(base)) => {
             vec![ttlora::bench::model_step::decoder_train_step(
-                &dir, base, &cfg, &device,
+                &dir,
+                base,
+                a.gradient_checkpointing,
+                &cfg,
+                &device,
             )?]
         }
         (StepKind::Infer, Some(_)) => bail!("--base-dtype times decoder training (--kind train)"),

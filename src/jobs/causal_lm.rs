@@ -61,6 +61,8 @@ pub struct CausalLmSpec {
     pub device: Device,
     /// How a GGUF base's linear weights are held while training.
     pub base_dtype: BaseDtype,
+    /// Recompute each layer in the backward instead of keeping its activations.
+    pub gradient_checkpointing: bool,
 }
 
 /// Tokenized rows.
@@ -324,6 +326,8 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         lora_r8,
         vars,
     } = attach_trial(&mut g.model, &spec.trial)?;
+    g.model
+        .set_gradient_checkpointing(spec.gradient_checkpointing)?;
     let (device, pad, seed) = (&spec.device, g.pad_id(), spec.trial.train.seed);
     let select = if data.held.rows.is_empty() {
         &data.dev

@@ -240,9 +240,60 @@ pub trait Model: Send + Sync {
         })
     }
 
+    /// Turns gradient checkpointing on or off: training then keeps only each layer's input
+    /// and recomputes the layer during the backward (about a third more compute, the
+    /// activations of one layer instead of all). Default: not supported.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedInput`] turning it on for a model that cannot.
+    fn set_gradient_checkpointing(&mut self, on: bool) -> Result<()> {
+        if on {
+            return Err(Error::UnsupportedInput {
+                field: "--gradient-checkpointing",
+                reason: "only decoders (--task causal-lm) recompute their layers",
+            });
+        }
+        Ok(())
+    }
+
+    /// With gradient checkpointing on: the value of `loss_of(token logits at rows)` and the
+    /// gradients of `scale ·` that loss for `vars`, in their order, each layer recomputed in
+    /// the backward. `None` when checkpointing is off (the caller runs one backward).
+    fn checkpointed_token_grads(
+        &self,
+        input: &ModelInput,
+        rows: &Tensor,
+        loss_of: &dyn Fn(&Tensor) -> Result<Tensor>,
+        scale: f64,
+        vars: &[Var],
+    ) -> Option<Result<(f64, Vec<Option<Tensor>>)>> {
+        let _ = (input, rows, loss_of, scale, vars);
+        None
+    }
+
     /// HF's class name for this model (e.g. `BertForSequenceClassification`), written to a
     /// merged export's config.json `architectures`.
     fn architecture(&self) -> &'static str;
+}
+
+/// Adds the gradients `store` holds for `vars` into `slots` (one per var, in order).
+///
+/// # Errors
+/// Tensor errors adding them.
+pub fn add_grads(
+    store: &candle_core::backprop::GradStore,
+    vars: &[Var],
+    slots: &mut [Option<Tensor>],
+) -> Result<()> {
+    for (slot, v) in slots.iter_mut().zip(vars) {
+        if let Some(g) = store.get(v.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(acc) => (acc + g)?,
+                None => g.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Makes `adapters` the active ones on every linear layer of `model` (the part of

@@ -30,6 +30,17 @@ pub fn seed_dropout(seed: u64) {
     MASK_RNG.with(|r| *r.borrow_mut() = SmallRng::seed_from_u64(seed));
 }
 
+/// This thread's dropout generator as it stands, to replay the masks drawn from here on
+/// (gradient checkpointing reruns a layer with the masks of its first run).
+pub(crate) fn dropout_rng() -> SmallRng {
+    MASK_RNG.with(|r| r.borrow().clone())
+}
+
+/// Puts back a generator [`dropout_rng`] returned.
+pub(crate) fn set_dropout_rng(rng: SmallRng) {
+    MASK_RNG.with(|r| *r.borrow_mut() = rng);
+}
+
 /// A dropout mask that is a pure function of (seed, block index), for fused kernels: the
 /// backward regenerates it instead of keeping it, and blocks can be drawn on any thread in any
 /// order, so results do not depend on the thread count.

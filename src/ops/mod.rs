@@ -37,6 +37,7 @@ mod strided;
 pub use attention::{MASK_VALUE, attention, causal_attention};
 pub use cross_entropy::cross_entropy;
 pub use dropout::{dropout, dropout_add, seed_dropout};
+pub(crate) use dropout::{dropout_rng, set_dropout_rng};
 pub use frozen_linear::{frozen_linear, frozen_linear_onto, quantized_linear};
 pub use gelu::gelu;
 pub(crate) use grad_mode::track;

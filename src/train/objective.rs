@@ -2,7 +2,7 @@
 //! loss; classification and regression are the two encoders use, and a new kind (causal-LM
 //! loss, LM scoring) is one more implementation, not a new enum arm in the loop.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 
 use crate::error::Result;
 use crate::models::Model;
@@ -18,6 +18,32 @@ pub trait Objective: Send + Sync {
     /// # Errors
     /// Shape or dtype mismatches between the model's output and the labels.
     fn loss(&self, model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor>;
+
+    /// The training loss's value on `batch` and the gradients of `scale ·` loss for `vars`
+    /// (in order): one backward through the whole graph, unless the objective lets the model
+    /// recompute its layers (gradient checkpointing).
+    ///
+    /// # Errors
+    /// As [`loss`](Self::loss); backward errors.
+    fn loss_and_grads(
+        &self,
+        model: &dyn Model,
+        batch: &Batch,
+        scale: f64,
+        vars: &[Var],
+    ) -> Result<(f64, Vec<Option<Tensor>>)> {
+        let loss = self.loss(model, batch, true)?;
+        one_backward(&loss, scale, vars)
+    }
+}
+
+/// The value of `loss` and the gradients of `scale · loss` for `vars` from one backward.
+fn one_backward(loss: &Tensor, scale: f64, vars: &[Var]) -> Result<(f64, Vec<Option<Tensor>>)> {
+    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let store = (loss * scale)?.backward()?;
+    let mut grads = vec![None; vars.len()];
+    crate::models::add_grads(&store, vars, &mut grads)?;
+    Ok((value, grads))
 }
 
 /// Cross-entropy over logits `(b_sz, num_labels)` against `u32` class ids.
@@ -65,18 +91,47 @@ impl Objective for NextToken {
         "next-token cross-entropy"
     }
     fn loss(&self, model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor> {
-        let rows = batch
-            .rows
-            .as_ref()
-            .ok_or(crate::error::Error::UnsupportedInput {
-                field: "rows",
-                reason: "a causal-LM batch names the positions it scores",
-            })?;
-        let logits = model.token_logits(&batch.input, rows, train)?;
-        // Fused: over a vocabulary the composed log-softmax keeps several (tokens, vocab)
-        // tensors for the backward.
-        crate::ops::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)
+        let logits = model.token_logits(&batch.input, scored_rows(batch)?, train)?;
+        next_token_loss(&logits, batch)
     }
+
+    fn loss_and_grads(
+        &self,
+        model: &dyn Model,
+        batch: &Batch,
+        scale: f64,
+        vars: &[Var],
+    ) -> Result<(f64, Vec<Option<Tensor>>)> {
+        let loss_of = |logits: &Tensor| next_token_loss(logits, batch);
+        match model.checkpointed_token_grads(
+            &batch.input,
+            scored_rows(batch)?,
+            &loss_of,
+            scale,
+            vars,
+        ) {
+            Some(result) => result,
+            None => one_backward(&self.loss(model, batch, true)?, scale, vars),
+        }
+    }
+}
+
+/// The flat positions a causal-LM batch scores.
+fn scored_rows(batch: &Batch) -> Result<&Tensor> {
+    batch
+        .rows
+        .as_ref()
+        .ok_or(crate::error::Error::UnsupportedInput {
+            field: "rows",
+            reason: "a causal-LM batch names the positions it scores",
+        })
+}
+
+/// Cross-entropy of next-token logits at the scored rows against the batch's labels.
+fn next_token_loss(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    // Fused: over a vocabulary the composed log-softmax keeps several (tokens, vocab) tensors
+    // for the backward.
+    crate::ops::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)
 }
 
 /// The objective of a sequence-level task: regression or classification.

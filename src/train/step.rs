@@ -86,20 +86,19 @@ fn accumulate(
         crate::ops::seed_dropout(
             seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48),
         );
-        let l = objective.loss(model, batch, true)?;
-        total_loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()? * scale;
+        let (l, micro_grads) = objective.loss_and_grads(model, batch, scale, vars)?;
+        total_loss += l * scale;
         tokens += batch
             .input
             .attention_mask
             .to_dtype(DType::F32)?
             .sum_all()?
             .to_scalar::<f32>()? as usize;
-        let store = (l * scale)?.backward()?;
-        for (slot, v) in grads.iter_mut().zip(vars) {
-            if let Some(g) = store.get(v.as_tensor()) {
+        for (slot, g) in grads.iter_mut().zip(micro_grads) {
+            if let Some(g) = g {
                 *slot = Some(match slot.take() {
                     Some(acc) => (acc + g)?,
-                    None => g.clone(),
+                    None => g,
                 });
             }
         }

@@ -6,17 +6,49 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::adapters::{TokenPlacement, VirtualSpec};
 use crate::error::{Error, Result};
+use crate::models::backbone::ForwardCtx;
 use crate::models::heads::virtual_tokens::VirtualTokens;
 use crate::models::walk::{Entry, EntryMut};
 use crate::models::{Backbone, Model, ModelInput, activate_linears};
 
-/// What a decoder backbone adds for the LM head.
+/// What a decoder backbone adds for the LM head, and its layers one at a time (gradient
+/// checkpointing reruns them).
 pub trait Decoder: Backbone {
+    /// What every layer of one forward shares (positions, masks, prefix keys and values).
+    type LayerInputs;
+
     /// Next-token logits `(b, t, vocab)` from final hidden states `(b, t, hidden)`.
     ///
     /// # Errors
     /// Hidden states of the wrong shape.
     fn lm_logits(&self, hidden: &Tensor, train: bool) -> Result<Tensor>;
+
+    /// What the layers of a forward over `embeds` (as [`Backbone::forward_embeds`] takes
+    /// them) share.
+    ///
+    /// # Errors
+    /// As [`Backbone::forward_embeds`].
+    fn layer_inputs(
+        &self,
+        embeds: &Tensor,
+        input: &ModelInput,
+        ctx: &ForwardCtx,
+    ) -> Result<Self::LayerInputs>;
+
+    /// The number of layers.
+    fn num_layers(&self) -> usize;
+
+    /// Layer `i` over hidden states `x`.
+    ///
+    /// # Errors
+    /// An index past the layers; shape errors.
+    fn layer_forward(&self, i: usize, x: &Tensor, shared: &Self::LayerInputs) -> Result<Tensor>;
+
+    /// The norm after the last layer.
+    ///
+    /// # Errors
+    /// Shape errors.
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor>;
 
     /// HF's class name (`LlamaForCausalLM`).
     fn architecture(&self) -> &'static str;
@@ -28,6 +60,8 @@ pub trait Decoder: Backbone {
 pub struct CausalLm<B> {
     decoder: B,
     virtual_tokens: VirtualTokens,
+    /// Recompute each layer in the backward instead of keeping its activations.
+    checkpoint_layers: bool,
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for CausalLm<B> {
@@ -44,6 +78,7 @@ impl<B: Decoder> CausalLm<B> {
         Self {
             decoder,
             virtual_tokens: VirtualTokens::default(),
+            checkpoint_layers: false,
         }
     }
 
@@ -61,9 +96,71 @@ impl<B: Decoder> CausalLm<B> {
     /// dropped).
     fn flat_hidden(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let (hidden, prompt_len) = self.virtual_tokens.forward(&self.decoder, input, train)?;
-        let (b, n, h) = hidden.dims3()?;
-        let hidden = hidden.narrow(1, prompt_len, n - prompt_len)?;
-        Ok(hidden.reshape((b * (n - prompt_len), h))?)
+        own_rows(&hidden, prompt_len)
+    }
+
+    /// Gradient checkpointing's step (see [`Model::checkpointed_token_grads`]): the layers
+    /// run once without a graph, keeping each one's input and the dropout generator it
+    /// started from; the head's backward gives the gradient at the last layer's output; then
+    /// from the last layer down, each is rerun from its input with the same masks and
+    /// differentiated alone, its parameters' gradients collected and its input's passed on.
+    /// Prompt rows get theirs through the embeddings' own graph; prefix keys and values
+    /// through each layer's.
+    fn recomputed_token_grads(
+        &self,
+        input: &ModelInput,
+        rows: &Tensor,
+        loss_of: &dyn Fn(&Tensor) -> Result<Tensor>,
+        scale: f64,
+        vars: &[Var],
+    ) -> Result<(f64, Vec<Option<Tensor>>)> {
+        let v = self.virtual_tokens.inputs(&self.decoder, input)?;
+        let ctx = ForwardCtx {
+            prompt_len: v.prompt_len,
+            prefix: v.prefix.as_deref(),
+            ..ForwardCtx::plain(true)
+        };
+        let shared = self.decoder.layer_inputs(&v.embeds, input, &ctx)?;
+        let n = self.decoder.num_layers();
+        let mut saved = Vec::with_capacity(n);
+        let mut x = v.embeds.detach();
+        crate::ops::no_grad(|| -> Result<()> {
+            for i in 0..n {
+                saved.push((x.clone(), crate::ops::dropout_rng()));
+                // Detached: a prefix's keys carry a graph even here.
+                x = self.decoder.layer_forward(i, &x, &shared)?.detach();
+            }
+            Ok(())
+        })?;
+        let after = crate::ops::dropout_rng();
+        let mut grads = vec![None; vars.len()];
+        let top = Var::from_tensor(&x)?;
+        let hidden = self.decoder.final_norm(top.as_tensor())?;
+        let loss = loss_of(&self.logits_at(&own_rows(&hidden, v.prompt_len)?, rows, true)?)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let store = (loss * scale)?.backward()?;
+        crate::models::add_grads(&store, vars, &mut grads)?;
+        let grad_of = |store: &candle_core::backprop::GradStore, t: &Tensor| -> Result<Tensor> {
+            Ok(match store.get(t) {
+                Some(g) => g.clone(),
+                None => t.zeros_like()?,
+            })
+        };
+        let mut g = grad_of(&store, top.as_tensor())?;
+        for (i, (layer_input, rng)) in saved.into_iter().enumerate().rev() {
+            crate::ops::set_dropout_rng(rng);
+            let xi = Var::from_tensor(&layer_input)?;
+            let out = self.decoder.layer_forward(i, xi.as_tensor(), &shared)?;
+            let store = (out * &g)?.sum_all()?.backward()?;
+            crate::models::add_grads(&store, vars, &mut grads)?;
+            g = grad_of(&store, xi.as_tensor())?;
+        }
+        crate::ops::set_dropout_rng(after);
+        if v.embeds.track_op() {
+            let store = (&v.embeds * &g)?.sum_all()?.backward()?;
+            crate::models::add_grads(&store, vars, &mut grads)?;
+        }
+        Ok((value, grads))
     }
 
     /// Logits at flat rows of hidden states `(rows, hidden)`.
@@ -74,6 +171,14 @@ impl<B: Decoder> CausalLm<B> {
             .lm_logits(&picked.unsqueeze(0)?, train)?
             .squeeze(0)?)
     }
+}
+
+/// Hidden states `(b, n, hidden)` without the `prompt_len` prompt rows in front, flat:
+/// `(b·(n − prompt_len), hidden)`.
+fn own_rows(hidden: &Tensor, prompt_len: usize) -> Result<Tensor> {
+    let (b, n, h) = hidden.dims3()?;
+    let hidden = hidden.narrow(1, prompt_len, n - prompt_len)?;
+    Ok(hidden.reshape((b * (n - prompt_len), h))?)
 }
 
 /// The flat index `b·t + last` of each row's last real token (right padding).
@@ -120,6 +225,23 @@ impl<B: Decoder> Model for CausalLm<B> {
             });
         }
         self.logits_at(&flat, rows, train)
+    }
+
+    fn set_gradient_checkpointing(&mut self, on: bool) -> Result<()> {
+        self.checkpoint_layers = on;
+        Ok(())
+    }
+
+    fn checkpointed_token_grads(
+        &self,
+        input: &ModelInput,
+        rows: &Tensor,
+        loss_of: &dyn Fn(&Tensor) -> Result<Tensor>,
+        scale: f64,
+        vars: &[Var],
+    ) -> Option<Result<(f64, Vec<Option<Tensor>>)>> {
+        self.checkpoint_layers
+            .then(|| self.recomputed_token_grads(input, rows, loss_of, scale, vars))
     }
 
     fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>)) {

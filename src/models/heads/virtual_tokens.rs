@@ -117,12 +117,35 @@ impl VirtualTokens {
         input: &ModelInput,
         train: bool,
     ) -> Result<(Tensor, usize)> {
+        let v = self.inputs(backbone, input)?;
+        let ctx = ForwardCtx {
+            prompt_len: v.prompt_len,
+            prefix: v.prefix.as_deref(),
+            ..ForwardCtx::plain(train)
+        };
+        Ok((
+            backbone.forward_embeds(&v.embeds, input, &ctx)?,
+            v.prompt_len,
+        ))
+    }
+
+    /// What the backbone's forward takes with the active tokens attached: the word
+    /// embeddings with any prompt rows in front, and any prefix keys and values per layer.
+    ///
+    /// # Errors
+    /// [`Error::AmbiguousVirtualTokens`]; the backbone's errors.
+    pub(crate) fn inputs<B: Backbone + ?Sized>(
+        &self,
+        backbone: &B,
+        input: &ModelInput,
+    ) -> Result<VirtualInputs> {
         let words = backbone.embed_tokens(&input.input_ids)?;
         match self.in_use()?.map(|t| (t.placement, &t.tokens)) {
-            None => Ok((
-                backbone.forward_embeds(&words, input, &ForwardCtx::plain(train))?,
-                0,
-            )),
+            None => Ok(VirtualInputs {
+                embeds: words,
+                prompt_len: 0,
+                prefix: None,
+            }),
             Some((TokenPlacement::Prompt, prompt)) => {
                 let (b_sz, _, width) = words.dims3()?;
                 let n = prompt.dims()[0];
@@ -131,24 +154,32 @@ impl VirtualTokens {
                     .unsqueeze(0)?
                     .broadcast_as((b_sz, n, width))?
                     .to_dtype(words.dtype())?;
-                let words = Tensor::cat(&[&p, &words], 1)?;
-                let ctx = ForwardCtx {
+                Ok(VirtualInputs {
+                    embeds: Tensor::cat(&[&p, &words], 1)?,
                     prompt_len: n,
-                    ..ForwardCtx::plain(train)
-                };
-                Ok((backbone.forward_embeds(&words, input, &ctx)?, n))
+                    prefix: None,
+                })
             }
             Some((TokenPlacement::Prefix, table)) => {
                 let w = backbone.virtual_spec().kv_width;
-                let prefix = prefix_pairs(table.as_tensor(), w, words.dtype())?;
-                let ctx = ForwardCtx {
-                    prefix: Some(&prefix),
-                    ..ForwardCtx::plain(train)
-                };
-                Ok((backbone.forward_embeds(&words, input, &ctx)?, 0))
+                Ok(VirtualInputs {
+                    prefix: Some(prefix_pairs(table.as_tensor(), w, words.dtype())?),
+                    embeds: words,
+                    prompt_len: 0,
+                })
             }
         }
     }
+}
+
+/// A forward's inputs with the active virtual tokens attached.
+pub(crate) struct VirtualInputs {
+    /// Word embeddings, prompt rows in front.
+    pub(crate) embeds: Tensor,
+    /// Prompt rows in front of the input's own (0 without prompt tuning).
+    pub(crate) prompt_len: usize,
+    /// Per layer, prefix keys and values.
+    pub(crate) prefix: Option<Vec<(Tensor, Tensor)>>,
 }
 
 /// A prefix-tuning table `(n, layers·2·kv_width)` split into each layer's keys and values,

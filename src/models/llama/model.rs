@@ -116,6 +116,16 @@ impl KvCache {
     }
 }
 
+/// What every layer of one forward shares: rotary tables for the positions, the per-key
+/// attention bias, and each layer's prefix keys and values (none without prefix tuning).
+pub struct LayerInputs {
+    cos: Tensor,
+    sin: Tensor,
+    key_bias: Tensor,
+    prefix: Vec<LayerCache>,
+    train: bool,
+}
+
 /// The LLaMA-family decoder: token ids → hidden states and next-token logits.
 pub struct Llama {
     config: LlamaConfig,
@@ -306,6 +316,22 @@ impl Llama {
     /// past key values, and shift the positions by m.
     fn decode(&self, embeds: &Tensor, input: &ModelInput, ctx: &ForwardCtx) -> Result<Tensor> {
         let _span = tracing::trace_span!("llama").entered();
+        let shared = self.layer_inputs(embeds, input, ctx)?;
+        let mut x = crate::ops::track(embeds.clone());
+        for i in 0..self.weights.layers.len() {
+            x = self.layer_forward(i, &x, &shared)?;
+        }
+        self.weights.norm.forward(&x)
+    }
+
+    /// What every layer of one forward over `embeds: (b, n + t, hidden)` shares (see
+    /// [`decode`](Self::decode)): rotary tables, the per-key bias, prefix keys and values.
+    fn layer_inputs(
+        &self,
+        embeds: &Tensor,
+        input: &ModelInput,
+        ctx: &ForwardCtx,
+    ) -> Result<LayerInputs> {
         let cfg = &self.config;
         let (b, t) = check_input(input, None)?;
         let n_prompt = ctx.prompt_len;
@@ -342,25 +368,37 @@ impl Llama {
         // Queries are the prompt and real tokens; keys the prefix too.
         let key_bias = key_bias(&mask, self.dtype)?;
         let (kv_heads, d) = (cfg.kv_heads(), cfg.head_width());
-        let mut x = crate::ops::track(embeds.clone());
-        for (i, layer) in self.weights.layers.iter().enumerate() {
-            // A prefix enters a layer as keys and values already cached.
-            let mut cache = match prefix.get(i) {
-                Some((k, v)) => {
-                    let heads = |x: &Tensor| -> Result<Tensor> {
-                        Ok(x.reshape((1, n_prefix, kv_heads, d))?
-                            .transpose(1, 2)?
-                            .broadcast_as((b, kv_heads, n_prefix, d))?
-                            .contiguous()?)
-                    };
-                    Some((heads(k)?, heads(v)?))
-                }
-                None => None,
-            };
-            let cache = cache.is_some().then_some(&mut cache);
-            x = layer.forward(&x, &cos, &sin, &key_bias, cfg, ctx.train, cache)?;
-        }
-        self.weights.norm.forward(&x)
+        // A prefix enters a layer as keys and values already cached.
+        let heads = |x: &Tensor| -> Result<Tensor> {
+            Ok(x.reshape((1, n_prefix, kv_heads, d))?
+                .transpose(1, 2)?
+                .broadcast_as((b, kv_heads, n_prefix, d))?
+                .contiguous()?)
+        };
+        let prefix = prefix
+            .iter()
+            .map(|(k, v)| Ok(Some((heads(k)?, heads(v)?))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LayerInputs {
+            cos,
+            sin,
+            key_bias,
+            prefix,
+            train: ctx.train,
+        })
+    }
+
+    /// Layer `i` over `x`, with what [`layer_inputs`](Self::layer_inputs) prepared.
+    fn layer_forward(&self, i: usize, x: &Tensor, shared: &LayerInputs) -> Result<Tensor> {
+        let layer = self.weights.layers.get(i).ok_or(Error::TensorShape {
+            op: "decoder layer index",
+            expected: vec![self.weights.layers.len()],
+            got: vec![i],
+        })?;
+        let mut cache = shared.prefix.get(i).cloned().flatten();
+        let cache = cache.is_some().then_some(&mut cache);
+        let (cos, sin, bias) = (&shared.cos, &shared.sin, &shared.key_bias);
+        layer.forward(x, cos, sin, bias, &self.config, shared.train, cache)
     }
 
     /// Hidden states after the final norm for `ids: (1, t)`, the tokens that follow those
@@ -497,8 +535,31 @@ impl Backbone for Llama {
 }
 
 impl crate::models::heads::Decoder for Llama {
+    type LayerInputs = LayerInputs;
+
     fn lm_logits(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
         self.logits(hidden, train)
+    }
+
+    fn layer_inputs(
+        &self,
+        embeds: &Tensor,
+        input: &ModelInput,
+        ctx: &ForwardCtx,
+    ) -> Result<LayerInputs> {
+        Llama::layer_inputs(self, embeds, input, ctx)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.weights.layers.len()
+    }
+
+    fn layer_forward(&self, i: usize, x: &Tensor, shared: &LayerInputs) -> Result<Tensor> {
+        Llama::layer_forward(self, i, x, shared)
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.weights.norm.forward(x)
     }
 
     fn architecture(&self) -> &'static str {
