@@ -413,3 +413,65 @@ fn exports_without_a_form_are_refused() {
         &["llama.cpp adapters are for decoders"],
     );
 }
+
+/// `--gradient-checkpointing` recomputes SmolLM2's layers in the backward and trains the same
+/// adapter: two LoRA steps with it and without give the same weights (to f32 rounding), and
+/// a task without a decoder refuses the flag.
+#[test]
+fn gradient_checkpointing_trains_the_same_adapter() {
+    crate::common::smollm2();
+    let tmp = TempDir::new("causal-ckpt");
+    let train_file = rows("train.jsonl");
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.join(name);
+        let mut args = vec![
+            "train",
+            "--task",
+            "causal-lm",
+            "--offline",
+            "--train-file",
+            path_str(&train_file),
+            "--method",
+            "lora",
+            "--lr",
+            "1e-2",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--max-len",
+            "32",
+            "--max-train",
+            "16",
+            "--out",
+            path_str(&out),
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let o = ttlora(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        candle_core::safetensors::load(
+            out.join("adapter_model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let plain = run("plain", &[]);
+    let recomputed = run("recomputed", &["--gradient-checkpointing"]);
+    assert_eq!(plain.len(), recomputed.len());
+    let mut moved = 0f32;
+    for (name, t) in &plain {
+        moved = moved.max(crate::common::tensor_diff(t, &t.zeros_like().unwrap()));
+        let diff = crate::common::tensor_diff(t, &recomputed[name]);
+        assert!(diff < 1e-5, "{name}: {diff}");
+    }
+    assert!(moved > 0.0, "the adapters trained");
+    let o = ttlora(&[
+        "train",
+        "--task",
+        "sst2",
+        "--gradient-checkpointing",
+        "--offline",
+    ]);
+    assert_clear_error(&o, &["--gradient-checkpointing applies to --task causal-lm"]);
+}
