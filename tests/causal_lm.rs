@@ -408,10 +408,12 @@ fn exports_without_a_form_are_refused() {
         "-q",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_clear_error(
-        &export(&classifier, "gguf-lora"),
-        &["llama.cpp adapters are for decoders"],
-    );
+    for format in ["gguf-lora", "merged-gguf"] {
+        assert_clear_error(
+            &export(&classifier, format),
+            &["llama.cpp's GGUF files (gguf-lora, merged-gguf) are for decoders"],
+        );
+    }
 }
 
 /// `--gradient-checkpointing` recomputes SmolLM2's layers in the backward and trains the same
@@ -473,5 +475,8 @@ fn gradient_checkpointing_trains_the_same_adapter() {
         "--gradient-checkpointing",
         "--offline",
     ]);
-    assert_clear_error(&o, &["--gradient-checkpointing applies to --task causal-lm"]);
+    assert_clear_error(
+        &o,
+        &["--gradient-checkpointing applies to --task causal-lm"],
+    );
 }

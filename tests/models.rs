@@ -599,7 +599,7 @@ fn training_on_a_quantized_base_trains_adapters_and_leaves_the_blocks_alone() {
 #[test]
 fn a_merged_gguf_loads_back_as_the_merged_model() {
     use ttlora::io::{GgufSource, TensorSource};
-    use ttlora::models::llama::merged_gguf;
+    use ttlora::models::llama::write_merged_gguf;
     use ttlora::tuning::attach::trainable_vars;
     use ttlora::tuning::merged::merge_adapters;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_golden");
@@ -624,9 +624,8 @@ fn a_merged_gguf_loads_back_as_the_merged_model() {
         let logits = |l: &Llama| l.logits(&l.forward(&input, false).unwrap(), false).unwrap();
         let unmerged = logits(lm.decoder());
         assert_eq!(merge_adapters(&mut lm, "default").unwrap(), 4, "{family}");
-        let merged = merged_gguf(lm.decoder(), &file).unwrap();
         let out = tmp.path().join(format!("{family}-{keep}.gguf"));
-        std::fs::write(&out, &merged.bytes).unwrap();
+        let merged = write_merged_gguf(lm.decoder(), &file, &out).unwrap();
 
         let mut rewritten = merged.rewritten.clone();
         rewritten.sort();
@@ -735,6 +734,44 @@ fn gradient_checkpointing_gives_the_gradients_of_one_backward() {
                 "{name} var {i}: {diff}"
             );
         }
+    }
+    // A whole step over two micro-batches (gradient accumulation): the same update.
+    use ttlora::train::{Adam, AdamParams, StepSettings, train_step};
+    let step = |checkpoint: bool| -> Vec<Tensor> {
+        let llama = Llama::random(&LlamaConfig::tiny(), 0.2, DType::F32, &dev, 11).unwrap();
+        let mut lm = CausalLm::new(llama);
+        let spec = MethodSpec::new(method("lora").unwrap(), serde_json::json!({"r": 4})).unwrap();
+        let p = placing(&spec, &lm, None, None, &Default::default()).unwrap();
+        attach(&mut lm, &spec, &p, "default", &mut seeded_rng(3)).unwrap();
+        lm.set_gradient_checkpointing(checkpoint).unwrap();
+        let vars: Vec<Var> = trainable_vars(&lm)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let micro = |ids: &[u32]| Batch {
+            input: ModelInput::new(
+                Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap(),
+                Tensor::ones((1, ids.len()), DType::U32, &dev).unwrap(),
+            ),
+            labels: Tensor::new(&ids[1..], &dev).unwrap(),
+            rows: Some(Tensor::arange(0u32, ids.len() as u32 - 1, &dev).unwrap()),
+        };
+        let batches = [micro(&[5, 9, 13, 17, 21, 3]), micro(&[7, 8, 2])];
+        let mut opt = Adam::new(vars.clone(), AdamParams::default()).unwrap();
+        for step in 0..2 {
+            let settings = StepSettings {
+                lr: 1e-2,
+                max_grad_norm: Some(1.0),
+                seed: 1,
+                step,
+            };
+            train_step(&lm, &NextToken, &batches, &mut opt, settings).unwrap();
+        }
+        vars.iter().map(|v| v.as_tensor().copy().unwrap()).collect()
+    };
+    for (a, b) in step(false).iter().zip(&step(true)) {
+        assert!(tensor_diff(a, b) < 1e-6);
     }
     // Encoders do not recompute layers: turning it on is refused.
     let mut bert = tiny_bert_classifier(&dev);

@@ -42,9 +42,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 3)]
     reps: usize,
     /// How a GGUF base's linear weights are held: quantized (the file's blocks, read in
-    /// place by each decoded token) or f32 (dequantized at load).
-    #[arg(long, default_value = "quantized")]
-    base_dtype: ttlora::jobs::generate::BaseDtype,
+    /// place by each decoded token; the default) or f32 (dequantized at load).
+    #[arg(long)]
+    base_dtype: Option<ttlora::jobs::generate::BaseDtype>,
 }
 
 /// Options of `ttlora bench matmul`.
@@ -161,7 +161,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         ttlora::io::resolve_model(&a.model, true)?
     };
     let device = candle_core::Device::Cpu;
-    let g = ttlora::jobs::generate::Generator::load_with(&location, &device, a.base_dtype)?;
+    let base = a.base_dtype.unwrap_or_default();
+    let g = ttlora::jobs::generate::Generator::load_with(&location, &device, base)?;
     let row = ttlora::bench::generate::decode_rate(&g, a.prompt_tokens, a.new_tokens, a.reps)?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&row)?)?;
     Ok(())

@@ -108,7 +108,9 @@ fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
         s.output.check()?;
         let device = ttlora::parse_device("cpu")?;
         let allow_fetch = !s.fetch.offline;
-        let f32_base = ttlora::jobs::generate::BaseDtype::F32;
+        // Kept in its blocks: merging dequantizes only the adapted layers, and a merged GGUF
+        // copies the rest as they are.
+        let base_dtype = ttlora::jobs::generate::BaseDtype::Quantized;
         let folder = ttlora::io::AdapterFolder::read(&s.adapter, &device)?;
         let mut g = Generator::with_adapter_folder(
             &folder,
@@ -116,7 +118,7 @@ fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
             s.model.as_deref(),
             &device,
             allow_fetch,
-            f32_base,
+            base_dtype,
         )
         .with_context(|| format!("loading adapter {}", s.adapter.display()))?;
         let base = s

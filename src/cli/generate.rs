@@ -26,10 +26,10 @@ pub struct GenerateArgs {
     adapter: Option<std::path::PathBuf>,
     /// How a GGUF base's linear weights are held: quantized (the file's blocks, about the
     /// file's size in memory: the prompt's products dequantize a weight at a time, each
-    /// decoded token reads the blocks in place) or f32 (dequantized at load). An HF folder's
-    /// weights are f32 either way.
-    #[arg(long, default_value = "quantized")]
-    base_dtype: BaseDtype,
+    /// decoded token reads the blocks in place) or f32 (dequantized at load). Default:
+    /// quantized. An HF folder's weights are f32 either way.
+    #[arg(long)]
+    base_dtype: Option<BaseDtype>,
     /// Text to continue as it is.
     #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
     prompt: Option<String>,
@@ -65,19 +65,22 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let device = candle_core::Device::Cpu;
     let allow_fetch = !a.fetch.offline;
+    let base_dtype = a.base_dtype.unwrap_or_default();
     let generator = match &a.adapter {
         Some(dir) => {
-            Generator::with_adapter(dir, a.model.as_deref(), &device, allow_fetch, a.base_dtype)?
+            Generator::with_adapter(dir, a.model.as_deref(), &device, allow_fetch, base_dtype)?
         }
         None => {
             let model = a.model.as_deref().unwrap_or("SmolLM2-135M-Instruct");
-            Generator::load_with(
-                &decoder_location(model, allow_fetch)?,
-                &device,
-                a.base_dtype,
-            )?
+            Generator::load_with(&decoder_location(model, allow_fetch)?, &device, base_dtype)?
         }
     };
+    if a.base_dtype == Some(BaseDtype::Quantized) && !generator.decoder().is_quantized() {
+        tracing::warn!(
+            "{}: no weight is stored in quantized blocks; --base-dtype quantized has no effect",
+            generator.path.display()
+        );
+    }
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,

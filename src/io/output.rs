@@ -91,6 +91,25 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(io_err(path))
 }
 
+/// Creates the new file `path`, lets `fill` write it through a buffer, and fsyncs it: for a
+/// file too large to build in memory first.
+///
+/// # Errors
+/// [`Error::Io`] naming the file; `fill`'s errors.
+pub(crate) fn write_synced_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<File>) -> Result<()>,
+) -> Result<()> {
+    failpoint(path)?;
+    let mut w = std::io::BufWriter::new(File::create(path).map_err(io_err(path))?);
+    fill(&mut w)?;
+    let f = w.into_inner().map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into_error(),
+    })?;
+    f.sync_all().map_err(io_err(path))
+}
+
 /// Writes `contents` to `path` through a hidden temporary sibling, fsync'd, and a rename: a
 /// reader sees the old file or the new one, never a part. The temporary file is removed if
 /// anything fails.

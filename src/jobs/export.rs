@@ -201,14 +201,15 @@ pub fn export_decoder(
             });
         }
         let n = merge_adapters(&mut g.model, ADAPTER_NAME)?;
-        let merged = crate::models::llama::merged_gguf(g.decoder(), &g.path)?;
-        tracing::info!(
-            "{} tensors copied in the base's blocks, {} rewritten as F32",
-            merged.copied,
-            merged.rewritten.len()
-        );
         crate::io::OutputLock::acquire(out)?.replace_folder(|dir| {
-            crate::io::output::write_synced(&dir.join(MERGED_GGUF_FILE), &merged.bytes)
+            let file = dir.join(MERGED_GGUF_FILE);
+            let merged = crate::models::llama::write_merged_gguf(g.decoder(), &g.path, &file)?;
+            tracing::info!(
+                "{} tensors copied in the base's blocks, {} rewritten as F32",
+                merged.copied,
+                merged.rewritten.len()
+            );
+            Ok(())
         })?;
         return Ok(ExportReport {
             format,

@@ -114,7 +114,9 @@ impl std::fmt::Debug for Generator {
 impl Generator {
     /// Loads a decoder: an HF folder (`config.json`, safetensors, `tokenizer.json`), or a GGUF
     /// file (`path` the file, or a folder holding exactly one) with the tokenizer and chat
-    /// template in its metadata.
+    /// template in its metadata; a GGUF's weights dequantized to f32, the exact reference
+    /// (the CLI's default, a base kept in its blocks, is [`load_with`](Self::load_with)'s
+    /// [`BaseDtype::default`]).
     ///
     /// # Errors
     /// [`Error::ModelFile`] for a folder without one GGUF file; the loaders' errors.
@@ -455,7 +457,19 @@ impl Generator {
         self.continue_ids(ids, sampling, on_text)
     }
 
+    /// Generation records no graph: an adapter's trainable tensors would otherwise make every
+    /// layer output and cached key keep the ops behind it for as long as the loop runs (and
+    /// a quantized base take the dequantizing path meant for training).
     fn continue_ids(
+        &self,
+        ids: Vec<u32>,
+        sampling: &Sampling,
+        on_text: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<String> {
+        crate::ops::no_grad(|| self.continue_ids_untracked(ids, sampling, on_text))
+    }
+
+    fn continue_ids_untracked(
         &self,
         ids: Vec<u32>,
         sampling: &Sampling,
@@ -473,12 +487,12 @@ impl Generator {
             None => (KvCache::new(), None),
             Some((TokenPlacement::Prefix, table)) => {
                 let w = llama.virtual_spec().kv_width;
-                let pairs = prefix_pairs(table.as_tensor(), w, dtype)?;
+                let pairs = prefix_pairs(&table.as_tensor().detach(), w, dtype)?;
                 (KvCache::from_prefix(llama, &pairs)?, None)
             }
             Some((TokenPlacement::Prompt, rows)) => (
                 KvCache::new(),
-                Some(rows.as_tensor().to_dtype(dtype)?.unsqueeze(0)?),
+                Some(rows.as_tensor().detach().to_dtype(dtype)?.unsqueeze(0)?),
             ),
         };
         let virtual_n = cache.len() + prompt_rows.as_ref().map_or(Ok(0), |r| r.dim(1))?;

@@ -54,8 +54,9 @@ fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [0f32; BLOCK];
     for (blk, xb) in row.chunks_exact(34).zip(x.chunks_exact(BLOCK)) {
         let d = f16_at(blk, 0);
-        let qs: &[u8; BLOCK] = blk[2..].try_into().unwrap_or(&[0; BLOCK]);
-        let xb: &[f32; BLOCK] = xb.try_into().unwrap_or(&[0.0; BLOCK]);
+        // `chunks_exact` gives whole blocks: these conversions cannot fail.
+        let qs: &[u8; BLOCK] = blk[2..].try_into().expect("a 34-byte Q8_0 block");
+        let xb: &[f32; BLOCK] = xb.try_into().expect("32 inputs per block");
         for j in 0..BLOCK {
             acc[j] += d * (f32::from(qs[j] as i8) * xb[j]);
         }
@@ -78,8 +79,9 @@ fn dot_q4<const MIN: bool>(row: &[u8], x: &[f32], x_sums: &[f32]) -> f32 {
     {
         let d = f16_at(blk, 0);
         let m = if MIN { f16_at(blk, 2) } else { -8.0 * d };
-        let qs: &[u8; HALF] = blk[start..].try_into().unwrap_or(&[0; HALF]);
-        let xb: &[f32; BLOCK] = xb.try_into().unwrap_or(&[0.0; BLOCK]);
+        // `chunks_exact` gives whole blocks: these conversions cannot fail.
+        let qs: &[u8; HALF] = blk[start..].try_into().expect("16 bytes of nibbles");
+        let xb: &[f32; BLOCK] = xb.try_into().expect("32 inputs per block");
         for j in 0..HALF {
             lo[j] += d * (f32::from(qs[j] & 15) * xb[j]);
             hi[j] += d * (f32::from(qs[j] >> 4) * xb[j + HALF]);

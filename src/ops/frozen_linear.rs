@@ -407,10 +407,13 @@ impl CustomOp2 for QuantizedLinear {
     }
 }
 
-/// Rows up to which a product that needs no gradient reads the blocks in place
-/// ([`block_dot`](super::block_dot); candle's product for other types): decoding reads every
-/// weight once per token, so dequantizing W first would cost more than the product. Larger
-/// products (prefill, evaluation, training) dequantize and use the f32 gemm.
+/// Rows up to which a product that needs no gradient reads the blocks in place: decoding
+/// reads every weight once per token, so dequantizing W first would cost more than the
+/// product. Q4_0/Q4_1/Q8_0 go through [`block_dot`](super::block_dot), exact to f32 rounding;
+/// other block types (k-quants, Q5) through candle's product, which rounds the input to 8
+/// bits as llama.cpp does, so decoding then differs from the prompt's products by that
+/// rounding. Larger products (prefill, evaluation, training) dequantize and use the f32
+/// gemm.
 const BLOCK_DOT_MAX_ROWS: usize = 4;
 
 /// Whether a GGUF tensor type is a block quantization (not a plain float type).

@@ -1,12 +1,13 @@
 //! Tensor ops with a hand-written backward, for the training path.
 //!
 //! Owns: the grad mode ([`no_grad`]), [`frozen_linear`] and [`quantized_linear`] (a frozen
-//! weight kept in GGUF blocks), multi-head [`attention`] and [`causal_attention`] (GQA), [`layer_norm`], [`rms_norm`], rotary
-//! embeddings ([`rope`], [`rope_tables`]), [`softmax_last_dim`], [`cross_entropy`], [`gelu`],
-//! seeded [`dropout`] and [`dropout_add`]. Must not know: models, adapters, files. Every op
-//! here states its derivative next to its `bwd` and has a finite-difference test or one
-//! against candle's composed (differentiable) ops, because candle's own fused ops (`softmax_last_dim`, `layer_norm`,
-//! `rms_norm`) record no backward at all and silently stop gradients (DESIGN §2).
+//! weight kept in GGUF blocks), multi-head [`attention`] and [`causal_attention`] (GQA),
+//! [`layer_norm`], [`rms_norm`], rotary embeddings ([`rope`], [`rope_tables`]),
+//! [`softmax_last_dim`], [`cross_entropy`], [`gelu`], seeded [`dropout`] and [`dropout_add`].
+//! Must not know: models, adapters, files. Every op here states its derivative next to its
+//! `bwd` and has a finite-difference test or one against candle's composed (differentiable)
+//! ops, because candle's own fused ops (`softmax_last_dim`, `layer_norm`, `rms_norm`) record
+//! no backward at all and silently stop gradients (DESIGN §2).
 //!
 //! The fused kernels run on CPU in f32 and f64 (split over candle's thread count for large
 //! tensors). On other devices and dtypes the public functions fall back to composed,

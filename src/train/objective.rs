@@ -32,6 +32,13 @@ pub trait Objective: Send + Sync {
         scale: f64,
         vars: &[Var],
     ) -> Result<(f64, Vec<Option<Tensor>>)> {
+        if model.gradient_checkpointing() {
+            return Err(crate::error::Error::UnsupportedInput {
+                field: "--gradient-checkpointing",
+                reason: "only next-token (causal-LM) training recomputes layers; this \
+                         objective would run one backward over every activation",
+            });
+        }
         let loss = self.loss(model, batch, true)?;
         one_backward(&loss, scale, vars)
     }

@@ -121,22 +121,32 @@ impl<B: Decoder> CausalLm<B> {
             ..ForwardCtx::plain(true)
         };
         let shared = self.decoder.layer_inputs(&v.embeds, input, &ctx)?;
+        // The first pass sees the prefix without its graph, so it records nothing.
+        let untracked: Option<Vec<(Tensor, Tensor)>> = v
+            .prefix
+            .as_ref()
+            .map(|p| p.iter().map(|(k, w)| (k.detach(), w.detach())).collect());
+        let first_ctx = ForwardCtx {
+            prefix: untracked.as_deref(),
+            ..ctx
+        };
+        let first = self.decoder.layer_inputs(&v.embeds, input, &first_ctx)?;
         let n = self.decoder.num_layers();
         let mut saved = Vec::with_capacity(n);
         let mut x = v.embeds.detach();
         crate::ops::no_grad(|| -> Result<()> {
             for i in 0..n {
                 saved.push((x.clone(), crate::ops::dropout_rng()));
-                // Detached: a prefix's keys carry a graph even here.
-                x = self.decoder.layer_forward(i, &x, &shared)?.detach();
+                x = self.decoder.layer_forward(i, &x, &first)?;
             }
             Ok(())
         })?;
-        let after = crate::ops::dropout_rng();
         let mut grads = vec![None; vars.len()];
         let top = Var::from_tensor(&x)?;
         let hidden = self.decoder.final_norm(top.as_tensor())?;
         let loss = loss_of(&self.logits_at(&own_rows(&hidden, v.prompt_len)?, rows, true)?)?;
+        // Where one backward's forward would leave the masks: after the head's.
+        let after = crate::ops::dropout_rng();
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let store = (loss * scale)?.backward()?;
         crate::models::add_grads(&store, vars, &mut grads)?;
@@ -230,6 +240,10 @@ impl<B: Decoder> Model for CausalLm<B> {
     fn set_gradient_checkpointing(&mut self, on: bool) -> Result<()> {
         self.checkpoint_layers = on;
         Ok(())
+    }
+
+    fn gradient_checkpointing(&self) -> bool {
+        self.checkpoint_layers
     }
 
     fn checkpointed_token_grads(

@@ -148,7 +148,7 @@ impl VirtualTokens {
             }),
             Some((TokenPlacement::Prompt, prompt)) => {
                 let (b_sz, _, width) = words.dims3()?;
-                let n = prompt.dims()[0];
+                let n = prompt.dims2()?.0;
                 let p = prompt
                     .as_tensor()
                     .unsqueeze(0)?

@@ -183,19 +183,17 @@ impl Llama {
     }
 }
 
-/// What [`merged_gguf`] wrote.
+/// What [`write_merged_gguf`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergedGguf {
-    /// The file's bytes.
-    pub bytes: Vec<u8>,
     /// Tensors copied from the base in their blocks.
     pub copied: usize,
     /// Tensors the model changed, written as F32.
     pub rewritten: Vec<String>,
 }
 
-/// The decoder's weights as a GGUF file for llama.cpp, built over the base GGUF it was loaded
-/// from: the base's metadata (tokenizer and chat template included) as it is, every tensor the
+/// Writes the decoder's weights to the new file `out` as a GGUF file for llama.cpp (fsync'd;
+/// meant for a folder being built), built over the base GGUF it was loaded from: the base's metadata (tokenizer and chat template included) as it is, every tensor the
 /// model holds unchanged (bit for bit what the base file dequantizes to, or still in its
 /// blocks) copied in its blocks, and every changed one (a merged adapter, a trained norm)
 /// written as F32 in llama.cpp's layout (q/k rows re-permuted for `llama` files). Keeping a
@@ -204,8 +202,9 @@ pub struct MergedGguf {
 ///
 /// # Errors
 /// As [`GgufSource::open`]; a base whose tensors do not match the model's shapes;
-/// [`Error::ModelFile`] if the metadata cannot be read back or the file cannot be written.
-pub fn merged_gguf(llama: &Llama, base: &Path) -> Result<MergedGguf> {
+/// [`Error::ModelFile`] if the metadata cannot be read back or the file cannot be written;
+/// [`Error::Io`] naming `out`.
+pub fn write_merged_gguf(llama: &Llama, base: &Path, out: &Path) -> Result<MergedGguf> {
     let gguf = GgufSource::open(base)?;
     let bad = |reason: String| Error::ModelFile {
         path: base.to_path_buf(),
@@ -280,14 +279,13 @@ pub fn merged_gguf(llama: &Llama, base: &Path) -> Result<MergedGguf> {
         .map(|k| (k.as_str(), &content.metadata[k.as_str()]))
         .collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut bytes, &meta, &refs)
-        .map_err(|e| bad(format!("cannot write GGUF: {e}")))?;
-    Ok(MergedGguf {
-        bytes: bytes.into_inner(),
-        copied,
-        rewritten,
-    })
+    crate::io::output::write_synced_with(out, |w| {
+        gguf_file::write(w, &meta, &refs).map_err(|e| Error::ModelFile {
+            path: out.to_path_buf(),
+            reason: format!("cannot write GGUF: {e}"),
+        })
+    })?;
+    Ok(MergedGguf { copied, rewritten })
 }
 
 #[cfg(test)]

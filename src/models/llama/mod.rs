@@ -10,5 +10,5 @@ mod model;
 mod tests;
 
 pub use config::{LlamaConfig, LlamaFamily, TokenIds, permute_qk_rows, unpermute_qk_rows};
-pub use gguf::{MergedGguf, gguf_tensor_name, merged_gguf};
-pub use model::{KvCache, Llama};
+pub use gguf::{MergedGguf, gguf_tensor_name, write_merged_gguf};
+pub use model::{KvCache, LayerInputs, Llama};

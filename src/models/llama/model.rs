@@ -94,8 +94,6 @@ impl KvCache {
     /// Not one pair per layer, or pairs not `(m, kv_heads · head_dim)`.
     pub fn from_prefix(llama: &Llama, prefix: &[(Tensor, Tensor)]) -> Result<Self> {
         let cfg = llama.config();
-        let (kv_heads, d) = (cfg.kv_heads(), cfg.head_width());
-        let m = prefix.first().map_or(0, |(k, _)| k.dims()[0]);
         if prefix.len() != llama.weights.layers.len() {
             return Err(Error::TensorShape {
                 op: "prefix keys and values (one pair per layer)",
@@ -103,17 +101,41 @@ impl KvCache {
                 got: vec![prefix.len()],
             });
         }
-        let heads = |x: &Tensor| -> Result<Tensor> {
-            Ok(x.reshape((1, m, kv_heads, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
+        let m = match prefix.first() {
+            Some((k, _)) => k.dims2()?.0,
+            None => 0,
         };
         let layers = prefix
             .iter()
-            .map(|(k, v)| Ok(Some((heads(k)?, heads(v)?))))
+            .map(|(k, v)| {
+                Ok(Some((
+                    prefix_heads(k, 1, m, cfg)?,
+                    prefix_heads(v, 1, m, cfg)?,
+                )))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers, len: m })
     }
+}
+
+/// One layer's prefix keys (or values), `(m, kv_heads · head_dim)`, as cached keys for a batch
+/// of `b`: `(b, kv_heads, m, head_dim)`.
+///
+/// # Errors
+/// A tensor that is not `(m, kv_heads · head_dim)` (every layer's prefix has the same m).
+fn prefix_heads(x: &Tensor, b: usize, m: usize, cfg: &LlamaConfig) -> Result<Tensor> {
+    let (kv_heads, d) = (cfg.kv_heads(), cfg.head_width());
+    if x.dims() != [m, kv_heads * d] {
+        return Err(Error::TensorShape {
+            op: "prefix keys and values (tokens, kv_heads · head_dim)",
+            expected: vec![m, kv_heads * d],
+            got: x.dims().to_vec(),
+        });
+    }
+    Ok(x.reshape((1, m, kv_heads, d))?
+        .transpose(1, 2)?
+        .broadcast_as((b, kv_heads, m, d))?
+        .contiguous()?)
 }
 
 /// What every layer of one forward shares: rotary tables for the positions, the per-key
@@ -336,7 +358,10 @@ impl Llama {
         let (b, t) = check_input(input, None)?;
         let n_prompt = ctx.prompt_len;
         let prefix = ctx.prefix.unwrap_or(&[]);
-        let n_prefix = prefix.first().map_or(0, |(k, _)| k.dims()[0]);
+        let n_prefix = match prefix.first() {
+            Some((k, _)) => k.dims2()?.0,
+            None => 0,
+        };
         if !prefix.is_empty() && prefix.len() != self.weights.layers.len() {
             return Err(Error::TensorShape {
                 op: "prefix keys and values (one pair per layer)",
@@ -367,17 +392,16 @@ impl Llama {
         let (cos, sin) = rope_tables(&positions, cfg.head_width(), cfg.rope_theta, self.dtype)?;
         // Queries are the prompt and real tokens; keys the prefix too.
         let key_bias = key_bias(&mask, self.dtype)?;
-        let (kv_heads, d) = (cfg.kv_heads(), cfg.head_width());
         // A prefix enters a layer as keys and values already cached.
-        let heads = |x: &Tensor| -> Result<Tensor> {
-            Ok(x.reshape((1, n_prefix, kv_heads, d))?
-                .transpose(1, 2)?
-                .broadcast_as((b, kv_heads, n_prefix, d))?
-                .contiguous()?)
-        };
         let prefix = prefix
             .iter()
-            .map(|(k, v)| Ok(Some((heads(k)?, heads(v)?))))
+            .map(|(k, v)| {
+                let (k, v) = (
+                    prefix_heads(k, b, n_prefix, cfg)?,
+                    prefix_heads(v, b, n_prefix, cfg)?,
+                );
+                Ok(Some((k, v)))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(LayerInputs {
             cos,

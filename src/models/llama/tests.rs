@@ -321,3 +321,27 @@ fn prompt_tokens_of_a_sequences_embeddings_continue_it() {
     let want = full.get(0).unwrap().narrow(0, 3, 2).unwrap();
     assert!(diff(&got, &want) < 1e-5, "{}", diff(&got, &want));
 }
+
+/// A prefix cache takes one `(m, kv_width)` pair per layer, all of one length; anything else
+/// is an error naming the shapes, not a reshape failure later.
+#[test]
+fn a_prefix_cache_checks_its_pairs() {
+    let llama = model(true, LlamaFamily::Llama);
+    let cfg = llama.config().clone();
+    let layers = cfg.num_hidden_layers;
+    let kv = cfg.kv_heads() * cfg.head_width();
+    let pair = |m: usize, w: usize| {
+        let t = Tensor::zeros((m, w), DType::F32, &Device::Cpu).unwrap();
+        (t.clone(), t)
+    };
+    let good: Vec<_> = (0..layers).map(|_| pair(2, kv)).collect();
+    let cache = KvCache::from_prefix(&llama, &good).unwrap();
+    assert_eq!(cache.len(), 2);
+    assert!(KvCache::from_prefix(&llama, &good[1..]).is_err());
+    let mut wide = good.clone();
+    wide[0] = pair(2, kv + 1);
+    assert!(KvCache::from_prefix(&llama, &wide).is_err());
+    let mut ragged = good;
+    ragged[layers - 1] = pair(3, kv);
+    assert!(KvCache::from_prefix(&llama, &ragged).is_err());
+}
