@@ -3,7 +3,8 @@
 //! Owns: the grad mode ([`no_grad`]), [`frozen_linear`] and [`quantized_linear`] (a frozen
 //! weight kept in GGUF blocks), multi-head [`attention`] and [`causal_attention`] (GQA),
 //! [`layer_norm`], [`rms_norm`], rotary embeddings ([`rope`], [`rope_tables`]),
-//! [`softmax_last_dim`], [`cross_entropy`], [`gelu`], seeded [`dropout`] and [`dropout_add`].
+//! [`softmax_last_dim`], [`cross_entropy`], [`gelu`], [`swiglu`], seeded [`dropout`] and
+//! [`dropout_add`].
 //! Must not know: models, adapters, files. Every op here states its derivative next to its
 //! `bwd` and has a finite-difference test or one against candle's composed (differentiable)
 //! ops, because candle's own fused ops (`softmax_last_dim`, `layer_norm`, `rms_norm`) record
@@ -34,6 +35,7 @@ mod rope;
 mod rows;
 mod softmax;
 mod strided;
+mod swiglu;
 
 pub use attention::{MASK_VALUE, attention, causal_attention};
 pub use cross_entropy::cross_entropy;
@@ -47,6 +49,7 @@ pub use layer_norm::layer_norm;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, rope_tables};
 pub use softmax::softmax_last_dim;
+pub use swiglu::swiglu;
 
 /// Largest |a − b| over two tensors of the same shape, as f64 (shared by the ops' tests).
 #[cfg(test)]

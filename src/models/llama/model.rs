@@ -15,7 +15,7 @@ use crate::models::backbone::ForwardCtx;
 use crate::models::layers::{RmsNorm, check_input, key_bias, with_prompt_mask};
 use crate::models::walk::{Entry, EntryMut, LinearDims, Part, parts, tags};
 use crate::models::weights::{Init, Loader};
-use crate::ops::{causal_attention, rope, rope_tables};
+use crate::ops::{causal_attention, rope, rope_tables, swiglu};
 
 parts! {
     /// One decoder layer: RMS norm, attention, residual; RMS norm, SwiGLU, residual.
@@ -209,9 +209,9 @@ impl Layer {
         let ctx = causal_attention(&q, &k, &v, key_bias)?;
         let x = (x + self.o_proj.forward(&ctx, train)?)?;
         let normed = self.post_attention_layernorm.forward(&x)?;
-        let gate = self.gate_proj.forward(&normed, train)?.silu()?;
+        let gate = self.gate_proj.forward(&normed, train)?;
         let up = self.up_proj.forward(&normed, train)?;
-        Ok((&x + self.down_proj.forward(&(gate * up)?, train)?)?)
+        Ok((&x + self.down_proj.forward(&swiglu(&gate, &up)?, train)?)?)
     }
 }
 
