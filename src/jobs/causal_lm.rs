@@ -224,11 +224,8 @@ pub fn mean_nll(
         }
         let n = rows.dim(0)?;
         let nll = crate::ops::no_grad(|| -> Result<f64> {
-            let logits = model
-                .token_logits(&batch.input, rows, false)?
-                .to_dtype(DType::F32)?;
-            let mean = crate::ops::cross_entropy(&logits, &batch.labels)?;
-            Ok(f64::from(mean.to_scalar::<f32>()?) * n as f64)
+            let mean = model.token_loss(&batch.input, rows, &batch.labels, false)?;
+            Ok(mean.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64)
         })?;
         if !nll.is_finite() {
             // The batch's first row, in the split's order.

@@ -262,19 +262,36 @@ pub trait Model: Send + Sync {
         false
     }
 
-    /// With gradient checkpointing on: the value of `loss_of(token logits at rows)` and the
-    /// gradients of `scale ·` that loss for `vars`, in their order, each layer recomputed in
-    /// the backward. `None` when checkpointing is off (the caller runs one backward).
+    /// With gradient checkpointing on: the value of [`token_loss`](Model::token_loss) and
+    /// the gradients of `scale ·` that loss for `vars`, in their order, each layer recomputed
+    /// in the backward. `None` when checkpointing is off (the caller runs one backward).
     fn checkpointed_token_grads(
         &self,
         input: &ModelInput,
         rows: &Tensor,
-        loss_of: &dyn Fn(&Tensor) -> Result<Tensor>,
+        labels: &Tensor,
         scale: f64,
         vars: &[Var],
     ) -> Option<Result<(f64, Vec<Option<Tensor>>)>> {
-        let _ = (input, rows, loss_of, scale, vars);
+        let _ = (input, rows, labels, scale, vars);
         None
+    }
+
+    /// The mean next-token cross-entropy at `rows` (as [`token_logits`](Model::token_logits)
+    /// takes them) against `labels: (k)`, as an f32 scalar. Decoders with a frozen LM head
+    /// compute it without keeping the `(k, vocab)` logits.
+    ///
+    /// # Errors
+    /// As [`token_logits`](Model::token_logits); labels that do not match the rows.
+    fn token_loss(
+        &self,
+        input: &ModelInput,
+        rows: &Tensor,
+        labels: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let logits = self.token_logits(input, rows, train)?;
+        crate::ops::cross_entropy(&logits.to_dtype(candle_core::DType::F32)?, labels)
     }
 
     /// HF's class name for this model (e.g. `BertForSequenceClassification`), written to a

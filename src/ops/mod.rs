@@ -3,7 +3,8 @@
 //! Owns: the grad mode ([`no_grad`]), [`frozen_linear`] and [`quantized_linear`] (a frozen
 //! weight kept in GGUF blocks), multi-head [`attention`] and [`causal_attention`] (GQA),
 //! [`layer_norm`], [`rms_norm`], rotary embeddings ([`rope`], [`rope_tables`]),
-//! [`softmax_last_dim`], [`cross_entropy`], [`gelu`], [`swiglu`], seeded [`dropout`] and
+//! [`softmax_last_dim`], [`cross_entropy`] and [`linear_cross_entropy`] (an LM head's loss
+//! without its logits), [`gelu`], [`swiglu`], seeded [`dropout`] and
 //! [`dropout_add`].
 //! Must not know: models, adapters, files. Every op here states its derivative next to its
 //! `bwd` and has a finite-difference test or one against candle's composed (differentiable)
@@ -30,6 +31,7 @@ mod frozen_linear;
 mod gelu;
 mod grad_mode;
 mod layer_norm;
+mod linear_cross_entropy;
 mod rms_norm;
 mod rope;
 mod rows;
@@ -46,6 +48,7 @@ pub use gelu::gelu;
 pub(crate) use grad_mode::track;
 pub use grad_mode::{grad_enabled, no_grad};
 pub use layer_norm::layer_norm;
+pub use linear_cross_entropy::linear_cross_entropy;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, rope_tables};
 pub use softmax::softmax_last_dim;

@@ -98,8 +98,7 @@ impl Objective for NextToken {
         "next-token cross-entropy"
     }
     fn loss(&self, model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor> {
-        let logits = model.token_logits(&batch.input, scored_rows(batch)?, train)?;
-        next_token_loss(&logits, batch)
+        model.token_loss(&batch.input, scored_rows(batch)?, &batch.labels, train)
     }
 
     fn loss_and_grads(
@@ -109,14 +108,8 @@ impl Objective for NextToken {
         scale: f64,
         vars: &[Var],
     ) -> Result<(f64, Vec<Option<Tensor>>)> {
-        let loss_of = |logits: &Tensor| next_token_loss(logits, batch);
-        match model.checkpointed_token_grads(
-            &batch.input,
-            scored_rows(batch)?,
-            &loss_of,
-            scale,
-            vars,
-        ) {
+        let rows = scored_rows(batch)?;
+        match model.checkpointed_token_grads(&batch.input, rows, &batch.labels, scale, vars) {
             Some(result) => result,
             None => one_backward(&self.loss(model, batch, true)?, scale, vars),
         }
@@ -132,13 +125,6 @@ fn scored_rows(batch: &Batch) -> Result<&Tensor> {
             field: "rows",
             reason: "a causal-LM batch names the positions it scores",
         })
-}
-
-/// Cross-entropy of next-token logits at the scored rows against the batch's labels.
-fn next_token_loss(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
-    // Fused: over a vocabulary the composed log-softmax keeps several (tokens, vocab) tensors
-    // for the backward.
-    crate::ops::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)
 }
 
 /// The objective of a sequence-level task: regression or classification.

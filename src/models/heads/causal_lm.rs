@@ -52,6 +52,10 @@ pub trait Decoder: Backbone {
 
     /// HF's class name (`LlamaForCausalLM`).
     fn architecture(&self) -> &'static str;
+
+    /// The LM head's weight `(vocab, hidden)` when the head is a plain frozen product (no
+    /// adapter, no bias, not trained): the loss can then skip keeping the logits.
+    fn frozen_lm_head(&self) -> Option<Tensor>;
 }
 
 /// A decoder with its LM head: [`Model::forward`] gives each example's next-token logits
@@ -110,7 +114,7 @@ impl<B: Decoder> CausalLm<B> {
         &self,
         input: &ModelInput,
         rows: &Tensor,
-        loss_of: &dyn Fn(&Tensor) -> Result<Tensor>,
+        labels: &Tensor,
         scale: f64,
         vars: &[Var],
     ) -> Result<(f64, Vec<Option<Tensor>>)> {
@@ -144,7 +148,7 @@ impl<B: Decoder> CausalLm<B> {
         let mut grads = vec![None; vars.len()];
         let top = Var::from_tensor(&x)?;
         let hidden = self.decoder.final_norm(top.as_tensor())?;
-        let loss = loss_of(&self.logits_at(&own_rows(&hidden, v.prompt_len)?, rows, true)?)?;
+        let loss = self.loss_at(&own_rows(&hidden, v.prompt_len)?, rows, labels, true)?;
         // Where one backward's forward would leave the masks: after the head's.
         let after = crate::ops::dropout_rng();
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -171,6 +175,49 @@ impl<B: Decoder> CausalLm<B> {
             crate::models::add_grads(&store, vars, &mut grads)?;
         }
         Ok((value, grads))
+    }
+
+    /// The mean next-token loss at flat rows of hidden states against `labels`: through the
+    /// fused [`linear_cross_entropy`](crate::ops::linear_cross_entropy) when the head is
+    /// frozen, else the logits' cross-entropy.
+    fn loss_at(
+        &self,
+        flat: &Tensor,
+        rows: &Tensor,
+        labels: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        match self.decoder.frozen_lm_head() {
+            Some(w) => {
+                let picked = flat.index_select(&rows.to_dtype(DType::U32)?, 0)?;
+                crate::ops::linear_cross_entropy(&picked, &w, labels)
+            }
+            None => {
+                let logits = self.logits_at(flat, rows, train)?;
+                crate::ops::cross_entropy(&logits.to_dtype(DType::F32)?, labels)
+            }
+        }
+    }
+
+    /// Flat hidden states of `input`'s own positions, with `rows` checked against them.
+    fn flat_hidden_for(&self, input: &ModelInput, rows: &Tensor, train: bool) -> Result<Tensor> {
+        let flat = self.flat_hidden(input, train)?;
+        let n = flat.dim(0)?;
+        // index_select would read past the rows unchecked on some backends: say which.
+        if let Some(m) = rows
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .max()
+            && m as usize >= n
+        {
+            return Err(Error::TensorShape {
+                op: "token rows (b·t positions)",
+                expected: vec![n],
+                got: vec![m as usize + 1],
+            });
+        }
+        Ok(flat)
     }
 
     /// Logits at flat rows of hidden states `(rows, hidden)`.
@@ -218,23 +265,20 @@ impl<B: Decoder> Model for CausalLm<B> {
 
     fn token_logits(&self, input: &ModelInput, rows: &Tensor, train: bool) -> Result<Tensor> {
         let _span = tracing::trace_span!("causal-lm-tokens").entered();
-        let flat = self.flat_hidden(input, train)?;
-        let n = flat.dim(0)?;
-        // index_select would read past the rows unchecked on some backends: say which.
-        if let Some(m) = rows
-            .to_dtype(DType::U32)?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .max()
-            && m as usize >= n
-        {
-            return Err(Error::TensorShape {
-                op: "token rows (b·t positions)",
-                expected: vec![n],
-                got: vec![m as usize + 1],
-            });
-        }
+        let flat = self.flat_hidden_for(input, rows, train)?;
         self.logits_at(&flat, rows, train)
+    }
+
+    fn token_loss(
+        &self,
+        input: &ModelInput,
+        rows: &Tensor,
+        labels: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("causal-lm-loss").entered();
+        let flat = self.flat_hidden_for(input, rows, train)?;
+        self.loss_at(&flat, rows, labels, train)
     }
 
     fn set_gradient_checkpointing(&mut self, on: bool) -> Result<()> {
@@ -250,12 +294,12 @@ impl<B: Decoder> Model for CausalLm<B> {
         &self,
         input: &ModelInput,
         rows: &Tensor,
-        loss_of: &dyn Fn(&Tensor) -> Result<Tensor>,
+        labels: &Tensor,
         scale: f64,
         vars: &[Var],
     ) -> Option<Result<(f64, Vec<Option<Tensor>>)>> {
         self.checkpoint_layers
-            .then(|| self.recomputed_token_grads(input, rows, loss_of, scale, vars))
+            .then(|| self.recomputed_token_grads(input, rows, labels, scale, vars))
     }
 
     fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>)) {

@@ -589,4 +589,18 @@ impl crate::models::heads::Decoder for Llama {
     fn architecture(&self) -> &'static str {
         self.config.model_type.architecture()
     }
+
+    fn frozen_lm_head(&self) -> Option<Tensor> {
+        let w = match &self.weights.lm_head {
+            None => self.weights.embed_tokens.clone(),
+            Some(head) => {
+                let plain = head.adapters().next().is_none() && head.bias().is_none();
+                if !plain || head.is_quantized() {
+                    return None;
+                }
+                head.weight().into_owned()
+            }
+        };
+        (!w.track_op()).then_some(w)
+    }
 }

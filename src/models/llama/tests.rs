@@ -345,3 +345,26 @@ fn a_prefix_cache_checks_its_pairs() {
     ragged[layers - 1] = pair(3, kv);
     assert!(KvCache::from_prefix(&llama, &ragged).is_err());
 }
+
+/// With a frozen LM head (tied or not) the loss skips the logits and equals their
+/// cross-entropy.
+#[test]
+fn the_token_loss_equals_the_cross_entropy_of_the_logits() {
+    use crate::models::Model;
+    use crate::models::heads::{CausalLm, Decoder};
+    for tied in [true, false] {
+        let lm = CausalLm::new(model(tied, LlamaFamily::Llama));
+        assert!(lm.decoder().frozen_lm_head().is_some());
+        let input = batch(&[&[5, 9, 13, 17], &[7, 8]]);
+        let rows = Tensor::new(&[0u32, 1, 2, 4], &Device::Cpu).unwrap();
+        let labels = Tensor::new(&[9u32, 13, 17, 8], &Device::Cpu).unwrap();
+        let fused = lm.token_loss(&input, &rows, &labels, false).unwrap();
+        let logits = lm.token_logits(&input, &rows, false).unwrap();
+        let plain = crate::ops::cross_entropy(&logits, &labels).unwrap();
+        let (a, b) = (
+            fused.to_scalar::<f32>().unwrap(),
+            plain.to_scalar::<f32>().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5, "tied {tied}: {a} vs {b}");
+    }
+}
