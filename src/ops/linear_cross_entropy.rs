@@ -1,5 +1,5 @@
 //! Mean cross-entropy of `hidden · Wᵀ` against class ids for a frozen `W` (an LM head), the
-//! logits computed a block of rows at a time and never kept.
+//! logits computed a block of rows at a time (at most 128, under 32 MiB) and never kept.
 //!
 //! Over a decoder's vocabulary the logits are the step's largest tensors: SmolLM2 at 8 × 256
 //! scored tokens has (2,048 × 49,152) f32 logits, 384 MiB, and [`cross_entropy`]'s backward
@@ -16,15 +16,18 @@ use std::sync::{Arc, Mutex};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, slice};
+use super::rows::{Real, for_real, par_rows, slice};
 use super::strided::{View, gemm_views};
 use crate::error::{Error, Result};
 
 const NAME: &str = "linear cross entropy";
 
-/// Rows of logits per block: (rows × vocabulary) f32 stays under glibc's 32 MiB mmap
-/// threshold for vocabularies up to 65,536, so the scratch buffer is reused heap memory.
+/// Rows of logits per block at most.
 const BLOCK_ROWS: usize = 128;
+
+/// Bytes a block of logits stays under: glibc serves smaller buffers from its heap (the binary
+/// raises the mmap threshold to 32 MiB), so the scratch is reused memory, not fresh pages.
+const BLOCK_BYTES: usize = (32 << 20) - (4 << 10);
 
 struct LinearCrossEntropy {
     labels: Arc<Vec<u32>>,
@@ -51,39 +54,46 @@ impl LinearCrossEntropy {
         let threads = candle_core::utils::get_num_threads();
         let k = T::from_f64(1.0 / n.max(1) as f64);
         let mut dh = vec![T::zero(); if self.save { n * width } else { 0 }];
-        let mut logits = vec![T::zero(); BLOCK_ROWS.min(n.max(1)) * v];
+        let per_block = (BLOCK_BYTES / (v.max(1) * std::mem::size_of::<T>())).clamp(1, BLOCK_ROWS);
+        let mut logits = vec![T::zero(); per_block.min(n.max(1)) * v];
         let weight = View::dense(0, v, width);
         let mut total = 0f64;
-        for start in (0..n).step_by(BLOCK_ROWS) {
-            let rows = BLOCK_ROWS.min(n - start);
+        for start in (0..n).step_by(per_block) {
+            let rows = per_block.min(n - start);
             let block = View::dense(0, rows, v);
             let x = View::dense(start * width, rows, width);
+            let product = (w, weight.t());
             gemm_views(
                 &mut logits,
                 block,
                 (h, x),
-                (w, weight.t()),
+                product,
                 T::one(),
                 false,
                 threads,
             );
-            for (i, row) in logits[..rows * v].chunks_exact_mut(v).enumerate() {
-                let label = self.labels[start + i] as usize;
-                let m = row.iter().fold(T::NEG_INFINITY, |m, &x| m.max(x));
-                let target = row[label];
-                let mut sum = T::zero();
-                for x in row.iter_mut() {
-                    *x = (*x - m).exp();
-                    sum += *x;
+            let losses = par_rows(&mut logits[..rows * v], v, |range, chunk| {
+                let mut loss = 0f64;
+                for (i, row) in range.zip(chunk.chunks_exact_mut(v)) {
+                    let label = self.labels[start + i] as usize;
+                    let m = row.iter().fold(T::NEG_INFINITY, |m, &x| m.max(x));
+                    let target = row[label];
+                    let mut sum = T::zero();
+                    for x in row.iter_mut() {
+                        *x = (*x - m).exp();
+                        sum += *x;
+                    }
+                    loss += (m - target).to_f64() + sum.to_f64().ln();
+                    if self.save {
+                        // The row becomes dL/dlogits = (softmax − onehot) / n.
+                        let inv = k / sum;
+                        row.iter_mut().for_each(|x| *x *= inv);
+                        row[label] -= k;
+                    }
                 }
-                total += (m - target).to_f64() + sum.to_f64().ln();
-                if self.save {
-                    // The row becomes dL/dlogits = (softmax − onehot) / n.
-                    let inv = k / sum;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                    row[label] -= k;
-                }
-            }
+                loss
+            });
+            total += losses.iter().sum::<f64>();
             if self.save {
                 let dst = View::dense(start * width, rows, width);
                 let src = (&logits[..], block);
@@ -179,14 +189,14 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, labels: &Tensor) -
     let labels: Vec<u32> = labels.to_dtype(DType::U32)?.to_vec1()?;
     if let Some(bad) = labels.iter().find(|&&c| c as usize >= v) {
         return Err(Error::TensorShape {
-            op: "cross entropy labels (below the class count)",
+            op: "linear cross entropy: a label id (must be below the class count)",
             expected: vec![v],
             got: vec![*bad as usize],
         });
     }
     let op = LinearCrossEntropy {
         labels: Arc::new(labels),
-        save: hidden.track_op(),
+        save: hidden.track_op() && super::grad_enabled(),
         saved: Mutex::new(None),
     };
     Ok(hidden.contiguous()?.apply_op2(&weight.contiguous()?, op)?)
@@ -215,6 +225,11 @@ mod tests {
         let logits = h.as_tensor().matmul(&w.t().unwrap()).unwrap();
         let plain = crate::ops::cross_entropy(&logits, &labels).unwrap();
         assert!(max_diff(&fused, &plain) < 1e-5);
+        // Without a gradient to compute (a plain tensor, or inside no_grad): the same value.
+        let untracked = linear_cross_entropy(&h.as_tensor().detach(), &w, &labels).unwrap();
+        assert!(max_diff(&untracked, &plain) < 1e-5);
+        let quiet = crate::ops::no_grad(|| linear_cross_entropy(h.as_tensor(), &w, &labels));
+        assert!(max_diff(&quiet.unwrap(), &plain) < 1e-5);
         let a = (fused * 2.5).unwrap().backward().unwrap();
         let b = (plain * 2.5).unwrap().backward().unwrap();
         assert!(max_diff(a.get(h.as_tensor()).unwrap(), b.get(h.as_tensor()).unwrap()) < 1e-6);

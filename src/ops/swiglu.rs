@@ -4,7 +4,7 @@
 //! silu's derivative built from several element-wise ops plus the multiply's two gradients,
 //! each a fresh `(tokens, intermediate)` tensor; `silu(g)` is also kept alive for the
 //! backward. Here the forward is one parallel pass that keeps nothing but its inputs, and the
-//! backward one pass writing both gradients.
+//! backward one op writing both gradients (two parallel passes, each recomputing σ(g)).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};

@@ -54,8 +54,11 @@ pub trait Decoder: Backbone {
     fn architecture(&self) -> &'static str;
 
     /// The LM head's weight `(vocab, hidden)` when the head is a plain frozen product (no
-    /// adapter, no bias, not trained): the loss can then skip keeping the logits.
-    fn frozen_lm_head(&self) -> Option<Tensor>;
+    /// adapter, no bias, not trained): the loss can then skip keeping the logits. Default:
+    /// none (the loss goes through the logits).
+    fn frozen_lm_head(&self) -> Option<Tensor> {
+        None
+    }
 }
 
 /// A decoder with its LM head: [`Model::forward`] gives each example's next-token logits
@@ -190,7 +193,7 @@ impl<B: Decoder> CausalLm<B> {
         match self.decoder.frozen_lm_head() {
             Some(w) => {
                 let picked = flat.index_select(&rows.to_dtype(DType::U32)?, 0)?;
-                crate::ops::linear_cross_entropy(&picked, &w, labels)
+                Ok(crate::ops::linear_cross_entropy(&picked, &w, labels)?.to_dtype(DType::F32)?)
             }
             None => {
                 let logits = self.logits_at(flat, rows, train)?;
