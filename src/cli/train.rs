@@ -195,7 +195,7 @@ pub struct TrainArgs {
     base_dtype: Option<BaseDtype>,
     /// causal-lm: keep each layer's input and recompute the layers one at a time in the
     /// backward (transformers' gradient checkpointing): the activations of one layer in
-    /// memory instead of all of them, for one more forward a step (1.5× the step time on
+    /// memory instead of all of them, for one more forward a step (1.4–1.5× the step time on
     /// SmolLM2 at 8 × 256). Same gradients.
     #[arg(long)]
     gradient_checkpointing: bool,

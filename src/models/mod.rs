@@ -242,7 +242,7 @@ pub trait Model: Send + Sync {
 
     /// Turns gradient checkpointing on or off: training then keeps each layer's input (and
     /// the loss head's tensors) and recomputes the layers one at a time during the backward:
-    /// one more forward per step (1.5× the step time measured on SmolLM2), the activations
+    /// one more forward per step (1.4–1.5× the step time measured on SmolLM2), the activations
     /// of one layer at a time instead of all. Default: not supported.
     ///
     /// # Errors
