@@ -16,6 +16,7 @@ fn layer_spec(dev: &Device) -> LayerSpec {
         dtype: DType::F32,
         device: dev.clone(),
         weight: None,
+        blocks: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn ttlora_on_default_targets(
                 dtype: DType::F32,
                 device: dev.clone(),
                 weight: None,
+                blocks: None,
             };
             let adapter = ttlora.build_from_json(&config, &spec, &mut rng).unwrap();
             lin.add_adapter("default", adapter).unwrap();
@@ -776,4 +777,50 @@ fn gradient_checkpointing_gives_the_gradients_of_one_backward() {
     // Encoders do not recompute layers: turning it on is refused.
     let mut bert = tiny_bert_classifier(&dev);
     assert!(bert.set_gradient_checkpointing(true).is_err());
+}
+
+/// DoRA on a base kept in blocks reads W0 from the blocks (no f32 copy) and computes what it
+/// computes on the dequantized base: logits, merged weights and trainable gradients.
+#[test]
+fn dora_on_a_quantized_base_matches_dora_on_its_dequantized_copy() {
+    use ttlora::tuning::attach::trainable_vars;
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/llama_golden/llama/model-q8_0.gguf");
+    let dev = Device::Cpu;
+    let ids = Tensor::new(&[[5u32, 9, 13, 17, 21, 3]], &dev).unwrap();
+    let input = ModelInput::new(ids, Tensor::ones((1, 6), DType::U32, &dev).unwrap());
+    let run = |keep: bool| {
+        let (llama, _) = Llama::load_gguf_with(&file, DType::F32, &dev, keep).unwrap();
+        assert_eq!(llama.is_quantized(), keep);
+        let mut lm = CausalLm::new(llama);
+        let config = serde_json::json!({"r": 4, "use_dora": true});
+        let spec = MethodSpec::new(method("lora").unwrap(), config).unwrap();
+        let p = placing(&spec, &lm, None, None, &Default::default()).unwrap();
+        attach(&mut lm, &spec, &p, "default", &mut seeded_rng(5)).unwrap();
+        let vars = trainable_vars(&lm).unwrap();
+        // The same nonzero values on both sides (B starts at zero).
+        for (_, v) in &vars {
+            let n = v.elem_count();
+            let vals: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin() * 0.2).collect();
+            v.set(&Tensor::from_vec(vals, v.shape(), &dev).unwrap())
+                .unwrap();
+        }
+        let logits = lm.forward(&input, true).unwrap();
+        let grads = logits.sum_all().unwrap().backward().unwrap();
+        let g: Vec<Tensor> = vars
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).unwrap().clone())
+            .collect();
+        (lm.decoder().is_quantized(), logits, g)
+    };
+    let (kept, logits_q, grads_q) = run(true);
+    let (dense, logits_f, grads_f) = run(false);
+    assert!(
+        kept && !dense,
+        "the quantized run kept its blocks through attach"
+    );
+    assert!(tensor_diff(&logits_q, &logits_f) < 1e-4);
+    for (a, b) in grads_q.iter().zip(&grads_f) {
+        assert!(tensor_diff(a, b) < 1e-3, "{}", tensor_diff(a, b));
+    }
 }

@@ -17,8 +17,12 @@ pub struct LayerSpec {
     /// Device of the trainable tensors.
     pub device: Device,
     /// The layer's frozen weight W0 `(out, in)`, for methods whose update depends on it
-    /// (DoRA); `None` where it is not at hand (reading a folder without its base model).
+    /// (DoRA); `None` where it is not at hand (reading a folder without its base model) or
+    /// kept in blocks (see `blocks`).
     pub weight: Option<Tensor>,
+    /// W0 in GGUF blocks, when the layer keeps it so (a quantized base): a method that needs
+    /// W0 dequantizes it when it uses it instead of holding an f32 copy.
+    pub blocks: Option<std::sync::Arc<candle_core::quantized::QTensor>>,
 }
 
 impl LayerSpec {

@@ -388,17 +388,23 @@ impl Linear {
 impl LayerSpec {
     /// The spec of an existing layer: its sizes, dtype, device and weight.
     pub fn for_layer(layer: &Linear) -> Self {
-        let (dtype, device) = match &layer.weight {
-            BaseWeight::Dense(w) => (w.dtype(), w.device().clone()),
+        let (dtype, device, weight, blocks) = match &layer.weight {
+            BaseWeight::Dense(w) => (w.dtype(), w.device().clone(), Some(w.clone()), None),
             // Quantized blocks compute in f32 on the CPU.
-            BaseWeight::Quantized(_) => (candle_core::DType::F32, candle_core::Device::Cpu),
+            BaseWeight::Quantized(q) => (
+                candle_core::DType::F32,
+                candle_core::Device::Cpu,
+                None,
+                Some(std::sync::Arc::clone(q)),
+            ),
         };
         Self {
             in_features: layer.in_features(),
             out_features: layer.out_features(),
             dtype,
             device,
-            weight: Some(layer.weight().into_owned()),
+            weight,
+            blocks,
         }
     }
 }

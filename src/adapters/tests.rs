@@ -114,6 +114,7 @@ fn layer_for(row: &Row, seed: u64) -> (Linear, Tensor) {
         dtype: DType::F32,
         device: dev.clone(),
         weight: None,
+        blocks: None,
     };
     let adapter = method(row.method)
         .unwrap()
@@ -297,6 +298,7 @@ fn mismatched_adapter_is_rejected() {
         dtype: DType::F32,
         device: dev,
         weight: None,
+        blocks: None,
     };
     let a = method("lora")
         .unwrap()

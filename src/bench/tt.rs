@@ -78,6 +78,7 @@ pub fn run(cfg: &TtBenchConfig, mut progress: impl FnMut(&TtBenchRow)) -> Result
             dtype: DType::F32,
             device: cfg.device.clone(),
             weight: None,
+            blocks: None,
         };
         let w = kaiming_uniform(&[out_f, in_f], in_f, &mut rng, DType::F32, &cfg.device)?;
         let b = Tensor::zeros(out_f, DType::F32, &cfg.device)?;

@@ -117,6 +117,7 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
             dtype: DType::F32,
             device: Device::Cpu,
             weight: stand_in,
+            blocks: None,
         };
         let (adapter, keys) = restore_adapter(&folder, path, module_cfg, &spec)?;
         used.extend(keys);

@@ -79,6 +79,7 @@ pub(crate) fn attach_ttlora(model: &mut dyn Model, pick: impl Fn(&str) -> bool) 
                 dtype: candle_core::DType::F32,
                 device: Device::Cpu,
                 weight: None,
+                blocks: None,
             };
             let cfg = serde_json::json!({"rank": 2, "init": "paper"});
             let adapter = ttlora.build_from_json(&cfg, &spec, &mut rng).unwrap();

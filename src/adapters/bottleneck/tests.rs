@@ -10,6 +10,7 @@ fn spec(h: usize) -> LayerSpec {
         dtype: DType::F64,
         device: Device::Cpu,
         weight: None,
+        blocks: None,
     }
 }
 

@@ -30,7 +30,32 @@ struct Dora {
     /// `m`, `(out)`: PEFT's `lora_magnitude_vector`.
     magnitude: Var,
     /// W0, `(out, in)`.
-    w0: Tensor,
+    w0: FrozenWeight,
+}
+
+/// DoRA's W0: an f32 copy, or the base's own blocks (a quantized base), dequantized for each
+/// use as PEFT's DoRA does on a 4-bit base, so the adapter adds no copy of the weight.
+enum FrozenWeight {
+    Dense(Tensor),
+    Blocks(std::sync::Arc<candle_core::quantized::QTensor>),
+}
+
+impl FrozenWeight {
+    /// W0 as a tensor.
+    fn dense(&self) -> Result<std::borrow::Cow<'_, Tensor>> {
+        Ok(match self {
+            Self::Dense(w) => std::borrow::Cow::Borrowed(w),
+            Self::Blocks(q) => std::borrow::Cow::Owned(q.dequantize(&candle_core::Device::Cpu)?),
+        })
+    }
+
+    /// `x·W0ᵀ`, differentiable in `x`.
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => crate::ops::frozen_linear(x, w, None),
+            Self::Blocks(q) => crate::ops::quantized_linear(x, q, None, None),
+        }
+    }
 }
 
 impl LoraLayer {
@@ -46,16 +71,24 @@ impl LoraLayer {
         let a = kaiming_uniform(&[r, in_f], in_f, rng, layer.dtype, &layer.device)?;
         let b = Tensor::zeros((out_f, r), layer.dtype, &layer.device)?;
         let dora = if config.use_dora {
-            let w0 = layer.weight.as_ref().ok_or_else(|| Error::InvalidConfig {
-                method: "lora",
-                field: "use_dora",
-                reason: "DoRA needs the layer's frozen weight, which this caller did not give"
-                    .into(),
-                got: "true".into(),
-            })?;
-            let w0 = w0.to_dtype(layer.dtype)?.to_device(&layer.device)?.detach();
+            let w0 = match (&layer.weight, &layer.blocks) {
+                (Some(w), _) => {
+                    FrozenWeight::Dense(w.to_dtype(layer.dtype)?.to_device(&layer.device)?.detach())
+                }
+                (None, Some(q)) => FrozenWeight::Blocks(std::sync::Arc::clone(q)),
+                (None, None) => {
+                    return Err(Error::InvalidConfig {
+                        method: "lora",
+                        field: "use_dora",
+                        reason: "DoRA needs the layer's frozen weight, which this caller did not \
+                                 give"
+                            .into(),
+                        got: "true".into(),
+                    });
+                }
+            };
             // B = 0, so ‖W0 + s·B·A‖ = ‖W0‖.
-            let magnitude = Var::from_tensor(&row_norms(&w0)?)?;
+            let magnitude = Var::from_tensor(&row_norms(w0.dense()?.as_ref())?)?;
             Some(Dora { magnitude, w0 })
         } else {
             None
@@ -94,7 +127,7 @@ impl LoraLayer {
     /// DoRA's per-output factor `m / ‖W0 + s·B·A‖`, `(1, out)`, the norm without gradient.
     fn dora_scale(&self, dora: &Dora) -> Result<Tensor> {
         let delta = (self.b.as_tensor().matmul(self.a.as_tensor())? * self.scaling)?;
-        let norm = row_norms(&(&dora.w0 + delta.detach())?)?;
+        let norm = row_norms(&(dora.w0.dense()?.as_ref() + delta.detach())?)?;
         Ok((dora.magnitude.as_tensor() / norm)?.unsqueeze(0)?)
     }
 }
@@ -133,7 +166,7 @@ impl Adapter for LoraLayer {
         // PEFT's DoRA term: (m/‖W0 + s·B·A‖ − 1)·(x·W0ᵀ) + m/‖W0 + s·B·A‖ · s·x·Aᵀ·Bᵀ, the norm
         // detached (DoRA §4.3); the layer adds x·W0ᵀ + b itself.
         let scale = self.dora_scale(dora)?;
-        let base = crate::ops::frozen_linear(&x, &dora.w0, None)?;
+        let base = dora.w0.product(&x)?;
         let lora = lora.broadcast_mul(&scale)?;
         Ok((base.broadcast_mul(&(scale - 1.0)?)? + lora)?)
     }
@@ -145,8 +178,9 @@ impl Adapter for LoraLayer {
         };
         // W' − W0 with W' = (m/‖W0 + ΔW‖) ⊙ (W0 + ΔW), rows scaled.
         let scale = self.dora_scale(dora)?;
-        let adapted = (&dora.w0 + delta)?.broadcast_mul(&scale.t()?)?;
-        Ok((adapted - &dora.w0)?)
+        let w0 = dora.w0.dense()?;
+        let adapted = (w0.as_ref() + delta)?.broadcast_mul(&scale.t()?)?;
+        Ok((adapted - w0.as_ref())?)
     }
 
     fn describe(&self) -> String {

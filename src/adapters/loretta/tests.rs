@@ -10,6 +10,7 @@ fn spec(in_f: usize, out_f: usize) -> LayerSpec {
         dtype: DType::F64,
         device: Device::Cpu,
         weight: None,
+        blocks: None,
     }
 }
 

@@ -15,6 +15,7 @@ fn spec(in_features: usize, out_features: usize) -> LayerSpec {
         dtype: DType::F32,
         device: Device::Cpu,
         weight: None,
+        blocks: None,
     }
 }
 

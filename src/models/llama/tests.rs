@@ -151,6 +151,7 @@ fn every_adapter_gets_a_gradient() {
                 dtype: DType::F32,
                 device: Device::Cpu,
                 weight: None,
+                blocks: None,
             };
             let adapter = ttlora.build(cfg.as_ref(), &spec, &mut rng).unwrap();
             lin.add_adapter("default", adapter).unwrap();
