@@ -527,28 +527,8 @@ impl TensorSource for GgufSource {
     }
 
     fn load(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let err = |reason: String| Error::WeightTensor {
-            path: self.path.clone(),
-            name: name.into(),
-            reason,
-        };
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| err(format!("missing (expected shape {shape:?})")))?;
-        if info.shape != shape {
-            return Err(err(format!(
-                "has shape {:?}, expected {shape:?}",
-                info.shape
-            )));
-        }
-        let t = self
-            .quantized(name, &Device::Cpu)?
-            .dequantize(&Device::Cpu)
-            .map_err(|e| err(e.to_string()))?
-            .reshape(shape)?;
-        super::fs::ensure_finite(&t, &self.path, name)?;
-        Ok(t.to_device(device)?)
+        let q = self.checked_blocks(name, shape)?;
+        Ok(self.checked_values(name, &q, shape)?.to_device(device)?)
     }
 
     /// The blocks of a tensor stored in a block type (Q4_0, Q8_0, the k-quants, …), after
@@ -567,8 +547,48 @@ impl TensorSource for GgufSource {
             return Ok(None);
         }
         // Checks the shape and that every value is finite; the f32 copy is dropped here.
-        drop(self.load(name, shape, &Device::Cpu)?);
+        let q = self.checked_blocks(name, shape)?;
+        drop(self.checked_values(name, &q, shape)?);
+        if device.is_cpu() {
+            return Ok(Some(q));
+        }
         Ok(Some(self.quantized(name, device)?))
+    }
+}
+
+impl GgufSource {
+    /// Tensor `name`'s blocks on the CPU, after checking it exists with `shape`.
+    fn checked_blocks(&self, name: &str, shape: &[usize]) -> Result<QTensor> {
+        let err = |reason: String| Error::WeightTensor {
+            path: self.path.clone(),
+            name: name.into(),
+            reason,
+        };
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| err(format!("missing (expected shape {shape:?})")))?;
+        if info.shape != shape {
+            return Err(err(format!(
+                "has shape {:?}, expected {shape:?}",
+                info.shape
+            )));
+        }
+        self.quantized(name, &Device::Cpu)
+    }
+
+    /// The blocks `q` of tensor `name` dequantized on the CPU, every value checked finite.
+    fn checked_values(&self, name: &str, q: &QTensor, shape: &[usize]) -> Result<Tensor> {
+        let t = q
+            .dequantize(&Device::Cpu)
+            .map_err(|e| Error::WeightTensor {
+                path: self.path.clone(),
+                name: name.into(),
+                reason: e.to_string(),
+            })?
+            .reshape(shape)?;
+        super::fs::ensure_finite(&t, &self.path, name)?;
+        Ok(t)
     }
 }
 

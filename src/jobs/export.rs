@@ -175,24 +175,8 @@ pub fn export_decoder(
     format: ExportFormat,
     out: &Path,
 ) -> Result<ExportReport> {
-    if format == ExportFormat::Merged {
-        // ΔW folded into the weights (a quantized base is dequantized), then a plain HF
-        // `…ForCausalLM` folder with the tokenizer.
-        let n = merge_adapters(&mut g.model, ADAPTER_NAME)?;
-        let config = g.hf_config()?;
-        let extra = g.hf_tokenizer_files()?;
-        write_merged_folder(&g.model, &config, g.hf_folder(), &extra, None, out)?;
-        return Ok(ExportReport {
-            format,
-            out: out.to_path_buf(),
-            modules: n,
-            ranks: BTreeSet::new(),
-            files: list_files(out)?,
-        });
-    }
-    if format == ExportFormat::MergedGguf {
-        // ΔW folded in, then the base GGUF rewritten around the changed tensors.
-        if g.hf_folder().is_some() {
+    if matches!(format, ExportFormat::Merged | ExportFormat::MergedGguf) {
+        if format == ExportFormat::MergedGguf && g.hf_folder().is_some() {
             return Err(Error::UnsupportedInput {
                 field: "--format merged-gguf",
                 reason: "needs a GGUF base (its metadata, tokenizer and blocks are copied); \
@@ -200,17 +184,26 @@ pub fn export_decoder(
                          llama.cpp's convert_hf_to_gguf.py",
             });
         }
+        // ΔW folded into the weights (a quantized layer dequantized), then either a plain HF
+        // `…ForCausalLM` folder with the tokenizer, or the base GGUF rewritten around the
+        // changed tensors.
         let n = merge_adapters(&mut g.model, ADAPTER_NAME)?;
-        crate::io::OutputLock::acquire(out)?.replace_folder(|dir| {
-            let file = dir.join(MERGED_GGUF_FILE);
-            let merged = crate::models::llama::write_merged_gguf(g.decoder(), &g.path, &file)?;
-            tracing::info!(
-                "{} tensors copied in the base's blocks, {} rewritten as F32",
-                merged.copied,
-                merged.rewritten.len()
-            );
-            Ok(())
-        })?;
+        if format == ExportFormat::Merged {
+            let config = g.hf_config()?;
+            let extra = g.hf_tokenizer_files()?;
+            write_merged_folder(&g.model, &config, g.hf_folder(), &extra, None, out)?;
+        } else {
+            crate::io::OutputLock::acquire(out)?.replace_folder(|dir| {
+                let file = dir.join(MERGED_GGUF_FILE);
+                let merged = crate::models::llama::write_merged_gguf(g.decoder(), &g.path, &file)?;
+                tracing::info!(
+                    "{} tensors copied in the base's blocks, {} rewritten as F32",
+                    merged.copied,
+                    merged.rewritten.len()
+                );
+                Ok(())
+            })?;
+        }
         return Ok(ExportReport {
             format,
             out: out.to_path_buf(),

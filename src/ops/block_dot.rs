@@ -112,7 +112,8 @@ fn chunk(p: Product, w: &[u8], out: &mut [f32]) {
     for (row, y) in w.chunks_exact(p.row_bytes).zip(out.chunks_exact_mut(n)) {
         for (r, yv) in y.iter_mut().enumerate() {
             let xr = &p.x[r * p.in_f..(r + 1) * p.in_f];
-            *yv = dot_row(p.dtype, row, xr, &p.sums[r * blocks..(r + 1) * blocks]);
+            let sums = p.sums.get(r * blocks..(r + 1) * blocks).unwrap_or_default();
+            *yv = dot_row(p.dtype, row, xr, sums);
         }
     }
 }
@@ -161,7 +162,12 @@ pub(crate) fn block_matmul(x: &[f32], n: usize, w: &QTensor) -> candle_core::Res
     if n == 0 || out_f == 0 {
         return Ok(Vec::new());
     }
-    let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+    // The 4-bit types' offsets multiply each block's input sum; Q8_0 has none.
+    let sums: Vec<f32> = if w.dtype() == GgmlDType::Q8_0 {
+        Vec::new()
+    } else {
+        x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
+    };
     let p = Product {
         dtype: w.dtype(),
         row_bytes,
@@ -174,7 +180,10 @@ pub(crate) fn block_matmul(x: &[f32], n: usize, w: &QTensor) -> candle_core::Res
         .par_chunks_mut(OUT_PER_TASK * n)
         .zip(data.par_chunks(OUT_PER_TASK * row_bytes))
         .for_each(|(out, w)| run_chunk(p, w, out));
-    // out_t is (out, n); the caller wants (n, out).
+    // out_t is (out, n); the caller wants (n, out), the same thing for one row (decoding).
+    if n == 1 {
+        return Ok(out_t);
+    }
     let mut y = vec![0f32; n * out_f];
     for (o, vals) in out_t.chunks_exact(n).enumerate() {
         for (r, &v) in vals.iter().enumerate() {

@@ -145,6 +145,17 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
             &labels.to_dtype(DType::U32)?,
         )?);
     }
+    let labels = checked_labels(labels, v)?;
+    Ok(logits.contiguous()?.apply_op1(CrossEntropyLoss {
+        labels: Arc::new(labels),
+    })?)
+}
+
+/// Class ids as `u32`, each checked below the class count `v`.
+///
+/// # Errors
+/// A label not below `v`.
+pub(super) fn checked_labels(labels: &Tensor, v: usize) -> Result<Vec<u32>> {
     let labels: Vec<u32> = labels.to_dtype(DType::U32)?.to_vec1()?;
     if let Some(bad) = labels.iter().find(|&&c| c as usize >= v) {
         return Err(Error::TensorShape {
@@ -153,9 +164,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
             got: vec![*bad as usize],
         });
     }
-    Ok(logits.contiguous()?.apply_op1(CrossEntropyLoss {
-        labels: Arc::new(labels),
-    })?)
+    Ok(labels)
 }
 
 #[cfg(test)]

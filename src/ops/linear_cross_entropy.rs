@@ -186,14 +186,7 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, labels: &Tensor) -
         let logits = super::frozen_linear(hidden, weight, None)?;
         return super::cross_entropy(&logits.to_dtype(DType::F32)?, labels);
     }
-    let labels: Vec<u32> = labels.to_dtype(DType::U32)?.to_vec1()?;
-    if let Some(bad) = labels.iter().find(|&&c| c as usize >= v) {
-        return Err(Error::TensorShape {
-            op: "linear cross entropy: a label id (must be below the class count)",
-            expected: vec![v],
-            got: vec![*bad as usize],
-        });
-    }
+    let labels = super::cross_entropy::checked_labels(labels, v)?;
     let op = LinearCrossEntropy {
         labels: Arc::new(labels),
         save: hidden.track_op() && super::grad_enabled(),

@@ -128,23 +128,29 @@ impl<B: Decoder> CausalLm<B> {
             ..ForwardCtx::plain(true)
         };
         let shared = self.decoder.layer_inputs(&v.embeds, input, &ctx)?;
-        // The first pass sees the prefix without its graph, so it records nothing.
-        let untracked: Option<Vec<(Tensor, Tensor)>> = v
+        // The first pass sees a prefix without its graph, so it records nothing.
+        let untracked_prefix: Option<Vec<(Tensor, Tensor)>> = v
             .prefix
             .as_ref()
             .map(|p| p.iter().map(|(k, w)| (k.detach(), w.detach())).collect());
-        let first_ctx = ForwardCtx {
-            prefix: untracked.as_deref(),
-            ..ctx
+        let untracked = match &untracked_prefix {
+            Some(prefix) => {
+                let first_ctx = ForwardCtx {
+                    prefix: Some(prefix),
+                    ..ctx
+                };
+                Some(self.decoder.layer_inputs(&v.embeds, input, &first_ctx)?)
+            }
+            None => None,
         };
-        let first = self.decoder.layer_inputs(&v.embeds, input, &first_ctx)?;
+        let first = untracked.as_ref().unwrap_or(&shared);
         let n = self.decoder.num_layers();
         let mut saved = Vec::with_capacity(n);
         let mut x = v.embeds.detach();
         crate::ops::no_grad(|| -> Result<()> {
             for i in 0..n {
                 saved.push((x.clone(), crate::ops::dropout_rng()));
-                x = self.decoder.layer_forward(i, &x, &first)?;
+                x = self.decoder.layer_forward(i, &x, first)?;
             }
             Ok(())
         })?;
@@ -192,7 +198,7 @@ impl<B: Decoder> CausalLm<B> {
     ) -> Result<Tensor> {
         match self.decoder.frozen_lm_head() {
             Some(w) => {
-                let picked = flat.index_select(&rows.to_dtype(DType::U32)?, 0)?;
+                let picked = pick_rows(flat, rows)?;
                 Ok(crate::ops::linear_cross_entropy(&picked, &w, labels)?.to_dtype(DType::F32)?)
             }
             None => {
@@ -202,35 +208,31 @@ impl<B: Decoder> CausalLm<B> {
         }
     }
 
-    /// Flat hidden states of `input`'s own positions, with `rows` checked against them.
-    fn flat_hidden_for(&self, input: &ModelInput, rows: &Tensor, train: bool) -> Result<Tensor> {
-        let flat = self.flat_hidden(input, train)?;
-        let n = flat.dim(0)?;
-        // index_select would read past the rows unchecked on some backends: say which.
-        if let Some(m) = rows
-            .to_dtype(DType::U32)?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .max()
-            && m as usize >= n
-        {
-            return Err(Error::TensorShape {
-                op: "token rows (b·t positions)",
-                expected: vec![n],
-                got: vec![m as usize + 1],
-            });
-        }
-        Ok(flat)
-    }
-
     /// Logits at flat rows of hidden states `(rows, hidden)`.
     fn logits_at(&self, flat: &Tensor, rows: &Tensor, train: bool) -> Result<Tensor> {
-        let picked = flat.index_select(&rows.to_dtype(DType::U32)?, 0)?;
+        let picked = pick_rows(flat, rows)?;
         Ok(self
             .decoder
             .lm_logits(&picked.unsqueeze(0)?, train)?
             .squeeze(0)?)
     }
+}
+
+/// Rows `rows` (flat `b·t` indices) of `flat: (n, hidden)`, each checked below n:
+/// `index_select` would read past the rows unchecked on some backends.
+fn pick_rows(flat: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    let n = flat.dim(0)?;
+    let rows = rows.to_dtype(DType::U32)?;
+    if let Some(m) = rows.to_vec1::<u32>()?.into_iter().max()
+        && m as usize >= n
+    {
+        return Err(Error::TensorShape {
+            op: "token rows (b·t positions)",
+            expected: vec![n],
+            got: vec![m as usize + 1],
+        });
+    }
+    Ok(flat.index_select(&rows, 0)?)
 }
 
 /// Hidden states `(b, n, hidden)` without the `prompt_len` prompt rows in front, flat:
@@ -268,7 +270,7 @@ impl<B: Decoder> Model for CausalLm<B> {
 
     fn token_logits(&self, input: &ModelInput, rows: &Tensor, train: bool) -> Result<Tensor> {
         let _span = tracing::trace_span!("causal-lm-tokens").entered();
-        let flat = self.flat_hidden_for(input, rows, train)?;
+        let flat = self.flat_hidden(input, train)?;
         self.logits_at(&flat, rows, train)
     }
 
@@ -280,7 +282,7 @@ impl<B: Decoder> Model for CausalLm<B> {
         train: bool,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("causal-lm-loss").entered();
-        let flat = self.flat_hidden_for(input, rows, train)?;
+        let flat = self.flat_hidden(input, train)?;
         self.loss_at(&flat, rows, labels, train)
     }
 

@@ -93,27 +93,7 @@ impl KvCache {
     /// # Errors
     /// Not one pair per layer, or pairs not `(m, kv_heads · head_dim)`.
     pub fn from_prefix(llama: &Llama, prefix: &[(Tensor, Tensor)]) -> Result<Self> {
-        let cfg = llama.config();
-        if prefix.len() != llama.weights.layers.len() {
-            return Err(Error::TensorShape {
-                op: "prefix keys and values (one pair per layer)",
-                expected: vec![llama.weights.layers.len()],
-                got: vec![prefix.len()],
-            });
-        }
-        let m = match prefix.first() {
-            Some((k, _)) => k.dims2()?.0,
-            None => 0,
-        };
-        let layers = prefix
-            .iter()
-            .map(|(k, v)| {
-                Ok(Some((
-                    prefix_heads(k, 1, m, cfg)?,
-                    prefix_heads(v, 1, m, cfg)?,
-                )))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (m, layers) = llama.prefix_caches(prefix, 1)?;
         Ok(Self { layers, len: m })
     }
 }
@@ -358,17 +338,11 @@ impl Llama {
         let (b, t) = check_input(input, None)?;
         let n_prompt = ctx.prompt_len;
         let prefix = ctx.prefix.unwrap_or(&[]);
-        let n_prefix = match prefix.first() {
-            Some((k, _)) => k.dims2()?.0,
-            None => 0,
+        let (n_prefix, prefix) = if prefix.is_empty() {
+            (0, Vec::new())
+        } else {
+            self.prefix_caches(prefix, b)?
         };
-        if !prefix.is_empty() && prefix.len() != self.weights.layers.len() {
-            return Err(Error::TensorShape {
-                op: "prefix keys and values (one pair per layer)",
-                expected: vec![self.weights.layers.len()],
-                got: vec![prefix.len()],
-            });
-        }
         if embeds.dims() != [b, n_prompt + t, cfg.hidden_size] {
             return Err(Error::TensorShape {
                 op: "decoder input embeddings",
@@ -392,17 +366,6 @@ impl Llama {
         let (cos, sin) = rope_tables(&positions, cfg.head_width(), cfg.rope_theta, self.dtype)?;
         // Queries are the prompt and real tokens; keys the prefix too.
         let key_bias = key_bias(&mask, self.dtype)?;
-        // A prefix enters a layer as keys and values already cached.
-        let prefix = prefix
-            .iter()
-            .map(|(k, v)| {
-                let (k, v) = (
-                    prefix_heads(k, b, n_prefix, cfg)?,
-                    prefix_heads(v, b, n_prefix, cfg)?,
-                );
-                Ok(Some((k, v)))
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(LayerInputs {
             cos,
             sin,
@@ -410,6 +373,37 @@ impl Llama {
             prefix,
             train: ctx.train,
         })
+    }
+
+    /// Prefix keys and values, one `(m, kv_width)` pair per layer, as each layer's cache for
+    /// a batch of `b` (a prefix enters a layer as keys and values already cached); and m.
+    fn prefix_caches(
+        &self,
+        prefix: &[(Tensor, Tensor)],
+        b: usize,
+    ) -> Result<(usize, Vec<LayerCache>)> {
+        if prefix.len() != self.weights.layers.len() {
+            return Err(Error::TensorShape {
+                op: "prefix keys and values (one pair per layer)",
+                expected: vec![self.weights.layers.len()],
+                got: vec![prefix.len()],
+            });
+        }
+        let m = match prefix.first() {
+            Some((k, _)) => k.dims2()?.0,
+            None => 0,
+        };
+        let cfg = &self.config;
+        let caches = prefix
+            .iter()
+            .map(|(k, v)| {
+                Ok(Some((
+                    prefix_heads(k, b, m, cfg)?,
+                    prefix_heads(v, b, m, cfg)?,
+                )))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((m, caches))
     }
 
     /// Layer `i` over `x`, with what [`layer_inputs`](Self::layer_inputs) prepared.
