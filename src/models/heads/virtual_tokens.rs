@@ -192,7 +192,18 @@ pub(crate) fn prefix_pairs(
     kv_width: usize,
     dtype: DType,
 ) -> Result<Vec<(Tensor, Tensor)>> {
-    let layers = table.dim(1)? / (2 * kv_width).max(1);
+    // `set` checked the width against the model's layers; a table built elsewhere is
+    // checked here rather than truncated.
+    let (_, width) = table.dims2()?;
+    let pair = 2 * kv_width;
+    if pair == 0 || width % pair != 0 {
+        return Err(Error::TensorShape {
+            op: "prefix table (layers · 2 · kv_width wide)",
+            expected: vec![pair],
+            got: vec![width],
+        });
+    }
+    let layers = width / pair;
     (0..layers)
         .map(|i| {
             Ok((
