@@ -4,6 +4,8 @@ mod cli;
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
+    // SAFETY: the first lines of main, before any thread starts.
+    unsafe { ttlora::ops::pin_thread_count() };
     ttlora::data::quiet_guarded_panics();
     cli::main()
 }

@@ -104,19 +104,22 @@ fn a_short_fine_tune_lowers_perplexity_and_changes_what_the_model_says() {
     let tuned = generate(&["--adapter", path_str(&out)]);
     assert!(!base.trim_start().starts_with("Answer:"), "base: {base}");
     assert!(tuned.starts_with("Answer:"), "tuned: {tuned}");
-    // The base dequantized to f32 says what the default, kept in its Q4_1/Q8_0 blocks (decoded
-    // tokens read them in place), says.
-    let f32_base = generate(&["--adapter", path_str(&out), "--base-dtype", "f32"]);
-    assert_eq!(f32_base, tuned);
+    // The base dequantized to f32 answers in the trained style too. Its words may differ from
+    // the default's: decoded tokens read the Q4_1/Q8_0 blocks in place with the input rounded
+    // to 8 bits, as llama.cpp does (the tiny fixture's decode logits bound that rounding, in
+    // tests/models.rs), and a near tie between two digits can fall either way.
+    let f32_says = generate(&["--adapter", path_str(&out), "--base-dtype", "f32"]);
+    assert!(f32_says.starts_with("Answer:"), "f32 base: {f32_says}");
 
-    exports_agree(&out, &tuned);
+    exports_agree(&out, &f32_says);
 }
 
 /// The trained adapter exported for PEFT, for llama.cpp and merged: the same ΔW in the first
 /// two, the GGUF's q rows in llama.cpp's permuted order, its metadata what
-/// `llama_adapter_lora_init` checks; the merged folder and the merged GGUF generate what the
-/// adapter does.
-fn exports_agree(adapter: &std::path::Path, adapter_says: &str) {
+/// `llama_adapter_lora_init` checks; the merged folder and the merged GGUF dequantized
+/// generate what the adapter on the dequantized base does (`f32_says`), the merged GGUF kept
+/// in blocks answers in the trained style.
+fn exports_agree(adapter: &std::path::Path, f32_says: &str) {
     let tmp = TempDir::new("causal-export");
     let (peft, gguf, merged) = (tmp.join("peft"), tmp.join("gguf"), tmp.join("merged"));
     let merged_gguf = tmp.join("merged-gguf");
@@ -141,15 +144,17 @@ fn exports_agree(adapter: &std::path::Path, adapter_says: &str) {
     // The merged HF folder (config and tokenizer from the GGUF's metadata) answers as the
     // adapter does.
     let merged_says = generate(&["--model", path_str(&merged)]);
-    assert!(merged_says.starts_with("Answer:"), "merged: {merged_says}");
-    assert_eq!(merged_says, adapter_says);
-    // The merged GGUF (tokenizer and template in its metadata, q/v in F32) says the same,
-    // with its untouched weights read from their blocks or dequantized.
+    assert_eq!(merged_says, f32_says);
+    // The merged GGUF (tokenizer and template in its metadata, q/v in F32) says the same
+    // dequantized; read from its blocks, it answers in the trained style.
     let merged_file = merged_gguf.join("model.gguf");
-    for base in ["quantized", "f32"] {
-        let says = generate(&["--model", path_str(&merged_file), "--base-dtype", base]);
-        assert_eq!(says, merged_says, "merged GGUF, {base} base");
-    }
+    let says = |base| generate(&["--model", path_str(&merged_file), "--base-dtype", base]);
+    assert_eq!(says("f32"), f32_says, "merged GGUF, f32 base");
+    let kept = says("quantized");
+    assert!(
+        kept.starts_with("Answer:"),
+        "merged GGUF, quantized: {kept}"
+    );
 
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();

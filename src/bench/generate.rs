@@ -64,27 +64,16 @@ pub fn decode_rate(
         let mut cache = KvCache::new();
         let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
         let start = Instant::now();
-        let hidden = g.decoder().forward_cached(&input, &mut cache)?;
-        let t = hidden.dim(1)?;
-        let mut next = g
-            .decoder()
-            .logits(&hidden.narrow(1, t - 1, 1)?, false)?
-            .flatten_all()?
-            .argmax(0)?
-            .to_dtype(DType::U32)?
-            .to_scalar::<u32>()?;
+        let argmax = |logits: Tensor| -> Result<u32> {
+            Ok(logits.argmax(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()?)
+        };
+        let llama = g.decoder();
+        let mut next = argmax(llama.next_logits(&input, None, &mut cache)?)?;
         best_prefill = best_prefill.min(start.elapsed().as_secs_f64());
         let start = Instant::now();
         for _ in 0..new_tokens {
             let input = Tensor::new(&[[next]], &device)?;
-            let hidden = g.decoder().forward_cached(&input, &mut cache)?;
-            next = g
-                .decoder()
-                .logits(&hidden, false)?
-                .flatten_all()?
-                .argmax(0)?
-                .to_dtype(DType::U32)?
-                .to_scalar::<u32>()?;
+            next = argmax(llama.next_logits(&input, None, &mut cache)?)?;
         }
         best_decode = best_decode.min(start.elapsed().as_secs_f64());
     }
@@ -99,6 +88,6 @@ pub fn decode_rate(
         decode_ms_per_token: per_token * 1e3,
         decode_tok_s: 1.0 / per_token,
         quantized_base: g.decoder().is_quantized(),
-        threads: candle_core::utils::get_num_threads(),
+        threads: crate::ops::cpu_threads(),
     })
 }

@@ -514,16 +514,9 @@ impl Generator {
             .min(context - virtual_n - next_input.len())
         {
             let input = Tensor::new(next_input.as_slice(), &device)?.unsqueeze(0)?;
-            let hidden = match prompt_rows.take() {
-                Some(rows) => {
-                    let words = llama.embed_tokens(&input)?;
-                    llama.forward_cached_embeds(&Tensor::cat(&[&rows, &words], 1)?, &mut cache)?
-                }
-                None => llama.forward_cached(&input, &mut cache)?,
-            };
-            let t = hidden.dim(1)?;
-            let last = llama.logits(&hidden.narrow(1, t - 1, 1)?, false)?;
-            let logits: Vec<f32> = last.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            let rows = prompt_rows.take();
+            let last = llama.next_logits(&input, rows.as_ref(), &mut cache)?;
+            let logits: Vec<f32> = last.to_dtype(DType::F32)?.to_vec1()?;
             let next = choose(&logits, sampling, &mut rng);
             if self.eos.contains(&next) {
                 break;

@@ -120,19 +120,28 @@ impl<'a> Loader<'a> {
     /// # Errors
     /// As [`tensor`](Self::tensor).
     pub(crate) fn linear_weight(&mut self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
-        if self.keep_quantized
-            && let Source::Checkpoint { tensors, prefix } = &mut self.source
-        {
-            let full = format!("{prefix}{name}");
-            if let Some(q) = tensors.load_quantized(&full, shape, &self.device)? {
-                return Ok(LinearWeight::Quantized(q));
-            }
+        if let Some(q) = self.kept_blocks(name, shape)? {
+            return Ok(LinearWeight::Quantized(q));
         }
         Ok(LinearWeight::Dense(self.tensor(
             name,
             shape,
             Init::Normal,
         )?))
+    }
+
+    /// Tensor `name`'s (prefix added) quantized blocks, of exactly `shape`, when
+    /// [`keep_quantized`](Self::keep_quantized) is on and the checkpoint stores it so.
+    ///
+    /// # Errors
+    /// As [`tensor`](Self::tensor).
+    pub(crate) fn kept_blocks(&mut self, name: &str, shape: &[usize]) -> Result<Option<QTensor>> {
+        match &mut self.source {
+            Source::Checkpoint { tensors, prefix } if self.keep_quantized => {
+                tensors.load_quantized(&format!("{prefix}{name}"), shape, &self.device)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Draws every tensor from a seeded N(0, std²) (or ones/zeros, per [`Init`]).

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
 
 use super::dropout::SeededMask;
 use super::rows::{Real, for_real, slice, threads_for, unsupported};
@@ -170,18 +171,12 @@ fn par_blocks<T: Send, R: Send>(
         let chunk = chunks.pop().unwrap_or_default();
         return vec![(0..n, f(0..n, chunk))];
     }
-    std::thread::scope(|scope| {
-        let f = &f;
-        let handles: Vec<_> = ranges
-            .into_iter()
-            .zip(chunks)
-            .map(|(range, chunk)| scope.spawn(move || (range.clone(), f(range, chunk))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
+    // On rayon's persistent pool, as `rows::par_rows`.
+    ranges
+        .into_par_iter()
+        .zip(chunks)
+        .map(|(range, chunk)| (range.clone(), f(range, chunk)))
+        .collect()
 }
 
 /// `p[i] ← softmax(p[i] + bias)` over the keys query `i` sees, 0 for the others. In causal

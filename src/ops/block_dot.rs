@@ -1,10 +1,13 @@
 //! `y = x·Wᵀ` for a few rows `x` and a frozen `W` kept in GGUF blocks (Q4_0, Q4_1, Q8_0),
 //! read in place: what one decoded token costs. Each weight is read once per token, so the
 //! time is the memory read — 4.5 to 8.5 bits a weight here instead of 32 for an f32 copy.
-//! The input stays f32 (llama.cpp rounds it to 8-bit blocks first); each block's scale is
-//! applied to a vector of 32 products, so the sum is f32 arithmetic on exactly the
-//! dequantized weights. candle 0.11's own block product has no SIMD path for Q4_1, the type
-//! the packaged SmolLM2 uses.
+//!
+//! As llama.cpp does, the input is first rounded to 8-bit blocks of 32 (a scale, 32 `i8`, and
+//! the block's sum — ggml's Q8_1), so each block's dot product is integer arithmetic: on AVX2,
+//! 32 products in one `vpmaddubsw`. The result differs from the product with the f32 input by
+//! that rounding (relative 2⁻⁸ per block at most); the prompt's products, which go through the
+//! dequantized gemm, do not round. candle 0.11's own Q4_1 product has no SIMD path, the type
+//! the packaged SmolLM2 uses, which is why this module exists.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
@@ -35,120 +38,323 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
-/// One weight row against one input row, for the block type `dtype`, with the input's
-/// per-block sums (for the types with an offset). `#[inline(always)]` so that the AVX2 entry
-/// point compiles it with wide vectors; the accumulators are fixed-size locals so they stay in
-/// registers.
-#[inline(always)]
-fn dot_row(dtype: GgmlDType, row: &[u8], x: &[f32], x_sums: &[f32]) -> f32 {
-    match dtype {
-        GgmlDType::Q8_0 => dot_q8_0(row, x),
-        GgmlDType::Q4_1 => dot_q4::<true>(row, x, x_sums),
-        _ => dot_q4::<false>(row, x, x_sums),
+/// Input rows rounded to 8-bit blocks: per block of 32 values, `scale · q ≈ x` with
+/// `|q| ≤ 127`, and `sum = scale · Σq` (what an offset per weight block multiplies).
+struct RoundedInput {
+    q: Vec<i8>,
+    scale: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+impl RoundedInput {
+    /// Rounds `x` (a whole number of blocks) to nearest, the scale set by each block's
+    /// largest magnitude.
+    fn new(x: &[f32]) -> Self {
+        let blocks = x.len() / BLOCK;
+        let mut q = Vec::with_capacity(x.len());
+        let (mut scale, mut sum) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
+        for b in x.chunks_exact(BLOCK) {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut total = 0i32;
+            for &v in b {
+                // |v·inv| ≤ 127 by the choice of d, so the cast cannot saturate.
+                let r = (v * inv).round() as i8;
+                total += i32::from(r);
+                q.push(r);
+            }
+            scale.push(d);
+            sum.push(d * total as f32);
+        }
+        Self { q, scale, sum }
+    }
+
+    /// Row `r` of `blocks` blocks: its values, scales and sums.
+    fn row(&self, r: usize, blocks: usize) -> (&[i8], &[f32], &[f32]) {
+        let b = r * blocks..(r + 1) * blocks;
+        (
+            &self.q[b.start * BLOCK..b.end * BLOCK],
+            &self.scale[b.clone()],
+            &self.sum[b],
+        )
     }
 }
 
-/// Q8_0: w = d·q, q an i8.
-#[inline(always)]
-fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0f32; BLOCK];
-    for (blk, xb) in row.chunks_exact(34).zip(x.chunks_exact(BLOCK)) {
-        let d = f16_at(blk, 0);
-        // `chunks_exact` gives whole blocks: these conversions cannot fail.
-        let qs: &[u8; BLOCK] = blk[2..].try_into().expect("a 34-byte Q8_0 block");
-        let xb: &[f32; BLOCK] = xb.try_into().expect("32 inputs per block");
-        for j in 0..BLOCK {
-            acc[j] += d * (f32::from(qs[j] as i8) * xb[j]);
+/// The weight block layout of one type: bytes, where the nibbles or bytes start, and whether
+/// the block stores an offset (Q4_1: w = d·q + m; Q4_0: w = d·(q − 8), the offset −8d).
+#[derive(Clone, Copy)]
+enum Layout {
+    Q4 {
+        size: usize,
+        start: usize,
+        min: bool,
+    },
+    Q8,
+}
+
+impl Layout {
+    fn of(dtype: GgmlDType) -> Self {
+        match dtype {
+            GgmlDType::Q8_0 => Layout::Q8,
+            GgmlDType::Q4_1 => Layout::Q4 {
+                size: 20,
+                start: 4,
+                min: true,
+            },
+            _ => Layout::Q4 {
+                size: 18,
+                start: 2,
+                min: false,
+            },
         }
     }
-    acc.iter().sum()
 }
 
-/// Q4_1 (`MIN`): w = d·q + m; Q4_0: w = d·(q − 8). Byte j holds weight j (low nibble) and
-/// weight j + 16 (high nibble); the offset multiplies the block's input sum.
+/// A 4-bit block's scale and offset.
 #[inline(always)]
-fn dot_q4<const MIN: bool>(row: &[u8], x: &[f32], x_sums: &[f32]) -> f32 {
-    const HALF: usize = BLOCK / 2;
-    let (size, start) = if MIN { (20, 4) } else { (18, 2) };
-    let (mut lo, mut hi) = ([0f32; HALF], [0f32; HALF]);
-    let mut offset = 0f32;
-    for ((blk, xb), &s) in row
-        .chunks_exact(size)
-        .zip(x.chunks_exact(BLOCK))
-        .zip(x_sums)
+fn q4_scale_offset(blk: &[u8], min: bool) -> (f32, f32) {
+    let d = f16_at(blk, 0);
+    (d, if min { f16_at(blk, 2) } else { -8.0 * d })
+}
+
+/// One weight row against one rounded input row, portable integer arithmetic. Byte j of a
+/// 4-bit block holds weight j (low nibble) and weight j + 16 (high nibble).
+fn dot_row_portable(layout: Layout, row: &[u8], xq: &[i8], xd: &[f32], xs: &[f32]) -> f32 {
+    let mut total = 0f32;
+    match layout {
+        Layout::Q8 => {
+            for ((blk, xb), &dx) in row.chunks_exact(34).zip(xq.chunks_exact(BLOCK)).zip(xd) {
+                let dot: i32 = blk[2..]
+                    .iter()
+                    .zip(xb)
+                    .map(|(&w, &x)| i32::from(w as i8) * i32::from(x))
+                    .sum();
+                total += f16_at(blk, 0) * dx * dot as f32;
+            }
+        }
+        Layout::Q4 { size, start, min } => {
+            let blocks = row.chunks_exact(size).zip(xq.chunks_exact(BLOCK));
+            for ((blk, xb), (&dx, &sx)) in blocks.zip(xd.iter().zip(xs)) {
+                let (d, m) = q4_scale_offset(blk, min);
+                let dot: i32 = blk[start..start + BLOCK / 2]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &w)| {
+                        i32::from(w & 15) * i32::from(xb[j])
+                            + i32::from(w >> 4) * i32::from(xb[j + BLOCK / 2])
+                    })
+                    .sum();
+                total += d * dx * dot as f32 + m * sx;
+            }
+        }
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The same block products with AVX2 integer instructions: `vpmaddubsw` multiplies 32
+    //! unsigned weights by 32 signed inputs into 16 pair sums, `vpmaddwd` by ones widens them
+    //! to 8 `i32`, and one FMA applies the two scales.
+
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, Layout};
+
+    /// The sum of the 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// 32 `i8` at `p`.
+    ///
+    /// # Safety
+    /// `p` is valid for reading 32 bytes.
+    #[target_feature(enable = "avx2")]
+    unsafe fn load32(p: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 32 readable bytes; the load is unaligned.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+
+    /// The two f16 values at `blk[0..4]` (a block's scale and, for Q4_1, its offset).
+    #[target_feature(enable = "avx2,f16c")]
+    fn f16_pair(blk: &[u8]) -> (f32, f32) {
+        let bits = i32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    /// As [`super::dot_row_portable`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_row(layout: Layout, row: &[u8], xq: &[i8], xd: &[f32], xs: &[f32]) -> f32 {
+        match layout {
+            Layout::Q8 => dot_q8(row, xq, xd),
+            Layout::Q4 { min: true, .. } => dot_q4::<true>(row, xq, xd, xs),
+            Layout::Q4 { min: false, .. } => dot_q4::<false>(row, xq, xd, xs),
+        }
+    }
+
+    /// One Q8_0 block's integer dot product with 32 inputs, as 8 `f32` lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q8_block(blk: &[u8], xb: &[i8], ones: __m256i) -> __m256 {
+        // SAFETY: the callers pass whole blocks: 32 weight bytes after the scale, 32 inputs.
+        let (w, x) = unsafe { (load32(blk[2..].as_ptr()), load32(xb.as_ptr().cast())) };
+        // |w| as unsigned times x with w's sign: the signed product.
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones))
+    }
+
+    /// One 4-bit block's integer dot product with 32 inputs, as 8 `f32` lanes; the nibbles
+    /// start at `blk[start]`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q4_block(blk: &[u8], start: usize, xb: &[i8], ones: __m256i, low: __m256i) -> __m256 {
+        // SAFETY: the callers pass whole blocks: 16 nibble bytes from `start`, 32 inputs.
+        let (packed, x) = unsafe {
+            (
+                _mm_loadu_si128(blk[start..start + 16].as_ptr().cast()),
+                load32(xb.as_ptr().cast()),
+            )
+        };
+        // Low nibbles (weights 0..16) in the low half, high ones in the high half.
+        let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+        let pairs = _mm256_maddubs_epi16(_mm256_and_si256(both, low), x);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones))
+    }
+
+    // The loops below take two blocks a step into two accumulators: one FMA chain's latency
+    // (4 cycles a block) would otherwise bound a core at about 15 GB/s of weights.
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q8(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        const SIZE: usize = 34;
+        let ones = _mm256_set1_epi16(1);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let pairs = row.chunks_exact(2 * SIZE).zip(xq.chunks_exact(2 * BLOCK));
+        for ((blk, xb), dx) in pairs.zip(xd.chunks_exact(2)) {
+            let (d0, _) = f16_pair(blk);
+            let (d1, _) = f16_pair(&blk[SIZE..]);
+            let v0 = q8_block(blk, xb, ones);
+            let v1 = q8_block(&blk[SIZE..], &xb[BLOCK..], ones);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dx[0]), v0, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dx[1]), v1, acc1);
+        }
+        let n = row.len() / SIZE;
+        if n % 2 == 1 {
+            let (blk, xb) = (&row[(n - 1) * SIZE..], &xq[(n - 1) * BLOCK..]);
+            let (d, _) = f16_pair(blk);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[n - 1]), q8_block(blk, xb, ones), acc0);
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }
+
+    /// Q4_1 (`MIN`) or Q4_0.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q4<const MIN: bool>(row: &[u8], xq: &[i8], xd: &[f32], xs: &[f32]) -> f32 {
+        let (size, start) = if MIN { (20, 4) } else { (18, 2) };
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(15);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut off0, mut off1) = (0f32, 0f32);
+        let scale_offset = |blk: &[u8]| {
+            let (d, m) = f16_pair(blk);
+            (d, if MIN { m } else { -8.0 * d })
+        };
+        let pairs = row.chunks_exact(2 * size).zip(xq.chunks_exact(2 * BLOCK));
+        for (((blk, xb), dx), sx) in pairs.zip(xd.chunks_exact(2)).zip(xs.chunks_exact(2)) {
+            let (d0, m0) = scale_offset(blk);
+            let (d1, m1) = scale_offset(&blk[size..]);
+            let v0 = q4_block(blk, start, xb, ones, low);
+            let v1 = q4_block(&blk[size..], start, &xb[BLOCK..], ones, low);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dx[0]), v0, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dx[1]), v1, acc1);
+            off0 += m0 * sx[0];
+            off1 += m1 * sx[1];
+        }
+        let n = row.len() / size;
+        if n % 2 == 1 {
+            let (blk, xb) = (&row[(n - 1) * size..], &xq[(n - 1) * BLOCK..]);
+            let (d, m) = scale_offset(blk);
+            let v = q4_block(blk, start, xb, ones, low);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[n - 1]), v, acc0);
+            off0 += m * xs[n - 1];
+        }
+        hsum(_mm256_add_ps(acc0, acc1)) + off0 + off1
+    }
+}
+
+/// Whether this CPU runs [`avx2::dot_row`].
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
     {
-        let d = f16_at(blk, 0);
-        let m = if MIN { f16_at(blk, 2) } else { -8.0 * d };
-        // `chunks_exact` gives whole blocks: these conversions cannot fail.
-        let qs: &[u8; HALF] = blk[start..].try_into().expect("16 bytes of nibbles");
-        let xb: &[f32; BLOCK] = xb.try_into().expect("32 inputs per block");
-        for j in 0..HALF {
-            lo[j] += d * (f32::from(qs[j] & 15) * xb[j]);
-            hi[j] += d * (f32::from(qs[j] >> 4) * xb[j + HALF]);
-        }
-        offset += m * s;
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
-    lo.iter().zip(&hi).map(|(a, b)| a + b).sum::<f32>() + offset
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// What every chunk of one product shares.
 #[derive(Clone, Copy)]
 struct Product<'a> {
-    dtype: GgmlDType,
+    layout: Layout,
     /// Bytes of one weight row.
     row_bytes: usize,
-    in_f: usize,
-    /// The input rows, `n × in_f`.
-    x: &'a [f32],
-    /// The input's sum over each block of 32, `n × in_f / 32`.
-    sums: &'a [f32],
+    /// Blocks in one row.
+    blocks: usize,
+    /// Input rows.
+    n: usize,
+    x: &'a RoundedInput,
+    avx2: bool,
 }
 
 /// `out[o·n + r] = W[o]·x[r]` for the weight rows in `w` (a run of whole rows).
-#[inline(always)]
 fn chunk(p: Product, w: &[u8], out: &mut [f32]) {
-    let n = p.x.len() / p.in_f;
-    let blocks = p.in_f / BLOCK;
-    for (row, y) in w.chunks_exact(p.row_bytes).zip(out.chunks_exact_mut(n)) {
+    for (row, y) in w.chunks_exact(p.row_bytes).zip(out.chunks_exact_mut(p.n)) {
         for (r, yv) in y.iter_mut().enumerate() {
-            let xr = &p.x[r * p.in_f..(r + 1) * p.in_f];
-            let sums = p.sums.get(r * blocks..(r + 1) * blocks).unwrap_or_default();
-            *yv = dot_row(p.dtype, row, xr, sums);
+            let (xq, xd, xs) = p.x.row(r, p.blocks);
+            *yv = match p.avx2 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `avx2` is set only where the CPU has AVX2, FMA and F16C (`has_avx2`).
+                true => unsafe { avx2::dot_row(p.layout, row, xq, xd, xs) },
+                _ => dot_row_portable(p.layout, row, xq, xd, xs),
+            };
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn chunk_avx2(p: Product, w: &[u8], out: &mut [f32]) {
-    chunk(p, w, out);
-}
-
-fn run_chunk(p: Product, w: &[u8], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        // SAFETY: the CPU has the features the function is compiled for (checked above).
-        unsafe { chunk_avx2(p, w, out) };
-        return;
-    }
-    chunk(p, w, out);
-}
-
 /// `x·Wᵀ` for `x: n × in` (row-major f32) and `w: (out, in)` in blocks of a type
-/// [`supports`] accepts; returns `n × out`.
+/// [`supports`] accepts, the input rounded to 8-bit blocks first; returns `n × out`.
 ///
 /// # Errors
 /// An unsupported block type, or shapes that disagree.
 pub(crate) fn block_matmul(x: &[f32], n: usize, w: &QTensor) -> candle_core::Result<Vec<f32>> {
+    block_matmul_with(x, n, w, has_avx2())
+}
+
+/// [`block_matmul`] with the AVX2 kernel on or off (tests compare the two).
+fn block_matmul_with(
+    x: &[f32],
+    n: usize,
+    w: &QTensor,
+    avx2: bool,
+) -> candle_core::Result<Vec<f32>> {
     let (out_f, in_f) = w.shape().dims2()?;
     let Some(size) = block_bytes(w.dtype()) else {
         candle_core::bail!("block product: {:?} is not read here", w.dtype());
     };
     let data = w.data()?;
-    let row_bytes = in_f / BLOCK * size;
+    let blocks = in_f / BLOCK;
+    let row_bytes = blocks * size;
     if in_f == 0
         || !in_f.is_multiple_of(BLOCK)
         || x.len() != n * in_f
@@ -162,24 +368,20 @@ pub(crate) fn block_matmul(x: &[f32], n: usize, w: &QTensor) -> candle_core::Res
     if n == 0 || out_f == 0 {
         return Ok(Vec::new());
     }
-    // The 4-bit types' offsets multiply each block's input sum; Q8_0 has none.
-    let sums: Vec<f32> = if w.dtype() == GgmlDType::Q8_0 {
-        Vec::new()
-    } else {
-        x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
-    };
+    let rounded = RoundedInput::new(x);
     let p = Product {
-        dtype: w.dtype(),
+        layout: Layout::of(w.dtype()),
         row_bytes,
-        in_f,
-        x,
-        sums: &sums,
+        blocks,
+        n,
+        x: &rounded,
+        avx2,
     };
     let mut out_t = vec![0f32; out_f * n];
     out_t
         .par_chunks_mut(OUT_PER_TASK * n)
         .zip(data.par_chunks(OUT_PER_TASK * row_bytes))
-        .for_each(|(out, w)| run_chunk(p, w, out));
+        .for_each(|(out, w)| chunk(p, w, out));
     // out_t is (out, n); the caller wants (n, out), the same thing for one row (decoding).
     if n == 1 {
         return Ok(out_t);
@@ -199,10 +401,12 @@ mod tests {
 
     use super::*;
 
-    /// Every supported type gives the product with its dequantized weights (f32 rounding only),
-    /// for widths of one and several blocks and more output features than one task holds.
+    /// Every supported type gives the product of its dequantized weights with the input
+    /// rounded to 8-bit blocks (f32 rounding only), with the AVX2 kernel and without, for
+    /// widths of one and several blocks and more output features than one task holds; and
+    /// stays within the input rounding of the f32 product.
     #[test]
-    fn matches_the_dequantized_product() {
+    fn matches_the_dequantized_product_of_the_rounded_input() {
         let dev = Device::Cpu;
         for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             for (out_f, in_f, n) in [(3, 32, 1), (150, 96, 2), (70, 64, 4)] {
@@ -210,14 +414,51 @@ mod tests {
                 let q = QTensor::quantize(&w, dtype).unwrap();
                 let dense = q.dequantize(&dev).unwrap();
                 let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
-                let want = x.matmul(&dense.t().unwrap()).unwrap();
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-                let got = block_matmul(&xs, n, &q).unwrap();
-                let got = Tensor::from_vec(got, (n, out_f), &dev).unwrap();
-                let diff = crate::ops::test_max_diff(&got, &want);
-                assert!(diff < 1e-4, "{dtype:?} {out_f}×{in_f}, {n} rows: {diff}");
+                let r = RoundedInput::new(&xs);
+                let rounded: Vec<f32> =
+                    r.q.iter()
+                        .enumerate()
+                        .map(|(i, &v)| f32::from(v) * r.scale[i / BLOCK])
+                        .collect();
+                let rounded = Tensor::from_vec(rounded, (n, in_f), &dev).unwrap();
+                let want = rounded.matmul(&dense.t().unwrap()).unwrap();
+                let exact = x.matmul(&dense.t().unwrap()).unwrap();
+                let scale = f64::max(
+                    1.0,
+                    crate::ops::test_max_diff(&exact, &exact.zeros_like().unwrap()),
+                );
+                for avx2 in [false, has_avx2()] {
+                    let got = block_matmul_with(&xs, n, &q, avx2).unwrap();
+                    let got = Tensor::from_vec(got, (n, out_f), &dev).unwrap();
+                    let diff = crate::ops::test_max_diff(&got, &want);
+                    assert!(
+                        diff < 1e-4 * scale,
+                        "{dtype:?} {out_f}×{in_f}, {n} rows, avx2 {avx2}: {diff}"
+                    );
+                    let rounding = crate::ops::test_max_diff(&got, &exact);
+                    assert!(
+                        rounding < 2e-2 * scale,
+                        "{dtype:?}: {rounding} from the f32 product"
+                    );
+                }
             }
         }
+    }
+
+    /// A block of zeros rounds to zeros (no division by a zero scale) and extreme values
+    /// stay within i8.
+    #[test]
+    fn rounding_handles_zero_and_extreme_blocks() {
+        let mut x = vec![0f32; 64];
+        x[32] = -3.0e30;
+        x[33] = 3.0e30;
+        x[34] = 1.0;
+        let r = RoundedInput::new(&x);
+        assert!(r.q[..32].iter().all(|&v| v == 0));
+        assert_eq!(r.scale[0], 0.0);
+        assert_eq!((r.q[32], r.q[33], r.q[34]), (-127, 127, 0));
+        assert_eq!(r.sum[1], 0.0);
     }
 
     #[test]

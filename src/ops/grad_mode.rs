@@ -36,6 +36,21 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Runs `f` on one of rayon's worker threads, with this thread's grad mode, and waits for it.
+///
+/// A kernel that splits its work with rayon from a thread outside the pool hands every piece
+/// to the workers through the global queue and sleeps on a lock until they finish; run from a
+/// worker, it keeps one piece and the idle worker steals the other. Decoding a token runs a
+/// few hundred such kernels of tens of microseconds each, where that hand-off cost a quarter
+/// of the time (BENCHMARKS.md).
+pub fn on_worker<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let enabled = grad_enabled();
+    rayon::scope(|_| if enabled { f() } else { no_grad(f) })
+}
+
 /// `t` itself while gradients are recorded, else `t` cut from the graph.
 pub(crate) fn track(t: candle_core::Tensor) -> candle_core::Tensor {
     if grad_enabled() { t } else { t.detach() }

@@ -51,7 +51,7 @@ impl LinearCrossEntropy {
                 self.labels.len()
             );
         }
-        let threads = candle_core::utils::get_num_threads();
+        let threads = super::cpu_threads();
         let k = T::from_f64(1.0 / n.max(1) as f64);
         let mut dh = vec![T::zero(); if self.save { n * width } else { 0 }];
         let per_block = (BLOCK_BYTES / (v.max(1) * std::mem::size_of::<T>())).clamp(1, BLOCK_ROWS);

@@ -5,7 +5,8 @@
 //! [`layer_norm`], [`rms_norm`], rotary embeddings ([`rope`], [`rope_tables`]),
 //! [`softmax_last_dim`], [`cross_entropy`] and [`linear_cross_entropy`] (an LM head's loss
 //! without its logits), [`gelu`], [`swiglu`], seeded [`dropout`] and
-//! [`dropout_add`].
+//! [`dropout_add`]; the kernels' thread count ([`cpu_threads`]) and decoding's hand-off to
+//! a worker thread ([`on_worker`]).
 //! Must not know: models, adapters, files. Every op here states its derivative next to its
 //! `bwd` and has a finite-difference test or one against candle's composed (differentiable)
 //! ops, because candle's own fused ops (`softmax_last_dim`, `layer_norm`, `rms_norm`) record
@@ -38,21 +39,25 @@ mod rows;
 mod softmax;
 mod strided;
 mod swiglu;
+mod threads;
 
 pub use attention::{MASK_VALUE, attention, causal_attention};
 pub use cross_entropy::cross_entropy;
 pub use dropout::{dropout, dropout_add, seed_dropout};
 pub(crate) use dropout::{dropout_rng, set_dropout_rng};
-pub use frozen_linear::{frozen_linear, frozen_linear_onto, quantized_linear};
+pub use frozen_linear::{
+    frozen_linear, frozen_linear_onto, quantized_linear, reads_blocks_in_place,
+};
 pub use gelu::gelu;
 pub(crate) use grad_mode::track;
-pub use grad_mode::{grad_enabled, no_grad};
+pub use grad_mode::{grad_enabled, no_grad, on_worker};
 pub use layer_norm::layer_norm;
 pub use linear_cross_entropy::linear_cross_entropy;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, rope_tables};
 pub use softmax::softmax_last_dim;
 pub use swiglu::swiglu;
+pub use threads::{cpu_threads, pin_thread_count};
 
 /// Largest |a − b| over two tensors of the same shape, as f64 (shared by the ops' tests).
 #[cfg(test)]

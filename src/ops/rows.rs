@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use candle_core::{CpuStorage, DType, Layout, WithDType};
+use rayon::prelude::*;
 
 /// Elements per thread below which spawning threads costs more than it saves.
 const MIN_PER_THREAD: usize = 1 << 15;
@@ -77,7 +78,7 @@ pub(crate) fn unsupported(op: &str, dtype: DType) -> candle_core::Error {
 /// Threads worth using for `work` element-operations over `items` independent pieces: candle's
 /// thread count, fewer when the pieces are few or the work small.
 pub(crate) fn threads_for(work: usize, items: usize) -> usize {
-    candle_core::utils::get_num_threads()
+    super::cpu_threads()
         .min(work / MIN_PER_THREAD)
         .min(items)
         .max(1)
@@ -96,22 +97,15 @@ pub(crate) fn par_rows<U: Send, R: Send>(
         return vec![f(0..n_rows, out)];
     }
     let rows_per = n_rows.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let f = &f;
-        let handles: Vec<_> = out
-            .chunks_mut(rows_per * row_len)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let start = i * rows_per;
-                let rows = start..start + chunk.len() / row_len;
-                scope.spawn(move || f(rows, chunk))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
+    // rayon's persistent pool, not a scoped thread per chunk: spawning cost tens of
+    // microseconds an op, a tenth of a decoded token's time (BENCHMARKS.md).
+    out.par_chunks_mut(rows_per * row_len)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let start = i * rows_per;
+            f(start..start + chunk.len() / row_len, chunk)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //! module paths (`model.layers.0.self_attn.q_proj`), every norm and softmax ours (with a
 //! backward).
 
-use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor, TensorId};
 
 use super::config::LlamaConfig;
 use crate::adapters::{Linear, VirtualSpec};
@@ -134,6 +137,10 @@ pub struct Llama {
     weights: Weights,
     dtype: DType,
     device: Device,
+    /// The tied embedding table in the checkpoint's blocks, kept with a quantized base so a
+    /// decoded token's logits read those (a Q8_0 table is a quarter of the f32 copy's bytes);
+    /// valid while `embed_tokens` is the tensor with this id and untrained.
+    head_blocks: Option<(TensorId, Arc<QTensor>)>,
 }
 
 impl std::fmt::Debug for Llama {
@@ -198,11 +205,20 @@ impl Layer {
 impl Llama {
     /// Builds the decoder from `ld`.
     pub(crate) fn build(cfg: &LlamaConfig, ld: &mut Loader) -> Result<Self> {
+        let weights = Weights::load(ld, "", cfg)?;
+        let head_blocks = if cfg.tie_word_embeddings {
+            let shape = [cfg.vocab_size, cfg.hidden_size];
+            ld.kept_blocks("model.embed_tokens.weight", &shape)?
+                .map(|q| (weights.embed_tokens.id(), Arc::new(q)))
+        } else {
+            None
+        };
         Ok(Self {
             config: cfg.clone(),
-            weights: Weights::load(ld, "", cfg)?,
+            weights,
             dtype: ld.dtype(),
             device: ld.device().clone(),
+            head_blocks,
         })
     }
 
@@ -464,6 +480,35 @@ impl Llama {
         self.weights.norm.forward(&x)
     }
 
+    /// The logits `(vocab,)` of the token after `ids: (1, t)`, continuing `cache` (see
+    /// [`forward_cached`](Self::forward_cached)), with prompt-tuning `rows: (1, n, hidden)`
+    /// in front of the ids' embeddings when given. Runs on a rayon worker
+    /// ([`on_worker`](crate::ops::on_worker)): one decoding step, the unit generation and its
+    /// benchmark repeat.
+    ///
+    /// # Errors
+    /// As [`forward_cached`](Self::forward_cached).
+    pub fn next_logits(
+        &self,
+        ids: &Tensor,
+        rows: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        crate::ops::on_worker(|| {
+            let hidden = match rows {
+                Some(rows) => {
+                    let embeds = Tensor::cat(&[rows, &self.embed(ids)?], 1)?;
+                    self.forward_cached_embeds(&embeds, cache)?
+                }
+                None => self.forward_cached(ids, cache)?,
+            };
+            let t = hidden.dim(1)?;
+            Ok(self
+                .logits(&hidden.narrow(1, t - 1, 1)?, false)?
+                .flatten_all()?)
+        })
+    }
+
     /// Next-token logits `(b, t, vocab)` from hidden states: the LM head, or the token
     /// embedding when the two are tied.
     ///
@@ -475,14 +520,20 @@ impl Llama {
             None => {
                 let (b, t, h) = hidden.dims3()?;
                 let flat = hidden.reshape((b * t, h))?;
-                // The frozen op: candle's matmul would also compute the table's gradient,
-                // (vocab × hidden) of work and memory per step, for a table that is not trained.
                 let table = &self.weights.embed_tokens;
-                Ok(crate::ops::frozen_linear(&flat, table, None)?.reshape((
-                    b,
-                    t,
-                    self.config.vocab_size,
-                ))?)
+                let logits = match &self.head_blocks {
+                    Some((id, blocks))
+                        if *id == table.id()
+                            && !table.track_op()
+                            && crate::ops::reads_blocks_in_place(&flat, blocks) =>
+                    {
+                        crate::ops::quantized_linear(&flat, blocks, None, None)?
+                    }
+                    // The frozen op: candle's matmul would also compute the table's gradient,
+                    // (vocab × hidden) of work and memory per step, for a table not trained.
+                    _ => crate::ops::frozen_linear(&flat, table, None)?,
+                };
+                Ok(logits.reshape((b, t, self.config.vocab_size))?)
             }
         }
     }
