@@ -548,6 +548,51 @@ fn tiny_llama_and_qwen2_reproduce_transformers_from_hf_and_gguf_files() {
     }
 }
 
+/// The tied LM head read from the GGUF's blocks at decode follows the embedding table: once
+/// the table is replaced (as loading a full fine-tune does), the logits use the new table,
+/// as the dequantized model's do.
+#[test]
+fn a_replaced_tied_table_is_what_decoding_reads() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/llama_golden/qwen2/model-q8_0.gguf");
+    let dev = Device::Cpu;
+    let doubled = |mut llama: Llama| -> Llama {
+        llama.walk_mut(&mut |name, e| {
+            if let ttlora::models::walk::EntryMut::Tensor(_, t) = e
+                && name == "model.embed_tokens.weight"
+            {
+                *t = (&*t * 2.0).unwrap();
+            }
+        });
+        llama
+    };
+    let last = |llama: &Llama| -> Vec<f32> {
+        let mut cache = ttlora::models::llama::KvCache::new();
+        let mut out = Vec::new();
+        for id in [5u32, 9, 13] {
+            let one = Tensor::new(&[[id]], &dev).unwrap();
+            out = llama
+                .next_logits(&one, None, &mut cache)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+        }
+        out
+    };
+    let (kept, _) = Llama::load_gguf_with(&file, DType::F32, &dev, true).unwrap();
+    let (dense, _) = Llama::load_gguf_with(&file, DType::F32, &dev, false).unwrap();
+    let before = last(&kept);
+    let (kept, dense) = (doubled(kept), doubled(dense));
+    let (got, want) = (last(&kept), last(&dense));
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+    // Within the decoded input's rounding of the dequantized model, and far from the logits
+    // the old table gave.
+    assert!(diff(&got, &want) < 5e-2, "{}", diff(&got, &want));
+    assert!(diff(&before, &want) > 0.2, "{}", diff(&before, &want));
+}
+
 /// Training on a base kept quantized: every adapter gets a gradient (layer 0 included), the
 /// loss falls, and the base's blocks are bit-identical afterwards.
 #[test]

@@ -54,13 +54,20 @@ impl RoundedInput {
         let mut q = Vec::with_capacity(x.len());
         let (mut scale, mut sum) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
         for b in x.chunks_exact(BLOCK) {
-            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // NaN-propagating: a NaN input makes the scale NaN, and so the products, as the
+            // f32 path would; `f32::max` would skip it and round it to 0.
+            let amax = b.iter().fold(0f32, |m, v| {
+                let a = v.abs();
+                if a > m || a.is_nan() { a } else { m }
+            });
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut total = 0i32;
             for &v in b {
-                // |v·inv| ≤ 127 by the choice of d, so the cast cannot saturate.
-                let r = (v * inv).round() as i8;
+                // |v·inv| ≤ 127 by the choice of d, except where 1/d overflows (amax below
+                // 4e-37): the clamp keeps q off −128, which the AVX2 Q8 path's sign trick
+                // cannot negate.
+                let r = (v * inv).round().clamp(-127.0, 127.0) as i8;
                 total += i32::from(r);
                 q.push(r);
             }
@@ -203,8 +210,9 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     fn q8_block(blk: &[u8], xb: &[i8], ones: __m256i) -> __m256 {
-        // SAFETY: the callers pass whole blocks: 32 weight bytes after the scale, 32 inputs.
-        let (w, x) = unsafe { (load32(blk[2..].as_ptr()), load32(xb.as_ptr().cast())) };
+        let (w, x) = (&blk[2..34], &xb[..BLOCK]);
+        // SAFETY: both slices are 32 bytes long (the indexing above checks it).
+        let (w, x) = unsafe { (load32(w.as_ptr()), load32(x.as_ptr().cast())) };
         // |w| as unsigned times x with w's sign: the signed product.
         let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
         _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones))
@@ -215,11 +223,12 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     fn q4_block(blk: &[u8], start: usize, xb: &[i8], ones: __m256i, low: __m256i) -> __m256 {
-        // SAFETY: the callers pass whole blocks: 16 nibble bytes from `start`, 32 inputs.
+        let (nibbles, x) = (&blk[start..start + 16], &xb[..BLOCK]);
+        // SAFETY: 16 nibble bytes and 32 inputs (the indexing above checks both).
         let (packed, x) = unsafe {
             (
-                _mm_loadu_si128(blk[start..start + 16].as_ptr().cast()),
-                load32(xb.as_ptr().cast()),
+                _mm_loadu_si128(nibbles.as_ptr().cast()),
+                load32(x.as_ptr().cast()),
             )
         };
         // Low nibbles (weights 0..16) in the low half, high ones in the high half.
@@ -443,6 +452,48 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A NaN input reaches the output (as the f32 path would), and a Q8_0 weight of −128
+    /// multiplies correctly on both paths (the AVX2 kernel takes its magnitude as unsigned).
+    #[test]
+    fn nan_inputs_propagate_and_the_most_negative_q8_weight_multiplies() {
+        let dev = Device::Cpu;
+        let w = Tensor::ones((2, 32), candle_core::DType::F32, &dev).unwrap();
+        let mut q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let mut x = vec![1f32; 32];
+        x[5] = f32::NAN;
+        for avx2 in [false, has_avx2()] {
+            let y = block_matmul_with(&x, 1, &q, avx2).unwrap();
+            assert!(y.iter().all(|v| v.is_nan()), "avx2 {avx2}: {y:?}");
+        }
+        // Rows of d = 1 (f16 0x3C00) and q = −128, then q = 127.
+        let mut bytes = Vec::new();
+        for v in [-128i8, 127] {
+            bytes.extend_from_slice(&[0x00, 0x3C]);
+            bytes.extend(std::iter::repeat_n(v as u8, 32));
+        }
+        q = QTensor::new(
+            candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Owned(bytes),
+                &dev,
+                GgmlDType::Q8_0,
+            )
+            .unwrap(),
+            (2, 32),
+        )
+        .unwrap();
+        let x: Vec<f32> = (0..32)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -0.5 })
+            .collect();
+        // x rounds exactly (scale 1/127: 127 and −63.5 → −64, so −0.5039…): compute from it.
+        let r = RoundedInput::new(&x);
+        let sum: f32 = r.q.iter().map(|&v| f32::from(v)).sum::<f32>() * r.scale[0];
+        for avx2 in [false, has_avx2()] {
+            let y = block_matmul_with(&x, 1, &q, avx2).unwrap();
+            assert!((y[0] - -128.0 * sum).abs() < 1e-3, "avx2 {avx2}: {y:?}");
+            assert!((y[1] - 127.0 * sum).abs() < 1e-3, "avx2 {avx2}: {y:?}");
         }
     }
 

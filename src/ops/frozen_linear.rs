@@ -753,7 +753,8 @@ mod tests {
     }
 
     /// Decoding-sized products that need no gradient read the blocks in place: the
-    /// dequantized product up to f32 rounding, bias and base added, and untracked.
+    /// dequantized product up to the input's rounding to 8-bit blocks, bias and base added, and
+    /// untracked.
     #[test]
     fn few_untracked_rows_multiply_in_the_blocks() {
         use candle_core::quantized::{GgmlDType, QTensor};

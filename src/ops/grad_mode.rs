@@ -26,13 +26,19 @@ pub fn grad_enabled() -> bool {
 /// assert!(!inside && ttlora::ops::grad_enabled());
 /// ```
 pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    with_grad_mode(false, f)
+}
+
+/// Runs `f` with gradient recording set to `enabled` on this thread; restores the previous
+/// state after, also when `f` panics.
+fn with_grad_mode<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             GRAD_ENABLED.with(|g| g.set(self.0));
         }
     }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(enabled)));
     f()
 }
 
@@ -41,14 +47,16 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
 /// A kernel that splits its work with rayon from a thread outside the pool hands every piece
 /// to the workers through the global queue and sleeps on a lock until they finish; run from a
 /// worker, it keeps one piece and the idle worker steals the other. Decoding a token runs a
-/// few hundred such kernels of tens of microseconds each, where that hand-off cost a quarter
-/// of the time (BENCHMARKS.md).
+/// few hundred such kernels of tens of microseconds each (BENCHMARKS.md has the measured
+/// effect). The grad mode is set on the worker both ways, because a worker waiting inside
+/// another caller's step may run this closure. Other thread-local state does not travel: the
+/// dropout generator stays on the calling thread, so `f` must not apply training dropout.
 pub fn on_worker<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     if rayon::current_thread_index().is_some() {
         return f();
     }
     let enabled = grad_enabled();
-    rayon::scope(|_| if enabled { f() } else { no_grad(f) })
+    rayon::scope(|_| with_grad_mode(enabled, f))
 }
 
 /// `t` itself while gradients are recorded, else `t` cut from the graph.
@@ -59,6 +67,14 @@ pub(crate) fn track(t: candle_core::Tensor) -> candle_core::Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_runs_with_the_callers_grad_mode() {
+        assert!(on_worker(grad_enabled));
+        assert!(!no_grad(|| on_worker(grad_enabled)));
+        // The worker's own mode is left as it was.
+        assert!(on_worker(|| no_grad(|| true)) && on_worker(grad_enabled));
+    }
 
     #[test]
     fn nests_and_restores_after_a_panic() {

@@ -137,8 +137,9 @@ pub struct Llama {
     weights: Weights,
     dtype: DType,
     device: Device,
-    /// The tied embedding table in the checkpoint's blocks, kept with a quantized base so a
-    /// decoded token's logits read those (a Q8_0 table is a quarter of the f32 copy's bytes);
+    /// The tied embedding table in the checkpoint's blocks (whatever block type the GGUF
+    /// stores), kept with a quantized base so a decoded token's logits read those (SmolLM2's
+    /// Q8_0 table is a quarter of the f32 copy's bytes);
     /// valid while `embed_tokens` is the tensor with this id and untrained.
     head_blocks: Option<(TensorId, Arc<QTensor>)>,
 }
