@@ -339,6 +339,32 @@ fn the_gguf_tokenizer_gives_transformers_ids_on_tricky_strings() {
     }
 }
 
+/// SuperGLUE candidates tokenized with SmolLM2's byte-level BPE: COPA's prompt ends with a
+/// space its candidates' first word takes, so that token is the candidate's; CB's one-word
+/// answers are one token each, read off the prompt's last logits (one forward for all three).
+#[test]
+fn candidates_split_from_the_prompt_at_their_first_token() {
+    use ttlora::jobs::lm_score::CandidateIds;
+    let g = Generator::load(crate::common::smollm2(), &candle_core::Device::Cpu).unwrap();
+    let tok = &g.tokenizer;
+    let decode = |ids: &[u32]| tok.decode(ids, false).unwrap();
+    let candidates = [
+        "the toilet filled with water.".to_string(),
+        "water flowed from the spout.".into(),
+    ];
+    let prompt = "The man turned on the faucet so ";
+    let ids = CandidateIds::tokenize(tok, None, prompt, &candidates).unwrap();
+    assert_eq!(decode(&ids.shared), "The man turned on the faucet so");
+    assert_eq!(decode(&ids.rest[0]), " the toilet filled with water.");
+    assert_eq!(decode(&ids.rest[1]), " water flowed from the spout.");
+    assert_eq!(ids.scored, [ids.rest[0].len(), ids.rest[1].len()]);
+
+    let answers = ["Yes".to_string(), "No".into(), "Maybe".into()];
+    let ids = CandidateIds::tokenize(tok, None, "Yes, No, or Maybe?\n", &answers).unwrap();
+    assert_eq!(decode(&ids.shared), "Yes, No, or Maybe?\n");
+    assert!(ids.rest.iter().all(|r| r.len() == 1) && ids.scored == [1, 1, 1]);
+}
+
 /// A llama.cpp export of a classifier's adapter is one clear error (and the decoder run
 /// that comes first trains from chat rows with one step).
 #[test]

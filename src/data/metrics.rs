@@ -137,6 +137,47 @@ pub fn compute(
     Ok(out)
 }
 
+/// MultiRC's official scores over answer options grouped by question.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MultiRcScores {
+    /// F1 of the "true" class over every answer option (F1a).
+    pub f1a: f64,
+    /// Fraction of questions whose every answer option is predicted right.
+    pub exact_match: f64,
+}
+
+/// [`MultiRcScores`] of `preds` against `golds` (0 = false, 1 = true per answer option), the
+/// options grouped into questions by `groups` (any key; a question's options need not be
+/// adjacent).
+///
+/// # Errors
+/// No examples, or slices of different lengths.
+pub fn multirc_scores(preds: &[u32], golds: &[u32], groups: &[&str]) -> Result<MultiRcScores> {
+    if preds.len() != golds.len() || groups.len() != golds.len() {
+        return Err(op_error(
+            "MultiRC metrics",
+            format!(
+                "{} predictions, {} gold labels and {} question keys; expected equal counts",
+                preds.len(),
+                golds.len(),
+                groups.len()
+            ),
+        ));
+    }
+    if golds.is_empty() {
+        return Err(op_error("MultiRC metrics", "no examples to score"));
+    }
+    let mut all_right: BTreeMap<&str, bool> = BTreeMap::new();
+    for ((p, g), &q) in preds.iter().zip(golds).zip(groups) {
+        *all_right.entry(q).or_insert(true) &= p == g;
+    }
+    let exact = all_right.values().filter(|&&right| right).count();
+    Ok(MultiRcScores {
+        f1a: binary_f1(preds, golds),
+        exact_match: exact as f64 / all_right.len() as f64,
+    })
+}
+
 fn classes(metric: Metric, labels: &[Label], side: &str) -> Result<Vec<u32>> {
     labels
         .iter()
@@ -336,6 +377,22 @@ mod tests {
         // F1: class 0: tp1 fp1 fn1 → 1/2; class 1: tp2 fp1 fn0 → 4/5; class 2: tp1 fp0 fn1 → 2/3
         close(m["macro_f1"], (0.5 + 0.8 + 2.0 / 3.0) / 3.0);
         close(m["accuracy"], 4.0 / 6.0);
+    }
+
+    #[test]
+    fn multirc_f1a_and_exact_match_by_hand() {
+        // Question a: 3 options, all right. Question b: 2 options, one wrong. Question c: 1
+        // option, right; c's option sits between b's (grouping is by key, not position).
+        let golds = [1, 0, 1, 1, 0, 0];
+        let preds = [1, 0, 1, 1, 0, 1];
+        let groups = ["a", "a", "a", "b", "c", "b"];
+        let m = multirc_scores(&preds, &golds, &groups).unwrap();
+        // True class: tp 3 (0, 2, 3), fp 1 (5), fn 0 → F1a = 6 / 7.
+        close(m.f1a, 6.0 / 7.0);
+        // a and c exactly right, b not: 2 of 3 questions.
+        close(m.exact_match, 2.0 / 3.0);
+        assert!(multirc_scores(&preds, &golds, &groups[..5]).is_err());
+        assert!(multirc_scores(&[], &[], &[]).is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! `tokenizer.json` with padding off and longest-first truncation), batch order and collation
 //! into a [`ModelInput`] (the batch type every model family takes), [`Metric`]s as
 //! GLUE/SuperGLUE define them, and causal-LM rows (text, prompt/completion, chat) with the
-//! spans their loss is taken on (`lm.rs`).
+//! spans their loss is taken on (`lm.rs`), and SuperGLUE as prompts and candidate
+//! continuations for decoders scored as language models, with every template in one place
+//! (`prompted.rs`).
 //!
 //! Must not know: models (they take its [`ModelInput`]),
 //! training, adapters. Every error names the file and 1-based line, and says what was expected
@@ -22,6 +24,7 @@ mod example;
 mod gguf_tokenizer;
 mod lm;
 mod metrics;
+mod prompted;
 mod readers;
 mod task;
 mod tokenize;
@@ -37,7 +40,8 @@ pub use gguf_tokenizer::tokenizer_from_gguf;
 pub use lm::{
     ChatMessage, LmEncoder, LmRecord, LmRow, LmTokens, RenderChat, Rendered, lm_batch, read_lm_rows,
 };
-pub use metrics::{Metric, compute};
+pub use metrics::{Metric, MultiRcScores, compute, multirc_scores};
+pub use prompted::{PromptedExample, PromptedTask, read_prompted};
 pub use readers::{
     CustomColumns, CustomLabels, read_custom, read_file, read_task_split, read_texts,
 };

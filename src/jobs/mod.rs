@@ -3,7 +3,8 @@
 //! on it (`trial`: a method and its training, what a search repeats); fine-tuning as
 //! `ttlora train` runs it (`finetune`: one study, one trial, the adapter and the run record
 //! `record` saved); a saved adapter on its base model (`inference`) scored or used to predict
-//! (`eval`); text generation with a decoder (`generate`); tokenized splits and scoring
+//! (`eval`); text generation with a decoder (`generate`) and the scoring of candidate
+//! continuations (`lm_score`, SuperGLUE on decoders); tokenized splits and scoring
 //! (`pipeline`); export (`export`), compression of any
 //! update to TT-LoRA (`compress`), adapter folder summaries (`inspect`) and run tables
 //! (`results`).
@@ -19,6 +20,7 @@ pub mod finetune;
 pub mod generate;
 pub mod inference;
 pub mod inspect;
+pub mod lm_score;
 pub mod pipeline;
 pub mod record;
 pub mod results;

@@ -1,0 +1,546 @@
+//! SuperGLUE for decoders scored as language models (MeZO, LoRETTA): each example becomes a
+//! prompt and a few candidate continuations through its task's template and verbaliser; the
+//! model's prediction is the candidate its tokens score best.
+//!
+//! Every template and verbaliser lives here, with the exact strings of MeZO's
+//! `large_models/templates.py` (the ones LoRETTA reuses), so one place says what a prompt
+//! looks like:
+//!
+//! | task | prompt | candidates (gold index) |
+//! |---|---|---|
+//! | BoolQ | `{passage} {Question?}\n` (`?` added if missing, first letter upper-cased) | `No`, `Yes` (label false, true) |
+//! | CB | `Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Maybe?\n` | `Yes`, `No`, `Maybe` (entailment, contradiction, neutral) |
+//! | COPA | `{premise without its final "."}` + ` so ` (effect) or ` because ` (cause) | `choice1`, `choice2`, first word lower-cased unless it is "I" (label 0, 1) |
+//! | RTE | `{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n` | `Yes`, `No` (entailment, not_entailment) |
+//! | WiC | `Does the word "{word}" have the same meaning in these two sentences? Yes, No?\n{sentence1}\n{sentence2}\n` | `No`, `Yes` (label false, true) |
+//! | WSC | `{text}\nIn the previous sentence, does the pronoun "{span2 lower-cased}" refer to {span1}? Yes or No?\n` | `No`, `Yes` (label false, true) |
+//! | MultiRC | `{paragraph}\nQuestion: {question}\nI found this answer "{answer}". Is that correct? Yes or No?\n`, one example per answer | `No`, `Yes` (label 0, 1) |
+//!
+//! A candidate is the text that follows the prompt (MeZO's `verbalize` is `encode` + the
+//! candidate for every task here). Files are the official SuperGLUE JSON Lines
+//! (`shared/data/superglue/<Task>/{train,val}.jsonl`); a test reads one real example of each.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use super::readers::{numbered_lines, read_text};
+use crate::data::op_error;
+use crate::error::{Error, Result};
+
+/// A SuperGLUE task scored by candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PromptedTask {
+    /// Yes/no questions about a passage.
+    BoolQ,
+    /// CommitmentBank: three-way entailment.
+    Cb,
+    /// Choice of plausible alternatives: cause or effect.
+    Copa,
+    /// Recognising textual entailment.
+    Rte,
+    /// Words in context: the same sense or not.
+    Wic,
+    /// Winograd schema: does the pronoun refer to the span.
+    Wsc,
+    /// Multi-sentence reading comprehension: each answer of each question true or false.
+    MultiRc,
+}
+
+impl PromptedTask {
+    /// Every task, in the order of SuperGLUE's paper.
+    pub const ALL: &'static [PromptedTask] = &[
+        PromptedTask::BoolQ,
+        PromptedTask::Cb,
+        PromptedTask::Copa,
+        PromptedTask::MultiRc,
+        PromptedTask::Rte,
+        PromptedTask::Wic,
+        PromptedTask::Wsc,
+    ];
+
+    /// The task's name on the command line: `boolq`, `cb`, `copa`, `multirc`, `rte`, `wic`,
+    /// `wsc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptedTask::BoolQ => "boolq",
+            PromptedTask::Cb => "cb",
+            PromptedTask::Copa => "copa",
+            PromptedTask::Rte => "rte",
+            PromptedTask::Wic => "wic",
+            PromptedTask::Wsc => "wsc",
+            PromptedTask::MultiRc => "multirc",
+        }
+    }
+
+    /// The task's folder in SuperGLUE's distribution (`BoolQ`, `CB`, …).
+    pub fn folder(self) -> &'static str {
+        match self {
+            PromptedTask::BoolQ => "BoolQ",
+            PromptedTask::Cb => "CB",
+            PromptedTask::Copa => "COPA",
+            PromptedTask::Rte => "RTE",
+            PromptedTask::Wic => "WiC",
+            PromptedTask::Wsc => "WSC",
+            PromptedTask::MultiRc => "MultiRC",
+        }
+    }
+
+    /// Turns one JSON line of the official file into its prompted examples (one, or one per
+    /// answer for MultiRC).
+    fn examples(self, row: &Row) -> Result<Vec<PromptedExample>> {
+        let yes_no = |label: bool| usize::from(label);
+        let one = |prompt: String, candidates: &[&str], gold: usize| {
+            Ok(vec![PromptedExample {
+                prompt,
+                candidates: candidates.iter().map(|c| (*c).to_string()).collect(),
+                gold,
+                group: None,
+            }])
+        };
+        match self {
+            PromptedTask::BoolQ => {
+                let question = question_mark_capitalised(row.str("question")?);
+                let prompt = format!("{} {question}\n", row.str("passage")?);
+                one(prompt, &["No", "Yes"], yes_no(row.bool("label")?))
+            }
+            PromptedTask::Cb => {
+                let prompt = format!(
+                    "Suppose {} Can we infer that \"{}\"? Yes, No, or Maybe?\n",
+                    row.str("premise")?,
+                    row.str("hypothesis")?
+                );
+                let gold = row.class("label", &["entailment", "contradiction", "neutral"])?;
+                one(prompt, &["Yes", "No", "Maybe"], gold)
+            }
+            PromptedTask::Copa => {
+                let premise = row.str("premise")?.trim_end();
+                let premise = premise.strip_suffix('.').unwrap_or(premise);
+                let conjunction = match row.class("question", &["effect", "cause"])? {
+                    0 => " so ",
+                    _ => " because ",
+                };
+                let choices = [row.str("choice1")?, row.str("choice2")?].map(copa_choice);
+                let gold = row.index("label", 2)?;
+                Ok(vec![PromptedExample {
+                    prompt: format!("{premise}{conjunction}"),
+                    candidates: choices.to_vec(),
+                    gold,
+                    group: None,
+                }])
+            }
+            PromptedTask::Rte => {
+                let prompt = format!(
+                    "{}\nDoes this mean that \"{}\" is true? Yes or No?\n",
+                    row.str("premise")?,
+                    row.str("hypothesis")?
+                );
+                let gold = row.class("label", &["entailment", "not_entailment"])?;
+                one(prompt, &["Yes", "No"], gold)
+            }
+            PromptedTask::Wic => {
+                let prompt = format!(
+                    "Does the word \"{}\" have the same meaning in these two sentences? \
+                     Yes, No?\n{}\n{}\n",
+                    row.str("word")?,
+                    row.str("sentence1")?,
+                    row.str("sentence2")?
+                );
+                one(prompt, &["No", "Yes"], yes_no(row.bool("label")?))
+            }
+            PromptedTask::Wsc => {
+                let target = row.field("target")?;
+                let target = Row {
+                    value: target,
+                    path: row.path,
+                    line: row.line,
+                    prefix: "target.",
+                };
+                let prompt = format!(
+                    "{}\nIn the previous sentence, does the pronoun \"{}\" refer to {}? \
+                     Yes or No?\n",
+                    row.str("text")?,
+                    target.str("span2_text")?.to_lowercase(),
+                    target.str("span1_text")?
+                );
+                one(prompt, &["No", "Yes"], yes_no(row.bool("label")?))
+            }
+            PromptedTask::MultiRc => multirc_examples(row),
+        }
+    }
+}
+
+impl fmt::Display for PromptedTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PromptedTask {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.trim().to_ascii_lowercase();
+        PromptedTask::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name() == wanted)
+            .ok_or_else(|| {
+                let known: Vec<_> = PromptedTask::ALL.iter().map(|t| t.name()).collect();
+                op_error(
+                    "SuperGLUE task",
+                    format!("unknown task `{s}`; expected one of {}", known.join(", ")),
+                )
+            })
+    }
+}
+
+/// One example as the model scores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptedExample {
+    /// The text every candidate continues.
+    pub prompt: String,
+    /// The continuations, in the verbaliser's order.
+    pub candidates: Vec<String>,
+    /// The index of the right candidate.
+    pub gold: usize,
+    /// MultiRC: the question an answer belongs to (`"<passage idx>-<question idx>"`), for the
+    /// exact-match metric; `None` elsewhere.
+    pub group: Option<String>,
+}
+
+/// Reads an official SuperGLUE JSON Lines file of `task` into prompted examples, in file
+/// order.
+///
+/// # Errors
+/// An unreadable file; a line that is not a JSON object, lacks a field the template needs, or
+/// has a label outside the task's label set (each naming the file, line and field).
+pub fn read_prompted(task: PromptedTask, path: &Path) -> Result<Vec<PromptedExample>> {
+    let text = read_text(path)?;
+    let mut out = Vec::new();
+    for (line, raw) in numbered_lines(&text) {
+        let value: Value = serde_json::from_str(raw).map_err(|e| Error::DataRow {
+            path: path.into(),
+            line,
+            reason: format!("not a JSON object: {e}"),
+        })?;
+        let row = Row {
+            value: &value,
+            path,
+            line,
+            prefix: "",
+        };
+        out.extend(task.examples(&row)?);
+    }
+    if out.is_empty() {
+        return Err(Error::DataFile {
+            path: path.into(),
+            reason: format!("no {task} examples in the file"),
+        });
+    }
+    Ok(out)
+}
+
+/// One JSON object of a file, with where it came from for errors.
+struct Row<'a> {
+    value: &'a Value,
+    path: &'a Path,
+    line: usize,
+    /// The path of this object inside the line's (`target.` for WSC's spans).
+    prefix: &'static str,
+}
+
+impl<'a> Row<'a> {
+    fn error(&self, field: &str, reason: impl fmt::Display) -> Error {
+        Error::DataRow {
+            path: self.path.into(),
+            line: self.line,
+            reason: format!("field `{}{field}`: {reason}", self.prefix),
+        }
+    }
+
+    fn field(&self, field: &str) -> Result<&'a Value> {
+        self.value
+            .get(field)
+            .ok_or_else(|| self.error(field, "missing"))
+    }
+
+    fn str(&self, field: &str) -> Result<&'a str> {
+        let v = self.field(field)?;
+        v.as_str()
+            .ok_or_else(|| self.error(field, format!("expected a string, found {v}")))
+    }
+
+    fn bool(&self, field: &str) -> Result<bool> {
+        let v = self.field(field)?;
+        v.as_bool()
+            .ok_or_else(|| self.error(field, format!("expected true or false, found {v}")))
+    }
+
+    /// A whole number below `n`.
+    fn index(&self, field: &str, n: usize) -> Result<usize> {
+        let v = self.field(field)?;
+        v.as_u64()
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i < n)
+            .ok_or_else(|| {
+                let allowed: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+                self.error(
+                    field,
+                    format!("expected one of {}, found {v}", allowed.join(", ")),
+                )
+            })
+    }
+
+    /// The position of a string among `names`.
+    fn class(&self, field: &str, names: &[&str]) -> Result<usize> {
+        let v = self.str(field)?;
+        names.iter().position(|n| *n == v).ok_or_else(|| {
+            self.error(
+                field,
+                format!("expected one of {}, found \"{v}\"", names.join(", ")),
+            )
+        })
+    }
+}
+
+/// BoolQ's question as MeZO writes it: a `?` added when missing, the first letter upper-cased.
+fn question_mark_capitalised(question: &str) -> String {
+    let mut chars = question.chars();
+    let mut out: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    if !out.ends_with('?') {
+        out.push('?');
+    }
+    out
+}
+
+/// A COPA choice continuing the premise: its first word lower-cased unless it is "I".
+fn copa_choice(choice: &str) -> String {
+    let (first, rest) = match choice.split_once(' ') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (choice, None),
+    };
+    let first = if first == "I" {
+        first.to_string()
+    } else {
+        first.to_lowercase()
+    };
+    match rest {
+        Some(rest) => format!("{first} {rest}"),
+        None => first,
+    }
+}
+
+/// MultiRC: one example per answer of each question of the passage.
+fn multirc_examples(row: &Row) -> Result<Vec<PromptedExample>> {
+    let passage_idx = row.field("idx")?;
+    let passage = row.field("passage")?;
+    let passage = Row {
+        value: passage,
+        path: row.path,
+        line: row.line,
+        prefix: "passage.",
+    };
+    let paragraph = passage.str("text")?;
+    let questions = passage
+        .field("questions")?
+        .as_array()
+        .ok_or_else(|| passage.error("questions", "expected a list"))?;
+    let mut out = Vec::new();
+    for q in questions {
+        let q = Row {
+            value: q,
+            path: row.path,
+            line: row.line,
+            prefix: "passage.questions[].",
+        };
+        let question = q.str("question")?;
+        let group = format!("{passage_idx}-{}", q.field("idx")?);
+        let answers = q
+            .field("answers")?
+            .as_array()
+            .ok_or_else(|| q.error("answers", "expected a list"))?;
+        for a in answers {
+            let a = Row {
+                value: a,
+                path: row.path,
+                line: row.line,
+                prefix: "passage.questions[].answers[].",
+            };
+            out.push(PromptedExample {
+                prompt: format!(
+                    "{paragraph}\nQuestion: {question}\nI found this answer \"{}\". Is that \
+                     correct? Yes or No?\n",
+                    a.str("text")?
+                ),
+                candidates: vec!["No".into(), "Yes".into()],
+                gold: a.index("label", 2)?,
+                group: Some(group.clone()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(task: PromptedTask, line: &str) -> Result<Vec<PromptedExample>> {
+        let value: Value = serde_json::from_str(line).unwrap();
+        task.examples(&Row {
+            value: &value,
+            path: Path::new("x.jsonl"),
+            line: 3,
+            prefix: "",
+        })
+    }
+
+    /// The first example of a task's fixture (the first lines of the official validation
+    /// file), and the file's example count.
+    fn first(task: PromptedTask) -> (PromptedExample, usize) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/superglue")
+            .join(task.folder())
+            .join("val.jsonl");
+        let all = read_prompted(task, &path).unwrap();
+        (all[0].clone(), all.len())
+    }
+
+    fn assert_example(task: PromptedTask, prompt: &str, candidates: &[&str], gold: usize) {
+        let (e, _) = first(task);
+        assert_eq!(e.prompt, prompt, "{task}");
+        assert_eq!(e.candidates, candidates, "{task}");
+        assert_eq!(e.gold, gold, "{task}");
+    }
+
+    #[test]
+    fn each_task_renders_its_first_real_example_as_mezo_does() {
+        assert_example(
+            PromptedTask::Cb,
+            "Suppose Valence the void-brain, Valence the virtuous valet. Why couldn't the figger \
+             choose his own portion of titanic anatomy to shaft? Did he think he was helping? Can \
+             we infer that \"Valence was helping\"? Yes, No, or Maybe?\n",
+            &["Yes", "No", "Maybe"],
+            1,
+        );
+        assert_example(
+            PromptedTask::Copa,
+            "The man turned on the faucet so ",
+            &[
+                "the toilet filled with water.",
+                "water flowed from the spout.",
+            ],
+            1,
+        );
+        assert_example(
+            PromptedTask::Rte,
+            "Dana Reeve, the widow of the actor Christopher Reeve, has died of lung cancer at age \
+             44, according to the Christopher Reeve Foundation.\nDoes this mean that \
+             \"Christopher Reeve had an accident.\" is true? Yes or No?\n",
+            &["Yes", "No"],
+            1,
+        );
+        assert_example(
+            PromptedTask::Wic,
+            "Does the word \"class\" have the same meaning in these two sentences? Yes, No?\n\
+             An emerging professional class.\nApologizing for losing your temper, even though \
+             you were badly provoked, showed real class.\n",
+            &["No", "Yes"],
+            0,
+        );
+        assert_example(
+            PromptedTask::Wsc,
+            "Bernard , who had not told the government official that he was less than 21 when he \
+             filed for a homestead claim, did not consider that he had done anything dishonest. \
+             Still, anyone who knew that he was 19 years old could take his claim away from him \
+             .\nIn the previous sentence, does the pronoun \"him\" refer to anyone? Yes or No?\n",
+            &["No", "Yes"],
+            0,
+        );
+        // Long passages: their start and the template's end, exactly.
+        let (boolq, n) = first(PromptedTask::BoolQ);
+        assert_eq!(n, 10);
+        assert!(
+            boolq
+                .prompt
+                .starts_with("Ethanol fuel -- All biomass goes through")
+        );
+        assert!(boolq.prompt.ends_with(
+            " from corn uses much less petroleum than producing gasoline. Does ethanol take more \
+             energy make that produces?\n"
+        ));
+        assert_eq!(
+            (boolq.candidates.as_slice(), boolq.gold),
+            (&["No".to_string(), "Yes".into()][..], 0)
+        );
+        let (multirc, n) = first(PromptedTask::MultiRc);
+        assert_eq!(n, 87, "one example per answer option of the two passages");
+        assert!(
+            multirc
+                .prompt
+                .starts_with("What causes a change in motion? The application")
+        );
+        assert!(multirc.prompt.ends_with(
+            " pick up a baseball. This requires only a very small force. \nQuestion: Would the \
+             mass of a baseball affect how much force you have to use to pick it up?\nI found this \
+             answer \"No\". Is that correct? Yes or No?\n"
+        ));
+        assert_eq!((multirc.gold, multirc.group.as_deref()), (0, Some("0-0")));
+        for task in [
+            PromptedTask::Cb,
+            PromptedTask::Copa,
+            PromptedTask::Rte,
+            PromptedTask::Wic,
+            PromptedTask::Wsc,
+        ] {
+            assert_eq!(first(task).1, 20, "{task}");
+        }
+    }
+
+    #[test]
+    fn copa_choices_and_boolq_questions_follow_mezo() {
+        assert_eq!(copa_choice("The sun was rising."), "the sun was rising.");
+        assert_eq!(copa_choice("I ate."), "I ate.");
+        assert_eq!(copa_choice("Ice"), "ice");
+        assert_eq!(question_mark_capitalised("is it"), "Is it?");
+        assert_eq!(question_mark_capitalised("Is it?"), "Is it?");
+    }
+
+    #[test]
+    fn bad_rows_name_the_line_and_field() {
+        let err = parse(
+            PromptedTask::Cb,
+            r#"{"premise":"a","hypothesis":"b","label":"maybe"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("x.jsonl") && err.contains('3'), "{err}");
+        assert!(err.contains("`label`") && err.contains("entailment, contradiction, neutral"));
+        let err = parse(PromptedTask::Rte, r#"{"premise":"a","label":"entailment"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`hypothesis`: missing"), "{err}");
+        let err = parse(
+            PromptedTask::Wsc,
+            r#"{"text":"a","target":{},"label":true}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`target.span2_text`: missing"), "{err}");
+        let err = parse(
+            PromptedTask::Copa,
+            r#"{"premise":"a","choice1":"b","choice2":"c","question":"effect","label":2}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("expected one of 0, 1, found 2"), "{err}");
+        assert!("squad".parse::<PromptedTask>().is_err());
+        assert_eq!("WiC".parse::<PromptedTask>().unwrap(), PromptedTask::Wic);
+    }
+}

@@ -1,0 +1,277 @@
+//! Scoring a prompt's candidate continuations with a decoder, as MeZO and LoRETTA evaluate
+//! SuperGLUE: a candidate's score is the mean log-probability of its tokens given the prompt,
+//! the prediction the best-scoring candidate.
+//!
+//! The prompt runs once: its tokens go through the model with a KV cache, and each candidate
+//! continues a copy of that cache with its own tokens. A candidate of one token (CB's "Yes",
+//! "No", "Maybe") is read off the prompt's last logits, so k such candidates cost one forward
+//! pass, not k.
+
+use candle_core::{DType, Tensor};
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+use crate::models::llama::{KvCache, Llama};
+
+/// One example's token ids for scoring: the ids every candidate shares, then each candidate's
+/// own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateIds {
+    /// The ids all candidates start with (the prompt's, up to the first that differs).
+    pub shared: Vec<u32>,
+    /// Each candidate's ids after `shared`.
+    pub rest: Vec<Vec<u32>>,
+    /// How many of the last ids of each `rest` are the candidate's own (the scored ones; the
+    /// ids before them belong to the prompt).
+    pub scored: Vec<usize>,
+}
+
+impl CandidateIds {
+    /// Tokenizes `prompt + candidate` for each candidate (no special tokens; `bos` in front
+    /// when the model expects one). A candidate's tokens are those that end past the prompt,
+    /// so a token spanning the boundary (COPA's prompt ends with a space that the candidate's
+    /// first word takes) counts as the candidate's.
+    ///
+    /// # Errors
+    /// A tokenizer failure; a candidate with no token of its own; nothing before the first
+    /// candidate token to predict it from (an empty prompt without a BOS token).
+    pub fn tokenize(
+        tokenizer: &Tokenizer,
+        bos: Option<u32>,
+        prompt: &str,
+        candidates: &[String],
+    ) -> Result<Self> {
+        let prompt_chars = prompt.chars().count();
+        let mut full = Vec::with_capacity(candidates.len());
+        let mut first_scored = Vec::with_capacity(candidates.len());
+        for candidate in candidates {
+            let text = format!("{prompt}{candidate}");
+            let enc = tokenizer
+                .encode_char_offsets(text.as_str(), false)
+                .map_err(|e| scoring_error(format!("cannot tokenize \"{text}\": {e}")))?;
+            let mut ids: Vec<u32> = bos.into_iter().collect();
+            let lead = ids.len();
+            ids.extend_from_slice(enc.get_ids());
+            let own = enc
+                .get_offsets()
+                .iter()
+                .position(|&(_, end)| end > prompt_chars);
+            match own {
+                Some(at) => first_scored.push(lead + at),
+                None => {
+                    return Err(scoring_error(format!(
+                        "the candidate \"{candidate}\" adds no token to the prompt"
+                    )));
+                }
+            }
+            full.push(ids);
+        }
+        let Some(first) = full.first() else {
+            return Err(scoring_error("an example with no candidates"));
+        };
+        // The shared part: the longest common prefix, stopping before any candidate's own
+        // tokens (and leaving at least one token to predict from).
+        let mut shared = first_scored.iter().copied().min().unwrap_or(0);
+        for ids in &full[1..] {
+            shared = shared.min(first.iter().zip(ids).take_while(|(a, b)| a == b).count());
+        }
+        if shared == 0 {
+            return Err(scoring_error(
+                "nothing before the candidates' first token to predict it from (an empty \
+                 prompt and no BOS token)",
+            ));
+        }
+        Ok(Self {
+            shared: first[..shared].to_vec(),
+            scored: full
+                .iter()
+                .zip(&first_scored)
+                .map(|(ids, &at)| ids.len() - at)
+                .collect(),
+            rest: full.iter().map(|ids| ids[shared..].to_vec()).collect(),
+        })
+    }
+}
+
+fn scoring_error(reason: impl Into<String>) -> Error {
+    Error::Data {
+        op: "candidate scoring",
+        reason: reason.into(),
+    }
+}
+
+/// Natural-log softmax of one row of logits, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+    let sum: f64 = row.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+    let log_z = max + sum.ln();
+    row.iter().map(|&v| f64::from(v) - log_z).collect()
+}
+
+/// The log-probability rows `(t, vocab)` of `ids` continuing `cache` (its keys extended).
+fn continue_log_probs(
+    llama: &Llama,
+    ids: &[u32],
+    rows: Option<&Tensor>,
+    cache: &mut KvCache,
+) -> Result<Vec<Vec<f64>>> {
+    let input = Tensor::new(ids, llama.device())?.unsqueeze(0)?;
+    let hidden = match rows {
+        Some(rows) => {
+            let embeds = Tensor::cat(
+                &[rows, &crate::models::Backbone::embed_tokens(llama, &input)?],
+                1,
+            )?;
+            llama.forward_cached_embeds(&embeds, cache)?
+        }
+        None => llama.forward_cached(&input, cache)?,
+    };
+    // Prompt-tuning rows come first and predict nothing here.
+    let n = hidden.dim(1)?;
+    let hidden = hidden.narrow(1, n - ids.len(), ids.len())?;
+    let logits = llama
+        .logits(&hidden, false)?
+        .squeeze(0)?
+        .to_dtype(DType::F32)?;
+    Ok(logits
+        .to_vec2::<f32>()?
+        .iter()
+        .map(|row| log_softmax(row))
+        .collect())
+}
+
+/// Each candidate's mean log-probability of its own tokens given the prompt, for `ids` as
+/// [`CandidateIds::tokenize`] gives them. `cache` and `rows` are the state generation starts
+/// from (empty, or a prefix adapter's keys and values; prompt-tuning rows in front of the
+/// prompt). Runs without a graph, on a rayon worker.
+///
+/// # Errors
+/// Ids outside the vocabulary; a sequence past the model's context.
+pub fn candidate_scores(
+    llama: &Llama,
+    ids: &CandidateIds,
+    cache: KvCache,
+    rows: Option<&Tensor>,
+) -> Result<Vec<f64>> {
+    crate::ops::no_grad(|| {
+        crate::ops::on_worker(|| {
+            let mut cache = cache;
+            let shared = continue_log_probs(llama, &ids.shared, rows, &mut cache)?;
+            let last = shared
+                .last()
+                .ok_or_else(|| scoring_error("no shared ids"))?;
+            ids.rest
+                .iter()
+                .zip(&ids.scored)
+                .map(|(rest, &scored)| {
+                    // log p(rest[0] | shared), then each next id given the ones before it.
+                    let mut lps = vec![last[rest[0] as usize]];
+                    if rest.len() > 1 {
+                        let mut c = cache.clone();
+                        let more =
+                            continue_log_probs(llama, &rest[..rest.len() - 1], None, &mut c)?;
+                        lps.extend(
+                            more.iter()
+                                .zip(&rest[1..])
+                                .map(|(row, &id)| row[id as usize]),
+                        );
+                    }
+                    let own = &lps[lps.len() - scored..];
+                    Ok(own.iter().sum::<f64>() / own.len() as f64)
+                })
+                .collect()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::models::ModelInput;
+    use crate::models::llama::LlamaConfig;
+
+    /// The mean log-probabilities of each candidate's own tokens computed from each whole
+    /// sequence in one plain forward (no cache, no sharing).
+    fn direct(llama: &Llama, ids: &CandidateIds) -> Vec<f64> {
+        let dev = llama.device();
+        ids.rest
+            .iter()
+            .zip(&ids.scored)
+            .map(|(rest, &scored)| {
+                let full: Vec<u32> = ids.shared.iter().chain(rest).copied().collect();
+                let t = full.len();
+                let input = ModelInput::new(
+                    Tensor::new(full.as_slice(), dev)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                    Tensor::ones((1, t), DType::U32, dev).unwrap(),
+                );
+                let h = llama.forward(&input, false).unwrap();
+                let logits: Vec<Vec<f32>> = llama
+                    .logits(&h, false)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                let own: Vec<f64> = (t - scored..t)
+                    .map(|p| log_softmax(&logits[p - 1])[full[p] as usize])
+                    .collect();
+                own.iter().sum::<f64>() / own.len() as f64
+            })
+            .collect()
+    }
+
+    #[test]
+    fn examples_that_cannot_be_scored_are_refused() {
+        let tok = crate::data::load_tokenizer(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/tokenizer-tiny.json"),
+        )
+        .unwrap();
+        let answers = ["great".to_string(), "bad".into()];
+        let err = CandidateIds::tokenize(&tok, None, "", &answers)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nothing before"), "{err}");
+        let err = CandidateIds::tokenize(&tok, None, "a", &[String::new()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("adds no token"), "{err}");
+        let ids = CandidateIds::tokenize(&tok, Some(1), "", &answers).unwrap();
+        assert_eq!((ids.shared, ids.scored), (vec![1], vec![1, 1]));
+    }
+
+    #[test]
+    fn shared_prefix_scores_equal_scoring_each_sequence_whole() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/llama_golden/llama/config.json"),
+        )
+        .unwrap();
+        let cfg = LlamaConfig::from_value(
+            &serde_json::from_str(&text).unwrap(),
+            std::path::Path::new("config.json"),
+        )
+        .unwrap();
+        let llama = Llama::random(&cfg, 0.2, DType::F32, &Device::Cpu, 7).unwrap();
+        let ids = CandidateIds {
+            shared: vec![1, 5, 9, 13],
+            // One-token candidates, a longer one, and one whose first id is still the
+            // prompt's (a boundary token that differs between candidates).
+            rest: vec![vec![20], vec![21], vec![22, 30, 31], vec![17, 40, 41]],
+            scored: vec![1, 1, 3, 2],
+        };
+        let got = candidate_scores(&llama, &ids, KvCache::new(), None).unwrap();
+        let want = direct(&llama, &ids);
+        assert_eq!(got.len(), 4);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5, "{got:?} vs {want:?}");
+        }
+    }
+}
