@@ -365,6 +365,59 @@ fn candidates_split_from_the_prompt_at_their_first_token() {
     assert!(ids.rest.iter().all(|r| r.len() == 1) && ids.scored == [1, 1, 1]);
 }
 
+/// `eval --model smollm2 --task cb` with no adapter scores the base model by LM scoring (the
+/// zero-shot floor): a seeded draw of the validation file, accuracy and macro-F1; a task,
+/// split or label it cannot take is one clear error.
+#[test]
+fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
+    crate::common::smollm2();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            "smollm2",
+            "--offline",
+            "--data",
+            path_str(&fixtures),
+        ];
+        args.extend_from_slice(extra);
+        ttlora(&args)
+    };
+    let o = eval(&["--task", "cb", "--max-examples", "6", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["task"], "cb");
+    assert_eq!(report["examples"], 6);
+    for metric in ["accuracy", "macro_f1"] {
+        let v = report["metrics"][metric].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{metric} {v}");
+    }
+    assert_clear_error(
+        &eval(&["--task", "squad"]),
+        &["unknown task `squad`", "boolq"],
+    );
+    assert_clear_error(
+        &eval(&["--task", "cb", "--split", "dev_matched"]),
+        &["not a SuperGLUE split"],
+    );
+    let tmp = TempDir::new("lm-score-bad");
+    let bad = tmp.join("cb.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"premise\": \"a\", \"hypothesis\": \"b\", \"label\": \"maybe\"}\n",
+    )
+    .unwrap();
+    assert_clear_error(
+        &eval(&["--task", "cb", "--file", path_str(&bad)]),
+        &[
+            "cb.jsonl:1:",
+            "`label`",
+            "entailment, contradiction, neutral",
+        ],
+    );
+}
+
 /// A llama.cpp export of a classifier's adapter is one clear error (and the decoder run
 /// that comes first trains from chat rows with one step).
 #[test]

@@ -14,9 +14,10 @@ use ttlora::jobs::inference::{self, Inference};
 /// Where the base model and adapter come from (shared by eval and predict).
 #[derive(Debug, Args)]
 pub struct AdapterArgs {
-    /// Adapter folder written by `ttlora train`.
+    /// Adapter folder written by `ttlora train` (`eval` of a decoder base alone by LM
+    /// scoring needs none).
     #[arg(long, value_name = "DIR")]
-    adapter: PathBuf,
+    adapter: Option<PathBuf>,
     /// Base model, overriding the one recorded in the adapter config.
     #[arg(long)]
     model: Option<String>,
@@ -34,14 +35,19 @@ pub struct AdapterArgs {
 impl AdapterArgs {
     fn load(&self) -> Result<Inference> {
         let device = self.device.device()?;
+        let Some(adapter) = &self.adapter else {
+            bail!(
+                "give --adapter (or, for a decoder, --objective lm-score and a SuperGLUE --task)"
+            );
+        };
         let inf = inference::load_with(
-            &self.adapter,
+            adapter,
             self.model.as_deref(),
             self.pooling.pooling,
             &device,
             !self.fetch.offline,
         )
-        .with_context(|| format!("loading adapter {}", self.adapter.display()))?;
+        .with_context(|| format!("loading adapter {}", adapter.display()))?;
         report_pooling(&inf);
         Ok(inf)
     }
@@ -80,12 +86,35 @@ pub struct EvalArgs {
     /// Custom files: label column.
     #[arg(long, default_value = "label")]
     label_column: String,
+    /// How a decoder is scored: `lm-score` gives each candidate answer of a SuperGLUE
+    /// task (boolq, cb, copa, multirc, rte, wic, wsc) the mean log-probability of its tokens
+    /// after the task's prompt (MeZO's templates) and predicts the best; the default without
+    /// --adapter. Scores the base alone, or with a decoder adapter from --adapter.
+    #[arg(long, value_enum)]
+    objective: Option<Objective>,
+    /// LM scoring: examples drawn (seeded, without replacement) from the split; all of it
+    /// when smaller.
+    #[arg(long, default_value_t = 1000)]
+    max_examples: usize,
+    /// LM scoring: the seed of that draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     #[command(flatten)]
     output: JsonArgs,
 }
 
+/// How `eval` scores a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Objective {
+    /// A decoder's candidate answers by mean log-probability.
+    LmScore,
+}
+
 /// Runs `ttlora eval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
+    if a.objective == Some(Objective::LmScore) || a.common.adapter.is_none() {
+        return run_lm_score(&a);
+    }
     let mut inf = a.common.load()?;
     let data = match &a.file {
         Some(path) => ScoreData::File {
@@ -123,6 +152,94 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             "{} ({} examples): {}",
             scores.task,
             scores.examples,
+            line.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+/// `eval --objective lm-score`: a decoder (with an adapter, or alone) on a SuperGLUE task.
+fn run_lm_score(a: &EvalArgs) -> Result<()> {
+    use ttlora::data::{PromptedTask, read_prompted};
+    use ttlora::jobs::generate::{BaseDtype, Generator, decoder_location};
+    use ttlora::jobs::lm_score;
+    let Some(task) = a.task.as_deref() else {
+        bail!("--objective lm-score needs --task (boolq, cb, copa, multirc, rte, wic or wsc)");
+    };
+    let task: PromptedTask = task.parse()?;
+    if a.max_examples == 0 {
+        bail!("--max-examples must be at least 1");
+    }
+    let file = match &a.file {
+        Some(f) => f.clone(),
+        None => {
+            let name = match a.split {
+                Split::Dev => "val.jsonl",
+                Split::Train => "train.jsonl",
+                other => bail!(
+                    "--split {} is not a SuperGLUE split (dev or train)",
+                    other.name()
+                ),
+            };
+            let roots = match &a.data {
+                Some(root) => vec![root.clone()],
+                None => data::default_data_roots(),
+            };
+            let rel = PathBuf::from("superglue").join(task.folder()).join(name);
+            roots
+                .iter()
+                .map(|r| r.join(&rel))
+                .find(|p| p.is_file())
+                .with_context(|| {
+                    format!(
+                        "no {} under any data root; give --data DIR or --file",
+                        rel.display()
+                    )
+                })?
+        }
+    };
+    let examples = read_prompted(task, &file)?;
+    let examples = lm_score::sample_examples(examples, a.max_examples, a.seed);
+    let device = a.common.device.device()?;
+    let allow_fetch = !a.common.fetch.offline;
+    let g = match (&a.common.adapter, &a.common.model) {
+        (Some(adapter), model) => Generator::with_adapter(
+            adapter,
+            model.as_deref(),
+            &device,
+            allow_fetch,
+            BaseDtype::default(),
+        )?,
+        (None, Some(model)) => Generator::load_with(
+            &decoder_location(model, allow_fetch)?,
+            &device,
+            BaseDtype::default(),
+        )?,
+        (None, None) => bail!("give --model (a decoder) or --adapter"),
+    };
+    let bar = indicatif::ProgressBar::new(examples.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("scoring {task}"));
+    let report = lm_score::evaluate(&g, task, &examples, &mut || bar.inc(1))?;
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    if a.output.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        let line: Vec<String> = report
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
+        writeln!(
+            out,
+            "{} ({} examples of {}): {}",
+            report.task,
+            report.examples,
+            file.display(),
             line.join(", ")
         )?;
     }

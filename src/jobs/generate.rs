@@ -457,6 +457,34 @@ impl Generator {
         self.continue_ids(ids, sampling, on_text)
     }
 
+    /// What a sequence starts from: virtual tokens enter as at training, a prefix adapter's
+    /// keys and values as an already filled cache, prompt-tuning rows `(1, n, hidden)` to
+    /// put in front of the prompt's embeddings; an empty cache and no rows otherwise.
+    ///
+    /// # Errors
+    /// A virtual-token table that does not fit the model.
+    pub fn start_state(&self) -> Result<(KvCache, Option<Tensor>)> {
+        let llama = self.model.decoder();
+        let dtype = llama.dtype();
+        Ok(match self.model.virtual_tokens()? {
+            None => (KvCache::new(), None),
+            Some((TokenPlacement::Prefix, table)) => {
+                let w = llama.virtual_spec().kv_width;
+                let pairs = prefix_pairs(&table.as_tensor().detach(), w, dtype)?;
+                (KvCache::from_prefix(llama, &pairs)?, None)
+            }
+            Some((TokenPlacement::Prompt, rows)) => (
+                KvCache::new(),
+                Some(rows.as_tensor().detach().to_dtype(dtype)?.unsqueeze(0)?),
+            ),
+        })
+    }
+
+    /// The id put in front of a plain prompt, when the model expects one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.add_bos
+    }
+
     /// Generation records no graph: an adapter's trainable tensors would otherwise make every
     /// layer output and cached key keep the ops behind it for as long as the loop runs (and
     /// a quantized base take the dequantizing path meant for training).
@@ -480,21 +508,7 @@ impl Generator {
             reason: e.to_string(),
         };
         let llama = self.model.decoder();
-        let dtype = llama.dtype();
-        // Virtual tokens enter as at training: prefix keys and values as an already filled
-        // cache, prompt-tuning rows in front of the prompt's embeddings.
-        let (mut cache, mut prompt_rows) = match self.model.virtual_tokens()? {
-            None => (KvCache::new(), None),
-            Some((TokenPlacement::Prefix, table)) => {
-                let w = llama.virtual_spec().kv_width;
-                let pairs = prefix_pairs(&table.as_tensor().detach(), w, dtype)?;
-                (KvCache::from_prefix(llama, &pairs)?, None)
-            }
-            Some((TokenPlacement::Prompt, rows)) => (
-                KvCache::new(),
-                Some(rows.as_tensor().detach().to_dtype(dtype)?.unsqueeze(0)?),
-            ),
-        };
+        let (mut cache, mut prompt_rows) = self.start_state()?;
         let virtual_n = cache.len() + prompt_rows.as_ref().map_or(Ok(0), |r| r.dim(1))?;
         let context = llama.config().max_position_embeddings;
         if ids.is_empty() || virtual_n + ids.len() >= context {

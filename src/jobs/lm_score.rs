@@ -10,7 +10,9 @@
 use candle_core::{DType, Tensor};
 use tokenizers::Tokenizer;
 
+use crate::data::{Label, Metric, PromptedExample, PromptedTask, compute, multirc_scores};
 use crate::error::{Error, Result};
+use crate::jobs::generate::Generator;
 use crate::models::llama::{KvCache, Llama};
 
 /// One example's token ids for scoring: the ids every candidate shares, then each candidate's
@@ -186,6 +188,109 @@ pub fn candidate_scores(
     })
 }
 
+/// What [`evaluate`] measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LmScoreReport {
+    /// The task's name.
+    pub task: String,
+    /// Examples scored (answer options for MultiRC).
+    pub examples: usize,
+    /// The task's official metrics: accuracy; CB also macro-F1; MultiRC F1a and exact match.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// Up to `max` of `examples`, drawn without replacement with `seed` and kept in file order
+/// (all of them when there are fewer): the evaluation protocol, 1,000 from
+/// validation.
+pub fn sample_examples(
+    examples: Vec<PromptedExample>,
+    max: usize,
+    seed: u64,
+) -> Vec<PromptedExample> {
+    if examples.len() <= max {
+        return examples;
+    }
+    let mut picked =
+        rand::seq::index::sample(&mut crate::adapters::seeded_rng(seed), examples.len(), max)
+            .into_vec();
+    picked.sort_unstable();
+    let mut keep = vec![false; examples.len()];
+    for i in picked {
+        keep[i] = true;
+    }
+    examples
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(e, k)| k.then_some(e))
+        .collect()
+}
+
+/// Scores every example of `task` with the generator's model (and adapter, if one is
+/// attached) by [`candidate_scores`], predicts the best candidate, and computes the task's
+/// official metrics. `on_example` is called after each example (progress).
+///
+/// # Errors
+/// No examples; tokenization or model errors; a prompt past the context.
+pub fn evaluate(
+    g: &Generator,
+    task: PromptedTask,
+    examples: &[PromptedExample],
+    on_example: &mut dyn FnMut(),
+) -> Result<LmScoreReport> {
+    let llama = g.decoder();
+    let (cache, rows) = g.start_state()?;
+    let (mut preds, mut golds) = (Vec::with_capacity(examples.len()), Vec::new());
+    for e in examples {
+        let ids = CandidateIds::tokenize(&g.tokenizer, g.bos_id(), &e.prompt, &e.candidates)?;
+        let context = llama.config().max_position_embeddings;
+        let longest =
+            ids.shared.len() + ids.rest.iter().map(Vec::len).max().unwrap_or(0) + cache.len();
+        if longest > context {
+            return Err(Error::PromptTooLong {
+                tokens: longest,
+                context,
+            });
+        }
+        let scores = candidate_scores(llama, &ids, cache.clone(), rows.as_ref())?;
+        let best = scores
+            .iter()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv { (i, v) } else { (bi, bv) }
+            })
+            .0;
+        preds.push(best as u32);
+        golds.push(e.gold as u32);
+        on_example();
+    }
+    let mut metrics = std::collections::BTreeMap::new();
+    match task {
+        PromptedTask::MultiRc => {
+            let groups: Vec<&str> = examples
+                .iter()
+                .map(|e| e.group.as_deref().unwrap_or(""))
+                .collect();
+            let m = multirc_scores(&preds, &golds, &groups)?;
+            metrics.insert("f1a".to_string(), m.f1a);
+            metrics.insert("exact_match".to_string(), m.exact_match);
+        }
+        _ => {
+            let labels = |v: &[u32]| v.iter().map(|&c| Label::Class(c)).collect::<Vec<_>>();
+            let wanted: &[Metric] = if task == PromptedTask::Cb {
+                &[Metric::Accuracy, Metric::MacroF1]
+            } else {
+                &[Metric::Accuracy]
+            };
+            metrics = compute(wanted, &labels(&preds), &labels(&golds))?;
+        }
+    }
+    Ok(LmScoreReport {
+        task: task.name().to_string(),
+        examples: examples.len(),
+        metrics,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
@@ -225,6 +330,23 @@ mod tests {
                 own.iter().sum::<f64>() / own.len() as f64
             })
             .collect()
+    }
+
+    #[test]
+    fn sampling_keeps_file_order_and_is_seeded() {
+        let ex = |i: usize| PromptedExample {
+            prompt: i.to_string(),
+            candidates: vec!["a".into()],
+            gold: 0,
+            group: None,
+        };
+        let all: Vec<_> = (0..50).map(ex).collect();
+        let a = sample_examples(all.clone(), 10, 3);
+        assert_eq!(a, sample_examples(all.clone(), 10, 3));
+        assert_ne!(a, sample_examples(all.clone(), 10, 4));
+        let order: Vec<usize> = a.iter().map(|e| e.prompt.parse().unwrap()).collect();
+        assert!(order.len() == 10 && order.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(sample_examples(all.clone(), 100, 3), all);
     }
 
     #[test]
