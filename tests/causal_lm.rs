@@ -393,6 +393,50 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
         let v = report["metrics"][metric].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{metric} {v}");
     }
+    // A custom template that writes RTE's built-in one scores the same.
+    let rte = fixtures.join("superglue/RTE/val.jsonl");
+    let json = |o: std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let builtin = json(eval(&["--task", "rte", "--max-examples", "8", "--json"]));
+    let custom = json(eval(&[
+        "--task",
+        "custom",
+        "--file",
+        path_str(&rte),
+        "--template",
+        "{premise}\nDoes this mean that \"{hypothesis}\" is true? Yes or No?\n",
+        "--candidate",
+        "Yes",
+        "--candidate",
+        "No",
+        "--label-value",
+        "entailment",
+        "--label-value",
+        "not_entailment",
+        "--max-examples",
+        "8",
+        "--json",
+    ]));
+    assert_eq!(custom["metrics"], builtin["metrics"]);
+    assert_eq!(custom["task"], "custom");
+    let lacking = [
+        "--task",
+        "custom",
+        "--file",
+        path_str(&rte),
+        "--template",
+        "{question}",
+        "--candidate",
+        "a",
+        "--candidate",
+        "b",
+    ];
+    assert_clear_error(
+        &eval(&lacking),
+        &["RTE/val.jsonl:1:", "`question`: missing"],
+    );
     assert_clear_error(
         &eval(&["--task", "squad"]),
         &["unknown task `squad`", "boolq"],

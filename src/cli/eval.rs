@@ -92,6 +92,19 @@ pub struct EvalArgs {
     /// --adapter. Scores the base alone, or with a decoder adapter from --adapter.
     #[arg(long, value_enum)]
     objective: Option<Objective>,
+    /// LM scoring of a task of your own (`--task custom --file rows.jsonl`): the prompt, with
+    /// each row's fields as `{field}` (`{{`/`}}` for literal braces), e.g.
+    /// '{premise}\nQuestion: {hypothesis}? Yes or No?\n'.
+    #[arg(long, value_name = "TEXT")]
+    template: Option<String>,
+    /// LM scoring, custom task: a candidate continuation of the prompt; repeat it for each
+    /// (e.g. --candidate Yes --candidate No).
+    #[arg(long = "candidate", value_name = "TEXT")]
+    candidates: Vec<String>,
+    /// LM scoring, custom task: the value of --label-column meaning each candidate, in the
+    /// candidates' order; repeat it (default: 0, 1, …).
+    #[arg(long = "label-value", value_name = "VALUE")]
+    label_values: Vec<String>,
     /// LM scoring: examples drawn (seeded, without replacement) from the split; all of it
     /// when smaller.
     #[arg(long, default_value_t = 1000)]
@@ -161,15 +174,36 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
 /// `eval --objective lm-score`: a decoder (with an adapter, or alone) on a SuperGLUE task.
 fn run_lm_score(a: &EvalArgs) -> Result<()> {
     use ttlora::data::{PromptedTask, read_prompted};
-    use ttlora::jobs::generate::{BaseDtype, Generator, decoder_location};
-    use ttlora::jobs::lm_score;
     let Some(task) = a.task.as_deref() else {
-        bail!("--objective lm-score needs --task (boolq, cb, copa, multirc, rte, wic or wsc)");
+        bail!(
+            "--objective lm-score needs --task (boolq, cb, copa, multirc, rte, wic, wsc, or \
+             custom with --template and --file)"
+        );
     };
-    let task: PromptedTask = task.parse()?;
     if a.max_examples == 0 {
         bail!("--max-examples must be at least 1");
     }
+    if task == "custom" {
+        let (Some(template), Some(file)) = (&a.template, &a.file) else {
+            bail!("--task custom needs --template and --file (JSON Lines)");
+        };
+        let label_values = (!a.label_values.is_empty()).then(|| a.label_values.clone());
+        let template = ttlora::data::CustomTemplate::new(
+            template,
+            a.candidates.clone(),
+            &a.label_column,
+            label_values,
+        )?;
+        let examples = ttlora::data::read_custom_prompted(&template, file)?;
+        return lm_score_examples(a, None, examples, file);
+    }
+    if a.template.is_some() || !a.candidates.is_empty() || !a.label_values.is_empty() {
+        bail!(
+            "--template, --candidate and --label-value are for --task custom; {task} has its \
+             own template (README: SuperGLUE on decoders)"
+        );
+    }
+    let task: PromptedTask = task.parse()?;
     let file = match &a.file {
         Some(f) => f.clone(),
         None => {
@@ -199,6 +233,18 @@ fn run_lm_score(a: &EvalArgs) -> Result<()> {
         }
     };
     let examples = read_prompted(task, &file)?;
+    lm_score_examples(a, Some(task), examples, &file)
+}
+
+/// Loads the decoder (and adapter) and scores `examples` of `task` (`None`: custom).
+fn lm_score_examples(
+    a: &EvalArgs,
+    task: Option<ttlora::data::PromptedTask>,
+    examples: Vec<ttlora::data::PromptedExample>,
+    file: &std::path::Path,
+) -> Result<()> {
+    use ttlora::jobs::generate::{BaseDtype, Generator, decoder_location};
+    use ttlora::jobs::lm_score;
     let examples = lm_score::sample_examples(examples, a.max_examples, a.seed);
     let device = a.common.device.device()?;
     let allow_fetch = !a.common.fetch.offline;
@@ -222,7 +268,8 @@ fn run_lm_score(a: &EvalArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    bar.set_message(format!("scoring {task}"));
+    let name = task.map_or("custom", |t| t.name());
+    bar.set_message(format!("scoring {name}"));
     let report = lm_score::evaluate(&g, task, &examples, &mut || bar.inc(1))?;
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();

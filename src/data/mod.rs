@@ -41,7 +41,9 @@ pub use lm::{
     ChatMessage, LmEncoder, LmRecord, LmRow, LmTokens, RenderChat, Rendered, lm_batch, read_lm_rows,
 };
 pub use metrics::{Metric, MultiRcScores, compute, multirc_scores};
-pub use prompted::{PromptedExample, PromptedTask, read_prompted};
+pub use prompted::{
+    CustomTemplate, PromptedExample, PromptedTask, read_custom_prompted, read_prompted,
+};
 pub use readers::{
     CustomColumns, CustomLabels, read_custom, read_file, read_task_split, read_texts,
 };

@@ -218,6 +218,15 @@ pub struct PromptedExample {
 /// An unreadable file; a line that is not a JSON object, lacks a field the template needs, or
 /// has a label outside the task's label set (each naming the file, line and field).
 pub fn read_prompted(task: PromptedTask, path: &Path) -> Result<Vec<PromptedExample>> {
+    read_rows(path, task.name(), |row| task.examples(row))
+}
+
+/// Every line of `path` as a JSON object through `examples`.
+fn read_rows(
+    path: &Path,
+    what: &str,
+    examples: impl Fn(&Row) -> Result<Vec<PromptedExample>>,
+) -> Result<Vec<PromptedExample>> {
     let text = read_text(path)?;
     let mut out = Vec::new();
     for (line, raw) in numbered_lines(&text) {
@@ -232,15 +241,166 @@ pub fn read_prompted(task: PromptedTask, path: &Path) -> Result<Vec<PromptedExam
             line,
             prefix: "",
         };
-        out.extend(task.examples(&row)?);
+        out.extend(examples(&row)?);
     }
     if out.is_empty() {
         return Err(Error::DataFile {
             path: path.into(),
-            reason: format!("no {task} examples in the file"),
+            reason: format!("no {what} examples in the file"),
         });
     }
     Ok(out)
+}
+
+/// A user's template for a task of their own: `{field}` placeholders filled from each JSON
+/// Lines row (`{{` and `}}` for literal braces), the candidate continuations, and the values
+/// of the label field in candidate order (the candidates' indices `0`, `1`, … by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomTemplate {
+    pieces: Vec<Piece>,
+    candidates: Vec<String>,
+    label_field: String,
+    label_values: Vec<String>,
+}
+
+/// Literal text or a field to fill in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Field(String),
+}
+
+impl CustomTemplate {
+    /// Parses and checks a template.
+    ///
+    /// # Errors
+    /// An unclosed or empty `{}`, a stray `}`, fewer than two candidates, or label values
+    /// that are not one per candidate (or repeat).
+    pub fn new(
+        template: &str,
+        candidates: Vec<String>,
+        label_field: &str,
+        label_values: Option<Vec<String>>,
+    ) -> Result<Self> {
+        let bad = |reason: String| op_error("prompt template", reason);
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut chars = template.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    text.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    text.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed || name.trim().is_empty() || name.contains('{') {
+                        return Err(bad(format!(
+                            "`{{{name}` in \"{template}\": a placeholder is a field name in \
+                             braces, `{{premise}}` (`{{{{` and `}}}}` for literal braces)"
+                        )));
+                    }
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    pieces.push(Piece::Field(name.trim().to_string()));
+                }
+                '}' => {
+                    return Err(bad(format!(
+                        "a `}}` without its `{{` in \"{template}\" (`}}}}` for a literal brace)"
+                    )));
+                }
+                c => text.push(c),
+            }
+        }
+        pieces.push(Piece::Text(text));
+        if !pieces.iter().any(|p| matches!(p, Piece::Field(_))) {
+            return Err(bad(format!(
+                "\"{template}\" names no field; write the row's fields as `{{field}}`"
+            )));
+        }
+        if candidates.len() < 2 {
+            return Err(bad(format!(
+                "{} candidate(s); give at least two continuations to choose from",
+                candidates.len()
+            )));
+        }
+        let label_values =
+            label_values.unwrap_or_else(|| (0..candidates.len()).map(|i| i.to_string()).collect());
+        let distinct: std::collections::BTreeSet<_> = label_values.iter().collect();
+        if label_values.len() != candidates.len() || distinct.len() != label_values.len() {
+            return Err(bad(format!(
+                "{} distinct label values for {} candidates; give one per candidate, in the \
+                 candidates' order",
+                distinct.len(),
+                candidates.len()
+            )));
+        }
+        Ok(Self {
+            pieces,
+            candidates,
+            label_field: label_field.to_string(),
+            label_values,
+        })
+    }
+
+    /// The row's prompt, candidates and gold index.
+    fn example(&self, row: &Row) -> Result<PromptedExample> {
+        let mut prompt = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => prompt.push_str(t),
+                Piece::Field(name) => prompt.push_str(&row.text(name)?),
+            }
+        }
+        let label = row.text(&self.label_field)?;
+        let gold = self
+            .label_values
+            .iter()
+            .position(|v| *v == label)
+            .ok_or_else(|| {
+                row.error(
+                    &self.label_field,
+                    format!(
+                        "\"{label}\" is not one of the label values {}",
+                        self.label_values.join(", ")
+                    ),
+                )
+            })?;
+        Ok(PromptedExample {
+            prompt,
+            candidates: self.candidates.clone(),
+            gold,
+            group: None,
+        })
+    }
+
+    /// How many candidates each example has.
+    pub fn num_candidates(&self) -> usize {
+        self.candidates.len()
+    }
+}
+
+/// Reads a JSON Lines file with a [`CustomTemplate`] into prompted examples, in file order.
+///
+/// # Errors
+/// As [`read_prompted`]; a row lacking a field the template names, or whose label is not one
+/// of the template's label values.
+pub fn read_custom_prompted(
+    template: &CustomTemplate,
+    path: &Path,
+) -> Result<Vec<PromptedExample>> {
+    read_rows(path, "custom", |row| Ok(vec![template.example(row)?]))
 }
 
 /// One JSON object of a file, with where it came from for errors.
@@ -271,6 +431,18 @@ impl<'a> Row<'a> {
         let v = self.field(field)?;
         v.as_str()
             .ok_or_else(|| self.error(field, format!("expected a string, found {v}")))
+    }
+
+    /// A field as text: a string as it is, a number or a boolean as JSON writes it.
+    fn text(&self, field: &str) -> Result<String> {
+        match self.field(field)? {
+            Value::String(s) => Ok(s.clone()),
+            v @ (Value::Number(_) | Value::Bool(_)) => Ok(v.to_string()),
+            v => Err(self.error(
+                field,
+                format!("expected text, a number or a boolean, found {v}"),
+            )),
+        }
     }
 
     fn bool(&self, field: &str) -> Result<bool> {
@@ -501,6 +673,80 @@ mod tests {
         ] {
             assert_eq!(first(task).1, 20, "{task}");
         }
+    }
+
+    #[test]
+    fn a_custom_template_fills_fields_and_maps_labels() {
+        let t = CustomTemplate::new(
+            "{premise}\nQuestion: {hypothesis} {{yes/no}}?\n",
+            vec!["Yes".into(), "No".into()],
+            "label",
+            Some(vec!["entailment".into(), "not_entailment".into()]),
+        )
+        .unwrap();
+        let value: Value = serde_json::from_str(
+            r#"{"premise": "It rains.", "hypothesis": "It is wet", "label": "not_entailment"}"#,
+        )
+        .unwrap();
+        let row = Row {
+            value: &value,
+            path: Path::new("mine.jsonl"),
+            line: 7,
+            prefix: "",
+        };
+        let e = t.example(&row).unwrap();
+        assert_eq!(e.prompt, "It rains.\nQuestion: It is wet {yes/no}?\n");
+        assert_eq!((e.candidates.len(), e.gold), (2, 1));
+        // Default label values are the candidates' indices; numbers and booleans read as text.
+        let t = CustomTemplate::new("{n} is", vec!["odd".into(), "even".into()], "label", None)
+            .unwrap();
+        let value: Value = serde_json::from_str(r#"{"n": 4, "label": 1}"#).unwrap();
+        let row = Row {
+            value: &value,
+            ..row
+        };
+        assert_eq!(t.example(&row).unwrap().prompt, "4 is");
+        // A field the row lacks, a label outside the values: errors naming line and field.
+        let lacks =
+            CustomTemplate::new("{text}", vec!["a".into(), "b".into()], "label", None).unwrap();
+        let err = lacks.example(&row).unwrap_err().to_string();
+        assert!(
+            err.contains("mine.jsonl:7") && err.contains("`text`: missing"),
+            "{err}"
+        );
+        let value: Value = serde_json::from_str(r#"{"n": 4, "label": 5}"#).unwrap();
+        let err = t
+            .example(&Row {
+                value: &value,
+                ..row
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"5\" is not one of the label values 0, 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_custom_templates_are_refused_at_the_door() {
+        let two = || vec!["a".to_string(), "b".into()];
+        for (template, needle) in [
+            ("{premise", "a placeholder is a field name"),
+            ("{} x", "a placeholder is a field name"),
+            ("x } y", "without its `{`"),
+            ("no fields", "names no field"),
+        ] {
+            let err = CustomTemplate::new(template, two(), "label", None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{template}: {err}");
+        }
+        let err = CustomTemplate::new("{x}", vec!["a".into()], "label", None).unwrap_err();
+        assert!(err.to_string().contains("at least two"), "{err}");
+        let err = CustomTemplate::new("{x}", two(), "label", Some(vec!["p".into(), "p".into()]))
+            .unwrap_err();
+        assert!(err.to_string().contains("one per candidate"), "{err}");
     }
 
     #[test]

@@ -225,15 +225,16 @@ pub fn sample_examples(
         .collect()
 }
 
-/// Scores every example of `task` with the generator's model (and adapter, if one is
-/// attached) by [`candidate_scores`], predicts the best candidate, and computes the task's
-/// official metrics. `on_example` is called after each example (progress).
+/// Scores every example of `task` (`None`: a custom template's) with the generator's model
+/// (and adapter, if one is attached) by [`candidate_scores`], predicts the best candidate,
+/// and computes the task's official metrics (a custom task: accuracy, and macro-F1 with more
+/// than two candidates). `on_example` is called after each example (progress).
 ///
 /// # Errors
 /// No examples; tokenization or model errors; a prompt past the context.
 pub fn evaluate(
     g: &Generator,
-    task: PromptedTask,
+    task: Option<PromptedTask>,
     examples: &[PromptedExample],
     on_example: &mut dyn FnMut(),
 ) -> Result<LmScoreReport> {
@@ -265,7 +266,7 @@ pub fn evaluate(
     }
     let mut metrics = std::collections::BTreeMap::new();
     match task {
-        PromptedTask::MultiRc => {
+        Some(PromptedTask::MultiRc) => {
             let groups: Vec<&str> = examples
                 .iter()
                 .map(|e| e.group.as_deref().unwrap_or(""))
@@ -276,16 +277,22 @@ pub fn evaluate(
         }
         _ => {
             let labels = |v: &[u32]| v.iter().map(|&c| Label::Class(c)).collect::<Vec<_>>();
-            let wanted: &[Metric] = if task == PromptedTask::Cb {
-                &[Metric::Accuracy, Metric::MacroF1]
-            } else {
-                &[Metric::Accuracy]
-            };
+            let classes = examples
+                .iter()
+                .map(|e| e.candidates.len())
+                .max()
+                .unwrap_or(0);
+            let wanted: &[Metric] =
+                if task == Some(PromptedTask::Cb) || (task.is_none() && classes > 2) {
+                    &[Metric::Accuracy, Metric::MacroF1]
+                } else {
+                    &[Metric::Accuracy]
+                };
             metrics = compute(wanted, &labels(&preds), &labels(&golds))?;
         }
     }
     Ok(LmScoreReport {
-        task: task.name().to_string(),
+        task: task.map_or("custom", PromptedTask::name).to_string(),
         examples: examples.len(),
         metrics,
     })
