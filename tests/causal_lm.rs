@@ -367,24 +367,25 @@ fn candidates_split_from_the_prompt_at_their_first_token() {
 
 /// `eval --model smollm2 --task cb` with no adapter scores the base model by LM scoring (the
 /// zero-shot floor): a seeded draw of the validation file, accuracy and macro-F1; a task,
-/// split or label it cannot take is one clear error.
+/// split, label or flag it cannot take is one clear error.
 #[test]
 fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
     crate::common::smollm2();
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let eval = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--model",
-            "smollm2",
-            "--offline",
-            "--data",
-            path_str(&fixtures),
-        ];
+        let mut args = vec!["eval", "--model", "smollm2", "--offline"];
         args.extend_from_slice(extra);
         ttlora(&args)
     };
-    let o = eval(&["--task", "cb", "--max-examples", "6", "--json"]);
+    let o = eval(&[
+        "--data",
+        path_str(&fixtures),
+        "--task",
+        "cb",
+        "--max-examples",
+        "6",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(report["task"], "cb");
@@ -399,7 +400,15 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
         assert!(o.status.success(), "{}", stderr(&o));
         serde_json::from_str(&stdout(&o)).unwrap()
     };
-    let builtin = json(eval(&["--task", "rte", "--max-examples", "8", "--json"]));
+    let builtin = json(eval(&[
+        "--data",
+        path_str(&fixtures),
+        "--task",
+        "rte",
+        "--max-examples",
+        "8",
+        "--json",
+    ]));
     let custom = json(eval(&[
         "--task",
         "custom",
@@ -437,12 +446,28 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
         &eval(&lacking),
         &["RTE/val.jsonl:1:", "`question`: missing"],
     );
+    // Not a SuperGLUE task and no adapter: both ways to run eval are named.
     assert_clear_error(
-        &eval(&["--task", "squad"]),
+        &eval(&["--task", "sst2"]),
+        &["give --adapter DIR", "SuperGLUE --task", "boolq"],
+    );
+    assert_clear_error(
+        &eval(&["--objective", "lm-score", "--task", "squad"]),
         &["unknown task `squad`", "boolq"],
     );
     assert_clear_error(
-        &eval(&["--task", "cb", "--split", "dev_matched"]),
+        &eval(&["--task", "cb", "--batch-size", "8"]),
+        &["--batch-size does not apply to LM scoring"],
+    );
+    assert_clear_error(
+        &eval(&[
+            "--data",
+            path_str(&fixtures),
+            "--task",
+            "cb",
+            "--split",
+            "dev_matched",
+        ]),
         &["not a SuperGLUE split"],
     );
     let tmp = TempDir::new("lm-score-bad");

@@ -18,16 +18,18 @@ pub struct AdapterArgs {
     /// scoring needs none).
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
-    /// Base model, overriding the one recorded in the adapter config.
+    /// Base model, overriding the one recorded in the adapter config; for LM scoring with no
+    /// --adapter, the decoder to score.
     #[arg(long)]
     model: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
     fetch: OfflineArgs,
-    /// Examples per forward pass.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Examples per forward pass [default: 64] (not for LM scoring, which runs one example
+    /// at a time).
+    #[arg(long)]
+    batch_size: Option<usize>,
     #[command(flatten)]
     pooling: PoolingArgs,
 }
@@ -36,9 +38,7 @@ impl AdapterArgs {
     fn load(&self) -> Result<Inference> {
         let device = self.device.device()?;
         let Some(adapter) = &self.adapter else {
-            bail!(
-                "give --adapter (or, for a decoder, --objective lm-score and a SuperGLUE --task)"
-            );
+            bail!("give --adapter DIR, a folder written by `ttlora train`");
         };
         let inf = inference::load_with(
             adapter,
@@ -105,13 +105,13 @@ pub struct EvalArgs {
     /// candidates' order; repeat it (default: 0, 1, …).
     #[arg(long = "label-value", value_name = "VALUE")]
     label_values: Vec<String>,
-    /// LM scoring: examples drawn (seeded, without replacement) from the split; all of it
-    /// when smaller.
-    #[arg(long, default_value_t = 1000)]
-    max_examples: usize,
-    /// LM scoring: the seed of that draw.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// LM scoring: examples drawn (seeded, without replacement; MultiRC a whole question at
+    /// a time) from the split; all of it when smaller [default: 1000].
+    #[arg(long)]
+    max_examples: Option<usize>,
+    /// LM scoring: the seed of that draw [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
     #[command(flatten)]
     output: JsonArgs,
 }
@@ -125,8 +125,34 @@ pub enum Objective {
 
 /// Runs `ttlora eval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
-    if a.objective == Some(Objective::LmScore) || a.common.adapter.is_none() {
+    let lm_task = a
+        .task
+        .as_deref()
+        .is_some_and(|t| t == "custom" || t.parse::<ttlora::data::PromptedTask>().is_ok());
+    let decoder_adapter = match &a.common.adapter {
+        Some(dir) => ttlora::jobs::export::is_decoder_adapter(dir).unwrap_or(false),
+        None => false,
+    };
+    if a.objective == Some(Objective::LmScore)
+        || (lm_task && (a.common.adapter.is_none() || decoder_adapter))
+    {
         return run_lm_score(&a);
+    }
+    if a.common.adapter.is_none() {
+        bail!(
+            "give --adapter DIR (a folder `ttlora train` wrote), or --model and a SuperGLUE \
+             --task (boolq, cb, copa, multirc, rte, wic, wsc) to score a decoder by LM scoring"
+        );
+    }
+    let lm_only = [
+        ("--template", a.template.is_some()),
+        ("--candidate", !a.candidates.is_empty()),
+        ("--label-value", !a.label_values.is_empty()),
+        ("--max-examples", a.max_examples.is_some()),
+        ("--seed", a.seed.is_some()),
+    ];
+    if let Some((flag, _)) = lm_only.iter().find(|(_, given)| *given) {
+        bail!("{flag} is for LM scoring (--objective lm-score), not for a classifier's adapter");
     }
     let mut inf = a.common.load()?;
     let data = match &a.file {
@@ -148,27 +174,27 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         &mut inf,
         a.task.as_deref(),
         &data,
-        a.common.batch_size,
+        a.common.batch_size.unwrap_or(64),
         &device,
     )?;
     let mut out = std::io::stdout().lock();
     if a.output.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&scores.metrics)?)?;
     } else {
-        let line: Vec<String> = scores
-            .metrics
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.4}"))
-            .collect();
+        let line = metrics_line(&scores.metrics);
         writeln!(
             out,
-            "{} ({} examples): {}",
-            scores.task,
-            scores.examples,
-            line.join(", ")
+            "{} ({} examples): {line}",
+            scores.task, scores.examples
         )?;
     }
     Ok(())
+}
+
+/// `accuracy 0.8125, f1 0.8571`: metrics for a terminal line.
+fn metrics_line(metrics: &std::collections::BTreeMap<String, f64>) -> String {
+    let parts: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    parts.join(", ")
 }
 
 /// `eval --objective lm-score`: a decoder (with an adapter, or alone) on a SuperGLUE task.
@@ -180,8 +206,25 @@ fn run_lm_score(a: &EvalArgs) -> Result<()> {
              custom with --template and --file)"
         );
     };
-    if a.max_examples == 0 {
+    if a.max_examples == Some(0) {
         bail!("--max-examples must be at least 1");
+    }
+    let ignored = [
+        ("--batch-size", a.common.batch_size.is_some()),
+        ("--text-column", a.text_column != "text"),
+        ("--text-pair-column", a.text_pair_column.is_some()),
+        (
+            "--label-column",
+            a.label_column != "label" && task != "custom",
+        ),
+        ("--split", a.split != Split::Dev && a.file.is_some()),
+        ("--data", a.data.is_some() && a.file.is_some()),
+    ];
+    if let Some((flag, _)) = ignored.iter().find(|(_, given)| *given) {
+        bail!(
+            "{flag} does not apply to LM scoring here (a task's template reads its own fields; \
+             --file names the file, --split and --data find a task's own)"
+        );
     }
     if task == "custom" {
         let (Some(template), Some(file)) = (&a.template, &a.file) else {
@@ -245,7 +288,11 @@ fn lm_score_examples(
 ) -> Result<()> {
     use ttlora::jobs::generate::{BaseDtype, Generator, decoder_location};
     use ttlora::jobs::lm_score;
-    let examples = lm_score::sample_examples(examples, a.max_examples, a.seed);
+    let examples = lm_score::sample_examples(
+        examples,
+        a.max_examples.unwrap_or(1000),
+        a.seed.unwrap_or(0),
+    );
     let device = a.common.device.device()?;
     let allow_fetch = !a.common.fetch.offline;
     let g = match (&a.common.adapter, &a.common.model) {
@@ -276,19 +323,9 @@ fn lm_score_examples(
     if a.output.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        let line: Vec<String> = report
-            .metrics
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.4}"))
-            .collect();
-        writeln!(
-            out,
-            "{} ({} examples of {}): {}",
-            report.task,
-            report.examples,
-            file.display(),
-            line.join(", ")
-        )?;
+        let line = metrics_line(&report.metrics);
+        let (task, n) = (&report.task, report.examples);
+        writeln!(out, "{task} ({n} examples of {}): {line}", file.display())?;
     }
     Ok(())
 }
@@ -335,7 +372,7 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
     };
     let inf = a.common.load()?;
     let device = a.common.device.device()?;
-    let predictions = eval::predict(&inf, &examples, a.common.batch_size, &device)?;
+    let predictions = eval::predict(&inf, &examples, a.common.batch_size.unwrap_or(64), &device)?;
     let mut lines = String::new();
     for (ex, p) in examples.iter().zip(&predictions) {
         let text = match &ex.text_b {

@@ -151,13 +151,7 @@ impl PromptedTask {
                 one(prompt, &["No", "Yes"], yes_no(row.bool("label")?))
             }
             PromptedTask::Wsc => {
-                let target = row.field("target")?;
-                let target = Row {
-                    value: target,
-                    path: row.path,
-                    line: row.line,
-                    prefix: "target.",
-                };
+                let target = row.nested(row.field("target")?, "target.");
                 let prompt = format!(
                     "{}\nIn the previous sentence, does the pronoun \"{}\" refer to {}? \
                      Yes or No?\n",
@@ -413,6 +407,16 @@ struct Row<'a> {
 }
 
 impl<'a> Row<'a> {
+    /// An object inside this row's line, `prefix` its path there (for errors).
+    fn nested(&self, value: &'a Value, prefix: &'static str) -> Row<'a> {
+        Row {
+            value,
+            path: self.path,
+            line: self.line,
+            prefix,
+        }
+    }
+
     fn error(&self, field: &str, reason: impl fmt::Display) -> Error {
         Error::DataRow {
             path: self.path.into(),
@@ -512,12 +516,7 @@ fn copa_choice(choice: &str) -> String {
 fn multirc_examples(row: &Row) -> Result<Vec<PromptedExample>> {
     let passage_idx = row.field("idx")?;
     let passage = row.field("passage")?;
-    let passage = Row {
-        value: passage,
-        path: row.path,
-        line: row.line,
-        prefix: "passage.",
-    };
+    let passage = row.nested(passage, "passage.");
     let paragraph = passage.str("text")?;
     let questions = passage
         .field("questions")?
@@ -525,12 +524,7 @@ fn multirc_examples(row: &Row) -> Result<Vec<PromptedExample>> {
         .ok_or_else(|| passage.error("questions", "expected a list"))?;
     let mut out = Vec::new();
     for q in questions {
-        let q = Row {
-            value: q,
-            path: row.path,
-            line: row.line,
-            prefix: "passage.questions[].",
-        };
+        let q = row.nested(q, "passage.questions[].");
         let question = q.str("question")?;
         let group = format!("{passage_idx}-{}", q.field("idx")?);
         let answers = q
@@ -538,12 +532,7 @@ fn multirc_examples(row: &Row) -> Result<Vec<PromptedExample>> {
             .as_array()
             .ok_or_else(|| q.error("answers", "expected a list"))?;
         for a in answers {
-            let a = Row {
-                value: a,
-                path: row.path,
-                line: row.line,
-                prefix: "passage.questions[].answers[].",
-            };
+            let a = row.nested(a, "passage.questions[].answers[].");
             out.push(PromptedExample {
                 prompt: format!(
                     "{paragraph}\nQuestion: {question}\nI found this answer \"{}\". Is that \
@@ -747,6 +736,32 @@ mod tests {
         let err = CustomTemplate::new("{x}", two(), "label", Some(vec!["p".into(), "p".into()]))
             .unwrap_err();
         assert!(err.to_string().contains("one per candidate"), "{err}");
+    }
+
+    /// COPA's "cause" questions take " because "; WSC's pronoun is lower-cased.
+    #[test]
+    fn copa_causes_and_wsc_pronouns_follow_mezo() {
+        let copa = parse(
+            PromptedTask::Copa,
+            r#"{"premise": "My body cast a shadow over the grass.", "choice1": "The sun was rising.", "choice2": "I mowed it.", "question": "cause", "label": 0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            copa[0].prompt,
+            "My body cast a shadow over the grass because "
+        );
+        assert_eq!(copa[0].candidates, ["the sun was rising.", "I mowed it."]);
+        let wsc = parse(
+            PromptedTask::Wsc,
+            r#"{"text": "Mark told Pete he was late.", "target": {"span1_text": "Pete", "span2_text": "He"}, "label": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            wsc[0].prompt,
+            "Mark told Pete he was late.\nIn the previous sentence, does the pronoun \"he\" \
+             refer to Pete? Yes or No?\n"
+        );
+        assert_eq!(wsc[0].gold, 1);
     }
 
     #[test]

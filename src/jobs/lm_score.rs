@@ -48,18 +48,32 @@ impl CandidateIds {
         let mut first_scored = Vec::with_capacity(candidates.len());
         for candidate in candidates {
             let text = format!("{prompt}{candidate}");
+            // With the tokenizer's own special tokens, as training and generation see a
+            // prompt (an HF LLaMA tokenizer's post-processor adds `<s>`): the leading ones
+            // are kept, trailing ones (an EOS or `[SEP]`) dropped, and `bos` put in front
+            // only when the tokenizer did not add it.
             let enc = tokenizer
-                .encode_char_offsets(text.as_str(), false)
+                .encode_char_offsets(text.as_str(), true)
                 .map_err(|e| scoring_error(format!("cannot tokenize \"{text}\": {e}")))?;
-            let mut ids: Vec<u32> = bos.into_iter().collect();
-            let lead = ids.len();
-            ids.extend_from_slice(enc.get_ids());
-            let own = enc
-                .get_offsets()
+            let special = enc.get_special_tokens_mask();
+            let lead = special.iter().take_while(|&&m| m == 1).count();
+            let end = special.len()
+                - special[lead..]
+                    .iter()
+                    .rev()
+                    .take_while(|&&m| m == 1)
+                    .count();
+            let mut ids: Vec<u32> = match bos {
+                Some(b) if enc.get_ids().first() != Some(&b) => vec![b],
+                _ => Vec::new(),
+            };
+            let before = ids.len();
+            ids.extend_from_slice(&enc.get_ids()[..end]);
+            let own = enc.get_offsets()[lead..end]
                 .iter()
-                .position(|&(_, end)| end > prompt_chars);
+                .position(|&(_, stop)| stop > prompt_chars);
             match own {
-                Some(at) => first_scored.push(lead + at),
+                Some(at) => first_scored.push(before + lead + at),
                 None => {
                     return Err(scoring_error(format!(
                         "the candidate \"{candidate}\" adds no token to the prompt"
@@ -79,8 +93,8 @@ impl CandidateIds {
         }
         if shared == 0 {
             return Err(scoring_error(
-                "nothing before the candidates' first token to predict it from (an empty \
-                 prompt and no BOS token)",
+                "nothing before the candidates' first token to predict it from (the prompt \
+                 adds no token of its own and there is no BOS token)",
             ));
         }
         Ok(Self {
@@ -112,12 +126,14 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
     row.iter().map(|&v| f64::from(v) - log_z).collect()
 }
 
-/// The log-probability rows `(t, vocab)` of `ids` continuing `cache` (its keys extended).
+/// The log-probability rows `(t, vocab)` of `ids` continuing `cache` (its keys extended);
+/// only the last row's when `last_only` (the shared prompt: only its last row predicts).
 fn continue_log_probs(
     llama: &Llama,
     ids: &[u32],
     rows: Option<&Tensor>,
     cache: &mut KvCache,
+    last_only: bool,
 ) -> Result<Vec<Vec<f64>>> {
     let input = Tensor::new(ids, llama.device())?.unsqueeze(0)?;
     let hidden = match rows {
@@ -132,7 +148,8 @@ fn continue_log_probs(
     };
     // Prompt-tuning rows come first and predict nothing here.
     let n = hidden.dim(1)?;
-    let hidden = hidden.narrow(1, n - ids.len(), ids.len())?;
+    let keep = if last_only { 1 } else { ids.len() };
+    let hidden = hidden.narrow(1, n - keep, keep)?;
     let logits = llama
         .logits(&hidden, false)?
         .squeeze(0)?
@@ -147,7 +164,8 @@ fn continue_log_probs(
 /// Each candidate's mean log-probability of its own tokens given the prompt, for `ids` as
 /// [`CandidateIds::tokenize`] gives them. `cache` and `rows` are the state generation starts
 /// from (empty, or a prefix adapter's keys and values; prompt-tuning rows in front of the
-/// prompt). Runs without a graph, on a rayon worker.
+/// prompt). Runs without a graph, on a rayon worker, with exact (never input-rounded)
+/// products on a quantized base ([`exact_products`](crate::ops::exact_products)).
 ///
 /// # Errors
 /// Ids outside the vocabulary; a sequence past the model's context.
@@ -157,33 +175,56 @@ pub fn candidate_scores(
     cache: KvCache,
     rows: Option<&Tensor>,
 ) -> Result<Vec<f64>> {
+    let vocab = llama.config().vocab_size;
+    let mut all = ids.shared.iter().chain(ids.rest.iter().flatten());
+    if let Some(&id) = all.find(|&&id| id as usize >= vocab) {
+        return Err(scoring_error(format!(
+            "token id {id} is outside the model's vocabulary of {vocab} (a tokenizer that \
+             does not belong to the model?)"
+        )));
+    }
+    let malformed = ids
+        .rest
+        .iter()
+        .zip(&ids.scored)
+        .any(|(r, &n)| n == 0 || n > r.len());
+    if ids.shared.is_empty() || ids.rest.len() != ids.scored.len() || malformed {
+        return Err(scoring_error(
+            "each candidate needs ids after a non-empty shared part, 1 to all of them scored",
+        ));
+    }
     crate::ops::no_grad(|| {
+        // Exact products throughout: a quantized base's one-row products would otherwise
+        // round their input (as decoding does) and the prompt's would not, so a score would
+        // depend on how the example splits into forwards.
         crate::ops::on_worker(|| {
-            let mut cache = cache;
-            let shared = continue_log_probs(llama, &ids.shared, rows, &mut cache)?;
-            let last = shared
-                .last()
-                .ok_or_else(|| scoring_error("no shared ids"))?;
-            ids.rest
-                .iter()
-                .zip(&ids.scored)
-                .map(|(rest, &scored)| {
-                    // log p(rest[0] | shared), then each next id given the ones before it.
-                    let mut lps = vec![last[rest[0] as usize]];
-                    if rest.len() > 1 {
-                        let mut c = cache.clone();
-                        let more =
-                            continue_log_probs(llama, &rest[..rest.len() - 1], None, &mut c)?;
-                        lps.extend(
-                            more.iter()
-                                .zip(&rest[1..])
-                                .map(|(row, &id)| row[id as usize]),
-                        );
-                    }
-                    let own = &lps[lps.len() - scored..];
-                    Ok(own.iter().sum::<f64>() / own.len() as f64)
-                })
-                .collect()
+            crate::ops::exact_products(|| {
+                let mut cache = cache;
+                let shared = continue_log_probs(llama, &ids.shared, rows, &mut cache, true)?;
+                let last = shared
+                    .last()
+                    .ok_or_else(|| scoring_error("no shared ids"))?;
+                ids.rest
+                    .iter()
+                    .zip(&ids.scored)
+                    .map(|(rest, &scored)| {
+                        // log p(rest[0] | shared), then each next id given the ones before it.
+                        let mut lps = vec![last[rest[0] as usize]];
+                        if rest.len() > 1 {
+                            let mut c = cache.clone();
+                            let fed = &rest[..rest.len() - 1];
+                            let more = continue_log_probs(llama, fed, None, &mut c, false)?;
+                            lps.extend(
+                                more.iter()
+                                    .zip(&rest[1..])
+                                    .map(|(row, &id)| row[id as usize]),
+                            );
+                        }
+                        let own = &lps[lps.len() - scored..];
+                        Ok(own.iter().sum::<f64>() / own.len() as f64)
+                    })
+                    .collect()
+            })
         })
     })
 }
@@ -201,7 +242,8 @@ pub struct LmScoreReport {
 
 /// Up to `max` of `examples`, drawn without replacement with `seed` and kept in file order
 /// (all of them when there are fewer): the issue's evaluation protocol, 1,000 from
-/// validation.
+/// validation. Grouped examples (MultiRC's answer options) are drawn a whole question at a
+/// time, until at least `max` are in.
 pub fn sample_examples(
     examples: Vec<PromptedExample>,
     max: usize,
@@ -209,6 +251,10 @@ pub fn sample_examples(
 ) -> Vec<PromptedExample> {
     if examples.len() <= max {
         return examples;
+    }
+    // MultiRC: whole questions, so that exact match is over every option of a question.
+    if examples.iter().any(|e| e.group.is_some()) {
+        return sample_groups(examples, max, seed);
     }
     let mut picked =
         rand::seq::index::sample(&mut crate::adapters::seeded_rng(seed), examples.len(), max)
@@ -222,6 +268,33 @@ pub fn sample_examples(
         .into_iter()
         .zip(keep)
         .filter_map(|(e, k)| k.then_some(e))
+        .collect()
+}
+
+/// Whole groups of `examples` in a seeded order until at least `max` examples are in, kept in
+/// file order.
+fn sample_groups(examples: Vec<PromptedExample>, max: usize, seed: u64) -> Vec<PromptedExample> {
+    let key = |e: &PromptedExample| e.group.clone().unwrap_or_default();
+    let mut sizes: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in &examples {
+        *sizes.entry(key(e)).or_default() += 1;
+    }
+    let mut groups: Vec<(&String, &usize)> = sizes.iter().collect();
+    rand::seq::SliceRandom::shuffle(
+        groups.as_mut_slice(),
+        &mut crate::adapters::seeded_rng(seed),
+    );
+    let (mut chosen, mut count) = (std::collections::BTreeSet::new(), 0);
+    for (g, &n) in groups {
+        if count >= max {
+            break;
+        }
+        chosen.insert(g.clone());
+        count += n;
+    }
+    examples
+        .into_iter()
+        .filter(|e| chosen.contains(&key(e)))
         .collect()
 }
 
@@ -240,19 +313,28 @@ pub fn evaluate(
 ) -> Result<LmScoreReport> {
     let llama = g.decoder();
     let (cache, rows) = g.start_state()?;
+    // Every example tokenized and checked against the context before any is scored.
+    let context = llama.config().max_position_embeddings;
+    let virtual_n = cache.len() + rows.as_ref().map_or(Ok(0), |r| r.dim(1))?;
+    let tokenized = examples
+        .iter()
+        .map(|e| {
+            let ids = CandidateIds::tokenize(&g.tokenizer, g.bos_id(), &e.prompt, &e.candidates)?;
+            // The last candidate token is predicted, never fed.
+            let longest = ids.rest.iter().map(Vec::len).max().unwrap_or(1);
+            let fed = virtual_n + ids.shared.len() + longest - 1;
+            if fed > context {
+                return Err(Error::PromptTooLong {
+                    tokens: fed,
+                    context,
+                });
+            }
+            Ok(ids)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let (mut preds, mut golds) = (Vec::with_capacity(examples.len()), Vec::new());
-    for e in examples {
-        let ids = CandidateIds::tokenize(&g.tokenizer, g.bos_id(), &e.prompt, &e.candidates)?;
-        let context = llama.config().max_position_embeddings;
-        let longest =
-            ids.shared.len() + ids.rest.iter().map(Vec::len).max().unwrap_or(0) + cache.len();
-        if longest > context {
-            return Err(Error::PromptTooLong {
-                tokens: longest,
-                context,
-            });
-        }
-        let scores = candidate_scores(llama, &ids, cache.clone(), rows.as_ref())?;
+    for (e, ids) in examples.iter().zip(&tokenized) {
+        let scores = candidate_scores(llama, ids, cache.clone(), rows.as_ref())?;
         let best = scores
             .iter()
             .enumerate()
@@ -358,13 +440,11 @@ mod tests {
 
     #[test]
     fn examples_that_cannot_be_scored_are_refused() {
-        let tok = crate::data::load_tokenizer(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/tokenizer-tiny.json"),
-        )
-        .unwrap();
+        let tok = tiny_tokenizer();
+        let mut plain = tok.clone();
+        plain.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         let answers = ["great".to_string(), "bad".into()];
-        let err = CandidateIds::tokenize(&tok, None, "", &answers)
+        let err = CandidateIds::tokenize(&plain, None, "", &answers)
             .unwrap_err()
             .to_string();
         assert!(err.contains("nothing before"), "{err}");
@@ -372,12 +452,80 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("adds no token"), "{err}");
-        let ids = CandidateIds::tokenize(&tok, Some(1), "", &answers).unwrap();
+        let ids = CandidateIds::tokenize(&plain, Some(1), "", &answers).unwrap();
         assert_eq!((ids.shared, ids.scored), (vec![1], vec![1, 1]));
     }
 
+    /// A tokenizer whose post-processor adds specials (BERT's `[CLS] … [SEP]`, as an HF
+    /// LLaMA's adds `<s>`): the leading one starts the shared ids (no `bos` added on top of
+    /// it), the trailing one is dropped; `bos` goes in front when the tokenizer adds none.
     #[test]
-    fn shared_prefix_scores_equal_scoring_each_sequence_whole() {
+    fn the_tokenizers_own_leading_specials_are_kept_and_trailing_ones_dropped() {
+        let tok = tiny_tokenizer();
+        let cls = tok.token_to_id("[CLS]").unwrap();
+        let sep = tok.token_to_id("[SEP]").unwrap();
+        let answers = ["great".to_string(), "bad".into()];
+        let ids = CandidateIds::tokenize(&tok, Some(cls), "it was ", &answers).unwrap();
+        assert_eq!(ids.shared[0], cls);
+        assert_ne!(ids.shared.get(1), Some(&cls));
+        assert!(ids.rest.iter().all(|r| !r.contains(&sep)), "{ids:?}");
+        let lens: Vec<usize> = ids.rest.iter().map(Vec::len).collect();
+        assert_eq!(ids.scored, lens);
+        let mut plain = tok.clone();
+        plain.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        let ids = CandidateIds::tokenize(&plain, Some(7), "it was ", &answers).unwrap();
+        assert_eq!(ids.shared[0], 7);
+        // Ids the model does not have are refused, not indexed.
+        let llama = tiny_llama();
+        let bad = CandidateIds {
+            shared: vec![1],
+            rest: vec![vec![9999]],
+            scored: vec![1],
+        };
+        let err = candidate_scores(&llama, &bad, KvCache::new(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("outside the model's vocabulary"),
+            "{err}"
+        );
+        let bad = CandidateIds {
+            shared: vec![1],
+            rest: vec![vec![2]],
+            scored: vec![2],
+        };
+        assert!(candidate_scores(&llama, &bad, KvCache::new(), None).is_err());
+    }
+
+    /// MultiRC's options are drawn a whole question at a time.
+    #[test]
+    fn grouped_examples_are_sampled_by_whole_groups() {
+        let ex = |g: usize, i: usize| PromptedExample {
+            prompt: format!("{g}.{i}"),
+            candidates: vec!["a".into(), "b".into()],
+            gold: 0,
+            group: Some(g.to_string()),
+        };
+        let all: Vec<_> = (0..20)
+            .flat_map(|g| (0..3).map(move |i| ex(g, i)))
+            .collect();
+        let picked = sample_examples(all, 10, 1);
+        // Four whole questions of three: the first draw of at least ten.
+        assert_eq!(picked.len(), 12);
+        let mut counts = std::collections::BTreeMap::new();
+        for e in &picked {
+            *counts.entry(e.group.clone().unwrap()).or_insert(0) += 1;
+        }
+        assert!(counts.values().all(|&n| n == 3), "{counts:?}");
+    }
+
+    fn tiny_tokenizer() -> Tokenizer {
+        crate::data::load_tokenizer(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/tokenizer-tiny.json"),
+        )
+        .unwrap()
+    }
+
+    fn tiny_llama() -> Llama {
         let text = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures/llama_golden/llama/config.json"),
@@ -388,7 +536,12 @@ mod tests {
             std::path::Path::new("config.json"),
         )
         .unwrap();
-        let llama = Llama::random(&cfg, 0.2, DType::F32, &Device::Cpu, 7).unwrap();
+        Llama::random(&cfg, 0.2, DType::F32, &Device::Cpu, 7).unwrap()
+    }
+
+    #[test]
+    fn shared_prefix_scores_equal_scoring_each_sequence_whole() {
+        let llama = tiny_llama();
         let ids = CandidateIds {
             shared: vec![1, 5, 9, 13],
             // One-token candidates, a longer one, and one whose first id is still the

@@ -420,11 +420,34 @@ fn is_block_quantized(dtype: GgmlDType) -> bool {
     !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
+thread_local! {
+    static EXACT_PRODUCTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every quantized product on this thread computed from the dequantized
+/// weights and the f32 input, never the in-place block product (which rounds the input to
+/// 8 bits): scores that must not depend on how many rows a forward happens to have (LM
+/// scoring's one-row prompt ends and short continuations). Restores the previous mode after.
+pub fn exact_products<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            EXACT_PRODUCTS.with(|e| e.set(self.0));
+        }
+    }
+    let _restore = Restore(EXACT_PRODUCTS.with(|e| e.replace(true)));
+    f()
+}
+
 /// Whether [`quantized_linear`] of `x` (rows × in) by `w` reads the blocks in place (a few
-/// rows that need no gradient, W in a block type), rather than dequantizing W.
+/// rows that need no gradient, W in a block type, outside [`exact_products`]), rather than
+/// dequantizing W.
 pub fn reads_blocks_in_place(x: &Tensor, w: &QTensor) -> bool {
     let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
-    rows <= BLOCK_DOT_MAX_ROWS && !x.track_op() && is_block_quantized(w.dtype())
+    rows <= BLOCK_DOT_MAX_ROWS
+        && !x.track_op()
+        && is_block_quantized(w.dtype())
+        && !EXACT_PRODUCTS.with(std::cell::Cell::get)
 }
 
 /// `[base +] x·Wᵀ + b` for a frozen W kept quantized (`w: (out, in)` in GGUF blocks), the
@@ -750,6 +773,22 @@ mod tests {
         let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
         let wrong = Tensor::zeros((2, 32), DType::F32, &dev).unwrap();
         assert!(quantized_linear(&wrong, &q, None, None).is_err());
+    }
+
+    /// Inside `exact_products`, a decoding-sized product is the dequantized one exactly.
+    #[test]
+    fn exact_products_never_round_the_input() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.5, (48, 64), &dev).unwrap();
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
+        let dense = q.dequantize(&dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 64), &dev).unwrap();
+        let got = exact_products(|| quantized_linear(&x, &q, None, None).unwrap());
+        let want = frozen_linear(&x, &dense, None).unwrap();
+        let diff = (&got - &want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(!exact_products(|| false) && reads_blocks_in_place(&x, &q));
     }
 
     /// Decoding-sized products that need no gradient read the blocks in place: the

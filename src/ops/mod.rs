@@ -46,7 +46,7 @@ pub use cross_entropy::cross_entropy;
 pub use dropout::{dropout, dropout_add, seed_dropout};
 pub(crate) use dropout::{dropout_rng, set_dropout_rng};
 pub use frozen_linear::{
-    frozen_linear, frozen_linear_onto, quantized_linear, reads_blocks_in_place,
+    exact_products, frozen_linear, frozen_linear_onto, quantized_linear, reads_blocks_in_place,
 };
 pub use gelu::gelu;
 pub(crate) use grad_mode::track;
