@@ -390,6 +390,11 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(report["task"], "cb");
     assert_eq!(report["examples"], 6);
+    // Per-candidate counts: predictions and gold labels over CB's three answers.
+    for key in ["predicted", "gold"] {
+        let counts: Vec<u64> = serde_json::from_value(report[key].clone()).unwrap();
+        assert_eq!((counts.len(), counts.iter().sum::<u64>()), (3, 6), "{key}");
+    }
     for metric in ["accuracy", "macro_f1"] {
         let v = report["metrics"][metric].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{metric} {v}");

@@ -238,6 +238,11 @@ pub struct LmScoreReport {
     pub examples: usize,
     /// The task's official metrics: accuracy; CB also macro-F1; MultiRC F1a and exact match.
     pub metrics: std::collections::BTreeMap<String, f64>,
+    /// How often each candidate (by position) was predicted, and how often it was the gold
+    /// one: a model that always answers "Yes" shows here.
+    pub predicted: Vec<usize>,
+    /// How often each candidate position was the gold one.
+    pub gold: Vec<usize>,
 }
 
 /// Up to `max` of `examples`, drawn without replacement with `seed` and kept in file order
@@ -373,10 +378,22 @@ pub fn evaluate(
             metrics = compute(wanted, &labels(&preds), &labels(&golds))?;
         }
     }
+    let classes = examples
+        .iter()
+        .map(|e| e.candidates.len())
+        .max()
+        .unwrap_or(0);
+    let count = |v: &[u32]| {
+        let mut c = vec![0; classes];
+        v.iter().for_each(|&i| c[i as usize] += 1);
+        c
+    };
     Ok(LmScoreReport {
         task: task.map_or("custom", PromptedTask::name).to_string(),
         examples: examples.len(),
         metrics,
+        predicted: count(&preds),
+        gold: count(&golds),
     })
 }
 
