@@ -161,7 +161,10 @@ mod tests {
         let x = Tensor::randn(0f32, 2., (300, 257), &Device::Cpu).unwrap();
         let y = softmax_last_dim(&x).unwrap();
         let reference = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
-        assert!(max_diff(&y, &reference) < 1e-6);
+        // f32 sums of 257 terms in another order: a row whose probability is near 1 can
+        // differ by a few 1e-7 (a random draw once measured just over 1e-6).
+        let diff = max_diff(&y, &reference);
+        assert!(diff < 5e-6, "{diff}");
     }
 
     #[test]
