@@ -429,14 +429,7 @@ thread_local! {
 /// 8 bits): scores that must not depend on how many rows a forward happens to have (LM
 /// scoring's one-row prompt ends and short continuations). Restores the previous mode after.
 pub fn exact_products<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            EXACT_PRODUCTS.with(|e| e.set(self.0));
-        }
-    }
-    let _restore = Restore(EXACT_PRODUCTS.with(|e| e.replace(true)));
-    f()
+    super::grad_mode::with_thread_flag(&EXACT_PRODUCTS, true, f)
 }
 
 /// Whether [`quantized_linear`] of `x` (rows × in) by `w` reads the blocks in place (a few

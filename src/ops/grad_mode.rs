@@ -29,17 +29,27 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
     with_grad_mode(false, f)
 }
 
+/// Runs `f` with the thread-local flag `flag` set to `value`; restores the previous value
+/// after, also when `f` panics. The scoped modes of this module are built on it.
+pub(crate) fn with_thread_flag<T>(
+    flag: &'static std::thread::LocalKey<Cell<bool>>,
+    value: bool,
+    f: impl FnOnce() -> T,
+) -> T {
+    struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            self.0.with(|g| g.set(self.1));
+        }
+    }
+    let _restore = Restore(flag, flag.with(|g| g.replace(value)));
+    f()
+}
+
 /// Runs `f` with gradient recording set to `enabled` on this thread; restores the previous
 /// state after, also when `f` panics.
 fn with_grad_mode<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
-        }
-    }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(enabled)));
-    f()
+    with_thread_flag(&GRAD_ENABLED, enabled, f)
 }
 
 /// Runs `f` on one of rayon's worker threads, with this thread's grad mode, and waits for it.
