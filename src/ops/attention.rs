@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Storage, Tenso
 use rayon::prelude::*;
 
 use super::dropout::SeededMask;
-use super::rows::{Real, for_real, slice, threads_for, unsupported};
+use super::rows::{Real, for_real, has_cpu_kernel, slice, threads_for, unsupported};
 use super::strided::{View, gemm_views, matmul_into};
 use crate::error::{Error, Result};
 
@@ -530,7 +530,7 @@ fn run_fused(
     if q.elem_count() == 0 || k.elem_count() == 0 {
         return Ok(Tensor::zeros(out_shape, q.dtype(), q.device())?.detach());
     }
-    let fused = q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64);
+    let fused = has_cpu_kernel(q);
     if !fused {
         return fallback();
     }

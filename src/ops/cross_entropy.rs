@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, par_rows, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
 use crate::error::{Error, Result};
 
 const NAME: &str = "cross entropy";
@@ -138,7 +138,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
             got: labels.dims().to_vec(),
         });
     }
-    let fused = logits.device().is_cpu() && matches!(logits.dtype(), DType::F32 | DType::F64);
+    let fused = has_cpu_kernel(logits);
     if !fused {
         return Ok(candle_nn::loss::cross_entropy(
             logits,

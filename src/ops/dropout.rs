@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::rows::{Real, for_real, par_rows, slice, unsupported};
+use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice, unsupported};
 use crate::error::{Error, Result};
 
 thread_local! {
@@ -243,7 +243,7 @@ impl candle_core::CustomOp1 for ApplyMask {
 /// Inverted dropout on CPU in f32/f64 (see [`dropout`]): one pass each way,
 /// nothing kept for the backward; `None` for other devices and dtypes.
 pub(super) fn seeded_dropout(x: &Tensor, p: f64) -> Result<Option<Tensor>> {
-    if !(x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)) {
+    if !(has_cpu_kernel(x)) {
         return Ok(None);
     }
     let mask = SeededMask::draw(p);
@@ -268,7 +268,7 @@ pub fn dropout_add(x: &Tensor, residual: &Tensor, p: f64) -> Result<Tensor> {
             got: residual.dims().to_vec(),
         });
     }
-    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    let fused = has_cpu_kernel(x);
     if !fused {
         return Ok((dropout(x, p)? + residual)?);
     }

@@ -19,7 +19,7 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
 };
 
-use super::rows::{Real, for_real, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, slice};
 use super::strided::{View, gemm_views};
 use crate::error::{Error, Result};
 
@@ -298,7 +298,7 @@ fn linear_impl(
     }
     let n: usize = lead.iter().product();
     let x2 = x.reshape((n, in_f))?.contiguous()?;
-    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    let fused = has_cpu_kernel(x);
     // A trainable bias is added by candle, which differentiates it.
     if let Some(bias) = b.filter(|b| b.track_op()) {
         let y = linear_impl(x, w, None, base)?;

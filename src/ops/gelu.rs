@@ -11,9 +11,9 @@
 //! full-precision erf so the finite-difference tests see the exact function.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, par_rows, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
 use crate::error::Result;
 
 const NAME: &str = "gelu";
@@ -150,7 +150,7 @@ impl CustomOp2 for GeluBackward {
 /// A non-float input.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     let _span = tracing::trace_span!("gelu").entered();
-    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    let fused = has_cpu_kernel(x);
     if !fused {
         return Ok(x.gelu_erf()?);
     }

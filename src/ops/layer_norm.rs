@@ -4,9 +4,9 @@
 //! composed form is differentiable but makes about ten passes and allocations.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, D, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, par_rows, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
 use crate::error::{Error, Result};
 
 const NAME: &str = "layer norm";
@@ -248,10 +248,7 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
             });
         }
     }
-    let fused = x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && gamma.dtype() == x.dtype()
-        && beta.dtype() == x.dtype();
+    let fused = has_cpu_kernel(x) && gamma.dtype() == x.dtype() && beta.dtype() == x.dtype();
     if !fused {
         return layer_norm_composed(x, gamma, beta, eps);
     }
@@ -262,6 +259,8 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
+
+    use candle_core::DType;
 
     use super::*;
     use crate::ops::test_max_diff as max_diff;

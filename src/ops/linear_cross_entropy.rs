@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, par_rows, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
 use super::strided::{View, gemm_views};
 use crate::error::{Error, Result};
 
@@ -178,10 +178,7 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, labels: &Tensor) -
             got: labels.dims().to_vec(),
         });
     }
-    let fused = hidden.device().is_cpu()
-        && matches!(hidden.dtype(), DType::F32 | DType::F64)
-        && weight.dtype() == hidden.dtype()
-        && !weight.track_op();
+    let fused = has_cpu_kernel(hidden) && weight.dtype() == hidden.dtype() && !weight.track_op();
     if !fused {
         let logits = super::frozen_linear(hidden, weight, None)?;
         return super::cross_entropy(&logits.to_dtype(DType::F32)?, labels);

@@ -5,9 +5,9 @@
 //! nothing below its first norm, silently.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, D, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, par_rows, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
 use crate::error::{Error, Result};
 
 const NAME: &str = "rms norm";
@@ -196,9 +196,7 @@ pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Result<Tensor> {
             got: gamma.dims().to_vec(),
         });
     }
-    let fused = x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && gamma.dtype() == x.dtype();
+    let fused = has_cpu_kernel(x) && gamma.dtype() == x.dtype();
     if !fused {
         return rms_norm_composed(x, gamma, eps);
     }

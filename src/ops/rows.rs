@@ -75,6 +75,12 @@ pub(crate) fn unsupported(op: &str, dtype: DType) -> candle_core::Error {
     ))
 }
 
+/// Whether the hand-written CPU kernels take `t`: an f32 or f64 tensor on the CPU (every
+/// other case goes through candle's composed ops).
+pub(crate) fn has_cpu_kernel(t: &candle_core::Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
 /// Threads worth using for `work` element-operations over `items` independent pieces: candle's
 /// thread count, fewer when the pieces are few or the work small.
 pub(crate) fn threads_for(work: usize, items: usize) -> usize {

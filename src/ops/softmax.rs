@@ -5,9 +5,9 @@
 //! allocates at each of its five steps.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, par_rows, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
 use crate::error::Result;
 
 const NAME: &str = "softmax";
@@ -126,7 +126,7 @@ impl CustomOp2 for SoftmaxBackward {
 /// A rank-0 input; as the underlying tensor ops.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let _span = tracing::trace_span!("softmax_last_dim").entered();
-    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    let fused = has_cpu_kernel(x);
     if !fused {
         return Ok(candle_nn::ops::softmax(x, D::Minus1)?);
     }

@@ -7,9 +7,9 @@
 //! backward one op writing both gradients (two parallel passes, each recomputing σ(g)).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, par_rows, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
 use crate::error::{Error, Result};
 
 const NAME: &str = "swiglu";
@@ -154,7 +154,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             got: up.dims().to_vec(),
         });
     }
-    let fused = gate.device().is_cpu() && matches!(gate.dtype(), DType::F32 | DType::F64);
+    let fused = has_cpu_kernel(gate);
     if !fused {
         return Ok((gate.silu()? * up)?);
     }
@@ -164,6 +164,8 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
+
+    use candle_core::DType;
 
     use super::*;
     use crate::ops::test_max_diff as max_diff;
