@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 /// The CPU threads the kernels use: candle's count (`RAYON_NUM_THREADS`, else the physical
 /// cores), computed once. candle 0.11 recomputes it on every call, reading `/proc/cpuinfo`
-/// each time unless the variable is set; a decoded token makes hundreds of such calls.
+/// each time unless the variable is set (`strace`: 2,285 opens in a 24-token decode).
 pub fn cpu_threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(candle_core::utils::get_num_threads)
