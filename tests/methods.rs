@@ -357,6 +357,7 @@ fn batch(dev: &Device) -> Batch {
         input: three_by_eight(dev),
         labels: Tensor::new(&[0u32, 1, 1], dev).unwrap(),
         rows: None,
+        choices: None,
     }
 }
 

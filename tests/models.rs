@@ -623,6 +623,7 @@ fn training_on_a_quantized_base_trains_adapters_and_leaves_the_blocks_alone() {
         input,
         labels: Tensor::new(&[9u32, 13, 17, 21, 3, 40, 8], &dev).unwrap(),
         rows: Some(Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6], &dev).unwrap()),
+        choices: None,
     };
     // LoRA's B starts at zero, so A's first gradient is zero: check after one step.
     let plain: Vec<candle_core::Var> = vars.iter().map(|(_, v)| v.clone()).collect();
@@ -784,6 +785,7 @@ fn gradient_checkpointing_gives_the_gradients_of_one_backward() {
             input: ModelInput::new(ids, mask),
             labels: Tensor::new(&[9u32, 13, 17, 21, 3, 8, 2, 40], &dev).unwrap(),
             rows: Some(Tensor::new(&[0u32, 1, 2, 3, 4, 6, 7, 8], &dev).unwrap()),
+            choices: None,
         };
         seed_dropout(42);
         let (loss, grads) = NextToken.loss_and_grads(&lm, &batch, 0.5, &vars).unwrap();
@@ -831,6 +833,7 @@ fn gradient_checkpointing_gives_the_gradients_of_one_backward() {
             ),
             labels: Tensor::new(&ids[1..], &dev).unwrap(),
             rows: Some(Tensor::arange(0u32, ids.len() as u32 - 1, &dev).unwrap()),
+            choices: None,
         };
         let batches = [micro(&[5, 9, 13, 17, 21, 3]), micro(&[7, 8, 2])];
         let mut opt = Adam::new(vars.clone(), AdamParams::default()).unwrap();

@@ -100,6 +100,7 @@ fn random_batch(
         },
         labels: Tensor::new(labels, device)?,
         rows: None,
+        choices: None,
     };
     Ok((batch, size))
 }
@@ -224,6 +225,7 @@ pub fn decoder_train_step(
         input,
         labels,
         rows: Some(rows),
+        choices: None,
     };
     let vars: Vec<_> = trainable_vars(&g.model)?
         .into_iter()

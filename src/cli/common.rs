@@ -83,3 +83,60 @@ pub fn report_pooling(inf: &ttlora::jobs::inference::Inference) {
         eprintln!("pooling: {} ({})", inf.task.pooling, inf.pooling_from);
     }
 }
+
+/// `--objective`: how a decoder is trained or scored on prompted tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ObjectiveArg {
+    /// A decoder's candidate answers by mean log-probability (MeZO's and LoRETTA's set-up).
+    LmScore,
+}
+
+/// The prompt of a custom LM-scoring task (`--task custom`).
+#[derive(Debug, Clone, Args)]
+pub struct TemplateArgs {
+    /// LM scoring of a task of your own (`--task custom`, JSON Lines rows): the prompt, with
+    /// each row's fields as `{field}` (`{{`/`}}` for literal braces), e.g.
+    /// '{premise}\nQuestion: {hypothesis}? Yes or No?\n'.
+    #[arg(long, value_name = "TEXT")]
+    pub template: Option<String>,
+    /// LM scoring, custom task: a candidate continuation of the prompt; repeat it for each
+    /// (e.g. --candidate Yes --candidate No).
+    #[arg(long = "candidate", value_name = "TEXT")]
+    pub candidates: Vec<String>,
+    /// LM scoring, custom task: the value of --label-column meaning each candidate, in the
+    /// candidates' order; repeat it (default: 0, 1, …).
+    #[arg(long = "label-value", value_name = "VALUE")]
+    pub label_values: Vec<String>,
+}
+
+impl TemplateArgs {
+    /// Whether any of the flags was given.
+    pub fn given(&self) -> bool {
+        self.template.is_some() || !self.candidates.is_empty() || !self.label_values.is_empty()
+    }
+
+    /// The custom template, its label read from `label_column`.
+    ///
+    /// # Errors
+    /// No --template; a template or candidate list the parser refuses.
+    pub fn custom(&self, label_column: &str) -> Result<ttlora::data::CustomTemplate> {
+        let Some(template) = &self.template else {
+            anyhow::bail!("--task custom with LM scoring needs --template and --candidate");
+        };
+        let label_values = (!self.label_values.is_empty()).then(|| self.label_values.clone());
+        Ok(ttlora::data::CustomTemplate::new(
+            template,
+            self.candidates.clone(),
+            label_column,
+            label_values,
+        )?)
+    }
+}
+
+/// The data roots to search: `--data` alone when given, else the defaults.
+pub fn data_roots(given: Option<&std::path::Path>) -> Vec<std::path::PathBuf> {
+    match given {
+        Some(root) => vec![root.to_path_buf()],
+        None => ttlora::data::default_data_roots(),
+    }
+}

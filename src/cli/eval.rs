@@ -8,7 +8,10 @@ use clap::Args;
 use ttlora::data::{self, CustomColumns, Example, Split};
 use ttlora::jobs::eval::{self, Prediction, ScoreData};
 
-use super::common::{DeviceArgs, JsonArgs, OfflineArgs, PoolingArgs, report_pooling};
+use super::common::{
+    DeviceArgs, JsonArgs, ObjectiveArg, OfflineArgs, PoolingArgs, TemplateArgs, data_roots,
+    report_pooling,
+};
 use ttlora::jobs::inference::{self, Inference};
 
 /// Where the base model and adapter come from (shared by eval and predict).
@@ -91,20 +94,9 @@ pub struct EvalArgs {
     /// after the task's prompt (MeZO's templates) and predicts the best; the default without
     /// --adapter. Scores the base alone, or with a decoder adapter from --adapter.
     #[arg(long, value_enum)]
-    objective: Option<Objective>,
-    /// LM scoring of a task of your own (`--task custom --file rows.jsonl`): the prompt, with
-    /// each row's fields as `{field}` (`{{`/`}}` for literal braces), e.g.
-    /// '{premise}\nQuestion: {hypothesis}? Yes or No?\n'.
-    #[arg(long, value_name = "TEXT")]
-    template: Option<String>,
-    /// LM scoring, custom task: a candidate continuation of the prompt; repeat it for each
-    /// (e.g. --candidate Yes --candidate No).
-    #[arg(long = "candidate", value_name = "TEXT")]
-    candidates: Vec<String>,
-    /// LM scoring, custom task: the value of --label-column meaning each candidate, in the
-    /// candidates' order; repeat it (default: 0, 1, …).
-    #[arg(long = "label-value", value_name = "VALUE")]
-    label_values: Vec<String>,
+    objective: Option<ObjectiveArg>,
+    #[command(flatten)]
+    template: TemplateArgs,
     /// LM scoring: examples drawn (seeded, without replacement; MultiRC a whole question at
     /// a time) from the split; all of it when smaller [default: 1000].
     #[arg(long)]
@@ -114,13 +106,6 @@ pub struct EvalArgs {
     seed: Option<u64>,
     #[command(flatten)]
     output: JsonArgs,
-}
-
-/// How `eval` scores a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Objective {
-    /// A decoder's candidate answers by mean log-probability.
-    LmScore,
 }
 
 /// Runs `ttlora eval`.
@@ -133,7 +118,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         Some(dir) => ttlora::jobs::export::is_decoder_adapter(dir).unwrap_or(false),
         None => false,
     };
-    if a.objective == Some(Objective::LmScore)
+    if a.objective == Some(ObjectiveArg::LmScore)
         || (lm_task && (a.common.adapter.is_none() || decoder_adapter))
     {
         return run_lm_score(&a);
@@ -145,9 +130,10 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         );
     }
     let lm_only = [
-        ("--template", a.template.is_some()),
-        ("--candidate", !a.candidates.is_empty()),
-        ("--label-value", !a.label_values.is_empty()),
+        (
+            "--template, --candidate or --label-value",
+            a.template.given(),
+        ),
         ("--max-examples", a.max_examples.is_some()),
         ("--seed", a.seed.is_some()),
     ];
@@ -227,20 +213,14 @@ fn run_lm_score(a: &EvalArgs) -> Result<()> {
         );
     }
     if task == "custom" {
-        let (Some(template), Some(file)) = (&a.template, &a.file) else {
+        let Some(file) = &a.file else {
             bail!("--task custom needs --template and --file (JSON Lines)");
         };
-        let label_values = (!a.label_values.is_empty()).then(|| a.label_values.clone());
-        let template = ttlora::data::CustomTemplate::new(
-            template,
-            a.candidates.clone(),
-            &a.label_column,
-            label_values,
-        )?;
+        let template = a.template.custom(&a.label_column)?;
         let examples = ttlora::data::read_custom_prompted(&template, file)?;
         return lm_score_examples(a, None, examples, file);
     }
-    if a.template.is_some() || !a.candidates.is_empty() || !a.label_values.is_empty() {
+    if a.template.given() {
         bail!(
             "--template, --candidate and --label-value are for --task custom; {task} has its \
              own template (README: SuperGLUE on decoders)"
@@ -251,28 +231,14 @@ fn run_lm_score(a: &EvalArgs) -> Result<()> {
         Some(f) => f.clone(),
         None => {
             let name = match a.split {
-                Split::Dev => "val.jsonl",
-                Split::Train => "train.jsonl",
+                Split::Dev => "val",
+                Split::Train => "train",
                 other => bail!(
                     "--split {} is not a SuperGLUE split (dev or train)",
                     other.name()
                 ),
             };
-            let roots = match &a.data {
-                Some(root) => vec![root.clone()],
-                None => data::default_data_roots(),
-            };
-            let rel = PathBuf::from("superglue").join(task.folder()).join(name);
-            roots
-                .iter()
-                .map(|r| r.join(&rel))
-                .find(|p| p.is_file())
-                .with_context(|| {
-                    format!(
-                        "no {} under any data root; give --data DIR or --file",
-                        rel.display()
-                    )
-                })?
+            task.split_file(name, &data_roots(a.data.as_deref()))?
         }
     };
     let examples = read_prompted(task, &file)?;

@@ -8,17 +8,21 @@ use anyhow::{Context, Result, bail};
 use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
 use ttlora::adapters::{MethodSpec, ModuleSet, Shorthand, Targeting};
+use ttlora::data::PromptedTask;
 use ttlora::data::{self, CustomColumns};
 use ttlora::jobs::causal_lm::{self, CausalLmSpec, LmDataSpec};
 use ttlora::jobs::finetune::{self, FineTuneSpec};
 use ttlora::jobs::generate::BaseDtype;
+use ttlora::jobs::lm_score_train::{
+    self, ChoiceLoss, LmScoreTrainSpec, PromptSource, PromptedDataSpec,
+};
 use ttlora::jobs::study::StudySpec;
 use ttlora::jobs::task::TaskSource;
 use ttlora::jobs::trial::TrialSpec;
 use ttlora::models::Pooling;
 use ttlora::train::{OptimizerKind, Schedule, TrainConfig};
 
-use super::common::{DeviceArgs, JsonArgs, OfflineArgs};
+use super::common::{DeviceArgs, JsonArgs, ObjectiveArg, OfflineArgs, TemplateArgs, data_roots};
 use super::progress::ProgressBarObserver;
 
 /// `--optimizer`.
@@ -37,6 +41,15 @@ pub enum ScheduleArg {
     Linear,
     /// Keep the peak rate.
     Constant,
+}
+
+/// `--choice-loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChoiceLossArg {
+    /// Cross-entropy of the gold candidate over the candidates' scores.
+    Candidates,
+    /// LM loss on the gold candidate's tokens.
+    Gold,
 }
 
 /// Presets that set several flags at once.
@@ -141,6 +154,31 @@ pub struct TrainArgs {
     /// pool). Default: what the model folder declares, else cls.
     #[arg(long)]
     pooling: Option<Pooling>,
+    /// `lm-score` fine-tunes a decoder on a SuperGLUE task (boolq, cb, copa, multirc, rte,
+    /// wic, wsc; or custom with --template, --candidate and --train-file/--dev-file) by LM
+    /// scoring: each candidate answer's score is the mean log-probability of its tokens
+    /// after the task's prompt (MeZO's templates), trained as in LoRETTA (see
+    /// --choice-loss). Samples up to --max-train (1,000) training examples, holds out
+    /// --held-out-examples more for selection, and scores --max-eval (1,000) of the
+    /// validation file: the sample `ttlora eval --task …` scores a base on by default.
+    #[arg(long, value_enum)]
+    objective: Option<ObjectiveArg>,
+    /// LM scoring: `candidates` minimises the cross-entropy of the gold answer over the
+    /// candidates' scores (LoRETTA's train_as_classification); `gold` the LM loss on the
+    /// gold answer's tokens only [default: gold for copa, whose answers are sentences;
+    /// candidates otherwise].
+    #[arg(long, value_enum)]
+    choice_loss: Option<ChoiceLossArg>,
+    #[command(flatten)]
+    template: TemplateArgs,
+    /// LM scoring: training examples held out for selection (drawn before the training
+    /// sample; at most half of the file) [default: 500; 100 for cb and copa].
+    #[arg(long, value_name = "N")]
+    held_out_examples: Option<usize>,
+    /// LM scoring: validation examples scored at the end (seed 0, as `ttlora eval` draws
+    /// them; all of them when fewer) [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_eval: Option<usize>,
     /// Apply a preset (see the enum's help).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
@@ -199,9 +237,11 @@ pub struct TrainArgs {
     /// SmolLM2 at 8 × 256). Same gradients.
     #[arg(long)]
     gradient_checkpointing: bool,
-    /// Tokens per example (longer inputs are truncated).
-    #[arg(long, default_value_t = 128)]
-    max_len: usize,
+    /// Tokens per example (longer inputs are truncated: classifiers and causal-lm keep the
+    /// start; LM scoring cuts the prompt's start, keeping its end and the answers)
+    /// [default: 128; 256 for --objective lm-score].
+    #[arg(long)]
+    max_len: Option<usize>,
     /// Seed for sampling, splitting, batching and initialisation.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -401,7 +441,7 @@ fn causal_spec(a: &TrainArgs) -> Result<CausalLmSpec> {
         data: LmDataSpec {
             train_file,
             dev_file: a.dev_file.clone(),
-            max_len: a.max_len,
+            max_len: a.max_len.unwrap_or(DEFAULT_MAX_LEN),
             held_out: a.held_out,
             max_train: a.max_train,
             seed: a.seed,
@@ -413,6 +453,125 @@ fn causal_spec(a: &TrainArgs) -> Result<CausalLmSpec> {
         device: a.device.device()?,
         base_dtype: a.base_dtype.unwrap_or_default(),
         gradient_checkpointing: a.gradient_checkpointing,
+    })
+}
+
+/// `--max-len` unless LM scoring.
+const DEFAULT_MAX_LEN: usize = 128;
+
+/// `--max-len` for LM scoring: SuperGLUE's BoolQ and MultiRC passages run past 128 tokens.
+const DEFAULT_LM_SCORE_MAX_LEN: usize = 256;
+
+/// The LM-scoring job from the flags; flags of the other kinds of run are refused.
+fn lm_score_spec(a: &TrainArgs) -> Result<LmScoreTrainSpec> {
+    let loss_given = a.choice_loss.map(|l| match l {
+        ChoiceLossArg::Candidates => ChoiceLoss::Candidates,
+        ChoiceLossArg::Gold => ChoiceLoss::Gold,
+    });
+    let not_here = [
+        ("--pooling", a.pooling.is_some()),
+        ("--freeze-head", a.freeze_head),
+        ("--regression", a.regression),
+        ("--text-column", a.text_column != "text"),
+        ("--text-pair-column", a.text_pair_column.is_some()),
+        (
+            "--held-out (a fraction; use --held-out-examples)",
+            a.held_out != 0.05,
+        ),
+        (
+            "--label-column (custom templates only)",
+            a.label_column != "label" && !a.task.eq_ignore_ascii_case("custom"),
+        ),
+    ];
+    if let Some((flag, _)) = not_here.iter().find(|(_, given)| *given) {
+        bail!(
+            "{flag} does not apply to --objective lm-score (a decoder scores candidate answers \
+             through its LM head; no classification head)"
+        );
+    }
+    if a.task.eq_ignore_ascii_case(causal_lm::TASK_NAME) {
+        bail!(
+            "--objective lm-score trains on prompted tasks; --task causal-lm trains on text rows"
+        );
+    }
+    let max_len = a.max_len.unwrap_or(DEFAULT_LM_SCORE_MAX_LEN);
+    let (source, train_file, dev_file) = if a.task.eq_ignore_ascii_case("custom") {
+        let (Some(train), Some(dev)) = (&a.train_file, &a.dev_file) else {
+            bail!(
+                "--task custom with --objective lm-score needs --train-file and --dev-file (JSON Lines)"
+            );
+        };
+        if a.data.is_some() {
+            bail!(
+                "--data finds a SuperGLUE task's files; --task custom reads --train-file and --dev-file"
+            );
+        }
+        let template = a.template.custom(&a.label_column)?;
+        (PromptSource::Custom(template), train.clone(), dev.clone())
+    } else {
+        if a.template.given() {
+            bail!(
+                "--template, --candidate and --label-value are for --task custom; {} has its \
+                 own template (README: SuperGLUE on decoders)",
+                a.task
+            );
+        }
+        let task: PromptedTask = a.task.parse()?;
+        let roots = data_roots(a.data.as_deref());
+        let train = match &a.train_file {
+            Some(f) => f.clone(),
+            None => task.split_file("train", &roots)?,
+        };
+        let dev = match &a.dev_file {
+            Some(f) => f.clone(),
+            None => task.split_file("val", &roots)?,
+        };
+        (PromptSource::Task(task), train, dev)
+    };
+    let loss = loss_given.unwrap_or(ChoiceLoss::for_task(source.task()));
+    if a.gradient_checkpointing && loss != ChoiceLoss::Gold {
+        bail!(
+            "--gradient-checkpointing recomputes layers for next-token losses only: use it with \
+             --choice-loss gold"
+        );
+    }
+    for (flag, value) in [
+        ("--max-train", a.max_train),
+        ("--max-eval", a.max_eval),
+        ("--max-len", Some(max_len)),
+    ] {
+        if value == Some(0) {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    let held_out = a
+        .held_out_examples
+        .unwrap_or_else(|| source.default_held_out());
+    if held_out == 0 {
+        bail!("--held-out-examples must be at least 1: the adapter is selected on them");
+    }
+    Ok(LmScoreTrainSpec {
+        model: a
+            .model
+            .clone()
+            .unwrap_or_else(|| ttlora::io::DEFAULT_DECODER.to_string()),
+        data: PromptedDataSpec {
+            source,
+            train_file,
+            dev_file,
+            max_len,
+            max_train: a.max_train.unwrap_or(1000),
+            held_out,
+            max_eval: a.max_eval.unwrap_or(1000),
+            seed: a.seed,
+        },
+        loss,
+        trial: trial_spec(a, false)?,
+        out: out_dir(a),
+        resume: a.resume,
+        allow_fetch: !a.fetch.offline,
+        device: a.device.device()?,
+        base_dtype: a.base_dtype.unwrap_or_default(),
     })
 }
 
@@ -456,7 +615,7 @@ fn spec(a: &TrainArgs) -> Result<FineTuneSpec> {
                 .unwrap_or_else(|| ttlora::io::DEFAULT_MODEL.to_string()),
             task,
             pooling: a.pooling,
-            max_len: a.max_len,
+            max_len: a.max_len.unwrap_or(DEFAULT_MAX_LEN),
             held_out: a.held_out,
             max_train: a.max_train,
             seed: a.seed,
@@ -483,7 +642,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bail!("--held-out must be in [0, 0.5), got {}", a.held_out);
     }
     let mut bar = ProgressBarObserver::new(a.quiet);
-    let report = if is_causal_lm(&a) {
+    let lm_only = [
+        ("--choice-loss", a.choice_loss.is_some()),
+        ("--held-out-examples", a.held_out_examples.is_some()),
+        ("--max-eval", a.max_eval.is_some()),
+        (
+            "--template, --candidate or --label-value",
+            a.template.given(),
+        ),
+    ];
+    if a.objective.is_none()
+        && let Some((flag, _)) = lm_only.iter().find(|(_, given)| *given)
+    {
+        bail!("{flag} is for --objective lm-score");
+    }
+    let report = if a.objective == Some(ObjectiveArg::LmScore) {
+        let job = lm_score_spec(&a)?;
+        create_out(&job.out)?;
+        lm_score_train::run(&job, &mut [&mut bar])?.report
+    } else if is_causal_lm(&a) {
         let job = causal_spec(&a)?;
         create_out(&job.out)?;
         causal_lm::run(&job, &mut [&mut bar])?.report

@@ -75,6 +75,53 @@ impl PromptedTask {
         }
     }
 
+    /// The file of `split` (`train` or `val`) in the task's folder under one of `roots`, the
+    /// first root holding it: `<split>.jsonl`, or for `train` another `train*.jsonl` (the
+    /// BoolQ training file in `shared/data` is `train.from_hf_google_boolq.jsonl`).
+    ///
+    /// # Errors
+    /// No root holds the file (the message lists where it looked).
+    pub fn split_file(
+        self,
+        split: &str,
+        roots: &[std::path::PathBuf],
+    ) -> Result<std::path::PathBuf> {
+        for root in roots {
+            let dir = root.join("superglue").join(self.folder());
+            let exact = dir.join(format!("{split}.jsonl"));
+            if exact.is_file() {
+                return Ok(exact);
+            }
+            let mut others: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension().is_some_and(|x| x == "jsonl")
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(&format!("{split}.")))
+                })
+                .collect();
+            others.sort();
+            if let Some(first) = others.into_iter().next() {
+                return Ok(first);
+            }
+        }
+        let looked: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        Err(op_error(
+            "SuperGLUE files",
+            format!(
+                "no superglue/{}/{split}.jsonl under {}; give --data DIR (a folder holding \
+                 superglue/) or the file itself",
+                self.folder(),
+                looked.join(", ")
+            ),
+        ))
+    }
+
     /// The task's folder in SuperGLUE's distribution (`BoolQ`, `CB`, …).
     pub fn folder(self) -> &'static str {
         match self {

@@ -102,6 +102,7 @@ impl LmSplit {
                     input,
                     labels,
                     rows: Some(rows),
+                    choices: None,
                 })
             })
             .collect()
@@ -266,6 +267,118 @@ fn lm_metrics(
     ]))
 }
 
+/// Finds, fetches if allowed and loads a decoder, checking `max_len` against its context.
+///
+/// # Errors
+/// The model cannot be found or loaded; [`Error::MaxLenTooLong`].
+pub(crate) fn open_decoder(
+    model: &str,
+    allow_fetch: bool,
+    device: &Device,
+    base_dtype: BaseDtype,
+    max_len: usize,
+) -> Result<Generator> {
+    let location = decoder_location(model, allow_fetch)?;
+    let g = Generator::load_with(&location, device, base_dtype)?;
+    let context = g.decoder().config().max_position_embeddings;
+    if max_len > context {
+        return Err(Error::MaxLenTooLong {
+            max_len,
+            positions: context,
+            config: g.path.clone(),
+        });
+    }
+    if base_dtype == BaseDtype::Quantized && !g.decoder().is_quantized() {
+        tracing::info!(
+            "{}: no linear weight is stored in quantized blocks; the base is f32",
+            g.path.display()
+        );
+    }
+    Ok(g)
+}
+
+/// What a finished decoder fine-tune records besides its measurements.
+pub(crate) struct DecoderRun<'a> {
+    /// `--model` as given.
+    pub model: &'a str,
+    /// The method and its training.
+    pub trial: &'a TrialSpec,
+    /// Output folder.
+    pub out: &'a Path,
+    /// The task name the record carries.
+    pub task: &'a str,
+    /// The key of `dev_metrics` the run is judged by.
+    pub primary_metric: &'a str,
+    /// When the job started (wall time).
+    pub started: Instant,
+    /// Seed of the data sample and split.
+    pub data_seed: u64,
+    /// The training sample's cap, if any.
+    pub max_train: Option<usize>,
+}
+
+impl DecoderRun<'_> {
+    /// Writes the adapter folder and the run record of the trained decoder `g`.
+    ///
+    /// # Errors
+    /// I/O errors; serialisation errors.
+    pub(crate) fn save(
+        &self,
+        lock: io::OutputLock,
+        g: &Generator,
+        attached: Attached,
+        summary: crate::train::TrainSummary,
+        dev_metrics: BTreeMap<String, f64>,
+        examples: (usize, usize, usize),
+    ) -> Result<RunRecord> {
+        let (trial, seed) = (self.trial, self.trial.train.seed);
+        let method = trial.method.method();
+        let meta = AdapterMeta {
+            method: method.name().into(),
+            base_model: self.model.to_string(),
+            base_model_config_sha256: g.config_sha256(),
+            config: trial.method.given().clone(),
+            target_modules: serde_json::to_value(&attached.placing.targets)?,
+            exclude_modules: trial
+                .exclude
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()?,
+            overrides: trial.overrides.clone(),
+            save_head: false,
+            task: None,
+        };
+        let wall_s = self.started.elapsed().as_secs_f64() + summary.carried_s;
+        let record = RunRecord {
+            task: self.task.into(),
+            method: method.name().into(),
+            method_config: trial.method.given().clone(),
+            resolved_config: Some(trial.method.resolved()),
+            model_dir: g.path.clone(),
+            summary,
+            primary_metric: self.primary_metric.into(),
+            dev_metrics,
+            params: ParamCounts {
+                adapter: attached.params,
+                head: 0,
+                lora_r8: attached.lora_r8,
+            },
+            adapted_modules: attached.adapted,
+            examples,
+            wall_s,
+            peak_rss_mib: Some(io::peak_rss_mib()),
+            adapter_file_bytes: None,
+            adapter_dir: self.out.to_path_buf(),
+            seed: Some(seed),
+            data_seed: (self.data_seed != seed).then_some(self.data_seed),
+            train_config: Some(trial.train.clone()),
+            batch_size: trial.batch_size,
+            max_train: self.max_train,
+        };
+        save_run(lock, &g.model, &trial.method, &meta, record)
+    }
+}
+
 /// A finished causal-LM job.
 pub struct TrainedLm {
     /// What was measured and saved.
@@ -284,22 +397,13 @@ pub struct TrainedLm {
 pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<TrainedLm> {
     let started = Instant::now();
     let lock = io::OutputLock::acquire(&spec.out)?;
-    let location = decoder_location(&spec.model, spec.allow_fetch)?;
-    let mut g = Generator::load_with(&location, &spec.device, spec.base_dtype)?;
-    let context = g.decoder().config().max_position_embeddings;
-    if spec.data.max_len > context {
-        return Err(Error::MaxLenTooLong {
-            max_len: spec.data.max_len,
-            positions: context,
-            config: g.path.clone(),
-        });
-    }
-    if spec.base_dtype == BaseDtype::Quantized && !g.decoder().is_quantized() {
-        tracing::info!(
-            "{}: no linear weight is stored in quantized blocks; the base is f32",
-            g.path.display()
-        );
-    }
+    let mut g = open_decoder(
+        &spec.model,
+        spec.allow_fetch,
+        &spec.device,
+        spec.base_dtype,
+        spec.data.max_len,
+    )?;
     let data = prepare_data(&g, &spec.data)?;
     if data.truncated > 0 {
         tracing::warn!(
@@ -316,13 +420,8 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
             data.dropped[0]
         );
     }
-    let Attached {
-        placing,
-        adapted,
-        params,
-        lora_r8,
-        vars,
-    } = attach_trial(&mut g.model, &spec.trial)?;
+    let mut attached = attach_trial(&mut g.model, &spec.trial)?;
+    let vars = std::mem::take(&mut attached.vars);
     g.model
         .set_gradient_checkpointing(spec.gradient_checkpointing)?;
     let (device, pad, seed) = (&spec.device, g.pad_id(), spec.trial.train.seed);
@@ -400,55 +499,22 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         );
     }
 
-    let method = spec.trial.method.method();
-    let meta = AdapterMeta {
-        method: method.name().into(),
-        base_model: spec.model.clone(),
-        base_model_config_sha256: g.config_sha256(),
-        config: spec.trial.method.given().clone(),
-        target_modules: serde_json::to_value(&placing.targets)?,
-        exclude_modules: spec
-            .trial
-            .exclude
-            .as_ref()
-            .map(serde_json::to_value)
-            .transpose()?,
-        overrides: spec.trial.overrides.clone(),
-        save_head: false,
-        task: None,
-    };
-    let wall_s = started.elapsed().as_secs_f64() + summary.carried_s;
-    let record = RunRecord {
-        task: TASK_NAME.into(),
-        method: method.name().into(),
-        method_config: spec.trial.method.given().clone(),
-        resolved_config: Some(spec.trial.method.resolved()),
-        model_dir: g.path.clone(),
-        summary,
-        primary_metric: "perplexity".into(),
-        dev_metrics,
-        params: ParamCounts {
-            adapter: params,
-            head: 0,
-            lora_r8,
-        },
-        adapted_modules: adapted,
-        examples: (
-            data.fit.rows.len(),
-            data.held.rows.len(),
-            data.dev.rows.len(),
-        ),
-        wall_s,
-        peak_rss_mib: Some(io::peak_rss_mib()),
-        adapter_file_bytes: None,
-        adapter_dir: spec.out.clone(),
-        seed: Some(seed),
-        data_seed: (spec.data.seed != seed).then_some(spec.data.seed),
-        train_config: Some(spec.trial.train.clone()),
-        batch_size,
+    let run = DecoderRun {
+        model: &spec.model,
+        trial: &spec.trial,
+        out: &spec.out,
+        task: TASK_NAME,
+        primary_metric: "perplexity",
+        started,
+        data_seed: spec.data.seed,
         max_train: spec.data.max_train,
     };
-    let report = save_run(lock, &g.model, &spec.trial.method, &meta, record)?;
+    let examples = (
+        data.fit.rows.len(),
+        data.held.rows.len(),
+        data.dev.rows.len(),
+    );
+    let report = run.save(lock, &g, attached, summary, dev_metrics, examples)?;
     Ok(TrainedLm {
         report,
         generator: g,

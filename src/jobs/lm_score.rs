@@ -109,6 +109,39 @@ impl CandidateIds {
     }
 }
 
+impl CandidateIds {
+    /// The tokens a forward over the longest candidate feeds: the shared ones and each
+    /// candidate's but its last (which is predicted, never fed).
+    pub fn fed_len(&self) -> usize {
+        self.shared.len() + self.rest.iter().map(Vec::len).max().unwrap_or(1) - 1
+    }
+
+    /// Cuts the start of the prompt (after a leading `bos`, which stays) until
+    /// [`fed_len`](Self::fed_len) is at most `max_len`: HF's `truncation_side="left"`, so
+    /// the end of the prompt (the question) and the candidates are kept. Returns whether
+    /// anything was cut.
+    ///
+    /// # Errors
+    /// The candidates (and the BOS) alone are longer than `max_len`.
+    pub fn truncate_left(&mut self, max_len: usize, bos: Option<u32>) -> Result<bool> {
+        let excess = self.fed_len().saturating_sub(max_len);
+        if excess == 0 {
+            return Ok(false);
+        }
+        let keep_first = usize::from(bos.is_some() && self.shared.first() == bos.as_ref());
+        // At least one shared token must stay to predict the first candidate token from.
+        if self.shared.len() < keep_first.max(1) + excess {
+            return Err(scoring_error(format!(
+                "the candidates need {} tokens, more than --max-len {max_len} leaves after the \
+                 prompt",
+                self.fed_len() - self.shared.len()
+            )));
+        }
+        self.shared.drain(keep_first..keep_first + excess);
+        Ok(true)
+    }
+}
+
 fn scoring_error(reason: impl Into<String>) -> Error {
     Error::Data {
         op: "candidate scoring",
@@ -337,20 +370,50 @@ pub fn evaluate(
             Ok(ids)
         })
         .collect::<Result<Vec<_>>>()?;
-    let (mut preds, mut golds) = (Vec::with_capacity(examples.len()), Vec::new());
-    for (e, ids) in examples.iter().zip(&tokenized) {
+    let mut preds = Vec::with_capacity(examples.len());
+    for ids in &tokenized {
         let scores = candidate_scores(llama, ids, cache.clone(), rows.as_ref())?;
-        let best = scores
-            .iter()
-            .enumerate()
-            .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv { (i, v) } else { (bi, bv) }
-            })
-            .0;
-        preds.push(best as u32);
-        golds.push(e.gold as u32);
+        preds.push(best_candidate(&scores));
         on_example();
     }
+    report(task, examples, &preds)
+}
+
+/// The index of the highest score (the first of ties).
+pub fn best_candidate(scores: &[f64]) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0
+}
+
+/// The task's official metrics and the answer balance of predictions `preds` (candidate
+/// indices) on `examples` of `task` (`None`: a custom template's).
+///
+/// # Errors
+/// A prediction count that differs from the examples'; no examples.
+pub fn report(
+    task: Option<PromptedTask>,
+    examples: &[PromptedExample],
+    preds: &[usize],
+) -> Result<LmScoreReport> {
+    if preds.len() != examples.len() {
+        return Err(scoring_error(format!(
+            "{} predictions for {} examples",
+            preds.len(),
+            examples.len()
+        )));
+    }
+    let preds: Vec<u32> = preds.iter().map(|&p| p as u32).collect();
+    let golds: Vec<u32> = examples.iter().map(|e| e.gold as u32).collect();
+    let classes = examples
+        .iter()
+        .map(|e| e.candidates.len())
+        .max()
+        .unwrap_or(0);
     let mut metrics = std::collections::BTreeMap::new();
     match task {
         Some(PromptedTask::MultiRc) => {
@@ -364,11 +427,6 @@ pub fn evaluate(
         }
         _ => {
             let labels = |v: &[u32]| v.iter().map(|&c| Label::Class(c)).collect::<Vec<_>>();
-            let classes = examples
-                .iter()
-                .map(|e| e.candidates.len())
-                .max()
-                .unwrap_or(0);
             let wanted: &[Metric] =
                 if task == Some(PromptedTask::Cb) || (task.is_none() && classes > 2) {
                     &[Metric::Accuracy, Metric::MacroF1]
@@ -378,14 +436,13 @@ pub fn evaluate(
             metrics = compute(wanted, &labels(&preds), &labels(&golds))?;
         }
     }
-    let classes = examples
-        .iter()
-        .map(|e| e.candidates.len())
-        .max()
-        .unwrap_or(0);
     let count = |v: &[u32]| {
         let mut c = vec![0; classes];
-        v.iter().for_each(|&i| c[i as usize] += 1);
+        for &i in v {
+            if let Some(n) = c.get_mut(i as usize) {
+                *n += 1;
+            }
+        }
         c
     };
     Ok(LmScoreReport {
@@ -399,11 +456,8 @@ pub fn evaluate(
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
-
     use super::*;
     use crate::models::ModelInput;
-    use crate::models::llama::LlamaConfig;
 
     /// The mean log-probabilities of each candidate's own tokens computed from each whole
     /// sequence in one plain forward (no cache, no sharing).
@@ -543,17 +597,7 @@ mod tests {
     }
 
     fn tiny_llama() -> Llama {
-        let text = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/llama_golden/llama/config.json"),
-        )
-        .unwrap();
-        let cfg = LlamaConfig::from_value(
-            &serde_json::from_str(&text).unwrap(),
-            std::path::Path::new("config.json"),
-        )
-        .unwrap();
-        Llama::random(&cfg, 0.2, DType::F32, &Device::Cpu, 7).unwrap()
+        crate::models::test_util::tiny_llama(7)
     }
 
     #[test]

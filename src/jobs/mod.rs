@@ -21,6 +21,7 @@ pub mod generate;
 pub mod inference;
 pub mod inspect;
 pub mod lm_score;
+pub mod lm_score_train;
 pub mod pipeline;
 pub mod record;
 pub mod results;

@@ -105,3 +105,18 @@ pub(crate) fn write_model(dir: &Path, cfg: &impl Serialize, tensors: Vec<(String
     let map: HashMap<String, Tensor> = tensors.into_iter().collect();
     candle_core::safetensors::save(&map, dir.join("model.safetensors")).unwrap();
 }
+
+/// A random LLaMA of the `llama_golden` fixture's config (tiny: 64 tokens), f32 on the CPU.
+pub(crate) fn tiny_llama(seed: u64) -> crate::models::llama::Llama {
+    use crate::models::llama::{Llama, LlamaConfig};
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_golden/llama/config.json"),
+    )
+    .unwrap();
+    let cfg = LlamaConfig::from_value(
+        &serde_json::from_str(&text).unwrap(),
+        Path::new("config.json"),
+    )
+    .unwrap();
+    Llama::random(&cfg, 0.2, candle_core::DType::F32, &Device::Cpu, seed).unwrap()
+}

@@ -1,5 +1,5 @@
 //! One training batch: the model's input and the labels (and, for a causal-LM objective,
-//! the positions they belong to).
+//! the positions they belong to; for LM scoring, which candidate each position scores).
 
 use candle_core::Tensor;
 
@@ -16,6 +16,23 @@ pub struct Batch {
     /// For a causal-LM objective, the `(k)` flat positions `b·seq_len + t` whose next token
     /// `labels` holds; `None` for a sequence task.
     pub rows: Option<Tensor>,
+    /// For LM scoring, how the scored positions make up each example's candidates.
+    pub choices: Option<Choices>,
+}
+
+/// The candidate structure of an LM-scoring batch: each of its examples has `per_example`
+/// candidate answers, and a candidate's score is the mean log-probability of its tokens,
+/// which are some of the batch's scored positions ([`Batch::rows`]).
+#[derive(Debug, Clone)]
+pub struct Choices {
+    /// `(examples · per_example, rows)` f32: row `e · per_example + c` holds `1 / n` at the
+    /// `n` scored positions of example `e`'s candidate `c`, so a product with the positions'
+    /// log-probabilities gives each candidate's mean.
+    pub average: Tensor,
+    /// `(examples)` `u32`: the gold candidate of each example.
+    pub gold: Tensor,
+    /// Candidates per example.
+    pub per_example: usize,
 }
 
 impl Batch {
@@ -25,6 +42,17 @@ impl Batch {
             input,
             labels,
             rows: None,
+            choices: None,
+        }
+    }
+
+    /// A causal-LM batch: the next-token `labels` at flat positions `rows`.
+    pub fn next_tokens(input: ModelInput, rows: Tensor, labels: Tensor) -> Self {
+        Self {
+            input,
+            labels,
+            rows: Some(rows),
+            choices: None,
         }
     }
 }

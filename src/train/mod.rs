@@ -17,9 +17,12 @@ mod trainer;
 #[cfg(test)]
 mod tests;
 
-pub use batch::Batch;
+pub use batch::{Batch, Choices};
 pub use log::JsonlLog;
-pub use objective::{CrossEntropy, MeanSquaredError, NextToken, Objective, for_labels};
+pub use objective::{
+    CandidateChoice, CrossEntropy, MeanSquaredError, NextToken, Objective, choice_scores,
+    for_labels,
+};
 pub use observer::{Control, EarlyStopping, EvalReport, Observer, StepReport, TrainSummary};
 pub use optim::{Adam, AdamParams, OptimizerKind};
 pub use schedule::Schedule;

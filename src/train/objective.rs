@@ -116,6 +116,52 @@ impl Objective for NextToken {
     }
 }
 
+/// LM scoring's training loss (LoRETTA's `train_as_classification`): each candidate's score
+/// is the mean log-probability of its tokens ([`choice_scores`]), and the loss is the
+/// cross-entropy of the gold candidate over each example's scores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CandidateChoice;
+
+impl Objective for CandidateChoice {
+    fn name(&self) -> &'static str {
+        "candidate cross-entropy"
+    }
+    fn loss(&self, model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor> {
+        let scores = choice_scores(model, batch, train)?;
+        let choices = candidate_structure(batch)?;
+        crate::ops::cross_entropy(&scores, &choices.gold)
+    }
+}
+
+/// Each candidate's mean log-probability of its own tokens, `(examples, candidates)` f32, for
+/// a batch with [`Batch::choices`]: the log-softmax of the logits at the scored positions only,
+/// the labels' entries picked, and each candidate's averaged.
+///
+/// # Errors
+/// A batch without candidate structure; shape mismatches between it and the positions.
+pub fn choice_scores(model: &dyn Model, batch: &Batch, train: bool) -> Result<Tensor> {
+    let choices = candidate_structure(batch)?;
+    let logits = model
+        .token_logits(&batch.input, scored_rows(batch)?, train)?
+        .to_dtype(DType::F32)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+    let own = log_probs.gather(&batch.labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
+    let means = choices.average.matmul(&own)?;
+    let examples = choices.gold.dim(0)?;
+    Ok(means.reshape((examples, choices.per_example))?)
+}
+
+/// The candidate structure of an LM-scoring batch.
+fn candidate_structure(batch: &Batch) -> Result<&crate::train::Choices> {
+    batch
+        .choices
+        .as_ref()
+        .ok_or(crate::error::Error::UnsupportedInput {
+            field: "choices",
+            reason: "an LM-scoring batch says which positions make up each candidate",
+        })
+}
+
 /// The flat positions a causal-LM batch scores.
 fn scored_rows(batch: &Batch) -> Result<&Tensor> {
     batch

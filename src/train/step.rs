@@ -108,15 +108,16 @@ fn accumulate(
 
 /// Each micro-batch's share of the step's loss. Causal-LM batches (which list their scored
 /// positions) weigh by those positions, so the step's loss is the mean over all its scored
-/// tokens however they fall into micro-batches (HF's `num_items_in_batch`); sequence-task
-/// batches weigh equally.
+/// tokens however they fall into micro-batches (HF's `num_items_in_batch`); LM-scoring
+/// batches by their examples; sequence-task batches weigh equally.
 fn micro_weights(chunk: &[Batch]) -> Result<Vec<f64>> {
     let equal = vec![1.0 / chunk.len().max(1) as f64; chunk.len()];
     let mut counts = Vec::with_capacity(chunk.len());
     for batch in chunk {
-        match &batch.rows {
-            Some(rows) => counts.push(rows.dim(0)? as f64),
-            None => return Ok(equal),
+        match (&batch.choices, &batch.rows) {
+            (Some(choices), _) => counts.push(choices.gold.dim(0)? as f64),
+            (None, Some(rows)) => counts.push(rows.dim(0)? as f64),
+            (None, None) => return Ok(equal),
         }
     }
     let total: f64 = counts.iter().sum();

@@ -37,6 +37,7 @@ fn batch(k: usize) -> Batch {
         input: collate(&refs, 0, &Device::Cpu).unwrap(),
         labels: label_tensor(&labels, &Device::Cpu).unwrap(),
         rows: None,
+        choices: None,
     }
 }
 
@@ -226,6 +227,7 @@ fn causal_lm_accumulation_is_the_mean_over_all_scored_tokens() {
             input,
             labels,
             rows: Some(rows),
+            choices: None,
         }
     };
     let (split, gs, _) = accumulate_for_tests(&lm, &[batch(&[&long]), batch(&[&short])], &vars);
