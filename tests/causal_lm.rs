@@ -639,3 +639,159 @@ fn gradient_checkpointing_trains_the_same_adapter() {
         &["--gradient-checkpointing applies to --task causal-lm"],
     );
 }
+
+/// `train --objective lm-score` end to end on SmolLM2 and the CB and COPA fixtures: the
+/// protocol's counts, the zero-shot held-out score recorded next to the trained one, and
+/// `eval --adapter` scoring the saved adapter on the same validation sample to the same
+/// metrics as the run recorded.
+#[test]
+fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
+    crate::common::smollm2();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tmp = TempDir::new("lm-score-train");
+    let json = |o: std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let run = tmp.join("cb");
+    let record = json(ttlora(&[
+        "train",
+        "--objective",
+        "lm-score",
+        "--task",
+        "cb",
+        "--data",
+        path_str(&fixtures),
+        "--max-train",
+        "8",
+        "--held-out-examples",
+        "4",
+        "--max-eval",
+        "6",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--max-len",
+        "96",
+        "--out",
+        path_str(&run),
+        "--json",
+        "-q",
+        "--offline",
+    ]));
+    assert_eq!(record["task"], "cb");
+    assert_eq!(record["primary_metric"], "accuracy");
+    assert_eq!(record["examples"], serde_json::json!([8, 4, 6]));
+    let m = &record["dev_metrics"];
+    for key in [
+        "dev/accuracy",
+        "dev/macro_f1",
+        "held_out/accuracy",
+        "held_out/accuracy_before",
+    ] {
+        let v = m[key].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&v), "{key}: {m}");
+    }
+    let eval = json(ttlora(&[
+        "eval",
+        "--adapter",
+        path_str(&run),
+        "--task",
+        "cb",
+        "--data",
+        path_str(&fixtures),
+        "--max-examples",
+        "6",
+        "--json",
+        "--offline",
+    ]));
+    assert_eq!(eval["examples"], 6);
+    for (k, v) in eval["metrics"].as_object().unwrap() {
+        let recorded = m[format!("dev/{k}")].as_f64().unwrap();
+        assert!(
+            (v.as_f64().unwrap() - recorded).abs() < 1e-9,
+            "{k}: {eval} vs {m}"
+        );
+    }
+    // COPA trains on its gold answer's tokens (one step) and still reports accuracy.
+    let record = json(ttlora(&[
+        "train",
+        "--objective",
+        "lm-score",
+        "--task",
+        "copa",
+        "--method",
+        "lora",
+        "--data",
+        path_str(&fixtures),
+        "--max-train",
+        "4",
+        "--held-out-examples",
+        "4",
+        "--max-eval",
+        "4",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--out",
+        path_str(&tmp.join("copa")),
+        "--json",
+        "-q",
+        "--offline",
+    ]));
+    assert_eq!(record["task"], "copa");
+    assert!(record["dev_metrics"]["dev/accuracy"].as_f64().is_some());
+}
+
+/// `train --objective lm-score` refuses what it cannot honour before loading anything.
+#[test]
+fn bad_lm_score_training_flags_are_one_clear_error() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tmp = TempDir::new("lm-score-train-bad");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--objective",
+            "lm-score",
+            "--data",
+            path_str(&fixtures),
+            "--out",
+            path_str(&tmp),
+            "--offline",
+        ];
+        args.extend_from_slice(extra);
+        ttlora(&args)
+    };
+    assert_clear_error(
+        &train(&["--task", "cb", "--freeze-head"]),
+        &["--freeze-head does not apply to --objective lm-score"],
+    );
+    assert_clear_error(
+        &train(&["--task", "cb", "--held-out", "0.1"]),
+        &["--held-out", "--held-out-examples"],
+    );
+    assert_clear_error(
+        &train(&["--task", "cb", "--template", "{premise}"]),
+        &["--template, --candidate and --label-value are for --task custom"],
+    );
+    assert_clear_error(
+        &train(&["--task", "cb", "--gradient-checkpointing"]),
+        &["--choice-loss gold"],
+    );
+    assert_clear_error(
+        &train(&["--task", "sst2"]),
+        &["unknown task `sst2`", "boolq"],
+    );
+    assert_clear_error(
+        &train(&["--task", "cb", "--held-out-examples", "0"]),
+        &["--held-out-examples must be at least 1"],
+    );
+    // LM-scoring flags without the objective.
+    let o = ttlora(&["train", "--task", "cb", "--max-eval", "5", "--offline"]);
+    assert_clear_error(&o, &["--max-eval is for --objective lm-score"]);
+    // An over-long answer: the candidates alone do not fit --max-len.
+    let o = train(&["--task", "copa", "--max-len", "3", "--max-steps", "1"]);
+    assert_clear_error(&o, &["more than --max-len 3 leaves after the prompt"]);
+}
