@@ -795,3 +795,122 @@ fn bad_lm_score_training_flags_are_one_clear_error() {
     let o = train(&["--task", "copa", "--max-len", "3", "--max-steps", "1"]);
     assert_clear_error(&o, &["more than --max-len 3 leaves after the prompt"]);
 }
+
+/// `train --objective classify`: SmolLM2 with HF's `score` head on CB's prompts, frozen
+/// (`--freeze-head`, the TT-LoRA authors' set-up) or trained; the folder is PEFT's SEQ_CLS
+/// with the head saved, `eval --adapter` scores it by its head to the recorded metrics, and
+/// what it cannot do yet is refused.
+#[test]
+fn a_decoder_classifier_trains_saves_its_head_and_scores_the_same() {
+    crate::common::smollm2();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tmp = TempDir::new("classify-train");
+    let json = |o: std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--objective",
+            "classify",
+            "--task",
+            "cb",
+            "--data",
+            path_str(&fixtures),
+            "--max-train",
+            "8",
+            "--held-out-examples",
+            "4",
+            "--max-eval",
+            "6",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "1",
+            "--out",
+            path_str(out),
+            "--json",
+            "-q",
+            "--offline",
+        ];
+        args.extend_from_slice(extra);
+        json(ttlora(&args))
+    };
+    let frozen = tmp.join("frozen");
+    let record = train(&frozen, &["--freeze-head"]);
+    assert_eq!(record["params"]["head"], 0);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(frozen.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["task_type"], "SEQ_CLS");
+    assert_eq!(
+        config["modules_to_save"],
+        serde_json::json!(["score.weight"])
+    );
+    assert_eq!(
+        config["task"]["label_names"],
+        serde_json::json!(["Yes", "No", "Maybe"])
+    );
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--adapter",
+            path_str(&frozen),
+            "--data",
+            path_str(&fixtures),
+            "--max-examples",
+            "6",
+            "--offline",
+        ];
+        args.extend_from_slice(extra);
+        ttlora(&args)
+    };
+    let report = json(eval(&["--task", "cb", "--json"]));
+    let m = &record["dev_metrics"];
+    for (k, v) in report["metrics"].as_object().unwrap() {
+        let recorded = m[format!("dev/{k}")].as_f64().unwrap();
+        assert!(
+            (v.as_f64().unwrap() - recorded).abs() < 1e-9,
+            "{k}: {report} vs {m}"
+        );
+    }
+    assert_clear_error(
+        &eval(&["--task", "cb", "--objective", "lm-score"]),
+        &[
+            "classifies with a `score` head",
+            "drop --objective lm-score",
+        ],
+    );
+    assert_clear_error(
+        &eval(&["--task", "rte"]),
+        &["the adapter's head has 3 classes", "2 candidates"],
+    );
+    let o = ttlora(&[
+        "export",
+        "--adapter",
+        path_str(&frozen),
+        "--out",
+        path_str(&tmp.join("export")),
+        "--offline",
+    ]);
+    assert_clear_error(&o, &["is a decoder classifier", "not supported yet"]);
+    // The default trains the head too: its 3 × 576 weights count.
+    let record = train(&tmp.join("trained"), &[]);
+    assert_eq!(record["params"]["head"], 3 * 576);
+    // LM-scoring flags are not the classifier's.
+    let o = ttlora(&[
+        "train",
+        "--objective",
+        "classify",
+        "--task",
+        "cb",
+        "--choice-loss",
+        "gold",
+        "--offline",
+    ]);
+    assert_clear_error(
+        &o,
+        &["--choice-loss does not apply to --objective classify"],
+    );
+}

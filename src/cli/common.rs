@@ -89,6 +89,9 @@ pub fn report_pooling(inf: &ttlora::jobs::inference::Inference) {
 pub enum ObjectiveArg {
     /// A decoder's candidate answers by mean log-probability (MeZO's and LoRETTA's set-up).
     LmScore,
+    /// HF's sequence-classification head on a decoder (`score` on the last token; the
+    /// TT-LoRA authors' set-up), one class per candidate answer.
+    Classify,
 }
 
 /// The prompt of a custom LM-scoring task (`--task custom`).

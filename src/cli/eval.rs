@@ -97,6 +97,11 @@ pub struct EvalArgs {
     objective: Option<ObjectiveArg>,
     #[command(flatten)]
     template: TemplateArgs,
+    /// LM scoring and decoder classifiers: cut prompts longer than N tokens from the left
+    /// (keeping the question and answers), as `train --max-len` did [default: no cut for LM
+    /// scoring (a prompt past the context is refused); a classifier's recorded --max-len].
+    #[arg(long, value_name = "N")]
+    max_len: Option<usize>,
     /// LM scoring: examples drawn (seeded, without replacement; MultiRC a whole question at
     /// a time) from the split; all of it when smaller [default: 1000].
     #[arg(long)]
@@ -135,6 +140,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             a.template.given(),
         ),
         ("--max-examples", a.max_examples.is_some()),
+        ("--max-len", a.max_len.is_some()),
         ("--seed", a.seed.is_some()),
     ];
     if let Some((flag, _)) = lm_only.iter().find(|(_, given)| *given) {
@@ -192,8 +198,8 @@ fn run_lm_score(a: &EvalArgs) -> Result<()> {
              custom with --template and --file)"
         );
     };
-    if a.max_examples == Some(0) {
-        bail!("--max-examples must be at least 1");
+    if a.max_examples == Some(0) || a.max_len == Some(0) {
+        bail!("--max-examples and --max-len must be at least 1");
     }
     let ignored = [
         ("--batch-size", a.common.batch_size.is_some()),
@@ -261,14 +267,20 @@ fn lm_score_examples(
     );
     let device = a.common.device.device()?;
     let allow_fetch = !a.common.fetch.offline;
+    let mut recorded_len = None;
     let g = match (&a.common.adapter, &a.common.model) {
-        (Some(adapter), model) => Generator::with_adapter(
-            adapter,
-            model.as_deref(),
-            &device,
-            allow_fetch,
-            BaseDtype::default(),
-        )?,
+        (Some(adapter), model) => {
+            let folder = ttlora::io::AdapterFolder::read(adapter, &device)?;
+            recorded_len = folder.config.task.as_ref().map(|t| t.max_len);
+            Generator::with_adapter_folder(
+                &folder,
+                adapter,
+                model.as_deref(),
+                &device,
+                allow_fetch,
+                BaseDtype::default(),
+            )?
+        }
         (None, Some(model)) => Generator::load_with(
             &decoder_location(model, allow_fetch)?,
             &device,
@@ -283,7 +295,36 @@ fn lm_score_examples(
     );
     let name = task.map_or("custom", |t| t.name());
     bar.set_message(format!("scoring {name}"));
-    let report = lm_score::evaluate(&g, task, &examples, &mut || bar.inc(1))?;
+    let report = match g.model.score_labels() {
+        // A decoder with a trained classification head: its head picks the class.
+        Some(classes) => {
+            if a.objective == Some(ObjectiveArg::LmScore) {
+                bail!(
+                    "this adapter classifies with a `score` head (trained with --objective \
+                     classify); drop --objective lm-score"
+                );
+            }
+            use ttlora::jobs::prompted_train::{Prepared, PromptedObjective};
+            let max_len = a
+                .max_len
+                .or(recorded_len)
+                .unwrap_or(g.decoder().config().max_position_embeddings);
+            let objective = PromptedObjective::Classify { train_head: false };
+            let (prepared, _) = Prepared::new(&g, objective, examples, max_len)?;
+            if prepared.classes() != classes {
+                bail!(
+                    "the adapter's head has {classes} classes; {name}'s examples have {} \
+                     candidates",
+                    prepared.classes()
+                );
+            }
+            bar.set_length(prepared.len() as u64);
+            let preds = prepared.predict(&g.model, 16, g.pad_id(), &device)?;
+            bar.set_position(prepared.len() as u64);
+            lm_score::report(task, &prepared.examples(), &preds)?
+        }
+        None => lm_score::evaluate(&g, task, &examples, a.max_len, &mut || bar.inc(1))?,
+    };
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();
     if a.output.json {

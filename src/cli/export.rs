@@ -101,6 +101,7 @@ impl ExportSource {
 }
 
 fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
+    use ttlora::models::heads::SCORE_HEAD;
     if export::is_decoder_adapter(&s.adapter)? {
         if s.pooling.pooling.is_some() {
             bail!("--pooling does not apply to a decoder adapter (its LM head reads every token)");
@@ -112,6 +113,18 @@ fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
         // copies the rest as they are.
         let base_dtype = ttlora::jobs::generate::BaseDtype::Quantized;
         let folder = ttlora::io::AdapterFolder::read(&s.adapter, &device)?;
+        if folder
+            .config
+            .modules_to_save
+            .iter()
+            .any(|m| m == SCORE_HEAD)
+        {
+            bail!(
+                "{} is a decoder classifier (trained with --objective classify): exporting one \
+                 is not supported yet; `ttlora eval --adapter` scores it",
+                s.adapter.display()
+            );
+        }
         let mut g = Generator::with_adapter_folder(
             &folder,
             &s.adapter,

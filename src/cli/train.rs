@@ -13,8 +13,8 @@ use ttlora::data::{self, CustomColumns};
 use ttlora::jobs::causal_lm::{self, CausalLmSpec, LmDataSpec};
 use ttlora::jobs::finetune::{self, FineTuneSpec};
 use ttlora::jobs::generate::BaseDtype;
-use ttlora::jobs::lm_score_train::{
-    self, ChoiceLoss, LmScoreTrainSpec, PromptSource, PromptedDataSpec,
+use ttlora::jobs::prompted_train::{
+    self, ChoiceLoss, PromptSource, PromptedDataSpec, PromptedObjective, PromptedTrainSpec,
 };
 use ttlora::jobs::study::StudySpec;
 use ttlora::jobs::task::TaskSource;
@@ -462,15 +462,22 @@ const DEFAULT_MAX_LEN: usize = 128;
 /// `--max-len` for LM scoring: SuperGLUE's BoolQ and MultiRC passages run past 128 tokens.
 const DEFAULT_LM_SCORE_MAX_LEN: usize = 256;
 
-/// The LM-scoring job from the flags; flags of the other kinds of run are refused.
-fn lm_score_spec(a: &TrainArgs) -> Result<LmScoreTrainSpec> {
+/// The prompted job (LM scoring or a decoder's classification head) from the flags; flags
+/// of the other kinds of run are refused.
+fn prompted_spec(a: &TrainArgs, classify: bool) -> Result<PromptedTrainSpec> {
+    let objective_flag = if classify {
+        "--objective classify"
+    } else {
+        "--objective lm-score"
+    };
     let loss_given = a.choice_loss.map(|l| match l {
         ChoiceLossArg::Candidates => ChoiceLoss::Candidates,
         ChoiceLossArg::Gold => ChoiceLoss::Gold,
     });
     let not_here = [
         ("--pooling", a.pooling.is_some()),
-        ("--freeze-head", a.freeze_head),
+        ("--freeze-head", a.freeze_head && !classify),
+        ("--choice-loss", a.choice_loss.is_some() && classify),
         ("--regression", a.regression),
         ("--text-column", a.text_column != "text"),
         ("--text-pair-column", a.text_pair_column.is_some()),
@@ -485,20 +492,23 @@ fn lm_score_spec(a: &TrainArgs) -> Result<LmScoreTrainSpec> {
     ];
     if let Some((flag, _)) = not_here.iter().find(|(_, given)| *given) {
         bail!(
-            "{flag} does not apply to --objective lm-score (a decoder scores candidate answers \
-             through its LM head; no classification head)"
+            "{flag} does not apply to {objective_flag} (a decoder reads its answer at the last \
+             token{})",
+            if classify {
+                ""
+            } else {
+                ", through its LM head; no classification head"
+            }
         );
     }
     if a.task.eq_ignore_ascii_case(causal_lm::TASK_NAME) {
-        bail!(
-            "--objective lm-score trains on prompted tasks; --task causal-lm trains on text rows"
-        );
+        bail!("{objective_flag} trains on prompted tasks; --task causal-lm trains on text rows");
     }
     let max_len = a.max_len.unwrap_or(DEFAULT_LM_SCORE_MAX_LEN);
     let (source, train_file, dev_file) = if a.task.eq_ignore_ascii_case("custom") {
         let (Some(train), Some(dev)) = (&a.train_file, &a.dev_file) else {
             bail!(
-                "--task custom with --objective lm-score needs --train-file and --dev-file (JSON Lines)"
+                "--task custom with {objective_flag} needs --train-file and --dev-file (JSON Lines)"
             );
         };
         if a.data.is_some() {
@@ -528,11 +538,17 @@ fn lm_score_spec(a: &TrainArgs) -> Result<LmScoreTrainSpec> {
         };
         (PromptSource::Task(task), train, dev)
     };
-    let loss = loss_given.unwrap_or(ChoiceLoss::for_task(source.task()));
-    if a.gradient_checkpointing && loss != ChoiceLoss::Gold {
+    let objective = if classify {
+        PromptedObjective::Classify {
+            train_head: !(a.freeze_head || a.preset == Some(Preset::Paper)),
+        }
+    } else {
+        PromptedObjective::LmScore(loss_given.unwrap_or(ChoiceLoss::for_task(source.task())))
+    };
+    if a.gradient_checkpointing && objective != PromptedObjective::LmScore(ChoiceLoss::Gold) {
         bail!(
             "--gradient-checkpointing recomputes layers for next-token losses only: use it with \
-             --choice-loss gold"
+             --objective lm-score --choice-loss gold"
         );
     }
     for (flag, value) in [
@@ -550,7 +566,7 @@ fn lm_score_spec(a: &TrainArgs) -> Result<LmScoreTrainSpec> {
     if held_out == 0 {
         bail!("--held-out-examples must be at least 1: the adapter is selected on them");
     }
-    Ok(LmScoreTrainSpec {
+    Ok(PromptedTrainSpec {
         model: a
             .model
             .clone()
@@ -565,8 +581,11 @@ fn lm_score_spec(a: &TrainArgs) -> Result<LmScoreTrainSpec> {
             max_eval: a.max_eval.unwrap_or(1000),
             seed: a.seed,
         },
-        loss,
-        trial: trial_spec(a, false)?,
+        objective,
+        trial: trial_spec(
+            a,
+            matches!(objective, PromptedObjective::Classify { train_head: true }),
+        )?,
         out: out_dir(a),
         resume: a.resume,
         allow_fetch: !a.fetch.offline,
@@ -656,10 +675,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     {
         bail!("{flag} is for --objective lm-score");
     }
-    let report = if a.objective == Some(ObjectiveArg::LmScore) {
-        let job = lm_score_spec(&a)?;
+    let report = if let Some(objective) = a.objective {
+        let job = prompted_spec(&a, objective == ObjectiveArg::Classify)?;
         create_out(&job.out)?;
-        lm_score_train::run(&job, &mut [&mut bar])?.report
+        prompted_train::run(&job, &mut [&mut bar])?.report
     } else if is_causal_lm(&a) {
         let job = causal_spec(&a)?;
         create_out(&job.out)?;

@@ -315,6 +315,9 @@ pub(crate) struct DecoderRun<'a> {
     pub data_seed: u64,
     /// The training sample's cap, if any.
     pub max_train: Option<usize>,
+    /// A classification head's task (its head is saved with the adapter), if the decoder
+    /// classifies.
+    pub head: Option<crate::io::TaskInfo>,
 }
 
 impl DecoderRun<'_> {
@@ -345,8 +348,18 @@ impl DecoderRun<'_> {
                 .map(serde_json::to_value)
                 .transpose()?,
             overrides: trial.overrides.clone(),
-            save_head: false,
-            task: None,
+            // A frozen head is saved too: it is fresh, not the checkpoint's.
+            save_head: self.head.is_some(),
+            task: self.head.clone(),
+        };
+        let head_params: usize = match (&self.head, trial.train_head) {
+            (Some(_), true) => g
+                .model
+                .head_vars()
+                .iter()
+                .map(|(_, v)| v.elem_count())
+                .sum(),
+            _ => 0,
         };
         let wall_s = self.started.elapsed().as_secs_f64() + summary.carried_s;
         let record = RunRecord {
@@ -360,7 +373,7 @@ impl DecoderRun<'_> {
             dev_metrics,
             params: ParamCounts {
                 adapter: attached.params,
-                head: 0,
+                head: head_params,
                 lora_r8: attached.lora_r8,
             },
             adapted_modules: attached.adapted,
@@ -508,6 +521,7 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         started,
         data_seed: spec.data.seed,
         max_train: spec.data.max_train,
+        head: None,
     };
     let examples = (
         data.fit.rows.len(),

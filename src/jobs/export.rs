@@ -155,7 +155,16 @@ fn meta_of(
 pub fn is_decoder_adapter(dir: &Path) -> Result<bool> {
     let path = dir.join(crate::io::adapter_folder::CONFIG_FILE);
     let config: serde_json::Value = crate::io::read_json_if_present(&path)?.unwrap_or_default();
-    Ok(config["task_type"] == "CAUSAL_LM")
+    Ok(config["task_type"] == "CAUSAL_LM" || is_decoder_classifier(&config))
+}
+
+/// Whether an adapter config is a decoder classifier's: PEFT's `SEQ_CLS` with the decoder
+/// head `score` among its saved modules (an encoder's head is `classifier…`).
+pub fn is_decoder_classifier(config: &serde_json::Value) -> bool {
+    config["task_type"] == "SEQ_CLS"
+        && config["modules_to_save"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|n| n == crate::models::heads::SCORE_HEAD))
 }
 
 /// Exports the adapter loaded on the decoder `g` (see [`Generator::with_adapter`]; `cfg` is

@@ -228,6 +228,17 @@ impl Generator {
                 folder.config.base_model_name_or_path
             );
         }
+        // A classifying adapter brings its `score` head (PEFT's SEQ_CLS modules_to_save):
+        // the decoder gets a head of that size for the load to fill.
+        let head = crate::models::heads::SCORE_HEAD;
+        if folder.config.modules_to_save.iter().any(|m| m == head)
+            && let Some((_, t)) = folder
+                .tensors
+                .iter()
+                .find(|(k, _)| k.ends_with(&format!(".{head}")))
+        {
+            g.model.set_score_head(t.dim(0)?, 0)?;
+        }
         crate::tuning::adapted::load_into(&mut g.model, folder, crate::jobs::trial::ADAPTER_NAME)?;
         Ok(g)
     }

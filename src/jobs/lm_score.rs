@@ -47,33 +47,9 @@ impl CandidateIds {
         let mut full = Vec::with_capacity(candidates.len());
         let mut first_scored = Vec::with_capacity(candidates.len());
         for candidate in candidates {
-            let text = format!("{prompt}{candidate}");
-            // With the tokenizer's own special tokens, as training and generation see a
-            // prompt (an HF LLaMA tokenizer's post-processor adds `<s>`): the leading ones
-            // are kept, trailing ones (an EOS or `[SEP]`) dropped, and `bos` put in front
-            // only when the tokenizer did not add it.
-            let enc = tokenizer
-                .encode_char_offsets(text.as_str(), true)
-                .map_err(|e| scoring_error(format!("cannot tokenize \"{text}\": {e}")))?;
-            let special = enc.get_special_tokens_mask();
-            let lead = special.iter().take_while(|&&m| m == 1).count();
-            let end = special.len()
-                - special[lead..]
-                    .iter()
-                    .rev()
-                    .take_while(|&&m| m == 1)
-                    .count();
-            let mut ids: Vec<u32> = match bos {
-                Some(b) if enc.get_ids().first() != Some(&b) => vec![b],
-                _ => Vec::new(),
-            };
-            let before = ids.len();
-            ids.extend_from_slice(&enc.get_ids()[..end]);
-            let own = enc.get_offsets()[lead..end]
-                .iter()
-                .position(|&(_, stop)| stop > prompt_chars);
-            match own {
-                Some(at) => first_scored.push(before + lead + at),
+            let (ids, ends) = encode(tokenizer, bos, &format!("{prompt}{candidate}"))?;
+            match ends.iter().position(|&stop| stop > prompt_chars) {
+                Some(at) => first_scored.push(at),
                 None => {
                     return Err(scoring_error(format!(
                         "the candidate \"{candidate}\" adds no token to the prompt"
@@ -109,6 +85,43 @@ impl CandidateIds {
     }
 }
 
+/// `text`'s ids as training and generation see a prompt, with each id's end as a char
+/// offset: the tokenizer's own special tokens (an HF LLaMA tokenizer's post-processor adds
+/// `<s>`) lead and are kept (offset 0), trailing ones (an EOS or `[SEP]`) are dropped, and
+/// `bos` goes in front only when the tokenizer did not add it.
+///
+/// # Errors
+/// A tokenizer failure.
+pub fn encode(
+    tokenizer: &Tokenizer,
+    bos: Option<u32>,
+    text: &str,
+) -> Result<(Vec<u32>, Vec<usize>)> {
+    let enc = tokenizer
+        .encode_char_offsets(text, true)
+        .map_err(|e| scoring_error(format!("cannot tokenize \"{text}\": {e}")))?;
+    let special = enc.get_special_tokens_mask();
+    let lead = special.iter().take_while(|&&m| m == 1).count();
+    let end = special.len()
+        - special[lead..]
+            .iter()
+            .rev()
+            .take_while(|&&m| m == 1)
+            .count();
+    let (mut ids, mut ends) = match bos {
+        Some(b) if enc.get_ids().first() != Some(&b) => (vec![b], vec![0]),
+        _ => (Vec::new(), Vec::new()),
+    };
+    ids.extend_from_slice(&enc.get_ids()[..end]);
+    ends.extend(
+        enc.get_offsets()[..end]
+            .iter()
+            .zip(&special[..end])
+            .map(|(&(_, stop), &m)| if m == 1 { 0 } else { stop }),
+    );
+    Ok((ids, ends))
+}
+
 impl CandidateIds {
     /// The tokens a forward over the longest candidate feeds: the shared ones and each
     /// candidate's but its last (which is predicted, never fed).
@@ -128,18 +141,35 @@ impl CandidateIds {
         if excess == 0 {
             return Ok(false);
         }
-        let keep_first = usize::from(bos.is_some() && self.shared.first() == bos.as_ref());
+        let answers = self.fed_len() - self.shared.len();
         // At least one shared token must stay to predict the first candidate token from.
-        if self.shared.len() < keep_first.max(1) + excess {
-            return Err(scoring_error(format!(
-                "the candidates need {} tokens, more than --max-len {max_len} leaves after the \
-                 prompt",
-                self.fed_len() - self.shared.len()
-            )));
-        }
-        self.shared.drain(keep_first..keep_first + excess);
+        cut_start(&mut self.shared, excess, bos, 1).map_err(|()| {
+            scoring_error(format!(
+                "the candidates need {answers} tokens, more than --max-len {max_len} leaves \
+                 after the prompt"
+            ))
+        })?;
         Ok(true)
     }
+}
+
+/// Removes `excess` ids from the start of `ids`, after a leading `bos` (which stays),
+/// leaving at least `min_left` (BOS included).
+///
+/// # Errors
+/// Fewer ids than that would leave.
+pub(crate) fn cut_start(
+    ids: &mut Vec<u32>,
+    excess: usize,
+    bos: Option<u32>,
+    min_left: usize,
+) -> std::result::Result<(), ()> {
+    let keep_first = usize::from(bos.is_some() && ids.first() == bos.as_ref());
+    if ids.len() < keep_first.max(min_left) + excess {
+        return Err(());
+    }
+    ids.drain(keep_first..keep_first + excess);
+    Ok(())
 }
 
 fn scoring_error(reason: impl Into<String>) -> Error {
@@ -337,7 +367,8 @@ fn sample_groups(examples: Vec<PromptedExample>, max: usize, seed: u64) -> Vec<P
 }
 
 /// Scores every example of `task` (`None`: a custom template's) with the generator's model
-/// (and adapter, if one is attached) by [`candidate_scores`], predicts the best candidate,
+/// (and adapter, if one is attached) by [`candidate_scores`], prompts cut from the left to
+/// `max_len` when given (as training cut them), predicts the best candidate,
 /// and computes the task's official metrics (a custom task: accuracy, and macro-F1 with more
 /// than two candidates). `on_example` is called after each example (progress).
 ///
@@ -347,6 +378,7 @@ pub fn evaluate(
     g: &Generator,
     task: Option<PromptedTask>,
     examples: &[PromptedExample],
+    max_len: Option<usize>,
     on_example: &mut dyn FnMut(),
 ) -> Result<LmScoreReport> {
     let llama = g.decoder();
@@ -357,7 +389,11 @@ pub fn evaluate(
     let tokenized = examples
         .iter()
         .map(|e| {
-            let ids = CandidateIds::tokenize(&g.tokenizer, g.bos_id(), &e.prompt, &e.candidates)?;
+            let mut ids =
+                CandidateIds::tokenize(&g.tokenizer, g.bos_id(), &e.prompt, &e.candidates)?;
+            if let Some(max_len) = max_len {
+                ids.truncate_left(max_len, g.bos_id())?;
+            }
             // The last candidate token is predicted, never fed.
             let longest = ids.rest.iter().map(Vec::len).max().unwrap_or(1);
             let fed = virtual_n + ids.shared.len() + longest - 1;

@@ -174,6 +174,34 @@ fn planned_shape_when_no_factors_given() {
     assert_eq!(l.shape().out_factors().iter().product::<usize>(), 1536);
 }
 
+/// Decoders' q and v projections get a six-core shape with no factors given: SmolLM2-135M's
+/// 576 × 576 and 576 → 192 (GQA: 3 key-value heads of 64), LLaMA-3-8B's 4096 × 4096 and
+/// 4096 → 1024; each at most a tenth of LoRA r = 8's parameters.
+#[test]
+fn decoder_q_and_v_sizes_are_planned() {
+    let planned = |i: usize, o: usize| {
+        TtLoraLayer::new(&TtLoraConfig::default(), &spec(i, o), &mut seeded_rng(4))
+            .unwrap()
+            .shape()
+            .clone()
+    };
+    for (i, o, params) in [
+        (576, 576, 740),
+        (576, 192, 625),
+        (4096, 4096, 1440),
+        (4096, 1024, 1180),
+    ] {
+        let s = planned(i, o);
+        assert_eq!(s.num_cores(), 6, "{i}->{o}: {s}");
+        assert_eq!(s.in_factors().iter().product::<usize>(), i);
+        assert_eq!(s.out_factors().iter().product::<usize>(), o);
+        assert_eq!(s.num_params(), params, "{i}->{o}: {s}");
+        assert!(s.ratio_to_lora(8) <= 0.11, "{i}->{o}: {s}");
+    }
+    // SmolLM2's 30 layers, q and v: the count `ttlora train --objective lm-score` reports.
+    assert_eq!(30 * (740 + 625), 40_950);
+}
+
 #[test]
 fn bad_configs_give_one_clear_error() {
     let err = TtLoraLayer::new(

@@ -69,7 +69,17 @@ pub struct CausalLm<B> {
     virtual_tokens: VirtualTokens,
     /// Recompute each layer in the backward instead of keeping its activations.
     checkpoint_layers: bool,
+    /// HF's `…ForSequenceClassification` head (`score`, `(num_labels, hidden)`, no bias),
+    /// when the decoder classifies instead of predicting tokens.
+    score: Option<Var>,
 }
+
+/// The checkpoint name of a decoder's classification head (HF's and PEFT's `score`).
+pub const SCORE_HEAD: &str = "score.weight";
+
+/// The standard deviation HF initialises a decoder's `score` head with (LlamaConfig's
+/// default `initializer_range`).
+const SCORE_INIT_STD: f64 = 0.02;
 
 impl<B: std::fmt::Debug> std::fmt::Debug for CausalLm<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,7 +96,40 @@ impl<B: Decoder> CausalLm<B> {
             decoder,
             virtual_tokens: VirtualTokens::default(),
             checkpoint_layers: false,
+            score: None,
         }
+    }
+
+    /// Gives the decoder HF's sequence-classification head: a fresh `score` linear (no bias)
+    /// of `num_labels` rows, drawn from N(0, 0.02²) with `seed` as transformers initialises
+    /// it, applied to the last real token's final hidden state. [`Model::forward`] then gives
+    /// `(b, num_labels)` logits, and [`Model::head_vars`] lists the head.
+    ///
+    /// # Errors
+    /// No labels; tensor errors.
+    pub fn set_score_head(&mut self, num_labels: usize, seed: u64) -> Result<()> {
+        if num_labels == 0 || num_labels > crate::io::adapter_folder::MAX_LABELS {
+            return Err(Error::UnsupportedInput {
+                field: "num_labels",
+                reason: "a classification head needs 1 to 65,536 labels",
+            });
+        }
+        let spec = self.decoder.virtual_spec();
+        let (hidden, device) = (spec.hidden, spec.word_embeddings.device().clone());
+        let weight = crate::adapters::normal(
+            &[num_labels, hidden],
+            SCORE_INIT_STD,
+            &mut crate::adapters::seeded_rng(seed),
+            spec.dtype,
+            &device,
+        )?;
+        self.score = Some(Var::from_tensor(&weight)?);
+        Ok(())
+    }
+
+    /// The classification head's label count, when it has one.
+    pub fn score_labels(&self) -> Option<usize> {
+        self.score.as_ref().map(|w| w.dims()[0])
     }
 
     /// The decoder.
@@ -265,7 +308,12 @@ impl<B: Decoder> Model for CausalLm<B> {
     fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let _span = tracing::trace_span!("causal-lm").entered();
         let flat = self.flat_hidden(input, train)?;
-        self.logits_at(&flat, &last_token_rows(&input.attention_mask)?, train)
+        let last = last_token_rows(&input.attention_mask)?;
+        match &self.score {
+            // HF pools the last non-pad token (right padding: the mask's last one).
+            Some(w) => Ok(pick_rows(&flat, &last)?.matmul(&w.as_tensor().t()?)?),
+            None => self.logits_at(&flat, &last, train),
+        }
     }
 
     fn token_logits(&self, input: &ModelInput, rows: &Tensor, train: bool) -> Result<Tensor> {
@@ -316,7 +364,10 @@ impl<B: Decoder> Model for CausalLm<B> {
     }
 
     fn head_vars(&self) -> Vec<(String, Var)> {
-        Vec::new()
+        self.score
+            .iter()
+            .map(|w| (SCORE_HEAD.to_string(), w.clone()))
+            .collect()
     }
 
     fn fresh_output_bias(&self) -> Option<Var> {
@@ -358,10 +409,19 @@ impl<B: Decoder> Model for CausalLm<B> {
     }
 
     fn peft_task_type(&self) -> &'static str {
-        "CAUSAL_LM"
+        if self.score.is_some() {
+            "SEQ_CLS"
+        } else {
+            "CAUSAL_LM"
+        }
     }
 
     fn architecture(&self) -> &'static str {
-        self.decoder.architecture()
+        match (&self.score, self.decoder.architecture()) {
+            (Some(_), "LlamaForCausalLM") => "LlamaForSequenceClassification",
+            (Some(_), "MistralForCausalLM") => "MistralForSequenceClassification",
+            (Some(_), "Qwen2ForCausalLM") => "Qwen2ForSequenceClassification",
+            (_, name) => name,
+        }
     }
 }

@@ -8,6 +8,6 @@ mod classifier;
 mod layout;
 pub(crate) mod virtual_tokens;
 
-pub use causal_lm::{CausalLm, Decoder, last_token_rows};
+pub use causal_lm::{CausalLm, Decoder, SCORE_HEAD, last_token_rows};
 pub use classifier::SequenceClassifier;
 pub use layout::{HeadActivation, HeadLayout, HiddenLayer};

@@ -369,3 +369,51 @@ fn the_token_loss_equals_the_cross_entropy_of_the_logits() {
         assert!((a - b).abs() < 1e-5, "tied {tied}: {a} vs {b}");
     }
 }
+
+/// The classification head (HF's `LlamaForSequenceClassification`): `score` (no bias) on
+/// each row's last real token, padding ignored; seeded N(0, 0.02²) init; listed as the head,
+/// and the model then reports PEFT's SEQ_CLS and HF's classifier class.
+#[test]
+fn the_score_head_reads_the_last_real_token() {
+    use crate::models::Model;
+    let mut lm = causal(LlamaFamily::Llama);
+    assert!(lm.head_vars().is_empty());
+    assert_eq!(lm.peft_task_type(), "CAUSAL_LM");
+    lm.set_score_head(3, 5).unwrap();
+    assert_eq!(lm.score_labels(), Some(3));
+    let heads = lm.head_vars();
+    assert_eq!(heads.len(), 1);
+    assert_eq!(heads[0].0, "score.weight");
+    let w = heads[0].1.as_tensor().clone();
+    assert_eq!(w.dims(), &[3, lm.decoder().config().hidden_size]);
+    let std = w
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt();
+    assert!((0.01..0.03).contains(&std), "{std}");
+    let input = batch(&[&[5, 9, 13, 17], &[21, 3]]);
+    let got = lm.forward(&input, false).unwrap();
+    let hidden = lm.decoder().forward(&input, false).unwrap();
+    let last = Tensor::stack(
+        &[
+            &hidden.get(0).unwrap().get(3).unwrap(),
+            &hidden.get(1).unwrap().get(1).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
+    let want = last.matmul(&w.t().unwrap()).unwrap();
+    assert_eq!(got.dims(), &[2, 3]);
+    assert!(diff(&got, &want) < 1e-5);
+    assert_eq!(lm.peft_task_type(), "SEQ_CLS");
+    assert_eq!(lm.architecture(), "LlamaForSequenceClassification");
+    // The same seed draws the same head.
+    let mut again = causal(LlamaFamily::Llama);
+    again.set_score_head(3, 5).unwrap();
+    assert!(diff(&again.head_vars()[0].1.as_tensor().clone(), &w) == 0.0);
+    assert!(lm.set_score_head(0, 5).is_err());
+}

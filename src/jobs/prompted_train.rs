@@ -1,17 +1,21 @@
-//! Fine-tuning a decoder by LM scoring, as `ttlora train --objective lm-score --task cb` runs
-//! it (MeZO's and LoRETTA's SuperGLUE protocol): each example is a prompt and candidate
-//! answers; the loss is the cross-entropy of the gold candidate over the candidates' mean
-//! log-probabilities (LoRETTA's `train_as_classification`), or for free-text answers (COPA)
-//! the plain LM loss on the gold answer's tokens. Up to 1,000 training examples are sampled
-//! from the train file and 500 more (100 for CB and COPA) held out to select the adapter; it
-//! is scored on up to 1,000 sampled from the validation file, the same sample `ttlora eval`
-//! scores by default, so a fine-tune and its zero-shot floor are compared on the same
-//! examples.
+//! Fine-tuning a decoder on prompted tasks (SuperGLUE through MeZO's templates, or a custom
+//! template), as `ttlora train --objective lm-score|classify --task cb` runs it.
 //!
-//! Training and held-out scoring run in padded batches through [`Model::token_logits`], with
-//! the logits computed only at the candidates' tokens: candidates whose fed tokens are the
-//! same (one-token answers: CB's "Yes", "No", "Maybe") share one sequence, so k such
-//! candidates cost one sequence, not k.
+//! - **LM scoring** (MeZO, LoRETTA): each example is a prompt and candidate answers; the loss
+//!   is the cross-entropy of the gold candidate over the candidates' mean log-probabilities
+//!   (LoRETTA's `train_as_classification`), or for free-text answers (COPA) the plain LM
+//!   loss on the gold answer's tokens. Training and held-out scoring run in padded batches
+//!   through [`Model::token_logits`], with logits only at the candidates' tokens; candidates
+//!   whose fed tokens coincide (one-token answers: CB's "Yes", "No", "Maybe") share one
+//!   sequence.
+//! - **Classification head** (the TT-LoRA authors' set-up, HF's
+//!   `LlamaForSequenceClassification`): the prompt alone, HF's `score` head on its last
+//!   token, one class per candidate; the head trains with the adapter or stays frozen.
+//!
+//! Both follow MeZO's protocol: up to 1,000 training examples sampled from the train file,
+//! 500 more (100 for CB and COPA) held out to select the adapter, and up to 1,000 sampled
+//! from the validation file with seed 0 — the sample `ttlora eval` scores by default, so a
+//! fine-tune and its zero-shot floor are compared on the same examples.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,7 +28,9 @@ use crate::error::{Error, Result};
 use crate::io;
 use crate::jobs::causal_lm::{DecoderRun, open_decoder};
 use crate::jobs::generate::{BaseDtype, Generator};
-use crate::jobs::lm_score::{CandidateIds, LmScoreReport, best_candidate, report, sample_examples};
+use crate::jobs::lm_score::{
+    CandidateIds, LmScoreReport, best_candidate, cut_start, encode, report, sample_examples,
+};
 use crate::jobs::trial::{TrialOutput, TrialSpec, attach_trial, train_trial};
 use crate::models::{Model, ModelInput};
 use crate::train::{Batch, CandidateChoice, Choices, NextToken, Objective, Observer, TrainJob};
@@ -54,6 +60,30 @@ impl ChoiceLoss {
         match self {
             Self::Candidates => &CandidateChoice,
             Self::Gold => &NextToken,
+        }
+    }
+}
+
+/// How a prompted job trains and predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptedObjective {
+    /// By the candidates' mean log-probabilities through the LM head.
+    LmScore(ChoiceLoss),
+    /// With HF's sequence-classification head (`score`) on the prompt's last token, one
+    /// class per candidate; `train_head: false` keeps the fresh head frozen (the TT-LoRA
+    /// authors' set-up: only the adapter trains).
+    Classify {
+        /// Train the head along with the adapter.
+        train_head: bool,
+    },
+}
+
+impl PromptedObjective {
+    /// The name runs record (`lm-score`, `classify`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LmScore(_) => "lm-score",
+            Self::Classify { .. } => "classify",
         }
     }
 }
@@ -125,13 +155,13 @@ pub struct PromptedDataSpec {
 
 /// An LM-scoring fine-tuning job.
 #[derive(Debug, Clone)]
-pub struct LmScoreTrainSpec {
+pub struct PromptedTrainSpec {
     /// `--model`: a GGUF file, a folder holding one or an HF decoder folder, a packaged name.
     pub model: String,
     /// The examples.
     pub data: PromptedDataSpec,
-    /// What training minimises.
-    pub loss: ChoiceLoss,
+    /// How it trains and predicts.
+    pub objective: PromptedObjective,
     /// The method and its training.
     pub trial: TrialSpec,
     /// Output folder.
@@ -157,9 +187,244 @@ pub struct ScoredExample {
 
 impl ScoredExample {
     /// Tokens fed for the longest candidate (for batching by length).
-    fn len(&self) -> usize {
+    pub fn fed_len(&self) -> usize {
         self.ids.fed_len()
     }
+}
+
+/// One example as a classifier sees it: its prompt's ids (no candidate), its class the gold
+/// candidate's index.
+#[derive(Debug, Clone)]
+pub struct ClassExample {
+    /// The rendered example.
+    pub example: PromptedExample,
+    /// The prompt's ids, its start cut to the job's `max_len`.
+    pub ids: Vec<u32>,
+}
+
+/// A split's examples, tokenized for the job's objective.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// For LM scoring: each candidate's ids after the shared prompt.
+    Scored(Vec<ScoredExample>),
+    /// For a classification head: the prompt's ids.
+    Classed(Vec<ClassExample>),
+}
+
+impl Default for Prepared {
+    fn default() -> Self {
+        Self::Scored(Vec::new())
+    }
+}
+
+impl Prepared {
+    /// Tokenizes `examples` for `objective` with `g`'s tokenizer, prompts cut to `max_len`
+    /// from the left; returns them and how many were cut.
+    ///
+    /// # Errors
+    /// As [`tokenize_examples`] and [`tokenize_prompts`].
+    pub fn new(
+        g: &Generator,
+        objective: PromptedObjective,
+        examples: Vec<PromptedExample>,
+        max_len: usize,
+    ) -> Result<(Self, usize)> {
+        Ok(match objective {
+            PromptedObjective::LmScore(_) => {
+                let (v, cut) = tokenize_examples(g, examples, max_len)?;
+                (Self::Scored(v), cut)
+            }
+            PromptedObjective::Classify { .. } => {
+                let (v, cut) = tokenize_prompts(g, examples, max_len)?;
+                (Self::Classed(v), cut)
+            }
+        })
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Scored(v) => v.len(),
+            Self::Classed(v) => v.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tokens fed per example (for batching by length).
+    pub fn lengths(&self) -> Vec<usize> {
+        match self {
+            Self::Scored(v) => v.iter().map(ScoredExample::fed_len).collect(),
+            Self::Classed(v) => v.iter().map(|e| e.ids.len()).collect(),
+        }
+    }
+
+    /// The examples as rendered.
+    pub fn examples(&self) -> Vec<PromptedExample> {
+        match self {
+            Self::Scored(v) => v.iter().map(|e| e.example.clone()).collect(),
+            Self::Classed(v) => v.iter().map(|e| e.example.clone()).collect(),
+        }
+    }
+
+    /// The most candidates (classes) an example has.
+    pub fn classes(&self) -> usize {
+        self.examples()
+            .iter()
+            .map(|e| e.candidates.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The training batch of examples `idx` for `objective`.
+    ///
+    /// # Errors
+    /// As the batch builders.
+    pub fn batch(
+        &self,
+        idx: &[usize],
+        objective: PromptedObjective,
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Batch> {
+        match (self, objective) {
+            (Self::Scored(v), PromptedObjective::LmScore(loss)) => {
+                let items: Vec<&ScoredExample> = idx.iter().map(|&i| &v[i]).collect();
+                match loss {
+                    ChoiceLoss::Candidates => choice_batch(&items, pad_id, device),
+                    ChoiceLoss::Gold => gold_batch(&items, pad_id, device),
+                }
+            }
+            (Self::Classed(v), PromptedObjective::Classify { .. }) => {
+                let items: Vec<&ClassExample> = idx.iter().map(|&i| &v[i]).collect();
+                class_batch(&items, pad_id, device)
+            }
+            _ => Err(Error::Data {
+                op: "prompted batch",
+                reason: "examples tokenized for another objective".into(),
+            }),
+        }
+    }
+
+    /// Each example's predicted candidate.
+    ///
+    /// # Errors
+    /// As [`predict`] and [`predict_classes`].
+    pub fn predict(
+        &self,
+        model: &dyn Model,
+        batch_size: usize,
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Vec<usize>> {
+        match self {
+            Self::Scored(v) => predict(model, v, batch_size, pad_id, device),
+            Self::Classed(v) => predict_classes(model, v, batch_size, pad_id, device),
+        }
+    }
+}
+
+/// Tokenizes each example's prompt alone with `g`'s tokenizer (as [`encode`] does), cut to
+/// `max_len` from the left; returns them and how many were cut.
+///
+/// # Errors
+/// A tokenizer failure; a prompt with no token.
+pub fn tokenize_prompts(
+    g: &Generator,
+    examples: Vec<PromptedExample>,
+    max_len: usize,
+) -> Result<(Vec<ClassExample>, usize)> {
+    let mut cut = 0;
+    let out = examples
+        .into_iter()
+        .map(|example| {
+            let (mut ids, _) = encode(&g.tokenizer, g.bos_id(), &example.prompt)?;
+            if ids.is_empty() {
+                return Err(Error::Data {
+                    op: "classification",
+                    reason: "an example whose prompt has no token".into(),
+                });
+            }
+            if ids.len() > max_len {
+                let excess = ids.len() - max_len;
+                cut_start(&mut ids, excess, g.bos_id(), 1).map_err(|()| Error::Data {
+                    op: "classification",
+                    reason: format!("--max-len {max_len} leaves no prompt token"),
+                })?;
+                cut += 1;
+            }
+            Ok(ClassExample { example, ids })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((out, cut))
+}
+
+/// A batch for the classification head: the prompts padded on the right, the gold
+/// candidates' indices as class ids.
+///
+/// # Errors
+/// Tensor errors.
+pub fn class_batch(items: &[&ClassExample], pad_id: u32, device: &Device) -> Result<Batch> {
+    let t = items.iter().map(|e| e.ids.len()).max().unwrap_or(1);
+    let (mut ids, mut mask) = (Vec::with_capacity(items.len() * t), Vec::new());
+    for e in items {
+        let n = e.ids.len();
+        ids.extend(
+            e.ids
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad_id, t - n)),
+        );
+        mask.extend(std::iter::repeat_n(1u32, n).chain(std::iter::repeat_n(0, t - n)));
+    }
+    let shape = (items.len(), t);
+    let labels: Vec<u32> = items.iter().map(|e| e.example.gold as u32).collect();
+    Ok(Batch::new(
+        ModelInput::new(
+            Tensor::from_vec(ids, shape, device)?,
+            Tensor::from_vec(mask, shape, device)?,
+        ),
+        Tensor::new(labels, device)?,
+    ))
+}
+
+/// Each example's predicted class from the classification head, in batches of `batch_size`
+/// (longest first), without a graph.
+///
+/// # Errors
+/// Tensor errors; [`Error::NonFiniteOutput`] for a NaN logit.
+pub fn predict_classes(
+    model: &dyn Model,
+    examples: &[ClassExample],
+    batch_size: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Vec<usize>> {
+    let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+    let mut preds = vec![0; examples.len()];
+    for idx in data::sequential_batches(&lengths, batch_size.max(1)) {
+        let items: Vec<&ClassExample> = idx.iter().map(|&i| &examples[i]).collect();
+        let batch = class_batch(&items, pad_id, device)?;
+        let logits = crate::ops::no_grad(|| {
+            crate::ops::exact_products(|| {
+                model
+                    .forward(&batch.input, false)?
+                    .to_dtype(DType::F64)?
+                    .to_vec2::<f64>()
+                    .map_err(Error::from)
+            })
+        })?;
+        for (&i, row) in idx.iter().zip(&logits) {
+            if row.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFiniteOutput { example: i });
+            }
+            preds[i] = best_candidate(row);
+        }
+    }
+    Ok(preds)
 }
 
 /// Tokenizes `examples` with `g`'s tokenizer, cutting prompts to `max_len` from the left;
@@ -304,7 +569,7 @@ pub fn predict(
     pad_id: u32,
     device: &Device,
 ) -> Result<Vec<usize>> {
-    let lengths: Vec<usize> = examples.iter().map(ScoredExample::len).collect();
+    let lengths: Vec<usize> = examples.iter().map(ScoredExample::fed_len).collect();
     let mut preds = vec![0; examples.len()];
     for idx in data::sequential_batches(&lengths, batch_size.max(1)) {
         // Grouped by candidate count, which one batch's scores share.
@@ -340,18 +605,17 @@ pub fn predict(
 /// Scores `examples` and reports the task's metrics on them.
 ///
 /// # Errors
-/// As [`predict`] and [`report`].
+/// As [`Prepared::predict`] and [`report`].
 pub fn score(
     model: &dyn Model,
     task: Option<PromptedTask>,
-    examples: &[ScoredExample],
+    examples: &Prepared,
     batch_size: usize,
     pad_id: u32,
     device: &Device,
 ) -> Result<LmScoreReport> {
-    let preds = predict(model, examples, batch_size, pad_id, device)?;
-    let plain: Vec<PromptedExample> = examples.iter().map(|e| e.example.clone()).collect();
-    report(task, &plain, &preds)
+    let preds = examples.predict(model, batch_size, pad_id, device)?;
+    report(task, &examples.examples(), &preds)
 }
 
 /// The metric an LM-scoring run selects by and reports first: MultiRC's F1a, else accuracy.
@@ -421,20 +685,24 @@ pub fn protocol_split(
 #[derive(Debug, Clone, Default)]
 pub struct PromptedData {
     /// Trained on.
-    pub fit: Vec<ScoredExample>,
+    pub fit: Prepared,
     /// Select the adapter.
-    pub held: Vec<ScoredExample>,
+    pub held: Prepared,
     /// The validation sample scored at the end.
-    pub dev: Vec<ScoredExample>,
+    pub dev: Prepared,
     /// Examples whose prompt lost its start to `max_len`.
     pub truncated: usize,
 }
 
-/// Reads, samples and tokenizes a job's examples.
+/// Reads, samples and tokenizes a job's examples for `objective`.
 ///
 /// # Errors
 /// The readers' and tokenizer's errors; nothing left to train on.
-pub fn prepare_data(g: &Generator, spec: &PromptedDataSpec) -> Result<PromptedData> {
+pub fn prepare_data(
+    g: &Generator,
+    spec: &PromptedDataSpec,
+    objective: PromptedObjective,
+) -> Result<PromptedData> {
     let all = spec.source.read(&spec.train_file)?;
     let (fit, held) = protocol_split(all, spec.max_train, spec.held_out, spec.seed);
     if fit.is_empty() {
@@ -450,11 +718,22 @@ pub fn prepare_data(g: &Generator, spec: &PromptedDataSpec) -> Result<PromptedDa
         (held, &mut data.held),
         (dev, &mut data.dev),
     ] {
-        let (scored, cut) = tokenize_examples(g, from, spec.max_len)?;
-        *to = scored;
+        let (prepared, cut) = Prepared::new(g, objective, from, spec.max_len)?;
+        *to = prepared;
         data.truncated += cut;
     }
     Ok(data)
+}
+
+/// The class names of a classification head: the candidates of the first example with
+/// `classes` of them (a task's verbaliser: "Yes", "No", "Maybe").
+fn label_names(examples: &Prepared, classes: usize) -> Vec<String> {
+    examples
+        .examples()
+        .into_iter()
+        .find(|e| e.candidates.len() == classes)
+        .map(|e| e.candidates)
+        .unwrap_or_else(|| (0..classes).map(|c| c.to_string()).collect())
 }
 
 /// A finished LM-scoring job.
@@ -470,7 +749,7 @@ pub struct TrainedScorer {
 ///
 /// # Errors
 /// Any step's error, with its context.
-pub fn run(spec: &LmScoreTrainSpec, observers: &mut [&mut dyn Observer]) -> Result<TrainedScorer> {
+pub fn run(spec: &PromptedTrainSpec, observers: &mut [&mut dyn Observer]) -> Result<TrainedScorer> {
     let started = Instant::now();
     let lock = io::OutputLock::acquire(&spec.out)?;
     let mut g = open_decoder(
@@ -480,7 +759,8 @@ pub fn run(spec: &LmScoreTrainSpec, observers: &mut [&mut dyn Observer]) -> Resu
         spec.base_dtype,
         spec.data.max_len,
     )?;
-    let data = prepare_data(&g, &spec.data)?;
+    let objective = spec.objective;
+    let data = prepare_data(&g, &spec.data, objective)?;
     if data.truncated > 0 {
         tracing::warn!(
             "{} examples were longer than --max-len {}: their prompts lost their start (left \
@@ -496,24 +776,32 @@ pub fn run(spec: &LmScoreTrainSpec, observers: &mut [&mut dyn Observer]) -> Resu
         });
     }
     let mut attached = attach_trial(&mut g.model, &spec.trial)?;
-    let vars = std::mem::take(&mut attached.vars);
+    let mut vars = std::mem::take(&mut attached.vars);
     let (device, pad, seed) = (&spec.device, g.pad_id(), spec.trial.train.seed);
+    let mut head = None;
+    if let PromptedObjective::Classify { train_head } = objective {
+        let classes = data.fit.classes().max(data.held.classes());
+        g.model.set_score_head(classes, seed)?;
+        if train_head {
+            vars.extend(g.model.head_vars());
+        }
+        head = Some(crate::io::TaskInfo {
+            name: spec.data.source.name().into(),
+            label_names: label_names(&data.fit, classes),
+            num_labels: classes,
+            pooling: crate::io::Pooling::LastToken,
+            max_len: spec.data.max_len,
+        });
+    }
     let task = spec.data.source.task();
     let primary = primary_metric(task);
     let batch_size = spec.trial.batch_size;
     let before = score(&g.model, task, &data.held, batch_size, pad, device)?;
-    let lengths: Vec<usize> = data.fit.iter().map(ScoredExample::len).collect();
-    let loss = spec.loss;
+    let lengths = data.fit.lengths();
     let mut make_batches = |epoch: usize| -> Result<Vec<Batch>> {
         data::batch_order(&lengths, batch_size, seed, epoch, true)
             .iter()
-            .map(|idx| {
-                let items: Vec<&ScoredExample> = idx.iter().map(|&i| &data.fit[i]).collect();
-                match loss {
-                    ChoiceLoss::Candidates => choice_batch(&items, pad, device),
-                    ChoiceLoss::Gold => gold_batch(&items, pad, device),
-                }
-            })
+            .map(|idx| data.fit.batch(idx, objective, pad, device))
             .collect()
     };
     let mut eval_fn = |model: &dyn Model| -> Result<(f64, BTreeMap<String, f64>)> {
@@ -529,7 +817,10 @@ pub fn run(spec: &LmScoreTrainSpec, observers: &mut [&mut dyn Observer]) -> Resu
         TrainJob {
             model: &g.model,
             vars,
-            objective: loss.objective(),
+            objective: match objective {
+                PromptedObjective::LmScore(loss) => loss.objective(),
+                PromptedObjective::Classify { .. } => &crate::train::CrossEntropy,
+            },
             batches: &mut make_batches,
             batches_per_epoch: lengths.len().div_ceil(batch_size),
             evaluate: &mut eval_fn,
@@ -562,6 +853,7 @@ pub fn run(spec: &LmScoreTrainSpec, observers: &mut [&mut dyn Observer]) -> Resu
         started,
         data_seed: spec.data.seed,
         max_train: Some(spec.data.max_train),
+        head,
     };
     let report = run.save(lock, &g, attached, summary, dev_metrics, examples)?;
     Ok(TrainedScorer {
@@ -719,6 +1011,69 @@ mod tests {
             .unwrap();
         }
         assert!(loss(&lm) < before - 0.05, "{} -> {}", before, loss(&lm));
+    }
+
+    /// The classification objective trains through the adapter alone when the head is
+    /// frozen: the loss falls and the head is the seed's draw afterwards.
+    #[test]
+    fn a_frozen_score_head_trains_through_the_adapter_only() {
+        let mut lm = lm();
+        lm.set_score_head(3, 9).unwrap();
+        let head = lm.head_vars()[0].1.as_tensor().copy().unwrap();
+        crate::models::test_util::attach_ttlora(&mut lm, |p| {
+            p.ends_with("q_proj") || p.ends_with("v_proj")
+        });
+        let vars: Vec<candle_core::Var> = crate::tuning::attach::trainable_vars(&lm)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let ex: Vec<ClassExample> = examples()
+            .into_iter()
+            .map(|e| ClassExample {
+                ids: e.ids.shared.clone(),
+                example: e.example,
+            })
+            .collect();
+        let items: Vec<&ClassExample> = ex.iter().collect();
+        let batch = class_batch(&items, 0, &Device::Cpu).unwrap();
+        let objective = &crate::train::CrossEntropy;
+        let loss = |lm: &CausalLm<Llama>| {
+            objective
+                .loss(lm, &batch, false)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let before = loss(&lm);
+        let mut opt = crate::train::Adam::new(vars, Default::default()).unwrap();
+        for step in 0..5 {
+            let settings = crate::train::StepSettings {
+                lr: 0.05,
+                max_grad_norm: None,
+                seed: 0,
+                step,
+            };
+            crate::train::train_step(
+                &lm,
+                objective,
+                std::slice::from_ref(&batch),
+                &mut opt,
+                settings,
+            )
+            .unwrap();
+        }
+        assert!(loss(&lm) < before - 0.01, "{} -> {}", before, loss(&lm));
+        let after = lm.head_vars()[0].1.as_tensor().copy().unwrap();
+        assert_eq!(crate::models::test_util::max_diff(&head, &after), 0.0);
+        // Predictions are the logits' argmax, whatever the batching.
+        let preds = predict_classes(&lm, &ex, 2, 0, &Device::Cpu).unwrap();
+        let logits: Vec<Vec<f32>> = lm.forward(&batch.input, false).unwrap().to_vec2().unwrap();
+        let want: Vec<usize> = logits
+            .iter()
+            .map(|r| best_candidate(&r.iter().map(|&v| f64::from(v)).collect::<Vec<_>>()))
+            .collect();
+        assert_eq!(preds, want);
     }
 
     #[test]
