@@ -681,6 +681,7 @@ fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
         "--offline",
     ]));
     assert_eq!(record["task"], "cb");
+    assert_eq!(record["objective"], "lm-score");
     assert_eq!(record["primary_metric"], "accuracy");
     assert_eq!(record["examples"], serde_json::json!([8, 4, 6]));
     let m = &record["dev_metrics"];
@@ -840,6 +841,7 @@ fn a_decoder_classifier_trains_saves_its_head_and_scores_the_same() {
     let frozen = tmp.join("frozen");
     let record = train(&frozen, &["--freeze-head"]);
     assert_eq!(record["params"]["head"], 0);
+    assert_eq!(record["objective"], "classify-frozen");
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(frozen.join("adapter_config.json")).unwrap())
             .unwrap();

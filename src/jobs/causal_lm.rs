@@ -318,6 +318,8 @@ pub(crate) struct DecoderRun<'a> {
     /// A classification head's task (its head is saved with the adapter), if the decoder
     /// classifies.
     pub head: Option<crate::io::TaskInfo>,
+    /// The prompted objective's name, recorded (see [`RunRecord::objective`]).
+    pub objective: Option<&'a str>,
 }
 
 impl DecoderRun<'_> {
@@ -387,6 +389,7 @@ impl DecoderRun<'_> {
             train_config: Some(trial.train.clone()),
             batch_size: trial.batch_size,
             max_train: self.max_train,
+            objective: self.objective.map(String::from),
         };
         save_run(lock, &g.model, &trial.method, &meta, record)
     }
@@ -522,6 +525,7 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         data_seed: spec.data.seed,
         max_train: spec.data.max_train,
         head: None,
+        objective: None,
     };
     let examples = (
         data.fit.rows.len(),

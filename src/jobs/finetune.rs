@@ -118,6 +118,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         train_config: Some(spec.trial.train.clone()),
         batch_size: spec.trial.batch_size,
         max_train: spec.study.max_train,
+        objective: None,
     };
     let record = save_run(
         lock,

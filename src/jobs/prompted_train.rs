@@ -79,11 +79,12 @@ pub enum PromptedObjective {
 }
 
 impl PromptedObjective {
-    /// The name runs record (`lm-score`, `classify`).
+    /// The name runs record (`lm-score`, `classify`, `classify-frozen`).
     pub fn name(self) -> &'static str {
         match self {
             Self::LmScore(_) => "lm-score",
-            Self::Classify { .. } => "classify",
+            Self::Classify { train_head: true } => "classify",
+            Self::Classify { train_head: false } => "classify-frozen",
         }
     }
 }
@@ -854,6 +855,7 @@ pub fn run(spec: &PromptedTrainSpec, observers: &mut [&mut dyn Observer]) -> Res
         data_seed: spec.data.seed,
         max_train: Some(spec.data.max_train),
         head,
+        objective: Some(objective.name()),
     };
     let report = run.save(lock, &g, attached, summary, dev_metrics, examples)?;
     Ok(TrainedScorer {

@@ -89,6 +89,10 @@ pub struct RunRecord {
     /// Training-set sample size, if sampled.
     #[serde(default)]
     pub max_train: Option<usize>,
+    /// How a decoder on a prompted task was trained: `lm-score`, `classify` (its `score`
+    /// head trained) or `classify-frozen`; absent for other runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<String>,
 }
 
 impl RunRecord {
