@@ -10,7 +10,8 @@ use ttlora::jobs::generate::Generator;
 use ttlora::models::BertConfig;
 
 use crate::common::{
-    TempDir, assert_clear_error, bundled_data, path_str, stderr, stdout, tiny_bert_folder, ttlora,
+    TempDir, assert_clear_error, bundled_data, json_out, path_str, stderr, stdout,
+    tiny_bert_folder, ttlora,
 };
 
 /// The bundled rows (`scripts/make_instructions.py`).
@@ -401,11 +402,7 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
     }
     // A custom template that writes RTE's built-in one scores the same.
     let rte = fixtures.join("superglue/RTE/val.jsonl");
-    let json = |o: std::process::Output| -> serde_json::Value {
-        assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_str(&stdout(&o)).unwrap()
-    };
-    let builtin = json(eval(&[
+    let builtin = json_out(eval(&[
         "--data",
         path_str(&fixtures),
         "--task",
@@ -414,7 +411,7 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
         "8",
         "--json",
     ]));
-    let custom = json(eval(&[
+    let custom = json_out(eval(&[
         "--task",
         "custom",
         "--file",
@@ -640,6 +637,43 @@ fn gradient_checkpointing_trains_the_same_adapter() {
     );
 }
 
+/// `ttlora train --objective <objective> --task <task>` on the SuperGLUE fixtures with the
+/// protocol shrunk to 8 training, 4 held-out and 6 validation examples in batches of 4
+/// (`extra` flags later override), `--json`, into `out`.
+fn prompted_train(
+    objective: &str,
+    task: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut args = vec![
+        "train",
+        "--objective",
+        objective,
+        "--task",
+        task,
+        "--data",
+        path_str(&fixtures),
+        "--held-out-examples",
+        "4",
+        "--batch-size",
+        "4",
+        "--out",
+        path_str(out),
+        "--json",
+        "-q",
+        "--offline",
+    ];
+    for (flag, default) in [("--max-train", "8"), ("--max-eval", "6")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
+    }
+    args.extend_from_slice(extra);
+    ttlora(&args)
+}
+
 /// `train --objective lm-score` end to end on SmolLM2 and the CB and COPA fixtures: the
 /// protocol's counts, the zero-shot held-out score recorded next to the trained one, and
 /// `eval --adapter` scoring the saved adapter on the same validation sample to the same
@@ -649,37 +683,13 @@ fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
     crate::common::smollm2();
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let tmp = TempDir::new("lm-score-train");
-    let json = |o: std::process::Output| -> serde_json::Value {
-        assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_str(&stdout(&o)).unwrap()
-    };
     let run = tmp.join("cb");
-    let record = json(ttlora(&[
-        "train",
-        "--objective",
+    let record = json_out(prompted_train(
         "lm-score",
-        "--task",
         "cb",
-        "--data",
-        path_str(&fixtures),
-        "--max-train",
-        "8",
-        "--held-out-examples",
-        "4",
-        "--max-eval",
-        "6",
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "2",
-        "--max-len",
-        "96",
-        "--out",
-        path_str(&run),
-        "--json",
-        "-q",
-        "--offline",
-    ]));
+        &run,
+        &["--max-steps", "2", "--max-len", "96"],
+    ));
     assert_eq!(record["task"], "cb");
     assert_eq!(record["objective"], "lm-score");
     assert_eq!(record["primary_metric"], "accuracy");
@@ -694,7 +704,7 @@ fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
         let v = m[key].as_f64().unwrap_or(f64::NAN);
         assert!((0.0..=1.0).contains(&v), "{key}: {m}");
     }
-    let eval = json(ttlora(&[
+    let eval = json_out(ttlora(&[
         "eval",
         "--adapter",
         path_str(&run),
@@ -716,32 +726,17 @@ fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
         );
     }
     // COPA trains on its gold answer's tokens (one step) and still reports accuracy.
-    let record = json(ttlora(&[
-        "train",
-        "--objective",
-        "lm-score",
-        "--task",
-        "copa",
+    let copa = [
         "--method",
         "lora",
-        "--data",
-        path_str(&fixtures),
         "--max-train",
-        "4",
-        "--held-out-examples",
         "4",
         "--max-eval",
         "4",
-        "--batch-size",
-        "4",
         "--max-steps",
         "1",
-        "--out",
-        path_str(&tmp.join("copa")),
-        "--json",
-        "-q",
-        "--offline",
-    ]));
+    ];
+    let record = json_out(prompted_train("lm-score", "copa", &tmp.join("copa"), &copa));
     assert_eq!(record["task"], "copa");
     assert!(record["dev_metrics"]["dev/accuracy"].as_f64().is_some());
 }
@@ -806,37 +801,10 @@ fn a_decoder_classifier_trains_saves_its_head_and_scores_the_same() {
     crate::common::smollm2();
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let tmp = TempDir::new("classify-train");
-    let json = |o: std::process::Output| -> serde_json::Value {
-        assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_str(&stdout(&o)).unwrap()
-    };
     let train = |out: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--objective",
-            "classify",
-            "--task",
-            "cb",
-            "--data",
-            path_str(&fixtures),
-            "--max-train",
-            "8",
-            "--held-out-examples",
-            "4",
-            "--max-eval",
-            "6",
-            "--batch-size",
-            "4",
-            "--max-steps",
-            "1",
-            "--out",
-            path_str(out),
-            "--json",
-            "-q",
-            "--offline",
-        ];
+        let mut args = vec!["--max-steps", "1"];
         args.extend_from_slice(extra);
-        json(ttlora(&args))
+        json_out(prompted_train("classify", "cb", out, &args))
     };
     let frozen = tmp.join("frozen");
     let record = train(&frozen, &["--freeze-head"]);
@@ -868,7 +836,7 @@ fn a_decoder_classifier_trains_saves_its_head_and_scores_the_same() {
         args.extend_from_slice(extra);
         ttlora(&args)
     };
-    let report = json(eval(&["--task", "cb", "--json"]));
+    let report = json_out(eval(&["--task", "cb", "--json"]));
     let m = &record["dev_metrics"];
     for (k, v) in report["metrics"].as_object().unwrap() {
         let recorded = m[format!("dev/{k}")].as_f64().unwrap();

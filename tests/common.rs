@@ -188,6 +188,12 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The JSON a successful `--json` run printed (the test fails with its stderr otherwise).
+pub fn json_out(o: Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).expect("stdout is JSON")
+}
+
 /// A path as a command-line argument.
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")

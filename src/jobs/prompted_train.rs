@@ -906,6 +906,32 @@ mod tests {
         CausalLm::new(crate::models::test_util::tiny_llama(7))
     }
 
+    /// Five Adam steps (lr 0.05, no clipping) of `objective` on `batch`.
+    fn five_steps(
+        lm: &CausalLm<Llama>,
+        objective: &dyn Objective,
+        batch: &Batch,
+        vars: Vec<candle_core::Var>,
+    ) {
+        let mut opt = crate::train::Adam::new(vars, Default::default()).unwrap();
+        for step in 0..5 {
+            let settings = crate::train::StepSettings {
+                lr: 0.05,
+                max_grad_norm: None,
+                seed: 0,
+                step,
+            };
+            crate::train::train_step(
+                lm,
+                objective,
+                std::slice::from_ref(batch),
+                &mut opt,
+                settings,
+            )
+            .unwrap();
+        }
+    }
+
     #[test]
     fn batched_candidate_scores_equal_the_cached_one_pass_scores() {
         let lm = lm();
@@ -995,23 +1021,7 @@ mod tests {
                 .unwrap()
         };
         let before = loss(&lm);
-        let mut opt = crate::train::Adam::new(vars, Default::default()).unwrap();
-        for step in 0..5 {
-            let settings = crate::train::StepSettings {
-                lr: 0.05,
-                max_grad_norm: None,
-                seed: 0,
-                step,
-            };
-            crate::train::train_step(
-                &lm,
-                &CandidateChoice,
-                std::slice::from_ref(&batch),
-                &mut opt,
-                settings,
-            )
-            .unwrap();
-        }
+        five_steps(&lm, &CandidateChoice, &batch, vars);
         assert!(loss(&lm) < before - 0.05, "{} -> {}", before, loss(&lm));
     }
 
@@ -1048,23 +1058,7 @@ mod tests {
                 .unwrap()
         };
         let before = loss(&lm);
-        let mut opt = crate::train::Adam::new(vars, Default::default()).unwrap();
-        for step in 0..5 {
-            let settings = crate::train::StepSettings {
-                lr: 0.05,
-                max_grad_norm: None,
-                seed: 0,
-                step,
-            };
-            crate::train::train_step(
-                &lm,
-                objective,
-                std::slice::from_ref(&batch),
-                &mut opt,
-                settings,
-            )
-            .unwrap();
-        }
+        five_steps(&lm, objective, &batch, vars);
         assert!(loss(&lm) < before - 0.01, "{} -> {}", before, loss(&lm));
         let after = lm.head_vars()[0].1.as_tensor().copy().unwrap();
         assert_eq!(crate::models::test_util::max_diff(&head, &after), 0.0);
