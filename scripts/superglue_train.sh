@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reruns RESULTS.md's SuperGLUE fine-tuning rows on a decoder by LM scoring (issue 19):
-# `ttlora train --objective lm-score` per (task, method, seed), each run's folder under $OUT
+# Reruns RESULTS.md's SuperGLUE fine-tuning rows on a decoder (issue 19): `ttlora train
+# --objective lm-score` (or classify) per (task, method, seed[, objective]), each run's folder under $OUT
 # with its eval_results.json (tracked in git). Finished runs are skipped and an interrupted one
 # continues from its checkpoint, so rerunning resumes. Rows run in the order below: the first
 # seed of TT-LoRA and LoRA on CB, COPA and RTE; the classification head on CB and RTE; the
@@ -59,6 +59,6 @@ for row in ${ROWS:-$(rows)}; do
   start=$(date +%s)
   "$BIN" train "${obj[@]}" --task "$task" --model "$MODEL" --data "$DATA" \
     "${args[@]}" --seed "$seed" --epochs "$epochs" --batch-size 8 --max-len 256 \
-    --out "$dir" --offline -q "${resume[@]}" > /dev/null
+    --out "$dir" --offline -q ${resume[@]+"${resume[@]}"} > /dev/null
   echo "$task $method seed $seed $objective: $(( $(date +%s) - start )) s" >&2
 done

@@ -741,9 +741,12 @@ fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
     assert!(record["dev_metrics"]["dev/accuracy"].as_f64().is_some());
 }
 
-/// `train --objective lm-score` refuses what it cannot honour before loading anything.
+/// `train --objective lm-score` refuses what it cannot honour: flags before loading
+/// anything, answers longer than --max-len once tokenized.
 #[test]
 fn bad_lm_score_training_flags_are_one_clear_error() {
+    // The last case loads the model (offline) before it finds the answers too long.
+    crate::common::smollm2();
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let tmp = TempDir::new("lm-score-train-bad");
     let train = |extra: &[&str]| {
@@ -836,7 +839,9 @@ fn a_decoder_classifier_trains_saves_its_head_and_scores_the_same() {
         args.extend_from_slice(extra);
         ttlora(&args)
     };
-    let report = json_out(eval(&["--task", "cb", "--json"]));
+    // The task comes from the adapter's record when --task is not given.
+    let report = json_out(eval(&["--json"]));
+    assert_eq!(report["task"], "cb");
     let m = &record["dev_metrics"];
     for (k, v) in report["metrics"].as_object().unwrap() {
         let recorded = m[format!("dev/{k}")].as_f64().unwrap();
@@ -868,6 +873,41 @@ fn a_decoder_classifier_trains_saves_its_head_and_scores_the_same() {
     // The default trains the head too: its 3 × 576 weights count.
     let record = train(&tmp.join("trained"), &[]);
     assert_eq!(record["params"]["head"], 3 * 576);
+    // The frozen head is saved as drawn from the seed (42); the trained one moved.
+    let head = |dir: &std::path::Path| {
+        let t = candle_core::safetensors::load(
+            dir.join("adapter_model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        t["base_model.model.score.weight"].clone()
+    };
+    let mut fresh = Generator::load(crate::common::smollm2(), &candle_core::Device::Cpu).unwrap();
+    fresh.model.set_score_head(3, 42).unwrap();
+    let drawn = ttlora::models::Model::head_vars(&fresh.model)[0]
+        .1
+        .as_tensor()
+        .clone();
+    assert_eq!(crate::common::tensor_diff(&head(&frozen), &drawn), 0.0);
+    assert!(crate::common::tensor_diff(&head(&tmp.join("trained")), &drawn) > 0.0);
+    // A classifier writes no text; COPA's per-example answers are no classes.
+    let o = ttlora(&[
+        "generate",
+        "--adapter",
+        path_str(&frozen),
+        "--prompt",
+        "hi",
+        "--offline",
+    ]);
+    assert_clear_error(&o, &["is a decoder classifier", "ttlora eval --adapter"]);
+    let o = prompted_train("classify", "copa", &tmp.join("copa"), &["--max-steps", "1"]);
+    assert_clear_error(
+        &o,
+        &[
+            "same candidate answers for every example",
+            "--objective lm-score",
+        ],
+    );
     // LM-scoring flags are not the classifier's.
     let o = ttlora(&[
         "train",

@@ -97,7 +97,7 @@ pub enum ObjectiveArg {
 /// The prompt of a custom LM-scoring task (`--task custom`).
 #[derive(Debug, Clone, Args)]
 pub struct TemplateArgs {
-    /// LM scoring of a task of your own (`--task custom`, JSON Lines rows): the prompt, with
+    /// A prompted task of your own (`--task custom`, JSON Lines rows): the prompt, with
     /// each row's fields as `{field}` (`{{`/`}}` for literal braces), e.g.
     /// '{premise}\nQuestion: {hypothesis}? Yes or No?\n'.
     #[arg(long, value_name = "TEXT")]
@@ -124,7 +124,7 @@ impl TemplateArgs {
     /// No --template; a template or candidate list the parser refuses.
     pub fn custom(&self, label_column: &str) -> Result<ttlora::data::CustomTemplate> {
         let Some(template) = &self.template else {
-            anyhow::bail!("--task custom with LM scoring needs --template and --candidate");
+            anyhow::bail!("--task custom needs --template and --candidate");
         };
         let label_values = (!self.label_values.is_empty()).then(|| self.label_values.clone());
         Ok(ttlora::data::CustomTemplate::new(

@@ -93,13 +93,14 @@ pub struct EvalArgs {
     /// task (boolq, cb, copa, multirc, rte, wic, wsc) the mean log-probability of its tokens
     /// after the task's prompt (MeZO's templates) and predicts the best; the default without
     /// --adapter. Scores the base alone, or with a decoder adapter from --adapter.
+    /// `classify`: a decoder adapter trained with a `score` head (the default for one).
     #[arg(long, value_enum)]
     objective: Option<ObjectiveArg>,
     #[command(flatten)]
     template: TemplateArgs,
     /// LM scoring and decoder classifiers: cut prompts longer than N tokens from the left
-    /// (keeping the question and answers), as `train --max-len` did [default: no cut for LM
-    /// scoring (a prompt past the context is refused); a classifier's recorded --max-len].
+    /// (keeping the question and answers), as `train --max-len` did [default: the adapter's
+    /// recorded --max-len; with no adapter, no cut (a prompt past the context is refused)].
     #[arg(long, value_name = "N")]
     max_len: Option<usize>,
     /// LM scoring: examples drawn (seeded, without replacement; MultiRC a whole question at
@@ -114,18 +115,26 @@ pub struct EvalArgs {
 }
 
 /// Runs `ttlora eval`.
-pub fn run_eval(a: EvalArgs) -> Result<()> {
-    let lm_task = a
-        .task
-        .as_deref()
-        .is_some_and(|t| t == "custom" || t.parse::<ttlora::data::PromptedTask>().is_ok());
+pub fn run_eval(mut a: EvalArgs) -> Result<()> {
     let decoder_adapter = match &a.common.adapter {
         Some(dir) => ttlora::jobs::export::is_decoder_adapter(dir).unwrap_or(false),
         None => false,
     };
-    if a.objective == Some(ObjectiveArg::LmScore)
-        || (lm_task && (a.common.adapter.is_none() || decoder_adapter))
+    // A decoder adapter trained on a prompted task records it.
+    if decoder_adapter
+        && a.task.is_none()
+        && let Some(dir) = &a.common.adapter
     {
+        let path = dir.join(ttlora::io::adapter_folder::CONFIG_FILE);
+        let config: serde_json::Value =
+            ttlora::io::read_json_if_present(&path)?.unwrap_or_default();
+        a.task = config["task"]["name"].as_str().map(String::from);
+    }
+    let lm_task = a
+        .task
+        .as_deref()
+        .is_some_and(|t| t == "custom" || t.parse::<ttlora::data::PromptedTask>().is_ok());
+    if a.objective.is_some() || (lm_task && (a.common.adapter.is_none() || decoder_adapter)) {
         return run_lm_score(&a);
     }
     if a.common.adapter.is_none() {
@@ -194,7 +203,7 @@ fn run_lm_score(a: &EvalArgs) -> Result<()> {
     use ttlora::data::{PromptedTask, read_prompted};
     let Some(task) = a.task.as_deref() else {
         bail!(
-            "--objective lm-score needs --task (boolq, cb, copa, multirc, rte, wic, wsc, or \
+            "scoring a decoder needs --task (boolq, cb, copa, multirc, rte, wic, wsc, or \
              custom with --template and --file)"
         );
     };
@@ -267,11 +276,11 @@ fn lm_score_examples(
     );
     let device = a.common.device.device()?;
     let allow_fetch = !a.common.fetch.offline;
-    let mut recorded_len = None;
+    let mut recorded = None;
     let g = match (&a.common.adapter, &a.common.model) {
         (Some(adapter), model) => {
             let folder = ttlora::io::AdapterFolder::read(adapter, &device)?;
-            recorded_len = folder.config.task.as_ref().map(|t| t.max_len);
+            recorded = folder.config.task.clone();
             Generator::with_adapter_folder(
                 &folder,
                 adapter,
@@ -307,7 +316,7 @@ fn lm_score_examples(
             use ttlora::jobs::prompted_train::{Prepared, PromptedObjective};
             let max_len = a
                 .max_len
-                .or(recorded_len)
+                .or(recorded.as_ref().map(|t| t.max_len))
                 .unwrap_or(g.decoder().config().max_position_embeddings);
             let objective = PromptedObjective::Classify { train_head: false };
             let (prepared, _) = Prepared::new(&g, objective, examples, max_len)?;
@@ -318,12 +327,31 @@ fn lm_score_examples(
                     prepared.classes()
                 );
             }
+            // Class c is the c-th answer it was trained with: the same answers, in order.
+            if let (Some(t), Some(e)) = (&recorded, prepared.examples().first())
+                && !t.label_names.is_empty()
+                && t.label_names != e.candidates
+            {
+                bail!(
+                    "the adapter's classes are {:?} ({}); {name}'s answers are {:?}",
+                    t.label_names,
+                    t.name,
+                    e.candidates
+                );
+            }
             bar.set_length(prepared.len() as u64);
             let preds = prepared.predict(&g.model, 16, g.pad_id(), &device)?;
             bar.set_position(prepared.len() as u64);
             lm_score::report(task, &prepared.examples(), &preds)?
         }
-        None => lm_score::evaluate(&g, task, &examples, a.max_len, &mut || bar.inc(1))?,
+        None if a.objective == Some(ObjectiveArg::Classify) => bail!(
+            "--objective classify scores a decoder adapter trained with a `score` head \
+             (`train --objective classify`); this model has none"
+        ),
+        None => {
+            let max_len = a.max_len.or(recorded.as_ref().map(|t| t.max_len));
+            lm_score::evaluate(&g, task, &examples, max_len, &mut || bar.inc(1))?
+        }
     };
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();

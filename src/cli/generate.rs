@@ -68,7 +68,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let base_dtype = a.base_dtype.unwrap_or_default();
     let generator = match &a.adapter {
         Some(dir) => {
-            Generator::with_adapter(dir, a.model.as_deref(), &device, allow_fetch, base_dtype)?
+            let g =
+                Generator::with_adapter(dir, a.model.as_deref(), &device, allow_fetch, base_dtype)?;
+            if g.model.score_labels().is_some() {
+                bail!(
+                    "{} is a decoder classifier (trained with --objective classify): it picks \
+                     a class, it does not write text; score it with `ttlora eval --adapter`",
+                    dir.display()
+                );
+            }
+            g
         }
         None => {
             let model = a.model.as_deref().unwrap_or("SmolLM2-135M-Instruct");

@@ -161,6 +161,8 @@ pub struct TrainArgs {
     /// --choice-loss). Samples up to --max-train (1,000) training examples, holds out
     /// --held-out-examples more for selection, and scores --max-eval (1,000) of the
     /// validation file: the sample `ttlora eval --task …` scores a base on by default.
+    /// `classify` trains HF's `score` head on the prompt's last token instead, one class per
+    /// answer (--freeze-head keeps the fresh head frozen), with the same sampling.
     #[arg(long, value_enum)]
     objective: Option<ObjectiveArg>,
     /// LM scoring: `candidates` minimises the cross-entropy of the gold answer over the
@@ -171,12 +173,13 @@ pub struct TrainArgs {
     choice_loss: Option<ChoiceLossArg>,
     #[command(flatten)]
     template: TemplateArgs,
-    /// LM scoring: training examples held out for selection (drawn before the training
-    /// sample; at most half of the file) [default: 500; 100 for cb and copa].
+    /// --objective lm-score or classify: training examples held out for selection (drawn
+    /// before the training sample; at most half of the file) [default: 500; 100 for cb and
+    /// copa].
     #[arg(long, value_name = "N")]
     held_out_examples: Option<usize>,
-    /// LM scoring: validation examples scored at the end (seed 0, as `ttlora eval` draws
-    /// them; all of them when fewer) [default: 1000].
+    /// --objective lm-score or classify: validation examples scored at the end (seed 0, as
+    /// `ttlora eval` draws them; all of them when fewer) [default: 1000].
     #[arg(long, value_name = "N")]
     max_eval: Option<usize>,
     /// Apply a preset (see the enum's help).
@@ -239,7 +242,7 @@ pub struct TrainArgs {
     gradient_checkpointing: bool,
     /// Tokens per example (longer inputs are truncated: classifiers and causal-lm keep the
     /// start; LM scoring cuts the prompt's start, keeping its end and the answers)
-    /// [default: 128; 256 for --objective lm-score].
+    /// [default: 128; 256 for --objective lm-score and classify].
     #[arg(long)]
     max_len: Option<usize>,
     /// Seed for sampling, splitting, batching and initialisation.
@@ -673,7 +676,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.objective.is_none()
         && let Some((flag, _)) = lm_only.iter().find(|(_, given)| *given)
     {
-        bail!("{flag} is for --objective lm-score");
+        bail!("{flag} is for --objective lm-score (or classify)");
     }
     let report = if let Some(objective) = a.objective {
         let job = prompted_spec(&a, objective == ObjectiveArg::Classify)?;

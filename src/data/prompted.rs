@@ -92,6 +92,9 @@ impl PromptedTask {
             if exact.is_file() {
                 return Ok(exact);
             }
+            if split != "train" {
+                continue;
+            }
             let mut others: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
                 .into_iter()
                 .flatten()
@@ -106,8 +109,21 @@ impl PromptedTask {
                 })
                 .collect();
             others.sort();
-            if let Some(first) = others.into_iter().next() {
-                return Ok(first);
+            match others.as_slice() {
+                [] => {}
+                [one] => return Ok(one.clone()),
+                several => {
+                    let names: Vec<String> =
+                        several.iter().map(|p| p.display().to_string()).collect();
+                    return Err(op_error(
+                        "SuperGLUE files",
+                        format!(
+                            "several training files and no {split}.jsonl: {}; give the one to \
+                             use with --train-file",
+                            names.join(", ")
+                        ),
+                    ));
+                }
             }
         }
         let looked: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();

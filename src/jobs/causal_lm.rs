@@ -315,9 +315,10 @@ pub(crate) struct DecoderRun<'a> {
     pub data_seed: u64,
     /// The training sample's cap, if any.
     pub max_train: Option<usize>,
-    /// A classification head's task (its head is saved with the adapter), if the decoder
-    /// classifies.
-    pub head: Option<crate::io::TaskInfo>,
+    /// The prompted task (its name, answers and `--max-len`, which `eval` reuses), if any.
+    pub task_info: Option<crate::io::TaskInfo>,
+    /// Save the model's head (a decoder classifier's `score`, frozen or trained).
+    pub save_head: bool,
     /// The prompted objective's name, recorded (see [`RunRecord::objective`]).
     pub objective: Option<&'a str>,
 }
@@ -351,11 +352,11 @@ impl DecoderRun<'_> {
                 .transpose()?,
             overrides: trial.overrides.clone(),
             // A frozen head is saved too: it is fresh, not the checkpoint's.
-            save_head: self.head.is_some(),
-            task: self.head.clone(),
+            save_head: self.save_head,
+            task: self.task_info.clone(),
         };
-        let head_params: usize = match (&self.head, trial.train_head) {
-            (Some(_), true) => g
+        let head_params: usize = match (self.save_head, trial.train_head) {
+            (true, true) => g
                 .model
                 .head_vars()
                 .iter()
@@ -524,7 +525,8 @@ pub fn run(spec: &CausalLmSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         started,
         data_seed: spec.data.seed,
         max_train: spec.data.max_train,
-        head: None,
+        task_info: None,
+        save_head: false,
         objective: None,
     };
     let examples = (

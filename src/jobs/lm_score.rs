@@ -26,6 +26,9 @@ pub struct CandidateIds {
     /// How many of the last ids of each `rest` are the candidate's own (the scored ones; the
     /// ids before them belong to the prompt).
     pub scored: Vec<usize>,
+    /// How many of `shared`'s first ids are special tokens (a BOS, added by us or by the
+    /// tokenizer) that truncation keeps.
+    pub lead: usize,
 }
 
 impl CandidateIds {
@@ -46,8 +49,10 @@ impl CandidateIds {
         let prompt_chars = prompt.chars().count();
         let mut full = Vec::with_capacity(candidates.len());
         let mut first_scored = Vec::with_capacity(candidates.len());
+        let mut lead = 0;
         for candidate in candidates {
-            let (ids, ends) = encode(tokenizer, bos, &format!("{prompt}{candidate}"))?;
+            let (ids, ends, specials) = encode(tokenizer, bos, &format!("{prompt}{candidate}"))?;
+            lead = specials;
             match ends.iter().position(|&stop| stop > prompt_chars) {
                 Some(at) => first_scored.push(at),
                 None => {
@@ -81,14 +86,16 @@ impl CandidateIds {
                 .map(|(ids, &at)| ids.len() - at)
                 .collect(),
             rest: full.iter().map(|ids| ids[shared..].to_vec()).collect(),
+            lead: lead.min(shared),
         })
     }
 }
 
 /// `text`'s ids as training and generation see a prompt, with each id's end as a char
-/// offset: the tokenizer's own special tokens (an HF LLaMA tokenizer's post-processor adds
-/// `<s>`) lead and are kept (offset 0), trailing ones (an EOS or `[SEP]`) are dropped, and
-/// `bos` goes in front only when the tokenizer did not add it.
+/// offset, and how many of the first ids are special tokens: the tokenizer's own special
+/// tokens (an HF LLaMA tokenizer's post-processor adds `<s>`) lead and are kept (offset 0),
+/// trailing ones (an EOS or `[SEP]`) are dropped, and `bos` goes in front only when the
+/// tokenizer did not add it.
 ///
 /// # Errors
 /// A tokenizer failure.
@@ -96,7 +103,7 @@ pub fn encode(
     tokenizer: &Tokenizer,
     bos: Option<u32>,
     text: &str,
-) -> Result<(Vec<u32>, Vec<usize>)> {
+) -> Result<(Vec<u32>, Vec<usize>, usize)> {
     let enc = tokenizer
         .encode_char_offsets(text, true)
         .map_err(|e| scoring_error(format!("cannot tokenize \"{text}\": {e}")))?;
@@ -119,7 +126,8 @@ pub fn encode(
             .zip(&special[..end])
             .map(|(&(_, stop), &m)| if m == 1 { 0 } else { stop }),
     );
-    Ok((ids, ends))
+    let lead = ids.len() - end + lead;
+    Ok((ids, ends, lead))
 }
 
 impl CandidateIds {
@@ -136,14 +144,14 @@ impl CandidateIds {
     ///
     /// # Errors
     /// The candidates (and the BOS) alone are longer than `max_len`.
-    pub fn truncate_left(&mut self, max_len: usize, bos: Option<u32>) -> Result<bool> {
+    pub fn truncate_left(&mut self, max_len: usize) -> Result<bool> {
         let excess = self.fed_len().saturating_sub(max_len);
         if excess == 0 {
             return Ok(false);
         }
         let answers = self.fed_len() - self.shared.len();
         // At least one shared token must stay to predict the first candidate token from.
-        cut_start(&mut self.shared, excess, bos, 1).map_err(|()| {
+        cut_start(&mut self.shared, excess, self.lead, self.lead.max(1)).map_err(|()| {
             scoring_error(format!(
                 "the candidates need {answers} tokens, more than --max-len {max_len} leaves \
                  after the prompt"
@@ -153,22 +161,21 @@ impl CandidateIds {
     }
 }
 
-/// Removes `excess` ids from the start of `ids`, after a leading `bos` (which stays),
-/// leaving at least `min_left` (BOS included).
+/// Removes `excess` ids from the start of `ids` after its first `keep` (special tokens: a
+/// BOS), leaving at least `min_left` ids in all.
 ///
 /// # Errors
 /// Fewer ids than that would leave.
 pub(crate) fn cut_start(
     ids: &mut Vec<u32>,
     excess: usize,
-    bos: Option<u32>,
+    keep: usize,
     min_left: usize,
 ) -> std::result::Result<(), ()> {
-    let keep_first = usize::from(bos.is_some() && ids.first() == bos.as_ref());
-    if ids.len() < keep_first.max(min_left) + excess {
+    if ids.len() < min_left.max(keep) + excess {
         return Err(());
     }
-    ids.drain(keep_first..keep_first + excess);
+    ids.drain(keep..keep + excess);
     Ok(())
 }
 
@@ -392,7 +399,7 @@ pub fn evaluate(
             let mut ids =
                 CandidateIds::tokenize(&g.tokenizer, g.bos_id(), &e.prompt, &e.candidates)?;
             if let Some(max_len) = max_len {
-                ids.truncate_left(max_len, g.bos_id())?;
+                ids.truncate_left(max_len)?;
             }
             // The last candidate token is predicted, never fed.
             let longest = ids.rest.iter().map(Vec::len).max().unwrap_or(1);
@@ -575,19 +582,24 @@ mod tests {
         let ids = CandidateIds::tokenize(&tok, Some(cls), "it was ", &answers).unwrap();
         assert_eq!(ids.shared[0], cls);
         assert_ne!(ids.shared.get(1), Some(&cls));
+        // The tokenizer's own leading special is the one truncation keeps.
+        assert_eq!(ids.lead, 1);
         assert!(ids.rest.iter().all(|r| !r.contains(&sep)), "{ids:?}");
         let lens: Vec<usize> = ids.rest.iter().map(Vec::len).collect();
         assert_eq!(ids.scored, lens);
         let mut plain = tok.clone();
         plain.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         let ids = CandidateIds::tokenize(&plain, Some(7), "it was ", &answers).unwrap();
-        assert_eq!(ids.shared[0], 7);
+        assert_eq!((ids.shared[0], ids.lead), (7, 1));
+        let ids = CandidateIds::tokenize(&plain, None, "it was ", &answers).unwrap();
+        assert_eq!(ids.lead, 0);
         // Ids the model does not have are refused, not indexed.
         let llama = tiny_llama();
         let bad = CandidateIds {
             shared: vec![1],
             rest: vec![vec![9999]],
             scored: vec![1],
+            lead: 1,
         };
         let err = candidate_scores(&llama, &bad, KvCache::new(), None).unwrap_err();
         assert!(
@@ -598,6 +610,7 @@ mod tests {
             shared: vec![1],
             rest: vec![vec![2]],
             scored: vec![2],
+            lead: 1,
         };
         assert!(candidate_scores(&llama, &bad, KvCache::new(), None).is_err());
     }
@@ -645,6 +658,7 @@ mod tests {
             // prompt's (a boundary token that differs between candidates).
             rest: vec![vec![20], vec![21], vec![22, 30, 31], vec![17, 40, 41]],
             scored: vec![1, 1, 3, 2],
+            lead: 1,
         };
         let got = candidate_scores(&llama, &ids, KvCache::new(), None).unwrap();
         let want = direct(&llama, &ids);

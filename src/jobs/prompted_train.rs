@@ -79,10 +79,11 @@ pub enum PromptedObjective {
 }
 
 impl PromptedObjective {
-    /// The name runs record (`lm-score`, `classify`, `classify-frozen`).
+    /// The name runs record (`lm-score`, `lm-score-gold`, `classify`, `classify-frozen`).
     pub fn name(self) -> &'static str {
         match self {
-            Self::LmScore(_) => "lm-score",
+            Self::LmScore(ChoiceLoss::Candidates) => "lm-score",
+            Self::LmScore(ChoiceLoss::Gold) => "lm-score-gold",
             Self::Classify { train_head: true } => "classify",
             Self::Classify { train_head: false } => "classify-frozen",
         }
@@ -342,7 +343,7 @@ pub fn tokenize_prompts(
     let out = examples
         .into_iter()
         .map(|example| {
-            let (mut ids, _) = encode(&g.tokenizer, g.bos_id(), &example.prompt)?;
+            let (mut ids, _, lead) = encode(&g.tokenizer, g.bos_id(), &example.prompt)?;
             if ids.is_empty() {
                 return Err(Error::Data {
                     op: "classification",
@@ -351,7 +352,7 @@ pub fn tokenize_prompts(
             }
             if ids.len() > max_len {
                 let excess = ids.len() - max_len;
-                cut_start(&mut ids, excess, g.bos_id(), 1).map_err(|()| Error::Data {
+                cut_start(&mut ids, excess, lead, lead + 1).map_err(|()| Error::Data {
                     op: "classification",
                     reason: format!("--max-len {max_len} leaves no prompt token"),
                 })?;
@@ -448,7 +449,7 @@ pub fn tokenize_examples(
                 &example.prompt,
                 &example.candidates,
             )?;
-            cut += usize::from(ids.truncate_left(max_len, g.bos_id())?);
+            cut += usize::from(ids.truncate_left(max_len)?);
             Ok(ScoredExample { example, ids })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -593,7 +594,7 @@ pub fn predict(
                 })
             })?;
             for (&i, row) in idx.iter().zip(&scores) {
-                if row.iter().any(|v| v.is_nan()) {
+                if row.iter().any(|v| !v.is_finite()) {
                     return Err(Error::NonFiniteOutput { example: i });
                 }
                 preds[i] = best_candidate(row);
@@ -779,21 +780,37 @@ pub fn run(spec: &PromptedTrainSpec, observers: &mut [&mut dyn Observer]) -> Res
     let mut attached = attach_trial(&mut g.model, &spec.trial)?;
     let mut vars = std::mem::take(&mut attached.vars);
     let (device, pad, seed) = (&spec.device, g.pad_id(), spec.trial.train.seed);
-    let mut head = None;
+    let classes = data.fit.classes().max(data.held.classes());
     if let PromptedObjective::Classify { train_head } = objective {
-        let classes = data.fit.classes().max(data.held.classes());
+        // One class per candidate needs the same candidates everywhere (a verbaliser);
+        // COPA's are each example's own sentences, which a head on the prompt never sees.
+        let first = data.fit.examples()[0].candidates.clone();
+        let all = [&data.fit, &data.held, &data.dev];
+        if all
+            .iter()
+            .any(|p| p.examples().iter().any(|e| e.candidates != first))
+        {
+            return Err(Error::DataFile {
+                path: spec.data.train_file.clone(),
+                reason: "--objective classify needs the same candidate answers for every \
+                         example (one class each); this task's answers differ per example \
+                         (COPA's are sentences the prompt does not show): use --objective \
+                         lm-score"
+                    .into(),
+            });
+        }
         g.model.set_score_head(classes, seed)?;
         if train_head {
             vars.extend(g.model.head_vars());
         }
-        head = Some(crate::io::TaskInfo {
-            name: spec.data.source.name().into(),
-            label_names: label_names(&data.fit, classes),
-            num_labels: classes,
-            pooling: crate::io::Pooling::LastToken,
-            max_len: spec.data.max_len,
-        });
     }
+    let task_info = crate::io::TaskInfo {
+        name: spec.data.source.name().into(),
+        label_names: label_names(&data.fit, classes),
+        num_labels: classes,
+        pooling: crate::io::Pooling::LastToken,
+        max_len: spec.data.max_len,
+    };
     let task = spec.data.source.task();
     let primary = primary_metric(task);
     let batch_size = spec.trial.batch_size;
@@ -854,7 +871,8 @@ pub fn run(spec: &PromptedTrainSpec, observers: &mut [&mut dyn Observer]) -> Res
         started,
         data_seed: spec.data.seed,
         max_train: Some(spec.data.max_train),
-        head,
+        task_info: Some(task_info),
+        save_head: matches!(objective, PromptedObjective::Classify { .. }),
         objective: Some(objective.name()),
     };
     let report = run.save(lock, &g, attached, summary, dev_metrics, examples)?;
@@ -882,6 +900,7 @@ mod tests {
                 shared: shared.to_vec(),
                 rest: rest.iter().map(|r| r.to_vec()).collect(),
                 scored: scored.to_vec(),
+                lead: 1,
             },
         }
     }
@@ -1078,18 +1097,26 @@ mod tests {
             shared: vec![1, 2, 3, 4, 5, 6],
             rest: vec![vec![7, 8], vec![9]],
             scored: vec![2, 1],
+            lead: 1,
         };
         assert_eq!(ids.fed_len(), 7);
-        assert!(!ids.truncate_left(7, Some(1)).unwrap());
-        assert!(ids.truncate_left(4, Some(1)).unwrap());
+        assert!(!ids.truncate_left(7).unwrap());
+        assert!(ids.truncate_left(4).unwrap());
         assert_eq!(ids.shared, [1, 5, 6]);
         assert_eq!(ids.fed_len(), 4);
-        // Without a BOS in front the first id goes too.
-        let mut plain = ids.clone();
-        assert!(plain.truncate_left(2, None).unwrap());
+        // Without a special token in front the first id goes too.
+        let mut plain = CandidateIds {
+            lead: 0,
+            ..ids.clone()
+        };
+        assert!(plain.truncate_left(2).unwrap());
         assert_eq!(plain.shared, [6]);
+        // The BOS alone may stay to predict the answers from.
+        let mut bos_only = ids.clone();
+        assert!(bos_only.truncate_left(2).unwrap());
+        assert_eq!(bos_only.shared, [1]);
         // The answers alone do not fit: a clear error, nothing cut.
-        let err = ids.truncate_left(1, Some(1)).unwrap_err().to_string();
+        let err = ids.truncate_left(1).unwrap_err().to_string();
         assert!(err.contains("--max-len 1"), "{err}");
         assert_eq!(ids.shared, [1, 5, 6]);
     }

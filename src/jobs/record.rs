@@ -89,8 +89,9 @@ pub struct RunRecord {
     /// Training-set sample size, if sampled.
     #[serde(default)]
     pub max_train: Option<usize>,
-    /// How a decoder on a prompted task was trained: `lm-score`, `classify` (its `score`
-    /// head trained) or `classify-frozen`; absent for other runs.
+    /// How a decoder on a prompted task was trained: `lm-score` (candidate cross-entropy),
+    /// `lm-score-gold` (the gold answer's LM loss), `classify` (its `score` head trained) or
+    /// `classify-frozen`; absent for other runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objective: Option<String>,
 }

@@ -176,7 +176,8 @@ fn planned_shape_when_no_factors_given() {
 
 /// Decoders' q and v projections get a six-core shape with no factors given: SmolLM2-135M's
 /// 576 × 576 and 576 → 192 (GQA: 3 key-value heads of 64), LLaMA-3-8B's 4096 × 4096 and
-/// 4096 → 1024; each at most a tenth of LoRA r = 8's parameters.
+/// 4096 → 1024; each at most a tenth of LoRA r = 8's parameters (on SmolLM2's 30 layers,
+/// 30 · (740 + 625) = 40,950, the count `train --objective lm-score` reports).
 #[test]
 fn decoder_q_and_v_sizes_are_planned() {
     let planned = |i: usize, o: usize| {
@@ -198,8 +199,6 @@ fn decoder_q_and_v_sizes_are_planned() {
         assert_eq!(s.num_params(), params, "{i}->{o}: {s}");
         assert!(s.ratio_to_lora(8) <= 0.11, "{i}->{o}: {s}");
     }
-    // SmolLM2's 30 layers, q and v: the count `ttlora train --objective lm-score` reports.
-    assert_eq!(30 * (740 + 625), 40_950);
 }
 
 #[test]
