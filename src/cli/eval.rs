@@ -392,10 +392,113 @@ pub struct PredictArgs {
     /// Write the predictions to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// A decoder adapter trained on a prompted task (`train --objective lm-score|classify`):
+    /// the task whose rows --file holds (official JSONL; labels may be missing, as in
+    /// SuperGLUE's test files) [default: the one the adapter records].
+    #[arg(long)]
+    task: Option<String>,
+    /// A decoder adapter: cut prompts longer than N tokens from the left [default: the
+    /// adapter's recorded --max-len].
+    #[arg(long, value_name = "N")]
+    max_len: Option<usize>,
+}
+
+/// `predict` with a decoder adapter on a prompted task: one line per example (per answer
+/// option for MultiRC), the predicted answer, its probability among the candidates (softmax
+/// over the head's logits, or over the candidates' mean log-probabilities), the prompt.
+fn run_prompted_predict(a: &PredictArgs, adapter: &std::path::Path) -> Result<()> {
+    use ttlora::jobs::generate::{BaseDtype, Generator};
+    use ttlora::jobs::prompted_train::{ChoiceLoss, Prepared, PromptedObjective};
+    let ignored = [
+        ("--text", a.text.is_some()),
+        ("--text-column", a.text_column != "text"),
+        ("--text-pair-column", a.text_pair_column.is_some()),
+    ];
+    if let Some((flag, _)) = ignored.iter().find(|(_, given)| *given) {
+        bail!("{flag} does not apply to a decoder adapter: give --file with the task's JSONL rows");
+    }
+    let Some(file) = &a.file else {
+        bail!("a decoder adapter predicts on --file: JSON Lines rows of its task");
+    };
+    if a.max_len == Some(0) {
+        bail!("--max-len must be at least 1");
+    }
+    let device = a.common.device.device()?;
+    let folder = ttlora::io::AdapterFolder::read(adapter, &device)?;
+    let recorded = folder.config.task.clone();
+    let Some(task) = a.task.clone().or(recorded.as_ref().map(|t| t.name.clone())) else {
+        bail!("the adapter records no task: give --task (boolq, cb, copa, multirc, rte, wic, wsc)");
+    };
+    let task: ttlora::data::PromptedTask = task.parse()?;
+    let examples = ttlora::data::read_prompted_unlabeled(task, file)?;
+    let g = Generator::with_adapter_folder(
+        &folder,
+        adapter,
+        a.common.model.as_deref(),
+        &device,
+        !a.common.fetch.offline,
+        BaseDtype::default(),
+    )?;
+    let objective = match g.model.score_labels() {
+        Some(_) => PromptedObjective::Classify { train_head: false },
+        None => PromptedObjective::LmScore(ChoiceLoss::Candidates),
+    };
+    let max_len = a
+        .max_len
+        .or(recorded.as_ref().map(|t| t.max_len))
+        .unwrap_or(g.decoder().config().max_position_embeddings);
+    let (prepared, _) = Prepared::new(&g, objective, examples, max_len)?;
+    if let Some(classes) = g.model.score_labels()
+        && prepared.classes() != classes
+    {
+        bail!(
+            "the adapter's head has {classes} classes; {}'s examples have {} candidates",
+            task.name(),
+            prepared.classes()
+        );
+    }
+    let batch = a.common.batch_size.unwrap_or(16);
+    let scores = prepared.scores(&g.model, batch, g.pad_id(), &device)?;
+    let mut lines = String::new();
+    for (e, s) in prepared.examples().iter().zip(&scores) {
+        let best = ttlora::jobs::lm_score::best_candidate(s);
+        let max = s[best];
+        let z: f64 = s.iter().map(|v| (v - max).exp()).sum();
+        let prompt = e.prompt.trim_end().replace(['\n', '\t'], " ");
+        lines.push_str(&format!(
+            "{}\t{:.4}\t{prompt}\n",
+            e.candidates[best],
+            1.0 / z
+        ));
+    }
+    write_lines(a.output.as_deref(), lines)
+}
+
+/// Writes `lines` to `output` (atomically for a regular file) or stdout.
+fn write_lines(output: Option<&std::path::Path>, lines: String) -> Result<()> {
+    match output {
+        // A regular file (or a new one) through a temporary file and a rename: a full disk
+        // never truncates a previous file. A link, device or pipe is written as it is.
+        Some(path) if path.symlink_metadata().is_ok_and(|m| !m.is_file()) => {
+            std::fs::write(path, lines)
+                .with_context(|| format!("cannot write {}", path.display()))?
+        }
+        Some(path) => ttlora::io::write_atomic(path, lines)?,
+        None => std::io::stdout().lock().write_all(lines.as_bytes())?,
+    }
+    Ok(())
 }
 
 /// Runs `ttlora predict`.
 pub fn run_predict(a: PredictArgs) -> Result<()> {
+    if let Some(adapter) = &a.common.adapter
+        && ttlora::jobs::export::is_decoder_adapter(adapter)?
+    {
+        return run_prompted_predict(&a, adapter);
+    }
+    if a.task.is_some() || a.max_len.is_some() {
+        bail!("--task and --max-len are for a decoder adapter trained on a prompted task");
+    }
     let examples: Vec<Example> = match (&a.text, &a.file) {
         (Some(t), _) => vec![Example {
             text_a: t.clone(),
@@ -421,15 +524,5 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
             }
         }
     }
-    match &a.output {
-        // A regular file (or a new one) through a temporary file and a rename: a full disk
-        // never truncates a previous file. A link, device or pipe is written as it is.
-        Some(path) if path.symlink_metadata().is_ok_and(|m| !m.is_file()) => {
-            std::fs::write(path, lines)
-                .with_context(|| format!("cannot write {}", path.display()))?
-        }
-        Some(path) => ttlora::io::write_atomic(path, lines)?,
-        None => std::io::stdout().lock().write_all(lines.as_bytes())?,
-    }
-    Ok(())
+    write_lines(a.output.as_deref(), lines)
 }

@@ -138,6 +138,32 @@ impl PromptedTask {
         ))
     }
 
+    /// Puts the task's first class where a row (or, for MultiRC, an answer) has no label.
+    fn fill_missing_labels(self, value: &mut Value) {
+        let first = match self {
+            PromptedTask::BoolQ | PromptedTask::Wic | PromptedTask::Wsc => Value::Bool(false),
+            PromptedTask::Cb | PromptedTask::Rte => Value::from("entailment"),
+            PromptedTask::Copa | PromptedTask::MultiRc => Value::from(0),
+        };
+        let put = |v: &mut Value| {
+            if let Some(obj) = v.as_object_mut() {
+                obj.entry("label").or_insert_with(|| first.clone());
+            }
+        };
+        if self != PromptedTask::MultiRc {
+            put(value);
+            return;
+        }
+        let questions = value
+            .get_mut("passage")
+            .and_then(|p| p.get_mut("questions"))
+            .and_then(Value::as_array_mut);
+        for q in questions.into_iter().flatten() {
+            let answers = q.get_mut("answers").and_then(Value::as_array_mut);
+            answers.into_iter().flatten().for_each(put);
+        }
+    }
+
     /// The task's folder in SuperGLUE's distribution (`BoolQ`, `CB`, …).
     pub fn folder(self) -> &'static str {
         match self {
@@ -275,23 +301,38 @@ pub struct PromptedExample {
 /// An unreadable file; a line that is not a JSON object, lacks a field the template needs, or
 /// has a label outside the task's label set (each naming the file, line and field).
 pub fn read_prompted(task: PromptedTask, path: &Path) -> Result<Vec<PromptedExample>> {
-    read_rows(path, task.name(), |row| task.examples(row))
+    read_rows(path, task.name(), None, |row| task.examples(row))
+}
+
+/// As [`read_prompted`], for files whose rows may lack their labels (SuperGLUE's test
+/// files): a missing label reads as the task's first class, so `gold` means nothing for
+/// those rows; for prediction.
+///
+/// # Errors
+/// As [`read_prompted`], the missing labels aside.
+pub fn read_prompted_unlabeled(task: PromptedTask, path: &Path) -> Result<Vec<PromptedExample>> {
+    let fill = |value: &mut Value| task.fill_missing_labels(value);
+    read_rows(path, task.name(), Some(&fill), |row| task.examples(row))
 }
 
 /// Every line of `path` as a JSON object through `examples`.
 fn read_rows(
     path: &Path,
     what: &str,
+    unlabeled: Option<&dyn Fn(&mut Value)>,
     examples: impl Fn(&Row) -> Result<Vec<PromptedExample>>,
 ) -> Result<Vec<PromptedExample>> {
     let text = read_text(path)?;
     let mut out = Vec::new();
     for (line, raw) in numbered_lines(&text) {
-        let value: Value = serde_json::from_str(raw).map_err(|e| Error::DataRow {
+        let mut value: Value = serde_json::from_str(raw).map_err(|e| Error::DataRow {
             path: path.into(),
             line,
             reason: format!("not a JSON object: {e}"),
         })?;
+        if let Some(fill) = unlabeled {
+            fill(&mut value);
+        }
         let row = Row {
             value: &value,
             path,
@@ -457,7 +498,7 @@ pub fn read_custom_prompted(
     template: &CustomTemplate,
     path: &Path,
 ) -> Result<Vec<PromptedExample>> {
-    read_rows(path, "custom", |row| Ok(vec![template.example(row)?]))
+    read_rows(path, "custom", None, |row| Ok(vec![template.example(row)?]))
 }
 
 /// One JSON object of a file, with where it came from for errors.
@@ -641,6 +682,54 @@ mod tests {
         assert_eq!(e.prompt, prompt, "{task}");
         assert_eq!(e.candidates, candidates, "{task}");
         assert_eq!(e.gold, gold, "{task}");
+    }
+
+    /// Rows without labels (SuperGLUE's test files) read for prediction, every task (MultiRC's
+    /// labels sit on its answers); the same rows are an error for the labelled reader.
+    #[test]
+    fn unlabeled_rows_read_for_prediction_with_the_same_prompts() {
+        fn strip(v: &mut Value) {
+            match v {
+                Value::Object(m) => {
+                    m.remove("label");
+                    m.values_mut().for_each(strip);
+                }
+                Value::Array(a) => a.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        let tmp = crate::io::fs::TempDir::new("prompted-unlabeled");
+        for task in PromptedTask::ALL {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/superglue");
+            let path = task
+                .split_file("val", &[dir.parent().unwrap().to_path_buf()])
+                .unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let stripped: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    let mut v: Value = serde_json::from_str(l).unwrap();
+                    strip(&mut v);
+                    v.to_string()
+                })
+                .collect();
+            let bare = tmp.join(format!("{}.jsonl", task.name()));
+            std::fs::write(&bare, stripped.join("\n")).unwrap();
+            let labelled = read_prompted(*task, &path).unwrap();
+            let unlabeled = read_prompted_unlabeled(*task, &bare).unwrap();
+            let prompts = |v: &[PromptedExample]| -> Vec<(String, Vec<String>)> {
+                v.iter()
+                    .map(|e| (e.prompt.clone(), e.candidates.clone()))
+                    .collect()
+            };
+            assert_eq!(prompts(&labelled), prompts(&unlabeled), "{task}");
+            let err = read_prompted(*task, &bare).unwrap_err().to_string();
+            assert!(
+                err.contains("label") && err.contains("missing"),
+                "{task}: {err}"
+            );
+        }
     }
 
     #[test]

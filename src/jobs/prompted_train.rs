@@ -311,10 +311,28 @@ impl Prepared {
         }
     }
 
-    /// Each example's predicted candidate.
+    /// Each example's scores, one per candidate: mean log-probabilities (LM scoring) or the
+    /// head's logits.
     ///
     /// # Errors
-    /// As [`predict`] and [`predict_classes`].
+    /// As [`candidate_log_probs`] and [`class_logits`].
+    pub fn scores(
+        &self,
+        model: &dyn Model,
+        batch_size: usize,
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Vec<Vec<f64>>> {
+        match self {
+            Self::Scored(v) => candidate_log_probs(model, v, batch_size, pad_id, device),
+            Self::Classed(v) => class_logits(model, v, batch_size, pad_id, device),
+        }
+    }
+
+    /// Each example's predicted candidate: its best score.
+    ///
+    /// # Errors
+    /// As [`scores`](Self::scores).
     pub fn predict(
         &self,
         model: &dyn Model,
@@ -322,10 +340,8 @@ impl Prepared {
         pad_id: u32,
         device: &Device,
     ) -> Result<Vec<usize>> {
-        match self {
-            Self::Scored(v) => predict(model, v, batch_size, pad_id, device),
-            Self::Classed(v) => predict_classes(model, v, batch_size, pad_id, device),
-        }
+        let scores = self.scores(model, batch_size, pad_id, device)?;
+        Ok(scores.iter().map(|s| best_candidate(s)).collect())
     }
 }
 
@@ -391,42 +407,6 @@ pub fn class_batch(items: &[&ClassExample], pad_id: u32, device: &Device) -> Res
         ),
         Tensor::new(labels, device)?,
     ))
-}
-
-/// Each example's predicted class from the classification head, in batches of `batch_size`
-/// (longest first), without a graph.
-///
-/// # Errors
-/// Tensor errors; [`Error::NonFiniteOutput`] for a NaN logit.
-pub fn predict_classes(
-    model: &dyn Model,
-    examples: &[ClassExample],
-    batch_size: usize,
-    pad_id: u32,
-    device: &Device,
-) -> Result<Vec<usize>> {
-    let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
-    let mut preds = vec![0; examples.len()];
-    for idx in data::sequential_batches(&lengths, batch_size.max(1)) {
-        let items: Vec<&ClassExample> = idx.iter().map(|&i| &examples[i]).collect();
-        let batch = class_batch(&items, pad_id, device)?;
-        let logits = crate::ops::no_grad(|| {
-            crate::ops::exact_products(|| {
-                model
-                    .forward(&batch.input, false)?
-                    .to_dtype(DType::F64)?
-                    .to_vec2::<f64>()
-                    .map_err(Error::from)
-            })
-        })?;
-        for (&i, row) in idx.iter().zip(&logits) {
-            if row.iter().any(|v| !v.is_finite()) {
-                return Err(Error::NonFiniteOutput { example: i });
-            }
-            preds[i] = best_candidate(row);
-        }
-    }
-    Ok(preds)
 }
 
 /// Tokenizes `examples` with `g`'s tokenizer, cutting prompts to `max_len` from the left;
@@ -559,11 +539,95 @@ pub fn gold_batch(items: &[&ScoredExample], pad_id: u32, device: &Device) -> Res
     Ok(Batch::next_tokens(input, rows, labels))
 }
 
-/// Each example's predicted candidate, scored in batches of `batch_size` (longest first)
-/// without a graph and with exact products.
+/// Each example's scores, one per candidate, computed in batches of `batch_size` (by
+/// length, longest first; only examples with as many candidates share one) without a graph
+/// and with exact products: `scores(batch_items)` gives a batch's `(examples, candidates)`.
 ///
 /// # Errors
-/// Tensor errors; [`Error::NonFiniteOutput`] for a NaN score.
+/// `scores`' errors; [`Error::NonFiniteOutput`] for a NaN or infinite score.
+fn batched_scores<T>(
+    examples: &[T],
+    lengths: &[usize],
+    candidates: impl Fn(&T) -> usize,
+    batch_size: usize,
+    scores: impl Fn(&[&T]) -> Result<Tensor>,
+) -> Result<Vec<Vec<f64>>> {
+    let mut out = vec![Vec::new(); examples.len()];
+    for idx in data::sequential_batches(lengths, batch_size.max(1)) {
+        let mut by_count: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for i in idx {
+            by_count
+                .entry(candidates(&examples[i]))
+                .or_default()
+                .push(i);
+        }
+        for idx in by_count.into_values() {
+            let items: Vec<&T> = idx.iter().map(|&i| &examples[i]).collect();
+            let rows = crate::ops::no_grad(|| {
+                crate::ops::exact_products(|| {
+                    scores(&items)?
+                        .to_dtype(DType::F64)?
+                        .to_vec2::<f64>()
+                        .map_err(Error::from)
+                })
+            })?;
+            for (&i, row) in idx.iter().zip(rows) {
+                if row.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::NonFiniteOutput { example: i });
+                }
+                out[i] = row;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Each example's candidates' mean log-probabilities (LM scoring).
+///
+/// # Errors
+/// As [`batched_scores`].
+pub fn candidate_log_probs(
+    model: &dyn Model,
+    examples: &[ScoredExample],
+    batch_size: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Vec<Vec<f64>>> {
+    let lengths: Vec<usize> = examples.iter().map(ScoredExample::fed_len).collect();
+    batched_scores(
+        examples,
+        &lengths,
+        |e| e.ids.rest.len(),
+        batch_size,
+        |items| crate::train::choice_scores(model, &choice_batch(items, pad_id, device)?, false),
+    )
+}
+
+/// Each example's class logits from the classification head.
+///
+/// # Errors
+/// As [`batched_scores`].
+pub fn class_logits(
+    model: &dyn Model,
+    examples: &[ClassExample],
+    batch_size: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Vec<Vec<f64>>> {
+    let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+    batched_scores(
+        examples,
+        &lengths,
+        |_| 0,
+        batch_size,
+        |items| model.forward(&class_batch(items, pad_id, device)?.input, false),
+    )
+}
+
+/// Each example's predicted candidate by LM scoring.
+///
+/// # Errors
+/// As [`candidate_log_probs`].
 pub fn predict(
     model: &dyn Model,
     examples: &[ScoredExample],
@@ -571,37 +635,8 @@ pub fn predict(
     pad_id: u32,
     device: &Device,
 ) -> Result<Vec<usize>> {
-    let lengths: Vec<usize> = examples.iter().map(ScoredExample::fed_len).collect();
-    let mut preds = vec![0; examples.len()];
-    for idx in data::sequential_batches(&lengths, batch_size.max(1)) {
-        // Grouped by candidate count, which one batch's scores share.
-        let mut by_count: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for i in idx {
-            by_count
-                .entry(examples[i].ids.rest.len())
-                .or_default()
-                .push(i);
-        }
-        for idx in by_count.into_values() {
-            let items: Vec<&ScoredExample> = idx.iter().map(|&i| &examples[i]).collect();
-            let batch = choice_batch(&items, pad_id, device)?;
-            let scores = crate::ops::no_grad(|| {
-                crate::ops::exact_products(|| {
-                    crate::train::choice_scores(model, &batch, false)?
-                        .to_dtype(DType::F64)?
-                        .to_vec2::<f64>()
-                        .map_err(Error::from)
-                })
-            })?;
-            for (&i, row) in idx.iter().zip(&scores) {
-                if row.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::NonFiniteOutput { example: i });
-                }
-                preds[i] = best_candidate(row);
-            }
-        }
-    }
-    Ok(preds)
+    let scores = candidate_log_probs(model, examples, batch_size, pad_id, device)?;
+    Ok(scores.iter().map(|s| best_candidate(s)).collect())
 }
 
 /// Scores `examples` and reports the task's metrics on them.
@@ -1082,7 +1117,9 @@ mod tests {
         let after = lm.head_vars()[0].1.as_tensor().copy().unwrap();
         assert_eq!(crate::models::test_util::max_diff(&head, &after), 0.0);
         // Predictions are the logits' argmax, whatever the batching.
-        let preds = predict_classes(&lm, &ex, 2, 0, &Device::Cpu).unwrap();
+        let preds = Prepared::Classed(ex.clone())
+            .predict(&lm, 2, 0, &Device::Cpu)
+            .unwrap();
         let logits: Vec<Vec<f32>> = lm.forward(&batch.input, false).unwrap().to_vec2().unwrap();
         let want: Vec<usize> = logits
             .iter()
