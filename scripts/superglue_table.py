@@ -22,10 +22,6 @@ def objective_of(record: dict, folder: str) -> str:
         objective = next(
             (s for s in ("classify-frozen", "classify") if folder.endswith("-" + s)), "lm-score"
         )
-    # Before the record told the two losses apart, COPA's runs (superglue_train.sh passes no
-    # --choice-loss) trained with COPA's default, the gold answer's LM loss.
-    if objective == "lm-score" and record["task"] == "copa":
-        return "lm-score-gold"
     return objective
 
 

@@ -29,8 +29,8 @@ pub struct AdapterArgs {
     device: DeviceArgs,
     #[command(flatten)]
     fetch: OfflineArgs,
-    /// Examples per forward pass [default: 64] (not for LM scoring, which runs one example
-    /// at a time).
+    /// Examples per forward pass [default: 64; 16 for decoder adapters on prompted tasks]
+    /// (not for `eval` by LM scoring, which runs one example at a time).
     #[arg(long)]
     batch_size: Option<usize>,
     #[command(flatten)]
@@ -125,10 +125,15 @@ pub fn run_eval(mut a: EvalArgs) -> Result<()> {
         && a.task.is_none()
         && let Some(dir) = &a.common.adapter
     {
-        let path = dir.join(ttlora::io::adapter_folder::CONFIG_FILE);
-        let config: serde_json::Value =
-            ttlora::io::read_json_if_present(&path)?.unwrap_or_default();
-        a.task = config["task"]["name"].as_str().map(String::from);
+        let folder = ttlora::io::AdapterFolder::read(dir, &candle_core::Device::Cpu)?;
+        a.task = folder.config.task.map(|t| t.name);
+        if a.task.as_deref() == Some("custom") {
+            bail!(
+                "{} was trained on a custom template: give --task custom with --template, the \
+                 --candidate answers and --file",
+                dir.display()
+            );
+        }
     }
     let lm_task = a
         .task
@@ -320,25 +325,7 @@ fn lm_score_examples(
                 .unwrap_or(g.decoder().config().max_position_embeddings);
             let objective = PromptedObjective::Classify { train_head: false };
             let (prepared, _) = Prepared::new(&g, objective, examples, max_len)?;
-            if prepared.classes() != classes {
-                bail!(
-                    "the adapter's head has {classes} classes; {name}'s examples have {} \
-                     candidates",
-                    prepared.classes()
-                );
-            }
-            // Class c is the c-th answer it was trained with: the same answers, in order.
-            if let (Some(t), Some(e)) = (&recorded, prepared.examples().first())
-                && !t.label_names.is_empty()
-                && t.label_names != e.candidates
-            {
-                bail!(
-                    "the adapter's classes are {:?} ({}); {name}'s answers are {:?}",
-                    t.label_names,
-                    t.name,
-                    e.candidates
-                );
-            }
+            check_classes(classes, recorded.as_ref(), &prepared, name)?;
             bar.set_length(prepared.len() as u64);
             let preds = prepared.predict(&g.model, 16, g.pad_id(), &device)?;
             bar.set_position(prepared.len() as u64);
@@ -361,6 +348,34 @@ fn lm_score_examples(
         let line = metrics_line(&report.metrics);
         let (task, n) = (&report.task, report.examples);
         writeln!(out, "{task} ({n} examples of {}): {line}", file.display())?;
+    }
+    Ok(())
+}
+
+/// A decoder classifier's head fits `prepared`: as many classes as candidates, and class c
+/// is the c-th answer it was trained with (RTE's "Yes", "No" are BoolQ's "No", "Yes" swapped).
+fn check_classes(
+    classes: usize,
+    recorded: Option<&ttlora::io::TaskInfo>,
+    prepared: &ttlora::jobs::prompted_train::Prepared,
+    name: &str,
+) -> Result<()> {
+    if prepared.classes() != classes {
+        bail!(
+            "the adapter's head has {classes} classes; {name}'s examples have {} candidates",
+            prepared.classes()
+        );
+    }
+    if let (Some(t), Some(e)) = (recorded, prepared.examples().first())
+        && !t.label_names.is_empty()
+        && t.label_names != e.candidates
+    {
+        bail!(
+            "the adapter's classes are {:?} ({}); {name}'s answers are {:?}",
+            t.label_names,
+            t.name,
+            e.candidates
+        );
     }
     Ok(())
 }
@@ -413,6 +428,7 @@ fn run_prompted_predict(a: &PredictArgs, adapter: &std::path::Path) -> Result<()
         ("--text", a.text.is_some()),
         ("--text-column", a.text_column != "text"),
         ("--text-pair-column", a.text_pair_column.is_some()),
+        ("--pooling", a.common.pooling.pooling.is_some()),
     ];
     if let Some((flag, _)) = ignored.iter().find(|(_, given)| *given) {
         bail!("{flag} does not apply to a decoder adapter: give --file with the task's JSONL rows");
@@ -448,14 +464,8 @@ fn run_prompted_predict(a: &PredictArgs, adapter: &std::path::Path) -> Result<()
         .or(recorded.as_ref().map(|t| t.max_len))
         .unwrap_or(g.decoder().config().max_position_embeddings);
     let (prepared, _) = Prepared::new(&g, objective, examples, max_len)?;
-    if let Some(classes) = g.model.score_labels()
-        && prepared.classes() != classes
-    {
-        bail!(
-            "the adapter's head has {classes} classes; {}'s examples have {} candidates",
-            task.name(),
-            prepared.classes()
-        );
+    if let Some(classes) = g.model.score_labels() {
+        check_classes(classes, recorded.as_ref(), &prepared, task.name())?;
     }
     let batch = a.common.batch_size.unwrap_or(16);
     let scores = prepared.scores(&g.model, batch, g.pad_id(), &device)?;
@@ -525,4 +535,39 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
         }
     }
     write_lines(a.output.as_deref(), lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ttlora::data::PromptedExample;
+    use ttlora::jobs::prompted_train::{ClassExample, Prepared};
+
+    /// A classifier is refused on answers other than its classes, in another order included.
+    #[test]
+    fn a_classifier_is_refused_on_another_tasks_answers() {
+        let examples = |answers: &[&str]| {
+            Prepared::Classed(vec![ClassExample {
+                example: PromptedExample {
+                    prompt: "p".into(),
+                    candidates: answers.iter().map(|a| a.to_string()).collect(),
+                    gold: 0,
+                    group: None,
+                },
+                ids: vec![1, 2],
+            }])
+        };
+        let rte = ttlora::io::TaskInfo {
+            name: "rte".into(),
+            label_names: vec!["Yes".into(), "No".into()],
+            num_labels: 2,
+            pooling: ttlora::io::Pooling::LastToken,
+            max_len: 256,
+        };
+        assert!(check_classes(2, Some(&rte), &examples(&["Yes", "No"]), "rte").is_ok());
+        let err = check_classes(2, Some(&rte), &examples(&["No", "Yes"]), "boolq").unwrap_err();
+        assert!(err.to_string().contains("boolq's answers are"), "{err}");
+        let err = check_classes(3, Some(&rte), &examples(&["Yes", "No"]), "rte").unwrap_err();
+        assert!(err.to_string().contains("3 classes"), "{err}");
+    }
 }

@@ -138,16 +138,21 @@ impl PromptedTask {
         ))
     }
 
-    /// Puts the task's first class where a row (or, for MultiRC, an answer) has no label.
+    /// Puts the task's first class where a row (or, for MultiRC, an answer) has no label (or
+    /// a null or negative one).
     fn fill_missing_labels(self, value: &mut Value) {
         let first = match self {
             PromptedTask::BoolQ | PromptedTask::Wic | PromptedTask::Wsc => Value::Bool(false),
             PromptedTask::Cb | PromptedTask::Rte => Value::from("entailment"),
             PromptedTask::Copa | PromptedTask::MultiRc => Value::from(0),
         };
+        // Absent, null or -1 (HF `datasets` exports of the test splits) all mean unknown.
         let put = |v: &mut Value| {
             if let Some(obj) = v.as_object_mut() {
-                obj.entry("label").or_insert_with(|| first.clone());
+                let label = obj.entry("label").or_insert(Value::Null);
+                if label.is_null() || label.as_i64().is_some_and(|n| n < 0) {
+                    *label = first.clone();
+                }
             }
         };
         if self != PromptedTask::MultiRc {
@@ -729,6 +734,16 @@ mod tests {
                 err.contains("label") && err.contains("missing"),
                 "{task}: {err}"
             );
+        }
+        // HF `datasets` exports mark unknown labels null or -1.
+        for label in ["null", "-1"] {
+            let row = format!(
+                "{{\"passage\": \"p\", \"question\": \"q\", \"idx\": 0, \"label\": {label}}}"
+            );
+            let path = tmp.join("boolq-hf.jsonl");
+            std::fs::write(&path, row).unwrap();
+            let got = read_prompted_unlabeled(PromptedTask::BoolQ, &path).unwrap();
+            assert_eq!(got[0].candidates, ["No", "Yes"], "{label}");
         }
     }
 

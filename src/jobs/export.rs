@@ -224,7 +224,9 @@ pub fn export_decoder(
     if let Some(err) = no_lora_form(crate::adapters::method(&cfg.method)?) {
         return Err(err);
     }
-    let lora = to_peft_lora(&g.model, ADAPTER_NAME, &meta_of(cfg, base_model, None))?;
+    // The prompted task and its --max-len travel with the export (eval reuses them).
+    let meta = meta_of(cfg, base_model, cfg.task.clone());
+    let lora = to_peft_lora(&g.model, ADAPTER_NAME, &meta)?;
     let ranks: BTreeSet<usize> = lora.modules.values().map(|m| m.a.dims()[0]).collect();
     if format == ExportFormat::PeftLora {
         lora.write(out)?;

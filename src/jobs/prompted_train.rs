@@ -585,7 +585,7 @@ fn batched_scores<T>(
 /// Each example's candidates' mean log-probabilities (LM scoring).
 ///
 /// # Errors
-/// As [`batched_scores`].
+/// Tensor errors; [`Error::NonFiniteOutput`] for a NaN or infinite score.
 pub fn candidate_log_probs(
     model: &dyn Model,
     examples: &[ScoredExample],
@@ -606,7 +606,7 @@ pub fn candidate_log_probs(
 /// Each example's class logits from the classification head.
 ///
 /// # Errors
-/// As [`batched_scores`].
+/// Tensor errors; [`Error::NonFiniteOutput`] for a NaN or infinite score.
 pub fn class_logits(
     model: &dyn Model,
     examples: &[ClassExample],
