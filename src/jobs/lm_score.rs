@@ -401,9 +401,7 @@ pub fn evaluate(
             if let Some(max_len) = max_len {
                 ids.truncate_left(max_len)?;
             }
-            // The last candidate token is predicted, never fed.
-            let longest = ids.rest.iter().map(Vec::len).max().unwrap_or(1);
-            let fed = virtual_n + ids.shared.len() + longest - 1;
+            let fed = virtual_n + ids.fed_len();
             if fed > context {
                 return Err(Error::PromptTooLong {
                     tokens: fed,

@@ -386,26 +386,30 @@ pub fn tokenize_prompts(
 /// # Errors
 /// Tensor errors.
 pub fn class_batch(items: &[&ClassExample], pad_id: u32, device: &Device) -> Result<Batch> {
-    let t = items.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    let (mut ids, mut mask) = (Vec::with_capacity(items.len() * t), Vec::new());
-    for e in items {
-        let n = e.ids.len();
-        ids.extend(
-            e.ids
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad_id, t - n)),
-        );
-        mask.extend(std::iter::repeat_n(1u32, n).chain(std::iter::repeat_n(0, t - n)));
-    }
-    let shape = (items.len(), t);
+    let seqs: Vec<&[u32]> = items.iter().map(|e| e.ids.as_slice()).collect();
     let labels: Vec<u32> = items.iter().map(|e| e.example.gold as u32).collect();
     Ok(Batch::new(
-        ModelInput::new(
-            Tensor::from_vec(ids, shape, device)?,
-            Tensor::from_vec(mask, shape, device)?,
-        ),
+        padded_input(&seqs, pad_id, device)?,
         Tensor::new(labels, device)?,
+    ))
+}
+
+/// Sequences padded on the right with `pad_id` to the longest, with their attention mask.
+///
+/// # Errors
+/// Tensor errors.
+fn padded_input(seqs: &[&[u32]], pad_id: u32, device: &Device) -> Result<ModelInput> {
+    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
+    let (mut ids, mut mask) = (Vec::with_capacity(seqs.len() * t), Vec::new());
+    for s in seqs {
+        let pad = t - s.len();
+        ids.extend(s.iter().copied().chain(std::iter::repeat_n(pad_id, pad)));
+        mask.extend(std::iter::repeat_n(1u32, s.len()).chain(std::iter::repeat_n(0, pad)));
+    }
+    let shape = (seqs.len(), t);
+    Ok(ModelInput::new(
+        Tensor::from_vec(ids, shape, device)?,
+        Tensor::from_vec(mask, shape, device)?,
     ))
 }
 
@@ -480,15 +484,8 @@ pub fn choice_batch(items: &[&ScoredExample], pad_id: u32, device: &Device) -> R
         }
     }
     let t = seqs.iter().map(Vec::len).max().unwrap_or(1);
-    let (mut ids, mut mask) = (Vec::with_capacity(seqs.len() * t), Vec::new());
-    for s in &seqs {
-        ids.extend(
-            s.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad_id, t - s.len())),
-        );
-        mask.extend(std::iter::repeat_n(1u32, s.len()).chain(std::iter::repeat_n(0, t - s.len())));
-    }
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let input = padded_input(&refs, pad_id, device)?;
     let slots = items.len() * per_example;
     let mut counts = vec![0f32; slots];
     scored.iter().for_each(|&(.., slot)| counts[slot] += 1.0);
@@ -502,12 +499,8 @@ pub fn choice_batch(items: &[&ScoredExample], pad_id: u32, device: &Device) -> R
         .collect();
     let labels: Vec<u32> = scored.iter().map(|&(_, _, l, _)| l).collect();
     let gold: Vec<u32> = items.iter().map(|e| e.example.gold as u32).collect();
-    let shape = (seqs.len(), t);
     Ok(Batch {
-        input: ModelInput::new(
-            Tensor::from_vec(ids, shape, device)?,
-            Tensor::from_vec(mask, shape, device)?,
-        ),
+        input,
         labels: Tensor::new(labels, device)?,
         rows: Some(Tensor::new(rows, device)?),
         choices: Some(Choices {
