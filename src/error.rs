@@ -327,6 +327,14 @@ pub enum Error {
         /// What it holds that ttlora does not write.
         foreign: Vec<String>,
     },
+    /// A search's file (space, study settings, journal) that cannot be used.
+    #[error("{}: {reason}", path.display())]
+    Study {
+        /// The file or study folder.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the table, key or line.
+        reason: String,
+    },
     /// An I/O error on a named file.
     #[error("{}: {source}", path.display())]
     Io {

@@ -25,6 +25,7 @@ pub mod io;
 pub mod jobs;
 pub mod models;
 pub mod ops;
+pub mod search;
 pub mod train;
 pub mod tt;
 pub mod tuning;

@@ -16,6 +16,8 @@
 //! - `models`: model families through the public API (tiny random configs; per device);
 //! - `peft`: HF PEFT LoRA folders against fixtures PEFT itself wrote;
 //! - `train`: fine-tuning end to end on the bundled real SST-2 files with a tiny model;
+//! - `search`: `ttlora search` end to end (ASHA's pruning in the journal, reruns, kills,
+//!   two workers, refusals) on a tiny model;
 //! - `regression`: one test per fixed bug, named `issue_<n>_<what>`.
 
 mod adapter_files;
@@ -30,6 +32,7 @@ mod methods;
 mod models;
 mod peft;
 mod regression;
+mod search;
 mod train;
 
 /// The largest single allocation this test binary allows: far above what any test needs

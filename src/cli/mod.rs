@@ -14,6 +14,7 @@ mod generate;
 mod inspect;
 mod methods;
 mod progress;
+mod search;
 mod shapes;
 mod summarize;
 mod train;
@@ -90,6 +91,9 @@ enum Command {
     Fetch(fetch::FetchArgs),
     /// Continue a prompt or answer a chat message with a decoder, streaming the text.
     Generate(generate::GenerateArgs),
+    /// Search methods' settings (shapes, ranks, α, lr) with ASHA/HyperBand early stopping,
+    /// in a study folder several workers share and a rerun continues.
+    Search(Box<search::SearchArgs>),
     /// Run a micro-benchmark and print its table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -111,6 +115,7 @@ pub fn main() -> ExitCode {
         Command::Compress(args) => compress::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Search(args) => search::run(*args),
         Command::Summarize(args) => summarize::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };

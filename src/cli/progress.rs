@@ -29,7 +29,7 @@ impl ProgressBarObserver {
 }
 
 impl Observer for ProgressBarObserver {
-    fn on_start(&mut self, total_steps: usize, start_step: usize) {
+    fn on_start(&mut self, total_steps: usize, start_step: usize) -> Control {
         self.bar.set_length(total_steps as u64);
         self.bar.set_position(start_step as u64);
         self.start_step = start_step;
@@ -40,6 +40,7 @@ impl Observer for ProgressBarObserver {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         self.bar.reset_eta();
+        Control::Continue
     }
 
     fn on_step(&mut self, s: &StepReport) -> Control {

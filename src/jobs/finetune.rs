@@ -8,8 +8,8 @@ use crate::error::Result;
 use crate::io::{self, TaskInfo};
 use crate::jobs::pipeline::EncodedSplit;
 use crate::jobs::record::RunRecord;
-use crate::jobs::study::{StudySpec, prepare};
-use crate::jobs::trial::{ADAPTER_NAME, LOG_FILE, TrialOutput, TrialSpec, run_trial};
+use crate::jobs::study::{Study, StudySpec, prepare};
+use crate::jobs::trial::{ADAPTER_NAME, LOG_FILE, Trial, TrialOutput, TrialSpec, run_trial};
 use crate::models::Model;
 use crate::train::Observer;
 use crate::tuning::adapted::{AdapterMeta, collect, to_peft_lora};
@@ -71,62 +71,9 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         resume: spec.resume,
     };
     let trial = run_trial(&study, &spec.trial, &out, observers)?;
-
-    let method = spec.trial.method.method();
-    let meta = AdapterMeta {
-        method: method.name().into(),
-        base_model: spec.study.model.clone(),
-        base_model_config_sha256: study.model.config_sha256().to_string(),
-        config: spec.trial.method.given().clone(),
-        target_modules: serde_json::to_value(&trial.placing.targets)?,
-        exclude_modules: spec
-            .trial
-            .exclude
-            .as_ref()
-            .map(serde_json::to_value)
-            .transpose()?,
-        overrides: spec.trial.overrides.clone(),
-        save_head: spec.trial.train_head,
-        task: Some(TaskInfo {
-            name: study.task.name.clone(),
-            label_names: study.task.label_names.clone(),
-            num_labels: study.num_labels,
-            pooling: study.pooling,
-            max_len: spec.study.max_len,
-        }),
-    };
     // A resumed run counts the training time its checkpoint carried over.
     let wall_s = started.elapsed().as_secs_f64() + trial.summary.carried_s;
-    let record = RunRecord {
-        task: study.task.name.clone(),
-        method: method.name().into(),
-        method_config: spec.trial.method.given().clone(),
-        resolved_config: Some(spec.trial.method.resolved()),
-        model_dir: study.model.dir().to_path_buf(),
-        summary: trial.summary,
-        primary_metric: study.task.metrics[0].name().into(),
-        dev_metrics: trial.dev_metrics,
-        params: trial.params,
-        adapted_modules: trial.adapted,
-        examples: (study.fit.len(), study.held.len(), study.dev.len()),
-        wall_s,
-        peak_rss_mib: Some(io::peak_rss_mib()),
-        adapter_file_bytes: None,
-        adapter_dir: spec.out.clone(),
-        seed: Some(spec.trial.train.seed),
-        data_seed: (spec.study.seed != spec.trial.train.seed).then_some(spec.study.seed),
-        train_config: Some(spec.trial.train.clone()),
-        batch_size: spec.trial.batch_size,
-        max_train: spec.study.max_train,
-        objective: None,
-    };
-    let record = save_run(
-        lock,
-        trial.model.as_ref(),
-        &spec.trial.method,
-        &meta,
-        record,
-    )?;
+    let record = save_trial(&study, &spec.trial, &trial, lock, wall_s)?;
     let pad_id = study.encoder.pad_id();
     Ok(Trained {
         report: record,
@@ -134,6 +81,66 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
         dev: study.dev,
         pad_id,
     })
+}
+
+/// Saves `trial`, run on `study`, as a run folder in the folder `lock` holds: the adapter,
+/// its record and the training log ([`save_run`]). `wall_s` is the run's wall time.
+///
+/// # Errors
+/// Collecting the adapter; writing or swapping the folder.
+pub fn save_trial(
+    study: &Study,
+    spec: &TrialSpec,
+    trial: &Trial,
+    lock: io::OutputLock,
+    wall_s: f64,
+) -> Result<RunRecord> {
+    let method = spec.method.method();
+    let meta = AdapterMeta {
+        method: method.name().into(),
+        base_model: study.spec.model.clone(),
+        base_model_config_sha256: study.model.config_sha256().to_string(),
+        config: spec.method.given().clone(),
+        target_modules: serde_json::to_value(&trial.placing.targets)?,
+        exclude_modules: spec
+            .exclude
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()?,
+        overrides: spec.overrides.clone(),
+        save_head: spec.train_head,
+        task: Some(TaskInfo {
+            name: study.task.name.clone(),
+            label_names: study.task.label_names.clone(),
+            num_labels: study.num_labels,
+            pooling: study.pooling,
+            max_len: study.spec.max_len,
+        }),
+    };
+    let record = RunRecord {
+        task: study.task.name.clone(),
+        method: method.name().into(),
+        method_config: spec.method.given().clone(),
+        resolved_config: Some(spec.method.resolved()),
+        model_dir: study.model.dir().to_path_buf(),
+        summary: trial.summary.clone(),
+        primary_metric: study.task.metrics[0].name().into(),
+        dev_metrics: trial.dev_metrics.clone(),
+        params: trial.params.clone(),
+        adapted_modules: trial.adapted.clone(),
+        examples: (study.fit.len(), study.held.len(), study.dev.len()),
+        wall_s,
+        peak_rss_mib: Some(io::peak_rss_mib()),
+        adapter_file_bytes: None,
+        adapter_dir: lock.dir().to_path_buf(),
+        seed: Some(spec.train.seed),
+        data_seed: (study.spec.seed != spec.train.seed).then_some(study.spec.seed),
+        train_config: Some(spec.train.clone()),
+        batch_size: spec.batch_size,
+        max_train: study.spec.max_train,
+        objective: None,
+    };
+    save_run(lock, trial.model.as_ref(), &spec.method, &meta, record)
 }
 
 /// Saves a finished run into the folder `lock` holds: the adapter (LoRA in PEFT's own

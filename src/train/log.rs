@@ -51,11 +51,12 @@ impl JsonlLog {
 }
 
 impl Observer for JsonlLog {
-    fn on_start(&mut self, total_steps: usize, start_step: usize) {
+    fn on_start(&mut self, total_steps: usize, start_step: usize) -> Control {
         self.write(
             "start",
             &serde_json::json!({ "total_steps": total_steps, "start_step": start_step }),
         );
+        Control::Continue
     }
     fn on_step(&mut self, step: &StepReport) -> Control {
         self.write("step", step);

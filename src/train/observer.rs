@@ -53,8 +53,11 @@ pub struct EvalReport {
 
 /// Receives progress; returning [`Control::Stop`] ends training early.
 pub trait Observer {
-    /// Before the first step.
-    fn on_start(&mut self, _total_steps: usize, _start_step: usize) {}
+    /// Before the first step (`start_step` > 0 when resuming); [`Control::Stop`] ends the run
+    /// before it takes a step, as a pause at or before the resumed step does.
+    fn on_start(&mut self, _total_steps: usize, _start_step: usize) -> Control {
+        Control::Continue
+    }
     /// After every optimizer step.
     fn on_step(&mut self, _step: &StepReport) -> Control {
         Control::Continue

@@ -179,8 +179,9 @@ pub fn train(
         carried_s = ck.trained_s;
         tracing::info!(step, "resumed from checkpoint {}", dir.display());
     }
+    let mut paused = false;
     for o in observers.iter_mut() {
-        o.on_start(total, step);
+        paused |= o.on_start(total, step) == Control::Stop;
     }
     // Early stopping is an observer like any other (a search's pruner is another).
     let mut early_stop = cfg.patience.map(EarlyStopping::new);
@@ -189,7 +190,8 @@ pub fn train(
     let skip_batches = step * cfg.grad_accum;
     let mut seen_batches = 0usize;
     'epochs: for epoch in 0.. {
-        if step >= total {
+        if step >= total || paused {
+            stopped_early = step < total;
             break;
         }
         let batches = (job.batches)(epoch)?;

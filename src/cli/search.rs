@@ -1,0 +1,398 @@
+//! `ttlora search`: start or continue a study (`--out DIR`), `search worker DIR` (what
+//! `--workers` and cluster array tasks run), `search status DIR`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use ttlora::search::journal::Event;
+use ttlora::search::{
+    Config, Resource, SamplerKind, Scheduler, SchedulerKind, SearchSettings, SearchSpace,
+    StudyStatus, WorkerOptions, run_worker, status,
+};
+
+use super::common::{DeviceArgs, JsonArgs, OfflineArgs};
+
+/// Arguments of `ttlora search`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SearchArgs {
+    #[command(subcommand)]
+    command: Option<SearchCommand>,
+    #[command(flatten)]
+    start: StartArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SearchCommand {
+    /// Where a study stands: trials by status, rungs, compute used, the best trial.
+    Status {
+        /// The study folder.
+        dir: PathBuf,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+    /// Runs jobs of an existing study until it is complete; several may share a study (what
+    /// `--workers` starts, and what a cluster's array tasks run).
+    Worker {
+        /// The study folder.
+        dir: PathBuf,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// No line per finished job.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SamplerArg {
+    Grid,
+    Random,
+    Tpe,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchedulerArg {
+    Asha,
+    Hyperband,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ResourceArg {
+    Epochs,
+    Steps,
+}
+
+/// Starting (or continuing) a study.
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// Study folder: settings, journal, trials. Running the same command again continues the
+    /// study; `--resume --out DIR` continues it without repeating the settings.
+    #[arg(long, value_name = "DIR", required = true)]
+    out: Option<PathBuf>,
+    /// Continue the study in --out with its own settings.
+    #[arg(long)]
+    resume: bool,
+    /// Task (GLUE or SuperGLUE name).
+    #[arg(long, required_unless_present = "resume")]
+    task: Option<String>,
+    /// Search space file (TOML): one table per method, lists as choices, `{ low, high,
+    /// log }` as ranges (docs/SEARCH.md).
+    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    space: Option<PathBuf>,
+    /// Base model: folder, packaged name or hub id [default: all-MiniLM-L6-v2].
+    #[arg(long)]
+    model: Option<String>,
+    /// Data root holding glue/ and superglue/ [default: ./data, then ../shared/data].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Trials to start in all [default: 20].
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Where configs come from [default: random].
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerArg>,
+    /// Early stopping [default: asha].
+    #[arg(long, value_enum)]
+    scheduler: Option<SchedulerArg>,
+    /// η: each rung keeps the top 1/η of its trials [default: 3].
+    #[arg(long, value_name = "ETA")]
+    reduction_factor: Option<usize>,
+    /// Resource of the first rung [default: 1].
+    #[arg(long)]
+    grace_period: Option<usize>,
+    /// Resource of a complete trial [default: 9].
+    #[arg(long)]
+    max_t: Option<usize>,
+    /// What grace-period and max-t count [default: epochs].
+    #[arg(long, value_enum)]
+    resource: Option<ResourceArg>,
+    /// Tokens per example [default: 128].
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Fraction of train held out; trials are selected and pruned on it [default: 0.1].
+    #[arg(long, value_parser = super::common::positive_f64)]
+    held_out: Option<f64>,
+    /// Use at most N training examples (seeded sample).
+    #[arg(long, value_name = "N")]
+    max_train: Option<usize>,
+    /// Seed of the split, the sampler and every trial's initialisation [default: 42].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Examples per batch unless the space sets batch_size [default: 32].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Retries of a failed job before its trial counts as failed [default: 2].
+    #[arg(long)]
+    max_retries: Option<usize>,
+    /// Worker processes sharing the study (threads per worker: cores / N).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    fetch: OfflineArgs,
+    #[command(flatten)]
+    output: JsonArgs,
+    /// No line per finished job.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Runs `ttlora search`.
+pub fn run(a: SearchArgs) -> Result<()> {
+    match a.command {
+        Some(SearchCommand::Status { dir, output }) => print_status(&status(&dir)?, output.json),
+        Some(SearchCommand::Worker { dir, device, quiet }) => {
+            let settings = SearchSettings::read(&dir)?;
+            work(&dir, &settings, device.device()?, quiet)
+        }
+        None => start(a.start),
+    }
+}
+
+/// The study's settings from the flags, defaults filled in.
+fn settings(a: &StartArgs) -> Result<SearchSettings> {
+    let (Some(task), Some(space)) = (&a.task, &a.space) else {
+        bail!("--task and --space are needed to start a study");
+    };
+    let space = SearchSpace::read(space)?;
+    let settings = SearchSettings {
+        task: task.to_ascii_lowercase(),
+        data: a.data.clone(),
+        model: a
+            .model
+            .clone()
+            .unwrap_or_else(|| ttlora::io::DEFAULT_MODEL.to_string()),
+        max_len: a.max_len.unwrap_or(128),
+        held_out: a.held_out.unwrap_or(0.1),
+        max_train: a.max_train,
+        seed: a.seed.unwrap_or(42),
+        space,
+        sampler: match a.sampler.unwrap_or(SamplerArg::Random) {
+            SamplerArg::Grid => SamplerKind::Grid,
+            SamplerArg::Random => SamplerKind::Random,
+            SamplerArg::Tpe => SamplerKind::Tpe,
+        },
+        scheduler: Scheduler {
+            kind: match a.scheduler.unwrap_or(SchedulerArg::Asha) {
+                SchedulerArg::Asha => SchedulerKind::Asha,
+                SchedulerArg::Hyperband => SchedulerKind::Hyperband,
+                SchedulerArg::None => SchedulerKind::None,
+            },
+            reduction_factor: a.reduction_factor.unwrap_or(3),
+            grace_period: a.grace_period.unwrap_or(1),
+            max_t: a.max_t.unwrap_or(9),
+        },
+        resource: match a.resource.unwrap_or(ResourceArg::Epochs) {
+            ResourceArg::Epochs => Resource::Epochs,
+            ResourceArg::Steps => Resource::Steps,
+        },
+        trials: a.trials.unwrap_or(20),
+        max_retries: a.max_retries.unwrap_or(2),
+        batch_size: a.batch_size.unwrap_or(32),
+        allow_fetch: !a.fetch.offline,
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// The study flags given with --resume (which takes the folder's settings).
+fn study_flags_given(a: &StartArgs) -> Vec<&'static str> {
+    [
+        ("--task", a.task.is_some()),
+        ("--space", a.space.is_some()),
+        ("--model", a.model.is_some()),
+        ("--data", a.data.is_some()),
+        ("--trials", a.trials.is_some()),
+        ("--sampler", a.sampler.is_some()),
+        ("--scheduler", a.scheduler.is_some()),
+        ("--reduction-factor", a.reduction_factor.is_some()),
+        ("--grace-period", a.grace_period.is_some()),
+        ("--max-t", a.max_t.is_some()),
+        ("--resource", a.resource.is_some()),
+        ("--max-len", a.max_len.is_some()),
+        ("--held-out", a.held_out.is_some()),
+        ("--max-train", a.max_train.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--batch-size", a.batch_size.is_some()),
+        ("--max-retries", a.max_retries.is_some()),
+        ("--offline", a.fetch.offline),
+    ]
+    .into_iter()
+    .filter(|(_, given)| *given)
+    .map(|(flag, _)| flag)
+    .collect()
+}
+
+fn start(a: StartArgs) -> Result<()> {
+    let Some(dir) = a.out.clone() else {
+        bail!("--out DIR names the study folder");
+    };
+    if a.workers == 0 {
+        bail!("--workers must be >= 1");
+    }
+    let settings = if a.resume {
+        let given = study_flags_given(&a);
+        if !given.is_empty() {
+            bail!(
+                "--resume continues the study in {} with its own settings; {} would change them \
+                 (drop --resume to check them against the study instead)",
+                dir.display(),
+                given.join(", ")
+            );
+        }
+        SearchSettings::read(&dir)?
+    } else {
+        let s = settings(&a)?;
+        s.create_or_check(&dir)?;
+        s
+    };
+    let device = a.device.device()?;
+    if a.workers == 1 {
+        work(&dir, &settings, device, a.quiet)?;
+    } else {
+        spawn_workers(&dir, a.workers, &a.device.device, a.quiet)?;
+    }
+    print_status(&status(&dir)?, a.output.json)
+}
+
+/// Runs a worker in this process, a line per finished job on stderr.
+fn work(
+    dir: &Path,
+    settings: &SearchSettings,
+    device: candle_core::Device,
+    quiet: bool,
+) -> Result<()> {
+    let opts = WorkerOptions {
+        device,
+        ..WorkerOptions::default()
+    };
+    let unit = match settings.resource {
+        Resource::Epochs => "epoch",
+        Resource::Steps => "step",
+    };
+    let mut line = |config: &Config, e: &Event| {
+        if quiet {
+            return;
+        }
+        let text = match e {
+            Event::Reported {
+                trial,
+                resource,
+                score,
+                seconds,
+                ..
+            } => format!(
+                "trial {trial} [{}] {unit} {resource}: held-out {score:.4} ({seconds:.0} s)",
+                config.label()
+            ),
+            Event::Failed {
+                trial,
+                attempt,
+                error,
+                ..
+            } => format!(
+                "trial {trial} [{}] try {attempt} failed: {error}",
+                config.label()
+            ),
+            _ => return,
+        };
+        let _ = writeln!(std::io::stderr(), "{text}");
+    };
+    let summary = run_worker(dir, settings, &opts, &mut line)
+        .with_context(|| format!("search worker on {}", dir.display()))?;
+    tracing::debug!(?summary, "worker done");
+    Ok(())
+}
+
+/// Starts `n` worker processes on the study and waits for all; each gets cores / n threads.
+fn spawn_workers(dir: &Path, n: usize, device: &str, quiet: bool) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the ttlora binary to start workers")?;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = (cores / n).max(1);
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["search", "worker"])
+            .arg(dir)
+            .args(["--device", device])
+            .env("RAYON_NUM_THREADS", threads.to_string());
+        if quiet {
+            cmd.arg("--quiet");
+        }
+        children.push(cmd.spawn().context("cannot start a worker process")?);
+    }
+    let mut failed = 0;
+    for mut c in children {
+        if !c.wait().context("waiting for a worker")?.success() {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {n} workers ended with an error (their messages are above); rerun the \
+             same command to continue the study"
+        );
+    }
+    Ok(())
+}
+
+fn print_status(s: &StudyStatus, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(s)?)?;
+        return Ok(());
+    }
+    for w in &s.warnings {
+        writeln!(std::io::stderr(), "warning: {w}")?;
+    }
+    let count = |st| s.trials.iter().filter(|t| t.status == st).count();
+    use ttlora::search::status::TrialStatus as T;
+    writeln!(
+        out,
+        "{} of {} trials started: {} complete, {} paused, {} running, {} retrying, {} failed; \
+         resource used {}",
+        s.trials.len(),
+        s.budget,
+        count(T::Complete),
+        count(T::Paused),
+        count(T::Running),
+        count(T::Retrying),
+        count(T::Failed),
+        s.used
+    )?;
+    let rungs: Vec<String> = s
+        .per_rung
+        .iter()
+        .map(|(r, n)| format!("{r}: {n}"))
+        .collect();
+    writeln!(out, "trials per rung: {}", rungs.join(", "))?;
+    writeln!(
+        out,
+        "{:>5}  {:>9}  {:>8}  {:>8}  config",
+        "trial", "status", "resource", "held-out"
+    )?;
+    let mut order: Vec<_> = s.trials.iter().collect();
+    order.sort_by(|a, b| {
+        b.resource
+            .cmp(&a.resource)
+            .then(b.score.total_cmp(&a.score))
+            .then(a.id.cmp(&b.id))
+    });
+    for t in order {
+        let status = format!("{:?}", t.status).to_ascii_lowercase();
+        writeln!(
+            out,
+            "{:>5}  {:>9}  {:>8}  {:>8.4}  {}",
+            t.id, status, t.resource, t.score, t.config
+        )?;
+    }
+    if let Some(best) = s.best {
+        writeln!(out, "best on the held-out slice: trial {best}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! The paper's search over shapes, ranks, α and learning rates, done as HyperBand promises:
+//! a space file ([`space`]), samplers ([`sampler`]: grid, random, TPE), schedulers that stop
+//! poor trials early ([`scheduler`]: ASHA, HyperBand), a journal several worker processes
+//! share without a server and that survives kills ([`journal`]), the study's settings
+//! ([`settings`]), the worker loop ([`worker`]) and where a study stands ([`status`]).
+
+pub mod journal;
+pub mod sampler;
+pub mod scheduler;
+pub mod settings;
+pub mod space;
+pub mod status;
+pub mod worker;
+
+pub use sampler::SamplerKind;
+pub use scheduler::{Scheduler, SchedulerKind};
+pub use settings::{Resource, SearchSettings};
+pub use space::{Config, SearchSpace};
+pub use status::{StudyStatus, status};
+pub use worker::{WorkerOptions, WorkerSummary, run_worker};

@@ -1,0 +1,142 @@
+//! Where a study stands, from its journal alone (no lock taken, so it never blocks a
+//! worker): trials started, running, paused, complete and failed, per-rung counts, the
+//! compute used and the best trial on the held-out slice.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::search::journal::{Event, Journal, StudyState, trial_lock_path};
+use crate::search::settings::SearchSettings;
+
+/// A trial's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrialStatus {
+    /// A worker is running it.
+    Running,
+    /// Stopped at a rung below `max_t` (pruned if never promoted).
+    Paused,
+    /// Reached `max_t`.
+    Complete,
+    /// Its latest job failed and a retry is due.
+    Retrying,
+    /// Failed more times than the study retries.
+    Failed,
+}
+
+/// One trial in the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialLine {
+    /// Its index.
+    pub id: usize,
+    /// `method key=value …`.
+    pub config: String,
+    /// Its standing.
+    pub status: TrialStatus,
+    /// The highest rung reached.
+    pub resource: usize,
+    /// The held-out score there (NaN before any).
+    pub score: f64,
+    /// Resource used in all (epochs or steps).
+    pub used: usize,
+    /// Training seconds in all.
+    pub seconds: f64,
+    /// The last error, if any.
+    pub error: Option<String>,
+}
+
+/// The whole study.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudyStatus {
+    /// Trials the study may start.
+    pub budget: usize,
+    /// Every trial.
+    pub trials: Vec<TrialLine>,
+    /// Trials per rung reached.
+    pub per_rung: BTreeMap<usize, usize>,
+    /// Resource used by all trials (what random search would spend is `budget · max_t`).
+    pub used: usize,
+    /// The best trial on the held-out slice at the highest rung any reached.
+    pub best: Option<usize>,
+    /// Damaged journal lines, with their numbers.
+    pub warnings: Vec<String>,
+}
+
+/// Reads the study in `dir`.
+///
+/// # Errors
+/// Not a study folder; the journal cannot be read.
+pub fn status(dir: &Path) -> Result<StudyStatus> {
+    let settings = SearchSettings::read(dir)?;
+    let replay = Journal::open(dir)?.read()?;
+    let state = StudyState::replay(&replay.events);
+    let max_t = settings.scheduler.max_t;
+    let mut per_rung = BTreeMap::new();
+    let mut trials = Vec::new();
+    for t in &state.trials {
+        let scores = t.scores();
+        for (r, _) in &scores {
+            *per_rung.entry(*r).or_insert(0) += 1;
+        }
+        let reached = t.reached();
+        let running = !t.claim_closed && lock_held(dir, t.id);
+        let status = if running {
+            TrialStatus::Running
+        } else if reached >= max_t {
+            TrialStatus::Complete
+        } else if t.failures > settings.max_retries && reached < t.target() {
+            TrialStatus::Failed
+        } else if t.failures > 0 && reached < t.target() || !t.claim_closed {
+            TrialStatus::Retrying
+        } else {
+            TrialStatus::Paused
+        };
+        let seconds = t
+            .reports
+            .iter()
+            .map(|e| match e {
+                Event::Reported { seconds, .. } => *seconds,
+                _ => 0.0,
+            })
+            .sum();
+        trials.push(TrialLine {
+            id: t.id,
+            config: t.config.label(),
+            status,
+            resource: reached,
+            score: scores
+                .iter()
+                .find(|(r, _)| *r == reached)
+                .map_or(f64::NAN, |(_, s)| *s),
+            used: reached,
+            seconds,
+            error: t.last_error.clone(),
+        });
+    }
+    let top = trials.iter().map(|t| t.resource).max().unwrap_or(0);
+    let best = trials
+        .iter()
+        .filter(|t| t.resource == top && t.score.is_finite())
+        .max_by(|a, b| a.score.total_cmp(&b.score).then(b.id.cmp(&a.id)))
+        .map(|t| t.id);
+    Ok(StudyStatus {
+        budget: settings.trials,
+        used: trials.iter().map(|t| t.used).sum(),
+        trials,
+        per_rung,
+        best,
+        warnings: replay.warnings,
+    })
+}
+
+/// Whether a live worker holds the trial's run lock.
+fn lock_held(dir: &Path, trial: usize) -> bool {
+    let path = trial_lock_path(dir, trial);
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}

@@ -1,0 +1,421 @@
+//! A worker: prepares the study once (model, tokenized data), then takes jobs from the
+//! journal until the study is complete — a failed or abandoned job to retry, the promotion
+//! ASHA makes, or a new trial the sampler draws — and runs each to its rung.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+
+use crate::error::Result;
+use crate::jobs::study::{Study, prepare};
+use crate::jobs::trial::{TrialOutput, run_trial};
+use crate::search::journal::{
+    Event, Journal, Locked, StudyState, TrialRecord, now, try_lock_trial,
+};
+use crate::search::sampler::{Observation, TPE_STARTUP, sample};
+use crate::search::scheduler::{Next, TrialView};
+use crate::search::settings::{Resource, SearchSettings};
+use crate::search::space::Config;
+use crate::train::{Control, EvalReport, Observer};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Compute device.
+    pub device: Device,
+    /// How long to sleep when every possible job is running elsewhere.
+    pub poll: Duration,
+    /// Stop after this many jobs (None: when the study is complete).
+    pub max_jobs: Option<usize>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            poll: Duration::from_secs(2),
+            max_jobs: None,
+        }
+    }
+}
+
+/// What one worker did.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSummary {
+    /// Jobs run to their rung.
+    pub reported: usize,
+    /// Jobs that failed.
+    pub failed: usize,
+    /// Seconds spent outside jobs (locking, reading the journal, choosing): the search's
+    /// own overhead.
+    pub overhead_s: f64,
+    /// Seconds preparing the study.
+    pub prepare_s: f64,
+}
+
+/// A trial's folder: its training log and checkpoint.
+pub fn trial_dir(dir: &Path, trial: usize) -> PathBuf {
+    dir.join("trials").join(format!("{trial:06}"))
+}
+
+/// Where a trial that reached `max_t` saves its adapter.
+pub fn adapter_dir(dir: &Path, trial: usize) -> PathBuf {
+    dir.join("adapters").join(format!("{trial:06}"))
+}
+
+/// This worker's name in the journal: host and pid.
+fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// A job a worker has claimed (holding its trial's run lock).
+struct Job {
+    trial: TrialRecord,
+    resource: usize,
+    attempt: usize,
+    _lock: File,
+}
+
+/// Runs jobs of the study in `dir` until it is complete (or `max_jobs`); `on_event` sees
+/// each job's outcome as it is recorded.
+///
+/// # Errors
+/// The journal cannot be read or written; the study cannot be prepared. A trial's own error
+/// is recorded in the journal (and retried), not returned.
+pub fn run_worker(
+    dir: &Path,
+    settings: &SearchSettings,
+    opts: &WorkerOptions,
+    on_event: &mut dyn FnMut(&Config, &Event),
+) -> Result<WorkerSummary> {
+    let journal = Journal::open(dir)?;
+    let name = worker_name();
+    let mut study: Option<Study> = None;
+    let mut summary = WorkerSummary::default();
+    let mut warned = 0usize;
+    loop {
+        if opts
+            .max_jobs
+            .is_some_and(|m| summary.reported + summary.failed >= m)
+        {
+            break;
+        }
+        let choosing = Instant::now();
+        let mut locked = journal.lock()?;
+        let replay = locked.read()?;
+        for w in &replay.warnings[warned.min(replay.warnings.len())..] {
+            tracing::warn!("{}: {w}", dir.display());
+        }
+        warned = replay.warnings.len();
+        let state = StudyState::replay(&replay.events);
+        let job = match claim(dir, settings, &mut locked, &state, &name)? {
+            Claim::Job(job) => job,
+            Claim::Wait => {
+                drop(locked);
+                summary.overhead_s += choosing.elapsed().as_secs_f64();
+                std::thread::sleep(opts.poll);
+                continue;
+            }
+            Claim::Done => break,
+        };
+        drop(locked);
+        summary.overhead_s += choosing.elapsed().as_secs_f64();
+
+        if study.is_none() {
+            let t = Instant::now();
+            study = Some(prepare(settings.study_spec(opts.device.clone())?)?);
+            summary.prepare_s += t.elapsed().as_secs_f64();
+        }
+        let Some(study) = study.as_ref() else {
+            unreachable!("prepared above")
+        };
+        tracing::info!(
+            trial = job.trial.id,
+            resource = job.resource,
+            attempt = job.attempt,
+            "{}",
+            job.trial.config.label()
+        );
+        let event = match run_job(dir, study, settings, &job) {
+            Ok(e) => {
+                summary.reported += 1;
+                e
+            }
+            Err(e) => {
+                summary.failed += 1;
+                tracing::warn!(trial = job.trial.id, "job failed: {e}");
+                Event::Failed {
+                    trial: job.trial.id,
+                    resource: job.resource,
+                    attempt: job.attempt,
+                    error: e.to_string(),
+                    time: now(),
+                }
+            }
+        };
+        let recording = Instant::now();
+        journal.lock()?.append(std::slice::from_ref(&event))?;
+        summary.overhead_s += recording.elapsed().as_secs_f64();
+        on_event(&job.trial.config, &event);
+        drop(job);
+    }
+    Ok(summary)
+}
+
+enum Claim {
+    Job(Job),
+    Wait,
+    Done,
+}
+
+/// Whether a trial's latest job failed and may be tried again.
+fn retry_due(t: &TrialRecord, max_retries: usize) -> bool {
+    t.claim_closed && t.failures > 0 && t.failures <= max_retries && t.reached() < t.target()
+}
+
+/// Whether a trial failed for good.
+fn failed_for_good(t: &TrialRecord, max_retries: usize) -> bool {
+    t.claim_closed && t.failures > max_retries && t.reached() < t.target()
+}
+
+/// Chooses and claims the next job, holding the journal lock: first, claims of dead workers
+/// are closed as failed; then a due retry, else the scheduler's choice.
+fn claim(
+    dir: &Path,
+    settings: &SearchSettings,
+    locked: &mut Locked<'_>,
+    state: &StudyState,
+    worker: &str,
+) -> Result<Claim> {
+    // A claim still open whose run lock is free: its worker died.
+    let mut dead = Vec::new();
+    for t in state.trials.iter().filter(|t| !t.claim_closed) {
+        if let Some(lock) = try_lock_trial(dir, t.id)? {
+            drop(lock);
+            let (resource, holder, attempt) = t.claim.clone().unwrap_or_default();
+            dead.push(Event::Failed {
+                trial: t.id,
+                resource,
+                attempt,
+                error: format!("worker {holder} stopped before the job ended (killed or crashed)"),
+                time: now(),
+            });
+        }
+    }
+    let replayed;
+    let state = if dead.is_empty() {
+        state
+    } else {
+        locked.append(&dead)?;
+        replayed = StudyState::replay(&locked.read()?.events);
+        &replayed
+    };
+
+    // A trial whose creation was recorded but not its claim (a write torn between the two
+    // lines): start it now.
+    if let Some(t) = state.trials.iter().find(|t| t.claim.is_none()) {
+        let resource = settings.scheduler.bracket_rungs(t.bracket)[0];
+        return start_job(dir, locked, t.clone(), resource, 1, worker, None);
+    }
+    let max_retries = settings.max_retries;
+    if let Some(t) = state.trials.iter().find(|t| retry_due(t, max_retries)) {
+        let resource = t.target();
+        return start_job(
+            dir,
+            locked,
+            t.clone(),
+            resource,
+            t.failures + 1,
+            worker,
+            None,
+        );
+    }
+    let views: Vec<TrialView> = state
+        .trials
+        .iter()
+        .map(|t| TrialView {
+            id: t.id,
+            bracket: t.bracket,
+            reports: t.scores(),
+            target: t.target(),
+            busy: !t.claim_closed || retry_due(t, max_retries),
+            failed: failed_for_good(t, max_retries),
+        })
+        .collect();
+    let mut budget = settings.trials;
+    loop {
+        match settings.scheduler.next(&views, budget) {
+            Next::Promote { trial, resource } => {
+                let t = state.trials[trial].clone();
+                return start_job(dir, locked, t, resource, 1, worker, None);
+            }
+            Next::Start { bracket, resource } => {
+                let id = state.trials.len();
+                let history = history(state);
+                let Some(config) = sample(
+                    settings.sampler,
+                    &settings.space,
+                    settings.seed,
+                    id,
+                    &history,
+                ) else {
+                    // A grid used up: the study holds every point.
+                    budget = id;
+                    continue;
+                };
+                let record = TrialRecord {
+                    id,
+                    bracket,
+                    config: config.clone(),
+                    reports: Vec::new(),
+                    claim: None,
+                    claim_closed: true,
+                    failures: 0,
+                    last_error: None,
+                };
+                let created = Event::Created {
+                    trial: id,
+                    bracket,
+                    config,
+                };
+                return start_job(dir, locked, record, resource, 1, worker, Some(created));
+            }
+            Next::Wait => return Ok(Claim::Wait),
+            Next::Done => return Ok(Claim::Done),
+        }
+    }
+}
+
+/// Takes the trial's run lock, then records the claim (and the trial's creation): the lock
+/// is held before the claim is visible, so no other worker takes the claim for a dead one.
+fn start_job(
+    dir: &Path,
+    locked: &mut Locked<'_>,
+    trial: TrialRecord,
+    resource: usize,
+    attempt: usize,
+    worker: &str,
+    created: Option<Event>,
+) -> Result<Claim> {
+    let Some(lock) = try_lock_trial(dir, trial.id)? else {
+        // Held by a live worker that has not recorded its claim yet: choose again later.
+        return Ok(Claim::Wait);
+    };
+    let mut events: Vec<Event> = created.into_iter().collect();
+    events.push(Event::Claimed {
+        trial: trial.id,
+        resource,
+        worker: worker.to_string(),
+        attempt,
+        time: now(),
+    });
+    locked.append(&events)?;
+    Ok(Claim::Job(Job {
+        trial,
+        resource,
+        attempt,
+        _lock: lock,
+    }))
+}
+
+/// What TPE learns from: every trial's score at the highest rung that at least
+/// `TPE_STARTUP` trials reached (BOHB's rule: the largest budget with enough observations).
+fn history(state: &StudyState) -> Vec<Observation> {
+    let mut per_rung: BTreeMap<usize, Vec<Observation>> = BTreeMap::new();
+    for t in &state.trials {
+        for (resource, score) in t.scores() {
+            per_rung.entry(resource).or_default().push(Observation {
+                config: t.config.clone(),
+                score,
+            });
+        }
+    }
+    per_rung
+        .into_iter()
+        .rev()
+        .find(|(_, obs)| obs.len() >= TPE_STARTUP)
+        .map(|(_, obs)| obs)
+        .unwrap_or_default()
+}
+
+/// Stops a trial at its rung and keeps the held-out curve of the job.
+struct RungStop {
+    resource: Resource,
+    rung: usize,
+    max_t: usize,
+    steps_per_unit: usize,
+    curve: Vec<(usize, f64)>,
+}
+
+impl Observer for RungStop {
+    fn on_start(&mut self, total_steps: usize, start_step: usize) -> Control {
+        self.steps_per_unit = match self.resource {
+            Resource::Epochs => (total_steps / self.max_t.max(1)).max(1),
+            Resource::Steps => 1,
+        };
+        // A job retried after its worker died once the rung's checkpoint was saved: the
+        // rung is reached already, and training on would overshoot it.
+        if start_step >= self.rung * self.steps_per_unit {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn on_eval(&mut self, eval: &EvalReport) -> Control {
+        self.curve.push((eval.step, eval.primary));
+        if eval.step >= self.rung * self.steps_per_unit {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+}
+
+/// Runs a job: the trial continues from its checkpoint up to the rung; at `max_t` its
+/// adapter is saved in [`adapter_dir`].
+fn run_job(dir: &Path, study: &Study, settings: &SearchSettings, job: &Job) -> Result<Event> {
+    let spec = settings.trial_spec(&job.trial.config)?;
+    let out = TrialOutput {
+        dir: trial_dir(dir, job.trial.id),
+        resume: true,
+    };
+    let mut rung = RungStop {
+        resource: settings.resource,
+        rung: job.resource,
+        max_t: settings.scheduler.max_t,
+        steps_per_unit: 1,
+        curve: Vec::new(),
+    };
+    let started = Instant::now();
+    // Also puts back a checkpoint a killed worker left mid-swap.
+    let _trial_folder = crate::io::OutputLock::acquire(&out.dir)?;
+    let trial = run_trial(study, &spec, &out, &mut [&mut rung])?;
+    let adapter = if job.resource >= settings.scheduler.max_t {
+        let path = adapter_dir(dir, job.trial.id);
+        let lock = crate::io::OutputLock::acquire(&path)?;
+        let wall_s = started.elapsed().as_secs_f64() + trial.summary.carried_s;
+        crate::jobs::finetune::save_trial(study, &spec, &trial, lock, wall_s)?;
+        Some(path)
+    } else {
+        None
+    };
+    Ok(Event::Reported {
+        trial: job.trial.id,
+        resource: job.resource,
+        score: trial.summary.best_primary,
+        curve: rung.curve,
+        dev: trial.dev_metrics,
+        steps: trial.summary.steps,
+        seconds: trial.summary.elapsed_s,
+        peak_rss_mib: crate::io::peak_rss_mib(),
+        adapter,
+        time: now(),
+    })
+}

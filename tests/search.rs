@@ -1,0 +1,295 @@
+//! `ttlora search` end to end on a tiny random BERT and the bundled SST-2 rows: ASHA's early
+//! stopping recorded in the journal, a rerun that runs nothing twice, studies killed during a
+//! trial and during a journal write that end as an uninterrupted one, two workers sharing a
+//! study, and bad input.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ttlora::models::BertConfig;
+
+use crate::common::{
+    TempDir, assert_clear_error, bundled_data, json_out, path_str, stderr, tiny_bert_folder, ttlora,
+};
+
+const SPACE: &str = "[ttlora]\nrank = [2, 4]\nalpha = [4, 8]\n\
+                     lr = { low = 1e-3, high = 3e-2, log = true }\n[lora]\nr = [2, 4]\n";
+
+/// The `search` command line of the tests' study in `out`.
+fn search_args(model: &Path, space: &Path, out: &Path) -> Vec<String> {
+    [
+        "search",
+        "--task",
+        "sst2",
+        "--data",
+        path_str(&bundled_data()),
+        "--model",
+        path_str(model),
+        "--space",
+        path_str(space),
+        "--out",
+        path_str(out),
+        "--trials",
+        "6",
+        "--max-t",
+        "3",
+        "--max-train",
+        "48",
+        "--batch-size",
+        "16",
+        "--seed",
+        "1",
+        "--offline",
+        "--json",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run(args: &[String]) -> std::process::Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ttlora(&args)
+}
+
+/// The journal's events as JSON values.
+fn journal(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// (trial, config, highest rung, score there) of every trial: what two studies with the same
+/// seed must agree on.
+fn outcome(status: &serde_json::Value) -> BTreeSet<String> {
+    status["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} {} {}",
+                t["id"], t["config"], t["resource"], t["score"]
+            )
+        })
+        .collect()
+}
+
+/// A fresh study folder with the space file beside it.
+fn setup(name: &str) -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let model = tiny_bert_folder(name, BertConfig::tiny());
+    let space = model.join("space.toml");
+    std::fs::write(&space, SPACE).unwrap();
+    let out = model.join("study");
+    (model, space, out)
+}
+
+#[test]
+fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
+    let (model, space, out) = setup("search-asha");
+    let args = search_args(&model, &space, &out);
+    let status = json_out(run(&args));
+    let trials = status["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 6);
+    // Every trial reached rung 1; ASHA (η = 3) took the top third on to max_t = 3 and left
+    // the others paused where they stopped.
+    assert_eq!(status["per_rung"]["1"], 6);
+    let complete = trials.iter().filter(|t| t["status"] == "complete").count();
+    let paused = trials.iter().filter(|t| t["status"] == "paused").count();
+    assert!((2..=3).contains(&complete), "{status}");
+    assert_eq!(complete + paused, 6, "{status}");
+    for t in trials {
+        let r = t["resource"].as_u64().unwrap();
+        assert!(r == 1 || r == 3, "a trial stops at a rung: {t}");
+        assert!(t["score"].as_f64().is_some(), "{t}");
+    }
+    let used = status["used"].as_u64().unwrap();
+    assert!(
+        used < 6 * 3,
+        "early stopping saves compute: {used} of 18 epochs"
+    );
+
+    // The journal shows each pruned trial's one job, stopped at its rung after 1 epoch of
+    // steps (48 examples, 10% held out → 43 → 3 batches of 16), and a complete trial's
+    // adapter saved.
+    let events = journal(&out);
+    for t in trials.iter().filter(|t| t["status"] == "paused") {
+        let reports: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["event"] == "reported" && e["trial"] == t["id"])
+            .collect();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0]["steps"], 3);
+        assert_eq!(reports[0]["resource"], 1);
+    }
+    let done = trials.iter().find(|t| t["status"] == "complete").unwrap();
+    let adapter = events
+        .iter()
+        .find(|e| e["event"] == "reported" && e["trial"] == done["id"] && e["resource"] == 3)
+        .unwrap()["adapter"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(Path::new(&adapter).join("adapter_config.json").is_file());
+    assert!(Path::new(&adapter).join("eval_results.json").is_file());
+
+    // Running the same command again continues a complete study: nothing runs.
+    let again = json_out(run(&args));
+    assert_eq!(outcome(&again), outcome(&status));
+    assert_eq!(journal(&out).len(), events.len(), "no job ran twice");
+    let shown = json_out(ttlora(&["search", "status", path_str(&out), "--json"]));
+    assert_eq!(outcome(&shown), outcome(&status));
+    // --resume takes the folder's settings.
+    let resumed = json_out(ttlora(&[
+        "search",
+        "--resume",
+        "--out",
+        path_str(&out),
+        "--json",
+        "--quiet",
+    ]));
+    assert_eq!(outcome(&resumed), outcome(&status));
+}
+
+#[test]
+fn a_study_killed_mid_write_or_mid_trial_ends_as_an_uninterrupted_one() {
+    let (model, space, out) = setup("search-kill");
+    let reference = json_out(run(&search_args(&model, &space, &out)));
+
+    // Killed while appending its 5th journal batch: half a line is left on disk.
+    let torn = model.join("study-torn");
+    let args = search_args(&model, &space, &torn);
+    let killed = Command::new(env!("CARGO_BIN_EXE_ttlora"))
+        .args(&args)
+        .env("TTLORA_KILL_IN_APPEND", "5")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the fault point aborts");
+    let text = std::fs::read_to_string(torn.join("journal.jsonl")).unwrap();
+    assert!(!text.ends_with('\n'), "a torn last line is left");
+    let resumed = json_out(run(&args));
+    assert_eq!(outcome(&resumed), outcome(&reference));
+    assert!(resumed["warnings"].as_array().unwrap().is_empty());
+
+    // SIGKILLed during a trial (once trial 2's job is claimed), then rerun.
+    let mid = model.join("study-mid");
+    let args = search_args(&model, &space, &mid);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ttlora"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let claimed = |e: &serde_json::Value| e["event"] == "claimed" && e["trial"] == 2;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(mid.join("journal.jsonl").is_file() && journal(&mid).iter().any(claimed)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trial 2 never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = json_out(run(&args));
+    assert_eq!(outcome(&resumed), outcome(&reference));
+    // If the kill landed before trial 2 reported, the rerun recorded the dead worker's job
+    // as failed and ran it again; no trial failed for good.
+    let events = journal(&mid);
+    for f in events.iter().filter(|e| e["event"] == "failed") {
+        assert!(
+            f["error"]
+                .as_str()
+                .unwrap()
+                .contains("stopped before the job ended"),
+            "{f}"
+        );
+    }
+    assert!(
+        resumed["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] != "failed")
+    );
+}
+
+#[test]
+fn two_workers_share_a_study_without_running_a_job_twice() {
+    let (model, space, out) = setup("search-workers");
+    let mut args = search_args(&model, &space, &out);
+    args.extend(["--workers".to_string(), "2".to_string()]);
+    let status = json_out(run(&args));
+    assert_eq!(status["trials"].as_array().unwrap().len(), 6);
+    let events = journal(&out);
+    let workers: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "claimed")
+        .map(|e| e["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "both workers took jobs");
+    let mut claims = BTreeSet::new();
+    for e in events.iter().filter(|e| e["event"] == "claimed") {
+        assert!(
+            claims.insert((e["trial"].as_u64(), e["resource"].as_u64())),
+            "claimed twice: {e}"
+        );
+    }
+    let ids: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "created")
+        .map(|e| e["trial"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (0..6).collect::<Vec<_>>(),
+        "trial ids are unique and dense"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_before_any_training() {
+    let (model, space, out) = setup("search-bad");
+    let mut args = search_args(&model, &space, &out);
+    let bad_space = model.join("bad.toml");
+    std::fs::write(&bad_space, "[ttlora]\nrank = [0]\n").unwrap();
+    let pos = args.iter().position(|a| a == "--space").unwrap();
+    args[pos + 1] = bad_space.to_str().unwrap().to_string();
+    let o = run(&args);
+    assert_clear_error(&o, &["bad.toml", "[ttlora] rank = 0"]);
+    assert!(!out.exists(), "nothing written");
+
+    // A grid over a range.
+    let args = {
+        let mut a = search_args(&model, &space, &out);
+        a.extend(["--sampler".into(), "grid".into()]);
+        a
+    };
+    assert_clear_error(&run(&args), &["grid needs lists only"]);
+
+    // Another study's folder: the differing settings are named.
+    let ok = search_args(&model, &space, &out);
+    assert!(run(&ok).status.success());
+    let mut other = ok.clone();
+    let pos = other.iter().position(|a| a == "--seed").unwrap();
+    other[pos + 1] = "2".into();
+    assert_clear_error(&run(&other), &["other settings", "seed (study: 1, now: 2)"]);
+    // --resume with a study flag.
+    let o = ttlora(&[
+        "search",
+        "--resume",
+        "--out",
+        path_str(&out),
+        "--trials",
+        "9",
+    ]);
+    assert_clear_error(&o, &["--resume continues", "--trials"]);
+    // status of a folder that is no study.
+    let o = ttlora(&["search", "status", path_str(&model)]);
+    assert_clear_error(&o, &["not a study folder"]);
+    assert!(stderr(&o).lines().count() <= 2);
+}
