@@ -153,6 +153,38 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
         "--quiet",
     ]));
     assert_eq!(outcome(&resumed), outcome(&status));
+
+    // The report: Markdown with the front and every trial, plots as SVG and PNG.
+    let report = json_out(ttlora(&["search", "report", path_str(&out), "--json"]));
+    let front = report["front"].as_array().unwrap();
+    assert!(!front.is_empty());
+    assert!(
+        front
+            .iter()
+            .all(|id| trials[id.as_u64().unwrap() as usize]["status"] == "complete")
+    );
+    assert_eq!(report["used"], status["used"]);
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(md.contains("## Pareto front at max_t"), "{md}");
+    assert_eq!(md.matches("| paused |").count(), paused, "{md}");
+    for plot in ["front", "history", "curves"] {
+        let svg = std::fs::read_to_string(out.join(format!("report/{plot}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("held-out"),
+            "{plot}.svg"
+        );
+        let png = std::fs::read(out.join(format!("report/{plot}.png"))).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{plot}.png");
+        assert!(png.len() > 5_000, "{plot}.png holds a drawing");
+    }
+    if std::env::var_os("TTLORA_KEEP_REPORT").is_some() {
+        let keep = std::path::PathBuf::from(std::env::var_os("TTLORA_KEEP_REPORT").unwrap());
+        let _ = std::fs::create_dir_all(&keep);
+        for f in std::fs::read_dir(out.join("report")).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, keep.join(f.file_name().unwrap())).unwrap();
+        }
+    }
 }
 
 #[test]

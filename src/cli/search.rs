@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use ttlora::search::journal::Event;
 use ttlora::search::{
-    Config, Resource, SamplerKind, Scheduler, SchedulerKind, SearchSettings, SearchSpace,
+    Config, Report, Resource, SamplerKind, Scheduler, SchedulerKind, SearchSettings, SearchSpace,
     StudyStatus, WorkerOptions, run_worker, status,
 };
 
@@ -28,6 +28,14 @@ pub struct SearchArgs {
 enum SearchCommand {
     /// Where a study stands: trials by status, rungs, compute used, the best trial.
     Status {
+        /// The study folder.
+        dir: PathBuf,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+    /// Writes the trade-off report: DIR/report/report.md with the Pareto front, every trial,
+    /// each setting's sensitivity, and plots (SVG and PNG); prints the front.
+    Report {
         /// The study folder.
         dir: PathBuf,
         #[command(flatten)]
@@ -146,6 +154,7 @@ struct StartArgs {
 pub fn run(a: SearchArgs) -> Result<()> {
     match a.command {
         Some(SearchCommand::Status { dir, output }) => print_status(&status(&dir)?, output.json),
+        Some(SearchCommand::Report { dir, output }) => report(&dir, output.json),
         Some(SearchCommand::Worker { dir, device, quiet }) => {
             let settings = SearchSettings::read(&dir)?;
             work(&dir, &settings, device.device()?, quiet)
@@ -394,5 +403,51 @@ fn print_status(s: &StudyStatus, json: bool) -> Result<()> {
     if let Some(best) = s.best {
         writeln!(out, "best on the held-out slice: trial {best}")?;
     }
+    Ok(())
+}
+
+/// `search report`: the Markdown and plots into DIR/report/, the front on stdout.
+fn report(dir: &Path, json: bool) -> Result<()> {
+    let r: Report = ttlora::search::build_report(dir)?;
+    let out_dir = dir.join("report");
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let plots = ttlora::search::plot::write_plots(&r, &out_dir)?;
+    let refs: Vec<(&str, &str)> = plots.iter().map(|(n, f)| (*n, f.as_str())).collect();
+    let md_path = out_dir.join("report.md");
+    ttlora::io::write_atomic(&md_path, ttlora::search::report_markdown(&r, &refs))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} trials; resource used {} of {} without pruning",
+        r.trials.len(),
+        r.used,
+        r.without_pruning
+    )?;
+    writeln!(
+        out,
+        "Pareto front at max_t (held-out score against trainable parameters):"
+    )?;
+    writeln!(
+        out,
+        "{:>5}  {:>10}  {:>8}  config",
+        "trial", "trainable", "held-out"
+    )?;
+    for id in &r.front {
+        let t = &r.trials[*id];
+        writeln!(
+            out,
+            "{:>5}  {:>10}  {:>8.4}  {}",
+            t.id,
+            t.params,
+            t.score,
+            t.config.label()
+        )?;
+    }
+    writeln!(out, "report written to {}", md_path.display())?;
     Ok(())
 }

@@ -66,6 +66,8 @@ pub enum Event {
         curve: Vec<(usize, f64)>,
         /// The official dev metrics of the selected weights (not used to select).
         dev: BTreeMap<String, f64>,
+        /// Trainable adapter parameters (the head, the same for every method, not counted).
+        params: usize,
         /// Optimizer steps done in all.
         steps: usize,
         /// Training seconds of this job.
@@ -487,6 +489,7 @@ mod tests {
             score,
             curve: vec![(3, score)],
             dev: BTreeMap::new(),
+            params: 100,
             steps: 3,
             seconds: 1.0,
             peak_rss_mib: 10.0,

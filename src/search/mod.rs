@@ -2,9 +2,12 @@
 //! a space file ([`space`]), samplers ([`sampler`]: grid, random, TPE), schedulers that stop
 //! poor trials early ([`scheduler`]: ASHA, HyperBand), a journal several worker processes
 //! share without a server and that survives kills ([`journal`]), the study's settings
-//! ([`settings`]), the worker loop ([`worker`]) and where a study stands ([`status`]).
+//! ([`settings`]), the worker loop ([`worker`]), where a study stands ([`status`]) and the
+//! trade-off report with its plots ([`report`], [`plot`]).
 
 pub mod journal;
+pub mod plot;
+pub mod report;
 pub mod sampler;
 pub mod scheduler;
 pub mod settings;
@@ -12,6 +15,7 @@ pub mod space;
 pub mod status;
 pub mod worker;
 
+pub use report::{Report, build as build_report, markdown as report_markdown};
 pub use sampler::SamplerKind;
 pub use scheduler::{Scheduler, SchedulerKind};
 pub use settings::{Resource, SearchSettings};

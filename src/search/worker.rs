@@ -412,6 +412,7 @@ fn run_job(dir: &Path, study: &Study, settings: &SearchSettings, job: &Job) -> R
         score: trial.summary.best_primary,
         curve: rung.curve,
         dev: trial.dev_metrics,
+        params: trial.params.adapter,
         steps: trial.summary.steps,
         seconds: trial.summary.elapsed_s,
         peak_rss_mib: crate::io::peak_rss_mib(),
