@@ -177,6 +177,36 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
         assert_eq!(&png[1..4], b"PNG", "{plot}.png");
         assert!(png.len() > 5_000, "{plot}.png holds a drawing");
     }
+    // The search's own cost is measured by the workers and reported.
+    let overhead = &report["overhead"];
+    assert!(overhead["jobs"].as_u64().unwrap() >= 8, "{overhead}");
+    assert!(overhead["per_job_s"].as_f64().unwrap() < overhead["job_s"].as_f64().unwrap());
+
+    // The front confirmed with two further seeds on dev; a second report reuses the runs.
+    let args = [
+        "search",
+        "report",
+        path_str(&out),
+        "--confirm-seeds",
+        "2",
+        "--json",
+    ];
+    let confirmed = json_out(ttlora(&args))["confirmed"].clone();
+    assert_eq!(confirmed.as_array().unwrap().len(), front.len());
+    for c in confirmed.as_array().unwrap() {
+        assert_eq!(c["seeds"], serde_json::json!([2, 3]));
+        assert_eq!(c["dev"].as_array().unwrap().len(), 2);
+        let dir = out.join(format!("confirm/{:06}-seed2", c["trial"].as_u64().unwrap()));
+        assert!(dir.join("eval_results.json").is_file());
+    }
+    assert_eq!(
+        json_out(ttlora(&args))["confirmed"],
+        confirmed,
+        "reused, not rerun"
+    );
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(md.contains("## The front confirmed on dev"), "{md}");
+
     if std::env::var_os("TTLORA_KEEP_REPORT").is_some() {
         let keep = std::path::PathBuf::from(std::env::var_os("TTLORA_KEEP_REPORT").unwrap());
         let _ = std::fs::create_dir_all(&keep);

@@ -38,6 +38,12 @@ enum SearchCommand {
     Report {
         /// The study folder.
         dir: PathBuf,
+        /// Train each front config again with N further seeds and score it on dev (mean ±
+        /// std in the report); runs saved under DIR/confirm/ are reused.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        confirm_seeds: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
         #[command(flatten)]
         output: JsonArgs,
     },
@@ -154,7 +160,12 @@ struct StartArgs {
 pub fn run(a: SearchArgs) -> Result<()> {
     match a.command {
         Some(SearchCommand::Status { dir, output }) => print_status(&status(&dir)?, output.json),
-        Some(SearchCommand::Report { dir, output }) => report(&dir, output.json),
+        Some(SearchCommand::Report {
+            dir,
+            confirm_seeds,
+            device,
+            output,
+        }) => report(&dir, confirm_seeds, device.device()?, output.json),
         Some(SearchCommand::Worker { dir, device, quiet }) => {
             let settings = SearchSettings::read(&dir)?;
             work(&dir, &settings, device.device()?, quiet)
@@ -407,8 +418,17 @@ fn print_status(s: &StudyStatus, json: bool) -> Result<()> {
 }
 
 /// `search report`: the Markdown and plots into DIR/report/, the front on stdout.
-fn report(dir: &Path, json: bool) -> Result<()> {
-    let r: Report = ttlora::search::build_report(dir)?;
+fn report(dir: &Path, confirm_seeds: usize, device: candle_core::Device, json: bool) -> Result<()> {
+    let mut r: Report = ttlora::search::build_report(dir)?;
+    if confirm_seeds > 0 {
+        let mut line = |trial: usize, seed: u64, score: f64| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "confirm: trial {trial} seed {seed}: dev {score:.4}"
+            );
+        };
+        r.confirmed = ttlora::search::confirm::confirm(dir, &r, confirm_seeds, device, &mut line)?;
+    }
     let out_dir = dir.join("report");
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;

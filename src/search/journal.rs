@@ -79,6 +79,22 @@ pub enum Event {
         /// Seconds since the Unix epoch.
         time: f64,
     },
+    /// A worker finished: what it spent outside jobs, for the overhead measurement.
+    WorkerDone {
+        /// Which worker.
+        worker: String,
+        /// Jobs it ran (reported and failed).
+        jobs: usize,
+        /// Seconds spent choosing and recording jobs (lock, journal read, sampler,
+        /// scheduler, append): the search's own overhead.
+        overhead_s: f64,
+        /// Seconds spent preparing the study (model and tokenized data), once per worker.
+        prepare_s: f64,
+        /// Seconds spent running jobs.
+        jobs_s: f64,
+        /// Seconds since the Unix epoch.
+        time: f64,
+    },
     /// A job failed (a retry follows until the study's limit).
     Failed {
         /// The trial.
@@ -392,6 +408,7 @@ impl StudyState {
                         t.claim_closed = true;
                     }
                 }
+                Event::WorkerDone { .. } => {}
                 Event::Failed { trial, error, .. } => {
                     if let Some(t) = s.trials.get_mut(*trial) {
                         t.failures += 1;

@@ -5,6 +5,7 @@
 //! ([`settings`]), the worker loop ([`worker`]), where a study stands ([`status`]) and the
 //! trade-off report with its plots ([`report`], [`plot`]).
 
+pub mod confirm;
 pub mod journal;
 pub mod plot;
 pub mod report;

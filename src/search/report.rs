@@ -58,6 +58,23 @@ pub struct Sensitivity {
     pub trials: usize,
 }
 
+/// What the search itself cost, from the workers' own accounts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overhead {
+    /// Workers that finished.
+    pub workers: usize,
+    /// Jobs they ran.
+    pub jobs: usize,
+    /// Mean seconds per job spent choosing and recording it (lock, journal, sampler,
+    /// scheduler).
+    pub per_job_s: f64,
+    /// Mean seconds per job spent training and scoring.
+    pub job_s: f64,
+    /// Mean seconds a worker spent preparing the study once (what every trial would pay if
+    /// each loaded the model and tokenized the data itself).
+    pub prepare_s: f64,
+}
+
 /// A study's report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -79,8 +96,40 @@ pub struct Report {
     pub sensitivity: Vec<Sensitivity>,
     /// The rung the sensitivity is measured at.
     pub sensitivity_rung: usize,
+    /// The search's own cost (None until a worker finished).
+    pub overhead: Option<Overhead>,
+    /// The front re-run with further seeds on dev (`search report --confirm-seeds N`).
+    pub confirmed: Vec<crate::search::confirm::Confirmed>,
     /// Damaged journal lines.
     pub warnings: Vec<String>,
+}
+
+/// Sums the workers' accounts.
+fn overhead(events: &[Event]) -> Option<Overhead> {
+    let (mut workers, mut jobs, mut over, mut run, mut prep) = (0, 0, 0.0, 0.0, 0.0);
+    for e in events {
+        if let Event::WorkerDone {
+            jobs: j,
+            overhead_s,
+            prepare_s,
+            jobs_s,
+            ..
+        } = e
+        {
+            workers += 1;
+            jobs += j;
+            over += overhead_s;
+            run += jobs_s;
+            prep += prepare_s;
+        }
+    }
+    (jobs > 0).then(|| Overhead {
+        workers,
+        jobs,
+        per_job_s: over / jobs as f64,
+        job_s: run / jobs as f64,
+        prepare_s: prep / workers as f64,
+    })
 }
 
 /// Builds the report of the study in `dir`.
@@ -160,6 +209,8 @@ pub fn build(dir: &Path) -> Result<Report> {
         best,
         sensitivity,
         sensitivity_rung,
+        overhead: overhead(&replay.events),
+        confirmed: Vec::new(),
         warnings: st.warnings,
     })
 }
@@ -296,12 +347,12 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
     let _ = writeln!(md, "# Search report: {} on {}\n", s.task, s.model);
     let _ = writeln!(
         md,
-        "Sampler {:?}, scheduler {:?} (reduction factor {}, grace period {}, max_t {} {unit}), \
+        "Sampler {}, scheduler {} (reduction factor {}, grace period {}, max_t {} {unit}), \
          {} of {} trials started, seed {}, {:.0}% of the training examples held out for \
          selection (max {} training examples, max length {}). Scores are the held-out slice's \
          {}; dev metrics are shown for reference and were not used to choose.\n",
-        s.sampler,
-        s.scheduler.kind,
+        format!("{:?}", s.sampler).to_ascii_lowercase(),
+        format!("{:?}", s.scheduler.kind).to_ascii_lowercase(),
         s.scheduler.reduction_factor,
         s.scheduler.grace_period,
         s.scheduler.max_t,
@@ -322,6 +373,22 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
         100.0 * r.used as f64 / r.without_pruning.max(1) as f64,
         r.seconds
     );
+    if let Some(o) = &r.overhead {
+        let _ = writeln!(
+            md,
+            "The search's own cost: {:.1} ms per job for choosing and recording it ({:.3}% of \
+             a job's {:.1} s), over {} jobs; preparing the model and tokenized data took {:.1} s \
+             once per worker ({} workers), {:.0}% of a job, which per-trial loading would pay \
+             every time.\n",
+            1e3 * o.per_job_s,
+            100.0 * o.per_job_s / o.job_s.max(1e-9),
+            o.job_s,
+            o.jobs,
+            o.prepare_s,
+            o.workers,
+            100.0 * o.prepare_s / o.job_s.max(1e-9),
+        );
+    }
     for w in &r.warnings {
         let _ = writeln!(md, "Warning: {w}\n");
     }
@@ -336,6 +403,31 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
     for (name, file) in plots {
         if *name == "front" {
             let _ = writeln!(md, "\n![score against parameters]({file})");
+        }
+    }
+    if !r.confirmed.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## The front confirmed on dev\n\nEach front config trained again from scratch \
+             with seeds {:?} (the study's data split), scored on the official dev split.\n",
+            r.confirmed[0].seeds
+        );
+        let _ = writeln!(
+            md,
+            "| trial | trainable | dev mean ± std | per seed | config |\n|---:|---:|---:|---|---|"
+        );
+        for c in &r.confirmed {
+            let per: Vec<String> = c.dev.iter().map(|x| format!("{x:.4}")).collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.4} ± {:.4} | {} | {} |",
+                c.trial,
+                c.params,
+                c.mean,
+                c.std,
+                per.join(", "),
+                c.config
+            );
         }
     }
     let _ = writeln!(md, "\n## All trials, best first\n");

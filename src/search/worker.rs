@@ -54,6 +54,8 @@ pub struct WorkerSummary {
     pub overhead_s: f64,
     /// Seconds preparing the study.
     pub prepare_s: f64,
+    /// Seconds running jobs.
+    pub jobs_s: f64,
 }
 
 /// A trial's folder: its training log and checkpoint.
@@ -142,7 +144,10 @@ pub fn run_worker(
             "{}",
             job.trial.config.label()
         );
-        let event = match run_job(dir, study, settings, &job) {
+        let running = Instant::now();
+        let result = run_job(dir, study, settings, &job);
+        summary.jobs_s += running.elapsed().as_secs_f64();
+        let event = match result {
             Ok(e) => {
                 summary.reported += 1;
                 e
@@ -164,6 +169,16 @@ pub fn run_worker(
         summary.overhead_s += recording.elapsed().as_secs_f64();
         on_event(&job.trial.config, &event);
         drop(job);
+    }
+    if summary.reported + summary.failed > 0 {
+        journal.lock()?.append(&[Event::WorkerDone {
+            worker: name,
+            jobs: summary.reported + summary.failed,
+            overhead_s: summary.overhead_s,
+            prepare_s: summary.prepare_s,
+            jobs_s: summary.jobs_s,
+            time: now(),
+        }])?;
     }
     Ok(summary)
 }
@@ -258,13 +273,7 @@ fn claim(
             Next::Start { bracket, resource } => {
                 let id = state.trials.len();
                 let history = history(state);
-                let Some(config) = sample(
-                    settings.sampler,
-                    &settings.space,
-                    settings.seed,
-                    id,
-                    &history,
-                ) else {
+                let Some(config) = sample_new(settings, id, &history, &state.trials) else {
                     // A grid used up: the study holds every point.
                     budget = id;
                     continue;
@@ -290,6 +299,33 @@ fn claim(
             Next::Done => return Ok(Claim::Done),
         }
     }
+}
+
+/// Draws trial `id`'s config, drawing again (up to 100 times, each draw seeded by the trial
+/// and the attempt) while it repeats an earlier trial's: a small discrete space such as
+/// LoRA's five ranks would otherwise spend trials on configs already run.
+fn sample_new(
+    settings: &SearchSettings,
+    id: usize,
+    history: &[Observation],
+    trials: &[TrialRecord],
+) -> Option<Config> {
+    let mut config = None;
+    for attempt in 0..100usize {
+        let index = id + attempt * 1_000_003;
+        config = sample(
+            settings.sampler,
+            &settings.space,
+            settings.seed,
+            index,
+            history,
+        );
+        match &config {
+            Some(c) if trials.iter().any(|t| t.config == *c) => continue,
+            _ => return config,
+        }
+    }
+    config
 }
 
 /// Takes the trial's run lock, then records the claim (and the trial's creation): the lock
@@ -419,4 +455,58 @@ fn run_job(dir: &Path, study: &Study, settings: &SearchSettings, job: &Job) -> R
         adapter,
         time: now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::sampler::SamplerKind;
+    use crate::search::scheduler::{Scheduler, SchedulerKind};
+    use crate::search::space::SearchSpace;
+
+    #[test]
+    fn a_new_trial_does_not_repeat_an_earlier_config() {
+        let settings = SearchSettings {
+            task: "sst2".into(),
+            data: None,
+            model: "m".into(),
+            max_len: 16,
+            held_out: 0.1,
+            max_train: None,
+            seed: 0,
+            space: SearchSpace::parse("[lora]\nr = [1, 2, 3]\n", Path::new("s.toml")).unwrap(),
+            sampler: SamplerKind::Random,
+            scheduler: Scheduler {
+                kind: SchedulerKind::Asha,
+                reduction_factor: 3,
+                grace_period: 1,
+                max_t: 3,
+            },
+            resource: Resource::Epochs,
+            trials: 3,
+            max_retries: 0,
+            batch_size: 8,
+            allow_fetch: false,
+        };
+        let mut trials: Vec<TrialRecord> = Vec::new();
+        for id in 0..3 {
+            let config = sample_new(&settings, id, &[], &trials).unwrap();
+            assert!(
+                trials.iter().all(|t| t.config != config),
+                "{config:?} repeats"
+            );
+            trials.push(TrialRecord {
+                id,
+                bracket: 0,
+                config,
+                reports: Vec::new(),
+                claim: None,
+                claim_closed: true,
+                failures: 0,
+                last_error: None,
+            });
+        }
+        // The space is used up: a repeat is all there is.
+        assert!(sample_new(&settings, 3, &[], &trials).is_some());
+    }
 }
