@@ -350,8 +350,78 @@ fn bad_input_is_refused_before_any_training() {
         "9",
     ]);
     assert_clear_error(&o, &["--resume continues", "--trials"]);
+    // Slurm's flags without the Slurm executor.
+    let mut local = search_args(&model, &space, &model.join("study-2"));
+    local.extend(["--partition".into(), "gpu".into()]);
+    assert_clear_error(&run(&local), &["--partition is for --executor slurm"]);
+    assert!(!model.join("study-2").exists(), "nothing written");
     // status of a folder that is no study.
     let o = ttlora(&["search", "status", path_str(&model)]);
     assert_clear_error(&o, &["not a study folder"]);
     assert!(stderr(&o).lines().count() <= 2);
+}
+
+/// Whether a Slurm cluster answers here (`scripts/slurm_local.sh` starts a one-node one).
+fn slurm_reachable() -> bool {
+    Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && {
+                let states = String::from_utf8_lossy(&o.stdout);
+                states.contains("idle") || states.contains("mix")
+            }
+        })
+}
+
+#[test]
+fn a_slurm_array_of_two_workers_runs_the_study() {
+    if !slurm_reachable() {
+        eprintln!(
+            "skipped: no Slurm cluster reachable (`sinfo`); scripts/slurm_local.sh starts a \
+             one-node cluster, as .ci/run does"
+        );
+        return;
+    }
+    let (model, space, out) = setup("search-slurm");
+    let mut args = search_args(&model, &space, &out);
+    args.extend(
+        [
+            "--executor",
+            "slurm",
+            "--workers",
+            "2",
+            "--cpus-per-task",
+            "1",
+            "--wait",
+        ]
+        .map(String::from),
+    );
+    let status = json_out(run(&args));
+    let trials = status["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 6);
+    assert!(
+        trials
+            .iter()
+            .all(|t| t["status"] == "complete" || t["status"] == "paused"),
+        "{status}"
+    );
+    let script = std::fs::read_to_string(out.join("slurm/search.sbatch")).unwrap();
+    assert!(script.contains("#SBATCH --array=0-1"), "{script}");
+    assert!(script.contains("search worker"), "{script}");
+    let logs = std::fs::read_dir(out.join("slurm"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("worker-")
+        })
+        .count();
+    assert_eq!(logs, 2, "one log per array task");
+    let events = journal(&out);
+    let workers: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "worker_done")
+        .map(|e| e["worker"].as_str().unwrap())
+        .collect();
+    assert!(!workers.is_empty(), "the array's workers ran jobs");
 }

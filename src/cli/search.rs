@@ -74,6 +74,12 @@ enum SchedulerArg {
     None,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExecutorArg {
+    Local,
+    Slurm,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ResourceArg {
     Epochs,
@@ -142,9 +148,33 @@ struct StartArgs {
     /// Retries of a failed job before its trial counts as failed [default: 2].
     #[arg(long)]
     max_retries: Option<usize>,
-    /// Worker processes sharing the study (threads per worker: cores / N).
+    /// Worker processes sharing the study (local: threads per worker = cores / N; slurm:
+    /// the array's tasks).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Where workers run: here, or as a Slurm job array (`sbatch`) whose tasks run `ttlora
+    /// search worker DIR`.
+    #[arg(long, value_enum, default_value = "local")]
+    executor: ExecutorArg,
+    /// Slurm: the partition.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Slurm: the time limit per task (e.g. 02:00:00).
+    #[arg(long)]
+    time: Option<String>,
+    /// Slurm: CPUs per task (each worker's threads).
+    #[arg(long)]
+    cpus_per_task: Option<usize>,
+    /// Slurm: memory per task (e.g. 8G).
+    #[arg(long)]
+    mem: Option<String>,
+    /// Slurm: a further #SBATCH option, verbatim (repeatable), e.g. --sbatch-arg=--account=abc.
+    #[arg(long, value_name = "OPTION", allow_hyphen_values = true)]
+    sbatch_arg: Vec<String>,
+    /// Slurm: wait until every task has ended, then print the status.
+    #[arg(long)]
+    wait: bool,
+
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
@@ -255,6 +285,19 @@ fn start(a: StartArgs) -> Result<()> {
     if a.workers == 0 {
         bail!("--workers must be >= 1");
     }
+    let slurm_only = [
+        ("--partition", a.partition.is_some()),
+        ("--time", a.time.is_some()),
+        ("--cpus-per-task", a.cpus_per_task.is_some()),
+        ("--mem", a.mem.is_some()),
+        ("--sbatch-arg", !a.sbatch_arg.is_empty()),
+        ("--wait", a.wait),
+    ];
+    if a.executor != ExecutorArg::Slurm
+        && let Some((flag, _)) = slurm_only.iter().find(|(_, given)| *given)
+    {
+        bail!("{flag} is for --executor slurm");
+    }
     let settings = if a.resume {
         let given = study_flags_given(&a);
         if !given.is_empty() {
@@ -272,6 +315,33 @@ fn start(a: StartArgs) -> Result<()> {
         s
     };
     let device = a.device.device()?;
+    if a.executor == ExecutorArg::Slurm {
+        let exe = std::env::current_exe().context("cannot find the ttlora binary")?;
+        let abs = std::fs::canonicalize(&dir)
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
+        let opts = ttlora::search::slurm::SlurmOptions {
+            tasks: a.workers,
+            partition: a.partition.clone(),
+            time: a.time.clone(),
+            cpus_per_task: a.cpus_per_task,
+            mem: a.mem.clone(),
+            extra: a.sbatch_arg.clone(),
+        };
+        let job = ttlora::search::slurm::submit(&exe, &abs, &opts, a.wait)?;
+        if !a.wait {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "submitted Slurm job {job}: {} array tasks running `ttlora search worker {}`; \
+                 follow it with `ttlora search status {}`",
+                a.workers,
+                abs.display(),
+                dir.display()
+            )?;
+            return Ok(());
+        }
+        return print_status(&status(&dir)?, a.output.json);
+    }
     if a.workers == 1 {
         work(&dir, &settings, device, a.quiet)?;
     } else {

@@ -12,6 +12,7 @@ pub mod report;
 pub mod sampler;
 pub mod scheduler;
 pub mod settings;
+pub mod slurm;
 pub mod space;
 pub mod status;
 pub mod worker;

@@ -1,0 +1,139 @@
+//! Running a study's workers as a Slurm job array: an `sbatch` script whose every task runs
+//! `ttlora search worker DIR`, the tasks coordinating through the study's journal alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Error, Result};
+
+/// What the array asks Slurm for (each passed through to `#SBATCH` lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlurmOptions {
+    /// Array tasks (workers).
+    pub tasks: usize,
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--time` (Slurm's format, e.g. `02:00:00`).
+    pub time: Option<String>,
+    /// `--cpus-per-task` (each worker's threads follow it).
+    pub cpus_per_task: Option<usize>,
+    /// `--mem` (e.g. `8G`).
+    pub mem: Option<String>,
+    /// Further `#SBATCH` options, verbatim (e.g. `--account=abc`).
+    pub extra: Vec<String>,
+}
+
+/// A path as one shell word.
+fn quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// The `sbatch` script: one array task per worker, logs under `DIR/slurm/`, each worker's
+/// threads set to its CPUs.
+pub fn script(exe: &Path, dir: &Path, o: &SlurmOptions) -> String {
+    let mut s = String::from("#!/bin/bash\n");
+    s.push_str("#SBATCH --job-name=ttlora-search\n");
+    s.push_str(&format!("#SBATCH --array=0-{}\n", o.tasks.max(1) - 1));
+    s.push_str(&format!(
+        "#SBATCH --output={}/slurm/worker-%A_%a.out\n",
+        dir.display()
+    ));
+    if let Some(p) = &o.partition {
+        s.push_str(&format!("#SBATCH --partition={p}\n"));
+    }
+    if let Some(t) = &o.time {
+        s.push_str(&format!("#SBATCH --time={t}\n"));
+    }
+    if let Some(c) = o.cpus_per_task {
+        s.push_str(&format!("#SBATCH --cpus-per-task={c}\n"));
+    }
+    if let Some(m) = &o.mem {
+        s.push_str(&format!("#SBATCH --mem={m}\n"));
+    }
+    for e in &o.extra {
+        s.push_str(&format!("#SBATCH {e}\n"));
+    }
+    s.push_str("export RAYON_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n");
+    s.push_str(&format!(
+        "exec {} search worker {}\n",
+        quote(exe),
+        quote(dir)
+    ));
+    s
+}
+
+/// Writes the script to `DIR/slurm/search.sbatch` and submits it; with `wait`, returns once
+/// every task has ended (`sbatch --wait`). Returns the job id.
+///
+/// # Errors
+/// No `sbatch` on the PATH; `sbatch` refusing the job (its message included); I/O errors.
+pub fn submit(exe: &Path, dir: &Path, o: &SlurmOptions, wait: bool) -> Result<String> {
+    let slurm_dir = dir.join("slurm");
+    std::fs::create_dir_all(&slurm_dir).map_err(|source| Error::Io {
+        path: slurm_dir.clone(),
+        source,
+    })?;
+    let path: PathBuf = slurm_dir.join("search.sbatch");
+    crate::io::write_atomic(&path, script(exe, dir, o))?;
+    let mut cmd = Command::new("sbatch");
+    cmd.arg("--parsable");
+    if wait {
+        cmd.arg("--wait");
+    }
+    let out = cmd.arg(&path).output().map_err(|e| Error::Study {
+        path: path.clone(),
+        reason: format!("cannot run sbatch ({e}); is Slurm installed and on the PATH?"),
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let job = stdout.trim().split(';').next().unwrap_or("").to_string();
+    if !out.status.success() {
+        return Err(Error::Study {
+            path,
+            reason: format!(
+                "sbatch {}{}: {}",
+                if job.is_empty() {
+                    "refused the job"
+                } else {
+                    "job "
+                },
+                job,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_runs_one_worker_per_array_task_with_the_flags_passed_through() {
+        let o = SlurmOptions {
+            tasks: 4,
+            partition: Some("gpu".into()),
+            time: Some("01:00:00".into()),
+            cpus_per_task: Some(8),
+            mem: Some("16G".into()),
+            extra: vec!["--account=abc".into()],
+        };
+        let s = script(
+            Path::new("/opt/ttlora"),
+            Path::new("/data/it's a study"),
+            &o,
+        );
+        let expected = "#!/bin/bash\n\
+            #SBATCH --job-name=ttlora-search\n\
+            #SBATCH --array=0-3\n\
+            #SBATCH --output=/data/it's a study/slurm/worker-%A_%a.out\n\
+            #SBATCH --partition=gpu\n\
+            #SBATCH --time=01:00:00\n\
+            #SBATCH --cpus-per-task=8\n\
+            #SBATCH --mem=16G\n\
+            #SBATCH --account=abc\n\
+            export RAYON_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n\
+            exec '/opt/ttlora' search worker '/data/it'\\''s a study'\n";
+        assert_eq!(s, expected);
+    }
+}
