@@ -66,7 +66,9 @@ pub enum Event {
         curve: Vec<(usize, f64)>,
         /// The official dev metrics of the selected weights (not used to select).
         dev: BTreeMap<String, f64>,
-        /// Trainable adapter parameters (the head, the same for every method, not counted).
+        /// Trainable adapter parameters (the head, the same for every method, not counted;
+        /// 0 in journals written before it was recorded).
+        #[serde(default)]
         params: usize,
         /// Optimizer steps done in all.
         steps: usize,
