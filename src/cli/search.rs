@@ -468,10 +468,7 @@ fn print_status(s: &StudyStatus, json: bool) -> Result<()> {
     )?;
     let mut order: Vec<_> = s.trials.iter().collect();
     order.sort_by(|a, b| {
-        b.resource
-            .cmp(&a.resource)
-            .then(b.score.total_cmp(&a.score))
-            .then(a.id.cmp(&b.id))
+        ttlora::search::status::best_first((a.resource, a.score, a.id), (b.resource, b.score, b.id))
     });
     for t in order {
         let status = format!("{:?}", t.status).to_ascii_lowercase();

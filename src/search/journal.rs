@@ -334,6 +334,20 @@ pub struct TrialRecord {
 }
 
 impl TrialRecord {
+    /// A trial just drawn: no claim, no report.
+    pub fn new(id: usize, bracket: usize, config: Config) -> Self {
+        Self {
+            id,
+            bracket,
+            config,
+            reports: Vec::new(),
+            claim: None,
+            claim_closed: true,
+            failures: 0,
+            last_error: None,
+        }
+    }
+
     /// The rung resources reached and their scores.
     pub fn scores(&self) -> Vec<(usize, f64)> {
         self.reports
@@ -377,16 +391,8 @@ impl StudyState {
                     config,
                 } => {
                     if *trial == s.trials.len() {
-                        s.trials.push(TrialRecord {
-                            id: *trial,
-                            bracket: *bracket,
-                            config: config.clone(),
-                            reports: Vec::new(),
-                            claim: None,
-                            claim_closed: true,
-                            failures: 0,
-                            last_error: None,
-                        });
+                        s.trials
+                            .push(TrialRecord::new(*trial, *bracket, config.clone()));
                     }
                 }
                 Event::Claimed {

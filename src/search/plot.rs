@@ -201,6 +201,13 @@ fn front<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn
         .map_err(|e| e.to_string())?
         .label("Pareto front")
         .legend(|(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], BLACK.stroke_width(2)));
+    draw_legend(&mut chart)
+}
+
+/// The series labels, boxed in the lower right.
+fn draw_legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> Drawn {
     chart
         .configure_series_labels()
         .label_font((FONT, 13))
@@ -262,14 +269,7 @@ fn history<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Dra
         .map_err(|e| e.to_string())?
         .label("best at max_t so far (grey: stopped at a lower rung)")
         .legend(|(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], BLACK.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| e.to_string())
+    draw_legend(&mut chart)
 }
 
 fn curves<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn {

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::search::journal::{Event, Journal, StudyState};
 use crate::search::settings::{Resource, SearchSettings};
 use crate::search::space::{Config, Domain};
-use crate::search::status::{TrialStatus, status};
+use crate::search::status::{TrialStatus, best_first, status};
 
 /// One trial as the report shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -433,12 +433,7 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
     let _ = writeln!(md, "\n## All trials, best first\n");
     table_header(&mut md);
     let mut order: Vec<&TrialOutcome> = r.trials.iter().collect();
-    order.sort_by(|a, b| {
-        b.resource
-            .cmp(&a.resource)
-            .then(b.score.total_cmp(&a.score))
-            .then(a.id.cmp(&b.id))
-    });
+    order.sort_by(|a, b| best_first((a.resource, a.score, a.id), (b.resource, b.score, b.id)));
     for t in order {
         table_row(&mut md, t);
     }

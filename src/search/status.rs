@@ -65,6 +65,17 @@ pub struct StudyStatus {
     pub warnings: Vec<String>,
 }
 
+/// The order trials are listed in: highest rung first, then best score there, then oldest.
+pub fn best_first(
+    (a_resource, a_score, a_id): (usize, f64, usize),
+    (b_resource, b_score, b_id): (usize, f64, usize),
+) -> std::cmp::Ordering {
+    b_resource
+        .cmp(&a_resource)
+        .then(b_score.total_cmp(&a_score))
+        .then(a_id.cmp(&b_id))
+}
+
 /// Reads the study in `dir`.
 ///
 /// # Errors

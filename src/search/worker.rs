@@ -278,16 +278,7 @@ fn claim(
                     budget = id;
                     continue;
                 };
-                let record = TrialRecord {
-                    id,
-                    bracket,
-                    config: config.clone(),
-                    reports: Vec::new(),
-                    claim: None,
-                    claim_closed: true,
-                    failures: 0,
-                    last_error: None,
-                };
+                let record = TrialRecord::new(id, bracket, config.clone());
                 let created = Event::Created {
                     trial: id,
                     bracket,
@@ -495,16 +486,7 @@ mod tests {
                 trials.iter().all(|t| t.config != config),
                 "{config:?} repeats"
             );
-            trials.push(TrialRecord {
-                id,
-                bracket: 0,
-                config,
-                reports: Vec::new(),
-                claim: None,
-                claim_closed: true,
-                failures: 0,
-                last_error: None,
-            });
+            trials.push(TrialRecord::new(id, 0, config));
         }
         // The space is used up: a repeat is all there is.
         assert!(sample_new(&settings, 3, &[], &trials).is_some());
