@@ -425,3 +425,36 @@ fn a_slurm_array_of_two_workers_runs_the_study() {
         .collect();
     assert!(!workers.is_empty(), "the array's workers ran jobs");
 }
+
+#[test]
+fn with_steps_as_the_resource_each_rung_is_scored_at_its_step() {
+    let (model, space, out) = setup("search-steps");
+    let mut args = search_args(&model, &space, &out);
+    for (flag, value) in [("--max-t", "6"), ("--trials", "3")] {
+        let pos = args.iter().position(|a| a == flag).unwrap();
+        args[pos + 1] = value.into();
+    }
+    args.extend(["--resource", "steps", "--grace-period", "2"].map(String::from));
+    let status = json_out(run(&args));
+    assert_eq!(status["per_rung"]["2"], 3, "{status}");
+    assert_eq!(
+        status["per_rung"]["6"], 1,
+        "the top third went on: {status}"
+    );
+    let reports: Vec<serde_json::Value> = journal(&out)
+        .into_iter()
+        .filter(|e| e["event"] == "reported")
+        .collect();
+    assert_eq!(reports.len(), 4);
+    for r in &reports {
+        assert_eq!(
+            r["steps"], r["resource"],
+            "a rung is scored at its step: {r}"
+        );
+        let last = r["curve"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            last[0], r["resource"],
+            "the last evaluation is the rung's: {r}"
+        );
+    }
+}

@@ -326,6 +326,8 @@ fn start(a: StartArgs) -> Result<()> {
             cpus_per_task: a.cpus_per_task,
             mem: a.mem.clone(),
             extra: a.sbatch_arg.clone(),
+            device: a.device.device.clone(),
+            quiet: a.quiet,
         };
         let job = ttlora::search::slurm::submit(&exe, &abs, &opts, a.wait)?;
         if !a.wait {

@@ -115,7 +115,11 @@ pub fn hyperband_brackets(grace: usize, eta: usize, max_t: usize) -> Vec<Bracket
     let grace = grace.max(1);
     let eta = eta.max(2);
     let mut s_max = 0u32;
-    while grace.saturating_mul(eta.pow(s_max + 1)) <= max_t {
+    while eta
+        .checked_pow(s_max + 1)
+        .and_then(|p| p.checked_mul(grace))
+        .is_some_and(|r| r <= max_t)
+    {
         s_max += 1;
     }
     (0..=s_max)

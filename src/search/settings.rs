@@ -123,6 +123,17 @@ impl SearchSettings {
             ));
         }
         data::task(&self.task)?;
+        if self.sampler == SamplerKind::Grid
+            && let Some(size) = crate::search::sampler::grid_size(&self.space)
+            && size > self.trials
+        {
+            tracing::warn!(
+                "the grid holds {size} configs but --trials is {}: only the first {} (in \
+                 file order, method by method) will run",
+                self.trials,
+                self.trials
+            );
+        }
         Ok(())
     }
 
@@ -145,8 +156,14 @@ impl SearchSettings {
             source,
         })?;
         let de = &mut serde_json::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| study_error(&path, format!("{}: {}", e.path(), e.inner())))
+        let settings: Self = serde_path_to_error::deserialize(de)
+            .map_err(|e| study_error(&path, format!("{}: {}", e.path(), e.inner())))?;
+        // A file edited by hand is checked as the flags were.
+        settings.space.validate(&path)?;
+        settings
+            .validate()
+            .map_err(|e| study_error(&path, e.to_string()))?;
+        Ok(settings)
     }
 
     /// Writes the settings into a new study folder, or checks them against the folder's:
@@ -236,9 +253,10 @@ impl SearchSettings {
         match self.resource {
             Resource::Epochs => train.epochs = self.scheduler.max_t,
             Resource::Steps => {
+                // Evaluated at the end of each epoch and at each rung (the rung observer
+                // stops there, which makes the trainer evaluate).
                 train.epochs = 0;
                 train.max_steps = Some(self.scheduler.max_t);
-                train.eval_every = Some(self.scheduler.grace_period);
             }
         }
         train.validate()?;

@@ -21,6 +21,10 @@ pub struct SlurmOptions {
     pub mem: Option<String>,
     /// Further `#SBATCH` options, verbatim (e.g. `--account=abc`).
     pub extra: Vec<String>,
+    /// Each worker's `--device` (e.g. `cuda`).
+    pub device: String,
+    /// Workers print no line per job.
+    pub quiet: bool,
 }
 
 /// A path as one shell word.
@@ -55,9 +59,11 @@ pub fn script(exe: &Path, dir: &Path, o: &SlurmOptions) -> String {
     }
     s.push_str("export RAYON_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n");
     s.push_str(&format!(
-        "exec {} search worker {}\n",
+        "exec {} search worker {} --device {}{}\n",
         quote(exe),
-        quote(dir)
+        quote(dir),
+        quote(Path::new(&o.device)),
+        if o.quiet { " --quiet" } else { "" }
     ));
     s
 }
@@ -117,6 +123,8 @@ mod tests {
             cpus_per_task: Some(8),
             mem: Some("16G".into()),
             extra: vec!["--account=abc".into()],
+            device: "cuda:1".into(),
+            quiet: true,
         };
         let s = script(
             Path::new("/opt/ttlora"),
@@ -133,7 +141,7 @@ mod tests {
             #SBATCH --mem=16G\n\
             #SBATCH --account=abc\n\
             export RAYON_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n\
-            exec '/opt/ttlora' search worker '/data/it'\\''s a study'\n";
+            exec '/opt/ttlora' search worker '/data/it'\\''s a study' --device 'cuda:1' --quiet\n";
         assert_eq!(s, expected);
     }
 }

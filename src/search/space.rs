@@ -202,22 +202,50 @@ impl SearchSpace {
                     domain,
                 });
             }
-            let space = MethodSpace {
+            methods.push(MethodSpace {
                 method: method.name().to_string(),
                 params,
-            };
-            space
-                .check()
-                .map_err(|reason| invalid(path, format!("[{name}] {reason}")))?;
-            methods.push(space);
+            });
         }
-        if methods.is_empty() {
+        let space = Self { methods };
+        space.validate(path)?;
+        Ok(space)
+    }
+
+    /// Checks a space however it was made (a file, or `study.json` read back): at least one
+    /// method, each known; non-empty lists, ranges with low ≤ high (low > 0 when log); every
+    /// value one its method accepts. `path` names the file in errors.
+    ///
+    /// # Errors
+    /// [`Error::Study`] naming the table and key.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        if self.methods.is_empty() {
             return Err(invalid(
                 path,
                 "no method table: add one, e.g. [ttlora] with rank = [4, 8]",
             ));
         }
-        Ok(Self { methods })
+        for m in &self.methods {
+            crate::adapters::method(&m.method)
+                .map_err(|e| invalid(path, format!("[{}]: {e}", m.method)))?;
+            for p in &m.params {
+                let bad =
+                    |reason: String| invalid(path, format!("[{}] {}: {reason}", m.method, p.name));
+                match p.domain {
+                    Domain::Choice { ref choices } if choices.is_empty() => {
+                        return Err(bad("an empty list of choices".into()));
+                    }
+                    Domain::Float { low, high, log } => check_range(low, high, log).map_err(bad)?,
+                    Domain::Int { low, high, log } => {
+                        check_range(low as f64, high as f64, log).map_err(bad)?;
+                    }
+                    _ => {}
+                }
+            }
+            m.check()
+                .map_err(|reason| invalid(path, format!("[{}] {reason}", m.method)))?;
+        }
+        Ok(())
     }
 
     /// The method's space, if searched.
@@ -340,18 +368,21 @@ fn range(t: &toml::Table) -> std::result::Result<Domain, String> {
             }
         }
     };
-    let (l, h) = match domain {
-        Domain::Int { low, high, .. } => (low as f64, high as f64),
-        Domain::Float { low, high, .. } => (low, high),
-        _ => unreachable!("a range is Int or Float"),
-    };
-    if l > h {
-        return Err(format!("low ({l}) is above high ({h})"));
-    }
-    if log && l <= 0.0 {
-        return Err(format!("a log range needs low > 0, got {l}"));
-    }
     Ok(domain)
+}
+
+/// A range's ends: ordered, finite, and above 0 for a log range.
+fn check_range(low: f64, high: f64, log: bool) -> std::result::Result<(), String> {
+    if !(low.is_finite() && high.is_finite()) {
+        return Err(format!("low and high must be finite, got {low} and {high}"));
+    }
+    if low > high {
+        return Err(format!("low ({low}) is above high ({high})"));
+    }
+    if log && low <= 0.0 {
+        return Err(format!("a log range needs low > 0, got {low}"));
+    }
+    Ok(())
 }
 
 /// A TOML value as JSON (dates are refused: no setting takes one).

@@ -94,13 +94,15 @@ pub fn status(dir: &Path) -> Result<StudyStatus> {
         }
         let reached = t.reached();
         let running = !t.claim_closed && lock_held(dir, t.id);
+        // A claim left open by a dead worker counts as the failure the next worker records.
+        let failures = t.failures + usize::from(!t.claim_closed && !running);
         let status = if running {
             TrialStatus::Running
         } else if reached >= max_t {
             TrialStatus::Complete
-        } else if t.failures > settings.max_retries && reached < t.target() {
+        } else if failures > settings.max_retries && reached < t.target() {
             TrialStatus::Failed
-        } else if t.failures > 0 && reached < t.target() || !t.claim_closed {
+        } else if failures > 0 && reached < t.target() {
             TrialStatus::Retrying
         } else {
             TrialStatus::Paused

@@ -19,7 +19,7 @@ use crate::search::sampler::{Observation, TPE_STARTUP, sample};
 use crate::search::scheduler::{Next, TrialView};
 use crate::search::settings::{Resource, SearchSettings};
 use crate::search::space::Config;
-use crate::train::{Control, EvalReport, Observer};
+use crate::train::{Control, EvalReport, Observer, StepReport};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -395,13 +395,19 @@ impl Observer for RungStop {
         }
     }
 
-    fn on_eval(&mut self, eval: &EvalReport) -> Control {
-        self.curve.push((eval.step, eval.primary));
-        if eval.step >= self.rung * self.steps_per_unit {
+    fn on_step(&mut self, step: &StepReport) -> Control {
+        // Stopping here makes the trainer evaluate and checkpoint at this very step, whatever
+        // its evaluation interval: a rung is scored where it lies.
+        if step.step >= self.rung * self.steps_per_unit {
             Control::Stop
         } else {
             Control::Continue
         }
+    }
+
+    fn on_eval(&mut self, eval: &EvalReport) -> Control {
+        self.curve.push((eval.step, eval.primary));
+        Control::Continue
     }
 }
 
@@ -409,9 +415,12 @@ impl Observer for RungStop {
 /// adapter is saved in [`adapter_dir`].
 fn run_job(dir: &Path, study: &Study, settings: &SearchSettings, job: &Job) -> Result<Event> {
     let spec = settings.trial_spec(&job.trial.config)?;
+    // A trial's first job starts fresh: a checkpoint in its folder can only be another
+    // config's (a journal that lost trials, reused ids). Later jobs continue from theirs.
+    let first_job = job.trial.reports.is_empty() && job.attempt == 1;
     let out = TrialOutput {
         dir: trial_dir(dir, job.trial.id),
-        resume: true,
+        resume: !first_job,
     };
     let mut rung = RungStop {
         resource: settings.resource,
