@@ -496,7 +496,16 @@ fn report(dir: &Path, confirm_seeds: usize, device: candle_core::Device, json: b
                 "confirm: trial {trial} seed {seed}: dev {score:.4}"
             );
         };
-        r.confirmed = ttlora::search::confirm::confirm(dir, &r, confirm_seeds, device, &mut line)?;
+        let front = r.front_configs();
+        let confirmed = ttlora::search::confirm::confirm(
+            dir,
+            &r.settings,
+            &front,
+            confirm_seeds,
+            device,
+            &mut line,
+        )?;
+        r.confirmed = confirmed;
     }
     let out_dir = dir.join("report");
     std::fs::create_dir_all(&out_dir)

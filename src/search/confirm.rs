@@ -12,8 +12,8 @@ use crate::error::Result;
 use crate::jobs::record::{RECORD_FILE, RunRecord};
 use crate::jobs::study::{Study, prepare};
 use crate::jobs::trial::{TrialOutput, run_trial};
-use crate::search::report::Report;
 use crate::search::settings::SearchSettings;
+use crate::search::space::Config;
 
 /// One front config's confirmation.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +32,17 @@ pub struct Confirmed {
     pub mean: f64,
     /// Their sample standard deviation (0 for one seed).
     pub std: f64,
+}
+
+/// A front config to confirm: its trial, config and parameter count.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontConfig<'a> {
+    /// The trial.
+    pub trial: usize,
+    /// Its config.
+    pub config: &'a Config,
+    /// Its trainable adapter parameters.
+    pub params: usize,
 }
 
 /// Where a confirmation run is saved.
@@ -53,17 +64,17 @@ pub fn confirm_seeds(settings: &SearchSettings, n: usize) -> Vec<u64> {
 /// Preparing the study; a run's error; a saved record that cannot be read.
 pub fn confirm(
     dir: &Path,
-    report: &Report,
+    settings: &SearchSettings,
+    front: &[FrontConfig<'_>],
     n: usize,
     device: Device,
     on_run: &mut dyn FnMut(usize, u64, f64),
 ) -> Result<Vec<Confirmed>> {
-    let settings = &report.settings;
     let seeds = confirm_seeds(settings, n);
     let mut study: Option<Study> = None;
     let mut out = Vec::new();
-    for &id in &report.front {
-        let t = &report.trials[id];
+    for t in front {
+        let id = t.trial;
         let mut dev = Vec::new();
         for &seed in &seeds {
             let run_dir = confirm_dir(dir, id, seed);
@@ -78,7 +89,7 @@ pub fn confirm(
                 let Some(study) = study.as_ref() else {
                     unreachable!("prepared above")
                 };
-                let mut spec = settings.trial_spec(&t.config)?;
+                let mut spec = settings.trial_spec(t.config)?;
                 spec.train.seed = seed;
                 let started = Instant::now();
                 let trial = run_trial(

@@ -104,6 +104,20 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
+impl Report {
+    /// The front's configs, for [`crate::search::confirm::confirm`].
+    pub fn front_configs(&self) -> Vec<crate::search::confirm::FrontConfig<'_>> {
+        self.front
+            .iter()
+            .map(|&id| crate::search::confirm::FrontConfig {
+                trial: id,
+                config: &self.trials[id].config,
+                params: self.trials[id].params,
+            })
+            .collect()
+    }
+}
+
 /// Sums the workers' accounts.
 fn overhead(events: &[Event]) -> Option<Overhead> {
     let (mut workers, mut jobs, mut over, mut run, mut prep) = (0, 0, 0.0, 0.0, 0.0);
