@@ -84,7 +84,7 @@ pub fn run(spec: &FineTuneSpec, observers: &mut [&mut dyn Observer]) -> Result<T
 }
 
 /// Saves `trial`, run on `study`, as a run folder in the folder `lock` holds: the adapter,
-/// its record and the training log ([`save_run`]). `wall_s` is the run's wall time.
+/// its record and the training log, in one folder swap. `wall_s` is the run's wall time.
 ///
 /// # Errors
 /// Collecting the adapter; writing or swapping the folder.

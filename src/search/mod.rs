@@ -2,7 +2,7 @@
 //! a space file ([`space`]), samplers ([`sampler`]: grid, random, TPE), schedulers that stop
 //! poor trials early ([`scheduler`]: ASHA, HyperBand), a journal several worker processes
 //! share without a server and that survives kills ([`journal`]), the study's settings
-//! ([`settings`]), the worker loop ([`worker`]), where a study stands ([`status`]) and the
+//! ([`settings`]), the worker loop ([`worker`]), where a study stands ([`mod@status`]) and the
 //! trade-off report with its plots ([`report`], [`plot`]).
 
 pub mod confirm;
