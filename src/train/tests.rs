@@ -240,3 +240,72 @@ fn causal_lm_accumulation_is_the_mean_over_all_scored_tokens() {
         }
     }
 }
+
+/// Stops before the first step, or at a given step (a search's rung pause).
+struct PauseAt {
+    start: bool,
+    step: usize,
+    evals: Vec<usize>,
+}
+
+impl Observer for PauseAt {
+    fn on_start(&mut self, _total: usize, _start_step: usize) -> Control {
+        if self.start {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn on_step(&mut self, s: &StepReport) -> Control {
+        if s.step >= self.step {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn on_eval(&mut self, e: &EvalReport) -> Control {
+        self.evals.push(e.step);
+        Control::Continue
+    }
+}
+
+#[test]
+fn an_observer_pauses_before_the_first_step_or_at_a_step_with_an_evaluation_there() {
+    let m = model();
+    let cfg = TrainConfig {
+        epochs: 2,
+        ..TrainConfig::default()
+    };
+    let before: Vec<Vec<f32>> = m
+        .head_vars()
+        .iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    let mut eval = |_: &dyn Model| Ok((0.5, BTreeMap::new()));
+    let mut at_start = PauseAt {
+        start: true,
+        step: usize::MAX,
+        evals: Vec::new(),
+    };
+    let s = run(&m, &cfg, &mut eval, &mut [&mut at_start]).unwrap();
+    assert_eq!((s.steps, s.stopped_early), (0, true));
+    assert!(at_start.evals.is_empty());
+    let after: Vec<Vec<f32>> = m
+        .head_vars()
+        .iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    assert_eq!(before, after, "no step taken");
+
+    // Six batches an epoch, evaluated at epoch ends: a pause at step 4 is evaluated there.
+    let mut at_four = PauseAt {
+        start: false,
+        step: 4,
+        evals: Vec::new(),
+    };
+    let s = run(&m, &cfg, &mut eval, &mut [&mut at_four]).unwrap();
+    assert_eq!((s.steps, s.stopped_early), (4, true));
+    assert_eq!(at_four.evals, [4]);
+}
