@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::search::journal::{Event, Journal, StudyState};
 use crate::search::settings::{Resource, SearchSettings};
 use crate::search::space::{Config, Domain};
-use crate::search::status::{TrialStatus, best_first, status};
+use crate::search::status::{TrialStatus, best_first, status_of};
 
 /// One trial as the report shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -152,9 +152,10 @@ fn overhead(events: &[Event]) -> Option<Overhead> {
 /// Not a study folder; the journal cannot be read.
 pub fn build(dir: &Path) -> Result<Report> {
     let settings = SearchSettings::read(dir)?;
-    let st = status(dir)?;
+    // One read of the journal for both the status and the curves.
     let replay = Journal::open(dir)?.read()?;
     let state = StudyState::replay(&replay.events);
+    let st = status_of(dir, &settings, &state, replay.warnings.clone());
     let max_t = settings.scheduler.max_t;
     let mut trials = Vec::new();
     for (record, line) in state.trials.iter().zip(&st.trials) {

@@ -84,6 +84,16 @@ pub fn status(dir: &Path) -> Result<StudyStatus> {
     let settings = SearchSettings::read(dir)?;
     let replay = Journal::open(dir)?.read()?;
     let state = StudyState::replay(&replay.events);
+    Ok(status_of(dir, &settings, &state, replay.warnings))
+}
+
+/// The status of a study already read (its settings and replayed journal).
+pub fn status_of(
+    dir: &Path,
+    settings: &SearchSettings,
+    state: &StudyState,
+    warnings: Vec<String>,
+) -> StudyStatus {
     let max_t = settings.scheduler.max_t;
     let mut per_rung = BTreeMap::new();
     let mut trials = Vec::new();
@@ -135,14 +145,14 @@ pub fn status(dir: &Path) -> Result<StudyStatus> {
         .filter(|t| t.resource == top && t.score.is_finite())
         .max_by(|a, b| a.score.total_cmp(&b.score).then(b.id.cmp(&a.id)))
         .map(|t| t.id);
-    Ok(StudyStatus {
+    StudyStatus {
         budget: settings.trials,
         used: trials.iter().map(|t| t.used).sum(),
         trials,
         per_rung,
         best,
-        warnings: replay.warnings,
-    })
+        warnings,
+    }
 }
 
 /// Whether a live worker holds the trial's run lock.

@@ -28,8 +28,6 @@ pub struct WorkerOptions {
     pub device: Device,
     /// How long to sleep when every possible job is running elsewhere.
     pub poll: Duration,
-    /// Stop after this many jobs (None: when the study is complete).
-    pub max_jobs: Option<usize>,
 }
 
 impl Default for WorkerOptions {
@@ -37,7 +35,6 @@ impl Default for WorkerOptions {
         Self {
             device: Device::Cpu,
             poll: Duration::from_secs(2),
-            max_jobs: None,
         }
     }
 }
@@ -84,7 +81,7 @@ struct Job {
     _lock: File,
 }
 
-/// Runs jobs of the study in `dir` until it is complete (or `max_jobs`); `on_event` sees
+/// Runs jobs of the study in `dir` until it is complete; `on_event` sees
 /// each job's outcome as it is recorded.
 ///
 /// # Errors
@@ -102,12 +99,6 @@ pub fn run_worker(
     let mut summary = WorkerSummary::default();
     let mut warned = 0usize;
     loop {
-        if opts
-            .max_jobs
-            .is_some_and(|m| summary.reported + summary.failed >= m)
-        {
-            break;
-        }
         let choosing = Instant::now();
         let mut locked = journal.lock()?;
         let replay = locked.read()?;
