@@ -726,7 +726,8 @@ fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
         );
     }
     // `predict` on rows without labels (as SuperGLUE's test files are): the task and
-    // --max-len from the adapter, one line per row: the answer, its probability, the prompt.
+    // --max-len from the adapter, one line per row: its idx, the answer, its probability, the
+    // prompt.
     let unlabeled = tmp.join("cb-test.jsonl");
     let rows: Vec<String> = std::fs::read_to_string(fixtures.join("superglue/CB/val.jsonl"))
         .unwrap()
@@ -750,12 +751,14 @@ fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 3, "{out}");
-    for line in out.lines() {
+    for (line, row) in out.lines().zip(&rows) {
         let fields: Vec<&str> = line.split('\t').collect();
-        assert!(["Yes", "No", "Maybe"].contains(&fields[0]), "{line}");
-        let p: f64 = fields[1].parse().unwrap();
+        let row: serde_json::Value = serde_json::from_str(row).unwrap();
+        assert_eq!(fields[0], row["idx"].to_string(), "{line}");
+        assert!(["Yes", "No", "Maybe"].contains(&fields[1]), "{line}");
+        let p: f64 = fields[2].parse().unwrap();
         assert!(p > 1.0 / 3.0 - 1e-9 && p <= 1.0, "{line}");
-        assert!(fields[2].ends_with("Yes, No, or Maybe?"), "{line}");
+        assert!(fields[3].ends_with("Yes, No, or Maybe?"), "{line}");
     }
     // COPA trains on its gold answer's tokens (one step) and still reports accuracy.
     let copa = [

@@ -419,8 +419,9 @@ pub struct PredictArgs {
 }
 
 /// `predict` with a decoder adapter on a prompted task: one line per example (per answer
-/// option for MultiRC), the predicted answer, its probability among the candidates (softmax
-/// over the head's logits, or over the candidates' mean log-probabilities), the prompt.
+/// option for MultiRC): the row's `idx` (its line number when it has none), the predicted
+/// answer, its probability among the candidates (softmax over the head's logits, or over the
+/// candidates' mean log-probabilities), the prompt.
 fn run_prompted_predict(a: &PredictArgs, adapter: &std::path::Path) -> Result<()> {
     use ttlora::jobs::generate::{BaseDtype, Generator};
     use ttlora::jobs::prompted_train::{ChoiceLoss, Prepared, PromptedObjective};
@@ -476,7 +477,8 @@ fn run_prompted_predict(a: &PredictArgs, adapter: &std::path::Path) -> Result<()
         let z: f64 = s.iter().map(|v| (v - max).exp()).sum();
         let prompt = e.prompt.trim_end().replace(['\n', '\t'], " ");
         lines.push_str(&format!(
-            "{}\t{:.4}\t{prompt}\n",
+            "{}\t{}\t{:.4}\t{prompt}\n",
+            e.id,
             e.candidates[best],
             1.0 / z
         ));
@@ -553,6 +555,7 @@ mod tests {
                     candidates: answers.iter().map(|a| a.to_string()).collect(),
                     gold: 0,
                     group: None,
+                    id: "0".into(),
                 },
                 ids: vec![1, 2],
             }])

@@ -192,6 +192,7 @@ impl PromptedTask {
                 candidates: candidates.iter().map(|c| (*c).to_string()).collect(),
                 gold,
                 group: None,
+                id: String::new(),
             }])
         };
         match self {
@@ -223,6 +224,7 @@ impl PromptedTask {
                     candidates: choices.to_vec(),
                     gold,
                     group: None,
+                    id: String::new(),
                 }])
             }
             PromptedTask::Rte => {
@@ -297,6 +299,10 @@ pub struct PromptedExample {
     /// MultiRC: the question an answer belongs to (`"<passage idx>-<question idx>"`), for the
     /// exact-match metric; `None` elsewhere.
     pub group: Option<String>,
+    /// Which row this is, for predictions a user joins back to the file: the row's `idx` as
+    /// SuperGLUE writes it (MultiRC: `"<passage>-<question>-<answer>"`), or its line number
+    /// when the row has no `idx`.
+    pub id: String,
 }
 
 /// Reads an official SuperGLUE JSON Lines file of `task` into prompted examples, in file
@@ -344,7 +350,17 @@ fn read_rows(
             line,
             prefix: "",
         };
-        out.extend(examples(&row)?);
+        let id = match value.get("idx") {
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ Value::Number(_)) => v.to_string(),
+            _ => line.to_string(),
+        };
+        out.extend(examples(&row)?.into_iter().map(|mut e| {
+            if e.id.is_empty() {
+                e.id.clone_from(&id);
+            }
+            e
+        }));
     }
     if out.is_empty() {
         return Err(Error::DataFile {
@@ -485,6 +501,7 @@ impl CustomTemplate {
             candidates: self.candidates.clone(),
             gold,
             group: None,
+            id: String::new(),
         })
     }
 
@@ -650,6 +667,7 @@ fn multirc_examples(row: &Row) -> Result<Vec<PromptedExample>> {
                 ),
                 candidates: vec!["No".into(), "Yes".into()],
                 gold: a.index("label", 2)?,
+                id: format!("{group}-{}", a.field("idx")?),
                 group: Some(group.clone()),
             });
         }
@@ -820,6 +838,9 @@ mod tests {
              answer \"No\". Is that correct? Yes or No?\n"
         ));
         assert_eq!((multirc.gold, multirc.group.as_deref()), (0, Some("0-0")));
+        // Predictions name their rows: SuperGLUE's idx, MultiRC's passage-question-answer.
+        assert_eq!(multirc.id, "0-0-0");
+        assert_eq!(first(PromptedTask::Cb).0.id, "0");
         for task in [
             PromptedTask::Cb,
             PromptedTask::Copa,
@@ -862,6 +883,20 @@ mod tests {
             ..row
         };
         assert_eq!(t.example(&row).unwrap().prompt, "4 is");
+        // A file's rows are named by their idx where they have one, else by their line.
+        let tmp = crate::io::fs::TempDir::new("prompted-custom-ids");
+        let file = tmp.join("mine.jsonl");
+        std::fs::write(
+            &file,
+            "{\"n\": 1, \"label\": 0, \"idx\": \"a7\"}\n\n{\"n\": 2, \"label\": 1}\n",
+        )
+        .unwrap();
+        let ids: Vec<String> = read_custom_prompted(&t, &file)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["a7", "3"]);
         // A field the row lacks, a label outside the values: errors naming line and field.
         let lacks =
             CustomTemplate::new("{text}", vec!["a".into(), "b".into()], "label", None).unwrap();

@@ -540,6 +540,7 @@ mod tests {
             candidates: vec!["a".into()],
             gold: 0,
             group: None,
+            id: i.to_string(),
         };
         let all: Vec<_> = (0..50).map(ex).collect();
         let a = sample_examples(all.clone(), 10, 3);
@@ -621,6 +622,7 @@ mod tests {
             candidates: vec!["a".into(), "b".into()],
             gold: 0,
             group: Some(g.to_string()),
+            id: format!("{g}-{i}"),
         };
         let all: Vec<_> = (0..20)
             .flat_map(|g| (0..3).map(move |i| ex(g, i)))

@@ -923,6 +923,7 @@ mod tests {
                 candidates: vec![String::new(); rest.len()],
                 gold,
                 group: None,
+                id: String::new(),
             },
             ids: CandidateIds {
                 shared: shared.to_vec(),
@@ -1158,6 +1159,7 @@ mod tests {
             candidates: vec!["a".into(), "b".into()],
             gold: i % 2,
             group,
+            id: i.to_string(),
         };
         let all: Vec<_> = (0..40).map(|i| ex(i, None)).collect();
         let (fit, held) = protocol_split(all.clone(), 10, 5, 3);
