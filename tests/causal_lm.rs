@@ -896,15 +896,62 @@ fn a_decoder_classifier_trains_saves_its_head_and_scores_the_same() {
         &eval(&["--task", "rte"]),
         &["the adapter's head has 3 classes", "2 candidates"],
     );
-    let o = ttlora(&[
-        "export",
+    // Exports: PEFT SEQ_CLS with `score` saved, and a transformers …ForSequenceClassification
+    // folder whose config names the labels and the pad token; llama.cpp files are refused.
+    let export = |format: &str| {
+        let out = tmp.join(format!("export-{format}"));
+        let o = ttlora(&[
+            "export",
+            "--adapter",
+            path_str(&frozen),
+            "--out",
+            path_str(&out),
+            "--format",
+            format,
+            "--offline",
+        ]);
+        (o, out)
+    };
+    let (o, peft) = export("peft-lora");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["task_type"], "SEQ_CLS");
+    assert_eq!(config["modules_to_save"], serde_json::json!(["score"]));
+    // PEFT's module name reads back as a classifier: eval scores the export as the adapter.
+    let exported = json_out(ttlora(&[
+        "eval",
         "--adapter",
-        path_str(&frozen),
-        "--out",
-        path_str(&tmp.join("export")),
+        path_str(&peft),
+        "--data",
+        path_str(&fixtures),
+        "--max-examples",
+        "6",
+        "--json",
         "--offline",
-    ]);
-    assert_clear_error(&o, &["is a decoder classifier", "not supported yet"]);
+    ]));
+    assert_eq!(exported["metrics"], report["metrics"]);
+    let (o, merged) = export("merged");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(merged.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["LlamaForSequenceClassification"])
+    );
+    assert_eq!(config["num_labels"], 3);
+    assert_eq!(config["id2label"]["2"], "Maybe");
+    assert!(config["pad_token_id"].is_u64(), "{config}");
+    let weights =
+        candle_core::safetensors::load(merged.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(weights["score.weight"].dims(), [3, 576]);
+    assert!(!weights.contains_key("lm_head.weight"));
+    let (o, _) = export("gguf-lora");
+    assert_clear_error(
+        &o,
+        &["is a decoder classifier", "no sequence-classification head"],
+    );
     // The default trains the head too: its 3 × 576 weights count.
     let record = train(&tmp.join("trained"), &[]);
     assert_eq!(record["params"]["head"], 3 * 576);

@@ -113,15 +113,17 @@ fn write(s: &ExportSource, format: ExportFormat) -> Result<()> {
         // copies the rest as they are.
         let base_dtype = ttlora::jobs::generate::BaseDtype::Quantized;
         let folder = ttlora::io::AdapterFolder::read(&s.adapter, &device)?;
-        if folder
+        let classifier = folder
             .config
             .modules_to_save
             .iter()
-            .any(|m| m == SCORE_HEAD)
-        {
+            .any(|m| m == SCORE_HEAD);
+        if classifier && matches!(format, ExportFormat::GgufLora | ExportFormat::MergedGguf) {
             bail!(
-                "{} is a decoder classifier (trained with --objective classify): exporting one \
-                 is not supported yet; `ttlora eval --adapter` scores it",
+                "{} is a decoder classifier (trained with --objective classify): llama.cpp's \
+                 LLaMA files hold no sequence-classification head (`score`); export it \
+                 --format peft-lora (PEFT SEQ_CLS with `score` in modules_to_save) or \
+                 --format merged (a transformers …ForSequenceClassification folder)",
                 s.adapter.display()
             );
         }

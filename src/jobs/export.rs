@@ -159,12 +159,16 @@ pub fn is_decoder_adapter(dir: &Path) -> Result<bool> {
 }
 
 /// Whether an adapter config is a decoder classifier's: PEFT's `SEQ_CLS` with the decoder
-/// head `score` among its saved modules (an encoder's head is `classifier…`).
+/// head `score` among its saved modules (an encoder's head is `classifier…`). PEFT names the
+/// module (`score`, as ttlora's PEFT LoRA writer does); ttlora's own folders name the tensor
+/// (`score.weight`).
 pub fn is_decoder_classifier(config: &serde_json::Value) -> bool {
+    let head = crate::models::heads::SCORE_HEAD;
+    let module = head.strip_suffix(".weight").unwrap_or(head);
     config["task_type"] == "SEQ_CLS"
         && config["modules_to_save"]
             .as_array()
-            .is_some_and(|m| m.iter().any(|n| n == crate::models::heads::SCORE_HEAD))
+            .is_some_and(|m| m.iter().any(|n| n == head || n == module))
 }
 
 /// Exports the adapter loaded on the decoder `g` (see [`Generator::with_adapter`]; `cfg` is
@@ -198,9 +202,13 @@ pub fn export_decoder(
         // changed tensors.
         let n = merge_adapters(&mut g.model, ADAPTER_NAME)?;
         if format == ExportFormat::Merged {
-            let config = g.hf_config()?;
+            let mut config = g.hf_config()?;
+            let task = g.model.score_labels().and(cfg.task.as_ref());
+            if let Some(n) = g.model.score_labels() {
+                classifier_config(&mut config, n, cfg.task.as_ref(), g.pad_id());
+            }
             let extra = g.hf_tokenizer_files()?;
-            write_merged_folder(&g.model, &config, g.hf_folder(), &extra, None, out)?;
+            write_merged_folder(&g.model, &config, g.hf_folder(), &extra, task, out)?;
         } else {
             crate::io::OutputLock::acquire(out)?.replace_folder(|dir| {
                 let file = dir.join(MERGED_GGUF_FILE);
@@ -251,6 +259,38 @@ pub fn export_decoder(
         ranks,
         files: list_files(out)?,
     })
+}
+
+/// Makes a decoder's HF config a `…ForSequenceClassification` one for `n` classes: the label
+/// names (the task's answers, else `LABEL_i`) and the pad token the head's last-token lookup
+/// needs (transformers refuses batches without one; ttlora pads with EOS when the tokenizer has
+/// no pad, and so must transformers).
+fn classifier_config(
+    config: &mut serde_json::Value,
+    n: usize,
+    task: Option<&crate::io::TaskInfo>,
+    pad_id: u32,
+) {
+    let names: Vec<String> = match task {
+        Some(t) if t.label_names.len() == n => t.label_names.clone(),
+        _ => (0..n).map(|i| format!("LABEL_{i}")).collect(),
+    };
+    let id2label: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), l.clone().into()))
+        .collect();
+    let label2id: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), i.into()))
+        .collect();
+    config["num_labels"] = n.into();
+    config["id2label"] = id2label.into();
+    config["label2id"] = label2id.into();
+    if config["pad_token_id"].is_null() {
+        config["pad_token_id"] = pad_id.into();
+    }
 }
 
 /// llama.cpp's tensor pairs for a LoRA on a LLaMA-family decoder: each module's `lora_b`
@@ -370,4 +410,42 @@ fn check_tokenizer(model_dir: &Path) -> Result<()> {
         return Ok(());
     }
     crate::data::TextEncoder::from_file(&path, 512).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PEFT's config names the head module (`score`); ttlora's own the tensor (`score.weight`):
+    /// both are decoder classifiers, an encoder's head and a CAUSAL_LM adapter are not.
+    #[test]
+    fn decoder_classifiers_are_known_by_either_head_name() {
+        let config = |task: &str, head: &str| serde_json::json!({"task_type": task, "modules_to_save": [head]});
+        assert!(is_decoder_classifier(&config("SEQ_CLS", "score")));
+        assert!(is_decoder_classifier(&config("SEQ_CLS", "score.weight")));
+        assert!(!is_decoder_classifier(&config("SEQ_CLS", "classifier")));
+        assert!(!is_decoder_classifier(&config("CAUSAL_LM", "score")));
+        let mut hf = serde_json::json!({"architectures": ["LlamaForSequenceClassification"]});
+        let task = crate::io::TaskInfo {
+            name: "rte".into(),
+            label_names: vec!["Yes".into(), "No".into()],
+            num_labels: 2,
+            pooling: crate::io::Pooling::LastToken,
+            max_len: 256,
+        };
+        classifier_config(&mut hf, 2, Some(&task), 7);
+        assert_eq!(hf["id2label"], serde_json::json!({"0": "Yes", "1": "No"}));
+        assert_eq!(hf["label2id"], serde_json::json!({"Yes": 0, "No": 1}));
+        assert_eq!(
+            (hf["num_labels"].as_u64(), hf["pad_token_id"].as_u64()),
+            (Some(2), Some(7))
+        );
+        // A config's own pad token stays; without the task, HF's default label names.
+        let mut hf = serde_json::json!({"pad_token_id": 3});
+        classifier_config(&mut hf, 2, None, 7);
+        assert_eq!(
+            (hf["pad_token_id"].as_u64(), &hf["id2label"]["1"]),
+            (Some(3), &serde_json::json!("LABEL_1"))
+        );
+    }
 }

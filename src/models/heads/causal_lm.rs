@@ -8,7 +8,7 @@ use crate::adapters::{TokenPlacement, VirtualSpec};
 use crate::error::{Error, Result};
 use crate::models::backbone::ForwardCtx;
 use crate::models::heads::virtual_tokens::VirtualTokens;
-use crate::models::walk::{Entry, EntryMut};
+use crate::models::walk::{Entry, EntryMut, Module};
 use crate::models::{Backbone, Model, ModelInput, activate_linears};
 
 /// What a decoder backbone adds for the LM head, and its layers one at a time (gradient
@@ -355,12 +355,26 @@ impl<B: Decoder> Model for CausalLm<B> {
             .then(|| self.recomputed_token_grads(input, rows, labels, scale, vars))
     }
 
+    /// With a `score` head, HF's `…ForSequenceClassification` layout: the decoder without its
+    /// LM head, which a classifier never runs (so neither targets, merges nor exports see it).
     fn walk<'a>(&'a self, f: &mut dyn FnMut(String, Entry<'a>)) {
-        self.decoder.walk(f);
+        let classifier = self.score.is_some();
+        self.decoder.walk(&mut |name, e| {
+            let (Entry::Linear(tag, _) | Entry::Tensor(tag, _)) = &e;
+            if !(classifier && tag.module == Module::LmHead) {
+                f(name, e);
+            }
+        });
     }
 
     fn walk_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, EntryMut<'a>)) {
-        self.decoder.walk_mut(f);
+        let classifier = self.score.is_some();
+        self.decoder.walk_mut(&mut |name, e| {
+            let (EntryMut::Linear(tag, _) | EntryMut::Tensor(tag, _)) = &e;
+            if !(classifier && tag.module == Module::LmHead) {
+                f(name, e);
+            }
+        });
     }
 
     fn head_vars(&self) -> Vec<(String, Var)> {
