@@ -587,6 +587,18 @@ pub enum Error {
     Json(#[from] serde_json::Error),
 }
 
+impl Error {
+    /// Whether the same work could succeed when tried again: the file system or the compute
+    /// backend failed (a full disk, a lost device, memory), not the input, the config or the
+    /// training itself (a diverged loss repeats with the same seed).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. } | Error::Candle(_) | Error::OutputLocked { .. }
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

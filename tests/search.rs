@@ -313,6 +313,77 @@ fn two_workers_share_a_study_without_running_a_job_twice() {
     );
 }
 
+/// A trial whose config the model cannot take fails once, for good, with its error (a retry
+/// would fail the same way); a claim left by a worker that died is closed as failed by the
+/// next worker and retried from where it stood.
+#[test]
+fn a_config_error_fails_for_good_and_a_dead_workers_claim_is_retried() {
+    let (model, space, out) = setup("search-failures");
+    // Targets are checked against the model only when a trial attaches them.
+    std::fs::write(
+        &space,
+        "[ttlora]\nrank = [2]\ntargets = [[\"no_such_layer\"]]\n",
+    )
+    .unwrap();
+    let mut args = search_args(&model, &space, &out);
+    let trials = args.iter().position(|a| a == "--trials").unwrap();
+    args[trials + 1] = "1".into();
+    let o = run(&args);
+    let status = json_out(o);
+    assert_eq!(status["trials"][0]["status"], "failed", "{status}");
+    let failed: Vec<_> = journal(&out)
+        .into_iter()
+        .filter(|e| e["event"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "no retry of a config error: {failed:?}");
+    assert_eq!(failed[0]["permanent"], true);
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_layer"),
+        "{failed:?}"
+    );
+
+    // A working study, then a second trial claimed by a worker that no longer runs (no lock
+    // held): the next run records that claim as failed and runs the trial again.
+    let (model, space, out) = setup("search-dead-worker");
+    let mut args = search_args(&model, &space, &out);
+    let trials = args.iter().position(|a| a == "--trials").unwrap();
+    args[trials + 1] = "1".into();
+    json_out(run(&args));
+    let events = journal(&out);
+    let created = events.iter().find(|e| e["event"] == "created").unwrap();
+    let mut lines = std::fs::read_to_string(out.join("journal.jsonl")).unwrap();
+    let mut orphan = created.clone();
+    orphan["trial"] = 1.into();
+    let claim = serde_json::json!({"event": "claimed", "trial": 1, "resource": 1,
+        "worker": "gone-host:4242", "attempt": 1, "time": 0.0});
+    lines.push_str(&format!("{orphan}\n{claim}\n"));
+    std::fs::write(out.join("journal.jsonl"), lines).unwrap();
+    let status = json_out(run(&args));
+    assert_eq!(status["trials"][1]["resource"], 1, "{status}");
+    let events = journal(&out);
+    let closed = events
+        .iter()
+        .find(|e| e["event"] == "failed" && e["trial"] == 1)
+        .unwrap();
+    assert!(
+        closed["error"]
+            .as_str()
+            .unwrap()
+            .contains("gone-host:4242 stopped"),
+        "{closed}"
+    );
+    assert!(closed.get("permanent").is_none(), "{closed}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "claimed" && e["trial"] == 1 && e["attempt"] == 2),
+        "retried as attempt 2"
+    );
+}
+
 #[test]
 fn bad_input_is_refused_before_any_training() {
     let (model, space, out) = setup("search-bad");

@@ -148,8 +148,9 @@ struct StartArgs {
     /// Retries of a failed job before its trial counts as failed [default: 2].
     #[arg(long)]
     max_retries: Option<usize>,
-    /// Worker processes sharing the study (local: threads per worker = cores / N; slurm:
-    /// the array's tasks).
+    /// Worker processes sharing the study (local: threads per worker = cores / N, and no
+    /// more than the memory holds at the study's recorded peak; each waits before a job while
+    /// memory is short and another job runs; slurm: the array's tasks).
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Where workers run: here, or as a Slurm job array (`sbatch`) whose tasks run `ttlora
@@ -347,7 +348,11 @@ fn start(a: StartArgs) -> Result<()> {
     if a.workers == 1 {
         work(&dir, &settings, device, a.quiet)?;
     } else {
-        spawn_workers(&dir, a.workers, &a.device.device, a.quiet)?;
+        let (n, why) = ttlora::search::local_workers_that_fit(&dir, a.workers)?;
+        if let Some(why) = why {
+            tracing::warn!("{why}");
+        }
+        spawn_workers(&dir, n, &a.device.device, a.quiet)?;
     }
     print_status(&status(&dir)?, a.output.json)
 }

@@ -1,14 +1,39 @@
-//! What the operating system reports about this process.
+//! What the operating system reports about this process and the machine's memory.
+
+/// A `kB` field of a `/proc` file (`VmHWM:`, `MemAvailable:`) in MiB.
+fn kb_field_mib(path: &str, key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+}
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM` from `/proc/self/status`; 0
 /// where that file does not exist).
 pub fn peak_rss_mib() -> f64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0.0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    kb_field_mib("/proc/self/status", "VmHWM:").unwrap_or(0.0)
+}
+
+/// Resident memory of this process now, MiB (Linux `VmRSS`; 0 where unknown).
+pub fn rss_mib() -> f64 {
+    kb_field_mib("/proc/self/status", "VmRSS:").unwrap_or(0.0)
+}
+
+/// Memory the machine can give new work without swapping, MiB (Linux `MemAvailable` from
+/// `/proc/meminfo`); `None` where the OS does not say.
+pub fn available_memory_mib() -> Option<f64> {
+    kb_field_mib("/proc/meminfo", "MemAvailable:")
+}
+
+#[cfg(test)]
+mod tests {
+    /// On Linux the three readings exist and are ordered as they must be.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn memory_readings_exist_on_linux() {
+        let (now, peak) = (super::rss_mib(), super::peak_rss_mib());
+        assert!(now > 0.0 && peak >= now, "rss {now}, peak {peak}");
+        assert!(super::available_memory_mib().is_some_and(|a| a > 0.0));
+    }
 }

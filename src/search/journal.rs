@@ -97,7 +97,7 @@ pub enum Event {
         /// Seconds since the Unix epoch.
         time: f64,
     },
-    /// A job failed (a retry follows until the study's limit).
+    /// A job failed (a retry follows until the study's limit, unless it is permanent).
     Failed {
         /// The trial.
         trial: usize,
@@ -107,6 +107,10 @@ pub enum Event {
         attempt: usize,
         /// The error, or why the worker is taken to be dead.
         error: String,
+        /// The error comes from the trial's config or input (a shape its model cannot take, a
+        /// diverged loss), so a retry would fail the same way: the trial fails for good.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        permanent: bool,
         /// Seconds since the Unix epoch.
         time: f64,
     },
@@ -329,6 +333,8 @@ pub struct TrialRecord {
     pub claim_closed: bool,
     /// Failed tries of the latest claimed resource.
     pub failures: usize,
+    /// A failure no retry can mend ([`Event::Failed`]'s `permanent`).
+    pub failed_permanently: bool,
     /// The last error.
     pub last_error: Option<String>,
 }
@@ -344,6 +350,7 @@ impl TrialRecord {
             claim: None,
             claim_closed: true,
             failures: 0,
+            failed_permanently: false,
             last_error: None,
         }
     }
@@ -417,9 +424,15 @@ impl StudyState {
                     }
                 }
                 Event::WorkerDone { .. } => {}
-                Event::Failed { trial, error, .. } => {
+                Event::Failed {
+                    trial,
+                    error,
+                    permanent,
+                    ..
+                } => {
                     if let Some(t) = s.trials.get_mut(*trial) {
                         t.failures += 1;
+                        t.failed_permanently |= *permanent;
                         t.last_error = Some(error.clone());
                         t.claim_closed = true;
                     }
@@ -583,6 +596,7 @@ mod tests {
             resource,
             attempt,
             error: "boom".into(),
+            permanent: false,
             time: 0.0,
         };
         let s = StudyState::replay(&[

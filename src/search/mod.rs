@@ -23,4 +23,4 @@ pub use scheduler::{Scheduler, SchedulerKind};
 pub use settings::{Resource, SearchSettings};
 pub use space::{Config, SearchSpace};
 pub use status::{StudyStatus, status};
-pub use worker::{WorkerOptions, WorkerSummary, run_worker};
+pub use worker::{WorkerOptions, WorkerSummary, local_workers_that_fit, run_worker};

@@ -98,6 +98,7 @@ pub fn run_worker(
     let mut study: Option<Study> = None;
     let mut summary = WorkerSummary::default();
     let mut warned = 0usize;
+    let mut waiting_for_memory = false;
     loop {
         let choosing = Instant::now();
         let mut locked = journal.lock()?;
@@ -107,6 +108,19 @@ pub fn run_worker(
         }
         warned = replay.warnings.len();
         let state = StudyState::replay(&replay.events);
+        if let Some(short) = memory_short(dir, &state)? {
+            drop(locked);
+            if !waiting_for_memory {
+                tracing::warn!(
+                    "{}: waiting for memory before the next job: {short}",
+                    dir.display()
+                );
+            }
+            waiting_for_memory = true;
+            std::thread::sleep(opts.poll);
+            continue;
+        }
+        waiting_for_memory = false;
         let job = match claim(dir, settings, &mut locked, &state, &name)? {
             Claim::Job(job) => job,
             Claim::Wait => {
@@ -151,6 +165,7 @@ pub fn run_worker(
                     resource: job.resource,
                     attempt: job.attempt,
                     error: e.to_string(),
+                    permanent: !e.is_transient(),
                     time: now(),
                 }
             }
@@ -174,6 +189,87 @@ pub fn run_worker(
     Ok(summary)
 }
 
+/// The most memory a job of this study has needed: the largest peak RSS a report recorded
+/// (a worker's peak, model and data included), MiB; `None` before any report.
+pub fn recorded_peak_mib(state: &StudyState) -> Option<f64> {
+    state
+        .trials
+        .iter()
+        .flat_map(|t| &t.reports)
+        .filter_map(|e| match e {
+            Event::Reported { peak_rss_mib, .. } if *peak_rss_mib > 0.0 => Some(*peak_rss_mib),
+            _ => None,
+        })
+        .reduce(f64::max)
+}
+
+/// How many of `n` workers fit in `available` MiB when each needs `peak` MiB at its peak
+/// (with a tenth to spare); at least one, which the per-job guard then protects.
+pub fn workers_that_fit(n: usize, available: f64, peak: f64) -> usize {
+    if peak <= 0.0 {
+        return n;
+    }
+    let fit = (available / (peak * 1.1)).floor();
+    if fit >= n as f64 {
+        n
+    } else {
+        (fit as usize).max(1)
+    }
+}
+
+/// How many of `n` local workers to start on the study in `dir`: as many as the memory
+/// available holds at the study's recorded peak (all before any job reported), and why fewer.
+///
+/// # Errors
+/// The journal cannot be read.
+pub fn local_workers_that_fit(dir: &Path, n: usize) -> Result<(usize, Option<String>)> {
+    let state = StudyState::replay(&Journal::open(dir)?.read()?.events);
+    let (Some(peak), Some(available)) =
+        (recorded_peak_mib(&state), crate::io::available_memory_mib())
+    else {
+        return Ok((n, None));
+    };
+    let fit = workers_that_fit(n, available, peak);
+    let why = (fit < n).then(|| {
+        format!(
+            "{fit} of {n} workers started: each has needed up to {peak:.0} MiB in this study \
+             and {available:.0} MiB are available"
+        )
+    });
+    Ok((fit, why))
+}
+
+/// Why this worker should not start a job now, if so: it would still grow by `need` MiB
+/// (the study's recorded peak less what it holds already, a tenth to spare) and less is
+/// available, while another worker runs a job that will give memory back. With none running
+/// it goes on (waiting could never end).
+fn memory_short_by(available: f64, need: f64, others_running: usize) -> Option<String> {
+    (others_running > 0 && available < need).then(|| {
+        format!(
+            "{available:.0} MiB available, a job needs about {need:.0} MiB more;              {others_running} running elsewhere"
+        )
+    })
+}
+
+/// [`memory_short_by`] on this machine's readings (no guard where the OS gives none).
+fn memory_short(dir: &Path, state: &StudyState) -> Result<Option<String>> {
+    let (Some(peak), Some(available)) =
+        (recorded_peak_mib(state), crate::io::available_memory_mib())
+    else {
+        return Ok(None);
+    };
+    let need = (peak - crate::io::rss_mib()).max(0.0) * 1.1;
+    if available >= need {
+        return Ok(None);
+    }
+    let mut running = 0;
+    for t in state.trials.iter().filter(|t| !t.claim_closed) {
+        // A held run lock: a live worker's job.
+        running += usize::from(try_lock_trial(dir, t.id)?.is_none());
+    }
+    Ok(memory_short_by(available, need, running))
+}
+
 enum Claim {
     Job(Job),
     Wait,
@@ -182,12 +278,16 @@ enum Claim {
 
 /// Whether a trial's latest job failed and may be tried again.
 fn retry_due(t: &TrialRecord, max_retries: usize) -> bool {
-    t.claim_closed && t.failures > 0 && t.failures <= max_retries && t.reached() < t.target()
+    t.claim_closed
+        && !t.failed_permanently
+        && t.failures > 0
+        && t.failures <= max_retries
+        && t.reached() < t.target()
 }
 
-/// Whether a trial failed for good.
+/// Whether a trial failed for good: out of retries, or by an error a retry cannot mend.
 fn failed_for_good(t: &TrialRecord, max_retries: usize) -> bool {
-    t.claim_closed && t.failures > max_retries && t.reached() < t.target()
+    t.claim_closed && (t.failures > max_retries || t.failed_permanently) && t.reached() < t.target()
 }
 
 /// Chooses and claims the next job, holding the journal lock: first, claims of dead workers
@@ -210,6 +310,7 @@ fn claim(
                 resource,
                 attempt,
                 error: format!("worker {holder} stopped before the job ended (killed or crashed)"),
+                permanent: false,
                 time: now(),
             });
         }
@@ -454,6 +555,26 @@ mod tests {
     use crate::search::sampler::SamplerKind;
     use crate::search::scheduler::{Scheduler, SchedulerKind};
     use crate::search::space::SearchSpace;
+
+    /// The memory guard: waits only while another job runs and memory is short; the
+    /// launcher starts only the workers that fit.
+    #[test]
+    fn the_memory_guard_waits_only_when_another_job_can_free_memory() {
+        assert!(memory_short_by(500.0, 1000.0, 1).is_some());
+        assert!(
+            memory_short_by(500.0, 1000.0, 0).is_none(),
+            "nobody to wait for"
+        );
+        assert!(memory_short_by(1500.0, 1000.0, 3).is_none());
+        assert_eq!(workers_that_fit(4, 10_000.0, 2000.0), 4);
+        assert_eq!(
+            workers_that_fit(8, 10_000.0, 2000.0),
+            4,
+            "4 × 2,200 MiB fit"
+        );
+        assert_eq!(workers_that_fit(4, 1000.0, 2000.0), 1);
+        assert_eq!(workers_that_fit(4, 1000.0, 0.0), 4, "nothing recorded yet");
+    }
 
     #[test]
     fn a_new_trial_does_not_repeat_an_earlier_config() {
