@@ -16,6 +16,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from bench_machine import cpu  # scripts/, this file's folder, is on sys.path
+
 
 def main():
     checkpoint = "--gradient-checkpointing" in sys.argv
@@ -47,6 +49,7 @@ def main():
         "side": "pytorch+peft", "gradient_checkpointing": checkpoint, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "batch_size": batch, "seq_len": seq, "step_ms": 1e3 * times[len(times) // 2],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu": cpu(),
     }))
 
 

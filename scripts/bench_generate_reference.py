@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_machine import cpu  # scripts/, this file's folder, is on sys.path
+
 
 def ids_for(n):
     return [1000 + i for i in range(n)]
@@ -66,7 +68,7 @@ def main():
             "runtime": name, "prompt_tokens": prompt, "new_tokens": new,
             "prefill_ms": prefill * 1e3, "prefill_tok_s": prompt / prefill,
             "decode_ms_per_token": decode * 1e3 / new, "decode_tok_s": new / decode,
-            "threads": 2,
+            "threads": 2, "cpu": cpu(),
         }), flush=True)
 
 

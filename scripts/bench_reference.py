@@ -21,6 +21,8 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
+from bench_machine import cpu  # scripts/, this file's folder, is on sys.path
+
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
@@ -101,7 +103,7 @@ def main() -> None:
             model = model.merge_and_unload().eval()
             rows.append(row("infer-merged", timed(forward, a.iters, a.min_seconds), 0))
     for r in rows:
-        print(json.dumps(r))
+        print(json.dumps({**r, "cpu": cpu()}))
 
 
 if __name__ == "__main__":

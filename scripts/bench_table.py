@@ -1,9 +1,12 @@
-"""Formats the JSON lines of scripts/bench_compare.sh as the BENCHMARKS.md tables: every row with
-its ratio against the matching PyTorch + PEFT row, achieved GFLOP/s against the measured matmul
+"""Formats the JSON lines of scripts/bench_compare.sh as the BENCHMARKS.md tables: one table per
+CPU kind the rows record (a ratio is only read between rows of one CPU), every row with its
+ratio against the matching PyTorch + PEFT row, achieved GFLOP/s against the measured matmul
 rate (the roofline), and the sequence-length / batch-size sweep."""
 
 import json
 import sys
+
+from bench_machine import kind
 
 
 def label(r: dict) -> str:
@@ -14,6 +17,16 @@ def label(r: dict) -> str:
 
 def main() -> None:
     rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    by_cpu = {}
+    for r in rows:
+        by_cpu.setdefault(kind(r["cpu"]) if "cpu" in r else "CPU not recorded", []).append(r)
+    for cpu, group in by_cpu.items():
+        print(f"### {cpu}\n")
+        table(group)
+        print()
+
+
+def table(rows: list) -> None:
     peaks = [r for r in rows if r["kind"] == "matmul"]
     rows = [r for r in rows if r["kind"] != "matmul"]
     peak = max((r["gflops"] for r in peaks), default=None)

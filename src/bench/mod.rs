@@ -4,6 +4,7 @@
 //! CLI formats the rows. Performance claims live here and in BENCHMARKS.md, never in tests.
 
 pub mod generate;
+pub mod machine;
 pub mod model_step;
 pub mod roofline;
 pub mod tt;

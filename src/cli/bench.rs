@@ -140,6 +140,18 @@ pub struct TtArgs {
     output: JsonArgs,
 }
 
+/// Writes a result row as one JSON line with the CPU it ran on (`cpu`: model, threads,
+/// vector extensions), so rows from different machines are never compared unawares.
+fn write_row(out: &mut impl Write, row: &impl serde::Serialize) -> Result<()> {
+    let mut value = serde_json::to_value(row)?;
+    if let Some(obj) = value.as_object_mut() {
+        let cpu = ttlora::bench::machine::Cpu::detect();
+        obj.insert("cpu".into(), serde_json::to_value(&cpu)?);
+    }
+    writeln!(out, "{}", serde_json::to_string(&value)?)?;
+    Ok(())
+}
+
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Tt(args) => run_tt(args),
@@ -164,7 +176,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let base = a.base_dtype.unwrap_or_default();
     let g = ttlora::jobs::generate::Generator::load_with(&location, &device, base)?;
     let row = ttlora::bench::generate::decode_rate(&g, a.prompt_tokens, a.new_tokens, a.reps)?;
-    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&row)?)?;
+    write_row(&mut std::io::stdout().lock(), &row)?;
     Ok(())
 }
 
@@ -187,7 +199,7 @@ fn run_matmul(a: MatmulArgs) -> Result<()> {
             Duration::try_from_secs_f64(a.min_seconds).unwrap_or(Duration::MAX),
             &device,
         )?;
-        writeln!(out, "{}", serde_json::to_string(&row)?)?;
+        write_row(&mut out, &row)?;
     }
     Ok(())
 }
@@ -232,7 +244,7 @@ fn run_model(a: ModelArgs) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     for r in rows {
-        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        write_row(&mut out, &r)?;
     }
     Ok(())
 }
@@ -275,9 +287,9 @@ fn run_tt(args: TtArgs) -> Result<()> {
     };
     eprintln!(
         "ttlora bench tt: forward+backward of y = x W0^T + b + dW(x), x a Var (dx computed), f32, \
-         device {}, {} threads",
+         device {}, CPU {}",
         args.device.device,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        ttlora::bench::machine::Cpu::detect().kind()
     );
     let mut out = std::io::stdout().lock();
     if !args.output.json {
@@ -292,7 +304,7 @@ fn run_tt(args: TtArgs) -> Result<()> {
     })?;
     for r in &rows {
         if args.output.json {
-            writeln!(out, "{}", serde_json::to_string(r)?)?;
+            write_row(&mut out, r)?;
         } else {
             writeln!(
                 out,

@@ -393,7 +393,7 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
             md,
             "The search's own cost: {:.1} ms per job for choosing and recording it ({:.3}% of \
              a job's {:.1} s), over {} jobs; preparing the model and tokenized data took {:.1} s \
-             once per worker ({} workers), {:.0}% of a job, which per-trial loading would pay \
+             once per worker ({} workers), {:.1}% of a job, which per-trial loading would pay \
              every time.\n",
             1e3 * o.per_job_s,
             100.0 * o.per_job_s / o.job_s.max(1e-9),
