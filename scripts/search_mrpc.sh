@@ -2,7 +2,9 @@
 # Issue 20's MRPC studies on all-MiniLM-L6-v2: for each repeat (seeds 1, 2, 3), TT-LoRA over
 # the paper's grid (examples/search/ttlora-space.toml) by random search without early
 # stopping (9 trials × 9 epochs) and with ASHA (27 trials, η 3, rungs at 1, 3, 9 epochs);
-# then LoRA's rank sweep as a grid. Every study lives in runs/search-mrpc/<name>/ and
+# then LoRA's rank sweep and LoRETTA-rep's tensor ranks as grids (the trade-off plot's
+# references: `ttlora search report runs/search-mrpc/asha-1 --compare runs/search-mrpc/lora-sweep
+# --compare runs/search-mrpc/loretta-sweep`). Every study lives in runs/search-mrpc/<name>/ and
 # resumes when the script runs again (a finished study is not rerun). Reports:
 # `ttlora search report DIR`.
 #
@@ -26,7 +28,7 @@ study() {
   "$BIN" search report "$OUT/$name" | tail -4 >&2
 }
 
-for s in ${STUDIES:-asha-1 random-1 lora-sweep asha-2 random-2 asha-3 random-3}; do
+for s in ${STUDIES:-asha-1 random-1 lora-sweep loretta-sweep asha-2 random-2 asha-3 random-3}; do
   case $s in
     asha-*) study "$s" --space examples/search/ttlora-space.toml --scheduler asha \
               --reduction-factor 3 --grace-period 1 --trials 27 --seed "${s#asha-}" ;;
@@ -34,6 +36,8 @@ for s in ${STUDIES:-asha-1 random-1 lora-sweep asha-2 random-2 asha-3 random-3};
               --trials 9 --seed "${s#random-}" ;;
     lora-sweep) study "$s" --space examples/search/lora-sweep.toml --sampler grid \
               --scheduler none --trials 10 --seed 1 ;;
+    loretta-sweep) study "$s" --space examples/search/loretta-sweep.toml --sampler grid \
+              --scheduler none --trials 4 --seed 1 ;;
     *) echo "unknown study $s" >&2; exit 2 ;;
   esac
 done

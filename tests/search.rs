@@ -207,6 +207,32 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
     assert!(md.contains("## The front confirmed on dev"), "{md}");
 
+    // Another study beside this one: listed and drawn when it scores the same held-out
+    // slice, refused (naming the setting) when its seed draws another.
+    let twin = model.join("twin");
+    std::fs::create_dir_all(&twin).unwrap();
+    for f in ["study.json", "journal.jsonl"] {
+        std::fs::copy(out.join(f), twin.join(f)).unwrap();
+    }
+    let compared = json_out(ttlora(&[
+        "search",
+        "report",
+        path_str(&out),
+        "--compare",
+        path_str(&twin),
+        "--json",
+    ]));
+    let listed = compared["compared"][0]["trials"].as_array().unwrap();
+    assert_eq!(listed.len(), complete, "{compared}");
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(md.contains("## Compared: twin"), "{md}");
+    let mut study: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(twin.join("study.json")).unwrap()).unwrap();
+    study["seed"] = 7.into();
+    std::fs::write(twin.join("study.json"), study.to_string()).unwrap();
+    let o = ttlora(&["search", "report", path_str(&out), "--compare", path_str(&twin)]);
+    assert_clear_error(&o, &["twin", "its seed", "not comparable"]);
+
     if std::env::var_os("TTLORA_KEEP_REPORT").is_some() {
         let keep = std::path::PathBuf::from(std::env::var_os("TTLORA_KEEP_REPORT").unwrap());
         let _ = std::fs::create_dir_all(&keep);

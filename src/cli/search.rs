@@ -42,6 +42,12 @@ enum SearchCommand {
         /// std in the report); runs saved under DIR/confirm/ are reused.
         #[arg(long, value_name = "N", default_value_t = 0)]
         confirm_seeds: usize,
+        /// Another study to draw and list beside this one (repeatable): LoRA's rank sweep as
+        /// the front plot's reference line, other methods' sizes. Its task, training sample,
+        /// held-out share, seed, max length and max_t must be this study's, so both score the
+        /// same held-out examples after the same training.
+        #[arg(long, value_name = "DIR")]
+        compare: Vec<PathBuf>,
         #[command(flatten)]
         device: DeviceArgs,
         #[command(flatten)]
@@ -194,9 +200,10 @@ pub fn run(a: SearchArgs) -> Result<()> {
         Some(SearchCommand::Report {
             dir,
             confirm_seeds,
+            compare,
             device,
             output,
-        }) => report(&dir, confirm_seeds, device.device()?, output.json),
+        }) => report(&dir, confirm_seeds, &compare, device.device()?, output.json),
         Some(SearchCommand::Worker { dir, device, quiet }) => {
             let settings = SearchSettings::read(&dir)?;
             work(&dir, &settings, device.device()?, quiet)
@@ -492,8 +499,18 @@ fn print_status(s: &StudyStatus, json: bool) -> Result<()> {
 }
 
 /// `search report`: the Markdown and plots into DIR/report/, the front on stdout.
-fn report(dir: &Path, confirm_seeds: usize, device: candle_core::Device, json: bool) -> Result<()> {
+fn report(
+    dir: &Path,
+    confirm_seeds: usize,
+    compare: &[PathBuf],
+    device: candle_core::Device,
+    json: bool,
+) -> Result<()> {
     let mut r: Report = ttlora::search::build_report(dir)?;
+    for other in compare {
+        let theirs = ttlora::search::build_report(other)?;
+        r.compare_with(other, theirs)?;
+    }
     if confirm_seeds > 0 {
         let mut line = |trial: usize, seed: u64, score: f64| {
             let _ = writeln!(

@@ -107,13 +107,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report, plot: Plo
 
 /// The colour of a method: its place in the space file.
 fn method_colour(r: &Report, method: &str) -> RGBColor {
-    let i = r
-        .settings
-        .space
-        .methods
-        .iter()
-        .position(|m| m.method == method)
-        .unwrap_or(0);
+    let i = r.methods().iter().position(|m| m == method).unwrap_or(0);
     let c = Palette99::pick(i).to_rgba();
     RGBColor(c.0, c.1, c.2)
 }
@@ -132,10 +126,13 @@ fn score_range<'a>(scores: impl Iterator<Item = &'a f64>) -> std::ops::Range<f64
 
 fn front<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn {
     let max_t = r.settings.scheduler.max_t;
+    // The study's complete trials, then the compared studies' (complete by construction).
     let complete: Vec<&TrialOutcome> = r
         .trials
         .iter()
-        .filter(|t| t.resource >= max_t && t.score.is_finite() && t.params > 0)
+        .filter(|t| t.resource >= max_t)
+        .chain(r.compared.iter().flat_map(|c| &c.trials))
+        .filter(|t| t.score.is_finite() && t.params > 0)
         .collect();
     let (lo, hi) = complete
         .iter()
@@ -168,20 +165,20 @@ fn front<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn
         .label_style((FONT, 13))
         .draw()
         .map_err(|e| e.to_string())?;
-    for m in &r.settings.space.methods {
-        let colour = method_colour(r, &m.method);
+    for method in r.methods() {
+        let colour = method_colour(r, &method);
         let points: Vec<(f64, f64)> = complete
             .iter()
-            .filter(|t| t.config.method == m.method)
+            .filter(|t| t.config.method == method)
             .map(|t| (t.params as f64, t.score))
             .collect();
         chart
             .draw_series(points.iter().map(|p| Circle::new(*p, 4, colour.filled())))
             .map_err(|e| e.to_string())?
-            .label(m.method.clone())
+            .label(method.clone())
             .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
         // LoRA's rank sweep: its trials joined in order of size, the reference line.
-        if m.method == "lora" && points.len() > 1 {
+        if method == "lora" && points.len() > 1 {
             let mut sweep = points.clone();
             sweep.sort_by(|a, b| a.0.total_cmp(&b.0));
             chart

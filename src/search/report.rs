@@ -102,9 +102,78 @@ pub struct Report {
     pub confirmed: Vec<crate::search::confirm::Confirmed>,
     /// Damaged journal lines.
     pub warnings: Vec<String>,
+    /// Other studies drawn beside this one (`search report --compare DIR`): their trials
+    /// complete at `max_t`, on the same held-out slice.
+    pub compared: Vec<Compared>,
+}
+
+/// Another study's complete trials, drawn and listed beside a report's (LoRA's rank sweep as
+/// the trade-off plot's reference line, LoRETTA's sizes).
+#[derive(Debug, Clone, Serialize)]
+pub struct Compared {
+    /// The study's folder name.
+    pub study: String,
+    /// Its trials complete at `max_t` with a score.
+    pub trials: Vec<TrialOutcome>,
 }
 
 impl Report {
+    /// Adds another study's complete trials beside this report's. Their held-out scores are
+    /// comparable only when both studies hold out the same examples and train as long, so the
+    /// settings that decide those must agree.
+    ///
+    /// # Errors
+    /// [`Error::Study`](crate::error::Error::Study) naming the first setting that differs.
+    pub fn compare_with(&mut self, dir: &Path, other: Report) -> Result<()> {
+        let (a, b) = (&self.settings, &other.settings);
+        let differs = [
+            ("task", a.task != b.task),
+            ("max_train", a.max_train != b.max_train),
+            ("held_out", a.held_out != b.held_out),
+            ("max_len", a.max_len != b.max_len),
+            ("seed (it draws the held-out slice)", a.seed != b.seed),
+            ("resource", a.resource != b.resource),
+            ("max_t", a.scheduler.max_t != b.scheduler.max_t),
+        ];
+        if let Some((field, _)) = differs.iter().find(|(_, d)| *d) {
+            return Err(crate::error::Error::Study {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "its {field} differs from the reported study's, so its held-out scores \
+                     are not comparable"
+                ),
+            });
+        }
+        let max_t = other.settings.scheduler.max_t;
+        let trials = other
+            .trials
+            .into_iter()
+            .filter(|t| t.resource >= max_t && t.score.is_finite())
+            .collect();
+        let study = dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        self.compared.push(Compared { study, trials });
+        Ok(())
+    }
+
+    /// Every method the report draws, its own first, then the compared studies' in order.
+    pub fn methods(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let own = self.settings.space.methods.iter().map(|m| &m.method);
+        let theirs = self
+            .compared
+            .iter()
+            .flat_map(|c| c.trials.iter().map(|t| &t.config.method));
+        for m in own.chain(theirs) {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
+
     /// The front's configs, for [`crate::search::confirm::confirm`].
     pub fn front_configs(&self) -> Vec<crate::search::confirm::FrontConfig<'_>> {
         self.front
@@ -227,6 +296,7 @@ pub fn build(dir: &Path) -> Result<Report> {
         overhead: overhead(&replay.events),
         confirmed: Vec::new(),
         warnings: st.warnings,
+        compared: Vec::new(),
     })
 }
 
@@ -418,6 +488,19 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
     for (name, file) in plots {
         if *name == "front" {
             let _ = writeln!(md, "\n![score against parameters]({file})");
+        }
+    }
+    for c in &r.compared {
+        let _ = writeln!(
+            md,
+            "\n## Compared: {} (its trials complete at max_t, the same held-out slice)\n",
+            c.study
+        );
+        table_header(&mut md);
+        let mut order: Vec<&TrialOutcome> = c.trials.iter().collect();
+        order.sort_by_key(|t| t.params);
+        for t in order {
+            table_row(&mut md, t);
         }
     }
     if !r.confirmed.is_empty() {
