@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 20's trade-off studies on all-MiniLM-L6-v2, one task at a time (TASK=mrpc or sst2):
+# TT-LoRA over the paper's grid (examples/search/ttlora-space.toml) with ASHA (27 trials, η 3,
+# grace 1 epoch) and by random search without early stopping (9 trials, the same first
+# configs), each with seeds 1, 2, 3; LoRA's rank sweep and LoRETTA-rep's tensor ranks as
+# grids, the trade-off plot's references. Every study lives in runs/search-$TASK/<name>/ and
+# resumes when the script runs again (a finished study is not rerun). The plot:
+#   ttlora search report runs/search-$TASK/asha-1 --compare runs/search-$TASK/lora-sweep \
+#     --compare runs/search-$TASK/loretta-sweep
+#
+#   scripts/search_tradeoff.sh                        # MRPC, every study in order
+#   TASK=sst2 scripts/search_tradeoff.sh              # SST-2's 20k-sentence sample
+#   STUDIES="asha-1 random-1" scripts/search_tradeoff.sh
+#   BIN=/tmp/ttlora scripts/search_tradeoff.sh        # a prebuilt binary (safe while rebuilding)
+#
+# Sizes, to fit working sessions on 2 cores: MRPC 1,000 training examples sampled and 9 epochs
+# at most; SST-2 the 20,000-sentence sample of the GLUE tables and 3 epochs at most (its
+# default studies: ASHA with seed 1 and the two sweeps). Both hold out 10% for selection, cut
+# at 128 tokens, batch 32, the method's default schedule (AdamW, linear decay, 6% warm-up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/ttlora}
+TASK=${TASK:-mrpc}
+OUT=${OUT:-runs/search-$TASK}
+case $TASK in
+  mrpc) size=(--max-train 1000 --max-t 9)
+        default="asha-1 random-1 lora-sweep loretta-sweep asha-2 random-2 asha-3 random-3" ;;
+  sst2) size=(--max-train 20000 --max-t 3)
+        default="asha-1 lora-sweep loretta-sweep" ;;
+  *) echo "TASK must be mrpc or sst2, not $TASK" >&2; exit 2 ;;
+esac
+common=(--task "$TASK" "${size[@]}" --max-len 128 --batch-size 32 --offline --quiet)
+
+study() {
+  local name=$1; shift
+  echo "== $TASK $name" >&2
+  "$BIN" search "${common[@]}" --out "$OUT/$name" "$@" > /dev/null
+  "$BIN" search report "$OUT/$name" | tail -4 >&2
+}
+
+for s in ${STUDIES:-$default}; do
+  case $s in
+    asha-*) study "$s" --space examples/search/ttlora-space.toml --scheduler asha \
+              --reduction-factor 3 --grace-period 1 --trials 27 --seed "${s#asha-}" ;;
+    random-*) study "$s" --space examples/search/ttlora-space.toml --scheduler none \
+              --trials 9 --seed "${s#random-}" ;;
+    lora-sweep) study "$s" --space examples/search/lora-sweep.toml --sampler grid \
+              --scheduler none --trials 10 --seed 1 ;;
+    loretta-sweep) study "$s" --space examples/search/loretta-sweep.toml --sampler grid \
+              --scheduler none --trials 4 --seed 1 ;;
+    *) echo "unknown study $s" >&2; exit 2 ;;
+  esac
+done
