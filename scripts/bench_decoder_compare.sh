@@ -12,18 +12,19 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 PY=${PY:-.venv-ref/bin/python}
 [[ -x $PY ]] || { echo "no Python reference at $PY; run scripts/python_ref.sh first" >&2; exit 1; }
-GGUF=$(ls "$("$BIN" fetch smollm2 2>/dev/null | tail -1)"/*.gguf | head -1)
+GGUF=$(ls "$("$BIN" fetch smollm2 | tail -1)"/*.gguf | head -1)
 BATCH=${BATCH:-8}
 SEQ=${SEQ:-256}
 ITERS=${ITERS:-3}
 OUT=${OUT:-bench-decoder.jsonl}
 : > "$OUT"
+: > "$OUT.log"  # the Python side's warnings and errors
 ours() {
   "$BIN" bench model --model smollm2 --offline --base-dtype quantized --batch-size "$BATCH" \
     --seq-len "$SEQ" --iters "$ITERS" --min-seconds 1 "$@" | sed 's/^{/{"impl":"ttlora",/' >> "$OUT"
 }
 echo "PyTorch + PEFT, LoRA r=8..." >&2
-"$PY" scripts/bench_decoder_reference.py "$GGUF" "$BATCH" "$SEQ" "$ITERS" 2>/dev/null \
+"$PY" scripts/bench_decoder_reference.py "$GGUF" "$BATCH" "$SEQ" "$ITERS" 2>> "$OUT.log" \
   | sed 's/^{/{"impl":"pytorch","method":"lora",/' >> "$OUT"
 echo "ttlora, LoRA r=8 and TT-LoRA..." >&2
 ours --method lora --config '{"r":8}'
@@ -34,7 +35,7 @@ sys.path.insert(0, "scripts")
 from bench_machine import kind
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ref = next(r for r in rows if r["impl"] == "pytorch")
-print(f"### {kind(rows[0]['cpu'])}\n")
+print(f"### {kind(next(r for r in rows if r['impl'] == 'ttlora')['cpu'])}\n")
 print("| side | method | step | peak RSS | vs PyTorch (time, RSS) |")
 print("|---|---|---:|---:|---:|")
 for r in rows:

@@ -17,11 +17,17 @@ def label(r: dict) -> str:
 
 def main() -> None:
     rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    # Grouped by model and extensions, not threads: Python counts CPUs by affinity and Rust
+    # by the cgroup quota too, which can differ in a container on the same CPU.
     by_cpu = {}
     for r in rows:
-        by_cpu.setdefault(kind(r["cpu"]) if "cpu" in r else "CPU not recorded", []).append(r)
-    for cpu, group in by_cpu.items():
-        print(f"### {cpu}\n")
+        c = r.get("cpu")
+        key = (c["model"], tuple(c["features"])) if c else None
+        by_cpu.setdefault(key, []).append(r)
+    for key, group in by_cpu.items():
+        c = next((r["cpu"] for r in group if r.get("impl") == "ttlora" and "cpu" in r), None)
+        c = c or (group[0].get("cpu"))
+        print(f"### {kind(c) if c else 'CPU not recorded'}\n")
         table(group)
         print()
 

@@ -594,7 +594,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Io { .. } | Error::Candle(_) | Error::OutputLocked { .. }
+            Error::Io { .. }
+                | Error::Candle(_)
+                | Error::OutputLocked { .. }
+                | Error::OutputKept { .. }
         )
     }
 }

@@ -230,7 +230,13 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
         serde_json::from_slice(&std::fs::read(twin.join("study.json")).unwrap()).unwrap();
     study["seed"] = 7.into();
     std::fs::write(twin.join("study.json"), study.to_string()).unwrap();
-    let o = ttlora(&["search", "report", path_str(&out), "--compare", path_str(&twin)]);
+    let o = ttlora(&[
+        "search",
+        "report",
+        path_str(&out),
+        "--compare",
+        path_str(&twin),
+    ]);
     assert_clear_error(&o, &["twin", "its seed", "not comparable"]);
 
     if std::env::var_os("TTLORA_KEEP_REPORT").is_some() {

@@ -350,11 +350,7 @@ fn read_rows(
             line,
             prefix: "",
         };
-        let id = match value.get("idx") {
-            Some(Value::String(s)) => s.clone(),
-            Some(v @ Value::Number(_)) => v.to_string(),
-            _ => line.to_string(),
-        };
+        let id = value.get("idx").map_or_else(|| line.to_string(), idx_text);
         out.extend(examples(&row)?.into_iter().map(|mut e| {
             if e.id.is_empty() {
                 e.id.clone_from(&id);
@@ -638,6 +634,14 @@ fn copa_choice(choice: &str) -> String {
     }
 }
 
+/// An `idx` as text: a string as it is (no JSON quotes), anything else as JSON writes it.
+fn idx_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
 /// MultiRC: one example per answer of each question of the passage.
 fn multirc_examples(row: &Row) -> Result<Vec<PromptedExample>> {
     let passage_idx = row.field("idx")?;
@@ -652,13 +656,18 @@ fn multirc_examples(row: &Row) -> Result<Vec<PromptedExample>> {
     for q in questions {
         let q = row.nested(q, "passage.questions[].");
         let question = q.str("question")?;
-        let group = format!("{passage_idx}-{}", q.field("idx")?);
+        let group = format!("{}-{}", idx_text(passage_idx), idx_text(q.field("idx")?));
         let answers = q
             .field("answers")?
             .as_array()
             .ok_or_else(|| q.error("answers", "expected a list"))?;
-        for a in answers {
+        for (position, a) in answers.iter().enumerate() {
             let a = row.nested(a, "passage.questions[].answers[].");
+            // An answer's own idx names it in predictions; its position where it has none.
+            let answer = a
+                .value
+                .get("idx")
+                .map_or_else(|| position.to_string(), idx_text);
             out.push(PromptedExample {
                 prompt: format!(
                     "{paragraph}\nQuestion: {question}\nI found this answer \"{}\". Is that \
@@ -667,7 +676,7 @@ fn multirc_examples(row: &Row) -> Result<Vec<PromptedExample>> {
                 ),
                 candidates: vec!["No".into(), "Yes".into()],
                 gold: a.index("label", 2)?,
-                id: format!("{group}-{}", a.field("idx")?),
+                id: format!("{group}-{answer}"),
                 group: Some(group.clone()),
             });
         }
@@ -840,6 +849,15 @@ mod tests {
         assert_eq!((multirc.gold, multirc.group.as_deref()), (0, Some("0-0")));
         // Predictions name their rows: SuperGLUE's idx, MultiRC's passage-question-answer.
         assert_eq!(multirc.id, "0-0-0");
+        // Without an answer idx (or with string ones), the answer's position; no JSON quotes.
+        let line = r#"{"idx": "p7", "passage": {"text": "t", "questions": [{"idx": 2,
+            "question": "q", "answers": [{"text": "a", "label": 0}, {"text": "b", "label": 1}]}]}}"#;
+        let ids: Vec<String> = parse(PromptedTask::MultiRc, &line.replace('\n', " "))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["p7-2-0", "p7-2-1"]);
         assert_eq!(first(PromptedTask::Cb).0.id, "0");
         for task in [
             PromptedTask::Cb,

@@ -147,28 +147,72 @@ fn meta_of(
     }
 }
 
-/// Whether the adapter folder `dir` is for a decoder's LM head (PEFT's `task_type`
-/// `CAUSAL_LM` in its `adapter_config.json`).
+/// Whether the adapter folder `dir` is a decoder's: PEFT's `task_type` `CAUSAL_LM`, or a
+/// decoder classifier (see [`is_decoder_classifier`]).
 ///
 /// # Errors
 /// An unreadable or invalid config file.
 pub fn is_decoder_adapter(dir: &Path) -> Result<bool> {
     let path = dir.join(crate::io::adapter_folder::CONFIG_FILE);
     let config: serde_json::Value = crate::io::read_json_if_present(&path)?.unwrap_or_default();
-    Ok(config["task_type"] == "CAUSAL_LM" || is_decoder_classifier(&config))
+    if config["task_type"] == "CAUSAL_LM" {
+        return Ok(true);
+    }
+    let names = safetensors_names(&dir.join(crate::io::adapter_folder::WEIGHTS_FILE));
+    Ok(is_decoder_classifier(&config, names.as_deref()))
 }
 
-/// Whether an adapter config is a decoder classifier's: PEFT's `SEQ_CLS` with the decoder
-/// head `score` among its saved modules (an encoder's head is `classifier…`). PEFT names the
-/// module (`score`, as ttlora's PEFT LoRA writer does); ttlora's own folders name the tensor
-/// (`score.weight`).
-pub fn is_decoder_classifier(config: &serde_json::Value) -> bool {
+/// Whether an adapter is a decoder classifier's: PEFT's `SEQ_CLS` whose saved head is the
+/// decoder's `score` (an encoder's is `classifier…`). ttlora's own folders list the tensor
+/// (`score.weight`), which settles it; PEFT lists the modules `classifier` *and* `score` for
+/// every SEQ_CLS adapter whatever the model, so for a PEFT folder the weights decide: a
+/// `score.weight` and no `classifier` tensor (`names`, the weights file's tensor names; a
+/// folder without a readable weights file is not taken for a decoder's).
+pub fn is_decoder_classifier(config: &serde_json::Value, names: Option<&[String]>) -> bool {
     let head = crate::models::heads::SCORE_HEAD;
     let module = head.strip_suffix(".weight").unwrap_or(head);
-    config["task_type"] == "SEQ_CLS"
-        && config["modules_to_save"]
+    let listed = |name: &str| {
+        config["modules_to_save"]
             .as_array()
-            .is_some_and(|m| m.iter().any(|n| n == head || n == module))
+            .is_some_and(|m| m.iter().any(|n| n == name))
+    };
+    if config["task_type"] != "SEQ_CLS" {
+        return false;
+    }
+    if listed(head) {
+        return true;
+    }
+    listed(module)
+        && names.is_some_and(|names| {
+            names.iter().any(|n| n.ends_with(&format!(".{head}")))
+                && !names.iter().any(|n| n.contains("classifier"))
+        })
+}
+
+/// The tensor names in a safetensors file's header; `None` when the file is missing or its
+/// header is not one (the normal loader then reports it properly).
+fn safetensors_names(path: &Path) -> Option<Vec<String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    // A header longer than the file (or than 100 MB) is damage, not something to allocate.
+    let size = file.metadata().ok()?.len();
+    if len > size.saturating_sub(8) || len > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; usize::try_from(len).ok()?];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).ok()?;
+    Some(
+        header
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k != "__metadata__")
+            .collect(),
+    )
 }
 
 /// Exports the adapter loaded on the decoder `g` (see [`Generator::with_adapter`]; `cfg` is
@@ -263,8 +307,8 @@ pub fn export_decoder(
 
 /// Makes a decoder's HF config a `…ForSequenceClassification` one for `n` classes: the label
 /// names (the task's answers, else `LABEL_i`) and the pad token the head's last-token lookup
-/// needs (transformers refuses batches without one; ttlora pads with EOS when the tokenizer has
-/// no pad, and so must transformers).
+/// needs (transformers refuses batches without one): the one ttlora trained with (the
+/// tokenizer's pad, else EOS).
 fn classifier_config(
     config: &mut serde_json::Value,
     n: usize,
@@ -288,9 +332,9 @@ fn classifier_config(
     config["num_labels"] = n.into();
     config["id2label"] = id2label.into();
     config["label2id"] = label2id.into();
-    if config["pad_token_id"].is_null() {
-        config["pad_token_id"] = pad_id.into();
-    }
+    // The pad ttlora padded with in training: transformers reads the head at the last token
+    // that is not this id, so any other id could move it.
+    config["pad_token_id"] = pad_id.into();
 }
 
 /// llama.cpp's tensor pairs for a LoRA on a LLaMA-family decoder: each module's `lora_b`
@@ -420,11 +464,36 @@ mod tests {
     /// both are decoder classifiers, an encoder's head and a CAUSAL_LM adapter are not.
     #[test]
     fn decoder_classifiers_are_known_by_either_head_name() {
-        let config = |task: &str, head: &str| serde_json::json!({"task_type": task, "modules_to_save": [head]});
-        assert!(is_decoder_classifier(&config("SEQ_CLS", "score")));
-        assert!(is_decoder_classifier(&config("SEQ_CLS", "score.weight")));
-        assert!(!is_decoder_classifier(&config("SEQ_CLS", "classifier")));
-        assert!(!is_decoder_classifier(&config("CAUSAL_LM", "score")));
+        let config = |task: &str, heads: &[&str]| serde_json::json!({"task_type": task, "modules_to_save": heads});
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let decoder = names(&["base_model.model.score.weight", "base_model.model.x.lora_A"]);
+        let encoder = names(&["base_model.model.classifier.weight"]);
+        // ttlora's own folders name the tensor.
+        assert!(is_decoder_classifier(
+            &config("SEQ_CLS", &["score.weight"]),
+            None
+        ));
+        // PEFT lists `classifier` and `score` for every SEQ_CLS adapter: the weights decide.
+        let peft = config("SEQ_CLS", &["classifier", "score"]);
+        assert!(is_decoder_classifier(&peft, Some(&decoder)));
+        assert!(!is_decoder_classifier(&peft, Some(&encoder)));
+        assert!(!is_decoder_classifier(&peft, None));
+        assert!(!is_decoder_classifier(
+            &config("SEQ_CLS", &["classifier"]),
+            Some(&decoder)
+        ));
+        assert!(!is_decoder_classifier(
+            &config("CAUSAL_LM", &["score"]),
+            Some(&decoder)
+        ));
+        // The repository's PEFT fixture (a BERT classifier PEFT wrote) is an encoder's.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft/lora");
+        assert!(!is_decoder_adapter(&fixture).unwrap());
+        let header = safetensors_names(&fixture.join("adapter_model.safetensors")).unwrap();
+        assert!(
+            header.iter().any(|n| n.contains("classifier")),
+            "{header:?}"
+        );
         let mut hf = serde_json::json!({"architectures": ["LlamaForSequenceClassification"]});
         let task = crate::io::TaskInfo {
             name: "rte".into(),
@@ -440,12 +509,11 @@ mod tests {
             (hf["num_labels"].as_u64(), hf["pad_token_id"].as_u64()),
             (Some(2), Some(7))
         );
-        // A config's own pad token stays; without the task, HF's default label names.
+        // The pad ttlora trained with replaces a config's own; without the task, HF's default
+        // label names.
         let mut hf = serde_json::json!({"pad_token_id": 3});
         classifier_config(&mut hf, 2, None, 7);
-        assert_eq!(
-            (hf["pad_token_id"].as_u64(), &hf["id2label"]["1"]),
-            (Some(3), &serde_json::json!("LABEL_1"))
-        );
+        assert_eq!(hf["pad_token_id"].as_u64(), Some(7));
+        assert_eq!(hf["id2label"]["1"], "LABEL_1");
     }
 }

@@ -805,10 +805,11 @@ pub fn run(spec: &PromptedTrainSpec, observers: &mut [&mut dyn Observer]) -> Res
             reason: "nothing to select on: the train file needs at least two examples".into(),
         });
     }
-    let mut attached = attach_trial(&mut g.model, &spec.trial)?;
-    let mut vars = std::mem::take(&mut attached.vars);
     let (device, pad, seed) = (&spec.device, g.pad_id(), spec.trial.train.seed);
     let classes = data.fit.classes().max(data.held.classes());
+    // The head goes on before the adapter, so a classifier's walk (no LM head) is what the
+    // adapter's targets and full fine-tuning see, as when the folder is loaded again.
+    let mut head_vars = Vec::new();
     if let PromptedObjective::Classify { train_head } = objective {
         // One class per candidate needs the same candidates everywhere (a verbaliser);
         // COPA's are each example's own sentences, which a head on the prompt never sees.
@@ -829,9 +830,12 @@ pub fn run(spec: &PromptedTrainSpec, observers: &mut [&mut dyn Observer]) -> Res
         }
         g.model.set_score_head(classes, seed)?;
         if train_head {
-            vars.extend(g.model.head_vars());
+            head_vars = g.model.head_vars();
         }
     }
+    let mut attached = attach_trial(&mut g.model, &spec.trial)?;
+    let mut vars = std::mem::take(&mut attached.vars);
+    vars.extend(head_vars);
     let task_info = crate::io::TaskInfo {
         name: spec.data.source.name().into(),
         label_names: label_names(&data.fit, classes),

@@ -128,6 +128,8 @@ impl Report {
         let (a, b) = (&self.settings, &other.settings);
         let differs = [
             ("task", a.task != b.task),
+            ("model", a.model != b.model),
+            ("data", a.data != b.data),
             ("max_train", a.max_train != b.max_train),
             ("held_out", a.held_out != b.held_out),
             ("max_len", a.max_len != b.max_len),

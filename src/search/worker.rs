@@ -246,7 +246,8 @@ pub fn local_workers_that_fit(dir: &Path, n: usize) -> Result<(usize, Option<Str
 fn memory_short_by(available: f64, need: f64, others_running: usize) -> Option<String> {
     (others_running > 0 && available < need).then(|| {
         format!(
-            "{available:.0} MiB available, a job needs about {need:.0} MiB more;              {others_running} running elsewhere"
+            "{available:.0} MiB available, a job needs about {need:.0} MiB more; \
+             {others_running} running elsewhere on this host"
         )
     })
 }
@@ -262,10 +263,18 @@ fn memory_short(dir: &Path, state: &StudyState) -> Result<Option<String>> {
     if available >= need {
         return Ok(None);
     }
+    // Jobs on this host only (a claim names its worker `host:pid`): one on another node of a
+    // cluster gives no memory back here.
+    let me = worker_name();
+    let host = me.rsplit_once(':').map_or(me.as_str(), |(h, _)| h);
     let mut running = 0;
     for t in state.trials.iter().filter(|t| !t.claim_closed) {
+        let here = t
+            .claim
+            .as_ref()
+            .is_some_and(|(_, w, _)| w.rsplit_once(':').is_some_and(|(h, _)| h == host));
         // A held run lock: a live worker's job.
-        running += usize::from(try_lock_trial(dir, t.id)?.is_none());
+        running += usize::from(here && try_lock_trial(dir, t.id)?.is_none());
     }
     Ok(memory_short_by(available, need, running))
 }
