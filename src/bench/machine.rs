@@ -34,7 +34,7 @@ pub struct Cpu {
     pub model: String,
     /// Logical CPUs this process may use (what the thread pools size themselves by).
     pub threads: usize,
-    /// The extensions among [`FEATURES_THAT_MATTER`] it has.
+    /// Its vector extensions among those that change kernels (AVX2, AVX-512, AMX, SVE…).
     pub features: Vec<String>,
 }
 

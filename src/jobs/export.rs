@@ -193,6 +193,10 @@ pub fn is_decoder_classifier(config: &serde_json::Value, names: Option<&[String]
 /// header is not one (the normal loader then reports it properly).
 fn safetensors_names(path: &Path) -> Option<Vec<String>> {
     use std::io::Read;
+    // Only a regular file: opening a FIFO would wait for a writer (the loader refuses it).
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
     let mut file = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).ok()?;
