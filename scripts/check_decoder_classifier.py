@@ -24,7 +24,7 @@ def cb_prompt(row):
             "Yes, No, or Maybe?\n")
 
 
-def scores(model, tok, prompts, pad_id):
+def scores(model, tok, prompts):
     import torch
     out = []
     for p in prompts:
@@ -64,7 +64,7 @@ def main():
     model = AutoModelForSequenceClassification.from_pretrained(merged, dtype=torch.float32)
     model.eval()
     report["merged_architecture"] = type(model).__name__
-    report.update(compare("merged", scores(model, tok, prompts, config["pad_token_id"]),
+    report.update(compare("merged", scores(model, tok, prompts),
                           labels, ours))
 
     from peft import PeftModel
@@ -73,7 +73,7 @@ def main():
         folder, gguf_file=name, dtype=torch.float32, num_labels=len(labels),
         pad_token_id=config["pad_token_id"])
     peft_model = PeftModel.from_pretrained(base, peft_dir).eval()
-    report.update(compare("peft", scores(peft_model, tok, prompts, config["pad_token_id"]),
+    report.update(compare("peft", scores(peft_model, tok, prompts),
                           labels, ours))
     print(json.dumps(report, indent=2))
 

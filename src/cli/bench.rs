@@ -145,8 +145,10 @@ pub struct TtArgs {
 fn write_row(out: &mut impl Write, row: &impl serde::Serialize) -> Result<()> {
     let mut value = serde_json::to_value(row)?;
     if let Some(obj) = value.as_object_mut() {
-        let cpu = ttlora::bench::machine::Cpu::detect();
-        obj.insert("cpu".into(), serde_json::to_value(&cpu)?);
+        // Read once per process: /proc/cpuinfo does not change between rows.
+        static CPU: std::sync::OnceLock<ttlora::bench::machine::Cpu> = std::sync::OnceLock::new();
+        let cpu = CPU.get_or_init(ttlora::bench::machine::Cpu::detect);
+        obj.insert("cpu".into(), serde_json::to_value(cpu)?);
     }
     writeln!(out, "{}", serde_json::to_string(&value)?)?;
     Ok(())

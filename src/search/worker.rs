@@ -108,7 +108,7 @@ pub fn run_worker(
         }
         warned = replay.warnings.len();
         let state = StudyState::replay(&replay.events);
-        if let Some(short) = memory_short(dir, &state)? {
+        if let Some(short) = memory_short(dir, &state, &name)? {
             drop(locked);
             if !waiting_for_memory {
                 tracing::warn!(
@@ -252,8 +252,9 @@ fn memory_short_by(available: f64, need: f64, others_running: usize) -> Option<S
     })
 }
 
-/// [`memory_short_by`] on this machine's readings (no guard where the OS gives none).
-fn memory_short(dir: &Path, state: &StudyState) -> Result<Option<String>> {
+/// [`memory_short_by`] on this machine's readings for `worker` (`host:pid`), counting jobs on its
+/// host; no guard where the OS gives no readings.
+fn memory_short(dir: &Path, state: &StudyState, worker: &str) -> Result<Option<String>> {
     let (Some(peak), Some(available)) =
         (recorded_peak_mib(state), crate::io::available_memory_mib())
     else {
@@ -265,8 +266,7 @@ fn memory_short(dir: &Path, state: &StudyState) -> Result<Option<String>> {
     }
     // Jobs on this host only (a claim names its worker `host:pid`): one on another node of a
     // cluster gives no memory back here.
-    let me = worker_name();
-    let host = me.rsplit_once(':').map_or(me.as_str(), |(h, _)| h);
+    let host = worker.rsplit_once(':').map_or(worker, |(h, _)| h);
     let mut running = 0;
     for t in state.trials.iter().filter(|t| !t.claim_closed) {
         let here = t

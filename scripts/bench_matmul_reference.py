@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""PyTorch's f32 matmul rate on this machine, the counterpart of `ttlora bench matmul` (the same
+two shapes): median of 10 products after 3 warm-ups, one JSON line per shape with the CPU.
+
+    .venv-ref/bin/python scripts/bench_matmul_reference.py
+"""
+import json
+import time
+
+import torch
+
+from bench_machine import cpu  # scripts/, this file's folder, is on sys.path
+
+
+def main():
+    torch.manual_seed(0)
+    for m, n, k in [(2048, 2048, 2048), (4096, 1536, 384)]:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        t = sorted(times)[len(times) // 2]
+        print(json.dumps({"impl": "pytorch", "kind": "matmul", "m": m, "n": n, "k": k,
+                          "ms": t * 1e3, "gflops": 2 * m * n * k / t / 1e9,
+                          "threads": torch.get_num_threads(), "cpu": cpu()}))
+
+
+if __name__ == "__main__":
+    main()
