@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch's f32 matmul rate on this machine, the counterpart of `ttlora bench matmul` (the same
-two shapes): median of 10 products after 3 warm-ups, one JSON line per shape with the CPU.
+"""PyTorch's f32 matmul rate on this machine, the counterpart of `ttlora bench matmul` (its two
+default shapes, or the `MxNxK` shapes given, as `--shapes` takes them): median of 10 products
+after 3 warm-ups, one JSON line per shape with the CPU.
 
     .venv-ref/bin/python scripts/bench_matmul_reference.py
+    .venv-ref/bin/python scripts/bench_matmul_reference.py 8192x384x384 8192x1536x384
 """
 import json
+import sys
 import time
 
 import torch
@@ -14,7 +17,8 @@ from bench_machine import cpu  # scripts/, this file's folder, is on sys.path
 
 def main():
     torch.manual_seed(0)
-    for m, n, k in [(2048, 2048, 2048), (4096, 1536, 384)]:
+    shapes = [tuple(int(d) for d in s.split("x")) for s in sys.argv[1:]]
+    for m, n, k in shapes or [(2048, 2048, 2048), (4096, 1536, 384)]:
         a, b = torch.randn(m, k), torch.randn(k, n)
         for _ in range(3):
             a @ b

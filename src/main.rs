@@ -12,14 +12,16 @@ fn main() -> std::process::ExitCode {
 
 /// glibc's malloc returns tensor-sized buffers (≥ 128 KiB) to the kernel on free and takes
 /// fresh pages, zeroed in page faults, for the next one: a MiniLM training step spent ~45% of
-/// its time in the kernel doing that (BENCHMARKS.md). Serving every allocation up to 32 MiB
-/// (glibc's largest threshold) from the heap and never trimming it reuses those pages.
+/// its time in the kernel doing that (BENCHMARKS.md). Serving every allocation from the heap
+/// (no `mmap` ones, whose 32 MiB threshold cap left MiniLM's 48 MiB feed-forward activations
+/// at batch 64 paying page faults each forward) and never trimming it reuses those pages.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it runs before any other thread starts.
-    // A trim threshold of -1 is SIZE_MAX to glibc: never give the heap top back.
+    // A trim threshold of -1 is SIZE_MAX to glibc: never give the heap top back; an mmap
+    // maximum of 0: no allocation, however large, gets pages of its own.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
     }
 }

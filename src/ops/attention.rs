@@ -188,20 +188,10 @@ fn masked_softmax_rows<T: Real>(block: &mut [T], dm: Dims, bias: &[f64]) {
         hidden.fill(T::zero());
         // Causal: the query's own key (the row's last) takes no bias.
         let biased = if dm.causal { seen - 1 } else { seen };
-        let mut m = T::NEG_INFINITY;
         for (v, &b) in row[..biased].iter_mut().zip(bias) {
             *v += T::from_f64(b);
         }
-        for &v in row.iter() {
-            m = m.max(v);
-        }
-        let mut sum = T::zero();
-        for v in row.iter_mut() {
-            *v = (*v - m).exp();
-            sum += *v;
-        }
-        let inv = T::one() / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
+        T::softmax_in_place(row);
     }
 }
 

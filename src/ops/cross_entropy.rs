@@ -34,10 +34,12 @@ fn dims(l: &Layout, labels: &[u32]) -> candle_core::Result<(usize, usize)> {
     Ok((n, v))
 }
 
-/// `logsumexp` of one row.
-fn log_sum_exp<T: Real>(row: &[T]) -> T {
-    let m = row.iter().fold(T::NEG_INFINITY, |m, &x| m.max(x));
-    let sum = row.iter().fold(T::zero(), |s, &x| s + (x - m).exp());
+/// `logsumexp` of one row (`scratch` holds its shifted exponentials).
+fn log_sum_exp<T: Real>(row: &[T], scratch: &mut Vec<T>) -> T {
+    let m = T::row_max(row);
+    scratch.clear();
+    scratch.extend_from_slice(row);
+    let sum = T::exp_shifted_sum(scratch, m);
     m + T::from_f64(sum.to_f64().ln())
 }
 
@@ -48,9 +50,10 @@ impl CrossEntropyLoss {
         // Per-row losses in a scratch row each, summed in f64.
         let mut losses = vec![T::zero(); n];
         par_rows(&mut losses, 1, |rows, out| {
+            let mut scratch = Vec::with_capacity(v);
             for (i, o) in rows.zip(out.iter_mut()) {
                 let row = &x[i * v..(i + 1) * v];
-                *o = log_sum_exp(row) - row[self.labels[i] as usize];
+                *o = log_sum_exp(row, &mut scratch) - row[self.labels[i] as usize];
             }
         });
         let mean = losses.iter().map(|l| l.to_f64()).sum::<f64>() / n.max(1) as f64;
@@ -96,14 +99,9 @@ impl CrossEntropyBackward {
         let mut dx = vec![T::zero(); x.len()];
         par_rows(&mut dx, v, |rows, out| {
             for (i, o) in rows.zip(out.chunks_exact_mut(v)) {
-                let row = &x[i * v..(i + 1) * v];
-                let m = row.iter().fold(T::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = T::zero();
-                for (d, &xv) in o.iter_mut().zip(row) {
-                    *d = (xv - m).exp();
-                    sum += *d;
-                }
-                let inv = k / sum;
+                o.copy_from_slice(&x[i * v..(i + 1) * v]);
+                let m = T::row_max(o);
+                let inv = k / T::exp_shifted_sum(o, m);
                 o.iter_mut().for_each(|d| *d *= inv);
                 o[self.labels[i] as usize] -= k;
             }

@@ -22,28 +22,35 @@ const NAME: &str = "gelu";
 trait NormalParts: Real {
     /// `(Φ(x), φ(x))`.
     fn cdf_pdf(self) -> (Self, Self);
+
+    /// `y = x·Φ(x)`, element-wise.
+    fn gelu_slice(x: &[Self], y: &mut [Self]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = v * v.cdf_pdf().0;
+        }
+    }
+
+    /// `dx = dy ∘ (Φ(x) + x·φ(x))`, element-wise.
+    fn gelu_backward_slice(x: &[Self], dy: &[Self], dx: &mut [Self]) {
+        for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+            let (cdf, pdf) = v.cdf_pdf();
+            *o = g * (cdf + v * pdf);
+        }
+    }
 }
 
+/// f32 goes through the vectorised loops of [`super::vmath`].
 impl NormalParts for f32 {
-    #[inline]
     fn cdf_pdf(self) -> (f32, f32) {
-        const P: f32 = 0.327_591_1;
-        const A: [f32; 5] = [
-            0.254_829_6,
-            -0.284_496_74,
-            1.421_413_8,
-            -1.453_152,
-            1.061_405_4,
-        ];
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
-        let z = self.abs() * std::f32::consts::FRAC_1_SQRT_2;
-        let t = 1.0 / (1.0 + P * z);
-        let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-        // e^(−z²) = e^(−x²/2): erf's tail factor and, over √(2π), the density.
-        let e = (-z * z).exp();
-        let erf_abs = 1.0 - poly * e;
-        let erf = if self < 0.0 { -erf_abs } else { erf_abs };
-        (0.5 * (1.0 + erf), e * INV_SQRT_2PI)
+        super::vmath::cdf_pdf(self)
+    }
+
+    fn gelu_slice(x: &[f32], y: &mut [f32]) {
+        super::vmath::gelu(x, y);
+    }
+
+    fn gelu_backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        super::vmath::gelu_backward(x, dy, dx);
     }
 }
 
@@ -63,11 +70,7 @@ impl Gelu {
     fn run<T: NormalParts>(s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice::<T>(NAME, s, l)?;
         let mut y = vec![T::zero(); x.len()];
-        par_rows(&mut y, 1, |range, out| {
-            for (o, &v) in out.iter_mut().zip(&x[range]) {
-                *o = v * v.cdf_pdf().0;
-            }
-        });
+        par_rows(&mut y, 1, |range, out| T::gelu_slice(&x[range], out));
         Ok((T::to_cpu_storage_owned(y), l.shape().clone()))
     }
 }
@@ -109,10 +112,7 @@ impl GeluBackward {
         }
         let mut dx = vec![T::zero(); x.len()];
         par_rows(&mut dx, 1, |range, out| {
-            for ((o, &v), &g) in out.iter_mut().zip(&x[range.clone()]).zip(&dy[range]) {
-                let (cdf, pdf) = v.cdf_pdf();
-                *o = g * (cdf + v * pdf);
-            }
+            T::gelu_backward_slice(&x[range.clone()], &dy[range], out);
         });
         Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
     }

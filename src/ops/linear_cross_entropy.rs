@@ -76,13 +76,9 @@ impl LinearCrossEntropy {
                 let mut loss = 0f64;
                 for (i, row) in range.zip(chunk.chunks_exact_mut(v)) {
                     let label = self.labels[start + i] as usize;
-                    let m = row.iter().fold(T::NEG_INFINITY, |m, &x| m.max(x));
+                    let m = T::row_max(row);
                     let target = row[label];
-                    let mut sum = T::zero();
-                    for x in row.iter_mut() {
-                        *x = (*x - m).exp();
-                        sum += *x;
-                    }
+                    let sum = T::exp_shifted_sum(row, m);
                     loss += (m - target).to_f64() + sum.to_f64().ln();
                     if self.save {
                         // The row becomes dL/dlogits = (softmax − onehot) / n.

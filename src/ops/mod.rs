@@ -40,6 +40,7 @@ mod softmax;
 mod strided;
 mod swiglu;
 mod threads;
+mod vmath;
 
 pub use attention::{MASK_VALUE, attention, causal_attention};
 pub use cross_entropy::cross_entropy;

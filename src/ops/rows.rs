@@ -14,16 +14,51 @@ pub(crate) trait Real: WithDType {
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
     const NEG_INFINITY: Self;
+
+    /// The row's largest element (`-∞` when empty; NaNs passed over).
+    fn row_max(row: &[Self]) -> Self {
+        row.iter().fold(Self::NEG_INFINITY, |m, &x| m.max(x))
+    }
+
+    /// `row[i] ← e^(row[i] − m)`, returning their sum.
+    fn exp_shifted_sum(row: &mut [Self], m: Self) -> Self {
+        let mut sum = Self::zero();
+        for v in row.iter_mut() {
+            *v = (*v - m).exp();
+            sum += *v;
+        }
+        sum
+    }
+
+    /// `row ← softmax(row)`.
+    fn softmax_in_place(row: &mut [Self]) {
+        let m = Self::row_max(row);
+        let inv = Self::one() / Self::exp_shifted_sum(row, m);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
 }
 
+/// f32 rows go through the vectorised loops of [`super::vmath`].
 impl Real for f32 {
     fn exp(self) -> Self {
-        f32::exp(self)
+        super::vmath::exp(self)
     }
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
     const NEG_INFINITY: Self = f32::NEG_INFINITY;
+
+    fn row_max(row: &[Self]) -> Self {
+        super::vmath::max(row)
+    }
+
+    fn exp_shifted_sum(row: &mut [Self], m: Self) -> Self {
+        super::vmath::exp_shifted_sum(row, m)
+    }
+
+    fn softmax_in_place(row: &mut [Self]) {
+        super::vmath::softmax(row);
+    }
 }
 
 impl Real for f64 {

@@ -132,6 +132,35 @@ fn the_walk_lists_hf_names_and_a_tied_head_has_no_lm_head() {
     assert!(q_bias, "Qwen2 has q/k/v biases");
 }
 
+/// A classifier never runs its LM head, so with an untied one (its own `lm_head` weights)
+/// the classifier's walks, and with them targets, merges and exports, leave it out; the
+/// state dict is HF's `…ForSequenceClassification` one: the decoder, then `score.weight`.
+#[test]
+fn an_untied_classifier_walks_without_its_lm_head() {
+    use crate::models::Model;
+    let mut lm = causal(LlamaFamily::Llama);
+    let names = |lm: &crate::models::heads::CausalLm<Llama>| {
+        let mut v = Vec::new();
+        lm.walk(&mut |n, _| v.push(n));
+        v
+    };
+    let mut_names = |lm: &mut crate::models::heads::CausalLm<Llama>| {
+        let mut v = Vec::new();
+        lm.walk_mut(&mut |n, _| v.push(n));
+        v
+    };
+    let before = names(&lm);
+    assert_eq!(before.last().unwrap(), "lm_head");
+    assert_eq!(mut_names(&mut lm), before);
+    lm.set_score_head(2, 1).unwrap();
+    let after = names(&lm);
+    assert_eq!(after, before[..before.len() - 1]);
+    assert_eq!(mut_names(&mut lm), after);
+    let dict: Vec<String> = lm.state_dict().into_iter().map(|(n, _)| n).collect();
+    assert!(!dict.iter().any(|n| n.starts_with("lm_head")), "{dict:?}");
+    assert_eq!(dict.last().unwrap(), "score.weight");
+}
+
 /// Every trainable tensor gets a non-zero gradient, layer 0 included: TT-LoRA on all seven
 /// projections of every layer, a loss on the logits.
 #[test]
