@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Python reference stack (PyTorch + transformers + HF PEFT) into a local
 # virtualenv, with pip only. Used to produce the golden PEFT fixtures under tests/fixtures/
-# and, later, by the benchmark harness. Optional: nothing in `cargo test` needs it.
+# and by the benchmark harness (gguf: transformers reads the packaged SmolLM2 GGUF with it).
+# Optional: nothing in `cargo test` needs it.
 #
 #   scripts/python_ref.sh            # creates .venv-ref/ (override with VENV=...)
 #   .venv-ref/bin/python scripts/make_peft_golden.py
@@ -17,5 +18,5 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet "torch==$TORCH" "peft==$PEFT" \
-  "transformers${TRANSFORMERS:+==$TRANSFORMERS}" safetensors numpy
+  "transformers${TRANSFORMERS:+==$TRANSFORMERS}" safetensors numpy gguf
 "$VENV/bin/python" -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)'

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `ttlora predict` against PyTorch + transformers + PEFT on the same sentences (issue 21's
+# throughput target): all-MiniLM-L6-v2 with a LoRA r=8 adapter (trained here for a few steps;
+# exported to PEFT for the Python side, both sides unmerged), the first $N sentences of the
+# bundled SST-2 training file, batches of 64 sorted by length on both sides. ttlora's time is
+# that of predicting all N minus that of predicting one sentence (the process start and model
+# load cancel out); Python's is timed inside the script after loading. One JSON line per side
+# to $OUT (default bench-predict.jsonl), with the CPU; a summary line to stdout.
+#
+#   scripts/python_ref.sh && scripts/bench_predict_compare.sh
+#   N=20000 ROUNDS=3 scripts/bench_predict_compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+PY=${PY:-.venv-ref/bin/python}
+[[ -x $PY ]] || { echo "no Python reference at $PY; run scripts/python_ref.sh first" >&2; exit 1; }
+N=${N:-10000}
+ROUNDS=${ROUNDS:-2}
+OUT=${OUT:-bench-predict.jsonl}
+MODEL_DIR=$("$BIN" fetch 2>/dev/null | tail -1)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+head -n $((N + 1)) data/glue/SST-2/train.tsv | cut -f1 > "$work/sentences.tsv"
+head -n 2 "$work/sentences.tsv" > "$work/one.tsv"
+"$BIN" train --task sst2 --method lora --rank 8 --max-train 64 --epochs 1 --offline -q \
+  --out "$work/adapter" > /dev/null
+"$BIN" export --adapter "$work/adapter" --format peft-lora --out "$work/peft" > /dev/null
+: > "$OUT"
+# The wall seconds of one `predict` over file $1, from bash's clock (no bc on a bare Debian).
+seconds() {
+  local start=$EPOCHREALTIME
+  "$BIN" predict --adapter "$work/adapter" --file "$1" --text-column sentence --offline \
+    --batch-size 64 --output "$work/out.tsv" > /dev/null
+  python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$start" "$EPOCHREALTIME"
+}
+for round in $(seq "$ROUNDS"); do
+  all=$(seconds "$work/sentences.tsv")
+  one=$(seconds "$work/one.tsv")
+  python3 - "$all" "$one" "$N" >> "$OUT" <<'PY'
+import json, sys
+sys.path.insert(0, "scripts")
+from bench_machine import cpu
+all_s, one_s, n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+t = all_s - one_s
+print(json.dumps({"impl": "ttlora", "kind": "predict", "sentences": n, "seconds": t,
+                  "sentences_per_s": (n - 1) / t, "wall_all_s": all_s, "wall_one_s": one_s,
+                  "batch_size": 64, "cpu": cpu()}))
+PY
+  "$PY" scripts/bench_predict_reference.py --model "$MODEL_DIR" --adapter "$work/peft" \
+    --file "$work/sentences.tsv" 2>/dev/null >> "$OUT"
+done
+python3 - "$OUT" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+for impl in ("ttlora", "pytorch"):
+    rates = [r["sentences_per_s"] for r in rows if r["impl"] == impl]
+    print(f"{impl}: {', '.join(f'{x:.0f}' for x in rates)} sentences/s")
+t = [r["sentences_per_s"] for r in rows if r["impl"] == "ttlora"]
+p = [r["sentences_per_s"] for r in rows if r["impl"] == "pytorch"]
+print(f"ttlora / pytorch throughput: {min(t) / max(p):.2f}-{max(t) / min(p):.2f}x")
+PY
