@@ -147,6 +147,13 @@ struct SharedDst<T>(*mut T);
 unsafe impl<T> Send for SharedDst<T> {}
 unsafe impl<T> Sync for SharedDst<T> {}
 
+impl<T> SharedDst<T> {
+    /// The pointer (a method, so that a closure captures the `Sync` wrapper, not its field).
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
 /// The product split into one single-threaded gemm per thread, each on its own block of the
 /// destination's longer side. gemm's own `Parallelism::Rayon` split of a product with few
 /// rows is slow (BENCHMARKS.md, Zen 4: 128 × 384 × 1536 took 2.15 ms on two threads, 2.6 on
@@ -183,10 +190,9 @@ fn split_across_threads<T: Real>(
         } else {
             (d.sub(range.clone(), d.cols), l.sub(range, l.cols), r)
         };
-        let out = out;
         // SAFETY: the sub-views lie inside the checked ones, and the blocks of a one-to-one
         // destination are disjoint, so no two threads write one address.
-        unsafe { gemm_raw(out.0, d, (lhs, l), (rhs, r), beta, accumulate) };
+        unsafe { gemm_raw(out.ptr(), d, (lhs, l), (rhs, r), beta, accumulate) };
     });
 }
 
