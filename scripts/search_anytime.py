@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Compute against the best held-out score found, from `ttlora search` journals (issue 20's
+"ASHA reaches random search's best with at most a third of its compute").
+
+For each study folder: its trial-epochs in journal order, each job counted when it reports
+(a job resumed from rung r to rung R costs R - r epochs; a job that failed is counted for the
+epochs it was given too, as its worker spent them), the best held-out score so far, and the
+trial-epochs at which that best first reached TARGET (default: the best score of the last
+folder given, e.g. the random search without early stopping).
+
+    python3 scripts/search_anytime.py runs/search-mrpc/asha-1 runs/search-mrpc/random-1
+    python3 scripts/search_anytime.py --target 0.8166 runs/search-mrpc/asha-1
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def timeline(study: Path):
+    """[(trial-epochs used so far, best score so far)] after each reported job."""
+    reached = {}  # trial -> resource its last finished job reached
+    used, best, points = 0, float("-inf"), []
+    with open(study / "journal.jsonl") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                print(f"{study}: line {n} is not JSON, skipped", file=sys.stderr)
+                continue
+            if e.get("event") == "reported":
+                t, r = e["trial"], e["resource"]
+                used += r - reached.get(t, 0)
+                reached[t] = r
+                best = max(best, e["score"])
+                points.append((used, best))
+    return points
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("studies", nargs="+", type=Path)
+    ap.add_argument("--target", type=float, help="score to reach (default: the last study's best)")
+    args = ap.parse_args()
+    lines = {s: timeline(s) for s in args.studies}
+    target = args.target
+    if target is None:
+        target = lines[args.studies[-1]][-1][1]
+    print(f"target held-out score: {target:.4f}")
+    print("| study | trial-epochs used | best held-out | trial-epochs to reach the target |")
+    print("|---|---:|---:|---:|")
+    for s, pts in lines.items():
+        used, best = pts[-1] if pts else (0, float("nan"))
+        hit = next((u for u, b in pts if b >= target - 1e-12), None)
+        print(f"| {s.name} | {used} | {best:.4f} | {hit if hit is not None else 'not reached'} |")
+
+
+if __name__ == "__main__":
+    main()
