@@ -3,8 +3,8 @@
 "ASHA reaches random search's best with at most a third of its compute").
 
 For each study folder: its trial-epochs in journal order, each job counted when it reports
-(a job resumed from rung r to rung R costs R - r epochs; a job that failed is counted for the
-epochs it was given too, as its worker spent them), the best held-out score so far, and the
+(a job resumed from rung r to rung R costs R - r epochs; a job killed before it reported is
+counted through its retry, which reports the same rung), the best held-out score so far, and the
 trial-epochs at which that best first reached TARGET (default: the best score of the last
 folder given, e.g. the random search without early stopping).
 
