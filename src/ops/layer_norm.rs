@@ -6,7 +6,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, D, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, lane_sum, par_rows, slice};
 use crate::error::{Error, Result};
 
 const NAME: &str = "layer norm";
@@ -14,11 +14,8 @@ const NAME: &str = "layer norm";
 /// Mean and 1/√(var + ε) of one row (two passes, in the row's own precision).
 fn stats<T: Real>(row: &[T], eps: T) -> (T, T) {
     let n = T::from_f64(row.len() as f64);
-    let mut sum = T::zero();
-    row.iter().for_each(|&v| sum += v);
-    let mean = sum / n;
-    let mut var = T::zero();
-    row.iter().for_each(|&v| var += (v - mean) * (v - mean));
+    let mean = lane_sum(row, row, |v, _| v) / n;
+    let var = lane_sum(row, row, |v, _| (v - mean) * (v - mean));
     (mean, T::one() / (var / n + eps).sqrt())
 }
 

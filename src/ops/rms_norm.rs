@@ -7,15 +7,14 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, D, Layout, Shape, Tensor};
 
-use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
+use super::rows::{Real, for_real, has_cpu_kernel, lane_sum, par_rows, slice};
 use crate::error::{Error, Result};
 
 const NAME: &str = "rms norm";
 
 /// 1/√(mean(x²) + ε) of one row.
 fn rstd<T: Real>(row: &[T], eps: T) -> T {
-    let mut sum = T::zero();
-    row.iter().for_each(|&v| sum += v * v);
+    let sum = lane_sum(row, row, |v, _| v * v);
     T::one() / (sum / T::from_f64(row.len() as f64) + eps).sqrt()
 }
 
