@@ -19,7 +19,9 @@ fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it runs before any other thread starts.
     // A trim threshold of -1 is SIZE_MAX to glibc: never give the heap top back; an mmap
-    // maximum of 0: no allocation, however large, gets pages of its own.
+    // maximum of 0: no allocation from the main arena, however large, gets pages of its own
+    // (a thread arena still maps a request larger than its 64 MiB heaps itself; the large
+    // activations are allocated by the thread running the model, the main one).
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_MMAP_MAX, 0);

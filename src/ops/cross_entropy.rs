@@ -96,10 +96,9 @@ impl CrossEntropyBackward {
         let x = slice::<T>(NAME, s, l)?;
         let (n, v) = dims(l, &self.labels)?;
         let k = T::from_f64(self.scale / n.max(1) as f64);
-        let mut dx = vec![T::zero(); x.len()];
+        let mut dx = x.to_vec();
         par_rows(&mut dx, v, |rows, out| {
             for (i, o) in rows.zip(out.chunks_exact_mut(v)) {
-                o.copy_from_slice(&x[i * v..(i + 1) * v]);
                 let m = T::row_max(o);
                 let inv = k / T::exp_shifted_sum(o, m);
                 o.iter_mut().for_each(|d| *d *= inv);

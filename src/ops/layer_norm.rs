@@ -14,8 +14,8 @@ const NAME: &str = "layer norm";
 /// Mean and 1/√(var + ε) of one row (two passes, in the row's own precision).
 fn stats<T: Real>(row: &[T], eps: T) -> (T, T) {
     let n = T::from_f64(row.len() as f64);
-    let mean = lane_sum(row, row, |v, _| v) / n;
-    let var = lane_sum(row, row, |v, _| (v - mean) * (v - mean));
+    let mean = lane_sum(row, |v| v) / n;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean));
     (mean, T::one() / (var / n + eps).sqrt())
 }
 

@@ -14,7 +14,7 @@ const NAME: &str = "rms norm";
 
 /// 1/√(mean(x²) + ε) of one row.
 fn rstd<T: Real>(row: &[T], eps: T) -> T {
-    let sum = lane_sum(row, row, |v, _| v * v);
+    let sum = lane_sum(row, |v| v * v);
     T::one() / (sum / T::from_f64(row.len() as f64) + eps).sqrt()
 }
 

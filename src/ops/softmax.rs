@@ -19,10 +19,9 @@ impl SoftmaxLastDim {
     fn run<T: Real>(s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice::<T>(NAME, s, l)?;
         let d = l.dims().last().copied().unwrap_or(1).max(1);
-        let mut y = vec![T::zero(); x.len()];
-        par_rows(&mut y, d, |rows, out| {
-            let x = &x[rows.start * d..rows.end * d];
-            out.copy_from_slice(x);
+        // The rows are copied once and normalised in place (no zero-filled buffer first).
+        let mut y = x.to_vec();
+        par_rows(&mut y, d, |_, out| {
             out.chunks_exact_mut(d).for_each(T::softmax_in_place);
         });
         Ok((T::to_cpu_storage_owned(y), l.shape().clone()))

@@ -128,8 +128,9 @@ pub(crate) fn gemm_views<T: Real>(
         l.fits(lhs.len()) && r.fits(rhs.len()),
         "gemm operands {l:?}, {r:?}"
     );
-    if threads > 1 {
-        split_across_threads(dst, d, (lhs, l), (rhs, r), beta, accumulate, threads);
+    if threads > 1 && d.rows.max(d.cols) > MIN_SPLIT {
+        // SAFETY: the asserts above are the function's contract.
+        unsafe { split_across_threads(dst, d, (lhs, l), (rhs, r), beta, accumulate, threads) };
         return;
     }
     // SAFETY: the views are non-empty and the asserts above keep every index gemm touches
@@ -137,15 +138,16 @@ pub(crate) fn gemm_views<T: Real>(
     unsafe { gemm_raw(dst.as_mut_ptr(), d, (lhs, l), (rhs, r), beta, accumulate) };
 }
 
-/// Destination rows or columns below which a thread's share is not worth its start.
+/// The unit a product is split in across threads: destination rows or columns, and the
+/// fewest a thread's share may hold.
 const MIN_SPLIT: usize = 16;
 
 /// A destination pointer the threads of [`split_across_threads`] share.
 #[derive(Clone, Copy)]
 struct SharedDst<T>(*mut T);
 // SAFETY: each thread writes only its own block of a one-to-one view (see below).
-unsafe impl<T> Send for SharedDst<T> {}
-unsafe impl<T> Sync for SharedDst<T> {}
+unsafe impl<T: Send> Send for SharedDst<T> {}
+unsafe impl<T: Send> Sync for SharedDst<T> {}
 
 impl<T> SharedDst<T> {
     /// The pointer (a method, so that a closure captures the `Sync` wrapper, not its field).
@@ -155,10 +157,15 @@ impl<T> SharedDst<T> {
 }
 
 /// The product split into one single-threaded gemm per thread, each on its own block of the
-/// destination's longer side. gemm's own `Parallelism::Rayon` split of a product with few
-/// rows is slow (BENCHMARKS.md, Zen 4: 128 × 384 × 1536 took 2.15 ms on two threads, 2.6 on
-/// one, and 1.29 split this way); on large products the two measure the same.
-fn split_across_threads<T: Real>(
+/// destination's longer side (whole units of [`MIN_SPLIT`], as even as they divide). gemm's own
+/// `Parallelism::Rayon` split of a product with few rows is slow (BENCHMARKS.md, Zen 4:
+/// 128 × 384 × 1536 took 2.15 ms on two threads, 2.6 on one, and 1.29 split this way); on
+/// large products the two measure the same.
+///
+/// # Safety
+/// The views are non-empty, agree in shape and lie inside their slices, and `d` is one-to-one
+/// (what [`gemm_views`] asserts before calling).
+unsafe fn split_across_threads<T: Real>(
     dst: &mut [T],
     d: View,
     (lhs, l): (&[T], View),
@@ -170,16 +177,11 @@ fn split_across_threads<T: Real>(
     use rayon::prelude::*;
     let by_cols = d.cols >= d.rows;
     let len = if by_cols { d.cols } else { d.rows };
-    let parts = threads.min(len / MIN_SPLIT).max(1);
-    let step = len.div_ceil(parts).next_multiple_of(MIN_SPLIT);
+    let units = len.div_ceil(MIN_SPLIT);
+    let parts = threads.min(units).max(1);
     let out = SharedDst(dst.as_mut_ptr());
-    if parts == 1 {
-        // SAFETY: the views were checked by the caller; this thread is the only writer.
-        unsafe { gemm_raw(out.0, d, (lhs, l), (rhs, r), beta, accumulate) };
-        return;
-    }
-    (0..len.div_ceil(step)).into_par_iter().for_each(|p| {
-        let range = p * step..((p + 1) * step).min(len);
+    (0..parts).into_par_iter().for_each(|p| {
+        let range = (p * units / parts) * MIN_SPLIT..((p + 1) * units / parts * MIN_SPLIT).min(len);
         let (d, l, r) = if by_cols {
             let cols = |v: View| View {
                 offset: v.offset + range.start * v.cs,
@@ -190,8 +192,10 @@ fn split_across_threads<T: Real>(
         } else {
             (d.sub(range.clone(), d.cols), l.sub(range, l.cols), r)
         };
-        // SAFETY: the sub-views lie inside the checked ones, and the blocks of a one-to-one
-        // destination are disjoint, so no two threads write one address.
+        // SAFETY: the sub-views lie inside the caller's checked ones, and the blocks of a
+        // one-to-one destination are disjoint sets of addresses, so no two threads write one
+        // address; single-threaded gemm writes (and, accumulating, reads) only the elements
+        // of its destination view, as its own threaded split relies on too.
         unsafe { gemm_raw(out.ptr(), d, (lhs, l), (rhs, r), beta, accumulate) };
     });
 }

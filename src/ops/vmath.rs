@@ -3,14 +3,17 @@
 //! (softmax, `exp(x − m)` with its sum, GELU and its slope), each compiled for AVX-512,
 //! AVX2 + FMA and the baseline, the widest the CPU has chosen at run time.
 //!
-//! Accuracy: [`exp`] is within 2 ulp of `f32::exp` on `[-87.3, 88.7]` (tested), 0 below,
-//! `+∞` above, NaN for NaN, which is what softmax and GELU need from it.
+//! Accuracy: [`exp`] is within 2 ulp of `f32::exp` from `ln(2^-126)` ≈ −87.34 to
+//! `ln(f32::MAX)` ≈ 88.72 (tested), 0 below (libm returns subnormals down to about −103.97),
+//! `+∞` above, NaN for NaN, which is what softmax and GELU need from it. Every tier computes
+//! the same operations in the same order (no FMA contraction), so the tiers agree to the bit
+//! (tested on the tiers the test machine has).
 
 /// Defines `$name` over the body, compiled three times (AVX-512, AVX2 + FMA, baseline) and
 /// dispatched on the CPU's features at each call (std caches the detection: a load and a test).
 macro_rules! multiversion {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$doc])*
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
@@ -24,13 +27,12 @@ macro_rules! multiversion {
                 fn v3($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                let level = $crate::ops::vmath::simd_level();
+                if level >= $crate::ops::vmath::SimdLevel::V4 {
                     // SAFETY: the CPU has the features `v4` is compiled for.
                     return unsafe { v4($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if level >= $crate::ops::vmath::SimdLevel::V3 {
                     // SAFETY: the CPU has the features `v3` is compiled for.
                     return unsafe { v3($($arg),*) };
                 }
@@ -40,9 +42,42 @@ macro_rules! multiversion {
     };
 }
 
-/// Lanes the row loops keep separate partial results in (a multiple of every vector width),
-/// so that their max and sum reductions vectorise without reassociating one accumulator.
-const LANES: usize = 16;
+/// The vector extensions the loops are compiled for, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum SimdLevel {
+    /// No extension beyond the target's baseline.
+    Baseline,
+    /// AVX2 and FMA.
+    V3,
+    /// AVX-512 F as well.
+    V4,
+}
+
+/// The widest level the CPU has (std caches the detection), capped in tests by
+/// [`with_level`] to run each tier.
+#[inline]
+pub(crate) fn simd_level() -> SimdLevel {
+    #[cfg(target_arch = "x86_64")]
+    let level = {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") {
+            if has!("avx512f") {
+                SimdLevel::V4
+            } else {
+                SimdLevel::V3
+            }
+        } else {
+            SimdLevel::Baseline
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let level = SimdLevel::Baseline;
+    #[cfg(test)]
+    let level = level.min(tests::CAP.with(|c| c.get()));
+    level
+}
+
+use super::rows::LANES;
 
 /// `e^x` in f32: `2^n · p(r)` with `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, and Cephes' degree-6
 /// polynomial for `p`; 0 below `ln(2^-126)`, `+∞` above `ln(f32::MAX)`.
@@ -133,7 +168,7 @@ pub(crate) fn softmax(row: &mut [f32]) {
 /// `(Φ(x), φ(x))` of the standard normal: erf by Abramowitz & Stegun 7.1.26 (error ≤ 1.5e-7),
 /// whose `e^(−x²/2)` factor, over √(2π), is also the density.
 #[inline(always)]
-fn normal_cdf_pdf(x: f32) -> (f32, f32) {
+pub(crate) fn cdf_pdf(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -156,7 +191,7 @@ multiversion! {
     /// `y = x·Φ(x)`, element-wise.
     pub(crate) fn gelu(x: &[f32], y: &mut [f32]) {
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = v * normal_cdf_pdf(v).0;
+            *o = v * cdf_pdf(v).0;
         }
     }
 }
@@ -165,20 +200,61 @@ multiversion! {
     /// `dx = dy ∘ (Φ(x) + x·φ(x))`, element-wise.
     pub(crate) fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
-            let (cdf, pdf) = normal_cdf_pdf(v);
+            let (cdf, pdf) = cdf_pdf(v);
             *o = g * (cdf + v * pdf);
         }
     }
 }
 
-/// The scalar `(Φ(x), φ(x))` the vector loops use, for kernels that need it one at a time.
-pub(crate) fn cdf_pdf(x: f32) -> (f32, f32) {
-    normal_cdf_pdf(x)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// The widest tier this test thread's loops may take.
+        pub(super) static CAP: Cell<SimdLevel> = const { Cell::new(SimdLevel::V4) };
+    }
+
+    /// `f`'s result on each tier this machine has, widest first.
+    fn on_each_level<R>(f: impl Fn() -> R) -> Vec<(SimdLevel, R)> {
+        let have = simd_level();
+        [SimdLevel::V4, SimdLevel::V3, SimdLevel::Baseline]
+            .into_iter()
+            .filter(|&l| l <= have)
+            .map(|l| {
+                CAP.with(|c| c.set(l));
+                let r = f();
+                CAP.with(|c| c.set(SimdLevel::V4));
+                (l, r)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_tier_gives_the_same_bits() {
+        let row: Vec<f32> = (0..131)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
+            .collect();
+        let results = on_each_level(|| {
+            let mut sm = row.clone();
+            softmax(&mut sm);
+            let mut y = vec![0f32; row.len()];
+            gelu(&row, &mut y);
+            let mut dx = vec![0f32; row.len()];
+            gelu_backward(&row, &row, &mut dx);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            (bits(&sm), bits(&y), bits(&dx), max(&row).to_bits())
+        });
+        assert!(!results.is_empty());
+        for (level, r) in &results[1..] {
+            assert!(
+                *r == results[0].1,
+                "{level:?} differs from {:?}",
+                results[0].0
+            );
+        }
+    }
 
     fn ulps(a: f32, b: f32) -> u32 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
@@ -197,6 +273,10 @@ mod tests {
         assert_eq!(exp(-90.0), 0.0);
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(89.0), f32::INFINITY);
+        // The top of the range: finite at ln(f32::MAX), infinite one step above.
+        let top = 88.722_83f32;
+        assert!(exp(top).is_finite() && ulps(exp(top), top.exp()) <= 2);
+        assert_eq!(exp(f32::from_bits(top.to_bits() + 1)), f32::INFINITY);
         assert_eq!(exp(f32::INFINITY), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
     }
