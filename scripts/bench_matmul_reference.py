@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch's f32 matmul rate on this machine, the counterpart of `ttlora bench matmul` (its two
-default shapes, or the `MxNxK` shapes given, as `--shapes` takes them): median of 10 products
+default shapes, or the `MxNxK` shapes given, as `--shapes` takes them: comma- or
+space-separated): median of 10 products
 after 3 warm-ups, one JSON line per shape with the CPU.
 
     .venv-ref/bin/python scripts/bench_matmul_reference.py
@@ -17,7 +18,8 @@ from bench_machine import cpu  # scripts/, this file's folder, is on sys.path
 
 def main():
     torch.manual_seed(0)
-    shapes = [tuple(int(d) for d in s.split("x")) for s in sys.argv[1:]]
+    given = [s for arg in sys.argv[1:] for s in arg.split(",") if s]
+    shapes = [tuple(int(d) for d in s.split("x")) for s in given]
     for m, n, k in shapes or [(2048, 2048, 2048), (4096, 1536, 384)]:
         a, b = torch.randn(m, k), torch.randn(k, n)
         for _ in range(3):

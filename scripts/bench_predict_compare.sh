@@ -5,11 +5,15 @@
 # bundled SST-2 training file, batches of 64 sorted by length on both sides. ttlora's time is
 # that of predicting all N minus that of predicting one sentence (the process start and model
 # load cancel out); Python's is timed inside the script after loading. One JSON line per side
-# to $OUT (default bench-predict.jsonl), with the CPU; a summary line to stdout.
+# to $OUT (default bench-predict.jsonl), with the CPU; a summary line to stdout; the commands'
+# messages to $OUT.log. The labels are not compared: ttlora's classifier pools the mean of the
+# tokens and HF's BertForSequenceClassification the first token (export warns), so the two
+# sides run the same work on the same adapter weights but predict differently.
 #
 #   scripts/python_ref.sh && scripts/bench_predict_compare.sh
 #   N=20000 ROUNDS=3 scripts/bench_predict_compare.sh
 set -euo pipefail
+export LC_ALL=C  # EPOCHREALTIME's decimal point
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 PY=${PY:-.venv-ref/bin/python}
@@ -17,20 +21,23 @@ PY=${PY:-.venv-ref/bin/python}
 N=${N:-10000}
 ROUNDS=${ROUNDS:-2}
 OUT=${OUT:-bench-predict.jsonl}
-MODEL_DIR=$("$BIN" fetch 2>/dev/null | tail -1)
+: > "$OUT.log"
+MODEL_DIR=$("$BIN" fetch 2>>"$OUT.log" | tail -1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 head -n $((N + 1)) data/glue/SST-2/train.tsv | cut -f1 > "$work/sentences.tsv"
+N=$(( $(wc -l < "$work/sentences.tsv") - 1 ))  # the sentences actually there
 head -n 2 "$work/sentences.tsv" > "$work/one.tsv"
 "$BIN" train --task sst2 --method lora --rank 8 --max-train 64 --epochs 1 --offline -q \
-  --out "$work/adapter" > /dev/null
-"$BIN" export --adapter "$work/adapter" --format peft-lora --out "$work/peft" > /dev/null
+  --out "$work/adapter" > /dev/null 2>>"$OUT.log"
+"$BIN" export --adapter "$work/adapter" --format peft-lora --out "$work/peft" \
+  > /dev/null 2>>"$OUT.log"
 : > "$OUT"
 # The wall seconds of one `predict` over file $1, from bash's clock (no bc on a bare Debian).
 seconds() {
   local start=$EPOCHREALTIME
   "$BIN" predict --adapter "$work/adapter" --file "$1" --text-column sentence --offline \
-    --batch-size 64 --output "$work/out.tsv" > /dev/null
+    --batch-size 64 --output "$work/out.tsv" > /dev/null 2>>"$OUT.log"
   python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$start" "$EPOCHREALTIME"
 }
 for round in $(seq "$ROUNDS"); do
@@ -47,7 +54,7 @@ print(json.dumps({"impl": "ttlora", "kind": "predict", "sentences": n, "seconds"
                   "batch_size": 64, "cpu": cpu()}))
 PY
   "$PY" scripts/bench_predict_reference.py --model "$MODEL_DIR" --adapter "$work/peft" \
-    --file "$work/sentences.tsv" 2>/dev/null >> "$OUT"
+    --file "$work/sentences.tsv" 2>>"$OUT.log" >> "$OUT"
 done
 python3 - "$OUT" <<'PY'
 import json, sys

@@ -36,14 +36,15 @@ def main():
     base = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
     model = PeftModel.from_pretrained(base, args.adapter).eval()
     start = time.perf_counter()
-    lengths = [len(ids) for ids in tok(sentences, truncation=True, max_length=args.max_len)["input_ids"]]
+    # Tokenized once (as ttlora does), then sorted by length and padded a batch at a time.
+    ids = tok(sentences, truncation=True, max_length=args.max_len)["input_ids"]
+    lengths = [len(x) for x in ids]
     order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
     labels = [0] * len(sentences)
     with torch.inference_mode():
         for b in range(0, len(order), args.batch_size):
             idx = order[b:b + args.batch_size]
-            enc = tok([sentences[i] for i in idx], padding=True, truncation=True,
-                      max_length=args.max_len, return_tensors="pt")
+            enc = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             probs = model(**enc).logits.softmax(-1)
             for i, c in zip(idx, probs.argmax(-1).tolist()):
                 labels[i] = c

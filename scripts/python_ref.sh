@@ -13,10 +13,11 @@ VENV=${VENV:-.venv-ref}
 TORCH=${TORCH:-2.15.0}
 TRANSFORMERS=${TRANSFORMERS:-}
 PEFT=${PEFT:-0.21.2}
+GGUF=${GGUF:-0.19.0}
 if [[ ! -x $VENV/bin/python ]]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet "torch==$TORCH" "peft==$PEFT" \
-  "transformers${TRANSFORMERS:+==$TRANSFORMERS}" safetensors numpy gguf
-"$VENV/bin/python" -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)'
+  "transformers${TRANSFORMERS:+==$TRANSFORMERS}" safetensors numpy "gguf==$GGUF"
+"$VENV/bin/python" -c 'import torch, transformers, peft, gguf; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "gguf ok")'

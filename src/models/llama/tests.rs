@@ -133,8 +133,8 @@ fn the_walk_lists_hf_names_and_a_tied_head_has_no_lm_head() {
 }
 
 /// A classifier never runs its LM head, so with an untied one (its own `lm_head` weights)
-/// the classifier's walks, and with them targets, merges and exports, leave it out; the
-/// state dict is HF's `…ForSequenceClassification` one: the decoder, then `score.weight`.
+/// the classifier's walks leave it out (targets, merges and exports all go through them);
+/// the state dict is HF's `…ForSequenceClassification` one: the decoder, then `score.weight`.
 #[test]
 fn an_untied_classifier_walks_without_its_lm_head() {
     use crate::models::Model;
