@@ -6,6 +6,8 @@ use std::ops::Range;
 use candle_core::{CpuStorage, DType, Layout, WithDType};
 use rayon::prelude::*;
 
+use super::vmath::LANES;
+
 /// Elements per thread below which spawning threads costs more than it saves.
 const MIN_PER_THREAD: usize = 1 << 15;
 
@@ -70,9 +72,6 @@ impl Real for f64 {
     }
     const NEG_INFINITY: Self = f64::NEG_INFINITY;
 }
-
-/// Partial sums a row reduction keeps (a multiple of every f32 vector width).
-pub(crate) const LANES: usize = 16;
 
 /// `Σ_i f(row_i)`, summed in [`LANES`] partial sums so that the loop vectorises (a single
 /// accumulator pins the additions to one order, one at a time).

@@ -77,7 +77,9 @@ pub(crate) fn simd_level() -> SimdLevel {
     level
 }
 
-use super::rows::LANES;
+/// Partial sums a row reduction keeps (a multiple of every f32 vector width), so that its
+/// max and sum vectorise without reassociating one accumulator.
+pub(crate) const LANES: usize = 16;
 
 /// `e^x` in f32: `2^n · p(r)` with `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, and Cephes' degree-6
 /// polynomial for `p`; 0 below `ln(2^-126)`, `+∞` above `ln(f32::MAX)`.
