@@ -208,6 +208,34 @@ multiversion! {
     }
 }
 
+/// `(σ(g), g·σ(g))`.
+#[inline(always)]
+fn sigmoid_silu(g: f32) -> (f32, f32) {
+    let s = 1.0 / (1.0 + exp(-g));
+    (s, g * s)
+}
+
+multiversion! {
+    /// `y = silu(g) ∘ u`, element-wise.
+    pub(crate) fn swiglu(g: &[f32], u: &[f32], y: &mut [f32]) {
+        for ((o, &gv), &uv) in y.iter_mut().zip(g).zip(u) {
+            *o = sigmoid_silu(gv).1 * uv;
+        }
+    }
+}
+
+multiversion! {
+    /// `dg = dy ∘ u ∘ σ(g)·(1 + g·(1 − σ(g)))` and `du = dy ∘ silu(g)`, element-wise.
+    pub(crate) fn swiglu_backward(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+        let outs = dg.iter_mut().zip(du.iter_mut());
+        for ((((og, ou), &gv), &uv), &d) in outs.zip(g).zip(u).zip(dy) {
+            let (s, silu) = sigmoid_silu(gv);
+            *og = d * uv * (s + silu * (1.0 - s));
+            *ou = d * silu;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,8 +273,16 @@ mod tests {
             gelu(&row, &mut y);
             let mut dx = vec![0f32; row.len()];
             gelu_backward(&row, &row, &mut dx);
+            let (mut sw, mut dg, mut du) = (
+                vec![0f32; row.len()],
+                vec![0f32; row.len()],
+                vec![0f32; row.len()],
+            );
+            swiglu(&row, &dx, &mut sw);
+            swiglu_backward(&row, &dx, &y, &mut dg, &mut du);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            (bits(&sm), bits(&y), bits(&dx), max(&row).to_bits())
+            let swi = [bits(&sw), bits(&dg), bits(&du)].concat();
+            (bits(&sm), bits(&y), bits(&dx), max(&row).to_bits(), swi)
         });
         assert!(!results.is_empty());
         for (level, r) in &results[1..] {
