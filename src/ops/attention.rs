@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Storage, Tenso
 use rayon::prelude::*;
 
 use super::dropout::SeededMask;
-use super::rows::{Real, for_real, has_cpu_kernel, slice, threads_for, unsupported};
+use super::rows::{Real, for_real, has_cpu_kernel, lane_dot, slice, threads_for, unsupported};
 use super::strided::{View, gemm_views, matmul_into};
 use crate::error::{Error, Result};
 
@@ -368,10 +368,7 @@ impl Attention {
                         let seen = dm.visible(i);
                         let (g, rest) = g.split_at_mut(seen);
                         rest.fill(T::zero());
-                        let mut dot = T::zero();
-                        for (&a, &b) in g.iter().zip(pr) {
-                            dot += a * b;
-                        }
+                        let dot = lane_dot(g, pr);
                         for (a, &b) in g.iter_mut().zip(pr) {
                             *a = b * (*a - dot);
                         }

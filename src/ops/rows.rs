@@ -88,6 +88,23 @@ pub(crate) fn lane_sum<T: Real>(row: &[T], f: impl Fn(T) -> T) -> T {
     acc.iter().fold(tail, |s, &v| s + v)
 }
 
+/// `Σ_i a_i·b_i` over two rows (the shorter's length), in [`LANES`] partial sums as
+/// [`lane_sum`].
+#[inline]
+pub(crate) fn lane_dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail = (ca.remainder().iter().zip(cb.remainder())).fold(T::zero(), |s, (&x, &y)| s + x * y);
+    for (xa, xb) in ca.zip(cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(xa).zip(xb) {
+            *s += x * y;
+        }
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
 /// The contiguous data of one kernel input.
 pub(crate) fn slice<'a, T: WithDType>(
     op: &str,
@@ -176,6 +193,9 @@ mod tests {
             let a: Vec<f64> = (0..n).map(|i| i as f64 + 1.0).collect();
             let want: f64 = a.iter().map(|x| 2.0 * x + 1.0).sum();
             assert_eq!(lane_sum(&a, |x| 2.0 * x + 1.0), want, "n {n}");
+            let b: Vec<f64> = (0..n + 3).map(|i| 0.5 * i as f64).collect();
+            let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert_eq!(lane_dot(&a, &b), dot, "n {n}");
         }
     }
 
