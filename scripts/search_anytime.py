@@ -44,8 +44,8 @@ def timeline(study: Path):
                 points.append((used + epoch - start, best))
             used += r - start
             reached[t] = r
-            points.append((used, max(best, e["score"])))
-            best = points[-1][1]
+            best = max(best, e["score"])  # the job's selected score, its curve's best
+            points.append((used, best))
     return points
 def main():
     ap = argparse.ArgumentParser()

@@ -57,10 +57,6 @@ impl Real for f32 {
     fn exp_shifted_sum(row: &mut [Self], m: Self) -> Self {
         super::vmath::exp_shifted_sum(row, m)
     }
-
-    fn softmax_in_place(row: &mut [Self]) {
-        super::vmath::softmax(row);
-    }
 }
 
 impl Real for f64 {

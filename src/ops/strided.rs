@@ -47,6 +47,15 @@ impl View {
         }
     }
 
+    /// Columns `cols` and every row, as a view of the same elements.
+    fn col_range(self, cols: std::ops::Range<usize>) -> Self {
+        Self {
+            offset: self.offset + cols.start * self.cs,
+            cols: cols.len(),
+            ..self
+        }
+    }
+
     /// Whether the view holds no element.
     fn is_empty(&self) -> bool {
         self.rows == 0 || self.cols == 0
@@ -178,17 +187,13 @@ unsafe fn split_across_threads<T: Real>(
     let by_cols = d.cols >= d.rows;
     let len = if by_cols { d.cols } else { d.rows };
     let units = len.div_ceil(MIN_SPLIT);
-    let parts = threads.min(units).max(1);
+    // units ≥ 2: the caller splits only products longer than one unit.
+    let parts = threads.min(units);
     let out = SharedDst(dst.as_mut_ptr());
     (0..parts).into_par_iter().for_each(|p| {
         let range = (p * units / parts) * MIN_SPLIT..((p + 1) * units / parts * MIN_SPLIT).min(len);
         let (d, l, r) = if by_cols {
-            let cols = |v: View| View {
-                offset: v.offset + range.start * v.cs,
-                cols: range.len(),
-                ..v
-            };
-            (cols(d), l, cols(r))
+            (d.col_range(range.clone()), l, r.col_range(range))
         } else {
             (d.sub(range.clone(), d.cols), l.sub(range, l.cols), r)
         };

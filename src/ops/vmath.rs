@@ -153,18 +153,13 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// `row ← row · s`.
-    pub(crate) fn scale(row: &mut [f32], s: f32) {
-        row.iter_mut().for_each(|v| *v *= s);
-    }
-}
-
-/// `row ← softmax(row)`.
-pub(crate) fn softmax(row: &mut [f32]) {
+/// `row ← softmax(row)`: the tests' reference composition (the kernels get the same one from
+/// `rows::Real::softmax_in_place`, whose f32 pieces are [`max`] and [`exp_shifted_sum`]).
+#[cfg(test)]
+fn softmax(row: &mut [f32]) {
     let m = max(row);
-    let sum = exp_shifted_sum(row, m);
-    scale(row, 1.0 / sum);
+    let inv = 1.0 / exp_shifted_sum(row, m);
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// `(Φ(x), φ(x))` of the standard normal: erf by Abramowitz & Stegun 7.1.26 (error ≤ 1.5e-7),
