@@ -309,3 +309,48 @@ fn an_observer_pauses_before_the_first_step_or_at_a_step_with_an_evaluation_ther
     assert_eq!((s.steps, s.stopped_early), (4, true));
     assert_eq!(at_four.evals, [4]);
 }
+
+/// The vendored candle's backprop (vendor/README.md) stores a node's first gradient as it is:
+/// the sums must still be exact, and a first gradient that is a view (transpose, broadcast,
+/// narrow) must come out contiguous, as upstream's zeros-plus-add made it.
+#[test]
+fn first_gradients_stored_by_the_patched_backprop_are_exact_and_contiguous() {
+    let dev = Device::Cpu;
+    let x = Var::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev).unwrap();
+    let w = Tensor::new(&[[1f32, -1.], [2., 0.5], [0., 3.]], &dev).unwrap();
+    let b = Var::new(&[0.5f32, -1., 2.], &dev).unwrap();
+    let z = Var::new(&[[7f32, 8., 9.]], &dev).unwrap();
+
+    // A transposed view as x's only gradient: d/dx Σ (xᵀ ⊙ w) = wᵀ.
+    let loss = (x.t().unwrap() * &w).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let gx = g.get(&x).unwrap();
+    assert!(gx.is_contiguous());
+    assert_eq!(gx.to_vec2::<f32>().unwrap(), w.t().unwrap().to_vec2::<f32>().unwrap());
+
+    // Two uses of x (the stored-then-added path): d/dx Σ (x² + x) = 2x + 1.
+    let loss = ((x.as_tensor() * x.as_tensor()).unwrap() + x.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = loss.backward().unwrap();
+    let want = x.as_tensor().affine(2., 1.).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec2::<f32>().unwrap(), want);
+
+    // A broadcast operand: d/db Σ (x + b)² sums 2 (x + b) over the rows.
+    let loss = x.broadcast_add(&b).unwrap().sqr().unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let gb = g.get(&b).unwrap();
+    assert!(gb.is_contiguous());
+    assert_eq!(gb.to_vec1::<f32>().unwrap(), [12f32, 10., 26.]);
+
+    // Narrowed views of one gradient (cat's backward), the second at an offset.
+    let cat = Tensor::cat(&[x.as_tensor(), z.as_tensor()], 0).unwrap();
+    let loss = (cat * 3.).unwrap().sqr().unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let gz = g.get(&z).unwrap();
+    assert!(gz.is_contiguous());
+    assert_eq!(gz.to_vec2::<f32>().unwrap(), [[126f32, 144., 162.]]);
+    let want = x.as_tensor().affine(18., 0.).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec2::<f32>().unwrap(), want);
+}
