@@ -775,6 +775,39 @@ fn generate_streams_a_greedy_continuation_and_refuses_a_prompt_past_the_context(
     assert_clear_error(&o, &["the prompt is", "the model's context holds 8192"]);
 }
 
+/// `bench model` on a GGUF times the decoder's step without `--base-dtype`; inference of a
+/// GGUF and checkpointing an encoder are refused with what to run instead, before any load.
+#[test]
+fn bench_model_knows_a_gguf_is_a_decoder() {
+    let tmp = TempDir::new("bench-gguf");
+    let gguf = tmp.join("model.gguf");
+    std::fs::write(&gguf, b"not read before the check").unwrap();
+    let o = ttlora(&[
+        "bench",
+        "model",
+        "--model",
+        s(&gguf),
+        "--kind",
+        "infer",
+        "--offline",
+    ]);
+    assert_clear_error(&o, &["model.gguf", "is a GGUF decoder", "bench generate"]);
+    let encoder = tiny_bert_folder("bench-gguf-encoder", BertConfig::tiny());
+    let o = ttlora(&[
+        "bench",
+        "model",
+        "--model",
+        s(&encoder),
+        "--gradient-checkpointing",
+        "--offline",
+    ]);
+    assert_clear_error(&o, &["--gradient-checkpointing", "decoder"]);
+    // The train step reads the file as a GGUF (so this one fails in the GGUF reader).
+    let o = ttlora(&["bench", "model", "--model", s(&gguf), "--offline"]);
+    assert_clear_error(&o, &["model.gguf"]);
+    assert!(!stderr(&o).contains("config.json"), "{}", stderr(&o));
+}
+
 /// Bad decoder input, each one clear error line: an unsupported `general.architecture`, a
 /// tensor count that lies, a chat template that does not parse (copies of the packaged
 /// SmolLM2 GGUF with one thing changed in place).

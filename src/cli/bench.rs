@@ -105,12 +105,13 @@ pub struct ModelArgs {
     min_seconds: f64,
     /// A decoder (GGUF file or folder, smollm2, an HF llama/mistral/qwen2 folder): time a
     /// causal-LM training step with its base held as given (f32 or quantized); `--kind train`
-    /// only.
+    /// only. A GGUF model needs no flag: its step is the decoder's, base quantized.
     #[arg(long)]
     base_dtype: Option<ttlora::jobs::generate::BaseDtype>,
-    /// With --base-dtype: recompute each decoder layer in the backward instead of keeping its
-    /// activations (less memory, more compute), as `train --gradient-checkpointing`.
-    #[arg(long, requires = "base_dtype")]
+    /// A decoder's step (a GGUF, or --base-dtype): recompute each decoder layer in the
+    /// backward instead of keeping its activations (less memory, more compute), as `train
+    /// --gradient-checkpointing`.
+    #[arg(long)]
     gradient_checkpointing: bool,
     #[command(flatten)]
     fetch: OfflineArgs,
@@ -216,8 +217,22 @@ fn run_model(a: ModelArgs) -> Result<()> {
         ttlora::adapters::MethodSpec::parse(&a.method, method_config.clone())?;
     }
     let allow_fetch = !a.fetch.offline;
-    let dir = match a.base_dtype {
-        Some(_) => ttlora::jobs::generate::decoder_location(&a.model, allow_fetch)?,
+    let located = ttlora::jobs::generate::decoder_location(&a.model, allow_fetch)?;
+    // A GGUF is always a decoder: its step is the decoder's, base held quantized by default.
+    let base_dtype = match (a.base_dtype, is_gguf(&located)) {
+        (None, true) if a.kind == StepKind::Infer => bail!(
+            "{} is a GGUF decoder: `bench model --kind infer` times encoders; \
+             `ttlora bench generate` times a decoder's prefill and decoding",
+            located.display()
+        ),
+        (None, true) => Some(ttlora::jobs::generate::BaseDtype::default()),
+        (given, _) => given,
+    };
+    if a.gradient_checkpointing && base_dtype.is_none() {
+        bail!("--gradient-checkpointing is for a decoder's step (a GGUF, or --base-dtype)");
+    }
+    let dir = match base_dtype {
+        Some(_) => located,
         None => ttlora::io::resolve_model(&a.model, allow_fetch)?,
     };
     let cfg = ModelStepConfig {
@@ -230,7 +245,7 @@ fn run_model(a: ModelArgs) -> Result<()> {
         seed: 0,
     };
     let device = ttlora::parse_device("cpu")?;
-    let rows = match (a.kind, a.base_dtype) {
+    let rows = match (a.kind, base_dtype) {
         (StepKind::Train, Some(base)) => {
             vec![ttlora::bench::model_step::decoder_train_step(
                 &dir,
@@ -249,6 +264,18 @@ fn run_model(a: ModelArgs) -> Result<()> {
         write_row(&mut out, &r)?;
     }
     Ok(())
+}
+
+/// Whether `path` is a GGUF file or a folder holding one and no HF `config.json`.
+fn is_gguf(path: &std::path::Path) -> bool {
+    let is_gguf_file = |p: &std::path::Path| p.extension().is_some_and(|x| x == "gguf");
+    if path.is_dir() {
+        !path.join("config.json").is_file()
+            && std::fs::read_dir(path)
+                .is_ok_and(|entries| entries.flatten().any(|e| is_gguf_file(&e.path())))
+    } else {
+        is_gguf_file(path)
+    }
 }
 
 fn paper_shape(size: usize) -> Result<TtShape> {

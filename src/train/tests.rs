@@ -326,7 +326,10 @@ fn first_gradients_stored_by_the_patched_backprop_are_exact_and_contiguous() {
     let g = loss.backward().unwrap();
     let gx = g.get(&x).unwrap();
     assert!(gx.is_contiguous());
-    assert_eq!(gx.to_vec2::<f32>().unwrap(), w.t().unwrap().to_vec2::<f32>().unwrap());
+    assert_eq!(
+        gx.to_vec2::<f32>().unwrap(),
+        w.t().unwrap().to_vec2::<f32>().unwrap()
+    );
 
     // Two uses of x (the stored-then-added path): d/dx Σ (x² + x) = 2x + 1.
     let loss = ((x.as_tensor() * x.as_tensor()).unwrap() + x.as_tensor())
@@ -334,11 +337,22 @@ fn first_gradients_stored_by_the_patched_backprop_are_exact_and_contiguous() {
         .sum_all()
         .unwrap();
     let g = loss.backward().unwrap();
-    let want = x.as_tensor().affine(2., 1.).unwrap().to_vec2::<f32>().unwrap();
+    let want = x
+        .as_tensor()
+        .affine(2., 1.)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert_eq!(g.get(&x).unwrap().to_vec2::<f32>().unwrap(), want);
 
     // A broadcast operand: d/db Σ (x + b)² sums 2 (x + b) over the rows.
-    let loss = x.broadcast_add(&b).unwrap().sqr().unwrap().sum_all().unwrap();
+    let loss = x
+        .broadcast_add(&b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let g = loss.backward().unwrap();
     let gb = g.get(&b).unwrap();
     assert!(gb.is_contiguous());
@@ -351,6 +365,11 @@ fn first_gradients_stored_by_the_patched_backprop_are_exact_and_contiguous() {
     let gz = g.get(&z).unwrap();
     assert!(gz.is_contiguous());
     assert_eq!(gz.to_vec2::<f32>().unwrap(), [[126f32, 144., 162.]]);
-    let want = x.as_tensor().affine(18., 0.).unwrap().to_vec2::<f32>().unwrap();
+    let want = x
+        .as_tensor()
+        .affine(18., 0.)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert_eq!(g.get(&x).unwrap().to_vec2::<f32>().unwrap(), want);
 }
