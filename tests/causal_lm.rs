@@ -704,6 +704,13 @@ fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
         let v = m[key].as_f64().unwrap_or(f64::NAN);
         assert!((0.0..=1.0).contains(&v), "{key}: {m}");
     }
+    // The answer balance of both slices: every held-out (4) and validation (6) example once.
+    for (slice, n) in [("held_out", 4.0), ("dev", 6.0)] {
+        let total: f64 = (0..3)
+            .map(|c| m[format!("{slice}/predicted_{c}")].as_f64().unwrap())
+            .sum();
+        assert_eq!(total, n, "{slice}: {m}");
+    }
     let eval = json_out(ttlora(&[
         "eval",
         "--adapter",

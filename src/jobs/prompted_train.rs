@@ -648,6 +648,14 @@ pub fn score(
     report(task, &examples.examples(), &preds)
 }
 
+/// The answer balance as metrics: `predicted_c`, how often candidate `c` was predicted.
+fn balance(predicted: &[usize]) -> impl Iterator<Item = (String, f64)> + '_ {
+    predicted
+        .iter()
+        .enumerate()
+        .map(|(c, n)| (format!("predicted_{c}"), *n as f64))
+}
+
 /// The metric an LM-scoring run selects by and reports first: MultiRC's F1a, else accuracy.
 pub fn primary_metric(task: Option<PromptedTask>) -> &'static str {
     match task {
@@ -854,9 +862,13 @@ pub fn run(spec: &PromptedTrainSpec, observers: &mut [&mut dyn Observer]) -> Res
             .map(|idx| data.fit.batch(idx, objective, pad, device))
             .collect()
     };
+    // Each evaluation records the answer balance too, so the best one's record is complete
+    // and the held-out slice needs no second scoring after training.
     let mut eval_fn = |model: &dyn Model| -> Result<(f64, BTreeMap<String, f64>)> {
         let r = score(model, task, &data.held, batch_size, pad, device)?;
-        Ok((r.metrics[primary], r.metrics))
+        let mut metrics = r.metrics;
+        metrics.extend(balance(&r.predicted));
+        Ok((metrics[primary], metrics))
     };
     let summary = train_trial(
         &spec.trial,
@@ -878,17 +890,23 @@ pub fn run(spec: &PromptedTrainSpec, observers: &mut [&mut dyn Observer]) -> Res
         },
         observers,
     )?;
-    let mut dev_metrics = BTreeMap::new();
-    for (name, split) in [("held_out", &data.held), ("dev", &data.dev)] {
-        let r = score(&g.model, task, split, batch_size, pad, device)?;
-        for (k, v) in r.metrics {
-            dev_metrics.insert(format!("{name}/{k}"), v);
-        }
-        // The answer balance: how often each candidate was predicted.
-        for (c, n) in r.predicted.iter().enumerate() {
-            dev_metrics.insert(format!("{name}/predicted_{c}"), *n as f64);
-        }
-    }
+    // The model holds the best evaluation's weights, so that evaluation is the held-out score
+    // (scored again only when it lacks the balance: a checkpoint from an older binary).
+    let held = if summary.best_metrics.contains_key(primary)
+        && summary.best_metrics.contains_key("predicted_0")
+    {
+        summary.best_metrics.clone()
+    } else {
+        let r = score(&g.model, task, &data.held, batch_size, pad, device)?;
+        r.metrics.into_iter().chain(balance(&r.predicted)).collect()
+    };
+    let dev = score(&g.model, task, &data.dev, batch_size, pad, device)?;
+    let dev = dev.metrics.into_iter().chain(balance(&dev.predicted));
+    let mut dev_metrics: BTreeMap<String, f64> = held
+        .into_iter()
+        .map(|(k, v)| (format!("held_out/{k}"), v))
+        .chain(dev.map(|(k, v)| (format!("dev/{k}"), v)))
+        .collect();
     for (k, v) in &before.metrics {
         dev_metrics.insert(format!("held_out/{k}_before"), *v);
     }
