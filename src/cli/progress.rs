@@ -63,7 +63,14 @@ impl Observer for ProgressBarObserver {
         let metrics: Vec<String> = e
             .metrics
             .iter()
-            .map(|(k, v)| format!("{k} {v:.4}"))
+            // The answer balance is a count; scores get four decimals.
+            .map(|(k, v)| {
+                if k.starts_with("predicted_") {
+                    format!("{k} {v}")
+                } else {
+                    format!("{k} {v:.4}")
+                }
+            })
             .collect();
         self.bar.println(format!(
             "step {}: held-out {}{}",

@@ -372,4 +372,20 @@ fn first_gradients_stored_by_the_patched_backprop_are_exact_and_contiguous() {
         .to_vec2::<f32>()
         .unwrap();
     assert_eq!(g.get(&x).unwrap().to_vec2::<f32>().unwrap(), want);
+
+    // The layer norm's backward packs dx, dγ and dβ in one (tokens + 2, d) buffer. Trained γ
+    // and β (full fine-tuning) keep their gradients until the optimizer step, so theirs must
+    // be copies, not views holding the token-sized buffer.
+    let (gamma, beta) = (
+        Var::new(&[1f32, 2., 3.], &dev).unwrap(),
+        Var::new(&[0f32, 0., 1.], &dev).unwrap(),
+    );
+    let y =
+        crate::ops::layer_norm(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 1e-5).unwrap();
+    let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    for p in [&gamma, &beta] {
+        let gp = g.get(p).unwrap();
+        assert_eq!(gp.layout().start_offset(), 0);
+        assert!(gp.is_contiguous());
+    }
 }

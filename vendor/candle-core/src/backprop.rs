@@ -726,9 +726,10 @@ impl GradStore {
         Ok(grad)
     }
 
-    /// Adds `grad` to the gradient stored for `tensor`, or stores it (contiguous) when there is
-    /// none yet. Patched in by ttlora: upstream adds every first gradient onto a zero-filled
-    /// tensor, a memset and an add of every activation-sized gradient in the graph.
+    /// Adds `grad` to the gradient stored for `tensor`, or stores it when there is none yet
+    /// (copied when it is strided, or when it is a variable's view at an offset). Patched in
+    /// by ttlora: upstream adds every first gradient onto a zero-filled tensor, a memset and
+    /// an add of every activation-sized gradient in the graph.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -736,8 +737,11 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                // The checks `zeros_like(tensor).add(grad)` made, and a contiguous result as
-                // its was: ops downstream read gradients as contiguous slices.
+                // The checks `zeros_like(tensor).add(grad)` made. Ops downstream read
+                // gradients as contiguous slices, so a strided view is copied; a contiguous one
+                // is kept (it may share its buffer, e.g. a row range of a packed backward
+                // output), except a variable's: its gradient lives until the optimizer step,
+                // and a view at an offset could hold a token-sized buffer alive that long.
                 if grad.shape() != tensor.shape() {
                     Err(Error::ShapeMismatchBinaryOp {
                         lhs: tensor.shape().clone(),
@@ -762,7 +766,15 @@ impl GradStore {
                     }
                     .bt())?
                 }
-                entry.insert(grad.contiguous()?);
+                // `force_contiguous` allocates exactly the view's elements (`copy` would clone
+                // the whole buffer and keep the view's layout).
+                let at_offset = grad.layout().start_offset() != 0;
+                let stored = if !grad.is_contiguous() || (tensor.is_variable() && at_offset) {
+                    grad.force_contiguous()?
+                } else {
+                    grad.clone()
+                };
+                entry.insert(stored);
             }
         }
         Ok(())
