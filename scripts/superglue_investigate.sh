@@ -13,6 +13,7 @@
 #   copa-ttlora-seed42-gold-lr1e-3  COPA's gold LM loss at lr 1e-3 instead of 5e-3
 #   rte-ttlora-seed42-3ep           RTE for 3 epochs instead of 1
 #   rte-ttlora-seed42-lr2e-2        RTE at lr 2e-2 instead of 5e-3 (1 epoch)
+#   wic-ttlora-seed42-lr2e-2        WiC at lr 2e-2 instead of 5e-3 (1 epoch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -27,11 +28,12 @@ row_args() {
     copa-ttlora-seed42-gold-lr1e-3) echo "copa --epochs 3 --choice-loss gold --lr 1e-3" ;;
     rte-ttlora-seed42-3ep) echo "rte --epochs 3" ;;
     rte-ttlora-seed42-lr2e-2) echo "rte --epochs 1 --lr 2e-2" ;;
+    wic-ttlora-seed42-lr2e-2) echo "wic --epochs 1 --lr 2e-2" ;;
     *) echo "unknown row $1" >&2; return 2 ;;
   esac
 }
 
-default="copa-ttlora-seed42-candidates copa-ttlora-seed42-gold-lr1e-3 rte-ttlora-seed42-lr2e-2 rte-ttlora-seed42-3ep"
+default="copa-ttlora-seed42-candidates copa-ttlora-seed42-gold-lr1e-3 wic-ttlora-seed42-lr2e-2 rte-ttlora-seed42-lr2e-2 rte-ttlora-seed42-3ep"
 for row in ${ROWS:-$default}; do
   dir=$OUT/$row
   [[ -f $dir/eval_results.json ]] && continue
