@@ -124,6 +124,14 @@ fn score_range<'a>(scores: impl Iterator<Item = &'a f64>) -> std::ops::Range<f64
     (lo - pad)..(hi + pad)
 }
 
+/// The highest score at each x (points `(size, score)`), in increasing x.
+fn best_per_size(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut sorted = points.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    sorted.dedup_by(|later, kept| later.0 == kept.0);
+    sorted
+}
+
 fn front<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn {
     let max_t = r.settings.scheduler.max_t;
     // The study's complete trials, then the compared studies' (complete by construction).
@@ -177,10 +185,10 @@ fn front<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn
             .map_err(|e| e.to_string())?
             .label(method.clone())
             .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
-        // LoRA's rank sweep: its trials joined in order of size, the reference line.
+        // LoRA's rank sweep, the reference line: the best score at each size (a rank's best
+        // learning rate), joined in order of size.
         if method == "lora" && points.len() > 1 {
-            let mut sweep = points.clone();
-            sweep.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let sweep = best_per_size(&points);
             chart
                 .draw_series(LineSeries::new(sweep, colour.mix(0.6).stroke_width(1)))
                 .map_err(|e| e.to_string())?;
@@ -327,4 +335,24 @@ fn curves<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Draw
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::best_per_size;
+
+    #[test]
+    fn the_reference_line_keeps_each_sizes_best_score_in_size_order() {
+        let points = [
+            (18.0, 0.76),
+            (9.0, 0.81),
+            (9.0, 0.80),
+            (18.0, 0.81),
+            (4.0, 0.7),
+        ];
+        assert_eq!(
+            best_per_size(&points),
+            [(4.0, 0.7), (9.0, 0.81), (18.0, 0.81)]
+        );
+    }
 }
