@@ -19,8 +19,9 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
 };
 
+use super::dequantize::dequantize;
 use super::rows::{Real, for_real, has_cpu_kernel, slice};
-use super::strided::{View, gemm_views};
+use super::strided::{View, gemm_views, product};
 use crate::error::{Error, Result};
 
 const NAME: &str = "frozen linear";
@@ -90,20 +91,14 @@ impl FrozenLinear {
                 }
             }
         }
-        let accumulate = !y.is_empty();
-        if !accumulate {
-            y = vec![T::zero(); m * n];
-        }
         let threads = super::cpu_threads();
-        gemm_views(
-            &mut y,
-            View::dense(0, m, n),
-            (x, view(l1)?),
-            (w, view(l2)?.t()),
-            T::one(),
-            accumulate,
-            threads,
-        );
+        let (x, w) = ((x, view(l1)?), (w, view(l2)?.t()));
+        if y.is_empty() {
+            // Nothing to add onto: a fresh product, not a zero-filled buffer accumulated into.
+            y = product(x, w, T::one(), threads);
+        } else {
+            gemm_views(&mut y, View::dense(0, m, n), x, w, T::one(), true, threads);
+        }
         Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))))
     }
 }
@@ -159,13 +154,48 @@ fn input_and_weight_grads(
     // Detached operands: a gradient must not carry the forward graph (or a weight's).
     let dx = x
         .track_op()
-        .then(|| grad_y.matmul(&w.detach()))
+        .then(|| input_grad(grad_y, &w.detach()))
         .transpose()?;
     let dw = w
         .track_op()
         .then(|| grad_y.t()?.matmul(&x.detach()))
         .transpose()?;
     Ok((dx, dw))
+}
+
+/// `dL/dx = dL/dy · W` for `grad_y: (m, out)` and `w: (out, in)`: on the CPU in f32/f64 a
+/// fresh product split over the threads (no zero-filled destination), elsewhere candle's
+/// matmul.
+fn input_grad(grad_y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if !(has_cpu_kernel(grad_y) && grad_y.dtype() == w.dtype() && w.device().is_cpu()) {
+        return grad_y.matmul(w);
+    }
+    let (m, out_f) = grad_y.dims2()?;
+    let (out_w, in_f) = w.dims2()?;
+    if out_f != out_w {
+        candle_core::bail!("{NAME} backward: gradient has {out_f} features, weight {out_w}");
+    }
+    let grad_y = grad_y.contiguous()?;
+    let w = w.contiguous()?;
+    let (gs, gl) = grad_y.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (Storage::Cpu(gs), Storage::Cpu(ws)) = (&*gs, &*ws) else {
+        candle_core::bail!("{NAME} backward: CPU tensors expected");
+    };
+    for_real!(grad_y.dtype(), NAME, |T| {
+        let (g, wv) = (slice::<T>(NAME, gs, gl)?, slice::<T>(NAME, ws, wl)?);
+        Tensor::from_vec(
+            times_weight(g, wv, (m, out_f, in_f)),
+            (m, in_f),
+            grad_y.device(),
+        )
+    })
+}
+
+/// `g · W` for row-major `g: (m, out)` and `w: (out, in)`.
+fn times_weight<T: Real>(g: &[T], w: &[T], (m, out_f, in_f): (usize, usize, usize)) -> Vec<T> {
+    let (gv, wv) = (View::dense(0, m, out_f), View::dense(0, out_f, in_f));
+    product((g, gv), (w, wv), T::one(), super::cpu_threads())
 }
 
 impl CustomOp2 for FrozenLinear {
@@ -348,7 +378,7 @@ impl QuantizedLinear {
                 s1.dtype()
             );
         }
-        let w = self.weight.dequantize(&candle_core::Device::Cpu)?;
+        let w = dequantize(&self.weight)?;
         let (storage, layout) = w.storage_and_layout();
         let Storage::Cpu(ws) = &*storage else {
             candle_core::bail!("{NAME}: the dequantized weight is not on the CPU");
@@ -361,8 +391,8 @@ impl QuantizedLinear {
         if !x.track_op() {
             return Ok(None);
         }
-        let w = self.weight.dequantize(grad_y.device())?;
-        Ok(Some(grad_y.matmul(&w)?))
+        let w = dequantize(&self.weight)?;
+        Ok(Some(input_grad(grad_y, &w)?))
     }
 }
 

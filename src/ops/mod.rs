@@ -27,6 +27,7 @@
 mod attention;
 mod block_dot;
 mod cross_entropy;
+mod dequantize;
 mod dropout;
 mod frozen_linear;
 mod gelu;

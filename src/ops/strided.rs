@@ -139,12 +139,63 @@ pub(crate) fn gemm_views<T: Real>(
     );
     if threads > 1 && d.rows.max(d.cols) > MIN_SPLIT {
         // SAFETY: the asserts above are the function's contract.
-        unsafe { split_across_threads(dst, d, (lhs, l), (rhs, r), beta, accumulate, threads) };
+        unsafe {
+            split_across_threads(
+                dst.as_mut_ptr(),
+                d,
+                (lhs, l),
+                (rhs, r),
+                beta,
+                accumulate,
+                threads,
+            );
+        }
         return;
     }
     // SAFETY: the views are non-empty and the asserts above keep every index gemm touches
     // inside the three slices; `dst` is borrowed mutably, so it cannot alias `lhs` or `rhs`.
     unsafe { gemm_raw(dst.as_mut_ptr(), d, (lhs, l), (rhs, r), beta, accumulate) };
+}
+
+/// `beta · lhs·rhs` as a new row-major `lhs.rows × rhs.cols` vector, split over `threads`.
+/// The vector is not zero-filled first: gemm writes every element of a destination it does
+/// not accumulate onto without reading it, so a product pays no `memset` (on one thread,
+/// outside the product's own split) for a buffer it overwrites.
+///
+/// # Panics
+/// If the shapes disagree or an operand view reaches outside its slice.
+pub(crate) fn product<T: Real>(
+    (lhs, l): (&[T], View),
+    (rhs, r): (&[T], View),
+    beta: T,
+    threads: usize,
+) -> Vec<T> {
+    assert!(l.cols == r.rows, "gemm operands {l:?}, {r:?}");
+    let d = View::dense(0, l.rows, r.cols);
+    let len = d.rows * d.cols;
+    if d.is_empty() || l.is_empty() {
+        // Nothing to write, or k = 0: the product is zero.
+        return vec![T::zero(); len];
+    }
+    assert!(
+        l.fits(lhs.len()) && r.fits(rhs.len()),
+        "gemm operands {l:?}, {r:?}"
+    );
+    let mut out = Vec::with_capacity(len);
+    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<T>();
+    // SAFETY: the views are non-empty and inside their slices (asserted above), the dense
+    // destination covers exactly the `len` elements allocated, and `out` is not shared.
+    // Without accumulation gemm writes each destination element and reads none
+    // (`read_dst = false`), so after the call all `len` elements are initialised.
+    unsafe {
+        if threads > 1 && d.rows.max(d.cols) > MIN_SPLIT {
+            split_across_threads(dst, d, (lhs, l), (rhs, r), beta, false, threads);
+        } else {
+            gemm_raw(dst, d, (lhs, l), (rhs, r), beta, false);
+        }
+        out.set_len(len);
+    }
+    out
 }
 
 /// The unit a product is split in across threads: destination rows or columns, and the
@@ -172,10 +223,11 @@ impl<T> SharedDst<T> {
 /// large products the two measure the same.
 ///
 /// # Safety
-/// The views are non-empty, agree in shape and lie inside their slices, and `d` is one-to-one
-/// (what [`gemm_views`] asserts before calling).
+/// The views are non-empty, agree in shape and lie inside their slices (`d` inside the
+/// allocation `dst` points into), `d` is one-to-one (what [`gemm_views`] asserts before
+/// calling), and nothing else touches the destination meanwhile.
 unsafe fn split_across_threads<T: Real>(
-    dst: &mut [T],
+    dst: *mut T,
     d: View,
     (lhs, l): (&[T], View),
     (rhs, r): (&[T], View),
@@ -189,7 +241,7 @@ unsafe fn split_across_threads<T: Real>(
     let units = len.div_ceil(MIN_SPLIT);
     // units ≥ 2: the caller splits only products longer than one unit.
     let parts = threads.min(units);
-    let out = SharedDst(dst.as_mut_ptr());
+    let out = SharedDst(dst);
     (0..parts).into_par_iter().for_each(|p| {
         let range = (p * units / parts) * MIN_SPLIT..((p + 1) * units / parts * MIN_SPLIT).min(len);
         let (d, l, r) = if by_cols {
@@ -267,6 +319,32 @@ mod tests {
         assert_eq!(c, [24., 42., 42., 87.]);
         matmul_into(&mut c, View::dense(0, 2, 2), &a, va, &a, va.t(), 2.0);
         assert_eq!(c, [28., 64., 64., 154.]);
+    }
+
+    /// A fresh product (never zero-filled) equals the product written into a zeroed buffer,
+    /// on one thread and split, with transposed operands and with k = 0.
+    #[test]
+    fn a_fresh_product_equals_one_into_a_zeroed_buffer() {
+        for (m, n, k, threads) in [(70, 37, 9, 1), (37, 70, 9, 3), (5, 3, 4, 2), (40, 20, 0, 2)] {
+            let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+            let w: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.11).cos()).collect();
+            let (l, r) = (View::dense(0, m, k), View::dense(0, n, k).t());
+            let mut want = vec![0.0; m * n];
+            gemm_views(
+                &mut want,
+                View::dense(0, m, n),
+                (&a, l),
+                (&w, r),
+                0.5,
+                false,
+                1,
+            );
+            let got = product((&a, l), (&w, r), 0.5, threads);
+            assert_eq!(got.len(), m * n);
+            for (x, y) in got.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-12, "{m}x{n}x{k} on {threads}");
+            }
+        }
     }
 
     /// Split over threads by the destination's rows or columns, the product is the one
