@@ -1,13 +1,18 @@
 //! Rotary position embeddings as HF's LLaMA applies them (`rotate_half`: the two halves of a
 //! head are the two coordinates of each rotated pair), differentiable.
 //!
-//! candle-nn's fused `rope` records no backward (DESIGN §2). This one is composed of candle
-//! ops that each have one (narrow, neg, cat, mul): the gradient of a rotation by θ is the
-//! rotation by −θ, which the composition yields with no hand-written kernel.
+//! candle-nn's fused `rope` records no backward (DESIGN §2). On the CPU in f32/f64 this one
+//! is a fused op whose backward is the inverse rotation, one pass each way; elsewhere it is
+//! composed of candle ops that each have a backward (narrow, neg, cat, mul), which cost seven
+//! passes forward and more backward over each query and key tensor.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Tensor};
 
+use super::rows::{Real, for_real, has_cpu_kernel, par_rows, slice};
 use crate::error::{Error, Result};
+
+const NAME: &str = "rope";
 
 /// The cos and sin tables for `positions: (b, t)` (integer positions per example, so padded
 /// and cached batches rotate each token by its own position): each `(b, 1, t, head_dim)` in
@@ -62,11 +67,149 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             got: vec![d],
         });
     }
+    if let Some(tables) = fused_tables(x, cos, sin) {
+        let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+        let op = Rope {
+            inverse: false,
+            tables,
+        };
+        return Ok(x.contiguous()?.apply_op3(&cos, &sin, op)?);
+    }
     let half = d / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
     let x2 = x.narrow(D::Minus1, half, half)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// How the fused op finds a row's tables: `x` is `(b, heads, t, d)` and the tables `(tb, 1, t,
+/// d)` with `tb` either `b` or 1 (one set for the whole batch).
+#[derive(Debug, Clone, Copy)]
+struct Tables {
+    heads: usize,
+    t: usize,
+    per_item: bool,
+}
+
+/// The fused op's table layout, or `None` where the composed ops run instead: off the CPU,
+/// other dtypes or shapes, or tables that take part in a graph (the fused op differentiates
+/// `x` only).
+fn fused_tables(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Tables> {
+    let (b, heads, t, d) = x.dims4().ok()?;
+    if x.elem_count() == 0 {
+        return None;
+    }
+    let tables_fit = |c: &Tensor| {
+        let dims = c.dims();
+        dims.len() == 4
+            && (dims[0] == b || dims[0] == 1)
+            && dims[1..] == [1, t, d]
+            && c.dtype() == x.dtype()
+            && !c.track_op()
+    };
+    (has_cpu_kernel(x) && tables_fit(cos) && tables_fit(sin) && cos.dims() == sin.dims()).then(
+        || Tables {
+            heads,
+            t,
+            per_item: cos.dim(0).ok() == Some(b) && b > 1,
+        },
+    )
+}
+
+/// The rotation on `(x, cos, sin)`: forward `y₁ = x₁c₁ − x₂s₁`, `y₂ = x₂c₂ + x₁s₂` (halves of
+/// each head vector), or its inverse `y₁ = x₁c₁ + x₂s₂`, `y₂ = x₂c₂ − x₁s₁`, which is the
+/// forward's transpose and so its backward.
+struct Rope {
+    inverse: bool,
+    tables: Tables,
+}
+
+impl Rope {
+    fn run<T: Real>(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        (s3, l3): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, cos, sin) = (
+            slice::<T>(NAME, s1, l1)?,
+            slice::<T>(NAME, s2, l2)?,
+            slice::<T>(NAME, s3, l3)?,
+        );
+        let d = l1.dims().last().copied().unwrap_or(0);
+        let Tables { heads, t, per_item } = self.tables;
+        let item = heads * t * d;
+        let items = x.len().checked_div(item).unwrap_or(0);
+        let table_rows = if per_item { items * t } else { t };
+        let fits = d % 2 == 0 && items * item == x.len() && items > 0;
+        if !fits || cos.len() != table_rows * d || sin.len() != cos.len() {
+            candle_core::bail!("{NAME}: x {:?} against tables {:?}", l1.dims(), l2.dims());
+        }
+        let half = d / 2;
+        let mut y = vec![T::zero(); x.len()];
+        par_rows(&mut y, d, |range, out| {
+            for (r, yr) in range.zip(out.chunks_exact_mut(d)) {
+                let item = r / (heads * t);
+                let at = (if per_item { item * t } else { 0 } + r % t) * d;
+                let (c, s) = (&cos[at..at + d], &sin[at..at + d]);
+                let xr = &x[r * d..(r + 1) * d];
+                let (x1, x2) = xr.split_at(half);
+                let (y1, y2) = yr.split_at_mut(half);
+                let (c1, c2) = c.split_at(half);
+                let (s1, s2) = s.split_at(half);
+                for i in 0..half {
+                    if self.inverse {
+                        y1[i] = x1[i] * c1[i] + x2[i] * s2[i];
+                        y2[i] = x2[i] * c2[i] - x1[i] * s1[i];
+                    } else {
+                        y1[i] = x1[i] * c1[i] - x2[i] * s1[i];
+                        y2[i] = x2[i] * c2[i] + x1[i] * s2[i];
+                    }
+                }
+            }
+        });
+        Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+    }
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "ttlora-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        for_real!(s1.dtype(), NAME, |T| self.run::<T>(
+            (s1, l1),
+            (s2, l2),
+            (s3, l3)
+        ))
+    }
+
+    /// y = Rx with R the (per-position) rotation ⇒ dL/dx = Rᵀ·dL/dy, the inverse rotation; the
+    /// tables are constants.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = Rope {
+            inverse: !self.inverse,
+            tables: self.tables,
+        };
+        let dx = dy.contiguous()?.apply_op3_no_bwd(cos, sin, &op)?;
+        Ok((Some(dx), None, None))
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +218,44 @@ mod tests {
 
     use super::*;
     use crate::ops::test_max_diff as max_diff;
+
+    /// The composed rotation, the reference for the fused op.
+    fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let half = x.dim(D::Minus1).unwrap() / 2;
+        let x1 = x.narrow(D::Minus1, 0, half).unwrap();
+        let x2 = x.narrow(D::Minus1, half, half).unwrap();
+        let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
+        (x.broadcast_mul(cos).unwrap() + rotated.broadcast_mul(sin).unwrap()).unwrap()
+    }
+
+    /// The fused op equals the composed ops forward and backward, with tables per batch item
+    /// and one set for the batch, on a tensor large enough to be split over threads.
+    #[test]
+    fn fused_equals_composed_forward_and_backward() {
+        let dev = Device::Cpu;
+        let (b, h, t, d) = (3, 4, 37, 16);
+        let pos = Tensor::arange(0u32, (b * t) as u32, &dev)
+            .unwrap()
+            .reshape((b, t))
+            .unwrap();
+        let (cos, sin) = rope_tables(&pos, d, 500.0, DType::F64).unwrap();
+        let shared = (cos.narrow(0, 1, 1).unwrap(), sin.narrow(0, 1, 1).unwrap());
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1., (b, h, t, d), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f64, 1., (b, h, t, d), &dev).unwrap();
+        for (c, s) in [(cos.clone(), sin.clone()), shared] {
+            assert!(fused_tables(x.as_tensor(), &c, &s).is_some());
+            let grad = |y: Tensor| {
+                let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(x.as_tensor()).unwrap().clone()
+            };
+            let (fused, reference) = (
+                rope(x.as_tensor(), &c, &s).unwrap(),
+                composed(x.as_tensor(), &c, &s),
+            );
+            assert!(max_diff(&fused, &reference) < 1e-12);
+            assert!(max_diff(&grad(fused), &grad(reference)) < 1e-12);
+        }
+    }
 
     #[test]
     fn matches_candles_fused_rope_forward() {
