@@ -8,8 +8,9 @@
 //! `(b, heads, t, keys)` tensors), and the context transposed back. Here q, k, v stay in the
 //! layout they arrive in (each head is a strided view, read by `gemm` directly), a key/value
 //! head is read in place by every query head of its group, the only saved tensor is the
-//! probabilities, the dropout mask is regenerated from a seed in the backward, and causal
-//! attention computes only the score tiles a query can see.
+//! probabilities (for causal attention not even those: two softmax statistics per query row,
+//! from which the backward recomputes them), the dropout mask is regenerated from a seed in the
+//! backward, and causal attention computes only the score tiles a query can see.
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -141,9 +142,25 @@ struct Attention {
     key_bias: Vec<f64>,
     /// Attention-probability dropout, one mask block per (batch item, head).
     dropout: Option<SeededMask>,
-    /// Keep the probabilities for a backward (false when no input needs a gradient).
+    /// Keep what the backward needs (false when no input needs a gradient).
     save: bool,
+    /// What is kept: the probabilities themselves, or (false) each query row's softmax
+    /// statistics, from which the backward recomputes them (see [`Kept`]).
+    kept: Kept,
     saved: Mutex<Option<CpuStorage>>,
+}
+
+/// What the forward keeps for the backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// The probabilities, `(b, heads, q_len, kv_len)`: no recomputation (the encoders, whose
+    /// sequences are short and whose step is sensitive to attention time).
+    Probabilities,
+    /// Per query row the softmax's shift and inverse sum, `(b, heads, q_len, 2)`; the backward
+    /// recomputes the scores and the probabilities from them, to the bit (the decoders: the
+    /// probabilities grow with the square of the context, 19 MB a layer for SmolLM2 at 8 × 256,
+    /// 16% of its step's peak memory, for a recomputation of 4% of the forward's FLOPs).
+    RowStatistics,
 }
 
 /// Runs `f(blocks, probs_chunk)` over per-thread ranges of the `n` blocks, on up to candle's
@@ -179,9 +196,21 @@ fn par_blocks<T: Send, R: Send>(
         .collect()
 }
 
+/// What [`masked_softmax_rows`] does with each row's softmax statistics (its shift and
+/// inverse sum, two values a row).
+enum RowStats<'a, T> {
+    /// Nothing: they are not kept.
+    Drop,
+    /// Writes them, for a later replay.
+    Record(&'a mut [T]),
+    /// Uses these instead of computing them: the same operations on the same scores give the
+    /// same probabilities, to the bit.
+    Replay(&'a [T]),
+}
+
 /// `p[i] ← softmax(p[i] + bias)` over the keys query `i` sees, 0 for the others. In causal
 /// attention a query always sees itself unbiased, so a padding query's row is never empty.
-fn masked_softmax_rows<T: Real>(block: &mut [T], dm: Dims, bias: &[f64]) {
+fn masked_softmax_rows<T: Real>(block: &mut [T], dm: Dims, bias: &[f64], mut stats: RowStats<T>) {
     for (i, row) in block.chunks_exact_mut(dm.kv_len).enumerate() {
         let seen = dm.visible(i);
         let (row, hidden) = row.split_at_mut(seen);
@@ -191,7 +220,20 @@ fn masked_softmax_rows<T: Real>(block: &mut [T], dm: Dims, bias: &[f64]) {
         for (v, &b) in row[..biased].iter_mut().zip(bias) {
             *v += T::from_f64(b);
         }
-        T::softmax_in_place(row);
+        // As `Real::softmax_in_place`, with the statistics kept or given.
+        let inv = if let RowStats::Replay(st) = stats {
+            T::exp_shifted_sum(row, st[2 * i]);
+            st[2 * i + 1]
+        } else {
+            let m = T::row_max(row);
+            let inv = T::one() / T::exp_shifted_sum(row, m);
+            if let RowStats::Record(st) = &mut stats {
+                st[2 * i] = m;
+                st[2 * i + 1] = inv;
+            }
+            inv
+        };
+        row.iter_mut().for_each(|v| *v *= inv);
     }
 }
 
@@ -243,23 +285,25 @@ impl Attention {
         let dm = self.dims;
         let (t, s, d, group) = (dm.q_len, dm.kv_len, dm.head_dim, dm.group());
         let block = dm.block();
-        let mut probs = if self.save {
-            vec![T::zero(); dm.batch * dm.heads * block]
+        let scores = View::dense(0, t, s);
+        let keep_probs = self.save && self.kept == Kept::Probabilities;
+        // Kept per query head: its probabilities, or two statistics per query row.
+        let kept_len = if keep_probs { block } else { 2 * t };
+        let mut kept = if self.save {
+            vec![T::zero(); dm.batch * dm.heads * kept_len]
         } else {
             Vec::new()
         };
-        let scale = T::from_f64(self.scale);
-        let scores = View::dense(0, t, s);
         // One piece of work per (item, key/value head): the query heads of a group share it.
         let n_groups = dm.batch * dm.kv_heads;
         let per_group = group * block * d;
         let parts = par_blocks(
             n_groups,
             per_group,
-            &mut probs,
-            group * block,
+            &mut kept,
+            group * kept_len,
             |groups, saved| {
-                let mut scratch = vec![T::zero(); if saved.is_empty() { block } else { 0 }];
+                let mut scratch = vec![T::zero(); if keep_probs { 0 } else { block }];
                 let mut dropped = vec![T::zero(); if self.dropout.is_some() { block } else { 0 }];
                 // This thread's context blocks, `(t, d)` each, stacked in query-head order.
                 let mut ctx = vec![T::zero(); groups.len() * group * t * d];
@@ -269,18 +313,13 @@ impl Attention {
                     for j in 0..group {
                         let local = local_g * group + j;
                         let (h, blk) = (g * group + j, gi * group + j);
-                        let p: &mut [T] = if saved.is_empty() {
-                            &mut scratch
-                        } else {
-                            &mut saved[local * block..(local + 1) * block]
+                        let mine = local * kept_len..(local + 1) * kept_len;
+                        let (p, stats): (&mut [T], _) = match (keep_probs, saved.is_empty()) {
+                            (true, _) => (&mut saved[mine], RowStats::Drop),
+                            (false, true) => (&mut scratch, RowStats::Drop),
+                            (false, false) => (&mut scratch, RowStats::Record(&mut saved[mine])),
                         };
-                        let qh = dm.q_head(b, h);
-                        for (rows, keys) in dm.tiles() {
-                            let dst = scores.sub(rows.clone(), keys);
-                            let kt = kv.sub(0..keys, d).t();
-                            matmul_into(p, dst, q, qh.sub(rows, d), k, kt, scale);
-                        }
-                        masked_softmax_rows(p, dm, &self.key_bias[b * s..(b + 1) * s]);
+                        self.probabilities(p, (q, k), (b, h), stats);
                         let weights = self.weights(blk, p, &mut dropped);
                         let mine = View::dense(local * t * d, t, d);
                         for (rows, keys) in dm.tiles() {
@@ -299,7 +338,30 @@ impl Attention {
             let shape = (dm.heads, t);
             scatter_heads(&mut out, dm, HeadLayout::TokenMajor, shape, blocks, ctx);
         }
-        Ok((out, self.save.then_some(probs)))
+        Ok((out, self.save.then_some(kept)))
+    }
+
+    /// The probabilities of query head `h` of item `b` into `p` (`(q_len, kv_len)`): the
+    /// scaled scores of the tiles a query sees, the key bias, the masked softmax.
+    fn probabilities<T: Real>(
+        &self,
+        p: &mut [T],
+        (q, k): (&[T], &[T]),
+        (b, h): (usize, usize),
+        stats: RowStats<T>,
+    ) {
+        let dm = self.dims;
+        let (s, d) = (dm.kv_len, dm.head_dim);
+        let (qh, kv) = (dm.q_head(b, h), dm.kv_head(b, h / dm.group()));
+        let scores = View::dense(0, dm.q_len, s);
+        let scale = T::from_f64(self.scale);
+        for (rows, keys) in dm.tiles() {
+            let dst = scores.sub(rows.clone(), keys);
+            let kt = kv.sub(0..keys, d).t();
+            matmul_into(p, dst, q, qh.sub(rows, d), k, kt, scale);
+        }
+        let bias = &self.key_bias[b * s..(b + 1) * s];
+        masked_softmax_rows(p, dm, bias, stats);
     }
 
     /// The gradients `(dq, dk, dv)`, each in its input's layout, from the saved
@@ -317,8 +379,10 @@ impl Attention {
         let scores = View::dense(0, t, s);
         let n_groups = dm.batch * dm.kv_heads;
         let per_group = 2 * group * block * d;
+        let keep_probs = self.kept == Kept::Probabilities;
         let parts = par_blocks(n_groups, per_group, &mut [] as &mut [T], 0, |groups, _| {
             let mut dp = vec![T::zero(); block];
+            let mut recomputed = vec![T::zero(); if keep_probs { 0 } else { block }];
             let mut dropped = vec![T::zero(); if self.dropout.is_some() { block } else { 0 }];
             let (mut dq, mut dk, mut dv) = (
                 vec![T::zero(); groups.len() * group * t * d],
@@ -334,7 +398,13 @@ impl Attention {
                     let (h, blk) = (g * group + j, gi * group + j);
                     let (qh, oh) = (dm.q_head(b, h), dm.out_head(b, h));
                     let q_mine = View::dense(local * t * d, t, d);
-                    let pb = &p[blk * block..(blk + 1) * block];
+                    let pb: &[T] = if keep_probs {
+                        &p[blk * block..(blk + 1) * block]
+                    } else {
+                        let stats = RowStats::Replay(&p[blk * 2 * t..(blk + 1) * 2 * t]);
+                        self.probabilities(&mut recomputed, (q, k), (b, h), stats);
+                        &recomputed
+                    };
                     // dL/d(dropped P) = dO·Vᵀ.
                     for (rows, keys) in dm.tiles() {
                         let dst = scores.sub(rows.clone(), keys);
@@ -444,7 +514,7 @@ impl Attention {
             .lock()
             .map_err(|_| candle_core::Error::Msg(format!("{NAME}: poisoned lock")))?;
         let Some(probs) = saved.as_ref() else {
-            candle_core::bail!("{NAME} backward: the forward saved no probabilities");
+            candle_core::bail!("{NAME} backward: the forward kept nothing for it");
         };
         let p = T::cpu_storage_as_slice(probs)?;
         let guards = [q, k, v, dout].map(|t| t.storage_and_layout());
@@ -509,7 +579,7 @@ fn run_fused(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     key_bias: &Tensor,
     dims: Dims,
-    dropout_p: f64,
+    (dropout_p, kept): (f64, Kept),
     fallback: impl FnOnce() -> Result<Tensor>,
 ) -> Result<Tensor> {
     let out_shape = (dims.batch, dims.q_len, dims.heads * dims.head_dim);
@@ -530,6 +600,7 @@ fn run_fused(
             .to_vec1::<f64>()?,
         dropout: (dropout_p > 0.0).then(|| SeededMask::draw(dropout_p)),
         save: q.track_op() || k.track_op() || v.track_op(),
+        kept,
         saved: Mutex::new(None),
     };
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
@@ -592,7 +663,8 @@ pub fn attention(
         layout: HeadLayout::TokenMajor,
         causal: false,
     };
-    run_fused((q, k, v), key_bias, dims, dropout_p, || {
+    let kept = (dropout_p, Kept::Probabilities);
+    run_fused((q, k, v), key_bias, dims, kept, || {
         composed(q, k, v, key_bias, heads, dropout_p)
     })
 }
@@ -607,8 +679,9 @@ pub fn attention(
 /// a padding query attends to itself. Returns the context `(b, t, heads · d)`, ready for the
 /// output projection.
 ///
-/// On CPU in f32/f64 one op with an analytic backward that keeps only the probabilities and
-/// computes only the score tiles a query sees; elsewhere composed from candle ops.
+/// On CPU in f32/f64 one op with an analytic backward that keeps two softmax statistics per
+/// query row (the backward recomputes the probabilities from them, to the bit) and computes
+/// only the score tiles a query sees; elsewhere composed from candle ops.
 ///
 /// # Errors
 /// Shapes that disagree.
@@ -637,9 +710,13 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: &Tensor) -
         layout: HeadLayout::HeadMajor,
         causal: true,
     };
-    run_fused((q, k, v), key_bias, dims, 0.0, || {
-        composed_causal(q, k, v, key_bias)
-    })
+    run_fused(
+        (q, k, v),
+        key_bias,
+        dims,
+        (0.0, Kept::RowStatistics),
+        || composed_causal(q, k, v, key_bias),
+    )
 }
 
 /// The same attention from candle ops (other devices and dtypes).
@@ -995,6 +1072,71 @@ mod tests {
             let diff = max_diff(grads.get(x).unwrap(), grads_ref.get(x).unwrap());
             assert!(diff < 1e-4, "{diff}");
         }
+    }
+
+    /// Recomputing the probabilities from the kept row statistics gives the gradients that
+    /// keeping the probabilities gives, to the bit: causal over several tiles and threads,
+    /// and bidirectional with dropout and padding.
+    #[test]
+    fn recomputed_probabilities_give_the_kept_ones_gradients_exactly() {
+        let dev = Device::Cpu;
+        let grads = |dims: Dims, dropout: f64, kept: Kept, qkv: &[Var; 3], bias: &Tensor| {
+            let [q, k, v] = qkv.each_ref().map(|x| x.as_tensor());
+            crate::ops::seed_dropout(7);
+            let out = run_fused((q, k, v), bias, dims, (dropout, kept), || unreachable!()).unwrap();
+            let n = out.elem_count();
+            let g = Tensor::arange(0f32, n as f32, &dev)
+                .unwrap()
+                .reshape(out.shape())
+                .unwrap();
+            let g = (g * 0.37).unwrap().sin().unwrap();
+            let store = (out * g).unwrap().sum_all().unwrap().backward().unwrap();
+            [q, k, v].map(|x| {
+                store
+                    .get(x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+        };
+        let (b, heads, kv_heads, t, past, d) = (2, 6, 2, 2 * CAUSAL_TILE + 5, 3, 16);
+        let causal = Dims {
+            batch: b,
+            q_len: t,
+            kv_len: past + t,
+            heads,
+            kv_heads,
+            head_dim: d,
+            layout: HeadLayout::HeadMajor,
+            causal: true,
+        };
+        let qkv = [(heads, t), (kv_heads, past + t), (kv_heads, past + t)]
+            .map(|(n, len)| Var::randn(0f32, 1., (b, n, len, d), &dev).unwrap());
+        let mut bias = vec![0f32; b * (past + t)];
+        bias[past + t + 1] = MASK_VALUE as f32;
+        let bias = Tensor::from_vec(bias, (b, past + t), &dev).unwrap();
+        assert_eq!(
+            grads(causal, 0.0, Kept::Probabilities, &qkv, &bias),
+            grads(causal, 0.0, Kept::RowStatistics, &qkv, &bias)
+        );
+        let (q, k, v, bias) = inputs(DType::F32);
+        let encoder = Dims {
+            batch: 3,
+            q_len: 5,
+            kv_len: 5,
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 3,
+            layout: HeadLayout::TokenMajor,
+            causal: false,
+        };
+        let qkv = [q, k, v].map(|x| Var::from_tensor(&x).unwrap());
+        assert_eq!(
+            grads(encoder, 0.3, Kept::Probabilities, &qkv, &bias),
+            grads(encoder, 0.3, Kept::RowStatistics, &qkv, &bias)
+        );
     }
 
     #[test]
