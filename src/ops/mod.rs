@@ -56,7 +56,7 @@ pub use grad_mode::{grad_enabled, no_grad, on_worker};
 pub use layer_norm::layer_norm;
 pub use linear_cross_entropy::linear_cross_entropy;
 pub use rms_norm::rms_norm;
-pub use rope::{rope, rope_tables};
+pub use rope::{rope, rope_heads, rope_tables};
 pub use softmax::softmax_last_dim;
 pub use swiglu::swiglu;
 pub use threads::{cpu_threads, pin_thread_count};

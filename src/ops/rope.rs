@@ -67,13 +67,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             got: vec![d],
         });
     }
-    if let Some(tables) = fused_tables(x, cos, sin) {
-        let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
-        let op = Rope {
-            inverse: false,
-            tables,
-        };
-        return Ok(x.contiguous()?.apply_op3(&cos, &sin, op)?);
+    if let Ok((b, heads, t, _)) = x.dims4()
+        && let Some(tables) = fused_tables(x, (b, heads, t, d), cos, sin)
+    {
+        return fused(x, tables, Order::HeadMajor, cos, sin);
     }
     let half = d / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
@@ -82,21 +79,63 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
-/// How the fused op finds a row's tables: `x` is `(b, heads, t, d)` and the tables `(tb, 1, t,
-/// d)` with `tb` either `b` or 1 (one set for the whole batch).
+/// A projection's output `x: (b, t, heads · head_dim)` split into heads and rotated:
+/// `rope(x` as `(b, heads, t, head_dim))`. On the CPU in f32/f64 one pass that reads the
+/// token-major rows and writes the head-major ones (its backward the inverse), so no
+/// transposed copy of `x` is made and kept for the backward.
+///
+/// # Errors
+/// A width that is not `heads` heads of even width; tables that do not broadcast.
+pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let _span = tracing::trace_span!("rope").entered();
+    let (b, t, width) = x.dims3()?;
+    if heads == 0 || !width.is_multiple_of(heads) {
+        return Err(Error::TensorShape {
+            op: "rotary embeddings (width must be a multiple of the heads)",
+            expected: vec![heads],
+            got: vec![width],
+        });
+    }
+    let d = width / heads;
+    if let Some(tables) = fused_tables(x, (b, heads, t, d), cos, sin) {
+        return fused(x, tables, Order::TokenMajor, cos, sin);
+    }
+    let split = x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?;
+    rope(&split, cos, sin)
+}
+
+/// The fused rotation of `x` laid out as `from`, returning `(b, heads, t, d)`.
+fn fused(x: &Tensor, tables: Tables, from: Order, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    let op = Rope {
+        inverse: false,
+        tables,
+        from,
+        to: Order::HeadMajor,
+    };
+    Ok(x.contiguous()?.apply_op3(&cos, &sin, op)?)
+}
+
+/// How the fused op finds a row's tables: `x` holds `(b, heads, t, d)` head vectors and the
+/// tables are `(tb, 1, t, d)` with `tb` either `b` or 1 (one set for the whole batch).
 #[derive(Debug, Clone, Copy)]
 struct Tables {
     heads: usize,
     t: usize,
+    d: usize,
     per_item: bool,
 }
 
-/// The fused op's table layout, or `None` where the composed ops run instead: off the CPU,
-/// other dtypes or shapes, or tables that take part in a graph (the fused op differentiates
-/// `x` only).
-fn fused_tables(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Tables> {
-    let (b, heads, t, d) = x.dims4().ok()?;
-    if x.elem_count() == 0 {
+/// The fused op's table layout for `x` holding `(b, heads, t, d)` head vectors, or `None`
+/// where the composed ops run instead: off the CPU, other dtypes or shapes, or tables that
+/// take part in a graph (the fused op differentiates `x` only).
+fn fused_tables(
+    x: &Tensor,
+    (b, heads, t, d): (usize, usize, usize, usize),
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Option<Tables> {
+    if x.elem_count() == 0 || !d.is_multiple_of(2) {
         return None;
     }
     let tables_fit = |c: &Tensor| {
@@ -111,17 +150,58 @@ fn fused_tables(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Tables> {
         || Tables {
             heads,
             t,
+            d,
             per_item: cos.dim(0).ok() == Some(b) && b > 1,
         },
     )
 }
 
-/// The rotation on `(x, cos, sin)`: forward `y₁ = x₁c₁ − x₂s₁`, `y₂ = x₂c₂ + x₁s₂` (halves of
-/// each head vector), or its inverse `y₁ = x₁c₁ + x₂s₂`, `y₂ = x₂c₂ − x₁s₁`, which is the
-/// forward's transpose and so its backward.
+/// Where the head vectors of `(b, heads, t, d)` lie in a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// `(b, heads, t, d)`.
+    HeadMajor,
+    /// `(b, t, heads · d)`, as a projection writes them.
+    TokenMajor,
+}
+
+impl Order {
+    /// Row `(item, head, pos)`'s index in this order.
+    fn row(self, (item, head, pos): (usize, usize, usize), tables: Tables) -> usize {
+        match self {
+            Order::HeadMajor => (item * tables.heads + head) * tables.t + pos,
+            Order::TokenMajor => (item * tables.t + pos) * tables.heads + head,
+        }
+    }
+
+    /// The `(item, head, pos)` of row `r` in this order.
+    fn coordinates(self, r: usize, tables: Tables) -> (usize, usize, usize) {
+        let (n, t) = (tables.heads, tables.t);
+        match self {
+            Order::HeadMajor => (r / (n * t), r / t % n, r % t),
+            Order::TokenMajor => (r / (t * n), r % n, r / n % t),
+        }
+    }
+
+    /// The shape of `items` items in this order.
+    fn shape(self, items: usize, tables: Tables) -> Shape {
+        let Tables { heads, t, d, .. } = tables;
+        match self {
+            Order::HeadMajor => Shape::from((items, heads, t, d)),
+            Order::TokenMajor => Shape::from((items, t, heads * d)),
+        }
+    }
+}
+
+/// The rotation on `(x, cos, sin)`, reading head vectors in `from` order and writing them in
+/// `to` order: forward `y₁ = x₁c₁ − x₂s₁`, `y₂ = x₂c₂ + x₁s₂` (halves of each head vector), or
+/// its inverse `y₁ = x₁c₁ + x₂s₂`, `y₂ = x₂c₂ − x₁s₁`, which is the forward's transpose and so,
+/// with the orders swapped, its backward.
 struct Rope {
     inverse: bool,
     tables: Tables,
+    from: Order,
+    to: Order,
 }
 
 impl Rope {
@@ -136,8 +216,13 @@ impl Rope {
             slice::<T>(NAME, s2, l2)?,
             slice::<T>(NAME, s3, l3)?,
         );
-        let d = l1.dims().last().copied().unwrap_or(0);
-        let Tables { heads, t, per_item } = self.tables;
+        let tables = self.tables;
+        let Tables {
+            heads,
+            t,
+            d,
+            per_item,
+        } = tables;
         let item = heads * t * d;
         let items = x.len().checked_div(item).unwrap_or(0);
         let table_rows = if per_item { items * t } else { t };
@@ -149,11 +234,11 @@ impl Rope {
         let mut y = vec![T::zero(); x.len()];
         par_rows(&mut y, d, |range, out| {
             for (r, yr) in range.zip(out.chunks_exact_mut(d)) {
-                let item = r / (heads * t);
-                let at = (if per_item { item * t } else { 0 } + r % t) * d;
-                let (c, s) = (&cos[at..at + d], &sin[at..at + d]);
-                let xr = &x[r * d..(r + 1) * d];
-                let (x1, x2) = xr.split_at(half);
+                let at = self.to.coordinates(r, tables);
+                let table = (if per_item { at.0 * t } else { 0 } + at.2) * d;
+                let (c, s) = (&cos[table..table + d], &sin[table..table + d]);
+                let from = self.from.row(at, tables) * d;
+                let (x1, x2) = x[from..from + d].split_at(half);
                 let (y1, y2) = yr.split_at_mut(half);
                 let (c1, c2) = c.split_at(half);
                 let (s1, s2) = s.split_at(half);
@@ -168,7 +253,7 @@ impl Rope {
                 }
             }
         });
-        Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+        Ok((T::to_cpu_storage_owned(y), self.to.shape(items, tables)))
     }
 }
 
@@ -193,8 +278,8 @@ impl CustomOp3 for Rope {
         ))
     }
 
-    /// y = Rx with R the (per-position) rotation ⇒ dL/dx = Rᵀ·dL/dy, the inverse rotation; the
-    /// tables are constants.
+    /// y = Rx with R the (per-position) rotation ⇒ dL/dx = Rᵀ·dL/dy, the inverse rotation,
+    /// written back in x's order; the tables are constants.
     fn bwd(
         &self,
         _x: &Tensor,
@@ -206,6 +291,8 @@ impl CustomOp3 for Rope {
         let op = Rope {
             inverse: !self.inverse,
             tables: self.tables,
+            from: self.to,
+            to: self.from,
         };
         let dx = dy.contiguous()?.apply_op3_no_bwd(cos, sin, &op)?;
         Ok((Some(dx), None, None))
@@ -243,7 +330,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f64, 1., (b, h, t, d), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f64, 1., (b, h, t, d), &dev).unwrap();
         for (c, s) in [(cos.clone(), sin.clone()), shared] {
-            assert!(fused_tables(x.as_tensor(), &c, &s).is_some());
+            assert!(fused_tables(x.as_tensor(), (b, h, t, d), &c, &s).is_some());
             let grad = |y: Tensor| {
                 let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
                 g.get(x.as_tensor()).unwrap().clone()
@@ -255,6 +342,44 @@ mod tests {
             assert!(max_diff(&fused, &reference) < 1e-12);
             assert!(max_diff(&grad(fused), &grad(reference)) < 1e-12);
         }
+    }
+
+    /// Splitting a projection's output into heads and rotating them in one op equals the
+    /// transposed copy rotated, forward and backward, with tables per item and shared.
+    #[test]
+    fn rope_heads_equals_split_then_rope() {
+        let dev = Device::Cpu;
+        let (b, h, t, d) = (2, 3, 41, 8);
+        let pos = Tensor::arange(0u32, (b * t) as u32, &dev)
+            .unwrap()
+            .reshape((b, t))
+            .unwrap();
+        let (cos, sin) = rope_tables(&pos, d, 500.0, DType::F64).unwrap();
+        let shared = (cos.narrow(0, 0, 1).unwrap(), sin.narrow(0, 0, 1).unwrap());
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1., (b, t, h * d), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f64, 1., (b, h, t, d), &dev).unwrap();
+        let grad = |y: Tensor| {
+            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().clone()
+        };
+        for (c, s) in [(cos.clone(), sin.clone()), shared] {
+            let split = x
+                .as_tensor()
+                .reshape((b, t, h, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let (fused, reference) = (
+                rope_heads(x.as_tensor(), h, &c, &s).unwrap(),
+                composed(&split, &c, &s),
+            );
+            assert_eq!(fused.dims(), [b, h, t, d]);
+            assert!(max_diff(&fused, &reference) < 1e-12);
+            assert!(max_diff(&grad(fused), &grad(reference)) < 1e-12);
+        }
+        assert!(rope_heads(x.as_tensor(), 5, &cos, &sin).is_err());
     }
 
     #[test]

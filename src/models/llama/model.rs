@@ -18,7 +18,7 @@ use crate::models::backbone::ForwardCtx;
 use crate::models::layers::{RmsNorm, check_input, key_bias, with_prompt_mask};
 use crate::models::walk::{Entry, EntryMut, LinearDims, Part, parts, tags};
 use crate::models::weights::{Init, Loader};
-use crate::ops::{causal_attention, rope, rope_tables, swiglu};
+use crate::ops::{causal_attention, rope_heads, rope_tables, swiglu};
 
 parts! {
     /// One decoder layer: RMS norm, attention, residual; RMS norm, SwiGLU, residual.
@@ -177,11 +177,10 @@ impl Layer {
         let split = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = split(self.q_proj.forward(&normed, train)?, heads)?;
-        let k = split(self.k_proj.forward(&normed, train)?, kv_heads)?;
+        // Queries and keys split into heads and rotated in one pass each.
+        let q = rope_heads(&self.q_proj.forward(&normed, train)?, heads, cos, sin)?;
+        let k = rope_heads(&self.k_proj.forward(&normed, train)?, kv_heads, cos, sin)?;
         let v = split(self.v_proj.forward(&normed, train)?, kv_heads)?;
-        let q = rope(&q, cos, sin)?;
-        let k = rope(&k, cos, sin)?;
         // With a cache, the keys and values of earlier tokens come first.
         let (k, v) = match cache {
             None => (k, v),
