@@ -133,8 +133,8 @@ impl Dims {
     }
 }
 
-/// The fused op on `(q, k, v)`; the key bias, dropout and (after the forward) the saved
-/// probabilities travel inside it.
+/// The fused op on `(q, k, v)`; the key bias, dropout and (after the forward) what the
+/// backward needs travel inside it.
 struct Attention {
     dims: Dims,
     scale: f64,
@@ -144,7 +144,7 @@ struct Attention {
     dropout: Option<SeededMask>,
     /// Keep what the backward needs (false when no input needs a gradient).
     save: bool,
-    /// What is kept: the probabilities themselves, or (false) each query row's softmax
+    /// What is kept: the probabilities themselves, or each query row's softmax
     /// statistics, from which the backward recomputes them (see [`Kept`]).
     kept: Kept,
     saved: Mutex<Option<CpuStorage>>,
@@ -163,8 +163,9 @@ enum Kept {
     RowStatistics,
 }
 
-/// Runs `f(blocks, probs_chunk)` over per-thread ranges of the `n` blocks, on up to candle's
-/// thread count; `probs` (empty, or `block_len` values per block) is split alongside. Blocks,
+/// Runs `f(blocks, kept_chunk)` over per-thread ranges of the `n` blocks, on up to candle's
+/// thread count; `probs` (empty, or `block_len` kept values per block: probabilities or row
+/// statistics) is split alongside. Blocks,
 /// not batch items, are shared out so that batch 1 still uses every thread. Returns each
 /// thread's range and result, in block order.
 fn par_blocks<T: Send, R: Send>(
@@ -364,8 +365,9 @@ impl Attention {
         masked_softmax_rows(p, dm, bias, stats);
     }
 
-    /// The gradients `(dq, dk, dv)`, each in its input's layout, from the saved
-    /// probabilities `p` and `dout` (`(b, q_len, heads · d)`).
+    /// The gradients `(dq, dk, dv)`, each in its input's layout, from what the forward kept
+    /// in `p` (the probabilities, or the row statistics they are recomputed from) and `dout`
+    /// (`(b, q_len, heads · d)`).
     fn backward<T: Real>(
         &self,
         (q, k, v): (&[T], &[T], &[T]),

@@ -2,7 +2,7 @@
 //!
 //! Owns: the grad mode ([`no_grad`]), [`frozen_linear`] and [`quantized_linear`] (a frozen
 //! weight kept in GGUF blocks), multi-head [`attention`] and [`causal_attention`] (GQA),
-//! [`layer_norm`], [`rms_norm`], rotary embeddings ([`rope`], [`rope_tables`]),
+//! [`layer_norm`], [`rms_norm`], rotary embeddings ([`rope`], [`rope_heads`], [`rope_tables`]),
 //! [`softmax_last_dim`], [`cross_entropy`] and [`linear_cross_entropy`] (an LM head's loss
 //! without its logits), [`gelu`], [`swiglu`], seeded [`dropout`] and
 //! [`dropout_add`]; the kernels' thread count ([`cpu_threads`]) and decoding's hand-off to

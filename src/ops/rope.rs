@@ -87,7 +87,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// # Errors
 /// A width that is not `heads` heads of even width; tables that do not broadcast.
 pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let _span = tracing::trace_span!("rope").entered();
+    let _span = tracing::trace_span!("rope_heads").entered();
     let (b, t, width) = x.dims3()?;
     if heads == 0 || !width.is_multiple_of(heads) {
         return Err(Error::TensorShape {

@@ -172,7 +172,8 @@ pub(crate) fn product<T: Real>(
 ) -> Vec<T> {
     assert!(l.cols == r.rows, "gemm operands {l:?}, {r:?}");
     let d = View::dense(0, l.rows, r.cols);
-    let len = d.rows * d.cols;
+    // Checked: the allocation below must hold exactly what gemm writes.
+    let len = d.rows.checked_mul(d.cols).expect("gemm product too large");
     if d.is_empty() || l.is_empty() {
         // Nothing to write, or k = 0: the product is zero.
         return vec![T::zero(); len];

@@ -154,7 +154,8 @@ multiversion! {
 }
 
 /// `row ← softmax(row)`: the tests' reference composition (the kernels get the same one from
-/// `rows::Real::softmax_in_place`, whose f32 pieces are [`max`] and [`exp_shifted_sum`]).
+/// `rows::Real::softmax_in_place`, or attention's masked rows, whose f32 pieces are [`max`]
+/// and [`exp_shifted_sum`]).
 #[cfg(test)]
 fn softmax(row: &mut [f32]) {
     let m = max(row);
