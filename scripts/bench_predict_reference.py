@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The PyTorch + transformers + PEFT side of `scripts/bench_predict_compare.sh`: labels the
 `sentence` column of a TSV with a base model and a PEFT LoRA folder (unmerged, as `ttlora
-predict` runs it), in batches sorted by token length, longest first, as ttlora's `predict` does;
+predict --no-merge` runs it, or with `--merge` folded in by `merge_and_unload()`, as `ttlora
+predict` runs it by default), in batches sorted by token length, longest first, as ttlora's `predict` does;
 prints one JSON line with the sentences per second from the first tokenization to the last
 prediction (loading the model is not timed), and the CPU.
 
@@ -27,6 +28,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--merge", action="store_true", help="merge_and_unload() the adapter first")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -35,6 +37,8 @@ def main():
     tok = AutoTokenizer.from_pretrained(args.model)
     base = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
     model = PeftModel.from_pretrained(base, args.adapter).eval()
+    if args.merge:
+        model = model.merge_and_unload().eval()
     start = time.perf_counter()
     # Tokenized once (as ttlora does), then sorted by length and padded a batch at a time.
     ids = tok(sentences, truncation=True, max_length=args.max_len)["input_ids"]
@@ -53,6 +57,7 @@ def main():
                       "tokens": sum(lengths), "seconds": seconds,
                       "sentences_per_s": len(sentences) / seconds,
                       "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+                      "merged": args.merge,
                       "positive": sum(labels), "cpu": cpu()}))
 
 

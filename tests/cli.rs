@@ -716,6 +716,33 @@ fn every_method_trains_saves_evaluates_and_inspects_from_the_cli() {
             acc(&eval, "/accuracy"),
             "{method}: {eval}"
         );
+        // predict merges what can be merged: the same labels as --no-merge, probabilities
+        // equal up to float rounding (printed to four places).
+        let texts = model.join("texts.txt");
+        std::fs::write(&texts, "a great , moving film\nthe plot is dull\nfine\n").unwrap();
+        let predict = |extra: &[&str]| {
+            let mut args = vec!["predict", "--adapter", s(&run), "--file", s(&texts)];
+            args.extend_from_slice(extra);
+            let o = ttlora(&args);
+            assert!(o.status.success(), "{method}: {}", stderr(&o));
+            (stdout(&o), stderr(&o))
+        };
+        let ((merged_out, log), (separate_out, _)) = (predict(&["-v"]), predict(&["--no-merge"]));
+        // Full fine-tuning has no adapter to merge: its weights are the trained ones.
+        let said = match (method, mergeable) {
+            ("full", _) => "",
+            (_, true) => "adapter merged into",
+            (_, false) => "adapter kept separate",
+        };
+        assert!(log.contains(said), "{method}: {log}");
+        assert_eq!(merged_out.lines().count(), 3, "{method}: {merged_out}");
+        for (a, b) in merged_out.lines().zip(separate_out.lines()) {
+            let (fa, fb): (Vec<&str>, Vec<&str>) =
+                (a.split('\t').collect(), b.split('\t').collect());
+            assert_eq!((fa[0], fa[2]), (fb[0], fb[2]), "{method}: {a} vs {b}");
+            let (pa, pb): (f32, f32) = (fa[1].parse().unwrap(), fb[1].parse().unwrap());
+            assert!((pa - pb).abs() <= 2e-4, "{method}: {a} vs {b}");
+        }
         let o = ttlora(&["inspect", s(&run)]);
         assert!(o.status.success(), "{method}: {}", stderr(&o));
         let merged = model.join(format!("merged-{method}"));

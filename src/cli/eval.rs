@@ -12,7 +12,7 @@ use super::common::{
     DeviceArgs, JsonArgs, ObjectiveArg, OfflineArgs, PoolingArgs, TemplateArgs, data_roots,
     report_pooling,
 };
-use ttlora::jobs::inference::{self, Inference};
+use ttlora::jobs::inference::{self, Inference, Merged};
 
 /// Where the base model and adapter come from (shared by eval and predict).
 #[derive(Debug, Args)]
@@ -407,6 +407,12 @@ pub struct PredictArgs {
     /// Write the predictions to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Keep the adapter separate from the base weights. By default an encoder adapter whose
+    /// update is a weight matrix (LoRA, TT-LoRA, LoRETTA, …) is merged into the frozen
+    /// weights first, so predicting costs what the base model costs; the probabilities
+    /// differ from the unmerged model's by float rounding only.
+    #[arg(long)]
+    no_merge: bool,
     /// A decoder adapter trained on a prompted task (`train --objective lm-score|classify`):
     /// the task whose rows --file holds (official JSONL; labels may be missing, as in
     /// SuperGLUE's test files) [default: the one the adapter records].
@@ -430,6 +436,7 @@ fn run_prompted_predict(a: &PredictArgs, adapter: &std::path::Path) -> Result<()
         ("--text-column", a.text_column != "text"),
         ("--text-pair-column", a.text_pair_column.is_some()),
         ("--pooling", a.common.pooling.pooling.is_some()),
+        ("--no-merge", a.no_merge),
     ];
     if let Some((flag, _)) = ignored.iter().find(|(_, given)| *given) {
         bail!("{flag} does not apply to a decoder adapter: give --file with the task's JSONL rows");
@@ -520,7 +527,15 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
         (None, Some(f)) => data::read_texts(f, &a.text_column, a.text_pair_column.as_deref())?,
         (None, None) => bail!("give --text or --file"),
     };
-    let inf = a.common.load()?;
+    let mut inf = a.common.load()?;
+    if !a.no_merge {
+        match inf.merge_for_prediction()? {
+            // Full fine-tuning: the weights are the trained ones, nothing to merge.
+            Merged::Layers(0) => {}
+            Merged::Layers(n) => tracing::info!("adapter merged into {n} layers' weights"),
+            Merged::Kept(why) => tracing::info!("adapter kept separate ({why})"),
+        }
+    }
     let device = a.common.device.device()?;
     let predictions = eval::predict(&inf, &examples, a.common.batch_size.unwrap_or(64), &device)?;
     let mut lines = String::new();

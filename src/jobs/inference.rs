@@ -131,7 +131,34 @@ pub fn load_with(
     })
 }
 
+/// What [`Inference::merge_for_prediction`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merged {
+    /// The adapter was folded into this many layers' frozen weights.
+    Layers(usize),
+    /// The adapter stays separate: its method changes no weight matrix (the reason).
+    Kept(String),
+}
+
 impl Inference {
+    /// Folds the adapter into the frozen weights where its method allows (LoRA, TT-LoRA,
+    /// LoRETTA, …: `W ← W + ΔW`), so that a forward costs what the base model's costs, the
+    /// paper's "no added inference latency"; outputs differ from the unmerged model's by
+    /// float rounding only. Virtual tokens and bottleneck adapters, which change no weight
+    /// matrix, stay as they are.
+    ///
+    /// # Errors
+    /// A merge that would hold NaN/Inf ([`Error::NonFiniteMerge`]).
+    pub fn merge_for_prediction(&mut self) -> Result<Merged> {
+        match crate::tuning::merged::merge_adapters(self.model.as_mut(), ADAPTER_NAME) {
+            Ok(n) => Ok(Merged::Layers(n)),
+            Err(Error::NotMergeable { method, reason }) => {
+                Ok(Merged::Kept(format!("{method}: {reason}")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The base model's tokenizer at the adapter's training-time `max_len`.
     ///
     /// # Errors
