@@ -14,13 +14,13 @@ use half::f16;
 use rayon::prelude::*;
 
 /// Weights per block in every type handled here.
-const BLOCK: usize = 32;
+pub(super) const BLOCK: usize = 32;
 
 /// Output features per parallel task: enough work to outweigh handing it to a thread.
 const OUT_PER_TASK: usize = 64;
 
 /// The block types this kernel reads, with their size in bytes.
-fn block_bytes(dtype: GgmlDType) -> Option<usize> {
+pub(super) fn block_bytes(dtype: GgmlDType) -> Option<usize> {
     match dtype {
         GgmlDType::Q4_0 => Some(18),
         GgmlDType::Q4_1 => Some(20),
@@ -34,7 +34,7 @@ pub(crate) fn supports(dtype: GgmlDType) -> bool {
     block_bytes(dtype).is_some()
 }
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 

@@ -8,27 +8,10 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use half::f16;
 use rayon::prelude::*;
 
+use super::block_dot::{BLOCK, block_bytes, f16_at};
 use super::rows::threads_for;
-
-/// Weights per block in every type converted here.
-const BLOCK: usize = 32;
-
-/// The block types converted here, with their size in bytes.
-fn block_bytes(dtype: GgmlDType) -> Option<usize> {
-    match dtype {
-        GgmlDType::Q4_0 => Some(18),
-        GgmlDType::Q4_1 => Some(20),
-        GgmlDType::Q8_0 => Some(34),
-        _ => None,
-    }
-}
-
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
-}
 
 /// Writes one block's 32 weights. Byte j of a 4-bit block holds weight j (low nibble) and
 /// weight j + 16 (high nibble).

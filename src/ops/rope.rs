@@ -315,21 +315,27 @@ mod tests {
         (x.broadcast_mul(cos).unwrap() + rotated.broadcast_mul(sin).unwrap()).unwrap()
     }
 
+    /// Tables for `b` items at distinct positions, and the first item's alone (one set shared
+    /// by the batch), both `(cos, sin)`.
+    fn both_tables(b: usize, t: usize, d: usize) -> [(Tensor, Tensor); 2] {
+        let pos = Tensor::arange(0u32, (b * t) as u32, &Device::Cpu)
+            .unwrap()
+            .reshape((b, t))
+            .unwrap();
+        let (cos, sin) = rope_tables(&pos, d, 500.0, DType::F64).unwrap();
+        let shared = (cos.narrow(0, 0, 1).unwrap(), sin.narrow(0, 0, 1).unwrap());
+        [(cos, sin), shared]
+    }
+
     /// The fused op equals the composed ops forward and backward, with tables per batch item
     /// and one set for the batch, on a tensor large enough to be split over threads.
     #[test]
     fn fused_equals_composed_forward_and_backward() {
         let dev = Device::Cpu;
         let (b, h, t, d) = (3, 4, 37, 16);
-        let pos = Tensor::arange(0u32, (b * t) as u32, &dev)
-            .unwrap()
-            .reshape((b, t))
-            .unwrap();
-        let (cos, sin) = rope_tables(&pos, d, 500.0, DType::F64).unwrap();
-        let shared = (cos.narrow(0, 1, 1).unwrap(), sin.narrow(0, 1, 1).unwrap());
         let x = Var::from_tensor(&Tensor::randn(0f64, 1., (b, h, t, d), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f64, 1., (b, h, t, d), &dev).unwrap();
-        for (c, s) in [(cos.clone(), sin.clone()), shared] {
+        for (c, s) in both_tables(b, t, d) {
             assert!(fused_tables(x.as_tensor(), (b, h, t, d), &c, &s).is_some());
             let grad = |y: Tensor| {
                 let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
@@ -350,12 +356,7 @@ mod tests {
     fn rope_heads_equals_split_then_rope() {
         let dev = Device::Cpu;
         let (b, h, t, d) = (2, 3, 41, 8);
-        let pos = Tensor::arange(0u32, (b * t) as u32, &dev)
-            .unwrap()
-            .reshape((b, t))
-            .unwrap();
-        let (cos, sin) = rope_tables(&pos, d, 500.0, DType::F64).unwrap();
-        let shared = (cos.narrow(0, 0, 1).unwrap(), sin.narrow(0, 0, 1).unwrap());
+        let [(cos, sin), shared] = both_tables(b, t, d);
         let x = Var::from_tensor(&Tensor::randn(0f64, 1., (b, t, h * d), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f64, 1., (b, h, t, d), &dev).unwrap();
         let grad = |y: Tensor| {
