@@ -175,27 +175,30 @@ fn input_grad(grad_y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     if out_f != out_w {
         candle_core::bail!("{NAME} backward: gradient has {out_f} features, weight {out_w}");
     }
-    let grad_y = grad_y.contiguous()?;
-    let w = w.contiguous()?;
+    // Read in place through their layouts (`product` takes strided views): no copies.
     let (gs, gl) = grad_y.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
     let (Storage::Cpu(gs), Storage::Cpu(ws)) = (&*gs, &*ws) else {
         candle_core::bail!("{NAME} backward: CPU tensors expected");
     };
     for_real!(grad_y.dtype(), NAME, |T| {
-        let (g, wv) = (slice::<T>(NAME, gs, gl)?, slice::<T>(NAME, ws, wl)?);
-        Tensor::from_vec(
-            times_weight(g, wv, (m, out_f, in_f)),
-            (m, in_f),
-            grad_y.device(),
-        )
+        let dx = times_weight::<T>((gs, gl), (ws, wl))?;
+        Tensor::from_vec(dx, (m, in_f), grad_y.device())
     })
 }
 
-/// `g · W` for row-major `g: (m, out)` and `w: (out, in)`.
-fn times_weight<T: Real>(g: &[T], w: &[T], (m, out_f, in_f): (usize, usize, usize)) -> Vec<T> {
-    let (gv, wv) = (View::dense(0, m, out_f), View::dense(0, out_f, in_f));
-    product((g, gv), (w, wv), T::one(), super::cpu_threads())
+/// `g · W` read through both layouts: `g: (m, out)`, `W: (out, in)`.
+fn times_weight<T: Real>(
+    (gs, gl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+) -> candle_core::Result<Vec<T>> {
+    let (g, w) = (T::cpu_storage_as_slice(gs)?, T::cpu_storage_as_slice(ws)?);
+    Ok(product(
+        (g, view(gl)?),
+        (w, view(wl)?),
+        T::one(),
+        super::cpu_threads(),
+    ))
 }
 
 impl CustomOp2 for FrozenLinear {

@@ -137,24 +137,43 @@ pub(crate) fn gemm_views<T: Real>(
         l.fits(lhs.len()) && r.fits(rhs.len()),
         "gemm operands {l:?}, {r:?}"
     );
-    if threads > 1 && d.rows.max(d.cols) > MIN_SPLIT {
-        // SAFETY: the asserts above are the function's contract.
-        unsafe {
-            split_across_threads(
-                dst.as_mut_ptr(),
-                d,
-                (lhs, l),
-                (rhs, r),
-                beta,
-                accumulate,
-                threads,
-            );
-        }
-        return;
-    }
     // SAFETY: the views are non-empty and the asserts above keep every index gemm touches
     // inside the three slices; `dst` is borrowed mutably, so it cannot alias `lhs` or `rhs`.
-    unsafe { gemm_raw(dst.as_mut_ptr(), d, (lhs, l), (rhs, r), beta, accumulate) };
+    unsafe {
+        run(
+            dst.as_mut_ptr(),
+            d,
+            (lhs, l),
+            (rhs, r),
+            beta,
+            accumulate,
+            threads,
+        )
+    };
+}
+
+/// The product on the calling thread, or split across `threads` when the destination is long
+/// enough to share out.
+///
+/// # Safety
+/// As [`split_across_threads`].
+unsafe fn run<T: Real>(
+    dst: *mut T,
+    d: View,
+    lhs: (&[T], View),
+    rhs: (&[T], View),
+    beta: T,
+    accumulate: bool,
+    threads: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if threads > 1 && d.rows.max(d.cols) > MIN_SPLIT {
+            split_across_threads(dst, d, lhs, rhs, beta, accumulate, threads);
+        } else {
+            gemm_raw(dst, d, lhs, rhs, beta, accumulate);
+        }
+    }
 }
 
 /// `beta · lhs·rhs` as a new row-major `lhs.rows × rhs.cols` vector, split over `threads`.
@@ -189,11 +208,7 @@ pub(crate) fn product<T: Real>(
     // Without accumulation gemm writes each destination element and reads none
     // (`read_dst = false`), so after the call all `len` elements are initialised.
     unsafe {
-        if threads > 1 && d.rows.max(d.cols) > MIN_SPLIT {
-            split_across_threads(dst, d, (lhs, l), (rhs, r), beta, false, threads);
-        } else {
-            gemm_raw(dst, d, (lhs, l), (rhs, r), beta, false);
-        }
+        run(dst, d, (lhs, l), (rhs, r), beta, false, threads);
         out.set_len(len);
     }
     out
