@@ -292,6 +292,18 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// An example whose prompt and answers the model's context cannot hold.
+    #[error(
+        "example `{example}`: its prompt and answers are {tokens} tokens, past the model's context of {context}; give --max-len (at most {context}) to cut prompts from the left, which keeps the question and the answers"
+    )]
+    ExampleTooLong {
+        /// The row's `idx` (or line number).
+        example: String,
+        /// Its tokens, prompt and answers.
+        tokens: usize,
+        /// The model's context.
+        context: usize,
+    },
     /// A prompt the model's context cannot hold (or an empty one).
     #[error(
         "the prompt is {tokens} tokens; the model's context holds {context} (and the prompt must not be empty)"

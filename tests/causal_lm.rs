@@ -432,6 +432,49 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
     ]));
     assert_eq!(custom["metrics"], builtin["metrics"]);
     assert_eq!(custom["task"], "custom");
+    // `predict` with the base alone: one answer a row, the answers `eval` counts, and the
+    // custom template's the same row by row.
+    let predict = |extra: &[&str]| {
+        let mut args = vec!["predict", "--model", "smollm2", "--offline"];
+        args.extend_from_slice(extra);
+        ttlora(&args)
+    };
+    let builtin_answers = answers(predict(&["--task", "rte", "--file", path_str(&rte)]));
+    assert_eq!(builtin_answers.len(), 20);
+    let whole = json_out(eval(&["--task", "rte", "--file", path_str(&rte), "--json"]));
+    assert_eq!(whole["examples"], 20);
+    assert_eq!(
+        whole["predicted"],
+        answer_counts(&builtin_answers, &["Yes", "No"])
+    );
+    let custom_answers = answers(predict(&[
+        "--task",
+        "custom",
+        "--file",
+        path_str(&rte),
+        "--template",
+        "{premise}\nDoes this mean that \"{hypothesis}\" is true? Yes or No?\n",
+        "--candidate",
+        "Yes",
+        "--candidate",
+        "No",
+        "--label-value",
+        "entailment",
+        "--label-value",
+        "not_entailment",
+    ]));
+    assert_eq!(custom_answers, builtin_answers);
+    assert_clear_error(
+        &predict(&[
+            "--task",
+            "rte",
+            "--file",
+            path_str(&rte),
+            "--objective",
+            "classify",
+        ]),
+        &["--objective classify", "this model has none"],
+    );
     let lacking = [
         "--task",
         "custom",
@@ -473,6 +516,40 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
         &["not a SuperGLUE split"],
     );
     let tmp = TempDir::new("lm-score-bad");
+    // An example past the context is refused by name, with the way out; --max-len cuts its
+    // prompt's start and says so.
+    let long = tmp.join("long.jsonl");
+    let row = serde_json::json!({
+        "premise": "word ".repeat(9000), "hypothesis": "b", "label": "neutral", "idx": 7
+    });
+    std::fs::write(&long, format!("{row}\n")).unwrap();
+    assert_clear_error(
+        &eval(&["--task", "cb", "--file", path_str(&long)]),
+        &[
+            "example `7`",
+            "past the model's context of 8192",
+            "give --max-len",
+        ],
+    );
+    let o = eval(&["--task", "cb", "--file", path_str(&long), "--max-len", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 examples were longer than --max-len 64")
+            && stderr(&o).contains("left truncation"),
+        "{}",
+        stderr(&o)
+    );
+    assert_clear_error(
+        &eval(&[
+            "--task",
+            "cb",
+            "--file",
+            path_str(&long),
+            "--max-len",
+            "9000",
+        ]),
+        &["--max-len 9000 is past the context", "8192 tokens"],
+    );
     let bad = tmp.join("cb.jsonl");
     std::fs::write(
         &bad,
@@ -637,6 +714,25 @@ fn gradient_checkpointing_trains_the_same_adapter() {
     );
 }
 
+/// The answers a successful `predict` printed, one a line (its second field).
+fn answers(o: std::process::Output) -> Vec<String> {
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap_or_default().to_string())
+        .collect()
+}
+
+/// How often each of `candidates` is among `answers`, as `eval --json` counts its
+/// `predicted` answers.
+fn answer_counts(answers: &[String], candidates: &[&str]) -> serde_json::Value {
+    let counts: Vec<usize> = candidates
+        .iter()
+        .map(|c| answers.iter().filter(|a| a == c).count())
+        .collect();
+    serde_json::json!(counts)
+}
+
 /// `ttlora train --objective <objective> --task <task>` on the SuperGLUE fixtures with the
 /// protocol shrunk to 8 training, 4 held-out and 6 validation examples in batches of 4
 /// (`extra` flags later override), `--json`, into `out`.
@@ -694,6 +790,7 @@ fn lm_score_fine_tunes_and_eval_scores_the_saved_adapter_the_same() {
     assert_eq!(record["objective"], "lm-score");
     assert_eq!(record["primary_metric"], "accuracy");
     assert_eq!(record["examples"], serde_json::json!([8, 4, 6]));
+    assert_eq!(record["max_len"], 96);
     let m = &record["dev_metrics"];
     for key in [
         "dev/accuracy",
@@ -837,6 +934,106 @@ fn bad_lm_score_training_flags_are_one_clear_error() {
     assert_clear_error(&o, &["more than --max-len 3 leaves after the prompt"]);
 }
 
+/// `train --objective lm-score --task custom`: a user's own template trains on its
+/// --train-file, cuts long prompts from the left and says so, records the task as custom,
+/// and `eval` and `predict` take the same template back.
+#[test]
+fn a_custom_template_trains_and_scores_like_a_task() {
+    crate::common::smollm2();
+    let rte = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/superglue/RTE");
+    let tmp = TempDir::new("lm-score-custom");
+    let run = tmp.join("run");
+    let template = [
+        "--template",
+        "{premise}\nDoes this mean that \"{hypothesis}\" is true? Yes or No?\n",
+        "--candidate",
+        "Yes",
+        "--candidate",
+        "No",
+        "--label-value",
+        "entailment",
+        "--label-value",
+        "not_entailment",
+    ];
+    let mut args = vec![
+        "train",
+        "--objective",
+        "lm-score",
+        "--task",
+        "custom",
+        "--train-file",
+    ];
+    let (train, val) = (rte.join("train.jsonl"), rte.join("val.jsonl"));
+    args.extend([path_str(&train), "--dev-file", path_str(&val)]);
+    args.extend(template);
+    args.extend([
+        "--held-out-examples",
+        "4",
+        "--max-train",
+        "8",
+        "--max-eval",
+        "6",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--max-len",
+        "40",
+        "--out",
+        path_str(&run),
+        "--json",
+        "-q",
+        "--offline",
+    ]);
+    let o = ttlora(&args);
+    assert!(
+        stderr(&o).contains("examples were longer than --max-len 40")
+            && stderr(&o).contains("left truncation"),
+        "{}",
+        stderr(&o)
+    );
+    let record = json_out(o);
+    assert_eq!(record["task"], "custom");
+    assert_eq!(record["examples"], serde_json::json!([8, 4, 6]));
+    let recorded = record["dev_metrics"]["dev/accuracy"].as_f64().unwrap();
+    assert_clear_error(
+        &ttlora(&["eval", "--adapter", path_str(&run), "--offline"]),
+        &["trained on a custom template", "give --task custom"],
+    );
+    let mut eval = vec!["eval", "--adapter", path_str(&run), "--task", "custom"];
+    eval.extend(["--file", path_str(&val), "--max-examples", "6", "--json"]);
+    eval.extend(template);
+    eval.push("--offline");
+    let report = json_out(ttlora(&eval));
+    assert_eq!(report["task"], "custom");
+    let accuracy = report["metrics"]["accuracy"].as_f64().unwrap();
+    assert!((accuracy - recorded).abs() < 1e-9, "{report} vs {record}");
+    // `predict` reads the task and --max-len from the adapter, the template from the flags.
+    let mut predict = vec![
+        "predict",
+        "--adapter",
+        path_str(&run),
+        "--file",
+        path_str(&val),
+    ];
+    predict.extend(template);
+    predict.push("--offline");
+    let predicted = answers(ttlora(&predict));
+    assert_eq!(predicted.len(), 20);
+    assert!(predicted.iter().all(|a| a == "Yes" || a == "No"));
+    assert_clear_error(
+        &ttlora(&[
+            "predict",
+            "--adapter",
+            path_str(&run),
+            "--file",
+            path_str(&val),
+            "--offline",
+        ]),
+        &["--task custom needs --template and --candidate"],
+    );
+}
+
 /// `train --objective classify`: SmolLM2 with HF's `score` head on CB's prompts, frozen
 /// (`--freeze-head`, the TT-LoRA authors' set-up) or trained; the folder is PEFT's SEQ_CLS
 /// with the head saved, `eval --adapter` scores it by its head to the recorded metrics, and
@@ -898,6 +1095,44 @@ fn a_decoder_classifier_trains_saves_its_head_and_scores_the_same() {
             "classifies with a `score` head",
             "drop --objective lm-score",
         ],
+    );
+    // `predict` picks each row's answer with the head: the answers `eval` counts on the file.
+    let val = fixtures.join("superglue/CB/val.jsonl");
+    let predicted = answers(ttlora(&[
+        "predict",
+        "--adapter",
+        path_str(&frozen),
+        "--file",
+        path_str(&val),
+        "--offline",
+    ]));
+    assert_eq!(predicted.len(), 20);
+    let whole = json_out(ttlora(&[
+        "eval",
+        "--adapter",
+        path_str(&frozen),
+        "--file",
+        path_str(&val),
+        "--json",
+        "--offline",
+    ]));
+    assert_eq!(whole["examples"], 20);
+    assert_eq!(
+        whole["predicted"],
+        answer_counts(&predicted, &["Yes", "No", "Maybe"])
+    );
+    assert_clear_error(
+        &ttlora(&[
+            "predict",
+            "--adapter",
+            path_str(&frozen),
+            "--file",
+            path_str(&val),
+            "--objective",
+            "lm-score",
+            "--offline",
+        ]),
+        &["classifies with a `score` head"],
     );
     assert_clear_error(
         &eval(&["--task", "rte"]),

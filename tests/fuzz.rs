@@ -522,6 +522,35 @@ fn data_files() {
             }),
         ),
     ];
+    let mut targets = targets;
+    // The decoder's prompted readers: every SuperGLUE task, labelled and not, and a custom
+    // template's rows.
+    for &task in ttlora::data::PromptedTask::ALL {
+        targets.push((
+            fixtures()
+                .join("superglue")
+                .join(task.folder())
+                .join("val.jsonl"),
+            Box::new(move |p| {
+                let _ = ttlora::data::read_prompted(task, p);
+                let _ = ttlora::data::read_prompted_unlabeled(task, p);
+            }),
+        ));
+    }
+    let template = ttlora::data::CustomTemplate::new(
+        "{premise}\nQuestion: {hypothesis}? Yes or No?\n",
+        vec!["Yes".into(), "No".into()],
+        "label",
+        Some(vec!["entailment".into(), "not_entailment".into()]),
+    )
+    .unwrap();
+    targets.push((
+        fixtures().join("superglue/RTE/val.jsonl"),
+        Box::new(move |p| {
+            let _ = ttlora::data::read_custom_prompted(&template, p);
+            let _ = ttlora::data::read_custom_prompted_unlabeled(&template, p);
+        }),
+    ));
     for (i, (seed_path, read)) in targets.iter().enumerate() {
         let seed = std::fs::read(seed_path).unwrap();
         let path = tmp.join(seed_path.file_name().unwrap());

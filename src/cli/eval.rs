@@ -9,9 +9,9 @@ use ttlora::data::{self, CustomColumns, Example, Split};
 use ttlora::jobs::eval::{self, Prediction, ScoreData};
 
 use super::common::{
-    DeviceArgs, JsonArgs, ObjectiveArg, OfflineArgs, PoolingArgs, TemplateArgs, data_roots,
-    report_pooling,
+    DeviceArgs, JsonArgs, ObjectiveArg, OfflineArgs, PoolingArgs, TemplateArgs, report_pooling,
 };
+use super::prompted;
 use ttlora::jobs::inference::{self, Inference, Merged};
 
 /// Where the base model and adapter come from (shared by eval and predict).
@@ -20,21 +20,21 @@ pub struct AdapterArgs {
     /// Adapter folder written by `ttlora train` (`eval` of a decoder base alone by LM
     /// scoring needs none).
     #[arg(long, value_name = "DIR")]
-    adapter: Option<PathBuf>,
+    pub(super) adapter: Option<PathBuf>,
     /// Base model, overriding the one recorded in the adapter config; for LM scoring with no
     /// --adapter, the decoder to score.
     #[arg(long)]
-    model: Option<String>,
+    pub(super) model: Option<String>,
     #[command(flatten)]
-    device: DeviceArgs,
+    pub(super) device: DeviceArgs,
     #[command(flatten)]
-    fetch: OfflineArgs,
+    pub(super) fetch: OfflineArgs,
     /// Examples per forward pass [default: 64; 16 for decoder adapters on prompted tasks]
     /// (not for `eval` by LM scoring, which runs one example at a time).
     #[arg(long)]
-    batch_size: Option<usize>,
+    pub(super) batch_size: Option<usize>,
     #[command(flatten)]
-    pooling: PoolingArgs,
+    pub(super) pooling: PoolingArgs,
 }
 
 impl AdapterArgs {
@@ -64,54 +64,54 @@ impl AdapterArgs {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
-    common: AdapterArgs,
+    pub(super) common: AdapterArgs,
     /// Folder holding glue/ and superglue/ (default: the first of $TTLORA_DATA, ./data,
     /// ../shared/data and the crate's own data/ holding the task).
     #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
+    pub(super) data: Option<PathBuf>,
     /// Score on this registered task instead of the one the adapter records (for adapters
     /// from elsewhere, e.g. a PEFT LoRA folder, which records none). Its label count must
     /// match the adapter's head.
     #[arg(long)]
-    task: Option<String>,
+    pub(super) task: Option<String>,
     /// Split of a registered task: dev, dev_matched, dev_mismatched or train.
     #[arg(long, default_value = "dev")]
-    split: Split,
+    pub(super) split: Split,
     /// A labelled file to score instead of the task's split.
     #[arg(long, value_name = "FILE")]
-    file: Option<PathBuf>,
+    pub(super) file: Option<PathBuf>,
     /// Custom files: text column.
     #[arg(long, default_value = "text")]
-    text_column: String,
+    pub(super) text_column: String,
     /// Custom files: second text column.
     #[arg(long)]
-    text_pair_column: Option<String>,
+    pub(super) text_pair_column: Option<String>,
     /// Custom files: label column.
     #[arg(long, default_value = "label")]
-    label_column: String,
+    pub(super) label_column: String,
     /// How a decoder is scored: `lm-score` gives each candidate answer of a SuperGLUE
     /// task (boolq, cb, copa, multirc, rte, wic, wsc) the mean log-probability of its tokens
     /// after the task's prompt (MeZO's templates) and predicts the best; the default without
     /// --adapter. Scores the base alone, or with a decoder adapter from --adapter.
     /// `classify`: a decoder adapter trained with a `score` head (the default for one).
     #[arg(long, value_enum)]
-    objective: Option<ObjectiveArg>,
+    pub(super) objective: Option<ObjectiveArg>,
     #[command(flatten)]
-    template: TemplateArgs,
+    pub(super) template: TemplateArgs,
     /// LM scoring and decoder classifiers: cut prompts longer than N tokens from the left
     /// (keeping the question and answers), as `train --max-len` did [default: the adapter's
     /// recorded --max-len; with no adapter, no cut (a prompt past the context is refused)].
     #[arg(long, value_name = "N")]
-    max_len: Option<usize>,
+    pub(super) max_len: Option<usize>,
     /// LM scoring: examples drawn (seeded, without replacement; MultiRC a whole question at
     /// a time) from the split; all of it when smaller [default: 1000].
     #[arg(long)]
-    max_examples: Option<usize>,
+    pub(super) max_examples: Option<usize>,
     /// LM scoring: the seed of that draw [default: 0].
     #[arg(long)]
-    seed: Option<u64>,
+    pub(super) seed: Option<u64>,
     #[command(flatten)]
-    output: JsonArgs,
+    pub(super) output: JsonArgs,
 }
 
 /// Runs `ttlora eval`.
@@ -135,12 +135,9 @@ pub fn run_eval(mut a: EvalArgs) -> Result<()> {
             );
         }
     }
-    let lm_task = a
-        .task
-        .as_deref()
-        .is_some_and(|t| t == "custom" || t.parse::<ttlora::data::PromptedTask>().is_ok());
+    let lm_task = prompted::is_prompted_task(a.task.as_deref());
     if a.objective.is_some() || (lm_task && (a.common.adapter.is_none() || decoder_adapter)) {
-        return run_lm_score(&a);
+        return prompted::run_eval(&a);
     }
     if a.common.adapter.is_none() {
         bail!(
@@ -198,186 +195,9 @@ pub fn run_eval(mut a: EvalArgs) -> Result<()> {
 }
 
 /// `accuracy 0.8125, f1 0.8571`: metrics for a terminal line.
-fn metrics_line(metrics: &std::collections::BTreeMap<String, f64>) -> String {
+pub(super) fn metrics_line(metrics: &std::collections::BTreeMap<String, f64>) -> String {
     let parts: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
     parts.join(", ")
-}
-
-/// `eval --objective lm-score`: a decoder (with an adapter, or alone) on a SuperGLUE task.
-fn run_lm_score(a: &EvalArgs) -> Result<()> {
-    use ttlora::data::{PromptedTask, read_prompted};
-    let Some(task) = a.task.as_deref() else {
-        bail!(
-            "scoring a decoder needs --task (boolq, cb, copa, multirc, rte, wic, wsc, or \
-             custom with --template and --file)"
-        );
-    };
-    if a.max_examples == Some(0) || a.max_len == Some(0) {
-        bail!("--max-examples and --max-len must be at least 1");
-    }
-    let ignored = [
-        ("--batch-size", a.common.batch_size.is_some()),
-        ("--text-column", a.text_column != "text"),
-        ("--text-pair-column", a.text_pair_column.is_some()),
-        (
-            "--label-column",
-            a.label_column != "label" && task != "custom",
-        ),
-        ("--split", a.split != Split::Dev && a.file.is_some()),
-        ("--data", a.data.is_some() && a.file.is_some()),
-    ];
-    if let Some((flag, _)) = ignored.iter().find(|(_, given)| *given) {
-        bail!(
-            "{flag} does not apply to LM scoring here (a task's template reads its own fields; \
-             --file names the file, --split and --data find a task's own)"
-        );
-    }
-    if task == "custom" {
-        let Some(file) = &a.file else {
-            bail!("--task custom needs --template and --file (JSON Lines)");
-        };
-        let template = a.template.custom(&a.label_column)?;
-        let examples = ttlora::data::read_custom_prompted(&template, file)?;
-        return lm_score_examples(a, None, examples, file);
-    }
-    if a.template.given() {
-        bail!(
-            "--template, --candidate and --label-value are for --task custom; {task} has its \
-             own template (README: SuperGLUE on decoders)"
-        );
-    }
-    let task: PromptedTask = task.parse()?;
-    let file = match &a.file {
-        Some(f) => f.clone(),
-        None => {
-            let name = match a.split {
-                Split::Dev => "val",
-                Split::Train => "train",
-                other => bail!(
-                    "--split {} is not a SuperGLUE split (dev or train)",
-                    other.name()
-                ),
-            };
-            task.split_file(name, &data_roots(a.data.as_deref()))?
-        }
-    };
-    let examples = read_prompted(task, &file)?;
-    lm_score_examples(a, Some(task), examples, &file)
-}
-
-/// Loads the decoder (and adapter) and scores `examples` of `task` (`None`: custom).
-fn lm_score_examples(
-    a: &EvalArgs,
-    task: Option<ttlora::data::PromptedTask>,
-    examples: Vec<ttlora::data::PromptedExample>,
-    file: &std::path::Path,
-) -> Result<()> {
-    use ttlora::jobs::generate::{BaseDtype, Generator, decoder_location};
-    use ttlora::jobs::lm_score;
-    let examples = lm_score::sample_examples(
-        examples,
-        a.max_examples.unwrap_or(1000),
-        a.seed.unwrap_or(0),
-    );
-    let device = a.common.device.device()?;
-    let allow_fetch = !a.common.fetch.offline;
-    let mut recorded = None;
-    let g = match (&a.common.adapter, &a.common.model) {
-        (Some(adapter), model) => {
-            let folder = ttlora::io::AdapterFolder::read(adapter, &device)?;
-            recorded = folder.config.task.clone();
-            Generator::with_adapter_folder(
-                &folder,
-                adapter,
-                model.as_deref(),
-                &device,
-                allow_fetch,
-                BaseDtype::default(),
-            )?
-        }
-        (None, Some(model)) => Generator::load_with(
-            &decoder_location(model, allow_fetch)?,
-            &device,
-            BaseDtype::default(),
-        )?,
-        (None, None) => bail!("give --model (a decoder) or --adapter"),
-    };
-    let bar = indicatif::ProgressBar::new(examples.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let name = task.map_or("custom", |t| t.name());
-    bar.set_message(format!("scoring {name}"));
-    let report = match g.model.score_labels() {
-        // A decoder with a trained classification head: its head picks the class.
-        Some(classes) => {
-            if a.objective == Some(ObjectiveArg::LmScore) {
-                bail!(
-                    "this adapter classifies with a `score` head (trained with --objective \
-                     classify); drop --objective lm-score"
-                );
-            }
-            use ttlora::jobs::prompted_train::{Prepared, PromptedObjective};
-            let max_len = a
-                .max_len
-                .or(recorded.as_ref().map(|t| t.max_len))
-                .unwrap_or(g.decoder().config().max_position_embeddings);
-            let objective = PromptedObjective::Classify { train_head: false };
-            let (prepared, _) = Prepared::new(&g, objective, examples, max_len)?;
-            check_classes(classes, recorded.as_ref(), &prepared, name)?;
-            bar.set_length(prepared.len() as u64);
-            let preds = prepared.predict(&g.model, 16, g.pad_id(), &device)?;
-            bar.set_position(prepared.len() as u64);
-            lm_score::report(task, &prepared.examples(), &preds)?
-        }
-        None if a.objective == Some(ObjectiveArg::Classify) => bail!(
-            "--objective classify scores a decoder adapter trained with a `score` head \
-             (`train --objective classify`); this model has none"
-        ),
-        None => {
-            let max_len = a.max_len.or(recorded.as_ref().map(|t| t.max_len));
-            lm_score::evaluate(&g, task, &examples, max_len, &mut || bar.inc(1))?
-        }
-    };
-    bar.finish_and_clear();
-    let mut out = std::io::stdout().lock();
-    if a.output.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-    } else {
-        let line = metrics_line(&report.metrics);
-        let (task, n) = (&report.task, report.examples);
-        writeln!(out, "{task} ({n} examples of {}): {line}", file.display())?;
-    }
-    Ok(())
-}
-
-/// A decoder classifier's head fits `prepared`: as many classes as candidates, and class c
-/// is the c-th answer it was trained with (RTE's "Yes", "No" are BoolQ's "No", "Yes" swapped).
-fn check_classes(
-    classes: usize,
-    recorded: Option<&ttlora::io::TaskInfo>,
-    prepared: &ttlora::jobs::prompted_train::Prepared,
-    name: &str,
-) -> Result<()> {
-    if prepared.classes() != classes {
-        bail!(
-            "the adapter's head has {classes} classes; {name}'s examples have {} candidates",
-            prepared.classes()
-        );
-    }
-    if let (Some(t), Some(e)) = (recorded, prepared.examples().first())
-        && !t.label_names.is_empty()
-        && t.label_names != e.candidates
-    {
-        bail!(
-            "the adapter's classes are {:?} ({}); {name}'s answers are {:?}",
-            t.label_names,
-            t.name,
-            e.candidates
-        );
-    }
-    Ok(())
 }
 
 /// Label texts with a saved adapter.
@@ -388,113 +208,53 @@ fn check_classes(
 #[derive(Debug, Args)]
 pub struct PredictArgs {
     #[command(flatten)]
-    common: AdapterArgs,
+    pub(super) common: AdapterArgs,
     /// A text to label.
     #[arg(long, conflicts_with = "file")]
-    text: Option<String>,
+    pub(super) text: Option<String>,
     /// The second text of a pair.
     #[arg(long, requires = "text")]
-    text_pair: Option<String>,
+    pub(super) text_pair: Option<String>,
     /// A file of texts.
     #[arg(long, value_name = "FILE")]
-    file: Option<PathBuf>,
+    pub(super) file: Option<PathBuf>,
     /// Text column of a CSV/TSV/JSONL file.
     #[arg(long, default_value = "text")]
-    text_column: String,
+    pub(super) text_column: String,
     /// Second text column for pairs.
     #[arg(long)]
-    text_pair_column: Option<String>,
+    pub(super) text_pair_column: Option<String>,
     /// Write the predictions to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
-    output: Option<PathBuf>,
+    pub(super) output: Option<PathBuf>,
     /// Keep the adapter separate from the base weights. By default an encoder adapter whose
     /// update is a weight matrix (LoRA, TT-LoRA, LoRETTA, …) is merged into the frozen
     /// weights first, so predicting costs what the base model costs; the probabilities
     /// differ from the unmerged model's by float rounding only.
     #[arg(long)]
-    no_merge: bool,
-    /// A decoder adapter trained on a prompted task (`train --objective lm-score|classify`):
-    /// the task whose rows --file holds (official JSONL; labels may be missing, as in
-    /// SuperGLUE's test files) [default: the one the adapter records].
+    pub(super) no_merge: bool,
+    /// A decoder on a prompted task: the task whose rows --file holds (boolq, cb, copa,
+    /// multirc, rte, wic, wsc as official JSONL, labels optional as in SuperGLUE's test
+    /// files; or custom with --template and --candidate) [default: the one a decoder
+    /// adapter records]. With --model and no --adapter, the base alone predicts by LM
+    /// scoring.
     #[arg(long)]
-    task: Option<String>,
-    /// A decoder adapter: cut prompts longer than N tokens from the left [default: the
-    /// adapter's recorded --max-len].
+    pub(super) task: Option<String>,
+    /// A decoder: how it chooses. `lm-score`: the candidate answer with the highest mean
+    /// log-probability after the prompt; `classify`: an adapter's trained `score` head
+    /// [default: the head when the adapter has one, else LM scoring].
+    #[arg(long, value_enum)]
+    pub(super) objective: Option<ObjectiveArg>,
+    #[command(flatten)]
+    pub(super) template: TemplateArgs,
+    /// A decoder: cut prompts longer than N tokens from the left, keeping the question and
+    /// the answers [default: the adapter's recorded --max-len, else the model's context].
     #[arg(long, value_name = "N")]
-    max_len: Option<usize>,
-}
-
-/// `predict` with a decoder adapter on a prompted task: one line per example (per answer
-/// option for MultiRC): the row's `idx` (its line number when it has none), the predicted
-/// answer, its probability among the candidates (softmax over the head's logits, or over the
-/// candidates' mean log-probabilities), the prompt.
-fn run_prompted_predict(a: &PredictArgs, adapter: &std::path::Path) -> Result<()> {
-    use ttlora::jobs::generate::{BaseDtype, Generator};
-    use ttlora::jobs::prompted_train::{ChoiceLoss, Prepared, PromptedObjective};
-    let ignored = [
-        ("--text", a.text.is_some()),
-        ("--text-column", a.text_column != "text"),
-        ("--text-pair-column", a.text_pair_column.is_some()),
-        ("--pooling", a.common.pooling.pooling.is_some()),
-        ("--no-merge", a.no_merge),
-    ];
-    if let Some((flag, _)) = ignored.iter().find(|(_, given)| *given) {
-        bail!("{flag} does not apply to a decoder adapter: give --file with the task's JSONL rows");
-    }
-    let Some(file) = &a.file else {
-        bail!("a decoder adapter predicts on --file: JSON Lines rows of its task");
-    };
-    if a.max_len == Some(0) {
-        bail!("--max-len must be at least 1");
-    }
-    let device = a.common.device.device()?;
-    let folder = ttlora::io::AdapterFolder::read(adapter, &device)?;
-    let recorded = folder.config.task.clone();
-    let Some(task) = a.task.clone().or(recorded.as_ref().map(|t| t.name.clone())) else {
-        bail!("the adapter records no task: give --task (boolq, cb, copa, multirc, rte, wic, wsc)");
-    };
-    let task: ttlora::data::PromptedTask = task.parse()?;
-    let examples = ttlora::data::read_prompted_unlabeled(task, file)?;
-    let g = Generator::with_adapter_folder(
-        &folder,
-        adapter,
-        a.common.model.as_deref(),
-        &device,
-        !a.common.fetch.offline,
-        BaseDtype::default(),
-    )?;
-    let objective = match g.model.score_labels() {
-        Some(_) => PromptedObjective::Classify { train_head: false },
-        None => PromptedObjective::LmScore(ChoiceLoss::Candidates),
-    };
-    let max_len = a
-        .max_len
-        .or(recorded.as_ref().map(|t| t.max_len))
-        .unwrap_or(g.decoder().config().max_position_embeddings);
-    let (prepared, _) = Prepared::new(&g, objective, examples, max_len)?;
-    if let Some(classes) = g.model.score_labels() {
-        check_classes(classes, recorded.as_ref(), &prepared, task.name())?;
-    }
-    let batch = a.common.batch_size.unwrap_or(16);
-    let scores = prepared.scores(&g.model, batch, g.pad_id(), &device)?;
-    let mut lines = String::new();
-    for (e, s) in prepared.examples().iter().zip(&scores) {
-        let best = ttlora::jobs::lm_score::best_candidate(s);
-        let max = s[best];
-        let z: f64 = s.iter().map(|v| (v - max).exp()).sum();
-        let prompt = e.prompt.trim_end().replace(['\n', '\t'], " ");
-        lines.push_str(&format!(
-            "{}\t{}\t{:.4}\t{prompt}\n",
-            e.id,
-            e.candidates[best],
-            1.0 / z
-        ));
-    }
-    write_lines(a.output.as_deref(), lines)
+    pub(super) max_len: Option<usize>,
 }
 
 /// Writes `lines` to `output` (atomically for a regular file) or stdout.
-fn write_lines(output: Option<&std::path::Path>, lines: String) -> Result<()> {
+pub(super) fn write_lines(output: Option<&std::path::Path>, lines: String) -> Result<()> {
     match output {
         // A regular file (or a new one) through a temporary file and a rename: a full disk
         // never truncates a previous file. A link, device or pipe is written as it is.
@@ -510,13 +270,31 @@ fn write_lines(output: Option<&std::path::Path>, lines: String) -> Result<()> {
 
 /// Runs `ttlora predict`.
 pub fn run_predict(a: PredictArgs) -> Result<()> {
-    if let Some(adapter) = &a.common.adapter
-        && ttlora::jobs::export::is_decoder_adapter(adapter)?
-    {
-        return run_prompted_predict(&a, adapter);
+    let decoder_adapter = match &a.common.adapter {
+        Some(dir) => ttlora::jobs::export::is_decoder_adapter(dir)?,
+        None => false,
+    };
+    let lm_task = prompted::is_prompted_task(a.task.as_deref());
+    if decoder_adapter || (a.common.adapter.is_none() && (lm_task || a.objective.is_some())) {
+        return prompted::run_predict(&a);
     }
-    if a.task.is_some() || a.max_len.is_some() {
-        bail!("--task and --max-len are for a decoder adapter trained on a prompted task");
+    let decoder_only = [
+        ("--task", a.task.is_some()),
+        ("--objective", a.objective.is_some()),
+        ("--max-len", a.max_len.is_some()),
+        (
+            "--template, --candidate or --label-value",
+            a.template.given(),
+        ),
+    ];
+    if let Some((flag, _)) = decoder_only.iter().find(|(_, given)| *given) {
+        bail!("{flag} is for a decoder on a prompted task, not for an encoder's adapter");
+    }
+    if a.common.adapter.is_none() {
+        bail!(
+            "give --adapter DIR (a folder `ttlora train` wrote), or --model DECODER with \
+             --task (boolq, cb, copa, multirc, rte, wic, wsc, custom) to predict by LM scoring"
+        );
     }
     let examples: Vec<Example> = match (&a.text, &a.file) {
         (Some(t), _) => vec![Example {
@@ -552,40 +330,4 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
         }
     }
     write_lines(a.output.as_deref(), lines)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ttlora::data::PromptedExample;
-    use ttlora::jobs::prompted_train::{ClassExample, Prepared};
-
-    /// A classifier is refused on answers other than its classes, in another order included.
-    #[test]
-    fn a_classifier_is_refused_on_another_tasks_answers() {
-        let examples = |answers: &[&str]| {
-            Prepared::Classed(vec![ClassExample {
-                example: PromptedExample {
-                    prompt: "p".into(),
-                    candidates: answers.iter().map(|a| a.to_string()).collect(),
-                    gold: 0,
-                    group: None,
-                    id: "0".into(),
-                },
-                ids: vec![1, 2],
-            }])
-        };
-        let rte = ttlora::io::TaskInfo {
-            name: "rte".into(),
-            label_names: vec!["Yes".into(), "No".into()],
-            num_labels: 2,
-            pooling: ttlora::io::Pooling::LastToken,
-            max_len: 256,
-        };
-        assert!(check_classes(2, Some(&rte), &examples(&["Yes", "No"]), "rte").is_ok());
-        let err = check_classes(2, Some(&rte), &examples(&["No", "Yes"]), "boolq").unwrap_err();
-        assert!(err.to_string().contains("boolq's answers are"), "{err}");
-        let err = check_classes(3, Some(&rte), &examples(&["Yes", "No"]), "rte").unwrap_err();
-        assert!(err.to_string().contains("3 classes"), "{err}");
-    }
 }

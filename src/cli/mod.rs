@@ -14,6 +14,7 @@ mod generate;
 mod inspect;
 mod methods;
 mod progress;
+mod prompted;
 mod search;
 mod shapes;
 mod summarize;

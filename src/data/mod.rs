@@ -42,8 +42,8 @@ pub use lm::{
 };
 pub use metrics::{Metric, MultiRcScores, compute, multirc_scores};
 pub use prompted::{
-    CustomTemplate, PromptedExample, PromptedTask, read_custom_prompted, read_prompted,
-    read_prompted_unlabeled,
+    CustomTemplate, PromptedExample, PromptedTask, read_custom_prompted,
+    read_custom_prompted_unlabeled, read_prompted, read_prompted_unlabeled,
 };
 pub use readers::{
     CustomColumns, CustomLabels, read_custom, read_file, read_task_split, read_texts,

@@ -519,6 +519,31 @@ pub fn read_custom_prompted(
     read_rows(path, "custom", None, |row| Ok(vec![template.example(row)?]))
 }
 
+/// As [`read_custom_prompted`], for rows that may lack their label (absent, `null` or
+/// negative): those read as the template's first label value, so `gold` means nothing for
+/// them; for prediction.
+///
+/// # Errors
+/// As [`read_custom_prompted`], the missing labels aside.
+pub fn read_custom_prompted_unlabeled(
+    template: &CustomTemplate,
+    path: &Path,
+) -> Result<Vec<PromptedExample>> {
+    let fill = |value: &mut Value| {
+        if let Some(obj) = value.as_object_mut() {
+            let label = obj
+                .entry(template.label_field.clone())
+                .or_insert(Value::Null);
+            if label.is_null() || label.as_i64().is_some_and(|n| n < 0) {
+                *label = Value::from(template.label_values[0].clone());
+            }
+        }
+    };
+    read_rows(path, "custom", Some(&fill), |row| {
+        Ok(vec![template.example(row)?])
+    })
+}
+
 /// One JSON object of a file, with where it came from for errors.
 struct Row<'a> {
     value: &'a Value,
@@ -774,8 +799,18 @@ mod tests {
         }
     }
 
+    /// The first row of a task's validation fixture as parsed JSON.
+    fn first_row(task: PromptedTask) -> Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/superglue")
+            .join(task.folder())
+            .join("val.jsonl");
+        let text = std::fs::read_to_string(path).unwrap();
+        serde_json::from_str(text.lines().next().unwrap()).unwrap()
+    }
+
     #[test]
-    fn each_task_renders_its_first_real_example_as_mezo_does() {
+    fn cb_renders_its_first_real_example_as_mezo_does() {
         assert_example(
             PromptedTask::Cb,
             "Suppose Valence the void-brain, Valence the virtuous valet. Why couldn't the figger \
@@ -784,6 +819,12 @@ mod tests {
             &["Yes", "No", "Maybe"],
             1,
         );
+        assert_eq!(first(PromptedTask::Cb).0.id, "0");
+        assert_eq!(first(PromptedTask::Cb).1, 20);
+    }
+
+    #[test]
+    fn copa_renders_its_first_real_example_as_mezo_does() {
         assert_example(
             PromptedTask::Copa,
             "The man turned on the faucet so ",
@@ -793,6 +834,11 @@ mod tests {
             ],
             1,
         );
+        assert_eq!(first(PromptedTask::Copa).1, 20);
+    }
+
+    #[test]
+    fn rte_renders_its_first_real_example_as_mezo_does() {
         assert_example(
             PromptedTask::Rte,
             "Dana Reeve, the widow of the actor Christopher Reeve, has died of lung cancer at age \
@@ -801,6 +847,11 @@ mod tests {
             &["Yes", "No"],
             1,
         );
+        assert_eq!(first(PromptedTask::Rte).1, 20);
+    }
+
+    #[test]
+    fn wic_renders_its_first_real_example_as_mezo_does() {
         assert_example(
             PromptedTask::Wic,
             "Does the word \"class\" have the same meaning in these two sentences? Yes, No?\n\
@@ -809,6 +860,11 @@ mod tests {
             &["No", "Yes"],
             0,
         );
+        assert_eq!(first(PromptedTask::Wic).1, 20);
+    }
+
+    #[test]
+    fn wsc_renders_its_first_real_example_as_mezo_does() {
         assert_example(
             PromptedTask::Wsc,
             "Bernard , who had not told the government official that he was less than 21 when he \
@@ -818,35 +874,49 @@ mod tests {
             &["No", "Yes"],
             0,
         );
-        // Long passages: their start and the template's end, exactly.
-        let (boolq, n) = first(PromptedTask::BoolQ);
-        assert_eq!(n, 10);
-        assert!(
-            boolq
-                .prompt
-                .starts_with("Ethanol fuel -- All biomass goes through")
-        );
-        assert!(boolq.prompt.ends_with(
-            " from corn uses much less petroleum than producing gasoline. Does ethanol take more \
-             energy make that produces?\n"
-        ));
+        assert_eq!(first(PromptedTask::Wsc).1, 20);
+    }
+
+    /// BoolQ's passages are long: the whole prompt is the row's passage, a space, its
+    /// question with a capital and a question mark.
+    #[test]
+    fn boolq_renders_its_first_real_example_as_mezo_does() {
+        let row = first_row(PromptedTask::BoolQ);
+        let passage = row["passage"].as_str().unwrap();
+        assert!(passage.starts_with("Ethanol fuel -- All biomass goes through"));
         assert_eq!(
-            (boolq.candidates.as_slice(), boolq.gold),
-            (&["No".to_string(), "Yes".into()][..], 0)
+            row["question"],
+            "does ethanol take more energy make that produces"
+        );
+        assert_example(
+            PromptedTask::BoolQ,
+            &format!("{passage} Does ethanol take more energy make that produces?\n"),
+            &["No", "Yes"],
+            0,
+        );
+        assert_eq!(first(PromptedTask::BoolQ).1, 10);
+    }
+
+    /// MultiRC: one example per answer option, the whole prompt the passage, the question
+    /// and the answer in MeZO's frame.
+    #[test]
+    fn multirc_renders_its_first_real_example_as_mezo_does() {
+        let row = first_row(PromptedTask::MultiRc);
+        let passage = row["passage"]["text"].as_str().unwrap();
+        assert!(passage.starts_with("What causes a change in motion? The application"));
+        assert_example(
+            PromptedTask::MultiRc,
+            &format!(
+                "{passage}\nQuestion: Would the mass of a baseball affect how much force you \
+                 have to use to pick it up?\nI found this answer \"No\". Is that correct? Yes \
+                 or No?\n"
+            ),
+            &["No", "Yes"],
+            0,
         );
         let (multirc, n) = first(PromptedTask::MultiRc);
         assert_eq!(n, 87, "one example per answer option of the two passages");
-        assert!(
-            multirc
-                .prompt
-                .starts_with("What causes a change in motion? The application")
-        );
-        assert!(multirc.prompt.ends_with(
-            " pick up a baseball. This requires only a very small force. \nQuestion: Would the \
-             mass of a baseball affect how much force you have to use to pick it up?\nI found this \
-             answer \"No\". Is that correct? Yes or No?\n"
-        ));
-        assert_eq!((multirc.gold, multirc.group.as_deref()), (0, Some("0-0")));
+        assert_eq!(multirc.group.as_deref(), Some("0-0"));
         // Predictions name their rows: SuperGLUE's idx, MultiRC's passage-question-answer.
         assert_eq!(multirc.id, "0-0-0");
         // Without an answer idx (or with string ones), the answer's position; no JSON quotes.
@@ -858,16 +928,6 @@ mod tests {
             .map(|e| e.id)
             .collect();
         assert_eq!(ids, ["p7-2-0", "p7-2-1"]);
-        assert_eq!(first(PromptedTask::Cb).0.id, "0");
-        for task in [
-            PromptedTask::Cb,
-            PromptedTask::Copa,
-            PromptedTask::Rte,
-            PromptedTask::Wic,
-            PromptedTask::Wsc,
-        ] {
-            assert_eq!(first(task).1, 20, "{task}");
-        }
     }
 
     #[test]

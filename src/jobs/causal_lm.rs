@@ -391,6 +391,7 @@ impl DecoderRun<'_> {
             batch_size: trial.batch_size,
             max_train: self.max_train,
             objective: self.objective.map(String::from),
+            max_len: self.task_info.as_ref().map(|t| t.max_len),
         };
         save_run(lock, &g.model, &trial.method, &meta, record)
     }

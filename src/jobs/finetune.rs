@@ -139,6 +139,7 @@ pub fn save_trial(
         batch_size: spec.batch_size,
         max_train: study.spec.max_train,
         objective: None,
+        max_len: None,
     };
     save_run(lock, trial.model.as_ref(), &spec.method, &meta, record)
 }

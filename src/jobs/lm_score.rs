@@ -186,6 +186,17 @@ fn scoring_error(reason: impl Into<String>) -> Error {
     }
 }
 
+/// `err` naming the example it is about (its `idx`, or line number).
+pub(crate) fn in_example(id: &str, err: Error) -> Error {
+    match err {
+        Error::Data { op, reason } => Error::Data {
+            op,
+            reason: format!("example `{id}`: {reason}"),
+        },
+        other => other,
+    }
+}
+
 /// Natural-log softmax of one row of logits, in f64.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
     let max = row
@@ -393,17 +404,22 @@ pub fn evaluate(
     // Every example tokenized and checked against the context before any is scored.
     let context = llama.config().max_position_embeddings;
     let virtual_n = cache.len() + rows.as_ref().map_or(Ok(0), |r| r.dim(1))?;
+    let mut cut = 0;
     let tokenized = examples
         .iter()
         .map(|e| {
             let mut ids =
                 CandidateIds::tokenize(&g.tokenizer, g.bos_id(), &e.prompt, &e.candidates)?;
             if let Some(max_len) = max_len {
-                ids.truncate_left(max_len)?;
+                let was_cut = ids
+                    .truncate_left(max_len)
+                    .map_err(|err| in_example(&e.id, err))?;
+                cut += usize::from(was_cut);
             }
             let fed = virtual_n + ids.fed_len();
             if fed > context {
-                return Err(Error::PromptTooLong {
+                return Err(Error::ExampleTooLong {
+                    example: e.id.clone(),
                     tokens: fed,
                     context,
                 });
@@ -411,6 +427,12 @@ pub fn evaluate(
             Ok(ids)
         })
         .collect::<Result<Vec<_>>>()?;
+    if let (true, Some(max_len)) = (cut > 0, max_len) {
+        tracing::warn!(
+            "{cut} examples were longer than --max-len {max_len}: their prompts lost their \
+             start (left truncation; the question and the answers are kept)"
+        );
+    }
     let mut preds = Vec::with_capacity(examples.len());
     for ids in &tokenized {
         let scores = candidate_scores(llama, ids, cache.clone(), rows.as_ref())?;
@@ -499,6 +521,52 @@ pub fn report(
 mod tests {
     use super::*;
     use crate::models::ModelInput;
+
+    /// Examples with these gold answers among `k` candidates, in these MultiRC groups.
+    fn golds(k: usize, golds: &[usize], groups: &[&str]) -> Vec<PromptedExample> {
+        golds
+            .iter()
+            .enumerate()
+            .map(|(i, &gold)| PromptedExample {
+                prompt: "p".into(),
+                candidates: (0..k).map(|c| c.to_string()).collect(),
+                gold,
+                group: groups.get(i).map(|g| g.to_string()),
+                id: i.to_string(),
+            })
+            .collect()
+    }
+
+    /// Each task's official metrics, worked by hand: CB accuracy and macro-F1, MultiRC F1a
+    /// over answers and exact match per question, the others accuracy alone.
+    #[test]
+    fn the_report_holds_each_tasks_official_metrics_by_hand() {
+        // CB: class 0 P 1/2 R 1/2 (F1 1/2), class 1 P 2/3 R 1 (F1 4/5), class 2 P 1 R 1/2
+        // (F1 2/3); accuracy 4/6.
+        let cb = golds(3, &[0, 0, 1, 1, 2, 2], &[]);
+        let r = report(Some(PromptedTask::Cb), &cb, &[0, 1, 1, 1, 2, 0]).unwrap();
+        assert_eq!(r.metrics.len(), 2);
+        assert!((r.metrics["accuracy"] - 4.0 / 6.0).abs() < 1e-12);
+        let macro_f1 = (0.5 + 0.8 + 2.0 / 3.0) / 3.0;
+        assert!((r.metrics["macro_f1"] - macro_f1).abs() < 1e-12);
+        assert_eq!((r.predicted, r.gold), (vec![2, 3, 1], vec![2, 2, 2]));
+        // MultiRC: question 0-0 all right, 0-1 one answer wrong (EM 1/2); answers "Yes"
+        // (index 1) predicted 4 times, 3 of them right, none missed: P 3/4, R 1, F1a 6/7.
+        let multirc = golds(2, &[1, 0, 1, 1, 0], &["0-0", "0-0", "0-0", "0-1", "0-1"]);
+        let r = report(Some(PromptedTask::MultiRc), &multirc, &[1, 0, 1, 1, 1]).unwrap();
+        assert_eq!(r.metrics.len(), 2);
+        assert!((r.metrics["exact_match"] - 0.5).abs() < 1e-12);
+        assert!((r.metrics["f1a"] - 6.0 / 7.0).abs() < 1e-12);
+        // RTE: accuracy alone; a custom task with three answers also gets macro-F1.
+        let rte = golds(2, &[0, 1, 1, 0], &[]);
+        let r = report(Some(PromptedTask::Rte), &rte, &[0, 1, 0, 0]).unwrap();
+        assert_eq!(r.metrics.keys().collect::<Vec<_>>(), ["accuracy"]);
+        assert!((r.metrics["accuracy"] - 0.75).abs() < 1e-12);
+        let r = report(None, &cb, &[0, 1, 1, 1, 2, 0]).unwrap();
+        assert!((r.metrics["macro_f1"] - macro_f1).abs() < 1e-12);
+        assert_eq!(r.task, "custom");
+        assert!(report(Some(PromptedTask::Rte), &rte, &[0]).is_err());
+    }
 
     /// The mean log-probabilities of each candidate's own tokens computed from each whole
     /// sequence in one plain forward (no cache, no sharing).

@@ -363,14 +363,17 @@ pub fn tokenize_prompts(
             if ids.is_empty() {
                 return Err(Error::Data {
                     op: "classification",
-                    reason: "an example whose prompt has no token".into(),
+                    reason: format!("example `{}`: its prompt has no token", example.id),
                 });
             }
             if ids.len() > max_len {
                 let excess = ids.len() - max_len;
                 cut_start(&mut ids, excess, lead, lead + 1).map_err(|()| Error::Data {
                     op: "classification",
-                    reason: format!("--max-len {max_len} leaves no prompt token"),
+                    reason: format!(
+                        "example `{}`: --max-len {max_len} leaves no prompt token",
+                        example.id
+                    ),
                 })?;
                 cut += 1;
             }
@@ -433,7 +436,10 @@ pub fn tokenize_examples(
                 &example.prompt,
                 &example.candidates,
             )?;
-            cut += usize::from(ids.truncate_left(max_len)?);
+            let was_cut = ids
+                .truncate_left(max_len)
+                .map_err(|err| super::lm_score::in_example(&example.id, err))?;
+            cut += usize::from(was_cut);
             Ok(ScoredExample { example, ids })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -94,6 +94,10 @@ pub struct RunRecord {
     /// `classify-frozen`; absent for other runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objective: Option<String>,
+    /// A decoder on a prompted task: prompts were cut to this many tokens from the left
+    /// (`--max-len`); absent for other runs and in records written before ttlora kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<usize>,
 }
 
 impl RunRecord {
