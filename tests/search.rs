@@ -167,7 +167,8 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
     assert!(md.contains("## Pareto front at max_t"), "{md}");
     assert_eq!(md.matches("| paused |").count(), paused, "{md}");
-    for plot in ["front", "history", "curves"] {
+    assert!(md.contains("![Score against each searched setting"), "{md}");
+    for plot in ["front", "history", "curves", "sensitivity"] {
         let svg = std::fs::read_to_string(out.join(format!("report/{plot}.svg"))).unwrap();
         assert!(
             svg.starts_with("<svg") && svg.contains("held-out"),

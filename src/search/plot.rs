@@ -1,7 +1,8 @@
 //! The report's plots, as SVG and PNG (plotters; the text is set in DejaVu Sans compiled in,
 //! so no system font library is needed): score against trainable parameters with the
-//! Pareto front and LoRA's rank sweep as a reference line, the optimisation history, and the
-//! learning curves with rungs and pruned trials marked.
+//! Pareto front (all methods', and each method's in its colour) and LoRA's rank sweep as a
+//! reference line, the optimisation history, the learning curves with rungs and pruned trials
+//! marked, and each searched setting's scores at the sensitivity rung.
 
 use std::path::Path;
 use std::sync::Once;
@@ -12,6 +13,7 @@ use plotters::prelude::*;
 use crate::error::{Error, Result};
 use crate::search::report::{Report, TrialOutcome};
 use crate::search::scheduler::rungs;
+use crate::search::space::Domain;
 use crate::search::status::TrialStatus;
 
 const SIZE: (u32, u32) = (900, 560);
@@ -26,19 +28,36 @@ enum Plot {
     History,
     /// Held-out score against resource, per trial.
     Curves,
+    /// Score at the sensitivity rung against each searched setting, one panel each.
+    Sensitivity,
 }
 
 impl Plot {
-    const ALL: [Plot; 3] = [Plot::Front, Plot::History, Plot::Curves];
+    const ALL: [Plot; 4] = [Plot::Front, Plot::History, Plot::Curves, Plot::Sensitivity];
 
     fn name(self) -> &'static str {
         match self {
             Plot::Front => "front",
             Plot::History => "history",
             Plot::Curves => "curves",
+            Plot::Sensitivity => "sensitivity",
+        }
+    }
+
+    /// Pixels: the sensitivity plot grows a row of panels per three settings.
+    fn size(self, r: &Report) -> (u32, u32) {
+        match self {
+            Plot::Sensitivity => {
+                let rows = sensitivity_panels(r).len().div_ceil(PANELS_PER_ROW).max(1);
+                (SIZE.0, 60 + 260 * rows as u32)
+            }
+            _ => SIZE,
         }
     }
 }
+
+/// Panels side by side in the sensitivity plot.
+const PANELS_PER_ROW: usize = 3;
 
 /// Registers the compiled-in font once.
 fn font() {
@@ -70,9 +89,10 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<(&'static str, String)>
     for plot in Plot::ALL {
         let name = plot.name();
         let svg_path = dir.join(format!("{name}.svg"));
+        let size = plot.size(r);
         let mut svg = String::new();
         {
-            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
             draw(&root, r, plot).map_err(|e| plot_error(&svg_path, e))?;
             root.present().map_err(|e| plot_error(&svg_path, e))?;
         }
@@ -81,7 +101,7 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<(&'static str, String)>
         let png_path = dir.join(format!("{name}.png"));
         let tmp = dir.join(format!(".{name}-{}.png", std::process::id()));
         {
-            let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+            let root = BitMapBackend::new(&tmp, size).into_drawing_area();
             draw(&root, r, plot).map_err(|e| plot_error(&png_path, e))?;
             root.present().map_err(|e| plot_error(&png_path, e))?;
         }
@@ -102,6 +122,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report, plot: Plo
         Plot::Front => front(root, r),
         Plot::History => history(root, r),
         Plot::Curves => curves(root, r),
+        Plot::Sensitivity => sensitivity(root, r),
     }
 }
 
@@ -122,6 +143,20 @@ fn score_range<'a>(scores: impl Iterator<Item = &'a f64>) -> std::ops::Range<f64
     }
     let pad = ((hi - lo) * 0.1).max(0.01);
     (lo - pad)..(hi + pad)
+}
+
+/// The Pareto front of `(size, score)` points: in increasing size, each point scoring
+/// higher than every point at most its size.
+fn front_points(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut front = Vec::new();
+    let mut best = f64::NEG_INFINITY;
+    for p in best_per_size(points) {
+        if p.1 > best {
+            best = p.1;
+            front.push(p);
+        }
+    }
+    front
 }
 
 /// The highest score at each x (points `(size, score)`), in increasing x.
@@ -169,6 +204,7 @@ fn front<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn
     chart
         .configure_mesh()
         .x_desc("trainable parameters (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("held-out score")
         .label_style((FONT, 13))
         .draw()
@@ -186,25 +222,26 @@ fn front<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn
             .label(method.clone())
             .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
         // LoRA's rank sweep, the reference line: the best score at each size (a rank's best
-        // learning rate), joined in order of size.
-        if method == "lora" && points.len() > 1 {
-            let sweep = best_per_size(&points);
+        // learning rate), joined in order of size; every other method its own front.
+        let line = if method == "lora" {
+            best_per_size(&points)
+        } else {
+            front_points(&points)
+        };
+        if line.len() > 1 {
             chart
-                .draw_series(LineSeries::new(sweep, colour.mix(0.6).stroke_width(1)))
+                .draw_series(LineSeries::new(line, colour.mix(0.7).stroke_width(1)))
                 .map_err(|e| e.to_string())?;
         }
     }
-    let front: Vec<(f64, f64)> = r
-        .front
+    let all: Vec<(f64, f64)> = complete
         .iter()
-        .map(|id| &r.trials[*id])
-        .filter(|t| t.params > 0)
         .map(|t| (t.params as f64, t.score))
         .collect();
     chart
-        .draw_series(LineSeries::new(front, BLACK.stroke_width(2)))
+        .draw_series(LineSeries::new(front_points(&all), BLACK.stroke_width(2)))
         .map_err(|e| e.to_string())?
-        .label("Pareto front")
+        .label("Pareto front, all methods")
         .legend(|(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], BLACK.stroke_width(2)));
     draw_legend(&mut chart)
 }
@@ -337,9 +374,213 @@ fn curves<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Draw
     Ok(())
 }
 
+/// How a sensitivity panel places a setting's values on its x axis.
+#[derive(Debug, Clone, PartialEq)]
+enum Axis {
+    /// The value itself.
+    Linear,
+    /// Its base-10 logarithm (log ranges; lists of positive numbers spanning 20× or more).
+    Log10,
+    /// The position of the value in this list (lists of text).
+    Categories(Vec<String>),
+}
+
+/// One searched setting's panel: `(x, score)` per trial scored at the sensitivity rung.
+#[derive(Debug, Clone, PartialEq)]
+struct Panel {
+    /// `method.setting`.
+    name: String,
+    axis: Axis,
+    points: Vec<(f64, f64)>,
+}
+
+/// The panels of the sensitivity plot: each method's searched (not fixed) settings, in the
+/// space file's order, with the trials' scores at [`Report::sensitivity_rung`].
+fn sensitivity_panels(r: &Report) -> Vec<Panel> {
+    let rung = r.sensitivity_rung;
+    let mut panels = Vec::new();
+    for m in &r.settings.space.methods {
+        let scored: Vec<(&TrialOutcome, f64)> = r
+            .trials
+            .iter()
+            .filter(|t| t.config.method == m.method)
+            .filter_map(|t| {
+                let s = t.rungs.iter().find(|(at, s)| *at == rung && s.is_finite());
+                s.map(|(_, s)| (t, *s))
+            })
+            .collect();
+        for p in &m.params {
+            let axis = match &p.domain {
+                Domain::Fixed { .. } => continue,
+                Domain::Float { log, .. } | Domain::Int { log, .. } => {
+                    if *log {
+                        Axis::Log10
+                    } else {
+                        Axis::Linear
+                    }
+                }
+                Domain::Choice { choices } => {
+                    let numbers: Option<Vec<f64>> = choices.iter().map(|c| c.as_f64()).collect();
+                    match numbers {
+                        Some(v) if v.iter().all(|x| *x > 0.0) => {
+                            let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+                                (lo.min(*x), hi.max(*x))
+                            });
+                            if hi >= 20.0 * lo {
+                                Axis::Log10
+                            } else {
+                                Axis::Linear
+                            }
+                        }
+                        Some(_) => Axis::Linear,
+                        None => Axis::Categories(choices.iter().map(choice_label).collect()),
+                    }
+                }
+            };
+            let points = scored
+                .iter()
+                .filter_map(|(t, s)| {
+                    let v = t.config.params.get(&p.name)?;
+                    let x = match &axis {
+                        Axis::Linear => v.as_f64()?,
+                        Axis::Log10 => v.as_f64().filter(|x| *x > 0.0)?.log10(),
+                        Axis::Categories(labels) => {
+                            labels.iter().position(|l| *l == choice_label(v))? as f64
+                        }
+                    };
+                    Some((x, *s))
+                })
+                .collect();
+            panels.push(Panel {
+                name: format!("{}.{}", m.method, p.name),
+                axis,
+                points,
+            });
+        }
+    }
+    panels
+}
+
+/// A list value as its panel label: text without JSON quotes.
+fn choice_label(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+fn sensitivity<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn {
+    let panels = sensitivity_panels(r);
+    let title = format!(
+        "sensitivity: held-out score at rung {} against each searched setting",
+        r.sensitivity_rung
+    );
+    let body = root.titled(&title, (FONT, 20)).map_err(|e| e.to_string())?;
+    let rows = panels.len().div_ceil(PANELS_PER_ROW).max(1);
+    let areas = body.split_evenly((rows, PANELS_PER_ROW));
+    let y = score_range(panels.iter().flat_map(|p| p.points.iter().map(|(_, y)| y)));
+    for (panel, area) in panels.iter().zip(&areas) {
+        let (lo, hi) = match &panel.axis {
+            Axis::Categories(labels) => (-0.5, labels.len() as f64 - 0.5),
+            _ => {
+                let xs = panel.points.iter().map(|(x, _)| *x);
+                let lo = xs.clone().fold(f64::INFINITY, f64::min);
+                let hi = xs.fold(f64::NEG_INFINITY, f64::max);
+                if lo.is_finite() {
+                    let pad = ((hi - lo) * 0.08).max(0.1);
+                    (lo - pad, hi + pad)
+                } else {
+                    (0.0, 1.0)
+                }
+            }
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.name, (FONT, 15))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(lo..hi, y.clone())
+            .map_err(|e| e.to_string())?;
+        let axis = panel.axis.clone();
+        let x_label = move |x: &f64| match &axis {
+            Axis::Linear => format!("{x}"),
+            Axis::Log10 => format!("{:.0e}", 10f64.powf(*x)),
+            Axis::Categories(labels) => {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            }
+        };
+        let mut mesh = chart.configure_mesh();
+        mesh.x_label_formatter(&x_label).label_style((FONT, 11));
+        match &panel.axis {
+            Axis::Categories(labels) => mesh.x_labels(labels.len() * 2 + 1),
+            Axis::Log10 => mesh.x_labels(4),
+            Axis::Linear => mesh.x_labels(6),
+        };
+        mesh.draw().map_err(|e| e.to_string())?;
+        let method = panel.name.split('.').next().unwrap_or_default();
+        let colour = method_colour(r, method);
+        chart
+            .draw_series(
+                panel
+                    .points
+                    .iter()
+                    .map(|p| Circle::new(*p, 3, colour.mix(0.8).filled())),
+            )
+            .map_err(|e| e.to_string())?;
+        // The mean score at each value, joined: the trend the table's numbers summarise.
+        let means = mean_per_x(&panel.points);
+        if means.len() > 1 {
+            chart
+                .draw_series(LineSeries::new(means, BLACK.stroke_width(1)))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The mean y at each distinct x, in increasing x.
+fn mean_per_x(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut sorted = points.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut out: Vec<(f64, f64, usize)> = Vec::new();
+    for (x, y) in sorted {
+        match out.last_mut() {
+            Some(last) if last.0 == x => {
+                last.1 += y;
+                last.2 += 1;
+            }
+            _ => out.push((x, y, 1)),
+        }
+    }
+    out.into_iter()
+        .map(|(x, sum, n)| (x, sum / n as f64))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::best_per_size;
+    use super::*;
+
+    #[test]
+    fn fronts_keep_points_no_smaller_one_beats_and_means_group_by_x() {
+        let points = [
+            (4.0, 0.7),
+            (9.0, 0.69),
+            (9.0, 0.8),
+            (18.0, 0.75),
+            (30.0, 0.85),
+        ];
+        assert_eq!(
+            front_points(&points),
+            [(4.0, 0.7), (9.0, 0.8), (30.0, 0.85)]
+        );
+        assert_eq!(
+            mean_per_x(&[(2.0, 0.5), (1.0, 0.2), (2.0, 0.7)]),
+            [(1.0, 0.2), (2.0, 0.6)]
+        );
+    }
 
     #[test]
     fn the_reference_line_keeps_each_sizes_best_score_in_size_order() {

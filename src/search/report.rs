@@ -562,6 +562,10 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
         };
         let _ = writeln!(md, "| {} | {} | {effect} |", sn.name, sn.trials);
     }
+    if let Some((_, file)) = plots.iter().find(|(name, _)| *name == "sensitivity") {
+        let title = "Score against each searched setting at that rung (black: the mean per value)";
+        let _ = writeln!(md, "\n![{title}]({file})");
+    }
     for (name, file) in plots {
         let title = match *name {
             "history" => "Optimisation history",
