@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use ttlora::models::BertConfig;
 
 use crate::common::{
-    TempDir, assert_clear_error, bundled_data, json_out, path_str, stderr, tiny_bert_folder, ttlora,
+    TempDir, assert_clear_error, bundled_data, json_out, path_str, stderr, stdout,
+    tiny_bert_folder, ttlora,
 };
 
 const SPACE: &str = "[ttlora]\nrank = [2, 4]\nalpha = [4, 8]\n\
@@ -349,6 +350,72 @@ fn two_workers_share_a_study_without_running_a_job_twice() {
 /// A trial whose config the model cannot take fails once, for good, with its error (a retry
 /// would fail the same way); a claim left by a worker that died is closed as failed by the
 /// next worker and retried from where it stood.
+/// HyperBand and TPE end to end. HyperBand shares trials over the two brackets of max_t 3,
+/// η 3 (one starting at 1 epoch, one at 3), each trial stopping only at its own bracket's
+/// rungs. TPE under ASHA draws the random sampler's first 10 configs (its start-up), then
+/// its own once 10 trials have a score at a rung. The terminal tables of `status` and
+/// `report` show the study.
+#[test]
+fn hyperband_runs_its_brackets_and_tpe_models_after_its_start_up() {
+    let (model, space, out) = setup("search-hyperband");
+    let twelve = |out: &Path, extra: &[&str]| {
+        let mut args = search_args(&model, &space, out);
+        let trials = args.iter().position(|a| a == "--trials").unwrap();
+        args[trials + 1] = "12".into();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        json_out(run(&args))
+    };
+    let status = twelve(
+        &out,
+        &["--scheduler", "hyperband", "--reduction-factor", "3"],
+    );
+    assert_eq!(status["trials"].as_array().unwrap().len(), 12, "{status}");
+    let events = journal(&out);
+    let mut first_rung: std::collections::BTreeMap<u64, BTreeSet<u64>> = Default::default();
+    for e in events.iter().filter(|e| e["event"] == "created") {
+        let trial = e["trial"].clone();
+        let reported: Vec<u64> = events
+            .iter()
+            .filter(|r| r["event"] == "reported" && r["trial"] == trial)
+            .map(|r| r["resource"].as_u64().unwrap())
+            .collect();
+        assert!(!reported.is_empty(), "trial {trial} ran");
+        assert!(reported.iter().all(|r| *r == 1 || *r == 3), "{reported:?}");
+        first_rung
+            .entry(e["bracket"].as_u64().unwrap())
+            .or_default()
+            .insert(reported[0]);
+    }
+    // Each bracket starts its trials at one resource, and the two brackets at 1 and at 3.
+    let starts: Vec<&BTreeSet<u64>> = first_rung.values().collect();
+    assert_eq!(starts.len(), 2, "{first_rung:?}");
+    assert!(starts.iter().all(|s| s.len() == 1), "{first_rung:?}");
+    let all: BTreeSet<u64> = starts.iter().flat_map(|s| s.iter().copied()).collect();
+    assert_eq!(all, BTreeSet::from([1, 3]), "{first_rung:?}");
+
+    // TPE with the same seed: the random draws first, then its own.
+    let tpe = twelve(&model.join("tpe"), &["--sampler", "tpe"]);
+    let configs = |s: &serde_json::Value| -> Vec<String> {
+        let trials = s["trials"].as_array().unwrap();
+        trials.iter().map(|t| t["config"].to_string()).collect()
+    };
+    let (tpe, random) = (configs(&tpe), configs(&status));
+    assert_eq!(tpe[..10], random[..10]);
+    assert_ne!(tpe[10], random[10]);
+    assert_ne!(tpe[11], random[11]);
+
+    // The terminal tables.
+    let text = stdout(&ttlora(&["search", "status", path_str(&out)]));
+    assert!(text.starts_with("12 of 12 trials started:"), "{text}");
+    assert!(text.contains("trials per rung: 1: "), "{text}");
+    assert!(text.contains("best on the held-out slice: trial"), "{text}");
+    assert!(text.lines().count() >= 12 + 3, "a line per trial: {text}");
+    let text = stdout(&ttlora(&["search", "report", path_str(&out)]));
+    assert!(text.starts_with("12 trials; resource used "), "{text}");
+    assert!(text.contains("Pareto front at max_t"), "{text}");
+    assert!(text.contains("report written to"), "{text}");
+}
+
 #[test]
 fn a_config_error_fails_for_good_and_a_dead_workers_claim_is_retried() {
     let (model, space, out) = setup("search-failures");
@@ -415,6 +482,35 @@ fn a_config_error_fails_for_good_and_a_dead_workers_claim_is_retried() {
             .any(|e| e["event"] == "claimed" && e["trial"] == 1 && e["attempt"] == 2),
         "retried as attempt 2"
     );
+
+    // Out of retries: a trial whose first two tries failed and whose third died with its
+    // worker is failed for good (the study's --max-retries is 2), with no fourth try.
+    let mut lines = std::fs::read_to_string(out.join("journal.jsonl")).unwrap();
+    let mut third = created.clone();
+    third["trial"] = 2.into();
+    lines.push_str(&format!("{third}\n"));
+    for attempt in 1..=3 {
+        let claim = serde_json::json!({"event": "claimed", "trial": 2, "resource": 1,
+            "worker": "gone-host:4242", "attempt": attempt, "time": 0.0});
+        lines.push_str(&format!("{claim}\n"));
+        if attempt < 3 {
+            let failed = serde_json::json!({"event": "failed", "trial": 2, "resource": 1,
+                "attempt": attempt, "error": "out of memory", "time": 0.0});
+            lines.push_str(&format!("{failed}\n"));
+        }
+    }
+    std::fs::write(out.join("journal.jsonl"), lines).unwrap();
+    let status = json_out(run(&args));
+    assert_eq!(status["trials"][2]["status"], "failed", "{status}");
+    let events = journal(&out);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "claimed" && e["trial"] == 2 && e["attempt"] == 4),
+        "no fourth try"
+    );
+    let text = stdout(&ttlora(&["search", "status", path_str(&out)]));
+    assert!(text.contains("failed"), "{text}");
 }
 
 #[test]
