@@ -208,6 +208,38 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     );
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
     assert!(md.contains("## The front confirmed on dev"), "{md}");
+    // A trial off the front confirmed too (a reference config): the front's runs reused, its
+    // own two run; each mean ± std is its seeds' mean and sample deviation.
+    let off = trials
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .find(|id| !front.iter().any(|f| f.as_u64() == Some(*id)))
+        .unwrap();
+    let mut with_off: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    with_off.extend(["--confirm-trial".to_string(), off.to_string()]);
+    let all = json_out(run(&with_off))["confirmed"].clone();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), front.len() + 1);
+    assert!(all.iter().any(|c| c["trial"] == off));
+    for c in all {
+        let dev: Vec<f64> = serde_json::from_value(c["dev"].clone()).unwrap();
+        let mean = (dev[0] + dev[1]) / 2.0;
+        let std = (dev[0] - dev[1]).abs() / 2f64.sqrt();
+        assert!((c["mean"].as_f64().unwrap() - mean).abs() < 1e-12, "{c}");
+        assert!((c["std"].as_f64().unwrap() - std).abs() < 1e-12, "{c}");
+    }
+    assert_clear_error(
+        &run(&[
+            with_off.clone(),
+            vec!["--confirm-trial".into(), "99".into()],
+        ]
+        .concat()),
+        &["--confirm-trial 99", "the study has trials 0 to 5"],
+    );
+    let no_seeds: Vec<String> = ["search", "report", path_str(&out), "--confirm-trial", "1"]
+        .map(String::from)
+        .to_vec();
+    assert_clear_error(&run(&no_seeds), &["--confirm-trial needs --confirm-seeds"]);
 
     // Another study beside this one: listed and drawn when it scores the same held-out
     // slice, refused (naming the setting) when its seed draws another.

@@ -42,6 +42,11 @@ enum SearchCommand {
         /// std in the report); runs saved under DIR/confirm/ are reused.
         #[arg(long, value_name = "N", default_value_t = 0)]
         confirm_seeds: usize,
+        /// With --confirm-seeds: confirm this trial too, on the front or not (repeatable),
+        /// e.g. the LoRA r = 8 trial of a rank sweep, the reference a TT-LoRA config is
+        /// judged against.
+        #[arg(long, value_name = "TRIAL")]
+        confirm_trial: Vec<usize>,
         /// Another study to draw and list beside this one (repeatable): LoRA's rank sweep as
         /// the front plot's reference line, other methods' sizes. Its task, training sample,
         /// held-out share, seed, max length and max_t must be this study's, so both score the
@@ -200,10 +205,20 @@ pub fn run(a: SearchArgs) -> Result<()> {
         Some(SearchCommand::Report {
             dir,
             confirm_seeds,
+            confirm_trial,
             compare,
             device,
             output,
-        }) => report(&dir, confirm_seeds, &compare, device.device()?, output.json),
+        }) => {
+            if confirm_seeds == 0 && !confirm_trial.is_empty() {
+                bail!("--confirm-trial needs --confirm-seeds N (N ≥ 1)");
+            }
+            let confirm = Confirm {
+                seeds: confirm_seeds,
+                also: confirm_trial,
+            };
+            report(&dir, &confirm, &compare, device.device()?, output.json)
+        }
         Some(SearchCommand::Worker { dir, device, quiet }) => {
             let settings = SearchSettings::read(&dir)?;
             work(&dir, &settings, device.device()?, quiet)
@@ -498,10 +513,17 @@ fn print_status(s: &StudyStatus, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What `search report` confirms on dev: the front and `also`, with `seeds` seeds (none
+/// when 0).
+struct Confirm {
+    seeds: usize,
+    also: Vec<usize>,
+}
+
 /// `search report`: the Markdown and plots into DIR/report/, the front on stdout.
 fn report(
     dir: &Path,
-    confirm_seeds: usize,
+    confirm: &Confirm,
     compare: &[PathBuf],
     device: candle_core::Device,
     json: bool,
@@ -511,19 +533,19 @@ fn report(
         let theirs = ttlora::search::build_report(other)?;
         r.compare_with(other, theirs)?;
     }
-    if confirm_seeds > 0 {
+    if confirm.seeds > 0 {
         let mut line = |trial: usize, seed: u64, score: f64| {
             let _ = writeln!(
                 std::io::stderr(),
                 "confirm: trial {trial} seed {seed}: dev {score:.4}"
             );
         };
-        let front = r.front_configs();
+        let front = r.configs_to_confirm(dir, &confirm.also)?;
         let confirmed = ttlora::search::confirm::confirm(
             dir,
             &r.settings,
             &front,
-            confirm_seeds,
+            confirm.seeds,
             device,
             &mut line,
         )?;

@@ -112,12 +112,7 @@ pub fn confirm(
             on_run(id, seed, score);
             dev.push(score);
         }
-        let mean = dev.iter().sum::<f64>() / dev.len().max(1) as f64;
-        let std = if dev.len() > 1 {
-            (dev.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (dev.len() - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
+        let (mean, std) = mean_std(&dev);
         out.push(Confirmed {
             trial: id,
             config: t.config.label(),
@@ -129,4 +124,31 @@ pub fn confirm(
         });
     }
     Ok(out)
+}
+
+/// The mean and the sample standard deviation (n − 1; 0 for one value) of `xs`.
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let std = if xs.len() > 1 {
+        (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
+    (mean, std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mean_std;
+
+    #[test]
+    fn mean_and_sample_std_by_hand() {
+        // Deviations -0.02, 0, +0.02: the sum of squares 8e-4 over n - 1 = 2 is 4e-4.
+        let (mean, std) = mean_std(&[0.80, 0.82, 0.84]);
+        assert!(
+            (mean - 0.82).abs() < 1e-12 && (std - 0.02).abs() < 1e-12,
+            "{mean} {std}"
+        );
+        assert_eq!(mean_std(&[0.7]), (0.7, 0.0));
+    }
 }

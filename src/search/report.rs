@@ -176,16 +176,37 @@ impl Report {
         out
     }
 
-    /// The front's configs, for [`crate::search::confirm::confirm`].
-    pub fn front_configs(&self) -> Vec<crate::search::confirm::FrontConfig<'_>> {
-        self.front
-            .iter()
-            .map(|&id| crate::search::confirm::FrontConfig {
+    /// The configs to confirm, for [`crate::search::confirm::confirm`]: the front's, and
+    /// the trials in `also` (a reference such as LoRA r = 8 that is not on the front), fewest
+    /// parameters first, each once.
+    ///
+    /// # Errors
+    /// [`Error::Study`](crate::error::Error::Study) for a trial the study does not have.
+    pub fn configs_to_confirm(
+        &self,
+        dir: &Path,
+        also: &[usize],
+    ) -> Result<Vec<crate::search::confirm::FrontConfig<'_>>> {
+        if let Some(id) = also.iter().find(|id| **id >= self.trials.len()) {
+            return Err(crate::error::Error::Study {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "--confirm-trial {id}: the study has trials 0 to {}",
+                    self.trials.len().saturating_sub(1)
+                ),
+            });
+        }
+        let mut ids: Vec<usize> = self.front.iter().chain(also).copied().collect();
+        ids.sort_by_key(|&id| (self.trials[id].params, id));
+        ids.dedup();
+        Ok(ids
+            .into_iter()
+            .map(|id| crate::search::confirm::FrontConfig {
                 trial: id,
                 config: &self.trials[id].config,
                 params: self.trials[id].params,
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -508,8 +529,9 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
     if !r.confirmed.is_empty() {
         let _ = writeln!(
             md,
-            "\n## The front confirmed on dev\n\nEach front config trained again from scratch \
-             with seeds {:?} (the study's data split), scored on the official dev split.\n",
+            "\n## The front confirmed on dev\n\nEach front config (and each trial named by \
+             --confirm-trial) trained again from scratch with seeds {:?} (the study's data \
+             split), scored on the official dev split.\n",
             r.confirmed[0].seeds
         );
         let _ = writeln!(
