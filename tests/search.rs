@@ -137,6 +137,30 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
         .to_string();
     assert!(Path::new(&adapter).join("adapter_config.json").is_file());
     assert!(Path::new(&adapter).join("eval_results.json").is_file());
+    // A promoted trial continues from its rung-1 checkpoint: its second job evaluates only
+    // after epochs 2 and 3 (steps 6 and 9), not again after the first.
+    let mut promoted = 0;
+    for t in trials.iter().filter(|t| t["resource"] == 3) {
+        let jobs: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["event"] == "reported" && e["trial"] == t["id"])
+            .collect();
+        if jobs.len() < 2 {
+            continue;
+        }
+        promoted += 1;
+        let steps: Vec<u64> = jobs[1]["curve"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            (jobs[0]["steps"].as_u64(), steps.as_slice()),
+            (Some(3), &[6, 9][..])
+        );
+    }
+    assert!(promoted > 0, "a trial was promoted from rung 1");
 
     // Running the same command again continues a complete study: nothing runs.
     let again = json_out(run(&args));
@@ -350,8 +374,13 @@ fn a_study_killed_mid_write_or_mid_trial_ends_as_an_uninterrupted_one() {
 fn two_workers_share_a_study_without_running_a_job_twice() {
     let (model, space, out) = setup("search-workers");
     let mut args = search_args(&model, &space, &out);
-    args.extend(["--workers".to_string(), "2".to_string()]);
-    let status = json_out(run(&args));
+    args.extend(["--workers", "2", "-v"].map(String::from));
+    let o = run(&args);
+    // The cores are shared out: each worker process gets its share of threads.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let each = format!("2 worker processes, {} threads each", (cores / 2).max(1));
+    assert!(stderr(&o).contains(&each), "{each}: {}", stderr(&o));
+    let status = json_out(o);
     assert_eq!(status["trials"].as_array().unwrap().len(), 6);
     let events = journal(&out);
     let workers: BTreeSet<&str> = events
@@ -377,11 +406,31 @@ fn two_workers_share_a_study_without_running_a_job_twice() {
         (0..6).collect::<Vec<_>>(),
         "trial ids are unique and dense"
     );
+
+    // The memory guard: when a job of this study has needed more than the machine has
+    // available, fewer workers start, and the run says why.
+    let text = std::fs::read_to_string(out.join("journal.jsonl")).unwrap();
+    let huge: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut e: serde_json::Value = serde_json::from_str(l).unwrap();
+            if e["event"] == "reported" {
+                e["peak_rss_mib"] = 1e12.into();
+            }
+            e.to_string()
+        })
+        .collect();
+    std::fs::write(out.join("journal.jsonl"), huge.join("\n") + "\n").unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let why = stderr(&o);
+    assert!(
+        why.contains("1 of 2 workers started") && why.contains("MiB are available"),
+        "{why}"
+    );
+    assert!(why.contains("1 worker processes, "), "{why}");
 }
 
-/// A trial whose config the model cannot take fails once, for good, with its error (a retry
-/// would fail the same way); a claim left by a worker that died is closed as failed by the
-/// next worker and retried from where it stood.
 /// HyperBand and TPE end to end. HyperBand shares trials over the two brackets of max_t 3,
 /// η 3 (one starting at 1 epoch, one at 3), each trial stopping only at its own bracket's
 /// rungs. TPE under ASHA draws the random sampler's first 10 configs (its start-up), then
@@ -448,6 +497,9 @@ fn hyperband_runs_its_brackets_and_tpe_models_after_its_start_up() {
     assert!(text.contains("report written to"), "{text}");
 }
 
+/// A trial whose config the model cannot take fails once, for good, with its error (a retry
+/// would fail the same way); a claim left by a worker that died is closed as failed by the
+/// next worker and retried from where it stood.
 #[test]
 fn a_config_error_fails_for_good_and_a_dead_workers_claim_is_retried() {
     let (model, space, out) = setup("search-failures");

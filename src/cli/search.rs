@@ -433,6 +433,7 @@ fn spawn_workers(dir: &Path, n: usize, device: &str, quiet: bool) -> Result<()> 
     let exe = std::env::current_exe().context("cannot find the ttlora binary to start workers")?;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let threads = (cores / n).max(1);
+    tracing::info!("{n} worker processes, {threads} threads each ({cores} cores)");
     let mut children = Vec::new();
     for _ in 0..n {
         let mut cmd = std::process::Command::new(&exe);
