@@ -312,20 +312,54 @@ fn a_study_killed_mid_write_or_mid_trial_ends_as_an_uninterrupted_one() {
     let (model, space, out) = setup("search-kill");
     let reference = json_out(run(&search_args(&model, &space, &out)));
 
-    // Killed while appending its 5th journal batch: half a line is left on disk.
+    // SIGKILLed while appending a journal batch, at seeded random points, each restart
+    // killed again at its own point: half a line is left on disk every time.
     let torn = model.join("study-torn");
     let args = search_args(&model, &space, &torn);
-    let killed = Command::new(env!("CARGO_BIN_EXE_ttlora"))
-        .args(&args)
-        .env("TTLORA_KILL_IN_APPEND", "5")
-        .output()
-        .unwrap();
-    assert!(!killed.status.success(), "the fault point aborts");
-    let text = std::fs::read_to_string(torn.join("journal.jsonl")).unwrap();
-    assert!(!text.ends_with('\n'), "a torn last line is left");
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for round in 0..3 {
+        // A 6-trial study appends about 20 batches; three kills in the first 5 of each run
+        // all land before its end.
+        let at = 2 + next(4);
+        let killed = Command::new(env!("CARGO_BIN_EXE_ttlora"))
+            .args(&args)
+            .env("TTLORA_KILL_IN_APPEND", at.to_string())
+            .output()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&killed.status),
+            Some(9),
+            "round {round}: SIGKILLed at append {at}"
+        );
+        let text = std::fs::read_to_string(torn.join("journal.jsonl")).unwrap();
+        assert!(!text.ends_with('\n'), "a torn last line is left");
+    }
     let resumed = json_out(run(&args));
     assert_eq!(outcome(&resumed), outcome(&reference));
     assert!(resumed["warnings"].as_array().unwrap().is_empty());
+
+    // SIGKILLed at seeded random moments of its run, three times, then rerun to the end.
+    let timed = model.join("study-timed");
+    let args = search_args(&model, &space, &timed);
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ttlora"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200 + next(1200)));
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    let resumed = json_out(run(&args));
+    assert_eq!(outcome(&resumed), outcome(&reference));
 
     // SIGKILLed during a trial (once trial 2's job is claimed), then rerun.
     let mid = model.join("study-mid");

@@ -471,7 +471,7 @@ pub fn try_lock_trial(dir: &Path, trial: usize) -> Result<Option<File>> {
 }
 
 /// Fault injection for the kill tests: `TTLORA_KILL_IN_APPEND=N` makes the N-th append of
-/// the process write half its bytes and abort, as a kill mid-write would.
+/// the process write half its bytes and then SIGKILL the process, as a kill mid-write would.
 mod fail_point {
     use std::io::Write;
     use std::path::Path;
@@ -499,6 +499,12 @@ mod fail_point {
                 })?;
             let _ = f.write_all(&bytes[..bytes.len() / 2]);
             let _ = f.sync_data();
+            // SIGKILL, as the tests promise: no destructor, no flush, no unwinding.
+            #[cfg(unix)]
+            // SAFETY: kill(2) on this process's own pid has no memory effects.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
             std::process::abort();
         }
         Ok(())
