@@ -776,3 +776,46 @@ fn with_steps_as_the_resource_each_rung_is_scored_at_its_step() {
         );
     }
 }
+
+/// Explicit TT shapes and per-bond ranks are searchable settings: each trial trains the
+/// shape and ranks it drew, and its parameter count is the cores' sizes worked by hand.
+#[test]
+fn explicit_shapes_and_per_bond_ranks_are_searched() {
+    let (model, space, out) = setup("search-shapes");
+    // 32 × 32 (tiny BERT's query and value) as [4, 8 | 4, 8]: four cores, three bonds.
+    std::fs::write(
+        &space,
+        "[ttlora]\nin_factors = [[4, 8]]\nout_factors = [[4, 8]]\n\
+         ranks = [[2, 3, 2], [4, 4, 4]]\nlr = [1e-2]\n",
+    )
+    .unwrap();
+    let mut args = search_args(&model, &space, &out);
+    for (flag, value) in [("--max-t", "1"), ("--trials", "2")] {
+        let pos = args.iter().position(|a| a == flag).unwrap();
+        args[pos + 1] = value.into();
+    }
+    args.extend(["--sampler", "grid", "--scheduler", "none"].map(String::from));
+    json_out(run(&args));
+    let reports: Vec<serde_json::Value> = journal(&out)
+        .into_iter()
+        .filter(|e| e["event"] == "reported")
+        .collect();
+    assert_eq!(reports.len(), 2);
+    // Cores r(k-1) × n(k) × r(k) over the input factors then the output ones reversed,
+    // [4, 8, 8, 4]: 8 + 48 + 48 + 8 = 112 for ranks 2, 3, 2 and 16 + 128 + 128 + 16 = 288
+    // for 4, 4, 4; four adapted matrices (query and value of two layers) each.
+    for (r, (ranks, params)) in reports.iter().zip([([2, 3, 2], 448), ([4, 4, 4], 1152)]) {
+        assert_eq!(r["params"], params, "{r}");
+        let folder = Path::new(r["adapter"].as_str().unwrap());
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(folder.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        let text = config.to_string();
+        assert!(
+            text.contains(&format!("\"ranks\":{}", serde_json::json!(ranks)))
+                && text.contains("\"in_factors\":[4,8]"),
+            "{text}"
+        );
+    }
+}

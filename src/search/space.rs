@@ -255,8 +255,17 @@ impl SearchSpace {
 }
 
 impl MethodSpace {
+    /// Every method field at its first value (a list's first choice, a range's low end).
+    fn first_method_values(&self) -> serde_json::Map<String, Value> {
+        self.params
+            .iter()
+            .filter(|p| !TRAINING_KEYS.contains(&p.name.as_str()))
+            .filter_map(|p| Some((p.name.clone(), p.domain.extremes().into_iter().next()?)))
+            .collect()
+    }
+
     /// Checks the training keys' values and every method field's values against the method,
-    /// one setting at a time (the others at their defaults).
+    /// one setting at a time (the others at their defaults, or at their first values).
     fn check(&self) -> std::result::Result<(), String> {
         for p in &self.params {
             let values = p.domain.extremes();
@@ -297,11 +306,18 @@ impl MethodSpace {
                     }
                 }
                 field => {
+                    // A value passes alone (the other fields at their defaults) or beside the
+                    // other fields' first values: fields that go together, such as TT-LoRA's
+                    // in_factors and out_factors, are only valid as a pair.
+                    let context = self.first_method_values();
                     for v in &values {
-                        let mut given = serde_json::Map::new();
-                        given.insert(field.to_string(), v.clone());
-                        MethodSpec::parse(&self.method, Value::Object(given))
-                            .map_err(|e| format!("{field} = {v}: {e}"))?;
+                        let alone = serde_json::Map::from_iter([(field.to_string(), v.clone())]);
+                        let mut beside = context.clone();
+                        beside.insert(field.to_string(), v.clone());
+                        if MethodSpec::parse(&self.method, Value::Object(alone)).is_err() {
+                            MethodSpec::parse(&self.method, Value::Object(beside))
+                                .map_err(|e| format!("{field} = {v}: {e}"))?;
+                        }
                     }
                 }
             }
@@ -502,7 +518,13 @@ mod tests {
             ("[ttlora]\nrank = [0, 4]", "rank = 0"),
             ("[lora]\nrank = [4]", "rank = 4"),
             ("", "no method table"),
+            // Fields that only go together are checked together.
+            (
+                "[ttlora]\nin_factors = [[4, 8]]",
+                "in_factors/out_factors` must be given together",
+            ),
         ];
+        assert!(parse("[ttlora]\nin_factors = [[4, 8]]\nout_factors = [[8, 4]]\n").is_ok());
         for (text, needle) in cases {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains("space.toml"), "{e}");
