@@ -3,7 +3,9 @@
 # TT-LoRA over the paper's grid (examples/search/ttlora-space.toml) with ASHA (27 trials, η 3,
 # grace 1 epoch) and by random search without early stopping (9 trials, the same first
 # configs), each with seeds 1, 2, 3; LoRA's rank sweep and LoRETTA-rep's tensor ranks as
-# grids, the trade-off plot's references. Every study lives in runs/search-$TASK/<name>/ and
+# grids, the trade-off plot's references; and tpe-1, ASHA with the TPE sampler on asha-1's
+# seed and budget (27 trials; its first 10 configs are asha-1's), the model-based sampler
+# against random draws on real trials. Every study lives in runs/search-$TASK/<name>/ and
 # resumes when the script runs again (a finished study is not rerun). The plot:
 #   ttlora search report runs/search-$TASK/asha-1 --compare runs/search-$TASK/lora-sweep \
 #     --compare runs/search-$TASK/loretta-sweep
@@ -24,7 +26,7 @@ TASK=${TASK:-mrpc}
 OUT=${OUT:-runs/search-$TASK}
 case $TASK in
   mrpc) size=(--max-train 1000 --max-t 9)
-        default="asha-1 random-1 lora-sweep loretta-sweep asha-2 random-2 asha-3 random-3" ;;
+        default="asha-1 random-1 lora-sweep loretta-sweep asha-2 random-2 asha-3 random-3 tpe-1" ;;
   sst2) size=(--max-train 20000 --max-t 3)
         default="asha-1 lora-sweep loretta-sweep" ;;
   *) echo "TASK must be mrpc or sst2, not $TASK" >&2; exit 2 ;;
@@ -42,6 +44,8 @@ for s in ${STUDIES:-$default}; do
   case $s in
     asha-*) study "$s" --space examples/search/ttlora-space.toml --scheduler asha \
               --reduction-factor 3 --grace-period 1 --trials 27 --seed "${s#asha-}" ;;
+    tpe-*) study "$s" --space examples/search/ttlora-space.toml --scheduler asha --sampler tpe \
+              --reduction-factor 3 --grace-period 1 --trials 27 --seed "${s#tpe-}" ;;
     random-*) study "$s" --space examples/search/ttlora-space.toml --scheduler none \
               --trials 9 --seed "${s#random-}" ;;
     lora-sweep) study "$s" --space examples/search/lora-sweep.toml --sampler grid \
