@@ -411,25 +411,10 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
         "8",
         "--json",
     ]));
-    let custom = json_out(eval(&[
-        "--task",
-        "custom",
-        "--file",
-        path_str(&rte),
-        "--template",
-        "{premise}\nDoes this mean that \"{hypothesis}\" is true? Yes or No?\n",
-        "--candidate",
-        "Yes",
-        "--candidate",
-        "No",
-        "--label-value",
-        "entailment",
-        "--label-value",
-        "not_entailment",
-        "--max-examples",
-        "8",
-        "--json",
-    ]));
+    let mut custom = vec!["--task", "custom", "--file", path_str(&rte)];
+    custom.extend(RTE_AS_CUSTOM);
+    custom.extend(["--max-examples", "8", "--json"]);
+    let custom = json_out(eval(&custom));
     assert_eq!(custom["metrics"], builtin["metrics"]);
     assert_eq!(custom["task"], "custom");
     // `predict` with the base alone: one answer a row, the answers `eval` counts, and the
@@ -447,22 +432,9 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
         whole["predicted"],
         answer_counts(&builtin_answers, &["Yes", "No"])
     );
-    let custom_answers = answers(predict(&[
-        "--task",
-        "custom",
-        "--file",
-        path_str(&rte),
-        "--template",
-        "{premise}\nDoes this mean that \"{hypothesis}\" is true? Yes or No?\n",
-        "--candidate",
-        "Yes",
-        "--candidate",
-        "No",
-        "--label-value",
-        "entailment",
-        "--label-value",
-        "not_entailment",
-    ]));
+    let mut custom = vec!["--task", "custom", "--file", path_str(&rte)];
+    custom.extend(RTE_AS_CUSTOM);
+    let custom_answers = answers(predict(&custom));
     assert_eq!(custom_answers, builtin_answers);
     assert_clear_error(
         &predict(&[
@@ -714,6 +686,20 @@ fn gradient_checkpointing_trains_the_same_adapter() {
     );
 }
 
+/// RTE's built-in template written as a custom task's flags.
+const RTE_AS_CUSTOM: [&str; 10] = [
+    "--template",
+    "{premise}\nDoes this mean that \"{hypothesis}\" is true? Yes or No?\n",
+    "--candidate",
+    "Yes",
+    "--candidate",
+    "No",
+    "--label-value",
+    "entailment",
+    "--label-value",
+    "not_entailment",
+];
+
 /// The answers a successful `predict` printed, one a line (its second field).
 fn answers(o: std::process::Output) -> Vec<String> {
     assert!(o.status.success(), "{}", stderr(&o));
@@ -943,18 +929,7 @@ fn a_custom_template_trains_and_scores_like_a_task() {
     let rte = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/superglue/RTE");
     let tmp = TempDir::new("lm-score-custom");
     let run = tmp.join("run");
-    let template = [
-        "--template",
-        "{premise}\nDoes this mean that \"{hypothesis}\" is true? Yes or No?\n",
-        "--candidate",
-        "Yes",
-        "--candidate",
-        "No",
-        "--label-value",
-        "entailment",
-        "--label-value",
-        "not_entailment",
-    ];
+    let template = RTE_AS_CUSTOM;
     let mut args = vec![
         "train",
         "--objective",

@@ -50,6 +50,16 @@ fn search_args(model: &Path, space: &Path, out: &Path) -> Vec<String> {
     .collect()
 }
 
+/// `ttlora ARGS` started in the background, its output discarded (to be killed).
+fn spawn_quiet(args: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ttlora"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn run(args: &[String]) -> std::process::Output {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ttlora(&args)
@@ -348,12 +358,7 @@ fn a_study_killed_mid_write_or_mid_trial_ends_as_an_uninterrupted_one() {
     let timed = model.join("study-timed");
     let args = search_args(&model, &space, &timed);
     for _ in 0..3 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ttlora"))
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_quiet(&args);
         std::thread::sleep(std::time::Duration::from_millis(200 + next(1200)));
         let _ = child.kill();
         child.wait().unwrap();
@@ -364,12 +369,7 @@ fn a_study_killed_mid_write_or_mid_trial_ends_as_an_uninterrupted_one() {
     // SIGKILLed during a trial (once trial 2's job is claimed), then rerun.
     let mid = model.join("study-mid");
     let args = search_args(&model, &space, &mid);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ttlora"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(&args);
     let claimed = |e: &serde_json::Value| e["event"] == "claimed" && e["trial"] == 2;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !(mid.join("journal.jsonl").is_file() && journal(&mid).iter().any(claimed)) {
