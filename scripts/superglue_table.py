@@ -53,7 +53,8 @@ def investigate(root: Path) -> None:
         rss = r.get("peak_rss_mib") or 0
         print(
             f"| {f.parent.name} | {r['task']} | {r['method']} | {objective_of(r, f.parent.name)} "
-            f"| {r['train_config']['lr']:g} | {fit} × {r['train_config']['epochs']} | {r.get('max_len', 256)} "
+            f"| {(r.get('train_config') or {}).get('lr', float('nan')):g} "
+            f"| {fit} × {(r.get('train_config') or {}).get('epochs', '?')} | {r.get('max_len', 256)} "
             f"| {shown} ({dev} ex.) | {before} → {after} ({held} ex.) | {params:,} "
             f"| {r['wall_s'] / 60:.1f} min | {rss / 1024:.1f} GiB |"
         )

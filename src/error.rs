@@ -294,15 +294,17 @@ pub enum Error {
     },
     /// An example whose prompt and answers the model's context cannot hold.
     #[error(
-        "example `{example}`: its prompt and answers are {tokens} tokens, past the model's context of {context}; give --max-len (at most {context}) to cut prompts from the left, which keeps the question and the answers"
+        "example `{example}`: its prompt and answers are {tokens} tokens, past the model's context of {context}; give --max-len (at most {room}) to cut prompts from the left, which keeps the question and the answers"
     )]
     ExampleTooLong {
         /// The row's `idx` (or line number).
         example: String,
-        /// Its tokens, prompt and answers.
+        /// Its tokens, prompt and answers (and an adapter's virtual tokens).
         tokens: usize,
         /// The model's context.
         context: usize,
+        /// What the context leaves for an example after an adapter's virtual tokens.
+        room: usize,
     },
     /// A prompt the model's context cannot hold (or an empty one).
     #[error(

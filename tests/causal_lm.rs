@@ -436,6 +436,14 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
     custom.extend(RTE_AS_CUSTOM);
     let custom_answers = answers(predict(&custom));
     assert_eq!(custom_answers, builtin_answers);
+    // Predicting ignores labels: the file's "entailment" labels need no --label-value.
+    let unmapped = &custom[..custom.len() - 4];
+    assert!(!unmapped.contains(&"--label-value"));
+    assert_eq!(answers(predict(unmapped)), builtin_answers);
+    assert_clear_error(
+        &predict(&["--task", "sst2", "--text", "a fine film"]),
+        &["give --adapter DIR", "--model DECODER with --task (boolq"],
+    );
     assert_clear_error(
         &predict(&[
             "--task",

@@ -254,7 +254,12 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     let all = json_out(run(&with_off))["confirmed"].clone();
     let all = all.as_array().unwrap();
     assert_eq!(all.len(), front.len() + 1);
-    assert!(all.iter().any(|c| c["trial"] == off));
+    assert!(
+        all.iter()
+            .any(|c| c["trial"] == off && c["on_front"] == false)
+    );
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(md.contains(&format!("| {off} (asked) |")), "{md}");
     for c in all {
         let dev: Vec<f64> = serde_json::from_value(c["dev"].clone()).unwrap();
         let mean = (dev[0] + dev[1]) / 2.0;
@@ -357,12 +362,15 @@ fn a_study_killed_mid_write_or_mid_trial_ends_as_an_uninterrupted_one() {
     // SIGKILLed at seeded random moments of its run, three times, then rerun to the end.
     let timed = model.join("study-timed");
     let args = search_args(&model, &space, &timed);
+    let mut landed = 0;
     for _ in 0..3 {
         let mut child = spawn_quiet(&args);
         std::thread::sleep(std::time::Duration::from_millis(200 + next(1200)));
+        landed += usize::from(child.try_wait().unwrap().is_none());
         let _ = child.kill();
         child.wait().unwrap();
     }
+    assert!(landed > 0, "a kill landed before the study ended");
     let resumed = json_out(run(&args));
     assert_eq!(outcome(&resumed), outcome(&reference));
 

@@ -106,7 +106,8 @@ pub struct TemplateArgs {
     /// (e.g. --candidate Yes --candidate No).
     #[arg(long = "candidate", value_name = "TEXT")]
     pub candidates: Vec<String>,
-    /// LM scoring, custom task: the value of --label-column meaning each candidate, in the
+    /// LM scoring, custom task: the value of the label column (--label-column; `label` for
+    /// predict, which ignores labels it cannot map) meaning each candidate, in the
     /// candidates' order; repeat it (default: 0, 1, …).
     #[arg(long = "label-value", value_name = "VALUE")]
     pub label_values: Vec<String>,

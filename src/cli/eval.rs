@@ -17,8 +17,8 @@ use ttlora::jobs::inference::{self, Inference, Merged};
 /// Where the base model and adapter come from (shared by eval and predict).
 #[derive(Debug, Args)]
 pub struct AdapterArgs {
-    /// Adapter folder written by `ttlora train` (`eval` of a decoder base alone by LM
-    /// scoring needs none).
+    /// Adapter folder written by `ttlora train` (a decoder base alone, scored or predicting
+    /// by LM scoring with --model and --task, needs none).
     #[arg(long, value_name = "DIR")]
     pub(super) adapter: Option<PathBuf>,
     /// Base model, overriding the one recorded in the adapter config; for LM scoring with no
@@ -200,11 +200,13 @@ pub(super) fn metrics_line(metrics: &std::collections::BTreeMap<String, f64>) ->
     parts.join(", ")
 }
 
-/// Label texts with a saved adapter.
+/// Label texts with a saved adapter, or a prompted task's rows with a decoder.
 ///
 /// Give one example with --text (and --text-pair for pair tasks), or a file: .txt (one text
 /// per line) or .csv/.tsv/.jsonl with --text-column. Prints one tab-separated line per example:
 /// the predicted label and its probability (or the score, for regression), then the text.
+/// A decoder (an adapter trained with --objective, or --model with --task) reads --file's
+/// JSON Lines rows and prints each row's id, answer, its probability and the prompt.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
     #[command(flatten)]
@@ -278,6 +280,12 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
     if decoder_adapter || (a.common.adapter.is_none() && (lm_task || a.objective.is_some())) {
         return prompted::run_predict(&a);
     }
+    if a.common.adapter.is_none() {
+        bail!(
+            "give --adapter DIR (a folder `ttlora train` wrote), or --model DECODER with \
+             --task (boolq, cb, copa, multirc, rte, wic, wsc, custom) to predict by LM scoring"
+        );
+    }
     let decoder_only = [
         ("--task", a.task.is_some()),
         ("--objective", a.objective.is_some()),
@@ -289,12 +297,6 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
     ];
     if let Some((flag, _)) = decoder_only.iter().find(|(_, given)| *given) {
         bail!("{flag} is for a decoder on a prompted task, not for an encoder's adapter");
-    }
-    if a.common.adapter.is_none() {
-        bail!(
-            "give --adapter DIR (a folder `ttlora train` wrote), or --model DECODER with \
-             --task (boolq, cb, copa, multirc, rte, wic, wsc, custom) to predict by LM scoring"
-        );
     }
     let examples: Vec<Example> = match (&a.text, &a.file) {
         (Some(t), _) => vec![Example {

@@ -75,24 +75,32 @@ fn objective_of(g: &Generator, asked: Option<ObjectiveArg>) -> Result<PromptedOb
     }
 }
 
-/// Checks a --max-len against `g`'s context.
-fn check_max_len(g: &Generator, max_len: Option<usize>) -> Result<()> {
+/// The length prompts are cut to: --max-len (`given`), else the adapter's recorded one;
+/// either is checked against `g`'s context.
+fn max_len_of(
+    g: &Generator,
+    given: Option<usize>,
+    recorded: Option<&TaskInfo>,
+) -> Result<Option<usize>> {
     let context = g.decoder().config().max_position_embeddings;
-    match max_len {
-        Some(0) => bail!("--max-len must be at least 1"),
-        Some(n) if n > context => bail!(
-            "--max-len {n} is past the context of {} ({context} tokens)",
-            g.path.display()
+    let model = g.path.display();
+    match (given, recorded.map(|t| t.max_len)) {
+        (Some(0), _) => bail!("--max-len must be at least 1"),
+        (Some(n), _) if n > context => {
+            bail!("--max-len {n} is past the context of {model} ({context} tokens)")
+        }
+        (None, Some(n)) if n > context => bail!(
+            "the adapter was trained with --max-len {n}, past the context of {model} \
+             ({context} tokens): give a smaller --max-len"
         ),
-        _ => Ok(()),
+        (given, recorded) => Ok(given.or(recorded)),
     }
 }
 
 /// Prompts are cut to --max-len, else to the adapter's recorded --max-len, else to `g`'s
 /// context.
 fn cut_length(g: &Generator, given: Option<usize>, recorded: Option<&TaskInfo>) -> Result<usize> {
-    let max_len = given.or(recorded.map(|t| t.max_len));
-    check_max_len(g, max_len)?;
+    let max_len = max_len_of(g, given, recorded)?;
     Ok(max_len.unwrap_or(g.decoder().config().max_position_embeddings))
 }
 
@@ -212,8 +220,7 @@ fn score_examples(
         // LM scoring cuts only where asked (or the adapter was trained so): the zero-shot
         // protocol scores whole prompts, and one past the context is refused by name.
         _ => {
-            let max_len = a.max_len.or(recorded.as_ref().map(|t| t.max_len));
-            check_max_len(&g, max_len)?;
+            let max_len = max_len_of(&g, a.max_len, recorded.as_ref())?;
             lm_score::evaluate(&g, task, &examples, max_len, &mut || bar.inc(1))?
         }
     };

@@ -519,9 +519,9 @@ pub fn read_custom_prompted(
     read_rows(path, "custom", None, |row| Ok(vec![template.example(row)?]))
 }
 
-/// As [`read_custom_prompted`], for rows that may lack their label (absent, `null` or
-/// negative): those read as the template's first label value, so `gold` means nothing for
-/// them; for prediction.
+/// As [`read_custom_prompted`], for prediction, where labels are not used: a row whose label
+/// is absent, `null` or not one of the template's label values (another column's coding)
+/// reads as the first label value, so `gold` means nothing for it.
 ///
 /// # Errors
 /// As [`read_custom_prompted`], the missing labels aside.
@@ -534,7 +534,12 @@ pub fn read_custom_prompted_unlabeled(
             let label = obj
                 .entry(template.label_field.clone())
                 .or_insert(Value::Null);
-            if label.is_null() || label.as_i64().is_some_and(|n| n < 0) {
+            let text = match &*label {
+                Value::String(s) => Some(s.clone()),
+                v @ (Value::Number(_) | Value::Bool(_)) => Some(v.to_string()),
+                _ => None,
+            };
+            if !text.is_some_and(|t| template.label_values.contains(&t)) {
                 *label = Value::from(template.label_values[0].clone());
             }
         }

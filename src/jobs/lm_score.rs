@@ -422,6 +422,7 @@ pub fn evaluate(
                     example: e.id.clone(),
                     tokens: fed,
                     context,
+                    room: context.saturating_sub(virtual_n),
                 });
             }
             Ok(ids)

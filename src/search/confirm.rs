@@ -24,6 +24,8 @@ pub struct Confirmed {
     pub config: String,
     /// Trainable adapter parameters.
     pub params: usize,
+    /// On the study's Pareto front (else confirmed because `--confirm-trial` named it).
+    pub on_front: bool,
     /// The training seeds run.
     pub seeds: Vec<u64>,
     /// The dev primary metric per seed.
@@ -43,6 +45,8 @@ pub struct FrontConfig<'a> {
     pub config: &'a Config,
     /// Its trainable adapter parameters.
     pub params: usize,
+    /// On the study's Pareto front (else asked for by `--confirm-trial`).
+    pub on_front: bool,
 }
 
 /// Where a confirmation run is saved.
@@ -117,6 +121,7 @@ pub fn confirm(
             trial: id,
             config: t.config.label(),
             params: t.params,
+            on_front: t.on_front,
             seeds: seeds.clone(),
             dev,
             mean,

@@ -241,7 +241,7 @@ fn front<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Drawn
     chart
         .draw_series(LineSeries::new(front_points(&all), BLACK.stroke_width(2)))
         .map_err(|e| e.to_string())?
-        .label("Pareto front, all methods")
+        .label("Pareto front of every trial drawn")
         .legend(|(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], BLACK.stroke_width(2)));
     draw_legend(&mut chart)
 }
@@ -461,6 +461,18 @@ fn sensitivity_panels(r: &Report) -> Vec<Panel> {
     panels
 }
 
+/// The label of a log-axis tick at `x` = log10(value): three significant digits at most,
+/// in scientific notation below 0.01.
+fn log_tick(x: f64) -> String {
+    let v = 10f64.powf(x);
+    if v < 0.01 {
+        return format!("{v:.0e}");
+    }
+    let text = format!("{v:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    text.to_string()
+}
+
 /// A list value as its panel label: text without JSON quotes.
 fn choice_label(v: &serde_json::Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
@@ -501,7 +513,7 @@ fn sensitivity<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) ->
         let axis = panel.axis.clone();
         let x_label = move |x: &f64| match &axis {
             Axis::Linear => format!("{x}"),
-            Axis::Log10 => format!("{:.0e}", 10f64.powf(*x)),
+            Axis::Log10 => log_tick(*x),
             Axis::Categories(labels) => {
                 let i = x.round();
                 if (x - i).abs() < 1e-6 && i >= 0.0 {
@@ -580,6 +592,8 @@ mod tests {
             mean_per_x(&[(2.0, 0.5), (1.0, 0.2), (2.0, 0.7)]),
             [(1.0, 0.2), (2.0, 0.6)]
         );
+        let ticks: Vec<String> = [-4.0, -2.0, 0.5, 1.0].map(log_tick).to_vec();
+        assert_eq!(ticks, ["1e-4", "0.01", "3.162", "10"]);
     }
 
     #[test]

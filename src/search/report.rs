@@ -205,6 +205,7 @@ impl Report {
                 trial: id,
                 config: &self.trials[id].config,
                 params: self.trials[id].params,
+                on_front: self.front.contains(&id),
             })
             .collect())
     }
@@ -542,8 +543,9 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
             let per: Vec<String> = c.dev.iter().map(|x| format!("{x:.4}")).collect();
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.4} ± {:.4} | {} | {} |",
+                "| {}{} | {} | {:.4} ± {:.4} | {} | {} |",
                 c.trial,
+                if c.on_front { "" } else { " (asked)" },
                 c.params,
                 c.mean,
                 c.std,

@@ -314,9 +314,11 @@ impl MethodSpace {
                         let alone = serde_json::Map::from_iter([(field.to_string(), v.clone())]);
                         let mut beside = context.clone();
                         beside.insert(field.to_string(), v.clone());
-                        if MethodSpec::parse(&self.method, Value::Object(alone)).is_err() {
-                            MethodSpec::parse(&self.method, Value::Object(beside))
-                                .map_err(|e| format!("{field} = {v}: {e}"))?;
+                        // Both failing, the value's own error names what is wrong with it.
+                        if let Err(e) = MethodSpec::parse(&self.method, Value::Object(alone))
+                            && MethodSpec::parse(&self.method, Value::Object(beside)).is_err()
+                        {
+                            return Err(format!("{field} = {v}: {e}"));
                         }
                     }
                 }
@@ -516,6 +518,10 @@ mod tests {
             ),
             ("[ttlora]\nnot_a_field = [1]", "not_a_field = 1"),
             ("[ttlora]\nrank = [0, 4]", "rank = 0"),
+            (
+                "[ttlora]\nin_factors = [[4, 8]]\nout_factors = [[8, 4]]\nrank = [0, 4]",
+                "rank = 0: ttlora config: field `rank` must be >= 1",
+            ),
             ("[lora]\nrank = [4]", "rank = 4"),
             ("", "no method table"),
             // Fields that only go together are checked together.
