@@ -255,12 +255,21 @@ impl SearchSpace {
 }
 
 impl MethodSpace {
-    /// Every method field at its first value (a list's first choice, a range's low end).
+    /// Every method field at a representative value: its first value (a list's choices, a
+    /// range's ends) that the method accepts alone, else its first (a field valid only
+    /// beside another, such as TT-LoRA's out_factors).
     fn first_method_values(&self) -> serde_json::Map<String, Value> {
         self.params
             .iter()
             .filter(|p| !TRAINING_KEYS.contains(&p.name.as_str()))
-            .filter_map(|p| Some((p.name.clone(), p.domain.extremes().into_iter().next()?)))
+            .filter_map(|p| {
+                let values = p.domain.extremes();
+                let valid = values.iter().find(|v| {
+                    let alone = serde_json::Map::from_iter([(p.name.clone(), (*v).clone())]);
+                    MethodSpec::parse(&self.method, Value::Object(alone)).is_ok()
+                });
+                Some((p.name.clone(), valid.or(values.first())?.clone()))
+            })
             .collect()
     }
 
