@@ -7,6 +7,7 @@ mod bench;
 mod common;
 mod compress;
 mod eval;
+mod eval_args;
 mod export;
 mod fetch;
 mod format;
@@ -52,9 +53,9 @@ enum Command {
     /// List the fine-tuning methods with their placement, learning rate and config fields.
     Methods(methods::MethodsArgs),
     /// Score a saved adapter on a task's dev split (or any labelled file).
-    Eval(eval::EvalArgs),
+    Eval(eval_args::EvalArgs),
     /// Label texts with a saved adapter: --text, or a file in, labels out.
-    Predict(eval::PredictArgs),
+    Predict(eval_args::PredictArgs),
     /// Write a saved adapter as an exact PEFT LoRA folder or a merged HF model.
     ///
     /// peft-lora: an exact PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)

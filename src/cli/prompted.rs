@@ -14,7 +14,7 @@ use ttlora::jobs::lm_score;
 use ttlora::jobs::prompted_train::{ChoiceLoss, Prepared, PromptedObjective};
 
 use super::common::{ObjectiveArg, TemplateArgs, data_roots};
-use super::eval::{AdapterArgs, EvalArgs, PredictArgs, metrics_line, write_lines};
+use super::eval_args::{AdapterArgs, EvalArgs, PredictArgs, metrics_line, write_lines};
 
 /// The SuperGLUE tasks a decoder scores, for messages.
 const TASKS: &str = "boolq, cb, copa, multirc, rte, wic, wsc, or custom with --template";
