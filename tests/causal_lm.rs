@@ -440,6 +440,24 @@ fn eval_scores_a_decoder_base_on_superglue_by_lm_scoring() {
     let unmapped = &custom[..custom.len() - 4];
     assert!(!unmapped.contains(&"--label-value"));
     assert_eq!(answers(predict(unmapped)), builtin_answers);
+    // --max-len 0 is refused by the parser for both commands (a usage error, exit 2).
+    for command in ["eval", "predict"] {
+        let o = ttlora(&[
+            command,
+            "--model",
+            "smollm2",
+            "--task",
+            "cb",
+            "--max-len",
+            "0",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("invalid value '0' for '--max-len"),
+            "{}",
+            stderr(&o)
+        );
+    }
     assert_clear_error(
         &predict(&["--task", "sst2", "--text", "a fine film"]),
         &["give --adapter DIR", "--model DECODER with --task (boolq"],

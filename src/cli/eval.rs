@@ -33,7 +33,8 @@ pub fn run_eval(mut a: EvalArgs) -> Result<()> {
         }
     }
     let lm_task = prompted::is_prompted_task(a.task.as_deref());
-    if a.objective.is_some() || (lm_task && (a.common.adapter.is_none() || decoder_adapter)) {
+    if a.decoder.objective.is_some() || (lm_task && (a.common.adapter.is_none() || decoder_adapter))
+    {
         return prompted::run_eval(&a);
     }
     if a.common.adapter.is_none() {
@@ -43,15 +44,14 @@ pub fn run_eval(mut a: EvalArgs) -> Result<()> {
         );
     }
     let lm_only = [
-        (
-            "--template, --candidate or --label-value",
-            a.template.given(),
-        ),
         ("--max-examples", a.max_examples.is_some()),
-        ("--max-len", a.max_len.is_some()),
         ("--seed", a.seed.is_some()),
     ];
-    if let Some((flag, _)) = lm_only.iter().find(|(_, given)| *given) {
+    let flag = a.decoder.given().or_else(|| {
+        let given = lm_only.iter().find(|(_, given)| *given);
+        given.map(|(flag, _)| *flag)
+    });
+    if let Some(flag) = flag {
         bail!("{flag} is for LM scoring (--objective lm-score), not for a classifier's adapter");
     }
     let mut inf = a.common.load()?;
@@ -98,7 +98,8 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
         None => false,
     };
     let lm_task = prompted::is_prompted_task(a.task.as_deref());
-    if decoder_adapter || (a.common.adapter.is_none() && (lm_task || a.objective.is_some())) {
+    if decoder_adapter || (a.common.adapter.is_none() && (lm_task || a.decoder.objective.is_some()))
+    {
         return prompted::run_predict(&a);
     }
     if a.common.adapter.is_none() {
@@ -107,16 +108,8 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
              --task (boolq, cb, copa, multirc, rte, wic, wsc, custom) to predict by LM scoring"
         );
     }
-    let decoder_only = [
-        ("--task", a.task.is_some()),
-        ("--objective", a.objective.is_some()),
-        ("--max-len", a.max_len.is_some()),
-        (
-            "--template, --candidate or --label-value",
-            a.template.given(),
-        ),
-    ];
-    if let Some((flag, _)) = decoder_only.iter().find(|(_, given)| *given) {
+    let task = a.task.is_some().then_some("--task");
+    if let Some(flag) = task.or(a.decoder.given()) {
         bail!("{flag} is for a decoder on a prompted task, not for an encoder's adapter");
     }
     let examples: Vec<Example> = match (&a.text, &a.file) {

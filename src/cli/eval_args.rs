@@ -89,20 +89,8 @@ pub struct EvalArgs {
     /// Custom files: label column.
     #[arg(long, default_value = "label")]
     pub(super) label_column: String,
-    /// How a decoder is scored: `lm-score` gives each candidate answer of a SuperGLUE
-    /// task (boolq, cb, copa, multirc, rte, wic, wsc) the mean log-probability of its tokens
-    /// after the task's prompt (MeZO's templates) and predicts the best; the default without
-    /// --adapter. Scores the base alone, or with a decoder adapter from --adapter.
-    /// `classify`: a decoder adapter trained with a `score` head (the default for one).
-    #[arg(long, value_enum)]
-    pub(super) objective: Option<ObjectiveArg>,
     #[command(flatten)]
-    pub(super) template: TemplateArgs,
-    /// LM scoring and decoder classifiers: cut prompts longer than N tokens from the left
-    /// (keeping the question and answers), as `train --max-len` did [default: the adapter's
-    /// recorded --max-len; with no adapter, no cut (a prompt past the context is refused)].
-    #[arg(long, value_name = "N")]
-    pub(super) max_len: Option<usize>,
+    pub(super) decoder: DecoderArgs,
     /// LM scoring: examples drawn (seeded, without replacement; MultiRC a whole question at
     /// a time) from the split; all of it when smaller [default: 1000].
     #[arg(long)]
@@ -156,17 +144,44 @@ pub struct PredictArgs {
     /// scoring.
     #[arg(long)]
     pub(super) task: Option<String>,
-    /// A decoder: how it chooses. `lm-score`: the candidate answer with the highest mean
-    /// log-probability after the prompt; `classify`: an adapter's trained `score` head
-    /// [default: the head when the adapter has one, else LM scoring].
+    #[command(flatten)]
+    pub(super) decoder: DecoderArgs,
+}
+
+/// How `eval` and `predict` run a decoder on a prompted task.
+#[derive(Debug, Args)]
+pub struct DecoderArgs {
+    /// A decoder: how it chooses. `lm-score` gives each candidate answer (a SuperGLUE task's:
+    /// boolq, cb, copa, multirc, rte, wic, wsc, as MeZO's templates write them) the mean
+    /// log-probability of its tokens after the prompt and picks the best: the base alone, or
+    /// with a decoder adapter. `classify`: an adapter's trained `score` head. [default: the
+    /// head when the adapter has one, else LM scoring]
     #[arg(long, value_enum)]
     pub(super) objective: Option<ObjectiveArg>,
     #[command(flatten)]
     pub(super) template: TemplateArgs,
     /// A decoder: cut prompts longer than N tokens from the left, keeping the question and
-    /// the answers [default: the adapter's recorded --max-len, else the model's context].
-    #[arg(long, value_name = "N")]
+    /// the answers [default: the adapter's recorded --max-len; with no adapter, `eval` cuts
+    /// nothing (the zero-shot protocol; an example past the context is refused by name) and
+    /// `predict` cuts at the model's context].
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(super) max_len: Option<usize>,
+}
+
+impl DecoderArgs {
+    /// The first of these flags given, for refusing them where no decoder runs.
+    pub(super) fn given(&self) -> Option<&'static str> {
+        [
+            ("--objective", self.objective.is_some()),
+            ("--max-len", self.max_len.is_some()),
+            (
+                "--template, --candidate or --label-value",
+                self.template.given(),
+            ),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+    }
 }
 
 /// `accuracy 0.8125, f1 0.8571`: metrics for a terminal line.

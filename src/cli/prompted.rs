@@ -122,9 +122,6 @@ pub(super) fn run_eval(a: &EvalArgs) -> Result<()> {
     if a.max_examples == Some(0) {
         bail!("--max-examples must be at least 1");
     }
-    if a.max_len == Some(0) {
-        bail!("--max-len must be at least 1");
-    }
     let ignored = [
         ("--batch-size", a.common.batch_size.is_some()),
         ("--text-column", a.text_column != "text"),
@@ -146,11 +143,11 @@ pub(super) fn run_eval(a: &EvalArgs) -> Result<()> {
         let Some(file) = &a.file else {
             bail!("--task custom needs --template and --file (JSON Lines)");
         };
-        let template = a.template.custom(&a.label_column)?;
+        let template = a.decoder.template.custom(&a.label_column)?;
         let examples = ttlora::data::read_custom_prompted(&template, file)?;
         return score_examples(a, None, examples, file);
     }
-    refuse_template(&a.template, task)?;
+    refuse_template(&a.decoder.template, task)?;
     let task: PromptedTask = task.parse()?;
     let file = match &a.file {
         Some(f) => f.clone(),
@@ -197,7 +194,7 @@ fn score_examples(
     let folder = read_adapter(&a.common, &device)?;
     let recorded = folder.as_ref().and_then(|f| f.config.task.clone());
     let g = load_decoder(&a.common, folder.as_ref(), &device)?;
-    let objective = objective_of(&g, a.objective)?;
+    let objective = objective_of(&g, a.decoder.objective)?;
     let bar = indicatif::ProgressBar::new(examples.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
@@ -208,7 +205,7 @@ fn score_examples(
     let report = match (objective, g.model.score_labels()) {
         // A decoder with a trained classification head: its head picks the class.
         (PromptedObjective::Classify { .. }, Some(classes)) => {
-            let max_len = cut_length(&g, a.max_len, recorded.as_ref())?;
+            let max_len = cut_length(&g, a.decoder.max_len, recorded.as_ref())?;
             let (prepared, cut) = Prepared::new(&g, objective, examples, max_len)?;
             report_cut(cut, max_len);
             check_classes(classes, recorded.as_ref(), &prepared, name)?;
@@ -220,7 +217,7 @@ fn score_examples(
         // LM scoring cuts only where asked (or the adapter was trained so): the zero-shot
         // protocol scores whole prompts, and one past the context is refused by name.
         _ => {
-            let max_len = max_len_of(&g, a.max_len, recorded.as_ref())?;
+            let max_len = max_len_of(&g, a.decoder.max_len, recorded.as_ref())?;
             lm_score::evaluate(&g, task, &examples, max_len, &mut || bar.inc(1))?
         }
     };
@@ -283,19 +280,16 @@ pub(super) fn run_predict(a: &PredictArgs) -> Result<()> {
     let Some(file) = &a.file else {
         bail!("a decoder predicts on --file: JSON Lines rows of its task");
     };
-    if a.max_len == Some(0) {
-        bail!("--max-len must be at least 1");
-    }
     let device = a.common.device.device()?;
     let folder = read_adapter(&a.common, &device)?;
     let recorded = folder.as_ref().and_then(|f| f.config.task.clone());
     let Some(task) = a.task.clone().or(recorded.as_ref().map(|t| t.name.clone())) else {
         bail!("give --task ({TASKS}): no adapter records one");
     };
-    let examples = read_unlabeled(&task, &a.template, file)?;
+    let examples = read_unlabeled(&task, &a.decoder.template, file)?;
     let g = load_decoder(&a.common, folder.as_ref(), &device)?;
-    let objective = objective_of(&g, a.objective)?;
-    let max_len = cut_length(&g, a.max_len, recorded.as_ref())?;
+    let objective = objective_of(&g, a.decoder.objective)?;
+    let max_len = cut_length(&g, a.decoder.max_len, recorded.as_ref())?;
     let (prepared, cut) = Prepared::new(&g, objective, examples, max_len)?;
     report_cut(cut, max_len);
     if let Some(classes) = g.model.score_labels() {
