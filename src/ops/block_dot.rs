@@ -21,12 +21,7 @@ const OUT_PER_TASK: usize = 64;
 
 /// The block types this kernel reads, with their size in bytes.
 pub(super) fn block_bytes(dtype: GgmlDType) -> Option<usize> {
-    match dtype {
-        GgmlDType::Q4_0 => Some(18),
-        GgmlDType::Q4_1 => Some(20),
-        GgmlDType::Q8_0 => Some(34),
-        _ => None,
-    }
+    Layout::of(dtype).map(Layout::bytes)
 }
 
 /// Whether [`block_matmul`] reads `dtype`.
@@ -91,7 +86,7 @@ impl RoundedInput {
 /// The weight block layout of one type: bytes, where the nibbles or bytes start, and whether
 /// the block stores an offset (Q4_1: w = d·q + m; Q4_0: w = d·(q − 8), the offset −8d).
 #[derive(Clone, Copy)]
-enum Layout {
+pub(super) enum Layout {
     Q4 {
         size: usize,
         start: usize,
@@ -101,19 +96,29 @@ enum Layout {
 }
 
 impl Layout {
-    fn of(dtype: GgmlDType) -> Self {
+    /// The layout of `dtype`'s blocks, if this kernel reads them.
+    pub(super) fn of(dtype: GgmlDType) -> Option<Self> {
         match dtype {
-            GgmlDType::Q8_0 => Layout::Q8,
-            GgmlDType::Q4_1 => Layout::Q4 {
+            GgmlDType::Q8_0 => Some(Layout::Q8),
+            GgmlDType::Q4_1 => Some(Layout::Q4 {
                 size: 20,
                 start: 4,
                 min: true,
-            },
-            _ => Layout::Q4 {
+            }),
+            GgmlDType::Q4_0 => Some(Layout::Q4 {
                 size: 18,
                 start: 2,
                 min: false,
-            },
+            }),
+            _ => None,
+        }
+    }
+
+    /// A block's size in bytes: the f16 scale (and Q4_1's f16 minimum) and 32 weights.
+    pub(super) fn bytes(self) -> usize {
+        match self {
+            Layout::Q8 => 2 + BLOCK,
+            Layout::Q4 { size, .. } => size,
         }
     }
 }
@@ -358,12 +363,12 @@ fn block_matmul_with(
     avx2: bool,
 ) -> candle_core::Result<Vec<f32>> {
     let (out_f, in_f) = w.shape().dims2()?;
-    let Some(size) = block_bytes(w.dtype()) else {
+    let Some(layout) = Layout::of(w.dtype()) else {
         candle_core::bail!("block product: {:?} is not read here", w.dtype());
     };
     let data = w.data()?;
     let blocks = in_f / BLOCK;
-    let row_bytes = blocks * size;
+    let row_bytes = blocks * layout.bytes();
     if in_f == 0
         || !in_f.is_multiple_of(BLOCK)
         || x.len() != n * in_f
@@ -379,7 +384,7 @@ fn block_matmul_with(
     }
     let rounded = RoundedInput::new(x);
     let p = Product {
-        layout: Layout::of(w.dtype()),
+        layout,
         row_bytes,
         blocks,
         n,

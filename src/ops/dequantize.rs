@@ -6,34 +6,40 @@
 //!
 //! The values are candle's to the bit: the same expressions, in the same order.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::block_dot::{BLOCK, block_bytes, f16_at};
+use super::block_dot::{BLOCK, Layout, f16_at};
 use super::rows::threads_for;
 
 /// Writes one block's 32 weights. Byte j of a 4-bit block holds weight j (low nibble) and
 /// weight j + 16 (high nibble).
-fn block(dtype: GgmlDType, blk: &[u8], out: &mut [std::mem::MaybeUninit<f32>]) {
+/// Candle's expressions, not the block product's `d·q + offset` (Q4_0's −8·d offset would
+/// round differently).
+fn block(layout: Layout, blk: &[u8], out: &mut [std::mem::MaybeUninit<f32>]) {
     let d = f16_at(blk, 0);
-    match dtype {
-        GgmlDType::Q8_0 => {
+    match layout {
+        Layout::Q8 => {
             for (o, &q) in out.iter_mut().zip(&blk[2..2 + BLOCK]) {
                 o.write(f32::from(q as i8) * d);
             }
         }
-        GgmlDType::Q4_1 => {
+        Layout::Q4 {
+            start, min: true, ..
+        } => {
             let m = f16_at(blk, 2);
             let (low, high) = out.split_at_mut(BLOCK / 2);
-            for ((lo, hi), &q) in low.iter_mut().zip(high).zip(&blk[4..4 + BLOCK / 2]) {
+            for ((lo, hi), &q) in low.iter_mut().zip(high).zip(&blk[start..start + BLOCK / 2]) {
                 lo.write(f32::from(q & 0x0F) * d + m);
                 hi.write(f32::from(q >> 4) * d + m);
             }
         }
-        _ => {
+        Layout::Q4 {
+            start, min: false, ..
+        } => {
             let (low, high) = out.split_at_mut(BLOCK / 2);
-            for ((lo, hi), &q) in low.iter_mut().zip(high).zip(&blk[2..2 + BLOCK / 2]) {
+            for ((lo, hi), &q) in low.iter_mut().zip(high).zip(&blk[start..start + BLOCK / 2]) {
                 lo.write(f32::from(i16::from(q & 0x0F) - 8) * d);
                 hi.write(f32::from(i16::from(q >> 4) - 8) * d);
             }
@@ -47,9 +53,10 @@ fn block(dtype: GgmlDType, blk: &[u8], out: &mut [std::mem::MaybeUninit<f32>]) {
 /// # Errors
 /// Block data that does not match the tensor's shape; candle's errors for other types.
 pub(crate) fn dequantize(w: &QTensor) -> candle_core::Result<Tensor> {
-    let Some(size) = block_bytes(w.dtype()) else {
+    let Some(layout) = Layout::of(w.dtype()) else {
         return w.dequantize(&Device::Cpu);
     };
+    let size = layout.bytes();
     let n = w.shape().elem_count();
     let data = w.data()?;
     let blocks = n / BLOCK;
@@ -69,7 +76,7 @@ pub(crate) fn dequantize(w: &QTensor) -> candle_core::Result<Tensor> {
         .zip(data.par_chunks(per * size))
         .for_each(|(out, bytes)| {
             for (o, blk) in out.chunks_exact_mut(BLOCK).zip(bytes.chunks_exact(size)) {
-                block(w.dtype(), blk, o);
+                block(layout, blk, o);
             }
         });
     // SAFETY: the chunks cover all `n` elements (`blocks · BLOCK = n`, each chunk as many
@@ -81,6 +88,7 @@ pub(crate) fn dequantize(w: &QTensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::GgmlDType;
 
     /// Every supported type, on a weight large enough to be split over threads, equals
     /// candle's dequantization exactly; another type goes through candle.
