@@ -315,15 +315,16 @@ mod tests {
         (x.broadcast_mul(cos).unwrap() + rotated.broadcast_mul(sin).unwrap()).unwrap()
     }
 
-    /// Tables for `b` items at distinct positions, and the first item's alone (one set shared
-    /// by the batch), both `(cos, sin)`.
+    /// Tables for `b` items at distinct positions, and the second item's alone (one set
+    /// shared by the batch, at positions t..2t, so its first row is not the identity), both
+    /// `(cos, sin)`.
     fn both_tables(b: usize, t: usize, d: usize) -> [(Tensor, Tensor); 2] {
         let pos = Tensor::arange(0u32, (b * t) as u32, &Device::Cpu)
             .unwrap()
             .reshape((b, t))
             .unwrap();
         let (cos, sin) = rope_tables(&pos, d, 500.0, DType::F64).unwrap();
-        let shared = (cos.narrow(0, 0, 1).unwrap(), sin.narrow(0, 0, 1).unwrap());
+        let shared = (cos.narrow(0, 1, 1).unwrap(), sin.narrow(0, 1, 1).unwrap());
         [(cos, sin), shared]
     }
 
