@@ -23,15 +23,13 @@ DATA=${DATA:-../shared/data}
 MODEL=${MODEL:-smollm2}
 OUT=${OUT:-runs/superglue-investigate}
 
-# The row's task, method and changed arguments.
+# The row's changed arguments (its task and method are the first two parts of its name).
 row_args() {
   case $1 in
-    copa-ttlora-seed42-candidates) echo "copa ttlora --epochs 3 --choice-loss candidates" ;;
-    copa-ttlora-seed42-gold-lr1e-3) echo "copa ttlora --epochs 3 --choice-loss gold --lr 1e-3" ;;
-    rte-ttlora-seed42-3ep) echo "rte ttlora --epochs 3" ;;
-    rte-lora-seed42-3ep) echo "rte lora --epochs 3 --rank 8" ;;
-    rte-ttlora-seed42-lr2e-2) echo "rte ttlora --epochs 1 --lr 2e-2" ;;
-    wic-ttlora-seed42-lr2e-2) echo "wic ttlora --epochs 1 --lr 2e-2" ;;
+    copa-ttlora-seed42-candidates) echo "--epochs 3 --choice-loss candidates" ;;
+    copa-ttlora-seed42-gold-lr1e-3) echo "--epochs 3 --choice-loss gold --lr 1e-3" ;;
+    rte-ttlora-seed42-3ep | rte-lora-seed42-3ep) echo "--epochs 3" ;;
+    rte-ttlora-seed42-lr2e-2 | wic-ttlora-seed42-lr2e-2) echo "--epochs 1 --lr 2e-2" ;;
     *) echo "unknown row $1" >&2; return 2 ;;
   esac
 }
@@ -41,16 +39,17 @@ for row in ${ROWS:-$default}; do
   dir=$OUT/$row
   [[ -f $dir/eval_results.json ]] && continue
   spec=$(row_args "$row")
-  read -r -a args <<< "$spec"
-  task=${args[0]}
-  method=${args[1]}
-  changed=("${args[@]:2}")
+  read -r -a changed <<< "$spec"
+  task=${row%%-*}
+  method=${row#*-}
+  method=${method%%-seed*}
+  method_args "$method"
   resume=()
   [[ -d $dir/checkpoint ]] && resume=(--resume)
   echo "== $row" >&2
   start=$(date +%s)
   "$BIN" train --objective lm-score --task "$task" --model "$MODEL" --data "$DATA" \
-    --method "$method" --seed 42 --batch-size 8 --max-len 256 "${changed[@]}" \
+    "${args[@]}" --seed 42 --batch-size 8 --max-len 256 "${changed[@]}" \
     --out "$dir" --offline -q ${resume[@]+"${resume[@]}"} > /dev/null
   echo "$row: $(( $(date +%s) - start )) s" >&2
 done

@@ -50,9 +50,7 @@ for row in ${ROWS:-$(rows)}; do
     cb|copa) epochs=3 ;;
     *) epochs=1 ;;
   esac
-  args=(--method "$method")
-  # LoRA and LoRETTA-rep at r = 8, the paper's comparison rank (LoRA's default too).
-  [[ $method == lora || $method == loretta-rep ]] && args+=(--rank 8)
+  method_args "$method"
   resume=()
   [[ -d $dir/checkpoint ]] && resume=(--resume)
   echo "== $task $method seed $seed $objective ($epochs epochs)" >&2
