@@ -15,19 +15,22 @@
 #   STUDIES="asha-1 random-1" scripts/search_tradeoff.sh
 #   BIN=/tmp/ttlora scripts/search_tradeoff.sh        # a prebuilt binary (safe while rebuilding)
 #
-# Sizes, to fit working sessions on 2 cores: MRPC 1,000 training examples sampled and 9 epochs
-# at most; SST-2 the 20,000-sentence sample of the GLUE tables and 3 epochs at most (its
-# default studies: ASHA with seed 1 and the two sweeps). Both hold out 10% for selection, cut
-# at 128 tokens, batch 32, the method's default schedule (AdamW, linear decay, 6% warm-up).
+# Sizes, to fit working sessions on 2 cores: MRPC 1,000 training examples sampled, 9 epochs at
+# most, ASHA's first rung at 1 epoch. SST-2 the 20,000-sentence sample of the GLUE tables and,
+# as there, one epoch at most: the resource is optimizer steps (540 of the 563 batches of the
+# 18,000 training sentences; ASHA's rungs at 60, 180 and 540 steps), so early stopping still
+# has three rungs (its default studies: ASHA with seed 1 and the two sweeps). Both hold out 10%
+# for selection, cut at 128 tokens, batch 32, the method's default schedule (AdamW, linear decay
+# over max_t, 6% warm-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/ttlora}
 TASK=${TASK:-mrpc}
 OUT=${OUT:-runs/search-$TASK}
 case $TASK in
-  mrpc) size=(--max-train 1000 --max-t 9)
+  mrpc) size=(--max-train 1000 --max-t 9) grace=1
         default="asha-1 random-1 lora-sweep loretta-sweep asha-2 random-2 asha-3 random-3 tpe-1" ;;
-  sst2) size=(--max-train 20000 --max-t 3)
+  sst2) size=(--max-train 20000 --resource steps --max-t 540) grace=60
         default="asha-1 lora-sweep loretta-sweep" ;;
   *) echo "TASK must be mrpc or sst2, not $TASK" >&2; exit 2 ;;
 esac
@@ -43,9 +46,9 @@ study() {
 for s in ${STUDIES:-$default}; do
   case $s in
     asha-*) study "$s" --space examples/search/ttlora-space.toml --scheduler asha \
-              --reduction-factor 3 --grace-period 1 --trials 27 --seed "${s#asha-}" ;;
+              --reduction-factor 3 --grace-period "$grace" --trials 27 --seed "${s#asha-}" ;;
     tpe-*) study "$s" --space examples/search/ttlora-space.toml --scheduler asha --sampler tpe \
-              --reduction-factor 3 --grace-period 1 --trials 27 --seed "${s#tpe-}" ;;
+              --reduction-factor 3 --grace-period "$grace" --trials 27 --seed "${s#tpe-}" ;;
     random-*) study "$s" --space examples/search/ttlora-space.toml --scheduler none \
               --trials 9 --seed "${s#random-}" ;;
     lora-sweep) study "$s" --space examples/search/lora-sweep.toml --sampler grid \
