@@ -783,6 +783,15 @@ fn with_steps_as_the_resource_each_rung_is_scored_at_its_step() {
             "the last evaluation is the rung's: {r}"
         );
     }
+    // An evaluation every grace period: the promoted job, from step 2 to 6, at 4 and 6.
+    let promoted = reports.iter().find(|r| r["resource"] == 6).unwrap();
+    let at: Vec<u64> = promoted["curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(at, [4, 6], "{promoted}");
 }
 
 /// Explicit TT shapes and per-bond ranks are searchable settings: each trial trains the

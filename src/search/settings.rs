@@ -253,10 +253,14 @@ impl SearchSettings {
         match self.resource {
             Resource::Epochs => train.epochs = self.scheduler.max_t,
             Resource::Steps => {
-                // Evaluated at the end of each epoch and at each rung (the rung observer
-                // stops there, which makes the trainer evaluate).
+                // Every grace_period steps, whatever the scheduler: a study without early
+                // stopping (a rank sweep drawn beside an ASHA study) selects its checkpoint
+                // among as many evaluations as the ASHA trials do. A rung off that grid
+                // (HyperBand's later brackets) is still scored where it lies: the rung
+                // observer stops there, which makes the trainer evaluate.
                 train.epochs = 0;
                 train.max_steps = Some(self.scheduler.max_t);
+                train.eval_every = Some(self.scheduler.grace_period);
             }
         }
         train.validate()?;
@@ -281,5 +285,71 @@ impl SearchSettings {
                 .map_or(self.batch_size, |b| b as usize),
             train,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::scheduler::SchedulerKind;
+    use crate::search::space::Config;
+
+    fn settings(resource: Resource, kind: SchedulerKind) -> SearchSettings {
+        SearchSettings {
+            task: "sst2".into(),
+            data: None,
+            model: "m".into(),
+            max_len: 16,
+            held_out: 0.1,
+            max_train: None,
+            seed: 0,
+            space: SearchSpace::parse("[lora]\nr = [1, 2]\n", Path::new("s.toml")).unwrap(),
+            sampler: SamplerKind::Grid,
+            scheduler: Scheduler {
+                kind,
+                reduction_factor: 3,
+                grace_period: 60,
+                max_t: 540,
+            },
+            resource,
+            trials: 2,
+            max_retries: 0,
+            batch_size: 8,
+            allow_fetch: false,
+        }
+    }
+
+    fn lora() -> Config {
+        Config {
+            method: "lora".into(),
+            params: [("r".to_string(), serde_json::json!(2))].into(),
+        }
+    }
+
+    #[test]
+    fn steps_trials_evaluate_every_grace_period_whatever_the_scheduler() {
+        for kind in [SchedulerKind::Asha, SchedulerKind::None] {
+            let train = settings(Resource::Steps, kind)
+                .trial_spec(&lora())
+                .unwrap()
+                .train;
+            assert_eq!(train.max_steps, Some(540), "{kind:?}");
+            assert_eq!(
+                train.epochs, 0,
+                "{kind:?}: the schedule is max_t steps long"
+            );
+            assert_eq!(train.eval_every, Some(60), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn epochs_trials_evaluate_once_an_epoch() {
+        let train = settings(Resource::Epochs, SchedulerKind::None)
+            .trial_spec(&lora())
+            .unwrap()
+            .train;
+        assert_eq!(train.epochs, 540);
+        assert_eq!(train.max_steps, None);
+        assert_eq!(train.eval_every, None);
     }
 }
