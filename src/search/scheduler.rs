@@ -367,6 +367,49 @@ mod tests {
         );
     }
 
+    /// One worker, η = 3, grace 2, max_t 54 (rungs 2, 6, 18, 54), 27 trials whose held-out
+    /// score falls with their id at every rung, so a rung's ranking never changes: the rungs
+    /// end with 27, 9, 3 and 1 trials, as synchronous successive halving would, for 27·2 +
+    /// 9·4 + 3·12 + 1·36 = 162 resource units against 27·54 = 1,458 run to max_t.
+    #[test]
+    fn asha_with_grace_2_halves_27_trials_to_9_3_and_1() {
+        let s = asha(3, 2, 54);
+        assert_eq!(s.bracket_rungs(0), [2, 6, 18, 54]);
+        let score = |id: usize| 1.0 - id as f64 / 100.0;
+        let mut trials: Vec<TrialView> = Vec::new();
+        let mut jobs = Vec::new();
+        loop {
+            match s.next(&trials, 27) {
+                Next::Start { bracket, resource } => {
+                    assert_eq!((bracket, resource), (0, 2));
+                    let id = trials.len();
+                    trials.push(paused(id, &[(2, score(id))]));
+                    jobs.push((id, 2));
+                }
+                Next::Promote { trial, resource } => {
+                    let t = &mut trials[trial];
+                    t.reports.push((resource, score(trial)));
+                    t.target = resource;
+                    jobs.push((trial, resource));
+                }
+                Next::Wait => panic!("one worker never waits"),
+                Next::Done => break,
+            }
+        }
+        // Hand-worked start: trials 0–2 fill rung 2, whose top third is trial 0.
+        assert_eq!(jobs[..4], [(0, 2), (1, 2), (2, 2), (0, 6)]);
+        let reached = |rung: usize| trials.iter().filter(|t| t.score_at(rung).is_some()).count();
+        assert_eq!([2, 6, 18, 54].map(reached), [27, 9, 3, 1]);
+        let at_54: Vec<usize> = trials
+            .iter()
+            .filter(|t| t.target == 54)
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(at_54, [0], "the best trial alone runs to max_t");
+        let used: usize = trials.iter().map(|t| t.target).sum();
+        assert_eq!(used, 162);
+    }
+
     #[test]
     fn asha_promotes_from_the_highest_rung_first() {
         let s = asha(3, 1, 9);

@@ -352,4 +352,39 @@ mod tests {
         assert_eq!(train.max_steps, None);
         assert_eq!(train.eval_every, None);
     }
+
+    /// The conditional spaces the project ships (one table per method, a method's own keys
+    /// only) draw configs every method accepts, by every sampler.
+    #[test]
+    fn shipped_spaces_draw_only_configs_their_methods_accept() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/search");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 4, "{files:?}");
+        for file in files {
+            let mut s = settings(Resource::Epochs, SchedulerKind::Asha);
+            s.space = SearchSpace::read(&file).unwrap();
+            for kind in [SamplerKind::Grid, SamplerKind::Random, SamplerKind::Tpe] {
+                for i in 0..100 {
+                    let Some(config) = crate::search::sampler::sample(kind, &s.space, 3, i, &[])
+                    else {
+                        break; // the grid is used up
+                    };
+                    let spec = s.trial_spec(&config);
+                    assert!(
+                        spec.is_ok(),
+                        "{}: {kind:?} draw {i} {}: {}",
+                        file.display(),
+                        config.label(),
+                        spec.err().unwrap()
+                    );
+                    assert_eq!(spec.unwrap().method.name(), config.method);
+                }
+            }
+        }
+    }
 }
