@@ -136,6 +136,13 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0]["steps"], 3);
         assert_eq!(reports[0]["resource"], 1);
+        // The job's wall time holds its training time; its peak memory is recorded.
+        let (wall, train) = (&reports[0]["wall_s"], &reports[0]["seconds"]);
+        assert!(
+            wall.as_f64().unwrap() >= train.as_f64().unwrap(),
+            "{wall} {train}"
+        );
+        assert!(reports[0]["peak_rss_mib"].as_f64().unwrap() > 0.0);
     }
     let done = trials.iter().find(|t| t["status"] == "complete").unwrap();
     let adapter = events

@@ -35,7 +35,7 @@ pub use gguf::{GgufSource, MetaValue};
 pub use hub::{DEFAULT_DECODER, DEFAULT_MODEL, PACKAGED_MODELS, cache_dir, resolve_model};
 pub use output::{OutputLock, replace_folder, write_atomic};
 pub use pooling::Pooling;
-pub use process::{available_memory_mib, peak_rss_mib, rss_mib};
+pub use process::{available_memory_mib, peak_rss_mib, reset_peak_rss, rss_mib};
 pub use resolved_model::{MODEL_CONFIG_FILE, ResolvedModel, TOKENIZER_FILE, TokenizerSource};
 pub use safetensors_source::{SAFETENSORS_FILE, SAFETENSORS_INDEX, SafetensorsSource};
 pub use tensor_source::{LoadReport, TensorSource, TrackedSource};

@@ -15,6 +15,13 @@ pub fn peak_rss_mib() -> f64 {
     kb_field_mib("/proc/self/status", "VmHWM:").unwrap_or(0.0)
 }
 
+/// Resets this process's peak resident memory to what it holds now (Linux: `5` written to
+/// `/proc/self/clear_refs`), so a later [`peak_rss_mib`] is the peak of the work between the
+/// two; false where the OS cannot (the peak then stays the process's lifetime peak).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Resident memory of this process now, MiB (Linux `VmRSS`; 0 where unknown).
 pub fn rss_mib() -> f64 {
     kb_field_mib("/proc/self/status", "VmRSS:").unwrap_or(0.0)
@@ -35,5 +42,23 @@ mod tests {
         let (now, peak) = (super::rss_mib(), super::peak_rss_mib());
         assert!(now > 0.0 && peak >= now, "rss {now}, peak {peak}");
         assert!(super::available_memory_mib().is_some_and(|a| a > 0.0));
+    }
+
+    /// After a reset the peak is what came after it, not a larger block freed before it.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_reset_peak_forgets_memory_freed_before_it() {
+        let block = vec![1u8; 256 << 20];
+        std::hint::black_box(&block);
+        let with_block = super::peak_rss_mib();
+        drop(block);
+        if !super::reset_peak_rss() {
+            return; // a kernel without clear_refs: nothing to check
+        }
+        let after = super::peak_rss_mib();
+        assert!(
+            after + 200.0 < with_block,
+            "peak {with_block} MiB with the block, {after} MiB after the reset"
+        );
     }
 }

@@ -74,7 +74,13 @@ pub enum Event {
         steps: usize,
         /// Training seconds of this job.
         seconds: f64,
-        /// Peak resident memory of the worker, MiB.
+        /// Wall seconds of this job: loading the base model, training, scoring dev, saving
+        /// (None in journals written before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wall_s: Option<f64>,
+        /// Peak resident memory of the worker during this job, MiB (with the prepared model
+        /// and data it holds; the worker's lifetime peak where the OS cannot reset it, and in
+        /// journals written before 2026-12-07's seventh session).
         peak_rss_mib: f64,
         /// The adapter saved at the top rung.
         adapter: Option<PathBuf>,
@@ -166,7 +172,7 @@ pub fn now() -> f64 {
 pub struct Replay {
     /// The events in order.
     pub events: Vec<Event>,
-    /// `journal.jsonl:LINE: …` for each line skipped.
+    /// `DIR/journal.jsonl:LINE: …` for each line skipped.
     pub warnings: Vec<String>,
 }
 
@@ -242,7 +248,7 @@ impl Journal {
         File::open(&self.path)
             .and_then(|mut f| f.read_to_end(&mut text))
             .map_err(io_err(&self.path))?;
-        Ok(parse(&text))
+        Ok(parse(&text, &self.path))
     }
 }
 
@@ -297,8 +303,8 @@ impl Locked<'_> {
 }
 
 /// The events of a journal's bytes: a last line without its newline is torn (ignored); any
-/// other line that is not an event is reported and skipped.
-fn parse(text: &[u8]) -> Replay {
+/// other line that is not an event is reported, by `path` and line number, and skipped.
+fn parse(text: &[u8], path: &Path) -> Replay {
     let mut replay = Replay::default();
     let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     for (i, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
@@ -308,7 +314,8 @@ fn parse(text: &[u8]) -> Replay {
         match serde_json::from_slice::<Event>(line) {
             Ok(e) => replay.events.push(e),
             Err(e) => replay.warnings.push(format!(
-                "{JOURNAL_FILE}:{}: not a journal event ({e}); skipped",
+                "{}:{}: not a journal event ({e}); skipped",
+                path.display(),
                 i + 1
             )),
         }
@@ -337,6 +344,9 @@ pub struct TrialRecord {
     pub failed_permanently: bool,
     /// The last error.
     pub last_error: Option<String>,
+    /// Its `created` line was damaged: its config is unknown, so it counts as failed and its
+    /// id stays taken (a later trial never reuses it, nor overwrites its folder).
+    pub lost: bool,
 }
 
 impl TrialRecord {
@@ -352,6 +362,28 @@ impl TrialRecord {
             failures: 0,
             failed_permanently: false,
             last_error: None,
+            lost: false,
+        }
+    }
+
+    /// A trial known only by its id: a later trial's `created` line came first.
+    fn lost(id: usize) -> Self {
+        let unknown = Config {
+            method: "(lost)".into(),
+            params: Default::default(),
+        };
+        Self {
+            // Claimed to rung 1 and failed for good: nothing runs it again.
+            claim: Some((1, String::new(), 1)),
+            failures: 1,
+            failed_permanently: true,
+            last_error: Some(
+                "its `created` journal line is damaged (reported when the journal is read), so \
+                 its config is unknown"
+                    .into(),
+            ),
+            lost: true,
+            ..Self::new(id, 0, unknown)
         }
     }
 
@@ -397,6 +429,9 @@ impl StudyState {
                     bracket,
                     config,
                 } => {
+                    while s.trials.len() < *trial {
+                        s.trials.push(TrialRecord::lost(s.trials.len()));
+                    }
                     if *trial == s.trials.len() {
                         s.trials
                             .push(TrialRecord::new(*trial, *bracket, config.clone()));
@@ -409,7 +444,7 @@ impl StudyState {
                     attempt,
                     ..
                 } => {
-                    if let Some(t) = s.trials.get_mut(*trial) {
+                    if let Some(t) = s.trials.get_mut(*trial).filter(|t| !t.lost) {
                         if t.target() != *resource {
                             t.failures = 0;
                         }
@@ -418,7 +453,7 @@ impl StudyState {
                     }
                 }
                 Event::Reported { trial, .. } => {
-                    if let Some(t) = s.trials.get_mut(*trial) {
+                    if let Some(t) = s.trials.get_mut(*trial).filter(|t| !t.lost) {
                         t.reports.push(e.clone());
                         t.claim_closed = true;
                     }
@@ -430,7 +465,7 @@ impl StudyState {
                     permanent,
                     ..
                 } => {
-                    if let Some(t) = s.trials.get_mut(*trial) {
+                    if let Some(t) = s.trials.get_mut(*trial).filter(|t| !t.lost) {
                         t.failures += 1;
                         t.failed_permanently |= *permanent;
                         t.last_error = Some(error.clone());
@@ -536,6 +571,7 @@ mod tests {
             params: 100,
             steps: 3,
             seconds: 1.0,
+            wall_s: Some(1.5),
             peak_rss_mib: 10.0,
             adapter: None,
             time: 0.0,
@@ -574,7 +610,10 @@ mod tests {
         assert_eq!(r.events.len(), 1);
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
         assert!(
-            r.warnings[0].starts_with("journal.jsonl:2: not a journal event"),
+            r.warnings[0].starts_with(&format!(
+                "{}:2: not a journal event",
+                dir.join(JOURNAL_FILE).display()
+            )),
             "{:?}",
             r.warnings
         );
@@ -621,6 +660,39 @@ mod tests {
         assert_eq!((t0.target(), t0.claim_closed, t0.reached()), (3, false, 1));
         assert_eq!((t1.target(), t1.failures, t1.claim_closed), (1, 1, false));
         assert_eq!(t1.last_error.as_deref(), Some("boom"));
+    }
+
+    /// Trial 1's `created` line was lost (a damaged line, skipped): trial 1 stays taken and
+    /// failed, its later lines are ignored, trial 2 keeps its id, and a new trial gets 3.
+    #[test]
+    fn a_trial_whose_created_line_is_lost_keeps_its_id_and_counts_as_failed() {
+        let claim = |trial| Event::Claimed {
+            trial,
+            resource: 1,
+            worker: "w".into(),
+            attempt: 1,
+            time: 0.0,
+        };
+        let s = StudyState::replay(&[
+            created(0),
+            claim(0),
+            reported(0, 1, 0.5),
+            claim(1),
+            reported(1, 1, 0.9),
+            created(2),
+            claim(2),
+        ]);
+        assert_eq!(s.trials.len(), 3, "the next trial is 3");
+        let lost = &s.trials[1];
+        assert!(lost.lost && lost.failed_permanently && lost.claim_closed);
+        assert!(
+            lost.reports.is_empty(),
+            "a score without its config is not used"
+        );
+        assert!(lost.reached() < lost.target(), "failed before its rung");
+        assert_eq!(s.trials[2].id, 2);
+        assert_eq!(s.trials[2].config, s.trials[0].config);
+        assert_eq!(s.trials[2].target(), 1);
     }
 
     #[test]

@@ -531,6 +531,8 @@ fn run_job(dir: &Path, study: &Study, settings: &SearchSettings, job: &Job) -> R
         curve: Vec::new(),
     };
     let started = Instant::now();
+    // The job's own peak, not an earlier job's (a larger rank, a longer batch).
+    crate::io::reset_peak_rss();
     // Also puts back a checkpoint a killed worker left mid-swap.
     let _trial_folder = crate::io::OutputLock::acquire(&out.dir)?;
     let trial = run_trial(study, &spec, &out, &mut [&mut rung])?;
@@ -552,6 +554,7 @@ fn run_job(dir: &Path, study: &Study, settings: &SearchSettings, job: &Job) -> R
         params: trial.params.adapter,
         steps: trial.summary.steps,
         seconds: trial.summary.elapsed_s,
+        wall_s: Some(started.elapsed().as_secs_f64()),
         peak_rss_mib: crate::io::peak_rss_mib(),
         adapter,
         time: now(),
