@@ -694,6 +694,55 @@ fn bad_input_is_refused_before_any_training() {
     assert!(stderr(&o).lines().count() <= 2);
 }
 
+/// Submission without `--wait`, against a stand-in `sbatch` that records its arguments: with
+/// `--json` the job id comes back as JSON, and each task's log path reaches sbatch as one
+/// argument even when the study's path holds a space.
+#[cfg(unix)]
+#[test]
+fn a_slurm_submission_prints_its_job_as_json_and_passes_the_log_path_whole() {
+    use std::os::unix::fs::PermissionsExt;
+    let (model, space, _) = setup("search-sbatch");
+    let bin = model.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("sbatch");
+    let argv = model.join("sbatch-args.txt");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\" >> '{}'; done\necho '4242;cluster'\n",
+            argv.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = model.join("a study");
+    let mut args = search_args(&model, &space, &out);
+    args.extend(["--executor", "slurm", "--workers", "2"].map(String::from));
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_ttlora"))
+        .args(&args)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let submitted = json_out(o);
+    assert_eq!(submitted["slurm_job"], "4242", "{submitted}");
+    assert_eq!(submitted["tasks"], 2);
+    let given = std::fs::read_to_string(&argv).unwrap();
+    let study = std::fs::canonicalize(&out).unwrap();
+    let lines: Vec<&str> = given.lines().collect();
+    assert!(lines.contains(&"--parsable"), "{given}");
+    let log = format!("--output={}/slurm/worker-%A_%a.out", study.display());
+    assert!(lines.contains(&log.as_str()), "{given}");
+    assert_eq!(
+        lines.last().copied(),
+        Some(study.join("slurm/search.sbatch").to_str().unwrap())
+    );
+}
+
 /// Whether a Slurm cluster answers here (`scripts/slurm_local.sh` starts a one-node one).
 fn slurm_reachable() -> bool {
     Command::new("sinfo")

@@ -13,6 +13,7 @@ mod fetch;
 mod format;
 mod generate;
 mod inspect;
+mod logging;
 mod methods;
 mod progress;
 mod prompted;
@@ -104,7 +105,7 @@ enum Command {
 /// Entry point: runs the command, prints errors as `ttlora: …` with their cause chain.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.common.verbose);
+    logging::init(cli.common.verbose);
     let result = match cli.command {
         Command::Shapes(args) => shapes::run(args),
         Command::Train(args) => train::run(*args),
@@ -150,20 +151,4 @@ fn one_line(err: &anyhow::Error) -> String {
         }
     }
     line
-}
-
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: a log file or a CI capture gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

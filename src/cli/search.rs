@@ -355,6 +355,15 @@ fn start(a: StartArgs) -> Result<()> {
         let job = ttlora::search::slurm::submit(&exe, &abs, &opts, a.wait)?;
         if !a.wait {
             let mut out = std::io::stdout().lock();
+            if a.output.json {
+                let submitted = serde_json::json!({
+                    "slurm_job": job,
+                    "tasks": a.workers,
+                    "study": abs,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&submitted)?)?;
+                return Ok(());
+            }
             writeln!(
                 out,
                 "submitted Slurm job {job}: {} array tasks running `ttlora search worker {}`; \
@@ -441,6 +450,7 @@ fn spawn_workers(dir: &Path, n: usize, device: &str, quiet: bool) -> Result<()> 
             .arg(dir)
             .args(["--device", device])
             .env("RAYON_NUM_THREADS", threads.to_string());
+        super::logging::pass_on(&mut cmd);
         if quiet {
             cmd.arg("--quiet");
         }

@@ -32,16 +32,24 @@ fn quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
+/// Each task's log: `--output=DIR/slurm/worker-JOB_TASK.out`.
+fn output_option(dir: &Path) -> String {
+    format!("--output={}/slurm/worker-%A_%a.out", dir.display())
+}
+
 /// The `sbatch` script: one array task per worker, logs under `DIR/slurm/`, each worker's
 /// threads set to its CPUs.
 pub fn script(exe: &Path, dir: &Path, o: &SlurmOptions) -> String {
     let mut s = String::from("#!/bin/bash\n");
     s.push_str("#SBATCH --job-name=ttlora-search\n");
     s.push_str(&format!("#SBATCH --array=0-{}\n", o.tasks.max(1) - 1));
-    s.push_str(&format!(
-        "#SBATCH --output={}/slurm/worker-%A_%a.out\n",
-        dir.display()
-    ));
+    let output = output_option(dir);
+    if output.contains(char::is_whitespace) {
+        // `#SBATCH` lines are split at whitespace: `submit` gives it on sbatch's command line.
+        s.push_str("# --output is on sbatch's command line: the study's path holds a space\n");
+    } else {
+        s.push_str(&format!("#SBATCH {output}\n"));
+    }
     if let Some(p) = &o.partition {
         s.push_str(&format!("#SBATCH --partition={p}\n"));
     }
@@ -82,7 +90,9 @@ pub fn submit(exe: &Path, dir: &Path, o: &SlurmOptions, wait: bool) -> Result<St
     let path: PathBuf = slurm_dir.join("search.sbatch");
     crate::io::write_atomic(&path, script(exe, dir, o))?;
     let mut cmd = Command::new("sbatch");
-    cmd.arg("--parsable");
+    // On the command line too, one argument whatever the path holds (it overrides the
+    // script's line, which is there for a resubmission by hand).
+    cmd.args(["--parsable", &output_option(dir)]);
     if wait {
         cmd.arg("--wait");
     }
@@ -134,7 +144,7 @@ mod tests {
         let expected = "#!/bin/bash\n\
             #SBATCH --job-name=ttlora-search\n\
             #SBATCH --array=0-3\n\
-            #SBATCH --output=/data/it's a study/slurm/worker-%A_%a.out\n\
+            # --output is on sbatch's command line: the study's path holds a space\n\
             #SBATCH --partition=gpu\n\
             #SBATCH --time=01:00:00\n\
             #SBATCH --cpus-per-task=8\n\
@@ -143,5 +153,10 @@ mod tests {
             export RAYON_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n\
             exec '/opt/ttlora' search worker '/data/it'\\''s a study' --device 'cuda:1' --quiet\n";
         assert_eq!(s, expected);
+        let plain = script(Path::new("/opt/ttlora"), Path::new("/data/study"), &o);
+        assert!(
+            plain.contains("\n#SBATCH --output=/data/study/slurm/worker-%A_%a.out\n"),
+            "{plain}"
+        );
     }
 }

@@ -226,8 +226,21 @@ impl TtLoraConfig {
             ),
             (TtLayout::InputOutput, _, _, _) => {
                 let planned =
-                    propose_shapes(in_features, out_features, self.rank, Some(self.cores))
-                        .or_else(|_| propose_shapes(in_features, out_features, self.rank, None))?;
+                    match propose_shapes(in_features, out_features, self.rank, Some(self.cores)) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            let p = propose_shapes(in_features, out_features, self.rank, None)?;
+                            // Said aloud: a search's `cores` label and a user's budget assume
+                            // the count asked for.
+                            tracing::warn!(
+                                "TT-LoRA: {in_features}×{out_features} has no {}-core shape; \
+                             using {} cores (give in_factors/out_factors to choose)",
+                                self.cores,
+                                p[0].num_cores()
+                            );
+                            p
+                        }
+                    };
                 planned[0].with_ranks(self.ranks())
             }
             (TtLayout::Reshape, _, _, factors) => TtShape::reshape(
