@@ -683,6 +683,11 @@ fn bad_input_is_refused_before_any_training() {
         "9",
     ]);
     assert_clear_error(&o, &["--resume continues", "--trials"]);
+    // A scheduler's flags without a scheduler.
+    let mut none = search_args(&model, &space, &model.join("study-3"));
+    none.extend(["--scheduler", "none", "--reduction-factor", "4"].map(String::from));
+    assert_clear_error(&run(&none), &["--reduction-factor is for --scheduler asha"]);
+    assert!(!model.join("study-3").exists(), "nothing written");
     // Slurm's flags without the Slurm executor.
     let mut local = search_args(&model, &space, &model.join("study-2"));
     local.extend(["--partition".into(), "gpu".into()]);

@@ -270,6 +270,17 @@ fn settings(a: &StartArgs) -> Result<SearchSettings> {
         allow_fetch: !a.fetch.offline,
     };
     settings.validate()?;
+    if settings.scheduler.kind == SchedulerKind::None {
+        if a.reduction_factor.is_some() {
+            bail!("--reduction-factor is for --scheduler asha or hyperband (none stops no trial)");
+        }
+        if a.grace_period.is_some() && settings.resource == Resource::Epochs {
+            bail!(
+                "--grace-period is for --scheduler asha or hyperband, or with --resource steps \
+                 the evaluation interval; with --scheduler none and epochs it would do nothing"
+            );
+        }
+    }
     Ok(settings)
 }
 
