@@ -19,7 +19,8 @@
 # most, ASHA's first rung at 1 epoch. SST-2 the 20,000-sentence sample of the GLUE tables and,
 # as there, one epoch at most: the resource is optimizer steps (540 of the 563 batches of the
 # 18,000 training sentences; ASHA's rungs at 60, 180 and 540 steps), so early stopping still
-# has three rungs (its default studies: ASHA with seed 1 and the two sweeps). Both hold out 10%
+# has three rungs (its default studies: ASHA with seed 1 and the two sweeps), and every study,
+# the sweeps without early stopping too, evaluates every 60 steps (`--grace-period 60`). Both hold out 10%
 # for selection, cut at 128 tokens, batch 32, the method's default schedule (AdamW, linear decay
 # over max_t, 6% warm-up).
 set -euo pipefail
@@ -28,9 +29,9 @@ BIN=${BIN:-target/release/ttlora}
 TASK=${TASK:-mrpc}
 OUT=${OUT:-runs/search-$TASK}
 case $TASK in
-  mrpc) size=(--max-train 1000 --max-t 9) grace=1
+  mrpc) size=(--max-train 1000 --max-t 9) grace=1 every=()
         default="asha-1 random-1 lora-sweep loretta-sweep asha-2 random-2 asha-3 random-3 tpe-1" ;;
-  sst2) size=(--max-train 20000 --resource steps --max-t 540) grace=60
+  sst2) size=(--max-train 20000 --resource steps --max-t 540) grace=60 every=(--grace-period 60)
         default="asha-1 lora-sweep loretta-sweep" ;;
   *) echo "TASK must be mrpc or sst2, not $TASK" >&2; exit 2 ;;
 esac
@@ -50,11 +51,11 @@ for s in ${STUDIES:-$default}; do
     tpe-*) study "$s" --space examples/search/ttlora-space.toml --scheduler asha --sampler tpe \
               --reduction-factor 3 --grace-period "$grace" --trials 27 --seed "${s#tpe-}" ;;
     random-*) study "$s" --space examples/search/ttlora-space.toml --scheduler none \
-              --trials 9 --seed "${s#random-}" ;;
+              "${every[@]}" --trials 9 --seed "${s#random-}" ;;
     lora-sweep) study "$s" --space examples/search/lora-sweep.toml --sampler grid \
-              --scheduler none --trials 10 --seed 1 ;;
+              --scheduler none "${every[@]}" --trials 10 --seed 1 ;;
     loretta-sweep) study "$s" --space examples/search/loretta-sweep.toml --sampler grid \
-              --scheduler none --trials 4 --seed 1 ;;
+              --scheduler none "${every[@]}" --trials 4 --seed 1 ;;
     *) echo "unknown study $s" >&2; exit 2 ;;
   esac
 done

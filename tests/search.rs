@@ -687,6 +687,13 @@ fn bad_input_is_refused_before_any_training() {
     let mut none = search_args(&model, &space, &model.join("study-3"));
     none.extend(["--scheduler", "none", "--reduction-factor", "4"].map(String::from));
     assert_clear_error(&run(&none), &["--reduction-factor is for --scheduler asha"]);
+    let mut none = search_args(&model, &space, &model.join("study-3"));
+    none.extend(["--scheduler", "none", "--grace-period", "2"].map(String::from));
+    assert_clear_error(&run(&none), &["--grace-period is for --scheduler asha"]);
+    // Steps without the interval they are counted in.
+    let mut steps = search_args(&model, &space, &model.join("study-3"));
+    steps.extend(["--resource", "steps"].map(String::from));
+    assert_clear_error(&run(&steps), &["--resource steps needs --grace-period"]);
     assert!(!model.join("study-3").exists(), "nothing written");
     // Slurm's flags without the Slurm executor.
     let mut local = search_args(&model, &space, &model.join("study-2"));

@@ -132,7 +132,8 @@ struct StartArgs {
     /// η: each rung keeps the top 1/η of its trials [default: 3].
     #[arg(long, value_name = "ETA")]
     reduction_factor: Option<usize>,
-    /// Resource of the first rung [default: 1].
+    /// Resource of the first rung [default: 1 epoch]; with `--resource steps` it is needed,
+    /// and it is also the evaluation interval of every trial, early-stopped or not.
     #[arg(long)]
     grace_period: Option<usize>,
     /// Resource of a complete trial [default: 9].
@@ -269,6 +270,12 @@ fn settings(a: &StartArgs) -> Result<SearchSettings> {
         batch_size: a.batch_size.unwrap_or(32),
         allow_fetch: !a.fetch.offline,
     };
+    if settings.resource == Resource::Steps && a.grace_period.is_none() {
+        bail!(
+            "--resource steps needs --grace-period: the first rung and the evaluation interval, \
+             in steps (e.g. a tenth of max-t)"
+        );
+    }
     settings.validate()?;
     if settings.scheduler.kind == SchedulerKind::None {
         if a.reduction_factor.is_some() {

@@ -136,6 +136,11 @@ impl Report {
             ("seed (it draws the held-out slice)", a.seed != b.seed),
             ("resource", a.resource != b.resource),
             ("max_t", a.scheduler.max_t != b.scheduler.max_t),
+            (
+                "grace_period (with steps, the evaluation interval a trial selects among)",
+                a.resource == crate::search::Resource::Steps
+                    && a.scheduler.grace_period != b.scheduler.grace_period,
+            ),
         ];
         if let Some((field, _)) = differs.iter().find(|(_, d)| *d) {
             return Err(crate::error::Error::Study {
