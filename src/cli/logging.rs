@@ -28,10 +28,16 @@ pub fn init(verbose: u8) {
         .try_init();
 }
 
+/// The level `-v` chose for this process (None when `RUST_LOG` chose it), for workers
+/// started elsewhere (a Slurm array).
+pub fn chosen() -> Option<&'static str> {
+    CHOSEN.get().copied()
+}
+
 /// Makes a child process log as this one does: `-v` becomes its `RUST_LOG` (a `RUST_LOG`
 /// of this process is inherited as it is).
 pub fn pass_on(cmd: &mut std::process::Command) {
-    if let Some(level) = CHOSEN.get() {
+    if let Some(level) = chosen() {
         cmd.env("RUST_LOG", level);
     }
 }

@@ -369,6 +369,7 @@ fn start(a: StartArgs) -> Result<()> {
             extra: a.sbatch_arg.clone(),
             device: a.device.device.clone(),
             quiet: a.quiet,
+            log: super::logging::chosen().map(String::from),
         };
         let job = ttlora::search::slurm::submit(&exe, &abs, &opts, a.wait)?;
         if !a.wait {

@@ -78,9 +78,9 @@ pub enum Event {
         /// (None in journals written before it was recorded).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         wall_s: Option<f64>,
-        /// Peak resident memory of the worker during this job, MiB (with the prepared model
-        /// and data it holds; the worker's lifetime peak where the OS cannot reset it, and in
-        /// journals written before 2026-12-07's seventh session).
+        /// Peak resident memory of the worker during this job, MiB: with the prepared data and
+        /// model it holds, and for its first job the preparing itself (the worker's lifetime
+        /// peak where the OS cannot reset it, and in journals without `wall_s`).
         peak_rss_mib: f64,
         /// The adapter saved at the top rung.
         adapter: Option<PathBuf>,
@@ -323,6 +323,9 @@ fn parse(text: &[u8], path: &Path) -> Replay {
     replay
 }
 
+/// The method name a lost trial's config shows (its `created` line is damaged).
+pub const LOST_METHOD: &str = "(lost)";
+
 /// A trial as the journal tells it.
 #[derive(Debug, Clone)]
 pub struct TrialRecord {
@@ -422,16 +425,14 @@ impl StudyState {
     /// Replays events in order.
     pub fn replay(events: &[Event]) -> Self {
         let mut s = Self::default();
-        for e in events {
+        for (line, e) in events.iter().enumerate() {
             match e {
                 Event::Created {
                     trial,
                     bracket,
                     config,
                 } => {
-                    while s.trials.len() < *trial {
-                        s.trials.push(TrialRecord::lost(s.trials.len()));
-                    }
+                    s.fill_lost_below(*trial, line);
                     if *trial == s.trials.len() {
                         s.trials
                             .push(TrialRecord::new(*trial, *bracket, config.clone()));
@@ -444,7 +445,7 @@ impl StudyState {
                     attempt,
                     ..
                 } => {
-                    if let Some(t) = s.trials.get_mut(*trial).filter(|t| !t.lost) {
+                    if let Some(t) = s.live(*trial, line) {
                         if t.target() != *resource {
                             t.failures = 0;
                         }
@@ -453,7 +454,7 @@ impl StudyState {
                     }
                 }
                 Event::Reported { trial, .. } => {
-                    if let Some(t) = s.trials.get_mut(*trial).filter(|t| !t.lost) {
+                    if let Some(t) = s.live(*trial, line) {
                         t.reports.push(e.clone());
                         t.claim_closed = true;
                     }
@@ -465,7 +466,7 @@ impl StudyState {
                     permanent,
                     ..
                 } => {
-                    if let Some(t) = s.trials.get_mut(*trial).filter(|t| !t.lost) {
+                    if let Some(t) = s.live(*trial, line) {
                         t.failures += 1;
                         t.failed_permanently |= *permanent;
                         t.last_error = Some(error.clone());
@@ -475,6 +476,24 @@ impl StudyState {
             }
         }
         s
+    }
+
+    /// Placeholders for trials below `id` whose `created` line was lost. Every trial has a
+    /// line of its own before any event names it, so an id past the event's index is no
+    /// trial's (a damaged number), and nothing is allocated for it.
+    fn fill_lost_below(&mut self, id: usize, index: usize) {
+        if id <= index {
+            while self.trials.len() < id {
+                self.trials.push(TrialRecord::lost(self.trials.len()));
+            }
+        }
+    }
+
+    /// The trial an event at `index` names, if it is known; a trial seen first through a
+    /// claim, report or failure (the newest trial's `created` line lost) is recorded lost.
+    fn live(&mut self, id: usize, index: usize) -> Option<&mut TrialRecord> {
+        self.fill_lost_below(id + 1, index + 1);
+        self.trials.get_mut(id).filter(|t| !t.lost)
     }
 }
 
@@ -693,6 +712,14 @@ mod tests {
         assert_eq!(s.trials[2].id, 2);
         assert_eq!(s.trials[2].config, s.trials[0].config);
         assert_eq!(s.trials[2].target(), 1);
+
+        // The newest trial's `created` line lost: its claim makes it known, and lost.
+        let s = StudyState::replay(&[created(0), claim(1), reported(1, 1, 0.9)]);
+        assert_eq!(s.trials.len(), 2, "the next trial is 2, not a second 1");
+        assert!(s.trials[1].lost && s.trials[1].reports.is_empty());
+        // A damaged id past every line is no trial: nothing is allocated for it.
+        let s = StudyState::replay(&[created(0), claim(1_000_000_000)]);
+        assert_eq!(s.trials.len(), 1);
     }
 
     #[test]

@@ -201,6 +201,17 @@ impl Report {
                 ),
             });
         }
+        if let Some(id) = also
+            .iter()
+            .find(|id| self.trials[**id].config.method == crate::search::journal::LOST_METHOD)
+        {
+            return Err(crate::error::Error::Study {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "--confirm-trial {id}: its config is unknown (its journal line is damaged)"
+                ),
+            });
+        }
         let mut ids: Vec<usize> = self.front.iter().chain(also).copied().collect();
         ids.sort_by_key(|&id| (self.trials[id].params, id));
         ids.dedup();

@@ -75,6 +75,28 @@ fn study_error(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 impl SearchSettings {
+    /// A study of sst2 on a model named `m` over `space` (TOML), for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(space: &str, scheduler: Scheduler) -> Self {
+        Self {
+            task: "sst2".into(),
+            data: None,
+            model: "m".into(),
+            max_len: 16,
+            held_out: 0.1,
+            max_train: None,
+            seed: 0,
+            space: SearchSpace::parse(space, Path::new("s.toml")).unwrap(),
+            sampler: SamplerKind::Random,
+            scheduler,
+            resource: Resource::Epochs,
+            trials: 3,
+            max_retries: 0,
+            batch_size: 8,
+            allow_fetch: false,
+        }
+    }
+
     /// Checks what can be checked before any file is read.
     ///
     /// # Errors
@@ -291,31 +313,20 @@ impl SearchSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::sampler::{Observation, TPE_STARTUP, sample};
     use crate::search::scheduler::SchedulerKind;
     use crate::search::space::Config;
 
     fn settings(resource: Resource, kind: SchedulerKind) -> SearchSettings {
+        let scheduler = Scheduler {
+            kind,
+            reduction_factor: 3,
+            grace_period: 60,
+            max_t: 540,
+        };
         SearchSettings {
-            task: "sst2".into(),
-            data: None,
-            model: "m".into(),
-            max_len: 16,
-            held_out: 0.1,
-            max_train: None,
-            seed: 0,
-            space: SearchSpace::parse("[lora]\nr = [1, 2]\n", Path::new("s.toml")).unwrap(),
-            sampler: SamplerKind::Grid,
-            scheduler: Scheduler {
-                kind,
-                reduction_factor: 3,
-                grace_period: 60,
-                max_t: 540,
-            },
             resource,
-            trials: 2,
-            max_retries: 0,
-            batch_size: 8,
-            allow_fetch: false,
+            ..SearchSettings::for_tests("[lora]\nr = [1, 2]\n", scheduler)
         }
     }
 
@@ -368,10 +379,16 @@ mod tests {
         for file in files {
             let mut s = settings(Resource::Epochs, SchedulerKind::Asha);
             s.space = SearchSpace::read(&file).unwrap();
+            // TPE past its random start-up: a history of scored draws to model.
+            let history: Vec<Observation> = (0..2 * TPE_STARTUP)
+                .map(|i| Observation {
+                    config: sample(SamplerKind::Random, &s.space, 9, i, &[]).unwrap(),
+                    score: (i % 7) as f64 / 7.0,
+                })
+                .collect();
             for kind in [SamplerKind::Grid, SamplerKind::Random, SamplerKind::Tpe] {
                 for i in 0..100 {
-                    let Some(config) = crate::search::sampler::sample(kind, &s.space, 3, i, &[])
-                    else {
+                    let Some(config) = sample(kind, &s.space, 3, i, &history) else {
                         break; // the grid is used up
                     };
                     let spec = s.trial_spec(&config);

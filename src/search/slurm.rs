@@ -25,6 +25,8 @@ pub struct SlurmOptions {
     pub device: String,
     /// Workers print no line per job.
     pub quiet: bool,
+    /// The tasks' `RUST_LOG` (the submitting command's `-v`); None leaves theirs.
+    pub log: Option<String>,
 }
 
 /// A path as one shell word.
@@ -45,7 +47,8 @@ pub fn script(exe: &Path, dir: &Path, o: &SlurmOptions) -> String {
     s.push_str(&format!("#SBATCH --array=0-{}\n", o.tasks.max(1) - 1));
     let output = output_option(dir);
     if output.contains(char::is_whitespace) {
-        // `#SBATCH` lines are split at whitespace: `submit` gives it on sbatch's command line.
+        // `#SBATCH` lines are split at whitespace: `submit` gives it on sbatch's command line
+        // (this script resubmitted by hand logs to slurm-JOB_TASK.out in the current folder).
         s.push_str("# --output is on sbatch's command line: the study's path holds a space\n");
     } else {
         s.push_str(&format!("#SBATCH {output}\n"));
@@ -66,6 +69,9 @@ pub fn script(exe: &Path, dir: &Path, o: &SlurmOptions) -> String {
         s.push_str(&format!("#SBATCH {e}\n"));
     }
     s.push_str("export RAYON_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n");
+    if let Some(level) = &o.log {
+        s.push_str(&format!("export RUST_LOG={}\n", quote(Path::new(level))));
+    }
     s.push_str(&format!(
         "exec {} search worker {} --device {}{}\n",
         quote(exe),
@@ -135,6 +141,7 @@ mod tests {
             extra: vec!["--account=abc".into()],
             device: "cuda:1".into(),
             quiet: true,
+            log: Some("debug".into()),
         };
         let s = script(
             Path::new("/opt/ttlora"),
@@ -151,6 +158,7 @@ mod tests {
             #SBATCH --mem=16G\n\
             #SBATCH --account=abc\n\
             export RAYON_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n\
+            export RUST_LOG='debug'\n\
             exec '/opt/ttlora' search worker '/data/it'\\''s a study' --device 'cuda:1' --quiet\n";
         assert_eq!(s, expected);
         let plain = script(Path::new("/opt/ttlora"), Path::new("/data/study"), &o);

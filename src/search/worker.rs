@@ -152,6 +152,9 @@ pub fn run_worker(
         let running = Instant::now();
         let result = run_job(dir, study, settings, &job);
         summary.jobs_s += running.elapsed().as_secs_f64();
+        // Each job's recorded peak is its own, not an earlier job's (a larger rank, a longer
+        // batch); the first job's includes preparing the study, what a worker needs at least.
+        crate::io::reset_peak_rss();
         let event = match result {
             Ok(e) => {
                 summary.reported += 1;
@@ -531,8 +534,6 @@ fn run_job(dir: &Path, study: &Study, settings: &SearchSettings, job: &Job) -> R
         curve: Vec::new(),
     };
     let started = Instant::now();
-    // The job's own peak, not an earlier job's (a larger rank, a longer batch).
-    crate::io::reset_peak_rss();
     // Also puts back a checkpoint a killed worker left mid-swap.
     let _trial_folder = crate::io::OutputLock::acquire(&out.dir)?;
     let trial = run_trial(study, &spec, &out, &mut [&mut rung])?;
@@ -564,9 +565,7 @@ fn run_job(dir: &Path, study: &Study, settings: &SearchSettings, job: &Job) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::search::sampler::SamplerKind;
     use crate::search::scheduler::{Scheduler, SchedulerKind};
-    use crate::search::space::SearchSpace;
 
     /// The memory guard: waits only while another job runs and memory is short; the
     /// launcher starts only the workers that fit.
@@ -590,28 +589,15 @@ mod tests {
 
     #[test]
     fn a_new_trial_does_not_repeat_an_earlier_config() {
-        let settings = SearchSettings {
-            task: "sst2".into(),
-            data: None,
-            model: "m".into(),
-            max_len: 16,
-            held_out: 0.1,
-            max_train: None,
-            seed: 0,
-            space: SearchSpace::parse("[lora]\nr = [1, 2, 3]\n", Path::new("s.toml")).unwrap(),
-            sampler: SamplerKind::Random,
-            scheduler: Scheduler {
+        let settings = SearchSettings::for_tests(
+            "[lora]\nr = [1, 2, 3]\n",
+            Scheduler {
                 kind: SchedulerKind::Asha,
                 reduction_factor: 3,
                 grace_period: 1,
                 max_t: 3,
             },
-            resource: Resource::Epochs,
-            trials: 3,
-            max_retries: 0,
-            batch_size: 8,
-            allow_fetch: false,
-        };
+        );
         let mut trials: Vec<TrialRecord> = Vec::new();
         for id in 0..3 {
             let config = sample_new(&settings, id, &[], &trials).unwrap();

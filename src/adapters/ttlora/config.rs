@@ -1,5 +1,8 @@
 //! TT-LoRA's configuration: shape (explicit or planned), ranks, α, init and forward path.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::Config;
@@ -225,22 +228,15 @@ impl TtLoraConfig {
                 self.ranks(),
             ),
             (TtLayout::InputOutput, _, _, _) => {
-                let planned =
-                    match propose_shapes(in_features, out_features, self.rank, Some(self.cores)) {
-                        Ok(p) => p,
-                        Err(_) => {
-                            let p = propose_shapes(in_features, out_features, self.rank, None)?;
-                            // Said aloud: a search's `cores` label and a user's budget assume
-                            // the count asked for.
-                            tracing::warn!(
-                                "TT-LoRA: {in_features}×{out_features} has no {}-core shape; \
-                             using {} cores (give in_factors/out_factors to choose)",
-                                self.cores,
-                                p[0].num_cores()
-                            );
-                            p
-                        }
-                    };
+                let (n_in, n_out) = (in_features, out_features);
+                let planned = match propose_shapes(n_in, n_out, self.rank, Some(self.cores)) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        let p = propose_shapes(n_in, n_out, self.rank, None)?;
+                        say_cores_changed(n_in, n_out, self.cores, p[0].num_cores());
+                        p
+                    }
+                };
                 planned[0].with_ranks(self.ranks())
             }
             (TtLayout::Reshape, _, _, factors) => TtShape::reshape(
@@ -250,5 +246,22 @@ impl TtLoraConfig {
                 self.ranks(),
             ),
         }
+    }
+}
+
+/// Warns, once per layer shape and core count in a process, that the planner had no shape
+/// with the cores asked for: a search's `cores` label and a user's parameter budget assume
+/// that count.
+fn say_cores_changed(in_features: usize, out_features: usize, asked: usize, used: usize) {
+    static SAID: Mutex<BTreeSet<(usize, usize, usize)>> = Mutex::new(BTreeSet::new());
+    let first =
+        SAID.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((in_features, out_features, asked));
+    if first {
+        tracing::warn!(
+            "TT-LoRA: {in_features}×{out_features} has no {asked}-core shape; using {used} \
+             cores (give in_factors/out_factors to choose)"
+        );
     }
 }
