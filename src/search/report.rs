@@ -503,7 +503,7 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
             md,
             "The search's own cost: {:.1} ms per job for choosing and recording it ({:.3}% of \
              a job's {:.1} s), over {} jobs; preparing the study (the tokenized data and the \
-             first copy of the model) took {:.1} s once per worker ({} workers), {:.1}% of a \
+             first copy of the model) took {:.1} s once per worker ({} worker{}), {:.1}% of a \
              job, which a process per trial would pay every time (a later trial still copies \
              the base weights from the memory-mapped file, inside its job).\n",
             1e3 * o.per_job_s,
@@ -512,6 +512,7 @@ pub fn markdown(r: &Report, plots: &[(&str, &str)]) -> String {
             o.jobs,
             o.prepare_s,
             o.workers,
+            if o.workers == 1 { "" } else { "s" },
             100.0 * o.prepare_s / o.job_s.max(1e-9),
         );
     }
