@@ -106,13 +106,13 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     let status = json_out(run(&args));
     let trials = status["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 6);
-    // Every trial reached rung 1; ASHA (η = 3) took the top third on to max_t = 3 and left
-    // the others paused where they stopped.
+    // Every trial reached rung 1; ASHA (η = 3) took the top third on to max_t = 3 and, the
+    // study over, the others are pruned where they stopped.
     assert_eq!(status["per_rung"]["1"], 6);
     let complete = trials.iter().filter(|t| t["status"] == "complete").count();
-    let paused = trials.iter().filter(|t| t["status"] == "paused").count();
+    let pruned = trials.iter().filter(|t| t["status"] == "pruned").count();
     assert!((2..=3).contains(&complete), "{status}");
-    assert_eq!(complete + paused, 6, "{status}");
+    assert_eq!(complete + pruned, 6, "{status}");
     for t in trials {
         let r = t["resource"].as_u64().unwrap();
         assert!(r == 1 || r == 3, "a trial stops at a rung: {t}");
@@ -128,7 +128,7 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     // steps (48 examples, 10% held out → 43 → 3 batches of 16), and a complete trial's
     // adapter saved.
     let events = journal(&out);
-    for t in trials.iter().filter(|t| t["status"] == "paused") {
+    for t in trials.iter().filter(|t| t["status"] == "pruned") {
         let reports: Vec<&serde_json::Value> = events
             .iter()
             .filter(|e| e["event"] == "reported" && e["trial"] == t["id"])
@@ -208,7 +208,7 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     assert_eq!(report["used"], status["used"]);
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
     assert!(md.contains("## Pareto front at max_t"), "{md}");
-    assert_eq!(md.matches("| paused |").count(), paused, "{md}");
+    assert_eq!(md.matches("| pruned |").count(), pruned, "{md}");
     assert!(md.contains("![Score against each searched setting"), "{md}");
     for plot in ["front", "history", "curves", "sensitivity"] {
         let svg = std::fs::read_to_string(out.join(format!("report/{plot}.svg"))).unwrap();
@@ -797,7 +797,7 @@ fn a_slurm_array_of_two_workers_runs_the_study() {
     assert!(
         trials
             .iter()
-            .all(|t| t["status"] == "complete" || t["status"] == "paused"),
+            .all(|t| t["status"] == "complete" || t["status"] == "pruned"),
         "{status}"
     );
     let script = std::fs::read_to_string(out.join("slurm/search.sbatch")).unwrap();

@@ -503,12 +503,13 @@ fn print_status(s: &StudyStatus, json: bool) -> Result<()> {
     use ttlora::search::status::TrialStatus as T;
     writeln!(
         out,
-        "{} of {} trials started: {} complete, {} paused, {} running, {} retrying, {} failed; \
-         resource used {}",
+        "{} of {} trials started: {} complete, {} paused, {} pruned, {} running, {} retrying, \
+         {} failed; resource used {}",
         s.trials.len(),
         s.budget,
         count(T::Complete),
         count(T::Paused),
+        count(T::Pruned),
         count(T::Running),
         count(T::Retrying),
         count(T::Failed),

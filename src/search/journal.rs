@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::search::scheduler::TrialView;
 use crate::search::space::Config;
 
 /// The journal's file name in a study folder.
@@ -412,6 +413,22 @@ impl TrialRecord {
     pub fn target(&self) -> usize {
         self.claim.as_ref().map_or(0, |c| c.0)
     }
+
+    /// Whether its latest job failed and may be tried again.
+    pub fn retry_due(&self, max_retries: usize) -> bool {
+        self.claim_closed
+            && !self.failed_permanently
+            && self.failures > 0
+            && self.failures <= max_retries
+            && self.reached() < self.target()
+    }
+
+    /// Whether it failed for good: out of retries, or by an error a retry cannot mend.
+    pub fn failed_for_good(&self, max_retries: usize) -> bool {
+        self.claim_closed
+            && (self.failures > max_retries || self.failed_permanently)
+            && self.reached() < self.target()
+    }
 }
 
 /// The study as the journal's events leave it.
@@ -476,6 +493,21 @@ impl StudyState {
             }
         }
         s
+    }
+
+    /// What the scheduler sees of each trial.
+    pub fn views(&self, max_retries: usize) -> Vec<TrialView> {
+        self.trials
+            .iter()
+            .map(|t| TrialView {
+                id: t.id,
+                bracket: t.bracket,
+                reports: t.scores(),
+                target: t.target(),
+                busy: !t.claim_closed || t.retry_due(max_retries),
+                failed: t.failed_for_good(max_retries),
+            })
+            .collect()
     }
 
     /// Placeholders for trials below `id` whose `created` line was lost. Every trial has a

@@ -12,7 +12,6 @@ use plotters::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::search::report::{Report, TrialOutcome};
-use crate::search::scheduler::rungs;
 use crate::search::space::Domain;
 use crate::search::status::TrialStatus;
 
@@ -337,7 +336,14 @@ fn curves<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Draw
         .draw()
         .map_err(|e| e.to_string())?;
     let light = RGBColor(200, 200, 200);
-    for rung in rungs(s.grace_period, s.reduction_factor, s.max_t) {
+    // Every bracket's rungs (HyperBand's later brackets start higher; without a scheduler
+    // the one rung is max_t).
+    let mut all_rungs: Vec<usize> = (0..s.brackets().len())
+        .flat_map(|b| s.bracket_rungs(b))
+        .collect();
+    all_rungs.sort_unstable();
+    all_rungs.dedup();
+    for rung in all_rungs {
         let x = rung as f64;
         chart
             .draw_series(LineSeries::new(

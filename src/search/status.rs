@@ -1,5 +1,5 @@
 //! Where a study stands, from its journal alone (no lock taken, so it never blocks a
-//! worker): trials started, running, paused, complete and failed, per-rung counts, the
+//! worker): trials started, running, paused, pruned, complete and failed, per-rung counts, the
 //! compute used and the best trial on the held-out slice.
 
 use std::collections::BTreeMap;
@@ -17,8 +17,11 @@ use crate::search::settings::SearchSettings;
 pub enum TrialStatus {
     /// A worker is running it.
     Running,
-    /// Stopped at a rung below `max_t` (pruned if never promoted).
+    /// Stopped at a rung below `max_t`, and may still be promoted.
     Paused,
+    /// Stopped at a rung below `max_t` in a study with nothing left to run: early stopping
+    /// ended it there.
+    Pruned,
     /// Reached `max_t`.
     Complete,
     /// Its latest job failed and a retry is due.
@@ -139,6 +142,20 @@ pub fn status_of(
             seconds,
             error: t.last_error.clone(),
         });
+    }
+    // Once the scheduler has nothing left to start, promote or wait for, a paused trial
+    // stays where it is: pruned.
+    let finished = settings
+        .scheduler
+        .next(&state.views(settings.max_retries), settings.trials)
+        == crate::search::scheduler::Next::Done;
+    if finished {
+        for t in trials
+            .iter_mut()
+            .filter(|t| t.status == TrialStatus::Paused)
+        {
+            t.status = TrialStatus::Pruned;
+        }
     }
     let top = trials.iter().map(|t| t.resource).max().unwrap_or(0);
     let best = trials

@@ -16,7 +16,7 @@ use crate::search::journal::{
     Event, Journal, Locked, StudyState, TrialRecord, now, try_lock_trial,
 };
 use crate::search::sampler::{Observation, TPE_STARTUP, sample};
-use crate::search::scheduler::{Next, TrialView};
+use crate::search::scheduler::Next;
 use crate::search::settings::{Resource, SearchSettings};
 use crate::search::space::Config;
 use crate::train::{Control, EvalReport, Observer, StepReport};
@@ -288,20 +288,6 @@ enum Claim {
     Done,
 }
 
-/// Whether a trial's latest job failed and may be tried again.
-fn retry_due(t: &TrialRecord, max_retries: usize) -> bool {
-    t.claim_closed
-        && !t.failed_permanently
-        && t.failures > 0
-        && t.failures <= max_retries
-        && t.reached() < t.target()
-}
-
-/// Whether a trial failed for good: out of retries, or by an error a retry cannot mend.
-fn failed_for_good(t: &TrialRecord, max_retries: usize) -> bool {
-    t.claim_closed && (t.failures > max_retries || t.failed_permanently) && t.reached() < t.target()
-}
-
 /// Chooses and claims the next job, holding the journal lock: first, claims of dead workers
 /// are closed as failed; then a due retry, else the scheduler's choice.
 fn claim(
@@ -343,7 +329,7 @@ fn claim(
         return start_job(dir, locked, t.clone(), resource, 1, worker, None);
     }
     let max_retries = settings.max_retries;
-    if let Some(t) = state.trials.iter().find(|t| retry_due(t, max_retries)) {
+    if let Some(t) = state.trials.iter().find(|t| t.retry_due(max_retries)) {
         let resource = t.target();
         return start_job(
             dir,
@@ -355,18 +341,7 @@ fn claim(
             None,
         );
     }
-    let views: Vec<TrialView> = state
-        .trials
-        .iter()
-        .map(|t| TrialView {
-            id: t.id,
-            bracket: t.bracket,
-            reports: t.scores(),
-            target: t.target(),
-            busy: !t.claim_closed || retry_due(t, max_retries),
-            failed: failed_for_good(t, max_retries),
-        })
-        .collect();
+    let views = state.views(max_retries);
     let mut budget = settings.trials;
     loop {
         match settings.scheduler.next(&views, budget) {
