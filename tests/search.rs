@@ -690,6 +690,11 @@ fn bad_input_is_refused_before_any_training() {
     let mut none = search_args(&model, &space, &model.join("study-3"));
     none.extend(["--scheduler", "none", "--grace-period", "2"].map(String::from));
     assert_clear_error(&run(&none), &["--grace-period is for --scheduler asha"]);
+    // The scheduler's resource in the space.
+    let epochs_space = model.join("epochs.toml");
+    std::fs::write(&epochs_space, "[ttlora]\nrank = [2]\nepochs = [1, 2]\n").unwrap();
+    let o = run(&search_args(&model, &epochs_space, &model.join("study-3")));
+    assert_clear_error(&o, &["epochs", "[ttlora] table", "cannot be searched"]);
     // Steps without the interval they are counted in.
     let mut steps = search_args(&model, &space, &model.join("study-3"));
     steps.extend(["--resource", "steps"].map(String::from));

@@ -132,16 +132,17 @@ impl SearchSettings {
                 "grid".into(),
             ));
         }
-        if self
+        if let Some(m) = self
             .space
             .methods
             .iter()
-            .any(|m| m.params.iter().any(|p| p.name == "epochs"))
+            .find(|m| m.params.iter().any(|p| p.name == "epochs"))
         {
             return Err(bad(
                 "epochs",
-                "is the scheduler's resource (max_t); it cannot be searched",
-                "in the space".into(),
+                "is the scheduler's resource (--max-t, with --resource epochs); it cannot be \
+                 searched",
+                format!("`epochs` in the space file's [{}] table", m.method),
             ));
         }
         data::task(&self.task)?;
