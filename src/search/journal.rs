@@ -373,7 +373,7 @@ impl TrialRecord {
     /// A trial known only by its id: a later trial's `created` line came first.
     fn lost(id: usize) -> Self {
         let unknown = Config {
-            method: "(lost)".into(),
+            method: LOST_METHOD.into(),
             params: Default::default(),
         };
         Self {
