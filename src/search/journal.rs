@@ -377,9 +377,6 @@ impl TrialRecord {
             params: Default::default(),
         };
         Self {
-            // Claimed to rung 1 and failed for good: nothing runs it again.
-            claim: Some((1, String::new(), 1)),
-            failures: 1,
             failed_permanently: true,
             last_error: Some(
                 "its `created` journal line is damaged (reported when the journal is read), so \
@@ -416,7 +413,8 @@ impl TrialRecord {
 
     /// Whether its latest job failed and may be tried again.
     pub fn retry_due(&self, max_retries: usize) -> bool {
-        self.claim_closed
+        !self.lost
+            && self.claim_closed
             && !self.failed_permanently
             && self.failures > 0
             && self.failures <= max_retries
@@ -425,9 +423,10 @@ impl TrialRecord {
 
     /// Whether it failed for good: out of retries, or by an error a retry cannot mend.
     pub fn failed_for_good(&self, max_retries: usize) -> bool {
-        self.claim_closed
-            && (self.failures > max_retries || self.failed_permanently)
-            && self.reached() < self.target()
+        self.lost
+            || self.claim_closed
+                && (self.failures > max_retries || self.failed_permanently)
+                && self.reached() < self.target()
     }
 }
 
@@ -740,7 +739,10 @@ mod tests {
             lost.reports.is_empty(),
             "a score without its config is not used"
         );
-        assert!(lost.reached() < lost.target(), "failed before its rung");
+        assert!(
+            lost.failed_for_good(0) && !lost.retry_due(2),
+            "failed, never retried"
+        );
         assert_eq!(s.trials[2].id, 2);
         assert_eq!(s.trials[2].config, s.trials[0].config);
         assert_eq!(s.trials[2].target(), 1);

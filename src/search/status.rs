@@ -113,7 +113,8 @@ pub fn status_of(
             TrialStatus::Running
         } else if reached >= max_t {
             TrialStatus::Complete
-        } else if (failures > settings.max_retries || t.failed_permanently) && reached < t.target()
+        } else if t.lost
+            || (failures > settings.max_retries || t.failed_permanently) && reached < t.target()
         {
             TrialStatus::Failed
         } else if failures > 0 && reached < t.target() {
