@@ -74,6 +74,18 @@ fn journal(out: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Fails when a job of the study in `out` was reported twice: a finished job run again.
+fn assert_each_job_reported_once(out: &Path) {
+    let mut done = BTreeSet::new();
+    for e in journal(out).iter().filter(|e| e["event"] == "reported") {
+        assert!(
+            done.insert((e["trial"].as_u64(), e["resource"].as_u64())),
+            "{}: reported twice (a finished job rerun): {e}",
+            out.display()
+        );
+    }
+}
+
 /// (trial, config, highest rung, score there) of every trial: what two studies with the same
 /// seed must agree on.
 fn outcome(status: &serde_json::Value) -> BTreeSet<String> {
@@ -195,6 +207,30 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
         "--quiet",
     ]));
     assert_eq!(outcome(&resumed), outcome(&status));
+    // `--offline` is this run's choice, not the study's: dropped, or given with --resume,
+    // the study still continues.
+    let online: Vec<String> = args.iter().filter(|a| *a != "--offline").cloned().collect();
+    assert_eq!(outcome(&json_out(run(&online))), outcome(&status));
+    let resumed = json_out(ttlora(&[
+        "search",
+        "--resume",
+        "--offline",
+        "--out",
+        path_str(&out),
+        "--json",
+        "--quiet",
+    ]));
+    assert_eq!(outcome(&resumed), outcome(&status));
+    assert_eq!(journal(&out).len(), events.len(), "no job ran twice");
+    // `status` and `report` only read: a copy of the study gains no lock file.
+    let copy = model.join("study-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["study.json", "journal.jsonl"] {
+        std::fs::copy(out.join(f), copy.join(f)).unwrap();
+    }
+    let shown = json_out(ttlora(&["search", "status", path_str(&copy), "--json"]));
+    assert_eq!(outcome(&shown), outcome(&status));
+    assert!(!copy.join("journal.lock").exists());
 
     // The report: Markdown with the front and every trial, plots as SVG and PNG.
     let report = json_out(ttlora(&["search", "report", path_str(&out), "--json"]));
@@ -286,6 +322,35 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
         .map(String::from)
         .to_vec();
     assert_clear_error(&run(&no_seeds), &["--confirm-trial needs --confirm-seeds"]);
+    // A trial whose `created` line is damaged has no config to train again: refused.
+    let damaged = model.join("damaged");
+    std::fs::create_dir_all(&damaged).unwrap();
+    std::fs::copy(out.join("study.json"), damaged.join("study.json")).unwrap();
+    let created = format!("{{\"event\":\"created\",\"trial\":{off},");
+    let journal: String = std::fs::read_to_string(out.join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.strip_prefix(&created) {
+            Some(_) => "{\"event\":\"created\",\"tri\n".to_string(),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(damaged.join("journal.jsonl"), journal).unwrap();
+    let lost: Vec<String> = [
+        "search",
+        "report",
+        path_str(&damaged),
+        "--confirm-seeds",
+        "1",
+        "--confirm-trial",
+        &off.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_clear_error(
+        &run(&lost),
+        &[&format!("--confirm-trial {off}: its config is unknown")],
+    );
 
     // Another study beside this one: listed and drawn when it scores the same held-out
     // slice, refused (naming the setting) when its seed draws another.
@@ -365,6 +430,7 @@ fn a_study_killed_mid_write_or_mid_trial_ends_as_an_uninterrupted_one() {
     let resumed = json_out(run(&args));
     assert_eq!(outcome(&resumed), outcome(&reference));
     assert!(resumed["warnings"].as_array().unwrap().is_empty());
+    assert_each_job_reported_once(&torn);
 
     // SIGKILLed at seeded random moments of its run, three times, then rerun to the end.
     let timed = model.join("study-timed");
@@ -380,6 +446,7 @@ fn a_study_killed_mid_write_or_mid_trial_ends_as_an_uninterrupted_one() {
     assert!(landed > 0, "a kill landed before the study ended");
     let resumed = json_out(run(&args));
     assert_eq!(outcome(&resumed), outcome(&reference));
+    assert_each_job_reported_once(&timed);
 
     // SIGKILLed during a trial (once trial 2's job is claimed), then rerun.
     let mid = model.join("study-mid");
@@ -398,6 +465,7 @@ fn a_study_killed_mid_write_or_mid_trial_ends_as_an_uninterrupted_one() {
     child.wait().unwrap();
     let resumed = json_out(run(&args));
     assert_eq!(outcome(&resumed), outcome(&reference));
+    assert_each_job_reported_once(&mid);
     // If the kill landed before trial 2 reported, the rerun recorded the dead worker's job
     // as failed and ran it again; no trial failed for good.
     let events = journal(&mid);

@@ -65,6 +65,9 @@ enum SearchCommand {
         dir: PathBuf,
         #[command(flatten)]
         device: DeviceArgs,
+        /// Never fetch the model, even when the study was started without --offline.
+        #[arg(long)]
+        offline: bool,
         /// No line per finished job.
         #[arg(long, short)]
         quiet: bool,
@@ -220,8 +223,14 @@ pub fn run(a: SearchArgs) -> Result<()> {
             };
             report(&dir, &confirm, &compare, device.device()?, output.json)
         }
-        Some(SearchCommand::Worker { dir, device, quiet }) => {
-            let settings = SearchSettings::read(&dir)?;
+        Some(SearchCommand::Worker {
+            dir,
+            device,
+            offline,
+            quiet,
+        }) => {
+            let mut settings = SearchSettings::read(&dir)?;
+            settings.allow_fetch &= !offline;
             work(&dir, &settings, device.device()?, quiet)
         }
         None => start(a.start),
@@ -311,7 +320,6 @@ fn study_flags_given(a: &StartArgs) -> Vec<&'static str> {
         ("--seed", a.seed.is_some()),
         ("--batch-size", a.batch_size.is_some()),
         ("--max-retries", a.max_retries.is_some()),
-        ("--offline", a.fetch.offline),
     ]
     .into_iter()
     .filter(|(_, given)| *given)
@@ -355,7 +363,8 @@ fn start(a: StartArgs) -> Result<()> {
         s.create_or_check(&dir)?;
         s
     };
-    let device = a.device.device()?;
+    // `--offline` holds for this run's workers whatever the study was started with.
+    let offline = a.fetch.offline || !settings.allow_fetch;
     if a.executor == ExecutorArg::Slurm {
         let exe = std::env::current_exe().context("cannot find the ttlora binary")?;
         let abs = std::fs::canonicalize(&dir)
@@ -368,6 +377,7 @@ fn start(a: StartArgs) -> Result<()> {
             mem: a.mem.clone(),
             extra: a.sbatch_arg.clone(),
             device: a.device.device.clone(),
+            offline,
             quiet: a.quiet,
             log: super::logging::chosen().map(String::from),
         };
@@ -395,14 +405,20 @@ fn start(a: StartArgs) -> Result<()> {
         }
         return print_status(&status(&dir)?, a.output.json);
     }
+    // Resolved here, not before a Slurm submission: the login node may lack the device.
+    let device = a.device.device()?;
     if a.workers == 1 {
+        let settings = SearchSettings {
+            allow_fetch: !offline,
+            ..settings
+        };
         work(&dir, &settings, device, a.quiet)?;
     } else {
         let (n, why) = ttlora::search::local_workers_that_fit(&dir, a.workers)?;
         if let Some(why) = why {
             tracing::warn!("{why}");
         }
-        spawn_workers(&dir, n, &a.device.device, a.quiet)?;
+        spawn_workers(&dir, n, &a.device.device, offline, a.quiet)?;
     }
     print_status(&status(&dir)?, a.output.json)
 }
@@ -457,10 +473,16 @@ fn work(
 }
 
 /// Starts `n` worker processes on the study and waits for all; each gets cores / n threads.
-fn spawn_workers(dir: &Path, n: usize, device: &str, quiet: bool) -> Result<()> {
+fn spawn_workers(dir: &Path, n: usize, device: &str, offline: bool, quiet: bool) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the ttlora binary to start workers")?;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let threads = (cores / n).max(1);
+    if n > cores {
+        tracing::warn!(
+            "{n} workers on {cores} cores: each gets one thread and they share the cores, so \
+             each job runs slower (--workers {cores} or fewer keeps one core per worker)"
+        );
+    }
     tracing::info!("{n} worker processes, {threads} threads each ({cores} cores)");
     let mut children = Vec::new();
     for _ in 0..n {
@@ -472,6 +494,9 @@ fn spawn_workers(dir: &Path, n: usize, device: &str, quiet: bool) -> Result<()> 
         super::logging::pass_on(&mut cmd);
         if quiet {
             cmd.arg("--quiet");
+        }
+        if offline {
+            cmd.arg("--offline");
         }
         children.push(cmd.spawn().context("cannot start a worker process")?);
     }

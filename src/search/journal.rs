@@ -218,6 +218,15 @@ impl Journal {
         Ok(journal)
     }
 
+    /// The journal of the study folder `dir` for reading only: nothing is created, so a
+    /// study on a read-only copy can still be shown.
+    pub fn at(dir: &Path) -> Self {
+        Self {
+            path: dir.join(JOURNAL_FILE),
+            lock_path: dir.join(LOCK_FILE),
+        }
+    }
+
     /// The journal file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -243,12 +252,15 @@ impl Journal {
     /// a torn last line, ignored).
     ///
     /// # Errors
-    /// The file cannot be read.
+    /// The file cannot be read (a missing one is an empty journal: no job has started).
     pub fn read(&self) -> Result<Replay> {
         let mut text = Vec::new();
-        File::open(&self.path)
-            .and_then(|mut f| f.read_to_end(&mut text))
-            .map_err(io_err(&self.path))?;
+        match File::open(&self.path).and_then(|mut f| f.read_to_end(&mut text)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => {
+                r.map_err(io_err(&self.path))?;
+            }
+        }
         Ok(parse(&text, &self.path))
     }
 }

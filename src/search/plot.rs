@@ -99,10 +99,13 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<(&'static str, String)>
         // The PNG encoder writes to a path: a hidden sibling first, then renamed.
         let png_path = dir.join(format!("{name}.png"));
         let tmp = dir.join(format!(".{name}-{}.png", std::process::id()));
-        {
+        let drawn = {
             let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-            draw(&root, r, plot).map_err(|e| plot_error(&png_path, e))?;
-            root.present().map_err(|e| plot_error(&png_path, e))?;
+            draw(&root, r, plot).and_then(|()| root.present().map_err(|e| e.to_string()))
+        };
+        if let Err(e) = drawn {
+            let _ = std::fs::remove_file(&tmp); // may not exist yet; nothing to keep either way
+            return Err(plot_error(&png_path, e));
         }
         std::fs::rename(&tmp, &png_path).map_err(|source| Error::Io {
             path: png_path.clone(),

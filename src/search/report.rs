@@ -43,6 +43,8 @@ pub struct TrialOutcome {
     pub adapter: Option<std::path::PathBuf>,
     /// Its last error.
     pub error: Option<String>,
+    /// Its `created` journal line was damaged, so its config is unknown.
+    pub lost: bool,
 }
 
 /// How much one setting moves the score at the first rung.
@@ -201,10 +203,7 @@ impl Report {
                 ),
             });
         }
-        if let Some(id) = also
-            .iter()
-            .find(|id| self.trials[**id].config.method == crate::search::journal::LOST_METHOD)
-        {
+        if let Some(id) = also.iter().find(|id| self.trials[**id].lost) {
             return Err(crate::error::Error::Study {
                 path: dir.to_path_buf(),
                 reason: format!(
@@ -262,7 +261,7 @@ fn overhead(events: &[Event]) -> Option<Overhead> {
 pub fn build(dir: &Path) -> Result<Report> {
     let settings = SearchSettings::read(dir)?;
     // One read of the journal for both the status and the curves.
-    let replay = Journal::open(dir)?.read()?;
+    let replay = Journal::at(dir).read()?;
     let state = StudyState::replay(&replay.events);
     let st = status_of(dir, &settings, &state, replay.warnings.clone());
     let max_t = settings.scheduler.max_t;
@@ -306,6 +305,7 @@ pub fn build(dir: &Path) -> Result<Report> {
             seconds: line.seconds,
             adapter,
             error: record.last_error.clone(),
+            lost: record.lost,
         });
     }
     let complete: Vec<&TrialOutcome> = trials
@@ -697,6 +697,7 @@ mod tests {
             seconds: 0.0,
             adapter: None,
             error: None,
+            lost: false,
         };
         let trials = [
             t(0, 1000, 0.80),

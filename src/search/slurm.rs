@@ -23,6 +23,8 @@ pub struct SlurmOptions {
     pub extra: Vec<String>,
     /// Each worker's `--device` (e.g. `cuda`).
     pub device: String,
+    /// Workers never fetch the model (`--offline`).
+    pub offline: bool,
     /// Workers print no line per job.
     pub quiet: bool,
     /// The tasks' `RUST_LOG` (the submitting command's `-v`); None leaves theirs.
@@ -73,10 +75,11 @@ pub fn script(exe: &Path, dir: &Path, o: &SlurmOptions) -> String {
         s.push_str(&format!("export RUST_LOG={}\n", quote(Path::new(level))));
     }
     s.push_str(&format!(
-        "exec {} search worker {} --device {}{}\n",
+        "exec {} search worker {} --device {}{}{}\n",
         quote(exe),
         quote(dir),
         quote(Path::new(&o.device)),
+        if o.offline { " --offline" } else { "" },
         if o.quiet { " --quiet" } else { "" }
     ));
     s
@@ -140,6 +143,7 @@ mod tests {
             mem: Some("16G".into()),
             extra: vec!["--account=abc".into()],
             device: "cuda:1".into(),
+            offline: true,
             quiet: true,
             log: Some("debug".into()),
         };
@@ -159,7 +163,7 @@ mod tests {
             #SBATCH --account=abc\n\
             export RAYON_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n\
             export RUST_LOG='debug'\n\
-            exec '/opt/ttlora' search worker '/data/it'\\''s a study' --device 'cuda:1' --quiet\n";
+            exec '/opt/ttlora' search worker '/data/it'\\''s a study' --device 'cuda:1' --offline --quiet\n";
         assert_eq!(s, expected);
         let plain = script(Path::new("/opt/ttlora"), Path::new("/data/study"), &o);
         assert!(

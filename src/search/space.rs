@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Keys in [`TRAINING_KEYS`] set the training (`lr`, `weight_decay`, `batch_size`,
-//! `warmup_ratio`, `epochs`, `targets`); every other key is a field of the method's config
+//! `warmup_ratio`, `targets`; `epochs` is named there only so that the study can refuse it,
+//! since the scheduler's resource sets each trial's length); every other key is a field of the method's config
 //! under the name `--adapter-config` uses (TT-LoRA's `rank`, `alpha`, `cores`, `init`; LoRA's
 //! `r`, `lora_alpha`), checked against the method when the file is read.
 

@@ -85,7 +85,7 @@ pub fn best_first(
 /// Not a study folder; the journal cannot be read.
 pub fn status(dir: &Path) -> Result<StudyStatus> {
     let settings = SearchSettings::read(dir)?;
-    let replay = Journal::open(dir)?.read()?;
+    let replay = Journal::at(dir).read()?;
     let state = StudyState::replay(&replay.events);
     Ok(status_of(dir, &settings, &state, replay.warnings))
 }
@@ -148,7 +148,7 @@ pub fn status_of(
     // stays where it is: pruned.
     let finished = settings
         .scheduler
-        .next(&state.views(settings.max_retries), settings.trials)
+        .next(&state.views(settings.max_retries), settings.trial_budget())
         == crate::search::scheduler::Next::Done;
     if finished {
         for t in trials
@@ -165,7 +165,7 @@ pub fn status_of(
         .max_by(|a, b| a.score.total_cmp(&b.score).then(b.id.cmp(&a.id)))
         .map(|t| t.id);
     StudyStatus {
-        budget: settings.trials,
+        budget: settings.trial_budget(),
         used: trials.iter().map(|t| t.used).sum(),
         trials,
         per_rung,
@@ -181,4 +181,86 @@ fn lock_held(dir: &Path, trial: usize) -> bool {
         return false;
     };
     matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::sampler::SamplerKind;
+    use crate::search::scheduler::{Scheduler, SchedulerKind};
+    use crate::search::space::Config;
+
+    fn lora(r: u64) -> Config {
+        Config {
+            method: "lora".into(),
+            params: [("r".to_string(), serde_json::json!(r))].into(),
+        }
+    }
+
+    fn reported(trial: usize, score: f64) -> Event {
+        Event::Reported {
+            trial,
+            resource: 1,
+            score,
+            curve: vec![(3, score)],
+            dev: BTreeMap::new(),
+            params: 100,
+            steps: 3,
+            seconds: 1.0,
+            wall_s: Some(1.5),
+            peak_rss_mib: 10.0,
+            adapter: None,
+            time: 0.0,
+        }
+    }
+
+    /// A grid of two points under ASHA with `--trials 3`: once both stopped at rung 1 and
+    /// neither is promoted, the study is over (the grid is used up), so they are pruned,
+    /// not paused forever waiting for a third trial that cannot be drawn.
+    #[test]
+    fn a_grid_smaller_than_the_trials_asked_for_ends_when_it_is_used_up() {
+        let scheduler = Scheduler {
+            kind: SchedulerKind::Asha,
+            reduction_factor: 3,
+            grace_period: 1,
+            max_t: 9,
+        };
+        let settings = SearchSettings {
+            sampler: SamplerKind::Grid,
+            ..SearchSettings::for_tests("[lora]\nr = [1, 2]\n", scheduler)
+        };
+        assert_eq!((settings.trials, settings.trial_budget()), (3, 2));
+        let state = StudyState::replay(&[
+            Event::Created {
+                trial: 0,
+                bracket: 0,
+                config: lora(1),
+            },
+            Event::Claimed {
+                trial: 0,
+                resource: 1,
+                worker: "w".into(),
+                attempt: 1,
+                time: 0.0,
+            },
+            reported(0, 0.5),
+            Event::Created {
+                trial: 1,
+                bracket: 0,
+                config: lora(2),
+            },
+            Event::Claimed {
+                trial: 1,
+                resource: 1,
+                worker: "w".into(),
+                attempt: 1,
+                time: 0.0,
+            },
+            reported(1, 0.6),
+        ]);
+        let st = status_of(Path::new("/nonexistent-study"), &settings, &state, vec![]);
+        assert_eq!(st.budget, 2);
+        let statuses: Vec<TrialStatus> = st.trials.iter().map(|t| t.status).collect();
+        assert_eq!(statuses, [TrialStatus::Pruned, TrialStatus::Pruned]);
+    }
 }

@@ -226,7 +226,7 @@ pub fn workers_that_fit(n: usize, available: f64, peak: f64) -> usize {
 /// # Errors
 /// The journal cannot be read.
 pub fn local_workers_that_fit(dir: &Path, n: usize) -> Result<(usize, Option<String>)> {
-    let state = StudyState::replay(&Journal::open(dir)?.read()?.events);
+    let state = StudyState::replay(&Journal::at(dir).read()?.events);
     let (Some(peak), Some(available)) =
         (recorded_peak_mib(&state), crate::io::available_memory_mib())
     else {
@@ -342,7 +342,7 @@ fn claim(
         );
     }
     let views = state.views(max_retries);
-    let mut budget = settings.trials;
+    let mut budget = settings.trial_budget();
     loop {
         match settings.scheduler.next(&views, budget) {
             Next::Promote { trial, resource } => {
