@@ -977,3 +977,33 @@ fn explicit_shapes_and_per_bond_ranks_are_searched() {
         );
     }
 }
+
+/// Relative `--model`, `--data` paths are stored absolute in the study, so a worker started
+/// from another folder (a Slurm task, a second terminal) reads the same files.
+#[test]
+fn relative_paths_are_stored_absolute() {
+    let (model, space, out) = setup("search-relative");
+    let cwd = model.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::os::unix::fs::symlink(bundled_data(), cwd.join("data")).unwrap();
+    let mut args = search_args(&model, &space, &out);
+    let mut set = |flag: &str, value: &str| {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value.to_string();
+    };
+    set("--model", "..");
+    set("--data", "data");
+    set("--trials", "1");
+    set("--max-t", "1");
+    let o = Command::new(env!("CARGO_BIN_EXE_ttlora"))
+        .args(&args)
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let study: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap().display().to_string();
+    assert_eq!(study["model"], canonical(&model));
+    assert_eq!(study["data"], canonical(&bundled_data()));
+}

@@ -243,13 +243,22 @@ fn settings(a: &StartArgs) -> Result<SearchSettings> {
         bail!("--task and --space are needed to start a study");
     };
     let space = SearchSpace::read(space)?;
+    // Paths are stored absolute: a worker started from another folder (a Slurm task, a
+    // second terminal) must read the same files. A model that is no path (a packaged name,
+    // a hub id) is kept as given.
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let model = a
+        .model
+        .clone()
+        .unwrap_or_else(|| ttlora::io::DEFAULT_MODEL.to_string());
     let settings = SearchSettings {
         task: task.to_ascii_lowercase(),
-        data: a.data.clone(),
-        model: a
-            .model
-            .clone()
-            .unwrap_or_else(|| ttlora::io::DEFAULT_MODEL.to_string()),
+        data: a.data.as_deref().map(absolute),
+        model: if Path::new(&model).exists() {
+            absolute(Path::new(&model)).display().to_string()
+        } else {
+            model
+        },
         max_len: a.max_len.unwrap_or(128),
         held_out: a.held_out.unwrap_or(0.1),
         max_train: a.max_train,
