@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Checks the MRPC trade-off study's answer on MRPC's full training split. The studies of
+# scripts/search_tradeoff.sh train on a 1,000-example sample (to fit 2 cores), where every
+# config scores near the majority class; this trains the configs named in TRIALS again, each
+# with SEEDS, on the whole split with the GLUE table's settings (3 epochs, batch 32, max
+# length 128, its held-out slice for checkpoint selection), scored on dev. A config is
+# `STUDY:TRIAL`, read from runs/search-mrpc/STUDY/journal.jsonl: its method, lr and method
+# fields. Runs go to runs/search-mrpc/full-train/STUDY-tTRIAL-sSEED and are reused (a killed
+# run resumes), so the script reruns and resumes in one command.
+#
+#   scripts/search_full_train.sh                      # asha-1's trial 10 and LoRA r = 8
+#   TRIALS="asha-1:9 lora-sweep:9" SEEDS="1 2 3" scripts/search_full_train.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+DATA=${DATA:-../shared/data}
+STUDIES=${STUDIES:-runs/search-mrpc}
+OUT=${OUT:-$STUDIES/full-train}
+TRIALS=${TRIALS:-asha-1:10 lora-sweep:7}
+SEEDS=${SEEDS:-1 2 3}
+RUNS=${RUNS:-1}
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
+
+# The `--method M --lr LR --adapter-config JSON` of trial $2 of study $1, one per line.
+trial_flags() {
+  python3 - "$STUDIES/$1/journal.jsonl" "$2" <<'EOF'
+import json, sys
+path, trial = sys.argv[1], int(sys.argv[2])
+for line in open(path):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if e.get("event") == "created" and e.get("trial") == trial:
+        c = dict(e["config"]["params"])
+        print("--method", e["config"]["method"], "--lr", c.pop("lr"), sep="\n")
+        print("--adapter-config", json.dumps(c), sep="\n")
+        break
+else:
+    sys.exit(f"{path}: no trial {trial}")
+EOF
+}
+
+for seed in $SEEDS; do
+  for st in $TRIALS; do
+    study=${st%%:*} trial=${st##*:}
+    dir=$OUT/$study-t$trial-s$seed
+    [[ -f $dir/eval_results.json ]] && continue
+    mapfile -t flags < <(trial_flags "$study" "$trial")
+    while (( $(jobs -rp | wc -l) >= RUNS )); do wait -n; done
+    echo "== mrpc full train: $study trial $trial (${flags[*]}) seed $seed" >&2
+    "$BIN" train --model all-MiniLM-L6-v2 --task mrpc --data "$DATA" "${flags[@]}" \
+      --batch-size 32 --max-len 128 --epochs 3 --seed "$seed" --out "$dir" --offline \
+      --quiet --resume &
+  done
+done
+wait
+python3 - "$OUT" <<'EOF'
+import json, pathlib, statistics, sys
+runs = {}
+for d in sorted(pathlib.Path(sys.argv[1]).glob("*-s*")):
+    f = d / "eval_results.json"
+    if f.is_file():
+        name = d.name.rsplit("-s", 1)[0]
+        m = json.loads(f.read_text())
+        runs.setdefault(name, []).append(m)
+for name, ms in runs.items():
+    line = [name, f"{len(ms)} seeds"]
+    for k in ("f1", "accuracy"):
+        xs = [m["dev_metrics"][k] for m in ms if k in m["dev_metrics"]]
+        if len(xs) > 1:
+            line.append(f"{k} {statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}")
+        elif xs:
+            line.append(f"{k} {xs[0]:.4f}")
+    print("  ".join(line))
+EOF
