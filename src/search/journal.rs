@@ -418,6 +418,13 @@ impl TrialRecord {
         self.scores().iter().map(|(r, _)| *r).max().unwrap_or(0)
     }
 
+    /// Whether its first job still has to be claimed: its `created` line stands alone (a
+    /// write torn between the two lines). A trial with a report has run, whatever happened
+    /// to its claim's line.
+    pub fn never_claimed(&self) -> bool {
+        !self.lost && self.claim.is_none() && self.reports.is_empty()
+    }
+
     /// The resource its latest job runs to (0 before any).
     pub fn target(&self) -> usize {
         self.claim.as_ref().map_or(0, |c| c.0)
@@ -758,6 +765,12 @@ mod tests {
         assert_eq!(s.trials[2].id, 2);
         assert_eq!(s.trials[2].config, s.trials[0].config);
         assert_eq!(s.trials[2].target(), 1);
+
+        // Trial 0's `claimed` line lost, its report kept: it has run, nothing to start again.
+        let s = StudyState::replay(&[created(0), reported(0, 1, 0.5)]);
+        assert!(!s.trials[0].never_claimed());
+        let s = StudyState::replay(&[created(0)]);
+        assert!(s.trials[0].never_claimed());
 
         // The newest trial's `created` line lost: its claim makes it known, and lost.
         let s = StudyState::replay(&[created(0), claim(1), reported(1, 1, 0.9)]);

@@ -324,7 +324,7 @@ fn claim(
 
     // A trial whose creation was recorded but not its claim (a write torn between the two
     // lines): start it now.
-    if let Some(t) = state.trials.iter().find(|t| t.claim.is_none() && !t.lost) {
+    if let Some(t) = state.trials.iter().find(|t| t.never_claimed()) {
         let resource = settings.scheduler.bracket_rungs(t.bracket)[0];
         return start_job(dir, locked, t.clone(), resource, 1, worker, None);
     }
