@@ -231,6 +231,24 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     let shown = json_out(ttlora(&["search", "status", path_str(&copy), "--json"]));
     assert_eq!(outcome(&shown), outcome(&status));
     assert!(!copy.join("journal.lock").exists());
+    // A corrupt line in the middle is reported with its line number and skipped.
+    let mut lines: Vec<String> = std::fs::read_to_string(copy.join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.insert(2, "{\"event\":\"repor\u{0}ted".into());
+    std::fs::write(copy.join("journal.jsonl"), lines.join("\n") + "\n").unwrap();
+    let o = ttlora(&["search", "status", path_str(&copy)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("journal.jsonl:3: not a journal event"),
+        "{}",
+        stderr(&o)
+    );
+    let shown = json_out(ttlora(&["search", "status", path_str(&copy), "--json"]));
+    assert_eq!(outcome(&shown), outcome(&status));
+    assert_eq!(shown["warnings"].as_array().unwrap().len(), 1);
 
     // The report: Markdown with the front and every trial, plots as SVG and PNG.
     let report = json_out(ttlora(&["search", "report", path_str(&out), "--json"]));
