@@ -519,7 +519,9 @@ impl StudyState {
             .iter()
             .map(|t| TrialView {
                 id: t.id,
-                bracket: t.bracket,
+                // A lost trial's bracket is unknown: it counts in none of the shares, so the
+                // bracket it was drawn for is the one short and gets the next new trial.
+                bracket: if t.lost { usize::MAX } else { t.bracket },
                 reports: t.scores(),
                 target: t.target(),
                 busy: !t.claim_closed || t.retry_due(max_retries),
@@ -754,6 +756,11 @@ mod tests {
         assert_eq!(s.trials.len(), 3, "the next trial is 3");
         let lost = &s.trials[1];
         assert!(lost.lost && lost.failed_permanently && lost.claim_closed);
+        assert_eq!(
+            s.views(0)[1].bracket,
+            usize::MAX,
+            "in no bracket's HyperBand share"
+        );
         assert!(
             lost.reports.is_empty(),
             "a score without its config is not used"
