@@ -618,7 +618,7 @@ mod fail_point {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn created(trial: usize) -> Event {
@@ -632,7 +632,9 @@ mod tests {
         }
     }
 
-    fn reported(trial: usize, resource: usize, score: f64) -> Event {
+    /// A report of `trial` at `resource` with held-out `score`, the rest fixed (for tests
+    /// here and in `status`).
+    pub(crate) fn reported(trial: usize, resource: usize, score: f64) -> Event {
         Event::Reported {
             trial,
             resource,

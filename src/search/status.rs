@@ -186,6 +186,7 @@ fn lock_held(dir: &Path, trial: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::journal::tests::reported;
     use crate::search::sampler::SamplerKind;
     use crate::search::scheduler::{Scheduler, SchedulerKind};
     use crate::search::space::Config;
@@ -194,23 +195,6 @@ mod tests {
         Config {
             method: "lora".into(),
             params: [("r".to_string(), serde_json::json!(r))].into(),
-        }
-    }
-
-    fn reported(trial: usize, score: f64) -> Event {
-        Event::Reported {
-            trial,
-            resource: 1,
-            score,
-            curve: vec![(3, score)],
-            dev: BTreeMap::new(),
-            params: 100,
-            steps: 3,
-            seconds: 1.0,
-            wall_s: Some(1.5),
-            peak_rss_mib: 10.0,
-            adapter: None,
-            time: 0.0,
         }
     }
 
@@ -243,7 +227,7 @@ mod tests {
                 attempt: 1,
                 time: 0.0,
             },
-            reported(0, 0.5),
+            reported(0, 1, 0.5),
             Event::Created {
                 trial: 1,
                 bracket: 0,
@@ -256,7 +240,7 @@ mod tests {
                 attempt: 1,
                 time: 0.0,
             },
-            reported(1, 0.6),
+            reported(1, 1, 0.6),
         ]);
         let st = status_of(Path::new("/nonexistent-study"), &settings, &state, vec![]);
         assert_eq!(st.budget, 2);
