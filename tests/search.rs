@@ -1025,3 +1025,77 @@ fn relative_paths_are_stored_absolute() {
     assert_eq!(study["model"], canonical(&model));
     assert_eq!(study["data"], canonical(&bundled_data()));
 }
+
+/// A promoted trial continues from its rung's checkpoint as if it had never paused: its
+/// held-out curve and its training log over its jobs are those of the same config trained
+/// straight to max_t (same seed, so same initialisation, data order and learning-rate
+/// schedule).
+#[test]
+fn a_promoted_trial_continues_as_if_never_paused() {
+    let (model, _, out) = setup("search-promoted");
+    let space = |ranks: &str| {
+        let path = model.join(format!("grid-{}.toml", ranks.replace(", ", "-")));
+        let text = format!("[ttlora]\nrank = [{ranks}]\nalpha = [8]\nlr = [1e-2]\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // ASHA over three configs, η 3, rungs at 1 and 3 epochs: one trial is promoted.
+    let mut args = search_args(&model, &space("2, 4, 8"), &out);
+    args.extend(["--sampler", "grid"].map(String::from));
+    assert!(run(&args).status.success());
+    let events = journal(&out);
+    let curve_of = |events: &[serde_json::Value], trial: u64| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == "reported" && e["trial"] == trial)
+            .flat_map(|e| e["curve"].as_array().unwrap().clone())
+            .collect()
+    };
+    let promoted = events
+        .iter()
+        .find(|e| e["event"] == "reported" && e["resource"] == 3)
+        .expect("a trial promoted to the second rung")["trial"]
+        .as_u64()
+        .unwrap();
+    let rank = events
+        .iter()
+        .find(|e| e["event"] == "created" && e["trial"] == promoted)
+        .unwrap()["config"]["params"]["rank"]
+        .to_string();
+    let paused = curve_of(&events, promoted);
+    assert_eq!(
+        paused.len(),
+        3,
+        "scored after epochs 1, 2 and 3: {paused:?}"
+    );
+
+    // The same config alone, without a scheduler: one job straight to max_t.
+    let straight = model.join("straight");
+    let mut args = search_args(&model, &space(&rank), &straight);
+    args.extend(["--sampler", "grid", "--scheduler", "none"].map(String::from));
+    assert!(run(&args).status.success());
+    assert_eq!(curve_of(&journal(&straight), 0), paused);
+    // Step by step: the same losses, learning rates and gradient norms, bit for bit (the
+    // held-out score of so tiny a model may not move).
+    let steps = |study: &Path, trial: u64| -> Vec<(u64, String, String, String)> {
+        let log = study.join(format!("trials/{trial:06}/train_log.jsonl"));
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["event"] == "step")
+            .map(|e| {
+                let f = |k: &str| e[k].to_string();
+                (
+                    e["step"].as_u64().unwrap(),
+                    f("loss"),
+                    f("lr"),
+                    f("grad_norm"),
+                )
+            })
+            .collect()
+    };
+    let resumed = steps(&out, promoted);
+    assert_eq!(resumed.len(), 9, "three epochs of three batches");
+    assert_eq!(steps(&straight, 0), resumed);
+}
