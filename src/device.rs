@@ -9,9 +9,21 @@ use crate::error::{Error, Result};
 /// # Errors
 /// An unknown name, or `cuda` in a build without the `cuda` feature or without a GPU.
 pub fn parse_device(name: &str) -> Result<Device> {
+    match check_device_name(name)? {
+        None => Ok(Device::Cpu),
+        Some(ordinal) => Ok(Device::new_cuda(ordinal)?),
+    }
+}
+
+/// Checks a device name (`cpu`, `cuda`, `cuda:N`) without opening the device, as before
+/// submitting a job that runs on other nodes: the CUDA ordinal, None for the CPU.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] for an unknown name, or CUDA in a build without it.
+pub fn check_device_name(name: &str) -> Result<Option<usize>> {
     let name = name.trim().to_ascii_lowercase();
     if name == "cpu" {
-        return Ok(Device::Cpu);
+        return Ok(None);
     }
     let ordinal = match name.strip_prefix("cuda") {
         Some("") => 0,
@@ -29,7 +41,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
             got: name,
         });
     }
-    Ok(Device::new_cuda(ordinal)?)
+    Ok(Some(ordinal))
 }
 
 fn bad_device(name: &str) -> Error {

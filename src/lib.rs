@@ -30,7 +30,7 @@ pub mod train;
 pub mod tt;
 pub mod tuning;
 
-pub use device::parse_device;
+pub use device::{check_device_name, parse_device};
 pub use error::{Error, Result};
 
 /// The README's code blocks, compiled and run as doctests so they cannot rot.

@@ -231,6 +231,37 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     let shown = json_out(ttlora(&["search", "status", path_str(&copy), "--json"]));
     assert_eq!(outcome(&shown), outcome(&status));
     assert!(!copy.join("journal.lock").exists());
+    // A study that may fetch its model, continued with `--offline`: one worker in this
+    // process, worker processes and `search worker` all refuse to download.
+    let unfetched = model.join("study-unfetched");
+    std::fs::create_dir_all(&unfetched).unwrap();
+    let mut settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+    settings["model"] = "no-such-org/no-such-model".into();
+    settings["allow_fetch"] = true.into();
+    std::fs::write(unfetched.join("study.json"), settings.to_string()).unwrap();
+    let dir = path_str(&unfetched);
+    for args in [
+        vec!["search", "--resume", "--out", dir, "--offline"],
+        vec![
+            "search",
+            "--resume",
+            "--out",
+            dir,
+            "--offline",
+            "--workers",
+            "2",
+        ],
+        vec!["search", "worker", dir, "--offline"],
+    ] {
+        let o = ttlora(&args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            stderr(&o).contains("because of --offline"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
     // A corrupt line in the middle is reported with its line number and skipped.
     let mut lines: Vec<String> = std::fs::read_to_string(copy.join("journal.jsonl"))
         .unwrap()

@@ -368,13 +368,15 @@ fn start(a: StartArgs) -> Result<()> {
         }
         SearchSettings::read(&dir)?
     } else {
-        let s = settings(&a)?;
-        s.create_or_check(&dir)?;
-        s
+        settings(&a)?.create_or_check(&dir)?;
+        // The folder's own settings: equal but for `allow_fetch`, which stays the study's.
+        SearchSettings::read(&dir)?
     };
-    // `--offline` holds for this run's workers whatever the study was started with.
+    // The study's choice to fetch is a default that `--offline` tightens for this run.
     let offline = a.fetch.offline || !settings.allow_fetch;
     if a.executor == ExecutorArg::Slurm {
+        // Only the name is checked here: the nodes, not this host, must have the device.
+        ttlora::check_device_name(&a.device.device)?;
         let exe = std::env::current_exe().context("cannot find the ttlora binary")?;
         let abs = std::fs::canonicalize(&dir)
             .with_context(|| format!("cannot resolve {}", dir.display()))?;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::search::scheduler::TrialView;
+use crate::search::scheduler::{NO_BRACKET, TrialView};
 use crate::search::space::Config;
 
 /// The journal's file name in a study folder.
@@ -182,6 +182,9 @@ pub struct Replay {
 pub struct Journal {
     path: PathBuf,
     lock_path: PathBuf,
+    /// Opened by [`Journal::at`]: a missing file reads as empty (a study not started yet).
+    /// A worker's journal exists from [`Journal::open`] on, so its disappearing is an error.
+    read_only: bool,
 }
 
 /// The journal held exclusively: read it, append to it; dropped, the lock goes.
@@ -207,6 +210,7 @@ impl Journal {
         let journal = Self {
             path: dir.join(JOURNAL_FILE),
             lock_path: dir.join(LOCK_FILE),
+            read_only: false,
         };
         for p in [&journal.path, &journal.lock_path] {
             OpenOptions::new()
@@ -224,6 +228,7 @@ impl Journal {
         Self {
             path: dir.join(JOURNAL_FILE),
             lock_path: dir.join(LOCK_FILE),
+            read_only: true,
         }
     }
 
@@ -252,11 +257,11 @@ impl Journal {
     /// a torn last line, ignored).
     ///
     /// # Errors
-    /// The file cannot be read (a missing one is an empty journal: no job has started).
+    /// The file cannot be read (opened by [`Journal::at`], a missing one is empty).
     pub fn read(&self) -> Result<Replay> {
         let mut text = Vec::new();
         match File::open(&self.path).and_then(|mut f| f.read_to_end(&mut text)) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if self.read_only && e.kind() == std::io::ErrorKind::NotFound => {}
             r => {
                 r.map_err(io_err(&self.path))?;
             }
@@ -422,7 +427,7 @@ impl TrialRecord {
     /// write torn between the two lines). A trial with a report has run, whatever happened
     /// to its claim's line.
     pub fn never_claimed(&self) -> bool {
-        !self.lost && self.claim.is_none() && self.reports.is_empty()
+        !self.lost && self.claim.is_none() && self.reports.is_empty() && self.failures == 0
     }
 
     /// The resource its latest job runs to (0 before any).
@@ -521,7 +526,7 @@ impl StudyState {
                 id: t.id,
                 // A lost trial's bracket is unknown: it counts in none of the shares, so the
                 // bracket it was drawn for is the one short and gets the next new trial.
-                bracket: if t.lost { usize::MAX } else { t.bracket },
+                bracket: if t.lost { NO_BRACKET } else { t.bracket },
                 reports: t.scores(),
                 target: t.target(),
                 busy: !t.claim_closed || t.retry_due(max_retries),
@@ -760,7 +765,7 @@ pub(crate) mod tests {
         assert!(lost.lost && lost.failed_permanently && lost.claim_closed);
         assert_eq!(
             s.views(0)[1].bracket,
-            usize::MAX,
+            NO_BRACKET,
             "in no bracket's HyperBand share"
         );
         assert!(
@@ -788,6 +793,18 @@ pub(crate) mod tests {
         // A damaged id past every line is no trial: nothing is allocated for it.
         let s = StudyState::replay(&[created(0), claim(1_000_000_000)]);
         assert_eq!(s.trials.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_journal_is_empty_to_readers_and_an_error_to_workers() {
+        let dir = std::env::temp_dir().join(format!("ttlora-journal-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(Journal::at(&dir).read().unwrap().events.is_empty());
+        assert!(!dir.exists(), "reading creates nothing");
+        let j = Journal::open(&dir).unwrap();
+        std::fs::remove_file(j.path()).unwrap();
+        assert!(j.read().is_err(), "a worker's journal deleted under it");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -104,7 +104,8 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<(&'static str, String)>
             draw(&root, r, plot).and_then(|()| root.present().map_err(|e| e.to_string()))
         };
         if let Err(e) = drawn {
-            let _ = std::fs::remove_file(&tmp); // may not exist yet; nothing to keep either way
+            // The backend wrote what it had when dropped above; a half-drawn file is no use.
+            let _ = std::fs::remove_file(&tmp);
             return Err(plot_error(&png_path, e));
         }
         std::fs::rename(&tmp, &png_path).map_err(|source| Error::Io {

@@ -38,6 +38,9 @@ pub struct Scheduler {
     pub max_t: usize,
 }
 
+/// The bracket of a trial whose `created` line is lost: it counts in no bracket's share.
+pub const NO_BRACKET: usize = usize::MAX;
+
 /// One HyperBand bracket: how many configs it starts and the resource each first gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bracket {
@@ -52,7 +55,7 @@ pub struct Bracket {
 pub struct TrialView {
     /// Its index.
     pub id: usize,
-    /// Its bracket (0 under ASHA and none).
+    /// Its bracket (0 under ASHA and none; [`NO_BRACKET`] when unknown).
     pub bracket: usize,
     /// (resource, held-out score) at each rung reached.
     pub reports: Vec<(usize, f64)>,
@@ -493,6 +496,14 @@ mod tests {
             .map(|b| trials.iter().filter(|t| t.bracket == b).count())
             .collect();
         assert_eq!(per, [9, 5, 3]);
+
+        // A lost trial (bracket unknown) counts in no share: the next new trial goes where
+        // it would have gone without it.
+        let before = s.bracket_for_new(&trials);
+        let mut lost = paused(17, &[]);
+        lost.bracket = NO_BRACKET;
+        trials.push(lost);
+        assert_eq!(s.bracket_for_new(&trials), before);
     }
 
     #[test]

@@ -16,9 +16,10 @@
 //!
 //! Keys in [`TRAINING_KEYS`] set the training (`lr`, `weight_decay`, `batch_size`,
 //! `warmup_ratio`, `targets`; `epochs` is named there only so that the study can refuse it,
-//! since the scheduler's resource sets each trial's length); every other key is a field of the method's config
-//! under the name `--adapter-config` uses (TT-LoRA's `rank`, `alpha`, `cores`, `init`; LoRA's
-//! `r`, `lora_alpha`), checked against the method when the file is read.
+//! since the scheduler's resource sets each trial's length); every other key is a field of
+//! the method's config under the name `--adapter-config` uses (TT-LoRA's `rank`, `alpha`,
+//! `cores`, `init`; LoRA's `r`, `lora_alpha`), checked against the method when the file is
+//! read.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
