@@ -6,7 +6,8 @@
 # length 128, its held-out slice for checkpoint selection), scored on dev. A config is
 # `STUDY:TRIAL`, read from runs/search-mrpc/STUDY/journal.jsonl: its method, lr and method
 # fields. Runs go to runs/search-mrpc/full-train/STUDY-tTRIAL-sSEED and are reused (a killed
-# run resumes), so the script reruns and resumes in one command.
+# run resumes), so the script reruns and resumes in one command. It ends with one line per
+# config found in OUT (this run's and earlier ones'): dev F1 and accuracy, mean ± sample std.
 #
 #   scripts/search_full_train.sh                      # asha-1's trial 10 and LoRA r = 8
 #   TRIALS="asha-1:9 lora-sweep:9" SEEDS="1 2 3" scripts/search_full_train.sh
@@ -20,20 +21,29 @@ TRIALS=${TRIALS:-asha-1:10 lora-sweep:7}
 SEEDS=${SEEDS:-1 2 3}
 RUNS=${RUNS:-1}
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
+failed=0
 
-# The `--method M --lr LR --adapter-config JSON` of trial $2 of study $1, one per line.
+# The `--method M [--lr LR] --adapter-config JSON` of trial $2 of study $1, one per line.
 trial_flags() {
   python3 - "$STUDIES/$1/journal.jsonl" "$2" <<'EOF'
 import json, sys
-path, trial = sys.argv[1], int(sys.argv[2])
+path, trial = sys.argv[1], sys.argv[2]
+if not trial.isdigit():
+    sys.exit(f"{trial!r} is no trial number (TRIALS holds STUDY:TRIAL)")
 for line in open(path):
     try:
         e = json.loads(line)
     except ValueError:
         continue
-    if e.get("event") == "created" and e.get("trial") == trial:
+    if e.get("event") == "created" and e.get("trial") == int(trial):
         c = dict(e["config"]["params"])
-        print("--method", e["config"]["method"], "--lr", c.pop("lr"), sep="\n")
+        training = sorted(set(c) & {"weight_decay", "batch_size", "warmup_ratio", "targets"})
+        if training:
+            sys.exit(f"{path}: trial {trial} searched {', '.join(training)}; this script "
+                     "passes only lr and the method's fields")
+        print("--method", e["config"]["method"], sep="\n")
+        if "lr" in c:
+            print("--lr", c.pop("lr"), sep="\n")
         print("--adapter-config", json.dumps(c), sep="\n")
         break
 else:
@@ -46,15 +56,18 @@ for seed in $SEEDS; do
     study=${st%%:*} trial=${st##*:}
     dir=$OUT/$study-t$trial-s$seed
     [[ -f $dir/eval_results.json ]] && continue
-    mapfile -t flags < <(trial_flags "$study" "$trial")
-    while (( $(jobs -rp | wc -l) >= RUNS )); do wait -n; done
+    # Read first, so that a bad STUDY:TRIAL stops the script (`set -e`) instead of training
+    # the default method under this name.
+    text=$(trial_flags "$study" "$trial")
+    mapfile -t flags <<< "$text"
+    while (( $(jobs -rp | wc -l) >= RUNS )); do wait -n || failed=$((failed + 1)); done
     echo "== mrpc full train: $study trial $trial (${flags[*]}) seed $seed" >&2
     "$BIN" train --model all-MiniLM-L6-v2 --task mrpc --data "$DATA" "${flags[@]}" \
       --batch-size 32 --max-len 128 --epochs 3 --seed "$seed" --out "$dir" --offline \
       --quiet --resume &
   done
 done
-wait
+while (( $(jobs -rp | wc -l) > 0 )); do wait -n || failed=$((failed + 1)); done
 python3 - "$OUT" <<'EOF'
 import json, pathlib, statistics, sys
 runs = {}
@@ -74,3 +87,7 @@ for name, ms in runs.items():
             line.append(f"{k} {xs[0]:.4f}")
     print("  ".join(line))
 EOF
+if (( failed > 0 )); then
+  echo "$failed training run(s) failed; their folders are left to resume" >&2
+  exit 1
+fi
