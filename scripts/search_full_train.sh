@@ -5,12 +5,15 @@
 # with SEEDS, on the whole split with the GLUE table's settings (3 epochs, batch 32, max
 # length 128, its held-out slice for checkpoint selection), scored on dev. A config is
 # `STUDY:TRIAL`, read from runs/search-mrpc/STUDY/journal.jsonl: its method, lr and method
-# fields. Runs go to runs/search-mrpc/full-train/STUDY-tTRIAL-sSEED and are reused (a killed
-# run resumes), so the script reruns and resumes in one command. It ends with one line per
+# fields; `STUDY:TRIAL@LR` trains it at another learning rate (the rate a sample chose may not
+# suit the full split). Runs go to runs/search-mrpc/full-train/STUDY-tTRIAL[-lrLR]-sSEED and
+# are reused (a killed run resumes), so the script reruns and resumes in one command. It ends
+# with one line per
 # config found in OUT (this run's and earlier ones'): dev F1 and accuracy, mean ± sample std.
 #
 #   scripts/search_full_train.sh                      # asha-1's trial 10 and LoRA r = 8
 #   TRIALS="asha-1:9 lora-sweep:9" SEEDS="1 2 3" scripts/search_full_train.sh
+#   TRIALS="asha-1:10@5e-3" scripts/search_full_train.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -53,13 +56,21 @@ EOF
 
 for seed in $SEEDS; do
   for st in $TRIALS; do
-    study=${st%%:*} trial=${st##*:}
-    dir=$OUT/$study-t$trial-s$seed
+    study=${st%%:*} trial=${st##*:} lr=
+    if [[ $trial == *@* ]]; then lr=${trial#*@} trial=${trial%%@*}; fi
+    dir=$OUT/$study-t$trial${lr:+-lr$lr}-s$seed
     [[ -f $dir/eval_results.json ]] && continue
     # Read first, so that a bad STUDY:TRIAL stops the script (`set -e`) instead of training
     # the default method under this name.
     text=$(trial_flags "$study" "$trial")
     mapfile -t flags <<< "$text"
+    if [[ -n $lr ]]; then
+      kept=()
+      for ((i = 0; i < ${#flags[@]}; i++)); do
+        if [[ ${flags[i]} == --lr ]]; then i=$((i + 1)); else kept+=("${flags[i]}"); fi
+      done
+      flags=("${kept[@]}" --lr "$lr")
+    fi
     while (( $(jobs -rp | wc -l) >= RUNS )); do wait -n || failed=$((failed + 1)); done
     echo "== mrpc full train: $study trial $trial (${flags[*]}) seed $seed" >&2
     "$BIN" train --model all-MiniLM-L6-v2 --task mrpc --data "$DATA" "${flags[@]}" \
