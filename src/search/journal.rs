@@ -583,6 +583,8 @@ pub fn try_lock_trial(dir: &Path, trial: usize) -> Result<Option<File>> {
 
 /// Fault injection for the kill tests: `TTLORA_KILL_IN_APPEND=N` makes the N-th append of
 /// the process write half its bytes and then SIGKILL the process, as a kill mid-write would.
+/// Only in builds with debug assertions (what `cargo test` builds): a release binary ignores
+/// the variable, so no environment can make a user's study kill itself.
 mod fail_point {
     use std::io::Write;
     use std::path::Path;
@@ -593,6 +595,9 @@ mod fail_point {
     static APPENDS: AtomicUsize = AtomicUsize::new(0);
 
     pub fn before_append(path: &Path, bytes: &[u8]) -> Result<()> {
+        if !cfg!(debug_assertions) {
+            return Ok(());
+        }
         let n = APPENDS.fetch_add(1, Ordering::SeqCst) + 1;
         let Some(kill_at) = std::env::var("TTLORA_KILL_IN_APPEND")
             .ok()
