@@ -65,13 +65,23 @@ fn run(args: &[String]) -> std::process::Output {
     ttlora(&args)
 }
 
-/// The journal's events as JSON values.
-fn journal(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("journal.jsonl"))
+/// The lines of a JSON-lines file (a journal, a training log) as JSON values.
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The journal's events as JSON values.
+fn journal(out: &Path) -> Vec<serde_json::Value> {
+    json_lines(&out.join("journal.jsonl"))
+}
+
+/// The study's `study.json` (its settings) as JSON.
+fn study_json(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap()
 }
 
 /// Fails when a job of the study in `out` was reported twice: a finished job run again.
@@ -235,8 +245,7 @@ fn asha_prunes_at_rungs_and_a_rerun_runs_nothing_twice() {
     // process, worker processes and `search worker` all refuse to download.
     let unfetched = model.join("study-unfetched");
     std::fs::create_dir_all(&unfetched).unwrap();
-    let mut settings: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+    let mut settings = study_json(&out);
     settings["model"] = "no-such-org/no-such-model".into();
     settings["allow_fetch"] = true.into();
     std::fs::write(unfetched.join("study.json"), settings.to_string()).unwrap();
@@ -1057,8 +1066,7 @@ fn relative_paths_are_stored_absolute() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let study: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+    let study = study_json(&out);
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap().display().to_string();
     assert_eq!(study["model"], canonical(&model));
     assert_eq!(study["data"], canonical(&bundled_data()));
@@ -1116,11 +1124,8 @@ fn a_promoted_trial_continues_as_if_never_paused() {
     // Step by step: the same losses, learning rates and gradient norms, bit for bit (the
     // held-out score of so tiny a model may not move).
     let steps = |study: &Path, trial: u64| -> Vec<(u64, String, String, String)> {
-        let log = study.join(format!("trials/{trial:06}/train_log.jsonl"));
-        std::fs::read_to_string(log)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        json_lines(&study.join(format!("trials/{trial:06}/train_log.jsonl")))
+            .into_iter()
             .filter(|e| e["event"] == "step")
             .map(|e| {
                 let f = |k: &str| e[k].to_string();

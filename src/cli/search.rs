@@ -356,7 +356,7 @@ fn start(a: StartArgs) -> Result<()> {
     {
         bail!("{flag} is for --executor slurm");
     }
-    let settings = if a.resume {
+    let mut settings = if a.resume {
         let given = study_flags_given(&a);
         if !given.is_empty() {
             bail!(
@@ -373,7 +373,8 @@ fn start(a: StartArgs) -> Result<()> {
         SearchSettings::read(&dir)?
     };
     // The study's choice to fetch is a default that `--offline` tightens for this run.
-    let offline = a.fetch.offline || !settings.allow_fetch;
+    settings.allow_fetch &= !a.fetch.offline;
+    let offline = !settings.allow_fetch;
     if a.executor == ExecutorArg::Slurm {
         // Only the name is checked here: the nodes, not this host, must have the device.
         ttlora::check_device_name(&a.device.device)?;
@@ -419,10 +420,6 @@ fn start(a: StartArgs) -> Result<()> {
     // Resolved here, not before a Slurm submission: the login node may lack the device.
     let device = a.device.device()?;
     if a.workers == 1 {
-        let settings = SearchSettings {
-            allow_fetch: !offline,
-            ..settings
-        };
         work(&dir, &settings, device, a.quiet)?;
     } else {
         let (n, why) = ttlora::search::local_workers_that_fit(&dir, a.workers)?;

@@ -631,7 +631,19 @@ mod fail_point {
 pub(crate) mod tests {
     use super::*;
 
-    fn created(trial: usize) -> Event {
+    /// The first claim of `trial`, to `resource` (for tests here and in `status`).
+    pub(crate) fn claimed(trial: usize, resource: usize) -> Event {
+        Event::Claimed {
+            trial,
+            resource,
+            worker: "w".into(),
+            attempt: 1,
+            time: 0.0,
+        }
+    }
+
+    /// The creation of `trial`, a TT-LoRA config (for tests here and in `status`).
+    pub(crate) fn created(trial: usize) -> Event {
         Event::Created {
             trial,
             bracket: 0,
@@ -749,13 +761,7 @@ pub(crate) mod tests {
     /// failed, its later lines are ignored, trial 2 keeps its id, and a new trial gets 3.
     #[test]
     fn a_trial_whose_created_line_is_lost_keeps_its_id_and_counts_as_failed() {
-        let claim = |trial| Event::Claimed {
-            trial,
-            resource: 1,
-            worker: "w".into(),
-            attempt: 1,
-            time: 0.0,
-        };
+        let claim = |trial| claimed(trial, 1);
         let s = StudyState::replay(&[
             created(0),
             claim(0),

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::search::journal::{Event, Journal, StudyState, trial_lock_path};
+use crate::search::journal::{Event, Journal, StudyState, TrialRecord, trial_lock_path};
 use crate::search::settings::SearchSettings;
 
 /// A trial's standing.
@@ -107,17 +107,26 @@ pub fn status_of(
         }
         let reached = t.reached();
         let running = !t.claim_closed && lock_held(dir, t.id);
-        // A claim left open by a dead worker counts as the failure the next worker records.
-        let failures = t.failures + usize::from(!t.claim_closed && !running);
+        // A claim left open by a dead worker is seen as closed with the failure the next
+        // worker records, so the record's own predicates decide.
+        let closed;
+        let seen = if !t.claim_closed && !running {
+            closed = TrialRecord {
+                claim_closed: true,
+                failures: t.failures + 1,
+                ..t.clone()
+            };
+            &closed
+        } else {
+            t
+        };
         let status = if running {
             TrialStatus::Running
         } else if reached >= max_t {
             TrialStatus::Complete
-        } else if t.lost
-            || (failures > settings.max_retries || t.failed_permanently) && reached < t.target()
-        {
+        } else if seen.failed_for_good(settings.max_retries) {
             TrialStatus::Failed
-        } else if failures > 0 && reached < t.target() {
+        } else if seen.retry_due(settings.max_retries) {
             TrialStatus::Retrying
         } else {
             TrialStatus::Paused
@@ -186,17 +195,9 @@ fn lock_held(dir: &Path, trial: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::search::journal::tests::reported;
+    use crate::search::journal::tests::{claimed, created, reported};
     use crate::search::sampler::SamplerKind;
     use crate::search::scheduler::{Scheduler, SchedulerKind};
-    use crate::search::space::Config;
-
-    fn lora(r: u64) -> Config {
-        Config {
-            method: "lora".into(),
-            params: [("r".to_string(), serde_json::json!(r))].into(),
-        }
-    }
 
     /// A grid of two points under ASHA with `--trials 3`: once both stopped at rung 1 and
     /// neither is promoted, the study is over (the grid is used up), so they are pruned,
@@ -215,36 +216,38 @@ mod tests {
         };
         assert_eq!((settings.trials, settings.trial_budget()), (3, 2));
         let state = StudyState::replay(&[
-            Event::Created {
-                trial: 0,
-                bracket: 0,
-                config: lora(1),
-            },
-            Event::Claimed {
-                trial: 0,
-                resource: 1,
-                worker: "w".into(),
-                attempt: 1,
-                time: 0.0,
-            },
+            created(0),
+            claimed(0, 1),
             reported(0, 1, 0.5),
-            Event::Created {
-                trial: 1,
-                bracket: 0,
-                config: lora(2),
-            },
-            Event::Claimed {
-                trial: 1,
-                resource: 1,
-                worker: "w".into(),
-                attempt: 1,
-                time: 0.0,
-            },
+            created(1),
+            claimed(1, 1),
             reported(1, 1, 0.6),
         ]);
         let st = status_of(Path::new("/nonexistent-study"), &settings, &state, vec![]);
         assert_eq!(st.budget, 2);
         let statuses: Vec<TrialStatus> = st.trials.iter().map(|t| t.status).collect();
         assert_eq!(statuses, [TrialStatus::Pruned, TrialStatus::Pruned]);
+    }
+
+    /// A claim whose worker is gone (no lock held) shows as the failure the next worker will
+    /// record: retrying while retries are left, failed after.
+    #[test]
+    fn a_dead_workers_claim_shows_as_its_coming_failure() {
+        let scheduler = Scheduler {
+            kind: SchedulerKind::Asha,
+            reduction_factor: 3,
+            grace_period: 1,
+            max_t: 9,
+        };
+        let state = StudyState::replay(&[created(0), claimed(0, 1)]);
+        let dir = Path::new("/nonexistent-study");
+        for (max_retries, expected) in [(0, TrialStatus::Failed), (2, TrialStatus::Retrying)] {
+            let settings = SearchSettings {
+                max_retries,
+                ..SearchSettings::for_tests("[lora]\nr = [1, 2]\n", scheduler)
+            };
+            let st = status_of(dir, &settings, &state, vec![]);
+            assert_eq!(st.trials[0].status, expected, "max_retries {max_retries}");
+        }
     }
 }
